@@ -1,0 +1,68 @@
+"""What every command shares: the console, error handling, shared options, printing paths."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from fernoise.errors import FernoiseError
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Options shared between commands, defined once.
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (every random choice uses its own generator).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when the cache holds the result.")]
+WorkspaceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--workspace",
+        help="Folder of the fernoise.lock that links the stages (default: $FERNOISE_WORKSPACE or the current folder).",
+    ),
+]
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("FERNOISE_DEBUG", "") not in ("", "0")
+
+
+def handle_errors(fn: F) -> F:
+    """Turn a FernoiseError (or a bad-value error) into one red line and exit code 2.
+
+    Set FERNOISE_DEBUG=1 (or pass --debug to the app) for the traceback.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FernoiseError as e:
+            if debug_enabled():
+                raise
+            err_console.print(f"[red]error:[/red] {e.one_line()}", markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; re-run the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def wrote(path: Path | str, *, hit: bool = False, what: str = "wrote") -> None:
+    """Print the path a command wrote (every command does), marking cache hits."""
+    tag = "cache hit" if hit else what
+    console.print(f"[green]{tag}[/green]: {path}", soft_wrap=True)
+
+
+def isatty() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,13 @@
+"""`fernoise corrupt`: placeholder until its issue lands."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    name = "eval" if "corrupt" == "evaluate" else "corrupt"
+
+    @app.command(name=name, help="(not yet implemented)")
+    def _cmd() -> None:
+        raise typer.Exit(1)

@@ -1,0 +1,231 @@
+"""Stage keys, content hashes, atomic writes, output stamps and the workspace lock file.
+
+Every stage goes through :func:`run_stage`: it computes the stage key (sha256 of canonical
+JSON of the stage name, version, output-changing parameters and input hashes), checks the
+stamp that records what the stage wrote last time and the sha256 of each output, and either
+reports a cache hit or runs the stage and stamps its outputs. An output changed or deleted
+behind the tool's back fails the stamp check and is rebuilt, never trusted.
+
+The workspace lock (``fernoise.lock`` in the working directory, or ``$FERNOISE_WORKSPACE``)
+records the latest output of each stage, so ``fernoise corrupt`` with no manifest argument
+takes what ``fernoise align`` wrote last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fernoise.errors import FernoiseError
+
+LOCK_NAME = "fernoise.lock"
+STAMP_DIR = ".fernoise"
+
+
+# ----------------------------------------------------------------------------- hashing
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal objects give equal bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def dict_hash(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def stage_key(stage: str, version: int, params: Mapping[str, Any], inputs: Mapping[str, Any]) -> str:
+    """sha256 of the stage name and version, output-changing parameters and input hashes/keys."""
+    return dict_hash({"stage": stage, "version": version, "params": dict(params), "inputs": dict(inputs)})
+
+
+def bytes_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed over ``path``.
+
+    A process killed inside the block leaves the old file (or none), never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, sort_keys=True, indent=2, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any | None:
+    """The parsed JSON at ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- stamps
+def stamp_path(output: str | os.PathLike) -> Path:
+    """Where the stamp of a stage whose main output is ``output`` lives."""
+    output = Path(output)
+    return output.parent / STAMP_DIR / f"{output.name}.stamp.json"
+
+
+def outputs_intact(stamp: Mapping[str, Any] | None, key: str, base: str | os.PathLike) -> bool:
+    """True when ``stamp`` is for ``key`` and every output it lists exists with its sha256.
+
+    Output paths in a stamp are relative to ``base`` (the main output's folder), so a moved
+    folder keeps its cache.
+    """
+    if not stamp or stamp.get("key") != key:
+        return False
+    for path, digest in stamp.get("outputs", {}).items():
+        p = Path(base) / path
+        if not p.is_file():
+            return False
+        if file_sha256(p) != digest:
+            return False
+    return True
+
+
+def write_stamp(output: str | os.PathLike, key: str, outputs: list[Path], **extra: Any) -> None:
+    base = Path(output).resolve().parent
+    stamp = {
+        "key": key,
+        "outputs": {os.path.relpath(Path(p).resolve(), base): file_sha256(p) for p in outputs},
+        **extra,
+    }
+    atomic_write_json(stamp_path(output), stamp)
+
+
+@dataclass
+class StageResult:
+    """What :func:`run_stage` did: the key, whether it was a cache hit, and the main output."""
+
+    stage: str
+    key: str
+    output: Path
+    hit: bool
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def run_stage(
+    *,
+    stage: str,
+    version: int,
+    params: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    output: str | os.PathLike,
+    build: Callable[[str], list[Path] | None],
+    workspace: Workspace | None = None,
+    force: bool = False,
+) -> StageResult:
+    """Run ``build(key)`` unless the stamped outputs of the same key are intact.
+
+    ``build`` writes its outputs atomically and returns every path it wrote (the main
+    ``output`` first or anywhere among them); those are hashed into the stamp. The workspace
+    lock, when given, records ``output`` as the latest of ``stage``.
+    """
+    t0 = time.perf_counter()
+    output = Path(output)
+    key = stage_key(stage, version, params, inputs)
+    hit = not force and outputs_intact(
+        read_json(stamp_path(output)), key, output.resolve().parent
+    )
+    if not hit:
+        written = build(key) or [output]
+        if output not in [Path(p) for p in written]:
+            written = [output, *written]
+        write_stamp(output, key, [Path(p) for p in written], stage=stage, params=dict(params))
+    if workspace is not None:
+        workspace.record(stage, key=key, output=output, params=params)
+    return StageResult(stage, key, output, hit, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- workspace
+class Workspace:
+    """The lock file naming the latest output of each stage (in the spirit of dvc.lock)."""
+
+    ORDER = ("align", "corrupt", "train", "eval")
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        root = root or os.environ.get("FERNOISE_WORKSPACE") or os.getcwd()
+        self.root = Path(root).resolve()
+        self.lock_path = self.root / LOCK_NAME
+
+    def read(self) -> dict[str, Any]:
+        data = read_json(self.lock_path)
+        if not isinstance(data, dict):
+            return {"version": 1, "stages": {}}
+        data.setdefault("stages", {})
+        return data
+
+    def record(self, stage: str, *, key: str, output: str | os.PathLike, params: Mapping[str, Any]) -> None:
+        data = self.read()
+        out = Path(output).resolve()
+        try:
+            shown = str(out.relative_to(self.root))
+        except ValueError:
+            shown = str(out)
+        data["stages"][stage] = {
+            "key": key,
+            "output": shown,
+            "params": dict(params),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_json(self.lock_path, data)
+
+    def latest(self, *stages: str, what: str = "input", flag: str | None = None) -> Path:
+        """The latest output of the first of ``stages`` the lock has, or a clear error."""
+        recorded = self.read()["stages"]
+        for stage in stages:
+            entry = recorded.get(stage)
+            if entry:
+                path = Path(entry["output"])
+                path = path if path.is_absolute() else self.root / path
+                if path.exists():
+                    return path
+        names = " or ".join(f"`fernoise {s}`" for s in stages)
+        raise FernoiseError(
+            f"no {what} given and {self.lock_path} records none; pass one, or run {names} first",
+            flag=flag,
+        )

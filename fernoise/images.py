@@ -1,0 +1,40 @@
+"""Decoding aligned crops into uint8 arrays, and the normalisation every model input gets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+# ImageNet statistics: what torchvision's ResNet-18 and the MS-Celeb-1M ResNet-18 expect.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def load_rgb(path: str | os.PathLike, size: int) -> np.ndarray:
+    """One crop as a ``(size, size, 3)`` uint8 RGB array (greyscale is repeated to 3 channels)."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def load_many(paths: Sequence[str | os.PathLike], size: int) -> np.ndarray:
+    """Crops as one ``(N, size, size, 3)`` uint8 array."""
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        out[i] = load_rgb(p, size)
+    return out
+
+
+def to_tensor(batch: np.ndarray, device: str = "cpu"):
+    """``(N, H, W, 3)`` uint8 -> normalised float ``(N, 3, H, W)`` tensor on ``device``."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std

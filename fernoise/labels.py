@@ -1,0 +1,97 @@
+"""Canonical classes, name aliases, each dataset's label order, and the asymmetric-noise pairs.
+
+One canonical order for every dataset (AffectNet's, so the 7 basic classes are a prefix of 8):
+0 neutral, 1 happy, 2 sad, 3 surprise, 4 fear, 5 disgust, 6 anger, 7 contempt.
+A manifest's *label space* is ``basic7`` (classes 0-6) or ``basic8`` (0-7).
+"""
+
+from __future__ import annotations
+
+from fernoise.errors import FernoiseError
+
+CLASSES: tuple[str, ...] = (
+    "neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt",
+)
+LABEL_SPACES: dict[str, tuple[str, ...]] = {"basic7": CLASSES[:7], "basic8": CLASSES}
+
+# Every accepted spelling (lower case) of each canonical class.
+ALIASES: dict[str, str] = {
+    "neutral": "neutral", "neutrality": "neutral", "calm": "neutral",
+    "happy": "happy", "happiness": "happy", "joy": "happy",
+    "sad": "sad", "sadness": "sad",
+    "surprise": "surprise", "surprised": "surprise",
+    "fear": "fear", "fearful": "fear", "afraid": "fear",
+    "disgust": "disgust", "disgusted": "disgust",
+    "anger": "anger", "angry": "anger",
+    "contempt": "contempt", "contemptuous": "contempt",
+}
+
+# Dataset label orders, as the datasets number them -> canonical class name.
+RAFDB_ORDER: dict[int, str] = {
+    1: "surprise", 2: "fear", 3: "disgust", 4: "happy", 5: "sad", 6: "anger", 7: "neutral",
+}
+FER2013_ORDER: dict[int, str] = {
+    0: "anger", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise", 6: "neutral",
+}
+AFFECTNET_ORDER: dict[int, str] = {
+    0: "neutral", 1: "happy", 2: "sad", 3: "surprise", 4: "fear", 5: "disgust", 6: "anger",
+    7: "contempt",
+}  # 8 None, 9 Uncertain, 10 No-Face are dropped
+FERPLUS_VOTE_COLUMNS: tuple[str, ...] = (
+    "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+    "unknown", "NF",
+)
+
+# Paper §4.3.1/§4.3.2: each class flips to its most-confused partner under asym noise.
+ASYM_PAIRS: dict[str, str] = {
+    "surprise": "anger", "fear": "surprise", "disgust": "anger", "happy": "neutral",
+    "sad": "neutral", "anger": "happy", "neutral": "sad", "contempt": "neutral",
+}
+
+
+def accepted_names() -> str:
+    return ", ".join(sorted(ALIASES))
+
+
+def canonical_name(name: str, *, flag: str | None = None) -> str:
+    """Map a class name or alias (any case) to its canonical name, or raise listing the valid ones."""
+    key = str(name).strip().lower()
+    if key not in ALIASES:
+        raise FernoiseError(
+            f"unknown class name {name!r}; expected one of: {accepted_names()}", flag=flag
+        )
+    return ALIASES[key]
+
+
+def class_index(name: str, *, flag: str | None = None) -> int:
+    return CLASSES.index(canonical_name(name, flag=flag))
+
+
+def label_space_for(indices) -> str:
+    """The smallest label space holding every index given (``basic7`` unless contempt occurs)."""
+    return "basic8" if any(int(i) == 7 for i in indices) else "basic7"
+
+
+def classes_of(space: str) -> tuple[str, ...]:
+    if space not in LABEL_SPACES:
+        raise FernoiseError(
+            f"unknown label space {space!r}; expected one of: {', '.join(LABEL_SPACES)}"
+        )
+    return LABEL_SPACES[space]
+
+
+def asym_partners(classes: tuple[str, ...], pairs: dict[str, str] | None = None) -> list[int]:
+    """Partner index of each class index for asymmetric noise, within ``classes``."""
+    pairs = ASYM_PAIRS if pairs is None else pairs
+    out = []
+    for c in classes:
+        if c not in pairs:
+            raise FernoiseError(f"no asymmetric partner for class {c!r}", flag="--pairs")
+        partner = pairs[c]
+        if partner not in classes:
+            raise FernoiseError(
+                f"partner {partner!r} of {c!r} is not in the label space {list(classes)}",
+                flag="--pairs",
+            )
+        out.append(classes.index(partner))
+    return out

@@ -1,0 +1,157 @@
+"""The Parquet manifest: columns, statuses, metadata, atomic read/write and validation.
+
+A manifest has one row per input image (or per detected face with ``--all-faces``); rows are
+never dropped. Its file metadata (key ``fernoise`` in the Parquet schema metadata) carries the
+schema version, the class list and label space, the producing stage with its parameters and
+key, and the fernoise version. ``manifests/SCHEMA.md`` documents every column and status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fernoise import __version__
+from fernoise.cache import atomic_path
+from fernoise.errors import FernoiseError
+
+SCHEMA_VERSION = 1
+META_KEY = b"fernoise"
+SPLITS = ("train", "val", "test")
+
+# One vocabulary of row statuses. Every status but "ok" and "whole" comes with a `reason`.
+STATUSES: dict[str, str] = {
+    "ok": "a face was detected and aligned; `path` is its crop",
+    "whole": "no face was detected; with --on-no-face whole the entire image was resized "
+    "and saved as the crop (reason says so)",
+    "no_face": "the image decoded but the detector found no face; no crop",
+    "unreadable": "the file could not be read or decoded (empty, truncated, broken link, "
+    "no permission, not an image); no crop",
+    "too_small": "the image is too small for detection or alignment; no crop",
+    "error": "an unexpected failure while processing this file; reason holds the message",
+}
+
+# column -> (pyarrow type, nullable, meaning). Label-file columns beyond these are kept as is.
+COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
+    "id": (pa.string(), False, "stable row id: src_path, plus '#k' per face with --all-faces"),
+    "src_path": (pa.string(), False, "source image, relative to the raw root (posix)"),
+    "src_sha256": (pa.string(), True, "sha256 of the source file bytes; null if unreadable"),
+    "path": (pa.string(), True, "aligned crop, relative to the manifest's folder; null if none"),
+    "split": (pa.string(), False, "train, val or test"),
+    "label": (pa.int64(), True, "class index in the canonical order; null when unlabelled"),
+    "label_name": (pa.string(), True, "canonical class name of `label`"),
+    "status": (pa.string(), False, "one of STATUSES"),
+    "reason": (pa.string(), True, "one line, for every status but ok"),
+    "face": (pa.int64(), True, "index of the face in its photo (0 = most confident)"),
+    "n_faces": (pa.int64(), False, "faces the detector found in the photo"),
+    "det_prob": (pa.float64(), True, "detector confidence of this face"),
+    "bbox": (pa.list_(pa.float64()), True, "x1, y1, x2, y2 in source pixels"),
+    "landmarks": (pa.list_(pa.float64()), True, "5 (x, y) points in source pixels: eyes, nose, mouth corners"),
+}
+REQUIRED = ("id", "src_path", "split", "label", "status")
+
+
+@dataclass
+class Manifest:
+    """A manifest in memory: the rows and the file metadata."""
+
+    df: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes", []))
+
+    @property
+    def key(self) -> str | None:
+        return self.meta.get("key")
+
+    @property
+    def root(self) -> Path:
+        """The folder crop paths are relative to."""
+        assert self.path is not None
+        return self.path.parent
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (not hasattr(v, "__len__") and pd.isna(v))
+
+
+def _arrow_table(df: pd.DataFrame) -> pa.Table:
+    """Known columns get their declared types; other (label-file) columns are inferred."""
+    arrays, names = [], []
+    for name in df.columns:
+        col = df[name]
+        if name in COLUMNS:
+            typ = COLUMNS[name][0]
+            try:
+                arr = pa.array(col, type=typ, from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+                if pa.types.is_list(typ):
+                    values = [None if _is_missing(v) else [float(x) for x in v] for v in col]
+                else:
+                    values = [None if _is_missing(v) else v for v in col.tolist()]
+                arr = pa.array(values, type=typ)
+        else:
+            arr = pa.array(col, from_pandas=True)
+        arrays.append(arr)
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Write ``df`` with ``meta`` to ``path`` atomically; fills the schema/version fields."""
+    meta = {"schema_version": SCHEMA_VERSION, "fernoise_version": __version__, **meta}
+    table = _arrow_table(df.reset_index(drop=True))
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Only the metadata of a manifest (cheap: reads the footer)."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise FernoiseError(f"{path} is not a readable Parquet manifest ({e.__class__.__name__})") from None
+    raw = (schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise FernoiseError(f"{path} has no fernoise metadata; make manifests with `fernoise align`")
+    return json.loads(raw)
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read a manifest and check its required columns; labels come back as pandas ``Int64``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FernoiseError(f"manifest {path} does not exist")
+    meta = read_meta(path)
+    df = pq.read_table(path).to_pandas()
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise FernoiseError(f"manifest {path} lacks columns {missing}")
+    for name in ("label", "label_clean", "face", "n_faces"):
+        if name in df.columns:
+            df[name] = df[name].astype("Int64")
+    return Manifest(df=df, meta=meta, path=path)
+
+
+def check_labels(df: pd.DataFrame, classes: list[str], *, column: str = "label") -> None:
+    """Raise unless every non-null ``column`` value is a valid class index."""
+    labels = df[column].dropna()
+    bad = labels[(labels < 0) | (labels >= len(classes))]
+    if len(bad):
+        raise FernoiseError(
+            f"{len(bad)} rows have a {column} outside 0..{len(classes) - 1} "
+            f"(classes {classes}); e.g. {int(bad.iloc[0])}"
+        )

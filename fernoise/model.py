@@ -1,0 +1,99 @@
+"""The NCCTFER network: a ResNet-18 backbone with two linear heads, and weight loading.
+
+``FerNet(x)`` returns ``(pcc_logits, ncc_logits)``, each ``(N, C)``; ``ncc`` is None for the
+one-head methods (ce, pc, nl). Pretrained weights come only from a local file (METHOD.md):
+a state dict, optionally wrapped in ``state_dict``/``model``, with or without ``module.``.
+Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fernoise.errors import FernoiseError
+
+FEATURE_DIM = 512
+
+
+class FerNet(nn.Module):
+    """ResNet-18 without ``fc``, a 512-d pooled feature, and heads ``pcc`` and ``ncc``."""
+
+    def __init__(self, num_classes: int, *, two_heads: bool = True):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        backbone = resnet18(weights=None)
+        backbone.fc = nn.Identity()
+        self.backbone = backbone
+        self.pcc = nn.Linear(FEATURE_DIM, num_classes)
+        self.ncc = nn.Linear(FEATURE_DIM, num_classes) if two_heads else None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        f = self.features(x)
+        return self.pcc(f), (self.ncc(f) if self.ncc is not None else None)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        params = list(self.pcc.parameters())
+        if self.ncc is not None:
+            params += list(self.ncc.parameters())
+        return params
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise FernoiseError(
+            f"{path} is not a state dict (expected a dict of tensors, optionally under "
+            "'state_dict' or 'model')",
+            flag="--pretrained",
+        )
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_pretrained(model: FerNet, path: str | os.PathLike) -> dict[str, list[str]]:
+    """Load backbone weights from a local file into ``model.backbone``.
+
+    Keys may be bare ResNet keys (``conv1.weight``) or prefixed ``backbone.``; ``fc.*`` and
+    head keys are ignored. Returns ``{"missing": [...], "unexpected": [...]}``; a shape
+    mismatch raises a FernoiseError naming the first offending key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FernoiseError(f"{path} does not exist", flag="--pretrained")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a state dict"
+        raise FernoiseError(
+            f"{path} could not be read as a torch state dict ({e.__class__.__name__})",
+            flag="--pretrained",
+        ) from None
+    state = _unwrap_state_dict(obj, path)
+    state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    target = model.backbone.state_dict()
+    usable, unexpected = {}, []
+    for k, v in state.items():
+        if k.startswith(("fc.", "pcc.", "ncc.")):
+            continue
+        if k not in target:
+            unexpected.append(k)
+            continue
+        if tuple(v.shape) != tuple(target[k].shape):
+            raise FernoiseError(
+                f"{path}: shape of {k} is {tuple(v.shape)}, the ResNet-18 backbone needs "
+                f"{tuple(target[k].shape)}",
+                flag="--pretrained",
+            )
+        usable[k] = v
+    missing = [k for k in target if k not in usable]
+    model.backbone.load_state_dict(usable, strict=False)
+    return {"missing": missing, "unexpected": unexpected}
