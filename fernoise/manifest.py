@@ -146,6 +146,31 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     return Manifest(df=df, meta=meta, path=path)
 
 
+def stage_meta(
+    parent: dict[str, Any] | None, *, stage: str, params: dict[str, Any], key: str, **extra: Any
+) -> dict[str, Any]:
+    """Metadata for a manifest made by ``stage`` from a manifest with metadata ``parent``.
+
+    Keeps the parent's class list and label space, and appends this stage to ``lineage``
+    (a list of ``{"stage", "key", "params"}`` from align onwards), so a later stage can find,
+    for example, the align parameters of the crops or the noise a manifest carries.
+    """
+    parent = dict(parent or {})
+    lineage = list(parent.get("lineage", []))
+    lineage.append({"stage": stage, "key": key, "params": params})
+    meta = {k: v for k, v in parent.items() if k in ("classes", "label_space")}
+    meta.update(stage=stage, params=params, key=key, lineage=lineage, **extra)
+    return meta
+
+
+def find_stage(meta: dict[str, Any], stage: str) -> dict[str, Any] | None:
+    """The last ``lineage`` entry of ``stage`` in ``meta``, or None."""
+    for entry in reversed(meta.get("lineage", [])):
+        if entry.get("stage") == stage:
+            return entry
+    return None
+
+
 def check_labels(df: pd.DataFrame, classes: list[str], *, column: str = "label") -> None:
     """Raise unless every non-null ``column`` value is a valid class index."""
     labels = df[column].dropna()
