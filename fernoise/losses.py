@@ -1,0 +1,99 @@
+"""The loss of every training method as pure functions of tensors (METHOD.md, paper Eq. 1-5).
+
+Shapes: ``N`` samples in the mini-batch, ``C`` classes. ``labels`` are int64 ``(N,)`` class
+indices; ``probs`` are softmax outputs ``(N, C)``; ``logits`` are pre-softmax ``(N, C)``.
+Nothing here keeps state or draws random numbers from a global generator, so each equation can
+be checked by hand (``tests/test_losses.py`` does).
+
+- ``ce``: :func:`cross_entropy` on every sample (the paper's Baseline).
+- ``pc``: :func:`class_thresholds` (Eq. 1) -> :func:`confident_mask` (Eq. 2) ->
+  :func:`supervised_loss` (Eq. 3 on the confident samples).
+- ``nl``: :func:`negative_learning_loss` with :func:`complementary_labels` (NLNL, Kim 2019).
+- ``ncctfer``: ``pc`` plus :func:`consistency_loss` (Eq. 4, with :func:`topk_mask`) on the
+  non-confident samples of the negative head; ``L = L_s + L_c`` (Eq. 5).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over all ``N`` samples (warm-up, and the ``ce`` method)."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def class_thresholds(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Eq. 1: ``T_c = mean(p[i, c] for i with labels[i] == c)``, shape ``(C,)``.
+
+    Only samples *labelled* c enter ``T_c``. A class absent from the batch gets NaN.
+    ``probs`` should be detached (the threshold carries no gradient).
+    """
+    probs = probs.detach().float()
+    own = probs.gather(1, labels.view(-1, 1)).squeeze(1)  # p[i, y_i]
+    sums = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device).index_add_(0, labels, own)
+    counts = torch.bincount(labels, minlength=num_classes).to(probs.dtype)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
+
+
+def confident_mask(probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: bool ``(N,)``, True where ``p[i, y_i] >= T_{y_i}``.
+
+    Every class present in the batch keeps at least one sample: the one labelled c with the
+    highest ``p[i, c]`` (a mean is never above the maximum, but rounding could make it so).
+    """
+    probs = probs.detach().float()
+    own = probs.gather(1, labels.view(-1, 1)).squeeze(1)
+    mask = own >= thresholds[labels]
+    # The best sample of each present class, guarding against rounding in the mean.
+    num_classes = thresholds.numel()
+    best = torch.full((num_classes,), -1.0, dtype=own.dtype, device=own.device)
+    best = best.scatter_reduce(0, labels, own, reduce="amax", include_self=True)
+    return mask | (own >= best[labels])
+
+
+def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 on the confident samples: cross-entropy averaged over the samples where ``mask``.
+
+    Zero (with a gradient path) when no sample is confident.
+    """
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[mask].float(), labels[mask])
+
+
+def topk_mask(q: torch.Tensor, k: int) -> torch.Tensor:
+    """``M_k``: float ``(N, C)``, 1 at the ``k`` classes with the highest ``q[i]``, else 0."""
+    idx = q.topk(k, dim=1).indices
+    return torch.zeros_like(q, dtype=torch.float32).scatter_(1, idx, 1.0)
+
+
+def consistency_loss(
+    ncc_weak: torch.Tensor, ncc_strong: torch.Tensor, select: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Eq. 4: ``L_c = -(1/N) sum_{i in select} sum_c M_k[i,c] q_w[i,c] log q_s[i,c]``.
+
+    ``ncc_weak``/``ncc_strong`` are the negative head's logits ``(N, C)`` on the weak and strong
+    views; ``q = softmax``. ``select`` (bool ``(N,)``) marks the non-confident samples, the
+    only ones that enter the sum; ``N`` is the full batch size (the paper's 1/N).
+    ``q_w`` is the target: no gradient flows through it (the paper is silent; the usual
+    weak-to-strong choice). ``M_k`` picks the ``k`` highest ``q_w`` classes per sample.
+    """
+    n = ncc_weak.shape[0]
+    q_w = F.softmax(ncc_weak.detach().float(), dim=1)
+    log_q_s = F.log_softmax(ncc_strong.float(), dim=1)
+    per_sample = -(topk_mask(q_w, k) * q_w * log_q_s).sum(dim=1)
+    return (per_sample * select.to(per_sample.dtype)).sum() / n
+
+
+def complementary_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """NLNL: per sample a class drawn uniformly from the ``C - 1`` classes other than its label."""
+    offset = torch.randint(1, num_classes, tuple(labels.shape), generator=generator)
+    return (labels + offset.to(labels.device)) % num_classes
+
+
+def negative_learning_loss(logits: torch.Tensor, complementary: torch.Tensor) -> torch.Tensor:
+    """NLNL (Kim et al., 2019): mean of ``-log(1 - p[i, ybar_i])`` over the batch."""
+    p = F.softmax(logits.float(), dim=1).gather(1, complementary.view(-1, 1)).squeeze(1)
+    return -torch.log((1.0 - p).clamp(min=1e-7)).mean()
