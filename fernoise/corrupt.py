@@ -116,7 +116,7 @@ class CorruptParams:
             if self.rate is None:
                 raise FernoiseError(f"--kind {self.kind} needs a rate in [0, 1), e.g. --rate 0.3", flag="--rate")
             if not (isinstance(self.rate, int | float) and math.isfinite(self.rate) and 0 <= self.rate < 1):
-                raise FernoiseError(f"expected a rate in [0, 1), found {self.rate!r}", flag="--rate")
+                raise FernoiseError(f"expected a rate in [0, 1), found {self.rate!r}; e.g. --rate 0.3", flag="--rate")
         elif self.rate is not None:
             raise FernoiseError(
                 f"--kind {self.kind} does not use a rate (found {self.rate}); drop --rate", flag="--rate"
