@@ -1,0 +1,206 @@
+"""Training data: the decoded uint8 array cache, the weak and strong views, and the loaders.
+
+Reads a manifest's usable rows (a crop in ``path``, status ok/whole). Writes one array cache
+per (manifest key, row list, image size): ``<cache_dir>/<key[:16]>-<rows hash[:8]>-<size>.npy``,
+an ``(N, size, size, 3)`` uint8 array in manifest row order, decoded once with
+``fernoise.images.load_rgb`` and written atomically; every epoch memory-maps it instead of
+decoding JPEG/PNG files again.
+
+Views (METHOD.md, paper §3.2): weak = zero-pad 4 px, random crop back to the size, horizontal
+flip p=0.5; strong = the weak view plus RandAugment (2 ops, magnitude out of 31 bins) with
+torchvision's exact op table. Every random choice comes from a per-sample seed that the
+epoch's generator draws, so a sample's views depend only on (seed, epoch, position), never on
+worker count or scheduling: a resumed run sees the same pixels as an uninterrupted one.
+Augmentation runs in DataLoader workers on uint8 tensors; normalisation (ImageNet statistics)
+happens on the training device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import autoaugment as _aa
+
+from fernoise.cache import atomic_path
+from fernoise.images import MEAN, STD, load_rgb
+
+USABLE_STATUSES = ("ok", "whole")
+RANDAUG_BINS = 31  # torchvision's RandAugment default: magnitude 0..30
+PAD = 4
+
+Progress = Callable[[dict], None]
+
+
+def usable(df: pd.DataFrame) -> pd.Series:
+    """Bool mask of rows with a crop: status ok/whole and a non-null ``path``."""
+    return df["status"].isin(USABLE_STATUSES) & df["path"].notna()
+
+
+# ----------------------------------------------------------------------------- array cache
+def cache_file(cache_dir: Path, manifest_key: str, ids: Sequence[str], size: int) -> Path:
+    rows = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"{manifest_key[:16]}-{rows}-{size}.npy"
+
+
+def array_cache(
+    paths: Sequence[str | os.PathLike],
+    ids: Sequence[str],
+    *,
+    manifest_key: str,
+    size: int,
+    cache_dir: Path,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """The crops at ``paths`` as a memory-mapped ``(N, size, size, 3)`` uint8 array.
+
+    Built once (atomically) per manifest key, row list and size; later calls memory-map it.
+    """
+    path = cache_file(cache_dir, manifest_key, ids, size)
+    if path.is_file():
+        arr = np.load(path, mmap_mode="r")
+        if arr.shape == (len(paths), size, size, 3):
+            return arr
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        step = max(1, len(paths) // 100)
+        for i, p in enumerate(paths):
+            out[i] = load_rgb(p, size)
+            if progress and (i % step == 0 or i == len(paths) - 1):
+                progress({"event": "decode", "done": i + 1, "total": len(paths)})
+        out.flush()
+        del out
+    return np.load(path, mmap_mode="r")
+
+
+# ----------------------------------------------------------------------------- views
+def weak_view(img: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` uint8: zero-pad 4, random crop, flip p=0.5."""
+    h, w = img.shape[:2]
+    dy, dx = rng.integers(0, 2 * PAD + 1, size=2)
+    padded = np.zeros((h + 2 * PAD, w + 2 * PAD, 3), dtype=np.uint8)
+    padded[PAD : PAD + h, PAD : PAD + w] = img
+    out = padded[dy : dy + h, dx : dx + w]
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+
+
+class RandAugment:
+    """torchvision's RandAugment (same ops, same magnitudes) drawing from a given generator."""
+
+    def __init__(self, size: int, magnitude: int, num_ops: int = 2):
+        space = _aa.RandAugment()._augmentation_space(RANDAUG_BINS, (size, size))
+        self.ops = [
+            (name, float(mags[magnitude]) if mags.ndim > 0 else 0.0, signed)
+            for name, (mags, signed) in space.items()
+        ]
+        self.num_ops = num_ops
+
+    def __call__(self, img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        for _ in range(self.num_ops):
+            name, mag, signed = self.ops[int(rng.integers(len(self.ops)))]
+            if signed and rng.integers(2):
+                mag = -mag
+            img = _aa._apply_op(img, name, mag, interpolation=InterpolationMode.NEAREST, fill=None)
+        return img
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Row positions ``(B,)`` into the array cache and one augmentation seed per row."""
+
+    positions: np.ndarray
+    seeds: np.ndarray
+    strong: bool
+
+
+class ViewBatches(Dataset):
+    """Turns a :class:`Batch` into uint8 tensors ``weak (B,3,H,W)``, ``strong`` or None."""
+
+    def __init__(self, images: np.ndarray, size: int, randaug_magnitude: int):
+        self.images = images
+        self.randaug = RandAugment(size, randaug_magnitude)
+
+    def __len__(self) -> int:  # batches come from the sampler; this is never used for indexing
+        return 0
+
+    def __getitem__(self, batch: Batch) -> dict:
+        weak, strong = [], []
+        for pos, seed in zip(batch.positions, batch.seeds, strict=True):
+            rng = np.random.default_rng(int(seed))
+            w = weak_view(self.images[pos], rng)
+            weak.append(w)
+            if batch.strong:
+                strong.append(self.randaug(w, rng))
+        return {
+            "positions": torch.from_numpy(batch.positions),
+            "weak": torch.stack(weak),
+            "strong": torch.stack(strong) if batch.strong else None,
+        }
+
+
+def epoch_batches(
+    rows: np.ndarray, batch_size: int, *, seed: int, epoch: int, strong: bool, rank: int = 0, world: int = 1
+) -> list[Batch]:
+    """This rank's batches of the training ``rows`` (array-cache indices) for ``epoch``.
+
+    A permutation seeded by (seed, epoch), padded to a multiple of ``world`` (as
+    DistributedSampler does) and dealt out ``perm[rank::world]``; one augmentation seed per
+    training sample. A final batch of one sample is dropped (BatchNorm cannot train on it).
+    """
+    n = len(rows)
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(n)
+    seeds = rng.integers(0, 2**63 - 1, size=n)
+    total = -(-n // world) * world
+    order = np.concatenate([perm, perm[: total - n]])[rank::world]
+    out = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        if len(idx) < 2:
+            continue
+        out.append(Batch(np.asarray(rows)[idx].astype(np.int64), seeds[idx], strong))
+    return out
+
+
+def loader(
+    dataset: ViewBatches, batches: list[Batch], *, workers: int, pin_memory: bool = False
+) -> Iterator[dict]:
+    """Iterate ``batches`` through ``dataset`` in ``workers`` processes (0 = in this process)."""
+    return iter(
+        DataLoader(
+            dataset,
+            batch_size=None,
+            sampler=batches,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            prefetch_factor=4 if workers else None,
+            multiprocessing_context="fork" if workers and os.name == "posix" else None,
+        )
+    )
+
+
+def normalize(x: torch.Tensor, device: torch.device, *, channels_last: bool = False) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> float normalised with ImageNet statistics, on ``device``."""
+    x = x.to(device, non_blocking=True).float().div_(255)
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def eval_batches(images: np.ndarray, positions: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Test-time batches (resize only): ``(positions, uint8 (B, 3, H, W))``."""
+    for start in range(0, len(positions), batch_size):
+        pos = positions[start : start + batch_size]
+        x = torch.from_numpy(np.ascontiguousarray(images[pos]))
+        yield pos, x.permute(0, 3, 1, 2)
