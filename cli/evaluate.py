@@ -1,13 +1,114 @@
-"""`fernoise evaluate`: placeholder until its issue lands."""
+"""`fernoise eval [RUN]`: metrics, tables and pictures of a training run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from fernoise_cli.common import (
+    DeviceOpt,
+    ForceOpt,
+    WorkspaceOpt,
+    console,
+    err_console,
+    handle_errors,
+    wrote,
+)
+
+
+def _pct(v: Any) -> str:
+    return "—" if v is None else f"{100 * float(v):.1f}"
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    return "—" if v is None else f"{float(v):.{nd}f}"
+
+
+def print_report(rep: dict[str, Any], out_dir: Path) -> None:
+    """The rich tables of an eval.json."""
+    from rich.table import Table
+
+    h = rep["history"]
+    mx, vs = h.get("test_max_last5"), h.get("val_selected")
+    t = Table(title=f"{rep['method']} on {Path(rep['manifest']).name} ({rep['n']} test faces)", show_header=False)
+    t.add_column("figure", style="bold")
+    t.add_column("value")
+    t.add_row("top-1 accuracy (final model)", f"{_pct(rep['top1'])} %")
+    t.add_row("macro-F1", _f(rep["macro_f1"]))
+    t.add_row("mean class accuracy", f"{_pct(rep['mean_class_accuracy'])} %")
+    t.add_row(f"ECE ({rep['ece_bins']} bins)", _f(rep["ece"]))
+    if mx:
+        t.add_row("history: max / last-5 test acc.",
+                  f"{_pct(mx['max'])} / {_pct(mx['last'])} %  (max at epoch {mx['max_epoch']}, last {mx['last_n']})")
+    if vs:
+        t.add_row("history: validation-selected", f"{_pct(vs['test_acc'])} %  (epoch {vs['epoch']}, val {_pct(vs['val_acc'])} %)")
+    elif h.get("epochs"):
+        t.add_row("history: validation-selected", "— (the run had no validation split)")
+    console.print(t)
+
+    classes = rep["classes"]
+    pc = Table(title="per class (accuracy = recall: share of the class's rows predicted right)")
+    for col in ("class", "support", "precision", "recall", "F1", "accuracy"):
+        pc.add_column(col, justify="left" if col == "class" else "right")
+    for name in classes:
+        m = rep["per_class"][name]
+        pc.add_row(name, str(m["support"]), _f(m["precision"]), _f(m["recall"]), _f(m["f1"]), _pct(m["accuracy"]))
+    console.print(pc)
+
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+    cm.add_column("true \\ pred")
+    for name in classes:
+        cm.add_column(name[:8], justify="right")
+    for name, row in zip(classes, rep["confusion_matrix"], strict=True):
+        cm.add_row(name, *[f"[bold]{v}[/bold]" if i == classes.index(name) else str(v) for i, v in enumerate(row)])
+    console.print(cm)
+
+    nd = h.get("noise_detection") or []
+    if nd:
+        tt = Table(title="confident set as a detector of clean rows (vs is_noisy), per epoch")
+        for col in ("epoch", "precision", "recall", "F1", "confident fraction"):
+            tt.add_column(col, justify="right")
+        for d in nd:
+            tt.add_row(str(d["epoch"]), _f(d["precision"], 2), _f(d["recall"], 2), _f(d["f1"], 2), _f(d["confident_frac"], 2))
+        console.print(tt)
+    thr = h.get("thresholds")
+    if thr:
+        tt = Table(title="per-class thresholds T_c per epoch (— : warm-up or class unseen)")
+        tt.add_column("epoch", justify="right")
+        for name in classes:
+            tt.add_column(name[:3], justify="right")
+        for i, e in enumerate(thr["epoch"]):
+            tt.add_row(str(e), *[_f(thr[name][i], 2) for name in classes])
+        console.print(tt)
+    for w in h.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
-    name = "eval" if "evaluate" == "evaluate" else "evaluate"
+    @app.command(name="eval")
+    @handle_errors
+    def eval_cmd(
+        run: Annotated[Path | None, typer.Argument(help="Training run folder (default: the latest `fernoise train` run).")] = None,
+        manifest: Annotated[Path | None, typer.Option("--manifest", help="Evaluate on this manifest's test rows (same label space); results go to RUN/eval-<key>/.")] = None,
+        cam: Annotated[int, typer.Option("--cam", help="Grad-CAM grid of N test faces (gradcam.png).")] = 0,
+        batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
+        device: DeviceOpt = "auto",
+        force: ForceOpt = False,
+        workspace: WorkspaceOpt = None,
+    ) -> None:
+        """Evaluate a training run: top-1, per-class figures, macro-F1, confusion matrix, ECE,
+        max / last-5, the validation-selected epoch, noise detection, and four PNGs."""
+        from fernoise.cache import Workspace
+        from fernoise.evaluate import EvalParams, evaluate_run
 
-    @app.command(name=name, help="(not yet implemented)")
-    def _cmd() -> None:
-        raise typer.Exit(1)
+        params = EvalParams(cam=cam, batch_size=batch_size, device=device)
+        ws = Workspace(workspace)
+        run = run or ws.latest("train", what="training run")
+        with console.status("evaluating"):
+            res, rep = evaluate_run(run, params, manifest=manifest, workspace=ws, force=force)
+        out_dir = res.output.parent
+        print_report(rep, out_dir)
+        wrote(res.output, hit=res.hit)
+        for name in rep.get("pictures", []):
+            console.print(f"  {out_dir / name}", soft_wrap=True)

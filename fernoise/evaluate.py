@@ -1,0 +1,582 @@
+"""Evaluation: metrics as pure functions, and the ``eval`` stage runner.
+
+Reads a training run directory (``notes``: the run-directory contract written by
+``fernoise train``): ``config.json``, ``model.pt``, ``metrics.jsonl``, and the test rows of the
+run's manifest (``split == "test"``, a non-null ``label``, a crop ``path``). Writes
+``RUN/eval.json`` and four PNGs (confusion matrix, training curves, thresholds, noise
+detection), plus ``gradcam.png`` with ``cam > 0``. Evaluating on another manifest
+(``manifest=``) writes the same files into ``RUN/eval-<manifest key[:12]>/`` so the in-domain
+evaluation is never overwritten.
+
+Conventions, fixed here:
+
+- Predictions come from the ``pcc`` head (the positive-class classifier); ``ncc`` is a
+  training device only.
+- The confusion matrix ``cm[i, j]`` counts test rows of true class ``i`` predicted as ``j``.
+- *Per-class accuracy* is the FER convention: the share of class ``c``'s rows predicted as
+  ``c`` (the diagonal of the row-normalised confusion matrix), equal to that class's recall.
+  A class with no support or no prediction gets precision/recall/F1 0.0 (sklearn's
+  ``zero_division=0``); macro-F1 averages over classes that have support or predictions.
+- Expected calibration error: 15 equal-width confidence bins over (0, 1], confidence = the
+  top softmax probability; ``ECE = sum_b |B_b|/N * |acc(B_b) - conf(B_b)|``.
+- ``max / last-5`` (the paper's x/y): the highest per-epoch ``test_acc`` and the mean of the
+  last 5 epochs' ``test_acc`` (fewer when the run is shorter).
+- Validation-selected epoch: the epoch with the highest ``val_acc`` (the earliest on ties);
+  its ``test_acc`` is the honest single number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fernoise.errors import FernoiseError
+
+VERSION = 1
+ECE_BINS = 15
+LAST_N = 5
+PICTURES = {
+    "confusion": "confusion.png",
+    "curves": "curves.png",
+    "thresholds": "thresholds.png",
+    "noise_detection": "noise_detection.png",
+}
+GRADCAM_PNG = "gradcam.png"
+
+Progress = Callable[[int, int], None]
+
+
+# ============================================================================ metrics
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
+    """``(C, C)`` int64 counts; ``cm[i, j]`` = rows of true class ``i`` predicted as ``j``."""
+    t = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(y_pred, dtype=np.int64)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred differ in shape: {t.shape} vs {p.shape}")
+    if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= num_classes):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}")
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (t, p), 1)
+    return cm
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+
+
+def per_class_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class ``precision``, ``recall``, ``f1``, ``accuracy`` (= recall) and ``support``.
+
+    Each value is a ``(C,)`` array; ``support`` counts the true rows of each class.
+    """
+    cm = np.asarray(cm)
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision = _safe_div(tp, predicted)
+    recall = _safe_div(tp, support)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "accuracy": recall.copy(),
+        "support": support.astype(np.int64),
+    }
+
+
+def macro_f1(cm: np.ndarray) -> float:
+    """Mean F1 over the classes that occur (true or predicted); 0.0 for an empty matrix."""
+    cm = np.asarray(cm)
+    present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    if not present.any():
+        return 0.0
+    return float(per_class_metrics(cm)["f1"][present].mean())
+
+
+def top1(cm: np.ndarray) -> float:
+    """Share of rows on the diagonal (top-1 accuracy); 0.0 for an empty matrix."""
+    cm = np.asarray(cm)
+    n = cm.sum()
+    return float(np.trace(cm) / n) if n else 0.0
+
+
+def mean_class_accuracy(cm: np.ndarray) -> float:
+    """Mean of the per-class accuracies over classes with support (balanced accuracy)."""
+    cm = np.asarray(cm)
+    support = cm.sum(axis=1)
+    if not (support > 0).any():
+        return 0.0
+    return float(per_class_metrics(cm)["recall"][support > 0].mean())
+
+
+def expected_calibration_error(
+    probs: np.ndarray, y_true: Sequence[int], n_bins: int = ECE_BINS
+) -> tuple[float, list[dict[str, float]]]:
+    """ECE of softmax ``probs`` ``(N, C)`` against ``y_true`` ``(N,)``, and the bins.
+
+    ``n_bins`` equal-width bins over the top-1 confidence: bin ``b`` holds confidences in
+    ``(b/n, (b+1)/n]`` (the first bin also takes 0). ECE is the support-weighted mean of
+    ``|accuracy - mean confidence|`` over non-empty bins. Each bin dict has ``lo``, ``hi``,
+    ``count``, ``accuracy`` and ``confidence`` (null for empty bins).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    n = len(y)
+    conf = probs.max(axis=1) if n else np.zeros(0)
+    correct = (probs.argmax(axis=1) == y) if n else np.zeros(0, dtype=bool)
+    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    ece = 0.0
+    bins = []
+    for b in range(n_bins):
+        m = idx == b
+        k = int(m.sum())
+        acc = float(correct[m].mean()) if k else None
+        cf = float(conf[m].mean()) if k else None
+        if k:
+            ece += k / n * abs(acc - cf)
+        bins.append({"lo": b / n_bins, "hi": (b + 1) / n_bins, "count": k, "accuracy": acc, "confidence": cf})
+    return float(ece), bins
+
+
+# ============================================================================ history
+def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The epochs of a ``metrics.jsonl`` in order (a torn last line is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _series(history: Sequence[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    out = []
+    for i, row in enumerate(history):
+        v = _num(row.get(key))
+        if v is not None:
+            out.append((int(row.get("epoch", i + 1)), v))
+    return out
+
+
+def max_last(history: Sequence[dict[str, Any]], key: str = "test_acc", last: int = LAST_N) -> dict[str, Any] | None:
+    """The paper's ``max / last-5`` of ``key``: ``{"max", "max_epoch", "last", "last_n"}``.
+
+    ``max_epoch`` is the first epoch reaching the maximum; ``last`` is the mean over the last
+    ``last`` epochs that recorded ``key`` (``last_n`` of them). None when none did.
+    """
+    s = _series(history, key)
+    if not s:
+        return None
+    best_epoch, best = max(s, key=lambda e: (e[1], -e[0]))
+    tail = [v for _, v in s[-last:]]
+    return {"max": best, "max_epoch": best_epoch, "last": float(np.mean(tail)), "last_n": len(tail)}
+
+
+def val_selected(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch with the highest ``val_acc`` (earliest on ties) and its ``test_acc``.
+
+    ``{"epoch", "val_acc", "test_acc"}``; None when no epoch recorded ``val_acc``.
+    """
+    best = None
+    for i, row in enumerate(history):
+        v = _num(row.get("val_acc"))
+        if v is not None and (best is None or v > best[1]):
+            best = (i, v)
+    if best is None:
+        return None
+    row = history[best[0]]
+    return {"epoch": int(row.get("epoch", best[0] + 1)), "val_acc": best[1], "test_acc": _num(row.get("test_acc"))}
+
+
+def warmup_epochs(history: Sequence[dict[str, Any]]) -> list[int]:
+    return [int(r.get("epoch", i + 1)) for i, r in enumerate(history) if r.get("warmup")]
+
+
+def warmup_warning(history: Sequence[dict[str, Any]], key: str = "test_acc", method: str | None = None) -> str | None:
+    """A one-line warning when the best ``key`` epoch lies inside the warm-up, else None.
+
+    Never for ``ce``, whose warm-up is the same loss as the rest of its training.
+    """
+    if method == "ce":
+        return None
+    m = max_last(history, key)
+    warm = warmup_epochs(history)
+    if m is None or m["max_epoch"] not in warm:
+        return None
+    return (
+        f"the best test accuracy ({m['max']:.3f}) is at epoch {m['max_epoch']}, inside the "
+        f"warm-up (epochs {min(warm)}-{max(warm)}), before the method's own loss took over: "
+        "`max` flatters the method; read `last-5` and the validation-selected figure"
+    )
+
+
+def f1_score(precision: float | None, recall: float | None) -> float | None:
+    if precision is None or recall is None:
+        return None
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def noise_detection(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per epoch, how well the confident set picked the clean rows (``is_noisy == False``).
+
+    One dict per epoch that recorded ``confident_precision`` or ``confident_recall``:
+    ``{"epoch", "precision", "recall", "f1", "confident_frac"}``. Empty when the training
+    manifest had no ``is_noisy`` column or the method selects nothing (ce, nl).
+    """
+    out = []
+    for i, row in enumerate(history):
+        p, r = _num(row.get("confident_precision")), _num(row.get("confident_recall"))
+        if p is None and r is None:
+            continue
+        out.append({
+            "epoch": int(row.get("epoch", i + 1)),
+            "precision": p,
+            "recall": r,
+            "f1": f1_score(p, r),
+            "confident_frac": _num(row.get("confident_frac")),
+        })
+    return out
+
+
+def thresholds_over_time(history: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[str, list[float | None]]:
+    """``{"epoch": [...], class name: [T_c per epoch, None where unrecorded]}``."""
+    out: dict[str, list] = {"epoch": [int(r.get("epoch", i + 1)) for i, r in enumerate(history)]}
+    for c, name in enumerate(classes):
+        col = []
+        for r in history:
+            t = r.get("thresholds")
+            col.append(_num(t[c]) if isinstance(t, list) and c < len(t) else None)
+        out[name] = col
+    return out
+
+
+def history_summary(history: Sequence[dict[str, Any]], classes: Sequence[str], method: str | None = None) -> dict[str, Any]:
+    """Everything ``eval.json`` reports from the training history."""
+    warning = warmup_warning(history, method=method)
+    thr = thresholds_over_time(history, classes)
+    return {
+        "epochs": len(history),
+        "warmup_epochs": warmup_epochs(history),
+        "test_max_last5": max_last(history, "test_acc"),
+        "val_max_last5": max_last(history, "val_acc"),
+        "val_selected": val_selected(history),
+        "best_test_in_warmup": warning is not None,
+        "warnings": [warning] if warning else [],
+        "noise_detection": noise_detection(history),
+        "thresholds": thr if any(v is not None for k, vs in thr.items() if k != "epoch" for v in vs) else None,
+    }
+
+
+def metrics_from_predictions(
+    y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str], n_bins: int = ECE_BINS
+) -> dict[str, Any]:
+    """Top-1, per-class figures, macro-F1, confusion matrix and ECE of ``probs`` ``(N, C)``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y_pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
+    cm = confusion_matrix(y_true, y_pred, len(classes))
+    pc = per_class_metrics(cm)
+    ece, bins = expected_calibration_error(probs, y_true, n_bins)
+    return {
+        "n": int(cm.sum()),
+        "top1": top1(cm),
+        "macro_f1": macro_f1(cm),
+        "mean_class_accuracy": mean_class_accuracy(cm),
+        "per_class": {
+            name: {k: (int(pc[k][c]) if k == "support" else float(pc[k][c])) for k in pc}
+            for c, name in enumerate(classes)
+        },
+        "confusion_matrix": cm.tolist(),
+        "ece": ece,
+        "ece_bins": n_bins,
+        "calibration": bins,
+    }
+
+
+# ============================================================================ the stage
+@dataclass(frozen=True)
+class EvalParams:
+    """Parameters of ``fernoise eval``."""
+
+    cam: int = 0
+    """Grad-CAM faces in ``gradcam.png`` (0: none)."""
+    batch_size: int = 256
+    """Images per forward pass (does not change results)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N (does not change results beyond float rounding)."""
+
+    def __post_init__(self):
+        if self.cam < 0 or self.cam > 64:
+            raise FernoiseError(f"expected 0..64 Grad-CAM faces, got {self.cam}", flag="--cam")
+        if self.batch_size < 1:
+            raise FernoiseError(f"expected a positive batch size, got {self.batch_size}", flag="--batch-size")
+
+
+@dataclass
+class Run:
+    """A training run directory as the contract defines it."""
+
+    path: Path
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config["classes"])
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.pt"
+
+
+def load_run(path: str | os.PathLike, *, need_model: bool = True) -> Run:
+    """Read ``config.json`` and ``metrics.jsonl`` of a run directory, or a clear error."""
+    path = Path(path)
+    if path.is_file() and path.name in ("config.json", "model.pt", "metrics.jsonl", "eval.json"):
+        path = path.parent
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise FernoiseError(f"{path} is not a training run (no config.json); pass a folder written by `fernoise train`")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except ValueError as e:
+        raise FernoiseError(f"{cfg_path} is not valid JSON ({e}); re-run `fernoise train`") from None
+    for k in ("classes", "image_size"):
+        if k not in config:
+            raise FernoiseError(f"{cfg_path} lacks {k!r}; it was not written by `fernoise train`")
+    if need_model and not (path / "model.pt").is_file():
+        raise FernoiseError(f"{path} has no model.pt (training unfinished?); resume it with `fernoise train`")
+    return Run(path=path, config=config, history=read_history(path / "metrics.jsonl"))
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FernoiseError(f"device {device!r} requested but CUDA is not available; use --device cpu", flag="--device")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise FernoiseError(f"expected auto, cpu, cuda or cuda:N, got {device!r}", flag="--device")
+    return device
+
+
+def load_model(run: Run, device: str = "cpu"):
+    """The run's ``FerNet`` with ``model.pt`` loaded, in eval mode on ``device``."""
+    import torch
+
+    from fernoise.model import FerNet
+
+    cfg = run.config
+    model = FerNet(int(cfg.get("num_classes", len(cfg["classes"]))), two_heads=bool(cfg.get("two_heads", False)))
+    try:
+        state = torch.load(run.model_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a broken file
+        raise FernoiseError(f"{run.model_path} could not be read ({e.__class__.__name__}); re-run `fernoise train`") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise FernoiseError(f"{run.model_path} does not fit FerNet({len(cfg['classes'])} classes): {first}") from None
+    return model.to(device).eval()
+
+
+def select_test_rows(manifest) -> Any:
+    """The evaluation rows of a manifest: ``split == "test"``, a label and a crop path."""
+    df = manifest.df
+    m = (df["split"] == "test") & df["label"].notna() & df["path"].notna()
+    if "status" in df.columns:
+        m &= df["status"].isin(["ok", "whole"])
+    return df[m].reset_index(drop=True)
+
+
+def predict_probs(model, images: np.ndarray, *, batch_size: int = 256, device: str = "cpu",
+                  progress: Progress | None = None) -> np.ndarray:
+    """Softmax of the ``pcc`` head for uint8 ``(N, H, W, 3)`` crops -> ``(N, C)`` float64."""
+    import torch
+
+    from fernoise.images import to_tensor
+
+    out = []
+    n = len(images)
+    with torch.inference_mode():
+        for s in range(0, n, batch_size):
+            x = to_tensor(images[s:s + batch_size], device)
+            logits, _ = model(x)
+            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64))
+            if progress:
+                progress(min(s + batch_size, n), n)
+    c = model.pcc.out_features
+    return np.concatenate(out) if out else np.zeros((0, c))
+
+
+def _manifest_for(run: Run, manifest_path: str | os.PathLike | None):
+    from fernoise.manifest import read_manifest
+
+    own = run.config.get("manifest")
+    path = Path(manifest_path) if manifest_path else (Path(own) if own else None)
+    if path is None:
+        raise FernoiseError(f"{run.path}/config.json names no manifest; pass one", flag="--manifest")
+    if not path.is_absolute() and not path.exists() and manifest_path is None:
+        path = run.path / path
+    if not path.is_file():
+        raise FernoiseError(
+            f"manifest {path} does not exist (moved?); pass the test manifest", flag="--manifest"
+        )
+    m = read_manifest(path)
+    if m.classes and list(m.classes) != run.classes:
+        raise FernoiseError(
+            f"{path} has classes {m.classes} ({m.meta.get('label_space')}), the run was trained on "
+            f"{run.classes} ({run.config.get('label_space')}); evaluate on a manifest of the same label space",
+            flag="--manifest",
+        )
+    return m
+
+
+def output_dir(run: Run, manifest) -> Path:
+    """``RUN`` for the run's own manifest, ``RUN/eval-<key[:12]>`` for another one."""
+    own_key = run.config.get("manifest_key")
+    own_path = run.config.get("manifest")
+    same = (manifest.key and manifest.key == own_key) or (
+        own_path and manifest.path and Path(own_path).resolve() == manifest.path.resolve()
+    )
+    if same:
+        return run.path
+    return run.path / f"eval-{_manifest_key(manifest)[:12]}"
+
+
+def _manifest_key(manifest) -> str:
+    from fernoise.cache import file_sha256
+
+    return manifest.key or file_sha256(manifest.path)
+
+
+def evaluate_run(
+    run_path: str | os.PathLike,
+    params: EvalParams = EvalParams(),
+    *,
+    manifest: str | os.PathLike | None = None,
+    workspace=None,
+    force: bool = False,
+    progress: Progress | None = None,
+):
+    """Evaluate a run on the test rows of its manifest (or ``manifest``), as a cached stage.
+
+    Returns ``(StageResult, report)``: ``report`` is the parsed ``eval.json``. The key covers
+    the model's sha256, the history's sha256, the evaluated manifest's key and ``cam``.
+    """
+    from fernoise.cache import atomic_write_json, file_sha256, read_json, run_stage
+
+    run = load_run(run_path)
+    mf = _manifest_for(run, manifest)
+    out_dir = output_dir(run, mf)
+    out = out_dir / "eval.json"
+    hist_path = run.path / "metrics.jsonl"
+    inputs = {
+        "model": file_sha256(run.model_path),
+        "history": file_sha256(hist_path) if hist_path.is_file() else None,
+        "manifest": _manifest_key(mf),
+        "run": run.config.get("key"),
+    }
+
+    def build(key: str) -> list[Path]:
+        report, written = _evaluate(run, mf, params, out_dir, progress=progress)
+        report["key"] = key
+        atomic_write_json(out, report)
+        return [out, *written]
+
+    res = run_stage(stage="eval", version=VERSION, params={"cam": params.cam}, inputs=inputs,
+                    output=out, build=build, workspace=workspace, force=force)
+    return res, read_json(out)
+
+
+def _evaluate(run: Run, mf, params: EvalParams, out_dir: Path, *, progress: Progress | None = None):
+    from fernoise import plots
+    from fernoise.images import load_many
+
+    cfg = run.config
+    rows = select_test_rows(mf)
+    if rows.empty:
+        raise FernoiseError(
+            f"{mf.path} has no test rows with a label and a crop; evaluate on a manifest with a test split",
+            flag="--manifest",
+        )
+    size = int(cfg["image_size"])
+    paths = [mf.root / p for p in rows["path"]]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FernoiseError(f"{len(missing)} test crops are missing, e.g. {missing[0]}; re-run `fernoise align`")
+    device = resolve_device(params.device)
+    model = load_model(run, device)
+    images = load_many(paths, size)
+    y = rows["label"].astype(int).to_numpy()
+    probs = predict_probs(model, images, batch_size=params.batch_size, device=device, progress=progress)
+    classes = run.classes
+    metrics = metrics_from_predictions(y, probs, classes)
+    hist = history_summary(run.history, classes, method=cfg.get("method"))
+    last = run.history[-1] if run.history else {}
+    report: dict[str, Any] = {
+        "run": str(run.path.resolve()),
+        "run_key": cfg.get("key"),
+        "method": cfg.get("method"),
+        "noise": cfg.get("noise"),
+        "manifest": str(mf.path.resolve()),
+        "manifest_key": mf.key,
+        "own_manifest": out_dir == run.path,
+        "classes": classes,
+        "label_space": cfg.get("label_space"),
+        "image_size": size,
+        "head": "pcc",
+        **metrics,
+        "history": hist,
+        "final_epoch_test_acc": _num(last.get("test_acc")),
+        "params": asdict(params) | {"device": device},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = plots.all_pictures(report, run.history, out_dir)
+    if params.cam:
+        from fernoise.gradcam import gradcam_grid
+
+        pick = pick_cam_rows(y, params.cam)
+        written.append(gradcam_grid(model, images[pick], y[pick], classes, out_dir / GRADCAM_PNG, device=device))
+    report["pictures"] = [p.name for p in written]
+    return report, written
+
+
+def pick_cam_rows(y: np.ndarray, n: int) -> np.ndarray:
+    """``n`` row indices taking the classes in turn (first rows of each class first)."""
+    by_class = [list(np.flatnonzero(y == c)) for c in sorted(set(y.tolist()))]
+    out: list[int] = []
+    while len(out) < min(n, len(y)):
+        for rows in by_class:
+            if rows and len(out) < n:
+                out.append(int(rows.pop(0)))
+    return np.asarray(out, dtype=np.int64)

@@ -1,0 +1,225 @@
+"""The pictures of ``fernoise eval``: PNGs readable without the terminal.
+
+Every function takes plain data (a confusion matrix, a training history as written to
+``metrics.jsonl``) and writes one PNG atomically. Figures are built on matplotlib's Agg
+canvas directly (``matplotlib.figure.Figure``), so no global backend or pyplot state is
+touched. A picture whose data the run did not record (thresholds of a ``ce`` run, noise
+detection without ``is_noisy``) is still written, saying so in the figure, so a run folder
+always holds the same four pictures.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fernoise.cache import atomic_path
+
+DPI = 110
+
+
+def _figure(w: float, h: float, layout: str | None = "constrained"):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=DPI, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    return path
+
+
+def _epochs(history: Sequence[dict[str, Any]]) -> list[int]:
+    return [int(r.get("epoch", i + 1)) for i, r in enumerate(history)]
+
+
+def _col(history: Sequence[dict[str, Any]], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in history], dtype=float)
+
+
+def _shade_warmup(ax, history: Sequence[dict[str, Any]]) -> None:
+    warm = [int(r.get("epoch", i + 1)) for i, r in enumerate(history) if r.get("warmup")]
+    if warm:
+        ax.axvspan(min(warm) - 0.5, max(warm) + 0.5, color="0.88", zorder=0, label="warm-up")
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# ----------------------------------------------------------------------------- confusion
+def confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | os.PathLike, *, title: str = "") -> Path:
+    """Heatmap of the row-normalised confusion matrix; each cell shows count and share.
+
+    Rows are true classes, columns predicted classes, both labelled with class names.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    support = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, support, out=np.zeros(cm.shape, dtype=float), where=support > 0)
+    c = len(classes)
+    side = max(5.0, 0.85 * c + 2.5)
+    fig = _figure(side + 1.2, side)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(c))
+    ax.set_yticks(range(c))
+    ax.set_xticklabels(classes, rotation=40, ha="right")
+    ax.set_yticklabels([f"{n} ({int(s)})" for n, s in zip(classes, support[:, 0], strict=True)])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (test rows)")
+    for i in range(c):
+        for j in range(c):
+            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.55 else "black")
+    ax.set_title(title or "confusion matrix (count / share of the row)")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- curves
+def curves_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "") -> Path:
+    """Three panels over epochs: accuracies (train/val/test), loss parts, confident fraction."""
+    fig = _figure(13, 4.2)
+    axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
+    ep = _epochs(history)
+    if not history:
+        for ax in axes:
+            _empty(ax, "no epochs recorded (metrics.jsonl is empty)")
+        return _save(fig, path)
+    panels = [
+        (axes[0], "accuracy", [("train_acc", "train (vs training label)", ":"), ("val_acc", "validation", "--"), ("test_acc", "test", "-")]),
+        (axes[1], "loss", [("loss", "loss L", "-"), ("loss_s", "L_s (confident CE)", "--"), ("loss_c", "L_c (negative classes)", ":")]),
+        (axes[2], "fraction of the batch", [("confident_frac", "confident fraction", "-")]),
+    ]
+    for ax, ylabel, keys in panels:
+        _shade_warmup(ax, history)
+        drawn = 0
+        for key, label, style in keys:
+            y = _col(history, key)
+            if np.isfinite(y).any():
+                ax.plot(ep, y, style, marker="o", ms=3, label=label)
+                drawn += 1
+        if key == "confident_frac" and not drawn:
+            ax.text(0.5, 0.5, "no confident set\n(warm-up only, or method ce/nl)", ha="center",
+                    va="center", transform=ax.transAxes)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[0].set_title("accuracy per epoch")
+    axes[1].set_title("loss parts per epoch")
+    axes[2].set_title("confident fraction per epoch")
+    test = _col(history, "test_acc")
+    if np.isfinite(test).any():
+        k = int(np.nanargmax(test))
+        axes[0].annotate(f"max {test[k]:.3f} (epoch {ep[k]})", (ep[k], test[k]), textcoords="offset points",
+                         xytext=(0, 8), ha="center", fontsize=8)
+        axes[0].margins(y=0.15)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- thresholds
+def thresholds_png(history: Sequence[dict[str, Any]], classes: Sequence[str], path: str | os.PathLike,
+                   *, title: str = "") -> Path:
+    """One line per class: the epoch mean of the per-batch threshold ``T_c`` (Eq. 1)."""
+    fig = _figure(8, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    ep = _epochs(history)
+    cmap = _class_colours(len(classes))
+    drawn = 0
+    for c, name in enumerate(classes):
+        y = np.array([
+            np.nan if not isinstance(r.get("thresholds"), list) or c >= len(r["thresholds"]) or r["thresholds"][c] is None
+            else float(r["thresholds"][c]) for r in history
+        ])
+        if np.isfinite(y).any():
+            ax.plot(ep, y, marker="o", ms=3, color=cmap[c], label=name)
+            drawn += 1
+    if not drawn:
+        _empty(ax, "no class thresholds recorded\n(method ce or nl, or only warm-up epochs)")
+    else:
+        _shade_warmup(ax, history)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("threshold T_c (mean p[y=c] of the class's rows)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2, title="class")
+    ax.set_title(title or "per-class confidence thresholds T_c over epochs")
+    return _save(fig, path)
+
+
+def _class_colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- noise detection
+def noise_detection_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "") -> Path:
+    """Precision, recall and F1 of the confident set as a detector of clean rows, per epoch."""
+    fig = _figure(8, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    ep = _epochs(history)
+    p = _col(history, "confident_precision")
+    r = _col(history, "confident_recall")
+    if not (np.isfinite(p).any() or np.isfinite(r).any()):
+        _empty(ax, "no noise-detection figures recorded\n(the training manifest has no is_noisy column,\n"
+                   "or the method selects no confident set)")
+    else:
+        _shade_warmup(ax, history)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+        f1[~(np.isfinite(p) & np.isfinite(r))] = np.nan
+        ax.plot(ep, p, "-", marker="o", ms=3, label="precision (clean among confident)")
+        ax.plot(ep, r, "--", marker="s", ms=3, label="recall (confident among clean)")
+        ax.plot(ep, f1, ":", marker="^", ms=3, label="F1")
+        frac = _col(history, "confident_frac")
+        if np.isfinite(frac).any():
+            ax.plot(ep, frac, "-", color="0.5", lw=1, label="confident fraction")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("score (clean = is_noisy false)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax.set_title(title or "confident set as a clean-label detector, per epoch")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- all
+def all_pictures(report: dict[str, Any], history: Sequence[dict[str, Any]], out_dir: str | os.PathLike) -> list[Path]:
+    """The four standard pictures of an evaluation report, written into ``out_dir``."""
+    from fernoise.evaluate import PICTURES
+
+    out_dir = Path(out_dir)
+    name = _run_label(report)
+    classes = report["classes"]
+    return [
+        confusion_png(np.array(report["confusion_matrix"]), classes, out_dir / PICTURES["confusion"],
+                      title=f"{name}: top-1 {report['top1']:.3f}, macro-F1 {report['macro_f1']:.3f} (n={report['n']})"),
+        curves_png(history, out_dir / PICTURES["curves"], title=f"training curves: {name}"),
+        thresholds_png(history, classes, out_dir / PICTURES["thresholds"],
+                       title=f"per-class thresholds T_c over epochs: {name}"),
+        noise_detection_png(history, out_dir / PICTURES["noise_detection"],
+                            title=f"noise detection by the confident set: {name}"),
+    ]
+
+
+def _run_label(report: dict[str, Any]) -> str:
+    from fernoise.report import noise_label
+
+    return f"{report.get('method') or '?'}, {noise_label(report.get('noise'))}"

@@ -1,0 +1,281 @@
+"""Evaluation metrics on hand-made data, and `fernoise eval` on a fake run directory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fernoise import evaluate as ev
+from fernoise.errors import FernoiseError
+from fernoise.labels import LABEL_SPACES
+
+CLASSES7 = list(LABEL_SPACES["basic7"])
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_confusion_matrix_per_class_and_macro_figures():
+    # 3 classes, 10 rows. cm = [[3,1,0],[1,2,1],[0,0,2]]
+    y_true = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    y_pred = [0, 0, 0, 1, 0, 1, 1, 2, 2, 2]
+    cm = ev.confusion_matrix(y_true, y_pred, 3)
+    assert cm.tolist() == [[3, 1, 0], [1, 2, 1], [0, 0, 2]]
+    m = ev.per_class_metrics(cm)
+    np.testing.assert_allclose(m["precision"], [3 / 4, 2 / 3, 2 / 3])
+    np.testing.assert_allclose(m["recall"], [3 / 4, 2 / 4, 2 / 2])
+    np.testing.assert_allclose(m["accuracy"], m["recall"])
+    f1 = [0.75, 2 * (2 / 3) * 0.5 / (2 / 3 + 0.5), 0.8]  # 0.75, 0.5714.., 0.8
+    np.testing.assert_allclose(m["f1"], f1)
+    assert m["support"].tolist() == [4, 4, 2]
+    assert ev.top1(cm) == pytest.approx(0.7)
+    assert ev.macro_f1(cm) == pytest.approx(np.mean(f1))
+    assert ev.macro_f1(cm) == pytest.approx(0.707142857, abs=1e-8)
+    assert ev.mean_class_accuracy(cm) == pytest.approx((0.75 + 0.5 + 1.0) / 3)
+
+
+def test_absent_class_is_zero_and_left_out_of_macro():
+    cm = ev.confusion_matrix([0, 0, 1], [0, 1, 1], 3)  # class 2 never occurs
+    m = ev.per_class_metrics(cm)
+    assert m["precision"][2] == 0 and m["recall"][2] == 0 and m["f1"][2] == 0
+    assert ev.macro_f1(cm) == pytest.approx(np.mean([2 / 3, 2 / 3]))
+    with pytest.raises(ValueError):
+        ev.confusion_matrix([0, 3], [0, 0], 3)
+
+
+def test_ece_hand_made():
+    # Bin (0.8667, 0.9333]: 2 rows at 0.9, 1 right -> |0.5-0.9| ; bin (0.533,0.6]: 2 rows at 0.6, both right -> |1-0.6|
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]])
+    y = [0, 1, 1, 1]
+    ece, bins = ev.expected_calibration_error(probs, y, n_bins=15)
+    assert ece == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+    assert len(bins) == 15 and sum(b["count"] for b in bins) == 4
+    b9 = [b for b in bins if b["count"] == 2 and b["confidence"] == pytest.approx(0.6)][0]
+    assert b9["accuracy"] == 1.0 and b9["lo"] == pytest.approx(8 / 15)
+    # perfectly calibrated: confidence 1.0 and always right -> 0; exactly 1.0 goes in the last bin
+    ece, bins = ev.expected_calibration_error(np.eye(3), [0, 1, 2])
+    assert ece == 0.0 and bins[-1]["count"] == 3
+
+
+def _history(test, val=None, warm=0, **extra):
+    rows = []
+    for i, t in enumerate(test):
+        r = {"epoch": i + 1, "warmup": i < warm, "test_acc": t, "val_acc": None if val is None else val[i]}
+        for k, v in extra.items():
+            r[k] = v[i]
+        rows.append(r)
+    return rows
+
+
+def test_max_last5_and_val_selected_epoch():
+    test = [0.30, 0.50, 0.70, 0.65, 0.60, 0.62, 0.58, 0.61, 0.59]
+    val = [0.31, 0.52, 0.66, 0.69, 0.61, 0.69, 0.57, 0.60, 0.58]
+    h = _history(test, val, warm=2)
+    m = ev.max_last(h)
+    assert m["max"] == 0.70 and m["max_epoch"] == 3 and m["last_n"] == 5
+    assert m["last"] == pytest.approx((0.60 + 0.62 + 0.58 + 0.61 + 0.59) / 5)
+    v = ev.val_selected(h)
+    assert v == {"epoch": 4, "val_acc": 0.69, "test_acc": 0.65}  # earliest of the tied 0.69s
+    assert ev.warmup_warning(h) is None
+    short = ev.max_last(_history([0.2, 0.4, 0.3]))
+    assert short["last"] == pytest.approx(0.3) and short["last_n"] == 3
+    assert ev.val_selected(_history([0.2, 0.4])) is None
+    assert ev.max_last([]) is None
+
+
+def test_warmup_warning_when_best_test_epoch_is_in_warmup():
+    h = _history([0.40, 0.72, 0.55, 0.50, 0.45, 0.44], warm=3)
+    w = ev.warmup_warning(h)
+    assert w is not None and "epoch 2" in w and "warm-up (epochs 1-3)" in w
+    s = ev.history_summary(h, CLASSES7)
+    assert s["best_test_in_warmup"] is True and s["warnings"] == [w]
+    assert s["warmup_epochs"] == [1, 2, 3]
+    assert ev.warmup_warning(_history([0.40, 0.50, 0.72], warm=2)) is None
+    assert ev.warmup_warning(h, method="ce") is None  # ce's warm-up is its own loss
+
+
+def test_noise_detection_and_thresholds_from_history():
+    h = _history([0.5, 0.6, 0.7], warm=1,
+                 confident_precision=[None, 0.8, 0.9], confident_recall=[None, 0.4, 0.6],
+                 confident_frac=[None, 0.5, 0.55],
+                 thresholds=[None, [0.3, 0.5], [0.35, None]])
+    nd = ev.noise_detection(h)
+    assert [d["epoch"] for d in nd] == [2, 3]
+    assert nd[0]["f1"] == pytest.approx(2 * 0.8 * 0.4 / 1.2)
+    assert nd[1]["f1"] == pytest.approx(0.72) and nd[1]["confident_frac"] == 0.55
+    thr = ev.thresholds_over_time(h, ["neutral", "happy"])
+    assert thr == {"epoch": [1, 2, 3], "neutral": [None, 0.3, 0.35], "happy": [None, 0.5, None]}
+
+
+# ----------------------------------------------------------------------------- fake run
+def make_manifest(root, n_test=40, n_train=12, classes=CLASSES7, key="mkey-test", label_space="basic7", size=32):
+    """A manifest with generated 32x32 PNG crops; test rows cycle through the classes."""
+    rng = np.random.default_rng(0)
+    (root / "faces").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            c = i % len(classes)
+            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            arr[..., c % 3] = 30 * c
+            rel = f"faces/{split}_{i:03d}.png"
+            Image.fromarray(arr).save(root / rel)
+            rows.append({"id": f"{split}_{i}", "src_path": f"{split}_{i}.jpg", "path": rel, "split": split,
+                         "label": c, "label_name": classes[c], "status": "ok", "n_faces": 1})
+    # rows eval must skip: unlabelled, no crop
+    rows.append({"id": "u", "src_path": "u.jpg", "path": rows[-1]["path"], "split": "test", "label": None,
+                 "label_name": None, "status": "ok", "n_faces": 1})
+    rows.append({"id": "nf", "src_path": "nf.jpg", "path": None, "split": "test", "label": 1,
+                 "label_name": "happy", "status": "no_face", "reason": "no face", "n_faces": 0})
+    from fernoise.manifest import write_manifest
+
+    path = root / "manifest.parquet"
+    write_manifest(pd.DataFrame(rows), path, {"classes": list(classes), "label_space": label_space,
+                                              "key": key, "stage": "align", "lineage": []})
+    return path
+
+
+def make_run(root, manifest, *, method="ncctfer", noise=None, epochs=6, warmup=2, test=None, val=None,
+             noisy=True, classes=CLASSES7, size=32, with_model=True, key=None):
+    """A run directory per notes/rundir.md, with a random-init FerNet as model.pt."""
+    root.mkdir(parents=True, exist_ok=True)
+    c = len(classes)
+    two = method == "ncctfer"
+    cfg = {
+        "method": method, "epochs": epochs, "batch_size": 8, "image_size": size, "warmup": warmup, "k": 4,
+        "lr_backbone": 1e-3, "lr_head": 1e-3, "randaug_magnitude": 10, "pretrained": None, "seed": 0,
+        "precision": "fp32", "device": "cpu", "val_fraction": 0.1, "manifest": str(manifest),
+        "manifest_key": "mkey-test", "classes": list(classes), "label_space": "basic7" if c == 7 else "basic8",
+        "num_classes": c, "two_heads": two, "noise": noise, "align": None, "key": key or f"runkey-{root.name}",
+    }
+    (root / "config.json").write_text(json.dumps(cfg, sort_keys=True, indent=2))
+    test = test or [0.2, 0.3, 0.45, 0.4, 0.42, 0.41][:epochs]
+    val = val or [0.21, 0.33, 0.40, 0.44, 0.43, 0.40][:epochs]
+    lines = []
+    for e in range(epochs):
+        w = e < warmup
+        sel = method in ("pc", "ncctfer") and not w
+        lines.append(json.dumps({
+            "epoch": e + 1, "warmup": w, "loss": 2.0 - 0.1 * e, "loss_s": None if w else 1.5 - 0.1 * e,
+            "loss_c": (0.3 - 0.02 * e) if (two and not w) else None, "train_acc": 0.2 + 0.05 * e,
+            "lr_backbone": 1e-3, "lr_head": 1e-3,
+            "thresholds": [0.2 + 0.02 * e + 0.03 * k for k in range(c)] if sel else None,
+            "confident_frac": 0.5 + 0.01 * e if sel else None,
+            "confident_precision": (0.7 + 0.03 * e) if (sel and noisy) else None,
+            "confident_recall": (0.5 + 0.02 * e) if (sel and noisy) else None,
+            "val_acc": val[e], "test_acc": test[e], "images_per_s": 100.0, "seconds": 1.0,
+        }))
+    (root / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if with_model:
+        import torch
+
+        from fernoise.model import FerNet
+
+        torch.save(FerNet(c, two_heads=two).state_dict(), root / "model.pt")
+    return root
+
+
+def _is_png(path):
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+
+def test_eval_end_to_end_on_a_fake_run(tmp_path, workspace):
+    from fernoise.cache import Workspace
+
+    man = make_manifest(tmp_path / "data")
+    run = make_run(tmp_path / "runs" / "r1", man)
+    res, rep = ev.evaluate_run(run, ev.EvalParams(cam=8, batch_size=16, device="cpu"), workspace=Workspace())
+    assert not res.hit and res.output == run / "eval.json"
+    on_disk = json.loads((run / "eval.json").read_text())
+    assert on_disk == rep
+    for field in ("top1", "macro_f1", "per_class", "confusion_matrix", "ece", "ece_bins", "history", "classes",
+                  "n", "method", "noise", "manifest", "pictures", "mean_class_accuracy", "calibration"):
+        assert field in rep, field
+    assert rep["n"] == 40 and rep["classes"] == CLASSES7 and rep["ece_bins"] == 15
+    cm = np.array(rep["confusion_matrix"])
+    assert cm.shape == (7, 7) and cm.sum() == 40
+    assert cm.sum(axis=1).tolist() == [6, 6, 6, 6, 6, 5, 5]
+    assert rep["top1"] == pytest.approx(np.trace(cm) / 40)
+    assert rep["per_class"]["happy"]["support"] == 6
+    assert 0.0 <= rep["ece"] <= 1.0
+    h = rep["history"]
+    assert h["test_max_last5"] == {"max": 0.45, "max_epoch": 3, "last": pytest.approx((0.3 + 0.45 + 0.4 + 0.42 + 0.41) / 5), "last_n": 5}
+    assert h["val_selected"] == {"epoch": 4, "val_acc": 0.44, "test_acc": 0.4}
+    assert h["best_test_in_warmup"] is False
+    assert [d["epoch"] for d in h["noise_detection"]] == [3, 4, 5, 6]
+    assert h["noise_detection"][0]["precision"] == pytest.approx(0.76)
+    assert h["thresholds"]["epoch"] == [1, 2, 3, 4, 5, 6] and h["thresholds"]["neutral"][2] == pytest.approx(0.24)
+    assert sorted(rep["pictures"]) == sorted([*ev.PICTURES.values(), ev.GRADCAM_PNG])
+    for name in rep["pictures"]:
+        assert _is_png(run / name), name
+    lock = json.loads((tmp_path / "fernoise.lock").read_text())
+    assert lock["stages"]["eval"]["key"] == res.key
+
+    # The model's own prediction agrees with the reported top-1.
+    import torch
+
+    from fernoise.images import load_many, to_tensor
+    from fernoise.manifest import read_manifest
+
+    m = read_manifest(man)
+    rows = ev.select_test_rows(m)
+    x = to_tensor(load_many([m.root / p for p in rows["path"]], 32))
+    with torch.inference_mode():
+        pred = ev.load_model(ev.load_run(run))(x)[0].argmax(1).numpy()
+    assert (pred == rows["label"].astype(int).to_numpy()).mean() == pytest.approx(rep["top1"])
+
+    # Same inputs: cache hit; a changed model: a miss.
+    res2, _ = ev.evaluate_run(run, ev.EvalParams(cam=8, batch_size=7, device="cpu"))
+    assert res2.hit and res2.key == res.key
+    res3, _ = ev.evaluate_run(run, ev.EvalParams(cam=0, device="cpu"))
+    assert not res3.hit and "gradcam.png" not in _["pictures"]
+
+
+def test_gradcam_grid_has_the_faces_asked_for(tmp_path):
+
+    from fernoise.gradcam import gradcam, gradcam_grid
+    from fernoise.model import FerNet
+
+    model = FerNet(7, two_heads=False).eval()
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 255, (8, 48, 48, 3), dtype=np.uint8)
+    cams, probs = gradcam(model, imgs)
+    assert cams.shape == (8, 48, 48) and probs.shape == (8, 7)
+    assert cams.min() >= 0 and cams.max() <= 1
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    out = gradcam_grid(model, imgs, [0, 1, 2, 3, 4, 5, 6, 0], CLASSES7, tmp_path / "g.png")
+    assert _is_png(out)
+    with Image.open(out) as im:
+        w, h = im.size
+    assert w > h  # 4 columns x 2 rows
+    assert list(ev.pick_cam_rows(np.array([0, 0, 1, 1, 2, 2]), 4)) == [0, 2, 4, 1]
+
+
+def test_eval_on_another_manifest_and_label_space_mismatch(tmp_path):
+    man = make_manifest(tmp_path / "data")
+    run = make_run(tmp_path / "runs" / "r1", man, method="ce", noisy=False)
+    other = make_manifest(tmp_path / "other", n_test=14, key="other-key")
+    res, rep = ev.evaluate_run(run, ev.EvalParams(device="cpu"), manifest=other)
+    assert res.output == run / "eval-other-key" / "eval.json"
+    assert rep["n"] == 14 and rep["own_manifest"] is False and not (run / "eval.json").exists()
+    assert rep["history"]["noise_detection"] == [] and rep["history"]["thresholds"] is None
+    eight = make_manifest(tmp_path / "eight", n_test=8, key="k8", classes=list(LABEL_SPACES["basic8"]), label_space="basic8")
+    with pytest.raises(FernoiseError, match="same label space"):
+        ev.evaluate_run(run, ev.EvalParams(device="cpu"), manifest=eight)
+
+
+def test_eval_errors_are_one_line(tmp_path):
+    with pytest.raises(FernoiseError, match="not a training run"):
+        ev.load_run(tmp_path)
+    man = make_manifest(tmp_path / "data", n_test=7)
+    run = make_run(tmp_path / "r", man, with_model=False)
+    with pytest.raises(FernoiseError, match="no model.pt"):
+        ev.evaluate_run(run)
+    with pytest.raises(FernoiseError) as e:
+        ev.EvalParams(cam=-1)
+    assert e.value.one_line() == "--cam: expected 0..64 Grad-CAM faces, got -1"
