@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fernoise.cache import StageResult, Workspace, file_sha256, run_stage
 from fernoise.corrupt import CorruptParams, check_matrix, corrupt
 from fernoise.errors import FernoiseError
 from fernoise.labels import canonical_name
-from fernoise.manifest import read_manifest, read_meta, stage_meta, write_manifest
+from fernoise.manifest import read_meta, stage_meta, write_manifest_table
 
 STAGE = "corrupt"
 VERSION = 1
@@ -132,6 +134,29 @@ def output_name(input_path: str | os.PathLike, params: CorruptParams, *, matrix_
 
 
 # ----------------------------------------------------------------------------- the runner
+NEW_COLUMNS: dict[str, pa.DataType] = {
+    "label": pa.int64(),
+    "label_name": pa.string(),
+    "label_clean": pa.int64(),
+    "is_noisy": pa.bool_(),
+}
+
+
+def splice(table: pa.Table, df: pd.DataFrame) -> pa.Table:
+    """``table`` with the columns of :data:`NEW_COLUMNS` taken from ``df`` (same rows, same
+    order): existing ones replaced in place, ``label_clean`` and ``is_noisy`` placed right
+    after ``label_name`` (the order :func:`fernoise.corrupt.corrupt` gives a full frame)."""
+    arrays = {name: pa.array(df[name], type=typ, from_pandas=True) for name, typ in NEW_COLUMNS.items()}
+    names = [n for n in table.column_names if n not in ("label_clean", "is_noisy")]
+    if "label_name" not in names:
+        names.append("label_name")
+    at = names.index("label_name") + 1
+    names = names[:at] + ["label_clean", "is_noisy"] + names[at:]
+    cols = [arrays[n] if n in arrays else table.column(n) for n in names]
+    return pa.Table.from_arrays(cols, names=names)
+
+
+
 @dataclass
 class CorruptResult:
     """What :func:`run_corrupt` did: the stage result, the noise info and the timings (s)."""
@@ -228,17 +253,24 @@ def run_corrupt(
 
     def build(key: str) -> list[Path]:
         t0 = time.perf_counter()
-        m = read_manifest(path)
+        # Only the columns the noise needs go through pandas; the rest of the table (paths,
+        # boxes, landmarks, votes) is written back as read: a large manifest stays fast.
+        table = pq.read_table(path)
+        m_meta = read_meta(path)
+        need = [c for c in ("id", "split", "label", "label_name", "label_clean", params.column) if c and c in table.column_names]
+        small = table.select(need).to_pandas()
+        if "label" in small.columns:
+            small["label"] = small["label"].astype("Int64")
         t1 = time.perf_counter()
-        df, info = corrupt(m.df, classes=classes, params=params, allow_noisy=force)
+        df, info = corrupt(small, classes=classes, params=params, allow_noisy=force)
         t2 = time.perf_counter()
         info["input_key"] = input_key
         if pairs_file is not None:
             info["pairs_sha256"] = key_params["pairs_sha256"]
         if matrix_sha is not None:
             info["matrix_sha256"] = matrix_sha
-        new_meta = stage_meta(m.meta, stage=STAGE, params=key_params, key=key, noise=info)
-        write_manifest(df, output, new_meta)
+        new_meta = stage_meta(m_meta, stage=STAGE, params=key_params, key=key, noise=info)
+        write_manifest_table(splice(table, df), output, new_meta)
         t3 = time.perf_counter()
         timings.update(read=t1 - t0, corrupt=t2 - t1, write=t3 - t2)
         noise.update(info)
