@@ -401,6 +401,8 @@ def load_model(run: Run, device: str = "cpu"):
         raise FernoiseError(f"{run.model_path} could not be read ({e.__class__.__name__}); re-run `fernoise train`") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if isinstance(state, dict):  # torch.compile / DDP wrappers prefix the keys
+        state = {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

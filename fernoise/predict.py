@@ -1,0 +1,209 @@
+"""``fernoise predict``: classify every face in photos with a trained run.
+
+Each photo is decoded and aligned with the same settings as the run's training data
+(``config["align"]``, the align parameters of the training manifest's lineage); a run whose
+manifest did not come from ``fernoise align`` (``config["align"]`` null) uses
+``AlignParams()``'s defaults. Every face crop is resized to the run's ``image_size`` exactly as
+training crops were (bilinear, RGB; see :func:`fernoise.images.load_rgb`) and classified by
+the ``pcc`` head.
+
+One output row per face, and one row for a photo with no face or a file that is not an
+image (``status`` and ``reason`` say why); nothing raises for a bad input file. Row keys:
+``file``, ``face`` (index in the photo, 0 = most confident detection; None without a face),
+``status`` (``ok``, ``no_face``, or the decoder's status such as ``unreadable``), ``label``,
+``prob``, ``top`` (list of ``{"label", "prob"}``, best first), ``det_prob``, ``bbox``,
+``reason``.
+
+Folders are searched recursively for files with an image extension (``IMAGE_EXTENSIONS``,
+any case, hidden files skipped); a file named explicitly is always tried, whatever its name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fernoise.errors import FernoiseError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+CHUNK = 8  # photos decoded and aligned at a time (bounds memory for large photos)
+
+
+@dataclass(frozen=True)
+class PredictParams:
+    """Parameters of ``fernoise predict``."""
+
+    top: int = 3
+    """How many classes each row lists, best first."""
+    batch_size: int = 64
+    """Faces per forward pass."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N, for the detector and the classifier."""
+
+    def __post_init__(self):
+        if self.top < 1:
+            raise FernoiseError(f"expected at least 1, got {self.top}", flag="--top")
+        if self.batch_size < 1:
+            raise FernoiseError(f"expected a positive batch size, got {self.batch_size}", flag="--batch-size")
+
+
+def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files named by ``items``: files as given, folders searched recursively for images."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(
+                f for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            ))
+        elif p.exists() or p.is_symlink():
+            out.append(p)
+        else:
+            raise FernoiseError(f"{p} does not exist; pass photos or folders of photos")
+    if not out:
+        raise FernoiseError(f"no image files found in {' '.join(map(str, items))} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return out
+
+
+def align_params_for(config: dict[str, Any]):
+    """The run's ``AlignParams``: from ``config["align"]`` (unknown keys ignored), else defaults."""
+    from fernoise.align import AlignParams
+
+    raw = config.get("align") or {}
+    names = {f.name for f in fields(AlignParams)}
+    return AlignParams(**{k: v for k, v in raw.items() if k in names})
+
+
+def crops_to_array(crops: Sequence[Any], size: int) -> np.ndarray:
+    """PIL face crops -> ``(N, size, size, 3)`` uint8, resized as training crops were."""
+    from PIL import Image
+
+    out = np.empty((len(crops), size, size, 3), dtype=np.uint8)
+    for i, im in enumerate(crops):
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
+        out[i] = np.asarray(im, dtype=np.uint8)
+    return out
+
+
+def classify(model, images: np.ndarray, classes: Sequence[str], *, top: int = 3, batch_size: int = 64,
+             device: str = "cpu") -> list[dict[str, Any]]:
+    """Label, probability and top-``top`` classes of each uint8 ``(N, H, W, 3)`` face."""
+    from fernoise.evaluate import predict_probs
+
+    probs = predict_probs(model, images, batch_size=batch_size, device=device)
+    out = []
+    for p in probs:
+        order = np.argsort(-p, kind="stable")[:top]
+        out.append({
+            "label": classes[int(order[0])],
+            "prob": float(p[order[0]]),
+            "top": [{"label": classes[int(c)], "prob": float(p[c])} for c in order],
+        })
+    return out
+
+
+def _row(file: Path, **kw: Any) -> dict[str, Any]:
+    row = {"file": str(file), "face": None, "status": "ok", "label": None, "prob": None, "top": [],
+           "det_prob": None, "bbox": None, "reason": None}
+    row.update(kw)
+    return row
+
+
+def predict(
+    items: Sequence[str | os.PathLike],
+    run_path: str | os.PathLike,
+    params: PredictParams = PredictParams(),
+    *,
+    detector=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per face in the photos named by ``items`` (see the module docstring)."""
+    from fernoise import align
+    from fernoise.evaluate import load_model, load_run, resolve_device
+
+    files = expand_inputs(items)
+    run = load_run(run_path)
+    device = resolve_device(params.device)
+    model = load_model(run, device)
+    aparams = align_params_for(run.config)
+    detector = detector if detector is not None else align.make_detector(device)
+    size = int(run.config["image_size"])
+    classes = run.classes
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(files), CHUNK):
+        chunk = files[start:start + CHUNK]
+        opened, images = [], []
+        for f in chunk:
+            try:
+                img, status, reason = align.open_image(f)
+            except Exception as e:  # noqa: BLE001 - a bad file gets its row, never a crash
+                img, status, reason = None, "error", f"{e.__class__.__name__}: {e}"
+            if img is None:
+                rows.append(_row(f, status=status or "unreadable", reason=reason or "could not be decoded"))
+            else:
+                opened.append(f)
+                images.append(img)
+        faces_per = align.align_images(images, aparams, detector=detector) if images else []
+        crops, where = [], []
+        for f, faces in zip(opened, faces_per, strict=True):
+            if not faces:
+                rows.append(_row(f, status="no_face", reason="the detector found no face"))
+                continue
+            for k, face in enumerate(faces):
+                rows.append(_row(f, face=k, det_prob=_float(face.det_prob), bbox=_floats(face.bbox)))
+                crops.append(face.crop)
+                where.append(len(rows) - 1)
+        if crops:
+            preds = classify(model, crops_to_array(crops, size), classes, top=params.top,
+                             batch_size=params.batch_size, device=device)
+            for i, pred in zip(where, preds, strict=True):
+                rows[i].update(pred)
+        if progress:
+            progress(min(start + CHUNK, len(files)), len(files))
+    order = {str(f): i for i, f in enumerate(files)}
+    rows.sort(key=lambda r: (order[r["file"]], -1 if r["face"] is None else r["face"]))
+    return rows
+
+
+def _float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _floats(v: Any) -> list[float] | None:
+    return None if v is None else [float(x) for x in np.asarray(v, dtype=float).ravel()]
+
+
+def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Write rows as CSV (``top`` as ``label:prob;...``) or JSON, by the file's extension."""
+    from fernoise.cache import atomic_path, atomic_write_json
+
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext == ".json":
+        atomic_write_json(path, list(rows))
+        return path
+    if ext != ".csv":
+        raise FernoiseError(f"expected a .csv or .json file, got {path.name}", flag="--out")
+    cols = ["file", "face", "status", "label", "prob", "top", "det_prob", "bbox", "reason"]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for r in rows:
+            cells = dict(r)
+            cells["top"] = ";".join(f"{t['label']}:{t['prob']:.4f}" for t in r["top"])
+            cells["bbox"] = json.dumps(r["bbox"]) if r["bbox"] is not None else ""
+            cells["prob"] = "" if r["prob"] is None else f"{r['prob']:.4f}"
+            cells["det_prob"] = "" if r["det_prob"] is None else f"{r['det_prob']:.4f}"
+            w.writerow(["" if cells[c] is None else cells[c] for c in cols])
+    return path
