@@ -8,13 +8,12 @@ from typing import Annotated
 import typer
 from fernoise_cli.common import SeedOpt, WorkspaceOpt, console, handle_errors, wrote
 
-HELP = """Corrupt the training labels of a manifest (sym, asym, matrix or column noise).
-
-Writes a new manifest beside the input (e.g. manifest.sym-r0.30-s0.parquet) with `label`
-(noisy), `label_clean` and `is_noisy`; prints the realised transition matrix and rates.
-Without MANIFEST, the latest `fernoise align` output of the workspace is used.
-"""
-
+HELP = (
+    "Corrupt the training labels of a manifest (sym, asym, matrix or column noise), exactly and reproducibly.\n\n"
+    "Writes a new manifest beside the input (e.g. manifest.sym-r0.30-s0.parquet) with label (noisy), "
+    "label_clean and is_noisy, and prints the realised transition matrix and rates. "
+    "Without MANIFEST, the latest `fernoise align` output of the workspace is used."
+)
 
 def print_noise(noise: dict) -> None:
     """The realised transition matrix (true x noisy, counts) and the realised rates."""
@@ -54,7 +53,7 @@ def register(app: typer.Typer) -> None:
     @app.command(name="corrupt", help=HELP)
     @handle_errors
     def corrupt_cmd(
-        manifest: Annotated[Path | None, typer.Argument(help="Manifest to corrupt (default: the latest aligned one).")] = None,
+        manifest: Annotated[Path | None, typer.Argument(metavar="MANIFEST", help="Manifest to corrupt (default: the latest aligned one).")] = None,
         kind: Annotated[str | None, typer.Option("--kind", help="sym, asym, matrix or column.")] = None,
         rate: Annotated[float | None, typer.Option("--rate", help="Fraction of each class to flip, in [0, 1) (sym, asym).")] = None,
         seed: SeedOpt = 0,

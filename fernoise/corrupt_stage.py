@@ -195,8 +195,10 @@ def run_corrupt(
         raise FernoiseError("choose a noise kind: --kind sym, asym, matrix or column", flag="--kind")
     ws = workspace or Workspace()
     path = Path(manifest) if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
+    if path.is_dir():  # an align output folder: its manifest
+        path = path / "manifest.parquet"
     if not path.is_file():
-        raise FernoiseError(f"manifest {path} does not exist", flag="MANIFEST")
+        raise FernoiseError(f"manifest {path} does not exist; pass a manifest .parquet file", flag="MANIFEST")
 
     if kind not in ("asym",) and pairs_file is not None:
         raise FernoiseError(f"pairs are for --kind asym, not {kind}; drop --pairs", flag="--pairs")
