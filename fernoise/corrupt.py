@@ -461,5 +461,7 @@ def corrupt(
         rate_per_class=per_class,
         rate_overall=overall,
         n_train=int(len(rows)),
+        # NEP 19: Generator streams are stable within a numpy version, not promised across
+        numpy=np.__version__,
     )
     return out, info
