@@ -220,7 +220,14 @@ def _sym(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
 
 def _asym(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
     classes = tuple(ctx.classes)
-    partners = asym_partners(classes, dict(ctx.params.pairs) if ctx.params.pairs is not None else None)
+    try:
+        partners = asym_partners(classes, dict(ctx.params.pairs) if ctx.params.pairs is not None else None)
+    except FernoiseError as e:
+        raise FernoiseError(
+            f"{e}; a pairs file replaces the paper's pairs, so it must give every class of "
+            f"{list(classes)} a partner inside that list",
+            flag="--pairs",
+        ) from None
     rate = float(ctx.params.rate)  # type: ignore[arg-type]
     out = y.copy()
     for c, idx in enumerate(_class_blocks(y, len(classes))):

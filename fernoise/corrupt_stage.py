@@ -248,7 +248,7 @@ def run_corrupt(
     input_key = meta.get("key") or file_sha256(path)
     output = Path(out) if out is not None else output_name(path, params, matrix_sha256=matrix_sha)
     if output.resolve() == path.resolve():
-        raise FernoiseError(f"--out {output} is the input manifest; the input is never modified", flag="--out")
+        raise FernoiseError(f"--out {output} is the input manifest, which is never modified; choose another path", flag="--out")
 
     timings: dict[str, float] = {}
     noise: dict[str, Any] = {}

@@ -321,6 +321,10 @@ def _bad_cases(ws, p8, p7):
     wrong_shape.write_text("\n".join(",".join("1" if j == i else "0" for j in range(8)) for i in range(8)) + "\n")
     pairs = ws / "pairs.csv"
     pairs.write_text("neutral,banana\n")
+    partial = ws / "partial.json"
+    partial.write_text('{"neutral": "sad"}')  # no partner for the other classes
+    good = ws / "good.npy"
+    np.save(good, np.eye(7))
     df = make_df()
     df["second"] = df["second"].replace({"contempt": "bored"})
     p_badcol = make_manifest(ws / "badcol.parquet", df=df)
@@ -336,6 +340,9 @@ def _bad_cases(ws, p8, p7):
         (["--kind", "matrix", "--matrix", bad_rows], p7, "--matrix"),
         (["--kind", "matrix", "--matrix", ws / "nope.csv"], p7, "--matrix"),
         (["--kind", "asym", "--rate", "0.3", "--pairs", pairs], p8, "--pairs"),
+        (["--kind", "asym", "--rate", "0.3", "--pairs", partial], p8, "--pairs"),
+        (["--kind", "matrix", "--matrix", good, "--rate", "0.3"], p7, "--rate"),
+        (["--kind", "sym", "--rate", "0.3", "--out", p8], p8, "--out"),
         (["--kind", "column", "--column", "nope"], p8, "--column"),
         (["--kind", "column", "--column", "second"], p_badcol, "--column"),
         (["--kind", "sym", "--rate", "0.3"], p_notrain, "MANIFEST"),
