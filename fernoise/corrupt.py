@@ -223,6 +223,8 @@ def _asym(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
     try:
         partners = asym_partners(classes, dict(ctx.params.pairs) if ctx.params.pairs is not None else None)
     except FernoiseError as e:
+        if ctx.params.pairs is None:
+            raise
         raise FernoiseError(
             f"{e}; a pairs file replaces the paper's pairs, so it must give every class of "
             f"{list(classes)} a partner inside that list",
