@@ -1,0 +1,109 @@
+"""Build a fernoise manifest straight over ../shared/data/ferplus (for benches and real runs).
+
+Not the align stage: FER2013 crops are already 48x48 faces, so each row points at its PNG as
+the crop (status ok). Labels: the FER+ majority (METHOD.md: drop single votes, keep the top
+class when it holds more than half of what remains, drop unknown/NF winners), or the
+original FER2013 label (``--labels fer2013``, 7 classes: real annotation noise, with
+``label_clean`` = the FER+ majority and ``is_noisy`` where they differ). ``--sym-rate r``
+flips exactly round(r * n_c) train rows per class to a uniformly drawn other class.
+
+    python bench/ferplus_manifest.py OUT.parquet --train 10000 [--sym-rate 0.5] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fernoise.cache import dict_hash
+from fernoise.labels import CLASSES, canonical_name
+from fernoise.manifest import write_manifest
+
+FERPLUS = Path(os.environ.get("FERNOISE_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve() / "data" / "ferplus"
+VOTES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF"]
+
+
+def ferplus_majority(votes: np.ndarray) -> np.ndarray:
+    """``(N, 10)`` vote counts -> canonical class index, or -1 (no majority / unknown / NF)."""
+    v = votes.astype(float).copy()
+    v[v <= 1] = 0  # drop single votes
+    top = v.argmax(1)
+    ok = v.max(1) > v.sum(1) / 2
+    names = [canonical_name(n) if i < 8 else None for i, n in enumerate(VOTES)]
+    out = np.array([CLASSES.index(names[t]) if ok[i] and names[t] else -1 for i, t in enumerate(top)])
+    return out
+
+
+def sym_noise(labels: np.ndarray, rate: float, num_classes: int, seed: int) -> np.ndarray:
+    """Exactly round(rate * n_c) labels of each class c flipped to a uniform other class."""
+    rng = np.random.default_rng(seed)
+    noisy = labels.copy()
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        flip = rng.choice(idx, size=int(round(rate * len(idx))), replace=False)
+        noisy[flip] = (c + rng.integers(1, num_classes, size=len(flip))) % num_classes
+    return noisy
+
+
+def build(out: Path, *, n_train: int | None, n_test: int | None = None, labels: str = "majority",
+          sym_rate: float = 0.0, seed: int = 0, root: Path = FERPLUS) -> Path:
+    """Write the manifest to ``out`` (crop paths relative to it) and return ``out``."""
+    df = pd.read_csv(root / "manifest.csv")
+    df["clean"] = ferplus_majority(df[VOTES].to_numpy())
+    if labels == "fer2013":
+        classes = list(CLASSES[:7])
+        df = df[df["fer2013_label"].notna()].copy()
+        df["label"] = [CLASSES.index(canonical_name(x)) for x in df["fer2013_label"]]
+        df = df[df["clean"] < 7]
+    else:
+        classes = list(CLASSES)
+        df = df[df["clean"] >= 0].copy()
+        df["label"] = df["clean"]
+    df["split"] = df["split"].map({"train": "train", "valid": "test"})
+    df = df.sort_values(["split", "rand_rank"])
+    parts = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        part = df[df["split"] == split]
+        parts.append(part if n is None else part.head(n))
+    df = pd.concat(parts).reset_index(drop=True)
+    train = df["split"] == "train"
+    if sym_rate:
+        df.loc[train, "label"] = sym_noise(df.loc[train, "label"].to_numpy(), sym_rate, len(classes), seed)
+    rel = os.path.relpath(root, out.resolve().parent)
+    rows = pd.DataFrame({
+        "id": df["path"], "src_path": df["path"], "path": [f"{rel}/{p}" for p in df["path"]],
+        "split": df["split"], "label": df["label"].astype("int64"),
+        "label_name": [CLASSES[i] for i in df["label"]],
+        "status": "ok", "n_faces": 1,
+        "label_clean": df["clean"].where(df["clean"] >= 0).astype("Int64"),
+        "is_noisy": (df["label"] != df["clean"]) & train,
+    })
+    lineage = [{"stage": "align", "key": "ferplus-direct", "params": {"source": "ferplus/manifest.csv", "labels": labels}}]
+    noise = None
+    if sym_rate or labels == "fer2013":
+        noise = {"kind": "sym" if sym_rate else "fer2013_original", "rate": sym_rate, "seed": seed}
+        lineage.append({"stage": "corrupt", "key": "ferplus-direct-noise", "params": noise})
+    key = dict_hash({"ids": rows["id"].tolist(), "labels": rows["label"].tolist(), "noise": noise, "labels_from": labels})
+    meta = {"classes": classes, "label_space": "basic8" if len(classes) == 8 else "basic7",
+            "stage": lineage[-1]["stage"], "params": lineage[-1]["params"], "key": key, "lineage": lineage}
+    return write_manifest(rows, out, meta)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--train", type=int, default=None, help="train rows (default: all)")
+    ap.add_argument("--test", type=int, default=None, help="FER2013Valid rows as test (default: all)")
+    ap.add_argument("--labels", choices=["majority", "fer2013"], default="majority")
+    ap.add_argument("--sym-rate", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    print(build(a.out, n_train=a.train, n_test=a.test, labels=a.labels, sym_rate=a.sym_rate, seed=a.seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""`fernoise train` end to end on tiny generated images: every method, the run folder contract,
+the cache, resume after kill -9, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fernoise_cli.app import app
+from PIL import Image
+from typer.testing import CliRunner
+
+from fernoise.errors import FernoiseError
+from fernoise.manifest import write_manifest
+from fernoise.model import FerNet
+from fernoise.train import TrainConfig, train
+
+CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
+SIZE = 32
+CONFIG_FIELDS = {
+    "method", "epochs", "batch_size", "image_size", "warmup", "k", "lr_backbone", "lr_head",
+    "randaug_magnitude", "pretrained", "seed", "precision", "device", "val_fraction", "manifest",
+    "manifest_key", "classes", "label_space", "num_classes", "two_heads", "noise", "align", "key",
+}
+METRIC_FIELDS = {
+    "epoch", "warmup", "loss", "loss_s", "loss_c", "train_acc", "lr_backbone", "lr_head",
+    "thresholds", "confident_frac", "confident_precision", "confident_recall", "val_acc",
+    "test_acc", "images_per_s", "seconds",
+}
+TIMING = {"images_per_s", "samples_per_s", "seconds"}
+
+
+def make_manifest(root: Path, n: int = 140, *, noise: float = 0.2, splits=("train", "test"), key="synthetic",
+                  labels=None) -> Path:
+    """``n`` PNGs whose class is a bright vertical band; ``noise`` of train labels flipped."""
+    rng = np.random.default_rng(0)
+    (root / "faces").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        c = i % len(CLASSES)
+        img = rng.integers(0, 60, (SIZE, SIZE, 3)).astype(np.uint8)
+        band = SIZE // len(CLASSES)
+        img[:, c * band : (c + 1) * band] += 150
+        path = f"faces/{i:04d}.png"
+        Image.fromarray(img).save(root / path)
+        split = splits[1] if i % 5 == 0 else splits[0]
+        noisy = split == "train" and rng.random() < noise
+        label = int((c + rng.integers(1, len(CLASSES))) % len(CLASSES)) if noisy else c
+        rows.append({"id": path, "src_path": path, "path": path, "split": split, "label": label,
+                     "label_clean": c, "is_noisy": bool(noisy), "status": "ok", "n_faces": 1})
+    df = pd.DataFrame(rows)
+    if labels is not None:
+        df["label"] = labels(df)
+    lineage = [{"stage": "align", "key": "a", "params": {"size": SIZE}},
+               {"stage": "corrupt", "key": key, "params": {"kind": "sym", "rate": noise, "seed": 0}}]
+    meta = {"classes": CLASSES, "label_space": "basic7", "stage": "corrupt", "key": key, "lineage": lineage}
+    return write_manifest(df, root / "manifest.parquet", meta)
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(epochs=2, warmup=1, batch_size=32, image_size=SIZE, k=3, workers=0, precision="fp32")
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return make_manifest(tmp_path_factory.mktemp("data"))
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["ce", "pc", "nl", "ncctfer"])
+def test_each_method_writes_the_run_folder_contract(method, manifest, workspace):
+    events = []
+    res = train(manifest, tiny(method=method), runs_dir=workspace / "runs", progress=events.append)
+    run = res.output
+    assert not res.hit and run.parent == workspace / "runs" and run.name == res.key[:16]
+    config = json.loads((run / "config.json").read_text())
+    assert CONFIG_FIELDS <= set(config)
+    assert config["method"] == method and config["two_heads"] == (method == "ncctfer")
+    assert config["classes"] == CLASSES and config["num_classes"] == 7
+    assert config["noise"] == {"kind": "sym", "rate": 0.2, "seed": 0} and config["align"] == {"size": SIZE}
+    assert config["key"] == res.key and config["device"] == "cpu" and config["precision"] == "fp32"
+    metrics = read_metrics(run)
+    assert [m["epoch"] for m in metrics] == [1, 2] and [m["warmup"] for m in metrics] == [True, False]
+    for m in metrics:
+        assert METRIC_FIELDS <= set(m)
+        assert m["test_acc"] is not None and m["val_acc"] is not None  # val carved from train
+        assert m["lr_backbone"] == 1e-4 and m["lr_head"] == 1e-3
+    last = metrics[-1]
+    selecting = method in ("pc", "ncctfer")
+    assert (last["thresholds"] is not None) == selecting
+    assert (last["confident_frac"] is not None) == selecting
+    assert (last["loss_c"] is not None) == (method == "ncctfer")
+    assert metrics[0]["thresholds"] is None and metrics[0]["loss_c"] is None  # warm-up
+    if selecting:
+        assert len(last["thresholds"]) == 7 and all(0 < t <= 1 for t in last["thresholds"])
+        assert 0 < last["confident_frac"] < 1
+        assert 0 <= last["confident_precision"] <= 1 and 0 < last["confident_recall"] <= 1
+    if method == "ncctfer":
+        assert last["loss"] == pytest.approx(last["loss_s"] + last["loss_c"], rel=1e-6)
+        assert last["images_per_s"] == pytest.approx(2 * last["samples_per_s"], rel=1e-6)
+    val_ids = json.loads((run / "val_ids.json").read_text())
+    assert len(val_ids) == config["n_val"] > 0
+    state = torch.load(run / "model.pt", weights_only=True)
+    FerNet(7, two_heads=config["two_heads"]).load_state_dict(state)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["key"] == res.key and len(ckpt["metrics"]) == 2
+    assert {e["event"] for e in events} >= {"epoch_start", "batch", "epoch_end"}
+
+
+def test_cli_cache_hit_and_changed_parameter_misses(manifest, workspace):
+    args = ["train", str(manifest), "--method", "pc", "--epochs", "1", "--warmup", "0", "--batch-size", "32",
+            "--image-size", str(SIZE), "--k", "3", "--precision", "fp32", "--workers", "0"]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    run = Path(first.output.strip().splitlines()[-1].split(": ", 1)[1])
+    assert (run / "model.pt").is_file() and "epoch   1" in first.output
+    lock = json.loads((workspace / "fernoise.lock").read_text())
+    assert Path(workspace / lock["stages"]["train"]["output"]) == run
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "cache hit" in again.output and str(run) in again.output
+    changed = runner.invoke(app, [*args[:-2], "--seed", "1", "--workers", "0"])
+    assert changed.exit_code == 0 and "cache hit" not in changed.output
+    assert str(run) not in changed.output
+
+
+def test_kill_9_then_resume_gives_identical_metrics(tmp_path):
+    data = make_manifest(tmp_path / "data", n=100)
+    env = {**os.environ, "FERNOISE_WORKSPACE": str(tmp_path)}
+    cmd = [sys.executable, "-m", "fernoise_cli.app", "train", str(data), "--method", "ncctfer", "--epochs", "3",
+           "--warmup", "1", "--batch-size", "16", "--image-size", str(SIZE), "--k", "3", "--workers", "1"]
+    killed = [*cmd, "--runs-dir", str(tmp_path / "a")]
+    proc = subprocess.Popen(killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    metrics_file = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "a").glob("*/metrics.jsonl"))
+        if found and found[0].read_text().count("\n") >= 1:
+            metrics_file = found[0]
+            break
+        time.sleep(0.05)
+    assert metrics_file is not None, "epoch 1 never finished"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (metrics_file.parent / "model.pt").exists()
+    resumed = subprocess.run(killed, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    full = subprocess.run([*cmd, "--runs-dir", str(tmp_path / "b")], env=env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+
+    def strip(run: Path) -> list[dict]:
+        return [{k: v for k, v in m.items() if k not in TIMING} for m in read_metrics(run)]
+
+    a, b = metrics_file.parent, tmp_path / "b" / metrics_file.parent.name
+    assert len(strip(a)) == 3 and strip(a) == strip(b)
+    sa, sb = torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ----------------------------------------------------------------------------- bad input
+def run_cli(args: list[str]):
+    return CliRunner().invoke(app, ["train", *args])
+
+
+def nothing_written(ws: Path) -> bool:
+    return not (ws / "runs").exists() and not (ws / "fernoise.lock").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--k", "7"], "--k"),
+        (["--k", "0"], "--k"),
+        (["--warmup", "3", "--epochs", "2"], "--warmup"),
+        (["--method", "mixup"], "--method"),
+        (["--precision", "fp16"], "--precision"),
+        (["--val-fraction", "1.5"], "--val-fraction"),
+        (["--batch-size", "1"], "--batch-size"),
+    ],
+)
+def test_bad_flags_fail_in_one_line_naming_the_flag(extra, flag, manifest, workspace):
+    res = run_cli([str(manifest), "--image-size", str(SIZE), *extra])
+    assert res.exit_code == 2
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and flag in lines[0] and "error" in lines[0]
+    assert nothing_written(workspace)
+
+
+def test_pretrained_that_is_not_a_state_dict(manifest, workspace):
+    bad = workspace / "weights.pt"
+    torch.save([1, 2, 3], bad)
+    res = run_cli([str(manifest), "--pretrained", str(bad), "--image-size", str(SIZE), "--k", "3"])
+    assert res.exit_code == 2 and "--pretrained" in res.output and len(res.output.strip().splitlines()) == 1
+    garbage = workspace / "garbage.pth"
+    garbage.write_bytes(b"not a pickle")
+    res = run_cli([str(manifest), "--pretrained", str(garbage), "--image-size", str(SIZE), "--k", "3"])
+    assert res.exit_code == 2 and "--pretrained" in res.output
+    assert nothing_written(workspace)
+
+
+def test_manifest_without_labelled_training_rows(tmp_path, workspace):
+    data = make_manifest(tmp_path / "d", n=20, splits=("test", "test"))
+    res = run_cli([str(data), "--image-size", str(SIZE), "--k", "3"])
+    assert res.exit_code == 2 and "no labelled training rows" in res.output and "MANIFEST" in res.output
+    assert nothing_written(workspace)
+
+
+def test_label_outside_the_class_list(tmp_path, workspace):
+    data = make_manifest(tmp_path / "d", n=30, labels=lambda df: [9] + df["label"].tolist()[1:])
+    res = run_cli([str(data), "--image-size", str(SIZE), "--k", "3"])
+    assert res.exit_code == 2 and "outside" in res.output and len(res.output.strip().splitlines()) == 1
+    assert nothing_written(workspace)
+
+
+def test_class_without_training_samples_warns_and_trains(tmp_path, workspace):
+    data = make_manifest(tmp_path / "d", n=70, noise=0.0, labels=lambda df: df["label"].where(df["label"] != 4, 0))
+    events = []
+    res = train(data, tiny(method="pc", epochs=1, warmup=0), runs_dir=workspace / "runs", progress=events.append)
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert any("'fear'" in w for w in warnings)
+    m = read_metrics(res.output)[0]
+    assert m["thresholds"][4] is None and m["thresholds"][0] is not None
+
+
+def test_config_checks_name_the_flag():
+    with pytest.raises(FernoiseError) as e:
+        TrainConfig(lr_decay=1.5)
+    assert e.value.flag == "--lr-decay"
+    with pytest.raises(FernoiseError) as e:
+        TrainConfig(epochs=0)
+    assert e.value.flag == "--epochs"
