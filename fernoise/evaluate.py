@@ -230,9 +230,10 @@ def warmup_warning(history: Sequence[dict[str, Any]], key: str = "test_acc", met
     warm = warmup_epochs(history)
     if m is None or m["max_epoch"] not in warm:
         return None
+    span = f"epoch {warm[0]}" if len(warm) == 1 else f"epochs {min(warm)}-{max(warm)}"
     return (
         f"the best test accuracy ({m['max']:.3f}) is at epoch {m['max_epoch']}, inside the "
-        f"warm-up (epochs {min(warm)}-{max(warm)}), before the method's own loss took over: "
+        f"warm-up ({span}), before the method's own loss took over: "
         "`max` flatters the method; read `last-5` and the validation-selected figure"
     )
 

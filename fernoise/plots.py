@@ -52,6 +52,13 @@ def _shade_warmup(ax, history: Sequence[dict[str, Any]]) -> None:
         ax.axvspan(min(warm) - 0.5, max(warm) + 0.5, color="0.88", zorder=0, label="warm-up")
 
 
+def _epoch_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, wrap=True)
     ax.set_xticks([])
@@ -113,7 +120,7 @@ def curves_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, ti
         if key == "confident_frac" and not drawn:
             ax.text(0.5, 0.5, "no confident set\n(warm-up only, or method ce/nl)", ha="center",
                     va="center", transform=ax.transAxes)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -153,7 +160,7 @@ def thresholds_png(history: Sequence[dict[str, Any]], classes: Sequence[str], pa
         _empty(ax, "no class thresholds recorded\n(method ce or nl, or only warm-up epochs)")
     else:
         _shade_warmup(ax, history)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylabel("threshold T_c (mean p[y=c] of the class's rows)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
@@ -191,7 +198,7 @@ def noise_detection_png(history: Sequence[dict[str, Any]], path: str | os.PathLi
         frac = _col(history, "confident_frac")
         if np.isfinite(frac).any():
             ax.plot(ep, frac, "-", color="0.5", lw=1, label="confident fraction")
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylabel("score (clean = is_noisy false)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)

@@ -1,0 +1,139 @@
+"""`fernoise predict`: every face classified, every bad file reported with a reason."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import WILD
+from PIL import Image
+
+from fernoise.errors import FernoiseError
+from fernoise.labels import LABEL_SPACES
+from fernoise.predict import classify, crops_to_array, expand_inputs, write_rows
+
+CLASSES7 = list(LABEL_SPACES["basic7"])
+
+
+def make_run(root, size=32, align=None):
+    """A run folder with what predict reads: config.json and model.pt (random init)."""
+    import torch
+
+    from fernoise.model import FerNet
+
+    root.mkdir(parents=True)
+    cfg = {"method": "ce", "classes": CLASSES7, "num_classes": 7, "two_heads": False, "image_size": size,
+           "align": align, "key": "k"}
+    (root / "config.json").write_text(json.dumps(cfg))
+    torch.save(FerNet(7, two_heads=False).state_dict(), root / "model.pt")
+    return root
+
+
+def make_folder(root):
+    """Two generated photos without faces, a text file named .jpg, an empty .png, a README."""
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (80, 120, 3), dtype=np.uint8)).save(root / "noise.png")
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(root / "sub" / "grey.JPG")
+    (root / "notes.jpg").write_text("this is not an image\n")
+    (root / "empty.png").write_bytes(b"")
+    (root / "README.md").write_text("# not a photo\n")
+    (root / ".hidden.jpg").write_text("skipped")
+    return root
+
+
+def test_expand_inputs_finds_images_recursively_and_keeps_named_files(tmp_path):
+    folder = make_folder(tmp_path / "photos")
+    names = [p.relative_to(folder).as_posix() for p in expand_inputs([folder])]
+    assert names == ["empty.png", "noise.png", "notes.jpg", "sub/grey.JPG"]
+    assert expand_inputs([folder / "README.md"]) == [folder / "README.md"]  # named: always tried
+    with pytest.raises(FernoiseError, match="does not exist"):
+        expand_inputs([tmp_path / "nope"])
+    (tmp_path / "none").mkdir()
+    with pytest.raises(FernoiseError, match="no image files"):
+        expand_inputs([tmp_path / "none"])
+
+
+def test_classify_gives_sorted_top3_per_face(tmp_path):
+    from fernoise.evaluate import load_model, load_run
+
+    model = load_model(load_run(make_run(tmp_path / "run")))
+    rng = np.random.default_rng(1)
+    crops = [Image.fromarray(rng.integers(0, 255, (s, s, 3), dtype=np.uint8)) for s in (40, 32, 64)]
+    arr = crops_to_array(crops, 32)
+    assert arr.shape == (3, 32, 32, 3) and arr.dtype == np.uint8
+    np.testing.assert_array_equal(arr[1], np.asarray(crops[1]))  # right size: untouched
+    preds = classify(model, arr, CLASSES7, top=3)
+    assert len(preds) == 3
+    for p in preds:
+        probs = [t["prob"] for t in p["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+        assert p["label"] == p["top"][0]["label"] and p["prob"] == probs[0]
+        assert 0 < sum(probs) <= 1 + 1e-6 and p["label"] in CLASSES7
+
+
+def test_write_rows_csv_and_json(tmp_path):
+    rows = [
+        {"file": "a.jpg", "face": 0, "status": "ok", "label": "happy", "prob": 0.7,
+         "top": [{"label": "happy", "prob": 0.7}, {"label": "neutral", "prob": 0.2}], "det_prob": 0.99,
+         "bbox": [1.0, 2.0, 30.0, 40.0], "reason": None},
+        {"file": "b.jpg", "face": None, "status": "no_face", "label": None, "prob": None, "top": [],
+         "det_prob": None, "bbox": None, "reason": "the detector found no face"},
+    ]
+    with open(write_rows(rows, tmp_path / "o.csv"), newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert got[0]["top"] == "happy:0.7000;neutral:0.2000" and got[0]["bbox"] == "[1.0, 2.0, 30.0, 40.0]"
+    assert got[1]["status"] == "no_face" and got[1]["face"] == "" and got[1]["reason"].startswith("the detector")
+    assert json.loads(write_rows(rows, tmp_path / "o.json").read_text()) == rows
+    with pytest.raises(FernoiseError, match="expected a .csv or .json file") as e:
+        write_rows(rows, tmp_path / "o.txt")
+    assert e.value.flag == "--out"
+
+
+def test_predict_folder_gives_a_row_per_file_with_reasons(tmp_path):
+    pytest.importorskip("fernoise.align", reason="fernoise.align not there yet")
+    run = make_run(tmp_path / "run")
+    folder = make_folder(tmp_path / "photos")
+    out = tmp_path / "pred.csv"
+    r = subprocess.run([sys.executable, "-m", "fernoise_cli.app", "predict", str(folder), "--run", str(run),
+                        "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with open(out, newline="") as fh:
+        rows = {row["file"].split("photos/")[1]: row for row in csv.DictReader(fh)}
+    assert sorted(rows) == ["empty.png", "noise.png", "notes.jpg", "sub/grey.JPG"]
+    assert rows["notes.jpg"]["status"] not in ("ok", "no_face") and rows["notes.jpg"]["reason"]
+    assert rows["empty.png"]["status"] not in ("ok", "no_face") and rows["empty.png"]["reason"]
+    assert rows["sub/grey.JPG"]["status"] == "no_face"
+    assert rows["noise.png"]["status"] == "no_face"
+    assert "notes.jpg" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.skipif(not WILD.exists(), reason=f"real data not present: {WILD}")
+def test_predict_wild_photos(tmp_path):
+    pytest.importorskip("fernoise.align", reason="fernoise.align not there yet")
+    from fernoise.predict import PredictParams, predict
+
+    run = make_run(tmp_path / "run", size=48)
+    rows = predict([WILD], run, PredictParams(device="cpu"))
+    by_file: dict[str, list] = {}
+    for r in rows:
+        by_file.setdefault(r["file"].split("/")[-1], []).append(r)
+    assert len(by_file) == 30
+    for name in ("dogs.jpg", "eagle.jpg", "horses.jpg"):
+        assert [r["status"] for r in by_file[name]] == ["no_face"], name
+    with open(WILD / "manifest.csv", newline="") as fh:
+        expected = {row["file"]: row for row in csv.DictReader(fh)}
+    for name, info in expected.items():
+        if info["category"] in ("single", "multi", "partial"):
+            faces = [r for r in by_file[name] if r["status"] == "ok"]
+            assert faces, f"{name}: no face found"
+            assert [r["face"] for r in faces] == list(range(len(faces)))
+            assert all(r["label"] in CLASSES7 and 0 < r["prob"] <= 1 for r in faces)
+    multi = sum(r["status"] == "ok" for r in by_file["bald_guys.jpg"])
+    assert multi >= 10
