@@ -1,0 +1,54 @@
+"""Acceptance 1: each method, 2 CPU epochs on a few hundred real FERPlus crops at 48x48,
+writes every file and field of the run folder contract (skips without ../shared/data)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from conftest import FERPLUS, needs
+from test_train import CONFIG_FIELDS, METRIC_FIELDS, read_metrics
+
+from fernoise.labels import CLASSES, canonical_name
+from fernoise.manifest import write_manifest
+from fernoise.model import FerNet
+from fernoise.train import TrainConfig, train
+
+pytestmark = needs(FERPLUS)
+
+
+@pytest.fixture(scope="module")
+def ferplus_manifest(tmp_path_factory):
+    """200 train + 60 FER2013Valid (as test) rows, FER+ plurality labels, 8 classes."""
+    df = pd.read_csv(FERPLUS / "manifest.csv")
+    df = df[~df["ferplus_plurality"].isin(["tie"]) & df["ferplus_plurality"].notna()]
+    df = pd.concat([df[df["split"] == "train"].nsmallest(200, "rand_rank"),
+                    df[df["split"] == "valid"].nsmallest(60, "rand_rank")])
+    labels = [CLASSES.index(canonical_name(x)) for x in df["ferplus_plurality"]]
+    rows = pd.DataFrame({
+        "id": df["path"].tolist(), "src_path": df["path"].tolist(),
+        "path": [str(FERPLUS / p) for p in df["path"]],
+        "split": ["train" if s == "train" else "test" for s in df["split"]],
+        "label": labels, "status": "ok", "n_faces": 1,
+    })
+    out = tmp_path_factory.mktemp("ferplus") / "manifest.parquet"
+    meta = {"classes": list(CLASSES), "label_space": "basic8", "stage": "align", "key": "ferplus-260",
+            "lineage": [{"stage": "align", "key": "ferplus-260", "params": {"source": "ferplus"}}]}
+    return write_manifest(rows, out, meta)
+
+
+@pytest.mark.parametrize("method", ["ce", "pc", "nl", "ncctfer"])
+def test_two_epochs_on_ferplus(method, ferplus_manifest, workspace):
+    cfg = TrainConfig(method=method, epochs=2, warmup=1, batch_size=64, image_size=48, workers=0)
+    run = train(ferplus_manifest, cfg, runs_dir=workspace / "runs").output
+    config = json.loads((run / "config.json").read_text())
+    assert CONFIG_FIELDS <= set(config) and config["noise"] is None and config["num_classes"] == 8
+    assert config["n_test"] == 60 and config["n_train"] + config["n_val"] == 200
+    metrics = read_metrics(run)
+    assert len(metrics) == 2 and all(METRIC_FIELDS <= set(m) for m in metrics)
+    assert all(0 <= m["test_acc"] <= 1 and m["loss"] > 0 for m in metrics)
+    assert metrics[1]["confident_precision"] is None  # no is_noisy column
+    FerNet(8, two_heads=method == "ncctfer").load_state_dict(torch.load(run / "model.pt", weights_only=True))
+    assert (run / "checkpoint.pt").is_file() and (run / "val_ids.json").is_file()
