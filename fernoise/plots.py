@@ -106,7 +106,7 @@ def curves_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, ti
         return _save(fig, path)
     panels = [
         (axes[0], "accuracy", [("train_acc", "train (vs training label)", ":"), ("val_acc", "validation", "--"), ("test_acc", "test", "-")]),
-        (axes[1], "loss", [("loss", "loss L", "-"), ("loss_s", "L_s (confident CE)", "--"), ("loss_c", "L_c (negative classes)", ":")]),
+        (axes[1], "loss", [("loss", "loss L", "-"), ("loss_s", "L_s (cross-entropy part)", "--"), ("loss_c", "L_c (negative classes)", ":")]),
         (axes[2], "fraction of the batch", [("confident_frac", "confident fraction", "-")]),
     ]
     for ax, ylabel, keys in panels:
@@ -121,6 +121,7 @@ def curves_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, ti
             ax.text(0.5, 0.5, "no confident set\n(warm-up only, or method ce/nl)", ha="center",
                     va="center", transform=ax.transAxes)
         _epoch_axis(ax)
+        ax.set_xlim(min(ep) - 0.5, max(ep) + 0.5)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
