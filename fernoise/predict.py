@@ -5,7 +5,9 @@ Each photo is decoded and aligned with the same settings as the run's training d
 manifest did not come from ``fernoise align`` (``config["align"]`` null) uses
 ``AlignParams()``'s defaults. Every face crop is resized to the run's ``image_size`` exactly as
 training crops were (bilinear, RGB; see :func:`fernoise.images.load_rgb`) and classified by
-the ``pcc`` head.
+the ``pcc`` head. When the run's training crops are greyscale (FER2013/FERPlus: mode ``L``,
+checked on the first crop of the training manifest), each face is turned to greyscale first,
+as training saw it.
 
 One output row per face, and one row for a photo with no face or a file that is not an
 image (``status`` and ``reason`` say why); nothing raises for a bad input file. Row keys:
@@ -83,13 +85,36 @@ def align_params_for(config: dict[str, Any]):
     return AlignParams(**{k: v for k, v in raw.items() if k in names})
 
 
-def crops_to_array(crops: Sequence[Any], size: int) -> np.ndarray:
-    """PIL face crops -> ``(N, size, size, 3)`` uint8, resized as training crops were."""
+def training_is_greyscale(config: dict[str, Any]) -> bool:
+    """True when the first crop of the run's training manifest is a greyscale image.
+
+    False when the manifest or its crops are no longer there (nothing to match).
+    """
+    from PIL import Image
+
+    try:
+        from fernoise.manifest import read_manifest
+
+        m = read_manifest(config["manifest"])
+        paths = m.df.loc[m.df["path"].notna(), "path"]
+        if paths.empty:
+            return False
+        with Image.open(m.root / paths.iloc[0]) as im:
+            return im.mode in ("L", "LA", "I;16", "1")
+    except (FernoiseError, OSError, KeyError, TypeError, ValueError):
+        return False
+
+
+def crops_to_array(crops: Sequence[Any], size: int, *, greyscale: bool = False) -> np.ndarray:
+    """PIL face crops -> ``(N, size, size, 3)`` uint8, resized as training crops were.
+
+    ``greyscale``: convert to ``L`` first (then back to 3 equal channels).
+    """
     from PIL import Image
 
     out = np.empty((len(crops), size, size, 3), dtype=np.uint8)
     for i, im in enumerate(crops):
-        im = im.convert("RGB")
+        im = im.convert("L").convert("RGB") if greyscale else im.convert("RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.Resampling.BILINEAR)
         out[i] = np.asarray(im, dtype=np.uint8)
@@ -139,6 +164,7 @@ def predict(
     aparams = align_params_for(run.config)
     detector = detector if detector is not None else align.make_detector(device)
     size = int(run.config["image_size"])
+    grey = training_is_greyscale(run.config)
     classes = run.classes
     rows: list[dict[str, Any]] = []
     for start in range(0, len(files), CHUNK):
@@ -165,7 +191,7 @@ def predict(
                 crops.append(face.crop)
                 where.append(len(rows) - 1)
         if crops:
-            preds = classify(model, crops_to_array(crops, size), classes, top=params.top,
+            preds = classify(model, crops_to_array(crops, size, greyscale=grey), classes, top=params.top,
                              batch_size=params.batch_size, device=device)
             for i, pred in zip(where, preds, strict=True):
                 rows[i].update(pred)

@@ -67,6 +67,8 @@ def test_classify_gives_sorted_top3_per_face(tmp_path):
     arr = crops_to_array(crops, 32)
     assert arr.shape == (3, 32, 32, 3) and arr.dtype == np.uint8
     np.testing.assert_array_equal(arr[1], np.asarray(crops[1]))  # right size: untouched
+    grey = crops_to_array(crops, 32, greyscale=True)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
     preds = classify(model, arr, CLASSES7, top=3)
     assert len(preds) == 3
     for p in preds:
@@ -137,3 +139,20 @@ def test_predict_wild_photos(tmp_path):
             assert all(r["label"] in CLASSES7 and 0 < r["prob"] <= 1 for r in faces)
     multi = sum(r["status"] == "ok" for r in by_file["bald_guys.jpg"])
     assert multi >= 10
+
+
+def test_greyscale_training_crops_are_detected(tmp_path):
+    import pandas as pd
+
+    from fernoise.manifest import write_manifest
+    from fernoise.predict import training_is_greyscale
+
+    for mode, expected in (("L", True), ("RGB", False)):
+        root = tmp_path / mode
+        root.mkdir()
+        Image.new(mode, (48, 48)).save(root / "c.png")
+        df = pd.DataFrame([{"id": "c", "src_path": "c.png", "path": "c.png", "split": "train", "label": 0,
+                            "status": "ok", "n_faces": 1}])
+        write_manifest(df, root / "m.parquet", {"classes": CLASSES7, "label_space": "basic7", "key": mode})
+        assert training_is_greyscale({"manifest": str(root / "m.parquet")}) is expected
+    assert training_is_greyscale({"manifest": str(tmp_path / "gone.parquet")}) is False
