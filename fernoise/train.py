@@ -7,7 +7,7 @@ the manifest has none), ``test`` rows test. Writes ``runs/<key[:16]>/`` (notes/r
 epoch; a re-run resumes from it), ``model.pt`` (final weights), ``val_ids.json`` when
 validation rows were carved out of train, and the stage stamp.
 
-Read :func:`fit` top to bottom for every method's loss. Choices where the paper is silent
+Read :func:`method_loss` for every method's loss and :func:`fit` for the loop. Choices where the paper is silent
 (METHOD.md): warm-up (plain CE on every sample) applies to every method for its first
 ``warmup`` epochs; the weak and strong views go through the network as one concatenated batch
 (one BatchNorm pass, as FixMatch-style code does); ``q_w`` is a stop-gradient target; no
@@ -352,6 +352,54 @@ def _train_rank(manifest_path, cfg, runs_dir, force, *, workspace=None, progress
         distributed.shutdown()
 
 
+# ----------------------------------------------------------------------------- the loss
+@dataclass
+class StepLoss:
+    """One mini-batch's loss and its parts (None where the method has no such part)."""
+
+    loss: Any
+    loss_s: Any
+    loss_c: Any
+    confident: Any  # bool (N,) or None
+    thresholds: Any  # (C,) with NaN for absent classes, or None
+    pcc_w: Any  # (N, C) logits of the positive head on the weak view
+
+
+def method_loss(net, x_w, x_s, y, *, method: str, warm: bool, k: int, num_classes: int, nl_gen, amp: bool) -> StepLoss:
+    """The loss of ``method`` on one batch: weak view ``x_w`` and (ncctfer) strong view ``x_s``,
+    each ``(N, 3, H, W)``; labels ``y`` ``(N,)``. Warm-up = cross-entropy on every sample."""
+    import torch
+    import torch.nn.functional as F
+
+    from fernoise import losses
+
+    n = x_w.shape[0]
+    with torch.autocast(x_w.device.type, dtype=torch.bfloat16, enabled=amp):
+        if x_s is not None:  # both views in one pass
+            pcc, ncc = net(torch.cat([x_w, x_s]))
+            pcc_w, ncc_w, ncc_s = pcc[:n], ncc[:n], ncc[n:]
+        else:
+            pcc_w, ncc_w = net(x_w)
+    if warm or method == "ce":
+        # Baseline and warm-up: cross-entropy on every sample.
+        loss_s = losses.cross_entropy(pcc_w, y)
+        return StepLoss(loss_s, loss_s, None, None, None, pcc_w)
+    if method == "nl":
+        # NLNL: push down p[ybar] for a random complementary label ybar != y.
+        ybar = losses.complementary_labels(y, num_classes, nl_gen)
+        return StepLoss(losses.negative_learning_loss(pcc_w, ybar), None, None, None, None, pcc_w)
+    # pc and ncctfer: the class-adaptive threshold on the weak view (Eq. 1-3) ...
+    p_w = F.softmax(pcc_w.detach().float(), dim=1)
+    thresholds = losses.class_thresholds(p_w, y, num_classes)
+    conf = losses.confident_mask(p_w, y, thresholds)
+    loss_s = losses.supervised_loss(pcc_w, y, conf)
+    if method == "pc":
+        return StepLoss(loss_s, loss_s, None, conf, thresholds, pcc_w)
+    # ... plus negative-head consistency on the non-confident samples (Eq. 4-5).
+    loss_c = losses.consistency_loss(ncc_w, ncc_s, ~conf, k)
+    return StepLoss(loss_s + loss_c, loss_s, loss_c, conf, thresholds, pcc_w)
+
+
 # ----------------------------------------------------------------------------- the loop
 def fit(p: Plan, env=None, *, progress: Progress | None = None) -> list[Path]:
     """Train ``p`` to the end, resuming from ``checkpoint.pt`` when one of the same key exists.
@@ -359,9 +407,8 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None) -> list[Path]:
     Returns the files written (rank 0); other ranks write nothing.
     """
     import torch
-    import torch.nn.functional as F
 
-    from fernoise import data, distributed, losses
+    from fernoise import data, distributed
     from fernoise.model import FerNet, load_pretrained
 
     env = env or distributed.Dist()
@@ -447,35 +494,13 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None) -> list[Path]:
             y = labels[rows].to(device, non_blocking=True)
             x_w = data.normalize(batch["weak"], device, channels_last=channels_last)
             n = x_w.shape[0]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                if strong:  # both views in one pass
-                    x_s = data.normalize(batch["strong"], device, channels_last=channels_last)
-                    pcc, ncc = net(torch.cat([x_w, x_s]))
-                    pcc_w, ncc_w, ncc_s = pcc[:n], ncc[:n], ncc[n:]
-                else:
-                    pcc_w, ncc_w = net(x_w)
-            loss_c = conf = None
-            if warm or cfg.method == "ce":
-                # Baseline and warm-up: cross-entropy on every sample.
-                loss_s = losses.cross_entropy(pcc_w, y)
-                loss = loss_s
-            elif cfg.method == "nl":
-                # NLNL: push down p[ybar] for a random complementary label ybar != y.
-                ybar = losses.complementary_labels(y, C, nl_gen)
-                loss_s, loss = None, losses.negative_learning_loss(pcc_w, ybar)
-            else:
-                # pc and ncctfer: the class-adaptive threshold on the weak view (Eq. 1-3) ...
-                p_w = F.softmax(pcc_w.detach().float(), dim=1)
-                thresholds = losses.class_thresholds(p_w, y, C)
-                conf = losses.confident_mask(p_w, y, thresholds)
-                loss_s = losses.supervised_loss(pcc_w, y, conf)
-                loss = loss_s
-                if cfg.method == "ncctfer":
-                    # ... plus negative-head consistency on the non-confident samples (Eq. 4-5).
-                    loss_c = losses.consistency_loss(ncc_w, ncc_s, ~conf, cfg.k)
-                    loss = loss_s + loss_c
-                present = ~torch.isnan(thresholds)
-                t_sum += torch.where(present, thresholds, 0).double().cpu()
+            x_s = data.normalize(batch["strong"], device, channels_last=channels_last) if strong else None
+            out = method_loss(net, x_w, x_s, y, method=cfg.method, warm=warm, k=cfg.k, num_classes=C,
+                              nl_gen=nl_gen, amp=amp)
+            loss, loss_s, loss_c, conf, pcc_w = out.loss, out.loss_s, out.loss_c, out.confident, out.pcc_w
+            if out.thresholds is not None:
+                present = ~torch.isnan(out.thresholds)
+                t_sum += torch.where(present, out.thresholds, 0).double().cpu()
                 t_cnt += present.double().cpu()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
