@@ -279,3 +279,28 @@ def test_eval_errors_are_one_line(tmp_path):
     with pytest.raises(FernoiseError) as e:
         ev.EvalParams(cam=-1)
     assert e.value.one_line() == "--cam: expected 0..64 Grad-CAM faces, got -1"
+
+
+def test_cli_eval_takes_the_latest_run_and_prints_tables(tmp_path, workspace):
+    import os
+    import subprocess
+    import sys
+
+    from fernoise.cache import Workspace
+
+    man = make_manifest(tmp_path / "data", n_test=14)
+    run = make_run(tmp_path / "runs" / "r1", man, test=[0.5, 0.7, 0.4, 0.4, 0.42, 0.41])
+    Workspace().record("train", key="runkey-r1", output=run, params={})
+    cmd = [sys.executable, "-m", "fernoise_cli.app", "eval", "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    assert "top-1 accuracy" in r.stdout and "confusion matrix" in r.stdout and "contempt" not in r.stdout
+    assert "70.0 / 46.6" in r.stdout  # max / last-5 from the history
+    assert "inside the warm-up (epochs 1-2)" in r.stderr
+    assert (run / "eval.json").is_file()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0 and "cache hit" in r.stdout
+    eight = make_manifest(tmp_path / "eight", n_test=8, key="k8", classes=list(LABEL_SPACES["basic8"]), label_space="basic8")
+    r = subprocess.run([*cmd, str(run), "--manifest", str(eight)], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("error: --manifest:") and "same label space" in r.stderr
