@@ -45,6 +45,8 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
         t.add_row("history: validation-selected", f"{_pct(vs['test_acc'])} %  (epoch {vs['epoch']}, val {_pct(vs['val_acc'])} %)")
     elif h.get("epochs"):
         t.add_row("history: validation-selected", "— (the run had no validation split)")
+    if not rep.get("own_manifest", True) and (mx or vs):
+        t.caption = "history figures come from the run's own test split, not this manifest"
     console.print(t)
 
     classes = rep["classes"]
