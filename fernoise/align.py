@@ -1,0 +1,336 @@
+"""Face alignment: robust decoding, MTCNN detection, similarity warp to a square crop.
+
+The public API (also used by ``fernoise predict``):
+
+- :class:`AlignParams`: every parameter that changes a crop; ``dataclasses.asdict`` of it is
+  the ``params`` of an align manifest's metadata, so it can be rebuilt later.
+- :func:`open_image` ``(path) -> (PIL RGB image | None, status, reason)``: never raises for a
+  bad file (EXIF rotation applied; CMYK, 16-bit, RGBA/LA/palette, greyscale, GIF first frame).
+- :func:`align_images` ``(images, params, detector=None) -> list[list[Face]]``: the faces of
+  each image, most confident first, each a ``params.size`` square RGB crop.
+- :func:`make_detector` ``(device="auto")``: the MTCNN nets, to reuse across calls.
+
+The folder-level stage (labels, manifest, per-image cache, shards) is in
+:mod:`fernoise.align_stage`.
+
+Alignment (``mode="align"``): the rotation puts the two eyes on one horizontal line; scale
+and translation are the least-squares fit of the five MTCNN landmarks to a fixed template
+(the ArcFace 112x112 template with its eye and mouth heights averaged, so level), shrunk
+towards the centre by ``1 / (1 + 2 * margin)`` so that ``margin`` adds that fraction of the
+template on each side. ``mode="box"`` crops a square around the detector's box, enlarged by
+``margin`` on each side, without rotation. ``mode="whole"`` runs no detector and resizes the
+whole image.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fernoise.detect import Detection, Detector, make_detector
+from fernoise.errors import FernoiseError
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+
+__all__ = [
+    "AlignParams", "Face", "open_image", "align_images", "make_detector", "Detector",
+    "MODES", "ON_NO_FACE", "IMAGE_FORMATS",
+]
+
+MODES = ("align", "box", "whole")
+ON_NO_FACE = ("skip", "whole")
+IMAGE_FORMATS = ("jpg", "png")
+
+# ArcFace's 112x112 five-point template (eyes, nose, mouth corners), made level.
+_TEMPLATE = np.array(
+    [[38.2946, 51.5988], [73.5318, 51.5988], [56.0252, 71.7366], [41.5493, 92.2848], [70.7299, 92.2848]]
+) / 112.0
+
+# Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS (~179 M pixels) as decompression bombs;
+# bigger ones get status unreadable. Between 89 M and 179 M it only warns: silenced here.
+
+
+@dataclass(frozen=True)
+class AlignParams:
+    """Everything that changes an aligned crop (the align stage key hashes all of it)."""
+
+    size: int = 224
+    """Side of the square crop in pixels (``--size``)."""
+    margin: float = 0.1
+    """Border added around the face, as a fraction of the template (align) or of the
+    detector's box (box) on each side (``--margin``)."""
+    mode: str = "align"
+    """``align`` (five-point similarity), ``box`` (square box crop) or ``whole`` (no
+    detection: the whole image resized; for pre-cropped datasets) (``--mode``)."""
+    on_no_face: str = "skip"
+    """``skip`` (row with status no_face, no crop) or ``whole`` (the whole image resized,
+    status whole) when the detector finds no face (``--on-no-face``)."""
+    all_faces: bool = False
+    """One row per detected face instead of the most confident one (``--all-faces``)."""
+    image_format: str = "jpg"
+    """Crop file format, ``jpg`` or ``png`` (``--image-format``)."""
+    jpeg_quality: int = 95
+    """JPEG quality 1-100 (``--jpeg-quality``)."""
+    min_face_size: int = 20
+    """MTCNN's smallest face, in pixels of the image the detector sees (``--min-face-size``)."""
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    """MTCNN's P-, R- and O-net thresholds (``--thresholds``)."""
+    min_prob: float = 0.9
+    """Faces below this detector probability are dropped (``--min-prob``)."""
+    detect_size: int = 1024
+    """The detector sees a copy whose longer side is at most this many pixels (boxes and
+    landmarks are mapped back to source pixels); 0 = full size (``--detect-size``)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        if not (16 <= int(self.size) <= 2048):
+            raise FernoiseError(f"expected a crop size between 16 and 2048 pixels, got {self.size}", flag="--size")
+        if not (0.0 <= float(self.margin) <= 2.0):
+            raise FernoiseError(f"expected a margin between 0 and 2, got {self.margin}", flag="--margin")
+        if self.mode not in MODES:
+            raise FernoiseError(f"unknown mode {self.mode!r}; expected one of: {', '.join(MODES)}", flag="--mode")
+        if self.on_no_face not in ON_NO_FACE:
+            raise FernoiseError(
+                f"unknown value {self.on_no_face!r}; expected one of: {', '.join(ON_NO_FACE)}", flag="--on-no-face"
+            )
+        if self.image_format not in IMAGE_FORMATS:
+            raise FernoiseError(
+                f"unknown image format {self.image_format!r}; expected one of: {', '.join(IMAGE_FORMATS)}",
+                flag="--image-format",
+            )
+        if not (1 <= int(self.jpeg_quality) <= 100):
+            raise FernoiseError(f"expected a JPEG quality between 1 and 100, got {self.jpeg_quality}", flag="--jpeg-quality")
+        if not (12 <= int(self.min_face_size) <= 1000):
+            raise FernoiseError(f"expected a minimum face size between 12 and 1000 pixels, got {self.min_face_size}",
+                                flag="--min-face-size")
+        if len(self.thresholds) != 3 or not all(0.0 < t < 1.0 for t in self.thresholds):
+            raise FernoiseError(f"expected three thresholds in (0, 1), got {list(self.thresholds)}", flag="--thresholds")
+        if not (0.0 <= float(self.min_prob) < 1.0):
+            raise FernoiseError(f"expected a probability in [0, 1), got {self.min_prob}", flag="--min-prob")
+        if int(self.detect_size) != 0 and int(self.detect_size) < 64:
+            raise FernoiseError(f"expected 0 (full size) or at least 64 pixels, got {self.detect_size}",
+                                flag="--detect-size")
+
+    def asdict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["thresholds"] = list(self.thresholds)
+        return d
+
+    @property
+    def ext(self) -> str:
+        return self.image_format
+
+
+@dataclass
+class Face:
+    """One aligned face: ``crop`` (PIL RGB, ``size`` x ``size``), ``det_prob``, ``bbox``
+    (x1, y1, x2, y2) and ``landmarks`` (x1, y1, ..., x5, y5) in source pixels. All three are
+    None for a whole-image crop (``mode="whole"``)."""
+
+    crop: Image.Image
+    det_prob: float | None = None
+    bbox: tuple[float, ...] | None = None
+    landmarks: tuple[float, ...] | None = field(default=None)
+
+
+# ----------------------------------------------------------------------------- decoding
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB. 16/32-bit integers are scaled, alpha is composited on white."""
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(im)
+        a = a.astype(np.float64)
+        if mode.startswith("I;16") or a.max(initial=0) > 255:
+            a = a / 257.0
+        im = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L")
+    elif mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if a.size and np.nanmax(a) <= 1.0:
+            a = a * 255.0
+        im = Image.fromarray(np.clip(np.nan_to_num(a) + 0.5, 0, 255).astype(np.uint8), "L")
+    if mode == "P" and "transparency" in im.info or mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def open_image(path: str | os.PathLike) -> tuple[Image.Image | None, str, str | None]:
+    """Decode ``path`` into an RGB image: ``(image, "ok", None)`` or ``(None, status, reason)``.
+
+    Never raises for a bad file: a missing or broken link, an empty, truncated or non-image
+    file, no read permission or an image over Pillow's decompression-bomb limit give
+    ``unreadable``; anything unexpected gives ``error``. EXIF orientation is applied; an
+    animated image gives its first frame.
+    """
+    p = os.fspath(path)
+    try:
+        if os.path.islink(p) and not os.path.exists(p):
+            return None, "unreadable", "broken symbolic link"
+        if os.path.isdir(p):
+            return None, "unreadable", "a folder, not a file"
+        if os.path.getsize(p) == 0:
+            return None, "unreadable", "empty file (0 bytes)"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                if getattr(im, "n_frames", 1) > 1:
+                    im.seek(0)
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                rgb = _to_rgb(im)
+        return rgb, "ok", None
+    except PermissionError:
+        return None, "unreadable", "permission denied"
+    except FileNotFoundError:
+        return None, "unreadable", "file not found"
+    except Image.DecompressionBombError as e:
+        return None, "unreadable", f"image too large to decode safely ({e})"
+    except UnidentifiedImageError:
+        return None, "unreadable", "not an image format Pillow can decode"
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        msg = " ".join(str(e).split()) or e.__class__.__name__
+        if "truncated" in msg.lower():
+            return None, "unreadable", f"truncated image file ({msg})"
+        return None, "unreadable", f"could not decode: {msg}"
+    except MemoryError:
+        return None, "unreadable", "out of memory while decoding"
+    except Exception as e:  # noqa: BLE001 - a bad file gets a row, never a crash
+        return None, "error", f"{e.__class__.__name__}: {' '.join(str(e).split())}"
+
+
+# ----------------------------------------------------------------------------- warping
+def template_points(params: AlignParams) -> np.ndarray:
+    """The five target points ``(5, 2)`` in crop pixels for ``params.size`` and ``margin``."""
+    return (0.5 + (_TEMPLATE - 0.5) / (1.0 + 2.0 * params.margin)) * params.size
+
+
+def similarity(landmarks: np.ndarray, params: AlignParams) -> tuple[float, np.ndarray, np.ndarray]:
+    """``(scale k, rotation R (2, 2), translation t (2,))`` with ``crop = k R src + t``.
+
+    R levels the eyes; k and t are the least-squares fit of the five points given R.
+    """
+    p = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+    q = template_points(params)
+    d = p[1] - p[0]
+    theta = math.atan2(d[1], d[0])
+    c, s = math.cos(theta), math.sin(theta)
+    rot = np.array([[c, s], [-s, c]])
+    pr = p @ rot.T
+    pc, qc = pr - pr.mean(0), q - q.mean(0)
+    denom = float((pc ** 2).sum())
+    k = float((pc * qc).sum() / denom) if denom > 1e-9 else 1.0
+    if not math.isfinite(k) or k <= 1e-6:
+        k = 1.0
+    t = q.mean(0) - k * pr.mean(0)
+    return k, rot, t
+
+
+def _prereduce(img: Image.Image, k: float) -> tuple[Image.Image, float]:
+    """Box-reduce ``img`` by an integer factor when the warp shrinks it over 2x (less aliasing)."""
+    r = int(1.0 / k / 1.5) if k < 0.5 else 1
+    if r >= 2:
+        return img.reduce(r), float(r)
+    return img, 1.0
+
+
+def warp_align(img: Image.Image, landmarks: np.ndarray, params: AlignParams) -> Image.Image:
+    """The aligned ``size`` x ``size`` crop of the face with these five landmarks."""
+    k, rot, t = similarity(landmarks, params)
+    src, r = _prereduce(img, k)
+    k_eff = k * r  # crop = k_eff * R * (src_reduced) + t, as src = r * src_reduced
+    a = rot.T / k_eff  # inverse: src_reduced = R^T (crop - t) / k_eff
+    off = -a @ t
+    coeffs = (a[0, 0], a[0, 1], off[0], a[1, 0], a[1, 1], off[1])
+    return src.transform((params.size, params.size), Image.Transform.AFFINE, coeffs,
+                         resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+
+
+def crop_box(img: Image.Image, box: Sequence[float], params: AlignParams) -> Image.Image:
+    """A square around ``box`` (x1, y1, x2, y2) enlarged by ``margin`` per side, resized."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(x2 - x1, y2 - y1) * (1.0 + 2.0 * params.margin)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    region = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
+    if region[2] <= region[0] or region[3] <= region[1]:
+        region = (0, 0, 1, 1)
+    return img.crop(region).resize((params.size, params.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def crop_whole(img: Image.Image, params: AlignParams) -> Image.Image:
+    """The whole image resized to ``size`` x ``size`` (no detection)."""
+    if img.size == (params.size, params.size):
+        return img.copy()
+    return img.resize((params.size, params.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+# ----------------------------------------------------------------------------- detection
+def detector_input(img: Image.Image, params: AlignParams) -> tuple[np.ndarray, float]:
+    """The ``(H, W, 3)`` uint8 copy the detector sees and the factor back to source pixels."""
+    w, h = img.size
+    limit = int(params.detect_size)
+    if limit and max(w, h) > limit:
+        s = limit / max(w, h)
+        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        small = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return np.asarray(small, dtype=np.uint8), w / nw
+    return np.asarray(img, dtype=np.uint8), 1.0
+
+
+def detect_images(
+    images: Sequence[Image.Image], params: AlignParams, detector: Detector, arrays=None
+) -> list[Detection]:
+    """Faces of each image in source pixels, ``det_prob >= min_prob``, most confident first."""
+    if arrays is None:
+        arrays = [detector_input(im, params) for im in images]
+    dets = detector.detect([a for a, _ in arrays], min_face_size=params.min_face_size,
+                           thresholds=params.thresholds)
+    out = []
+    for d, (_, back) in zip(dets, arrays, strict=True):
+        keep = d.probs >= params.min_prob
+        d = Detection(d.boxes[keep], d.probs[keep], d.landmarks[keep]).scaled(back)
+        out.append(d)
+    return out
+
+
+def faces_from(img: Image.Image, det: Detection, params: AlignParams, max_faces: int | None = None) -> list[Face]:
+    """Crops of the faces of ``det`` (at most ``max_faces``) from ``img``."""
+    faces = []
+    n = len(det) if max_faces is None else min(len(det), max_faces)
+    for i in range(n):
+        lm = det.landmarks[i]
+        crop = warp_align(img, lm, params) if params.mode == "align" else crop_box(img, det.boxes[i], params)
+        faces.append(Face(
+            crop=crop,
+            det_prob=float(det.probs[i]),
+            bbox=tuple(float(v) for v in det.boxes[i]),
+            landmarks=tuple(float(v) for v in lm.reshape(-1)),
+        ))
+    return faces
+
+
+def align_images(
+    images: list[Image.Image], params: AlignParams, detector: Detector | None = None
+) -> list[list[Face]]:
+    """The faces of each RGB image, most confident first (``[]`` where there is none).
+
+    With ``params.mode == "whole"`` no detector runs: each image gives one :class:`Face`
+    whose crop is the whole image resized (``det_prob``, ``bbox``, ``landmarks`` None).
+    ``on_no_face`` and ``all_faces`` are the stage's business: every detected face is returned.
+    """
+    if params.mode == "whole":
+        return [[Face(crop=crop_whole(im, params))] for im in images]
+    if not images:
+        return []
+    detector = detector if detector is not None else make_detector()
+    images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+    dets = detect_images(images, params, detector)
+    return [faces_from(im, d, params) for im, d in zip(images, dets, strict=True)]

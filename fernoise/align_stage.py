@@ -1,0 +1,716 @@
+"""The ``align`` stage: a folder of images (+ labels) -> ``OUT/manifest.parquet`` + ``OUT/faces/``.
+
+Reads every image file under ``raw`` (extensions in ``IMAGE_EXTENSIONS``, any case; hidden
+files and folders and ``out`` itself are skipped), its labels (class folders, or a label file
+through :mod:`fernoise.formats`), optionally a ``--join`` CSV, and writes:
+
+- ``OUT/manifest.parquet``: one row per image (per detected face with ``all_faces``), sorted
+  by ``id``; columns in ``manifests/SCHEMA.md``; metadata ``classes``, ``label_space``,
+  ``stage="align"``, ``params`` (= ``AlignParams.asdict()``), ``key``, ``lineage``,
+  ``labels``/``join`` (what was read and matched) and ``counts`` (rows per status).
+- ``OUT/faces/<src_path>.<ext>`` (``.f<k>.<ext>`` per face with ``all_faces``): the crops.
+- ``OUT/.fernoise/``: the stage stamp, a summary (so a cache hit prints its table without
+  reading the manifest) and the per-image records.
+
+Caching, at two levels. The whole stage: :func:`fernoise.cache.run_stage` with a key over the
+output-changing parameters and the sha256 of every source image and label/join file; a hit
+checks the sha256 of the manifest and of every crop, and imports neither torch nor pandas.
+Per image: a record (status, faces, crop sha256) keyed by the source's path and sha256 under
+``.fernoise/align-records/<params hash>/``, written atomically after every batch, so a killed
+run loses at most the batch in flight and the next run re-aligns only what has no intact
+record (a changed, added or tampered image, or a crop changed behind its back).
+
+Shards (``shard=(i, n)``): image ``j`` of the sorted list belongs to shard ``j % n``; shard
+``i`` writes ``OUT/manifest.shard-<i>-of-<n>.parquet``; when all ``n`` exist (same inputs and
+parameters) they are merged into ``OUT/manifest.parquet`` (also :func:`merge_shards`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fernoise.cache import (
+    STAMP_DIR,
+    Workspace,
+    atomic_write_json,
+    dict_hash,
+    file_sha256,
+    read_json,
+    run_stage,
+    stage_key,
+    write_stamp,
+)
+from fernoise.errors import FernoiseError
+
+STAGE = "align"
+VERSION = 1
+MANIFEST = "manifest.parquet"
+FACES = "faces"
+RECORDS = "align-records"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                    ".ppm", ".pgm", ".pbm")
+SHARD_RE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.parquet$")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Where labels, splits and extra columns come from (the CLI's label options)."""
+
+    files: tuple[str, ...] = ()
+    """Label files (``--labels``, repeatable); none = class folders (or unlabelled)."""
+    format: str | None = None
+    """``rafdb``, ``ferplus``, ``affectnet`` or ``csv`` (``--format``), required with files."""
+    path_column: str = "path"
+    label_column: str | None = "label"
+    split_column: str | None = None
+    split_map: tuple[tuple[str, str], ...] = ()
+    """``(FROM, TO)`` split renames applied after reading splits (``--split-map val=test``)."""
+    join: str | None = None
+    """A CSV whose extra columns are added (``--join``)."""
+    join_on: str = "path"
+    join_columns: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        from fernoise.formats import FORMAT_NAMES
+
+        if self.files and not self.format:
+            raise FernoiseError(f"--labels needs --format, one of: {', '.join(FORMAT_NAMES)}", flag="--format")
+        if self.format and self.format not in FORMAT_NAMES:
+            raise FernoiseError(f"unknown label format {self.format!r}; expected one of: {', '.join(FORMAT_NAMES)}",
+                                flag="--format")
+        if self.format and not self.files:
+            raise FernoiseError(f"--format {self.format} needs a label file: --labels FILE", flag="--labels")
+        for a, b in self.split_map:
+            for s in (a, b):
+                if s not in ("train", "val", "test"):
+                    raise FernoiseError(f"expected FROM=TO with train, val or test, got {a}={b}", flag="--split-map")
+
+    def key_params(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"format": self.format, "split_map": [list(p) for p in self.split_map]}
+        if self.format == "csv":
+            d.update(path_column=self.path_column, label_column=self.label_column, split_column=self.split_column)
+        if self.join:
+            d.update(join_on=self.join_on, join_columns=list(self.join_columns) if self.join_columns else None)
+        return d
+
+
+@dataclass
+class AlignResult:
+    """What :func:`align_folder` did. ``counts``: rows per status; ``info``: labels, join,
+    images re-aligned vs reused from the per-image cache."""
+
+    manifest: Path
+    key: str
+    hit: bool
+    seconds: float
+    counts: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    merged: Path | None = None
+
+
+# ----------------------------------------------------------------------------- inputs
+def scan_images(raw: Path, exclude: Path | None = None) -> list[str]:
+    """Image files under ``raw`` as sorted posix paths relative to it (broken links included)."""
+    raw = Path(raw)
+    ex = exclude.resolve() if exclude is not None else None
+    out = []
+    for dirpath, dirnames, filenames in os.walk(raw, followlinks=True):
+        d = Path(dirpath)
+        keep = []
+        for name in dirnames:
+            if name.startswith("."):
+                continue
+            if ex is not None and (d / name).resolve() == ex:
+                continue
+            keep.append(name)
+        dirnames[:] = sorted(keep)
+        for name in filenames:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            out.append((d / name).relative_to(raw).as_posix())
+    return sorted(out)
+
+
+def _sha_or_none(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
+def hash_sources(raw: Path, src_paths: Sequence[str], workers: int = 1) -> list[str | None]:
+    """sha256 of each source file (None where it cannot be read)."""
+    paths = [raw / s for s in src_paths]
+    if workers > 1 and len(paths) > 64:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(_sha_or_none, paths, chunksize=64))
+    return [_sha_or_none(p) for p in paths]
+
+
+def shard_from_env() -> tuple[int, int] | None:
+    """``(RANK, WORLD_SIZE)`` under torchrun (WORLD_SIZE > 1), else None."""
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return None
+    return (rank, world) if world > 1 else None
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m or not (0 <= int(m.group(1)) < int(m.group(2))):
+        raise FernoiseError(f"expected i/n with 0 <= i < n (e.g. 0/4), got {text!r}", flag="--shard")
+    return int(m.group(1)), int(m.group(2))
+
+
+def manifest_name(shard: tuple[int, int] | None) -> str:
+    return MANIFEST if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.parquet"
+
+
+def summary_path(manifest: Path) -> Path:
+    return manifest.parent / STAMP_DIR / f"{manifest.name}.summary.json"
+
+
+def crop_rel(src: str, face: int | None, params) -> str:
+    tail = f".f{face}" if params.all_faces and face is not None else ""
+    return f"{FACES}/{src}{tail}.{params.ext}"
+
+
+# ----------------------------------------------------------------------------- labels
+def _infer(values: list[Any]):
+    """Strings from a CSV -> numbers where every non-empty value is one (ints as Int64)."""
+    import pandas as pd
+
+    s = pd.Series(values, dtype="object")
+    s = s.where(~s.isin(["", None]), None)
+    if s.isna().all():
+        return s
+    try:
+        num = pd.to_numeric(s, errors="raise")
+    except (ValueError, TypeError):
+        return s
+    nonnull = num.dropna()
+    if len(nonnull) and (nonnull == nonnull.round()).all() and not any("." in str(v) for v in s.dropna()):
+        return num.astype("Int64")
+    return num
+
+
+def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
+    """``(labels, splits, extras DataFrame, classes, label_space, info)`` per source path."""
+    import pandas as pd
+
+    from fernoise.formats import FormatOptions, match_paths, read_csv, read_labels
+    from fernoise.formats.folders import from_paths
+    from fernoise.labels import LABEL_SPACES, label_space_for
+    from fernoise.manifest import COLUMNS
+
+    n = len(src_paths)
+    info: dict[str, Any] = {}
+    extras = pd.DataFrame(index=range(n))
+    if spec.files:
+        opts = FormatOptions(spec.path_column, spec.label_column, spec.split_column)
+        table = read_labels(spec.format, spec.files, opts)
+        df = table.df
+        alt = df["alt_key"].tolist() if "alt_key" in df.columns else None
+        where = match_paths(src_paths, df["key"].tolist(), alt, what="label file", flag="--labels")
+        if not where:
+            ex_key = df["key"].iloc[0]
+            ex_img = src_paths[0] if src_paths else "(no images)"
+            raise FernoiseError(
+                f"label file {Path(spec.files[0]).name} ({len(df)} rows) matches none of the {n} images in {raw} "
+                f"(e.g. row {ex_key!r} vs image {ex_img!r}); expected image names relative to the folder",
+                flag="--labels",
+            )
+        rows = [where.get(s) for s in src_paths]
+        _, folder_splits = from_paths(src_paths, labelled=False)
+        label_col = df["label"].tolist()
+        split_col = df["split"].tolist()
+        labels = [None if r is None or pd.isna(label_col[r]) else int(label_col[r]) for r in rows]
+        splits = [(split_col[r] if r is not None and isinstance(split_col[r], str) else None) or fs
+                  for r, fs in zip(rows, folder_splits, strict=True)]
+        for c in df.columns:
+            if c in ("key", "label", "split", "alt_key"):
+                continue
+            name = f"{c}_file" if c in COLUMNS or c in ("crop_sha256",) else c
+            vals = df[c].tolist()
+            col = [None if r is None else vals[r] for r in rows]
+            if pd.api.types.is_integer_dtype(df[c].dtype):
+                extras[name] = pd.array(col, dtype="Int64")
+            elif pd.api.types.is_float_dtype(df[c].dtype):
+                extras[name] = pd.array(col, dtype="Float64")
+            else:
+                extras[name] = _infer(col)
+        matched = len(set(where.values()))
+        info["labels"] = {
+            "format": spec.format, "files": [Path(f).name for f in spec.files], "rows": len(df),
+            "matched_rows": matched, "unmatched_rows": len(df) - matched,
+            "images_without_label_row": n - len(where), **table.info,
+        }
+        space = table.label_space or label_space_for([x for x in labels if x is not None])
+    else:
+        labels, splits = from_paths(src_paths, labelled=True)
+        space = label_space_for([x for x in labels if x is not None])
+        info["labels"] = {"format": "folders" if any(x is not None for x in labels) else None}
+    splits = [s or "train" for s in splits]
+    mapping = dict(spec.split_map)
+    splits = [mapping.get(s, s) for s in splits]
+
+    if spec.join:
+        jpath = Path(spec.join)
+        if not jpath.is_file():
+            raise FernoiseError(f"join file {jpath} does not exist", flag="--join")
+        jdf = read_csv(jpath)
+        if spec.join_on not in jdf.columns:
+            raise FernoiseError(f"{jpath.name} has no column {spec.join_on!r}; found {list(jdf.columns)[:12]}",
+                                flag="--join-on")
+        where = match_paths(src_paths, jdf[spec.join_on].tolist(), what="join file", flag="--join")
+        taken = set(COLUMNS) | set(extras.columns) | {"crop_sha256", spec.join_on}
+        if spec.join_columns:
+            bad = [c for c in spec.join_columns if c not in jdf.columns]
+            if bad:
+                raise FernoiseError(f"{jpath.name} has no column(s) {bad}; found {list(jdf.columns)[:12]}",
+                                    flag="--join-columns")
+            clash = [c for c in spec.join_columns if c in taken]
+            if clash:
+                raise FernoiseError(f"column(s) {clash} are already in the manifest; pick others", flag="--join-columns")
+            cols = list(spec.join_columns)
+        else:
+            cols = [c for c in jdf.columns if c not in taken]
+        rows = [where.get(s) for s in src_paths]
+        for c in cols:
+            vals = jdf[c].tolist()
+            extras[c] = _infer([None if r is None else vals[r] for r in rows])
+        info["join"] = {"file": jpath.name, "on": spec.join_on, "columns": cols, "matched_images": len(where),
+                        "rows": len(jdf)}
+    classes = list(LABEL_SPACES[space])
+    return labels, splits, extras, classes, space, info
+
+
+# ----------------------------------------------------------------------------- per-image records
+class RecordStore:
+    """Per-image records under ``OUT/.fernoise/align-records/<params hash>/``.
+
+    Each batch appends one chunk file (``chunk-<time>-<pid>-<n>.json``, written atomically);
+    :meth:`compact` folds them into ``records.json`` once a run has finished.
+    """
+
+    def __init__(self, out: Path, params_hash: str):
+        self.dir = out / STAMP_DIR / RECORDS / params_hash[:16]
+        self.records: dict[str, dict[str, Any]] = {}
+        self._n = 0
+        self._lock = threading.Lock()
+        if self.dir.is_dir():
+            files = sorted(self.dir.glob("*.json"), key=lambda p: (p.name != "records.json", p.name))
+            for f in files:
+                data = read_json(f)
+                if isinstance(data, dict):
+                    self.records.update(data)
+
+    @staticmethod
+    def key(src: str, sha: str) -> str:
+        return f"{sha}:{src}"
+
+    def add_chunk(self, recs: dict[str, dict[str, Any]]) -> None:
+        if not recs:
+            return
+        with self._lock:
+            self._n += 1
+            name = f"chunk-{time.time_ns()}-{os.getpid()}-{self._n}.json"
+        atomic_write_json(self.dir / name, recs)
+        self.records.update(recs)
+
+    def compact(self, keep: dict[str, dict[str, Any]]) -> None:
+        old = list(self.dir.glob("chunk-*.json"))
+        atomic_write_json(self.dir / "records.json", keep)
+        for f in old:
+            with contextlib.suppress(OSError):
+                f.unlink()
+
+
+def _crop_intact(out: Path, face: dict[str, Any]) -> bool:
+    p = face.get("path")
+    if not p:
+        return True
+    try:
+        return file_sha256(out / p) == face.get("crop_sha256")
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- per-image work
+def _decode(path: Path, params) -> dict[str, Any]:
+    from fernoise.align import detector_input, open_image
+
+    img, status, reason = open_image(path)
+    item: dict[str, Any] = {"img": img, "status": status, "reason": reason}
+    if img is not None:
+        item["size"] = list(img.size)
+        if params.mode != "whole" and min(img.size) >= params.min_face_size:
+            item["det_in"] = detector_input(img, params)
+    return item
+
+
+def _save_crop(crop, path: Path, params) -> str:
+    import io
+
+    from fernoise.cache import bytes_sha256
+
+    buf = io.BytesIO()
+    if params.image_format == "png":
+        crop.save(buf, format="PNG", compress_level=1)
+    else:
+        crop.save(buf, format="JPEG", quality=int(params.jpeg_quality))
+    data = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return bytes_sha256(data)
+
+
+def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, params) -> dict[str, Any]:
+    """The record of one image: status, reason, faces (with crop paths and sha256), saved crops."""
+    from fernoise.align import crop_whole, faces_from
+
+    rec: dict[str, Any] = {"src": src, "sha": sha, "status": item["status"], "reason": item["reason"],
+                           "n_faces": 0, "size": item.get("size"), "faces": []}
+    img = item["img"]
+    if img is None:
+        return rec
+    try:
+        whole_reason = None
+        if params.mode == "whole":
+            whole_reason = "detection off (--mode whole): the whole image was resized"
+        elif "det_in" not in item:
+            w, h = img.size
+            rec.update(status="too_small",
+                       reason=f"image is {w}x{h} px, smaller than the minimum face size {params.min_face_size} px")
+            return rec
+        else:
+            rec["n_faces"] = len(det)
+            if len(det) == 0:
+                if params.on_no_face == "whole":
+                    whole_reason = "no face detected (--on-no-face whole): the whole image was resized"
+                else:
+                    rec.update(status="no_face", reason=f"the detector found no face with probability >= {params.min_prob}")
+                    return rec
+        if whole_reason is not None:
+            rel = f"{FACES}/{src}.{params.ext}"
+            sha_c = _save_crop(crop_whole(img, params), out / rel, params)
+            rec.update(status="whole", reason=whole_reason,
+                       faces=[{"face": None, "det_prob": None, "bbox": None, "landmarks": None,
+                               "path": rel, "crop_sha256": sha_c}])
+            return rec
+        faces = faces_from(img, det, params, max_faces=None if params.all_faces else 1)
+        recs = []
+        for k, f in enumerate(faces):
+            rel = crop_rel(src, k, params)
+            recs.append({"face": k, "det_prob": f.det_prob, "bbox": list(f.bbox), "landmarks": list(f.landmarks),
+                         "path": rel, "crop_sha256": _save_crop(f.crop, out / rel, params)})
+        rec.update(status="ok", reason=None, faces=recs)
+        return rec
+    except Exception as e:  # noqa: BLE001 - one bad image gets status error, the run goes on
+        rec.update(status="error", reason=f"{e.__class__.__name__}: {' '.join(str(e).split())}", faces=[])
+        return rec
+
+
+def _resolve_detector_device(device: str) -> str:
+    if device == "auto" and "LOCAL_RANK" in os.environ:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def process_images(
+    raw: Path, out: Path, todo: list[tuple[str, str | None]], params, store: RecordStore | None, *,
+    workers: int = 1, batch_size: int = 32, device: str = "auto", detector=None,
+    progress: Progress | None = None, done0: int = 0, total: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Align ``todo`` (``(src_path, sha256)`` pairs) in batches; one chunk of records per batch.
+
+    Decoding of the next batch overlaps detection of the current one (a thread pool of
+    ``workers``); crops are warped and saved in the same pool.
+    """
+    from fernoise.align import detect_images
+
+    total = total if total is not None else len(todo)
+    results: dict[str, dict[str, Any]] = {}
+    if not todo:
+        return results
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    pool = ThreadPoolExecutor(max(1, workers))
+    done = done0
+    try:
+        def submit(batch):
+            return [pool.submit(_decode, raw / s, params) for s, _ in batch]
+
+        pending = submit(batches[0])
+        for b, batch in enumerate(batches):
+            items = [f.result() for f in pending]
+            if b + 1 < len(batches):
+                pending = submit(batches[b + 1])
+            need = [i for i, it in enumerate(items) if "det_in" in it]
+            dets: list[Any] = [None] * len(items)
+            if need:
+                if detector is None:
+                    from fernoise.detect import make_detector
+
+                    detector = make_detector(_resolve_detector_device(device))
+                found = detect_images([items[i]["img"] for i in need], params, detector,
+                                      arrays=[items[i]["det_in"] for i in need])
+                for i, d in zip(need, found, strict=True):
+                    dets[i] = d
+            futs = [pool.submit(_finish, s, sha, it, d, out, params)
+                    for (s, sha), it, d in zip(batch, items, dets, strict=True)]
+            chunk = {}
+            for (s, sha), f in zip(batch, futs, strict=True):
+                rec = f.result()
+                results[s] = rec
+                if sha is not None:
+                    chunk[RecordStore.key(s, sha)] = rec
+            del items
+            if store is not None:
+                store.add_chunk(chunk)
+            done += len(batch)
+            if progress:
+                progress(done, total)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+# ----------------------------------------------------------------------------- rows
+def rows_from(src: str, sha: str | None, rec: dict[str, Any], params) -> list[dict[str, Any]]:
+    base = {"src_path": src, "src_sha256": sha, "status": rec["status"], "reason": rec["reason"],
+            "n_faces": int(rec.get("n_faces") or 0)}
+    faces = rec.get("faces") or []
+    if not params.all_faces:
+        faces = faces[:1]
+    if not faces:
+        rid = f"{src}#0" if params.all_faces else src
+        return [{**base, "id": rid, "path": None, "crop_sha256": None, "face": None, "det_prob": None,
+                 "bbox": None, "landmarks": None}]
+    out = []
+    for f in faces:
+        k = f["face"]
+        rid = f"{src}#{0 if k is None else k}" if params.all_faces else src
+        out.append({**base, "id": rid, "path": f["path"], "crop_sha256": f["crop_sha256"], "face": k,
+                    "det_prob": f["det_prob"], "bbox": f["bbox"], "landmarks": f["landmarks"]})
+    return out
+
+
+ORDER = ["id", "src_path", "src_sha256", "path", "crop_sha256", "split", "label", "label_name", "status",
+         "reason", "face", "n_faces", "det_prob", "bbox", "landmarks"]
+
+
+def count_statuses(statuses) -> dict[str, int]:
+    from fernoise.manifest import STATUSES
+
+    counts = {s: 0 for s in STATUSES}
+    for s in statuses:
+        counts[s] = counts.get(s, 0) + 1
+    return {k: v for k, v in counts.items() if v}
+
+
+# ----------------------------------------------------------------------------- the stage
+def align_folder(
+    raw: str | os.PathLike,
+    out: str | os.PathLike,
+    params=None,
+    labels: LabelSpec = LabelSpec(),
+    *,
+    workers: int = 1,
+    batch_size: int = 32,
+    shard: tuple[int, int] | None = None,
+    device: str = "auto",
+    detector=None,
+    progress: Progress | None = None,
+    force: bool = False,
+    workspace: Workspace | None = None,
+) -> AlignResult:
+    """Align every image under ``raw`` into ``out`` (see the module docstring).
+
+    ``workers``, ``batch_size``, ``device`` and ``progress`` never change the output, so they
+    are not in the key. Returns an :class:`AlignResult` (``hit`` = whole-stage cache hit).
+    """
+    from fernoise.align import AlignParams
+
+    t0 = time.perf_counter()
+    params = params if params is not None else AlignParams()
+    raw, out = Path(raw), Path(out)
+    if not raw.is_dir():
+        raise FernoiseError(f"{raw} is not a folder of images", flag="RAW")
+    if workers < 1:
+        raise FernoiseError(f"expected at least 1 worker, got {workers}", flag="--workers")
+    if batch_size < 1:
+        raise FernoiseError(f"expected a batch size of at least 1, got {batch_size}", flag="--batch-size")
+    out.mkdir(parents=True, exist_ok=True)
+    src_all = scan_images(raw, exclude=out)
+    if not src_all:
+        raise FernoiseError(f"no image files found in {raw} (looked for {', '.join(IMAGE_EXTENSIONS)})", flag="RAW")
+    shas_all = hash_sources(raw, src_all, workers)
+    pparams = params.asdict()
+    key_params = {"align": pparams, "labels": labels.key_params()}
+    inputs = {
+        "images": dict_hash([[s, h] for s, h in zip(src_all, shas_all, strict=True)]),
+        "label_files": [_sha_or_none(Path(f)) for f in labels.files],
+        "join": _sha_or_none(Path(labels.join)) if labels.join else None,
+    }
+    base_key = stage_key(STAGE, VERSION, key_params, inputs)
+    if shard is not None:
+        key_params = {**key_params, "shard": list(shard)}
+    manifest = out / manifest_name(shard)
+    holder: dict[str, Any] = {}
+
+    def build(key: str) -> list[Path]:
+        written, summary = _build(raw, out, manifest, src_all, shas_all, params, labels, key=key, base_key=base_key,
+                                  shard=shard, workers=workers, batch_size=batch_size, device=device,
+                                  detector=detector, progress=progress)
+        holder["summary"] = summary
+        return written
+
+    res = run_stage(stage=STAGE, version=VERSION, params=key_params, inputs=inputs, output=manifest, build=build,
+                    workspace=workspace if shard is None else None, force=force)
+    summary = holder.get("summary") or read_json(summary_path(manifest)) or {}
+    result = AlignResult(manifest=manifest, key=res.key, hit=res.hit, seconds=0.0,
+                         counts=summary.get("counts", {}), rows=summary.get("rows", 0), info=summary.get("info", {}))
+    if shard is not None:
+        result.merged = merge_shards(out, n=shard[1], workspace=workspace, quiet=True)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_key, shard, workers, batch_size,
+           device, detector, progress) -> tuple[list[Path], dict[str, Any]]:
+    import pandas as pd
+
+    from fernoise.manifest import stage_meta, write_manifest
+
+    lab, splits, extras, classes, space, info = resolve_labels(raw, src_all, labels)
+    idx = list(range(len(src_all)))
+    if shard is not None:
+        idx = [j for j in idx if j % shard[1] == shard[0]]
+    src = [src_all[j] for j in idx]
+    shas = [shas_all[j] for j in idx]
+
+    store = RecordStore(out, dict_hash(params.asdict()))
+    records: dict[str, dict[str, Any]] = {}
+    todo: list[tuple[str, str | None]] = []
+    for s, h in zip(src, shas, strict=True):
+        rec = store.records.get(RecordStore.key(s, h)) if h is not None else None
+        if rec is not None and all(_crop_intact(out, f) for f in rec.get("faces") or []):
+            records[s] = rec
+        else:
+            todo.append((s, h))
+    reused = len(records)
+    if progress:
+        progress(reused, len(src))
+    records.update(process_images(raw, out, todo, params, store, workers=workers, batch_size=batch_size,
+                                  device=device, detector=detector, progress=progress, done0=reused,
+                                  total=len(src)))
+    store.compact({RecordStore.key(s, h): records[s] for s, h in zip(src, shas, strict=True) if h is not None})
+
+    rows = []
+    for j, s, h in zip(idx, src, shas, strict=True):
+        for r in rows_from(s, h, records[s], params):
+            r["_j"] = j
+            rows.append(r)
+    df = pd.DataFrame(rows)
+    jj = df["_j"].to_numpy()
+    df["split"] = [splits[j] for j in jj]
+    df["label"] = pd.array([lab[j] for j in jj], dtype="Int64")
+    df["label_name"] = [None if lab[j] is None else classes[lab[j]] if lab[j] < len(classes) else None for j in jj]
+    df = df[ORDER].reset_index(drop=True)
+    if len(extras.columns):
+        df = pd.concat([df, extras.iloc[jj].reset_index(drop=True)], axis=1)
+    df = df.sort_values("id", kind="stable").reset_index(drop=True)
+    counts = count_statuses(df["status"])
+    info = {**info, "images": len(src), "realigned": len(todo), "reused": reused}
+    meta = stage_meta(None, stage=STAGE, params=params.asdict(), key=key, classes=classes, label_space=space,
+                      counts=counts, labels=info.get("labels"), join=info.get("join"), base_key=base_key,
+                      shard=list(shard) if shard else None, images=len(src))
+    write_manifest(df, manifest, meta)
+    summary = {"counts": counts, "rows": len(df), "info": info, "key": key}
+    atomic_write_json(summary_path(manifest), summary)
+    crops = [out / p for p in df["path"].dropna().unique()]
+    return [manifest, summary_path(manifest), *crops], summary
+
+
+# ----------------------------------------------------------------------------- shards
+def merge_shards(out: str | os.PathLike, *, n: int | None = None, workspace: Workspace | None = None,
+                 quiet: bool = False) -> Path | None:
+    """Merge ``manifest.shard-<i>-of-<n>.parquet`` of ``out`` into ``manifest.parquet``.
+
+    All ``n`` shards must exist and share one ``base_key`` (same inputs and parameters); the
+    merged manifest gets that key (so an unsharded run of the same command is a cache hit).
+    With ``quiet`` a missing shard returns None instead of raising.
+    """
+    import pandas as pd
+
+    from fernoise.manifest import read_manifest, write_manifest
+
+    out = Path(out)
+    found: dict[int, dict[int, Path]] = {}
+    for p in out.glob("manifest.shard-*-of-*.parquet"):
+        m = SHARD_RE.match(p.name)
+        if m:
+            found.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
+    if n is None:
+        if len(found) != 1:
+            if quiet:
+                return None
+            raise FernoiseError(f"expected shard manifests of one shard count in {out}, found counts {sorted(found)}",
+                                flag="--merge")
+        n = next(iter(found))
+    have = found.get(n, {})
+    missing = [i for i in range(n) if i not in have]
+    if missing:
+        if quiet:
+            return None
+        raise FernoiseError(f"shards {missing} of {n} are missing in {out}; run them with --shard i/{n}", flag="--merge")
+    parts = [read_manifest(have[i]) for i in range(n)]
+    keys = {m.meta.get("base_key") for m in parts}
+    if len(keys) != 1:
+        if quiet:
+            return None
+        raise FernoiseError(f"the {n} shard manifests in {out} come from different inputs or parameters; re-run them",
+                            flag="--merge")
+    base_key = keys.pop()
+    df = pd.concat([m.df for m in parts], ignore_index=True).sort_values("id", kind="stable").reset_index(drop=True)
+    meta = dict(parts[0].meta)
+    counts = count_statuses(df["status"])
+    meta.update(key=base_key, shard=None, counts=counts, images=int(df["src_path"].nunique()),
+                lineage=[{"stage": STAGE, "key": base_key, "params": meta.get("params")}])
+    meta.pop("schema_version", None)
+    meta.pop("fernoise_version", None)
+    target = out / MANIFEST
+    write_manifest(df, target, meta)
+    summary = {"counts": counts, "rows": len(df), "info": {"merged_shards": n}, "key": base_key}
+    atomic_write_json(summary_path(target), summary)
+    crops = [out / p for p in df["path"].dropna().unique()]
+    write_stamp(target, base_key, [target, summary_path(target), *crops], stage=STAGE,
+                params={"merged_from_shards": n})
+    if workspace is not None:
+        workspace.record(STAGE, key=base_key, output=target, params=meta.get("params") or {})
+    return target
+
+
+def summary_json(result: AlignResult) -> str:
+    return json.dumps({"manifest": str(result.manifest), "key": result.key, "hit": result.hit,
+                       "counts": result.counts, "rows": result.rows}, sort_keys=True)
