@@ -3,7 +3,8 @@
 Each photo is decoded and aligned with the same settings as the run's training data
 (``config["align"]``, the align parameters of the training manifest's lineage); a run whose
 manifest did not come from ``fernoise align`` (``config["align"]`` null) uses
-``AlignParams()``'s defaults. Every face crop is resized to the run's ``image_size`` exactly as
+``AlignParams()``'s defaults; one trained on ``--mode whole`` crops uses ``mode="box"``
+(see :func:`align_params_for`). Every face crop is resized to the run's ``image_size`` exactly as
 training crops were (bilinear, RGB; see :func:`fernoise.images.load_rgb`) and classified by
 the ``pcc`` head. When the run's training crops are greyscale (FER2013/FERPlus: mode ``L``,
 checked on the first crop of the training manifest), each face is turned to greyscale first,
@@ -26,7 +27,7 @@ import csv
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,20 @@ def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def align_params_for(config: dict[str, Any]):
-    """The run's ``AlignParams``: from ``config["align"]`` (unknown keys ignored), else defaults."""
+    """The run's ``AlignParams``: from ``config["align"]`` (unknown keys ignored), else defaults.
+
+    A run trained on ``--mode whole`` crops (a pre-cropped dataset, no detector) still needs
+    a detector on photos: it gets ``mode="box"`` (the detector's box, same margin and size),
+    the closest thing to a dataset's own face crops.
+    """
     from fernoise.align import AlignParams
 
     raw = config.get("align") or {}
     names = {f.name for f in fields(AlignParams)}
-    return AlignParams(**{k: v for k, v in raw.items() if k in names})
+    params = AlignParams(**{k: v for k, v in raw.items() if k in names})
+    if params.mode == "whole":
+        params = replace(params, mode="box")
+    return params
 
 
 def training_is_greyscale(config: dict[str, Any]) -> bool:
