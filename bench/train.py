@@ -1,0 +1,202 @@
+"""Training throughput: the fernoise trainer end to end vs its own step on ready-made tensors,
+and vs the usual FER-repo data path (per-sample PIL Dataset + torchvision.transforms).
+
+Rows (all on FERPlus crops, ResNet-18, CPU unless CUDA is there):
+- ``step`` : the same model, optimiser, precision and loss (`fernoise.train.method_loss`) on
+  tensors already normalised in memory: the ceiling. Measured before and after the end-to-end
+  run (the machine is shared) and averaged.
+- ``end-to-end`` : `fernoise.train.train` for one epoch (array cache already built; DataLoader
+  worker, weak/strong views, normalisation, step, metrics), its ``images_per_s``.
+- ``baseline`` : torchvision ResNet-18, cross-entropy, batch 32, a PIL ``Dataset`` decoding each
+  PNG with ``Resize/RandomCrop(pad 4)/RandomHorizontalFlip/ToTensor/Normalize`` in 2 workers.
+Samples/s count both views for ncctfer. Ratio 1 = end-to-end / step (target >= 0.85);
+ratio 2 = fernoise ce end-to-end / baseline end-to-end. Also fp32 vs bf16 steps (what
+``--precision auto`` picks on this CPU).
+
+    .venv/bin/python bench/train.py [--rows 1280] [--size 64] [--batch 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ferplus_manifest  # noqa: E402
+
+from fernoise import data  # noqa: E402
+from fernoise.cache import Workspace  # noqa: E402
+from fernoise.manifest import read_manifest  # noqa: E402
+from fernoise.model import FerNet  # noqa: E402
+from fernoise.train import TrainConfig, method_loss, resolve_precision, train  # noqa: E402
+
+
+def step_rate(method: str, images: np.ndarray, labels: np.ndarray, *, batch: int, size: int, precision: str,
+              device: str, steps: int, channels_last: bool = True) -> float:
+    """Samples/s (both views for ncctfer) of the training step on ready-made tensors."""
+    two = method == "ncctfer"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = FerNet(8, two_heads=two)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt).train()
+    opt = torch.optim.Adam([{"params": model.backbone.parameters(), "lr": 1e-4},
+                            {"params": model.head_parameters(), "lr": 1e-3}])
+    rng = np.random.default_rng(0)
+    idx = rng.choice(len(images), size=batch, replace=False)
+    x = torch.from_numpy(np.ascontiguousarray(images[idx])).permute(0, 3, 1, 2)
+    x_w = data.normalize(x, torch.device(device), channels_last=channels_last)
+    x_s = data.normalize(x.flip(-1), torch.device(device), channels_last=channels_last) if two else None
+    y = torch.from_numpy(labels[idx]).to(device)
+    gen = torch.Generator().manual_seed(0)
+
+    def one() -> None:
+        out = method_loss(model, x_w, x_s, y, method=method, warm=False, k=4, num_classes=8, nl_gen=gen,
+                          amp=precision == "bf16")
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+
+    one()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        one()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return steps * batch * (2 if two else 1) / (time.perf_counter() - t)
+
+
+def end_to_end_rate(manifest: Path, method: str, *, batch: int, size: int, runs: Path) -> float:
+    cfg = TrainConfig(method=method, epochs=1, warmup=0, batch_size=batch, image_size=size, val_fraction=0.0)
+    res = train(manifest, cfg, runs_dir=runs, force=True)
+    import json
+
+    return json.loads((res.output / "metrics.jsonl").read_text().splitlines()[-1])["images_per_s"]
+
+
+class PILFaces(torch.utils.data.Dataset):
+    """How the published FER repos load data: one PIL decode + transforms per sample."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray, size: int):
+        from torchvision import transforms as T
+
+        self.paths, self.labels = paths, labels
+        self.tf = T.Compose([
+            T.Resize((size, size)), T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(),
+            T.ToTensor(), T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            return self.tf(im.convert("RGB")), int(self.labels[i])
+
+
+def baseline_rates(paths: list[str], labels: np.ndarray, *, size: int, device: str, n: int) -> tuple[float, float]:
+    """(end-to-end, step-only) samples/s of the plain ResNet-18 CE baseline at batch 32."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=8).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    loader = torch.utils.data.DataLoader(PILFaces(paths[:n], labels[:n], size), batch_size=32, shuffle=True,
+                                         num_workers=2, drop_last=True)
+
+    def one(x, y) -> None:
+        loss = torch.nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t, seen = time.perf_counter(), 0
+    for x, y in loader:
+        one(x, y)
+        seen += len(y)
+    e2e = seen / (time.perf_counter() - t)
+    x, y = next(iter(loader))
+    one(x, y)
+    t = time.perf_counter()
+    for _ in range(8):
+        one(x, y)
+    return e2e, 8 * 32 / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1024, help="FERPlus training rows (one end-to-end epoch)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the best is reported")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per step-only measurement")
+    ap.add_argument("--workdir", type=Path, default=None)
+    a = ap.parse_args()
+    console = Console()
+    work = a.workdir or Path(tempfile.mkdtemp(prefix="fernoise-bench-train-"))
+    work.mkdir(parents=True, exist_ok=True)
+    import os
+
+    os.environ["FERNOISE_WORKSPACE"] = str(work)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    auto = resolve_precision("auto", device)
+    manifest = ferplus_manifest.build(work / "manifest.parquet", n_train=a.rows, n_test=0)
+    m = read_manifest(manifest)
+    paths = [str(m.root / p) for p in m.df["path"]]
+    labels = m.df["label"].astype(int).to_numpy()
+    t = time.perf_counter()
+    images = data.array_cache(paths, m.df["id"].tolist(), manifest_key=m.key, size=a.size,
+                              cache_dir=Workspace().root / ".fernoise" / "arrays")
+    decode = time.perf_counter() - t
+    console.print(f"{device}, {torch.get_num_threads()} threads, {a.rows} FERPlus rows at {a.size}px, "
+                  f"batch {a.batch}, precision auto -> {auto}; array cache built in {decode:.1f}s")
+
+    # The machine is shared: every figure is the best of --rounds interleaved measurements.
+    table = Table(title=f"fernoise train throughput ({device}, {a.size}x{a.size}, samples/s, best of {a.rounds})")
+    for col in ("what", "batch", "precision", "step only", "end-to-end", "ratio"):
+        table.add_column(col, justify="right" if col not in ("what", "precision") else "left")
+    best: dict[str, float] = {}
+
+    def keep(name: str, value: float) -> None:
+        best[name] = max(best.get(name, 0.0), value)
+        console.print(f"  {name}: {value:.0f}")
+
+    kw = dict(batch=a.batch, size=a.size, device=device, steps=a.steps)
+    for _ in range(a.rounds):
+        for method in ("ce", "ncctfer"):
+            keep(f"step {method}", step_rate(method, images, labels, precision=auto, **kw))
+            keep(f"e2e {method}", end_to_end_rate(manifest, method, batch=a.batch, size=a.size, runs=work / "runs"))
+        b_e2e, b_step = baseline_rates(paths, labels, size=a.size, device=device, n=min(640, a.rows))
+        keep("baseline e2e", b_e2e)
+        keep("baseline step", b_step)
+        for prec in ("fp32", "bf16"):
+            for cl in (False, True):
+                keep(f"ce {prec} {'channels_last' if cl else 'contiguous'}",
+                     step_rate("ce", images, labels, precision=prec, channels_last=cl, **kw))
+    for method in ("ce", "ncctfer"):
+        step, e2e = best[f"step {method}"], best[f"e2e {method}"]
+        table.add_row(f"fernoise {method}" + (" (2 views)" if method == "ncctfer" else ""), str(a.batch), auto,
+                      f"{step:.0f}", f"{e2e:.0f}", f"{e2e / step:.2f}")
+    b_e2e, b_step = best["baseline e2e"], best["baseline step"]
+    table.add_row("baseline: PIL Dataset + torchvision", "32", "fp32", f"{b_step:.0f}", f"{b_e2e:.0f}", f"{b_e2e / b_step:.2f}")
+    table.add_row("fernoise ce / baseline, end-to-end", "", "", "", "", f"{best['e2e ce'] / b_e2e:.2f}x")
+    for name in [k for k in best if k.startswith("ce ")]:
+        _, prec, layout = name.split()
+        table.add_row(f"step ce, {layout}", str(a.batch), prec, f"{best[name]:.0f}", "", "")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
