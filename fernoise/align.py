@@ -297,7 +297,8 @@ def detect_images(
     for d, (_, back) in zip(dets, arrays, strict=True):
         keep = d.probs >= params.min_prob
         d = Detection(d.boxes[keep], d.probs[keep], d.landmarks[keep]).scaled(back)
-        out.append(d)
+        # rounded so that float noise of batch composition never reaches a crop or a manifest
+        out.append(Detection(np.round(d.boxes, 3), np.round(d.probs, 6), np.round(d.landmarks, 3)))
     return out
 
 
