@@ -99,8 +99,11 @@ def register(app: typer.Typer) -> None:
         force: ForceOpt = False,
         workspace: WorkspaceOpt = None,
     ) -> None:
-        """Evaluate a training run: top-1, per-class figures, macro-F1, confusion matrix, ECE,
-        max / last-5, the validation-selected epoch, noise detection, and four PNGs."""
+        """Evaluate a training run: metrics, tables and pictures (RUN/eval.json + PNGs).
+
+        Top-1, per-class precision/recall/F1/accuracy, macro-F1, the confusion matrix, ECE
+        (15 bins), the history's max / last-5 and validation-selected epoch, noise detection
+        and thresholds per epoch; confusion, curves, thresholds and noise-detection PNGs."""
         from fernoise.cache import Workspace
         from fernoise.evaluate import EvalParams, evaluate_run
 

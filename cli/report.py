@@ -15,9 +15,10 @@ def register(app: typer.Typer) -> None:
         runs: Annotated[list[str], typer.Argument(help="Run folders, globs of them (quoted), or folders of runs.")],
         csv: Annotated[bool, typer.Option("--csv", help="CSV instead of Markdown.")] = False,
     ) -> None:
-        """Rows: methods; columns: noise settings. Cells: `max / last-5` test accuracy in %
-        (the paper's x/y) and, in the `val` column beside each, the test accuracy at the
-        epoch the validation split picks (with the epoch)."""
+        """Compare runs in one table: methods x noise settings (Markdown, or CSV).
+
+        Cells: `max / last-5` test accuracy in % (the paper's x/y) and, in the `val` column
+        beside each setting, the test accuracy at the epoch the validation split picks."""
         from fernoise.report import report
 
         typer.echo(report(runs, fmt="csv" if csv else "markdown"), nl=False)
