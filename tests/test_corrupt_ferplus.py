@@ -15,31 +15,18 @@ from fernoise_cli.app import app
 from typer.testing import CliRunner
 
 from fernoise.corrupt import exact_count
+from fernoise.formats.ferplus import majority
 from fernoise.labels import ALIASES, CLASSES, FERPLUS_VOTE_COLUMNS
 from fernoise.manifest import read_manifest, write_manifest
 
 pytestmark = needs(FERPLUS / "manifest.csv")
 
 
-def ferplus_majority(votes: np.ndarray) -> np.ndarray:
-    """FER+ majority (METHOD.md): drop single votes, keep the top class if it holds more than
-    half of what remains, drop unknown/NF winners. ``votes``: (N, 10) in fer2013new.csv order.
-    Returns canonical indices, -1 where there is no majority."""
-    v = np.where(votes <= 1, 0, votes).astype(float)
-    total = v.sum(axis=1)
-    top = v.max(axis=1)
-    win = v.argmax(axis=1)
-    canon = np.array([CLASSES.index(ALIASES[c.lower()]) if c.lower() in ALIASES else -1 for c in FERPLUS_VOTE_COLUMNS])
-    out = canon[win]
-    out[~(top > 0.5 * total)] = -1
-    return out
-
-
 @pytest.fixture(scope="module")
 def ferplus_manifest(tmp_path_factory):
     raw = pd.read_csv(FERPLUS / "manifest.csv")
     votes = raw[list(FERPLUS_VOTE_COLUMNS)].to_numpy()
-    maj = ferplus_majority(votes)
+    maj = majority(votes)  # the FER+ majority rule of the ferplus label format
     df = pd.DataFrame(
         {
             "id": raw["path"],
