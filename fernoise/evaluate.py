@@ -442,7 +442,8 @@ def predict_probs(model, images: np.ndarray, *, batch_size: int = 256, device: s
 
 
 def _manifest_for(run: Run, manifest_path: str | os.PathLike | None):
-    from fernoise.manifest import read_manifest
+    """The evaluated manifest's metadata only (rows are read on a cache miss)."""
+    from fernoise.manifest import Manifest, read_meta
 
     own = run.config.get("manifest")
     path = Path(manifest_path) if manifest_path else (Path(own) if own else None)
@@ -454,7 +455,7 @@ def _manifest_for(run: Run, manifest_path: str | os.PathLike | None):
         raise FernoiseError(
             f"manifest {path} does not exist (moved?); pass the test manifest", flag="--manifest"
         )
-    m = read_manifest(path)
+    m = Manifest(df=None, meta=read_meta(path), path=path)  # type: ignore[arg-type]
     if m.classes and list(m.classes) != run.classes:
         raise FernoiseError(
             f"{path} has classes {m.classes} ({m.meta.get('label_space')}), the run was trained on "
@@ -526,6 +527,9 @@ def _evaluate(run: Run, mf, params: EvalParams, out_dir: Path, *, progress: Prog
     from fernoise.images import load_many
 
     cfg = run.config
+    from fernoise.manifest import read_manifest
+
+    mf = read_manifest(mf.path)
     rows = select_test_rows(mf)
     if rows.empty:
         raise FernoiseError(
