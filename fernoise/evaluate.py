@@ -41,6 +41,7 @@ from fernoise.errors import FernoiseError
 
 VERSION = 1
 ECE_BINS = 15
+MISMATCH = 0.02  # top-1 vs the last epoch's recorded test accuracy (bf16 vs fp32 rounding stays below)
 LAST_N = 5
 PICTURES = {
     "confusion": "confusion.png",
@@ -570,6 +571,13 @@ def _evaluate(run: Run, mf, params: EvalParams, out_dir: Path, *, progress: Prog
         "final_epoch_test_acc": _num(last.get("test_acc")),
         "params": asdict(params) | {"device": device},
     }
+    final = report["final_epoch_test_acc"]
+    if report["own_manifest"] and final is not None and abs(final - metrics["top1"]) > MISMATCH:
+        hist["warnings"].append(
+            f"the final model's top-1 ({metrics['top1']:.3f}) differs from the last epoch's test accuracy "
+            f"in metrics.jsonl ({final:.3f}) by more than {MISMATCH:.2f}: were the crops or model.pt changed "
+            "after training? re-run `fernoise train`"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     written = plots.all_pictures(report, run.history, out_dir)
     if params.cam:

@@ -204,6 +204,8 @@ def test_eval_end_to_end_on_a_fake_run(tmp_path, workspace):
     assert rep["per_class"]["happy"]["support"] == 6
     assert 0.0 <= rep["ece"] <= 1.0
     h = rep["history"]
+    # a random model's top-1 is not the history's last test_acc (0.41): eval says so
+    assert any("differs from the last epoch's test accuracy" in w for w in h["warnings"]) == (abs(rep["top1"] - 0.41) > 0.02)
     assert h["test_max_last5"] == {"max": 0.45, "max_epoch": 3, "last": pytest.approx((0.3 + 0.45 + 0.4 + 0.42 + 0.41) / 5), "last_n": 5}
     assert h["val_selected"] == {"epoch": 4, "val_acc": 0.44, "test_acc": 0.4}
     assert h["best_test_in_warmup"] is False
