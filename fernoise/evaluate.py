@@ -586,6 +586,8 @@ def _evaluate(run: Run, mf, params: EvalParams, out_dir: Path, *, progress: Prog
         pick = pick_cam_rows(y, params.cam)
         faces = load_many([paths[i] for i in pick], size)
         written.append(gradcam_grid(model, faces, y[pick], classes, out_dir / GRADCAM_PNG, device=device))
+    else:
+        (out_dir / GRADCAM_PNG).unlink(missing_ok=True)  # a stale grid of an earlier --cam run
     report["pictures"] = [p.name for p in written]
     return report, written
 

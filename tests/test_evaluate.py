@@ -235,7 +235,7 @@ def test_eval_end_to_end_on_a_fake_run(tmp_path, workspace):
     res2, _ = ev.evaluate_run(run, ev.EvalParams(cam=8, batch_size=7, device="cpu"))
     assert res2.hit and res2.key == res.key
     res3, _ = ev.evaluate_run(run, ev.EvalParams(cam=0, device="cpu"))
-    assert not res3.hit and "gradcam.png" not in _["pictures"]
+    assert not res3.hit and "gradcam.png" not in _["pictures"] and not (run / "gradcam.png").exists()
 
 
 def test_gradcam_grid_has_the_faces_asked_for(tmp_path):
