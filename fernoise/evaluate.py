@@ -442,9 +442,25 @@ def predict_probs(model, images: np.ndarray, *, batch_size: int = 256, device: s
     return np.concatenate(out) if out else np.zeros((0, c))
 
 
-def _manifest_for(run: Run, manifest_path: str | os.PathLike | None):
+@dataclass
+class ManifestRef:
+    """A manifest's path and metadata, without its rows (enough for a cache check)."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def key(self) -> str | None:
+        return self.meta.get("key")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes", []))
+
+
+def _manifest_for(run: Run, manifest_path: str | os.PathLike | None) -> ManifestRef:
     """The evaluated manifest's metadata only (rows are read on a cache miss)."""
-    from fernoise.manifest import Manifest, read_meta
+    from fernoise.manifest import read_meta
 
     own = run.config.get("manifest")
     path = Path(manifest_path) if manifest_path else (Path(own) if own else None)
@@ -456,7 +472,7 @@ def _manifest_for(run: Run, manifest_path: str | os.PathLike | None):
         raise FernoiseError(
             f"manifest {path} does not exist (moved?); pass the test manifest", flag="--manifest"
         )
-    m = Manifest(df=None, meta=read_meta(path), path=path)  # type: ignore[arg-type]
+    m = ManifestRef(path=path, meta=read_meta(path))
     if m.classes and list(m.classes) != run.classes:
         raise FernoiseError(
             f"{path} has classes {m.classes} ({m.meta.get('label_space')}), the run was trained on "
@@ -466,7 +482,7 @@ def _manifest_for(run: Run, manifest_path: str | os.PathLike | None):
     return m
 
 
-def output_dir(run: Run, manifest) -> Path:
+def output_dir(run: Run, manifest: ManifestRef) -> Path:
     """``RUN`` for the run's own manifest, ``RUN/eval-<key[:12]>`` for another one."""
     own_key = run.config.get("manifest_key")
     own_path = run.config.get("manifest")
@@ -478,7 +494,7 @@ def output_dir(run: Run, manifest) -> Path:
     return run.path / f"eval-{_manifest_key(manifest)[:12]}"
 
 
-def _manifest_key(manifest) -> str:
+def _manifest_key(manifest: ManifestRef) -> str:
     from fernoise.cache import file_sha256
 
     return manifest.key or file_sha256(manifest.path)
@@ -523,14 +539,14 @@ def evaluate_run(
     return res, read_json(out)
 
 
-def _evaluate(run: Run, mf, params: EvalParams, out_dir: Path, *, progress: Progress | None = None):
+def _evaluate(run: Run, ref: ManifestRef, params: EvalParams, out_dir: Path, *, progress: Progress | None = None):
+    """Predict the test rows, compute every figure, draw the pictures: ``(report, written)``."""
     from fernoise import plots
     from fernoise.images import load_many
-
-    cfg = run.config
     from fernoise.manifest import read_manifest
 
-    mf = read_manifest(mf.path)
+    cfg = run.config
+    mf = read_manifest(ref.path)
     rows = select_test_rows(mf)
     if rows.empty:
         raise FernoiseError(
