@@ -1,12 +1,21 @@
 """Evaluation: metrics as pure functions, and the ``eval`` stage runner.
 
-Reads a training run directory (``notes``: the run-directory contract written by
-``fernoise train``): ``config.json``, ``model.pt``, ``metrics.jsonl``, and the test rows of the
-run's manifest (``split == "test"``, a non-null ``label``, a crop ``path``). Writes
+Reads a training run directory as ``fernoise train`` writes it (:mod:`fernoise.train`):
+``config.json``, ``model.pt``, ``metrics.jsonl``, and the test rows of the run's manifest (``split == "test"``, a non-null ``label``, a crop ``path``). Writes
 ``RUN/eval.json`` and four PNGs (confusion matrix, training curves, thresholds, noise
 detection), plus ``gradcam.png`` with ``cam > 0``. Evaluating on another manifest
 (``manifest=``) writes the same files into ``RUN/eval-<manifest key[:12]>/`` so the in-domain
 evaluation is never overwritten.
+
+``eval.json``: ``top1``, ``macro_f1``, ``mean_class_accuracy``, ``per_class`` (class name ->
+``precision``, ``recall``, ``f1``, ``accuracy``, ``support``), ``confusion_matrix`` (C x C),
+``ece`` with ``ece_bins`` and ``calibration`` (the bins), ``n``, ``classes``, ``method``,
+``noise``, ``manifest``/``manifest_key``, ``own_manifest``, ``final_epoch_test_acc``,
+``pictures``, ``params``, ``key``, and ``history`` (from ``metrics.jsonl``):
+``test_max_last5``/``val_max_last5`` (``max``, ``max_epoch``, ``last``, ``last_n``),
+``val_selected`` (``epoch``, ``val_acc``, ``test_acc``), ``warmup_epochs``,
+``best_test_in_warmup``, ``warnings``, ``noise_detection`` (per epoch ``precision``,
+``recall``, ``f1``, ``confident_frac``) and ``thresholds`` (``epoch`` and one list per class).
 
 Conventions, fixed here:
 
