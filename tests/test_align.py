@@ -274,6 +274,15 @@ def test_shards_merge_into_the_unsharded_manifest(tmp_path, workspace):
     assert merged.meta["key"] == full.key and Workspace().latest("align") == r1.merged
     assert align_folder(raw, out, WHOLE).hit  # the unsharded command now hits the merged output
     assert merge_shards(out) == r1.merged
+    from fernoise_cli.app import app
+
+    (out / "manifest.parquet").unlink()
+    res = CliRunner().invoke(app, ["align", "--merge", str(out)])
+    assert res.exit_code == 0 and "merged" in res.output
+    pd.testing.assert_frame_equal(read_manifest(out / "manifest.parquet").df, read_manifest(full.manifest).df)
+    (out / "manifest.shard-0-of-2.parquet").unlink()
+    res = CliRunner().invoke(app, ["align", "--merge", str(out)])
+    assert res.exit_code == 2 and "shards [0] of 2 are missing" in " ".join(res.output.split())
 
 
 def test_cli_label_errors_are_one_line(tmp_path, workspace):

@@ -98,3 +98,21 @@ def test_ferplus_valid_subset_acceptance(tmp_path, detector):
     with Image.open(tmp_path / "out" / df["path"].iloc[0]) as im:
         assert im.size == (224, 224)
     assert np.isfinite(np.stack(ok["landmarks"].to_numpy())).all()
+
+
+@_marks(WILD)
+def test_wild_all_faces_through_the_stage(tmp_path, detector):
+    """--all-faces rows: ids src#k, crops faces/<src>.f<k>.jpg, a faceless photo keeps one row."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for f in ("two_people.jpg", "dog.jpg", "obama_small.jpg"):
+        os.symlink(WILD / f, raw / f)
+    r = align_folder(raw, tmp_path / "out", AlignParams(all_faces=True), detector=detector)
+    df = read_manifest(r.manifest).df
+    assert df["id"].tolist() == ["dog.jpg#0", "obama_small.jpg#0", "two_people.jpg#0", "two_people.jpg#1"]
+    assert df["status"].tolist() == ["no_face", "ok", "ok", "ok"]
+    assert df["path"].tolist()[1:] == ["faces/obama_small.jpg.f0.jpg", "faces/two_people.jpg.f0.jpg",
+                                       "faces/two_people.jpg.f1.jpg"]
+    assert df["face"].tolist()[1:] == [0, 0, 1] and df["n_faces"].tolist() == [0, 1, 2, 2]
+    two = df[df["src_path"] == "two_people.jpg"]
+    assert two["det_prob"].iloc[0] >= two["det_prob"].iloc[1]
