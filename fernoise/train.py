@@ -338,11 +338,11 @@ def _train_rank(manifest_path, cfg, runs_dir, force, *, workspace=None, progress
             result = run_stage(
                 stage="train", version=VERSION, params=p.key_params,
                 inputs={"manifest": p.config["manifest_key"]}, output=p.run_dir / "model.pt",
-                build=lambda key: fit(p, env, progress=progress), force=True,
+                build=lambda key: fit(p, env, progress=progress, fresh=force), force=True,
             )
             result = StageResult("train", p.key, p.run_dir, False, result.seconds)
         else:
-            fit(p, env, progress=None)
+            fit(p, env, progress=None, fresh=force)
             result = StageResult("train", p.key, p.run_dir, False, time.perf_counter() - t0)
         if env.is_main and workspace is not None:
             workspace.record("train", key=p.key, output=p.run_dir, params=p.key_params)
@@ -401,8 +401,9 @@ def method_loss(net, x_w, x_s, y, *, method: str, warm: bool, k: int, num_classe
 
 
 # ----------------------------------------------------------------------------- the loop
-def fit(p: Plan, env=None, *, progress: Progress | None = None) -> list[Path]:
-    """Train ``p`` to the end, resuming from ``checkpoint.pt`` when one of the same key exists.
+def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = False) -> list[Path]:
+    """Train ``p`` to the end, resuming from ``checkpoint.pt`` when one of the same key exists
+    (unless ``fresh``: ``--force`` starts over).
 
     Returns the files written (rank 0); other ranks write nothing.
     """
@@ -453,7 +454,7 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None) -> list[Path]:
     ckpt_path = run_dir / "checkpoint.pt"
     metrics: list[dict] = []
     start = 1
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.is_file() else None
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.is_file() and not fresh else None
     if ckpt is not None and ckpt.get("key") == p.key:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
