@@ -27,6 +27,16 @@ from typing import Any
 from fernoise.errors import FernoiseError
 
 LOCK_NAME = "fernoise.lock"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; outputs get the permissions a plain open() would give them.
+FILE_MODE = 0o666 & ~_current_umask()
 STAMP_DIR = ".fernoise"
 
 
@@ -69,6 +79,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, FILE_MODE)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
