@@ -127,14 +127,17 @@ def scan_images(raw: Path, exclude: Path | None = None) -> list[str]:
     raw = Path(raw)
     ex = exclude.resolve() if exclude is not None else None
     out = []
+    seen = {raw.resolve()}  # linked folders are followed once: a link cycle cannot loop
     for dirpath, dirnames, filenames in os.walk(raw, followlinks=True):
         d = Path(dirpath)
         keep = []
         for name in dirnames:
             if name.startswith("."):
                 continue
-            if ex is not None and (d / name).resolve() == ex:
+            real = (d / name).resolve()
+            if (ex is not None and real == ex) or real in seen:
                 continue
+            seen.add(real)
             keep.append(name)
         dirnames[:] = sorted(keep)
         for name in filenames:

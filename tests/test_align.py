@@ -177,6 +177,9 @@ def test_bad_input_corpus_every_file_gets_a_row(tmp_path, workspace):
 def test_whole_mode_labels_from_folders_and_cache(tmp_path, workspace):
     raw = labelled_tree(tmp_path / "raw")
     out = tmp_path / "out"
+    os.symlink(raw, raw / "train" / "loop")  # a link cycle is followed once, not forever
+    (raw / ".hidden").mkdir()
+    make_image(raw / ".hidden" / "x.png")
     r1 = align_folder(raw, out, WHOLE, workspace=Workspace())
     assert not r1.hit and r1.info["realigned"] == 6 and r1.counts == {"whole": 6}
     m = read_manifest(r1.manifest)
