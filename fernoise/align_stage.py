@@ -306,17 +306,20 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
 class RecordStore:
     """Per-image records under ``OUT/.fernoise/align-records/<params hash>/``.
 
-    Each batch appends one chunk file (``chunk-<time>-<pid>-<n>.json``, written atomically);
-    :meth:`compact` folds them into ``records.json`` once a run has finished.
+    Each batch appends one chunk file (``chunk-<tag>-<time>-<pid>-<n>.json``, written
+    atomically); :meth:`compact` folds this run's chunks into ``records-<tag>.json`` once it
+    has finished. ``tag`` is ``all``, or ``s<i>of<n>`` for a shard, so shards running at once
+    in one OUT never fold or delete each other's chunks. Every file is read on start.
     """
 
-    def __init__(self, out: Path, params_hash: str):
+    def __init__(self, out: Path, params_hash: str, tag: str = "all"):
         self.dir = out / STAMP_DIR / RECORDS / params_hash[:16]
+        self.tag = tag
         self.records: dict[str, dict[str, Any]] = {}
         self._n = 0
         self._lock = threading.Lock()
         if self.dir.is_dir():
-            files = sorted(self.dir.glob("*.json"), key=lambda p: (p.name != "records.json", p.name))
+            files = sorted(self.dir.glob("*.json"), key=lambda p: (p.name.startswith("chunk-"), p.name))
             for f in files:
                 data = read_json(f)
                 if isinstance(data, dict):
@@ -331,13 +334,13 @@ class RecordStore:
             return
         with self._lock:
             self._n += 1
-            name = f"chunk-{time.time_ns()}-{os.getpid()}-{self._n}.json"
+            name = f"chunk-{self.tag}-{time.time_ns()}-{os.getpid()}-{self._n}.json"
         atomic_write_json(self.dir / name, recs)
         self.records.update(recs)
 
     def compact(self, keep: dict[str, dict[str, Any]]) -> None:
-        old = list(self.dir.glob("chunk-*.json"))
-        atomic_write_json(self.dir / "records.json", keep)
+        old = list(self.dir.glob(f"chunk-{self.tag}-*.json"))
+        atomic_write_json(self.dir / f"records-{self.tag}.json", keep)
         for f in old:
             with contextlib.suppress(OSError):
                 f.unlink()
@@ -612,7 +615,7 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
     src = [src_all[j] for j in idx]
     shas = [shas_all[j] for j in idx]
 
-    store = RecordStore(out, dict_hash(params.asdict()))
+    store = RecordStore(out, dict_hash(params.asdict()), "all" if shard is None else f"s{shard[0]}of{shard[1]}")
     records: dict[str, dict[str, Any]] = {}
     todo: list[tuple[str, str | None]] = []
     for s, h in zip(src, shas, strict=True):

@@ -277,6 +277,8 @@ def test_shards_merge_into_the_unsharded_manifest(tmp_path, workspace):
     assert merged.meta["key"] == full.key and Workspace().latest("align") == r1.merged
     assert align_folder(raw, out, WHOLE).hit  # the unsharded command now hits the merged output
     assert merge_shards(out) == r1.merged
+    again = align_folder(raw, out, WHOLE, force=True)  # both shards' per-image records survive
+    assert not again.hit and again.info["realigned"] == 0 and again.info["reused"] == 6
     from fernoise_cli.app import app
 
     (out / "manifest.parquet").unlink()

@@ -57,7 +57,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     m = re.search(r"aligned (\d+) images, reused (\d+)", res.stdout)
     assert m, res.stdout
     assert int(m.group(2)) >= done_before and int(m.group(1)) + int(m.group(2)) == 20
-    assert not chunks(killed)  # folded into records.json
+    assert not chunks(killed)  # folded into records-all.json
 
     clean = tmp_path / "clean"
     subprocess.run(cmd(clean), env=env, capture_output=True, text=True, check=True)
