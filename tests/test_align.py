@@ -330,3 +330,17 @@ def test_cli_preset_and_whole_mode(tmp_path, workspace):
     res = CliRunner().invoke(app, ["align", str(raw), str(tmp_path / "out"), "--preset", str(tmp_path / "p.toml"),
                                    "--size", "40"])
     assert "cache hit" in res.output
+
+
+def test_shard_parsing_and_torchrun_env(monkeypatch):
+    from fernoise.align_stage import parse_shard, shard_from_env
+
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "1", "a/b", "-1/2"):
+        with pytest.raises(FernoiseError):
+            parse_shard(bad)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert shard_from_env() == (2, 3)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert shard_from_env() is None
