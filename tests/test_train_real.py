@@ -21,11 +21,11 @@ pytestmark = needs(FERPLUS)
 
 @pytest.fixture(scope="module")
 def ferplus_manifest(tmp_path_factory):
-    """200 train + 60 FER2013Valid (as test) rows, FER+ plurality labels, 8 classes."""
+    """160 train + 40 FER2013Valid (as test) rows, FER+ plurality labels, 8 classes."""
     df = pd.read_csv(FERPLUS / "manifest.csv")
     df = df[~df["ferplus_plurality"].isin(["tie"]) & df["ferplus_plurality"].notna()]
-    df = pd.concat([df[df["split"] == "train"].nsmallest(200, "rand_rank"),
-                    df[df["split"] == "valid"].nsmallest(60, "rand_rank")])
+    df = pd.concat([df[df["split"] == "train"].nsmallest(160, "rand_rank"),
+                    df[df["split"] == "valid"].nsmallest(40, "rand_rank")])
     labels = [CLASSES.index(canonical_name(x)) for x in df["ferplus_plurality"]]
     rows = pd.DataFrame({
         "id": df["path"].tolist(), "src_path": df["path"].tolist(),
@@ -34,8 +34,8 @@ def ferplus_manifest(tmp_path_factory):
         "label": labels, "status": "ok", "n_faces": 1,
     })
     out = tmp_path_factory.mktemp("ferplus") / "manifest.parquet"
-    meta = {"classes": list(CLASSES), "label_space": "basic8", "stage": "align", "key": "ferplus-260",
-            "lineage": [{"stage": "align", "key": "ferplus-260", "params": {"source": "ferplus"}}]}
+    meta = {"classes": list(CLASSES), "label_space": "basic8", "stage": "align", "key": "ferplus-200",
+            "lineage": [{"stage": "align", "key": "ferplus-200", "params": {"source": "ferplus"}}]}
     return write_manifest(rows, out, meta)
 
 
@@ -45,7 +45,7 @@ def test_two_epochs_on_ferplus(method, ferplus_manifest, workspace):
     run = train(ferplus_manifest, cfg, runs_dir=workspace / "runs").output
     config = json.loads((run / "config.json").read_text())
     assert CONFIG_FIELDS <= set(config) and config["noise"] is None and config["num_classes"] == 8
-    assert config["n_test"] == 60 and config["n_train"] + config["n_val"] == 200
+    assert config["n_test"] == 40 and config["n_train"] + config["n_val"] == 160
     metrics = read_metrics(run)
     assert len(metrics) == 2 and all(METRIC_FIELDS <= set(m) for m in metrics)
     assert all(0 <= m["test_acc"] <= 1 and m["loss"] > 0 for m in metrics)
