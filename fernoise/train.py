@@ -489,8 +489,10 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
         t_cnt = torch.zeros(C, dtype=torch.float64)
         say({"event": "epoch_start", "epoch": epoch, "epochs": cfg.epochs, "batches": len(batches), "warmup": warm})
         net.train()
-        t_train = time.perf_counter()
+        t_train = t_ready = time.perf_counter()
+        wait = 0.0  # seconds the step waited for its batch (data loading not hidden by workers)
         for i, batch in enumerate(data.loader(views, batches, workers=workers, pin_memory=on_cuda)):
+            wait += time.perf_counter() - t_ready
             rows = batch["positions"]  # indices into the array cache and p.rows
             y = labels[rows].to(device, non_blocking=True)
             x_w = data.normalize(batch["weak"], device, channels_last=channels_last)
@@ -521,7 +523,8 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
                         is_clean = clean[rows]
                         sums[6] += (conf_cpu & is_clean).sum().item()
                         sums[7] += is_clean.sum().item()
-            elapsed = time.perf_counter() - t_train
+            t_ready = time.perf_counter()
+            elapsed = t_ready - t_train
             say({"event": "batch", "epoch": epoch, "done": i + 1, "total": len(batches),
                  "loss": sums[0].item() / sums[4].item(), "images_per_s": sums[8].item() * env.world / elapsed})
         train_seconds = time.perf_counter() - t_train
@@ -555,6 +558,8 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
             "samples": int(seen),
             "images_per_s": sums[8].item() / train_seconds,
             "samples_per_s": seen / train_seconds,
+            "data_wait_s": wait,
+            "train_seconds": train_seconds,
             "seconds": time.perf_counter() - t_epoch,
         }
         metrics.append(record)

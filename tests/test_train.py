@@ -36,7 +36,7 @@ METRIC_FIELDS = {
     "thresholds", "confident_frac", "confident_precision", "confident_recall", "val_acc",
     "test_acc", "images_per_s", "seconds",
 }
-TIMING = {"images_per_s", "samples_per_s", "seconds"}
+TIMING = {"images_per_s", "samples_per_s", "seconds", "data_wait_s", "train_seconds"}
 
 
 def make_manifest(root: Path, n: int = 105, *, noise: float = 0.2, splits=("train", "test"), key="synthetic",
