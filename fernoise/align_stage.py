@@ -450,8 +450,8 @@ def process_images(
 ) -> dict[str, dict[str, Any]]:
     """Align ``todo`` (``(src_path, sha256)`` pairs) in batches; one chunk of records per batch.
 
-    Decoding of the next batch overlaps detection of the current one (a thread pool of
-    ``workers``); crops are warped and saved in the same pool.
+    Decoding of the next batch and warping/saving of the previous one overlap detection of
+    the current one (a thread pool of ``workers``); a killed run loses at most two batches.
     """
     from fernoise.align import detect_images
 
@@ -461,12 +461,27 @@ def process_images(
         return results
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     pool = ThreadPoolExecutor(max(1, workers))
-    done = done0
-    try:
-        def submit(batch):
-            return [pool.submit(_decode, raw / s, params) for s, _ in batch]
+    state = {"done": done0}
 
+    def submit(batch):
+        return [pool.submit(_decode, raw / s, params) for s, _ in batch]
+
+    def collect(batch, futs) -> None:
+        chunk = {}
+        for (s, sha), f in zip(batch, futs, strict=True):
+            rec = f.result()
+            results[s] = rec
+            if sha is not None:
+                chunk[RecordStore.key(s, sha)] = rec
+        if store is not None:
+            store.add_chunk(chunk)
+        state["done"] += len(batch)
+        if progress:
+            progress(state["done"], total)
+
+    try:
         pending = submit(batches[0])
+        finishing = None
         for b, batch in enumerate(batches):
             items = [f.result() for f in pending]
             if b + 1 < len(batches):
@@ -484,18 +499,13 @@ def process_images(
                     dets[i] = d
             futs = [pool.submit(_finish, s, sha, it, d, out, params)
                     for (s, sha), it, d in zip(batch, items, dets, strict=True)]
-            chunk = {}
-            for (s, sha), f in zip(batch, futs, strict=True):
-                rec = f.result()
-                results[s] = rec
-                if sha is not None:
-                    chunk[RecordStore.key(s, sha)] = rec
             del items
-            if store is not None:
-                store.add_chunk(chunk)
-            done += len(batch)
-            if progress:
-                progress(done, total)
+            # crops of this batch are warped and saved while the next batch is detected
+            if finishing is not None:
+                collect(*finishing)
+            finishing = (batch, futs)
+        if finishing is not None:
+            collect(*finishing)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return results
