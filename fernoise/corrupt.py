@@ -422,8 +422,13 @@ def corrupt(
     ids = pa.array(df["id"], type=pa.large_string(), from_pandas=True).take(pa.array(sel))
     if ids.null_count:
         raise FernoiseError("some training rows have a null id; ids must be unique and non-null", flag="MANIFEST")
-    order = pc.sort_indices(ids).to_numpy()
-    sorted_ids = ids.take(pa.array(order))
+    n_ids = len(ids)
+    if n_ids > 1 and not pc.any(pc.less(ids.slice(1), ids.slice(0, n_ids - 1))).as_py():
+        order = np.arange(n_ids)  # already in id order (align writes rows so): skip the sort
+        sorted_ids = ids
+    else:
+        order = pc.sort_indices(ids).to_numpy()
+        sorted_ids = ids.take(pa.array(order))
     if len(sorted_ids) > 1:
         dup = pc.equal(sorted_ids.slice(1), sorted_ids.slice(0, len(sorted_ids) - 1))
         if pc.any(dup).as_py():
