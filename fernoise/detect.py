@@ -55,6 +55,30 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _channels_last(net, device):
+    """``net`` on ``device`` taking its input in channels-last memory order.
+
+    The MTCNN nets are ~2x faster on CPU in channels-last order than in the default NCHW
+    (measured: P-net on a 612x462 level 60 -> 33 ms, R-net on 1000 boxes 451 -> 172 ms);
+    the outputs are the same up to float rounding.
+    """
+    import torch
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.contiguous(memory_format=torch.channels_last))
+
+    net = net.to(device).eval()
+    if torch.device(device).type == "cpu":
+        net = net.to(memory_format=torch.channels_last)
+        return ChannelsLast(net).eval()
+    return net
+
+
 class Detector:
     """The MTCNN nets on one device. Build it once and reuse it (loading costs ~0.5 s)."""
 
@@ -68,9 +92,9 @@ class Detector:
         # than 1 on a busy 2-core machine). Detection runs single-threaded by default while
         # the align workers decode and save on the other cores; None keeps torch's setting.
         self.threads = threads if self.device.type == "cpu" else None
-        self.pnet = PNet().to(self.device).eval()
-        self.rnet = RNet().to(self.device).eval()
-        self.onet = ONet().to(self.device).eval()
+        self.pnet = _channels_last(PNet(), self.device)
+        self.rnet = _channels_last(RNet(), self.device)
+        self.onet = _channels_last(ONet(), self.device)
 
     def _detect_batch(self, batch: np.ndarray, min_face_size: int, thresholds, factor: float) -> list[Detection]:
         import torch
