@@ -17,7 +17,7 @@ output-changing parameters and the sha256 of every source image and label/join f
 checks the sha256 of the manifest and of every crop, and imports neither torch nor pandas.
 Per image: a record (status, faces, crop sha256) keyed by the source's path and sha256 under
 ``.fernoise/align-records/<params hash>/``, written atomically after every batch, so a killed
-run loses at most the batch in flight and the next run re-aligns only what has no intact
+run loses at most the two batches in flight and the next run re-aligns only what has no intact
 record (a changed, added or tampered image, or a crop changed behind its back).
 
 Shards (``shard=(i, n)``): image ``j`` of the sorted list belongs to shard ``j % n``; shard
