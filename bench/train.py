@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per step-only measurement")
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args()
-    console = Console()
+    console = Console(width=150)
     work = a.workdir or Path(tempfile.mkdtemp(prefix="fernoise-bench-train-"))
     work.mkdir(parents=True, exist_ok=True)
     import os
