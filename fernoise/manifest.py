@@ -29,8 +29,8 @@ SPLITS = ("train", "val", "test")
 # One vocabulary of row statuses. Every status but "ok" and "whole" comes with a `reason`.
 STATUSES: dict[str, str] = {
     "ok": "a face was detected and aligned; `path` is its crop",
-    "whole": "no face was detected; with --on-no-face whole the entire image was resized "
-    "and saved as the crop (reason says so)",
+    "whole": "the entire image was resized and saved as the crop: detection was off "
+    "(--mode whole) or found no face (--on-no-face whole); reason says which",
     "no_face": "the image decoded but the detector found no face; no crop",
     "unreadable": "the file could not be read or decoded (empty, truncated, broken link, "
     "no permission, not an image); no crop",
