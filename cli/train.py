@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -130,4 +131,5 @@ def register(app: typer.Typer) -> None:
             result = train(manifest, cfg, runs_dir=runs, workspace=ws, progress=bar, force=force)
         finally:
             bar.close()
-        wrote(result.output, hit=result.hit)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+            wrote(result.output, hit=result.hit)

@@ -465,7 +465,7 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     net = model
     if env.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if on_cuda else None, find_unused_parameters=model.ncc is not None
+            model, device_ids=[device.index] if on_cuda else None, find_unused_parameters=model.ncc is not None and cfg.warmup > 0,  # ncc idle in warm-up
         )
     written = [run_dir / "config.json", run_dir / "metrics.jsonl", run_dir / "model.pt"]
     if env.is_main:
