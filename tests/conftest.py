@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Before any test imports torch: idle OpenMP threads sleep instead of spinning, so tests (and
+# other processes) sharing 2 cores do not starve each other (train tests measured ~3x faster).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 SHARED = Path(os.environ.get("FERNOISE_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve()
 DATA = SHARED / "data"
 WILD = DATA / "wild"
