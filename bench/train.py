@@ -21,15 +21,17 @@ ratio 2 = fernoise ce end-to-end / baseline end-to-end. Also fp32 vs bf16 steps 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from rich.console import Console
-from rich.table import Table
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `fernoise train` does, before torch loads
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ferplus_manifest  # noqa: E402
@@ -151,8 +153,6 @@ def main() -> None:
     console = Console(width=150)
     work = a.workdir or Path(tempfile.mkdtemp(prefix="fernoise-bench-train-"))
     work.mkdir(parents=True, exist_ok=True)
-    import os
-
     os.environ["FERNOISE_WORKSPACE"] = str(work)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     auto = resolve_precision("auto", device)
