@@ -83,7 +83,7 @@ class TrainConfig:
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     precision: str = "auto"
-    """auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16."""
+    """auto (bf16 autocast on CUDA, fp32 on the CPU: see resolve_precision), fp32 or bf16."""
     val_fraction: float = 0.1
     """Stratified share of train rows held out for validation when the manifest has no val rows."""
     workers: int | None = None
@@ -136,28 +136,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX), where autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(precision: str, device: str) -> str:
-    """auto: bf16 autocast on CUDA; on the CPU bf16 where it has native bf16, else fp32.
+    """auto: bf16 autocast on CUDA, fp32 on the CPU.
 
-    Measured with bench/train.py on the project's 2-core AVX512-BF16 machine (ResNet-18, 64 px,
-    batch 128, best of interleaved rounds on a shared machine): bf16 + channels_last 67 img/s,
-    fp32 49 (an earlier quieter sample: 288 vs 169). Without native bf16 the CPU emulates it
-    and fp32 is faster.
+    Measured on the project's 2-core AVX512-BF16 machine (ResNet-18 train step, 64 px, batch
+    128, channels_last, shared with other trainers; bench/train.py and alternating runs):
+    fp32 102-103 img/s vs bf16 12 img/s with passive OpenMP waits, 26-39 vs 9 with active
+    ones; bf16 won only one early, quieter sample (288 vs 169). bf16 autocast adds many small
+    cast kernels, each a synchronisation point that a loaded CPU makes expensive.
     """
     if precision != "auto":
         return precision
-    if device.startswith("cuda"):
-        return "bf16"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    return "bf16" if device.startswith("cuda") else "fp32"
 
 
 # ----------------------------------------------------------------------------- the plan
