@@ -144,6 +144,9 @@ def resolve_precision(precision: str, device: str) -> str:
     fp32 102-103 img/s vs bf16 12 img/s with passive OpenMP waits, 26-39 vs 9 with active
     ones; bf16 won only one early, quieter sample (288 vs 169). bf16 autocast adds many small
     cast kernels, each a synchronisation point that a loaded CPU makes expensive.
+    On the same machine when quiet, bf16 is faster: 283-348 vs 184-207 img/s (the lead's
+    step-only check). fp32 stays the CPU default because its worst case is 1.7x slower and
+    bf16's is 8x; pass ``--precision bf16`` on a CPU you have to yourself.
     """
     if precision != "auto":
         return precision
