@@ -217,7 +217,9 @@ class Workspace:
             shown = str(out.relative_to(self.root))
         except ValueError:
             shown = str(out)
+        seq = 1 + max((int(e.get("seq", 0)) for e in data["stages"].values()), default=0)
         data["stages"][stage] = {
+            "seq": seq,
             "key": key,
             "output": shown,
             "params": dict(params),
@@ -226,15 +228,24 @@ class Workspace:
         atomic_write_json(self.lock_path, data)
 
     def latest(self, *stages: str, what: str = "input", flag: str | None = None) -> Path:
-        """The latest output of the first of ``stages`` the lock has, or a clear error."""
+        """The most recently recorded existing output among ``stages``, or a clear error.
+
+        ``latest("corrupt", "align")`` after align -> corrupt gives the corrupted manifest;
+        after a later align of another folder it gives that newer aligned manifest, never
+        a stale derivative of older data. Ties (old lock files without ``seq``) go to the
+        first stage named.
+        """
         recorded = self.read()["stages"]
-        for stage in stages:
+        found: list[tuple[int, int, Path]] = []
+        for order, stage in enumerate(stages):
             entry = recorded.get(stage)
             if entry:
                 path = Path(entry["output"])
                 path = path if path.is_absolute() else self.root / path
                 if path.exists():
-                    return path
+                    found.append((int(entry.get("seq", 0)), -order, path))
+        if found:
+            return max(found, key=lambda t: (t[0], t[1]))[2]
         names = " or ".join(f"`fernoise {s}`" for s in stages)
         raise FernoiseError(
             f"no {what} given and {self.lock_path} records none; pass one, or run {names} first",

@@ -73,3 +73,16 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o666 & ~mask
+
+
+def test_latest_picks_the_most_recent_of_several_stages(tmp_path):
+    ws = Workspace(tmp_path)
+    for name in ("a.parquet", "a.sym.parquet", "b.parquet"):
+        (tmp_path / name).write_text("x")
+    ws.record("align", key="k1", output=tmp_path / "a.parquet", params={})
+    ws.record("corrupt", key="k2", output=tmp_path / "a.sym.parquet", params={})
+    assert ws.latest("corrupt", "align") == (tmp_path / "a.sym.parquet").resolve()
+    ws.record("align", key="k3", output=tmp_path / "b.parquet", params={})  # a new dataset
+    assert ws.latest("corrupt", "align") == (tmp_path / "b.parquet").resolve()
+    (tmp_path / "b.parquet").unlink()  # a deleted output is never offered
+    assert ws.latest("corrupt", "align") == (tmp_path / "a.sym.parquet").resolve()
