@@ -11,9 +11,10 @@ decoding, batched detection on a copy of at most 1024 px, alignment, JPEG crops 
 Parquet manifest all included. Prints a table and the ratio.
 
 Where the speed comes from (``fernoise/detect.py``): the MTCNN nets run in channels-last
-memory order (~2x on CPU), single-threaded (MTCNN's many small ops lose to thread hand-offs
-on a busy 2-core machine; the align workers use the other core), on a copy of at most
-1024 px, batched by image size; decoding and saving overlap detection.
+memory order (~2x on CPU), on a copy of at most 1024 px, batched by image size, with the
+batches run side by side, one single-threaded lane per core (MTCNN's many small ops lose to
+intra-op thread hand-offs; whole batches in parallel do not); decoding and saving overlap
+detection.
 """
 
 from __future__ import annotations

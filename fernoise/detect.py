@@ -12,8 +12,10 @@ torch and facenet-pytorch are imported lazily, so importing this module is cheap
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,21 +102,14 @@ class Detector:
         import torch
         from facenet_pytorch.models.utils.detect_face import detect_face
 
-        saved = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            with torch.inference_mode():
-                boxes, points = detect_face(
-                    # detect_face permutes NHWC -> NCHW; an NHWC *view* of a contiguous NCHW
-                    # float tensor keeps its per-box crops contiguous (faster resampling).
-                    torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().contiguous().permute(0, 2, 3, 1),
-                    min_face_size, self.pnet, self.rnet, self.onet,
-                    list(thresholds), factor, self.device,
-                )
-        finally:
-            if self.threads:
-                torch.set_num_threads(saved)
+        with torch.inference_mode():
+            boxes, points = detect_face(
+                # detect_face permutes NHWC -> NCHW; an NHWC *view* of a contiguous NCHW
+                # float tensor keeps its per-box crops contiguous (faster resampling).
+                torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().contiguous().permute(0, 2, 3, 1),
+                min_face_size, self.pnet, self.rnet, self.onet,
+            list(thresholds), factor, self.device,
+            )
         out = []
         for b, p in zip(boxes, points, strict=True):
             b = np.asarray(b, dtype=np.float64).reshape(-1, 5)
@@ -144,24 +139,47 @@ class Detector:
                 results[i] = EMPTY
             else:
                 groups[a.shape].append(i)
+        parts = []
         for shape, idx in groups.items():
             per = max(1, min(MAX_BATCH_IMAGES, MAX_BATCH_PIXELS // (shape[0] * shape[1])))
-            for s in range(0, len(idx), per):
-                part = idx[s:s + per]
-                batch = np.stack([np.ascontiguousarray(arrays[i], dtype=np.uint8) for i in part])
-                try:
-                    dets = self._detect_batch(batch, min_face_size, thresholds, factor)
-                except RuntimeError:
-                    # facenet's batch path can fail on a degenerate candidate box (an empty
-                    # torch.cat); one image at a time isolates it.
-                    dets = []
-                    for one in batch:
-                        try:
-                            dets.extend(self._detect_batch(one[None], min_face_size, thresholds, factor))
-                        except RuntimeError:
-                            dets.append(EMPTY)
-                for i, d in zip(part, dets, strict=True):
-                    results[i] = d
+            parts += [idx[s:s + per] for s in range(0, len(idx), per)]
+
+        def run(part: list[int]) -> list[Detection]:
+            batch = np.stack([np.ascontiguousarray(arrays[i], dtype=np.uint8) for i in part])
+            try:
+                return self._detect_batch(batch, min_face_size, thresholds, factor)
+            except RuntimeError:
+                # facenet's batch path can fail on a degenerate candidate box (an empty
+                # torch.cat); one image at a time isolates it.
+                dets = []
+                for one in batch:
+                    try:
+                        dets.extend(self._detect_batch(one[None], min_face_size, thresholds, factor))
+                    except RuntimeError:
+                        dets.append(EMPTY)
+                return dets
+
+        import torch
+
+        saved = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            # On the CPU, batches run side by side, each single-threaded: torch releases the
+            # GIL inside its ops, and whole batches in parallel beat intra-op threads on
+            # MTCNN's many small ops (the thread count is set once here, never per thread).
+            lanes = min(len(parts), os.cpu_count() or 1) if self.threads else 1
+            if lanes > 1:
+                with ThreadPoolExecutor(lanes) as pool:
+                    found = list(pool.map(run, parts))
+            else:
+                found = [run(part) for part in parts]
+        finally:
+            if self.threads:
+                torch.set_num_threads(saved)
+        for part, dets in zip(parts, found, strict=True):
+            for i, d in zip(part, dets, strict=True):
+                results[i] = d
         return [r if r is not None else EMPTY for r in results]
 
 
