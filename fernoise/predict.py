@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from fernoise.align_stage import IMAGE_EXTENSIONS  # align's list: predict sees what align would
 from fernoise.errors import FernoiseError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 CHUNK = 8  # photos decoded and aligned at a time (bounds memory for large photos)
 
 
