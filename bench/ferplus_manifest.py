@@ -5,7 +5,8 @@ the crop (status ok). Labels: the FER+ majority (METHOD.md: drop single votes, k
 class when it holds more than half of what remains, drop unknown/NF winners), or the
 original FER2013 label (``--labels fer2013``, 7 classes: real annotation noise, with
 ``label_clean`` = the FER+ majority and ``is_noisy`` where they differ). ``--sym-rate r``
-flips exactly round(r * n_c) train rows per class to a uniformly drawn other class.
+flips train rows with the library's sym noise (``fernoise.corrupt``: exactly round(r * n_c)
+per class, half up, to a uniformly drawn other class).
 
     python bench/ferplus_manifest.py OUT.parquet --train 10000 [--sym-rate 0.5] [--seed 0]
 """
@@ -16,44 +17,22 @@ import argparse
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from fernoise.cache import dict_hash
-from fernoise.labels import CLASSES, canonical_name
+from fernoise.corrupt import CorruptParams, corrupt
+from fernoise.formats.ferplus import majority
+from fernoise.labels import CLASSES, FERPLUS_VOTE_COLUMNS, canonical_name
 from fernoise.manifest import write_manifest
 
 FERPLUS = Path(os.environ.get("FERNOISE_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve() / "data" / "ferplus"
-VOTES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF"]
-
-
-def ferplus_majority(votes: np.ndarray) -> np.ndarray:
-    """``(N, 10)`` vote counts -> canonical class index, or -1 (no majority / unknown / NF)."""
-    v = votes.astype(float).copy()
-    v[v <= 1] = 0  # drop single votes
-    top = v.argmax(1)
-    ok = v.max(1) > v.sum(1) / 2
-    names = [canonical_name(n) if i < 8 else None for i, n in enumerate(VOTES)]
-    out = np.array([CLASSES.index(names[t]) if ok[i] and names[t] else -1 for i, t in enumerate(top)])
-    return out
-
-
-def sym_noise(labels: np.ndarray, rate: float, num_classes: int, seed: int) -> np.ndarray:
-    """Exactly round(rate * n_c) labels of each class c flipped to a uniform other class."""
-    rng = np.random.default_rng(seed)
-    noisy = labels.copy()
-    for c in range(num_classes):
-        idx = np.flatnonzero(labels == c)
-        flip = rng.choice(idx, size=int(round(rate * len(idx))), replace=False)
-        noisy[flip] = (c + rng.integers(1, num_classes, size=len(flip))) % num_classes
-    return noisy
 
 
 def build(out: Path, *, n_train: int | None, n_test: int | None = None, labels: str = "majority",
           sym_rate: float = 0.0, seed: int = 0, root: Path = FERPLUS) -> Path:
     """Write the manifest to ``out`` (crop paths relative to it) and return ``out``."""
     df = pd.read_csv(root / "manifest.csv")
-    df["clean"] = ferplus_majority(df[VOTES].to_numpy())
+    df["clean"] = majority(df[list(FERPLUS_VOTE_COLUMNS)].to_numpy())
     if labels == "fer2013":
         classes = list(CLASSES[:7])
         df = df[df["fer2013_label"].notna()].copy()
@@ -72,7 +51,10 @@ def build(out: Path, *, n_train: int | None, n_test: int | None = None, labels: 
     df = pd.concat(parts).reset_index(drop=True)
     train = df["split"] == "train"
     if sym_rate:
-        df.loc[train, "label"] = sym_noise(df.loc[train, "label"].to_numpy(), sym_rate, len(classes), seed)
+        # the library's own exact sym noise (same rows as `fernoise corrupt --kind sym`)
+        noisy, _ = corrupt(pd.DataFrame({"id": df["path"], "split": df["split"], "label": df["label"].astype("Int64")}),
+                           classes=classes, params=CorruptParams(kind="sym", rate=sym_rate, seed=seed))
+        df["label"] = noisy["label"].to_numpy(dtype="int64")
     rel = os.path.relpath(root, out.resolve().parent)
     rows = pd.DataFrame({
         "id": df["path"], "src_path": df["path"], "path": [f"{rel}/{p}" for p in df["path"]],
