@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fernoise.devices import resolve_device
+
 # Upper bound on the pixels of one detection batch (bounds memory on large photos).
 MAX_BATCH_PIXELS = 24_000_000
 MAX_BATCH_IMAGES = 512
@@ -46,15 +48,6 @@ class Detection:
 
 
 EMPTY = Detection(np.zeros((0, 4)), np.zeros((0,)), np.zeros((0, 5, 2)))
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else as given."""
-    if device and device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _channels_last(net, device):

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from fernoise.devices import resolve_device
 from fernoise.errors import FernoiseError
 
 VERSION = 1
@@ -384,18 +385,6 @@ def load_run(path: str | os.PathLike, *, need_model: bool = True) -> Run:
     if need_model and not (path / "model.pt").is_file():
         raise FernoiseError(f"{path} has no model.pt (training unfinished?); resume it with `fernoise train`")
     return Run(path=path, config=config, history=read_history(path / "metrics.jsonl"))
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FernoiseError(f"device {device!r} requested but CUDA is not available; use --device cpu", flag="--device")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise FernoiseError(f"expected auto, cpu, cuda or cuda:N, got {device!r}", flag="--device")
-    return device
 
 
 def load_model(run: Run, device: str = "cpu"):

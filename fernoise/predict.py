@@ -164,7 +164,8 @@ def predict(
 ) -> list[dict[str, Any]]:
     """One row per face in the photos named by ``items`` (see the module docstring)."""
     from fernoise import align
-    from fernoise.evaluate import load_model, load_run, resolve_device
+    from fernoise.devices import resolve_device
+    from fernoise.evaluate import load_model, load_run
 
     files = expand_inputs(items)
     run = load_run(run_path)

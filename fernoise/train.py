@@ -42,6 +42,7 @@ from fernoise.cache import (
     stage_key,
     stamp_path,
 )
+from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError
 from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest
 
@@ -122,18 +123,7 @@ class TrainConfig:
             raise FernoiseError(f"expected a fraction in [0, 1), got {self.val_fraction}", flag="--val-fraction")
         if self.workers is not None and self.workers < 0:
             raise FernoiseError(f"expected 0 or more, got {self.workers}", flag="--workers")
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise FernoiseError(f"expected auto, cpu, cuda or cuda:N, got {self.device!r}", flag="--device")
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FernoiseError(f"{device} asked for, but this torch sees no CUDA device; use --device cpu", flag="--device")
-    return device
+        check_device_name(self.device)
 
 
 def resolve_precision(precision: str, device: str) -> str:
