@@ -31,7 +31,7 @@ def _status_text(st) -> str:
             return f"[cyan]running[/cyan] epoch {st.epoch}/{st.epochs}{pct}"
         return "[cyan]running[/cyan] starting"
     if st.status == "done":
-        return "[green]done[/green] (cache)" if st.hit else "[green]done[/green]"
+        return "[green]cached[/green]" if st.hit else "[green]done[/green]"
     if st.status == "failed":
         return "[red]failed[/red]"
     return "[dim]queued[/dim]"
@@ -54,8 +54,8 @@ def render(sweep, slots: int):
                        f"{counts['queued']} queued, {counts['failed']} failed; ETA {_duration(eta)}"),
               caption_justify="left")
     for name in ("#", "method", "noise", "seed", *(["pretrained"] if show_pre else []), *axes,
-                 "status", "img/s", "top-1 %", "val-sel %", "gpu / reason"):
-        t.add_column(name, overflow="fold" if name == "gpu / reason" else "ellipsis",
+                 "status", "img/s", "top-1 %", "val-sel %", "note"):
+        t.add_column(name, overflow="fold" if name == "note" else "ellipsis", no_wrap=name != "note",
                      justify="right" if name in ("#", "seed", "img/s", "top-1 %", "val-sel %") else "left")
     for st in states:
         c = st.cell
@@ -95,7 +95,7 @@ class _Lines:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(name="sweep", help="Run a grid file of methods x noise x seeds x options: corrupt -> train -> eval per cell, cached and resumable.")
+    @app.command(name="sweep", help="Run a grid file of methods x noise x seeds x options: corrupt -> train -> eval per cell, cached and resumable. Exit code 0 when every cell is done, 1 when some failed.")
     @handle_errors
     def sweep_cmd(
         grid: Annotated[Path, typer.Argument(help="Grid file (TOML), e.g. grids/smoke.toml.")],

@@ -172,7 +172,7 @@ def _check_type(path: Path, where: str, value: Any, annotation: str) -> Any:
     )
     if not ok:
         raise _err(path, where, f"expected {annotation}, found {value!r}")
-    return float(value) if allowed == {"float"} or allowed == {"float", "None"} else value
+    return float(value) if _is_int(value) and "float" in allowed and "int" not in allowed else value
 
 
 def _option_name(path: Path, where: str, key: str, known: dict[str, str]) -> str:
@@ -742,7 +742,7 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
                 return
             gpu = slots.get()
             try:
-                _run_child(sweep, st, manifest, gpu, lock, children, say, python or sys.executable)
+                _run_child(sweep, st, manifest, gpu, lock, children, python or sys.executable)
             finally:
                 slots.put(gpu)
 
@@ -798,8 +798,9 @@ def check_done_readonly(sweep: Sweep, cell: Cell, manifest: Path, state: CellSta
 
 
 def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, lock: threading.Lock,
-               children: dict[int, subprocess.Popen], say: Update, python: str) -> None:
-    """One cell in a child process (:mod:`fernoise.sweepcell`): JSON events on its stdout."""
+               children: dict[int, subprocess.Popen], python: str) -> None:
+    """One cell in a child process (:mod:`fernoise.sweepcell`): JSON events on its stdout,
+    applied to ``st`` under ``lock`` (the main thread shows them)."""
     cell = st.cell
     spec = {
         "manifest": str(manifest), "config": asdict(cell.config), "runs_dir": str(sweep.runs_dir),
@@ -828,8 +829,6 @@ def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, loc
                 continue
             with lock:
                 final = _apply_event(st, ev) or final
-            if ev.get("event") in ("start", "epoch_end"):
-                say(sweep)
         rc = proc.wait()
     with lock:
         children.pop(proc.pid, None)
@@ -841,7 +840,6 @@ def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, loc
             if not st.reason:
                 st.reason = f"the cell's process exited with code {rc}{_log_tail(log)}; log: {log}"
         _write_cell(sweep, st)
-    say(sweep)
 
 
 def _log_tail(log: Path) -> str:
