@@ -14,6 +14,7 @@ takes what ``fernoise align`` wrote last.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -192,6 +193,26 @@ def run_stage(
     return StageResult(stage, key, output, hit, time.perf_counter() - t0)
 
 
+# ----------------------------------------------------------------------------- file locks
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on the side file ``<path>.lk`` while inside the block.
+
+    For read-modify-write of a shared file by several processes (``fernoise.lock``, sweep
+    tables): the lock is on a separate, never-replaced file, so the atomic rename of ``path``
+    itself cannot make two processes lock different inodes. Blocks until the lock is free;
+    released when the block ends or the process dies.
+    """
+    side = Path(f"{os.fspath(path)}.lk")
+    side.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(side, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 # ----------------------------------------------------------------------------- workspace
 class Workspace:
     """The lock file naming the latest output of each stage (in the spirit of dvc.lock)."""
@@ -210,7 +231,17 @@ class Workspace:
         data.setdefault("stages", {})
         return data
 
+    def locked(self):
+        """Context manager: an exclusive file lock on ``fernoise.lock`` (see :func:`file_lock`)."""
+        return file_lock(self.lock_path)
+
     def record(self, stage: str, *, key: str, output: str | os.PathLike, params: Mapping[str, Any]) -> None:
+        """Set ``stage``'s entry; read-modify-write under :meth:`locked`, so concurrent
+        commands never lose each other's entries."""
+        with self.locked():
+            self._record(stage, key=key, output=output, params=params)
+
+    def _record(self, stage: str, *, key: str, output: str | os.PathLike, params: Mapping[str, Any]) -> None:
         data = self.read()
         out = Path(output).resolve()
         try:
