@@ -42,6 +42,7 @@ from typing import Any
 from fernoise.cache import (
     STAMP_DIR,
     Workspace,
+    atomic_path,
     atomic_write_json,
     dict_hash,
     file_sha256,
@@ -50,7 +51,7 @@ from fernoise.cache import (
     stage_key,
     write_stamp,
 )
-from fernoise.errors import FernoiseError
+from fernoise.errors import FernoiseError, destination_error, require_file, require_folder
 
 STAGE = "align"
 VERSION = 1
@@ -273,8 +274,7 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
 
     if spec.join:
         jpath = Path(spec.join)
-        if not jpath.is_file():
-            raise FernoiseError(f"join file {jpath} does not exist", flag="--join")
+        require_file(jpath, "join file", flag="--join")
         jdf = read_csv(jpath)
         if spec.join_on not in jdf.columns:
             raise FernoiseError(f"{jpath.name} has no column {spec.join_on!r}; found {list(jdf.columns)[:12]}",
@@ -380,11 +380,8 @@ def _save_crop(crop, path: Path, params) -> str:
     else:
         crop.save(buf, format="JPEG", quality=int(params.jpeg_quality))
     data = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
-    os.replace(tmp, path)
     return bytes_sha256(data)
 
 
@@ -430,6 +427,8 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
         rec.update(status="ok", reason=None, faces=recs)
         return rec
     except Exception as e:  # noqa: BLE001 - one bad image gets status error, the run goes on
+        if destination_error(e) is not None:
+            raise  # a full disk or a read-only OUT stops the run (one line), it is not the image's fault
         rec.update(status="error", reason=f"{e.__class__.__name__}: {' '.join(str(e).split())}", faces=[])
         return rec
 
@@ -570,8 +569,8 @@ def align_folder(
     t0 = time.perf_counter()
     params = params if params is not None else AlignParams()
     raw, out = Path(raw), Path(out)
-    if not raw.is_dir():
-        raise FernoiseError(f"{raw} is not a folder of images", flag="RAW")
+    require_folder(raw, "RAW", flag="RAW")
+    require_folder(out, "OUT", flag="OUT", may_be_missing=True)
     if workers < 1:
         raise FernoiseError(f"expected at least 1 worker, got {workers}", flag="--workers")
     if batch_size < 1:

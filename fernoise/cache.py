@@ -39,6 +39,7 @@ def _current_umask() -> int:
 # mkstemp creates 0600 files; outputs get the permissions a plain open() would give them.
 FILE_MODE = 0o666 & ~_current_umask()
 STAMP_DIR = ".fernoise"
+TMP_SUFFIX = ".tmp"
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -77,16 +78,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        e.filename = str(path)  # name the file the user asked for, not the random temporary
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, FILE_MODE)
     try:
+        os.chmod(tmp_path, FILE_MODE)
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and (e.filename is None or str(e.filename) == str(tmp_path)):
+            e.filename = str(path)  # a full disk raises from write() with no file name
         raise
 
 

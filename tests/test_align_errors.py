@@ -1,0 +1,175 @@
+"""align's failures are one line and a non-zero exit, and leave nothing half-written: OUT a
+file, a folder given as --labels, a read-only destination (also the fernoise.lock write after
+the work is done), a full disk. The read-only and full-disk cases go through the shared
+mechanism of every command (fernoise_cli.common.handle_errors + fernoise.errors)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from fernoise.errors import FernoiseError, destination_error, require_file, require_folder
+
+
+def make_image(path: Path, size=(40, 40), colour=(120, 80, 40)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def raw_tree(root: Path, n: int = 4) -> Path:
+    for i in range(n):
+        make_image(root / "happy" / f"img{i}.png", colour=(20 * i, 50, 200))
+    return root
+
+
+def invoke(*args: str):
+    from fernoise_cli.app import app
+
+    return CliRunner().invoke(app, ["align", *args])
+
+
+def one_line(res) -> str:
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1, res.output
+    assert "Traceback" not in res.output
+    return lines[0]
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def read_only(monkeypatch, folder: Path, err: int = errno.EACCES) -> None:
+    """Make atomic writes into ``folder`` fail as a read-only folder does (mkstemp raises).
+
+    Tests run as root here, where chmod cannot make a folder read-only; the failing call is
+    the one the OS makes fail."""
+    real = tempfile.mkstemp
+    folder = folder.resolve()
+
+    def mkstemp(*a, dir=None, **kw):
+        if dir is not None and Path(dir).resolve() == folder:
+            raise OSError(err, os.strerror(err), os.path.join(str(dir), ".x.tmp"))
+        return real(*a, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_out_is_an_existing_file(tmp_path, workspace):
+    raw = raw_tree(tmp_path / "raw")
+    out = tmp_path / "out"
+    out.write_text("precious")
+    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
+    assert res.exit_code == 2
+    line = one_line(res)
+    assert f"error: OUT {out} is a file, expected a folder" in " ".join(line.split())
+    assert out.read_text() == "precious" and not (tmp_path / "fernoise.lock").exists()
+
+
+def test_labels_given_a_folder_says_it_is_a_folder(tmp_path, workspace):
+    raw = raw_tree(tmp_path / "raw")
+    res = invoke(str(raw), str(tmp_path / "out"), "--mode", "whole", "--labels", str(raw), "--format", "csv")
+    assert res.exit_code == 2
+    assert f"--labels: label file {raw} is a folder, expected a file" in " ".join(one_line(res).split())
+    res = invoke(str(raw), str(tmp_path / "out"), "--mode", "whole", "--labels", str(tmp_path / "no.csv"),
+                 "--format", "csv")
+    assert res.exit_code == 2 and "no.csv does not exist" in one_line(res)
+
+
+def test_require_file_and_folder_helpers(tmp_path):
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    require_file(f)
+    require_folder(tmp_path)
+    require_folder(tmp_path / "new", may_be_missing=True)
+    with pytest.raises(FernoiseError, match="is a folder, expected a file") as e:
+        require_file(tmp_path, "noise matrix", flag="--matrix")
+    assert e.value.flag == "--matrix" and str(e.value).startswith(f"noise matrix {tmp_path} ")
+    with pytest.raises(FernoiseError, match="does not exist"):
+        require_file(tmp_path / "nope")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nope")
+    with pytest.raises(FernoiseError, match="broken symbolic link"):
+        require_file(tmp_path / "dangling")
+    with pytest.raises(FernoiseError, match="is a file, expected a folder"):
+        require_folder(f, "OUT")
+    with pytest.raises(FernoiseError, match="does not exist"):
+        require_folder(tmp_path / "nope")
+
+
+def test_destination_error_texts():
+    e = destination_error(OSError(errno.ENOSPC, "No space left on device", "/data/out/x.jpg"))
+    assert str(e) == ("could not write /data/out/x.jpg: no space left on the device; free space on the disk "
+                      "holding /data/out (or choose another folder), then re-run the same command (finished "
+                      "work is kept and reused)")
+    assert "read-only file system" in str(destination_error(OSError(errno.EROFS, "x", "/a/b")))
+    assert str(destination_error(PermissionError(errno.EACCES, "x", "/a/b"))).startswith(
+        "/a/b: permission denied; make /a writable")
+    assert destination_error(OSError(errno.EIO, "x")) is None
+    assert destination_error(ValueError("x")) is None
+
+
+def test_read_only_out_is_one_line_and_writes_nothing(tmp_path, workspace, monkeypatch):
+    raw = raw_tree(tmp_path / "raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    read_only(monkeypatch, out / "faces" / "happy", errno.EROFS)
+    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
+    assert res.exit_code == 1
+    line = " ".join(one_line(res).split())
+    assert line.startswith(f"error: could not write {out}/faces/happy/img") and "read-only file system" in line
+    assert not (out / "manifest.parquet").exists() and not (tmp_path / "fernoise.lock").exists()
+    assert not [p for p in files_under(out) if p.endswith(".tmp")]
+
+
+def test_read_only_workspace_after_the_work_is_one_line(tmp_path, monkeypatch):
+    raw = raw_tree(tmp_path / "raw")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    out = tmp_path / "out"
+    read_only(monkeypatch, ws)
+    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--workspace", str(ws))
+    assert res.exit_code == 1
+    line = " ".join(one_line(res).split())
+    assert line == (f"error: {ws}/fernoise.lock: permission denied; make {ws} writable (and its files readable) "
+                    "or choose another folder, then re-run the same command (finished work is kept and reused)")
+    assert files_under(ws) == ["fernoise.lock.lk"]
+    monkeypatch.undo()
+    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--workspace", str(ws))
+    assert res.exit_code == 0 and "cache hit" in res.output  # the finished work was complete
+
+
+def test_full_disk_mid_run_is_one_line_and_resumes(tmp_path, workspace, monkeypatch):
+    import fernoise.align_stage as stage
+
+    raw = raw_tree(tmp_path / "raw", n=6)
+    out = tmp_path / "out"
+    real = stage._save_crop
+    saved = []
+
+    def save_then_fill(crop, path, params):
+        if len(saved) >= 2:  # the disk fills up half-way through the third crop
+            with stage.atomic_path(path) as tmp, open(tmp, "wb") as f:
+                f.write(b"half a jpeg")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        saved.append(path)
+        return real(crop, path, params)
+
+    monkeypatch.setattr(stage, "_save_crop", save_then_fill)
+    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--batch-size", "2", "--workers", "1")
+    assert res.exit_code == 1
+    line = " ".join(one_line(res).split())
+    assert line.startswith(f"error: could not write {out}/faces/happy/img2.png.jpg: no space left on the device")
+    assert not (out / "manifest.parquet").exists()
+    assert not [p for p in files_under(out) if p.endswith(".tmp")]
+    assert "img2.png.jpg" not in " ".join(files_under(out))
+    monkeypatch.undo()
+    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--batch-size", "2", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    assert "aligned 4 images, reused 2" in " ".join(res.output.split())
