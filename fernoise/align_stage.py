@@ -369,6 +369,29 @@ def _decode(path: Path, params) -> dict[str, Any]:
     return item
 
 
+class OutsideOut(Exception):
+    """A crop's destination resolves outside OUT (through a symbolic link planted under it)."""
+
+
+def _inside(base: str, path: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _destination(out: Path, rel: str) -> Path:
+    """``out / rel``, after checking that its folder resolves inside OUT (links followed).
+
+    A folder under OUT that is a link to elsewhere would make the write land outside OUT:
+    that row gets status ``error`` and nothing is written (no folder created either).
+    """
+    path = out / rel
+    base = os.path.realpath(out)
+    real = os.path.realpath(path.parent)
+    if not _inside(base, real):
+        raise OutsideOut(f"refused to write the crop {rel}: its folder resolves to {real}, outside OUT {base} "
+                         "(a symbolic link under OUT); nothing was written, remove the link and re-run")
+    return path
+
+
 def _save_crop(crop, path: Path, params) -> str:
     import io
 
@@ -413,7 +436,7 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
                     return rec
         if whole_reason is not None:
             rel = f"{FACES}/{src}.{params.ext}"
-            sha_c = _save_crop(crop_whole(img, params), out / rel, params)
+            sha_c = _save_crop(crop_whole(img, params), _destination(out, rel), params)
             rec.update(status="whole", reason=whole_reason,
                        faces=[{"face": None, "det_prob": None, "bbox": None, "landmarks": None,
                                "path": rel, "crop_sha256": sha_c}])
@@ -423,13 +446,14 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
         for k, f in enumerate(faces):
             rel = crop_rel(src, k, params)
             recs.append({"face": k, "det_prob": f.det_prob, "bbox": list(f.bbox), "landmarks": list(f.landmarks),
-                         "path": rel, "crop_sha256": _save_crop(f.crop, out / rel, params)})
+                         "path": rel, "crop_sha256": _save_crop(f.crop, _destination(out, rel), params)})
         rec.update(status="ok", reason=None, faces=recs)
         return rec
     except Exception as e:  # noqa: BLE001 - one bad image gets status error, the run goes on
         if destination_error(e) is not None:
             raise  # a full disk or a read-only OUT stops the run (one line), it is not the image's fault
-        rec.update(status="error", reason=f"{e.__class__.__name__}: {' '.join(str(e).split())}", faces=[])
+        reason = str(e) if isinstance(e, OutsideOut) else f"{e.__class__.__name__}: {' '.join(str(e).split())}"
+        rec.update(status="error", reason=reason, faces=[])
         return rec
 
 
@@ -571,6 +595,10 @@ def align_folder(
     raw, out = Path(raw), Path(out)
     require_folder(raw, "RAW", flag="RAW")
     require_folder(out, "OUT", flag="OUT", may_be_missing=True)
+    stamps = out / STAMP_DIR  # records, stamps and summaries: a planted link must not take them outside OUT
+    if stamps.is_symlink() and not _inside(os.path.realpath(out), os.path.realpath(stamps)):
+        raise FernoiseError(f"{stamps} is a symbolic link to {os.path.realpath(stamps)}, outside OUT; fernoise "
+                            "writes only inside OUT: remove the link and re-run", flag="OUT")
     if workers < 1:
         raise FernoiseError(f"expected at least 1 worker, got {workers}", flag="--workers")
     if batch_size < 1:
@@ -600,8 +628,10 @@ def align_folder(
         holder["summary"] = summary
         return written
 
+    # rows with status error are retried on every run (never a whole-stage hit, never a cached record)
+    retry = bool((read_json(summary_path(manifest)) or {}).get("counts", {}).get("error"))
     res = run_stage(stage=STAGE, version=VERSION, params=key_params, inputs=inputs, output=manifest, build=build,
-                    workspace=workspace if shard is None else None, force=force)
+                    workspace=workspace if shard is None else None, force=force or retry)
     summary = holder.get("summary") or read_json(summary_path(manifest)) or {}
     result = AlignResult(manifest=manifest, key=res.key, hit=res.hit, seconds=0.0,
                          counts=summary.get("counts", {}), rows=summary.get("rows", 0), info=summary.get("info", {}))
@@ -629,7 +659,8 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
     todo: list[tuple[str, str | None]] = []
     for s, h in zip(src, shas, strict=True):
         rec = store.records.get(RecordStore.key(s, h)) if h is not None else None
-        if rec is not None and all(_crop_intact(out, f) for f in rec.get("faces") or []):
+        # an unexpected error (or a refused write) is retried on the next run, never cached
+        if rec is not None and rec.get("status") != "error" and all(_crop_intact(out, f) for f in rec.get("faces") or []):
             records[s] = rec
         else:
             todo.append((s, h))

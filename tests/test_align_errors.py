@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -173,3 +174,41 @@ def test_full_disk_mid_run_is_one_line_and_resumes(tmp_path, workspace, monkeypa
     res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--batch-size", "2", "--workers", "1")
     assert res.exit_code == 0, res.output
     assert "aligned 4 images, reused 2" in " ".join(res.output.split())
+
+
+def test_a_link_planted_under_out_is_never_written_through(tmp_path, workspace):
+    """Item 2: OUT/faces/happy -> a folder elsewhere; its rows say why, nothing lands outside."""
+    from fernoise.manifest import read_manifest
+
+    raw = raw_tree(tmp_path / "raw", n=3)
+    make_image(raw / "sad" / "s.png")
+    out = tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "faces").mkdir(parents=True)
+    (out / "faces" / "happy").symlink_to(elsewhere, target_is_directory=True)
+    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
+    assert res.exit_code == 0, res.output
+    assert list(elsewhere.iterdir()) == []
+    df = read_manifest(out / "manifest.parquet").df.set_index("src_path")
+    assert df.loc["sad/s.png", "status"] == "whole" and (out / "faces/sad/s.png.jpg").is_file()
+    for i in range(3):
+        row = df.loc[f"happy/img{i}.png"]
+        assert row["status"] == "error" and pd.isna(row["path"])
+        assert row["reason"] == (f"refused to write the crop faces/happy/img{i}.png.jpg: its folder resolves to "
+                                 f"{elsewhere.resolve()}, outside OUT {out.resolve()} (a symbolic link under OUT); "
+                                 "nothing was written, remove the link and re-run")
+    # removing the link: the refused rows are retried (errors are never cached), the others reused
+    (out / "faces" / "happy").unlink()
+    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
+    assert res.exit_code == 0 and "aligned 3 images, reused 1" in " ".join(res.output.split())
+    assert set(read_manifest(out / "manifest.parquet").df["status"]) == {"whole"}
+    # a linked record/stamp folder is refused as a whole
+    other = tmp_path / "other"
+    other.mkdir()
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    (out2 / ".fernoise").symlink_to(other, target_is_directory=True)
+    res = invoke(str(raw), str(out2), "--mode", "whole", "--size", "32")
+    assert res.exit_code == 2 and "is a symbolic link to" in one_line(res)
+    assert list(other.iterdir()) == [] and files_under(out2) == []
