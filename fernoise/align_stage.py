@@ -1,8 +1,9 @@
 """The ``align`` stage: a folder of images (+ labels) -> ``OUT/manifest.parquet`` + ``OUT/faces/``.
 
 Reads every image file under ``raw`` (extensions in ``IMAGE_EXTENSIONS``, any case; hidden
-files and folders and ``out`` itself are skipped), its labels (class folders, or a label file
-through :mod:`fernoise.formats`), optionally a ``--join`` CSV, and writes:
+files and folders, ``out`` itself and any folder holding fernoise output are skipped), its
+labels (class folders, or a label file through :mod:`fernoise.formats`), optionally a
+``--join`` CSV, and writes:
 
 - ``OUT/manifest.parquet``: one row per image (per detected face with ``all_faces``), sorted
   by ``id``; columns in ``manifests/SCHEMA.md``; metadata ``classes``, ``label_space``,
@@ -123,20 +124,63 @@ class AlignResult:
 
 
 # ----------------------------------------------------------------------------- inputs
-def scan_images(raw: Path, exclude: Path | None = None) -> list[str]:
-    """Image files under ``raw`` as sorted posix paths relative to it (broken links included)."""
+def fernoise_output_reason(folder: Path, filenames: Sequence[str], dirnames: Sequence[str]) -> str | None:
+    """Why ``folder`` holds fernoise's own output (so a scan of RAW must skip it), or None.
+
+    A ``fernoise.lock``, a ``.fernoise`` stamp folder, or a Parquet file carrying fernoise's
+    manifest metadata (only the schema is read, and only where a ``.parquet`` file is).
+    """
+    from fernoise.cache import LOCK_NAME
+
+    if LOCK_NAME in filenames:
+        return f"holds a {LOCK_NAME}"
+    if STAMP_DIR in dirnames:
+        return f"holds fernoise's {STAMP_DIR} stamp folder"
+    for name in filenames:
+        if name.lower().endswith(".parquet"):
+            try:
+                import pyarrow.parquet as pq
+
+                from fernoise.manifest import META_KEY
+
+                if META_KEY in (pq.read_schema(folder / name).metadata or {}):
+                    return f"holds a fernoise manifest ({name})"
+            except Exception:  # noqa: BLE001 - an unreadable Parquet file is simply not a manifest
+                continue
+    return None
+
+
+def scan_images(raw: Path, exclude: Path | None = None, skipped: list[dict[str, str]] | None = None) -> list[str]:
+    """Image files under ``raw`` as sorted posix paths relative to it (broken links included).
+
+    Skipped: hidden files and folders, ``exclude`` (OUT), and every sub-folder holding
+    fernoise's own output (:func:`fernoise_output_reason`), so an OUT inside RAW, or an older
+    output folder there, is never re-ingested; each skipped folder is appended to ``skipped``
+    as ``{"folder": relative path, "reason": ...}``.
+    """
     raw = Path(raw)
     ex = exclude.resolve() if exclude is not None else None
     out = []
     seen = {raw.resolve()}  # linked folders are followed once: a link cycle cannot loop
     for dirpath, dirnames, filenames in os.walk(raw, followlinks=True):
         d = Path(dirpath)
+        if d != raw:
+            why = fernoise_output_reason(d, filenames, dirnames)
+            if why is not None:
+                if skipped is not None:
+                    skipped.append({"folder": d.relative_to(raw).as_posix(), "reason": why})
+                dirnames[:] = []
+                continue
         keep = []
         for name in dirnames:
             if name.startswith("."):
                 continue
             real = (d / name).resolve()
-            if (ex is not None and real == ex) or real in seen:
+            if ex is not None and real == ex:
+                if skipped is not None:
+                    skipped.append({"folder": (d / name).relative_to(raw).as_posix(), "reason": "is OUT"})
+                continue
+            if real in seen:
                 continue
             seen.add(real)
             keep.append(name)
@@ -604,7 +648,8 @@ def align_folder(
     if batch_size < 1:
         raise FernoiseError(f"expected a batch size of at least 1, got {batch_size}", flag="--batch-size")
     out.mkdir(parents=True, exist_ok=True)
-    src_all = scan_images(raw, exclude=out)
+    skipped: list[dict[str, str]] = []
+    src_all = scan_images(raw, exclude=out, skipped=skipped)
     if not src_all:
         raise FernoiseError(f"no image files found in {raw} (looked for {', '.join(IMAGE_EXTENSIONS)})", flag="RAW")
     shas_all = hash_sources(raw, src_all, workers)
@@ -635,6 +680,8 @@ def align_folder(
     summary = holder.get("summary") or read_json(summary_path(manifest)) or {}
     result = AlignResult(manifest=manifest, key=res.key, hit=res.hit, seconds=0.0,
                          counts=summary.get("counts", {}), rows=summary.get("rows", 0), info=summary.get("info", {}))
+    if skipped:
+        result.info = {**result.info, "skipped_folders": skipped}
     if shard is not None:
         result.merged = merge_shards(out, n=shard[1], workspace=workspace, quiet=True)
     result.seconds = time.perf_counter() - t0

@@ -212,3 +212,35 @@ def test_a_link_planted_under_out_is_never_written_through(tmp_path, workspace):
     res = invoke(str(raw), str(out2), "--mode", "whole", "--size", "32")
     assert res.exit_code == 2 and "is a symbolic link to" in one_line(res)
     assert list(other.iterdir()) == [] and files_under(out2) == []
+
+
+def test_out_inside_raw_is_never_re_ingested(tmp_path, workspace):
+    """Item 8: OUT inside RAW, older outputs inside RAW and a workspace inside RAW are skipped."""
+    from fernoise.manifest import read_manifest
+
+    raw = raw_tree(tmp_path / "raw", n=3)
+    rows = []
+    for run in ("out", "out", "again"):  # the same OUT twice (forced), then a second OUT beside it
+        res = invoke(str(raw), str(raw / run), "--mode", "whole", "--size", "32", "--force")
+        assert res.exit_code == 0, res.output
+        rows.append(len(read_manifest(raw / run / "manifest.parquet").df))
+    assert rows == [3, 3, 3]
+    text = " ".join(res.output.split())
+    assert "skipped 2 folder(s) under RAW holding fernoise output: again (is OUT), out (holds fernoise's .fernoise stamp folder)" in text
+    # a copied manifest without its stamps, and a workspace (fernoise.lock) with its pictures
+    (raw / "copy").mkdir()
+    (raw / "copy" / "manifest.parquet").write_bytes((raw / "out" / "manifest.parquet").read_bytes())
+    make_image(raw / "copy" / "face.png")
+    (raw / "ws" / "runs").mkdir(parents=True)
+    (raw / "ws" / "fernoise.lock").write_text("{}")
+    make_image(raw / "ws" / "runs" / "curves.png")
+    from fernoise.align_stage import scan_images
+
+    skipped: list[dict[str, str]] = []
+    assert scan_images(raw, skipped=skipped) == ["happy/img0.png", "happy/img1.png", "happy/img2.png"]
+    assert skipped == [
+        {"folder": "again", "reason": "holds fernoise's .fernoise stamp folder"},
+        {"folder": "copy", "reason": "holds a fernoise manifest (manifest.parquet)"},
+        {"folder": "out", "reason": "holds fernoise's .fernoise stamp folder"},
+        {"folder": "ws", "reason": "holds a fernoise.lock"},
+    ]
