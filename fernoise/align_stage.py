@@ -45,6 +45,7 @@ from fernoise.cache import (
     Workspace,
     atomic_path,
     atomic_write_json,
+    clean_stale_tmp,
     dict_hash,
     file_sha256,
     read_json,
@@ -647,12 +648,33 @@ def align_folder(
         raise FernoiseError(f"expected at least 1 worker, got {workers}", flag="--workers")
     if batch_size < 1:
         raise FernoiseError(f"expected a batch size of at least 1, got {batch_size}", flag="--batch-size")
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    try:
+        return _align_folder(raw, out, params, labels, workers=workers, batch_size=batch_size, shard=shard,
+                             device=device, detector=detector, progress=progress, force=force,
+                             workspace=workspace, t0=t0)
+    except BaseException:
+        if created:
+            _remove_empty_tree(out)  # a failed first run leaves no empty OUT behind
+        raise
+
+
+def _remove_empty_tree(root: Path) -> None:
+    """Remove ``root`` and its sub-folders where they hold no file (bottom-up, links untouched)."""
+    for dirpath, _dirnames, _filenames in sorted(os.walk(root), key=lambda t: -len(t[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)  # fails, as it should, on a folder that still holds something
+
+
+def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, batch_size, shard, device, detector,
+                  progress, force, workspace, t0) -> AlignResult:
     skipped: list[dict[str, str]] = []
     src_all = scan_images(raw, exclude=out, skipped=skipped)
     if not src_all:
         raise FernoiseError(f"no image files found in {raw} (looked for {', '.join(IMAGE_EXTENSIONS)})", flag="RAW")
     shas_all = hash_sources(raw, src_all, workers)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out)  # what a killed run or a full disk left half-written
     pparams = params.asdict()
     key_params = {"align": pparams, "labels": labels.key_params()}
     inputs = {

@@ -18,6 +18,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -40,6 +42,11 @@ def _current_umask() -> int:
 FILE_MODE = 0o666 & ~_current_umask()
 STAMP_DIR = ".fernoise"
 TMP_SUFFIX = ".tmp"
+# Temporary files are named ``.<name>.<host tag>-<pid>.<random>.tmp``, so a later run can tell
+# a leftover of a dead process (removed) from a live writer's file (kept).
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TMP_RE = re.compile(r"^\..*\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[^.]+\.tmp$")
+STALE_TMP_SECONDS = 15 * 60
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -79,7 +86,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{HOST_TAG}-{os.getpid()}.", suffix=TMP_SUFFIX,
+                                   dir=path.parent)
     except OSError as e:
         e.filename = str(path)  # name the file the user asked for, not the random temporary
         raise
@@ -95,6 +103,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if isinstance(e, OSError) and (e.filename is None or str(e.filename) == str(tmp_path)):
             e.filename = str(path)  # a full disk raises from write() with no file name
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: str | os.PathLike, *, max_age: float = STALE_TMP_SECONDS) -> int:
+    """Remove the temporary files that killed or failed writers left under ``folder``.
+
+    A hidden ``*.tmp`` file goes when this host's process that wrote it is gone (its name
+    carries host and pid), or when it is older than ``max_age`` seconds (other hosts, older
+    names). Links are not followed. Returns how many files were removed.
+    """
+    removed = 0
+    now = time.time()
+    for dirpath, _dirnames, filenames in os.walk(folder):
+        for name in filenames:
+            if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+                continue
+            p = os.path.join(dirpath, name)
+            m = _TMP_RE.match(name)
+            try:
+                stale = (m is not None and m["host"] == HOST_TAG and int(m["pid"]) != os.getpid()
+                         and not _pid_alive(int(m["pid"]))) or now - os.lstat(p).st_mtime > max_age
+                if stale:
+                    os.unlink(p)
+                    removed += 1
+            except OSError:
+                continue
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -226,7 +226,7 @@ def test_out_inside_raw_is_never_re_ingested(tmp_path, workspace):
         rows.append(len(read_manifest(raw / run / "manifest.parquet").df))
     assert rows == [3, 3, 3]
     text = " ".join(res.output.split())
-    assert "skipped 2 folder(s) under RAW holding fernoise output: again (is OUT), out (holds fernoise's .fernoise stamp folder)" in text
+    assert "skipped 1 folder(s) under RAW holding fernoise output: out (holds fernoise's .fernoise stamp folder)" in text
     # a copied manifest without its stamps, and a workspace (fernoise.lock) with its pictures
     (raw / "copy").mkdir()
     (raw / "copy" / "manifest.parquet").write_bytes((raw / "out" / "manifest.parquet").read_bytes())
@@ -244,3 +244,46 @@ def test_out_inside_raw_is_never_re_ingested(tmp_path, workspace):
         {"folder": "out", "reason": "holds fernoise's .fernoise stamp folder"},
         {"folder": "ws", "reason": "holds a fernoise.lock"},
     ]
+
+
+def test_a_failed_first_run_leaves_no_empty_out(tmp_path, workspace):
+    """Item 10: OUT that the failed run created is gone; an OUT that existed stays."""
+    raw = raw_tree(tmp_path / "raw")
+    (tmp_path / "l.csv").write_text("path,label\nother.png,happy\n")
+    out = tmp_path / "new" / "out"
+    res = invoke(str(raw), str(out), "--mode", "whole", "--labels", str(tmp_path / "l.csv"), "--format", "csv")
+    assert res.exit_code == 2 and "matches none of the 4 images" in one_line(res)
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    res = invoke(str(raw), str(kept), "--mode", "whole", "--labels", str(tmp_path / "l.csv"), "--format", "csv")
+    assert res.exit_code == 2 and kept.is_dir() and list(kept.iterdir()) == []
+
+
+def test_leftover_tmp_files_are_removed_on_the_next_run(tmp_path, workspace):
+    """Item 10: a kill -9 inside an atomic write and a full disk leave .tmp files; the next run
+    removes them (in OUT, faces/ and .fernoise/), but never a live writer's."""
+    import subprocess
+    import sys
+    import time
+
+    raw = raw_tree(tmp_path / "raw")
+    out = tmp_path / "out"
+    assert invoke(str(raw), str(out), "--mode", "whole", "--size", "32").exit_code == 0
+    code = ("import os, sys\nfrom fernoise.cache import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n    open(tmp, 'wb').write(b'half')\n    os.kill(os.getpid(), 9)\n")
+    for target in (out / "faces" / "happy" / "img0.png.jpg", out / ".fernoise" / "manifest.parquet.stamp.json"):
+        assert subprocess.run([sys.executable, "-c", code, str(target)]).returncode == -9
+    killed = sorted(p.relative_to(out).as_posix() for p in out.rglob(".*.tmp"))
+    assert len(killed) == 2 and killed[0].startswith(".fernoise/.manifest.parquet.stamp.json.")
+    old = out / ".fernoise" / "align-records" / ".records-all.json.1234.5678.tmp"  # an older name, an hour old
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_bytes(b"half")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    from fernoise.cache import HOST_TAG
+
+    live = out / "faces" / f".img1.png.jpg.{HOST_TAG}-{os.getpid()}.abc123.tmp"  # this process: alive
+    live.write_bytes(b"in flight")
+    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
+    assert res.exit_code == 0 and "cache hit" in res.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.tmp")) == [live.relative_to(out).as_posix()]
