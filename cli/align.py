@@ -80,6 +80,10 @@ def print_summary(result, *, shown_path: Path) -> None:
             f"{lab.get('unmatched_rows', 0):,} label rows have no image here; "
             f"{lab.get('images_without_label_row', 0):,} images have no label row (label null)"
         )
+    if info.get("skipped_folders"):
+        sk = info["skipped_folders"]
+        shown = ", ".join(f"{x['folder']} ({x['reason']})" for x in sk[:3]) + (", ..." if len(sk) > 3 else "")
+        console.print(f"skipped {len(sk)} folder(s) under RAW holding fernoise output: {shown}", soft_wrap=True)
     if info.get("join"):
         j = info["join"]
         console.print(f"join ({j['file']}): {j['matched_images']:,} images matched; columns {', '.join(j['columns'])}")
