@@ -51,7 +51,7 @@ from fernoise.cache import (
     stamp_path,
 )
 from fernoise.devices import check_device_name, resolve_device
-from fernoise.errors import FernoiseError
+from fernoise.errors import FernoiseError, require_file, require_folder
 from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest
 
 VERSION = 1
@@ -144,8 +144,8 @@ class TrainConfig:
             raise FernoiseError(f"expected 0 or more, got {self.workers}", flag="--workers")
         if self.max_rows is not None and self.max_rows < 2:
             raise FernoiseError(f"expected at least 2 rows, got {self.max_rows}", flag="--max-rows")
-        if self.pretrained and Path(self.pretrained).is_dir():
-            raise FernoiseError(f"{self.pretrained} is a folder; pass the weights file inside it", flag="--pretrained")
+        if self.pretrained:
+            require_file(self.pretrained, "weights file", flag="--pretrained")
         check_device_name(self.device)
 
 
@@ -250,8 +250,8 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     """
     from fernoise import data
 
-    if runs_dir is not None and Path(runs_dir).exists() and not Path(runs_dir).is_dir():
-        raise FernoiseError(f"{runs_dir} is a file; expected a folder for the run folders", flag="--runs-dir")
+    if runs_dir is not None:
+        require_folder(runs_dir, "runs folder", flag="--runs-dir", may_be_missing=True)
     m = read_manifest(manifest_path)
     if "path" not in m.df.columns:
         raise FernoiseError(
