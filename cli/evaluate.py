@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import typer
 from fernoise_cli.common import (
     DeviceOpt,
-    ForceOpt,
     WorkspaceOpt,
     console,
     err_console,
@@ -95,8 +94,9 @@ def register(app: typer.Typer) -> None:
         manifest: Annotated[Path | None, typer.Option("--manifest", help="Evaluate on this manifest's test rows (same label space); results go to RUN/eval-<key>/.")] = None,
         cam: Annotated[int, typer.Option("--cam", help="Grad-CAM grid of N test faces (gradcam.png).")] = 0,
         batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
+        split: Annotated[str, typer.Option("--split", help="Manifest split to score: test, val or train; a split other than test writes to RUN/eval-<split>/.")] = "test",
         device: DeviceOpt = "auto",
-        force: ForceOpt = False,
+        force: Annotated[bool, typer.Option("--force", help="Recompute even on a cache hit, and evaluate even when model.pt or the crops differ from the sha256 recorded by train/align.")] = False,
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Evaluate a training run: metrics, tables and pictures (RUN/eval.json + PNGs).
@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
         from fernoise.cache import Workspace
         from fernoise.evaluate import EvalParams, evaluate_run
 
-        params = EvalParams(cam=cam, batch_size=batch_size, device=device)
+        params = EvalParams(cam=cam, batch_size=batch_size, device=device, split=split)
         ws = Workspace(workspace)
         run = run or ws.latest("train", what="training run")
         with console.status("evaluating"):
