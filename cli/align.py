@@ -99,6 +99,10 @@ def print_summary(result, *, shown_path: Path) -> None:
         sub = info["subset"]
         console.print(f"subset (--max-rows {sub['max_rows']}, seed {sub['seed']}): {sub['images_kept']:,} of "
                       f"{sub['images_total']:,} images, stratified by split and label")
+    if info.get("skipped_folders"):
+        sk = info["skipped_folders"]
+        shown = ", ".join(f"{x['folder']} ({x['reason']})" for x in sk[:3]) + (", ..." if len(sk) > 3 else "")
+        console.print(f"skipped {len(sk)} folder(s) under RAW holding fernoise output: {shown}", soft_wrap=True)
     if info.get("join"):
         j = info["join"]
         console.print(f"join ({j['file']}): {j['matched_images']:,} images matched; columns {', '.join(j['columns'])}")

@@ -1,8 +1,9 @@
 """The ``align`` stage: a folder of images (+ labels) -> ``OUT/manifest.parquet`` + ``OUT/faces/``.
 
 Reads every image file under ``raw`` (extensions in ``IMAGE_EXTENSIONS``, any case; hidden
-files and folders and ``out`` itself are skipped), its labels (class folders, or a label file
-through :mod:`fernoise.formats`), optionally a ``--join`` CSV, and writes:
+files and folders, ``out`` itself and any folder holding fernoise output are skipped), its
+labels (class folders, or a label file through :mod:`fernoise.formats`), optionally a
+``--join`` CSV, and writes:
 
 - ``OUT/manifest.parquet``: one row per image (per detected face with ``all_faces``), sorted
   by ``id``; columns in ``manifests/SCHEMA.md``; metadata ``classes``, ``label_space``,
@@ -42,7 +43,9 @@ from typing import Any
 from fernoise.cache import (
     STAMP_DIR,
     Workspace,
+    atomic_path,
     atomic_write_json,
+    clean_stale_tmp,
     dict_hash,
     file_sha256,
     read_json,
@@ -50,7 +53,7 @@ from fernoise.cache import (
     stage_key,
     write_stamp,
 )
-from fernoise.errors import FernoiseError
+from fernoise.errors import FernoiseError, destination_error, require_file, require_folder
 
 STAGE = "align"
 VERSION = 2  # 2: labels index the dataset's own class list; group column; --max-rows
@@ -141,20 +144,63 @@ class AlignResult:
 
 
 # ----------------------------------------------------------------------------- inputs
-def scan_images(raw: Path, exclude: Path | None = None) -> list[str]:
-    """Image files under ``raw`` as sorted posix paths relative to it (broken links included)."""
+def fernoise_output_reason(folder: Path, filenames: Sequence[str], dirnames: Sequence[str]) -> str | None:
+    """Why ``folder`` holds fernoise's own output (so a scan of RAW must skip it), or None.
+
+    A ``fernoise.lock``, a ``.fernoise`` stamp folder, or a Parquet file carrying fernoise's
+    manifest metadata (only the schema is read, and only where a ``.parquet`` file is).
+    """
+    from fernoise.cache import LOCK_NAME
+
+    if LOCK_NAME in filenames:
+        return f"holds a {LOCK_NAME}"
+    if STAMP_DIR in dirnames:
+        return f"holds fernoise's {STAMP_DIR} stamp folder"
+    for name in filenames:
+        if name.lower().endswith(".parquet"):
+            try:
+                import pyarrow.parquet as pq
+
+                from fernoise.manifest import META_KEY
+
+                if META_KEY in (pq.read_schema(folder / name).metadata or {}):
+                    return f"holds a fernoise manifest ({name})"
+            except Exception:  # noqa: BLE001 - an unreadable Parquet file is simply not a manifest
+                continue
+    return None
+
+
+def scan_images(raw: Path, exclude: Path | None = None, skipped: list[dict[str, str]] | None = None) -> list[str]:
+    """Image files under ``raw`` as sorted posix paths relative to it (broken links included).
+
+    Skipped: hidden files and folders, ``exclude`` (OUT), and every sub-folder holding
+    fernoise's own output (:func:`fernoise_output_reason`), so an OUT inside RAW, or an older
+    output folder there, is never re-ingested; each skipped folder is appended to ``skipped``
+    as ``{"folder": relative path, "reason": ...}``.
+    """
     raw = Path(raw)
     ex = exclude.resolve() if exclude is not None else None
     out = []
     seen = {raw.resolve()}  # linked folders are followed once: a link cycle cannot loop
     for dirpath, dirnames, filenames in os.walk(raw, followlinks=True):
         d = Path(dirpath)
+        if d != raw:
+            why = fernoise_output_reason(d, filenames, dirnames)
+            if why is not None:
+                if skipped is not None:
+                    skipped.append({"folder": d.relative_to(raw).as_posix(), "reason": why})
+                dirnames[:] = []
+                continue
         keep = []
         for name in dirnames:
             if name.startswith("."):
                 continue
             real = (d / name).resolve()
-            if (ex is not None and real == ex) or real in seen:
+            if ex is not None and real == ex:
+                if skipped is not None:
+                    skipped.append({"folder": (d / name).relative_to(raw).as_posix(), "reason": "is OUT"})
+                continue
+            if real in seen:
                 continue
             seen.add(real)
             keep.append(name)
@@ -308,8 +354,7 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
 
     if spec.join:
         jpath = Path(spec.join)
-        if not jpath.is_file():
-            raise FernoiseError(f"join file {jpath} does not exist", flag="--join")
+        require_file(jpath, "join file", flag="--join")
         jdf = read_csv(jpath)
         if spec.join_on not in jdf.columns:
             raise FernoiseError(f"{jpath.name} has no column {spec.join_on!r}; found {list(jdf.columns)[:12]}",
@@ -494,6 +539,29 @@ def _decode(path: Path, params) -> dict[str, Any]:
     return item
 
 
+class OutsideOut(Exception):
+    """A crop's destination resolves outside OUT (through a symbolic link planted under it)."""
+
+
+def _inside(base: str, path: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _destination(out: Path, rel: str) -> Path:
+    """``out / rel``, after checking that its folder resolves inside OUT (links followed).
+
+    A folder under OUT that is a link to elsewhere would make the write land outside OUT:
+    that row gets status ``error`` and nothing is written (no folder created either).
+    """
+    path = out / rel
+    base = os.path.realpath(out)
+    real = os.path.realpath(path.parent)
+    if not _inside(base, real):
+        raise OutsideOut(f"refused to write the crop {rel}: its folder resolves to {real}, outside OUT {base} "
+                         "(a symbolic link under OUT); nothing was written, remove the link and re-run")
+    return path
+
+
 def _save_crop(crop, path: Path, params) -> str:
     import io
 
@@ -505,11 +573,8 @@ def _save_crop(crop, path: Path, params) -> str:
     else:
         crop.save(buf, format="JPEG", quality=int(params.jpeg_quality))
     data = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
-    os.replace(tmp, path)
     return bytes_sha256(data)
 
 
@@ -541,7 +606,7 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
                     return rec
         if whole_reason is not None:
             rel = f"{FACES}/{src}.{params.ext}"
-            sha_c = _save_crop(crop_whole(img, params), out / rel, params)
+            sha_c = _save_crop(crop_whole(img, params), _destination(out, rel), params)
             rec.update(status="whole", reason=whole_reason,
                        faces=[{"face": None, "det_prob": None, "bbox": None, "landmarks": None,
                                "path": rel, "crop_sha256": sha_c}])
@@ -551,11 +616,14 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
         for k, f in enumerate(faces):
             rel = crop_rel(src, k, params)
             recs.append({"face": k, "det_prob": f.det_prob, "bbox": list(f.bbox), "landmarks": list(f.landmarks),
-                         "path": rel, "crop_sha256": _save_crop(f.crop, out / rel, params)})
+                         "path": rel, "crop_sha256": _save_crop(f.crop, _destination(out, rel), params)})
         rec.update(status="ok", reason=None, faces=recs)
         return rec
     except Exception as e:  # noqa: BLE001 - one bad image gets status error, the run goes on
-        rec.update(status="error", reason=f"{e.__class__.__name__}: {' '.join(str(e).split())}", faces=[])
+        if destination_error(e) is not None:
+            raise  # a full disk or a read-only OUT stops the run (one line), it is not the image's fault
+        reason = str(e) if isinstance(e, OutsideOut) else f"{e.__class__.__name__}: {' '.join(str(e).split())}"
+        rec.update(status="error", reason=reason, faces=[])
         return rec
 
 
@@ -695,17 +763,43 @@ def align_folder(
     t0 = time.perf_counter()
     params = params if params is not None else AlignParams()
     raw, out = Path(raw), Path(out)
-    if not raw.is_dir():
-        raise FernoiseError(f"{raw} is not a folder of images", flag="RAW")
+    require_folder(raw, "RAW", flag="RAW")
+    require_folder(out, "OUT", flag="OUT", may_be_missing=True)
+    stamps = out / STAMP_DIR  # records, stamps and summaries: a planted link must not take them outside OUT
+    if stamps.is_symlink() and not _inside(os.path.realpath(out), os.path.realpath(stamps)):
+        raise FernoiseError(f"{stamps} is a symbolic link to {os.path.realpath(stamps)}, outside OUT; fernoise "
+                            "writes only inside OUT: remove the link and re-run", flag="OUT")
     if workers < 1:
         raise FernoiseError(f"expected at least 1 worker, got {workers}", flag="--workers")
     if batch_size < 1:
         raise FernoiseError(f"expected a batch size of at least 1, got {batch_size}", flag="--batch-size")
-    out.mkdir(parents=True, exist_ok=True)
-    src_all = scan_images(raw, exclude=out)
+    created = not out.exists()
+    try:
+        return _align_folder(raw, out, params, labels, workers=workers, batch_size=batch_size, shard=shard,
+                             device=device, detector=detector, progress=progress, force=force,
+                             workspace=workspace, t0=t0)
+    except BaseException:
+        if created:
+            _remove_empty_tree(out)  # a failed first run leaves no empty OUT behind
+        raise
+
+
+def _remove_empty_tree(root: Path) -> None:
+    """Remove ``root`` and its sub-folders where they hold no file (bottom-up, links untouched)."""
+    for dirpath, _dirnames, _filenames in sorted(os.walk(root), key=lambda t: -len(t[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)  # fails, as it should, on a folder that still holds something
+
+
+def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, batch_size, shard, device, detector,
+                  progress, force, workspace, t0) -> AlignResult:
+    skipped: list[dict[str, str]] = []
+    src_all = scan_images(raw, exclude=out, skipped=skipped)
     if not src_all:
         raise FernoiseError(f"no image files found in {raw} (looked for {', '.join(IMAGE_EXTENSIONS)})", flag="RAW")
     shas_all = hash_sources(raw, src_all, workers)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out)  # what a killed run or a full disk left half-written
     pparams = params.asdict()
     key_params = {"align": pparams, "labels": labels.key_params()}
     inputs = {
@@ -726,11 +820,15 @@ def align_folder(
         holder["summary"] = summary
         return written
 
+    # rows with status error are retried on every run (never a whole-stage hit, never a cached record)
+    retry = bool((read_json(summary_path(manifest)) or {}).get("counts", {}).get("error"))
     res = run_stage(stage=STAGE, version=VERSION, params=key_params, inputs=inputs, output=manifest, build=build,
-                    workspace=workspace if shard is None else None, force=force)
+                    workspace=workspace if shard is None else None, force=force or retry)
     summary = holder.get("summary") or read_json(summary_path(manifest)) or {}
     result = AlignResult(manifest=manifest, key=res.key, hit=res.hit, seconds=0.0,
                          counts=summary.get("counts", {}), rows=summary.get("rows", 0), info=summary.get("info", {}))
+    if skipped:
+        result.info = {**result.info, "skipped_folders": skipped}
     if shard is not None:
         result.merged = merge_shards(out, n=shard[1], workspace=workspace, quiet=True)
     result.seconds = time.perf_counter() - t0
@@ -762,7 +860,8 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
     todo: list[tuple[str, str | None]] = []
     for s, h in zip(src, shas, strict=True):
         rec = store.records.get(RecordStore.key(s, h)) if h is not None else None
-        if rec is not None and all(_crop_intact(out, f) for f in rec.get("faces") or []):
+        # an unexpected error (or a refused write) is retried on the next run, never cached
+        if rec is not None and rec.get("status") != "error" and all(_crop_intact(out, f) for f in rec.get("faces") or []):
             records[s] = rec
         else:
             todo.append((s, h))
