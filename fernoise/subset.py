@@ -4,7 +4,7 @@
 ``(split, label)`` pair; None is a stratum of its own) getting the largest-remainder rounding
 of its share ``n * n_s / N``, so the counts add up to ``n`` exactly and every stratum keeps its
 proportion within one row. Rows are drawn without replacement with their own
-``np.random.default_rng([seed, 0x5B5E7])``, stratum by stratum in a fixed order, so the
+``np.random.default_rng([seed, 0x5B5])``, stratum by stratum in a fixed order, so the
 same strata, ``n`` and seed give the same rows on any machine. Positions refer to the order
 the caller passes: pass rows in a stable order (e.g. sorted by ``id``).
 """
@@ -31,12 +31,15 @@ def _largest_remainder(n: int, sizes: np.ndarray) -> np.ndarray:
 
 
 def _stratum_key(s: Hashable) -> tuple:
-    """A total order over mixed strata (None first, then by type name and repr)."""
+    """A total order over mixed strata: None first, then numbers by value, then the rest by
+    type name and repr; tuples element by element."""
     if isinstance(s, tuple):
         return (1, tuple(_stratum_key(x) for x in s))
     if s is None or (isinstance(s, float) and s != s):
         return (0, "")
-    return (2, type(s).__name__, repr(s))
+    if isinstance(s, int | float | np.integer | np.floating) and not isinstance(s, bool):
+        return (2, float(s), "")
+    return (3, type(s).__name__, repr(s))
 
 
 def stratified_subset(strata: Sequence[Hashable], n: int, seed: int = 0, *, flag: str = "--max-rows") -> np.ndarray:
@@ -58,10 +61,9 @@ def stratified_subset(strata: Sequence[Hashable], n: int, seed: int = 0, *, flag
     keys = sorted(groups, key=_stratum_key)
     sizes = np.array([len(groups[k]) for k in keys], dtype=np.int64)
     take = _largest_remainder(int(n), sizes)
-    rng = np.random.default_rng([int(seed), 0x5B5E7])
+    rng = np.random.default_rng([int(seed), 0x5B5])
     picked: list[np.ndarray] = []
     for k, m in zip(keys, take, strict=True):
         rows = np.asarray(groups[k], dtype=np.int64)
-        if m:
-            picked.append(rows[rng.choice(len(rows), size=int(m), replace=False)])
+        picked.append(rows[rng.choice(len(rows), size=int(m), replace=False)])
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)

@@ -130,3 +130,18 @@ def test_align_max_rows_is_a_seeded_stratified_subset_in_the_key(tmp_path, works
     assert read_manifest(tmp_path / "out" / "manifest.parquet").df["id"].tolist() != first
     line = one_line_error(cli("align", raw, tmp_path / "o2", "--mode", "whole", "--max-rows", "0"), "--max-rows")
     assert "positive" in line
+
+
+def test_subset_is_the_one_train_max_rows_draws():
+    """align's subset function gives train --max-rows' rows for label strata (one rule, shared)."""
+    import pandas as pd
+
+    from fernoise.train import _subset
+
+    rng = np.random.default_rng(4)
+    for _ in range(30):
+        n = int(rng.integers(5, 120))
+        labels = rng.integers(0, 5, size=n)
+        df = pd.DataFrame({"label": labels}, index=np.arange(n) * 2 + 1)
+        k, seed = int(rng.integers(1, n)), int(rng.integers(0, 50))
+        assert list(_subset(df, k, seed)) == list(df.index[stratified_subset(labels.tolist(), k, seed)])
