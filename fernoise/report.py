@@ -26,19 +26,9 @@ from typing import Any
 import numpy as np
 
 from fernoise.errors import FernoiseError
+from fernoise.plots import noise_label
 
 METHOD_ORDER = ("ce", "pc", "nl", "ncctfer")
-
-
-def noise_label(noise: dict[str, Any] | None) -> str:
-    """``clean`` for no noise, else ``<kind> <rate %>`` (e.g. ``sym 30%``)."""
-    if not noise:
-        return "clean"
-    kind = str(noise.get("kind") or "noise")
-    rate = noise.get("rate")
-    if rate is None:
-        return kind
-    return f"{kind} {float(rate) * 100:.0f}%" if float(rate) * 100 == round(float(rate) * 100) else f"{kind} {float(rate) * 100:.1f}%"
 
 
 def _noise_sort(noise: dict[str, Any] | None) -> tuple:
