@@ -282,3 +282,84 @@ def all_pictures(report: dict[str, Any], history: Sequence[dict[str, Any]], out_
 
 def _run_label(report: dict[str, Any]) -> str:
     return f"{report.get('method') or '?'}, {noise_label(report.get('noise'))}"
+
+
+# ----------------------------------------------------------------------------- report pictures
+def _grid(n: int, w: float, h: float):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig = _figure(w * cols, h * rows)
+    return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+
+
+def _wrap(text: str, width: int = 60) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=width))
+
+
+def accuracy_vs_noise_png(panels: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
+    """Test accuracy against the noise rate: one panel per (table, noise kind), one line per method.
+
+    ``panels``: ``(title, series)`` with ``series`` as :func:`fernoise.report.plot_series`
+    returns it: ``{"figure", "kinds": {kind: {method: [(rate, mean, std, n)]}}}``. Error bars
+    are the sample std over seeds (none for a single run); the clean column is rate 0.
+    """
+    items = [(title, s["figure"], kind, lines) for title, s in panels for kind, lines in s["kinds"].items()]
+    if not items:
+        fig = _figure(6, 4)
+        _empty(fig.add_subplot(1, 1, 1), "no noise setting with a rate to plot\n(clean-only runs, or matrix/column noise)")
+        return _save(fig, path)
+    fig, axes = _grid(len(items), 5.6, 4.4)
+    for ax, (title, figure, kind, lines) in zip(axes, items, strict=True):
+        for i, (label, pts) in enumerate(sorted(lines.items())):
+            x = [100 * p[0] for p in pts]
+            y = [100 * p[1] for p in pts]
+            e = [100 * p[2] for p in pts]
+            ax.errorbar(x, y, yerr=e, marker="os^vD<>p*h"[i % 10], ms=4, capsize=3, label=label)
+        ax.set_xlabel(f"{kind} noise rate (%)")
+        what = "validation-selected" if figure == "val_test" else "last-5 mean (no validation split)"
+        ax.set_ylabel(f"test accuracy (%), {what}")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title="method")
+        ax.set_title(_wrap(title), fontsize=8)
+    fig.suptitle("test accuracy vs noise (error bars: sample std over seeds)", fontsize=10)
+    return _save(fig, path)
+
+
+def selection_vs_noise_png(panels: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
+    """Per method that selects samples: confident-set precision and recall against the noise rate.
+
+    ``series["selection"]``: ``{method: {kind: [(rate, precision Stat, recall Stat, base)]}}``;
+    the figures are those of each run's last epoch that recorded them, mean ± std over seeds.
+    ``base`` (the clean share of the training rows) is drawn as a dashed line: the precision of
+    a random pick.
+    """
+    items = [(title, method, kind, pts) for title, s in panels
+             for method, kinds in s["selection"].items() for kind, pts in kinds.items()]
+    if not items:
+        fig = _figure(6, 4)
+        _empty(fig.add_subplot(1, 1, 1), "no method selected samples\n(or the manifests had no is_noisy)")
+        return _save(fig, path)
+    fig, axes = _grid(len(items), 5.0, 4.2)
+    for ax, (title, method, kind, pts) in zip(axes, items, strict=True):
+        x = np.array([100 * p[0] for p in pts])
+        for j, (name, style) in enumerate((("precision (clean among selected)", "-o"), ("recall (selected among clean)", "--s"))):
+            stats = [p[1 + j] for p in pts]
+            keep = [i for i, s in enumerate(stats) if s is not None]
+            if keep:
+                ax.errorbar(x[keep], [stats[i].mean for i in keep], yerr=[stats[i].std or 0.0 for i in keep],
+                            fmt=style, ms=4, capsize=3, label=name)
+        base = [(100 * p[0], p[3]) for p in pts if p[3] is not None]
+        if base:
+            ax.plot([b[0] for b in base], [b[1] for b in base], ":", color="firebrick", lw=1.3,
+                    label="base rate: clean share of training rows")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(f"{kind} noise rate (%)")
+        ax.set_ylabel("score, last epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+        ax.set_title(_wrap(f"{method}: {title}", 55), fontsize=8)
+    fig.suptitle("confident set as a clean-label detector, per method (error bars: std over seeds)", fontsize=10)
+    return _save(fig, path)
