@@ -210,19 +210,11 @@ def _carve_val(train: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
 
 
 def _subset(train: pd.DataFrame, n: int, seed: int) -> pd.Index:
-    """A seeded subset of ``n`` rows of ``train``, stratified by label (largest remainder)."""
-    if n >= len(train):
-        return train.index
-    groups = {c: g.index for c, g in train.groupby("label", sort=True)}
-    quota = {c: n * len(ix) / len(train) for c, ix in groups.items()}
-    take = {c: int(q) for c, q in quota.items()}
-    for c in sorted(quota, key=lambda c: (-(quota[c] - take[c]), c))[: n - sum(take.values())]:
-        take[c] += 1
-    rng = np.random.default_rng([seed, 0x5B5])
-    picked = []
-    for c, ix in groups.items():
-        picked.extend(ix[rng.choice(len(ix), size=take[c], replace=False)])
-    return pd.Index(sorted(picked))
+    """A seeded subset of ``n`` rows of ``train``, stratified by label (largest remainder):
+    :func:`fernoise.subset.stratified_subset`, the rule align's ``--max-rows`` uses too."""
+    from fernoise.subset import stratified_subset
+
+    return train.index[stratified_subset(train["label"].astype(int).tolist(), n, seed)]
 
 
 def _resolve_paths(m: Manifest, rel: pd.Series) -> tuple[list[str], list[str]]:
