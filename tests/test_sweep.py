@@ -180,13 +180,15 @@ def test_malformed_grid_is_one_line_and_nothing_runs(text, needle, data, tmp_pat
     monkeypatch.setenv("FERNOISE_WORKSPACE", str(ws))
     before = sorted(p.name for p in data.parent.iterdir())
     lock = (ws / "fernoise.lock").read_text()
+    listing = sorted(os.listdir(ws))
     grid = write_grid(tmp_path / "bad.toml", text)
     res = CliRunner().invoke(app, ["sweep", str(grid)])
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1, res.output
     assert lines[0].startswith("error: GRID: ") or lines[0].startswith("error: MANIFEST: ")
     assert needle in " ".join(res.output.split()), res.output
-    assert sorted(os.listdir(ws)) == ["fernoise.lock"] and (ws / "fernoise.lock").read_text() == lock
+    assert sorted(os.listdir(ws)) == listing and (ws / "fernoise.lock").read_text() == lock
+    assert "sweeps" not in listing and "runs" not in listing
     assert sorted(p.name for p in data.parent.iterdir()) == before  # no noisy manifest written
 
 
