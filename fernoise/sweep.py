@@ -86,10 +86,31 @@ def noise_kinds() -> tuple[str, ...]:
 
 
 def train_fields() -> dict[str, str]:
-    """TrainConfig field name -> its annotation (a string such as ``"float | None"``)."""
+    """TrainConfig field name -> its annotation (a string such as ``"float | None"``);
+    ``method_params`` is set through the methods' own options (:func:`method_options`)."""
     from fernoise.train import TrainConfig
 
-    return {f.name: str(f.type) for f in fields(TrainConfig)}
+    return {f.name: str(f.type) for f in fields(TrainConfig) if f.name != "method_params"}
+
+
+def method_options(method: str) -> dict[str, str]:
+    """The method's own options (its ``Params`` fields: name -> annotation) when the
+    ``fernoise.methods`` registry exists, else none (they are TrainConfig fields then)."""
+    try:
+        from fernoise import methods  # type: ignore[attr-defined]
+
+        cls = methods.get(method)
+    except (ImportError, AttributeError, FernoiseError):
+        return {}
+    params = getattr(cls, "Params", None)
+    return {f.name: str(f.type) for f in fields(params)} if params is not None else {}
+
+
+def make_method_params(method: str, values: dict[str, Any]) -> Any:
+    """The method's ``Params`` from ``{field: value}`` through the registry."""
+    from fernoise import methods  # type: ignore[attr-defined]
+
+    return methods.get(method).Params(**values)
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -148,6 +169,8 @@ class Grid:
     """Train options with a list of values, in file order."""
     per_method: dict[str, dict[str, Any]]
     """``[train.<method>]`` options (one value each)."""
+    method_keys: frozenset[str] = frozenset()
+    """Option names that are a method's own (its ``Params``), not TrainConfig fields."""
     cam: int = 0
 
 
@@ -175,14 +198,25 @@ def _check_type(path: Path, where: str, value: Any, annotation: str) -> Any:
     return float(value) if _is_int(value) and "float" in allowed and "int" not in allowed else value
 
 
-def _option_name(path: Path, where: str, key: str, known: dict[str, str]) -> str:
+def _option(path: Path, where: str, key: str, known: dict[str, str], methods: Sequence[str]) -> tuple[str, str, bool]:
+    """``(name, annotation, is_method_option)`` of a train option key (``batch-size`` or
+    ``batch_size``, or a method's own option such as ``k``), for every method in ``methods``."""
     name = key.replace("-", "_")
     if name in AXIS_KEYS:
         raise _err(path, where, f"set {name!r} with the top-level key {AXIS_KEYS[name]!r}")
-    if name not in known:
-        valid = ", ".join(k for k in sorted(known) if k not in AXIS_KEYS)
-        raise _err(path, where, f"unknown train option {key!r}; valid: {valid}")
-    return name
+    if name in known:
+        return name, known[name], False
+    own = {m: method_options(m) for m in methods}
+    having = [m for m in methods if name in own[m]]
+    if having and len(having) == len(methods):
+        return name, own[having[0]][name], True
+    if having:
+        others = ", ".join(m for m in methods if m not in having)
+        raise _err(path, where, f"{key!r} is an option of {', '.join(having)}, not of {others}; "
+                   f"set it under [train.{having[0]}]")
+    extra = sorted({o for m in methods for o in own[m]})
+    valid = ", ".join([k for k in sorted(known) if k not in AXIS_KEYS] + extra)
+    raise _err(path, where, f"unknown train option {key!r}; valid: {valid}")
 
 
 def _noise_entries(path: Path, raw: Any) -> list[Noise]:
@@ -296,25 +330,30 @@ def load_grid(path: str | os.PathLike) -> Grid:
     fixed: dict[str, Any] = {}
     axes: dict[str, tuple[Any, ...]] = {}
     per_method: dict[str, dict[str, Any]] = {}
+    method_keys: set[str] = set()
     for key, value in train_raw.items():
         if isinstance(value, dict):
             if key not in methods:
                 raise _err(path, f"train.{key}", f"a table here sets one method's options; {key!r} is not in methods ({', '.join(methods)})")
             opts = {}
             for k, v in value.items():
-                name = _option_name(path, f"train.{key}", k, known)
+                name, annotation, own = _option(path, f"train.{key}", k, known, [key])
                 if isinstance(v, list):
                     raise _err(path, f"train.{key}.{k}", "per-method options take one value (lists are axes of [train])")
-                opts[name] = _check_type(path, f"train.{key}.{k}", v, known[name])
+                opts[name] = _check_type(path, f"train.{key}.{k}", v, annotation)
+                if own:
+                    method_keys.add(name)
             per_method[key] = opts
             continue
-        name = _option_name(path, "train", key, known)
+        name, annotation, own = _option(path, "train", key, known, methods)
+        if own:
+            method_keys.add(name)
         if isinstance(value, list):
             if not value:
                 raise _err(path, f"train.{key}", "an empty list of values")
-            axes[name] = tuple(_check_type(path, f"train.{key}", v, known[name]) for v in value)
+            axes[name] = tuple(_check_type(path, f"train.{key}", v, annotation) for v in value)
         else:
-            fixed[name] = _check_type(path, f"train.{key}", value, known[name])
+            fixed[name] = _check_type(path, f"train.{key}", value, annotation)
 
     eval_raw = raw.get("eval", {})
     if not isinstance(eval_raw, dict):
@@ -335,7 +374,7 @@ def load_grid(path: str | os.PathLike) -> Grid:
     description = raw.get("description", "")
     return Grid(path=path, name=name, description=str(description), manifest=manifest, methods=tuple(methods),
                 noise=tuple(noise), seeds=tuple(seeds), pretrained=pretrained, fixed=fixed, axes=axes,
-                per_method=per_method, cam=cam)
+                per_method=per_method, method_keys=frozenset(method_keys), cam=cam)
 
 
 # ----------------------------------------------------------------------------- cells
@@ -391,8 +430,11 @@ def expand(grid: Grid, *, root: Path | None = None) -> list[Cell]:
                 for noise in grid.noise:
                     for method in grid.methods:
                         kw = {**grid.fixed, **dict(options), **grid.per_method.get(method, {})}
+                        own = {k: kw.pop(k) for k in list(kw) if k in grid.method_keys}
                         desc = f"{method}, {noise.label()}, seed {seed}" + "".join(f", {k}={v}" for k, v in options)
                         try:
+                            if own:
+                                kw["method_params"] = make_method_params(method, own)
                             cfg = TrainConfig(method=method, seed=seed, pretrained=pre_value, **kw)
                         except FernoiseError as e:
                             raise _config_error(grid, desc, e) from None
