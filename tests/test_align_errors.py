@@ -129,7 +129,8 @@ def test_read_only_out_is_one_line_and_writes_nothing(tmp_path, workspace, monke
     assert not [p for p in files_under(out) if p.endswith(".tmp")]
 
 
-def test_read_only_workspace_after_the_work_is_one_line(tmp_path, monkeypatch):
+def test_read_only_workspace_after_the_work_is_one_line(tmp_path, workspace, monkeypatch):
+    real_mkstemp = tempfile.mkstemp
     raw = raw_tree(tmp_path / "raw")
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -141,7 +142,7 @@ def test_read_only_workspace_after_the_work_is_one_line(tmp_path, monkeypatch):
     assert line == (f"error: {ws}/fernoise.lock: permission denied; make {ws} writable (and its files readable) "
                     "or choose another folder, then re-run the same command (finished work is kept and reused)")
     assert files_under(ws) == ["fernoise.lock.lk"]
-    monkeypatch.undo()
+    monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
     res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--workspace", str(ws))
     assert res.exit_code == 0 and "cache hit" in res.output  # the finished work was complete
 
@@ -170,7 +171,7 @@ def test_full_disk_mid_run_is_one_line_and_resumes(tmp_path, workspace, monkeypa
     assert not (out / "manifest.parquet").exists()
     assert not [p for p in files_under(out) if p.endswith(".tmp")]
     assert "img2.png.jpg" not in " ".join(files_under(out))
-    monkeypatch.undo()
+    monkeypatch.setattr(stage, "_save_crop", real)  # (not undo(): that would leave the tmp workspace)
     res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--batch-size", "2", "--workers", "1")
     assert res.exit_code == 0, res.output
     assert "aligned 4 images, reused 2" in " ".join(res.output.split())
