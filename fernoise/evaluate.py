@@ -48,18 +48,12 @@ import numpy as np
 
 from fernoise.devices import resolve_device
 from fernoise.errors import FernoiseError
+from fernoise.plots import GRADCAM_PNG, PICTURES  # noqa: F401 - the file names eval writes
 
-VERSION = 1
+VERSION = 2  # 2: predictions.parquet and ci95
 ECE_BINS = 15
 MISMATCH = 0.02  # top-1 vs the last epoch's recorded test accuracy (bf16 vs fp32 rounding stays below)
 LAST_N = 5
-PICTURES = {
-    "confusion": "confusion.png",
-    "curves": "curves.png",
-    "thresholds": "thresholds.png",
-    "noise_detection": "noise_detection.png",
-}
-GRADCAM_PNG = "gradcam.png"
 
 Progress = Callable[[int, int], None]
 
@@ -566,6 +560,7 @@ def _evaluate(run: Run, ref: ManifestRef, params: EvalParams, out_dir: Path, *, 
     ])
     classes = run.classes
     metrics = metrics_from_predictions(y, probs, classes)
+    metrics["ci95"] = bootstrap_ci(y, probs.argmax(axis=1), len(classes))
     hist = history_summary(run.history, classes, method=cfg.get("method"))
     last = run.history[-1] if run.history else {}
     report: dict[str, Any] = {
@@ -583,6 +578,7 @@ def _evaluate(run: Run, ref: ManifestRef, params: EvalParams, out_dir: Path, *, 
         **metrics,
         "history": hist,
         "final_epoch_test_acc": _num(last.get("test_acc")),
+        "train_clean_share": train_clean_share(run),
         "params": asdict(params) | {"device": device},
     }
     final = report["final_epoch_test_acc"]
@@ -593,17 +589,22 @@ def _evaluate(run: Run, ref: ManifestRef, params: EvalParams, out_dir: Path, *, 
             "after training? re-run `fernoise train`"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    predictions = write_predictions(predictions_frame(rows, probs, classes), out_dir / PREDICTIONS)
+    report["predictions"] = predictions.name
     written = plots.all_pictures(report, run.history, out_dir)
     if params.cam:
-        from fernoise.gradcam import gradcam_grid
+        from fernoise.gradcam import gradcam, gradcam_grid
 
         pick = pick_cam_rows(y, params.cam)
         faces = load_many([paths[i] for i in pick], size)
-        written.append(gradcam_grid(model, faces, y[pick], classes, out_dir / GRADCAM_PNG, device=device))
+        cams, cam_probs = gradcam(model, faces, device=device)
+        written.append(gradcam_grid(faces, cams, cam_probs, y[pick], classes, out_dir / GRADCAM_PNG))
+        if size < plots.GRADCAM_MIN_SIZE:
+            report["gradcam_note"] = plots.gradcam_coarse_note(size)
     else:
         (out_dir / GRADCAM_PNG).unlink(missing_ok=True)  # a stale grid of an earlier --cam run
     report["pictures"] = [p.name for p in written]
-    return report, written
+    return report, [predictions, *written]
 
 
 def _batches(n: int, size: int, progress: Progress | None):
@@ -622,3 +623,141 @@ def pick_cam_rows(y: np.ndarray, n: int) -> np.ndarray:
             if rows and len(out) < n:
                 out.append(int(rows.pop(0)))
     return np.asarray(out, dtype=np.int64)
+
+
+# ============================================================================ per-sample output
+PREDICTIONS = "predictions.parquet"
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_CHUNK = 100  # resamples drawn per generator call (part of the definition: same seed, same draws)
+
+
+def bootstrap_indices(n: int, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED):
+    """Resampled row indices, ``BOOTSTRAP_CHUNK`` resamples at a time: ``(k, n)`` int64 arrays.
+
+    One generator ``np.random.default_rng(seed)``; each chunk is ``rng.integers(0, n, (k, n))``,
+    chunks in order, so the draws depend only on ``(n, n_resamples, seed)``. Chunks bound the
+    memory (8 * 100 * n bytes) on large test sets.
+    """
+    rng = np.random.default_rng(seed)
+    for s in range(0, n_resamples, BOOTSTRAP_CHUNK):
+        yield rng.integers(0, n, size=(min(BOOTSTRAP_CHUNK, n_resamples - s), n))
+
+
+def _batched_top1_macro_f1(t: np.ndarray, p: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 and macro-F1 of each row of ``t``/``p`` ``(B, n)``, the same rules as :func:`macro_f1`."""
+    b, c = t.shape[0], num_classes
+    flat = (np.arange(b)[:, None] * c + t) * c + p
+    cm = np.bincount(flat.ravel(), minlength=b * c * c).reshape(b, c, c).astype(np.float64)
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    support, predicted = cm.sum(axis=2), cm.sum(axis=1)
+    prec = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    rec = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
+    present = (support + predicted) > 0
+    n_present = present.sum(axis=1)
+    macro = np.divide((f1 * present).sum(axis=1), n_present, out=np.zeros(b), where=n_present > 0)
+    return tp.sum(axis=1) / t.shape[1], macro
+
+
+def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int, *,
+                 n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 level: float = BOOTSTRAP_LEVEL) -> dict[str, Any] | None:
+    """Percentile-bootstrap intervals of top-1 and macro-F1 over the test rows.
+
+    Each resample draws ``n`` rows with replacement (:func:`bootstrap_indices`) and computes
+    :func:`top1` and :func:`macro_f1` of its confusion matrix; the interval is the
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled figures (numpy's
+    linear interpolation). Returns ``{"top1": [lo, hi], "macro_f1": [lo, hi], "level",
+    "resamples", "seed", "method": "percentile"}``, or None for an empty test set.
+    """
+    t = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(y_pred, dtype=np.int64)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred differ in shape: {t.shape} vs {p.shape}")
+    if not len(t):
+        return None
+    tops, macros = [], []
+    for idx in bootstrap_indices(len(t), n_resamples, seed):
+        a, m = _batched_top1_macro_f1(t[idx], p[idx], num_classes)
+        tops.append(a)
+        macros.append(m)
+    q = [(1 - level) / 2, (1 + level) / 2]
+    return {
+        "top1": [float(v) for v in np.quantile(np.concatenate(tops), q)],
+        "macro_f1": [float(v) for v in np.quantile(np.concatenate(macros), q)],
+        "level": level, "resamples": n_resamples, "seed": seed, "method": "percentile",
+    }
+
+
+def predictions_frame(rows, probs: np.ndarray, classes: Sequence[str]):
+    """One row per evaluated test row: what anyone needs to compute their own statistics.
+
+    ``rows``: the test rows (:func:`select_test_rows`), ``probs``: ``(N, C)`` softmax. Columns:
+    ``id``, ``label`` (int, the evaluated label), ``label_name``, ``label_clean`` and
+    ``is_noisy`` where the manifest has them, ``pred`` (int, argmax), ``pred_name``,
+    ``correct`` (bool), ``confidence`` (top probability) and ``p_<class>`` per class.
+    """
+    import pandas as pd
+
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
+    y = rows["label"].astype("int64").to_numpy()
+    out = pd.DataFrame({"id": rows["id"].astype(str).to_numpy(), "label": y,
+                        "label_name": [classes[i] for i in y]})
+    if "label_clean" in rows.columns:
+        out["label_clean"] = rows["label_clean"].astype("Int64").to_numpy()
+    if "is_noisy" in rows.columns:
+        out["is_noisy"] = rows["is_noisy"].astype("boolean").to_numpy()
+    out["pred"] = pred.astype(np.int64)
+    out["pred_name"] = [classes[i] for i in pred]
+    out["correct"] = pred == y
+    out["confidence"] = probs.max(axis=1) if len(probs) else np.zeros(0)
+    for c, name in enumerate(classes):
+        out[f"p_{name}"] = probs[:, c]
+    return out
+
+
+def write_predictions(frame, path: str | os.PathLike) -> Path:
+    """Write :func:`predictions_frame` output to Parquet atomically."""
+    from fernoise.cache import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return path
+
+
+def train_clean_share(run: Run) -> float | None:
+    """Share of clean rows (``is_noisy`` false) among the run's training rows, or None.
+
+    The base rate a confident-set precision must beat: selecting rows at random gives this
+    precision. Read from the run's own manifest (``config["manifest"]``): usable, labelled
+    ``split == "train"`` rows, less the validation rows carved out of them (``val_ids.json``).
+    None when that manifest is gone or has no ``is_noisy`` column.
+    """
+    import pyarrow.parquet as pq
+
+    path = run.config.get("manifest")
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        names = set(pq.read_schema(path).names)
+        if "is_noisy" not in names:
+            return None
+        cols = [c for c in ("id", "split", "label", "path", "status", "is_noisy") if c in names]
+        df = pq.read_table(path, columns=cols).to_pandas()
+    except Exception:  # noqa: BLE001 - a picture's base line is not worth failing the evaluation over
+        return None
+    m = (df["split"] == "train") & df["label"].notna() & df["path"].notna()
+    if "status" in df.columns:
+        m &= df["status"].isin(["ok", "whole"])
+    val_ids = run.path / "val_ids.json"
+    if val_ids.is_file():
+        try:
+            m &= ~df["id"].astype(str).isin(set(map(str, json.loads(val_ids.read_text()))))
+        except ValueError:
+            pass
+    flags = df.loc[m, "is_noisy"].dropna().astype(bool)
+    return float((~flags).mean()) if len(flags) else None

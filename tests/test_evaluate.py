@@ -250,7 +250,7 @@ def test_gradcam_grid_has_the_faces_asked_for(tmp_path):
     assert cams.shape == (8, 48, 48) and probs.shape == (8, 7)
     assert cams.min() >= 0 and cams.max() <= 1
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
-    out = gradcam_grid(model, imgs, [0, 1, 2, 3, 4, 5, 6, 0], CLASSES7, tmp_path / "g.png")
+    out = gradcam_grid(imgs, cams, probs, [0, 1, 2, 3, 4, 5, 6, 0], CLASSES7, tmp_path / "g.png")
     assert _is_png(out)
     with Image.open(out) as im:
         w, h = im.size
