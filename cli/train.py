@@ -74,7 +74,11 @@ class _Progress:
         elif kind == "resume":
             console.print(f"resuming {ev['run_dir']} after epoch {ev['epoch']}")
         elif kind == "warning":
-            err_console.print(f"[yellow]warning:[/yellow] {ev['message']}")
+            self._stop()
+            err_console.print(f"[yellow]warning:[/yellow] {ev['message']}", soft_wrap=True)
+        elif kind in ("note", "header"):
+            self._stop()
+            console.print(ev["message"], soft_wrap=True, markup=False)
 
     def _stop(self) -> None:
         if self.task is not None:
@@ -95,7 +99,7 @@ def register(app: typer.Typer) -> None:
         epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 40,
         batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per batch (per process when distributed).")] = 128,
         image_size: Annotated[int, typer.Option("--image-size", help="Training and test image side in pixels.")] = 224,
-        warmup: Annotated[int, typer.Option("--warmup", help="Epochs of plain cross-entropy first.")] = 5,
+        warmup: Annotated[int | None, typer.Option("--warmup", help="Epochs of plain cross-entropy first (default: min(5, epochs // 3)).", show_default=False)] = None,
         k: Annotated[int, typer.Option("--k", help="Top-k negative classes in the consistency loss (1..C-1).")] = 4,
         lr_backbone: Annotated[float, typer.Option("--lr-backbone", help="Adam lr of the backbone.")] = 1e-4,
         lr_head: Annotated[float, typer.Option("--lr-head", help="Adam lr of the heads.")] = 1e-3,
@@ -106,6 +110,9 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         precision: Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (autocast).")] = "auto",
         val_fraction: Annotated[float, typer.Option("--val-fraction", help="Stratified share of train held out when the manifest has no val rows.")] = 0.1,
+        val_clean: Annotated[bool, typer.Option("--val-clean", help="Validate on label_clean (oracle-clean validation; recorded in config.json).")] = False,
+        max_rows: Annotated[int | None, typer.Option("--max-rows", help="Train on a seeded, stratified subset of N training rows (part of the key).")] = None,
+        keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pt after the run finishes (removed by default).")] = False,
         runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Folder of run folders (default: <workspace>/runs).")] = None,
         workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers (default: auto).")] = None,
         devices: Annotated[int, typer.Option("--devices", help="Local processes for torch.distributed (DDP).")] = 1,
@@ -123,7 +130,8 @@ def register(app: typer.Typer) -> None:
             k=k, lr_backbone=lr_backbone, lr_head=lr_head, lr_decay=lr_decay,
             randaug_magnitude=randaug_magnitude, pretrained=str(pretrained) if pretrained else None,
             seed=seed, device=device, precision=precision, val_fraction=val_fraction,
-            workers=workers, devices=devices,
+            workers=workers, devices=devices, val_clean=val_clean, max_rows=max_rows,
+            keep_checkpoint=keep_checkpoint,
         )
         ws = Workspace(workspace)
         if manifest is None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fernoise.errors import FernoiseError
+from fernoise.errors import FernoiseError, require_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -83,8 +83,7 @@ def read_labels(fmt: str, files: Sequence[str | os.PathLike], options: FormatOpt
         raise FernoiseError(f"unknown label format {fmt!r}; expected one of: {', '.join(FORMAT_NAMES)}", flag="--format")
     paths = [Path(f) for f in files]
     for p in paths:
-        if not p.is_file():
-            raise FernoiseError(f"label file {p} does not exist", flag="--labels")
+        require_file(p, "label file", flag="--labels")
     table = readers[fmt](paths, options)
     if len(table.df) == 0:
         raise FernoiseError(f"label file {', '.join(map(str, paths))} has no rows in {fmt} format", flag="--labels")
