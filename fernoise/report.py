@@ -62,12 +62,14 @@ NOT_RESULT = frozenset({
     "method",  # the row
     "noise", "align", "lineage", "classes", "label_space", "num_classes",  # dataset / column
     "epochs", "image_size", "pretrained_sha256",  # protocol
-    "val_source", "val_labels", "val_fraction", "val_clean",  # protocol
+    "val_source", "val_fraction", "val_clean",  # protocol
+    "val_labels",  # "noisy" vs "train" follows the column's noise; oracle-clean is val_clean
     "device", "device_requested", "workers", "devices", "precision_requested", "val_fraction_requested",
     "manifest", "manifest_key", "manifest_content", "key", "fernoise_version",
     "pretrained", "pretrained_report",  # the file's sha256 is what counts
     "n_train", "n_val", "n_test", "n_train_available", "train_class_counts",
     "two_heads",  # follows the method
+    "keep_checkpoint", "resume",
     "notes", "warnings", "paths", "val_ids",
 })
 SPLIT_STAGE, CORRUPT_STAGE = "split", "corrupt"
@@ -227,7 +229,6 @@ def protocol_of(config: dict[str, Any], split: dict[str, Any] | None) -> dict[st
     return {
         "test": {"kfold": split} if split else "manifest",
         "val_source": config.get("val_source"),
-        "val_labels": config.get("val_labels"),
         "val_fraction": config.get("val_fraction"),
         "val_clean": bool(config.get("val_clean")) or config.get("val_labels") == "oracle-clean",
         "epochs": config.get("epochs"),
@@ -383,7 +384,8 @@ def describe_protocol(p: dict[str, Any]) -> str:
     t = p.get("test")
     if isinstance(t, dict):
         k = t["kfold"]
-        test = f"k-fold ({k.get('folds', '?')}): test = the held-out fold"
+        test = (f"leave-one-{k.get('group_column') or 'group'}-out ({k.get('folds', '?')} folds)" if k.get("loso")
+                else f"k-fold ({k.get('folds', '?')})") + ": test = the held-out fold"
         if k.get("group_column"):
             test += f", grouped by {k['group_column']}"
         if k.get("seed") is not None:

@@ -112,6 +112,20 @@ def test_anything_but_the_seed_separates_runs(tmp_path):
     assert len(other) == 2 and rows[0][header.index(other[0])] == "30.0 (e3)"
 
 
+def test_clean_and_noisy_columns_share_a_table_but_oracle_clean_validation_does_not(tmp_path):
+    r = tmp_path / "runs"
+    # as train records them: carved validation labels are "train" without noise, "noisy" with it
+    _run(r / "clean", "ce", None, 0.90, val_labels="train")
+    _run(r / "noisy", "ce", SYM, 0.70, val_labels="noisy")
+    _run(r / "oracle", "ce", SYM, 0.75, val_labels="oracle-clean", val_clean=True)
+    rep = collect([r])
+    assert len(rep.tables) == 2
+    plain, oracle = sorted(rep.tables, key=lambda t: "oracle" in t.protocol_text())
+    assert table_grid(plain)[1] == [["ce", "90.0 (e3)", "90.0 / 38.0", "70.0 (e3)", "70.0 / 34.0"]]
+    assert "validation: 10% carved from train, oracle-clean labels (label_clean)" in oracle.protocol_text()
+    assert table_grid(oracle)[1] == [["ce", "75.0 (e3)", "75.0 / 35.0"]]
+
+
 def test_same_seeds_twice_is_noted_not_hidden(tmp_path):
     _run(tmp_path / "runs" / "a", "ce", SYM, 0.70)
     _run(tmp_path / "runs" / "b", "ce", SYM, 0.72, device="cuda")
