@@ -263,3 +263,15 @@ def test_help_paragraphs_are_not_broken_mid_phrase(command, phrase):
     r = subprocess.run([*CLI, command, "--help"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "240"})
     assert r.returncode == 0
     assert any(phrase in line for line in r.stdout.splitlines()), r.stdout
+
+
+def test_a_broken_run_is_skipped_with_a_note(tmp_path):
+    _run(tmp_path / "runs" / "good", "ce", SYM, 0.70)
+    bad = tmp_path / "runs" / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    rep = collect([tmp_path / "runs"])
+    assert table_grid(rep.tables[0])[1][0][1] == "70.0 (e3)"
+    assert len(rep.notes) == 1 and rep.notes[0].startswith(f"skipped {bad}: ") and "not valid JSON" in rep.notes[0]
+    with pytest.raises(Exception, match="no readable training run among 1 folder"):
+        collect([bad])
