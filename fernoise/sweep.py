@@ -376,7 +376,15 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
                 return
             gpu = slots.get()
             try:
-                _run_child(sweep, st, manifest, gpu, lock, children, python or sys.executable)
+                # Another process (an overlapping share, the same sweep started twice) may be
+                # running this very run: wait for it, then it is a hit.
+                with _file_lock(_run_lock(sweep, st.cell, manifest)):
+                    with lock:
+                        done = check_done(sweep, st.cell, manifest, st)
+                        if done:
+                            _write_cell(sweep, st)
+                    if not done:
+                        _run_child(sweep, st, manifest, gpu, lock, children, python or sys.executable)
             finally:
                 slots.put(gpu)
 
@@ -397,6 +405,20 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
     write_table(sweep)
     say(sweep)
     return list(sweep.states.values())
+
+
+def _run_lock(sweep: Sweep, cell: Cell, manifest: Path) -> Path:
+    """The lock file of the cell's run: one per requested train configuration (any grid, any
+    process), else per cell."""
+    from fernoise import runindex
+
+    try:
+        request = runindex.train_request(manifest, cell.config, sweep.workspace)
+    except (OSError, ValueError, FernoiseError):
+        request = None
+    if request is None:
+        return sweep.cell_file(cell)
+    return sweep.runs_dir / ".fernoise" / "locks" / dict_hash(request)[:32]
 
 
 def _existing_noisy(sweep: Sweep, cell: Cell) -> Path | None:
@@ -446,6 +468,9 @@ def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, loc
         st.status, st.gpu, st.started, st.reason = "running", gpu, time.time(), None
     env = worker_env(dict(os.environ), gpu, sweep.workspace.root)
     with open(log, "ab") as err:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        err.write(f"== {stamp} {st.host} sweep pid {os.getpid()} shard {st.shard} gpu {gpu}: cell {cell.id}\n".encode())
+        err.flush()
         proc = subprocess.Popen([python, "-m", "fernoise.sweepcell"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, env=env, cwd=sweep.workspace.root)
         with lock:
