@@ -55,6 +55,11 @@ INDEX_DIR = Path(".fernoise") / "index"
 
 
 # ----------------------------------------------------------------------------- cheap facts
+@functools.cache
+def _device_nodes() -> bool:
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
+
+
 def device_class() -> str:
     """``cuda`` when this machine exposes a GPU to this process, else ``cpu`` (no torch import).
 
@@ -64,11 +69,10 @@ def device_class() -> str:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return "cpu"
-    if glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"):
-        return "cuda"
-    return "cpu"
+    return "cuda" if _device_nodes() else "cpu"
 
 
+@functools.cache
 def torch_build() -> str | None:
     """The installed torch's version string (``2.14.1+cu130``), read from package metadata."""
     from importlib import metadata
