@@ -33,31 +33,39 @@ PRESETTABLE = ("format", "path_column", "label_column", "split_column", "split_m
 DEFAULTS: dict[str, Any] = {"path_column": "path", "label_column": "label", "join_on": "path"}
 
 
-def presets_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "manifests" / "presets"
+def preset_names() -> list[str]:
+    """Names of the presets shipped inside the package (``fernoise/presets/<name>.toml``)."""
+    from importlib.resources import files
+
+    folder = files("fernoise").joinpath("presets")
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """A preset by name (``manifests/presets/<name>.toml``) or by path to a TOML file."""
+    """A preset by name (package data ``fernoise/presets/<name>.toml``, read with
+    ``importlib.resources``, so a wheel install finds it) or by path to a TOML file."""
     import tomllib
+    from importlib.resources import files
 
-    from fernoise.errors import FernoiseError
+    from fernoise.errors import FernoiseError, require_file
 
-    path = Path(name)
-    if not path.suffix:
-        path = presets_dir() / f"{name}.toml"
-    if not path.is_file():
-        names = sorted(p.stem for p in presets_dir().glob("*.toml")) if presets_dir().is_dir() else []
-        raise FernoiseError(f"unknown preset {name!r}; expected one of: {', '.join(names) or '(none found)'} "
-                            "or a path to a .toml file", flag="--preset")
+    if name.endswith(".toml") or "/" in name or os.sep in name:
+        require_file(name, "preset file", flag="--preset")
+        shown, read = Path(name).name, Path(name).read_text
+    else:
+        res = files("fernoise").joinpath("presets", f"{name}.toml")
+        if not res.is_file():
+            raise FernoiseError(f"unknown preset {name!r}; expected one of: {', '.join(preset_names()) or '(none found)'} "
+                                "or a path to a .toml file", flag="--preset")
+        shown, read = f"{name}.toml", res.read_text
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise FernoiseError(f"{path} is not valid TOML ({e})", flag="--preset") from None
+        raise FernoiseError(f"{shown} is not valid TOML ({e})", flag="--preset") from None
     data = {k.replace("-", "_"): v for k, v in data.items() if k != "description"}
     bad = [k for k in data if k not in PRESETTABLE]
     if bad:
-        raise FernoiseError(f"{path.name}: unknown key(s) {bad}; expected some of: {', '.join(PRESETTABLE)}",
+        raise FernoiseError(f"{shown}: unknown key(s) {bad}; expected some of: {', '.join(PRESETTABLE)}",
                             flag="--preset")
     return data
 
@@ -113,7 +121,7 @@ def register(app: typer.Typer) -> None:
         join: Annotated[Path | None, typer.Option("--join", help="CSV whose extra columns are added to matching rows.")] = None,
         join_on: Annotated[str | None, typer.Option("--join-on", help="Path column of the --join file (default: path).")] = None,
         join_columns: Annotated[str | None, typer.Option("--join-columns", help="Comma-separated columns to take from --join (default: all the manifest lacks).")] = None,
-        preset: Annotated[str | None, typer.Option("--preset", help="Dataset preset (manifests/presets/NAME.toml, or a .toml path); explicit options win.")] = None,
+        preset: Annotated[str | None, typer.Option("--preset", help=f"Dataset preset: {', '.join(preset_names())}; or a path to a .toml file. Options given explicitly win.")] = None,
         mode: Annotated[str | None, typer.Option("--mode", help="align (5-point similarity), box (square box crop) or whole (no detection) (default: align).")] = None,
         on_no_face: Annotated[str | None, typer.Option("--on-no-face", help="skip or whole: what a photo without a detected face gets (default: skip).")] = None,
         all_faces: Annotated[bool | None, typer.Option("--all-faces/--best-face", help="One row per detected face instead of the most confident one.")] = None,
