@@ -71,6 +71,28 @@ def load_preset(name: str) -> dict[str, Any]:
     return data
 
 
+def _n(count: int, one: str, many: str) -> str:
+    return f"{count:,} {one if count == 1 else many}"
+
+
+def label_line(lab: dict[str, Any]) -> str:
+    """What became of every row of the label files, in parts that add up to the rows read:
+    rows naming an image here + rows naming none + non-face rows skipped + repeats merged."""
+    parts = [f"{lab.get('matched_rows', 0):,} name an image here", f"{lab.get('unmatched_rows', 0):,} name none"]
+    if lab.get("non_face_rows"):
+        parts.append(_n(lab["non_face_rows"], "non-face row skipped", "non-face rows skipped"))
+    if lab.get("duplicate_rows"):
+        dup = _n(lab["duplicate_rows"], "repeated row merged", "repeated rows merged")
+        if lab.get("conflicting_names"):
+            how = f"the {lab['on_duplicate']} row counts" if lab.get("on_duplicate") else "none names an image here"
+            dup += f" ({_n(lab['conflicting_names'], 'name', 'names')} with different labels: {how})"
+        parts.append(dup)
+    files = ", ".join(lab.get("files") or []) or "the label file"
+    no_row = lab.get("images_without_label_row", 0)
+    return (f"labels ({lab['format']}): {lab.get('rows', 0):,} rows in {files}: {', '.join(parts)}; "
+            f"{_n(no_row, 'image', 'images')} without a label row (label null)")
+
+
 def print_summary(result, *, shown_path: Path) -> None:
     from rich.table import Table
 
@@ -84,15 +106,7 @@ def print_summary(result, *, shown_path: Path) -> None:
     info = result.info or {}
     lab = info.get("labels") or {}
     if lab.get("format") and lab.get("format") != "folders":
-        console.print(
-            f"labels ({lab['format']}): {lab.get('matched_rows', 0):,} of {lab.get('rows', 0):,} rows matched an image; "
-            f"{lab.get('unmatched_rows', 0):,} label rows have no image here; "
-            f"{lab.get('images_without_label_row', 0):,} images have no label row (label null)"
-        )
-    if lab.get("duplicate_rows"):
-        how = f"; where they disagree the {lab['on_duplicate']} row counts" if lab.get("on_duplicate") else ""
-        console.print(f"labels: {lab['duplicate_rows']:,} repeated label rows merged "
-                      f"({lab.get('conflicting_names', 0):,} names with different labels or splits{how})")
+        console.print(label_line(lab), soft_wrap=True)
     if info.get("skipped_folders"):
         sk = info["skipped_folders"]
         shown = ", ".join(f"{x['folder']} ({x['reason']})" for x in sk[:3]) + (", ..." if len(sk) > 3 else "")
