@@ -56,7 +56,7 @@ from fernoise.cache import (
 from fernoise.errors import FernoiseError, destination_error, require_file, require_folder
 
 STAGE = "align"
-VERSION = 1
+VERSION = 2  # 2: labels index the dataset's own class list; group column; --max-rows
 MANIFEST = "manifest.parquet"
 FACES = "faces"
 RECORDS = "align-records"
@@ -84,6 +84,18 @@ class LabelSpec:
     """A CSV whose extra columns are added (``--join``)."""
     join_on: str = "path"
     join_columns: tuple[str, ...] | None = None
+    classes: tuple[str, ...] | None = None
+    """The dataset's classes (``--classes``), an ordered subset of the canonical order; None =
+    the format's (rafdb 7, ferplus 8, affectnet 7 or 8) or the classes that occur."""
+    group_column: str | None = None
+    """A label-file column kept as strings, exactly as written (``--group-column``, e.g. the
+    subject), or the name of the column ``group_regex`` fills (default ``subject``)."""
+    group_regex: str | None = None
+    """A regex searched in each image's ``src_path``; its first group is the row's group."""
+    max_rows: int | None = None
+    """Keep a seeded subset of this many images, stratified by (split, label) (``--max-rows``)."""
+    seed: int = 0
+    """Seed of the ``max_rows`` subset (``--seed``)."""
     on_duplicate: str | None = None
     """Which row counts when rows of the label files name one image with different labels
     or splits: ``first`` or ``last`` (``--on-duplicate``); None refuses such a file."""
@@ -106,6 +118,7 @@ class LabelSpec:
             for s in (a, b):
                 if s not in ("train", "val", "test"):
                     raise FernoiseError(f"expected FROM=TO with train, val or test, got {a}={b}", flag="--split-map")
+        _check_rows_spec(self)
 
     def key_params(self) -> dict[str, Any]:
         d: dict[str, Any] = {"format": self.format, "split_map": [list(p) for p in self.split_map]}
@@ -115,6 +128,12 @@ class LabelSpec:
             d.update(path_column=self.path_column, label_column=self.label_column, split_column=self.split_column)
         if self.join:
             d.update(join_on=self.join_on, join_columns=list(self.join_columns) if self.join_columns else None)
+        if self.classes is not None:
+            d["classes"] = list(self.classes)
+        if self.group_column is not None or self.group_regex is not None:
+            d.update(group_column=self.group_column, group_regex=self.group_regex)
+        if self.max_rows is not None:
+            d.update(max_rows=self.max_rows, seed=self.seed)
         return d
 
 
@@ -272,7 +291,6 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
 
     from fernoise.formats import FormatOptions, match_paths, read_csv, read_labels
     from fernoise.formats.folders import from_paths
-    from fernoise.labels import LABEL_SPACES, label_space_for
     from fernoise.manifest import COLUMNS
 
     n = len(src_paths)
@@ -318,11 +336,28 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
             "matched_rows": matched, "unmatched_rows": len(df) - matched,
             "images_without_label_row": n - len(where), "on_duplicate": spec.on_duplicate, **table.info,
         }
-        space = table.label_space or label_space_for([x for x in labels if x is not None])
+        fixed = table.label_space
+        if spec.group_column and not spec.group_regex:
+            extras[spec.group_column] = _group_from_file(df, rows, spec.group_column, spec.files[0])
     else:
         labels, splits = from_paths(src_paths, labelled=True)
-        space = label_space_for([x for x in labels if x is not None])
+        fixed = None
         info["labels"] = {"format": "folders" if any(x is not None for x in labels) else None}
+        if spec.group_column and not spec.group_regex:
+            raise FernoiseError(f"--group-column {spec.group_column} names a label-file column, but there is no "
+                                "label file; pass --labels FILE, or --group-regex to read it from the file names",
+                                flag="--group-column")
+    classes, space, labels = dataset_classes(labels, declared=spec.classes, fixed=fixed)
+    if spec.group_regex:
+        name = spec.group_column or "subject"
+        if name in extras.columns:
+            raise FernoiseError(f"the label file already has a column {name!r}; name the regex's column with "
+                                "--group-column OTHER", flag="--group-column")
+        extras[name] = groups_from_regex(src_paths, spec.group_regex)
+    if spec.group_column or spec.group_regex:
+        g = extras[spec.group_column or "subject"]
+        info["groups"] = {"column": spec.group_column or "subject", "source": "regex" if spec.group_regex else "labels",
+                          "groups": int(g.dropna().nunique()), "images_without_group": int(g.isna().sum())}
     splits = [s or "train" for s in splits]
     mapping = dict(spec.split_map)
     splits = [mapping.get(s, s) for s in splits]
@@ -353,10 +388,98 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
             extras[c] = _infer([None if r is None else vals[r] for r in rows])
         info["join"] = {"file": jpath.name, "on": spec.join_on, "columns": cols, "matched_images": len(where),
                         "rows": len(jdf)}
-    classes = list(LABEL_SPACES[space])
     return labels, splits, extras, classes, space, info
 
 
+# ----------------------------------------------------------------------------- classes, groups, subset
+def _check_rows_spec(spec: LabelSpec) -> None:
+    """Checks of ``--classes``, ``--group-column``, ``--group-regex``, ``--max-rows``, ``--seed``."""
+    from fernoise.labels import class_list
+
+    if spec.classes is not None and list(spec.classes) != class_list(list(spec.classes), flag="--classes"):
+        raise FernoiseError(f"expected canonical class names in canonical order, got {list(spec.classes)}; "
+                            "build them with fernoise.labels.class_list", flag="--classes")
+    if spec.group_column is not None:
+        from fernoise.manifest import COLUMNS  # not at the top: a cache hit imports no pandas
+
+        if spec.group_column.strip() == "" or spec.group_column in COLUMNS:
+            raise FernoiseError(f"--group-column must name a new column, not {spec.group_column!r} "
+                                f"(taken: {', '.join(COLUMNS)})", flag="--group-column")
+    if spec.group_regex is not None:
+        try:
+            rx = re.compile(spec.group_regex)
+        except re.error as e:
+            raise FernoiseError(f"{spec.group_regex!r} is not a valid regular expression ({e})",
+                                flag="--group-regex") from None
+        if rx.groups < 1:
+            raise FernoiseError(f"{spec.group_regex!r} has no group; put the subject part in parentheses, "
+                                r"e.g. 'S(\d+)_'", flag="--group-regex")
+    if spec.max_rows is not None and (isinstance(spec.max_rows, bool) or not isinstance(spec.max_rows, int)
+                                      or spec.max_rows < 1):
+        raise FernoiseError(f"expected a positive number of rows, got {spec.max_rows!r}", flag="--max-rows")
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or spec.seed < 0:
+        raise FernoiseError(f"expected a non-negative integer seed, got {spec.seed!r}", flag="--seed")
+
+
+def dataset_classes(labels: list[int | None], *, declared: Sequence[str] | None, fixed: str | None):
+    """``(classes, label_space, local labels)`` from canonical ``labels`` (None = unlabelled).
+
+    The class list is ``declared`` (``--classes``: it must hold every class that occurs),
+    else the format's label space ``fixed`` (rafdb, ferplus, affectnet), else the classes
+    that occur (class folders, csv), in canonical order; ``basic7`` when nothing is labelled.
+    Labels come back as indices into that list.
+    """
+    from fernoise.labels import CLASSES, LABEL_SPACES, label_space_of
+
+    seen = sorted({x for x in labels if x is not None})
+    if declared is not None:
+        classes = list(declared)
+        extra = [CLASSES[i] for i in seen if CLASSES[i] not in classes]
+        if extra:
+            n = sum(1 for x in labels if x is not None and CLASSES[x] in extra)
+            raise FernoiseError(f"{n} images are labelled {', '.join(extra)}, which --classes "
+                                f"{','.join(classes)} leaves out; add them to --classes", flag="--classes")
+    elif fixed is not None:
+        classes = list(LABEL_SPACES[fixed])
+    elif seen:
+        classes = [CLASSES[i] for i in seen]
+    else:
+        classes = list(LABEL_SPACES["basic7"])
+    local = {CLASSES.index(c): i for i, c in enumerate(classes)}
+    return classes, label_space_of(classes), [None if x is None else local[x] for x in labels]
+
+
+def _group_from_file(df, rows: list[int | None], column: str, first_file: str):
+    """The label file's ``column`` per image, as the strings the file holds (null without a row)."""
+    import pandas as pd
+
+    if column not in df.columns or column in ("key", "label", "split", "alt_key"):
+        cols = [c for c in df.columns if c not in ("key", "label", "split", "alt_key")]
+        raise FernoiseError(f"{Path(first_file).name} has no column {column!r}; found {cols[:12]}",
+                            flag="--group-column")
+    vals = df[column].tolist()
+    out = []
+    for r in rows:
+        v = None if r is None else vals[r]
+        out.append(None if v is None or pd.isna(v) or str(v).strip() == "" else str(v))
+    return pd.Series(out, dtype="object")
+
+
+def groups_from_regex(src_paths: Sequence[str], pattern: str):
+    """The first group of ``pattern`` searched in each ``src_path`` (strings; null where it does
+    not match). A pattern that matches no path is an error."""
+    import pandas as pd
+
+    rx = re.compile(pattern)
+    out = []
+    for s in src_paths:
+        m = rx.search(s)
+        out.append(m.group(1) if m and m.group(1) is not None else None)
+    if src_paths and all(v is None for v in out):
+        raise FernoiseError(f"--group-regex {pattern!r} matches none of the {len(src_paths)} image paths "
+                            f"(e.g. {src_paths[0]!r}); it is searched in the path relative to RAW",
+                            flag="--group-regex")
+    return pd.Series(out, dtype="object")
 def _refuse_conflicts(table, where: dict[str, int], src_paths: list[str], spec: LabelSpec) -> None:
     """Refuse label rows that name one of the images twice with different labels or splits,
     unless ``--on-duplicate`` says which row counts (conflicts on rows naming no image here
@@ -789,6 +912,13 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
 
     lab, splits, extras, classes, space, info = resolve_labels(raw, src_all, labels)
     idx = list(range(len(src_all)))
+    if labels.max_rows is not None:
+        from fernoise.subset import stratified_subset
+
+        # src_all is sorted, so the subset does not depend on the order the folder lists files in
+        idx = stratified_subset([(splits[j], lab[j]) for j in idx], labels.max_rows, labels.seed).tolist()
+        info["subset"] = {"max_rows": labels.max_rows, "seed": labels.seed, "images_total": len(src_all),
+                          "images_kept": len(idx), "stratified_by": ["split", "label"]}
     if shard is not None:
         idx = [j for j in idx if j % shard[1] == shard[0]]
     src = [src_all[j] for j in idx]
@@ -827,10 +957,12 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
         df = pd.concat([df, extras.iloc[jj].reset_index(drop=True)], axis=1)
     df = df.sort_values("id", kind="stable").reset_index(drop=True)
     counts = count_statuses(df["status"])
-    info = {**info, "images": len(src), "realigned": len(todo), "reused": reused}
+    info = {**info, "images": len(src), "realigned": len(todo), "reused": reused, "classes": classes,
+            "label_space": space}
     meta = stage_meta(None, stage=STAGE, params=params.asdict(), key=key, classes=classes, label_space=space,
                       counts=counts, labels=info.get("labels"), join=info.get("join"), base_key=base_key,
-                      shard=list(shard) if shard else None, images=len(src))
+                      shard=list(shard) if shard else None, images=len(src), groups=info.get("groups"),
+                      subset=info.get("subset"))
     write_manifest(df, manifest, meta)
     summary = {"counts": counts, "rows": len(df), "info": info, "key": key}
     atomic_write_json(summary_path(manifest), summary)

@@ -83,8 +83,14 @@ def column_digest(col: pa.Array | pa.ChunkedArray) -> str:
     h.update(np.packbits(valid).tobytes())
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
         filled = pc.fill_null(col, "" if not pa.types.is_binary(t) and not pa.types.is_large_binary(t) else b"")
-        h.update(pc.binary_length(filled).to_numpy(zero_copy_only=False).astype(np.int64).tobytes())
-        h.update(b"".join(v if isinstance(v, bytes) else v.encode() for v in filled.to_pylist()))
+        if isinstance(filled, pa.ChunkedArray):
+            filled = filled.combine_chunks()
+        large = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
+        _, offsets, data = filled.buffers()  # read in place: lengths, then the bytes
+        offs = np.frombuffer(offsets, dtype=np.int64 if large else np.int32)[filled.offset : filled.offset + len(filled) + 1]
+        h.update(np.diff(offs).astype(np.int64).tobytes())
+        if len(filled) and data is not None:
+            h.update(memoryview(data)[int(offs[0]) : int(offs[-1])])
     elif pa.types.is_boolean(t):
         h.update(pc.fill_null(col, False).to_numpy(zero_copy_only=False).astype(np.int64).tobytes())
     elif pa.types.is_integer(t):

@@ -51,8 +51,9 @@ from fernoise.cache import (
     stamp_path,
 )
 from fernoise.devices import check_device_name, resolve_device
-from fernoise.errors import FernoiseError
+from fernoise.errors import FernoiseError, require_file, require_folder
 from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest
+from fernoise.runindex import indexed  # finished runs found without torch (sweep re-runs)
 
 VERSION = 1
 READS = ("id", "path", "crop_sha256", "split", "label", "label_clean", "is_noisy", "status")
@@ -144,8 +145,8 @@ class TrainConfig:
             raise FernoiseError(f"expected 0 or more, got {self.workers}", flag="--workers")
         if self.max_rows is not None and self.max_rows < 2:
             raise FernoiseError(f"expected at least 2 rows, got {self.max_rows}", flag="--max-rows")
-        if self.pretrained and Path(self.pretrained).is_dir():
-            raise FernoiseError(f"{self.pretrained} is a folder; pass the weights file inside it", flag="--pretrained")
+        if self.pretrained:
+            require_file(self.pretrained, "weights file", flag="--pretrained")
         check_device_name(self.device)
 
 
@@ -210,19 +211,11 @@ def _carve_val(train: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
 
 
 def _subset(train: pd.DataFrame, n: int, seed: int) -> pd.Index:
-    """A seeded subset of ``n`` rows of ``train``, stratified by label (largest remainder)."""
-    if n >= len(train):
-        return train.index
-    groups = {c: g.index for c, g in train.groupby("label", sort=True)}
-    quota = {c: n * len(ix) / len(train) for c, ix in groups.items()}
-    take = {c: int(q) for c, q in quota.items()}
-    for c in sorted(quota, key=lambda c: (-(quota[c] - take[c]), c))[: n - sum(take.values())]:
-        take[c] += 1
-    rng = np.random.default_rng([seed, 0x5B5])
-    picked = []
-    for c, ix in groups.items():
-        picked.extend(ix[rng.choice(len(ix), size=take[c], replace=False)])
-    return pd.Index(sorted(picked))
+    """A seeded subset of ``n`` rows of ``train``, stratified by label (largest remainder):
+    :func:`fernoise.subset.stratified_subset`, the rule align's ``--max-rows`` uses too."""
+    from fernoise.subset import stratified_subset
+
+    return train.index[stratified_subset(train["label"].astype(int).tolist(), n, seed)]
 
 
 def _resolve_paths(m: Manifest, rel: pd.Series) -> tuple[list[str], list[str]]:
@@ -250,8 +243,8 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     """
     from fernoise import data
 
-    if runs_dir is not None and Path(runs_dir).exists() and not Path(runs_dir).is_dir():
-        raise FernoiseError(f"{runs_dir} is a file; expected a folder for the run folders", flag="--runs-dir")
+    if runs_dir is not None:
+        require_folder(runs_dir, "runs folder", flag="--runs-dir", may_be_missing=True)
     m = read_manifest(manifest_path)
     if "path" not in m.df.columns:
         raise FernoiseError(
@@ -417,6 +410,7 @@ def is_cached(p: Plan) -> bool:
 
 
 # ----------------------------------------------------------------------------- the stage
+@indexed  # runindex.py: a finished run of the same *requested* config is a hit with no torch import
 def train(
     manifest_path: str | os.PathLike,
     cfg: TrainConfig,
