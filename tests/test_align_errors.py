@@ -346,3 +346,20 @@ def test_label_summary_adds_up_to_the_rows_read(tmp_path, workspace):
         "labels (ferplus): 8 rows in fer2013new.csv: 2 name an image here, 3 name none, 1 non-face row skipped, "
         "2 repeated rows merged (1 name with different labels: none names an image here); 1 image without a "
         "label row (label null)"]
+
+
+def test_other_commands_share_the_one_line_for_a_full_disk(tmp_path, workspace, monkeypatch):
+    """The mechanism is handle_errors', so corrupt (any command) says it in one line too."""
+    from fernoise_cli.app import app
+
+    raw = tmp_path / "raw"
+    for i, cls in enumerate(["happy", "sad", "anger", "happy", "sad", "anger"]):
+        make_image(raw / cls / f"{i}.png", colour=(30 * i, 40, 50))
+    assert invoke(str(raw), str(tmp_path / "out"), "--mode", "whole", "--size", "32").exit_code == 0
+    read_only(monkeypatch, tmp_path / "out", errno.ENOSPC)
+    res = CliRunner().invoke(app, ["corrupt", str(tmp_path / "out" / "manifest.parquet"), "--kind", "sym",
+                                   "--rate", "0.5"])
+    assert res.exit_code == 1
+    line = " ".join(one_line(res).split())
+    assert line.startswith(f"error: could not write {tmp_path}/out/manifest.sym-r0.50-s0.parquet: no space left")
+    assert not list((tmp_path / "out").glob("manifest.sym*"))
