@@ -254,19 +254,21 @@ def decode_image(path: str | os.PathLike, factor=None) -> Decoded:
                     done = max(1, round(w / src.size[0]))
                 big = src.size[0] * src.size[1] > BIG_DECODE_PIXELS
                 with _BIG_DECODE if big else contextlib.nullcontext():
-                    src.load()
-                    orient = _ORIENT.get(src.getexif().get(0x0112))  # after load: a PNG's getexif() loads
-                    im = src
-                    if want // done >= 2:
-                        im = _reduce(im, want // done)
-                        done *= want // done
-                    if orient is not None:
-                        im = im.transpose(orient)
-                    rgb = _to_rgb(im)  # always a new image
-                    del im
-                    src.close()  # frees the full decode before the next big one may start
-                    if big:
-                        _give_back_memory()
+                    try:
+                        src.load()
+                        orient = _ORIENT.get(src.getexif().get(0x0112))  # after load: a PNG's getexif() loads
+                        im = src
+                        if want // done >= 2:
+                            im = _reduce(im, want // done)
+                            done *= want // done
+                        if orient is not None:
+                            im = im.transpose(orient)
+                        rgb = _to_rgb(im)  # always a new image
+                        del im
+                    finally:
+                        src.close()  # frees the full decode (also a failed one) before the next may start
+                        if big:
+                            _give_back_memory()
         size = (h, w) if orient in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
                                     Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90) else (w, h)
         return Decoded(rgb, "ok", None, done, size)
