@@ -554,16 +554,54 @@ def _crop_intact(out: Path, face: dict[str, Any]) -> bool:
 
 
 # ----------------------------------------------------------------------------- per-image work
-def _decode(path: Path, params) -> dict[str, Any]:
-    from fernoise.align import detector_input, open_image
+def working_factor(params, w: int, h: int) -> int:
+    """The integer factor a ``w`` x ``h`` source is decoded reduced by for the stage.
 
-    img, status, reason = open_image(path)
-    item: dict[str, Any] = {"img": img, "status": status, "reason": reason}
-    if img is not None:
-        item["size"] = list(img.size)
-        if params.mode != "whole" and min(img.size) >= params.min_face_size:
-            item["det_in"] = detector_input(img, params)
+    Detection modes: as much as keeps the longer side at or above ``detect_size`` (the
+    detector sees that size anyway); ``--detect-size 0`` keeps full size. ``whole``: as much
+    as the crop's resize allows without losing detail. Faces that need more detail than the
+    reduced copy holds are cropped from a finer decode (:func:`fernoise.align.faces_from`).
+    """
+    from fernoise.align import reduction_for
+
+    if params.mode == "whole":
+        return reduction_for(params.size / max(1, min(w, h)))
+    if not params.detect_size:
+        return 1
+    return max(1, max(w, h) // int(params.detect_size))
+
+
+def _decode(path: Path, params) -> dict[str, Any]:
+    """Decode reduced (:func:`working_factor`) and prepare the detector's copy; ``size`` is
+    the source's, ``factor`` the reduction (source pixel = factor x image pixel)."""
+    from fernoise.align import decode_image, detector_input
+
+    d = decode_image(path, lambda w, h: working_factor(params, w, h))
+    item: dict[str, Any] = {"img": d.image, "status": d.status, "reason": d.reason, "path": path,
+                            "factor": d.factor}
+    if d.image is not None:
+        item["size"] = list(d.size)
+        if params.mode != "whole" and min(d.size) >= params.min_face_size:
+            arr, back = detector_input(d.image, params)
+            item["det_in"] = (arr, back * d.factor)
     return item
+
+
+def _finer(path: Path):
+    """``f -> (image, factor)``: ``path`` decoded again, reduced by at most ``f`` (memoised)."""
+    from fernoise.align import decode_image
+
+    cache: dict[int, tuple[Any, int]] = {}
+
+    def get(f: int):
+        if f not in cache:
+            d = decode_image(path, f)
+            if d.image is None:
+                raise RuntimeError(f"could not decode the image again for a finer crop: {d.reason}")
+            cache[f] = (d.image, d.factor)
+        return cache[f]
+
+    return get
 
 
 class OutsideOut(Exception):
@@ -607,7 +645,7 @@ def _save_crop(crop, path: Path, params) -> str:
 
 def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, params) -> dict[str, Any]:
     """The record of one image: status, reason, faces (with crop paths and sha256), saved crops."""
-    from fernoise.align import crop_whole, faces_from
+    from fernoise.align import crop_whole, faces_from, reduction_for
 
     rec: dict[str, Any] = {"src": src, "sha": sha, "status": item["status"], "reason": item["reason"],
                            "n_faces": 0, "size": item.get("size"), "faces": []}
@@ -619,7 +657,7 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
         if params.mode == "whole":
             whole_reason = "detection off (--mode whole): the whole image was resized"
         elif "det_in" not in item:
-            w, h = img.size
+            w, h = item["size"]
             rec.update(status="too_small",
                        reason=f"image is {w}x{h} px, smaller than the minimum face size {params.min_face_size} px")
             return rec
@@ -633,12 +671,16 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
                     return rec
         if whole_reason is not None:
             rel = f"{FACES}/{src}.{params.ext}"
-            sha_c = _save_crop(crop_whole(img, params), _destination(out, rel), params)
+            w, h = item["size"]
+            need = reduction_for(params.size / max(1, min(w, h)))
+            whole_src = img if item["factor"] <= need else _finer(item["path"])(need)[0]
+            sha_c = _save_crop(crop_whole(whole_src, params), _destination(out, rel), params)
             rec.update(status="whole", reason=whole_reason,
                        faces=[{"face": None, "det_prob": None, "bbox": None, "landmarks": None,
                                "path": rel, "crop_sha256": sha_c}])
             return rec
-        faces = faces_from(img, det, params, max_faces=None if params.all_faces else 1)
+        faces = faces_from(img, det, params, max_faces=None if params.all_faces else 1, factor=item["factor"],
+                           finer=_finer(item["path"]))
         recs = []
         for k, f in enumerate(faces):
             rel = crop_rel(src, k, params)
