@@ -29,7 +29,7 @@ HELP = (
 # Options a preset may set (preset keys use these names, with '_' for '-').
 PRESETTABLE = ("format", "path_column", "label_column", "split_column", "split_map", "mode", "on_no_face", "size",
                "margin", "image_format", "jpeg_quality", "min_face_size", "min_prob", "detect_size", "all_faces",
-               "join_on", "join_columns", "thresholds", "classes", "group_column", "group_regex")
+               "join_on", "join_columns", "thresholds", "classes", "group_column", "group_regex", "on_duplicate")
 DEFAULTS: dict[str, Any] = {"path_column": "path", "label_column": "label", "join_on": "path"}
 
 
@@ -99,6 +99,10 @@ def print_summary(result, *, shown_path: Path) -> None:
         sub = info["subset"]
         console.print(f"subset (--max-rows {sub['max_rows']}, seed {sub['seed']}): {sub['images_kept']:,} of "
                       f"{sub['images_total']:,} images, stratified by split and label")
+    if lab.get("duplicate_rows"):
+        how = f"; where they disagree the {lab['on_duplicate']} row counts" if lab.get("on_duplicate") else ""
+        console.print(f"labels: {lab['duplicate_rows']:,} repeated label rows merged "
+                      f"({lab.get('conflicting_names', 0):,} names with different labels or splits{how})")
     if info.get("skipped_folders"):
         sk = info["skipped_folders"]
         shown = ", ".join(f"{x['folder']} ({x['reason']})" for x in sk[:3]) + (", ..." if len(sk) > 3 else "")
@@ -123,6 +127,7 @@ def register(app: typer.Typer) -> None:
         path_column: Annotated[str | None, typer.Option("--path-column", help="csv: column of image paths (default: path).")] = None,
         label_column: Annotated[str | None, typer.Option("--label-column", help="csv: column of class names or canonical indices (default: label).")] = None,
         split_column: Annotated[str | None, typer.Option("--split-column", help="csv: column of splits (train/val/test or aliases).")] = None,
+        on_duplicate: Annotated[str | None, typer.Option("--on-duplicate", help="first or last: the row that counts where label rows name one image with different labels or splits (default: refuse such a file).")] = None,
         split_map: Annotated[list[str] | None, typer.Option("--split-map", help="FROM=TO split rename after reading splits, e.g. val=test (repeatable).")] = None,
         join: Annotated[Path | None, typer.Option("--join", help="CSV whose extra columns are added to matching rows.")] = None,
         join_on: Annotated[str | None, typer.Option("--join-on", help="Path column of the --join file (default: path).")] = None,
@@ -174,7 +179,7 @@ def register(app: typer.Typer) -> None:
             "image_format": image_format, "jpeg_quality": jpeg_quality, "min_face_size": min_face_size,
             "min_prob": min_prob, "detect_size": detect_size, "all_faces": all_faces, "join_on": join_on,
             "join_columns": join_columns, "thresholds": thresholds, "classes": classes,
-            "group_column": group_column, "group_regex": group_regex,
+            "group_column": group_column, "group_regex": group_regex, "on_duplicate": on_duplicate,
         }.items() if v is not None}
         opts = {**DEFAULTS, **(load_preset(preset) if preset else {}), **given}
 
@@ -222,6 +227,7 @@ def register(app: typer.Typer) -> None:
             group_regex=opts.get("group_regex"),
             max_rows=max_rows,
             seed=seed,
+            on_duplicate=opts.get("on_duplicate"),
         )
         sh = parse_shard(shard) if shard else shard_from_env()
 

@@ -96,9 +96,16 @@ class LabelSpec:
     """Keep a seeded subset of this many images, stratified by (split, label) (``--max-rows``)."""
     seed: int = 0
     """Seed of the ``max_rows`` subset (``--seed``)."""
+    on_duplicate: str | None = None
+    """Which row counts when rows of the label files name one image with different labels
+    or splits: ``first`` or ``last`` (``--on-duplicate``); None refuses such a file."""
 
     def __post_init__(self) -> None:
-        from fernoise.formats import FORMAT_NAMES
+        from fernoise.formats import FORMAT_NAMES, ON_DUPLICATE
+
+        if self.on_duplicate is not None and self.on_duplicate not in ON_DUPLICATE:
+            raise FernoiseError(f"unknown value {self.on_duplicate!r}; expected one of: {', '.join(ON_DUPLICATE)}",
+                                flag="--on-duplicate")
 
         if self.files and not self.format:
             raise FernoiseError(f"--labels needs --format, one of: {', '.join(FORMAT_NAMES)}", flag="--format")
@@ -115,6 +122,8 @@ class LabelSpec:
 
     def key_params(self) -> dict[str, Any]:
         d: dict[str, Any] = {"format": self.format, "split_map": [list(p) for p in self.split_map]}
+        if self.on_duplicate is not None:
+            d["on_duplicate"] = self.on_duplicate
         if self.format == "csv":
             d.update(path_column=self.path_column, label_column=self.label_column, split_column=self.split_column)
         if self.join:
@@ -289,10 +298,11 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
     extras = pd.DataFrame(index=range(n))
     if spec.files:
         opts = FormatOptions(spec.path_column, spec.label_column, spec.split_column)
-        table = read_labels(spec.format, spec.files, opts)
+        table = read_labels(spec.format, spec.files, opts, on_duplicate=spec.on_duplicate)
         df = table.df
         alt = df["alt_key"].tolist() if "alt_key" in df.columns else None
         where = match_paths(src_paths, df["key"].tolist(), alt, what="label file", flag="--labels")
+        _refuse_conflicts(table, where, src_paths, spec)
         if not where:
             ex_key = df["key"].iloc[0]
             ex_img = src_paths[0] if src_paths else "(no images)"
@@ -324,7 +334,7 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
         info["labels"] = {
             "format": spec.format, "files": [Path(f).name for f in spec.files], "rows": len(df),
             "matched_rows": matched, "unmatched_rows": len(df) - matched,
-            "images_without_label_row": n - len(where), **table.info,
+            "images_without_label_row": n - len(where), "on_duplicate": spec.on_duplicate, **table.info,
         }
         fixed = table.label_space
         if spec.group_column and not spec.group_regex:
@@ -470,6 +480,23 @@ def groups_from_regex(src_paths: Sequence[str], pattern: str):
                             f"(e.g. {src_paths[0]!r}); it is searched in the path relative to RAW",
                             flag="--group-regex")
     return pd.Series(out, dtype="object")
+def _refuse_conflicts(table, where: dict[str, int], src_paths: list[str], spec: LabelSpec) -> None:
+    """Refuse label rows that name one of the images twice with different labels or splits,
+    unless ``--on-duplicate`` says which row counts (conflicts on rows naming no image here
+    are only counted in ``info``)."""
+    from fernoise.formats import _posix, describe_conflict
+
+    if not table.conflicts or spec.on_duplicate is not None:
+        return
+    keys = table.df["key"].tolist()
+    hit = [k for k in dict.fromkeys(_posix(keys[where[s]]) for s in src_paths if s in where)
+           if k in table.conflicts]
+    if hit:
+        files = ", ".join(Path(f).name for f in spec.files)
+        raise FernoiseError(
+            f"{len(hit)} image(s) are named by several rows of {files} with different labels or splits "
+            f"(first: {describe_conflict(hit[0], table.conflicts[hit[0]])}); choose which row counts with "
+            "--on-duplicate first|last, or fix the file", flag="--on-duplicate")
 
 
 # ----------------------------------------------------------------------------- per-image records

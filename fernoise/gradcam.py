@@ -59,6 +59,14 @@ def gradcam(model, images: np.ndarray, *, device: str = "cpu") -> tuple[np.ndarr
 
 def gradcam_grid(images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labels: Sequence[int],
                  classes: Sequence[str], path: str | os.PathLike, *, cols: int | None = None) -> Path:
+    """:func:`gradcam_figure` written to ``path``."""
+    from fernoise.plots import _save
+
+    return _save(gradcam_figure(images, cams, probs, labels, classes, cols=cols), path)
+
+
+def gradcam_figure(images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labels: Sequence[int],
+                   classes: Sequence[str], *, cols: int | None = None):
     """A grid PNG: each face with its Grad-CAM overlaid, then true label, prediction, probability.
 
     Data only (no model): ``images`` uint8 ``(N, H, W, 3)``, ``cams`` ``(N, H, W)`` in [0, 1] and
@@ -66,7 +74,7 @@ def gradcam_grid(images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labels
     The caption is green when the prediction is right and red when wrong. Below 112 px the
     title says that the last layer is too coarse for the map to mean much.
     """
-    from fernoise.plots import GRADCAM_MIN_SIZE, _figure, _save, gradcam_coarse_note
+    from fernoise.plots import GRADCAM_MIN_SIZE, _figure, gradcam_coarse_note
 
     images, cams, probs = np.asarray(images), np.asarray(cams), np.asarray(probs)
     n = len(images)
@@ -76,7 +84,7 @@ def gradcam_grid(images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labels
     rows = math.ceil(n / cols)
     size = int(images.shape[1])
     coarse = size < GRADCAM_MIN_SIZE
-    fig = _figure(2.4 * cols, 2.9 * rows + (0.5 if coarse else 0), layout=None)
+    fig = _figure(2.4 * cols, 3.0 * rows + (0.5 if coarse else 0))
     for i in range(n):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(images[i])
@@ -91,7 +99,6 @@ def gradcam_grid(images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labels
     if coarse:
         import textwrap
 
-        title += "\n" + "\n".join(textwrap.wrap("Caution: " + gradcam_coarse_note(size), width=int(18 * cols)))
+        title += "\n" + "\n".join(textwrap.wrap("Caution: " + gradcam_coarse_note(size), width=int(18 * cols), break_on_hyphens=False))
     fig.suptitle(title, fontsize=10, color="firebrick" if coarse else "black")
-    fig.tight_layout()
-    return _save(fig, path)
+    return fig

@@ -125,6 +125,11 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | os.PathLik
 # ----------------------------------------------------------------------------- curves
 def curves_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "",
                num_classes: int | None = None) -> Path:
+    """:func:`curves_figure` written to ``path``."""
+    return _save(curves_figure(history, title=title, num_classes=num_classes), path)
+
+
+def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "", num_classes: int | None = None):
     """Three panels over epochs: accuracies (train/val/test), loss parts, confident fraction.
 
     Accuracies and the confident fraction sit on fixed 0-1 axes, so two runs' pictures compare
@@ -138,7 +143,7 @@ def curves_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, ti
     if not history:
         for ax in axes:
             _empty(ax, "no epochs recorded (metrics.jsonl is empty)")
-        return _save(fig, path)
+        return fig
     panels = [
         (axes[0], "accuracy", [("train_acc", "train (vs training label)", ":"), ("val_acc", "validation", "--"), ("test_acc", "test", "-")]),
         (axes[1], "loss", [("loss", "loss L", "-"), ("loss_s", "L_s (cross-entropy part)", "--"), ("loss_c", "L_c (negative classes)", ":")]),
@@ -180,10 +185,10 @@ def curves_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, ti
                      xytext=(0, 8), ha="center", fontsize=8)
     for ax in (acc, axes[2]):
         ax.set_ylim(0, 1)
-    acc.legend(fontsize=7, loc="lower right")
+    acc.legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -226,6 +231,11 @@ def _class_colours(n: int) -> list:
 # ----------------------------------------------------------------------------- noise detection
 def noise_detection_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "",
                         clean_share: float | None = None) -> Path:
+    """:func:`noise_detection_figure` written to ``path``."""
+    return _save(noise_detection_figure(history, title=title, clean_share=clean_share), path)
+
+
+def noise_detection_figure(history: Sequence[dict[str, Any]], *, title: str = "", clean_share: float | None = None):
     """Precision, recall and F1 of the confident set as a detector of clean rows, per epoch.
 
     ``clean_share``: the share of clean rows among the training rows, drawn as a line: the
@@ -259,7 +269,7 @@ def noise_detection_png(history: Sequence[dict[str, Any]], path: str | os.PathLi
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax.set_title(title or "confident set as a clean-label detector, per epoch")
-    return _save(fig, path)
+    return fig
 
 
 # ----------------------------------------------------------------------------- all

@@ -62,12 +62,14 @@ NOT_RESULT = frozenset({
     "method",  # the row
     "noise", "align", "lineage", "classes", "label_space", "num_classes",  # dataset / column
     "epochs", "image_size", "pretrained_sha256",  # protocol
-    "val_source", "val_labels", "val_fraction", "val_clean",  # protocol
+    "val_source", "val_fraction", "val_clean",  # protocol
+    "val_labels",  # "noisy" vs "train" follows the column's noise; oracle-clean is val_clean
     "device", "device_requested", "workers", "devices", "precision_requested", "val_fraction_requested",
     "manifest", "manifest_key", "manifest_content", "key", "fernoise_version",
     "pretrained", "pretrained_report",  # the file's sha256 is what counts
     "n_train", "n_val", "n_test", "n_train_available", "train_class_counts",
     "two_heads",  # follows the method
+    "keep_checkpoint", "resume",
     "notes", "warnings", "paths", "val_ids",
 })
 SPLIT_STAGE, CORRUPT_STAGE = "split", "corrupt"
@@ -163,21 +165,22 @@ def find_runs(items: Sequence[str | os.PathLike]) -> list[Path]:
     return out
 
 
-_META_CACHE: dict[str, dict[str, Any] | None] = {}
+_META_CACHE: dict[tuple[str, int], dict[str, Any] | None] = {}
 
 
 def _manifest_meta(path: str | None) -> dict[str, Any] | None:
     """The manifest's metadata (footer only), or None when it is gone or unreadable."""
-    if not path:
+    if not path or not Path(path).is_file():
         return None
-    if path not in _META_CACHE:
+    key = (str(path), Path(path).stat().st_mtime_ns)
+    if key not in _META_CACHE:  # many runs share one manifest
         from fernoise.manifest import read_meta
 
         try:
-            _META_CACHE[path] = read_meta(path) if Path(path).is_file() else None
+            _META_CACHE[key] = read_meta(path)
         except FernoiseError:
-            _META_CACHE[path] = None
-    return _META_CACHE[path]
+            _META_CACHE[key] = None
+    return _META_CACHE[key]
 
 
 def lineage_of(config: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -227,7 +230,6 @@ def protocol_of(config: dict[str, Any], split: dict[str, Any] | None) -> dict[st
     return {
         "test": {"kfold": split} if split else "manifest",
         "val_source": config.get("val_source"),
-        "val_labels": config.get("val_labels"),
         "val_fraction": config.get("val_fraction"),
         "val_clean": bool(config.get("val_clean")) or config.get("val_labels") == "oracle-clean",
         "epochs": config.get("epochs"),
@@ -383,7 +385,8 @@ def describe_protocol(p: dict[str, Any]) -> str:
     t = p.get("test")
     if isinstance(t, dict):
         k = t["kfold"]
-        test = f"k-fold ({k.get('folds', '?')}): test = the held-out fold"
+        test = (f"leave-one-{k.get('group_column') or 'group'}-out ({k.get('folds', '?')} folds)" if k.get("loso")
+                else f"k-fold ({k.get('folds', '?')})") + ": test = the held-out fold"
         if k.get("group_column"):
             test += f", grouped by {k['group_column']}"
         if k.get("seed") is not None:
@@ -478,15 +481,23 @@ def build(runs: Sequence[RunSummary]) -> Report:
 def collect(items: Sequence[str | os.PathLike]) -> Report:
     """:func:`build` over the runs named by ``items`` (run folders, globs, folders of runs)."""
     paths = find_runs(items)
-    summaries, seen = [], set()
+    summaries, seen, broken = [], set(), []
     for p in paths:
-        s = summarise(p)
+        try:
+            s = summarise(p)
+        except FernoiseError as e:  # one broken run folder does not hide the others' table
+            broken.append(f"{p}: {e.one_line()}")
+            continue
         key = json.loads((s.path / "config.json").read_text()).get("key") or str(s.path.resolve())
         if key in seen:  # the same run copied elsewhere
             continue
         seen.add(key)
         summaries.append(s)
-    return build(summaries)
+    if not summaries:
+        raise FernoiseError(f"no readable training run among {len(paths)} folder(s); first: {broken[0]}")
+    rep = build(summaries)
+    rep.notes[:0] = [f"skipped {b}" for b in broken]
+    return rep
 
 
 # ============================================================================ cell text

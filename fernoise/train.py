@@ -53,6 +53,7 @@ from fernoise.cache import (
 from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError, require_file, require_folder
 from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest
+from fernoise.runindex import indexed  # finished runs found without torch (sweep re-runs)
 
 VERSION = 1
 READS = ("id", "path", "crop_sha256", "split", "label", "label_clean", "is_noisy", "status")
@@ -414,6 +415,7 @@ def is_cached(p: Plan) -> bool:
 
 
 # ----------------------------------------------------------------------------- the stage
+@indexed  # runindex.py: a finished run of the same *requested* config is a hit with no torch import
 def train(
     manifest_path: str | os.PathLike,
     cfg: TrainConfig,

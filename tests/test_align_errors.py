@@ -129,7 +129,8 @@ def test_read_only_out_is_one_line_and_writes_nothing(tmp_path, workspace, monke
     assert not [p for p in files_under(out) if p.endswith(".tmp")]
 
 
-def test_read_only_workspace_after_the_work_is_one_line(tmp_path, monkeypatch):
+def test_read_only_workspace_after_the_work_is_one_line(tmp_path, workspace, monkeypatch):
+    real_mkstemp = tempfile.mkstemp
     raw = raw_tree(tmp_path / "raw")
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -141,7 +142,7 @@ def test_read_only_workspace_after_the_work_is_one_line(tmp_path, monkeypatch):
     assert line == (f"error: {ws}/fernoise.lock: permission denied; make {ws} writable (and its files readable) "
                     "or choose another folder, then re-run the same command (finished work is kept and reused)")
     assert files_under(ws) == ["fernoise.lock.lk"]
-    monkeypatch.undo()
+    monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
     res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--workspace", str(ws))
     assert res.exit_code == 0 and "cache hit" in res.output  # the finished work was complete
 
@@ -170,7 +171,7 @@ def test_full_disk_mid_run_is_one_line_and_resumes(tmp_path, workspace, monkeypa
     assert not (out / "manifest.parquet").exists()
     assert not [p for p in files_under(out) if p.endswith(".tmp")]
     assert "img2.png.jpg" not in " ".join(files_under(out))
-    monkeypatch.undo()
+    monkeypatch.setattr(stage, "_save_crop", real)  # (not undo(): that would leave the tmp workspace)
     res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--batch-size", "2", "--workers", "1")
     assert res.exit_code == 0, res.output
     assert "aligned 4 images, reused 2" in " ".join(res.output.split())
@@ -287,3 +288,39 @@ def test_leftover_tmp_files_are_removed_on_the_next_run(tmp_path, workspace):
     res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
     assert res.exit_code == 0 and "cache hit" in res.output
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.tmp")) == [live.relative_to(out).as_posix()]
+
+
+def test_duplicate_label_rows_are_refused_unless_on_duplicate(tmp_path, workspace):
+    """Item 12: one image named twice with two labels: count + first example, refused; then
+    --on-duplicate first|last picks the row. A conflict on a row naming no image here and
+    repeats with the same label are only counted."""
+    from fernoise.manifest import read_manifest
+
+    raw = tmp_path / "raw"
+    for name in ("a.png", "b.png", "c.png"):
+        make_image(raw / name)
+    lab = tmp_path / "l.csv"
+    lab.write_text("path,label\na.png,happy\nb.png,sad\na.png,anger\nc.png,fear\nc.png,fear\n"
+                   "gone.png,sad\ngone.png,happy\nb.png,surprise\n")
+    base = [str(raw), str(tmp_path / "out"), "--mode", "whole", "--size", "32", "--labels", str(lab), "--format", "csv"]
+    res = invoke(*base)
+    assert res.exit_code == 2
+    assert " ".join(one_line(res).split()) == (
+        "error: --on-duplicate: 2 image(s) are named by several rows of l.csv with different labels or splits "
+        "(first: 'a.png': happy (no split) vs anger (no split)); choose which row counts with --on-duplicate "
+        "first|last, or fix the file")
+    assert not (tmp_path / "out").exists()
+    for how, want in (("first", ["happy", "sad", "fear"]), ("last", ["anger", "surprise", "fear"])):
+        res = invoke(*base, "--on-duplicate", how)
+        assert res.exit_code == 0, res.output
+        m = read_manifest(tmp_path / "out" / "manifest.parquet")
+        assert m.df.sort_values("src_path")["label_name"].tolist() == want
+        assert m.meta["labels"]["duplicate_rows"] == 4 and m.meta["labels"]["conflicting_names"] == 3
+        assert (f"labels: 4 repeated label rows merged (3 names with different labels or splits; where they "
+                f"disagree the {how} row counts)") in " ".join(res.output.split())
+    res = invoke(*base, "--on-duplicate", "both")
+    assert res.exit_code == 2 and "expected one of: first, last" in one_line(res)
+    # only repeats with equal labels, and a conflict on a row that names no image: accepted
+    lab.write_text("path,label\na.png,happy\nb.png,sad\na.png,happy\nc.png,fear\ngone.png,sad\ngone.png,happy\n")
+    res = invoke(*base)
+    assert res.exit_code == 0, res.output

@@ -216,3 +216,13 @@ def test_column_outside_rows_are_printed(tmp_path, workspace):
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "2 have a class this manifest does not have (neutral 1, contempt 1)" in text
+
+
+def test_a_preset_declares_the_classes_and_the_option_wins(tmp_path, workspace):
+    raw = folder_set(tmp_path / "raw", THREE, n_train=1, n_test=0)
+    preset = tmp_path / "posed.toml"
+    preset.write_text('mode = "whole"\nsize = 32\nclasses = ["anger", "happy", "sad", "surprise"]\n')
+    assert cli("align", raw, tmp_path / "out", "--preset", preset).exit_code == 0
+    assert read_manifest(tmp_path / "out" / "manifest.parquet").classes == ["happy", "sad", "surprise", "anger"]
+    assert cli("align", raw, tmp_path / "out", "--preset", preset, "--classes", "basic8").exit_code == 0
+    assert read_manifest(tmp_path / "out" / "manifest.parquet").classes == list(CLASSES)
