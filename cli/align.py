@@ -71,6 +71,15 @@ def load_preset(name: str) -> dict[str, Any]:
     return data
 
 
+def _class_option(value) -> tuple[str, ...] | None:
+    """``--classes`` (or a preset's ``classes``, a string or a list) -> canonical names in order."""
+    if value is None:
+        return None
+    from fernoise.labels import class_list
+
+    return tuple(class_list(value, flag="--classes"))
+
+
 def _n(count: int, one: str, many: str) -> str:
     return f"{count:,} {one if count == 1 else many}"
 
@@ -91,15 +100,6 @@ def label_line(lab: dict[str, Any]) -> str:
     no_row = lab.get("images_without_label_row", 0)
     return (f"labels ({lab['format']}): {lab.get('rows', 0):,} rows in {files}: {', '.join(parts)}; "
             f"{_n(no_row, 'image', 'images')} without a label row (label null)")
-
-
-def _class_option(value) -> tuple[str, ...] | None:
-    """``--classes`` (or a preset's ``classes``, a string or a list) -> canonical names in order."""
-    if value is None:
-        return None
-    from fernoise.labels import class_list
-
-    return tuple(class_list(value, flag="--classes"))
 
 
 def print_summary(result, *, shown_path: Path) -> None:

@@ -111,8 +111,11 @@ k = 2
                      ("ce", "clean", 0, 48)]
     assert cells[12].seed == 1 and [c.index for c in cells] == list(range(24))
     assert len({c.id for c in cells}) == 24 and cells[3].id == "ce.asym-30-ntrain.s0.image_size=32"
-    assert {c.config.k for c in cells if c.method == "ncctfer"} == {2}
-    assert {c.config.k for c in cells if c.method != "ncctfer"} == {4}
+    def k(c):  # a TrainConfig field today, ncctfer's own option under the fernoise.methods registry
+        return c.config.k if hasattr(c.config, "k") else getattr(c.config.method_params, "k", None)
+
+    assert {k(c) for c in cells if c.method == "ncctfer"} == {2}
+    assert {k(c) for c in cells if c.method != "ncctfer"} <= {4, None}  # None: min(4, C-1), resolved by train.plan
     assert all(c.config.lr_head == 1.0 and c.config.epochs == 2 for c in cells)
     assert cells[15].noise_seed() == 1  # seed = "train": the noise follows the training seed
 
@@ -180,13 +183,15 @@ def test_malformed_grid_is_one_line_and_nothing_runs(text, needle, data, tmp_pat
     monkeypatch.setenv("FERNOISE_WORKSPACE", str(ws))
     before = sorted(p.name for p in data.parent.iterdir())
     lock = (ws / "fernoise.lock").read_text()
+    listing = sorted(os.listdir(ws))
     grid = write_grid(tmp_path / "bad.toml", text)
     res = CliRunner().invoke(app, ["sweep", str(grid)])
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1, res.output
     assert lines[0].startswith("error: GRID: ") or lines[0].startswith("error: MANIFEST: ")
     assert needle in " ".join(res.output.split()), res.output
-    assert sorted(os.listdir(ws)) == ["fernoise.lock"] and (ws / "fernoise.lock").read_text() == lock
+    assert sorted(os.listdir(ws)) == listing and (ws / "fernoise.lock").read_text() == lock
+    assert "sweeps" not in listing and "runs" not in listing
     assert sorted(p.name for p in data.parent.iterdir()) == before  # no noisy manifest written
 
 
@@ -309,7 +314,7 @@ def test_one_cell_per_gpu_and_a_failed_cell_does_not_stop_the_other(data, tmp_pa
     res = cli(ws, str(grid), "--gpus", "0,1")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "1 done (0 cache hits), 1 failed" in res.stdout
-    assert "failed ncctfer.sym-20.s0: --k: expected 1..6 for 7 classes, got 7" in " ".join(res.stderr.split())
+    assert "failed ncctfer.sym-20.s0: --k: " in res.stderr and "got 7" in res.stderr
     cells = cell_files(ws, "gpus")
     ce, ncc = cells["ce.sym-20.s0"], cells["ncctfer.sym-20.s0"]
     assert ce["status"] == "done" and ncc["status"] == "failed"
@@ -317,7 +322,7 @@ def test_one_cell_per_gpu_and_a_failed_cell_does_not_stop_the_other(data, tmp_pa
     assert ce["visible_devices"] == ce["gpu"] and ncc["visible_devices"] == ncc["gpu"]
     assert ce["started"] < ncc["finished"] and ncc["started"] < ce["finished"]
     rows = {r["id"]: r for r in table(ws, "gpus")}
-    assert rows["ncctfer.sym-20.s0"]["reason"].startswith("--k: expected 1..6")
+    assert rows["ncctfer.sym-20.s0"]["reason"].startswith("--k: ")
 
 
 @pytest.mark.slow
