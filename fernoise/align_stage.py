@@ -850,7 +850,7 @@ def align_folder(
     try:
         return _align_folder(raw, out, params, labels, workers=workers, batch_size=batch_size, shard=shard,
                              device=device, detector=detector, progress=progress, force=force,
-                             workspace=workspace, t0=t0)
+                             workspace=workspace, t0=t0, dataset=dataset)
     except BaseException:
         if created:
             _remove_empty_tree(out)  # a failed first run leaves no empty OUT behind
@@ -865,7 +865,7 @@ def _remove_empty_tree(root: Path) -> None:
 
 
 def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, batch_size, shard, device, detector,
-                  progress, force, workspace, t0) -> AlignResult:
+                  progress, force, workspace, t0, dataset=None) -> AlignResult:
     skipped: list[dict[str, str]] = []
     src_all = scan_images(raw, exclude=out, skipped=skipped)
     if not src_all:
