@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per batch (per process when distributed).")] = 128,
         image_size: Annotated[int, typer.Option("--image-size", help="Training and test image side in pixels.")] = 224,
         warmup: Annotated[int | None, typer.Option("--warmup", help="Epochs of plain cross-entropy first (default: min(5, epochs // 3)).", show_default=False)] = None,
-        k: Annotated[int, typer.Option("--k", help="Top-k negative classes in the consistency loss (1..C-1).")] = 4,
+        k: Annotated[int | None, typer.Option("--k", help="Top-k negative classes in the consistency loss (1..C-1; default: min(4, C-1)).", show_default=False)] = None,
         lr_backbone: Annotated[float, typer.Option("--lr-backbone", help="Adam lr of the backbone.")] = 1e-4,
         lr_head: Annotated[float, typer.Option("--lr-head", help="Adam lr of the heads.")] = 1e-3,
         lr_decay: Annotated[float | None, typer.Option("--lr-decay", help="Per-epoch exponential lr factor (off by default).")] = None,

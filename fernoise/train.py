@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +79,9 @@ class TrainConfig:
     warmup: int | None = None
     """Epochs of plain cross-entropy on every sample before the method's loss; None =
     ``min(5, epochs // 3)`` (5 for the paper's 40 epochs)."""
-    k: int = 4
-    """Top-k negative-head classes in the consistency loss (ncctfer), 1..C-1."""
+    k: int | None = None
+    """Top-k negative-head classes in the consistency loss (ncctfer), 1..C-1; None =
+    ``min(4, C - 1)`` (the paper's 4), resolved by :func:`plan` once C is known."""
     lr_backbone: float = 1e-4
     """Adam learning rate of the ResNet-18 backbone."""
     lr_head: float = 1e-3
@@ -127,7 +128,7 @@ class TrainConfig:
                 f"expected 0..{self.epochs} (--epochs), got {self.warmup}; lower --warmup or raise --epochs",
                 flag="--warmup",
             )
-        if self.k < 1:
+        if self.k is not None and self.k < 1:
             raise FernoiseError(f"expected 1..C-1, got {self.k}", flag="--k")
         for name, flag in (("lr_backbone", "--lr-backbone"), ("lr_head", "--lr-head")):
             v = getattr(self, name)
@@ -255,6 +256,10 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     if not classes:
         raise FernoiseError(f"{m.path} has no class list in its metadata; make it with `fernoise align`", flag="MANIFEST")
     C = len(classes)
+    if C < 2:
+        raise FernoiseError(f"{m.path} has {C} class ({classes}); training needs at least 2", flag="MANIFEST")
+    if cfg.k is None:
+        cfg = replace(cfg, k=min(4, C - 1))
     if not 1 <= cfg.k <= C - 1:
         raise FernoiseError(f"expected 1..{C - 1} for {C} classes, got {cfg.k}", flag="--k")
     try:

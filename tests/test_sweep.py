@@ -115,7 +115,7 @@ k = 2
         return c.config.k if hasattr(c.config, "k") else getattr(c.config.method_params, "k", None)
 
     assert {k(c) for c in cells if c.method == "ncctfer"} == {2}
-    assert {k(c) for c in cells if c.method != "ncctfer"} <= {4, None}
+    assert {k(c) for c in cells if c.method != "ncctfer"} <= {4, None}  # None: min(4, C-1), resolved by train.plan
     assert all(c.config.lr_head == 1.0 and c.config.epochs == 2 for c in cells)
     assert cells[15].noise_seed() == 1  # seed = "train": the noise follows the training seed
 
