@@ -381,3 +381,32 @@ def test_dry_run_lists_cells_and_writes_nothing(data, tmp_path, monkeypatch):
     assert "sweep g shard 2/2: 2 cells" in out and "dry run: 0 of 2 cells done" in out
     assert "sym 60%" in out and "sym 30%" not in out
     assert sorted(os.listdir(ws)) == listing and sorted(p.name for p in data.parent.iterdir()) == before
+
+
+def test_a_crashing_cell_is_failed_with_its_log_and_the_others_go_on(data, tmp_path, monkeypatch):
+    ws = new_workspace(tmp_path / "ws", data)
+    monkeypatch.chdir(ws)
+    monkeypatch.setenv("FERNOISE_WORKSPACE", str(ws))
+    fake = tmp_path / "python"  # stands for the child's interpreter: dies without a word on stdout
+    fake.write_text("#!/bin/sh\ncat > /dev/null\necho 'Segmentation fault (core dumped)' >&2\nexit 139\n")
+    fake.chmod(0o755)
+    grid = write_grid(tmp_path / "g.toml", GOOD)
+    sw = sweep.plan(grid, workspace=Workspace(ws))
+    seen = []
+    states = sweep.run(sw, python=str(fake), update=lambda s: seen.append(sweep.summary(s.states.values())))
+    assert [s.status for s in states] == ["failed", "failed"]  # the first failure did not stop the second
+    for s in states:
+        log = sw.log_file(s.cell)
+        assert s.reason == f"the cell's process exited with code 139 (Segmentation fault (core dumped)); log: {log}"
+        assert log.read_text().splitlines()[0].startswith("== ") and s.cell.id in log.read_text()
+    rows = table(ws, "g")
+    assert [r["status"] for r in rows] == ["failed", "failed"] and rows[0]["reason"].startswith("the cell's process exited")
+    assert seen[-1] == {"queued": 0, "running": 0, "done": 0, "failed": 2, "hits": 0}
+
+
+def test_gpus_and_an_explicit_cuda_index(tmp_path):
+    grid = sweep.load_grid(write_grid(tmp_path / "g.toml", GOOD.replace("workers = 0", 'workers = 0\ndevice = "cuda:1"')))
+    cells = sweep.expand(grid, root=tmp_path)
+    sweep.check_gpu_devices(cells, None)  # without --gpus, cuda:1 is the user's business
+    with pytest.raises(FernoiseError, match=r"asks for cuda:1, but with --gpus each cell sees one GPU"):
+        sweep.check_gpu_devices(cells, ["0", "1"])
