@@ -13,7 +13,8 @@ also gets a small index entry, keyed by what was *asked for*:
   of the files in it; ``latest``: the workspace lock's ``pretrain`` entry);
 - with ``--device auto``: the machine's device class read cheaply (``/dev/nvidia*`` and
   ``CUDA_VISIBLE_DEVICES``) and the installed torch build (``2.x+cu130`` vs ``+cpu``);
-- the fernoise version and the train stage version.
+- the fernoise version, the train stage version and the method's defaults (optimiser and
+  ``Params``, from the ``fernoise.methods`` registry), which unset options resolve from.
 
 An entry (``<runs_dir>/.fernoise/index/<hash>.json``) names the run folder, its stage key and
 the size and mtime (ns) of every output its stamp lists, taken after checking each file's
@@ -126,6 +127,21 @@ def pretrained_identity(value: str | None, workspace: Workspace | None = None) -
     return ...
 
 
+def method_defaults(method: str) -> Any:
+    """The defaults ``train`` resolves unset options from: the method's optimiser defaults and
+    its ``Params`` defaults (``fernoise.methods`` registry; None without one), so a changed
+    default misses the index as it misses the stage key."""
+    try:
+        from fernoise import methods  # type: ignore[attr-defined]
+
+        cls = methods.get(method)
+        optim, params = getattr(cls, "optim", None), getattr(cls, "Params", None)
+        return {"optim": asdict(optim) if optim is not None else None,
+                "params": asdict(params()) if params is not None else None}
+    except (ImportError, AttributeError, TypeError, FernoiseError):
+        return None
+
+
 def world_size(cfg: Any) -> int:
     """The world size train will use: torchrun's ``WORLD_SIZE`` or ``cfg.devices``."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -181,7 +197,7 @@ def train_request(manifest_path: str | os.PathLike, cfg: Any, workspace: Workspa
     return {
         "index": INDEX_VERSION, "fernoise": __version__, "stage_version": VERSION,
         "config": config, "manifest": manifest_identity(manifest_path), "pretrained": pre,
-        "world": world_size(cfg), "host": host,
+        "world": world_size(cfg), "host": host, "defaults": method_defaults(config.get("method")),
     }
 
 
