@@ -13,11 +13,25 @@ Source: zyh-uaiaaaa/Relative-Uncertainty-Learning ``src/rul.py``, ``src/utils.py
   ``f_i = lam_i mu_i + u_j / (u_i + u_j) mu_j``; ``L = 0.5 CE(W f, y) + 0.5 CE(W f, y_perm)``.
   Nothing is detached: the loss trains ``logvar`` through ``lam``.
 - Test: ``W mu(x)``, no mixing, no dropout.
+
+Choices: the map is ``h x w`` = ``ceil(s / 32)`` for an ``s``-px image (7 x 7 at the code's
+224 px, 4 x 4 at 112, 2 x 2 at 48), so the heads' Linear has ``512 h w`` inputs and a model
+is tied to its image size (``image_size``, which the loop sets from ``--image-size``). The
+dropout mask is drawn from the loop's per-epoch generator instead of torch's global one, so
+that a resumed run equals an uninterrupted one (same distribution as ``nn.Dropout``). The
+code has no warm-up; with ``--warmup`` > 0 the warm-up epochs train ``CE(W mu(x), y)`` on every
+sample (the test-time path, with dropout; ``logvar`` idle).
 """
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from fernoise.errors import FernoiseError
+from fernoise.methods import register
+from fernoise.methods.base import LossOut, Method, OptimDefaults, check_range, option
 
 if TYPE_CHECKING:
     import torch
@@ -74,3 +88,91 @@ def mixup_cross_entropy(logits: Tensor, y: Tensor, perm: Tensor) -> Tensor:
 
     logits = logits.float()
     return 0.5 * F.cross_entropy(logits, y) + 0.5 * F.cross_entropy(logits, y[perm])
+
+
+def map_side(image_size: int) -> int:
+    """Side of ResNet-18's last map for an ``image_size``-px input: five stride-2 stages,
+    each ``floor((s - 1) / 2) + 1``."""
+    s = image_size
+    for _ in range(5):
+        s = (s - 1) // 2 + 1
+    return s
+
+
+# ----------------------------------------------------------------------------- the method
+@dataclass(frozen=True)
+class RULParams:
+    dim: int = option(64, "--rul-dim", "Dimension of the mu/logvar features (the code's --out_dimension).")
+    dropout: float = option(0.4, "--rul-dropout", "Dropout on the feature map in the mu/logvar heads, in [0, 1).")
+    fc_lr_factor: float = option(10.0, "--rul-fc-lr-factor",
+                                 "The classifier's learning rate as a multiple of --lr-head (code: 2e-3 vs 2e-4).")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise FernoiseError(f"expected a dimension >= 1, got {self.dim}", flag="--rul-dim")
+        check_range(self.dropout, 0, 1, "--rul-dropout", hi_open=True)
+        check_range(self.fc_lr_factor, 0, None, "--rul-fc-lr-factor", lo_open=True)
+
+
+@register
+class RUL(Method):
+    """Relative Uncertainty Learning: uncertainty-weighted mixup of ``mu`` features with a
+    permuted partner, ``L = 0.5 CE(W f, y) + 0.5 CE(W f, y_perm)``; test-time ``W mu(x)``.
+    See the module docstring for the heads and the choices."""
+
+    name = "rul"
+    summary = "Relative Uncertainty Learning: mixup of features weighted by learnt relative uncertainty"
+    source = "Zhang et al., NeurIPS 2021"
+    repo = "zyh-uaiaaaa/Relative-Uncertainty-Learning src/rul.py"
+    face_pretrained = True
+    Params = RULParams
+    views = ("scn",)
+    # Adam: backbone and heads 2e-4, classifier 2e-3 (fc_lr_factor), weight decay 1e-4, x0.9/epoch
+    optim = OptimDefaults(lr_backbone=2e-4, lr_head=2e-4, weight_decay=1e-4, lr_decay=0.9,
+                          epochs=60, batch_size=64)
+    parts = ("s",)
+
+    def build(self, model) -> None:
+        from torch import nn
+
+        image_size = getattr(self, "image_size", None)
+        if image_size is None:
+            image_size = 224
+            warnings.warn("rul: no image size given; sizing the mu/logvar heads for 224 px", stacklevel=2)
+        side = map_side(int(image_size))
+        p = self.params
+        # the code's order: backbone, mu, log_var, then the classifier
+        model.add_module("mu", uncertainty_head(512 * side * side, p.dim, p.dropout))
+        model.add_module("logvar", uncertainty_head(512 * side * side, p.dim, p.dropout))
+        model.add_module("pcc", nn.Linear(p.dim, self.num_classes))
+
+    def param_groups(self, model, *, lr_backbone, lr_head, weight_decay=0.0):
+        """Backbone at ``lr_backbone``, mu/logvar at ``lr_head``, the classifier ``pcc`` at
+        ``fc_lr_factor * lr_head``."""
+        heads = list(model.mu.parameters()) + list(model.logvar.parameters())
+        return [
+            {"params": list(model.backbone.parameters()), "lr": lr_backbone, "weight_decay": weight_decay},
+            {"params": heads, "lr": lr_head, "weight_decay": weight_decay},
+            {"params": list(model.pcc.parameters()), "lr": lr_head * self.params.fc_lr_factor,
+             "weight_decay": weight_decay},
+        ]
+
+    def logits(self, model, x):
+        """``W mu(x)`` (eval: no dropout, no mixing)."""
+        return model.pcc(model.mu(model.feature_map(x)))
+
+    def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:
+        import torch
+
+        fmap = model.feature_map(views["scn"])
+        mu = run_head(model.mu, fmap, gen)
+        if warm:
+            logits = model.pcc(mu).float()
+            ce = torch.nn.functional.cross_entropy(logits, y)
+            return LossOut(ce, {"s": ce}, logits)
+        logvar = run_head(model.logvar, fmap, gen)
+        perm = torch.randperm(mu.shape[0], generator=gen).to(mu.device)
+        mixed, _ = uncertainty_mix(mu, logvar, perm)
+        logits = model.pcc(mixed).float()
+        loss = mixup_cross_entropy(logits, y, perm)
+        return LossOut(loss, {"s": loss}, logits)
