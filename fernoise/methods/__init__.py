@@ -100,10 +100,10 @@ def params_from_dict(name: str, d: dict[str, Any] | None) -> Any:
     return cls.Params(**{k: v for k, v in (d or {}).items() if k in known})
 
 
-def create(name: str, params: Any = None, *, num_classes: int, n_rows: int = 0) -> Method:
+def create(name: str, params: Any = None, *, num_classes: int, n_rows: int = 0, image_size: int = 224) -> Method:
     """An instance of method ``name`` (``params`` None: its defaults)."""
     cls = get(name)
-    return cls(params, num_classes=num_classes, n_rows=n_rows)
+    return cls(params, num_classes=num_classes, n_rows=n_rows, image_size=image_size)
 
 
 def build_model(method: Method) -> FerNet:

@@ -32,9 +32,10 @@ Writing a method
   checks); a flag given with another ``--method`` is a one-line error naming both.
 - No torch import at module level: the CLI imports the registry to build ``fernoise train``'s
   flags and ``fernoise --help`` must stay fast. Import torch inside the methods.
-- ``__init__(params, *, num_classes, n_rows)``: ``n_rows`` is the number of rows the loop's
-  ``idx`` indexes (every usable manifest row, not only the training ones); allocate
-  per-sample state of that length here.
+- ``__init__(params, *, num_classes, n_rows, image_size=224)``: ``n_rows`` is the number of
+  rows the loop's ``idx`` indexes (every usable manifest row, not only the training ones);
+  allocate per-sample state of that length here. ``image_size`` is the training side in
+  pixels (heads on the pre-pool map depend on it; eval and predict pass the run's).
 - ``build(model)``: add heads and extra modules with ``model.add_module(name, module)``. The
   creation order is the seeded initialisation order: ce/pc/nl/ncctfer create ``pcc`` then
   (ncctfer) ``ncc``, exactly as fernoise always did, so their results stay bit for bit.
@@ -45,7 +46,8 @@ Writing a method
 - ``loss(model, views, y, idx, *, epoch, warm, gen)`` -> :class:`LossOut`. ``views``: the
   normalised float ``(N, 3, H, W)`` tensor of each name in ``views_for(warm)``; ``y``:
   int64 ``(N,)`` the manifest's (possibly noisy) labels; a method that relabels keeps its own
-  label store and looks it up with ``idx``; ``idx``: int64 ``(N,)`` row positions (on the
+  label store, looks it up with ``idx`` and returns the labels it trained on in
+  ``LossOut.labels`` (train accuracy is measured against them); ``idx``: int64 ``(N,)`` row positions (on the
   CPU) into per-sample state; ``epoch``: 1-based; ``warm``: the warm-up epochs
   (``--warmup``), in which every method should return :meth:`warmup_loss` (plain
   cross-entropy of the main head on every sample, part ``s``) unless its docstring says
@@ -74,7 +76,7 @@ adds (SCN/RUL/EAC's). ``views_for(warm=True)`` defaults to the first view only. 
 with two or more views needs ``--batch-size`` >= 2 (checked with one line).
 
 Metrics the loop derives from :class:`LossOut` (metrics.jsonl, per epoch): ``loss`` and
-``loss_<part>`` (sample-weighted means over the epoch), ``train_acc`` (``logits`` vs ``y``),
+``loss_<part>`` (sample-weighted means over the epoch), ``train_acc`` (``logits`` vs ``labels``, or ``y``),
 ``thresholds`` (per-class mean over the batches where a class had one), ``confident_frac``,
 ``confident_precision``/``confident_recall`` (``selected`` vs the manifest's ``is_noisy``:
 precision = clean among selected, recall = selected among clean), ``relabelled`` (count)
@@ -127,6 +129,8 @@ class LossOut:
     """``(C,)`` per-class thresholds, NaN for a class without one in this batch."""
     relabelled: Tensor | None = None
     """int64 ``(N,)``: the new label of each sample this step relabelled, -1 elsewhere."""
+    labels: Tensor | None = None
+    """int64 ``(N,)``: the labels this step trained on, where a label store replaced ``y``."""
 
 
 def option(default: Any, flag: str, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
@@ -181,12 +185,13 @@ class Method:
     optim: ClassVar[OptimDefaults]
     parts: ClassVar[tuple[str, ...]] = ("s",)
 
-    def __init__(self, params: Any = None, *, num_classes: int, n_rows: int):
+    def __init__(self, params: Any = None, *, num_classes: int, n_rows: int, image_size: int = 224):
         self.params = params if params is not None else self.Params()
         if not isinstance(self.params, self.Params):
             raise TypeError(f"{self.name} takes {self.Params.__name__}, got {type(self.params).__name__}")
         self.num_classes = num_classes
         self.n_rows = n_rows
+        self.image_size = image_size
 
     # -- the model ------------------------------------------------------------------------
     def build(self, model: FerNet) -> None:

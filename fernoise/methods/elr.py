@@ -38,10 +38,10 @@ class ELR(Method):
     optim = OptimDefaults(lr_backbone=1e-4, lr_head=1e-3, epochs=40, batch_size=128)
     parts = ("s", "ce", "elr")
 
-    def __init__(self, params=None, *, num_classes: int, n_rows: int):
+    def __init__(self, params=None, *, num_classes: int, n_rows: int, image_size: int = 224):
         import torch
 
-        super().__init__(params, num_classes=num_classes, n_rows=n_rows)
+        super().__init__(params, num_classes=num_classes, n_rows=n_rows, image_size=image_size)
         self.targets = torch.zeros(n_rows, num_classes, dtype=torch.float32)
 
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:

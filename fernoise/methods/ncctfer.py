@@ -54,8 +54,8 @@ class NCCTFER(Method):
     optim = OptimDefaults(lr_backbone=1e-4, lr_head=1e-3, epochs=40, batch_size=128)
     parts = ("s", "c")
 
-    def __init__(self, params=None, *, num_classes: int, n_rows: int):
-        super().__init__(params, num_classes=num_classes, n_rows=n_rows)
+    def __init__(self, params=None, *, num_classes: int, n_rows: int, image_size: int = 224):
+        super().__init__(params, num_classes=num_classes, n_rows=n_rows, image_size=image_size)
         if not 1 <= self.params.k <= num_classes - 1:
             raise FernoiseError(f"expected 1..{num_classes - 1} for {num_classes} classes, got {self.params.k}",
                                 flag="--k")
