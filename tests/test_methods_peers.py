@@ -169,8 +169,8 @@ def test_flip_equals_the_official_grid_sample(h, w):
 
 # ----------------------------------------------------------------------------- the plugins
 def make(name: str, *, n_rows: int = 20, num_classes: int = 8, image_size: int = 32, **params):
-    method = methods.create(name, methods.make_params(name, params), num_classes=num_classes, n_rows=n_rows)
-    method.image_size = image_size
+    method = methods.create(name, methods.make_params(name, params), num_classes=num_classes, n_rows=n_rows,
+                            image_size=image_size)
     torch.manual_seed(0)
     return method, methods.build_model(method)
 
@@ -214,7 +214,7 @@ def test_scn_loss_is_weighted_ce_plus_rank_regularisation():
     z = alpha * model.pcc(f)
     a = alpha.flatten().sort(descending=True).values
     rr = 0.9 - (a[:4].mean() - a[4:].mean())  # int(6 * 0.7) = 4 high
-    assert torch.allclose(out.logits, z) and out.relabelled is None
+    assert torch.allclose(out.logits, z) and out.relabelled is None and torch.equal(out.labels, y)
     assert out.parts["rr"].item() == pytest.approx(rr.item(), abs=1e-6)
     assert out.loss.item() == pytest.approx(F.cross_entropy(z, y).item() + rr.item(), abs=1e-5)
     out.loss.backward()
@@ -247,7 +247,10 @@ def test_scn_relabels_from_the_relabel_epoch_into_its_store(group, expected):
     want = (y != 0) & (low if group == "low" else True)
     assert torch.equal(changed, want) and changed.sum().item() == want.sum().item()
     assert (out.relabelled[changed] == 0).all()
+    assert torch.equal(out.labels, y)  # this step trained on the labels before its relabels
     method.after_step(out, y, idx, epoch=10)
+    again = model(method.loss, {"scn": x}, y, idx, epoch=10, warm=False, gen=torch.Generator())
+    assert torch.equal(again.labels, torch.where(changed, 0, y))
     store = torch.full((20,), -1)
     store[idx[changed]] = 0
     assert torch.equal(method.state_dict()["labels"], store)

@@ -80,8 +80,8 @@ class EAC(Method):
                           epochs=60, batch_size=32)
     parts = ("s", "flip")
 
-    def __init__(self, params=None, *, num_classes: int, n_rows: int):
-        super().__init__(params, num_classes=num_classes, n_rows=n_rows)
+    def __init__(self, params=None, *, num_classes: int, n_rows: int, image_size: int = 224):
+        super().__init__(params, num_classes=num_classes, n_rows=n_rows, image_size=image_size)
         self._warned = False
 
     def _check_map(self, h: int, w: int) -> None:

@@ -16,7 +16,7 @@ Source: zyh-uaiaaaa/Relative-Uncertainty-Learning ``src/rul.py``, ``src/utils.py
 
 Choices: the map is ``h x w`` = ``ceil(s / 32)`` for an ``s``-px image (7 x 7 at the code's
 224 px, 4 x 4 at 112, 2 x 2 at 48), so the heads' Linear has ``512 h w`` inputs and a model
-is tied to its image size (``image_size``, which the loop sets from ``--image-size``). The
+is tied to its image size (``image_size``, from ``--image-size``; eval and predict pass the run's). The
 dropout mask is drawn from the loop's per-epoch generator instead of torch's global one, so
 that a resumed run equals an uninterrupted one (same distribution as ``nn.Dropout``). The
 code has no warm-up; with ``--warmup`` > 0 the warm-up epochs train ``CE(W mu(x), y)`` on every
@@ -25,7 +25,6 @@ sample (the test-time path, with dropout; ``logvar`` idle).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -135,11 +134,7 @@ class RUL(Method):
     def build(self, model) -> None:
         from torch import nn
 
-        image_size = getattr(self, "image_size", None)
-        if image_size is None:
-            image_size = 224
-            warnings.warn("rul: no image size given; sizing the mu/logvar heads for 224 px", stacklevel=2)
-        side = map_side(int(image_size))
+        side = map_side(int(self.image_size))
         p = self.params
         # the code's order: backbone, mu, log_var, then the classifier
         model.add_module("mu", uncertainty_head(512 * side * side, p.dim, p.dropout))

@@ -133,10 +133,10 @@ class SCN(Method):
                           epochs=70, batch_size=64)
     parts = ("s", "rr")
 
-    def __init__(self, params=None, *, num_classes: int, n_rows: int):
+    def __init__(self, params=None, *, num_classes: int, n_rows: int, image_size: int = 224):
         import torch
 
-        super().__init__(params, num_classes=num_classes, n_rows=n_rows)
+        super().__init__(params, num_classes=num_classes, n_rows=n_rows, image_size=image_size)
         self.labels = torch.full((n_rows,), -1, dtype=torch.int64)
 
     def build(self, model) -> None:
@@ -171,14 +171,14 @@ class SCN(Method):
         z = weighted_logits(alpha, model.pcc(f).float())
         ce = losses.cross_entropy(z, y)
         if warm:
-            return LossOut(ce, {"s": ce}, z)
+            return LossOut(ce, {"s": ce}, z, labels=y)
         p = self.params
         rr, high = rank_regularization(alpha, beta=p.beta, margin=p.margin)
         relabelled = None
         if epoch >= p.relabel_epoch:
             allowed = ~high if p.relabel_group == "low" else None
             relabelled = relabel(torch.softmax(z.detach(), dim=1), y, margin=p.relabel_margin, allowed=allowed)
-        return LossOut(ce + rr, {"s": ce, "rr": rr}, z, relabelled=relabelled)
+        return LossOut(ce + rr, {"s": ce, "rr": rr}, z, relabelled=relabelled, labels=y)
 
     def after_step(self, out: LossOut, y, idx, *, epoch) -> None:
         """Write this step's relabels into the store (computed from the pre-step forward, as
