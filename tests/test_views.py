@@ -184,3 +184,15 @@ def test_views_depend_only_on_the_seed(name):
 def test_unknown_view_lists_the_known_ones():
     with pytest.raises(FernoiseError, match="unknown view 'weak2'; known views: eac1, eac2, scn"):
         views.get("weak2")
+
+
+def test_the_data_code_builds_them_from_one_rng_per_sample_in_order():
+    from fernoise import data
+
+    images = np.stack([image(s) for s in range(3)])
+    batch = data.Batch(np.array([2, 0]), np.array([11, 12]), ("eac1", "eac2"))
+    out = data.ViewBatches(images, H, 10)[batch]
+    for b, (pos, seed) in enumerate([(2, 11), (0, 12)]):
+        rng = np.random.default_rng(seed)
+        x1, x2 = views.eac1_view(images[pos], rng), views.eac2_view(images[pos], rng)
+        assert torch.equal(out["views"]["eac1"][b], x1) and torch.equal(out["views"]["eac2"][b], x2)
