@@ -6,7 +6,7 @@ an ``(N, size, size, 3)`` uint8 array in manifest row order, decoded once with
 ``fernoise.images.load_rgb`` and written atomically; every epoch memory-maps it instead of
 decoding JPEG/PNG files again.
 
-Views by name (METHOD.md, paper §3.2; the method says which, ``Method.views``): weak =
+Views by name (docs/methods.md, paper §3.2; the method says which, ``Method.views``): weak =
 zero-pad 4 px, random crop back to the size, horizontal flip p=0.5; strong = the weak view
 plus RandAugment (2 ops, magnitude out of 31 bins) with torchvision's exact op table; any
 other name is a function of ``fernoise/views.py``. Every random choice comes from a per-sample seed that the

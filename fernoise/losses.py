@@ -1,16 +1,21 @@
-"""The loss of every training method as pure functions of tensors (METHOD.md, paper Eq. 1-5).
+"""The loss of every training method as pure functions of tensors (docs/methods.md).
 
 Shapes: ``N`` samples in the mini-batch, ``C`` classes. ``labels`` are int64 ``(N,)`` class
 indices; ``probs`` are softmax outputs ``(N, C)``; ``logits`` are pre-softmax ``(N, C)``.
 Nothing here keeps state or draws random numbers from a global generator, so each equation can
-be checked by hand (``tests/test_losses.py`` does).
+be checked by hand (``tests/test_losses.py`` does). The methods (``fernoise/methods/``) combine
+them:
 
 - ``ce``: :func:`cross_entropy` on every sample (the paper's Baseline).
 - ``pc``: :func:`class_thresholds` (Eq. 1) -> :func:`confident_mask` (Eq. 2) ->
-  :func:`supervised_loss` (Eq. 3 on the confident samples).
+  :func:`supervised_loss` (Eq. 3 on the confident samples); ``--threshold batch``:
+  :func:`batch_thresholds` -> :func:`batch_confident_mask` (the authors' DNFER code).
 - ``nl``: :func:`negative_learning_loss` with :func:`complementary_labels` (NLNL, Kim 2019).
 - ``ncctfer``: ``pc`` plus :func:`consistency_loss` (Eq. 4, with :func:`topk_mask`) on the
   non-confident samples of the negative head; ``L = L_s + L_c`` (Eq. 5).
+- ``gce``: :func:`generalized_cross_entropy`; ``sce``: :func:`cross_entropy` and
+  :func:`reverse_cross_entropy`; ``elr``: :func:`elr_probs`, :func:`elr_target_update`,
+  :func:`elr_regularizer`.
 """
 
 from __future__ import annotations

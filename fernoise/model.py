@@ -5,7 +5,7 @@ adds its heads with ``model.add_module`` (``fernoise.methods.base.Method.build``
 key names of model.pt are ``backbone.*`` plus the method's modules (``pcc.*``, ``ncc.*`` for
 ce/pc/nl/ncctfer, as always). ``model(fn, *args)`` calls ``fn(model, *args)``: the training
 loop runs a method's whole loss inside the module call, so DistributedDataParallel sees every
-head it uses. Pretrained weights come only from a local file (METHOD.md): a state dict,
+head it uses. Pretrained weights come only from a local file (docs/methods.md): a state dict,
 optionally wrapped in ``state_dict``/``model``, with or without ``module.``. Nothing is ever
 downloaded.
 """
@@ -50,6 +50,24 @@ class FerNet(nn.Module):
         """``fn(self, *args, **kwargs)``: e.g. ``model(method.loss, views, y, idx, ...)`` or
         ``model(method.logits, x)``."""
         return fn(self, *args, **kwargs)
+
+
+class Classifier(nn.Module):
+    """A trained ``FerNet`` with its method's test-time head: ``classifier(x)`` -> logits ``(N, C)``
+    (eval, predict, Grad-CAM). ``backbone`` is the network's, for hooks on ``layer4``."""
+
+    def __init__(self, net: FerNet, logits: Callable[[FerNet, torch.Tensor], torch.Tensor], num_classes: int):
+        super().__init__()
+        self.net = net
+        self._logits = logits
+        self.num_classes = num_classes
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.net.backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.net, x)
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:

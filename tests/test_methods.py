@@ -32,7 +32,7 @@ def test_unknown_method_lists_every_method_with_its_summary():
     msg = e.value.one_line()
     assert e.value.flag == "--method" and "\n" not in msg and "'mixup'" in msg
     for name in methods.names():
-        assert f"{name} ({methods.get(name).summary})" in msg
+        assert f"{name}: {methods.get(name).summary}" in msg
 
 
 def test_flags_map_to_params_and_foreign_flags_name_both_methods():

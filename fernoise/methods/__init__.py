@@ -61,7 +61,7 @@ def get(name: str) -> type[Method]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        listing = "; ".join(f"{n} ({c.summary})" for n, c in _REGISTRY.items())
+        listing = "; ".join(f"{n}: {c.summary}" for n, c in _REGISTRY.items())
         raise FernoiseError(f"unknown method {name!r}; choose one of: {listing}", flag="--method") from None
 
 

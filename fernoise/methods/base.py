@@ -92,7 +92,7 @@ from fernoise.errors import FernoiseError
 
 if TYPE_CHECKING:  # torch is imported lazily (see the module docstring)
     import torch
-    from torch import Tensor, nn
+    from torch import Tensor
 
     from fernoise.model import FerNet
 
