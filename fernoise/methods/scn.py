@@ -132,6 +132,7 @@ class SCN(Method):
     optim = OptimDefaults(lr_backbone=1e-3, lr_head=1e-3, weight_decay=1e-4, lr_decay=0.9,
                           epochs=70, batch_size=64)
     parts = ("s", "rr")
+    relabels = True  # the loop logs relabelled / relabel_precision
 
     def __init__(self, params=None, *, num_classes: int, n_rows: int, image_size: int = 224):
         import torch
