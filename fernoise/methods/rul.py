@@ -17,7 +17,7 @@ Source: zyh-uaiaaaa/Relative-Uncertainty-Learning ``src/rul.py``, ``src/utils.py
 Choices: the map is ``h x w`` = ``ceil(s / 32)`` for an ``s``-px image (7 x 7 at the code's
 224 px, 4 x 4 at 112, 2 x 2 at 48), so the heads' Linear has ``512 h w`` inputs and a model
 is tied to its image size (``image_size``, from ``--image-size``; eval and predict pass the run's). The
-dropout mask is drawn from the loop's per-epoch generator instead of torch's global one, so
+dropout mask is drawn (on the device) from a generator seeded by the loop's per-epoch one, not torch's global one, so
 that a resumed run equals an uninterrupted one (same distribution as ``nn.Dropout``). The
 code has no warm-up; with ``--warmup`` > 0 the warm-up epochs train ``CE(W mu(x), y)`` on every
 sample (the test-time path, with dropout; ``logvar`` idle).
@@ -52,8 +52,9 @@ def uncertainty_head(in_features: int, out_dim: int, drop: float) -> nn.Sequenti
 
 
 def run_head(head: nn.Sequential, fmap: Tensor, gen: torch.Generator | None) -> Tensor:
-    """``head(fmap)`` ``(N, 512, h, w) -> (N, D)``, with its dropout mask drawn from ``gen`` (a CPU
-    generator) in training mode, so a resumed run draws the same masks; in eval mode, or with
+    """``head(fmap)`` ``(N, 512, h, w) -> (N, D)``. In training mode its dropout mask comes from
+    a generator on ``fmap``'s device seeded by one draw of ``gen`` (the loop's CPU generator),
+    so a resumed run draws the same masks (on the same kind of device); in eval mode, or with
     ``gen`` None, the head runs as is."""
     import torch
 
@@ -63,8 +64,10 @@ def run_head(head: nn.Sequential, fmap: Tensor, gen: torch.Generator | None) -> 
         if gen is None:
             x = drop(x)
         else:
-            keep = torch.rand(x.shape, generator=gen) >= drop.p
-            x = x * keep.to(device=x.device, dtype=x.dtype) / (1.0 - drop.p)
+            seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+            local = torch.Generator(device=x.device).manual_seed(seed)
+            keep = torch.rand(x.shape, generator=local, device=x.device) >= drop.p
+            x = x * keep.to(x.dtype) / (1.0 - drop.p)
     return rest(x)
 
 
