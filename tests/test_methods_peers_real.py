@@ -3,7 +3,6 @@ crops at 48 px (skips without ../shared/data)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,7 +12,9 @@ from conftest import FERPLUS, needs
 from test_train import CONFIG_FIELDS, METRIC_FIELDS, read_metrics
 from test_train_real import ferplus_manifest  # noqa: F401  (module fixture)
 
-from fernoise import methods
+from fernoise import evaluate, methods
+from fernoise.images import load_many
+from fernoise.manifest import read_manifest
 from fernoise.train import TrainConfig, train
 
 pytestmark = needs(FERPLUS)
@@ -22,12 +23,16 @@ PARTS = {"scn": {"loss_s", "loss_rr"}, "rul": {"loss_s"}, "eac": {"loss_s", "los
 
 
 def model_of(run: Path):
-    config = json.loads((run / "config.json").read_text())
-    method = methods.create(config["method"], methods.params_from_dict(config["method"], config["method_params"]),
-                            num_classes=config["num_classes"], image_size=config["image_size"])
-    model = methods.build_model(method)
-    model.load_state_dict(torch.load(run / "model.pt", weights_only=True))
-    return config, model
+    """The run rebuilt as `fernoise eval` / `predict` rebuild it (registry, config.json, model.pt)."""
+    loaded = evaluate.load_run(run)
+    return loaded.config, evaluate.load_model(loaded)
+
+
+def accuracy_on_test(manifest: Path, model) -> float:
+    m = read_manifest(manifest)
+    test = m.df[m.df["split"] == "test"]
+    probs = evaluate.predict_probs(model, load_many(test["path"].tolist(), 48), batch_size=7)
+    return float((probs.argmax(1) == test["label"].to_numpy()).mean())
 
 
 @pytest.mark.parametrize("name", ["scn", "rul", "eac"])
@@ -36,7 +41,7 @@ def test_two_epochs_on_ferplus(name, ferplus_manifest, workspace):  # noqa: F811
     cfg = TrainConfig(method=name, method_params=methods.make_params(name, params), epochs=2, warmup=1,
                       batch_size=16, image_size=48, workers=0)
     run = train(ferplus_manifest, cfg, runs_dir=workspace / "runs").output
-    config, model = model_of(run)
+    config, classifier = model_of(run)
     assert CONFIG_FIELDS <= set(config) and config["num_classes"] == 8 and config["n_test"] == 40
     official = methods.get(name).optim
     assert (config["weight_decay"], config["lr_decay"]) == (official.weight_decay, official.lr_decay) == (1e-4, 0.9)
@@ -49,8 +54,8 @@ def test_two_epochs_on_ferplus(name, ferplus_manifest, workspace):  # noqa: F811
     if name == "scn":
         state = torch.load(run / "checkpoint.pt", weights_only=True)["method_state"]["labels"]
         assert metrics[1]["relabelled"] == int((state >= 0).sum()) and metrics[0]["relabelled"] in (0, None)
-    if name == "rul":
-        assert model.mu[3].in_features == 512 * 2 * 2
+    # eval/predict rebuild the method (RUL: heads sized for the run's 48 px) and its test-time logits
+    assert accuracy_on_test(ferplus_manifest, classifier) == pytest.approx(metrics[1]["test_acc"], abs=1e-9)
 
 
 def test_eac_warns_about_its_2x2_map(ferplus_manifest, workspace):  # noqa: F811
