@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -345,3 +346,18 @@ def test_eac_warns_once_and_warmup_uses_x1_only(recwarn):
     for _ in range(2):
         model(method.loss, views, y, torch.arange(4), epoch=2, warm=False, gen=torch.Generator())
     assert [str(w.message)[:34] for w in recwarn] == ["eac: the attention maps are 1x1 at"]
+
+
+@pytest.mark.parametrize("name", ["scn", "rul", "eac"])
+def test_losses_run_under_bf16_autocast(name):
+    # the loop runs loss() under autocast with --precision bf16; parts must stay float32
+    method, model = make(name, image_size=32)
+    views = {v: batch(4, 32, i) for i, v in enumerate(method.views)}
+    y = torch.tensor([0, 1, 2, 3])
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # EAC's small-map warning
+        out = model(method.loss, views, y, torch.arange(4), epoch=10, warm=False, gen=torch.Generator().manual_seed(0))
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert all(v.dtype == torch.float32 for v in out.parts.values()) and out.logits.shape == (4, 8)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
