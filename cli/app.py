@@ -34,9 +34,9 @@ def _root(
 
 def _register() -> None:
     # Each command lives in its own module; importing them is cheap (no torch at import).
-    from fernoise_cli import align, corrupt, evaluate, methods, predict, report, train
+    from fernoise_cli import align, corrupt, evaluate, methods, predict, report, split, sweep, train
 
-    for mod in (align, corrupt, train, methods, evaluate, predict, report):
+    for mod in (align, corrupt, split, train, methods, evaluate, predict, report, sweep):
         mod.register(app)
 
 

@@ -82,7 +82,11 @@ class _Progress:
         elif kind == "resume":
             console.print(f"resuming {ev['run_dir']} after epoch {ev['epoch']}")
         elif kind == "warning":
-            err_console.print(f"[yellow]warning:[/yellow] {ev['message']}")
+            self._stop()
+            err_console.print(f"[yellow]warning:[/yellow] {ev['message']}", soft_wrap=True)
+        elif kind in ("note", "header"):
+            self._stop()
+            console.print(ev["message"], soft_wrap=True, markup=False)
 
     def _stop(self) -> None:
         if self.task is not None:
@@ -100,7 +104,7 @@ def _static_options(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (default: the method's).", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per batch, per process when distributed (default: the method's).", show_default=False)] = None,
     image_size: Annotated[int, typer.Option("--image-size", help="Training and test image side in pixels.")] = 224,
-    warmup: Annotated[int, typer.Option("--warmup", help="Epochs of plain cross-entropy first.")] = 5,
+    warmup: Annotated[int | None, typer.Option("--warmup", help="Epochs of plain cross-entropy first (default: min(5, epochs // 3)).", show_default=False)] = None,
     lr_backbone: Annotated[float | None, typer.Option("--lr-backbone", help="Adam lr of the backbone (default: the method's).", show_default=False)] = None,
     lr_head: Annotated[float | None, typer.Option("--lr-head", help="Adam lr of the heads (default: the method's).", show_default=False)] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Adam weight decay (default: the method's).", show_default=False)] = None,
@@ -111,6 +115,9 @@ def _static_options(
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (autocast).")] = "auto",
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Stratified share of train held out when the manifest has no val rows.")] = 0.1,
+    val_clean: Annotated[bool, typer.Option("--val-clean", help="Validate on label_clean (oracle-clean validation; recorded in config.json).")] = False,
+    max_rows: Annotated[int | None, typer.Option("--max-rows", help="Train on a seeded, stratified subset of N training rows (part of the key).")] = None,
+    keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pt after the run finishes (removed by default).")] = False,
     runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Folder of run folders (default: <workspace>/runs).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers (default: auto).")] = None,
     devices: Annotated[int, typer.Option("--devices", help="Local processes for torch.distributed (DDP).")] = 1,
@@ -162,6 +169,7 @@ def _train(**kw) -> None:
         weight_decay=kw["weight_decay"], lr_decay=kw["lr_decay"], randaug_magnitude=kw["randaug_magnitude"],
         pretrained=str(pretrained) if pretrained else None, seed=kw["seed"], device=kw["device"],
         precision=kw["precision"], val_fraction=kw["val_fraction"], workers=kw["workers"], devices=kw["devices"],
+        val_clean=kw["val_clean"], max_rows=kw["max_rows"], keep_checkpoint=kw["keep_checkpoint"],
     )
     ws = Workspace(kw["workspace"])
     manifest = kw["manifest"]

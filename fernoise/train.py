@@ -4,8 +4,16 @@ Reads a manifest (rows with a crop, status ok/whole): ``split == train`` rows wi
 are trained on, ``val`` rows validate (or a seeded stratified ``val_fraction`` of train when
 the manifest has none), ``test`` rows test. Writes ``runs/<key[:16]>/`` (notes/rundir.md):
 ``config.json``, ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (atomically, every
-epoch; a re-run resumes from it), ``model.pt`` (final weights), ``val_ids.json`` when
-validation rows were carved out of train, and the stage stamp.
+epoch; a re-run resumes from it; removed when the run finishes unless ``keep_checkpoint``),
+``model.pt`` (final weights), ``val_ids.json`` when validation rows were carved out of train,
+and the stage stamp.
+
+Trust (issue 8): the checkpoint holds only tensors, numbers, strings, lists and dicts and is
+read with ``torch.load(weights_only=True)``; an unreadable, truncated or foreign one is
+treated as absent (one warning, the run starts over). The key's manifest input is the content
+digest of the columns train reads (:data:`READS`), so an edited manifest never hits an old run.
+Crop paths resolve against the manifest's folder; crops outside it are allowed but reported,
+and crops that cannot be decoded are skipped and counted (:mod:`fernoise.data`).
 
 Read :func:`fit` for the loop: it names no method. The method (``--method``, its flags, its
 heads, views, loss, per-sample state and optimiser defaults) is declared in its module of
@@ -45,10 +53,13 @@ from fernoise.cache import (
     stamp_path,
 )
 from fernoise.devices import check_device_name, resolve_device
-from fernoise.errors import FernoiseError
+from fernoise.errors import FernoiseError, require_file, require_folder
 from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest
+from fernoise.runindex import indexed  # finished runs found without torch (sweep re-runs)
 
 VERSION = 1
+READS = ("id", "path", "crop_sha256", "split", "label", "label_clean", "is_noisy", "status")
+"""The manifest columns train reads: their content digest is the key's manifest input."""
 PRECISIONS = ("auto", "fp32", "bf16")
 Progress = Callable[[dict], None]
 
@@ -63,15 +74,17 @@ class TrainConfig:
     method: str = "ncctfer"
     """A registered method (``fernoise methods``): ce, pc, nl, ncctfer, gce, sce, elr, ..."""
     method_params: Any = None
-    """The method's ``Params`` (its own flags, e.g. ``--k``, ``--gce-q``); None = its defaults."""
+    """The method's ``Params`` (its own flags, e.g. ``--k``, ``--gce-q``), or a dict of its
+    fields; None = its defaults."""
     epochs: int | None = None
     """Training epochs."""
     batch_size: int | None = None
     """Samples per batch (per process under torch.distributed)."""
     image_size: int = 224
     """Side of the square training and test images."""
-    warmup: int = 5
-    """Epochs of plain cross-entropy on every sample before the method's loss."""
+    warmup: int | None = None
+    """Epochs of plain cross-entropy on every sample before the method's loss; None =
+    ``min(5, epochs // 3)`` (5 for the paper's 40 epochs)."""
     lr_backbone: float | None = None
     """Adam learning rate of the ResNet-18 backbone."""
     lr_head: float | None = None
@@ -96,6 +109,12 @@ class TrainConfig:
     """DataLoader worker processes; None = auto. Does not change results."""
     devices: int = 1
     """Local processes for torch.distributed (``--devices N``); torchrun sets its own."""
+    val_clean: bool = False
+    """Validate against ``label_clean`` (an oracle-clean validation; needs that column)."""
+    max_rows: int | None = None
+    """Train on a seeded, stratified subset of this many training-split rows (None = all)."""
+    keep_checkpoint: bool = False
+    """Keep ``checkpoint.pt`` after the run finishes (it is removed by default)."""
 
     def __post_init__(self) -> None:
         from fernoise import methods
@@ -103,6 +122,8 @@ class TrainConfig:
         cls = methods.get(self.method)  # an unknown name lists every method
         if self.method_params is None:
             object.__setattr__(self, "method_params", cls.Params())
+        elif isinstance(self.method_params, dict):  # e.g. asdict(cfg) read back from JSON
+            object.__setattr__(self, "method_params", methods.params_from_dict(self.method, self.method_params))
         elif not isinstance(self.method_params, cls.Params):
             raise FernoiseError(f"method_params of {self.method} must be {cls.Params.__name__}, got "
                                 f"{type(self.method_params).__name__}", flag="--method")
@@ -111,6 +132,8 @@ class TrainConfig:
                 object.__setattr__(self, name, getattr(cls.optim, name))
         if self.lr_decay is None:
             object.__setattr__(self, "lr_decay", cls.optim.lr_decay)
+        if self.warmup is None and isinstance(self.epochs, int):
+            object.__setattr__(self, "warmup", default_warmup(self.epochs))
         for name, flag in (("epochs", "--epochs"), ("batch_size", "--batch-size"), ("devices", "--devices")):
             if getattr(self, name) < 1:
                 raise FernoiseError(f"expected at least 1, got {getattr(self, name)}", flag=flag)
@@ -141,11 +164,20 @@ class TrainConfig:
             raise FernoiseError(f"expected a fraction in [0, 1), got {self.val_fraction}", flag="--val-fraction")
         if self.workers is not None and self.workers < 0:
             raise FernoiseError(f"expected 0 or more, got {self.workers}", flag="--workers")
+        if self.max_rows is not None and self.max_rows < 2:
+            raise FernoiseError(f"expected at least 2 rows, got {self.max_rows}", flag="--max-rows")
+        if self.pretrained:
+            require_file(self.pretrained, "weights file", flag="--pretrained")
         check_device_name(self.device)
 
     def method_params_dict(self) -> dict[str, Any]:
         """``method_params`` as a plain dict (config.json, the key)."""
         return asdict(self.method_params)
+
+
+def default_warmup(epochs: int) -> int:
+    """The warm-up when ``--warmup`` is not given: ``min(5, epochs // 3)``."""
+    return min(5, epochs // 3)
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -186,6 +218,10 @@ class Plan:
     is_noisy: np.ndarray | None  # (len(rows),) bool for the train rows' flags, or None
     val_ids: list[str] | None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one-line facts printed before training
+    paths: list[str] = field(default_factory=list)  # resolved crop paths, one per row of `rows`
+    cache_dir: Path | None = None  # the decoded-image cache folder (<workspace>/.fernoise/arrays)
+    shas: list[str | None] | None = None  # crop_sha256 per row when the manifest records it
 
 
 def _carve_val(train: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
@@ -199,14 +235,47 @@ def _carve_val(train: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
     return pd.Index(sorted(picked))
 
 
-def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | os.PathLike | None = None) -> Plan:
+def _subset(train: pd.DataFrame, n: int, seed: int) -> pd.Index:
+    """A seeded subset of ``n`` rows of ``train``, stratified by label (largest remainder):
+    :func:`fernoise.subset.stratified_subset`, the rule align's ``--max-rows`` uses too."""
+    from fernoise.subset import stratified_subset
+
+    return train.index[stratified_subset(train["label"].astype(int).tolist(), n, seed)]
+
+
+def _resolve_paths(m: Manifest, rel: pd.Series) -> tuple[list[str], list[str]]:
+    """Crop paths resolved against the manifest's folder, and those that land outside it."""
+    root = os.path.realpath(m.root)
+    dirs: dict[str, str] = {}  # realpath per folder: one call per folder, not per crop
+    paths, outside = [], []
+    for x in rel:
+        joined = os.path.join(root, x)  # an absolute x stays absolute
+        folder, name = os.path.split(os.path.normpath(joined))
+        if folder not in dirs:
+            dirs[folder] = os.path.realpath(folder)
+        full = os.path.join(dirs[folder], name)
+        paths.append(full)
+        if os.path.commonpath([root, full]) != root:
+            outside.append(str(x))
+    return paths, outside
+
+
+def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | os.PathLike | None = None,
+         workspace: Workspace | None = None) -> Plan:
     """Read and check the manifest and the configuration; compute the key and the run folder.
 
     Raises FernoiseError (naming the flag) on any bad input; writes nothing.
     """
     from fernoise import data
 
+    if runs_dir is not None:
+        require_folder(runs_dir, "runs folder", flag="--runs-dir", may_be_missing=True)
     m = read_manifest(manifest_path)
+    if "path" not in m.df.columns:
+        raise FernoiseError(
+            f"{m.path} has no `path` column (the crop of each row); make the manifest with `fernoise align`",
+            flag="MANIFEST",
+        )
     classes = m.classes
     if not classes:
         raise FernoiseError(f"{m.path} has no class list in its metadata; make it with `fernoise align`", flag="MANIFEST")
@@ -217,6 +286,17 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     except FernoiseError as e:
         raise FernoiseError(f"{m.path}: {e}; fix the manifest's labels", flag="MANIFEST") from None
     key_in = m.key or file_sha256(m.path)
+    content = m.content_key(READS)  # one pass over the columns train reads
+    warnings, notes = [], []
+    edited = m.edited(READS)
+    if edited:
+        warnings.append(
+            f"{m.path.name} was edited after `fernoise {m.meta.get('stage', '?')}` wrote it "
+            f"({', '.join(edited)} differ from its recorded digests); the run is keyed on its content"
+        )
+    if cfg.val_clean and "label_clean" not in m.df.columns:
+        raise FernoiseError(f"{m.path} has no label_clean column (it was not corrupted); drop --val-clean",
+                            flag="--val-clean")
 
     rows = m.df[data.usable(m.df)].reset_index(drop=True)
     labelled = rows["label"].notna()
@@ -226,7 +306,10 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
             f"{m.path} has no labelled training rows with a crop (split == train, label set, status ok/whole)",
             flag="MANIFEST",
         )
-    warnings = []
+    n_train_all = len(train)
+    if cfg.max_rows is not None and cfg.max_rows < len(train):
+        train = train.loc[_subset(train, cfg.max_rows, cfg.seed)]
+        notes.append(f"--max-rows: a stratified subset of {len(train):,} of {n_train_all:,} training rows (seed {cfg.seed})")
     counts = np.bincount(train["label"].astype(int), minlength=C)
     for c in np.flatnonzero(counts == 0):
         warnings.append(f"class {classes[c]!r} has no training samples; training continues without it")
@@ -239,7 +322,44 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         val_ids, val_source, val_fraction = rows.loc[carved, "id"].tolist(), "carved", cfg.val_fraction
     elif val.empty:
         val_source = "none"
+    noisy_source = find_stage(m.meta, "corrupt") is not None or "label_clean" in rows.columns
+    if cfg.val_clean:
+        val_labels = "oracle-clean"
+    elif val_source == "carved":
+        val_labels = "noisy" if noisy_source else "train"
+    else:
+        val_labels = "split" if val_source == "split" else None
+    if val_source == "carved" and not cfg.val_clean:
+        notes.append(
+            f"validation: {len(val):,} rows carved from the training split keep their "
+            f"{'noisy ' if noisy_source else ''}training labels, so val_acc measures agreement with them"
+            + ("; --val-clean validates on label_clean instead" if "label_clean" in rows.columns else "")
+        )
+    elif cfg.val_clean:
+        notes.append(f"validation: {len(val):,} rows scored against label_clean (oracle-clean, --val-clean)")
     test = rows[(rows["split"] == "test") & labelled]
+    if len(train) < 2:
+        raise FernoiseError(
+            f"{m.path} leaves {len(train)} training row(s) after validation; training needs at least 2 "
+            "(one batch of 2); add rows, or lower --val-fraction",
+            flag="MANIFEST",
+        )
+    test_counts = np.bincount(test["label"].astype(int), minlength=C) if len(test) else np.zeros(C, int)
+    trained = np.bincount(train["label"].astype(int), minlength=C)
+    unseen = [classes[c] for c in np.flatnonzero((test_counts > 0) & (trained == 0))]
+    if unseen:
+        n_unseen = int(sum(test_counts[classes.index(c)] for c in unseen))
+        warnings.append(
+            f"test class(es) {', '.join(repr(c) for c in unseen)} never occur in training ({n_unseen:,} test rows): "
+            "the model cannot predict them right"
+        )
+    paths, outside = _resolve_paths(m, rows["path"])
+    if outside:
+        warnings.append(
+            f"{len(outside):,} crop paths resolve outside the manifest's folder {m.root.resolve()}, "
+            f"e.g. {outside[0]!r}; they are read as given"
+        )
+    shas = rows["crop_sha256"].where(rows["crop_sha256"].notna(), None).tolist() if "crop_sha256" in rows.columns else None
 
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -259,13 +379,21 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         "randaug_magnitude": cfg.randaug_magnitude, "pretrained_sha256": pre_sha, "seed": cfg.seed,
         "precision": precision, "val_fraction": val_fraction, "world_size": world,
     }
-    key = stage_key("train", VERSION, key_params, {"manifest": key_in})
-    runs_dir = Path(runs_dir) if runs_dir else Workspace().root / "runs"
+    if cfg.val_clean:  # only when set: keys of runs without it stay as they were
+        key_params["val_clean"] = True
+    if cfg.max_rows is not None:
+        key_params["max_rows"] = cfg.max_rows
+    key = stage_key("train", VERSION, key_params, {"manifest": key_in, "content": content})
+    ws = workspace or Workspace()
+    runs_dir = Path(runs_dir) if runs_dir else ws.root / "runs"
     run_dir = runs_dir.resolve() / key[:16]
 
     corrupt = find_stage(m.meta, "corrupt")
     align = find_stage(m.meta, "align")
-    labels = rows["label"].fillna(-1).astype(np.int64).to_numpy()
+    labels = rows["label"].fillna(-1).astype(np.int64).to_numpy().copy()
+    if cfg.val_clean:  # oracle-clean validation: the val rows' labels are their clean labels
+        vpos = val.index.to_numpy(np.int64)
+        labels[vpos] = rows["label_clean"].iloc[vpos].fillna(-1).astype(np.int64).to_numpy()
     is_noisy = rows["is_noisy"].fillna(False).astype(bool).to_numpy() if "is_noisy" in rows.columns else None
     config = {
         **{k: v for k, v in asdict(cfg).items() if k not in ("devices",)},
@@ -274,7 +402,8 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         "precision": precision, "precision_requested": cfg.precision,
         "device": device, "device_requested": cfg.device, "world_size": world,
         "val_fraction": val_fraction, "val_fraction_requested": cfg.val_fraction, "val_source": val_source,
-        "manifest": str(Path(m.path).resolve()), "manifest_key": key_in,
+        "manifest": str(Path(m.path).resolve()), "manifest_key": key_in, "manifest_content": content,
+        "val_labels": val_labels, "max_rows": cfg.max_rows, "n_train_available": n_train_all,
         "classes": classes, "label_space": m.meta.get("label_space"), "num_classes": C,
         "two_heads": "ncc" in heads,  # the key of issue 4; "heads" names them all
         "views": list(_method_class(cfg).views),
@@ -289,7 +418,8 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         config=config, key_params=key_params, rows=rows,
         train_pos=train.index.to_numpy(np.int64), val_pos=val.index.to_numpy(np.int64),
         test_pos=test.index.to_numpy(np.int64), labels=labels, is_noisy=is_noisy,
-        val_ids=val_ids, warnings=warnings,
+        val_ids=val_ids, warnings=warnings, notes=notes, paths=paths,
+        cache_dir=ws.root / ".fernoise" / "arrays", shas=shas,
     )
 
 
@@ -326,6 +456,7 @@ def is_cached(p: Plan) -> bool:
 
 
 # ----------------------------------------------------------------------------- the stage
+@indexed  # runindex.py: a finished run of the same *requested* config is a hit with no torch import
 def train(
     manifest_path: str | os.PathLike,
     cfg: TrainConfig,
@@ -342,23 +473,24 @@ def train(
     """
     from fernoise import distributed
 
-    p = plan(manifest_path, cfg, runs_dir=runs_dir)
+    p = plan(manifest_path, cfg, runs_dir=runs_dir, workspace=workspace)
     env = distributed.from_env()
     if cfg.devices > 1 and not env.enabled:
         t0 = time.perf_counter()
         hit = not force and is_cached(p)
         if not hit:
-            distributed.spawn(cfg.devices, _train_rank, manifest_path, cfg, runs_dir, force)
+            ws_root = str(workspace.root) if workspace is not None else None
+            distributed.spawn(cfg.devices, _train_rank, manifest_path, cfg, runs_dir, force, ws_root)
         if workspace is not None:
             workspace.record("train", key=p.key, output=p.run_dir, params=p.key_params)
         return StageResult("train", p.key, p.run_dir, hit, time.perf_counter() - t0)
     return _train_rank(manifest_path, cfg, runs_dir, force, workspace=workspace, progress=progress, p=p)
 
 
-def _train_rank(manifest_path, cfg, runs_dir, force, *, workspace=None, progress=None, p=None) -> StageResult:
+def _train_rank(manifest_path, cfg, runs_dir, force, ws_root=None, *, workspace=None, progress=None, p=None) -> StageResult:
     from fernoise import distributed
 
-    p = p or plan(manifest_path, cfg, runs_dir=runs_dir)
+    p = p or plan(manifest_path, cfg, runs_dir=runs_dir, workspace=Workspace(ws_root) if ws_root else workspace)
     env = distributed.from_env()
     distributed.init(env, p.device.split(":")[0])
     try:
@@ -369,7 +501,8 @@ def _train_rank(manifest_path, cfg, runs_dir, force, *, workspace=None, progress
         elif env.is_main:
             result = run_stage(
                 stage="train", version=VERSION, params=p.key_params,
-                inputs={"manifest": p.config["manifest_key"]}, output=p.run_dir / "model.pt",
+                inputs={"manifest": p.config["manifest_key"], "content": p.config["manifest_content"]},
+                output=p.run_dir / "model.pt",
                 build=lambda key: fit(p, env, progress=progress, fresh=force), force=True,
             )
             result = StageResult("train", p.key, p.run_dir, False, result.seconds)
@@ -417,22 +550,16 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     say = progress if (progress and env.is_main) else (lambda event: None)
     for w in p.warnings:
         say({"event": "warning", "message": w})
+    for n in p.notes:
+        say({"event": "note", "message": n})
     device = torch.device(f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device)
     on_cuda = device.type == "cuda"
     amp = p.precision == "bf16"
     channels_last = True  # faster for cuDNN and for oneDNN on the CPU (bench/train.py)
     workers = cfg.workers if cfg.workers is not None else default_workers(on_cuda)
 
-    # Images: decoded once into the memory-mapped uint8 cache (rank 0 builds it).
-    cache_dir = Workspace().root / ".fernoise" / "arrays"
-    paths = [str(p.manifest.root / x) for x in p.rows["path"]]
-    ids = p.rows["id"].astype(str).tolist()
-    if env.is_main:
-        images = data.array_cache(paths, ids, manifest_key=p.config["manifest_key"], size=cfg.image_size,
-                                  cache_dir=cache_dir, progress=say)
-    distributed.barrier(env)
-    if not env.is_main:
-        images = data.array_cache(paths, ids, manifest_key=p.config["manifest_key"], size=cfg.image_size, cache_dir=cache_dir)
+    images = _images(p, env, say)  # hook: the decoded crops; drops rows whose crop is unusable
+    say({"event": "header", "message": header_line(p)})
     views = data.ViewBatches(images, cfg.image_size, cfg.randaug_magnitude)
     labels = torch.from_numpy(p.labels.copy())
     clean = torch.from_numpy(~p.is_noisy) if p.is_noisy is not None else None
@@ -576,8 +703,7 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
         distributed.barrier(env)
 
     if env.is_main:
-        with atomic_path(run_dir / "model.pt") as tmp:
-            torch.save(model.state_dict(), tmp)
+        finish(p, model)  # hook: model.pt; checkpoint.pt removed unless --keep-checkpoint
     return written
 
 
@@ -619,27 +745,112 @@ def merge_state(method, touched, env) -> None:
     method.load_state_dict(merged, n_rows=len(touched))
 
 
-def resume(path: Path, p: Plan, model, optimizer, scheduler, method, say, *, fresh: bool = False) -> tuple[list[dict], int]:
-    """``(metrics, first epoch)`` from ``checkpoint.pt`` when it holds this run (same key), else
-    ``([], 1)``. The method's per-sample state is restored too; when its size does not match
-    the rows (``n_rows``), the run starts over, and says so."""
-    import torch
+# ----------------------------------------------------------------------------- fit's hooks
+def _images(p: Plan, env, say) -> np.ndarray:
+    """The crops of ``p.rows`` as the decoded uint8 array (rank 0 builds the cache, the other
+    ranks map it). Rows whose crop is missing, undecodable or changed since align are dropped
+    from the train/val/test positions and reported in one warning; ``p.config`` records them.
+    Raises FernoiseError, before the run folder is written, when fewer than 2 training rows stay.
+    """
+    from fernoise import data, distributed
 
+    ids = p.rows["id"].astype(str).tolist()
+    kw = dict(size=p.cfg.image_size, cache_dir=p.cache_dir or Workspace().root / ".fernoise" / "arrays", shas=p.shas)
+    if env.is_main:
+        got = data.decoded_crops(p.paths, ids, progress=say, **kw)
+    distributed.barrier(env)
+    if not env.is_main:
+        got = data.decoded_crops(p.paths, ids, **kw)
+    if got.skipped:
+        bad = np.fromiter(got.skipped, dtype=np.int64)
+        first = next(iter(got.skipped))
+        p.train_pos = np.setdiff1d(p.train_pos, bad)
+        p.val_pos = np.setdiff1d(p.val_pos, bad)
+        p.test_pos = np.setdiff1d(p.test_pos, bad)
+        p.config.update(n_train=len(p.train_pos), n_val=len(p.val_pos), n_test=len(p.test_pos),
+                        skipped_crops=len(got.skipped),
+                        skipped_example={"path": p.paths[first], "reason": got.skipped[first]})
+        say({"event": "warning", "message": f"{len(got.skipped):,} rows skipped: their crop could not be used, "
+             f"e.g. {p.paths[first]}: {got.skipped[first]}"})
+        if len(p.train_pos) < 2:
+            raise FernoiseError(
+                f"only {len(p.train_pos)} training row(s) have a usable crop; training needs at least 2; "
+                "re-run `fernoise align`", flag="MANIFEST")
+    return got.array
+
+
+def header_line(p: Plan) -> str:
+    """One line before epoch 1: rows per split, classes, device, precision, start weights, run folder."""
+    c = p.config
+    start = f"pretrained {Path(c['pretrained']).name}" if c.get("pretrained") else "random init"
+    val = f"{len(p.val_pos):,} val ({c.get('val_source')}{', ' + c['val_labels'] if c.get('val_labels') else ''})"
+    return (f"{c['method']}: {len(p.train_pos):,} train, {val}, {len(p.test_pos):,} test rows; "
+            f"{c['num_classes']} classes; {c['device']} {c['precision']}; {start}; run {p.run_dir}")
+
+
+def resume(path: Path, p: Plan, model, optimizer, scheduler, method, say, *,
+           fresh: bool = False) -> tuple[list[dict], int]:
+    """``(metrics, first epoch)`` from ``checkpoint.pt`` when it holds this run (same key), else
+    ``([], 1)``. Read with ``weights_only=True``; its key is checked before its contents are
+    used; an unreadable, truncated or foreign checkpoint is treated as absent (one warning).
+    The method's per-sample state is restored too; when its size does not match the rows
+    (``n_rows``), the run starts over, and says so."""
     if fresh or not path.is_file():
         return [], 1
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("key") != p.key:
+    ckpt = load_checkpoint(path, p.key)
+    if isinstance(ckpt, str):
+        say({"event": "warning", "message": f"{path} {ckpt}; it is ignored and the run starts over"})
         return [], 1
-    if not method.load_state_dict(ckpt.get("method_state") or {}, n_rows=len(p.rows)):
+    saved = ckpt.get("method_state") or {}
+    if not (isinstance(saved, dict) and method.load_state_dict(saved, n_rows=len(p.rows))):
         say({"event": "warning", "message": f"{path}: the per-sample state of {method.name} does not match the "
              f"{len(p.rows):,} rows of this run; it is ignored and the run starts over"})
         return [], 1
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
+    model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(opt_state)
+        say({"event": "warning", "message": f"{path} does not fit this run ({e.__class__.__name__}); "
+             "it is ignored and the run starts over"})
+        return [], 1
     say({"event": "resume", "epoch": ckpt["epoch"], "run_dir": str(p.run_dir)})
     return list(ckpt["metrics"]), int(ckpt["epoch"]) + 1
+
+
+def load_checkpoint(path: Path, key: str) -> dict | str:
+    """The checkpoint at ``path`` if it is a readable checkpoint of ``key``, else a phrase
+    saying why not. Never runs code: ``torch.load(weights_only=True)``."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, foreign or hostile files all end here
+        return f"is not a readable checkpoint ({e.__class__.__name__})"
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("key"), str):
+        return "is not a fernoise checkpoint"
+    if ckpt["key"] != key:
+        return "belongs to another run (its key differs)"
+    epoch, metrics = ckpt.get("epoch"), ckpt.get("metrics")
+    if not (isinstance(epoch, int) and isinstance(metrics, list) and len(metrics) == epoch
+            and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("optimizer"), dict)):
+        return "is incomplete (epoch, metrics, model or optimizer missing or inconsistent)"
+    return ckpt
+
+
+def finish(p: Plan, model) -> None:
+    """Write ``model.pt`` atomically; remove ``checkpoint.pt`` unless ``keep_checkpoint``."""
+    import torch
+
+    with atomic_path(p.run_dir / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    if not p.cfg.keep_checkpoint:
+        (p.run_dir / "checkpoint.pt").unlink(missing_ok=True)
 
 
 def _lr_used(lr: float, decay: float | None, epoch: int) -> float:
@@ -673,11 +884,11 @@ def _accuracy(model, method, images, positions, labels, batch_size, device, amp,
 
 
 def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, scheduler, method, metrics: list[dict]) -> None:
-    """Everything a resumed run needs, atomically, in the safe format (tensors, numbers,
-    strings, lists, dicts: ``torch.load(weights_only=True)`` reads it). The data order, the
-    views and the loss's random draws of epoch e come from generators seeded by (seed, e), so
-    the RNG state to restore is the epoch number; the global torch states are stored as well
-    for completeness. ``method_state`` is the method's per-sample state (ELR's targets, ...)."""
+    """Everything a resumed run needs, atomically, as tensors, numbers, strings, lists and dicts
+    only (``torch.load(weights_only=True)`` reads it). The data order, the views and the loss's
+    random draws of epoch e come from generators seeded by (seed, e), so the RNG state to
+    restore is the epoch number; the global torch states are stored as well for completeness.
+    ``method_state`` is the method's per-sample state (ELR's targets, SCN's labels)."""
     import torch
 
     state = {
@@ -686,7 +897,7 @@ def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, schedul
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "metrics": metrics,
+        "metrics": json.loads(json.dumps(metrics)),  # plain numbers, strings, lists, dicts
         "method_state": {k: v.detach().cpu().clone() for k, v in method.state_dict().items()},
         "rng": {
             "scheme": "per-epoch generators seeded from (seed, epoch); next epoch below",

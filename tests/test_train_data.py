@@ -23,16 +23,16 @@ def test_array_cache_is_built_once_and_memory_mapped(tmp_path):
     paths = write_pngs(tmp_path)
     ids = [p.name for p in paths]
     events = []
-    arr = data.array_cache(paths, ids, manifest_key="k" * 64, size=16, cache_dir=tmp_path / "c", progress=events.append)
+    arr = data.array_cache(paths, ids, size=16, cache_dir=tmp_path / "c", progress=events.append)
     assert arr.shape == (6, 16, 16, 3) and arr.dtype == np.uint8 and isinstance(arr, np.memmap)
     assert events and events[-1] == {"event": "decode", "done": 6, "total": 6}
-    f = data.cache_file(tmp_path / "c", "k" * 64, ids, 16)
+    f = data.cache_file(tmp_path / "c", ids, data.crop_fingerprint(paths), 16)
     mtime = f.stat().st_mtime_ns
-    paths[0].unlink()  # a second call must not decode again
-    again = data.array_cache(paths, ids, manifest_key="k" * 64, size=16, cache_dir=tmp_path / "c")
-    assert f.stat().st_mtime_ns == mtime and np.array_equal(arr, again)
+    events.clear()
+    again = data.array_cache(paths, ids, size=16, cache_dir=tmp_path / "c", progress=events.append)
+    assert f.stat().st_mtime_ns == mtime and np.array_equal(arr, again) and events == []  # not decoded again
     assert not [p for p in (tmp_path / "c").iterdir() if p.name.endswith(".tmp")]
-    other = data.cache_file(tmp_path / "c", "k" * 64, ids, 24)
+    other = data.cache_file(tmp_path / "c", ids, data.crop_fingerprint(paths), 24)
     assert other != f  # keyed by size
 
 
