@@ -39,7 +39,7 @@ def accuracy_on_test(manifest: Path, model) -> float:
 def test_two_epochs_on_ferplus(name, ferplus_manifest, workspace):  # noqa: F811
     params = {"scn": {"--scn-relabel-epoch": 2, "--scn-relabel-group": "all"}}.get(name, {})
     cfg = TrainConfig(method=name, method_params=methods.make_params(name, params), epochs=2, warmup=1,
-                      batch_size=16, image_size=48, workers=0)
+                      batch_size=16, image_size=48, workers=0, keep_checkpoint=True)
     run = train(ferplus_manifest, cfg, runs_dir=workspace / "runs").output
     config, classifier = model_of(run)
     assert CONFIG_FIELDS <= set(config) and config["num_classes"] == 8 and config["n_test"] == 40

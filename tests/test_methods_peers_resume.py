@@ -21,7 +21,7 @@ def test_scn_kill_9_then_resume_equals_uninterrupted(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=60, noise=0.4)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
     flags = ["--method", "scn", "--epochs", "3", "--warmup", "0", "--batch-size", "16", "--image-size", str(SIZE),
-             "--scn-relabel-epoch", "1", "--scn-relabel-margin", "0.05", "--scn-relabel-group", "all"]
+             "--scn-relabel-epoch", "1", "--scn-relabel-margin", "0.05", "--scn-relabel-group", "all", "--keep-checkpoint"]
     killed = [sys.executable, "-m", "fernoise_cli.app", "train", str(data), *flags, "--workers", "1",
               "--runs-dir", str(tmp_path / "a")]
     proc = subprocess.Popen(killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -45,7 +45,7 @@ def test_scn_kill_9_then_resume_equals_uninterrupted(tmp_path, workspace):
     assert "resuming" in resumed.stdout
     cfg = TrainConfig(method="scn", method_params=methods.make_params("scn", {
         "--scn-relabel-epoch": 1, "--scn-relabel-margin": 0.05, "--scn-relabel-group": "all"}),
-        epochs=3, warmup=0, batch_size=16, image_size=SIZE, workers=1)
+        epochs=3, warmup=0, batch_size=16, image_size=SIZE, workers=1, keep_checkpoint=True)
     full = train(data, cfg, runs_dir=tmp_path / "b").output
     assert full.name == a.name
 
