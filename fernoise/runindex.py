@@ -83,10 +83,12 @@ def runs_root(runs_dir: str | os.PathLike | None) -> Path:
 
 
 def manifest_key(path: str | os.PathLike) -> str:
-    """The manifest's recorded key (or its sha256), as :func:`fernoise.train.plan` takes it."""
+    """The manifest's recorded key and the sha256 of its bytes (a few ms): a manifest edited
+    while keeping its metadata misses the index, and :func:`fernoise.train.plan` then keys on
+    its content (issue 8.4)."""
     from fernoise.manifest import read_meta
 
-    return read_meta(path).get("key") or file_sha256(path)
+    return f"{read_meta(path).get('key')}+{file_sha256(path)}"
 
 
 def _stat(path: Path) -> list[int] | None:
