@@ -174,8 +174,9 @@ def _check_type(path: Path, where: str, value: Any, annotation: str) -> Any:
         or ("None" in allowed and value is None)
         or not allowed & {"int", "float", "str", "bool", "None"}
     )
-    if not ok:
-        raise grid_error(path, where, f"expected {annotation}, found {value!r}")
+    if not ok:  # TOML has no null: None is never what to write
+        shown = " or ".join(a.strip() for a in annotation.split("|") if a.strip() != "None")
+        raise grid_error(path, where, f"expected {shown}, found {value!r}")
     return float(value) if _is_int(value) and "float" in allowed and "int" not in allowed else value
 
 

@@ -147,14 +147,10 @@ def test_shard_and_gpu_arguments(tmp_path):
 def test_shipped_grids_parse(tmp_path):
     grids = sorted((REPO / "grids").glob("*.toml"))
     assert {g.stem for g in grids} >= {"smoke", "paper-table2", "paper-table4", "paper-table5"}
-    counts = {}
-    for g in grids:
-        try:
-            counts[g.stem] = len(sweep.expand(sweep.load_grid(g), root=tmp_path))
-        except FernoiseError as e:  # methods other helpers are still writing (scn, rul, eac)
-            assert "unknown method" in str(e) and g.stem == "paper-table2", str(e)
-    assert counts["smoke"] == 4
+    counts = {g.stem: len(sweep.expand(sweep.load_grid(g), root=tmp_path)) for g in grids}
+    assert counts["smoke"] == 2 * 2 * 1 and counts["paper-table2"] == 4 * 7 * 3
     assert counts["paper-table4"] == 2 * 5 * 3 and counts["paper-table5"] == 4 * 6 * 3
+    assert counts["paper-table5-reduced"] == 4 * 3 * 2
 
 
 # ----------------------------------------------------------------------------- malformed grids
