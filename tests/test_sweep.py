@@ -406,3 +406,21 @@ def test_gpus_and_an_explicit_cuda_index(tmp_path):
     sweep.check_gpu_devices(cells, None)  # without --gpus, cuda:1 is the user's business
     with pytest.raises(FernoiseError, match=r"asks for cuda:1, but with --gpus each cell sees one GPU"):
         sweep.check_gpu_devices(cells, ["0", "1"])
+
+
+def test_a_methods_own_options_by_field_or_flag_name(tmp_path):
+    grid = sweep.load_grid(write_grid(tmp_path / "g.toml", """
+methods = ["scn", "ce"]
+[train]
+epochs = 12
+[train.scn]
+scn-margin = 0.15
+relabel_epoch = 3
+"""))
+    scn, ce = sweep.expand(grid, root=tmp_path)
+    assert (scn.config.method_params.margin, scn.config.method_params.relabel_epoch) == (0.15, 3)
+    assert ce.method == "ce" and not hasattr(ce.config.method_params, "margin")
+    with pytest.raises(FernoiseError, match=r"train: 'margin' is an option of scn, not of ce; set it under \[train.scn\]"):
+        sweep.load_grid(write_grid(tmp_path / "h.toml", 'methods = ["scn", "ce"]\n[train]\nmargin = 0.1\n'))
+    with pytest.raises(FernoiseError, match=r"train.ce: unknown train option 'margin'; valid: .*batch_size"):
+        sweep.load_grid(write_grid(tmp_path / "i.toml", 'methods = ["scn", "ce"]\n[train.ce]\nmargin = 0.1\n'))
