@@ -821,8 +821,12 @@ def align_folder(
     progress: Progress | None = None,
     force: bool = False,
     workspace: Workspace | None = None,
+    dataset: str | None = None,
 ) -> AlignResult:
     """Align every image under ``raw`` into ``out`` (see the module docstring).
+
+    ``dataset`` names the data set in the manifest's metadata (``dataset``; later stages keep
+    it), e.g. ``synthetic-faces`` for ``fernoise demo``; None leaves it out (and the key as it was).
 
     ``workers``, ``batch_size``, ``device`` and ``progress`` never change the output, so they
     are not in the key. Returns an :class:`AlignResult` (``hit`` = whole-stage cache hit).
@@ -846,7 +850,7 @@ def align_folder(
     try:
         return _align_folder(raw, out, params, labels, workers=workers, batch_size=batch_size, shard=shard,
                              device=device, detector=detector, progress=progress, force=force,
-                             workspace=workspace, t0=t0)
+                             workspace=workspace, t0=t0, dataset=dataset)
     except BaseException:
         if created:
             _remove_empty_tree(out)  # a failed first run leaves no empty OUT behind
@@ -861,7 +865,7 @@ def _remove_empty_tree(root: Path) -> None:
 
 
 def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, batch_size, shard, device, detector,
-                  progress, force, workspace, t0) -> AlignResult:
+                  progress, force, workspace, t0, dataset=None) -> AlignResult:
     skipped: list[dict[str, str]] = []
     src_all = scan_images(raw, exclude=out, skipped=skipped)
     if not src_all:
@@ -871,6 +875,8 @@ def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, b
     clean_stale_tmp(out)  # what a killed run or a full disk left half-written
     pparams = params.asdict()
     key_params = {"align": pparams, "labels": labels.key_params()}
+    if dataset is not None:
+        key_params["dataset"] = dataset
     inputs = {
         "images": dict_hash([[s, h] for s, h in zip(src_all, shas_all, strict=True)]),
         "label_files": [_sha_or_none(Path(f)) for f in labels.files],
@@ -885,7 +891,7 @@ def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, b
     def build(key: str) -> list[Path]:
         written, summary = _build(raw, out, manifest, src_all, shas_all, params, labels, key=key, base_key=base_key,
                                   shard=shard, workers=workers, batch_size=batch_size, device=device,
-                                  detector=detector, progress=progress)
+                                  detector=detector, progress=progress, dataset=dataset)
         holder["summary"] = summary
         return written
 
@@ -905,7 +911,7 @@ def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, b
 
 
 def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_key, shard, workers, batch_size,
-           device, detector, progress) -> tuple[list[Path], dict[str, Any]]:
+           device, detector, progress, dataset=None) -> tuple[list[Path], dict[str, Any]]:
     import pandas as pd
 
     from fernoise.manifest import stage_meta, write_manifest
@@ -962,7 +968,7 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
     meta = stage_meta(None, stage=STAGE, params=params.asdict(), key=key, classes=classes, label_space=space,
                       counts=counts, labels=info.get("labels"), join=info.get("join"), base_key=base_key,
                       shard=list(shard) if shard else None, images=len(src), groups=info.get("groups"),
-                      subset=info.get("subset"))
+                      subset=info.get("subset"), **({"dataset": dataset} if dataset is not None else {}))
     write_manifest(df, manifest, meta)
     summary = {"counts": counts, "rows": len(df), "info": info, "key": key}
     atomic_write_json(summary_path(manifest), summary)

@@ -14,9 +14,10 @@ the cache is rebuilt and the old pixels are never trained on. While building, a 
 missing, cannot be decoded (truncated, not an image) or differs from its recorded sha256 is a
 skipped row (zeros in the array, listed in ``.skipped.json``), never a crash.
 
-Views (METHOD.md, paper §3.2): weak = zero-pad 4 px, random crop back to the size, horizontal
-flip p=0.5; strong = the weak view plus RandAugment (2 ops, magnitude out of 31 bins) with
-torchvision's exact op table. Every random choice comes from a per-sample seed that the
+Views by name (docs/methods.md, paper §3.2; the method says which, ``Method.views``): weak =
+zero-pad 4 px, random crop back to the size, horizontal flip p=0.5; strong = the weak view
+plus RandAugment (2 ops, magnitude out of 31 bins) with torchvision's exact op table; any
+other name is a function of ``fernoise/views.py``. Every random choice comes from a per-sample seed that the
 epoch's generator draws, so a sample's views depend only on (seed, epoch, position), never on
 worker count or scheduling: a resumed run sees the same pixels as an uninterrupted one.
 Augmentation runs in DataLoader workers on uint8 tensors; normalisation (ImageNet statistics)
@@ -212,15 +213,35 @@ class RandAugment:
 
 @dataclass(frozen=True)
 class Batch:
-    """Row positions ``(B,)`` into the array cache and one augmentation seed per row."""
+    """Row positions ``(B,)`` into the array cache, one augmentation seed per row, and the
+    names of the views to build (``weak``, ``strong`` or a ``fernoise.views`` name)."""
 
     positions: np.ndarray
     seeds: np.ndarray
-    strong: bool
+    views: tuple[str, ...] = ("weak",)
+
+
+def sample_views(img: np.ndarray, rng: np.random.Generator, names: Sequence[str], randaug: RandAugment) -> dict:
+    """The views ``names`` of one ``(H, W, 3)`` uint8 image, each ``(3, H, W)`` uint8, all from
+    the one per-sample ``rng`` in the order of ``names``. ``strong`` is RandAugment applied to
+    the sample's ``weak`` view (built first, from the same generator, when not asked before
+    it); every other name is ``fernoise.views.get(name)`` on the raw image."""
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        if name == "weak":
+            out[name] = weak_view(img, rng)
+        elif name == "strong":
+            weak = out["weak"] if "weak" in out else weak_view(img, rng)
+            out[name] = randaug(weak, rng)
+        else:
+            from fernoise import views
+
+            out[name] = views.get(name)(img, rng)
+    return out
 
 
 class ViewBatches(Dataset):
-    """Turns a :class:`Batch` into uint8 tensors ``weak (B,3,H,W)``, ``strong`` or None."""
+    """Turns a :class:`Batch` into ``{"positions": (B,), "views": {name: uint8 (B,3,H,W)}}``."""
 
     def __init__(self, images: np.ndarray, size: int, randaug_magnitude: int):
         self.images = images
@@ -230,22 +251,19 @@ class ViewBatches(Dataset):
         return 0
 
     def __getitem__(self, batch: Batch) -> dict:
-        weak, strong = [], []
-        for pos, seed in zip(batch.positions, batch.seeds, strict=True):
-            rng = np.random.default_rng(int(seed))
-            w = weak_view(self.images[pos], rng)
-            weak.append(w)
-            if batch.strong:
-                strong.append(self.randaug(w, rng))
+        per_sample = [
+            sample_views(self.images[pos], np.random.default_rng(int(seed)), batch.views, self.randaug)
+            for pos, seed in zip(batch.positions, batch.seeds, strict=True)
+        ]
         return {
             "positions": torch.from_numpy(batch.positions),
-            "weak": torch.stack(weak),
-            "strong": torch.stack(strong) if batch.strong else None,
+            "views": {name: torch.stack([v[name] for v in per_sample]) for name in batch.views},
         }
 
 
 def epoch_batches(
-    rows: np.ndarray, batch_size: int, *, seed: int, epoch: int, strong: bool, rank: int = 0, world: int = 1
+    rows: np.ndarray, batch_size: int, *, seed: int, epoch: int, views: Sequence[str] = ("weak",),
+    rank: int = 0, world: int = 1,
 ) -> list[Batch]:
     """This rank's batches of the training ``rows`` (array-cache indices) for ``epoch``.
 
@@ -264,7 +282,7 @@ def epoch_batches(
         idx = order[start : start + batch_size]
         if len(idx) < 2:
             continue
-        out.append(Batch(np.asarray(rows)[idx].astype(np.int64), seeds[idx], strong))
+        out.append(Batch(np.asarray(rows)[idx].astype(np.int64), seeds[idx], tuple(views)))
     return out
 
 

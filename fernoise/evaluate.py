@@ -401,13 +401,29 @@ def load_run(path: str | os.PathLike, *, need_model: bool = True) -> Run:
 
 
 def load_model(run: Run, device: str = "cpu"):
-    """The run's ``FerNet`` with ``model.pt`` loaded, in eval mode on ``device``."""
+    """The run's classifier (``fernoise.model.Classifier``: ``model(x)`` -> logits ``(N, C)``),
+    rebuilt through the method registry from config.json (``method``, ``method_params``,
+    ``num_classes``, ``image_size``) with ``model.pt`` loaded, in eval mode on ``device``.
+    Runs made before ``method_params`` existed take the method's defaults, plus ``k`` from the
+    top level of their config."""
     import torch
 
-    from fernoise.model import FerNet
+    from fernoise import methods
+    from fernoise.model import Classifier
 
     cfg = run.config
-    model = FerNet(int(cfg.get("num_classes", len(cfg["classes"]))), two_heads=bool(cfg.get("two_heads", False)))
+    c = int(cfg.get("num_classes", len(cfg["classes"])))
+    name = cfg.get("method") or ("ncctfer" if cfg.get("two_heads") else "ce")
+    given = cfg.get("method_params")
+    if given is None:  # older runs: method parameters at the top level (k)
+        given = {k: cfg[k] for k in ("k",) if cfg.get(k) is not None}
+    try:
+        method = methods.create(name, methods.params_from_dict(name, given), num_classes=c,
+                                image_size=int(cfg.get("image_size", 224)))
+    except FernoiseError as e:
+        raise FernoiseError(f"{run.path / 'config.json'}: {e.one_line()}") from None
+    with torch.random.fork_rng(devices=[]):  # init is overwritten by model.pt; keep the caller's RNG
+        net = methods.build_model(method)
     try:
         state = torch.load(run.model_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a broken file
@@ -417,11 +433,11 @@ def load_model(run: Run, device: str = "cpu"):
     if isinstance(state, dict):  # torch.compile / DDP wrappers prefix the keys
         state = {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
     try:
-        model.load_state_dict(state)
+        net.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise FernoiseError(f"{run.model_path} does not fit FerNet({len(cfg['classes'])} classes): {first}") from None
-    return model.to(device).eval()
+        raise FernoiseError(f"{run.model_path} does not fit the {name} model ({c} classes): {first}") from None
+    return Classifier(net, method.logits, c).to(device).eval()
 
 
 def select_test_rows(manifest, split: str = "test") -> Any:
@@ -438,7 +454,8 @@ def select_test_rows(manifest, split: str = "test") -> Any:
 
 def predict_probs(model, images: np.ndarray, *, batch_size: int = 256, device: str = "cpu",
                   progress: Progress | None = None) -> np.ndarray:
-    """Softmax of the ``pcc`` head for uint8 ``(N, H, W, 3)`` crops -> ``(N, C)`` float64."""
+    """Softmax of the classifier's logits (:func:`load_model`) for uint8 ``(N, H, W, 3)`` crops
+    -> ``(N, C)`` float64."""
     import torch
 
     from fernoise.images import to_tensor
@@ -448,12 +465,11 @@ def predict_probs(model, images: np.ndarray, *, batch_size: int = 256, device: s
     with torch.inference_mode():
         for s in range(0, n, batch_size):
             x = to_tensor(images[s:s + batch_size], device)
-            logits, _ = model(x)
+            logits = model(x)
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64))
             if progress:
                 progress(min(s + batch_size, n), n)
-    c = model.pcc.out_features
-    return np.concatenate(out) if out else np.zeros((0, c))
+    return np.concatenate(out) if out else np.zeros((0, model.num_classes))
 
 
 @dataclass

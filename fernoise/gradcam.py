@@ -2,7 +2,7 @@
 
 The map of a face is ``relu(sum_k w_k A_k)`` where ``A`` ``(512, h, w)`` is the output of
 ``backbone.layer4`` and ``w_k`` the spatial mean of the gradient of the predicted class's
-``pcc`` logit with respect to ``A_k``; it is upsampled bilinearly to the face size and scaled
+test-time logit (the method's, e.g. ``pcc``) with respect to ``A_k``; it is upsampled bilinearly to the face size and scaled
 to [0, 1] per face. With small inputs layer4 is coarse (2x2 at 48 px, 1x1 at 32 px), so the
 map is coarse too: below 112 px the grid and ``fernoise eval`` say so. :func:`gradcam` is the
 model side; :func:`gradcam_grid` draws from its arrays and takes no model.
@@ -40,7 +40,7 @@ def gradcam(model, images: np.ndarray, *, device: str = "cpu") -> tuple[np.ndarr
         model.eval()
         x = to_tensor(images, device)
         with torch.enable_grad():
-            logits, _ = model(x)
+            logits = model(x)  # a fernoise.model.Classifier: the method's test-time logits
             pred = logits.argmax(dim=1)
             model.zero_grad(set_to_none=True)
             logits.gather(1, pred[:, None]).sum().backward()

@@ -1,14 +1,19 @@
-"""The NCCTFER network: a ResNet-18 backbone with two linear heads, and weight loading.
+"""The network every method shares: a ResNet-18 backbone; heads come from the method.
 
-``FerNet(x)`` returns ``(pcc_logits, ncc_logits)``, each ``(N, C)``; ``ncc`` is None for the
-one-head methods (ce, pc, nl). Pretrained weights come only from a local file (METHOD.md):
-a state dict, optionally wrapped in ``state_dict``/``model``, with or without ``module.``.
-Nothing is ever downloaded.
+``FerNet()`` holds only ``backbone`` (torchvision ResNet-18 with ``fc`` = Identity); the method
+adds its heads with ``model.add_module`` (``fernoise.methods.base.Method.build``), so the
+key names of model.pt are ``backbone.*`` plus the method's modules (``pcc.*``, ``ncc.*`` for
+ce/pc/nl/ncctfer, as always). ``model(fn, *args)`` calls ``fn(model, *args)``: the training
+loop runs a method's whole loss inside the module call, so DistributedDataParallel sees every
+head it uses. Pretrained weights come only from a local file (docs/methods.md): a state dict,
+optionally wrapped in ``state_dict``/``model``, with or without ``module.``. Nothing is ever
+downloaded.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +26,48 @@ FEATURE_DIM = 512
 
 
 class FerNet(nn.Module):
-    """ResNet-18 without ``fc``, a 512-d pooled feature, and heads ``pcc`` and ``ncc``."""
+    """ResNet-18 without ``fc``: ``feature_map`` ``(N, 512, h, w)``, ``features`` ``(N, 512)``."""
 
-    def __init__(self, num_classes: int, *, two_heads: bool = True):
+    def __init__(self) -> None:
         super().__init__()
         from torchvision.models import resnet18
 
         backbone = resnet18(weights=None)
         backbone.fc = nn.Identity()
         self.backbone = backbone
-        self.pcc = nn.Linear(FEATURE_DIM, num_classes)
-        self.ncc = nn.Linear(FEATURE_DIM, num_classes) if two_heads else None
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolutional stage (``layer4``) before pooling: ``(N, 512, H/32, W/32)``."""
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled 512-d feature ``(N, 512)`` (the backbone's own forward, average pool)."""
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        f = self.features(x)
-        return self.pcc(f), (self.ncc(f) if self.ncc is not None else None)
+    def forward(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(self, *args, **kwargs)``: e.g. ``model(method.loss, views, y, idx, ...)`` or
+        ``model(method.logits, x)``."""
+        return fn(self, *args, **kwargs)
 
-    def head_parameters(self) -> list[nn.Parameter]:
-        params = list(self.pcc.parameters())
-        if self.ncc is not None:
-            params += list(self.ncc.parameters())
-        return params
+
+class Classifier(nn.Module):
+    """A trained ``FerNet`` with its method's test-time head: ``classifier(x)`` -> logits ``(N, C)``
+    (eval, predict, Grad-CAM). ``backbone`` is the network's, for hooks on ``layer4``."""
+
+    def __init__(self, net: FerNet, logits: Callable[[FerNet, torch.Tensor], torch.Tensor], num_classes: int):
+        super().__init__()
+        self.net = net
+        self._logits = logits
+        self.num_classes = num_classes
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.net.backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.net, x)
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:

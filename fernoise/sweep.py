@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,12 +138,15 @@ class Sweep:
     mine: list[Cell]
     shard: tuple[int, int]
     state_dir: Path
+    manifest_id: str = ""
+    """Hash of the manifest's path, size, mtime and recorded key (:func:`runindex.manifest_identity`)."""
     states: dict[int, CellState] = field(default_factory=dict)
 
     def spec(self, cell: Cell) -> str:
-        """What the cell's result depends on; a cell file of another spec is stale."""
+        """What the cell's result depends on; a cell file of another spec is stale (another
+        grid of the same name, or the manifest changed since)."""
         cfg = {k: v for k, v in asdict(cell.config).items() if k != "workers"}
-        return dict_hash({"config": cfg, "noise": asdict(cell.noise), "manifest": self.manifest_key,
+        return dict_hash({"config": cfg, "noise": asdict(cell.noise), "manifest": self.manifest_id,
                           "cam": self.grid.cam})[:16]
 
     def cell_file(self, cell: Cell) -> Path:
@@ -226,30 +229,19 @@ def plan(grid_path: str | os.PathLike, manifest: str | os.PathLike | None = None
     cells = expand(grid, root=ws.root)
     mine = shard_cells(cells, *shard)
     runs = ws.root / "runs"
+    from fernoise.runindex import manifest_identity
+
     return Sweep(grid=grid, manifest=path.resolve(), manifest_key=key, workspace=ws, runs_dir=runs.resolve(),
-                 cells=cells, mine=mine, shard=shard, state_dir=ws.root / "sweeps" / grid.name)
+                 cells=cells, mine=mine, shard=shard, state_dir=ws.root / "sweeps" / grid.name,
+                 manifest_id=dict_hash(manifest_identity(path))[:16])
 
 
 # ----------------------------------------------------------------------------- file lock
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive fcntl lock on ``<path>.lk`` (cache.file_lock when this fernoise has it)."""
-    from fernoise import cache
+def _file_lock(path: Path):
+    """An exclusive fcntl lock on ``<path>.lk`` while inside the block (:func:`cache.file_lock`)."""
+    from fernoise.cache import file_lock
 
-    if hasattr(cache, "file_lock"):
-        with cache.file_lock(path):
-            yield
-        return
-    import fcntl
-
-    side = Path(f"{path}.lk")
-    side.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(side, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(path)
 
 
 # ----------------------------------------------------------------------------- running
@@ -301,14 +293,15 @@ def check_done(sweep: Sweep, cell: Cell, manifest: Path, state: CellState) -> bo
     intact, decided from the run index alone (no torch)."""
     from fernoise import runindex
 
-    hit = runindex.lookup(manifest, cell.config, runs_dir=sweep.runs_dir, workspace=sweep.workspace)
-    if hit is None:
+    try:
+        hit = runindex.lookup(manifest, cell.config, runs_dir=sweep.runs_dir, workspace=sweep.workspace)
+        report = runindex.lookup_eval(hit.output, cam=sweep.grid.cam, workspace=sweep.workspace) if hit else None
+    except OSError:  # unreadable outputs: the child's stages will say what is wrong
         return False
-    report = runindex.lookup_eval(hit.output, cam=sweep.grid.cam, workspace=sweep.workspace)
     if report is None:
         return False
     state.status, state.hit, state.run = "done", True, str(hit.output)
-    state.epochs = state.epoch = cell.config.epochs
+    state.epochs = state.epoch = (report.get("history") or {}).get("epochs")
     _accuracies(state, report)
     return True
 
@@ -376,7 +369,15 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
                 return
             gpu = slots.get()
             try:
-                _run_child(sweep, st, manifest, gpu, lock, children, python or sys.executable)
+                # Another process (an overlapping share, the same sweep started twice) may be
+                # running this very run: wait for it, then it is a hit.
+                with _file_lock(_run_lock(sweep, st.cell, manifest)):
+                    with lock:
+                        done = check_done(sweep, st.cell, manifest, st)
+                        if done:
+                            _write_cell(sweep, st)
+                    if not done:
+                        _run_child(sweep, st, manifest, gpu, lock, children, python or sys.executable)
             finally:
                 slots.put(gpu)
 
@@ -384,9 +385,8 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
     for t in threads:
         t.start()
     try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=0.5)
+        while alive := [t for t in threads if t.is_alive()]:
+            alive[0].join(timeout=0.5)
             with lock:
                 say(sweep)
     except BaseException:
@@ -397,6 +397,20 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
     write_table(sweep)
     say(sweep)
     return list(sweep.states.values())
+
+
+def _run_lock(sweep: Sweep, cell: Cell, manifest: Path) -> Path:
+    """The lock file of the cell's run: one per requested train configuration (any grid, any
+    process), else per cell."""
+    from fernoise import runindex
+
+    try:
+        request = runindex.train_request(manifest, cell.config, sweep.workspace)
+    except (OSError, ValueError, FernoiseError):
+        request = None
+    if request is None:
+        return sweep.cell_file(cell)
+    return sweep.runs_dir / ".fernoise" / "locks" / dict_hash(request)[:32]
 
 
 def _existing_noisy(sweep: Sweep, cell: Cell) -> Path | None:
@@ -420,6 +434,7 @@ def _existing_noisy(sweep: Sweep, cell: Cell) -> Path | None:
 
 
 def check_done_readonly(sweep: Sweep, cell: Cell, manifest: Path, state: CellState) -> bool:
+    """:func:`check_done` that records nothing in the workspace lock (``--dry-run``)."""
     from fernoise import runindex
 
     hit = runindex.lookup(manifest, cell.config, runs_dir=sweep.runs_dir)
@@ -446,6 +461,9 @@ def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, loc
         st.status, st.gpu, st.started, st.reason = "running", gpu, time.time(), None
     env = worker_env(dict(os.environ), gpu, sweep.workspace.root)
     with open(log, "ab") as err:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        err.write(f"== {stamp} {st.host} sweep pid {os.getpid()} shard {st.shard} gpu {gpu}: cell {cell.id}\n".encode())
+        err.flush()
         proc = subprocess.Popen([python, "-m", "fernoise.sweepcell"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, env=env, cwd=sweep.workspace.root)
         with lock:
@@ -453,8 +471,9 @@ def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, loc
             children[proc.pid] = proc
             _write_cell(sweep, st)
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps(spec).encode())
-        proc.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # a child that died at once: its exit code says so
+            proc.stdin.write(json.dumps(spec).encode())
+            proc.stdin.close()
         final: dict[str, Any] | None = None
         for raw in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace"):
             try:

@@ -171,9 +171,9 @@ def make_run(root, manifest, *, method="ncctfer", noise=None, epochs=6, warmup=2
     if with_model:
         import torch
 
-        from fernoise.model import FerNet
+        from fernoise import methods
 
-        torch.save(FerNet(c, two_heads=two).state_dict(), root / "model.pt")
+        torch.save(methods.build_model(methods.create(method, num_classes=c)).state_dict(), root / "model.pt")
     return root
 
 
@@ -228,7 +228,7 @@ def test_eval_end_to_end_on_a_fake_run(tmp_path, workspace):
     rows = ev.select_test_rows(m)
     x = to_tensor(load_many([m.root / p for p in rows["path"]], 32))
     with torch.inference_mode():
-        pred = ev.load_model(ev.load_run(run))(x)[0].argmax(1).numpy()
+        pred = ev.load_model(ev.load_run(run))(x).argmax(1).numpy()
     assert (pred == rows["label"].astype(int).to_numpy()).mean() == pytest.approx(rep["top1"])
 
     # Same inputs: cache hit; a changed model: a miss.
@@ -240,10 +240,12 @@ def test_eval_end_to_end_on_a_fake_run(tmp_path, workspace):
 
 def test_gradcam_grid_has_the_faces_asked_for(tmp_path):
 
+    from fernoise import methods
     from fernoise.gradcam import gradcam, gradcam_grid
-    from fernoise.model import FerNet
+    from fernoise.model import Classifier
 
-    model = FerNet(7, two_heads=False).eval()
+    m = methods.create("ce", num_classes=7)
+    model = Classifier(methods.build_model(m), m.logits, 7).eval()
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 255, (8, 48, 48, 3), dtype=np.uint8)
     cams, probs = gradcam(model, imgs)
@@ -329,11 +331,11 @@ def _eval_cli(*args):
 def test_a_changed_model_is_refused_unless_forced(tmp_path, workspace):
     import torch
 
-    from fernoise.model import FerNet
+    from fernoise import methods
 
     _, run = _stamped_run(tmp_path)
     torch.manual_seed(5)
-    torch.save(FerNet(7, two_heads=False).state_dict(), run / "model.pt")  # replaced behind train's back
+    torch.save(methods.build_model(methods.create("ce", num_classes=7)).state_dict(), run / "model.pt")  # replaced behind train's back
     res = _eval_cli(run, "--device", "cpu")
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1

@@ -57,10 +57,10 @@ def test_views_depend_only_on_the_seed():
 
 def test_epoch_batches_cover_each_row_once_and_split_across_ranks():
     rows = np.arange(100, 150)  # 50 training rows, array-cache indices 100..149
-    b = data.epoch_batches(rows, 16, seed=0, epoch=1, strong=False)
+    b = data.epoch_batches(rows, 16, seed=0, epoch=1, views=("weak",))
     got = np.concatenate([x.positions for x in b])
     assert sorted(got.tolist()) == rows.tolist() and [len(x.positions) for x in b] == [16, 16, 16, 2]  # a last batch of 2 is kept
-    assert not np.array_equal(got, np.concatenate([x.positions for x in data.epoch_batches(rows, 16, seed=0, epoch=2, strong=False)]))
-    r0 = np.concatenate([x.positions for x in data.epoch_batches(rows, 5, seed=0, epoch=1, strong=True, rank=0, world=2)])
-    r1 = np.concatenate([x.positions for x in data.epoch_batches(rows, 5, seed=0, epoch=1, strong=True, rank=1, world=2)])
+    assert not np.array_equal(got, np.concatenate([x.positions for x in data.epoch_batches(rows, 16, seed=0, epoch=2, views=("weak",))]))
+    r0 = np.concatenate([x.positions for x in data.epoch_batches(rows, 5, seed=0, epoch=1, views=("weak", "strong"), rank=0, world=2)])
+    r1 = np.concatenate([x.positions for x in data.epoch_batches(rows, 5, seed=0, epoch=1, views=("weak", "strong"), rank=1, world=2)])
     assert len(r0) == len(r1) == 25 and set(r0) | set(r1) == set(rows.tolist())

@@ -43,7 +43,7 @@ def one_line(res) -> str:
     return lines[0]
 
 
-TINY_ARGS = ["--epochs", "1", "--warmup", "0", "--batch-size", "16", "--image-size", str(SIZE), "--k", "3",
+TINY_ARGS = ["--epochs", "1", "--warmup", "0", "--batch-size", "16", "--image-size", str(SIZE),
              "--precision", "fp32", "--workers", "0", "--method", "ce"]
 
 
@@ -271,7 +271,7 @@ def test_default_warmup_scales_with_epochs():
 
 def test_three_epochs_train_without_a_warmup_flag(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=40)
-    res = cli("train", data, "--epochs", "3", "--batch-size", "16", "--image-size", SIZE, "--k", "3",
+    res = cli("train", data, "--epochs", "3", "--batch-size", "16", "--image-size", SIZE,
               "--precision", "fp32", "--workers", "0", "--method", "pc")
     assert res.exit_code == 0, res.output
     run = Path(res.output.strip().splitlines()[-1].split(": ", 1)[1])
