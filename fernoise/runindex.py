@@ -24,19 +24,25 @@ the tool's back therefore still fails the stamp and the run is planned and rebui
 A miss costs nothing but the normal path: :func:`indexed` falls back to ``train`` itself.
 
 The same is done for ``eval`` (:func:`lookup_eval` / :func:`record_eval`): keyed by the run's
-key, ``cam`` and the eval stage version, valid while ``model.pt``, ``metrics.jsonl`` and
-``config.json`` keep the size and mtime they had when the evaluation was checked.
+key, ``cam``, the split and the eval stage version, valid while everything the evaluation read
+is unchanged since it was checked: ``model.pt``, ``metrics.jsonl`` and ``config.json`` (size
+and mtime), the manifest (path, size, mtime, recorded key and content digests) and each test
+crop (size and mtime, with its recorded sha256). Anything else falls through to
+:func:`fernoise.evaluate.evaluate_run`, which checks the model against train's stamp and the
+crops against their sha256.
 """
 
 from __future__ import annotations
 
 import functools
 import glob
+import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from fernoise.cache import (
@@ -273,18 +279,53 @@ def indexed(train_fn: Callable[..., StageResult]) -> Callable[..., StageResult]:
 EVAL_INPUTS = ("model.pt", "metrics.jsonl", "config.json")
 
 
+_TEST_ROWS: dict[tuple, tuple[list[str], list[str | None]]] = {}
+
+
+def _test_crops(manifest: Path) -> tuple[list[str], list[str | None]]:
+    """The test rows' crop paths and recorded ``crop_sha256`` (the rows eval selects), read
+    once per manifest version (path, size, mtime) in this process."""
+    import pyarrow.parquet as pq
+
+    from fernoise.evaluate import select_test_rows
+
+    ident = (str(manifest.resolve()), *(_stat(manifest) or []))
+    if ident not in _TEST_ROWS:
+        names = pq.read_schema(manifest).names
+        cols = [c for c in ("split", "label", "path", "status", "crop_sha256") if c in names]
+        df = pq.read_table(manifest, columns=cols).to_pandas()
+        rows = select_test_rows(SimpleNamespace(df=df, path=manifest), "test")
+        shas = rows["crop_sha256"].tolist() if "crop_sha256" in rows.columns else [None] * len(rows)
+        _TEST_ROWS[ident] = ([str(manifest.parent / p) for p in rows["path"]],
+                             [s if isinstance(s, str) else None for s in shas])
+    return _TEST_ROWS[ident]
+
+
+def crops_state(manifest: str | os.PathLike) -> str:
+    """sha256 over every test crop's path, recorded sha256 and size/mtime (one stat each):
+    a crop changed, added or removed behind the tool's back changes it."""
+    paths, shas = _test_crops(Path(manifest))
+    h = hashlib.sha256()
+    for p, sha in zip(paths, shas, strict=True):
+        st = _stat(Path(p))
+        h.update(f"{p}\t{sha or '-'}\t{st[0] if st else 'missing'}:{st[1] if st else ''}\n".encode())
+    return h.hexdigest()
+
+
 def _eval_request(run_dir: Path, cam: int) -> dict | None:
     from fernoise.evaluate import VERSION
 
     config = read_json(run_dir / "config.json")
     if not isinstance(config, dict) or not config.get("key"):
         return None
-    return {"index": INDEX_VERSION, "eval_version": VERSION, "run": config["key"], "cam": int(cam)}
+    return {"index": INDEX_VERSION, "eval_version": VERSION, "run": config["key"], "cam": int(cam), "split": "test"}
 
 
 def lookup_eval(run_dir: str | os.PathLike, *, cam: int = 0, workspace: Workspace | None = None) -> dict | None:
-    """The parsed ``eval.json`` of the run's own-manifest evaluation when it is indexed and
-    its inputs and outputs are unchanged, else None."""
+    """The parsed ``eval.json`` of the run's own-manifest test evaluation when it is indexed
+    and nothing it read changed: ``model.pt``, ``metrics.jsonl``, ``config.json``, the
+    manifest (path, size, mtime, recorded key and content) and every test crop (size, mtime),
+    else None (then :func:`fernoise.evaluate.evaluate_run` checks and decides)."""
     run_dir = Path(run_dir).resolve()
     request = _eval_request(run_dir, cam)
     if request is None:
@@ -292,7 +333,8 @@ def lookup_eval(run_dir: str | os.PathLike, *, cam: int = 0, workspace: Workspac
     entry = read_json(_entry_path(run_dir, request))
     if not isinstance(entry, dict) or entry.get("request") != request:
         return None
-    if any(_stat(run_dir / name) != entry.get("inputs", {}).get(name) for name in EVAL_INPUTS):
+    now = eval_inputs(run_dir)
+    if any(v is None for v in now.values()) or now != entry.get("inputs"):
         return None
     out = run_dir / "eval.json"
     if not intact(read_json(stamp_path(out)), entry.get("key"), run_dir, entry.get("files") or {}):
@@ -305,17 +347,28 @@ def lookup_eval(run_dir: str | os.PathLike, *, cam: int = 0, workspace: Workspac
     return report
 
 
-def eval_inputs(run_dir: str | os.PathLike) -> dict[str, list[int] | None]:
-    """Size and mtime of the files an evaluation reads; take them before evaluating."""
+def eval_inputs(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """What an evaluation of the run on its own manifest reads, cheaply: size and mtime of
+    ``model.pt``, ``metrics.jsonl`` and ``config.json``, the manifest's identity and the test
+    crops' state (None where unknown). Take it before evaluating."""
     run_dir = Path(run_dir).resolve()
-    return {name: _stat(run_dir / name) for name in EVAL_INPUTS}
+    out: dict[str, Any] = {name: _stat(run_dir / name) for name in EVAL_INPUTS}
+    config = read_json(run_dir / "config.json")
+    manifest = config.get("manifest") if isinstance(config, dict) else None
+    try:
+        out["manifest"] = manifest_identity(manifest) if manifest else None
+        out["crops"] = crops_state(manifest) if manifest else None
+    except (OSError, ValueError, KeyError, FernoiseError):
+        out["manifest"] = out["crops"] = None
+    return out
 
 
 def record_eval(run_dir: str | os.PathLike, key: str, *, cam: int = 0, inputs_before: Mapping[str, Any]) -> Path | None:
     """Index the evaluation with stage key ``key`` of the run; ``inputs_before`` is
-    :func:`eval_inputs` taken before the evaluation (no entry when they changed meanwhile)."""
+    :func:`eval_inputs` taken before the evaluation (no entry when anything changed meanwhile
+    or is unknown)."""
     run_dir = Path(run_dir).resolve()
-    if dict(inputs_before) != eval_inputs(run_dir) or any(v is None for v in inputs_before.values()):
+    if any(v is None for v in inputs_before.values()) or dict(inputs_before) != eval_inputs(run_dir):
         return None
     request = _eval_request(run_dir, cam)
     stamp = read_json(stamp_path(run_dir / "eval.json"))

@@ -313,6 +313,10 @@ def test_two_shards_at_once_into_one_workspace(smoke, data, tmp_path):
     assert {"align", "corrupt", "train", "eval"} <= set(lock["stages"])
     again = cli(ws, str(SMOKE), "--dry-run")
     assert again.returncode == 0 and "dry run: 4 of 4 cells done" in again.stdout
+    model = Path(cells[SMOKE_IDS[0]]["run"]) / "model.pt"  # changed behind the sweep's back: not a hit
+    model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 1]))
+    again = cli(ws, str(SMOKE), "--dry-run")
+    assert again.returncode == 0 and "dry run: 3 of 4 cells done" in again.stdout
 
 
 @pytest.mark.slow

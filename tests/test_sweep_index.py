@@ -100,6 +100,37 @@ def test_eval_index_and_its_inputs(trained):
     assert runindex.lookup_eval(run) is None
 
 
+def test_eval_hit_needs_the_same_model_manifest_and_crops(tmp_path):
+    manifest = make_aligned(tmp_path / "data", n=35)
+    runs = tmp_path / "runs"
+    run = train(manifest, tiny(), runs_dir=runs).output
+
+    def evaluate_and_index():
+        before = runindex.eval_inputs(run)
+        stage, _ = evaluate_run(run, EvalParams(device="cpu"), force=True)
+        assert runindex.record_eval(run, stage.key, inputs_before=before) is not None
+        assert runindex.lookup_eval(run) is not None
+
+    evaluate_and_index()
+    crop = manifest.parent / "faces" / "0000.png"  # row 0 is a test row
+    crop.write_bytes(crop.read_bytes() + b"\0")  # a test crop changed behind the tool's back
+    assert runindex.lookup_eval(run) is None
+
+    evaluate_and_index()
+    (manifest.parent / "faces" / "0005.png").unlink()  # a test crop gone
+    assert runindex.lookup_eval(run) is None
+
+    evaluate_and_index()
+    manifest.write_bytes(manifest.read_bytes())  # the manifest rewritten (same bytes, new mtime)
+    assert runindex.lookup_eval(run) is None
+
+    evaluate_and_index()
+    model = run / "model.pt"
+    model.write_bytes(model.read_bytes()[:-1] + b"\1")  # the model changed: neither train nor eval is a hit
+    assert runindex.lookup(manifest, tiny(), runs_dir=runs) is None
+    assert runindex.lookup_eval(run) is None
+
+
 def test_device_class_and_pretrained_identity(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     assert runindex.device_class() == "cpu"
