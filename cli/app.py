@@ -34,9 +34,9 @@ def _root(
 
 def _register() -> None:
     # Each command lives in its own module; importing them is cheap (no torch at import).
-    from fernoise_cli import align, corrupt, evaluate, predict, report, train
+    from fernoise_cli import align, corrupt, evaluate, predict, pretrain, report, train
 
-    for mod in (align, corrupt, train, evaluate, predict, report):
+    for mod in (align, corrupt, pretrain, train, evaluate, predict, report):
         mod.register(app)
 
 
