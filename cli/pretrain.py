@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from fernoise_cli.common import DeviceOpt, ForceOpt, SeedOpt, WorkspaceOpt, console, handle_errors, wrote
+from fernoise_cli.common import (
+    DeviceOpt,
+    ForceOpt,
+    SeedOpt,
+    WorkspaceOpt,
+    console,
+    handle_errors,
+    wrote,
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,7 @@ weights", the failure mode of ``strict=False`` loading).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from fernoise.errors import FernoiseError
 FLAG = "--pretrained"
 # SCN's Res18Feature wraps torchvision's children in nn.Sequential: features.<i> -> name.
 _SEQUENTIAL = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+# Every key of torchvision's ResNet-18 without fc: an SCN rename must land on one of these (a
+# MobileNet's features.0.0.weight would otherwise become "conv1.0.weight", a name in no file).
+_RESNET18_KEY = re.compile(
+    r"(conv1\.weight|bn1\.\w+|layer[1-4]\.[01]\.(conv[12]\.weight|bn[12]\.\w+|downsample\.[01]\.\w+))")
 _HEAD_PREFIXES = ("fc.", "pcc.", "ncc.", "projector.", "predictor.", "head.", "heads.", "classifier.")
 
 
@@ -118,6 +123,11 @@ def read_state(source: Source) -> dict[str, Any]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise FernoiseError(f"{source.path} is not a state dict (expected a dict of tensors, optionally under "
                             "'state_dict' or 'model')", flag=FLAG)
+    if source.kind == "train_run":  # a FerNet: backbone.* and the method's heads, whatever their names
+        obj = {k: v for k, v in obj.items() if str(k).removeprefix("module.").startswith("backbone.")}
+        if not obj:
+            raise FernoiseError(f"{source.path} holds no backbone.* tensors; is it a `fernoise train` model.pt?",
+                                flag=FLAG)
     out = {}
     for k, v in obj.items():
         k = str(k)
@@ -125,7 +135,7 @@ def read_state(source: Source) -> dict[str, Any]:
             k = k.removeprefix(prefix)
         if k.startswith("features."):
             head, _, rest = k.removeprefix("features.").partition(".")
-            if head in _SEQUENTIAL:
+            if head in _SEQUENTIAL and _RESNET18_KEY.fullmatch(f"{_SEQUENTIAL[head]}.{rest}"):
                 k = f"{_SEQUENTIAL[head]}.{rest}"
         if k.startswith(_HEAD_PREFIXES):
             continue
@@ -159,10 +169,10 @@ def load_backbone(backbone, spec: str | os.PathLike, *, partial: bool = False, w
     target = backbone.state_dict()
     report = match(state, target)
     if report.mismatched:
-        k, a, b = report.mismatched[0]
+        shown = "; ".join(f"{k} is {a}, needs {b}" for k, a, b in report.mismatched[:3])
         raise FernoiseError(
             f"{source.path}: {len(report.mismatched)} tensors have the wrong shape for a ResNet-18 backbone "
-            f"(e.g. {k} is {a}, needs {b}); is it another architecture?", flag=FLAG)
+            f"({shown}{'; ...' if len(report.mismatched) > 3 else ''}); is it another architecture?", flag=FLAG)
     if not report.loaded:
         raise FernoiseError(
             f"{source.path} fills none of the ResNet-18 backbone: its keys ({', '.join(list(state)[:3])}, ...) "

@@ -11,13 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from fernoise_cli.app import app
 from test_train import SIZE, make_manifest
 from typer.testing import CliRunner
