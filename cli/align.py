@@ -33,31 +33,40 @@ PRESETTABLE = ("format", "path_column", "label_column", "split_column", "split_m
 DEFAULTS: dict[str, Any] = {"path_column": "path", "label_column": "label", "join_on": "path"}
 
 
-def presets_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "manifests" / "presets"
+def preset_names() -> list[str]:
+    """Names of the presets shipped inside the package (``fernoise/presets/<name>.toml``)."""
+    from importlib.resources import files
+
+    folder = files("fernoise").joinpath("presets")
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """A preset by name (``manifests/presets/<name>.toml``) or by path to a TOML file."""
+    """A preset by name (package data ``fernoise/presets/<name>.toml``, read with
+    ``importlib.resources``, so a wheel install finds it) or by path to a TOML file."""
+    from importlib.resources import files
+
     import tomllib
 
-    from fernoise.errors import FernoiseError
+    from fernoise.errors import FernoiseError, require_file
 
-    path = Path(name)
-    if not path.suffix:
-        path = presets_dir() / f"{name}.toml"
-    if not path.is_file():
-        names = sorted(p.stem for p in presets_dir().glob("*.toml")) if presets_dir().is_dir() else []
-        raise FernoiseError(f"unknown preset {name!r}; expected one of: {', '.join(names) or '(none found)'} "
-                            "or a path to a .toml file", flag="--preset")
+    if name.endswith(".toml") or "/" in name or os.sep in name:
+        require_file(name, "preset file", flag="--preset")
+        shown, read = Path(name).name, Path(name).read_text
+    else:
+        res = files("fernoise").joinpath("presets", f"{name}.toml")
+        if not res.is_file():
+            raise FernoiseError(f"unknown preset {name!r}; expected one of: {', '.join(preset_names()) or '(none found)'} "
+                                "or a path to a .toml file", flag="--preset")
+        shown, read = f"{name}.toml", res.read_text
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise FernoiseError(f"{path} is not valid TOML ({e})", flag="--preset") from None
+        raise FernoiseError(f"{shown} is not valid TOML ({e})", flag="--preset") from None
     data = {k.replace("-", "_"): v for k, v in data.items() if k != "description"}
     bad = [k for k in data if k not in PRESETTABLE]
     if bad:
-        raise FernoiseError(f"{path.name}: unknown key(s) {bad}; expected some of: {', '.join(PRESETTABLE)}",
+        raise FernoiseError(f"{shown}: unknown key(s) {bad}; expected some of: {', '.join(PRESETTABLE)}",
                             flag="--preset")
     return data
 
@@ -69,6 +78,28 @@ def _class_option(value) -> tuple[str, ...] | None:
     from fernoise.labels import class_list
 
     return tuple(class_list(value, flag="--classes"))
+
+
+def _n(count: int, one: str, many: str) -> str:
+    return f"{count:,} {one if count == 1 else many}"
+
+
+def label_line(lab: dict[str, Any]) -> str:
+    """What became of every row of the label files, in parts that add up to the rows read:
+    rows naming an image here + rows naming none + non-face rows skipped + repeats merged."""
+    parts = [f"{lab.get('matched_rows', 0):,} name an image here", f"{lab.get('unmatched_rows', 0):,} name none"]
+    if lab.get("non_face_rows"):
+        parts.append(_n(lab["non_face_rows"], "non-face row skipped", "non-face rows skipped"))
+    if lab.get("duplicate_rows"):
+        dup = _n(lab["duplicate_rows"], "repeated row merged", "repeated rows merged")
+        if lab.get("conflicting_names"):
+            how = f"the {lab['on_duplicate']} row counts" if lab.get("on_duplicate") else "none names an image here"
+            dup += f" ({_n(lab['conflicting_names'], 'name', 'names')} with different labels: {how})"
+        parts.append(dup)
+    files = ", ".join(lab.get("files") or []) or "the label file"
+    no_row = lab.get("images_without_label_row", 0)
+    return (f"labels ({lab['format']}): {lab.get('rows', 0):,} rows in {files}: {', '.join(parts)}; "
+            f"{_n(no_row, 'image', 'images')} without a label row (label null)")
 
 
 def print_summary(result, *, shown_path: Path) -> None:
@@ -84,11 +115,7 @@ def print_summary(result, *, shown_path: Path) -> None:
     info = result.info or {}
     lab = info.get("labels") or {}
     if lab.get("format") and lab.get("format") != "folders":
-        console.print(
-            f"labels ({lab['format']}): {lab.get('matched_rows', 0):,} of {lab.get('rows', 0):,} rows matched an image; "
-            f"{lab.get('unmatched_rows', 0):,} label rows have no image here; "
-            f"{lab.get('images_without_label_row', 0):,} images have no label row (label null)"
-        )
+        console.print(label_line(lab), soft_wrap=True)
     if info.get("classes"):
         console.print(f"classes ({info.get('label_space')}): {', '.join(info['classes'])}")
     if info.get("groups"):
@@ -99,10 +126,6 @@ def print_summary(result, *, shown_path: Path) -> None:
         sub = info["subset"]
         console.print(f"subset (--max-rows {sub['max_rows']}, seed {sub['seed']}): {sub['images_kept']:,} of "
                       f"{sub['images_total']:,} images, stratified by split and label")
-    if lab.get("duplicate_rows"):
-        how = f"; where they disagree the {lab['on_duplicate']} row counts" if lab.get("on_duplicate") else ""
-        console.print(f"labels: {lab['duplicate_rows']:,} repeated label rows merged "
-                      f"({lab.get('conflicting_names', 0):,} names with different labels or splits{how})")
     if info.get("skipped_folders"):
         sk = info["skipped_folders"]
         shown = ", ".join(f"{x['folder']} ({x['reason']})" for x in sk[:3]) + (", ..." if len(sk) > 3 else "")
@@ -137,7 +160,7 @@ def register(app: typer.Typer) -> None:
         group_regex: Annotated[str | None, typer.Option("--group-regex", help="Regex searched in each image path (relative to RAW); its first group is the row's group, e.g. 'S(\\d+)_'.")] = None,
         max_rows: Annotated[int | None, typer.Option("--max-rows", help="Align only a seeded subset of this many images, stratified by split and label.")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the --max-rows subset.")] = 0,
-        preset: Annotated[str | None, typer.Option("--preset", help="Dataset preset (manifests/presets/NAME.toml, or a .toml path); explicit options win.")] = None,
+        preset: Annotated[str | None, typer.Option("--preset", help=f"Dataset preset: {', '.join(preset_names())}; or a path to a .toml file. Options given explicitly win.")] = None,
         mode: Annotated[str | None, typer.Option("--mode", help="align (5-point similarity), box (square box crop) or whole (no detection) (default: align).")] = None,
         on_no_face: Annotated[str | None, typer.Option("--on-no-face", help="skip or whole: what a photo without a detected face gets (default: skip).")] = None,
         all_faces: Annotated[bool | None, typer.Option("--all-faces/--best-face", help="One row per detected face instead of the most confident one.")] = None,

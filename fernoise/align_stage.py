@@ -554,16 +554,54 @@ def _crop_intact(out: Path, face: dict[str, Any]) -> bool:
 
 
 # ----------------------------------------------------------------------------- per-image work
-def _decode(path: Path, params) -> dict[str, Any]:
-    from fernoise.align import detector_input, open_image
+def working_factor(params, w: int, h: int) -> int:
+    """The integer factor a ``w`` x ``h`` source is decoded reduced by for the stage.
 
-    img, status, reason = open_image(path)
-    item: dict[str, Any] = {"img": img, "status": status, "reason": reason}
-    if img is not None:
-        item["size"] = list(img.size)
-        if params.mode != "whole" and min(img.size) >= params.min_face_size:
-            item["det_in"] = detector_input(img, params)
+    Detection modes: as much as keeps the longer side at or above ``detect_size`` (the
+    detector sees that size anyway); ``--detect-size 0`` keeps full size. ``whole``: as much
+    as the crop's resize allows without losing detail. Faces that need more detail than the
+    reduced copy holds are cropped from a finer decode (:func:`fernoise.align.faces_from`).
+    """
+    from fernoise.align import reduction_for
+
+    if params.mode == "whole":
+        return reduction_for(params.size / max(1, min(w, h)))
+    if not params.detect_size:
+        return 1
+    return max(1, max(w, h) // int(params.detect_size))
+
+
+def _decode(path: Path, params) -> dict[str, Any]:
+    """Decode reduced (:func:`working_factor`) and prepare the detector's copy; ``size`` is
+    the source's, ``factor`` the reduction (source pixel = factor x image pixel)."""
+    from fernoise.align import decode_image, detector_input
+
+    d = decode_image(path, lambda w, h: working_factor(params, w, h))
+    item: dict[str, Any] = {"img": d.image, "status": d.status, "reason": d.reason, "path": path,
+                            "factor": d.factor}
+    if d.image is not None:
+        item["size"] = list(d.size)
+        if params.mode != "whole" and min(d.size) >= params.min_face_size:
+            arr, back = detector_input(d.image, params)
+            item["det_in"] = (arr, back * d.factor)
     return item
+
+
+def _finer(path: Path):
+    """``f -> (image, factor)``: ``path`` decoded again, reduced by at most ``f`` (memoised)."""
+    from fernoise.align import decode_image
+
+    cache: dict[int, tuple[Any, int]] = {}
+
+    def get(f: int):
+        if f not in cache:
+            d = decode_image(path, f)
+            if d.image is None:
+                raise RuntimeError(f"could not decode the image again for a finer crop: {d.reason}")
+            cache[f] = (d.image, d.factor)
+        return cache[f]
+
+    return get
 
 
 class OutsideOut(Exception):
@@ -607,7 +645,7 @@ def _save_crop(crop, path: Path, params) -> str:
 
 def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, params) -> dict[str, Any]:
     """The record of one image: status, reason, faces (with crop paths and sha256), saved crops."""
-    from fernoise.align import crop_whole, faces_from
+    from fernoise.align import crop_whole, faces_from, reduction_for
 
     rec: dict[str, Any] = {"src": src, "sha": sha, "status": item["status"], "reason": item["reason"],
                            "n_faces": 0, "size": item.get("size"), "faces": []}
@@ -619,7 +657,7 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
         if params.mode == "whole":
             whole_reason = "detection off (--mode whole): the whole image was resized"
         elif "det_in" not in item:
-            w, h = img.size
+            w, h = item["size"]
             rec.update(status="too_small",
                        reason=f"image is {w}x{h} px, smaller than the minimum face size {params.min_face_size} px")
             return rec
@@ -633,12 +671,16 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
                     return rec
         if whole_reason is not None:
             rel = f"{FACES}/{src}.{params.ext}"
-            sha_c = _save_crop(crop_whole(img, params), _destination(out, rel), params)
+            w, h = item["size"]
+            need = reduction_for(params.size / max(1, min(w, h)))
+            whole_src = img if item["factor"] <= need else _finer(item["path"])(need)[0]
+            sha_c = _save_crop(crop_whole(whole_src, params), _destination(out, rel), params)
             rec.update(status="whole", reason=whole_reason,
                        faces=[{"face": None, "det_prob": None, "bbox": None, "landmarks": None,
                                "path": rel, "crop_sha256": sha_c}])
             return rec
-        faces = faces_from(img, det, params, max_faces=None if params.all_faces else 1)
+        faces = faces_from(img, det, params, max_faces=None if params.all_faces else 1, factor=item["factor"],
+                           finer=_finer(item["path"]))
         recs = []
         for k, f in enumerate(faces):
             rel = crop_rel(src, k, params)
@@ -779,8 +821,12 @@ def align_folder(
     progress: Progress | None = None,
     force: bool = False,
     workspace: Workspace | None = None,
+    dataset: str | None = None,
 ) -> AlignResult:
     """Align every image under ``raw`` into ``out`` (see the module docstring).
+
+    ``dataset`` names the data set in the manifest's metadata (``dataset``; later stages keep
+    it), e.g. ``synthetic-faces`` for ``fernoise demo``; None leaves it out (and the key as it was).
 
     ``workers``, ``batch_size``, ``device`` and ``progress`` never change the output, so they
     are not in the key. Returns an :class:`AlignResult` (``hit`` = whole-stage cache hit).
@@ -804,7 +850,7 @@ def align_folder(
     try:
         return _align_folder(raw, out, params, labels, workers=workers, batch_size=batch_size, shard=shard,
                              device=device, detector=detector, progress=progress, force=force,
-                             workspace=workspace, t0=t0)
+                             workspace=workspace, t0=t0, dataset=dataset)
     except BaseException:
         if created:
             _remove_empty_tree(out)  # a failed first run leaves no empty OUT behind
@@ -819,7 +865,7 @@ def _remove_empty_tree(root: Path) -> None:
 
 
 def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, batch_size, shard, device, detector,
-                  progress, force, workspace, t0) -> AlignResult:
+                  progress, force, workspace, t0, dataset=None) -> AlignResult:
     skipped: list[dict[str, str]] = []
     src_all = scan_images(raw, exclude=out, skipped=skipped)
     if not src_all:
@@ -829,6 +875,8 @@ def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, b
     clean_stale_tmp(out)  # what a killed run or a full disk left half-written
     pparams = params.asdict()
     key_params = {"align": pparams, "labels": labels.key_params()}
+    if dataset is not None:
+        key_params["dataset"] = dataset
     inputs = {
         "images": dict_hash([[s, h] for s, h in zip(src_all, shas_all, strict=True)]),
         "label_files": [_sha_or_none(Path(f)) for f in labels.files],
@@ -843,7 +891,7 @@ def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, b
     def build(key: str) -> list[Path]:
         written, summary = _build(raw, out, manifest, src_all, shas_all, params, labels, key=key, base_key=base_key,
                                   shard=shard, workers=workers, batch_size=batch_size, device=device,
-                                  detector=detector, progress=progress)
+                                  detector=detector, progress=progress, dataset=dataset)
         holder["summary"] = summary
         return written
 
@@ -863,7 +911,7 @@ def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, b
 
 
 def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_key, shard, workers, batch_size,
-           device, detector, progress) -> tuple[list[Path], dict[str, Any]]:
+           device, detector, progress, dataset=None) -> tuple[list[Path], dict[str, Any]]:
     import pandas as pd
 
     from fernoise.manifest import stage_meta, write_manifest
@@ -920,7 +968,7 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
     meta = stage_meta(None, stage=STAGE, params=params.asdict(), key=key, classes=classes, label_space=space,
                       counts=counts, labels=info.get("labels"), join=info.get("join"), base_key=base_key,
                       shard=list(shard) if shard else None, images=len(src), groups=info.get("groups"),
-                      subset=info.get("subset"))
+                      subset=info.get("subset"), **({"dataset": dataset} if dataset is not None else {}))
     write_manifest(df, manifest, meta)
     summary = {"counts": counts, "rows": len(df), "info": info, "key": key}
     atomic_write_json(summary_path(manifest), summary)

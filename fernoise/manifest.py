@@ -259,14 +259,14 @@ def stage_meta(
 ) -> dict[str, Any]:
     """Metadata for a manifest made by ``stage`` from a manifest with metadata ``parent``.
 
-    Keeps the parent's class list and label space, and appends this stage to ``lineage``
+    Keeps the parent's class list, label space and ``dataset`` name, and appends this stage to ``lineage``
     (a list of ``{"stage", "key", "params"}`` from align onwards), so a later stage can find,
     for example, the align parameters of the crops or the noise a manifest carries.
     """
     parent = dict(parent or {})
     lineage = list(parent.get("lineage", []))
     lineage.append({"stage": stage, "key": key, "params": params})
-    meta = {k: v for k, v in parent.items() if k in ("classes", "label_space")}
+    meta = {k: v for k, v in parent.items() if k in ("classes", "label_space", "dataset")}
     meta.update(stage=stage, params=params, key=key, lineage=lineage, **extra)
     return meta
 

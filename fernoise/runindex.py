@@ -6,7 +6,9 @@ torch (seconds per call). A sweep re-checks hundreds of finished cells, so each 
 also gets a small index entry, keyed by what was *asked for*:
 
 - the :class:`~fernoise.train.TrainConfig` as given (``workers`` excluded: it changes no
-  result), the input manifest's key, the world size from the environment;
+  result), the world size from the environment;
+- the input manifest by identity: its resolved path, size and mtime, and the key and content
+  digests its metadata records (an edited manifest misses, and train keys it on its content);
 - the pretrained start by identity: a file's resolved path, size and mtime (a folder: those
   of the files in it; ``latest``: the workspace lock's ``pretrain`` entry);
 - with ``--device auto``: the machine's device class read cheaply (``/dev/nvidia*`` and
@@ -77,16 +79,22 @@ def torch_build() -> str | None:
         return None
 
 
-def runs_root(runs_dir: str | os.PathLike | None) -> Path:
+def runs_root(runs_dir: str | os.PathLike | None, workspace: Workspace | None = None) -> Path:
     """The folder of run folders, as :func:`fernoise.train.plan` resolves it."""
-    return (Path(runs_dir) if runs_dir else Workspace().root / "runs").resolve()
+    return (Path(runs_dir) if runs_dir else (workspace or Workspace()).root / "runs").resolve()
 
 
-def manifest_key(path: str | os.PathLike) -> str:
-    """The manifest's recorded key (or its sha256), as :func:`fernoise.train.plan` takes it."""
+def manifest_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest without reading its rows: its resolved path, size and mtime (an edit in
+    place changes them, and the run is then planned, keyed on the content, as usual), and the
+    key and content digests its metadata records."""
     from fernoise.manifest import read_meta
 
-    return read_meta(path).get("key") or file_sha256(path)
+    p = Path(path)
+    if p.is_dir():
+        p = p / "manifest.parquet"
+    meta = read_meta(p)
+    return {"file": str(p.resolve()), "stat": _stat(p), "key": meta.get("key"), "content": meta.get("content")}
 
 
 def _stat(path: Path) -> list[int] | None:
@@ -168,7 +176,7 @@ def train_request(manifest_path: str | os.PathLike, cfg: Any, workspace: Workspa
     host = {"device_class": device_class(), "torch": torch_build()} if config.get("device") == "auto" else None
     return {
         "index": INDEX_VERSION, "fernoise": __version__, "stage_version": VERSION,
-        "config": config, "manifest": manifest_key(manifest_path), "pretrained": pre,
+        "config": config, "manifest": manifest_identity(manifest_path), "pretrained": pre,
         "world": world_size(cfg), "host": host,
     }
 
@@ -183,7 +191,7 @@ def lookup(manifest_path, cfg, *, runs_dir=None, workspace: Workspace | None = N
         return None  # let train() report the problem in its own words
     if request is None:
         return None
-    runs = runs_root(runs_dir)
+    runs = runs_root(runs_dir, workspace)
     entry = read_json(_entry_path(runs, request))
     if not isinstance(entry, dict) or entry.get("request") != request:
         return None
@@ -212,7 +220,7 @@ def record(manifest_path, cfg, result: StageResult, *, runs_dir=None, workspace:
     files = snapshot(stamp, run_dir)
     if files is None:
         return None
-    runs = runs_root(runs_dir)
+    runs = runs_root(runs_dir, workspace)
     try:
         rel = os.path.relpath(run_dir, runs)
     except ValueError:  # another drive (Windows)

@@ -1,30 +1,10 @@
 """`fernoise sweep`: a grid file -> cells -> corrupt -> train -> eval, resumable, sharded.
 
-A grid file (TOML; ``grids/*.toml``) declares a study over one clean aligned manifest::
+The grid file and its cells are :mod:`fernoise.grid`. :func:`plan` checks everything before
+anything runs (the grid, the manifest, the noise and pretrained files, every cell's
+TrainConfig) and writes nothing; :func:`run` runs this share's cells.
 
-    name = "table5"                       # state folder: <workspace>/sweeps/<name>/ (default: file stem)
-    manifest = "out/manifest.parquet"     # optional; else the command's MANIFEST, else the latest `align`
-    methods = ["ce", "nl", "pc", "ncctfer"]
-    seeds = [0, 1, 2]
-    pretrained = ["none", "backbone.pt", "latest"]   # none | a file or folder | a pretrain stage
-    noise = ["clean", {kind = "sym", rates = [0.1, 0.3]}, {kind = "asym", rate = 0.3},
-             {kind = "column", column = "fer2013_label"}]
-    [train]                               # any `fernoise train` option: a value, or a list = an axis
-    epochs = 40
-    image_size = [112, 224]
-    [train.ncctfer]                       # options for one method only
-    k = 4
-    [eval]
-    cam = 0
-
-A cell is one (seed, pretrained, train-option values, noise, method); cells are ordered in that
-nesting (method innermost, so each noise setting's row of methods fills first, and seed 0 of
-every cell comes before seed 1). Paths in the file are relative to the workspace root.
-Everything is checked before anything runs (:func:`plan`): an unknown key or value is a
-one-line error naming the key and the valid ones, and every cell's TrainConfig and noise
-parameters are built.
-
-Each cell then runs the existing stages through their caches: ``run_corrupt`` (in this
+Each cell runs the existing stages through their caches: ``run_corrupt`` (in this
 process, under a file lock so concurrent shards never write one noisy manifest twice at
 once), then ``train`` and ``evaluate_run`` in a child process (:mod:`fernoise.sweepcell`),
 one per GPU with ``gpus``. A cell whose run and evaluation are indexed
@@ -50,405 +30,26 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fernoise.cache import Workspace, atomic_write_json, atomic_write_text, dict_hash, read_json
 from fernoise.errors import FernoiseError
+from fernoise.grid import (  # noqa: F401 - the grid API, re-exported for `fernoise.sweep` users
+    Cell,
+    Grid,
+    Noise,
+    expand,
+    grid_error,
+    load_grid,
+    method_names,
+    parse_shard,
+    shard_cells,
+)
 
-TOP_KEYS = ("description", "eval", "manifest", "methods", "name", "noise", "pretrained", "seeds", "train")
-NOISE_KEYS = ("column", "kind", "matrix", "pairs", "rate", "rates", "seed")
-EVAL_KEYS = ("cam",)
-AXIS_KEYS = {"method": "methods", "seed": "seeds", "pretrained": "pretrained"}  # set at the top level
 STATUSES = ("queued", "running", "done", "failed")
-
-
-# ----------------------------------------------------------------------------- registries
-def method_names() -> tuple[str, ...]:
-    """The method names ``fernoise train`` accepts: the ``fernoise.methods`` registry when it
-    exists, else ``fernoise.train.METHODS``."""
-    try:
-        from fernoise import methods  # type: ignore[attr-defined]
-
-        return tuple(methods.names())
-    except ImportError:
-        from fernoise.train import METHODS
-
-        return tuple(METHODS)
-
-
-def noise_kinds() -> tuple[str, ...]:
-    from fernoise.corrupt import KINDS
-
-    return tuple(KINDS)
-
-
-def train_fields() -> dict[str, str]:
-    """TrainConfig field name -> its annotation (a string such as ``"float | None"``), plus every
-    method flag (``fernoise.methods``) by its name without dashes (``k``, ``gce_q``)."""
-    from fernoise.train import TrainConfig
-
-    out = {f.name: str(f.type) for f in fields(TrainConfig) if f.name != "method_params"}
-    for name, (_flag, annotation) in method_options().items():
-        out.setdefault(name, annotation)
-    return out
-
-
-def method_options() -> dict[str, tuple[str, str]]:
-    """Method flags as grid keys: ``{"gce_q": ("--gce-q", "float"), "k": ("--k", "int"), ...}``."""
-    from fernoise import methods
-
-    out = {}
-    for flag, owners in methods.all_flags().items():
-        name, field_name = next(iter(owners.items()))
-        default = next(f.default for f in fields(methods.get(name).Params) if f.name == field_name)
-        out[flag.removeprefix("--").replace("-", "_")] = (flag, type(default).__name__)
-    return out
-
-
-def _train_config(method: str, seed: int, pretrained: str | None, glob: dict[str, Any], own: dict[str, Any]):
-    """The cell's TrainConfig: method flags go to ``method_params`` (those of the ``[train]``
-    table only to the methods that have them; a method's own table may not name another's)."""
-    from fernoise import methods
-    from fernoise.train import TrainConfig
-
-    mopts, owners = method_options(), methods.all_flags()
-    given, kw = {}, {}
-    for key, value in {**glob, **own}.items():
-        if key in mopts:
-            flag = mopts[key][0]
-            if key in own or method in owners[flag]:
-                given[flag] = value
-        else:
-            kw[key] = value
-    return TrainConfig(method=method, method_params=methods.make_params(method, given), seed=seed,
-                       pretrained=pretrained, **kw)
-
-
-# ----------------------------------------------------------------------------- the grid
-@dataclass(frozen=True)
-class Noise:
-    """One noise setting of the grid: ``kind`` None is clean (no corrupt stage)."""
-
-    kind: str | None = None
-    rate: float | None = None
-    seed: int | str = 0
-    """The noise draw's seed, or ``"train"``: the cell's training seed."""
-    pairs: str | None = None
-    matrix: str | None = None
-    column: str | None = None
-
-    def label(self) -> str:
-        """``clean``, ``sym 30%``, ``asym 10%``, ``column fer2013_label``, ``matrix T.csv``."""
-        if self.kind is None:
-            return "clean"
-        if self.rate is not None:
-            pct = self.rate * 100
-            text = f"{pct:.0f}%" if pct == round(pct) else f"{pct:.1f}%"
-            return f"{self.kind} {text}"
-        if self.kind == "column":
-            return f"column {self.column}"
-        if self.kind == "matrix":
-            return f"matrix {Path(str(self.matrix)).name}"
-        return str(self.kind)
-
-    def slug(self) -> str:
-        if self.kind is None:
-            return "clean"
-        text = self.label().replace(" ", "-").replace("%", "")
-        if self.pairs:
-            text += f"-pairs-{Path(self.pairs).stem}"
-        if self.seed != 0:
-            text += f"-n{self.seed}"
-        return text
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A parsed, checked grid file."""
-
-    path: Path
-    name: str
-    description: str
-    manifest: str | None
-    methods: tuple[str, ...]
-    noise: tuple[Noise, ...]
-    seeds: tuple[int, ...]
-    pretrained: tuple[str | None, ...]
-    fixed: dict[str, Any]
-    """Train options with one value."""
-    axes: dict[str, tuple[Any, ...]]
-    """Train options with a list of values, in file order."""
-    per_method: dict[str, dict[str, Any]]
-    """``[train.<method>]`` options (one value each)."""
-    cam: int = 0
-
-
-def _err(path: Path, where: str, message: str) -> FernoiseError:
-    return FernoiseError(f"{path}: {where}: {message}", flag="GRID")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_type(path: Path, where: str, value: Any, annotation: str) -> Any:
-    """``value`` checked against a TrainConfig annotation (``int``, ``float | None``, ...)."""
-    allowed = {a.strip() for a in annotation.split("|")}
-    ok = (
-        ("int" in allowed and _is_int(value))
-        or ("float" in allowed and (isinstance(value, float) or _is_int(value)))
-        or ("str" in allowed and isinstance(value, str))
-        or ("bool" in allowed and isinstance(value, bool))
-        or ("None" in allowed and value is None)
-        or not allowed & {"int", "float", "str", "bool", "None"}
-    )
-    if not ok:
-        raise _err(path, where, f"expected {annotation}, found {value!r}")
-    return float(value) if _is_int(value) and "float" in allowed and "int" not in allowed else value
-
-
-def _option_name(path: Path, where: str, key: str, known: dict[str, str]) -> str:
-    name = key.replace("-", "_")
-    if name in AXIS_KEYS:
-        raise _err(path, where, f"set {name!r} with the top-level key {AXIS_KEYS[name]!r}")
-    if name not in known:
-        valid = ", ".join(k for k in sorted(known) if k not in AXIS_KEYS)
-        raise _err(path, where, f"unknown train option {key!r}; valid: {valid}")
-    return name
-
-
-def _noise_entries(path: Path, raw: Any) -> list[Noise]:
-    if not isinstance(raw, list) or not raw:
-        raise _err(path, "noise", 'expected a list such as ["clean", {kind = "sym", rates = [0.1, 0.3]}]')
-    kinds = noise_kinds()
-    out: list[Noise] = []
-    for i, item in enumerate(raw):
-        where = f"noise[{i}]"
-        if item in ("clean", "none"):
-            out.append(Noise())
-            continue
-        if not isinstance(item, dict):
-            raise _err(path, where, f'expected "clean" or a table {{kind = ..., rate = ...}}, found {item!r}')
-        unknown = sorted(set(item) - set(NOISE_KEYS))
-        if unknown:
-            raise _err(path, where, f"unknown key {unknown[0]!r}; valid keys: {', '.join(NOISE_KEYS)}")
-        kind = item.get("kind")
-        if kind not in kinds:
-            raise _err(path, f"{where}.kind", f"unknown noise kind {kind!r}; valid: clean, {', '.join(kinds)}")
-        if "rate" in item and "rates" in item:
-            raise _err(path, where, "give rate or rates, not both")
-        rates = item["rates"] if "rates" in item else [item.get("rate")]
-        if not isinstance(rates, list) or not rates:
-            raise _err(path, f"{where}.rates", f"expected a list of rates, found {rates!r}")
-        seed = item.get("seed", 0)
-        if not (seed == "train" or (_is_int(seed) and seed >= 0)):
-            raise _err(path, f"{where}.seed", f'expected a non-negative integer or "train", found {seed!r}')
-        for r in rates:
-            if r is not None and not isinstance(r, int | float) or isinstance(r, bool):
-                raise _err(path, f"{where}.rate", f"expected a number in [0, 1), found {r!r}")
-            noise = Noise(kind=kind, rate=float(r) if r is not None else None, seed=seed,
-                          pairs=item.get("pairs"), matrix=item.get("matrix"), column=item.get("column"))
-            _check_noise_params(path, where, noise)
-            out.append(noise)
-    slugs = [n.slug() for n in out]
-    dup = next((s for s in slugs if slugs.count(s) > 1), None)
-    if dup:
-        raise _err(path, "noise", f"the setting {dup!r} is listed twice")
-    return out
-
-
-def _check_noise_params(path: Path, where: str, noise: Noise) -> None:
-    """Build the CorruptParams of ``noise`` (without its files) to check kind, rate and seed."""
-    from fernoise.corrupt import CorruptParams
-
-    try:
-        CorruptParams(kind=str(noise.kind), rate=noise.rate, seed=noise.seed if _is_int(noise.seed) else 0,
-                      column=noise.column,
-                      matrix=((1.0,),) if noise.kind == "matrix" and noise.matrix else None)
-    except FernoiseError as e:
-        flag = (e.flag or "").removeprefix("--")
-        key = {"kind": "kind", "rate": "rate", "seed": "seed", "column": "column", "matrix": "matrix",
-               "pairs": "pairs"}.get(flag, flag or "noise")
-        text = str(e).replace("--rate", "rate").replace("--kind", "kind").replace("--column", "column")
-        raise _err(path, f"{where}.{key}", text.replace("--matrix", "matrix").replace("--pairs", "pairs")) from None
-    except (TypeError, ValueError) as e:  # a matrix stub of the wrong shape is checked later, with the file
-        if noise.kind != "matrix":
-            raise _err(path, where, str(e)) from None
-    if noise.pairs is not None and not isinstance(noise.pairs, str):
-        raise _err(path, f"{where}.pairs", f"expected a file path, found {noise.pairs!r}")
-
-
-def load_grid(path: str | os.PathLike) -> Grid:
-    """Parse and check a grid file (see the module docstring). Raises a one-line FernoiseError
-    naming the key at fault and the valid keys or values."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-
-    path = Path(path)
-    if not path.is_file():
-        raise FernoiseError(f"grid file {path} does not exist; pass a .toml file such as grids/smoke.toml", flag="GRID")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise FernoiseError(f"{path} is not valid TOML ({e})", flag="GRID") from None
-    unknown = sorted(set(raw) - set(TOP_KEYS))
-    if unknown:
-        raise _err(path, "top level", f"unknown key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}")
-
-    valid_methods = method_names()
-    methods = raw.get("methods")
-    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
-        raise _err(path, "methods", f"expected a list of method names from: {', '.join(valid_methods)}")
-    for m in methods:
-        if m not in valid_methods:
-            raise _err(path, "methods", f"unknown method {m!r}; valid: {', '.join(valid_methods)}")
-    if len(set(methods)) != len(methods):
-        raise _err(path, "methods", "a method is listed twice")
-
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
-        raise _err(path, "seeds", f"expected a list of non-negative integers, found {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise _err(path, "seeds", "a seed is listed twice")
-
-    pre_raw = raw.get("pretrained", ["none"])
-    pre_raw = pre_raw if isinstance(pre_raw, list) else [pre_raw]
-    if not pre_raw or not all(isinstance(p, str) and p for p in pre_raw):
-        raise _err(path, "pretrained", 'expected a list of "none", "latest" or paths to a file or folder')
-    pretrained = tuple(None if p == "none" else p for p in pre_raw)
-
-    noise = _noise_entries(path, raw.get("noise", ["clean"]))
-
-    known = train_fields()
-    train_raw = raw.get("train", {})
-    if not isinstance(train_raw, dict):
-        raise _err(path, "train", "expected a table of `fernoise train` options")
-    fixed: dict[str, Any] = {}
-    axes: dict[str, tuple[Any, ...]] = {}
-    per_method: dict[str, dict[str, Any]] = {}
-    for key, value in train_raw.items():
-        if isinstance(value, dict):
-            if key not in methods:
-                raise _err(path, f"train.{key}", f"a table here sets one method's options; {key!r} is not in methods ({', '.join(methods)})")
-            opts = {}
-            for k, v in value.items():
-                name = _option_name(path, f"train.{key}", k, known)
-                if isinstance(v, list):
-                    raise _err(path, f"train.{key}.{k}", "per-method options take one value (lists are axes of [train])")
-                opts[name] = _check_type(path, f"train.{key}.{k}", v, known[name])
-            per_method[key] = opts
-            continue
-        name = _option_name(path, "train", key, known)
-        if isinstance(value, list):
-            if not value:
-                raise _err(path, f"train.{key}", "an empty list of values")
-            axes[name] = tuple(_check_type(path, f"train.{key}", v, known[name]) for v in value)
-        else:
-            fixed[name] = _check_type(path, f"train.{key}", value, known[name])
-
-    eval_raw = raw.get("eval", {})
-    if not isinstance(eval_raw, dict):
-        raise _err(path, "eval", "expected a table, e.g. [eval] cam = 0")
-    bad = sorted(set(eval_raw) - set(EVAL_KEYS))
-    if bad:
-        raise _err(path, "eval", f"unknown key {bad[0]!r}; valid keys: {', '.join(EVAL_KEYS)}")
-    cam = eval_raw.get("cam", 0)
-    if not _is_int(cam) or not 0 <= cam <= 64:
-        raise _err(path, "eval.cam", f"expected 0..64 Grad-CAM faces, found {cam!r}")
-
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise _err(path, "name", f"expected letters, digits, '.', '_' or '-', found {name!r}")
-    manifest = raw.get("manifest")
-    if manifest is not None and not isinstance(manifest, str):
-        raise _err(path, "manifest", f"expected a path, found {manifest!r}")
-    description = raw.get("description", "")
-    return Grid(path=path, name=name, description=str(description), manifest=manifest, methods=tuple(methods),
-                noise=tuple(noise), seeds=tuple(seeds), pretrained=pretrained, fixed=fixed, axes=axes,
-                per_method=per_method, cam=cam)
-
-
-# ----------------------------------------------------------------------------- cells
-@dataclass(frozen=True)
-class Cell:
-    """One training run of the grid and its evaluation."""
-
-    index: int
-    method: str
-    noise: Noise
-    seed: int
-    pretrained: str | None
-    options: tuple[tuple[str, Any], ...]
-    """The swept train options' values (the grid's axes), for display."""
-    config: Any
-    """The complete :class:`fernoise.train.TrainConfig`."""
-
-    @property
-    def id(self) -> str:
-        parts = [self.method, self.noise.slug(), f"s{self.seed}"]
-        if self.pretrained is not None:
-            parts.append("pre-" + Path(self.pretrained).name)
-        parts += [f"{k}={v}" for k, v in self.options]
-        return re.sub(r"[^A-Za-z0-9._=+-]", "_", ".".join(parts))
-
-    def noise_seed(self) -> int:
-        return self.seed if self.noise.seed == "train" else int(self.noise.seed)
-
-
-def _config_error(grid: Grid, cell_desc: str, e: FernoiseError) -> FernoiseError:
-    flag = (e.flag or "").removeprefix("--").replace("-", "_")
-    key = AXIS_KEYS.get(flag) or (f"train.{flag}" if flag else "train")
-    return _err(grid.path, key, f"{str(e)} (cell {cell_desc})")
-
-
-def expand(grid: Grid, *, root: Path | None = None) -> list[Cell]:
-    """Every cell of ``grid`` in its fixed order, each with a checked TrainConfig. Relative
-    pretrained paths are made absolute against ``root`` (the workspace root)."""
-    import itertools
-
-    root = root or Workspace().root
-    axis_names = list(grid.axes)
-    cells: list[Cell] = []
-    for seed in grid.seeds:
-        for pre in grid.pretrained:
-            pre_value = pre
-            if pre is not None and pre != "latest" and not Path(pre).is_absolute():
-                pre_value = str(root / pre)
-            for values in itertools.product(*(grid.axes[a] for a in axis_names)):
-                options = tuple(zip(axis_names, values, strict=True))
-                for noise in grid.noise:
-                    for method in grid.methods:
-                        desc = f"{method}, {noise.label()}, seed {seed}" + "".join(f", {k}={v}" for k, v in options)
-                        try:
-                            cfg = _train_config(method, seed, pre_value, {**grid.fixed, **dict(options)},
-                                                grid.per_method.get(method, {}))
-                        except FernoiseError as e:
-                            raise _config_error(grid, desc, e) from None
-                        cells.append(Cell(len(cells), method, noise, seed, pre, options, cfg))
-    return cells
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"i/n"`` -> ``(i, n)`` with 1 <= i <= n; None -> ``(1, 1)``."""
-    if text is None:
-        return 1, 1
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
-        raise FernoiseError(f"expected i/n with 1 <= i <= n (e.g. 2/4), found {text!r}", flag="--shard")
-    return int(m.group(1)), int(m.group(2))
-
-
-def shard_cells(cells: Sequence[Cell], shard: int, of: int) -> list[Cell]:
-    """The ``shard``-th (1-based) of ``of`` contiguous, disjoint shares of ``cells``: share k
-    holds cells ``[(k-1) N / of, k N / of)``, so every cell is in exactly one share and the
-    shares differ in size by at most one."""
-    n = len(cells)
-    return list(cells[(shard - 1) * n // of : shard * n // of])
 
 
 def parse_gpus(text: str | None) -> list[str] | None:
@@ -537,12 +138,15 @@ class Sweep:
     mine: list[Cell]
     shard: tuple[int, int]
     state_dir: Path
+    manifest_id: str = ""
+    """Hash of the manifest's path, size, mtime and recorded key (:func:`runindex.manifest_identity`)."""
     states: dict[int, CellState] = field(default_factory=dict)
 
     def spec(self, cell: Cell) -> str:
-        """What the cell's result depends on; a cell file of another spec is stale."""
+        """What the cell's result depends on; a cell file of another spec is stale (another
+        grid of the same name, or the manifest changed since)."""
         cfg = {k: v for k, v in asdict(cell.config).items() if k != "workers"}
-        return dict_hash({"config": cfg, "noise": asdict(cell.noise), "manifest": self.manifest_key,
+        return dict_hash({"config": cfg, "noise": asdict(cell.noise), "manifest": self.manifest_id,
                           "cam": self.grid.cam})[:16]
 
     def cell_file(self, cell: Cell) -> Path:
@@ -571,7 +175,7 @@ def _check_manifest(grid: Grid, manifest: Path) -> str:
         raise FernoiseError(f"{manifest} has no class list in its metadata; make it with `fernoise align`", flag="MANIFEST")
     for i, n in enumerate(grid.noise):
         if n.kind == "column" and n.column not in names:
-            raise _err(grid.path, f"noise[{i}].column", f"{manifest.name} has no column {n.column!r}")
+            raise grid_error(grid.path, f"noise[{i}].column", f"{manifest.name} has no column {n.column!r}")
     from fernoise.cache import file_sha256
 
     return meta.get("key") or file_sha256(manifest)
@@ -588,16 +192,16 @@ def _check_files(grid: Grid, root: Path) -> None:
             if n.matrix is not None:
                 load_matrix(_abs(n.matrix, root))
         except FernoiseError as e:
-            raise _err(grid.path, where, e.one_line()) from None
+            raise grid_error(grid.path, where, e.one_line()) from None
     ws = Workspace(root)
     for p in grid.pretrained:
         if p is None:
             continue
         if p == "latest":
             if "pretrain" not in ws.read()["stages"]:
-                raise _err(grid.path, "pretrained", f'"latest" but {ws.lock_path} records no pretrain stage; run `fernoise pretrain` first')
+                raise grid_error(grid.path, "pretrained", f'"latest" but {ws.lock_path} records no pretrain stage; run `fernoise pretrain` first')
         elif not Path(_abs(p, root)).exists():
-            raise _err(grid.path, "pretrained", f"{_abs(p, root)} does not exist; valid: none, latest, a file or folder")
+            raise grid_error(grid.path, "pretrained", f"{_abs(p, root)} does not exist; valid: none, latest, a file or folder")
 
 
 def _abs(p: str, root: Path) -> str:
@@ -619,36 +223,25 @@ def plan(grid_path: str | os.PathLike, manifest: str | os.PathLike | None = None
     if path.is_dir():
         path = path / "manifest.parquet"
     if not path.is_file() and manifest is None and grid.manifest is not None:
-        raise _err(grid.path, "manifest", f"{path} does not exist; make it with `fernoise align` or fix the path")
+        raise grid_error(grid.path, "manifest", f"{path} does not exist; make it with `fernoise align` or fix the path")
     key = _check_manifest(grid, path)
     _check_files(grid, ws.root)
     cells = expand(grid, root=ws.root)
     mine = shard_cells(cells, *shard)
     runs = ws.root / "runs"
+    from fernoise.runindex import manifest_identity
+
     return Sweep(grid=grid, manifest=path.resolve(), manifest_key=key, workspace=ws, runs_dir=runs.resolve(),
-                 cells=cells, mine=mine, shard=shard, state_dir=ws.root / "sweeps" / grid.name)
+                 cells=cells, mine=mine, shard=shard, state_dir=ws.root / "sweeps" / grid.name,
+                 manifest_id=dict_hash(manifest_identity(path))[:16])
 
 
 # ----------------------------------------------------------------------------- file lock
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive fcntl lock on ``<path>.lk`` (cache.file_lock when this fernoise has it)."""
-    from fernoise import cache
+def _file_lock(path: Path):
+    """An exclusive fcntl lock on ``<path>.lk`` while inside the block (:func:`cache.file_lock`)."""
+    from fernoise.cache import file_lock
 
-    if hasattr(cache, "file_lock"):
-        with cache.file_lock(path):
-            yield
-        return
-    import fcntl
-
-    side = Path(f"{path}.lk")
-    side.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(side, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(path)
 
 
 # ----------------------------------------------------------------------------- running
@@ -700,14 +293,15 @@ def check_done(sweep: Sweep, cell: Cell, manifest: Path, state: CellState) -> bo
     intact, decided from the run index alone (no torch)."""
     from fernoise import runindex
 
-    hit = runindex.lookup(manifest, cell.config, runs_dir=sweep.runs_dir, workspace=sweep.workspace)
-    if hit is None:
+    try:
+        hit = runindex.lookup(manifest, cell.config, runs_dir=sweep.runs_dir, workspace=sweep.workspace)
+        report = runindex.lookup_eval(hit.output, cam=sweep.grid.cam, workspace=sweep.workspace) if hit else None
+    except OSError:  # unreadable outputs: the child's stages will say what is wrong
         return False
-    report = runindex.lookup_eval(hit.output, cam=sweep.grid.cam, workspace=sweep.workspace)
     if report is None:
         return False
     state.status, state.hit, state.run = "done", True, str(hit.output)
-    state.epochs = state.epoch = cell.config.epochs
+    state.epochs = state.epoch = (report.get("history") or {}).get("epochs")
     _accuracies(state, report)
     return True
 
@@ -775,7 +369,15 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
                 return
             gpu = slots.get()
             try:
-                _run_child(sweep, st, manifest, gpu, lock, children, python or sys.executable)
+                # Another process (an overlapping share, the same sweep started twice) may be
+                # running this very run: wait for it, then it is a hit.
+                with _file_lock(_run_lock(sweep, st.cell, manifest)):
+                    with lock:
+                        done = check_done(sweep, st.cell, manifest, st)
+                        if done:
+                            _write_cell(sweep, st)
+                    if not done:
+                        _run_child(sweep, st, manifest, gpu, lock, children, python or sys.executable)
             finally:
                 slots.put(gpu)
 
@@ -783,9 +385,8 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
     for t in threads:
         t.start()
     try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=0.5)
+        while alive := [t for t in threads if t.is_alive()]:
+            alive[0].join(timeout=0.5)
             with lock:
                 say(sweep)
     except BaseException:
@@ -796,6 +397,20 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
     write_table(sweep)
     say(sweep)
     return list(sweep.states.values())
+
+
+def _run_lock(sweep: Sweep, cell: Cell, manifest: Path) -> Path:
+    """The lock file of the cell's run: one per requested train configuration (any grid, any
+    process), else per cell."""
+    from fernoise import runindex
+
+    try:
+        request = runindex.train_request(manifest, cell.config, sweep.workspace)
+    except (OSError, ValueError, FernoiseError):
+        request = None
+    if request is None:
+        return sweep.cell_file(cell)
+    return sweep.runs_dir / ".fernoise" / "locks" / dict_hash(request)[:32]
 
 
 def _existing_noisy(sweep: Sweep, cell: Cell) -> Path | None:
@@ -819,6 +434,7 @@ def _existing_noisy(sweep: Sweep, cell: Cell) -> Path | None:
 
 
 def check_done_readonly(sweep: Sweep, cell: Cell, manifest: Path, state: CellState) -> bool:
+    """:func:`check_done` that records nothing in the workspace lock (``--dry-run``)."""
     from fernoise import runindex
 
     hit = runindex.lookup(manifest, cell.config, runs_dir=sweep.runs_dir)
@@ -845,6 +461,9 @@ def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, loc
         st.status, st.gpu, st.started, st.reason = "running", gpu, time.time(), None
     env = worker_env(dict(os.environ), gpu, sweep.workspace.root)
     with open(log, "ab") as err:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        err.write(f"== {stamp} {st.host} sweep pid {os.getpid()} shard {st.shard} gpu {gpu}: cell {cell.id}\n".encode())
+        err.flush()
         proc = subprocess.Popen([python, "-m", "fernoise.sweepcell"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, env=env, cwd=sweep.workspace.root)
         with lock:
@@ -852,8 +471,9 @@ def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, loc
             children[proc.pid] = proc
             _write_cell(sweep, st)
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps(spec).encode())
-        proc.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # a child that died at once: its exit code says so
+            proc.stdin.write(json.dumps(spec).encode())
+            proc.stdin.close()
         final: dict[str, Any] | None = None
         for raw in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace"):
             try:

@@ -60,6 +60,17 @@ class _Events:
             _emit(ev)
 
 
+def config_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig keyword arguments from ``asdict(cfg)``: a method's ``method_params`` dict
+    becomes its ``Params`` again (through the ``fernoise.methods`` registry)."""
+    config = dict(config)
+    if isinstance(config.get("method_params"), dict):
+        from fernoise import methods  # type: ignore[attr-defined]
+
+        config["method_params"] = methods.get(config["method"]).Params(**config["method_params"])
+    return config
+
+
 def main() -> int:
     spec = json.loads(sys.stdin.read())
     _die_with_parent(spec.get("parent"))
@@ -74,7 +85,7 @@ def main() -> int:
         from fernoise.train import TrainConfig, train
 
         ws = Workspace(spec["workspace"])
-        cfg = TrainConfig(**spec["config"])
+        cfg = TrainConfig(**config_fields(spec["config"]))
         res = train(spec["manifest"], cfg, runs_dir=spec["runs_dir"], workspace=ws, progress=_Events())
         _emit({"event": "trained", "run": str(res.output), "hit": res.hit, "key": res.key})
         cam = int(spec.get("cam", 0))

@@ -17,7 +17,6 @@ from fernoise.align import AlignParams, open_image, similarity, template_points,
 from fernoise.align_stage import LabelSpec, align_folder, merge_shards
 from fernoise.cache import Workspace, file_sha256
 from fernoise.errors import FernoiseError
-from fernoise.labels import CLASSES
 from fernoise.manifest import read_manifest
 
 WHOLE = AlignParams(mode="whole", size=32)

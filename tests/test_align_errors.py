@@ -316,11 +316,50 @@ def test_duplicate_label_rows_are_refused_unless_on_duplicate(tmp_path, workspac
         m = read_manifest(tmp_path / "out" / "manifest.parquet")
         assert m.df.sort_values("src_path")["label_name"].tolist() == want
         assert m.meta["labels"]["duplicate_rows"] == 4 and m.meta["labels"]["conflicting_names"] == 3
-        assert (f"labels: 4 repeated label rows merged (3 names with different labels or splits; where they "
-                f"disagree the {how} row counts)") in " ".join(res.output.split())
+        assert [x for x in res.output.splitlines() if x.startswith("labels (")] == [
+            f"labels (csv): 8 rows in l.csv: 3 name an image here, 1 name none, 4 repeated rows merged "
+            f"(3 names with different labels: the {how} row counts); 0 images without a label row (label null)"]
     res = invoke(*base, "--on-duplicate", "both")
     assert res.exit_code == 2 and "expected one of: first, last" in one_line(res)
     # only repeats with equal labels, and a conflict on a row that names no image: accepted
     lab.write_text("path,label\na.png,happy\nb.png,sad\na.png,happy\nc.png,fear\ngone.png,sad\ngone.png,happy\n")
     res = invoke(*base)
     assert res.exit_code == 0, res.output
+
+
+def test_label_summary_adds_up_to_the_rows_read(tmp_path, workspace):
+    """Issue 9 item 14: every row of the label file is accounted for once (FER+: 8 rows = 2
+    naming an image + 3 naming none + 1 non-face row + 2 repeats merged)."""
+    raw = tmp_path / "raw"
+    for name in ("fer0000001.png", "fer0000002.png", "extra.png"):
+        make_image(raw / name)
+    head = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
+    rows = ["Training,fer0000001.png,0,10,0,0,0,0,0,0,0,0", "Training,,0,0,0,0,0,0,0,0,0,10",
+            "Training,fer0000002.png,10,0,0,0,0,0,0,0,0,0", "Training,fer0000001.png,0,10,0,0,0,0,0,0,0,0",
+            "PublicTest,fer0000009.png,10,0,0,0,0,0,0,0,0,0", "PrivateTest,fer0000010.png,10,0,0,0,0,0,0,0,0,0",
+            "PrivateTest,fer0000011.png,0,10,0,0,0,0,0,0,0,0", "PrivateTest,fer0000011.png,0,0,10,0,0,0,0,0,0,0"]
+    (tmp_path / "fer2013new.csv").write_text(head + "\n".join(rows) + "\n")
+    res = invoke(str(raw), str(tmp_path / "out"), "--mode", "whole", "--size", "32", "--labels",
+                 str(tmp_path / "fer2013new.csv"), "--format", "ferplus")
+    assert res.exit_code == 0, res.output
+    assert [x for x in res.output.splitlines() if x.startswith("labels (")] == [
+        "labels (ferplus): 8 rows in fer2013new.csv: 2 name an image here, 3 name none, 1 non-face row skipped, "
+        "2 repeated rows merged (1 name with different labels: none names an image here); 1 image without a "
+        "label row (label null)"]
+
+
+def test_other_commands_share_the_one_line_for_a_full_disk(tmp_path, workspace, monkeypatch):
+    """The mechanism is handle_errors', so corrupt (any command) says it in one line too."""
+    from fernoise_cli.app import app
+
+    raw = tmp_path / "raw"
+    for i, cls in enumerate(["happy", "sad", "anger", "happy", "sad", "anger"]):
+        make_image(raw / cls / f"{i}.png", colour=(30 * i, 40, 50))
+    assert invoke(str(raw), str(tmp_path / "out"), "--mode", "whole", "--size", "32").exit_code == 0
+    read_only(monkeypatch, tmp_path / "out", errno.ENOSPC)
+    res = CliRunner().invoke(app, ["corrupt", str(tmp_path / "out" / "manifest.parquet"), "--kind", "sym",
+                                   "--rate", "0.5"])
+    assert res.exit_code == 1
+    line = " ".join(one_line(res).split())
+    assert line.startswith(f"error: could not write {tmp_path}/out/manifest.sym-r0.50-s0.parquet: no space left")
+    assert not list((tmp_path / "out").glob("manifest.sym*"))

@@ -25,7 +25,6 @@ CLASSES = ["happy", "sad", "anger"]
 
 
 def make_manifest(path: Path, subjects, labels, *, key="alignkey", extra=None) -> Path:
-    n = len(subjects)
     ids = [f"s{subj}/img{k:04d}.png" for k, subj in enumerate(subjects)]
     df = pd.DataFrame({
         "id": ids, "src_path": ids, "path": [f"faces/{i}.jpg" for i in ids], "split": "train",

@@ -111,8 +111,11 @@ k = 2
                      ("ce", "clean", 0, 48)]
     assert cells[12].seed == 1 and [c.index for c in cells] == list(range(24))
     assert len({c.id for c in cells}) == 24 and cells[3].id == "ce.asym-30-ntrain.s0.image_size=32"
-    assert {c.config.method_params.k for c in cells if c.method == "ncctfer"} == {2}
-    assert not any(hasattr(c.config.method_params, "k") for c in cells if c.method != "ncctfer")
+    def k(c):  # a TrainConfig field today, ncctfer's own option under the fernoise.methods registry
+        return c.config.k if hasattr(c.config, "k") else getattr(c.config.method_params, "k", None)
+
+    assert {k(c) for c in cells if c.method == "ncctfer"} == {2}
+    assert {k(c) for c in cells if c.method != "ncctfer"} <= {4, None}  # None: min(4, C-1), resolved by train.plan
     assert all(c.config.lr_head == 1.0 and c.config.epochs == 2 for c in cells)
     assert cells[15].noise_seed() == 1  # seed = "train": the noise follows the training seed
 
@@ -180,13 +183,15 @@ def test_malformed_grid_is_one_line_and_nothing_runs(text, needle, data, tmp_pat
     monkeypatch.setenv("FERNOISE_WORKSPACE", str(ws))
     before = sorted(p.name for p in data.parent.iterdir())
     lock = (ws / "fernoise.lock").read_text()
+    listing = sorted(os.listdir(ws))
     grid = write_grid(tmp_path / "bad.toml", text)
     res = CliRunner().invoke(app, ["sweep", str(grid)])
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1, res.output
     assert lines[0].startswith("error: GRID: ") or lines[0].startswith("error: MANIFEST: ")
     assert needle in " ".join(res.output.split()), res.output
-    assert sorted(os.listdir(ws)) == ["fernoise.lock"] and (ws / "fernoise.lock").read_text() == lock
+    assert sorted(os.listdir(ws)) == listing and (ws / "fernoise.lock").read_text() == lock
+    assert "sweeps" not in listing and "runs" not in listing
     assert sorted(p.name for p in data.parent.iterdir()) == before  # no noisy manifest written
 
 
@@ -278,20 +283,32 @@ def test_kill_9_mid_sweep_then_resume_gives_the_same_table(smoke, data, tmp_path
     smoke_ws = smoke[0]
     assert figures(table(ws)) == figures(table(smoke_ws))  # the same figures as an uninterrupted sweep
     assert all(len((Path(c["run"]) / "metrics.jsonl").read_text().splitlines()) == 1 for c in cell_files(ws).values())
+    assert [len(runs_started(ws, c)) for c in SMOKE_IDS] == [1, 2, 1, 1]  # the killed cell, started again
+
+
+def runs_started(ws: Path, cell_id: str, name: str = "smoke") -> list[str]:
+    """The header line the sweep writes into a cell's log each time it starts the cell's run."""
+    log = ws / "sweeps" / name / "logs" / f"{cell_id}.log"
+    return [ln for ln in log.read_text().splitlines() if ln.startswith("== ")] if log.exists() else []
 
 
 @pytest.mark.slow
 def test_two_shards_at_once_into_one_workspace(smoke, data, tmp_path):
     ws = new_workspace(tmp_path / "ws", data)
     procs = [cli(ws, str(SMOKE), "--shard", f"{i}/2", wait=False) for i in (1, 2)]
+    # and, overlapping both, the whole sweep started by mistake at the same time
+    procs.append(cli(ws, str(SMOKE), wait=False))
     outs = [p.communicate(timeout=900) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert all("2 done (0 cache hits), 0 failed" in o[0] for o in outs)
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert "2 done" in outs[0][0] and "2 done" in outs[1][0] and "4 done" in outs[2][0]
     cells = cell_files(ws)
-    assert sorted(cells) == sorted(SMOKE_IDS)
-    # Each cell trained once, by its own shard: cells 1-2 by shard 1/2, cells 3-4 by 2/2.
-    assert {i: cells[i]["shard"] for i in SMOKE_IDS} == dict(zip(SMOKE_IDS, ["1/2", "1/2", "2/2", "2/2"], strict=True))
-    assert not any(c["hit"] for c in cells.values())
+    assert sorted(cells) == sorted(SMOKE_IDS) and {c["status"] for c in cells.values()} == {"done"}
+    # Every cell's run was started exactly once (the others waited for it, then hit the cache),
+    # and never by a process whose share does not hold it.
+    for i, cell_id in enumerate(SMOKE_IDS):
+        started = runs_started(ws, cell_id)
+        assert len(started) == 1, started
+        assert f"shard {'1/2' if i < 2 else '2/2'} " in started[0] or "shard 1/1 " in started[0]
     runs = sorted((ws / "runs").glob("*/metrics.jsonl"))
     assert len(runs) == 4 and all(len(r.read_text().splitlines()) == 1 for r in runs)
     rows = table(ws)  # written last by whichever shard finished last: every cell, done
@@ -309,7 +326,7 @@ def test_one_cell_per_gpu_and_a_failed_cell_does_not_stop_the_other(data, tmp_pa
     res = cli(ws, str(grid), "--gpus", "0,1")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "1 done (0 cache hits), 1 failed" in res.stdout
-    assert "failed ncctfer.sym-20.s0: --k: expected 1..6 for 7 classes, got 7" in " ".join(res.stderr.split())
+    assert "failed ncctfer.sym-20.s0: --k: " in res.stderr and "got 7" in res.stderr
     cells = cell_files(ws, "gpus")
     ce, ncc = cells["ce.sym-20.s0"], cells["ncctfer.sym-20.s0"]
     assert ce["status"] == "done" and ncc["status"] == "failed"
@@ -317,7 +334,7 @@ def test_one_cell_per_gpu_and_a_failed_cell_does_not_stop_the_other(data, tmp_pa
     assert ce["visible_devices"] == ce["gpu"] and ncc["visible_devices"] == ncc["gpu"]
     assert ce["started"] < ncc["finished"] and ncc["started"] < ce["finished"]
     rows = {r["id"]: r for r in table(ws, "gpus")}
-    assert rows["ncctfer.sym-20.s0"]["reason"].startswith("--k: expected 1..6")
+    assert rows["ncctfer.sym-20.s0"]["reason"].startswith("--k: ")
 
 
 @pytest.mark.slow
@@ -331,3 +348,22 @@ def test_slurm_example_runs_its_share(smoke):
     out = " ".join(res.stdout.split())
     assert "sweep smoke shard 2/2: 2 cells" in out and "dry run: 2 of 2 cells done" in out
     assert "ce.sym-40" not in out and "sym 40%" in out and "sym 20%" not in out  # cells 3-4 only
+
+
+def test_eta_from_finished_and_running_cells(tmp_path):
+    grid = sweep.load_grid(write_grid(tmp_path / "g.toml", GOOD.replace('["ce", "ncctfer"]', '["ce", "pc", "nl", "ncctfer"]')))
+    cells = sweep.expand(grid, root=tmp_path)
+    sw = sweep.Sweep(grid=grid, manifest=tmp_path / "m.parquet", manifest_key="k", workspace=Workspace(tmp_path),
+                     runs_dir=tmp_path / "runs", cells=cells, mine=cells, shard=(1, 1), state_dir=tmp_path / "s")
+    now = time.time()
+    states = [sweep.CellState(c) for c in cells]
+    sw.states = {s.cell.index: s for s in states}
+    assert sweep.eta_seconds(sw) is None  # nothing known yet
+    states[0].status, states[0].started, states[0].finished = "done", now - 200, now - 100  # ran 100 s
+    states[1].status, states[1].hit = "done", True  # a cache hit says nothing about duration
+    states[2].status, states[2].started = "running", now - 30
+    states[2].epoch, states[2].epochs, states[2].batch, states[2].batches = 1, 2, 1, 2  # 25% done in 30 s
+    # running: 120 s projected, 90 s left; one queued cell at the mean of 100 s
+    assert sweep.eta_seconds(sw) == pytest.approx(190, abs=1)
+    assert sweep.eta_seconds(sw, slots=2) == pytest.approx(95, abs=1)
+    assert sweep.summary(states) == {"queued": 1, "running": 1, "done": 2, "failed": 0, "hits": 1}

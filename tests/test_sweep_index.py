@@ -27,8 +27,17 @@ def tiny(**kw) -> TrainConfig:
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("idx")
     manifest = make_aligned(root / "data")
-    res = train(manifest, tiny(), runs_dir=root / "runs")
+    with pytest.MonkeyPatch.context() as mp:  # the array cache goes to the workspace, not the repo
+        mp.chdir(root)
+        mp.setenv("FERNOISE_WORKSPACE", str(root))
+        res = train(manifest, tiny(), runs_dir=root / "runs")
     return root, manifest, res
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FERNOISE_WORKSPACE", str(tmp_path))
 
 
 def test_finished_run_is_indexed_and_found(trained):
@@ -108,5 +117,8 @@ def test_device_class_and_pretrained_identity(tmp_path, monkeypatch):
 
 def test_unindexable_request_falls_back_to_train(trained):
     root, manifest, _ = trained
-    assert runindex.lookup(manifest, tiny(pretrained="missing.pth"), runs_dir=root / "runs") is None
+    cfg = tiny()
+    object.__setattr__(cfg, "pretrained", "latest")  # a start that cannot be told cheaply (no pretrain recorded)
+    assert runindex.train_request(manifest, cfg, Workspace(root)) is None
+    assert runindex.lookup(manifest, cfg, runs_dir=root / "runs", workspace=Workspace(root)) is None
     assert runindex.lookup(Path(root / "nope.parquet"), tiny(), runs_dir=root / "runs") is None

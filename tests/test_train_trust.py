@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 from fernoise_cli.app import app
 from PIL import Image
@@ -318,3 +319,24 @@ def test_checkpoint_removed_at_the_end_and_rerun_is_a_hit(tmp_path, workspace):
     assert again.exit_code == 0 and "cache hit" in again.output
     kept = cli("train", data, *TINY_ARGS, "--keep-checkpoint", "--force")
     assert kept.exit_code == 0 and (run / "checkpoint.pt").is_file()
+
+
+# ----------------------------------------------------------------------------- k default
+def test_k_defaults_to_min_4_c_minus_1_for_small_class_lists(tmp_path, workspace):
+    from fernoise.errors import FernoiseError
+    from fernoise.manifest import write_manifest
+
+    data = make_manifest(tmp_path / "d", n=42, noise=0.0)
+    m = read_manifest(data)
+    keep = m.df["label"] < 3  # a dataset of three classes
+    meta = {**m.meta, "classes": m.meta["classes"][:3]}
+    write_manifest(m.df[keep].reset_index(drop=True), data, meta)
+    base = dict(epochs=1, batch_size=16, image_size=SIZE, workers=0, precision="fp32")
+    p = plan(data, TrainConfig(**base), runs_dir=workspace / "runs")  # k is ncctfer's (method_params)
+    assert p.cfg.method_params.k == 2 and p.config["k"] == 2 and p.key_params["method_params"]["k"] == 2
+    assert plan(data, TrainConfig(**base, method_params={"k": 1}), runs_dir=workspace / "runs").cfg.method_params.k == 1
+    with pytest.raises(FernoiseError) as e:
+        plan(data, TrainConfig(**base, method_params={"k": 4}), runs_dir=workspace / "runs")
+    assert e.value.flag == "--k" and "expected 1..2 for 3 classes" in str(e.value)
+    assert TrainConfig().method_params.k is None and plan(make_manifest(tmp_path / "seven", n=40), TrainConfig(**base),
+                                                          runs_dir=workspace / "runs").cfg.method_params.k == 4
