@@ -166,8 +166,6 @@ class TrainConfig:
             raise FernoiseError(f"expected 0 or more, got {self.workers}", flag="--workers")
         if self.max_rows is not None and self.max_rows < 2:
             raise FernoiseError(f"expected at least 2 rows, got {self.max_rows}", flag="--max-rows")
-        if self.pretrained:
-            require_file(self.pretrained, "weights file", flag="--pretrained")
         check_device_name(self.device)
 
     def method_params_dict(self) -> dict[str, Any]:
@@ -372,6 +370,7 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     if cfg.pretrained:
         from fernoise.model import FerNet, load_pretrained
 
+        require_file(cfg.pretrained, "weights file", flag="--pretrained")  # a folder is said to be one
         pretrained = str(Path(cfg.pretrained).resolve())
         pre_report = load_pretrained(FerNet(), pretrained)  # checks it now
         pre_sha = file_sha256(pretrained)

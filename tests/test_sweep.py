@@ -166,7 +166,7 @@ def test_shipped_grids_parse(tmp_path):
         ('manifest = "nowhere/manifest.parquet"\n' + GOOD, "manifest: "),
         ("sedes = [0]\n" + GOOD, "unknown key 'sedes'; valid keys: description, eval, manifest, methods"),
         (GOOD.replace("epochs = 1", "epoch = 1"), "unknown train option 'epoch'; valid: batch_size, "),
-        (GOOD.replace("epochs = 1", 'epochs = "one"'), "train.epochs: expected int | None, found 'one'"),
+        (GOOD.replace("epochs = 1", 'epochs = "one"'), "train.epochs: expected int, found 'one'"),
         (GOOD.replace("warmup = 0", "warmup = 3"), "train.warmup: "),
         (GOOD.replace('kind = "sym"', 'kind = "symmetric"'), "noise[0].kind: unknown noise kind 'symmetric'; valid: clean, sym, asym"),
         (GOOD.replace('kind = "sym", rates = [0.2]', 'kind = "column", column = "votes"'), "noise[0].column: manifest.parquet has no column 'votes'"),

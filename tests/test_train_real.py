@@ -47,7 +47,8 @@ PARTS = {"ce": set(), "pc": set(), "nl": {"nl"}, "ncctfer": {"c"}, "gce": {"gce"
 
 @pytest.mark.parametrize("method", ["ce", "pc", "nl", "ncctfer", "gce", "sce", "elr"])
 def test_two_epochs_on_ferplus(method, ferplus_manifest, workspace):
-    cfg = TrainConfig(method=method, epochs=2, warmup=1, batch_size=64, image_size=48, workers=0)
+    cfg = TrainConfig(method=method, epochs=2, warmup=1, batch_size=64, image_size=48, workers=0,
+                      keep_checkpoint=True)  # to read the per-sample state below
     run = train(ferplus_manifest, cfg, runs_dir=workspace / "runs").output
     config = json.loads((run / "config.json").read_text())
     assert CONFIG_FIELDS <= set(config) and config["noise"] is None and config["num_classes"] == 8
