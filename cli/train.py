@@ -143,12 +143,13 @@ def _method_options() -> list[inspect.Parameter]:
     from dataclasses import fields
 
     from fernoise import methods
+    from fernoise.methods.base import option_type
 
     out = []
     for flag, owners in methods.all_flags().items():
         name, field_name = next(iter(owners.items()))
         f = next(f for f in fields(methods.get(name).Params) if f.name == field_name)
-        kind = type(f.default)
+        kind = option_type(f)
         choices = f"; one of {', '.join(f.metadata['choices'])}" if f.metadata.get("choices") else ""
         help_ = f"{', '.join(owners)}: {f.metadata['help']} (default {f.default}{choices})"
         out.append(inspect.Parameter(

@@ -31,7 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +288,10 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     C = len(classes)
     if C < 2:
         raise FernoiseError(f"{m.path} has {C} class ({classes}); training needs at least 2", flag="MANIFEST")
-    heads = method_heads(cfg, C)  # also checks the method's parameters against C (e.g. --k)
+    # The method checks its parameters against C (e.g. --k) and resolves those that depend on it
+    # (ncctfer's k None = min(4, C - 1)); config.json and the key record the resolved values.
+    heads, resolved = method_heads(cfg, C)
+    cfg = replace(cfg, method_params=resolved)
     try:
         check_labels(m.df, classes)
     except FernoiseError as e:
@@ -436,9 +439,10 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     )
 
 
-def method_heads(cfg: TrainConfig, num_classes: int) -> list[str]:
+def method_heads(cfg: TrainConfig, num_classes: int) -> tuple[list[str], Any]:
     """The names of the modules ``cfg.method`` adds to the backbone (built on the meta device:
-    no memory, no random draws); raises the method's FernoiseError for bad parameters."""
+    no memory, no random draws) and its parameters resolved for ``num_classes``; raises the
+    method's FernoiseError for bad parameters."""
     import torch
 
     from fernoise import methods
@@ -446,7 +450,7 @@ def method_heads(cfg: TrainConfig, num_classes: int) -> list[str]:
     method = methods.create(cfg.method, cfg.method_params, num_classes=num_classes, image_size=cfg.image_size)
     with torch.device("meta"):
         model = methods.build_model(method)
-    return [name for name, _ in model.named_children() if name != "backbone"]
+    return [name for name, _ in model.named_children() if name != "backbone"], method.params
 
 
 def _method_class(cfg: TrainConfig):
@@ -720,8 +724,8 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
 
 
 def _relabels(method) -> bool:
-    """Whether the method keeps a label store (it declares ``relabels = True``)."""
-    return bool(getattr(method, "relabels", False))
+    """Whether the method keeps a label store (``Method.relabels``)."""
+    return bool(method.relabels)
 
 
 def merge_state(method, touched, env) -> None:
