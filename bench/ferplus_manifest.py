@@ -6,7 +6,9 @@ class when it holds more than half of what remains, drop unknown/NF winners), or
 original FER2013 label (``--labels fer2013``, 7 classes: real annotation noise, with
 ``label_clean`` = the FER+ majority and ``is_noisy`` where they differ). ``--sym-rate r``
 flips train rows with the library's sym noise (``fernoise.corrupt``: exactly round(r * n_c)
-per class, half up, to a uniformly drawn other class).
+per class, half up, to a uniformly drawn other class). ``label_clean`` and ``is_noisy`` are
+written only when noise was added, so a clean manifest goes through ``fernoise corrupt``
+without ``--force``.
 
     python bench/ferplus_manifest.py OUT.parquet --train 10000 [--sym-rate 0.5] [--seed 0]
 """
@@ -22,7 +24,7 @@ import pandas as pd
 from fernoise.cache import dict_hash
 from fernoise.corrupt import CorruptParams, corrupt
 from fernoise.formats.ferplus import majority
-from fernoise.labels import CLASSES, FERPLUS_VOTE_COLUMNS, canonical_name
+from fernoise.labels import CLASSES, FERPLUS_VOTE_COLUMNS, canonical_name, label_space_of
 from fernoise.manifest import write_manifest
 
 FERPLUS = Path(os.environ.get("FERNOISE_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve() / "data" / "ferplus"
@@ -59,18 +61,20 @@ def build(out: Path, *, n_train: int | None, n_test: int | None = None, labels: 
     rows = pd.DataFrame({
         "id": df["path"], "src_path": df["path"], "path": [f"{rel}/{p}" for p in df["path"]],
         "split": df["split"], "label": df["label"].astype("int64"),
-        "label_name": [CLASSES[i] for i in df["label"]],
+        "label_name": [classes[i] for i in df["label"]],
         "status": "ok", "n_faces": 1,
-        "label_clean": df["clean"].where(df["clean"] >= 0).astype("Int64"),
-        "is_noisy": (df["label"] != df["clean"]) & train,
     })
     lineage = [{"stage": "align", "key": "ferplus-direct", "params": {"source": "ferplus/manifest.csv", "labels": labels}}]
     noise = None
     if sym_rate or labels == "fer2013":
         noise = {"kind": "sym" if sym_rate else "fer2013_original", "rate": sym_rate, "seed": seed}
         lineage.append({"stage": "corrupt", "key": "ferplus-direct-noise", "params": noise})
+        # only a noisy manifest says what the clean label was: a clean one stays corruptible
+        # by `fernoise corrupt` without --force
+        rows["label_clean"] = df["clean"].where(df["clean"] >= 0).astype("Int64").to_numpy()
+        rows["is_noisy"] = ((df["label"] != df["clean"]) & train).to_numpy()
     key = dict_hash({"ids": rows["id"].tolist(), "labels": rows["label"].tolist(), "noise": noise, "labels_from": labels})
-    meta = {"classes": classes, "label_space": "basic8" if len(classes) == 8 else "basic7",
+    meta = {"classes": classes, "label_space": label_space_of(classes),
             "stage": lineage[-1]["stage"], "params": lineage[-1]["params"], "key": key, "lineage": lineage}
     return write_manifest(rows, out, meta)
 

@@ -2,7 +2,7 @@
 and vs the usual FER-repo data path (per-sample PIL Dataset + torchvision.transforms).
 
 Rows (all on FERPlus crops, ResNet-18, CPU unless CUDA is there):
-- ``step`` : the same model, optimiser, precision and loss (`fernoise.train.method_loss`) on
+- ``step`` : the same model, optimiser, precision and loss (the method's plugin loss, `fernoise.methods`) on
   tensors already normalised in memory: the ceiling. Measured before and after the end-to-end
   run (the machine is shared) and averaged.
 - ``end-to-end`` : `fernoise.train.train` for one epoch (array cache already built; DataLoader
@@ -36,35 +36,39 @@ from rich.table import Table  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ferplus_manifest  # noqa: E402
 
-from fernoise import data  # noqa: E402
+from fernoise import (
+    data,  # noqa: E402
+    methods,  # noqa: E402
+)
 from fernoise.cache import Workspace  # noqa: E402
 from fernoise.manifest import read_manifest  # noqa: E402
-from fernoise.model import FerNet  # noqa: E402
-from fernoise.train import TrainConfig, method_loss, resolve_precision, train  # noqa: E402
+from fernoise.train import TrainConfig, resolve_precision, train  # noqa: E402
 
 
 def step_rate(method: str, images: np.ndarray, labels: np.ndarray, *, batch: int, size: int, precision: str,
               device: str, steps: int, channels_last: bool = True) -> float:
     """Samples/s (both views for ncctfer) of the training step on ready-made tensors."""
-    two = method == "ncctfer"
+    m = methods.create(method, num_classes=8, n_rows=len(images), image_size=size)
+    two = len(m.views) > 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = FerNet(8, two_heads=two)
+        model = methods.build_model(m)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt).train()
-    opt = torch.optim.Adam([{"params": model.backbone.parameters(), "lr": 1e-4},
-                            {"params": model.head_parameters(), "lr": 1e-3}])
+    opt = torch.optim.Adam(m.param_groups(model, lr_backbone=1e-4, lr_head=1e-3))
     rng = np.random.default_rng(0)
     idx = rng.choice(len(images), size=batch, replace=False)
     x = torch.from_numpy(np.ascontiguousarray(images[idx])).permute(0, 3, 1, 2)
     x_w = data.normalize(x, torch.device(device), channels_last=channels_last)
     x_s = data.normalize(x.flip(-1), torch.device(device), channels_last=channels_last) if two else None
     y = torch.from_numpy(labels[idx]).to(device)
+    idx_t = torch.from_numpy(idx.astype(np.int64))
     gen = torch.Generator().manual_seed(0)
 
     def one() -> None:
-        out = method_loss(model, x_w, x_s, y, method=method, warm=False, k=4, num_classes=8, nl_gen=gen,
-                          amp=precision == "bf16")
+        views = {name: x_w if i == 0 else x_s for i, name in enumerate(m.views)}
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(m.loss, views, y, idx_t, epoch=2, warm=False, gen=gen)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()

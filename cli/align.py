@@ -29,37 +29,77 @@ HELP = (
 # Options a preset may set (preset keys use these names, with '_' for '-').
 PRESETTABLE = ("format", "path_column", "label_column", "split_column", "split_map", "mode", "on_no_face", "size",
                "margin", "image_format", "jpeg_quality", "min_face_size", "min_prob", "detect_size", "all_faces",
-               "join_on", "join_columns", "thresholds")
+               "join_on", "join_columns", "thresholds", "classes", "group_column", "group_regex", "on_duplicate")
 DEFAULTS: dict[str, Any] = {"path_column": "path", "label_column": "label", "join_on": "path"}
 
 
-def presets_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "manifests" / "presets"
+def preset_names() -> list[str]:
+    """Names of the presets shipped inside the package (``fernoise/presets/<name>.toml``)."""
+    from importlib.resources import files
+
+    folder = files("fernoise").joinpath("presets")
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """A preset by name (``manifests/presets/<name>.toml``) or by path to a TOML file."""
+    """A preset by name (package data ``fernoise/presets/<name>.toml``, read with
+    ``importlib.resources``, so a wheel install finds it) or by path to a TOML file."""
+    from importlib.resources import files
+
     import tomllib
 
-    from fernoise.errors import FernoiseError
+    from fernoise.errors import FernoiseError, require_file
 
-    path = Path(name)
-    if not path.suffix:
-        path = presets_dir() / f"{name}.toml"
-    if not path.is_file():
-        names = sorted(p.stem for p in presets_dir().glob("*.toml")) if presets_dir().is_dir() else []
-        raise FernoiseError(f"unknown preset {name!r}; expected one of: {', '.join(names) or '(none found)'} "
-                            "or a path to a .toml file", flag="--preset")
+    if name.endswith(".toml") or "/" in name or os.sep in name:
+        require_file(name, "preset file", flag="--preset")
+        shown, read = Path(name).name, Path(name).read_text
+    else:
+        res = files("fernoise").joinpath("presets", f"{name}.toml")
+        if not res.is_file():
+            raise FernoiseError(f"unknown preset {name!r}; expected one of: {', '.join(preset_names()) or '(none found)'} "
+                                "or a path to a .toml file", flag="--preset")
+        shown, read = f"{name}.toml", res.read_text
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise FernoiseError(f"{path} is not valid TOML ({e})", flag="--preset") from None
+        raise FernoiseError(f"{shown} is not valid TOML ({e})", flag="--preset") from None
     data = {k.replace("-", "_"): v for k, v in data.items() if k != "description"}
     bad = [k for k in data if k not in PRESETTABLE]
     if bad:
-        raise FernoiseError(f"{path.name}: unknown key(s) {bad}; expected some of: {', '.join(PRESETTABLE)}",
+        raise FernoiseError(f"{shown}: unknown key(s) {bad}; expected some of: {', '.join(PRESETTABLE)}",
                             flag="--preset")
     return data
+
+
+def _class_option(value) -> tuple[str, ...] | None:
+    """``--classes`` (or a preset's ``classes``, a string or a list) -> canonical names in order."""
+    if value is None:
+        return None
+    from fernoise.labels import class_list
+
+    return tuple(class_list(value, flag="--classes"))
+
+
+def _n(count: int, one: str, many: str) -> str:
+    return f"{count:,} {one if count == 1 else many}"
+
+
+def label_line(lab: dict[str, Any]) -> str:
+    """What became of every row of the label files, in parts that add up to the rows read:
+    rows naming an image here + rows naming none + non-face rows skipped + repeats merged."""
+    parts = [f"{lab.get('matched_rows', 0):,} name an image here", f"{lab.get('unmatched_rows', 0):,} name none"]
+    if lab.get("non_face_rows"):
+        parts.append(_n(lab["non_face_rows"], "non-face row skipped", "non-face rows skipped"))
+    if lab.get("duplicate_rows"):
+        dup = _n(lab["duplicate_rows"], "repeated row merged", "repeated rows merged")
+        if lab.get("conflicting_names"):
+            how = f"the {lab['on_duplicate']} row counts" if lab.get("on_duplicate") else "none names an image here"
+            dup += f" ({_n(lab['conflicting_names'], 'name', 'names')} with different labels: {how})"
+        parts.append(dup)
+    files = ", ".join(lab.get("files") or []) or "the label file"
+    no_row = lab.get("images_without_label_row", 0)
+    return (f"labels ({lab['format']}): {lab.get('rows', 0):,} rows in {files}: {', '.join(parts)}; "
+            f"{_n(no_row, 'image', 'images')} without a label row (label null)")
 
 
 def print_summary(result, *, shown_path: Path) -> None:
@@ -75,11 +115,21 @@ def print_summary(result, *, shown_path: Path) -> None:
     info = result.info or {}
     lab = info.get("labels") or {}
     if lab.get("format") and lab.get("format") != "folders":
-        console.print(
-            f"labels ({lab['format']}): {lab.get('matched_rows', 0):,} of {lab.get('rows', 0):,} rows matched an image; "
-            f"{lab.get('unmatched_rows', 0):,} label rows have no image here; "
-            f"{lab.get('images_without_label_row', 0):,} images have no label row (label null)"
-        )
+        console.print(label_line(lab), soft_wrap=True)
+    if info.get("classes"):
+        console.print(f"classes ({info.get('label_space')}): {', '.join(info['classes'])}")
+    if info.get("groups"):
+        g = info["groups"]
+        console.print(f"groups ({g['column']}, from the {'file names' if g['source'] == 'regex' else 'label file'}): "
+                      f"{g['groups']:,} distinct; {g['images_without_group']:,} images have none")
+    if info.get("subset"):
+        sub = info["subset"]
+        console.print(f"subset (--max-rows {sub['max_rows']}, seed {sub['seed']}): {sub['images_kept']:,} of "
+                      f"{sub['images_total']:,} images, stratified by split and label")
+    if info.get("skipped_folders"):
+        sk = info["skipped_folders"]
+        shown = ", ".join(f"{x['folder']} ({x['reason']})" for x in sk[:3]) + (", ..." if len(sk) > 3 else "")
+        console.print(f"skipped {len(sk)} folder(s) under RAW holding fernoise output: {shown}", soft_wrap=True)
     if info.get("join"):
         j = info["join"]
         console.print(f"join ({j['file']}): {j['matched_images']:,} images matched; columns {', '.join(j['columns'])}")
@@ -100,11 +150,17 @@ def register(app: typer.Typer) -> None:
         path_column: Annotated[str | None, typer.Option("--path-column", help="csv: column of image paths (default: path).")] = None,
         label_column: Annotated[str | None, typer.Option("--label-column", help="csv: column of class names or canonical indices (default: label).")] = None,
         split_column: Annotated[str | None, typer.Option("--split-column", help="csv: column of splits (train/val/test or aliases).")] = None,
+        on_duplicate: Annotated[str | None, typer.Option("--on-duplicate", help="first or last: the row that counts where label rows name one image with different labels or splits (default: refuse such a file).")] = None,
         split_map: Annotated[list[str] | None, typer.Option("--split-map", help="FROM=TO split rename after reading splits, e.g. val=test (repeatable).")] = None,
         join: Annotated[Path | None, typer.Option("--join", help="CSV whose extra columns are added to matching rows.")] = None,
         join_on: Annotated[str | None, typer.Option("--join-on", help="Path column of the --join file (default: path).")] = None,
         join_columns: Annotated[str | None, typer.Option("--join-columns", help="Comma-separated columns to take from --join (default: all the manifest lacks).")] = None,
-        preset: Annotated[str | None, typer.Option("--preset", help="Dataset preset (manifests/presets/NAME.toml, or a .toml path); explicit options win.")] = None,
+        classes: Annotated[str | None, typer.Option("--classes", help="The dataset's classes, comma-separated (e.g. happy,sad,anger) or basic7/basic8; kept in canonical order (default: the format's, else the classes that occur).")] = None,
+        group_column: Annotated[str | None, typer.Option("--group-column", help="Label-file column to keep as the row's group (e.g. subject), as written; with --group-regex, the column it fills (default: subject).")] = None,
+        group_regex: Annotated[str | None, typer.Option("--group-regex", help="Regex searched in each image path (relative to RAW); its first group is the row's group, e.g. 'S(\\d+)_'.")] = None,
+        max_rows: Annotated[int | None, typer.Option("--max-rows", help="Align only a seeded subset of this many images, stratified by split and label.")] = None,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the --max-rows subset.")] = 0,
+        preset: Annotated[str | None, typer.Option("--preset", help=f"Dataset preset: {', '.join(preset_names())}; or a path to a .toml file. Options given explicitly win.")] = None,
         mode: Annotated[str | None, typer.Option("--mode", help="align (5-point similarity), box (square box crop) or whole (no detection) (default: align).")] = None,
         on_no_face: Annotated[str | None, typer.Option("--on-no-face", help="skip or whole: what a photo without a detected face gets (default: skip).")] = None,
         all_faces: Annotated[bool | None, typer.Option("--all-faces/--best-face", help="One row per detected face instead of the most confident one.")] = None,
@@ -145,7 +201,8 @@ def register(app: typer.Typer) -> None:
             "split_map": split_map, "mode": mode, "on_no_face": on_no_face, "size": size, "margin": margin,
             "image_format": image_format, "jpeg_quality": jpeg_quality, "min_face_size": min_face_size,
             "min_prob": min_prob, "detect_size": detect_size, "all_faces": all_faces, "join_on": join_on,
-            "join_columns": join_columns, "thresholds": thresholds,
+            "join_columns": join_columns, "thresholds": thresholds, "classes": classes,
+            "group_column": group_column, "group_regex": group_regex, "on_duplicate": on_duplicate,
         }.items() if v is not None}
         opts = {**DEFAULTS, **(load_preset(preset) if preset else {}), **given}
 
@@ -188,6 +245,12 @@ def register(app: typer.Typer) -> None:
             join=str(join) if join else None,
             join_on=opts["join_on"],
             join_columns=tuple(as_list(opts.get("join_columns")) or ()) or None,
+            classes=_class_option(opts.get("classes")),
+            group_column=opts.get("group_column"),
+            group_regex=opts.get("group_regex"),
+            max_rows=max_rows,
+            seed=seed,
+            on_duplicate=opts.get("on_duplicate"),
         )
         sh = parse_shard(shard) if shard else shard_from_env()
 

@@ -34,9 +34,21 @@ def _root(
 
 def _register() -> None:
     # Each command lives in its own module; importing them is cheap (no torch at import).
-    from fernoise_cli import align, corrupt, demo, evaluate, predict, report, train
+    from fernoise_cli import (
+        align,
+        corrupt,
+        demo,
+        evaluate,
+        methods,
+        predict,
+        pretrain,
+        report,
+        split,
+        sweep,
+        train,
+    )
 
-    for mod in (align, corrupt, train, evaluate, predict, report, demo):
+    for mod in (demo, align, corrupt, split, pretrain, train, methods, evaluate, predict, report, sweep):
         mod.register(app)
 
 

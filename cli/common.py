@@ -11,8 +11,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from fernoise.errors import FernoiseError
+from fernoise.errors import FernoiseError, destination_error
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -37,7 +38,9 @@ def debug_enabled() -> bool:
 
 
 def handle_errors(fn: F) -> F:
-    """Turn a FernoiseError (or a bad-value error) into one red line and exit code 2.
+    """Turn a FernoiseError into one red line and exit code 2, and a write the destination
+    refused (no permission, read-only file system, full disk, quota:
+    :func:`fernoise.errors.destination_error`) into one line naming the path and exit code 1.
 
     Set FERNOISE_DEBUG=1 (or pass --debug to the app) for the traceback.
     """
@@ -49,8 +52,14 @@ def handle_errors(fn: F) -> F:
         except FernoiseError as e:
             if debug_enabled():
                 raise
-            err_console.print(f"[red]error:[/red] {e.one_line()}", markup=True, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(e.one_line())}", markup=True, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as e:
+            fe = destination_error(e)
+            if fe is None or debug_enabled():
+                raise
+            err_console.print(f"[red]error:[/red] {escape(fe.one_line())}", markup=True, soft_wrap=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; re-run the same command to resume")
             raise typer.Exit(130) from None

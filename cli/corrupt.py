@@ -46,6 +46,11 @@ def print_noise(noise: dict) -> None:
     line = f"realised rate: {overall:.4f} ({flipped:,} of {n:,} labelled training rows)" if overall is not None else "realised rate: -"
     if noise.get("kind") == "column":
         line += f"; {noise.get('missing', 0):,} training rows have no {noise.get('column')} (label null)"
+        outside = noise.get("outside") or {}
+        if outside:
+            shown = ", ".join(f"{k} {v:,}" for k, v in outside.items())
+            line += (f"; {sum(outside.values()):,} have a class this manifest does not have ({shown}): "
+                     "label null, left out of the matrix")
     console.print(line)
 
 

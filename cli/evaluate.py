@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import typer
 from fernoise_cli.common import (
     DeviceOpt,
-    ForceOpt,
     WorkspaceOpt,
     console,
     err_console,
@@ -34,8 +33,9 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
     t = Table(title=f"{rep['method']} on {Path(rep['manifest']).name} ({rep['n']} test faces)", show_header=False)
     t.add_column("figure", style="bold")
     t.add_column("value")
-    t.add_row("top-1 accuracy (final model)", f"{_pct(rep['top1'])} %")
-    t.add_row("macro-F1", _f(rep["macro_f1"]))
+    ci = rep.get("ci95") or {}
+    t.add_row("top-1 accuracy (final model)", f"{_pct(rep['top1'])} %" + _ci(ci.get("top1"), pct=True))
+    t.add_row("macro-F1", _f(rep["macro_f1"]) + _ci(ci.get("macro_f1")))
     t.add_row("mean class accuracy", f"{_pct(rep['mean_class_accuracy'])} %")
     t.add_row(f"ECE ({rep['ece_bins']} bins)", _f(rep["ece"]))
     if mx:
@@ -47,6 +47,8 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
         t.add_row("history: validation-selected", "— (the run had no validation split)")
     if not rep.get("own_manifest", True) and (mx or vs):
         t.caption = "history figures come from the run's own test split, not this manifest"
+    if ci:
+        t.add_row("", f"[dim]95% percentile bootstrap over test rows ({ci['resamples']} resamples, seed {ci['seed']})[/dim]")
     console.print(t)
 
     classes = rep["classes"]
@@ -85,6 +87,16 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
         console.print(tt)
     for w in h.get("warnings", []):
         err_console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
+    if rep.get("gradcam_note"):
+        err_console.print(f"[yellow]note:[/yellow] gradcam.png: {rep['gradcam_note']}", soft_wrap=True)
+
+
+def _ci(interval: list[float] | None, *, pct: bool = False) -> str:
+    """`` [lo, hi]`` of a 95% interval (in % when ``pct``), or nothing."""
+    if not interval:
+        return ""
+    lo, hi = interval
+    return f"  [{_pct(lo)}, {_pct(hi)}] %" if pct else f"  [{_f(lo)}, {_f(hi)}]"
 
 
 def register(app: typer.Typer) -> None:
@@ -95,19 +107,20 @@ def register(app: typer.Typer) -> None:
         manifest: Annotated[Path | None, typer.Option("--manifest", help="Evaluate on this manifest's test rows (same label space); results go to RUN/eval-<key>/.")] = None,
         cam: Annotated[int, typer.Option("--cam", help="Grad-CAM grid of N test faces (gradcam.png).")] = 0,
         batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
+        split: Annotated[str, typer.Option("--split", help="Manifest split to score: test, val or train; a split other than test writes to RUN/eval-<split>/.")] = "test",
         device: DeviceOpt = "auto",
-        force: ForceOpt = False,
+        force: Annotated[bool, typer.Option("--force", help="Recompute even on a cache hit, and evaluate even when model.pt or the crops differ from the sha256 recorded by train/align.")] = False,
         workspace: WorkspaceOpt = None,
     ) -> None:
-        """Evaluate a training run: metrics, tables and pictures (RUN/eval.json + PNGs).
+        """Evaluate a training run: metrics, tables and pictures (RUN/eval.json, predictions.parquet, PNGs).
 
-        Top-1, per-class precision/recall/F1/accuracy, macro-F1, the confusion matrix, ECE
-        (15 bins), the history's max / last-5 and validation-selected epoch, noise detection
-        and thresholds per epoch; confusion, curves, thresholds and noise-detection PNGs."""
+        Top-1 and macro-F1 with 95% bootstrap intervals, per-class precision/recall/F1/accuracy, the confusion matrix, ECE (15 bins), the history's max / last-5 and validation-selected epoch, noise detection and thresholds per epoch.
+
+        predictions.parquet holds one row per test face: id, label, label_clean and is_noisy where present, predicted class, confidence and one probability column per class. Pictures: confusion, curves, thresholds, noise detection (and gradcam.png with --cam)."""
         from fernoise.cache import Workspace
         from fernoise.evaluate import EvalParams, evaluate_run
 
-        params = EvalParams(cam=cam, batch_size=batch_size, device=device)
+        params = EvalParams(cam=cam, batch_size=batch_size, device=device, split=split)
         ws = Workspace(workspace)
         run = run or ws.latest("train", what="training run")
         with console.status("evaluating"):
@@ -115,5 +128,7 @@ def register(app: typer.Typer) -> None:
         out_dir = res.output.parent
         print_report(rep, out_dir)
         wrote(res.output, hit=res.hit)
+        if rep.get("predictions"):
+            console.print(f"  {out_dir / rep['predictions']}", soft_wrap=True)
         for name in rep.get("pictures", []):
             console.print(f"  {out_dir / name}", soft_wrap=True)

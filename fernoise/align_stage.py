@@ -1,8 +1,9 @@
 """The ``align`` stage: a folder of images (+ labels) -> ``OUT/manifest.parquet`` + ``OUT/faces/``.
 
 Reads every image file under ``raw`` (extensions in ``IMAGE_EXTENSIONS``, any case; hidden
-files and folders and ``out`` itself are skipped), its labels (class folders, or a label file
-through :mod:`fernoise.formats`), optionally a ``--join`` CSV, and writes:
+files and folders, ``out`` itself and any folder holding fernoise output are skipped), its
+labels (class folders, or a label file through :mod:`fernoise.formats`), optionally a
+``--join`` CSV, and writes:
 
 - ``OUT/manifest.parquet``: one row per image (per detected face with ``all_faces``), sorted
   by ``id``; columns in ``manifests/SCHEMA.md``; metadata ``classes``, ``label_space``,
@@ -42,7 +43,9 @@ from typing import Any
 from fernoise.cache import (
     STAMP_DIR,
     Workspace,
+    atomic_path,
     atomic_write_json,
+    clean_stale_tmp,
     dict_hash,
     file_sha256,
     read_json,
@@ -50,10 +53,10 @@ from fernoise.cache import (
     stage_key,
     write_stamp,
 )
-from fernoise.errors import FernoiseError
+from fernoise.errors import FernoiseError, destination_error, require_file, require_folder
 
 STAGE = "align"
-VERSION = 1
+VERSION = 2  # 2: labels index the dataset's own class list; group column; --max-rows
 MANIFEST = "manifest.parquet"
 FACES = "faces"
 RECORDS = "align-records"
@@ -81,9 +84,28 @@ class LabelSpec:
     """A CSV whose extra columns are added (``--join``)."""
     join_on: str = "path"
     join_columns: tuple[str, ...] | None = None
+    classes: tuple[str, ...] | None = None
+    """The dataset's classes (``--classes``), an ordered subset of the canonical order; None =
+    the format's (rafdb 7, ferplus 8, affectnet 7 or 8) or the classes that occur."""
+    group_column: str | None = None
+    """A label-file column kept as strings, exactly as written (``--group-column``, e.g. the
+    subject), or the name of the column ``group_regex`` fills (default ``subject``)."""
+    group_regex: str | None = None
+    """A regex searched in each image's ``src_path``; its first group is the row's group."""
+    max_rows: int | None = None
+    """Keep a seeded subset of this many images, stratified by (split, label) (``--max-rows``)."""
+    seed: int = 0
+    """Seed of the ``max_rows`` subset (``--seed``)."""
+    on_duplicate: str | None = None
+    """Which row counts when rows of the label files name one image with different labels
+    or splits: ``first`` or ``last`` (``--on-duplicate``); None refuses such a file."""
 
     def __post_init__(self) -> None:
-        from fernoise.formats import FORMAT_NAMES
+        from fernoise.formats import FORMAT_NAMES, ON_DUPLICATE
+
+        if self.on_duplicate is not None and self.on_duplicate not in ON_DUPLICATE:
+            raise FernoiseError(f"unknown value {self.on_duplicate!r}; expected one of: {', '.join(ON_DUPLICATE)}",
+                                flag="--on-duplicate")
 
         if self.files and not self.format:
             raise FernoiseError(f"--labels needs --format, one of: {', '.join(FORMAT_NAMES)}", flag="--format")
@@ -96,13 +118,22 @@ class LabelSpec:
             for s in (a, b):
                 if s not in ("train", "val", "test"):
                     raise FernoiseError(f"expected FROM=TO with train, val or test, got {a}={b}", flag="--split-map")
+        _check_rows_spec(self)
 
     def key_params(self) -> dict[str, Any]:
         d: dict[str, Any] = {"format": self.format, "split_map": [list(p) for p in self.split_map]}
+        if self.on_duplicate is not None:
+            d["on_duplicate"] = self.on_duplicate
         if self.format == "csv":
             d.update(path_column=self.path_column, label_column=self.label_column, split_column=self.split_column)
         if self.join:
             d.update(join_on=self.join_on, join_columns=list(self.join_columns) if self.join_columns else None)
+        if self.classes is not None:
+            d["classes"] = list(self.classes)
+        if self.group_column is not None or self.group_regex is not None:
+            d.update(group_column=self.group_column, group_regex=self.group_regex)
+        if self.max_rows is not None:
+            d.update(max_rows=self.max_rows, seed=self.seed)
         return d
 
 
@@ -122,20 +153,63 @@ class AlignResult:
 
 
 # ----------------------------------------------------------------------------- inputs
-def scan_images(raw: Path, exclude: Path | None = None) -> list[str]:
-    """Image files under ``raw`` as sorted posix paths relative to it (broken links included)."""
+def fernoise_output_reason(folder: Path, filenames: Sequence[str], dirnames: Sequence[str]) -> str | None:
+    """Why ``folder`` holds fernoise's own output (so a scan of RAW must skip it), or None.
+
+    A ``fernoise.lock``, a ``.fernoise`` stamp folder, or a Parquet file carrying fernoise's
+    manifest metadata (only the schema is read, and only where a ``.parquet`` file is).
+    """
+    from fernoise.cache import LOCK_NAME
+
+    if LOCK_NAME in filenames:
+        return f"holds a {LOCK_NAME}"
+    if STAMP_DIR in dirnames:
+        return f"holds fernoise's {STAMP_DIR} stamp folder"
+    for name in filenames:
+        if name.lower().endswith(".parquet"):
+            try:
+                import pyarrow.parquet as pq
+
+                from fernoise.manifest import META_KEY
+
+                if META_KEY in (pq.read_schema(folder / name).metadata or {}):
+                    return f"holds a fernoise manifest ({name})"
+            except Exception:  # noqa: BLE001 - an unreadable Parquet file is simply not a manifest
+                continue
+    return None
+
+
+def scan_images(raw: Path, exclude: Path | None = None, skipped: list[dict[str, str]] | None = None) -> list[str]:
+    """Image files under ``raw`` as sorted posix paths relative to it (broken links included).
+
+    Skipped: hidden files and folders, ``exclude`` (OUT), and every sub-folder holding
+    fernoise's own output (:func:`fernoise_output_reason`), so an OUT inside RAW, or an older
+    output folder there, is never re-ingested; each skipped folder is appended to ``skipped``
+    as ``{"folder": relative path, "reason": ...}``.
+    """
     raw = Path(raw)
     ex = exclude.resolve() if exclude is not None else None
     out = []
     seen = {raw.resolve()}  # linked folders are followed once: a link cycle cannot loop
     for dirpath, dirnames, filenames in os.walk(raw, followlinks=True):
         d = Path(dirpath)
+        if d != raw:
+            why = fernoise_output_reason(d, filenames, dirnames)
+            if why is not None:
+                if skipped is not None:
+                    skipped.append({"folder": d.relative_to(raw).as_posix(), "reason": why})
+                dirnames[:] = []
+                continue
         keep = []
         for name in dirnames:
             if name.startswith("."):
                 continue
             real = (d / name).resolve()
-            if (ex is not None and real == ex) or real in seen:
+            if ex is not None and real == ex:
+                if skipped is not None:
+                    skipped.append({"folder": (d / name).relative_to(raw).as_posix(), "reason": "is OUT"})
+                continue
+            if real in seen:
                 continue
             seen.add(real)
             keep.append(name)
@@ -217,7 +291,6 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
 
     from fernoise.formats import FormatOptions, match_paths, read_csv, read_labels
     from fernoise.formats.folders import from_paths
-    from fernoise.labels import LABEL_SPACES, label_space_for
     from fernoise.manifest import COLUMNS
 
     n = len(src_paths)
@@ -225,10 +298,11 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
     extras = pd.DataFrame(index=range(n))
     if spec.files:
         opts = FormatOptions(spec.path_column, spec.label_column, spec.split_column)
-        table = read_labels(spec.format, spec.files, opts)
+        table = read_labels(spec.format, spec.files, opts, on_duplicate=spec.on_duplicate)
         df = table.df
         alt = df["alt_key"].tolist() if "alt_key" in df.columns else None
         where = match_paths(src_paths, df["key"].tolist(), alt, what="label file", flag="--labels")
+        _refuse_conflicts(table, where, src_paths, spec)
         if not where:
             ex_key = df["key"].iloc[0]
             ex_img = src_paths[0] if src_paths else "(no images)"
@@ -260,21 +334,37 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
         info["labels"] = {
             "format": spec.format, "files": [Path(f).name for f in spec.files], "rows": len(df),
             "matched_rows": matched, "unmatched_rows": len(df) - matched,
-            "images_without_label_row": n - len(where), **table.info,
+            "images_without_label_row": n - len(where), "on_duplicate": spec.on_duplicate, **table.info,
         }
-        space = table.label_space or label_space_for([x for x in labels if x is not None])
+        fixed = table.label_space
+        if spec.group_column and not spec.group_regex:
+            extras[spec.group_column] = _group_from_file(df, rows, spec.group_column, spec.files[0])
     else:
         labels, splits = from_paths(src_paths, labelled=True)
-        space = label_space_for([x for x in labels if x is not None])
+        fixed = None
         info["labels"] = {"format": "folders" if any(x is not None for x in labels) else None}
+        if spec.group_column and not spec.group_regex:
+            raise FernoiseError(f"--group-column {spec.group_column} names a label-file column, but there is no "
+                                "label file; pass --labels FILE, or --group-regex to read it from the file names",
+                                flag="--group-column")
+    classes, space, labels = dataset_classes(labels, declared=spec.classes, fixed=fixed)
+    if spec.group_regex:
+        name = spec.group_column or "subject"
+        if name in extras.columns:
+            raise FernoiseError(f"the label file already has a column {name!r}; name the regex's column with "
+                                "--group-column OTHER", flag="--group-column")
+        extras[name] = groups_from_regex(src_paths, spec.group_regex)
+    if spec.group_column or spec.group_regex:
+        g = extras[spec.group_column or "subject"]
+        info["groups"] = {"column": spec.group_column or "subject", "source": "regex" if spec.group_regex else "labels",
+                          "groups": int(g.dropna().nunique()), "images_without_group": int(g.isna().sum())}
     splits = [s or "train" for s in splits]
     mapping = dict(spec.split_map)
     splits = [mapping.get(s, s) for s in splits]
 
     if spec.join:
         jpath = Path(spec.join)
-        if not jpath.is_file():
-            raise FernoiseError(f"join file {jpath} does not exist", flag="--join")
+        require_file(jpath, "join file", flag="--join")
         jdf = read_csv(jpath)
         if spec.join_on not in jdf.columns:
             raise FernoiseError(f"{jpath.name} has no column {spec.join_on!r}; found {list(jdf.columns)[:12]}",
@@ -298,8 +388,115 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
             extras[c] = _infer([None if r is None else vals[r] for r in rows])
         info["join"] = {"file": jpath.name, "on": spec.join_on, "columns": cols, "matched_images": len(where),
                         "rows": len(jdf)}
-    classes = list(LABEL_SPACES[space])
     return labels, splits, extras, classes, space, info
+
+
+# ----------------------------------------------------------------------------- classes, groups, subset
+def _check_rows_spec(spec: LabelSpec) -> None:
+    """Checks of ``--classes``, ``--group-column``, ``--group-regex``, ``--max-rows``, ``--seed``."""
+    from fernoise.labels import class_list
+
+    if spec.classes is not None and list(spec.classes) != class_list(list(spec.classes), flag="--classes"):
+        raise FernoiseError(f"expected canonical class names in canonical order, got {list(spec.classes)}; "
+                            "build them with fernoise.labels.class_list", flag="--classes")
+    if spec.group_column is not None:
+        from fernoise.manifest import COLUMNS  # not at the top: a cache hit imports no pandas
+
+        if spec.group_column.strip() == "" or spec.group_column in COLUMNS:
+            raise FernoiseError(f"--group-column must name a new column, not {spec.group_column!r} "
+                                f"(taken: {', '.join(COLUMNS)})", flag="--group-column")
+    if spec.group_regex is not None:
+        try:
+            rx = re.compile(spec.group_regex)
+        except re.error as e:
+            raise FernoiseError(f"{spec.group_regex!r} is not a valid regular expression ({e})",
+                                flag="--group-regex") from None
+        if rx.groups < 1:
+            raise FernoiseError(f"{spec.group_regex!r} has no group; put the subject part in parentheses, "
+                                r"e.g. 'S(\d+)_'", flag="--group-regex")
+    if spec.max_rows is not None and (isinstance(spec.max_rows, bool) or not isinstance(spec.max_rows, int)
+                                      or spec.max_rows < 1):
+        raise FernoiseError(f"expected a positive number of rows, got {spec.max_rows!r}", flag="--max-rows")
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or spec.seed < 0:
+        raise FernoiseError(f"expected a non-negative integer seed, got {spec.seed!r}", flag="--seed")
+
+
+def dataset_classes(labels: list[int | None], *, declared: Sequence[str] | None, fixed: str | None):
+    """``(classes, label_space, local labels)`` from canonical ``labels`` (None = unlabelled).
+
+    The class list is ``declared`` (``--classes``: it must hold every class that occurs),
+    else the format's label space ``fixed`` (rafdb, ferplus, affectnet), else the classes
+    that occur (class folders, csv), in canonical order; ``basic7`` when nothing is labelled.
+    Labels come back as indices into that list.
+    """
+    from fernoise.labels import CLASSES, LABEL_SPACES, label_space_of
+
+    seen = sorted({x for x in labels if x is not None})
+    if declared is not None:
+        classes = list(declared)
+        extra = [CLASSES[i] for i in seen if CLASSES[i] not in classes]
+        if extra:
+            n = sum(1 for x in labels if x is not None and CLASSES[x] in extra)
+            raise FernoiseError(f"{n} images are labelled {', '.join(extra)}, which --classes "
+                                f"{','.join(classes)} leaves out; add them to --classes", flag="--classes")
+    elif fixed is not None:
+        classes = list(LABEL_SPACES[fixed])
+    elif seen:
+        classes = [CLASSES[i] for i in seen]
+    else:
+        classes = list(LABEL_SPACES["basic7"])
+    local = {CLASSES.index(c): i for i, c in enumerate(classes)}
+    return classes, label_space_of(classes), [None if x is None else local[x] for x in labels]
+
+
+def _group_from_file(df, rows: list[int | None], column: str, first_file: str):
+    """The label file's ``column`` per image, as the strings the file holds (null without a row)."""
+    import pandas as pd
+
+    if column not in df.columns or column in ("key", "label", "split", "alt_key"):
+        cols = [c for c in df.columns if c not in ("key", "label", "split", "alt_key")]
+        raise FernoiseError(f"{Path(first_file).name} has no column {column!r}; found {cols[:12]}",
+                            flag="--group-column")
+    vals = df[column].tolist()
+    out = []
+    for r in rows:
+        v = None if r is None else vals[r]
+        out.append(None if v is None or pd.isna(v) or str(v).strip() == "" else str(v))
+    return pd.Series(out, dtype="object")
+
+
+def groups_from_regex(src_paths: Sequence[str], pattern: str):
+    """The first group of ``pattern`` searched in each ``src_path`` (strings; null where it does
+    not match). A pattern that matches no path is an error."""
+    import pandas as pd
+
+    rx = re.compile(pattern)
+    out = []
+    for s in src_paths:
+        m = rx.search(s)
+        out.append(m.group(1) if m and m.group(1) is not None else None)
+    if src_paths and all(v is None for v in out):
+        raise FernoiseError(f"--group-regex {pattern!r} matches none of the {len(src_paths)} image paths "
+                            f"(e.g. {src_paths[0]!r}); it is searched in the path relative to RAW",
+                            flag="--group-regex")
+    return pd.Series(out, dtype="object")
+def _refuse_conflicts(table, where: dict[str, int], src_paths: list[str], spec: LabelSpec) -> None:
+    """Refuse label rows that name one of the images twice with different labels or splits,
+    unless ``--on-duplicate`` says which row counts (conflicts on rows naming no image here
+    are only counted in ``info``)."""
+    from fernoise.formats import _posix, describe_conflict
+
+    if not table.conflicts or spec.on_duplicate is not None:
+        return
+    keys = table.df["key"].tolist()
+    hit = [k for k in dict.fromkeys(_posix(keys[where[s]]) for s in src_paths if s in where)
+           if k in table.conflicts]
+    if hit:
+        files = ", ".join(Path(f).name for f in spec.files)
+        raise FernoiseError(
+            f"{len(hit)} image(s) are named by several rows of {files} with different labels or splits "
+            f"(first: {describe_conflict(hit[0], table.conflicts[hit[0]])}); choose which row counts with "
+            "--on-duplicate first|last, or fix the file", flag="--on-duplicate")
 
 
 # ----------------------------------------------------------------------------- per-image records
@@ -357,16 +554,77 @@ def _crop_intact(out: Path, face: dict[str, Any]) -> bool:
 
 
 # ----------------------------------------------------------------------------- per-image work
-def _decode(path: Path, params) -> dict[str, Any]:
-    from fernoise.align import detector_input, open_image
+def working_factor(params, w: int, h: int) -> int:
+    """The integer factor a ``w`` x ``h`` source is decoded reduced by for the stage.
 
-    img, status, reason = open_image(path)
-    item: dict[str, Any] = {"img": img, "status": status, "reason": reason}
-    if img is not None:
-        item["size"] = list(img.size)
-        if params.mode != "whole" and min(img.size) >= params.min_face_size:
-            item["det_in"] = detector_input(img, params)
+    Detection modes: as much as keeps the longer side at or above ``detect_size`` (the
+    detector sees that size anyway); ``--detect-size 0`` keeps full size. ``whole``: as much
+    as the crop's resize allows without losing detail. Faces that need more detail than the
+    reduced copy holds are cropped from a finer decode (:func:`fernoise.align.faces_from`).
+    """
+    from fernoise.align import reduction_for
+
+    if params.mode == "whole":
+        return reduction_for(params.size / max(1, min(w, h)))
+    if not params.detect_size:
+        return 1
+    return max(1, max(w, h) // int(params.detect_size))
+
+
+def _decode(path: Path, params) -> dict[str, Any]:
+    """Decode reduced (:func:`working_factor`) and prepare the detector's copy; ``size`` is
+    the source's, ``factor`` the reduction (source pixel = factor x image pixel)."""
+    from fernoise.align import decode_image, detector_input
+
+    d = decode_image(path, lambda w, h: working_factor(params, w, h))
+    item: dict[str, Any] = {"img": d.image, "status": d.status, "reason": d.reason, "path": path,
+                            "factor": d.factor}
+    if d.image is not None:
+        item["size"] = list(d.size)
+        if params.mode != "whole" and min(d.size) >= params.min_face_size:
+            arr, back = detector_input(d.image, params)
+            item["det_in"] = (arr, back * d.factor)
     return item
+
+
+def _finer(path: Path):
+    """``f -> (image, factor)``: ``path`` decoded again, reduced by at most ``f`` (memoised)."""
+    from fernoise.align import decode_image
+
+    cache: dict[int, tuple[Any, int]] = {}
+
+    def get(f: int):
+        if f not in cache:
+            d = decode_image(path, f)
+            if d.image is None:
+                raise RuntimeError(f"could not decode the image again for a finer crop: {d.reason}")
+            cache[f] = (d.image, d.factor)
+        return cache[f]
+
+    return get
+
+
+class OutsideOut(Exception):
+    """A crop's destination resolves outside OUT (through a symbolic link planted under it)."""
+
+
+def _inside(base: str, path: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _destination(out: Path, rel: str) -> Path:
+    """``out / rel``, after checking that its folder resolves inside OUT (links followed).
+
+    A folder under OUT that is a link to elsewhere would make the write land outside OUT:
+    that row gets status ``error`` and nothing is written (no folder created either).
+    """
+    path = out / rel
+    base = os.path.realpath(out)
+    real = os.path.realpath(path.parent)
+    if not _inside(base, real):
+        raise OutsideOut(f"refused to write the crop {rel}: its folder resolves to {real}, outside OUT {base} "
+                         "(a symbolic link under OUT); nothing was written, remove the link and re-run")
+    return path
 
 
 def _save_crop(crop, path: Path, params) -> str:
@@ -380,17 +638,14 @@ def _save_crop(crop, path: Path, params) -> str:
     else:
         crop.save(buf, format="JPEG", quality=int(params.jpeg_quality))
     data = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
-    os.replace(tmp, path)
     return bytes_sha256(data)
 
 
 def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, params) -> dict[str, Any]:
     """The record of one image: status, reason, faces (with crop paths and sha256), saved crops."""
-    from fernoise.align import crop_whole, faces_from
+    from fernoise.align import crop_whole, faces_from, reduction_for
 
     rec: dict[str, Any] = {"src": src, "sha": sha, "status": item["status"], "reason": item["reason"],
                            "n_faces": 0, "size": item.get("size"), "faces": []}
@@ -402,7 +657,7 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
         if params.mode == "whole":
             whole_reason = "detection off (--mode whole): the whole image was resized"
         elif "det_in" not in item:
-            w, h = img.size
+            w, h = item["size"]
             rec.update(status="too_small",
                        reason=f"image is {w}x{h} px, smaller than the minimum face size {params.min_face_size} px")
             return rec
@@ -416,21 +671,28 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
                     return rec
         if whole_reason is not None:
             rel = f"{FACES}/{src}.{params.ext}"
-            sha_c = _save_crop(crop_whole(img, params), out / rel, params)
+            w, h = item["size"]
+            need = reduction_for(params.size / max(1, min(w, h)))
+            whole_src = img if item["factor"] <= need else _finer(item["path"])(need)[0]
+            sha_c = _save_crop(crop_whole(whole_src, params), _destination(out, rel), params)
             rec.update(status="whole", reason=whole_reason,
                        faces=[{"face": None, "det_prob": None, "bbox": None, "landmarks": None,
                                "path": rel, "crop_sha256": sha_c}])
             return rec
-        faces = faces_from(img, det, params, max_faces=None if params.all_faces else 1)
+        faces = faces_from(img, det, params, max_faces=None if params.all_faces else 1, factor=item["factor"],
+                           finer=_finer(item["path"]))
         recs = []
         for k, f in enumerate(faces):
             rel = crop_rel(src, k, params)
             recs.append({"face": k, "det_prob": f.det_prob, "bbox": list(f.bbox), "landmarks": list(f.landmarks),
-                         "path": rel, "crop_sha256": _save_crop(f.crop, out / rel, params)})
+                         "path": rel, "crop_sha256": _save_crop(f.crop, _destination(out, rel), params)})
         rec.update(status="ok", reason=None, faces=recs)
         return rec
     except Exception as e:  # noqa: BLE001 - one bad image gets status error, the run goes on
-        rec.update(status="error", reason=f"{e.__class__.__name__}: {' '.join(str(e).split())}", faces=[])
+        if destination_error(e) is not None:
+            raise  # a full disk or a read-only OUT stops the run (one line), it is not the image's fault
+        reason = str(e) if isinstance(e, OutsideOut) else f"{e.__class__.__name__}: {' '.join(str(e).split())}"
+        rec.update(status="error", reason=reason, faces=[])
         return rec
 
 
@@ -574,17 +836,43 @@ def align_folder(
     t0 = time.perf_counter()
     params = params if params is not None else AlignParams()
     raw, out = Path(raw), Path(out)
-    if not raw.is_dir():
-        raise FernoiseError(f"{raw} is not a folder of images", flag="RAW")
+    require_folder(raw, "RAW", flag="RAW")
+    require_folder(out, "OUT", flag="OUT", may_be_missing=True)
+    stamps = out / STAMP_DIR  # records, stamps and summaries: a planted link must not take them outside OUT
+    if stamps.is_symlink() and not _inside(os.path.realpath(out), os.path.realpath(stamps)):
+        raise FernoiseError(f"{stamps} is a symbolic link to {os.path.realpath(stamps)}, outside OUT; fernoise "
+                            "writes only inside OUT: remove the link and re-run", flag="OUT")
     if workers < 1:
         raise FernoiseError(f"expected at least 1 worker, got {workers}", flag="--workers")
     if batch_size < 1:
         raise FernoiseError(f"expected a batch size of at least 1, got {batch_size}", flag="--batch-size")
-    out.mkdir(parents=True, exist_ok=True)
-    src_all = scan_images(raw, exclude=out)
+    created = not out.exists()
+    try:
+        return _align_folder(raw, out, params, labels, workers=workers, batch_size=batch_size, shard=shard,
+                             device=device, detector=detector, progress=progress, force=force,
+                             workspace=workspace, t0=t0, dataset=dataset)
+    except BaseException:
+        if created:
+            _remove_empty_tree(out)  # a failed first run leaves no empty OUT behind
+        raise
+
+
+def _remove_empty_tree(root: Path) -> None:
+    """Remove ``root`` and its sub-folders where they hold no file (bottom-up, links untouched)."""
+    for dirpath, _dirnames, _filenames in sorted(os.walk(root), key=lambda t: -len(t[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)  # fails, as it should, on a folder that still holds something
+
+
+def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, batch_size, shard, device, detector,
+                  progress, force, workspace, t0, dataset=None) -> AlignResult:
+    skipped: list[dict[str, str]] = []
+    src_all = scan_images(raw, exclude=out, skipped=skipped)
     if not src_all:
         raise FernoiseError(f"no image files found in {raw} (looked for {', '.join(IMAGE_EXTENSIONS)})", flag="RAW")
     shas_all = hash_sources(raw, src_all, workers)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out)  # what a killed run or a full disk left half-written
     pparams = params.asdict()
     key_params = {"align": pparams, "labels": labels.key_params()}
     if dataset is not None:
@@ -607,11 +895,15 @@ def align_folder(
         holder["summary"] = summary
         return written
 
+    # rows with status error are retried on every run (never a whole-stage hit, never a cached record)
+    retry = bool((read_json(summary_path(manifest)) or {}).get("counts", {}).get("error"))
     res = run_stage(stage=STAGE, version=VERSION, params=key_params, inputs=inputs, output=manifest, build=build,
-                    workspace=workspace if shard is None else None, force=force)
+                    workspace=workspace if shard is None else None, force=force or retry)
     summary = holder.get("summary") or read_json(summary_path(manifest)) or {}
     result = AlignResult(manifest=manifest, key=res.key, hit=res.hit, seconds=0.0,
                          counts=summary.get("counts", {}), rows=summary.get("rows", 0), info=summary.get("info", {}))
+    if skipped:
+        result.info = {**result.info, "skipped_folders": skipped}
     if shard is not None:
         result.merged = merge_shards(out, n=shard[1], workspace=workspace, quiet=True)
     result.seconds = time.perf_counter() - t0
@@ -626,6 +918,13 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
 
     lab, splits, extras, classes, space, info = resolve_labels(raw, src_all, labels)
     idx = list(range(len(src_all)))
+    if labels.max_rows is not None:
+        from fernoise.subset import stratified_subset
+
+        # src_all is sorted, so the subset does not depend on the order the folder lists files in
+        idx = stratified_subset([(splits[j], lab[j]) for j in idx], labels.max_rows, labels.seed).tolist()
+        info["subset"] = {"max_rows": labels.max_rows, "seed": labels.seed, "images_total": len(src_all),
+                          "images_kept": len(idx), "stratified_by": ["split", "label"]}
     if shard is not None:
         idx = [j for j in idx if j % shard[1] == shard[0]]
     src = [src_all[j] for j in idx]
@@ -636,7 +935,8 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
     todo: list[tuple[str, str | None]] = []
     for s, h in zip(src, shas, strict=True):
         rec = store.records.get(RecordStore.key(s, h)) if h is not None else None
-        if rec is not None and all(_crop_intact(out, f) for f in rec.get("faces") or []):
+        # an unexpected error (or a refused write) is retried on the next run, never cached
+        if rec is not None and rec.get("status") != "error" and all(_crop_intact(out, f) for f in rec.get("faces") or []):
             records[s] = rec
         else:
             todo.append((s, h))
@@ -663,11 +963,12 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
         df = pd.concat([df, extras.iloc[jj].reset_index(drop=True)], axis=1)
     df = df.sort_values("id", kind="stable").reset_index(drop=True)
     counts = count_statuses(df["status"])
-    info = {**info, "images": len(src), "realigned": len(todo), "reused": reused}
+    info = {**info, "images": len(src), "realigned": len(todo), "reused": reused, "classes": classes,
+            "label_space": space}
     meta = stage_meta(None, stage=STAGE, params=params.asdict(), key=key, classes=classes, label_space=space,
                       counts=counts, labels=info.get("labels"), join=info.get("join"), base_key=base_key,
-                      shard=list(shard) if shard else None, images=len(src),
-                      **({"dataset": dataset} if dataset is not None else {}))
+                      shard=list(shard) if shard else None, images=len(src), groups=info.get("groups"),
+                      subset=info.get("subset"), **({"dataset": dataset} if dataset is not None else {}))
     write_manifest(df, manifest, meta)
     summary = {"counts": counts, "rows": len(df), "info": info, "key": key}
     atomic_write_json(summary_path(manifest), summary)

@@ -8,15 +8,22 @@ behind the tool's back fails the stamp check and is rebuilt, never trusted.
 
 The workspace lock (``fernoise.lock`` in the working directory, or ``$FERNOISE_WORKSPACE``)
 records the latest output of each stage, so ``fernoise corrupt`` with no manifest argument
-takes what ``fernoise align`` wrote last.
+takes what ``fernoise align`` wrote last; it is updated under :func:`file_lock` (an exclusive
+``fcntl.flock`` on ``fernoise.lock.lk``), so concurrent commands never lose an entry.
+
+Atomic writes name their temporary ``.<name>.<host>-<pid>.<random>.tmp``;
+:func:`clean_stale_tmp` removes those of dead writers (a kill, a full disk) on the next run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -38,6 +45,12 @@ def _current_umask() -> int:
 # mkstemp creates 0600 files; outputs get the permissions a plain open() would give them.
 FILE_MODE = 0o666 & ~_current_umask()
 STAMP_DIR = ".fernoise"
+TMP_SUFFIX = ".tmp"
+# Temporary files are named ``.<name>.<host tag>-<pid>.<random>.tmp``, so a later run can tell
+# a leftover of a dead process (removed) from a live writer's file (kept).
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TMP_RE = re.compile(r"^\..*\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[^.]+\.tmp$")
+STALE_TMP_SECONDS = 15 * 60
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -76,17 +89,60 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{HOST_TAG}-{os.getpid()}.", suffix=TMP_SUFFIX,
+                                   dir=path.parent)
+    except OSError as e:
+        e.filename = str(path)  # name the file the user asked for, not the random temporary
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, FILE_MODE)
     try:
+        os.chmod(tmp_path, FILE_MODE)
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and (e.filename is None or str(e.filename) == str(tmp_path)):
+            e.filename = str(path)  # a full disk raises from write() with no file name
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: str | os.PathLike, *, max_age: float = STALE_TMP_SECONDS) -> int:
+    """Remove the temporary files that killed or failed writers left under ``folder``.
+
+    A hidden ``*.tmp`` file goes when this host's process that wrote it is gone (its name
+    carries host and pid), or when it is older than ``max_age`` seconds (other hosts, older
+    names). Links are not followed. Returns how many files were removed.
+    """
+    removed = 0
+    now = time.time()
+    for dirpath, _dirnames, filenames in os.walk(folder):
+        for name in filenames:
+            if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+                continue
+            p = os.path.join(dirpath, name)
+            m = _TMP_RE.match(name)
+            try:
+                stale = (m is not None and m["host"] == HOST_TAG and int(m["pid"]) != os.getpid()
+                         and not _pid_alive(int(m["pid"]))) or now - os.lstat(p).st_mtime > max_age
+                if stale:
+                    os.unlink(p)
+                    removed += 1
+            except OSError:
+                continue
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -192,6 +248,26 @@ def run_stage(
     return StageResult(stage, key, output, hit, time.perf_counter() - t0)
 
 
+# ----------------------------------------------------------------------------- file locks
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on the side file ``<path>.lk`` while inside the block.
+
+    For read-modify-write of a shared file by several processes (``fernoise.lock``, sweep
+    tables): the lock is on a separate, never-replaced file, so the atomic rename of ``path``
+    itself cannot make two processes lock different inodes. Blocks until the lock is free;
+    released when the block ends or the process dies.
+    """
+    side = Path(f"{os.fspath(path)}.lk")
+    side.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(side, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 # ----------------------------------------------------------------------------- workspace
 class Workspace:
     """The lock file naming the latest output of each stage (in the spirit of dvc.lock)."""
@@ -210,7 +286,17 @@ class Workspace:
         data.setdefault("stages", {})
         return data
 
+    def locked(self):
+        """Context manager: an exclusive file lock on ``fernoise.lock`` (see :func:`file_lock`)."""
+        return file_lock(self.lock_path)
+
     def record(self, stage: str, *, key: str, output: str | os.PathLike, params: Mapping[str, Any]) -> None:
+        """Set ``stage``'s entry; read-modify-write under :meth:`locked`, so concurrent
+        commands never lose each other's entries."""
+        with self.locked():
+            self._record(stage, key=key, output=output, params=params)
+
+    def _record(self, stage: str, *, key: str, output: str | os.PathLike, params: Mapping[str, Any]) -> None:
         data = self.read()
         out = Path(output).resolve()
         try:

@@ -1,7 +1,7 @@
 """Label noise, exact and reproducible: ``sym``, ``asym``, ``matrix`` and ``column`` kinds.
 
-Reads a manifest DataFrame (columns ``id``, ``split``, ``label``; ``label`` in the canonical
-class order of the manifest's ``classes``) and returns a new one with
+Reads a manifest DataFrame (columns ``id``, ``split``, ``label``; ``label`` an index into the
+manifest's own class list ``classes``) and returns a new one with
 
 - ``label``: the label to train on (noisy), ``Int64``;
 - ``label_clean``: the label before this stage, ``Int64``;
@@ -29,11 +29,17 @@ Exactness (METHOD.md, "Synthetic noise"):
   9 decimals; ties in the remainders go to the lower class index), so they sum to n_c exactly.
   The rows of class c are permuted once and cut into consecutive blocks, class 0 first: the
   diagonal block is kept, the others are flipped. ``rate`` is not used.
-- ``column``: real annotator noise. The column ``params.column`` (canonical class indices, or
-  class names/aliases) becomes ``label``; the old label is kept as ``label_clean``. A training
-  row whose column value is null gets a **null** ``label`` (no second annotation, so nothing to
-  train on; it is counted in ``info["missing"]``), ``is_noisy`` False, and it is left out of
-  the realised matrix and rates. ``seed`` and ``rate`` are not used.
+- ``column``: real annotator noise. The column ``params.column`` (canonical class indices 0-7,
+  or class names/aliases), mapped by name into ``classes``, becomes ``label``; the old label is
+  kept as ``label_clean``. A training row whose column value is null gets a **null** ``label``
+  (no second annotation, so nothing to train on; counted in ``info["missing"]``), and so does
+  one whose value is a class the manifest does not have (counted per class in
+  ``info["outside"]``); both get ``is_noisy`` False and are left out of the realised matrix
+  and rates. ``seed`` and ``rate`` are not used.
+
+Every kind draws only from ``classes``, the manifest's own class list (an ordered subset of
+the canonical order, e.g. ``[happy, sad, anger]``): ``label`` values are indices into it, sym
+picks among its other classes, asym partners outside it are an error, a matrix is C x C of it.
 """
 
 from __future__ import annotations
@@ -220,16 +226,7 @@ def _sym(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
 
 def _asym(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
     classes = tuple(ctx.classes)
-    try:
-        partners = asym_partners(classes, dict(ctx.params.pairs) if ctx.params.pairs is not None else None)
-    except FernoiseError as e:
-        if ctx.params.pairs is None:
-            raise
-        raise FernoiseError(
-            f"{e}; a pairs file replaces the paper's pairs, so it must give every class of "
-            f"{list(classes)} a partner inside that list",
-            flag="--pairs",
-        ) from None
+    partners = asym_partners(classes, dict(ctx.params.pairs) if ctx.params.pairs is not None else None)
     rate = float(ctx.params.rate)  # type: ignore[arg-type]
     out = y.copy()
     for c, idx in enumerate(_class_blocks(y, len(classes))):
@@ -259,58 +256,68 @@ def _matrix(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
     return out
 
 
-def column_indices(values: pd.Series, classes: Sequence[str], *, column: str) -> np.ndarray:
-    """Canonical class indices (int64, -1 where null) of a second annotation column.
+OUTSIDE = -2  # column_indices: a class the manifest does not have
 
-    Integer values are canonical indices (0..C-1; *not* a dataset's own order); strings are
-    class names or aliases (any case, e.g. ``angry``, ``Happiness``) or digit strings.
-    Raises (flag ``--column``) on a value outside the class list.
+
+def column_indices(values: pd.Series, classes: Sequence[str], *, column: str) -> tuple[np.ndarray, dict[str, int]]:
+    """Indices into ``classes`` of a second annotation column: ``(int64 array, outside)``.
+
+    Values are mapped **by name** into the manifest's class list: integers are canonical
+    indices 0-7 (0 neutral ... 7 contempt; *not* a dataset's own numbering, nor positions in
+    ``classes``), strings are class names or aliases (any case, e.g. ``angry``,
+    ``Happiness``) or digit strings. A null or empty value gives -1; a real class that is not
+    in ``classes`` (``neutral`` on a dataset without neutral) gives :data:`OUTSIDE` (-2) and is
+    counted in ``outside`` (canonical name -> rows). Anything else (``bored``, 9, 2.5) raises
+    (flag ``--column``).
     """
-    n_classes = len(classes)
+    from fernoise.labels import CLASSES
+
+    local = {name: i for i, name in enumerate(classes)}
     if pd.api.types.is_bool_dtype(values.dtype):
         raise FernoiseError(f"column {column!r} holds booleans, not class labels", flag="--column")
     if pd.api.types.is_numeric_dtype(values.dtype):
         v = values.to_numpy(dtype=np.float64, na_value=np.nan)
         null = np.isnan(v)
         good = v[~null]
-        bad = good[(good != np.floor(good)) | (good < 0) | (good >= n_classes)]
+        bad = good[(good != np.floor(good)) | (good < 0) | (good >= len(CLASSES))]
         if len(bad):
             raise FernoiseError(
-                f"column {column!r} has {len(bad)} values outside the class indices 0..{n_classes - 1} "
-                f"({list(classes)}), e.g. {bad[0]:g}; use canonical indices or class names",
+                f"column {column!r} has {len(bad)} values that are not canonical class indices 0-7 "
+                f"(0 neutral ... 7 contempt), e.g. {bad[0]:g}; use canonical indices or class names",
                 flag="--column",
             )
-        out = np.full(len(v), -1, dtype=np.int64)
-        out[~null] = good.astype(np.int64)
-        return out
-    strings = values.astype(object).where(values.notna(), None)
-    mapping: dict[Any, int] = {}
-    for u in pd.unique(strings.dropna()):
-        s = str(u).strip()
-        if s == "":
-            mapping[u] = -1
-            continue
-        if s.isdigit():
-            i = int(s)
-            if i >= n_classes:
+        names = [CLASSES[int(x)] for x in good]
+    else:
+        strings = values.astype(object).where(values.notna(), None).to_numpy()
+        null = np.array([x is None or str(x).strip() == "" for x in strings], dtype=bool)
+        by_value: dict[Any, str] = {}
+        for u in pd.unique(strings[~null]):
+            s = str(u).strip()
+            if s.isdigit():
+                if int(s) >= len(CLASSES):
+                    raise FernoiseError(
+                        f"column {column!r} has value {s}, not a canonical class index 0-7 (0 neutral ... 7 contempt)",
+                        flag="--column",
+                    )
+                by_value[u] = CLASSES[int(s)]
+                continue
+            try:
+                by_value[u] = canonical_name(s)
+            except FernoiseError:
                 raise FernoiseError(
-                    f"column {column!r} has value {s} outside the class indices 0..{n_classes - 1} ({list(classes)})",
+                    f"column {column!r} has value {s!r}, which is not a class name, an alias of one, nor an index 0-7 "
+                    f"(this manifest's classes: {', '.join(classes)})",
                     flag="--column",
-                )
-            mapping[u] = i
-            continue
-        try:
-            name = canonical_name(s)
-        except FernoiseError:
-            name = None
-        if name is None or name not in classes:
-            raise FernoiseError(
-                f"column {column!r} has value {s!r}, which is not a class of this manifest "
-                f"({', '.join(classes)}) nor an alias of one",
-                flag="--column",
-            )
-        mapping[u] = list(classes).index(name)
-    return strings.map(mapping).fillna(-1).to_numpy(dtype=np.int64)
+                ) from None
+        names = [by_value[u] for u in strings[~null]]
+    out = np.full(len(null), -1, dtype=np.int64)
+    mapped = np.array([local.get(n, OUTSIDE) for n in names], dtype=np.int64)
+    out[~null] = mapped
+    outside: dict[str, int] = {}
+    for n, i in zip(names, mapped, strict=True):
+        if i == OUTSIDE:
+            outside[n] = outside.get(n, 0) + 1
+    return out, {c: outside[c] for c in CLASSES if c in outside}
 
 
 def _column(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
@@ -324,9 +331,12 @@ def _column(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
         )
     if name in ("label", "label_clean"):
         raise FernoiseError(f"--column must name a second annotation, not {name!r}", flag="--column")
-    noisy = column_indices(ctx.df[name].iloc[ctx.rows], ctx.classes, column=name)
-    ctx.info["missing"] = int((noisy < 0).sum())
-    return noisy
+    noisy, outside = column_indices(ctx.df[name].iloc[ctx.rows], ctx.classes, column=name)
+    # a class the dataset does not have cannot be trained on: such rows get a null label,
+    # like rows without a second annotation, and are counted apart
+    ctx.info["missing"] = int((noisy == -1).sum())
+    ctx.info["outside"] = outside
+    return np.where(noisy == OUTSIDE, -1, noisy)
 
 
 @dataclass(frozen=True)
@@ -392,7 +402,7 @@ def corrupt(
     ``label_clean`` (the original clean label) is kept, so ``is_noisy`` stays relative to it.
 
     ``info`` (JSON-ready): ``kind``, ``rate``, ``seed``, ``pairs``/``partners``, ``matrix``
-    (+ ``planned`` counts), ``column`` (+ ``missing``), ``classes``, ``transition`` (C x C
+    (+ ``planned`` counts), ``column`` (+ ``missing``, ``outside``), ``classes``, ``transition`` (C x C
     counts over the labelled training rows, rows = label before, columns = label after),
     ``n`` / ``flipped`` / ``rate_per_class`` (per class), ``rate_overall``, ``n_train``.
     """

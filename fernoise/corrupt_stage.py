@@ -7,9 +7,11 @@ and ``--matrix``, a small file. Writes ``<stem>.<suffix>.parquet`` beside the in
 ``manifest.column-<name>.parquet``, with the noise in the metadata (``noise``; see
 :func:`fernoise.corrupt.corrupt`), and records stage ``corrupt`` in the workspace lock.
 
-The key is ``stage_key("corrupt", VERSION, params, {"manifest": <input manifest key>})``:
-the input is fingerprinted by the key its own stage recorded (chained fingerprints), and
-``params`` holds only what changes the output plus the sha256 of a pairs/matrix file.
+The key is ``stage_key("corrupt", VERSION, params, {"manifest": <input manifest key>,
+"content": <content digest of every column>})``: the input is fingerprinted by the key its own
+stage recorded (chained fingerprints) and by what the file holds now (corrupt copies every
+column, so every column counts), so a manifest edited while keeping its metadata misses the
+cache; ``params`` holds only what changes the output plus the sha256 of a pairs/matrix file.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ import pyarrow.parquet as pq
 
 from fernoise.cache import StageResult, Workspace, file_sha256, run_stage
 from fernoise.corrupt import CorruptParams, check_matrix, corrupt
-from fernoise.errors import FernoiseError
+from fernoise.errors import FernoiseError, require_file
 from fernoise.labels import canonical_name
-from fernoise.manifest import read_meta, stage_meta, write_manifest_table
+from fernoise.manifest import Manifest, read_meta, stage_meta, write_manifest_table
 
 STAGE = "corrupt"
 VERSION = 1
@@ -42,8 +44,7 @@ def load_pairs(path: str | os.PathLike) -> dict[str, str]:
     """Asym pairs from a file: CSV rows ``from,to`` (an optional ``from,to`` header) or a JSON
     object ``{"from": "to", ...}``. Names may be aliases; they come back canonical."""
     path = Path(path)
-    if not path.is_file():
-        raise FernoiseError(f"pairs file {path} does not exist", flag="--pairs")
+    require_file(path, "pairs file", flag="--pairs")
     text = path.read_text()
     raw: list[tuple[str, str]] = []
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
@@ -79,8 +80,7 @@ def load_matrix(path: str | os.PathLike) -> np.ndarray:
     """A transition matrix from ``.npy`` or CSV (numbers only, or with a header row and/or a
     first column of class names, which are ignored: rows and columns are in class order)."""
     path = Path(path)
-    if not path.is_file():
-        raise FernoiseError(f"matrix file {path} does not exist", flag="--matrix")
+    require_file(path, "matrix file", flag="--matrix")
     if path.suffix.lower() == ".npy":
         try:
             m = np.load(path, allow_pickle=False)
@@ -195,8 +195,10 @@ def run_corrupt(
         raise FernoiseError("choose a noise kind: --kind sym, asym, matrix or column", flag="--kind")
     ws = workspace or Workspace()
     path = Path(manifest) if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
-    if path.is_dir():  # an align output folder: its manifest
+    if path.is_dir() and (path / "manifest.parquet").is_file():  # an align output folder: its manifest
         path = path / "manifest.parquet"
+    elif path.is_dir():
+        raise FernoiseError(f"{path} is a folder without a manifest.parquet; pass a manifest .parquet file", flag="MANIFEST")
     if not path.is_file():
         raise FernoiseError(f"manifest {path} does not exist; pass a manifest .parquet file", flag="MANIFEST")
 
@@ -246,6 +248,11 @@ def run_corrupt(
         matrix_sha = file_sha256(matrix_file)
         key_params["matrix_sha256"] = matrix_sha
     input_key = meta.get("key") or file_sha256(path)
+    try:
+        whole = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise FernoiseError(f"{path} is not a readable Parquet manifest ({e.__class__.__name__})", flag="MANIFEST") from None
+    content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=whole).content_key(whole.column_names)
     output = Path(out) if out is not None else output_name(path, params, matrix_sha256=matrix_sha)
     if output.resolve() == path.resolve():
         raise FernoiseError(f"--out {output} is the input manifest, which is never modified; choose another path", flag="--out")
@@ -257,8 +264,8 @@ def run_corrupt(
         t0 = time.perf_counter()
         # Only the columns the noise needs go through pandas; the rest of the table (paths,
         # boxes, landmarks, votes) is written back as read: a large manifest stays fast.
-        table = pq.read_table(path)
-        m_meta = read_meta(path)
+        table = whole
+        m_meta = meta
         need = [c for c in ("id", "split", "label", "label_name", "label_clean", params.column) if c and c in table.column_names]
         small = table.select(need).to_pandas()
         if "label" in small.columns:
@@ -267,6 +274,7 @@ def run_corrupt(
         df, info = corrupt(small, classes=classes, params=params, allow_noisy=force)
         t2 = time.perf_counter()
         info["input_key"] = input_key
+        info["input_content"] = content
         if pairs_file is not None:
             info["pairs_sha256"] = key_params["pairs_sha256"]
         if matrix_sha is not None:
@@ -282,7 +290,7 @@ def run_corrupt(
         stage=STAGE,
         version=VERSION,
         params=key_params,
-        inputs={"manifest": input_key},
+        inputs={"manifest": input_key, "content": content},
         output=output,
         build=build,
         workspace=ws,

@@ -1,14 +1,23 @@
 """Training data: the decoded uint8 array cache, the weak and strong views, and the loaders.
 
 Reads a manifest's usable rows (a crop in ``path``, status ok/whole). Writes one array cache
-per (manifest key, row list, image size): ``<cache_dir>/<key[:16]>-<rows hash[:8]>-<size>.npy``,
-an ``(N, size, size, 3)`` uint8 array in manifest row order, decoded once with
-``fernoise.images.load_rgb`` and written atomically; every epoch memory-maps it instead of
-decoding JPEG/PNG files again.
+per (row list, crop content, image size):
+``<cache_dir>/<rows hash[:8]>-<content[:16]>-<size>.npy``, an ``(N, size, size, 3)`` uint8
+array in manifest row order, decoded once with ``fernoise.images.load_rgb`` and written
+atomically, and beside it ``.skipped.json`` (the rows whose crop could not be used, with the
+reason); every epoch memory-maps it instead of decoding JPEG/PNG files again.
 
-Views (METHOD.md, paper §3.2): weak = zero-pad 4 px, random crop back to the size, horizontal
-flip p=0.5; strong = the weak view plus RandAugment (2 ops, magnitude out of 31 bins) with
-torchvision's exact op table. Every random choice comes from a per-sample seed that the
+The content fingerprint (:func:`crop_fingerprint`) covers, per row, the crop's sha256 as align
+recorded it (``crop_sha256``, when the manifest has it) and the file's size and modification
+time: a crop changed, replaced or deleted after the cache was built changes the fingerprint, so
+the cache is rebuilt and the old pixels are never trained on. While building, a crop that is
+missing, cannot be decoded (truncated, not an image) or differs from its recorded sha256 is a
+skipped row (zeros in the array, listed in ``.skipped.json``), never a crash.
+
+Views by name (docs/methods.md, paper §3.2; the method says which, ``Method.views``): weak =
+zero-pad 4 px, random crop back to the size, horizontal flip p=0.5; strong = the weak view
+plus RandAugment (2 ops, magnitude out of 31 bins) with torchvision's exact op table; any
+other name is a function of ``fernoise/views.py``. Every random choice comes from a per-sample seed that the
 epoch's generator draws, so a sample's views depend only on (seed, epoch, position), never on
 worker count or scheduling: a resumed run sees the same pixels as an uninterrupted one.
 Augmentation runs in DataLoader workers on uint8 tensors; normalisation (ImageNet statistics)
@@ -17,10 +26,12 @@ happens on the training device.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import autoaugment as _aa
 
-from fernoise.cache import atomic_path
+from fernoise.cache import atomic_path, atomic_write_json, bytes_sha256, read_json
 from fernoise.images import MEAN, STD, load_rgb
 
 USABLE_STATUSES = ("ok", "whole")
@@ -46,39 +57,125 @@ def usable(df: pd.DataFrame) -> pd.Series:
 
 
 # ----------------------------------------------------------------------------- array cache
-def cache_file(cache_dir: Path, manifest_key: str, ids: Sequence[str], size: int) -> Path:
+def crop_fingerprint(paths: Sequence[str | os.PathLike], shas: Sequence[str | None] | None = None) -> str:
+    """sha256 over every row's recorded crop sha256 (or ``-``) and the file's size and
+    modification time (``missing`` when it does not exist): one ``stat`` per file."""
+    h = hashlib.sha256()
+    for i, p in enumerate(paths):
+        try:
+            st = os.stat(p)
+            state = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            state = "missing"
+        sha = shas[i] if shas is not None else None
+        h.update(f"{p}\t{sha or '-'}\t{state}\n".encode())
+    return h.hexdigest()
+
+
+def cache_file(cache_dir: Path, ids: Sequence[str], content: str, size: int) -> Path:
+    """``<cache_dir>/<rows hash[:8]>-<content[:16]>-<size>.npy``."""
     rows = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:8]
-    return Path(cache_dir) / f"{manifest_key[:16]}-{rows}-{size}.npy"
+    return Path(cache_dir) / f"{rows}-{content[:16]}-{size}.npy"
+
+
+def _skipped_file(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".npy") + ".skipped.json")
+
+
+@dataclass
+class Decoded:
+    """The memory-mapped ``(N, size, size, 3)`` uint8 crops and the rows that were skipped
+    (``{row position: reason}``; their pixels are zeros and must not be used)."""
+
+    array: np.ndarray
+    skipped: dict[int, str] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _decode(path: str | os.PathLike, sha: str | None, size: int) -> tuple[np.ndarray | None, str | None]:
+    """One crop, or ``(None, reason)`` when it is missing, differs from ``sha`` or is no image."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as e:
+        return None, f"unreadable ({e.__class__.__name__})"
+    if sha and bytes_sha256(raw) != sha:
+        return None, "differs from the sha256 align recorded"
+    try:
+        return load_rgb(io.BytesIO(raw), size), None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for truncated or foreign files
+        return None, f"not a readable image ({e.__class__.__name__})"
+
+
+def decoded_crops(
+    paths: Sequence[str | os.PathLike],
+    ids: Sequence[str],
+    *,
+    size: int,
+    cache_dir: Path,
+    shas: Sequence[str | None] | None = None,
+    progress: Progress | None = None,
+) -> Decoded:
+    """The crops at ``paths`` decoded once into the array cache (see the module docstring).
+
+    A call whose rows, crops (recorded sha256, size, mtime) and size match an earlier one
+    memory-maps its cache; otherwise the cache is rebuilt and stale caches of the same rows
+    are removed.
+    """
+    content = crop_fingerprint(paths, shas)
+    path = cache_file(cache_dir, ids, content, size)
+    side = _skipped_file(path)
+    rec = read_json(side)
+    if path.is_file() and isinstance(rec, dict) and rec.get("content") == content:
+        with contextlib.suppress(ValueError, OSError):
+            arr = np.load(path, mmap_mode="r")
+            if arr.shape == (len(paths), size, size, 3):
+                return Decoded(arr, {int(k): v for k, v in rec.get("skipped", {}).items()}, path)
+    skipped: dict[int, str] = {}
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        step = max(1, len(paths) // 100)
+        for i, p in enumerate(paths):
+            img, why = _decode(p, shas[i] if shas is not None else None, size)
+            if img is None:
+                skipped[i] = why
+                out[i] = 0
+            else:
+                out[i] = img
+            if progress and (i % step == 0 or i == len(paths) - 1):
+                progress({"event": "decode", "done": i + 1, "total": len(paths)})
+        out.flush()
+        del out
+        atomic_write_json(side, {"content": content, "skipped": {str(k): v for k, v in skipped.items()}})
+    prefix, suffix = path.name.split("-")[0], f"-{size}.npy"
+    for old in Path(cache_dir).glob(f"{prefix}-*{suffix}"):  # stale caches of the same rows
+        if old != path:
+            old.unlink(missing_ok=True)
+            _skipped_file(old).unlink(missing_ok=True)
+    return Decoded(np.load(path, mmap_mode="r"), skipped, path)
 
 
 def array_cache(
     paths: Sequence[str | os.PathLike],
     ids: Sequence[str],
     *,
-    manifest_key: str,
     size: int,
     cache_dir: Path,
+    manifest_key: str | None = None,
+    shas: Sequence[str | None] | None = None,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """The crops at ``paths`` as a memory-mapped ``(N, size, size, 3)`` uint8 array.
+    """The crops at ``paths`` as a memory-mapped ``(N, size, size, 3)`` uint8 array, keyed on
+    the crops' content (``manifest_key`` is not needed and ignored). Raises FernoiseError
+    when a crop could not be used; :func:`decoded_crops` skips and reports such rows."""
+    from fernoise.errors import FernoiseError
 
-    Built once (atomically) per manifest key, row list and size; later calls memory-map it.
-    """
-    path = cache_file(cache_dir, manifest_key, ids, size)
-    if path.is_file():
-        arr = np.load(path, mmap_mode="r")
-        if arr.shape == (len(paths), size, size, 3):
-            return arr
-    with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-        step = max(1, len(paths) // 100)
-        for i, p in enumerate(paths):
-            out[i] = load_rgb(p, size)
-            if progress and (i % step == 0 or i == len(paths) - 1):
-                progress({"event": "decode", "done": i + 1, "total": len(paths)})
-        out.flush()
-        del out
-    return np.load(path, mmap_mode="r")
+    got = decoded_crops(paths, ids, size=size, cache_dir=cache_dir, shas=shas, progress=progress)
+    if got.skipped:
+        i, why = next(iter(got.skipped.items()))
+        raise FernoiseError(f"{len(got.skipped)} crops could not be used, e.g. {paths[i]}: {why}; re-run `fernoise align`")
+    return got.array
 
 
 # ----------------------------------------------------------------------------- views
@@ -116,15 +213,35 @@ class RandAugment:
 
 @dataclass(frozen=True)
 class Batch:
-    """Row positions ``(B,)`` into the array cache and one augmentation seed per row."""
+    """Row positions ``(B,)`` into the array cache, one augmentation seed per row, and the
+    names of the views to build (``weak``, ``strong`` or a ``fernoise.views`` name)."""
 
     positions: np.ndarray
     seeds: np.ndarray
-    strong: bool
+    views: tuple[str, ...] = ("weak",)
+
+
+def sample_views(img: np.ndarray, rng: np.random.Generator, names: Sequence[str], randaug: RandAugment) -> dict:
+    """The views ``names`` of one ``(H, W, 3)`` uint8 image, each ``(3, H, W)`` uint8, all from
+    the one per-sample ``rng`` in the order of ``names``. ``strong`` is RandAugment applied to
+    the sample's ``weak`` view (built first, from the same generator, when not asked before
+    it); every other name is ``fernoise.views.get(name)`` on the raw image."""
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        if name == "weak":
+            out[name] = weak_view(img, rng)
+        elif name == "strong":
+            weak = out["weak"] if "weak" in out else weak_view(img, rng)
+            out[name] = randaug(weak, rng)
+        else:
+            from fernoise import views
+
+            out[name] = views.get(name)(img, rng)
+    return out
 
 
 class ViewBatches(Dataset):
-    """Turns a :class:`Batch` into uint8 tensors ``weak (B,3,H,W)``, ``strong`` or None."""
+    """Turns a :class:`Batch` into ``{"positions": (B,), "views": {name: uint8 (B,3,H,W)}}``."""
 
     def __init__(self, images: np.ndarray, size: int, randaug_magnitude: int):
         self.images = images
@@ -134,22 +251,19 @@ class ViewBatches(Dataset):
         return 0
 
     def __getitem__(self, batch: Batch) -> dict:
-        weak, strong = [], []
-        for pos, seed in zip(batch.positions, batch.seeds, strict=True):
-            rng = np.random.default_rng(int(seed))
-            w = weak_view(self.images[pos], rng)
-            weak.append(w)
-            if batch.strong:
-                strong.append(self.randaug(w, rng))
+        per_sample = [
+            sample_views(self.images[pos], np.random.default_rng(int(seed)), batch.views, self.randaug)
+            for pos, seed in zip(batch.positions, batch.seeds, strict=True)
+        ]
         return {
             "positions": torch.from_numpy(batch.positions),
-            "weak": torch.stack(weak),
-            "strong": torch.stack(strong) if batch.strong else None,
+            "views": {name: torch.stack([v[name] for v in per_sample]) for name in batch.views},
         }
 
 
 def epoch_batches(
-    rows: np.ndarray, batch_size: int, *, seed: int, epoch: int, strong: bool, rank: int = 0, world: int = 1
+    rows: np.ndarray, batch_size: int, *, seed: int, epoch: int, views: Sequence[str] = ("weak",),
+    rank: int = 0, world: int = 1,
 ) -> list[Batch]:
     """This rank's batches of the training ``rows`` (array-cache indices) for ``epoch``.
 
@@ -168,7 +282,7 @@ def epoch_batches(
         idx = order[start : start + batch_size]
         if len(idx) < 2:
             continue
-        out.append(Batch(np.asarray(rows)[idx].astype(np.int64), seeds[idx], strong))
+        out.append(Batch(np.asarray(rows)[idx].astype(np.int64), seeds[idx], tuple(views)))
     return out
 
 

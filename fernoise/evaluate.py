@@ -5,7 +5,15 @@ Reads a training run directory as ``fernoise train`` writes it (:mod:`fernoise.t
 ``RUN/eval.json`` and four PNGs (confusion matrix, training curves, thresholds, noise
 detection), plus ``gradcam.png`` with ``cam > 0``. Evaluating on another manifest
 (``manifest=``) writes the same files into ``RUN/eval-<manifest key[:12]>/`` so the in-domain
-evaluation is never overwritten.
+evaluation is never overwritten; scoring another split (``split="val"``) writes into
+``RUN/eval-val/`` (``RUN/eval-<key[:12]>-val/`` for another manifest).
+
+Checks before anything is scored, on a cache hit too (:func:`check_inputs`): ``model.pt`` must
+have the sha256 that train recorded in its stamp, and every evaluated crop must exist and match
+the ``crop_sha256`` align recorded; either failure is a one-line error unless ``force``. A crop
+that cannot be decoded is skipped and counted (``skipped`` in ``eval.json`` and a warning). The
+cache key covers the content of the manifest columns eval reads and each crop's size and
+modification time, so an edited manifest or a replaced crop is scored again.
 
 ``eval.json``: ``top1``, ``macro_f1``, ``mean_class_accuracy``, ``per_class`` (class name ->
 ``precision``, ``recall``, ``f1``, ``accuracy``, ``support``), ``confusion_matrix`` (C x C),
@@ -46,20 +54,17 @@ from typing import Any
 
 import numpy as np
 
-from fernoise.devices import resolve_device
+from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError
+from fernoise.plots import GRADCAM_PNG, PICTURES  # noqa: F401 - the file names eval writes
 
-VERSION = 1
+EVAL_READS = ("id", "path", "crop_sha256", "split", "label", "status")
+"""The manifest columns eval reads: their content digest is part of the key."""
+
+VERSION = 2  # 2: predictions.parquet and ci95
 ECE_BINS = 15
 MISMATCH = 0.02  # top-1 vs the last epoch's recorded test accuracy (bf16 vs fp32 rounding stays below)
 LAST_N = 5
-PICTURES = {
-    "confusion": "confusion.png",
-    "curves": "curves.png",
-    "thresholds": "thresholds.png",
-    "noise_detection": "noise_detection.png",
-}
-GRADCAM_PNG = "gradcam.png"
 
 Progress = Callable[[int, int], None]
 
@@ -342,8 +347,16 @@ class EvalParams:
     """Images per forward pass (does not change results)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N (does not change results beyond float rounding)."""
+    split: str = "test"
+    """The manifest split to score (train, val or test); outputs of a split other than test go
+    to their own folder."""
 
     def __post_init__(self):
+        from fernoise.manifest import SPLITS
+
+        if self.split not in SPLITS:
+            raise FernoiseError(f"expected one of {', '.join(SPLITS)}, got {self.split!r}", flag="--split")
+        check_device_name(self.device)
         if self.cam < 0 or self.cam > 64:
             raise FernoiseError(f"expected 0..64 Grad-CAM faces, got {self.cam}", flag="--cam")
         if self.batch_size < 1:
@@ -388,13 +401,29 @@ def load_run(path: str | os.PathLike, *, need_model: bool = True) -> Run:
 
 
 def load_model(run: Run, device: str = "cpu"):
-    """The run's ``FerNet`` with ``model.pt`` loaded, in eval mode on ``device``."""
+    """The run's classifier (``fernoise.model.Classifier``: ``model(x)`` -> logits ``(N, C)``),
+    rebuilt through the method registry from config.json (``method``, ``method_params``,
+    ``num_classes``, ``image_size``) with ``model.pt`` loaded, in eval mode on ``device``.
+    Runs made before ``method_params`` existed take the method's defaults, plus ``k`` from the
+    top level of their config."""
     import torch
 
-    from fernoise.model import FerNet
+    from fernoise import methods
+    from fernoise.model import Classifier
 
     cfg = run.config
-    model = FerNet(int(cfg.get("num_classes", len(cfg["classes"]))), two_heads=bool(cfg.get("two_heads", False)))
+    c = int(cfg.get("num_classes", len(cfg["classes"])))
+    name = cfg.get("method") or ("ncctfer" if cfg.get("two_heads") else "ce")
+    given = cfg.get("method_params")
+    if given is None:  # older runs: method parameters at the top level (k)
+        given = {k: cfg[k] for k in ("k",) if cfg.get(k) is not None}
+    try:
+        method = methods.create(name, methods.params_from_dict(name, given), num_classes=c,
+                                image_size=int(cfg.get("image_size", 224)))
+    except FernoiseError as e:
+        raise FernoiseError(f"{run.path / 'config.json'}: {e.one_line()}") from None
+    with torch.random.fork_rng(devices=[]):  # init is overwritten by model.pt; keep the caller's RNG
+        net = methods.build_model(method)
     try:
         state = torch.load(run.model_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a broken file
@@ -404,17 +433,20 @@ def load_model(run: Run, device: str = "cpu"):
     if isinstance(state, dict):  # torch.compile / DDP wrappers prefix the keys
         state = {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
     try:
-        model.load_state_dict(state)
+        net.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise FernoiseError(f"{run.model_path} does not fit FerNet({len(cfg['classes'])} classes): {first}") from None
-    return model.to(device).eval()
+        raise FernoiseError(f"{run.model_path} does not fit the {name} model ({c} classes): {first}") from None
+    return Classifier(net, method.logits, c).to(device).eval()
 
 
-def select_test_rows(manifest) -> Any:
-    """The evaluation rows of a manifest: ``split == "test"``, a label and a crop path."""
+def select_test_rows(manifest, split: str = "test") -> Any:
+    """The evaluation rows of a manifest: ``split == split`` ("test"), a label and a crop path."""
     df = manifest.df
-    m = (df["split"] == "test") & df["label"].notna() & df["path"].notna()
+    if "path" not in df.columns:
+        raise FernoiseError(f"{manifest.path} has no `path` column (the crop of each row); make it with `fernoise align`",
+                            flag="--manifest")
+    m = (df["split"] == split) & df["label"].notna() & df["path"].notna()
     if "status" in df.columns:
         m &= df["status"].isin(["ok", "whole"])
     return df[m].reset_index(drop=True)
@@ -422,7 +454,8 @@ def select_test_rows(manifest) -> Any:
 
 def predict_probs(model, images: np.ndarray, *, batch_size: int = 256, device: str = "cpu",
                   progress: Progress | None = None) -> np.ndarray:
-    """Softmax of the ``pcc`` head for uint8 ``(N, H, W, 3)`` crops -> ``(N, C)`` float64."""
+    """Softmax of the classifier's logits (:func:`load_model`) for uint8 ``(N, H, W, 3)`` crops
+    -> ``(N, C)`` float64."""
     import torch
 
     from fernoise.images import to_tensor
@@ -432,12 +465,11 @@ def predict_probs(model, images: np.ndarray, *, batch_size: int = 256, device: s
     with torch.inference_mode():
         for s in range(0, n, batch_size):
             x = to_tensor(images[s:s + batch_size], device)
-            logits, _ = model(x)
+            logits = model(x)
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64))
             if progress:
                 progress(min(s + batch_size, n), n)
-    c = model.pcc.out_features
-    return np.concatenate(out) if out else np.zeros((0, c))
+    return np.concatenate(out) if out else np.zeros((0, model.num_classes))
 
 
 @dataclass
@@ -466,6 +498,9 @@ def _manifest_for(run: Run, manifest_path: str | os.PathLike | None) -> Manifest
         raise FernoiseError(f"{run.path}/config.json names no manifest; pass one", flag="--manifest")
     if not path.is_absolute() and not path.exists() and manifest_path is None:
         path = run.path / path
+    if path.is_dir():
+        raise FernoiseError(f"manifest {path} is a folder, expected a file; pass the manifest .parquet inside it",
+                            flag="--manifest")
     if not path.is_file():
         raise FernoiseError(
             f"manifest {path} does not exist (moved?); pass the test manifest", flag="--manifest"
@@ -480,16 +515,18 @@ def _manifest_for(run: Run, manifest_path: str | os.PathLike | None) -> Manifest
     return m
 
 
-def output_dir(run: Run, manifest: ManifestRef) -> Path:
-    """``RUN`` for the run's own manifest, ``RUN/eval-<key[:12]>`` for another one."""
+def output_dir(run: Run, manifest: ManifestRef, split: str = "test") -> Path:
+    """``RUN`` for the run's own manifest, ``RUN/eval-<key[:12]>`` for another one; a split
+    other than test adds ``-<split>`` (``RUN/eval-val``), so the test evaluation stays."""
     own_key = run.config.get("manifest_key")
     own_path = run.config.get("manifest")
     same = (manifest.key and manifest.key == own_key) or (
         own_path and manifest.path and Path(own_path).resolve() == manifest.path.resolve()
     )
     if same:
-        return run.path
-    return run.path / f"eval-{_manifest_key(manifest)[:12]}"
+        return run.path if split == "test" else run.path / f"eval-{split}"
+    tail = "" if split == "test" else f"-{split}"
+    return run.path / f"eval-{_manifest_key(manifest)[:12]}{tail}"
 
 
 def _manifest_key(manifest: ManifestRef) -> str:
@@ -514,27 +551,97 @@ def evaluate_run(
     """
     from fernoise.cache import atomic_write_json, file_sha256, read_json, run_stage
 
+    resolve_device(params.device)  # --device cuda without CUDA fails here, cache hit or not
     run = load_run(run_path)
     mf = _manifest_for(run, manifest)
-    out_dir = output_dir(run, mf)
+    out_dir = output_dir(run, mf, params.split)
     out = out_dir / "eval.json"
     hist_path = run.path / "metrics.jsonl"
+    checked = check_inputs(run, mf, params.split, force=force)
     inputs = {
-        "model": file_sha256(run.model_path),
+        "model": checked.model_sha256,
         "history": file_sha256(hist_path) if hist_path.is_file() else None,
         "manifest": _manifest_key(mf),
+        "content": checked.content,
+        "crops": checked.crops,
         "run": run.config.get("key"),
     }
+    key_params: dict[str, Any] = {"cam": params.cam}
+    if params.split != "test":  # only when set: keys of test evaluations stay as they were
+        key_params["split"] = params.split
 
     def build(key: str) -> list[Path]:
         report, written = _evaluate(run, mf, params, out_dir, progress=progress)
         report["key"] = key
+        report["split"] = params.split
+        report["history"]["warnings"][:0] = checked.warnings
         atomic_write_json(out, report)
         return [out, *written]
 
-    res = run_stage(stage="eval", version=VERSION, params={"cam": params.cam}, inputs=inputs,
+    res = run_stage(stage="eval", version=VERSION, params=key_params, inputs=inputs,
                     output=out, build=build, workspace=workspace, force=force)
     return res, read_json(out)
+
+
+@dataclass
+class Checked:
+    """What :func:`check_inputs` found: the model's sha256, the content key of the columns
+    eval reads, the crops' fingerprint, and warnings (forced mismatches, unseen classes)."""
+
+    model_sha256: str
+    content: str
+    crops: str
+    warnings: list[str]
+
+
+def check_inputs(run: Run, ref: ManifestRef, split: str = "test", *, force: bool = False) -> Checked:
+    """Check ``model.pt`` against the sha256 train recorded and the evaluated crops against the
+    manifest's ``crop_sha256``; a mismatch or a missing crop raises unless ``force`` (then it
+    is a warning). Also warns about evaluated classes the run never trained on."""
+    from fernoise.cache import file_sha256, read_json, stamp_path
+    from fernoise.data import crop_fingerprint
+    from fernoise.manifest import read_manifest
+
+    warnings: list[str] = []
+
+    def problem(message: str) -> None:
+        if not force:
+            raise FernoiseError(f"{message}; pass --force to evaluate anyway", flag="--force")
+        warnings.append(f"{message} (evaluated anyway: --force)")
+
+    model_sha = file_sha256(run.model_path)
+    stamp = read_json(stamp_path(run.model_path))
+    recorded = (stamp or {}).get("outputs", {}).get("model.pt") if isinstance(stamp, dict) else None
+    if recorded and recorded != model_sha:
+        problem(f"{run.model_path} differs from the model.pt that `fernoise train` wrote (sha256 "
+                f"{model_sha[:12]} vs recorded {recorded[:12]}); re-run `fernoise train --force`")
+    mf = read_manifest(ref.path)
+    present = sorted(str(s) for s in mf.df["split"].dropna().unique())
+    if split not in present:
+        raise FernoiseError(f"{mf.path} has no {split!r} rows (its splits: {', '.join(present) or 'none'})"
+                            + ("; the run's validation rows were carved from train (val_ids.json)"
+                               if split == "val" and (run.path / "val_ids.json").is_file() else ""),
+                            flag="--split")
+    rows = select_test_rows(mf, split)
+    paths = [str(mf.root / p) for p in rows["path"]]
+    shas = rows["crop_sha256"].where(rows["crop_sha256"].notna(), None).tolist() if "crop_sha256" in rows.columns else None
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        problem(f"{len(missing)} {split} crops are missing, e.g. {missing[0]}; re-run `fernoise align`")
+    if shas is not None:
+        changed = [p for p, h in zip(paths, shas, strict=True) if h and os.path.isfile(p) and file_sha256(p) != h]
+        if changed:
+            problem(f"{len(changed)} {split} crops differ from the sha256 align recorded, e.g. {changed[0]}; "
+                    "re-run `fernoise align`")
+    counts = run.config.get("train_class_counts")
+    if counts and not rows.empty:
+        classes = run.classes
+        present_labels = np.bincount(rows["label"].astype(int), minlength=len(classes))
+        unseen = [classes[c] for c in range(len(classes)) if present_labels[c] and not counts[c]]
+        if unseen:
+            warnings.append(f"{split} class(es) {', '.join(repr(c) for c in unseen)} never occur in the run's training "
+                            "rows: the model cannot predict them right")
+    return Checked(model_sha, mf.content_key(EVAL_READS), crop_fingerprint(paths, shas), warnings)
 
 
 def _evaluate(run: Run, ref: ManifestRef, params: EvalParams, out_dir: Path, *, progress: Progress | None = None):
@@ -545,27 +652,35 @@ def _evaluate(run: Run, ref: ManifestRef, params: EvalParams, out_dir: Path, *, 
 
     cfg = run.config
     mf = read_manifest(ref.path)
-    rows = select_test_rows(mf)
+    rows = select_test_rows(mf, params.split)
     if rows.empty:
         raise FernoiseError(
-            f"{mf.path} has no test rows with a label and a crop; evaluate on a manifest with a test split",
+            f"{mf.path} has no {params.split} rows with a label and a crop; evaluate on a manifest with a "
+            f"{params.split} split",
             flag="--manifest",
         )
     size = int(cfg["image_size"])
     paths = [mf.root / p for p in rows["path"]]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise FernoiseError(f"{len(missing)} test crops are missing, e.g. {missing[0]}; re-run `fernoise align`")
     device = resolve_device(params.device)
     model = load_model(run, device)
-    y = rows["label"].astype(int).to_numpy()
     # Decode batch by batch: a full test set at 224 px would hold ~0.5 GB per 3,000 faces.
-    probs = np.concatenate([
-        predict_probs(model, load_many(paths[s:s + params.batch_size], size), batch_size=params.batch_size, device=device)
-        for s in _batches(len(paths), params.batch_size, progress)
-    ])
+    # A crop that cannot be decoded (missing, truncated, not an image) is skipped and counted.
+    parts, keep = [], []
+    for s in _batches(len(paths), params.batch_size, progress):
+        imgs, ok = load_usable(paths[s:s + params.batch_size], size)
+        parts.append(predict_probs(model, imgs, batch_size=params.batch_size, device=device))
+        keep.append(ok)
+    ok = np.concatenate(keep)
+    skipped = {"count": int((~ok).sum()), "example": str(paths[int(np.flatnonzero(~ok)[0])]) if (~ok).any() else None}
+    if not ok.any():
+        raise FernoiseError(f"none of the {len(paths)} {params.split} crops could be decoded, e.g. {paths[0]}; "
+                            "re-run `fernoise align`")
+    rows, paths = rows[ok].reset_index(drop=True), [p for p, k in zip(paths, ok, strict=True) if k]
+    y = rows["label"].astype(int).to_numpy()
+    probs = np.concatenate(parts)
     classes = run.classes
     metrics = metrics_from_predictions(y, probs, classes)
+    metrics["ci95"] = bootstrap_ci(y, probs.argmax(axis=1), len(classes))
     hist = history_summary(run.history, classes, method=cfg.get("method"))
     last = run.history[-1] if run.history else {}
     report: dict[str, Any] = {
@@ -583,27 +698,52 @@ def _evaluate(run: Run, ref: ManifestRef, params: EvalParams, out_dir: Path, *, 
         **metrics,
         "history": hist,
         "final_epoch_test_acc": _num(last.get("test_acc")),
+        "train_clean_share": train_clean_share(run),
         "params": asdict(params) | {"device": device},
+        "skipped": skipped,
     }
+    if skipped["count"]:
+        hist["warnings"].append(f"{skipped['count']} {params.split} rows skipped: their crop could not be decoded, "
+                                f"e.g. {skipped['example']}")
     final = report["final_epoch_test_acc"]
-    if report["own_manifest"] and final is not None and abs(final - metrics["top1"]) > MISMATCH:
+    if report["own_manifest"] and params.split == "test" and final is not None and abs(final - metrics["top1"]) > MISMATCH:
         hist["warnings"].append(
             f"the final model's top-1 ({metrics['top1']:.3f}) differs from the last epoch's test accuracy "
             f"in metrics.jsonl ({final:.3f}) by more than {MISMATCH:.2f}: were the crops or model.pt changed "
             "after training? re-run `fernoise train`"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    predictions = write_predictions(predictions_frame(rows, probs, classes), out_dir / PREDICTIONS)
+    report["predictions"] = predictions.name
     written = plots.all_pictures(report, run.history, out_dir)
     if params.cam:
-        from fernoise.gradcam import gradcam_grid
+        from fernoise.gradcam import gradcam, gradcam_grid
 
         pick = pick_cam_rows(y, params.cam)
         faces = load_many([paths[i] for i in pick], size)
-        written.append(gradcam_grid(model, faces, y[pick], classes, out_dir / GRADCAM_PNG, device=device))
+        cams, cam_probs = gradcam(model, faces, device=device)
+        written.append(gradcam_grid(faces, cams, cam_probs, y[pick], classes, out_dir / GRADCAM_PNG))
+        if size < plots.GRADCAM_MIN_SIZE:
+            report["gradcam_note"] = plots.gradcam_coarse_note(size)
     else:
         (out_dir / GRADCAM_PNG).unlink(missing_ok=True)  # a stale grid of an earlier --cam run
     report["pictures"] = [p.name for p in written]
-    return report, written
+    return report, [predictions, *written]
+
+
+def load_usable(paths: Sequence[str | os.PathLike], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The decodable crops among ``paths`` as ``(K, size, size, 3)`` uint8, and a bool mask
+    ``(N,)`` of which paths they are."""
+    from fernoise.images import load_rgb
+
+    imgs, ok = [], np.zeros(len(paths), dtype=bool)
+    for i, p in enumerate(paths):
+        try:
+            imgs.append(load_rgb(p, size))
+            ok[i] = True
+        except Exception:  # noqa: BLE001 - PIL raises many types for truncated or foreign files
+            continue
+    return (np.stack(imgs) if imgs else np.zeros((0, size, size, 3), np.uint8)), ok
 
 
 def _batches(n: int, size: int, progress: Progress | None):
@@ -622,3 +762,141 @@ def pick_cam_rows(y: np.ndarray, n: int) -> np.ndarray:
             if rows and len(out) < n:
                 out.append(int(rows.pop(0)))
     return np.asarray(out, dtype=np.int64)
+
+
+# ============================================================================ per-sample output
+PREDICTIONS = "predictions.parquet"
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_CHUNK = 100  # resamples drawn per generator call (part of the definition: same seed, same draws)
+
+
+def bootstrap_indices(n: int, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED):
+    """Resampled row indices, ``BOOTSTRAP_CHUNK`` resamples at a time: ``(k, n)`` int64 arrays.
+
+    One generator ``np.random.default_rng(seed)``; each chunk is ``rng.integers(0, n, (k, n))``,
+    chunks in order, so the draws depend only on ``(n, n_resamples, seed)``. Chunks bound the
+    memory (8 * 100 * n bytes) on large test sets.
+    """
+    rng = np.random.default_rng(seed)
+    for s in range(0, n_resamples, BOOTSTRAP_CHUNK):
+        yield rng.integers(0, n, size=(min(BOOTSTRAP_CHUNK, n_resamples - s), n))
+
+
+def _batched_top1_macro_f1(t: np.ndarray, p: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 and macro-F1 of each row of ``t``/``p`` ``(B, n)``, the same rules as :func:`macro_f1`."""
+    b, c = t.shape[0], num_classes
+    flat = (np.arange(b)[:, None] * c + t) * c + p
+    cm = np.bincount(flat.ravel(), minlength=b * c * c).reshape(b, c, c).astype(np.float64)
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    support, predicted = cm.sum(axis=2), cm.sum(axis=1)
+    prec = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    rec = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
+    present = (support + predicted) > 0
+    n_present = present.sum(axis=1)
+    macro = np.divide((f1 * present).sum(axis=1), n_present, out=np.zeros(b), where=n_present > 0)
+    return tp.sum(axis=1) / t.shape[1], macro
+
+
+def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int, *,
+                 n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 level: float = BOOTSTRAP_LEVEL) -> dict[str, Any] | None:
+    """Percentile-bootstrap intervals of top-1 and macro-F1 over the test rows.
+
+    Each resample draws ``n`` rows with replacement (:func:`bootstrap_indices`) and computes
+    :func:`top1` and :func:`macro_f1` of its confusion matrix; the interval is the
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled figures (numpy's
+    linear interpolation). Returns ``{"top1": [lo, hi], "macro_f1": [lo, hi], "level",
+    "resamples", "seed", "method": "percentile"}``, or None for an empty test set.
+    """
+    t = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(y_pred, dtype=np.int64)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred differ in shape: {t.shape} vs {p.shape}")
+    if not len(t):
+        return None
+    tops, macros = [], []
+    for idx in bootstrap_indices(len(t), n_resamples, seed):
+        a, m = _batched_top1_macro_f1(t[idx], p[idx], num_classes)
+        tops.append(a)
+        macros.append(m)
+    q = [(1 - level) / 2, (1 + level) / 2]
+    return {
+        "top1": [float(v) for v in np.quantile(np.concatenate(tops), q)],
+        "macro_f1": [float(v) for v in np.quantile(np.concatenate(macros), q)],
+        "level": level, "resamples": n_resamples, "seed": seed, "method": "percentile",
+    }
+
+
+def predictions_frame(rows, probs: np.ndarray, classes: Sequence[str]):
+    """One row per evaluated test row: what anyone needs to compute their own statistics.
+
+    ``rows``: the test rows (:func:`select_test_rows`), ``probs``: ``(N, C)`` softmax. Columns:
+    ``id``, ``label`` (int, the evaluated label), ``label_name``, ``label_clean`` and
+    ``is_noisy`` where the manifest has them, ``pred`` (int, argmax), ``pred_name``,
+    ``correct`` (bool), ``confidence`` (top probability) and ``p_<class>`` per class.
+    """
+    import pandas as pd
+
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
+    y = rows["label"].astype("int64").to_numpy()
+    out = pd.DataFrame({"id": rows["id"].astype(str).to_numpy(), "label": y,
+                        "label_name": [classes[i] for i in y]})
+    if "label_clean" in rows.columns:
+        out["label_clean"] = rows["label_clean"].astype("Int64").to_numpy()
+    if "is_noisy" in rows.columns:
+        out["is_noisy"] = rows["is_noisy"].astype("boolean").to_numpy()
+    out["pred"] = pred.astype(np.int64)
+    out["pred_name"] = [classes[i] for i in pred]
+    out["correct"] = pred == y
+    out["confidence"] = probs.max(axis=1) if len(probs) else np.zeros(0)
+    for c, name in enumerate(classes):
+        out[f"p_{name}"] = probs[:, c]
+    return out
+
+
+def write_predictions(frame, path: str | os.PathLike) -> Path:
+    """Write :func:`predictions_frame` output to Parquet atomically."""
+    from fernoise.cache import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return path
+
+
+def train_clean_share(run: Run) -> float | None:
+    """Share of clean rows (``is_noisy`` false) among the run's training rows, or None.
+
+    The base rate a confident-set precision must beat: selecting rows at random gives this
+    precision. Read from the run's own manifest (``config["manifest"]``): usable, labelled
+    ``split == "train"`` rows, less the validation rows carved out of them (``val_ids.json``).
+    None when that manifest is gone or has no ``is_noisy`` column.
+    """
+    import pyarrow.parquet as pq
+
+    path = run.config.get("manifest")
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        names = set(pq.read_schema(path).names)
+        if "is_noisy" not in names:
+            return None
+        cols = [c for c in ("id", "split", "label", "path", "status", "is_noisy") if c in names]
+        df = pq.read_table(path, columns=cols).to_pandas()
+    except Exception:  # noqa: BLE001 - a picture's base line is not worth failing the evaluation over
+        return None
+    m = (df["split"] == "train") & df["label"].notna() & df["path"].notna()
+    if "status" in df.columns:
+        m &= df["status"].isin(["ok", "whole"])
+    val_ids = run.path / "val_ids.json"
+    if val_ids.is_file():
+        try:
+            m &= ~df["id"].astype(str).isin(set(map(str, json.loads(val_ids.read_text()))))
+        except ValueError:
+            pass
+    flags = df.loc[m, "is_noisy"].dropna().astype(bool)
+    return float((~flags).mean()) if len(flags) else None

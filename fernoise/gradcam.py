@@ -2,9 +2,10 @@
 
 The map of a face is ``relu(sum_k w_k A_k)`` where ``A`` ``(512, h, w)`` is the output of
 ``backbone.layer4`` and ``w_k`` the spatial mean of the gradient of the predicted class's
-``pcc`` logit with respect to ``A_k``; it is upsampled bilinearly to the face size and scaled
+test-time logit (the method's, e.g. ``pcc``) with respect to ``A_k``; it is upsampled bilinearly to the face size and scaled
 to [0, 1] per face. With small inputs layer4 is coarse (2x2 at 48 px, 1x1 at 32 px), so the
-map is coarse too.
+map is coarse too: below 112 px the grid and ``fernoise eval`` say so. :func:`gradcam` is the
+model side; :func:`gradcam_grid` draws from its arrays and takes no model.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def gradcam(model, images: np.ndarray, *, device: str = "cpu") -> tuple[np.ndarr
         model.eval()
         x = to_tensor(images, device)
         with torch.enable_grad():
-            logits, _ = model(x)
+            logits = model(x)  # a fernoise.model.Classifier: the method's test-time logits
             pred = logits.argmax(dim=1)
             model.zero_grad(set_to_none=True)
             logits.gather(1, pred[:, None]).sum().backward()
@@ -56,19 +57,34 @@ def gradcam(model, images: np.ndarray, *, device: str = "cpu") -> tuple[np.ndarr
     return cam.cpu().numpy(), probs.cpu().numpy()
 
 
-def gradcam_grid(model, images: np.ndarray, labels: Sequence[int], classes: Sequence[str],
-                 path: str | os.PathLike, *, device: str = "cpu", cols: int | None = None) -> Path:
+def gradcam_grid(images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labels: Sequence[int],
+                 classes: Sequence[str], path: str | os.PathLike, *, cols: int | None = None) -> Path:
+    """:func:`gradcam_figure` written to ``path``."""
+    from fernoise.plots import _save
+
+    return _save(gradcam_figure(images, cams, probs, labels, classes, cols=cols), path)
+
+
+def gradcam_figure(images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labels: Sequence[int],
+                   classes: Sequence[str], *, cols: int | None = None):
     """A grid PNG: each face with its Grad-CAM overlaid, then true label, prediction, probability.
 
-    The caption is green when the prediction is right and red when wrong.
+    Data only (no model): ``images`` uint8 ``(N, H, W, 3)``, ``cams`` ``(N, H, W)`` in [0, 1] and
+    ``probs`` ``(N, C)`` as :func:`gradcam` returns them, ``labels`` ``(N,)`` true class indices.
+    The caption is green when the prediction is right and red when wrong. Below 112 px the
+    title says that the last layer is too coarse for the map to mean much.
     """
-    from fernoise.plots import _figure, _save
+    from fernoise.plots import GRADCAM_MIN_SIZE, _figure, gradcam_coarse_note
 
-    cams, probs = gradcam(model, images, device=device)
+    images, cams, probs = np.asarray(images), np.asarray(cams), np.asarray(probs)
     n = len(images)
+    if not (len(cams) == len(probs) == len(labels) == n):
+        raise ValueError(f"images, cams, probs and labels differ in length: {n}, {len(cams)}, {len(probs)}, {len(labels)}")
     cols = cols or min(n, 4)
     rows = math.ceil(n / cols)
-    fig = _figure(2.4 * cols, 2.9 * rows, layout=None)
+    size = int(images.shape[1])
+    coarse = size < GRADCAM_MIN_SIZE
+    fig = _figure(2.4 * cols, 3.0 * rows + (0.5 if coarse else 0))
     for i in range(n):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(images[i])
@@ -79,6 +95,10 @@ def gradcam_grid(model, images: np.ndarray, labels: Sequence[int], classes: Sequ
         t = int(labels[i])
         ax.set_xlabel(f"true: {classes[t]}\npred: {classes[p]} ({probs[i, p]:.2f})", fontsize=9,
                       color="darkgreen" if p == t else "firebrick")
-    fig.suptitle("Grad-CAM of backbone.layer4 (predicted class)", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    title = "Grad-CAM of backbone.layer4 (predicted class)"
+    if coarse:
+        import textwrap
+
+        title += "\n" + "\n".join(textwrap.wrap("Caution: " + gradcam_coarse_note(size), width=int(18 * cols), break_on_hyphens=False))
+    fig.suptitle(title, fontsize=10, color="firebrick" if coarse else "black")
+    return fig

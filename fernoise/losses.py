@@ -1,16 +1,21 @@
-"""The loss of every training method as pure functions of tensors (METHOD.md, paper Eq. 1-5).
+"""The loss of every training method as pure functions of tensors (docs/methods.md).
 
 Shapes: ``N`` samples in the mini-batch, ``C`` classes. ``labels`` are int64 ``(N,)`` class
 indices; ``probs`` are softmax outputs ``(N, C)``; ``logits`` are pre-softmax ``(N, C)``.
 Nothing here keeps state or draws random numbers from a global generator, so each equation can
-be checked by hand (``tests/test_losses.py`` does).
+be checked by hand (``tests/test_losses.py`` does). The methods (``fernoise/methods/``) combine
+them:
 
 - ``ce``: :func:`cross_entropy` on every sample (the paper's Baseline).
 - ``pc``: :func:`class_thresholds` (Eq. 1) -> :func:`confident_mask` (Eq. 2) ->
-  :func:`supervised_loss` (Eq. 3 on the confident samples).
+  :func:`supervised_loss` (Eq. 3 on the confident samples); ``--threshold batch``:
+  :func:`batch_thresholds` -> :func:`batch_confident_mask` (the authors' DNFER code).
 - ``nl``: :func:`negative_learning_loss` with :func:`complementary_labels` (NLNL, Kim 2019).
 - ``ncctfer``: ``pc`` plus :func:`consistency_loss` (Eq. 4, with :func:`topk_mask`) on the
   non-confident samples of the negative head; ``L = L_s + L_c`` (Eq. 5).
+- ``gce``: :func:`generalized_cross_entropy`; ``sce``: :func:`cross_entropy` and
+  :func:`reverse_cross_entropy`; ``elr``: :func:`elr_probs`, :func:`elr_target_update`,
+  :func:`elr_regularizer`.
 """
 
 from __future__ import annotations
@@ -51,6 +56,19 @@ def confident_mask(probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.
     best = torch.full((num_classes,), -1.0, dtype=own.dtype, device=own.device)
     best = best.scatter_reduce(0, labels, own, reduce="amax", include_self=True)
     return mask | (own >= best[labels])
+
+
+def batch_thresholds(probs: torch.Tensor) -> torch.Tensor:
+    """The authors' DNFER reading of Eq. 1: ``T_c = mean(p[i, c] for every i in the batch)``,
+    shape ``(C,)`` (1980x/DNFER ``algorithm/loss.py``): an estimate of the class prior ``p(c)``."""
+    return probs.detach().float().mean(dim=0)
+
+
+def batch_confident_mask(probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """The DNFER rule: bool ``(N,)``, True where ``p[i, y_i] >= T_{y_i}`` (no per-class guarantee:
+    a class whose labelled samples all fall below the batch mean keeps none)."""
+    own = probs.detach().float().gather(1, labels.view(-1, 1)).squeeze(1)
+    return own >= thresholds[labels]
 
 
 def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -97,3 +115,38 @@ def negative_learning_loss(logits: torch.Tensor, complementary: torch.Tensor) ->
     """NLNL (Kim et al., 2019): mean of ``-log(1 - p[i, ybar_i])`` over the batch."""
     p = F.softmax(logits.float(), dim=1).gather(1, complementary.view(-1, 1)).squeeze(1)
     return -torch.log((1.0 - p).clamp(min=1e-7)).mean()
+
+
+def generalized_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, q: float) -> torch.Tensor:
+    """GCE (Zhang & Sabuncu, NeurIPS 2018): mean of ``(1 - p[i, y_i] ** q) / q``.
+
+    ``q -> 0`` is cross-entropy, ``q = 1`` the MAE ``1 - p_y``."""
+    p_y = F.softmax(logits.float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+    return ((1.0 - p_y.pow(q)) / q).mean()
+
+
+def reverse_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, log_zero: float) -> torch.Tensor:
+    """RCE of SCE (Wang et al., ICCV 2019): mean of ``-sum_c p[i, c] log(onehot[i, c])`` with
+    ``log 0`` replaced by ``log_zero`` (the paper's A = -4), i.e. ``-A * sum_{c != y} p[i, c]``.
+
+    ``p`` is clamped to ``[1e-7, 1]`` as in the official code (HanxunH/SCELoss-Reproduce loss.py)."""
+    p = F.softmax(logits.float(), dim=1).clamp(min=1e-7, max=1.0)
+    off = torch.ones_like(p).scatter_(1, labels.view(-1, 1), 0.0)  # 1 where c != y (log onehot = A)
+    return (-log_zero * (p * off).sum(dim=1)).mean()
+
+
+def elr_probs(logits: torch.Tensor) -> torch.Tensor:
+    """ELR's predictions: ``softmax(logits)`` clamped to ``[1e-4, 1 - 1e-4]`` (official code)."""
+    return F.softmax(logits.float(), dim=1).clamp(1e-4, 1.0 - 1e-4)
+
+
+def elr_target_update(targets: torch.Tensor, probs: torch.Tensor, beta: float) -> torch.Tensor:
+    """ELR's temporal ensemble (Liu et al., NeurIPS 2020): ``beta t + (1 - beta) p / sum(p)``
+    for rows ``targets`` ``(N, C)`` and predictions ``probs`` ``(N, C)`` (detached here)."""
+    p = probs.detach()
+    return beta * targets + (1.0 - beta) * (p / p.sum(dim=1, keepdim=True))
+
+
+def elr_regularizer(targets: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """ELR's term: mean of ``log(1 - <t_i, p_i>)`` (negative; minimising it pulls ``p`` to ``t``)."""
+    return torch.log(1.0 - (targets * probs).sum(dim=1)).mean()

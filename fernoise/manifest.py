@@ -3,19 +3,30 @@
 A manifest has one row per input image (or per detected face with ``--all-faces``); rows are
 never dropped. Its file metadata (key ``fernoise`` in the Parquet schema metadata) carries the
 schema version, the class list and label space, the producing stage with its parameters and
-key, and the fernoise version. ``manifests/SCHEMA.md`` documents every column and status.
+key, the fernoise version, and ``content`` (``{"rows": N, "columns": {name: sha256}}``: a
+digest of every column's values, written with the file). ``manifests/SCHEMA.md`` documents
+every column and status.
+
+Caches key on content: a stage that reads a manifest takes :meth:`Manifest.content_key` of the
+columns it uses as its input identity (one pass over those columns), so a manifest edited with
+another tool while keeping its metadata (rows dropped, labels changed) misses every cache, and
+:meth:`Manifest.edited` says which recorded column digests no longer match.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fernoise import __version__
@@ -58,13 +69,85 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
 REQUIRED = ("id", "src_path", "split", "label", "status")
 
 
+# ----------------------------------------------------------------------------- content digests
+def column_digest(col: pa.Array | pa.ChunkedArray) -> str:
+    """sha256 of one column's type, validity and values (equal values give equal digests,
+    whatever the chunking or buffer layout). Strings: lengths then bytes; numbers and bools:
+    their values as 64-bit numbers; lists: lengths then the flattened values."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    t = col.type
+    shown = f"list<{t.value_type}>" if pa.types.is_list(t) or pa.types.is_large_list(t) else str(t)  # Parquet renames list items
+    h = hashlib.sha256(f"{shown}|{len(col)}|".encode())
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    h.update(np.packbits(valid).tobytes())
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        filled = pc.fill_null(col, "" if not pa.types.is_binary(t) and not pa.types.is_large_binary(t) else b"")
+        if isinstance(filled, pa.ChunkedArray):
+            filled = filled.combine_chunks()
+        large = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
+        _, offsets, data = filled.buffers()  # read in place: lengths, then the bytes
+        offs = np.frombuffer(offsets, dtype=np.int64 if large else np.int32)[filled.offset : filled.offset + len(filled) + 1]
+        h.update(np.diff(offs).astype(np.int64).tobytes())
+        if len(filled) and data is not None:
+            h.update(memoryview(data)[int(offs[0]) : int(offs[-1])])
+    elif pa.types.is_boolean(t):
+        h.update(pc.fill_null(col, False).to_numpy(zero_copy_only=False).astype(np.int64).tobytes())
+    elif pa.types.is_integer(t):
+        h.update(pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64).tobytes())
+    elif pa.types.is_floating(t):
+        h.update(pc.fill_null(col, 0.0).to_numpy(zero_copy_only=False).astype(np.float64).tobytes())
+    elif pa.types.is_list(t) or pa.types.is_large_list(t):
+        h.update(pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64).tobytes())
+        h.update(column_digest(col.flatten()).encode())
+    else:
+        h.update(json.dumps(col.to_pylist(), sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def content_digests(table: pa.Table, columns: Iterable[str] | None = None) -> dict[str, str]:
+    """``{column: column_digest}`` for ``columns`` present in ``table`` (default: all)."""
+    names = table.column_names if columns is None else [c for c in columns if c in table.column_names]
+    return {name: column_digest(table.column(name)) for name in names}
+
+
+def _with_content(table: pa.Table, meta: dict[str, Any]) -> dict[str, Any]:
+    return {**meta, "content": {"rows": table.num_rows, "columns": content_digests(table)}}
+
+
 @dataclass
 class Manifest:
-    """A manifest in memory: the rows and the file metadata."""
+    """A manifest in memory: the rows, the file metadata and (when read) the Arrow table."""
 
     df: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    table: pa.Table | None = None
+
+    def digests(self, columns: Iterable[str]) -> dict[str, str]:
+        """Digests of ``columns`` (those present), computed from the rows as read."""
+        table = self.table if self.table is not None else _arrow_table(self.df.reset_index(drop=True))
+        return content_digests(table, columns)
+
+    def content_key(self, columns: Iterable[str]) -> str:
+        """A stage's input identity: sha256 of the row count and the digests of ``columns``."""
+        digests = self.digests(columns)
+        n = self.table.num_rows if self.table is not None else len(self.df)
+        return hashlib.sha256(json.dumps({"rows": n, "columns": digests}, sort_keys=True).encode()).hexdigest()
+
+    def edited(self, columns: Iterable[str]) -> list[str]:
+        """Columns among ``columns`` whose values differ from the digests recorded when the
+        file was written (``rows`` when the row count differs); [] when they match or the file
+        records none (written before content digests existed)."""
+        recorded = (self.meta.get("content") or {})
+        if not recorded:
+            return []
+        n = self.table.num_rows if self.table is not None else len(self.df)
+        out = ["rows"] if recorded.get("rows") != n else []
+        stored = recorded.get("columns") or {}
+        now = self.digests(columns)
+        out += [c for c, d in now.items() if stored.get(c) != d]
+        return out
 
     @property
     def classes(self) -> list[str]:
@@ -111,6 +194,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, meta: dict[str, An
     """Write ``df`` with ``meta`` to ``path`` atomically; fills the schema/version fields."""
     meta = {"schema_version": SCHEMA_VERSION, "fernoise_version": __version__, **meta}
     table = _arrow_table(df.reset_index(drop=True))
+    meta = _with_content(table, meta)
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -125,7 +209,7 @@ def write_manifest_table(table: pa.Table, path: str | os.PathLike, meta: dict[st
     the table from ``pq.read_table`` and skip the pandas round trip of the untouched ones
     (the list columns ``bbox``/``landmarks`` cost about a second per million rows each way).
     """
-    meta = {"schema_version": SCHEMA_VERSION, "fernoise_version": __version__, **meta}
+    meta = _with_content(table, {"schema_version": SCHEMA_VERSION, "fernoise_version": __version__, **meta})
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -135,6 +219,8 @@ def write_manifest_table(table: pa.Table, path: str | os.PathLike, meta: dict[st
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Only the metadata of a manifest (cheap: reads the footer)."""
+    if Path(path).is_dir():
+        raise FernoiseError(f"manifest {path} is a folder, not a file; pass a manifest .parquet file")
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as e:
@@ -148,17 +234,24 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 def read_manifest(path: str | os.PathLike) -> Manifest:
     """Read a manifest and check its required columns; labels come back as pandas ``Int64``."""
     path = Path(path)
+    if path.is_dir():
+        hint = f"; pass {path / 'manifest.parquet'}" if (path / "manifest.parquet").is_file() else "; pass a manifest .parquet file"
+        raise FernoiseError(f"manifest {path} is a folder, not a file{hint}")
     if not path.is_file():
         raise FernoiseError(f"manifest {path} does not exist")
     meta = read_meta(path)
-    df = pq.read_table(path).to_pandas()
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise FernoiseError(f"{path} is not a readable Parquet manifest ({e.__class__.__name__}); re-write it") from None
+    df = table.to_pandas()
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise FernoiseError(f"manifest {path} lacks columns {missing}")
     for name in ("label", "label_clean", "face", "n_faces"):
         if name in df.columns:
             df[name] = df[name].astype("Int64")
-    return Manifest(df=df, meta=meta, path=path)
+    return Manifest(df=df, meta=meta, path=path, table=table)
 
 
 def stage_meta(

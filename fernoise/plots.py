@@ -20,6 +20,34 @@ import numpy as np
 from fernoise.cache import atomic_path
 
 DPI = 110
+LAST_N = 5  # the paper's last-5: the epochs whose spread curves.png shades
+PICTURES = {
+    "confusion": "confusion.png",
+    "curves": "curves.png",
+    "thresholds": "thresholds.png",
+    "noise_detection": "noise_detection.png",
+}
+GRADCAM_PNG = "gradcam.png"
+GRADCAM_MIN_SIZE = 112  # below it ResNet-18's layer4 is at most 3x3 cells: a map too coarse to read
+
+
+def gradcam_coarse_note(size: int) -> str:
+    """The caveat printed on screen and in ``gradcam.png`` for faces below 112 px."""
+    cells = max(1, -(-int(size) // 32))
+    return (f"at {size} px the last layer (backbone.layer4) is {cells}x{cells} cells: the map is too "
+            f"coarse to mean much (train at {GRADCAM_MIN_SIZE} px or more for readable Grad-CAM)")
+
+
+def noise_label(noise: dict[str, Any] | None) -> str:
+    """``clean`` for no noise, else ``<kind> <rate %>`` (e.g. ``sym 30%``), ``column <name>``."""
+    if not noise:
+        return "clean"
+    kind = str(noise.get("kind") or "noise")
+    rate = noise.get("rate")
+    if rate is None:
+        return f"{kind} {noise['column']}" if kind == "column" and noise.get("column") else kind
+    pct = float(rate) * 100
+    return f"{kind} {pct:.0f}%" if pct == round(pct) else f"{kind} {pct:.1f}%"
 
 
 def _figure(w: float, h: float, layout: str | None = "constrained"):
@@ -95,15 +123,27 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | os.PathLik
 
 
 # ----------------------------------------------------------------------------- curves
-def curves_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "") -> Path:
-    """Three panels over epochs: accuracies (train/val/test), loss parts, confident fraction."""
+def curves_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "",
+               num_classes: int | None = None) -> Path:
+    """:func:`curves_figure` written to ``path``."""
+    return _save(curves_figure(history, title=title, num_classes=num_classes), path)
+
+
+def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "", num_classes: int | None = None):
+    """Three panels over epochs: accuracies (train/val/test), loss parts, confident fraction.
+
+    Accuracies and the confident fraction sit on fixed 0-1 axes, so two runs' pictures compare
+    at a glance. The accuracy panel draws chance (``1 / num_classes``) as a dotted line and
+    shades the min-max band of the test accuracy over the last 5 epochs (the paper's last-5),
+    with its mean in the legend.
+    """
     fig = _figure(13, 4.2)
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
     ep = _epochs(history)
     if not history:
         for ax in axes:
             _empty(ax, "no epochs recorded (metrics.jsonl is empty)")
-        return _save(fig, path)
+        return fig
     panels = [
         (axes[0], "accuracy", [("train_acc", "train (vs training label)", ":"), ("val_acc", "validation", "--"), ("test_acc", "test", "-")]),
         (axes[1], "loss", [("loss", "loss L", "-"), ("loss_s", "L_s (cross-entropy part)", "--"), ("loss_c", "L_c (negative classes)", ":")]),
@@ -129,15 +169,26 @@ def curves_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, ti
     axes[0].set_title("accuracy per epoch")
     axes[1].set_title("loss parts per epoch")
     axes[2].set_title("confident fraction per epoch")
+    acc = axes[0]
+    if num_classes:
+        acc.axhline(1 / num_classes, color="0.35", ls=":", lw=1.2, label=f"chance (1/{num_classes} = {1 / num_classes:.3f})")
     test = _col(history, "test_acc")
-    if np.isfinite(test).any():
+    ok = np.flatnonzero(np.isfinite(test))
+    if len(ok):
+        tail = ok[-LAST_N:]
+        lo, hi, mean = float(test[tail].min()), float(test[tail].max()), float(test[tail].mean())
+        x0, x1 = ep[tail[0]] - 0.5, ep[tail[-1]] + 0.5
+        acc.fill_between([x0, x1], lo, hi, color="tab:green", alpha=0.18, lw=0,
+                         label=f"test, last {len(tail)}: {lo:.3f}-{hi:.3f} (mean {mean:.3f})")
         k = int(np.nanargmax(test))
-        axes[0].annotate(f"max {test[k]:.3f} (epoch {ep[k]})", (ep[k], test[k]), textcoords="offset points",
-                         xytext=(0, 8), ha="center", fontsize=8)
-        axes[0].margins(y=0.15)
+        acc.annotate(f"max {test[k]:.3f} (epoch {ep[k]})", (ep[k], test[k]), textcoords="offset points",
+                     xytext=(0, 8), ha="center", fontsize=8)
+    for ax in (acc, axes[2]):
+        ax.set_ylim(0, 1)
+    acc.legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -178,8 +229,18 @@ def _class_colours(n: int) -> list:
 
 
 # ----------------------------------------------------------------------------- noise detection
-def noise_detection_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "") -> Path:
-    """Precision, recall and F1 of the confident set as a detector of clean rows, per epoch."""
+def noise_detection_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "",
+                        clean_share: float | None = None) -> Path:
+    """:func:`noise_detection_figure` written to ``path``."""
+    return _save(noise_detection_figure(history, title=title, clean_share=clean_share), path)
+
+
+def noise_detection_figure(history: Sequence[dict[str, Any]], *, title: str = "", clean_share: float | None = None):
+    """Precision, recall and F1 of the confident set as a detector of clean rows, per epoch.
+
+    ``clean_share``: the share of clean rows among the training rows, drawn as a line: the
+    precision of picking rows at random, which the confident set's precision must beat.
+    """
     fig = _figure(8, 4.6)
     ax = fig.add_subplot(1, 1, 1)
     ep = _epochs(history)
@@ -199,35 +260,116 @@ def noise_detection_png(history: Sequence[dict[str, Any]], path: str | os.PathLi
         frac = _col(history, "confident_frac")
         if np.isfinite(frac).any():
             ax.plot(ep, frac, "-", color="0.5", lw=1, label="confident fraction")
+        if clean_share is not None:
+            ax.axhline(clean_share, color="firebrick", ls="-.", lw=1.2,
+                       label=f"base rate: clean share of training rows ({clean_share:.3f})")
         _epoch_axis(ax)
         ax.set_ylabel("score (clean = is_noisy false)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax.set_title(title or "confident set as a clean-label detector, per epoch")
-    return _save(fig, path)
+    return fig
 
 
 # ----------------------------------------------------------------------------- all
 def all_pictures(report: dict[str, Any], history: Sequence[dict[str, Any]], out_dir: str | os.PathLike) -> list[Path]:
     """The four standard pictures of an evaluation report, written into ``out_dir``."""
-    from fernoise.evaluate import PICTURES
-
     out_dir = Path(out_dir)
     name = _run_label(report)
     classes = report["classes"]
     return [
         confusion_png(np.array(report["confusion_matrix"]), classes, out_dir / PICTURES["confusion"],
                       title=f"{name}: top-1 {report['top1']:.3f}, macro-F1 {report['macro_f1']:.3f} (n={report['n']})"),
-        curves_png(history, out_dir / PICTURES["curves"], title=f"training curves: {name}"),
+        curves_png(history, out_dir / PICTURES["curves"], title=f"training curves: {name}", num_classes=len(classes)),
         thresholds_png(history, classes, out_dir / PICTURES["thresholds"],
                        title=f"per-class thresholds T_c over epochs: {name}"),
         noise_detection_png(history, out_dir / PICTURES["noise_detection"],
-                            title=f"noise detection by the confident set: {name}"),
+                            title=f"noise detection by the confident set: {name}",
+                            clean_share=report.get("train_clean_share")),
     ]
 
 
 def _run_label(report: dict[str, Any]) -> str:
-    from fernoise.report import noise_label
-
     return f"{report.get('method') or '?'}, {noise_label(report.get('noise'))}"
+
+
+# ----------------------------------------------------------------------------- report pictures
+def _grid(n: int, w: float, h: float):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig = _figure(w * cols, h * rows)
+    return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+
+
+def _wrap(text: str, width: int = 60) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=width))
+
+
+def accuracy_vs_noise_png(panels: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
+    """Test accuracy against the noise rate: one panel per (table, noise kind), one line per method.
+
+    ``panels``: ``(title, series)`` with ``series`` as :func:`fernoise.report.plot_series`
+    returns it: ``{"figure", "kinds": {kind: {method: [(rate, mean, std, n)]}}}``. Error bars
+    are the sample std over seeds (none for a single run); the clean column is rate 0.
+    """
+    items = [(title, s["figure"], kind, lines) for title, s in panels for kind, lines in s["kinds"].items()]
+    if not items:
+        fig = _figure(6, 4)
+        _empty(fig.add_subplot(1, 1, 1), "no noise setting with a rate to plot\n(clean-only runs, or matrix/column noise)")
+        return _save(fig, path)
+    fig, axes = _grid(len(items), 5.6, 4.4)
+    for ax, (title, figure, kind, lines) in zip(axes, items, strict=True):
+        for i, (label, pts) in enumerate(sorted(lines.items())):
+            x = [100 * p[0] for p in pts]
+            y = [100 * p[1] for p in pts]
+            e = [100 * p[2] for p in pts]
+            ax.errorbar(x, y, yerr=e, marker="os^vD<>p*h"[i % 10], ms=4, capsize=3, label=label)
+        ax.set_xlabel(f"{kind} noise rate (%)")
+        what = "validation-selected" if figure == "val_test" else "last-5 mean (no validation split)"
+        ax.set_ylabel(f"test accuracy (%), {what}")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title="method")
+        ax.set_title(_wrap(title), fontsize=8)
+    fig.suptitle("test accuracy vs noise (error bars: sample std over seeds)", fontsize=10)
+    return _save(fig, path)
+
+
+def selection_vs_noise_png(panels: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
+    """Per method that selects samples: confident-set precision and recall against the noise rate.
+
+    ``series["selection"]``: ``{method: {kind: [(rate, precision Stat, recall Stat, base)]}}``;
+    the figures are those of each run's last epoch that recorded them, mean ± std over seeds.
+    ``base`` (the clean share of the training rows) is drawn as a dashed line: the precision of
+    a random pick.
+    """
+    items = [(title, method, kind, pts) for title, s in panels
+             for method, kinds in s["selection"].items() for kind, pts in kinds.items()]
+    if not items:
+        fig = _figure(6, 4)
+        _empty(fig.add_subplot(1, 1, 1), "no method selected samples\n(or the manifests had no is_noisy)")
+        return _save(fig, path)
+    fig, axes = _grid(len(items), 5.0, 4.2)
+    for ax, (title, method, kind, pts) in zip(axes, items, strict=True):
+        x = np.array([100 * p[0] for p in pts])
+        for j, (name, style) in enumerate((("precision (clean among selected)", "-o"), ("recall (selected among clean)", "--s"))):
+            stats = [p[1 + j] for p in pts]
+            keep = [i for i, s in enumerate(stats) if s is not None]
+            if keep:
+                ax.errorbar(x[keep], [stats[i].mean for i in keep], yerr=[stats[i].std or 0.0 for i in keep],
+                            fmt=style, ms=4, capsize=3, label=name)
+        base = [(100 * p[0], p[3]) for p in pts if p[3] is not None]
+        if base:
+            ax.plot([b[0] for b in base], [b[1] for b in base], ":", color="firebrick", lw=1.3,
+                    label="base rate: clean share of training rows")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(f"{kind} noise rate (%)")
+        ax.set_ylabel("score, last epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+        ax.set_title(_wrap(f"{method}: {title}", 55), fontsize=8)
+    fig.suptitle("confident set as a clean-label detector, per method (error bars: std over seeds)", fontsize=10)
+    return _save(fig, path)

@@ -1,17 +1,27 @@
-"""`fernoise train`: the one training loop for ce, pc, nl and ncctfer (METHOD.md).
+"""`fernoise train`: the one training loop; every method is a plugin (``fernoise.methods``).
 
 Reads a manifest (rows with a crop, status ok/whole): ``split == train`` rows with a label
 are trained on, ``val`` rows validate (or a seeded stratified ``val_fraction`` of train when
 the manifest has none), ``test`` rows test. Writes ``runs/<key[:16]>/`` (notes/rundir.md):
 ``config.json``, ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (atomically, every
-epoch; a re-run resumes from it), ``model.pt`` (final weights), ``val_ids.json`` when
-validation rows were carved out of train, and the stage stamp.
+epoch; a re-run resumes from it; removed when the run finishes unless ``keep_checkpoint``),
+``model.pt`` (final weights), ``val_ids.json`` when validation rows were carved out of train,
+and the stage stamp.
 
-Read :func:`method_loss` for every method's loss and :func:`fit` for the loop. Choices where the paper is silent
-(METHOD.md): warm-up (plain CE on every sample) applies to every method for its first
-``warmup`` epochs; the weak and strong views go through the network as one concatenated batch
-(one BatchNorm pass, as FixMatch-style code does); ``q_w`` is a stop-gradient target; no
-learning-rate schedule unless ``lr_decay`` (per-epoch exponential) is given.
+Trust (issue 8): the checkpoint holds only tensors, numbers, strings, lists and dicts and is
+read with ``torch.load(weights_only=True)``; an unreadable, truncated or foreign one is
+treated as absent (one warning, the run starts over). The key's manifest input is the content
+digest of the columns train reads (:data:`READS`), so an edited manifest never hits an old run.
+Crop paths resolve against the manifest's folder; crops outside it are allowed but reported,
+and crops that cannot be decoded are skipped and counted (:mod:`fernoise.data`).
+
+Read :func:`fit` for the loop: it names no method. The method (``--method``, its flags, its
+heads, views, loss, per-sample state and optimiser defaults) is declared in its module of
+``fernoise/methods/`` (the API: ``fernoise/methods/base.py``; what each computes:
+docs/methods.md). Choices where the papers are silent (docs/methods.md): warm-up (plain CE of
+the main head on every sample) applies to every method for its first ``warmup`` epochs; no
+learning-rate schedule unless the method's defaults or ``lr_decay`` (per-epoch exponential)
+say so.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +53,13 @@ from fernoise.cache import (
     stamp_path,
 )
 from fernoise.devices import check_device_name, resolve_device
-from fernoise.errors import FernoiseError
+from fernoise.errors import FernoiseError, require_folder
 from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest
+from fernoise.runindex import indexed  # finished runs found without torch (sweep re-runs)
 
 VERSION = 1
-METHODS = ("ce", "pc", "nl", "ncctfer")
+READS = ("id", "path", "crop_sha256", "split", "label", "label_clean", "is_noisy", "status")
+"""The manifest columns train reads: their content digest is the key's manifest input."""
 PRECISIONS = ("auto", "fp32", "bf16")
 Progress = Callable[[dict], None]
 
@@ -55,32 +67,43 @@ Progress = Callable[[dict], None]
 # ----------------------------------------------------------------------------- parameters
 @dataclass(frozen=True)
 class TrainConfig:
-    """Parameters of one training run; defaults are the paper's (§4.2)."""
+    """Parameters of one training run. ``None`` for ``epochs``, ``batch_size``, ``lr_backbone``,
+    ``lr_head``, ``weight_decay`` and ``lr_decay`` means the method's official value
+    (``Method.optim``); after construction they hold the resolved values."""
 
     method: str = "ncctfer"
-    """ce (baseline), pc (confident samples only), nl (negative learning), ncctfer (pc + nc)."""
-    epochs: int = 40
+    """A registered method (``fernoise methods``): ce, pc, nl, ncctfer, gce, sce, elr, ..."""
+    method_params: Any = None
+    """The method's ``Params`` (its own flags, e.g. ``--k``, ``--gce-q``), or a dict of its
+    fields; None = its defaults."""
+    epochs: int | None = None
     """Training epochs."""
-    batch_size: int = 128
+    batch_size: int | None = None
     """Samples per batch (per process under torch.distributed)."""
     image_size: int = 224
     """Side of the square training and test images."""
-    warmup: int = 5
-    """Epochs of plain cross-entropy on every sample before the method's loss."""
-    k: int = 4
-    """Top-k negative-head classes in the consistency loss (ncctfer), 1..C-1."""
-    lr_backbone: float = 1e-4
+    warmup: int | None = None
+    """Epochs of plain cross-entropy on every sample before the method's loss; None =
+    ``min(5, epochs // 3)`` (5 for the paper's 40 epochs)."""
+    lr_backbone: float | None = None
     """Adam learning rate of the ResNet-18 backbone."""
-    lr_head: float = 1e-3
-    """Adam learning rate of the pcc and ncc heads."""
+    lr_head: float | None = None
+    """Adam learning rate of the method's heads."""
+    weight_decay: float | None = None
+    """Adam weight decay (L2, as torch.optim.Adam applies it)."""
     lr_decay: float | None = None
-    """Per-epoch exponential learning-rate factor (e.g. 0.95); None = constant (the paper)."""
+    """Per-epoch exponential learning-rate factor (e.g. 0.9); None = the method's (constant for ncctfer)."""
     randaug_magnitude: int = 10
     """RandAugment magnitude (0..30) of the strong view; 2 ops."""
     pretrained: str | None = None
-    """Local backbone state dict (e.g. resnet18_msceleb.pth); None = random init."""
+    """Backbone start (``fernoise.pretrained``): a state dict file (resnet18_msceleb.pth,
+    torchvision resnet18-*.pth, backbone.pt), a ``fernoise train`` run folder or its model.pt,
+    a ``fernoise pretrain`` folder, or ``latest`` (the workspace's latest pretrain); None =
+    random init."""
+    pretrained_partial: bool = False
+    """Accept a ``pretrained`` file that fills only part of the backbone (the rest stays random)."""
     seed: int = 0
-    """Seed of the model init, the data order, the views and the complementary labels."""
+    """Seed of the model init, the data order, the views and the loss's random draws."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     precision: str = "auto"
@@ -91,15 +114,38 @@ class TrainConfig:
     """DataLoader worker processes; None = auto. Does not change results."""
     devices: int = 1
     """Local processes for torch.distributed (``--devices N``); torchrun sets its own."""
+    val_clean: bool = False
+    """Validate against ``label_clean`` (an oracle-clean validation; needs that column)."""
+    max_rows: int | None = None
+    """Train on a seeded, stratified subset of this many training-split rows (None = all)."""
+    keep_checkpoint: bool = False
+    """Keep ``checkpoint.pt`` after the run finishes (it is removed by default)."""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise FernoiseError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}", flag="--method")
+        from fernoise import methods
+
+        cls = methods.get(self.method)  # an unknown name lists every method
+        if self.method_params is None:
+            object.__setattr__(self, "method_params", cls.Params())
+        elif isinstance(self.method_params, dict):  # e.g. asdict(cfg) read back from JSON
+            object.__setattr__(self, "method_params", methods.params_from_dict(self.method, self.method_params))
+        elif not isinstance(self.method_params, cls.Params):
+            raise FernoiseError(f"method_params of {self.method} must be {cls.Params.__name__}, got "
+                                f"{type(self.method_params).__name__}", flag="--method")
+        for name in ("epochs", "batch_size", "lr_backbone", "lr_head", "weight_decay"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(cls.optim, name))
+        if self.lr_decay is None:
+            object.__setattr__(self, "lr_decay", cls.optim.lr_decay)
+        if self.warmup is None and isinstance(self.epochs, int):
+            object.__setattr__(self, "warmup", default_warmup(self.epochs))
         for name, flag in (("epochs", "--epochs"), ("batch_size", "--batch-size"), ("devices", "--devices")):
             if getattr(self, name) < 1:
                 raise FernoiseError(f"expected at least 1, got {getattr(self, name)}", flag=flag)
         if self.batch_size < 2:
-            raise FernoiseError("expected at least 2 (BatchNorm and the per-class threshold need a batch)", flag="--batch-size")
+            views = f"; {self.method} needs {len(cls.views)} views per sample ({', '.join(cls.views)})" if len(cls.views) > 1 else ""
+            raise FernoiseError(f"expected at least 2, got {self.batch_size} (BatchNorm and the per-batch statistics "
+                                f"need a batch{views})", flag="--batch-size")
         if self.image_size < 16:
             raise FernoiseError(f"expected at least 16 px, got {self.image_size}", flag="--image-size")
         if not 0 <= self.warmup <= self.epochs:
@@ -107,12 +153,12 @@ class TrainConfig:
                 f"expected 0..{self.epochs} (--epochs), got {self.warmup}; lower --warmup or raise --epochs",
                 flag="--warmup",
             )
-        if self.k < 1:
-            raise FernoiseError(f"expected 1..C-1, got {self.k}", flag="--k")
         for name, flag in (("lr_backbone", "--lr-backbone"), ("lr_head", "--lr-head")):
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise FernoiseError(f"expected a positive learning rate, got {v}", flag=flag)
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise FernoiseError(f"expected 0 or more, got {self.weight_decay}", flag="--weight-decay")
         if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
             raise FernoiseError(f"expected a factor in (0, 1], got {self.lr_decay}", flag="--lr-decay")
         if not 0 <= self.randaug_magnitude <= 30:
@@ -123,7 +169,21 @@ class TrainConfig:
             raise FernoiseError(f"expected a fraction in [0, 1), got {self.val_fraction}", flag="--val-fraction")
         if self.workers is not None and self.workers < 0:
             raise FernoiseError(f"expected 0 or more, got {self.workers}", flag="--workers")
+        if self.max_rows is not None and self.max_rows < 2:
+            raise FernoiseError(f"expected at least 2 rows, got {self.max_rows}", flag="--max-rows")
+        if self.pretrained_partial and not self.pretrained:
+            raise FernoiseError("has no effect without --pretrained; pass the file too, or drop it",
+                                flag="--pretrained-partial")
         check_device_name(self.device)
+
+    def method_params_dict(self) -> dict[str, Any]:
+        """``method_params`` as a plain dict (config.json, the key)."""
+        return asdict(self.method_params)
+
+
+def default_warmup(epochs: int) -> int:
+    """The warm-up when ``--warmup`` is not given: ``min(5, epochs // 3)``."""
+    return min(5, epochs // 3)
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -164,6 +224,10 @@ class Plan:
     is_noisy: np.ndarray | None  # (len(rows),) bool for the train rows' flags, or None
     val_ids: list[str] | None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one-line facts printed before training
+    paths: list[str] = field(default_factory=list)  # resolved crop paths, one per row of `rows`
+    cache_dir: Path | None = None  # the decoded-image cache folder (<workspace>/.fernoise/arrays)
+    shas: list[str | None] | None = None  # crop_sha256 per row when the manifest records it
 
 
 def _carve_val(train: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
@@ -177,25 +241,73 @@ def _carve_val(train: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
     return pd.Index(sorted(picked))
 
 
-def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | os.PathLike | None = None) -> Plan:
+def _subset(train: pd.DataFrame, n: int, seed: int) -> pd.Index:
+    """A seeded subset of ``n`` rows of ``train``, stratified by label (largest remainder):
+    :func:`fernoise.subset.stratified_subset`, the rule align's ``--max-rows`` uses too."""
+    from fernoise.subset import stratified_subset
+
+    return train.index[stratified_subset(train["label"].astype(int).tolist(), n, seed)]
+
+
+def _resolve_paths(m: Manifest, rel: pd.Series) -> tuple[list[str], list[str]]:
+    """Crop paths resolved against the manifest's folder, and those that land outside it."""
+    root = os.path.realpath(m.root)
+    dirs: dict[str, str] = {}  # realpath per folder: one call per folder, not per crop
+    paths, outside = [], []
+    for x in rel:
+        joined = os.path.join(root, x)  # an absolute x stays absolute
+        folder, name = os.path.split(os.path.normpath(joined))
+        if folder not in dirs:
+            dirs[folder] = os.path.realpath(folder)
+        full = os.path.join(dirs[folder], name)
+        paths.append(full)
+        if os.path.commonpath([root, full]) != root:
+            outside.append(str(x))
+    return paths, outside
+
+
+def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | os.PathLike | None = None,
+         workspace: Workspace | None = None) -> Plan:
     """Read and check the manifest and the configuration; compute the key and the run folder.
 
     Raises FernoiseError (naming the flag) on any bad input; writes nothing.
     """
     from fernoise import data
 
+    if runs_dir is not None:
+        require_folder(runs_dir, "runs folder", flag="--runs-dir", may_be_missing=True)
     m = read_manifest(manifest_path)
+    if "path" not in m.df.columns:
+        raise FernoiseError(
+            f"{m.path} has no `path` column (the crop of each row); make the manifest with `fernoise align`",
+            flag="MANIFEST",
+        )
     classes = m.classes
     if not classes:
         raise FernoiseError(f"{m.path} has no class list in its metadata; make it with `fernoise align`", flag="MANIFEST")
     C = len(classes)
-    if not 1 <= cfg.k <= C - 1:
-        raise FernoiseError(f"expected 1..{C - 1} for {C} classes, got {cfg.k}", flag="--k")
+    if C < 2:
+        raise FernoiseError(f"{m.path} has {C} class ({classes}); training needs at least 2", flag="MANIFEST")
+    # The method checks its parameters against C (e.g. --k) and resolves those that depend on it
+    # (ncctfer's k None = min(4, C - 1)); config.json and the key record the resolved values.
+    heads, resolved = method_heads(cfg, C)
+    cfg = replace(cfg, method_params=resolved)
     try:
         check_labels(m.df, classes)
     except FernoiseError as e:
         raise FernoiseError(f"{m.path}: {e}; fix the manifest's labels", flag="MANIFEST") from None
     key_in = m.key or file_sha256(m.path)
+    content = m.content_key(READS)  # one pass over the columns train reads
+    warnings, notes = [], []
+    edited = m.edited(READS)
+    if edited:
+        warnings.append(
+            f"{m.path.name} was edited after `fernoise {m.meta.get('stage', '?')}` wrote it "
+            f"({', '.join(edited)} differ from its recorded digests); the run is keyed on its content"
+        )
+    if cfg.val_clean and "label_clean" not in m.df.columns:
+        raise FernoiseError(f"{m.path} has no label_clean column (it was not corrupted); drop --val-clean",
+                            flag="--val-clean")
 
     rows = m.df[data.usable(m.df)].reset_index(drop=True)
     labelled = rows["label"].notna()
@@ -205,7 +317,10 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
             f"{m.path} has no labelled training rows with a crop (split == train, label set, status ok/whole)",
             flag="MANIFEST",
         )
-    warnings = []
+    n_train_all = len(train)
+    if cfg.max_rows is not None and cfg.max_rows < len(train):
+        train = train.loc[_subset(train, cfg.max_rows, cfg.seed)]
+        notes.append(f"--max-rows: a stratified subset of {len(train):,} of {n_train_all:,} training rows (seed {cfg.seed})")
     counts = np.bincount(train["label"].astype(int), minlength=C)
     for c in np.flatnonzero(counts == 0):
         warnings.append(f"class {classes[c]!r} has no training samples; training continues without it")
@@ -218,42 +333,96 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         val_ids, val_source, val_fraction = rows.loc[carved, "id"].tolist(), "carved", cfg.val_fraction
     elif val.empty:
         val_source = "none"
+    noisy_source = find_stage(m.meta, "corrupt") is not None or "label_clean" in rows.columns
+    if cfg.val_clean:
+        val_labels = "oracle-clean"
+    elif val_source == "carved":
+        val_labels = "noisy" if noisy_source else "train"
+    else:
+        val_labels = "split" if val_source == "split" else None
+    if val_source == "carved" and not cfg.val_clean:
+        notes.append(
+            f"validation: {len(val):,} rows carved from the training split keep their "
+            f"{'noisy ' if noisy_source else ''}training labels, so val_acc measures agreement with them"
+            + ("; --val-clean validates on label_clean instead" if "label_clean" in rows.columns else "")
+        )
+    elif cfg.val_clean:
+        notes.append(f"validation: {len(val):,} rows scored against label_clean (oracle-clean, --val-clean)")
     test = rows[(rows["split"] == "test") & labelled]
+    if len(train) < 2:
+        raise FernoiseError(
+            f"{m.path} leaves {len(train)} training row(s) after validation; training needs at least 2 "
+            "(one batch of 2); add rows, or lower --val-fraction",
+            flag="MANIFEST",
+        )
+    test_counts = np.bincount(test["label"].astype(int), minlength=C) if len(test) else np.zeros(C, int)
+    trained = np.bincount(train["label"].astype(int), minlength=C)
+    unseen = [classes[c] for c in np.flatnonzero((test_counts > 0) & (trained == 0))]
+    if unseen:
+        n_unseen = int(sum(test_counts[classes.index(c)] for c in unseen))
+        warnings.append(
+            f"test class(es) {', '.join(repr(c) for c in unseen)} never occur in training ({n_unseen:,} test rows): "
+            "the model cannot predict them right"
+        )
+    paths, outside = _resolve_paths(m, rows["path"])
+    if outside:
+        warnings.append(
+            f"{len(outside):,} crop paths resolve outside the manifest's folder {m.root.resolve()}, "
+            f"e.g. {outside[0]!r}; they are read as given"
+        )
+    shas = rows["crop_sha256"].where(rows["crop_sha256"].notna(), None).tolist() if "crop_sha256" in rows.columns else None
 
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    pretrained, pre_sha, pre_report = None, None, None
-    if cfg.pretrained:
-        from fernoise.model import FerNet, load_pretrained
+    ws = workspace or Workspace()
+    pretrained, pre_kind, pre_sha, pre_report = None, None, None, None
+    if cfg.pretrained:  # resolved (`latest` through the workspace lock), read and matched now
+        from fernoise.model import FerNet
+        from fernoise.pretrained import load_backbone
 
-        pretrained = str(Path(cfg.pretrained).resolve())
-        pre_report = load_pretrained(FerNet(C, two_heads=False), pretrained)  # checks it now
-        pre_sha = file_sha256(pretrained)
+        source, report = load_backbone(FerNet().backbone, cfg.pretrained, partial=cfg.pretrained_partial,
+                                       workspace=ws)
+        pretrained, pre_kind = str(source.path.resolve()), source.kind
+        pre_sha, pre_report = file_sha256(pretrained), report.as_dict()
     world = _world(cfg)
     key_params = {
-        "method": cfg.method, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-        "image_size": cfg.image_size, "warmup": cfg.warmup, "k": cfg.k,
-        "lr_backbone": cfg.lr_backbone, "lr_head": cfg.lr_head, "lr_decay": cfg.lr_decay,
+        "method": cfg.method, "method_params": cfg.method_params_dict(), "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size, "image_size": cfg.image_size, "warmup": cfg.warmup,
+        "lr_backbone": cfg.lr_backbone, "lr_head": cfg.lr_head, "weight_decay": cfg.weight_decay,
+        "lr_decay": cfg.lr_decay,
         "randaug_magnitude": cfg.randaug_magnitude, "pretrained_sha256": pre_sha, "seed": cfg.seed,
         "precision": precision, "val_fraction": val_fraction, "world_size": world,
     }
-    key = stage_key("train", VERSION, key_params, {"manifest": key_in})
-    runs_dir = Path(runs_dir) if runs_dir else Workspace().root / "runs"
+    if cfg.val_clean:  # only when set: keys of runs without it stay as they were
+        key_params["val_clean"] = True
+    if cfg.max_rows is not None:
+        key_params["max_rows"] = cfg.max_rows
+    if cfg.pretrained_partial:  # only when set, as val_clean
+        key_params["pretrained_partial"] = True
+    key = stage_key("train", VERSION, key_params, {"manifest": key_in, "content": content})
+    runs_dir = Path(runs_dir) if runs_dir else ws.root / "runs"
     run_dir = runs_dir.resolve() / key[:16]
 
     corrupt = find_stage(m.meta, "corrupt")
     align = find_stage(m.meta, "align")
-    labels = rows["label"].fillna(-1).astype(np.int64).to_numpy()
+    labels = rows["label"].fillna(-1).astype(np.int64).to_numpy().copy()
+    if cfg.val_clean:  # oracle-clean validation: the val rows' labels are their clean labels
+        vpos = val.index.to_numpy(np.int64)
+        labels[vpos] = rows["label_clean"].iloc[vpos].fillna(-1).astype(np.int64).to_numpy()
     is_noisy = rows["is_noisy"].fillna(False).astype(bool).to_numpy() if "is_noisy" in rows.columns else None
     config = {
         **{k: v for k, v in asdict(cfg).items() if k not in ("devices",)},
-        "pretrained": pretrained, "pretrained_sha256": pre_sha, "pretrained_report": pre_report,
+        "k": getattr(cfg.method_params, "k", None), "heads": heads,
+        "pretrained": pretrained, "pretrained_kind": pre_kind, "pretrained_given": cfg.pretrained,
+        "pretrained_sha256": pre_sha, "pretrained_report": pre_report,
         "precision": precision, "precision_requested": cfg.precision,
         "device": device, "device_requested": cfg.device, "world_size": world,
         "val_fraction": val_fraction, "val_fraction_requested": cfg.val_fraction, "val_source": val_source,
-        "manifest": str(Path(m.path).resolve()), "manifest_key": key_in,
+        "manifest": str(Path(m.path).resolve()), "manifest_key": key_in, "manifest_content": content,
+        "val_labels": val_labels, "max_rows": cfg.max_rows, "n_train_available": n_train_all,
         "classes": classes, "label_space": m.meta.get("label_space"), "num_classes": C,
-        "two_heads": cfg.method == "ncctfer",
+        "two_heads": "ncc" in heads,  # the key of issue 4; "heads" names them all
+        "views": list(_method_class(cfg).views),
         "noise": dict(corrupt["params"]) if corrupt else None,
         "align": dict(align["params"]) if align else None,
         "n_train": len(train), "n_val": len(val), "n_test": len(test),
@@ -265,8 +434,29 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         config=config, key_params=key_params, rows=rows,
         train_pos=train.index.to_numpy(np.int64), val_pos=val.index.to_numpy(np.int64),
         test_pos=test.index.to_numpy(np.int64), labels=labels, is_noisy=is_noisy,
-        val_ids=val_ids, warnings=warnings,
+        val_ids=val_ids, warnings=warnings, notes=notes, paths=paths,
+        cache_dir=ws.root / ".fernoise" / "arrays", shas=shas,
     )
+
+
+def method_heads(cfg: TrainConfig, num_classes: int) -> tuple[list[str], Any]:
+    """The names of the modules ``cfg.method`` adds to the backbone (built on the meta device:
+    no memory, no random draws) and its parameters resolved for ``num_classes``; raises the
+    method's FernoiseError for bad parameters."""
+    import torch
+
+    from fernoise import methods
+
+    method = methods.create(cfg.method, cfg.method_params, num_classes=num_classes, image_size=cfg.image_size)
+    with torch.device("meta"):
+        model = methods.build_model(method)
+    return [name for name, _ in model.named_children() if name != "backbone"], method.params
+
+
+def _method_class(cfg: TrainConfig):
+    from fernoise import methods
+
+    return methods.get(cfg.method)
 
 
 def _world(cfg: TrainConfig) -> int:
@@ -283,6 +473,7 @@ def is_cached(p: Plan) -> bool:
 
 
 # ----------------------------------------------------------------------------- the stage
+@indexed  # runindex.py: a finished run of the same *requested* config is a hit with no torch import
 def train(
     manifest_path: str | os.PathLike,
     cfg: TrainConfig,
@@ -299,23 +490,24 @@ def train(
     """
     from fernoise import distributed
 
-    p = plan(manifest_path, cfg, runs_dir=runs_dir)
+    p = plan(manifest_path, cfg, runs_dir=runs_dir, workspace=workspace)
     env = distributed.from_env()
     if cfg.devices > 1 and not env.enabled:
         t0 = time.perf_counter()
         hit = not force and is_cached(p)
         if not hit:
-            distributed.spawn(cfg.devices, _train_rank, manifest_path, cfg, runs_dir, force)
+            ws_root = str(workspace.root) if workspace is not None else None
+            distributed.spawn(cfg.devices, _train_rank, manifest_path, cfg, runs_dir, force, ws_root)
         if workspace is not None:
             workspace.record("train", key=p.key, output=p.run_dir, params=p.key_params)
         return StageResult("train", p.key, p.run_dir, hit, time.perf_counter() - t0)
     return _train_rank(manifest_path, cfg, runs_dir, force, workspace=workspace, progress=progress, p=p)
 
 
-def _train_rank(manifest_path, cfg, runs_dir, force, *, workspace=None, progress=None, p=None) -> StageResult:
+def _train_rank(manifest_path, cfg, runs_dir, force, ws_root=None, *, workspace=None, progress=None, p=None) -> StageResult:
     from fernoise import distributed
 
-    p = p or plan(manifest_path, cfg, runs_dir=runs_dir)
+    p = p or plan(manifest_path, cfg, runs_dir=runs_dir, workspace=Workspace(ws_root) if ws_root else workspace)
     env = distributed.from_env()
     distributed.init(env, p.device.split(":")[0])
     try:
@@ -326,7 +518,8 @@ def _train_rank(manifest_path, cfg, runs_dir, force, *, workspace=None, progress
         elif env.is_main:
             result = run_stage(
                 stage="train", version=VERSION, params=p.key_params,
-                inputs={"manifest": p.config["manifest_key"]}, output=p.run_dir / "model.pt",
+                inputs={"manifest": p.config["manifest_key"], "content": p.config["manifest_content"]},
+                output=p.run_dir / "model.pt",
                 build=lambda key: fit(p, env, progress=progress, fresh=force), force=True,
             )
             result = StageResult("train", p.key, p.run_dir, False, result.seconds)
@@ -341,55 +534,23 @@ def _train_rank(manifest_path, cfg, runs_dir, force, *, workspace=None, progress
         distributed.shutdown()
 
 
-# ----------------------------------------------------------------------------- the loss
-@dataclass
-class StepLoss:
-    """One mini-batch's loss and its parts (None where the method has no such part)."""
-
-    loss: Any
-    loss_s: Any
-    loss_c: Any
-    confident: Any  # bool (N,) or None
-    thresholds: Any  # (C,) with NaN for absent classes, or None
-    pcc_w: Any  # (N, C) logits of the positive head on the weak view
-
-
-def method_loss(net, x_w, x_s, y, *, method: str, warm: bool, k: int, num_classes: int, nl_gen, amp: bool) -> StepLoss:
-    """The loss of ``method`` on one batch: weak view ``x_w`` and (ncctfer) strong view ``x_s``,
-    each ``(N, 3, H, W)``; labels ``y`` ``(N,)``. Warm-up = cross-entropy on every sample."""
-    import torch
-    import torch.nn.functional as F
-
-    from fernoise import losses
-
-    n = x_w.shape[0]
-    with torch.autocast(x_w.device.type, dtype=torch.bfloat16, enabled=amp):
-        if x_s is not None:  # both views in one pass
-            pcc, ncc = net(torch.cat([x_w, x_s]))
-            pcc_w, ncc_w, ncc_s = pcc[:n], ncc[:n], ncc[n:]
-        else:
-            pcc_w, ncc_w = net(x_w)
-    if warm or method == "ce":
-        # Baseline and warm-up: cross-entropy on every sample.
-        loss_s = losses.cross_entropy(pcc_w, y)
-        return StepLoss(loss_s, loss_s, None, None, None, pcc_w)
-    if method == "nl":
-        # NLNL: push down p[ybar] for a random complementary label ybar != y.
-        ybar = losses.complementary_labels(y, num_classes, nl_gen)
-        return StepLoss(losses.negative_learning_loss(pcc_w, ybar), None, None, None, None, pcc_w)
-    # pc and ncctfer: the class-adaptive threshold on the weak view (Eq. 1-3) ...
-    p_w = F.softmax(pcc_w.detach().float(), dim=1)
-    thresholds = losses.class_thresholds(p_w, y, num_classes)
-    conf = losses.confident_mask(p_w, y, thresholds)
-    loss_s = losses.supervised_loss(pcc_w, y, conf)
-    if method == "pc":
-        return StepLoss(loss_s, loss_s, None, conf, thresholds, pcc_w)
-    # ... plus negative-head consistency on the non-confident samples (Eq. 4-5).
-    loss_c = losses.consistency_loss(ncc_w, ncc_s, ~conf, k)
-    return StepLoss(loss_s + loss_c, loss_s, loss_c, conf, thresholds, pcc_w)
-
-
 # ----------------------------------------------------------------------------- the loop
+class _Sums:
+    """Per-epoch float64 sums by name, in one tensor so that torch.distributed adds them at once."""
+
+    def __init__(self, names: list[str]):
+        import torch
+
+        self.index = {n: i for i, n in enumerate(names)}
+        self.t = torch.zeros(len(names), dtype=torch.float64)
+
+    def add(self, name: str, value: float) -> None:
+        self.t[self.index[name]] += value
+
+    def __getitem__(self, name: str) -> float:
+        return self.t[self.index[name]].item()
+
+
 def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = False) -> list[Path]:
     """Train ``p`` to the end, resuming from ``checkpoint.pt`` when one of the same key exists
     (unless ``fresh``: ``--force`` starts over).
@@ -398,63 +559,48 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     """
     import torch
 
-    from fernoise import data, distributed
-    from fernoise.model import FerNet, load_pretrained
+    from fernoise import data, distributed, methods
 
     env = env or distributed.Dist()
     cfg, C = p.cfg, p.config["num_classes"]
     say = progress if (progress and env.is_main) else (lambda event: None)
     for w in p.warnings:
         say({"event": "warning", "message": w})
+    for n in p.notes:
+        say({"event": "note", "message": n})
     device = torch.device(f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device)
     on_cuda = device.type == "cuda"
     amp = p.precision == "bf16"
     channels_last = True  # faster for cuDNN and for oneDNN on the CPU (bench/train.py)
     workers = cfg.workers if cfg.workers is not None else default_workers(on_cuda)
 
-    # Images: decoded once into the memory-mapped uint8 cache (rank 0 builds it).
-    cache_dir = Workspace().root / ".fernoise" / "arrays"
-    paths = [str(p.manifest.root / x) for x in p.rows["path"]]
-    ids = p.rows["id"].astype(str).tolist()
-    if env.is_main:
-        images = data.array_cache(paths, ids, manifest_key=p.config["manifest_key"], size=cfg.image_size,
-                                  cache_dir=cache_dir, progress=say)
-    distributed.barrier(env)
-    if not env.is_main:
-        images = data.array_cache(paths, ids, manifest_key=p.config["manifest_key"], size=cfg.image_size, cache_dir=cache_dir)
+    images = _images(p, env, say)  # hook: the decoded crops; drops rows whose crop is unusable
+    say({"event": "header", "message": header_line(p)})
     views = data.ViewBatches(images, cfg.image_size, cfg.randaug_magnitude)
     labels = torch.from_numpy(p.labels.copy())
     clean = torch.from_numpy(~p.is_noisy) if p.is_noisy is not None else None
+    label_clean = (torch.from_numpy(p.rows["label_clean"].fillna(-1).astype(np.int64).to_numpy().copy())
+                   if "label_clean" in p.rows.columns else None)
 
-    # Model and optimiser: Adam, backbone lr 1e-4, heads 1e-3 (paper §4.2).
+    # The method, its model (seeded: backbone first, then the method's heads in its order) and Adam.
+    method = methods.create(cfg.method, cfg.method_params, num_classes=C, n_rows=len(p.rows), image_size=cfg.image_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = FerNet(C, two_heads=p.config["two_heads"])
+        model = methods.build_model(method)
     if p.config["pretrained"]:
-        load_pretrained(model, p.config["pretrained"])
+        _load_pretrained(p, model, say)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    optimizer = torch.optim.Adam([
-        {"params": model.backbone.parameters(), "lr": cfg.lr_backbone},
-        {"params": model.head_parameters(), "lr": cfg.lr_head},
-    ])
+    optimizer = torch.optim.Adam(method.param_groups(model, lr_backbone=cfg.lr_backbone, lr_head=cfg.lr_head,
+                                                     weight_decay=cfg.weight_decay))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg.lr_decay) if cfg.lr_decay else None
 
     run_dir = p.run_dir
     ckpt_path = run_dir / "checkpoint.pt"
-    metrics: list[dict] = []
-    start = 1
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.is_file() and not fresh else None
-    if ckpt is not None and ckpt.get("key") == p.key:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        metrics, start = ckpt["metrics"], ckpt["epoch"] + 1
-        say({"event": "resume", "epoch": ckpt["epoch"], "run_dir": str(run_dir)})
+    metrics, start = resume(ckpt_path, p, model, optimizer, scheduler, method, say, fresh=fresh)
     net = model
-    if env.enabled:
+    if env.enabled:  # warm-up trains the main head only: other heads are idle then
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if on_cuda else None, find_unused_parameters=model.ncc is not None and cfg.warmup > 0,  # ncc idle in warm-up
+            model, device_ids=[device.index] if on_cuda else None, find_unused_parameters=cfg.warmup > 0,
         )
     written = [run_dir / "config.json", run_dir / "metrics.jsonl", run_dir / "model.pt"]
     if env.is_main:
@@ -465,17 +611,21 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
             written.append(run_dir / "val_ids.json")
         _write_metrics(run_dir, metrics)
 
+    parts = list(dict.fromkeys(["s", "c", *method.parts]))  # loss_s and loss_c are always logged
     for epoch in range(start, cfg.epochs + 1):
         t_epoch = time.perf_counter()
         warm = epoch <= cfg.warmup
-        strong = cfg.method == "ncctfer" and not warm
+        view_names = method.views_for(warm=warm)
         batches = data.epoch_batches(p.train_pos, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                     strong=strong, rank=env.rank, world=env.world)
-        nl_gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, epoch, 0xB1]).integers(2**62)))
-        # Per-epoch sums: [loss, loss_s, loss_c, correct, seen, confident, confident&clean, clean, images]
-        sums = torch.zeros(9, dtype=torch.float64)
+                                     views=view_names, rank=env.rank, world=env.world)
+        # The loss's only source of randomness (NL's complementary labels, partner permutations).
+        gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, epoch, 0xB1]).integers(2**62)))
+        sums = _Sums(["loss", *(f"loss_{q}" for q in parts), *(f"has_{q}" for q in parts), "correct", "seen",
+                      "images", "selecting", "selected", "selected_clean", "clean", "relabelled",
+                      "relabelled_right"])
         t_sum = torch.zeros(C, dtype=torch.float64)  # sum over batches of T_c where present
         t_cnt = torch.zeros(C, dtype=torch.float64)
+        touched = torch.zeros(len(p.rows), dtype=torch.bool)  # rows this process trained on
         say({"event": "epoch_start", "epoch": epoch, "epochs": cfg.epochs, "batches": len(batches), "warmup": warm})
         net.train()
         t_train = t_ready = time.perf_counter()
@@ -484,68 +634,78 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
             wait += time.perf_counter() - t_ready
             rows = batch["positions"]  # indices into the array cache and p.rows
             y = labels[rows].to(device, non_blocking=True)
-            x_w = data.normalize(batch["weak"], device, channels_last=channels_last)
-            n = x_w.shape[0]
-            x_s = data.normalize(batch["strong"], device, channels_last=channels_last) if strong else None
-            out = method_loss(net, x_w, x_s, y, method=cfg.method, warm=warm, k=cfg.k, num_classes=C,
-                              nl_gen=nl_gen, amp=amp)
-            loss, loss_s, loss_c, conf, pcc_w = out.loss, out.loss_s, out.loss_c, out.confident, out.pcc_w
-            if out.thresholds is not None:
-                present = ~torch.isnan(out.thresholds)
-                t_sum += torch.where(present, out.thresholds, 0).double().cpu()
-                t_cnt += present.double().cpu()
+            x = {name: data.normalize(batch["views"][name], device, channels_last=channels_last) for name in view_names}
+            n = y.shape[0]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = net(method.loss, x, y, rows, epoch=epoch, warm=warm, gen=gen)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            out.loss.backward()
             optimizer.step()
+            method.after_step(out, y, rows, epoch=epoch)
+            touched[rows] = True
 
             with torch.no_grad():
-                sums[0] += loss.item() * n
-                sums[1] += loss_s.item() * n if loss_s is not None else 0.0
-                sums[2] += loss_c.item() * n if loss_c is not None else 0.0
-                sums[3] += (pcc_w.argmax(1) == y).sum().item()
-                sums[4] += n
-                sums[8] += n * (2 if strong else 1)
-                if conf is not None:
-                    conf_cpu = conf.cpu()
-                    sums[5] += conf_cpu.sum().item()
+                sums.add("loss", out.loss.item() * n)
+                for q, v in out.parts.items():
+                    sums.add(f"loss_{q}", v.item() * n)
+                    sums.add(f"has_{q}", 1)
+                trained_on = out.labels if out.labels is not None else y
+                sums.add("correct", (out.logits.argmax(1) == trained_on).sum().item())
+                sums.add("seen", n)
+                sums.add("images", n * len(view_names))
+                if out.thresholds is not None:
+                    present = ~torch.isnan(out.thresholds)
+                    t_sum += torch.where(present, out.thresholds, 0).double().cpu()
+                    t_cnt += present.double().cpu()
+                if out.selected is not None:
+                    sel = out.selected.cpu()
+                    sums.add("selecting", 1)
+                    sums.add("selected", sel.sum().item())
                     if clean is not None:
                         is_clean = clean[rows]
-                        sums[6] += (conf_cpu & is_clean).sum().item()
-                        sums[7] += is_clean.sum().item()
+                        sums.add("selected_clean", (sel & is_clean).sum().item())
+                        sums.add("clean", is_clean.sum().item())
+                if out.relabelled is not None:
+                    new = out.relabelled.cpu()
+                    sums.add("relabelled", (new >= 0).sum().item())
+                    if label_clean is not None:
+                        sums.add("relabelled_right", ((new >= 0) & (new == label_clean[rows])).sum().item())
             t_ready = time.perf_counter()
             elapsed = t_ready - t_train
             say({"event": "batch", "epoch": epoch, "done": i + 1, "total": len(batches),
-                 "loss": sums[0].item() / sums[4].item(), "images_per_s": sums[8].item() * env.world / elapsed})
+                 "loss": sums["loss"] / sums["seen"], "images_per_s": sums["images"] * env.world / elapsed})
         train_seconds = time.perf_counter() - t_train
-        distributed.all_sum(sums, env)
+        distributed.all_sum(sums.t, env)
         distributed.all_sum(t_sum, env)
         distributed.all_sum(t_cnt, env)
+        merge_state(method, touched, env)
         if scheduler is not None:
             scheduler.step()
 
         if env.is_main:
-            val_acc = _accuracy(model, images, p.val_pos, p.labels, cfg.batch_size, device, amp, channels_last)
-            test_acc = _accuracy(model, images, p.test_pos, p.labels, cfg.batch_size, device, amp, channels_last)
+            val_acc = _accuracy(model, method, images, p.val_pos, p.labels, cfg.batch_size, device, amp, channels_last)
+            test_acc = _accuracy(model, method, images, p.test_pos, p.labels, cfg.batch_size, device, amp, channels_last)
         distributed.barrier(env)
-        selecting = cfg.method in ("pc", "ncctfer") and not warm
-        seen = sums[4].item()
+        selecting = sums["selecting"] > 0
+        seen = sums["seen"]
         record = {
             "epoch": epoch,
             "warmup": warm,
-            "loss": sums[0].item() / seen,
-            "loss_s": sums[1].item() / seen if (warm or cfg.method != "nl") else None,
-            "loss_c": sums[2].item() / seen if (cfg.method == "ncctfer" and not warm) else None,
-            "train_acc": sums[3].item() / seen,
+            "loss": sums["loss"] / seen,
+            **{f"loss_{q}": (sums[f"loss_{q}"] / seen if sums[f"has_{q}"] else None) for q in parts},
+            "train_acc": sums["correct"] / seen,
             "lr_backbone": _lr_used(cfg.lr_backbone, cfg.lr_decay, epoch),
             "lr_head": _lr_used(cfg.lr_head, cfg.lr_decay, epoch),
-            "thresholds": [(s / c if c else None) for s, c in zip(t_sum.tolist(), t_cnt.tolist(), strict=True)] if selecting else None,
-            "confident_frac": sums[5].item() / seen if selecting else None,
-            "confident_precision": (sums[6].item() / sums[5].item() if sums[5] else None) if selecting and clean is not None else None,
-            "confident_recall": (sums[6].item() / sums[7].item() if sums[7] else None) if selecting and clean is not None else None,
+            "thresholds": [(s / c if c else None) for s, c in zip(t_sum.tolist(), t_cnt.tolist(), strict=True)] if t_cnt.any() else None,
+            "confident_frac": sums["selected"] / seen if selecting else None,
+            "confident_precision": (sums["selected_clean"] / sums["selected"] if sums["selected"] else None) if selecting and clean is not None else None,
+            "confident_recall": (sums["selected_clean"] / sums["clean"] if sums["clean"] else None) if selecting and clean is not None else None,
+            "relabelled": int(sums["relabelled"]) if _relabels(method) else None,
+            "relabel_precision": (sums["relabelled_right"] / sums["relabelled"] if sums["relabelled"] else None) if _relabels(method) and label_clean is not None else None,
             "val_acc": val_acc if env.is_main else None,
             "test_acc": test_acc if env.is_main else None,
             "samples": int(seen),
-            "images_per_s": sums[8].item() / train_seconds,
+            "images_per_s": sums["images"] / train_seconds,
             "samples_per_s": seen / train_seconds,
             "data_wait_s": wait,
             "train_seconds": train_seconds,
@@ -553,15 +713,175 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
         }
         metrics.append(record)
         if env.is_main:
-            _save_checkpoint(ckpt_path, p.key, epoch, model, optimizer, scheduler, metrics)
+            _save_checkpoint(ckpt_path, p.key, epoch, model, optimizer, scheduler, method, metrics)
             _write_metrics(run_dir, metrics)
         say({"event": "epoch_end", "metrics": record})
         distributed.barrier(env)
 
     if env.is_main:
-        with atomic_path(run_dir / "model.pt") as tmp:
-            torch.save(model.state_dict(), tmp)
+        finish(p, model)  # hook: model.pt; checkpoint.pt removed unless --keep-checkpoint
     return written
+
+
+def _relabels(method) -> bool:
+    """Whether the method keeps a label store (``Method.relabels``)."""
+    return bool(method.relabels)
+
+
+def merge_state(method, touched, env) -> None:
+    """Under torch.distributed, make every process's per-sample state equal: each row takes
+    the mean of what the processes that trained on it this epoch wrote (floats), or the value
+    of the highest such rank (integers, bools); untouched rows keep theirs. No-op alone."""
+    import torch
+
+    from fernoise import distributed
+
+    state = method.state_dict()
+    if not env.enabled or not state:
+        return
+    by_rank = torch.zeros(env.world, len(touched), dtype=torch.float64)
+    by_rank[env.rank] = touched.double()
+    distributed.all_sum(by_rank, env)  # which ranks trained on each row
+    count = by_rank.sum(dim=0)
+    ranks = torch.arange(1, env.world + 1, dtype=torch.float64).view(-1, 1)
+    writer = (by_rank * ranks).amax(dim=0) - 1  # the highest rank that touched the row, -1 for none
+    merged = {}
+    for name, t in state.items():
+        shape = (-1,) + (1,) * (t.dim() - 1)
+        if t.is_floating_point():
+            total = torch.where(touched.view(shape), t.double(), 0.0)
+            distributed.all_sum(total, env)
+            avg = total / count.clamp(min=1).view(shape)
+            merged[name] = torch.where((count > 0).view(shape), avg.to(t.dtype), t)
+        else:
+            mine = (writer == env.rank).view(shape)
+            total = torch.where(mine, t.double(), 0.0)
+            distributed.all_sum(total, env)
+            merged[name] = torch.where((count > 0).view(shape), total.to(t.dtype), t)
+    method.load_state_dict(merged, n_rows=len(touched))
+
+
+# ----------------------------------------------------------------------------- fit's hooks
+def _images(p: Plan, env, say) -> np.ndarray:
+    """The crops of ``p.rows`` as the decoded uint8 array (rank 0 builds the cache, the other
+    ranks map it). Rows whose crop is missing, undecodable or changed since align are dropped
+    from the train/val/test positions and reported in one warning; ``p.config`` records them.
+    Raises FernoiseError, before the run folder is written, when fewer than 2 training rows stay.
+    """
+    from fernoise import data, distributed
+
+    ids = p.rows["id"].astype(str).tolist()
+    kw = dict(size=p.cfg.image_size, cache_dir=p.cache_dir or Workspace().root / ".fernoise" / "arrays", shas=p.shas)
+    if env.is_main:
+        got = data.decoded_crops(p.paths, ids, progress=say, **kw)
+    distributed.barrier(env)
+    if not env.is_main:
+        got = data.decoded_crops(p.paths, ids, **kw)
+    if got.skipped:
+        bad = np.fromiter(got.skipped, dtype=np.int64)
+        first = next(iter(got.skipped))
+        p.train_pos = np.setdiff1d(p.train_pos, bad)
+        p.val_pos = np.setdiff1d(p.val_pos, bad)
+        p.test_pos = np.setdiff1d(p.test_pos, bad)
+        p.config.update(n_train=len(p.train_pos), n_val=len(p.val_pos), n_test=len(p.test_pos),
+                        skipped_crops=len(got.skipped),
+                        skipped_example={"path": p.paths[first], "reason": got.skipped[first]})
+        say({"event": "warning", "message": f"{len(got.skipped):,} rows skipped: their crop could not be used, "
+             f"e.g. {p.paths[first]}: {got.skipped[first]}"})
+        if len(p.train_pos) < 2:
+            raise FernoiseError(
+                f"only {len(p.train_pos)} training row(s) have a usable crop; training needs at least 2; "
+                "re-run `fernoise align`", flag="MANIFEST")
+    return got.array
+
+
+def _load_pretrained(p: Plan, model, say) -> None:
+    """The backbone start: the file plan() resolved, checked against the sha256 in the key, loaded
+    by ``fernoise.pretrained`` (the one loader); the match is said as a ``pretrained`` event."""
+    from fernoise.pretrained import load_backbone
+
+    c = p.config
+    if file_sha256(c["pretrained"]) != c["pretrained_sha256"]:
+        raise FernoiseError(f"{c['pretrained']} changed since the run was planned (sha256 differs); "
+                            "run the command again", flag="--pretrained")
+    source, report = load_backbone(model.backbone, c["pretrained"], partial=p.cfg.pretrained_partial)
+    say({"event": "pretrained", "path": str(source.path), "kind": c["pretrained_kind"],
+         "sha256": c["pretrained_sha256"], "complete": report.complete, "table": report.table()})
+
+
+def header_line(p: Plan) -> str:
+    """One line before epoch 1: rows per split, classes, device, precision, start weights, run folder."""
+    c = p.config
+    start = (f"pretrained {Path(c['pretrained']).name} ({c.get('pretrained_kind') or 'state_dict'})"
+             if c.get("pretrained") else "random init")
+    val = f"{len(p.val_pos):,} val ({c.get('val_source')}{', ' + c['val_labels'] if c.get('val_labels') else ''})"
+    return (f"{c['method']}: {len(p.train_pos):,} train, {val}, {len(p.test_pos):,} test rows; "
+            f"{c['num_classes']} classes; {c['device']} {c['precision']}; {start}; run {p.run_dir}")
+
+
+def resume(path: Path, p: Plan, model, optimizer, scheduler, method, say, *,
+           fresh: bool = False) -> tuple[list[dict], int]:
+    """``(metrics, first epoch)`` from ``checkpoint.pt`` when it holds this run (same key), else
+    ``([], 1)``. Read with ``weights_only=True``; its key is checked before its contents are
+    used; an unreadable, truncated or foreign checkpoint is treated as absent (one warning).
+    The method's per-sample state is restored too; when its size does not match the rows
+    (``n_rows``), the run starts over, and says so."""
+    if fresh or not path.is_file():
+        return [], 1
+    ckpt = load_checkpoint(path, p.key)
+    if isinstance(ckpt, str):
+        say({"event": "warning", "message": f"{path} {ckpt}; it is ignored and the run starts over"})
+        return [], 1
+    saved = ckpt.get("method_state") or {}
+    if not (isinstance(saved, dict) and method.load_state_dict(saved, n_rows=len(p.rows))):
+        say({"event": "warning", "message": f"{path}: the per-sample state of {method.name} does not match the "
+             f"{len(p.rows):,} rows of this run; it is ignored and the run starts over"})
+        return [], 1
+    model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(opt_state)
+        say({"event": "warning", "message": f"{path} does not fit this run ({e.__class__.__name__}); "
+             "it is ignored and the run starts over"})
+        return [], 1
+    say({"event": "resume", "epoch": ckpt["epoch"], "run_dir": str(p.run_dir)})
+    return list(ckpt["metrics"]), int(ckpt["epoch"]) + 1
+
+
+def load_checkpoint(path: Path, key: str) -> dict | str:
+    """The checkpoint at ``path`` if it is a readable checkpoint of ``key``, else a phrase
+    saying why not. Never runs code: ``torch.load(weights_only=True)``."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, foreign or hostile files all end here
+        return f"is not a readable checkpoint ({e.__class__.__name__})"
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("key"), str):
+        return "is not a fernoise checkpoint"
+    if ckpt["key"] != key:
+        return "belongs to another run (its key differs)"
+    epoch, metrics = ckpt.get("epoch"), ckpt.get("metrics")
+    if not (isinstance(epoch, int) and isinstance(metrics, list) and len(metrics) == epoch
+            and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("optimizer"), dict)):
+        return "is incomplete (epoch, metrics, model or optimizer missing or inconsistent)"
+    return ckpt
+
+
+def finish(p: Plan, model) -> None:
+    """Write ``model.pt`` atomically; remove ``checkpoint.pt`` unless ``keep_checkpoint``."""
+    import torch
+
+    with atomic_path(p.run_dir / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    if not p.cfg.keep_checkpoint:
+        (p.run_dir / "checkpoint.pt").unlink(missing_ok=True)
 
 
 def _lr_used(lr: float, decay: float | None, epoch: int) -> float:
@@ -576,8 +896,8 @@ def default_workers(on_cuda: bool) -> int:
     return min(8, max(1, n - 1)) if on_cuda else 1
 
 
-def _accuracy(model, images, positions, labels, batch_size, device, amp, channels_last) -> float | None:
-    """Top-1 accuracy of the pcc head on ``positions`` (resize only), or None when empty."""
+def _accuracy(model, method, images, positions, labels, batch_size, device, amp, channels_last) -> float | None:
+    """Top-1 accuracy of the method's test-time logits on ``positions`` (resize only), or None when empty."""
     import torch
 
     from fernoise import data
@@ -588,16 +908,18 @@ def _accuracy(model, images, positions, labels, batch_size, device, amp, channel
     correct = 0
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         for pos, x in data.eval_batches(images, positions, max(batch_size, 256)):
-            pred = model(data.normalize(x, device, channels_last=channels_last))[0].argmax(1).cpu().numpy()
+            pred = method.logits(model, data.normalize(x, device, channels_last=channels_last)).argmax(1).cpu().numpy()
             correct += int((pred == labels[pos]).sum())
     model.train()
     return correct / len(positions)
 
 
-def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, scheduler, metrics: list[dict]) -> None:
-    """Everything a resumed run needs, atomically. The data order, the views and the NL labels
-    of epoch e are drawn from generators seeded by (seed, e), so the RNG state to restore is
-    the epoch number; the global torch states are stored as well for completeness."""
+def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, scheduler, method, metrics: list[dict]) -> None:
+    """Everything a resumed run needs, atomically, as tensors, numbers, strings, lists and dicts
+    only (``torch.load(weights_only=True)`` reads it). The data order, the views and the loss's
+    random draws of epoch e come from generators seeded by (seed, e), so the RNG state to
+    restore is the epoch number; the global torch states are stored as well for completeness.
+    ``method_state`` is the method's per-sample state (ELR's targets, SCN's labels)."""
     import torch
 
     state = {
@@ -606,7 +928,8 @@ def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, schedul
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "metrics": metrics,
+        "metrics": json.loads(json.dumps(metrics)),  # plain numbers, strings, lists, dicts
+        "method_state": {k: v.detach().cpu().clone() for k, v in method.state_dict().items()},
         "rng": {
             "scheme": "per-epoch generators seeded from (seed, epoch); next epoch below",
             "next_epoch": epoch + 1,

@@ -17,7 +17,6 @@ from fernoise.align import AlignParams, open_image, similarity, template_points,
 from fernoise.align_stage import LabelSpec, align_folder, merge_shards
 from fernoise.cache import Workspace, file_sha256
 from fernoise.errors import FernoiseError
-from fernoise.labels import CLASSES
 from fernoise.manifest import read_manifest
 
 WHOLE = AlignParams(mode="whole", size=32)
@@ -186,14 +185,16 @@ def test_whole_mode_labels_from_folders_and_cache(tmp_path, workspace):
     df = m.df
     assert df["id"].tolist() == sorted(df["id"]) == df["src_path"].tolist()
     assert df["split"].tolist() == ["test", "test", "train", "train", "train", "val"]
-    assert [CLASSES[x] for x in df["label"]] == ["neutral", "sad", "anger", "happy", "happy", "fear"]
+    # the class list is the five classes that occur, in canonical order; labels index it
+    assert m.classes == ["neutral", "happy", "sad", "fear", "anger"] and m.meta["label_space"] == "custom"
+    assert [m.classes[x] for x in df["label"]] == ["neutral", "sad", "anger", "happy", "happy", "fear"]
     assert df["label_name"].tolist() == ["neutral", "sad", "anger", "happy", "happy", "fear"]
     assert df["path"].tolist() == [f"faces/{s}.jpg" for s in df["src_path"]]
     for p, sha, src, ssha in zip(df["path"], df["crop_sha256"], df["src_path"], df["src_sha256"], strict=True):
         assert Image.open(out / p).size == (32, 32) and file_sha256(out / p) == sha
         assert file_sha256(raw / src) == ssha
     assert (df["n_faces"] == 0).all() and df["face"].isna().all() and df["reason"].str.contains("--mode whole").all()
-    assert m.meta["stage"] == "align" and m.meta["params"] == WHOLE.asdict() and m.meta["label_space"] == "basic7"
+    assert m.meta["stage"] == "align" and m.meta["params"] == WHOLE.asdict()
     assert Workspace().latest("align") == r1.manifest
 
     r2 = align_folder(raw, out, WHOLE)

@@ -86,3 +86,23 @@ def test_latest_picks_the_most_recent_of_several_stages(tmp_path):
     assert ws.latest("corrupt", "align") == (tmp_path / "b.parquet").resolve()
     (tmp_path / "b.parquet").unlink()  # a deleted output is never offered
     assert ws.latest("corrupt", "align") == (tmp_path / "a.sym.parquet").resolve()
+
+
+def test_concurrent_lock_updates_lose_no_write(tmp_path):
+    """Three processes x 200 records, each under its own stage name: all 600 survive."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from fernoise.cache import Workspace\n"
+        "ws = Workspace(sys.argv[1])\n"
+        "for j in range(200):\n"
+        "    ws.record(f'p{sys.argv[2]}-{j}', key=str(j), output=sys.argv[1], params={})\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(i)]) for i in range(3)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    stages = json.loads((tmp_path / "fernoise.lock").read_text())["stages"]
+    assert sorted(stages) == sorted(f"p{i}-{j}" for i in range(3) for j in range(200))
+    assert sorted(e["seq"] for e in stages.values()) == list(range(1, 601))
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))

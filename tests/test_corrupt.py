@@ -328,6 +328,8 @@ def _bad_cases(ws, p8, p7):
     partial.write_text('{"neutral": "sad"}')  # no partner for the other classes
     good = ws / "good.npy"
     np.save(good, np.eye(7))
+    folder = ws / "a_folder"
+    folder.mkdir()
     df = make_df()
     df["second"] = df["second"].replace({"contempt": "bored"})
     p_badcol = make_manifest(ws / "badcol.parquet", df=df)
@@ -349,6 +351,8 @@ def _bad_cases(ws, p8, p7):
         (["--kind", "column", "--column", "nope"], p8, "--column"),
         (["--kind", "column", "--column", "second"], p_badcol, "--column"),
         (["--kind", "sym", "--rate", "0.3"], p_notrain, "MANIFEST"),
+        (["--kind", "matrix", "--matrix", folder], p7, "--matrix"),
+        (["--kind", "asym", "--rate", "0.3", "--pairs", folder], p8, "--pairs"),
         (["--kind", "gaussian", "--rate", "0.3"], p8, "--kind"),
     ]
 
@@ -366,6 +370,38 @@ def test_every_bad_input_is_one_line_nonzero_and_writes_nothing(workspace):
         assert sorted(p.name for p in workspace.rglob("*")) == before, args
     assert "sym, asym, matrix, column" in res.stderr  # the unknown kind lists the valid ones
     assert not (workspace / "fernoise.lock").exists()
+
+
+def test_a_folder_for_a_file_is_called_a_folder(workspace):
+    p7 = make_manifest(workspace / "m7.parquet", C7, counts=TRAIN_COUNTS[:7])
+    res = CliRunner().invoke(app, ["corrupt", str(p7), "--kind", "matrix", "--matrix", str(workspace)])
+    assert res.exit_code == 2 and "is a folder" in res.stderr and "does not exist" not in res.stderr
+    res = CliRunner().invoke(app, ["corrupt", str(workspace), "--kind", "sym", "--rate", "0.3"])
+    assert res.exit_code == 2 and "is a folder without a manifest.parquet" in res.stderr
+
+
+def test_a_manifest_edited_behind_its_metadata_misses_the_cache(m8):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out_path = m8.with_name("manifest.sym-r0.30-s0.parquet")
+    first = cli("corrupt", m8, "--kind", "sym", "--rate", "0.3")
+    key1 = read_meta(out_path)["key"]
+    assert first.exit_code == 0 and "cache hit" in cli("corrupt", m8, "--kind", "sym", "--rate", "0.3").output
+    table = pq.read_table(m8)
+    meta = table.schema.metadata
+    pq.write_table(table.slice(0, table.num_rows - 219).replace_schema_metadata(meta), m8)  # 219 rows dropped
+    dropped = cli("corrupt", m8, "--kind", "sym", "--rate", "0.3")
+    assert dropped.exit_code == 0 and "cache hit" not in dropped.output
+    key2 = read_meta(out_path)["key"]
+    assert key2 != key1 and len(read_manifest(out_path).df) == table.num_rows - 219
+    zero = pa.array([0] * table.num_rows, pa.int64())
+    relabelled = table.set_column(table.column_names.index("label"), "label", zero)
+    pq.write_table(relabelled.replace_schema_metadata(meta), m8)  # every label set to 0
+    again = cli("corrupt", m8, "--kind", "sym", "--rate", "0.3")
+    assert again.exit_code == 0 and "cache hit" not in again.output
+    assert read_meta(out_path)["key"] not in (key1, key2)
+    assert (read_manifest(out_path).df["label_clean"].dropna() == 0).all()
 
 
 def test_output_name_states_kind_rate_and_seed(m8):

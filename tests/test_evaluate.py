@@ -171,9 +171,9 @@ def make_run(root, manifest, *, method="ncctfer", noise=None, epochs=6, warmup=2
     if with_model:
         import torch
 
-        from fernoise.model import FerNet
+        from fernoise import methods
 
-        torch.save(FerNet(c, two_heads=two).state_dict(), root / "model.pt")
+        torch.save(methods.build_model(methods.create(method, num_classes=c)).state_dict(), root / "model.pt")
     return root
 
 
@@ -228,7 +228,7 @@ def test_eval_end_to_end_on_a_fake_run(tmp_path, workspace):
     rows = ev.select_test_rows(m)
     x = to_tensor(load_many([m.root / p for p in rows["path"]], 32))
     with torch.inference_mode():
-        pred = ev.load_model(ev.load_run(run))(x)[0].argmax(1).numpy()
+        pred = ev.load_model(ev.load_run(run))(x).argmax(1).numpy()
     assert (pred == rows["label"].astype(int).to_numpy()).mean() == pytest.approx(rep["top1"])
 
     # Same inputs: cache hit; a changed model: a miss.
@@ -240,17 +240,19 @@ def test_eval_end_to_end_on_a_fake_run(tmp_path, workspace):
 
 def test_gradcam_grid_has_the_faces_asked_for(tmp_path):
 
+    from fernoise import methods
     from fernoise.gradcam import gradcam, gradcam_grid
-    from fernoise.model import FerNet
+    from fernoise.model import Classifier
 
-    model = FerNet(7, two_heads=False).eval()
+    m = methods.create("ce", num_classes=7)
+    model = Classifier(methods.build_model(m), m.logits, 7).eval()
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 255, (8, 48, 48, 3), dtype=np.uint8)
     cams, probs = gradcam(model, imgs)
     assert cams.shape == (8, 48, 48) and probs.shape == (8, 7)
     assert cams.min() >= 0 and cams.max() <= 1
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
-    out = gradcam_grid(model, imgs, [0, 1, 2, 3, 4, 5, 6, 0], CLASSES7, tmp_path / "g.png")
+    out = gradcam_grid(imgs, cams, probs, [0, 1, 2, 3, 4, 5, 6, 0], CLASSES7, tmp_path / "g.png")
     assert _is_png(out)
     with Image.open(out) as im:
         w, h = im.size
@@ -306,3 +308,112 @@ def test_cli_eval_takes_the_latest_run_and_prints_tables(tmp_path, workspace):
     r = subprocess.run([*cmd, str(run), "--manifest", str(eight)], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.startswith("error: --manifest:") and "same label space" in r.stderr
+
+
+# ----------------------------------------------------------------------------- trust (issue 8)
+def _stamped_run(tmp_path, **kw):
+    """A fake run whose model.pt is stamped as `fernoise train` stamps it."""
+    from fernoise.cache import write_stamp
+
+    man = make_manifest(tmp_path / "data", n_test=14, **kw)
+    run = make_run(tmp_path / "runs" / "r1", man, method="ce")
+    write_stamp(run / "model.pt", "runkey-r1", [run / "model.pt", run / "config.json"])
+    return man, run
+
+
+def _eval_cli(*args):
+    from fernoise_cli.app import app
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app, ["eval", *map(str, args)])
+
+
+def test_a_changed_model_is_refused_unless_forced(tmp_path, workspace):
+    import torch
+
+    from fernoise import methods
+
+    _, run = _stamped_run(tmp_path)
+    torch.manual_seed(5)
+    torch.save(methods.build_model(methods.create("ce", num_classes=7)).state_dict(), run / "model.pt")  # replaced behind train's back
+    res = _eval_cli(run, "--device", "cpu")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1
+    assert "differs from the model.pt that `fernoise train` wrote" in lines[0] and "--force" in lines[0]
+    assert not (run / "eval.json").exists()
+    _, rep = ev.evaluate_run(run, ev.EvalParams(device="cpu"), force=True)
+    assert any("evaluated anyway" in w for w in rep["history"]["warnings"])
+
+
+def test_changed_test_crops_are_refused_unless_forced(tmp_path, workspace):
+    from fernoise.cache import file_sha256
+    from fernoise.manifest import read_manifest, write_manifest
+
+    man, run = _stamped_run(tmp_path)
+    m = read_manifest(man)
+    m.df["crop_sha256"] = [file_sha256(man.parent / p) if isinstance(p, str) else None for p in m.df["path"]]
+    write_manifest(m.df, man, m.meta)
+    first, _ = ev.evaluate_run(run, ev.EvalParams(device="cpu"))
+    for p in m.df.loc[m.df["split"] == "test", "path"].dropna():
+        Image.fromarray(np.full((32, 32, 3), (255, 0, 0), np.uint8)).save(man.parent / p)  # red squares
+    with pytest.raises(FernoiseError, match=r"14 test crops differ from the sha256 align recorded") as e:
+        ev.evaluate_run(run, ev.EvalParams(device="cpu"))  # the cache would have hit without the check
+    assert e.value.flag == "--force"
+    res, rep = ev.evaluate_run(run, ev.EvalParams(device="cpu"), force=True)
+    assert not res.hit and res.key != first.key and any("differ from the sha256" in w for w in rep["history"]["warnings"])
+
+
+def test_a_truncated_test_crop_is_skipped_and_counted(tmp_path, workspace):
+    man, run = _stamped_run(tmp_path)
+    crop = man.parent / "faces" / "test_003.png"
+    data = crop.read_bytes()
+    crop.write_bytes(data[: len(data) // 3])
+    res, rep = ev.evaluate_run(run, ev.EvalParams(device="cpu"))
+    assert rep["n"] == 13 and rep["skipped"] == {"count": 1, "example": str(crop)}
+    assert any("1 test rows skipped" in w for w in rep["history"]["warnings"])
+    assert np.array(rep["confusion_matrix"]).sum() == 13
+
+
+def test_eval_device_cuda_without_cuda_fails_even_on_a_cache_hit(tmp_path, workspace):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _, run = _stamped_run(tmp_path)
+    assert _eval_cli(run, "--device", "cpu").exit_code == 0
+    res = _eval_cli(run, "--device", "cuda")
+    assert res.exit_code == 2 and "--device" in res.output and "no CUDA" in res.output
+
+
+def test_eval_a_folder_given_as_manifest(tmp_path, workspace):
+    man, run = _stamped_run(tmp_path)
+    res = _eval_cli(run, "--device", "cpu", "--manifest", man.parent)
+    assert res.exit_code == 2 and "is a folder" in res.output and "does not exist" not in res.output
+
+
+def test_eval_split_val_writes_its_own_folder(tmp_path, workspace):
+    from fernoise.manifest import read_manifest, write_manifest
+
+    man, run = _stamped_run(tmp_path)
+    res = _eval_cli(run, "--device", "cpu", "--split", "val")
+    assert res.exit_code == 2 and "has no 'val' rows (its splits: test, train)" in res.output
+    test_res, test_rep = ev.evaluate_run(run, ev.EvalParams(device="cpu"))
+    before = (run / "eval.json").read_bytes()
+    m = read_manifest(man)
+    m.df.loc[m.df["split"] == "train", "split"] = "val"  # 12 labelled rows become val
+    write_manifest(m.df, man, m.meta)
+    res, rep = ev.evaluate_run(run, ev.EvalParams(device="cpu", split="val"))
+    assert res.output == run / "eval-val" / "eval.json" and rep["n"] == 12 and rep["split"] == "val"
+    assert (run / "eval.json").read_bytes() == before
+    with pytest.raises(FernoiseError) as e:
+        ev.EvalParams(split="dev")
+    assert e.value.flag == "--split"
+
+
+def test_eval_warns_about_a_class_the_run_never_trained_on(tmp_path, workspace):
+    man, run = _stamped_run(tmp_path)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train_class_counts"] = [3, 3, 0, 3, 3, 3, 3]  # no 'sad' in training
+    (run / "config.json").write_text(json.dumps(cfg))
+    _, rep = ev.evaluate_run(run, ev.EvalParams(device="cpu"))
+    assert any("'sad' never occur in the run's training rows" in w for w in rep["history"]["warnings"])

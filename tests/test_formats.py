@@ -46,7 +46,25 @@ def test_ferplus_reader(tmp_path):
     assert [CLASSES[int(x)] for x in df["label"].dropna()] == ["surprise", "sad", "anger"]  # later duplicate wins
     assert df["surprise"].tolist() == [0, 9, 0, 0] and df["surprise"].dtype == np.int64
     assert t.label_space == "basic8"
-    assert t.info["non_face_rows"] == 1 and t.info["duplicate_names"] == 1
+    assert t.info["non_face_rows"] == 1 and t.info["duplicate_rows"] == 1 and t.info["conflicting_names"] == 1
+    assert t.conflicts == {"fer0000004.png": [(CLASSES.index("happy"), "train"), (CLASSES.index("anger"), "train")]}
+
+
+def test_duplicate_rows_merge_when_equal_and_are_listed_when_they_disagree(tmp_path):
+    f = tmp_path / "l.csv"
+    f.write_text("path,label,split\na.png,happy,train\n./a.png,happy,train\nb.png,sad,train\nc.png,fear,train\n"
+                 "b.png,anger,train\nc.png,fear,test\n")
+    last = read_labels("csv", [f], FormatOptions("path", "label", "split"))
+    assert last.df["key"].tolist() == ["./a.png", "b.png", "c.png"]
+    assert [CLASSES[int(x)] for x in last.df["label"]] == ["happy", "anger", "fear"]
+    assert last.df["split"].tolist() == ["train", "train", "test"]
+    assert last.info["duplicate_rows"] == 3 and last.info["conflicting_names"] == 2
+    assert list(last.conflicts) == ["b.png", "c.png"]
+    first = read_labels("csv", [f], FormatOptions("path", "label", "split"), on_duplicate="first")
+    assert [CLASSES[int(x)] for x in first.df["label"]] == ["happy", "sad", "fear"]
+    assert first.df["split"].tolist() == ["train", "train", "train"]
+    with pytest.raises(FernoiseError, match="expected one of: first, last"):
+        read_labels("csv", [f], FormatOptions("path", "label", "split"), on_duplicate="both")
 
 
 def test_rafdb_reader_matches_aligned_names(tmp_path):

@@ -100,3 +100,76 @@ def test_complementary_labels_never_the_label_and_cover_the_rest():
     assert counts[0] == 0 and all(900 < c < 1100 for c in counts[1:])
     again = losses.complementary_labels(y, 4, torch.Generator().manual_seed(0))
     assert torch.equal(ybar, again)
+
+
+# ----------------------------------------------------------------------------- the DNFER threshold
+def test_batch_threshold_is_the_column_mean_of_the_whole_batch():
+    t = losses.batch_thresholds(P)
+    # column means over all 5 samples: (0.7+0.5+0.1+0.3+0.2)/5, (0.2+0.3+0.6+0.1+0.2)/5, ...
+    assert torch.allclose(t, torch.tensor([0.36, 0.28, 0.36]), atol=1e-7)
+    # dyadic probabilities so that the means are exact: T = (0.75, 0.25)
+    p = torch.tensor([[0.875, 0.125], [0.75, 0.25], [0.625, 0.375]])
+    y = torch.tensor([0, 0, 1])
+    tb = losses.batch_thresholds(p)
+    assert tb.tolist() == [0.75, 0.25]
+    assert losses.batch_confident_mask(p, y, tb).tolist() == [True, True, True]  # 0.75 >= 0.75
+    # the paper's reading drops sample 1: T_0 = mean(0.875, 0.75) = 0.8125 over the samples labelled 0
+    tl = losses.class_thresholds(p, y, 2)
+    assert tl.tolist() == [0.8125, 0.375] and losses.confident_mask(p, y, tl).tolist() == [True, False, True]
+
+
+def test_batch_threshold_can_leave_a_class_or_the_batch_without_confident_samples():
+    p = torch.tensor([[0.875, 0.125], [0.25, 0.75], [0.25, 0.75]])
+    y = torch.tensor([1, 0, 0])  # every label disagrees with the prediction
+    t = losses.batch_thresholds(p)  # (0.4583, 0.5417)
+    assert losses.batch_confident_mask(p, y, t).tolist() == [False, False, False]
+
+
+# ----------------------------------------------------------------------------- GCE, SCE, ELR
+PY = [0.7, 0.5, 0.6, 0.3, 0.6]  # P[i, Y[i]]
+
+
+def test_generalized_cross_entropy_by_hand():
+    logits = torch.log(P)
+    want = sum((1 - p**0.7) / 0.7 for p in PY) / 5
+    assert math.isclose(losses.generalized_cross_entropy(logits, Y, 0.7).item(), want, rel_tol=1e-6)
+    # q = 1 is the MAE: mean(1 - p_y) = (0.3 + 0.5 + 0.4 + 0.7 + 0.4) / 5
+    assert math.isclose(losses.generalized_cross_entropy(logits, Y, 1.0).item(), 0.46, rel_tol=1e-6)
+    # q -> 0 tends to cross-entropy
+    ce = losses.cross_entropy(logits, Y).item()
+    assert math.isclose(losses.generalized_cross_entropy(logits, Y, 1e-4).item(), ce, rel_tol=1e-3)
+
+
+def test_reverse_cross_entropy_by_hand():
+    logits = torch.log(P)
+    # -sum_c p_c log(onehot_c) with log 0 = A: only c != y count, each p_c * -A; sum_{c != y} p_c = 1 - p_y
+    assert math.isclose(losses.reverse_cross_entropy(logits, Y, -4.0).item(), 4 * 0.46, rel_tol=1e-6)
+    # the official code's clamp of the one-hot at 1e-4
+    assert math.isclose(losses.reverse_cross_entropy(logits, Y, math.log(1e-4)).item(), -math.log(1e-4) * 0.46,
+                        rel_tol=1e-6)
+    # p is clamped at 1e-7 as in the official code: a certain, correct prediction costs 2 * 1e-7 * 4
+    sure = torch.tensor([[100.0, 0.0, 0.0]])
+    assert math.isclose(losses.reverse_cross_entropy(sure, torch.tensor([0]), -4.0).item(), 8e-7, rel_tol=1e-3)
+
+
+def test_elr_target_update_and_regularizer_by_hand():
+    p = losses.elr_probs(torch.log(P))
+    assert torch.allclose(p, P, atol=1e-7)  # nothing to clamp here
+    t1 = losses.elr_target_update(torch.zeros(5, 3), p, 0.7)
+    assert torch.allclose(t1, 0.3 * P, atol=1e-7)  # from zero: (1 - beta) p / sum p
+    t2 = losses.elr_target_update(t1, p, 0.7)
+    assert torch.allclose(t2, 0.51 * P, atol=1e-7)  # 0.7 * 0.3 p + 0.3 p
+    # log(1 - <t, p>) with t = 0.3 p: row 0 has sum p^2 = 0.49 + 0.04 + 0.01 = 0.54
+    sq = (P * P).sum(dim=1).tolist()
+    want = sum(math.log(1 - 0.3 * s) for s in sq) / 5
+    assert math.isclose(losses.elr_regularizer(t1, p).item(), want, rel_tol=1e-6)
+    assert math.isclose(sq[0], 0.54, rel_tol=1e-6)
+    # clamp to [1e-4, 1 - 1e-4] and the normalised update
+    sure = losses.elr_probs(torch.tensor([[100.0, 0.0]]))
+    assert torch.allclose(sure, torch.tensor([[1 - 1e-4, 1e-4]]))
+    logits = torch.randn(4, 3, requires_grad=True)
+    q = losses.elr_probs(logits)
+    t = losses.elr_target_update(torch.zeros(4, 3), q, 0.7)
+    assert q.requires_grad and not t.requires_grad  # the target carries no gradient
+    losses.elr_regularizer(t, q).backward()
+    assert torch.count_nonzero(logits.grad) > 0  # the term's gradient flows through p

@@ -69,3 +69,43 @@ def test_lineage_chains_and_label_check():
     check_labels(_df(), ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"])
     with pytest.raises(FernoiseError, match="outside 0..1"):
         check_labels(_df(), ["neutral", "happy"])
+
+
+def test_content_digests_are_written_and_find_edits_behind_the_metadata(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fernoise.manifest import column_digest
+
+    path = write_manifest(_df(), tmp_path / "m.parquet", {"classes": ["neutral", "happy"], "stage": "align", "key": "k1"})
+    m = read_manifest(path)
+    content = m.meta["content"]
+    assert content["rows"] == 3 and set(content["columns"]) == set(_df().columns)
+    assert m.edited(["id", "label", "bbox"]) == []
+    # equal values give equal digests whatever the chunking; any value, null or type change differs
+    a = pa.chunked_array([pa.array(["x", None]), pa.array(["yz"])])
+    assert column_digest(a) == column_digest(pa.array(["x", None, "yz"]))
+    assert column_digest(pa.array(["x", "", "yz"])) != column_digest(pa.array(["x", None, "yz"]))
+    assert column_digest(pa.array(["xy", "z"])) != column_digest(pa.array(["x", "yz"]))
+    assert column_digest(pa.array([1, 2], pa.int64())) != column_digest(pa.array([1, 3], pa.int64()))
+    assert column_digest(pa.array([[1.0], [2.0, 3.0]])) != column_digest(pa.array([[1.0, 2.0], [3.0]]))
+    key = m.content_key(["id", "split", "label"])
+    # edited with pyarrow, metadata kept: a label changed
+    table = pq.read_table(path)
+    meta = table.schema.metadata
+    table = table.set_column(table.column_names.index("label"), "label", pa.array([0, None, 6], pa.int64()))
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    m2 = read_manifest(path)
+    assert m2.key == "k1" and m2.edited(["id", "split", "label"]) == ["label"]
+    assert m2.content_key(["id", "split", "label"]) != key
+    assert m2.content_key(["id", "split"]) == m.content_key(["id", "split"])  # unused columns do not count
+    pq.write_table(table.slice(0, 2).replace_schema_metadata(meta), path)
+    assert read_manifest(path).edited(["id"]) == ["rows", "id"]
+
+
+def test_a_folder_is_called_a_folder(tmp_path):
+    write_manifest(_df(), tmp_path / "manifest.parquet", {"classes": ["neutral"], "key": "k"})
+    with pytest.raises(FernoiseError, match=r"is a folder, not a file; pass .*manifest\.parquet"):
+        read_manifest(tmp_path)
+    with pytest.raises(FernoiseError, match="is a folder"):
+        read_meta(tmp_path)

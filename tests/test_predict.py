@@ -23,13 +23,13 @@ def make_run(root, size=32, align=None):
     """A run folder with what predict reads: config.json and model.pt (random init)."""
     import torch
 
-    from fernoise.model import FerNet
+    from fernoise import methods
 
     root.mkdir(parents=True)
     cfg = {"method": "ce", "classes": CLASSES7, "num_classes": 7, "two_heads": False, "image_size": size,
            "align": align, "key": "k"}
     (root / "config.json").write_text(json.dumps(cfg))
-    torch.save(FerNet(7, two_heads=False).state_dict(), root / "model.pt")
+    torch.save(methods.build_model(methods.create("ce", num_classes=7)).state_dict(), root / "model.pt")
     return root
 
 

@@ -9,16 +9,31 @@ import sys
 import pytest
 
 from fernoise.errors import FernoiseError
-from fernoise.report import build_table, find_runs, noise_label, report, summarise
+from fernoise.report import collect, find_runs, noise_label, report, table_grid
 
 
-def fake_run(path, method, noise, test, val=None):
-    """A run folder with only what report reads: config.json and metrics.jsonl."""
+def fake_run(path, method, noise, test, val=None, *, seed=0, dataset="A", lineage=None, sel=None, **extra):
+    """A run folder with only what report reads: config.json and metrics.jsonl.
+
+    ``dataset`` names the align key the run's data derives from (recorded as the lineage in
+    config.json); ``extra`` overrides config fields; ``sel``: per-epoch (precision, recall).
+    """
     path.mkdir(parents=True)
-    cfg = {"method": method, "noise": noise, "classes": ["neutral", "happy"], "image_size": 32, "key": path.name}
+    if lineage is None:
+        lineage = [{"stage": "align", "key": f"align-{dataset}", "params": {}}]
+        if noise:
+            lineage.append({"stage": "corrupt", "key": f"c-{dataset}-{json.dumps(noise)}", "params": noise})
+    cfg = {"method": method, "noise": noise, "classes": ["neutral", "happy"], "image_size": 32, "key": path.name,
+           "seed": seed, "epochs": len(test), "lr_head": 1e-3, "manifest": f"/nowhere/{dataset}/manifest.parquet",
+           "val_source": "none" if val is None else "carved", "val_fraction": None if val is None else 0.1,
+           "lineage": lineage, "device": "cpu", **extra}
     (path / "config.json").write_text(json.dumps(cfg))
-    lines = [json.dumps({"epoch": i + 1, "test_acc": t, "val_acc": None if val is None else val[i]})
-             for i, t in enumerate(test)]
+    lines = []
+    for i, t in enumerate(test):
+        row = {"epoch": i + 1, "test_acc": t, "val_acc": None if val is None else val[i]}
+        if sel:
+            row["confident_precision"], row["confident_recall"] = sel[i]
+        lines.append(json.dumps(row))
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return path
 
@@ -33,8 +48,9 @@ def four_runs(tmp_path):
     # ce @30%: max 0.80 (e2), last-5 of [0.6,0.8,0.7,0.7,0.6,0.5] = mean(.8,.7,.7,.6,.5) = 0.66
     fake_run(runs / "a", "ce", SYM, [0.6, 0.8, 0.7, 0.7, 0.6, 0.5], val=[0.5, 0.6, 0.7, 0.6, 0.5, 0.4])
     fake_run(runs / "b", "ncctfer", SYM, [0.5, 0.6, 0.75, 0.7, 0.72, 0.74], val=[0.5, 0.6, 0.6, 0.7, 0.6, 0.6])
-    fake_run(runs / "c", "ce", SYM5, [0.4, 0.5, 0.45])
-    fake_run(runs / "d", "ncctfer", SYM5, [0.41, 0.52, 0.5], val=[0.3, 0.31, 0.29])
+    # @50%: max .5 / last-5 mean(.5,.45,.45,.45,.45) = .46; ncctfer .52 / mean(.52,.5,.5,.5,.5) = .504
+    fake_run(runs / "c", "ce", SYM5, [0.4, 0.5, 0.45, 0.45, 0.45, 0.45], val=[0.3, 0.31, 0.29, 0.2, 0.2, 0.2])
+    fake_run(runs / "d", "ncctfer", SYM5, [0.41, 0.52, 0.5, 0.5, 0.5, 0.5], val=[0.3, 0.31, 0.29, 0.2, 0.2, 0.2])
     return runs
 
 
@@ -43,40 +59,55 @@ def test_noise_labels():
     assert noise_label(SYM) == "sym 30%"
     assert noise_label({"kind": "asym", "rate": 0.125}) == "asym 12.5%"
     assert noise_label({"kind": "matrix"}) == "matrix"
+    assert noise_label({"kind": "column", "column": "label_b"}) == "column label_b"
 
 
 def test_two_methods_two_rates_give_the_2x2_table(four_runs):
-    header, rows = build_table([summarise(p) for p in find_runs([four_runs / "*"])])
-    assert header == ["method", "sym 30%", "sym 30% val", "sym 50%", "sym 50% val"]
+    rep = collect([four_runs / "*"])
+    assert len(rep.tables) == 1 and rep.notes == []
+    header, rows = table_grid(rep.tables[0])
+    assert header == ["method", "sym 30%", "sym 30% max / last-5 (test-selected)",
+                      "sym 50%", "sym 50% max / last-5 (test-selected)"]
     assert rows == [
-        ["ce", "80.0 / 66.0", "70.0 (e3)", "50.0 / 45.0", ""],
-        ["ncctfer", "75.0 / 70.2", "70.0 (e4)", "52.0 / 47.7", "52.0 (e2)"],
+        ["ce", "70.0 (e3)", "80.0 / 66.0", "50.0 (e2)", "50.0 / 46.0"],
+        ["ncctfer", "70.0 (e4)", "75.0 / 70.2", "52.0 (e2)", "52.0 / 50.4"],
     ]
     md = report([str(four_runs / "*")])
     lines = md.splitlines()
-    assert len(lines) == 4 and lines[1].startswith("| ---")
-    assert lines[2].split("|")[2].strip() == "80.0 / 66.0"
+    assert lines[0] == "### dataset A (align align-A, 2 classes)"
+    assert lines[2] == ("test = the manifest's test split; validation: 10% carved from train, with its training "
+                        "labels (noisy where the column has noise); 6 epochs; 32 px; start: random init")
+    assert lines[5].startswith("| ---") and lines[6].split("|")[2].strip() == "70.0 (e3)"
+    assert md.endswith("\n") and "sample std (ddof=1)" in lines[-1]
     csv = report([four_runs], fmt="csv")  # a folder of runs works too
-    assert csv.splitlines()[2] == "ncctfer,75.0 / 70.2,70.0 (e4),52.0 / 47.7,52.0 (e2)"
+    assert csv.endswith("\n") and len(csv.splitlines()) == 5
 
 
-def test_missing_cells_are_empty_and_seeds_are_averaged(tmp_path, four_runs):
-    fake_run(tmp_path / "more" / "e", "pc", None, [0.9, 0.7])
-    fake_run(tmp_path / "more" / "f", "ce", SYM5, [0.6, 0.55, 0.55])  # second seed of ce @50%
-    header, rows = build_table([summarise(p) for p in find_runs([four_runs, tmp_path / "more"])])
-    assert header[:3] == ["method", "clean", "clean val"]
+def test_missing_cells_are_empty_and_runs_without_val_say_so(tmp_path, four_runs):
+    fake_run(tmp_path / "more" / "e", "pc", None, [0.9, 0.7, 0.8, 0.6, 0.7, 0.8], val=[0.1] * 6)
+    rep = collect([four_runs, tmp_path / "more"])
+    header, rows = table_grid(rep.tables[0])
+    assert header[1:3] == ["clean", "clean max / last-5 (test-selected)"]
     by = {r[0]: r for r in rows}
     assert [r[0] for r in rows] == ["ce", "pc", "ncctfer"]
-    assert by["pc"] == ["pc", "90.0 / 80.0", "", "", "", "", ""]
-    assert by["ce"][1] == "" and by["ce"][5] == "55.0 / 50.8 (n=2)"  # max mean(.5,.6), last mean(.45,.5667)->.508
+    assert by["pc"] == ["pc", "90.0 (e1)", "90.0 / 72.0", "", "", "", ""]
+    assert by["ce"][1:3] == ["", ""]
+    fake_run(tmp_path / "noval" / "f", "ce", SYM, [0.5, 0.6])  # no validation split: another protocol
+    rep = collect([tmp_path / "noval"])
+    assert table_grid(rep.tables[0])[1] == [["ce", "—", "60.0 / 55.0"]]
+    assert "no validation (val-selected empty)" in rep.tables[0].protocol_text()
 
 
 def test_cli_report_and_errors(four_runs, tmp_path):
     out = subprocess.run([sys.executable, "-m", "fernoise_cli.app", "report", str(four_runs / "*"), "--csv"],
                          capture_output=True, text=True, check=True).stdout
-    assert out.splitlines()[0] == "method,sym 30%,sym 30% val,sym 50%,sym 50% val"
+    assert out.splitlines()[0].startswith("dataset,dataset_key,protocol,kfold,method,row,")
+    assert out.endswith("\n") and not out.endswith("\n\n")
     with pytest.raises(FernoiseError, match="does not exist"):
         find_runs([tmp_path / "nope"])
     r = subprocess.run([sys.executable, "-m", "fernoise_cli.app", "report", str(tmp_path / "nope*")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "matches nothing" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "fernoise_cli.app", "report", str(four_runs), "--format", "html"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --format: unknown format 'html'; expected one of markdown, csv, latex"

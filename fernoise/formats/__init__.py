@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fernoise.errors import FernoiseError
+from fernoise.errors import FernoiseError, require_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -65,6 +65,12 @@ class LabelTable:
     df: pd.DataFrame
     label_space: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    conflicts: dict[str, list[tuple[int | None, str | None]]] = field(default_factory=dict)
+    """Keys named by several rows that disagree: key -> the distinct ``(label, split)`` pairs
+    in file order (filled by :func:`collapse_duplicates`)."""
+
+
+ON_DUPLICATE = ("first", "last")
 
 
 def _registry() -> dict[str, Callable[[Sequence[Path], FormatOptions], LabelTable]]:
@@ -76,19 +82,58 @@ def _registry() -> dict[str, Callable[[Sequence[Path], FormatOptions], LabelTabl
 FORMAT_NAMES = ("rafdb", "ferplus", "affectnet", "csv")
 
 
-def read_labels(fmt: str, files: Sequence[str | os.PathLike], options: FormatOptions = FormatOptions()) -> LabelTable:
-    """Read ``files`` as format ``fmt``; an unknown format is an error listing the valid ones."""
+def collapse_duplicates(table: LabelTable, on_duplicate: str | None = None) -> LabelTable:
+    """One row per key (paths compared after ``./`` and ``\\`` normalisation).
+
+    Rows that repeat a key with the same label and split are merged; keys whose rows disagree
+    are listed in ``conflicts`` and keep their ``first`` or ``last`` row (``on_duplicate``;
+    None keeps the last for now: the caller refuses when such a key names an image).
+    ``info`` gains ``duplicate_rows`` (rows dropped) and ``conflicting_names``.
+    """
+    import pandas as pd
+
+    if on_duplicate is not None and on_duplicate not in ON_DUPLICATE:
+        raise FernoiseError(f"unknown value {on_duplicate!r}; expected one of: {', '.join(ON_DUPLICATE)}",
+                            flag="--on-duplicate")
+    df = table.df
+    key = df["key"].map(_posix)
+    dup = key.duplicated(keep=False)
+    conflicts: dict[str, list[tuple[int | None, str | None]]] = {}
+    if dup.any():
+        sub = pd.DataFrame({"k": key[dup], "label": df["label"][dup], "split": df["split"][dup]})
+        for k, g in sub.groupby("k", sort=False):
+            pairs = list(dict.fromkeys(
+                (None if pd.isna(lab) else int(lab), None if not isinstance(sp, str) else sp)
+                for lab, sp in zip(g["label"], g["split"], strict=True)))
+            if len(pairs) > 1:
+                conflicts[str(k)] = pairs
+    out = df[~key.duplicated(keep="first" if on_duplicate == "first" else "last")].reset_index(drop=True)
+    info = {**table.info, "duplicate_rows": len(df) - len(out), "conflicting_names": len(conflicts)}
+    return LabelTable(out, table.label_space, info, conflicts)
+
+
+def describe_conflict(key: str, pairs: Sequence[tuple[int | None, str | None]]) -> str:
+    """``'a.png': happy (train) vs sad (train)`` for an error message."""
+    from fernoise.labels import CLASSES
+
+    parts = [f"{'no label' if lab is None else CLASSES[lab]} ({sp or 'no split'})" for lab, sp in pairs]
+    return f"{key!r}: {' vs '.join(parts)}"
+
+
+def read_labels(fmt: str, files: Sequence[str | os.PathLike], options: FormatOptions = FormatOptions(),
+                on_duplicate: str | None = None) -> LabelTable:
+    """Read ``files`` as format ``fmt`` (one row per key: :func:`collapse_duplicates`); an
+    unknown format is an error listing the valid ones."""
     readers = _registry()
     if fmt not in readers:
         raise FernoiseError(f"unknown label format {fmt!r}; expected one of: {', '.join(FORMAT_NAMES)}", flag="--format")
     paths = [Path(f) for f in files]
     for p in paths:
-        if not p.is_file():
-            raise FernoiseError(f"label file {p} does not exist", flag="--labels")
+        require_file(p, "label file", flag="--labels")
     table = readers[fmt](paths, options)
     if len(table.df) == 0:
         raise FernoiseError(f"label file {', '.join(map(str, paths))} has no rows in {fmt} format", flag="--labels")
-    return table
+    return collapse_duplicates(table, on_duplicate)
 
 
 def read_csv(path: Path, **kw: Any) -> pd.DataFrame:

@@ -34,8 +34,6 @@ def read(files: Sequence[Path], options: FormatOptions) -> LabelTable:
     for c in df.columns:
         if c not in (PATH, "split"):
             out[c] = df[c].to_numpy()
-    dup = int(out.duplicated("key", keep="last").sum())
-    out = out.drop_duplicates("key", keep="last").reset_index(drop=True)
-    info = {"rows": len(df), "duplicate_names": dup, "dropped_expression": int(label.isna().sum())}
+    info = {"rows": len(df), "dropped_expression": int(label.isna().sum())}
     space = "basic8" if (label == 7).any() else "basic7"
     return LabelTable(out, label_space=space, info=info)

@@ -61,6 +61,4 @@ def read(files: Sequence[Path], options: FormatOptions) -> LabelTable:
     for c in df.columns:
         if c not in used:
             out[c] = df[c].to_numpy()
-    dup = int(out.duplicated("key", keep="last").sum())
-    out = out.drop_duplicates("key", keep="last").reset_index(drop=True)
-    return LabelTable(out, label_space=None, info={"rows": len(df), "duplicate_names": dup})
+    return LabelTable(out, label_space=None, info={"rows": len(df)})

@@ -4,8 +4,10 @@ Label: the FER+ majority (METHOD.md): votes of 1 are dropped, the top class is k
 holds more than half of the remaining votes, and a row whose winner is ``unknown`` or ``NF``
 (or with no majority) gets a null label. Split from ``Usage``: Training -> train,
 PublicTest -> val, PrivateTest -> test. Rows with an empty ``Image name`` (non-faces) are
-skipped; a name that occurs twice keeps its last row (the FER+ generator overwrote the file
-with that row's pixels). Every column is kept as it is, the 10 votes as integers.
+skipped. A name on two rows that disagree (``fer0033120.png`` in the test split) is refused
+unless ``--on-duplicate``: ``last`` is right for FER+ (its generator wrote the image of the
+last row), and the ferplus presets say so. Every column is kept as it is, the 10 votes as
+integers.
 """
 
 from __future__ import annotations
@@ -43,8 +45,7 @@ def read(files: Sequence[Path], options: FormatOptions) -> LabelTable:
     n_file = len(df)
     df = df[df[NAME].str.strip() != ""]
     n_nonface = n_file - len(df)
-    dup = int(df.duplicated(NAME, keep="last").sum())
-    df = df.drop_duplicates(NAME, keep="last").reset_index(drop=True)
+    df = df.reset_index(drop=True)
     for c in FERPLUS_VOTE_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").fillna(0).astype("int64")
     lab = majority(df[list(FERPLUS_VOTE_COLUMNS)].to_numpy())
@@ -56,6 +57,5 @@ def read(files: Sequence[Path], options: FormatOptions) -> LabelTable:
     for c in df.columns:
         if c != NAME:
             out[c] = df[c].to_numpy()
-    info = {"rows": n_file, "non_face_rows": n_nonface, "duplicate_names": dup,
-            "no_majority": int((lab < 0).sum())}
+    info = {"rows": n_file, "non_face_rows": n_nonface, "no_majority": int((lab < 0).sum())}
     return LabelTable(out, label_space="basic8", info=info)

@@ -43,6 +43,4 @@ def read(files: Sequence[Path], options: FormatOptions) -> LabelTable:
             raw.append(value)
     df = pd.DataFrame({"key": keys, "label": pd.array(labels, dtype="Int64"), "split": splits,
                        "alt_key": alts, "rafdb_label": raw})
-    dup = int(df.duplicated("key", keep="last").sum())
-    df = df.drop_duplicates("key", keep="last").reset_index(drop=True)
-    return LabelTable(df, label_space="basic7", info={"rows": len(keys), "duplicate_names": dup})
+    return LabelTable(df, label_space="basic7", info={"rows": len(keys)})

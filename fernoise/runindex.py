@@ -1,0 +1,309 @@
+"""Finished runs found from the *requested* configuration, without importing torch.
+
+``fernoise train`` keys a run by resolved values (``--device auto`` -> cuda or cpu,
+``--precision auto`` -> bf16 or fp32, the pretrained file's sha256), and resolving them needs
+torch (seconds per call). A sweep re-checks hundreds of finished cells, so each finished run
+also gets a small index entry, keyed by what was *asked for*:
+
+- the :class:`~fernoise.train.TrainConfig` as given (``workers`` excluded: it changes no
+  result), the world size from the environment;
+- the input manifest by identity: its resolved path, size and mtime, and the key and content
+  digests its metadata records (an edited manifest misses, and train keys it on its content);
+- the pretrained start by identity: a file's resolved path, size and mtime (a folder: those
+  of the files in it; ``latest``: the workspace lock's ``pretrain`` entry);
+- with ``--device auto``: the machine's device class read cheaply (``/dev/nvidia*`` and
+  ``CUDA_VISIBLE_DEVICES``) and the installed torch build (``2.x+cu130`` vs ``+cpu``);
+- the fernoise version and the train stage version.
+
+An entry (``<runs_dir>/.fernoise/index/<hash>.json``) names the run folder, its stage key and
+the size and mtime (ns) of every output its stamp lists, taken after checking each file's
+sha256 against the stamp. A lookup trusts a file whose size and mtime are unchanged and
+hashes any other one against the stamp (the shortcut make and git use); a file changed behind
+the tool's back therefore still fails the stamp and the run is planned and rebuilt as usual.
+A miss costs nothing but the normal path: :func:`indexed` falls back to ``train`` itself.
+
+The same is done for ``eval`` (:func:`lookup_eval` / :func:`record_eval`): keyed by the run's
+key, ``cam`` and the eval stage version, valid while ``model.pt``, ``metrics.jsonl`` and
+``config.json`` keep the size and mtime they had when the evaluation was checked.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fernoise.cache import (
+    StageResult,
+    Workspace,
+    atomic_write_json,
+    dict_hash,
+    file_sha256,
+    read_json,
+    stamp_path,
+)
+from fernoise.errors import FernoiseError
+
+INDEX_VERSION = 1
+NOT_IN_KEY = ("workers",)  # TrainConfig fields that change no result
+INDEX_DIR = Path(".fernoise") / "index"
+
+
+# ----------------------------------------------------------------------------- cheap facts
+def device_class() -> str:
+    """``cuda`` when this machine exposes a GPU to this process, else ``cpu`` (no torch import).
+
+    Reads ``CUDA_VISIBLE_DEVICES`` (empty or ``-1`` hides every GPU) and the device nodes of
+    the NVIDIA (``/dev/nvidia0``...) and ROCm (``/dev/kfd``) drivers.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return "cpu"
+    if glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"):
+        return "cuda"
+    return "cpu"
+
+
+def torch_build() -> str | None:
+    """The installed torch's version string (``2.14.1+cu130``), read from package metadata."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def runs_root(runs_dir: str | os.PathLike | None, workspace: Workspace | None = None) -> Path:
+    """The folder of run folders, as :func:`fernoise.train.plan` resolves it."""
+    return (Path(runs_dir) if runs_dir else (workspace or Workspace()).root / "runs").resolve()
+
+
+def manifest_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest without reading its rows: its resolved path, size and mtime (an edit in
+    place changes them, and the run is then planned, keyed on the content, as usual), and the
+    key and content digests its metadata records."""
+    from fernoise.manifest import read_meta
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "manifest.parquet"
+    meta = read_meta(p)
+    return {"file": str(p.resolve()), "stat": _stat(p), "key": meta.get("key"), "content": meta.get("content")}
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def pretrained_identity(value: str | None, workspace: Workspace | None = None) -> Any:
+    """What names the pretrained start without hashing it, or ``...`` (Ellipsis) when it
+    cannot be told cheaply (then no index is used)."""
+    if value is None:
+        return None
+    p = Path(value)
+    if p.is_file():
+        return {"file": str(p.resolve()), "stat": _stat(p)}
+    if p.is_dir():
+        files = sorted(q for q in p.iterdir() if q.is_file())
+        return {"dir": str(p.resolve()), "files": {q.name: _stat(q) for q in files}}
+    if value == "latest":
+        entry = (workspace or Workspace()).read()["stages"].get("pretrain")
+        return {"latest": [entry.get("key"), entry.get("output")]} if entry else ...
+    return ...
+
+
+def world_size(cfg: Any) -> int:
+    """The world size train will use: torchrun's ``WORLD_SIZE`` or ``cfg.devices``."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return world if world > 1 else int(getattr(cfg, "devices", 1))
+
+
+# ----------------------------------------------------------------------------- stat checks
+def snapshot(stamp: Mapping[str, Any], base: Path) -> dict[str, list[int]] | None:
+    """``{output: [size, mtime_ns]}`` of every output ``stamp`` lists, each hashed against the
+    stamp first; None when one is missing or differs."""
+    out = {}
+    for rel, digest in stamp.get("outputs", {}).items():
+        p = base / rel
+        before = _stat(p)
+        if before is None or file_sha256(p) != digest or _stat(p) != before:
+            return None
+        out[rel] = before
+    return out
+
+
+def intact(stamp: Mapping[str, Any] | None, key: str, base: Path, stats: Mapping[str, Any]) -> bool:
+    """Like :func:`fernoise.cache.outputs_intact`, but a file whose size and mtime equal those
+    in ``stats`` (taken when it was last hashed) is not hashed again."""
+    if not stamp or stamp.get("key") != key:
+        return False
+    for rel, digest in stamp.get("outputs", {}).items():
+        p = base / rel
+        now = _stat(p)
+        if now is None:
+            return False
+        if list(stats.get(rel) or []) == now:
+            continue
+        if not p.is_file() or file_sha256(p) != digest:
+            return False
+    return True
+
+
+def _entry_path(runs: Path, request: Mapping[str, Any]) -> Path:
+    return runs / INDEX_DIR / f"{dict_hash(request)[:32]}.json"
+
+
+# ----------------------------------------------------------------------------- train
+def train_request(manifest_path: str | os.PathLike, cfg: Any, workspace: Workspace | None = None) -> dict | None:
+    """The index key material of one ``train`` call, or None when it cannot be told cheaply."""
+    from fernoise import __version__
+    from fernoise.train import VERSION
+
+    pre = pretrained_identity(getattr(cfg, "pretrained", None), workspace)
+    if pre is ...:
+        return None
+    config = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY}
+    host = {"device_class": device_class(), "torch": torch_build()} if config.get("device") == "auto" else None
+    return {
+        "index": INDEX_VERSION, "fernoise": __version__, "stage_version": VERSION,
+        "config": config, "manifest": manifest_identity(manifest_path), "pretrained": pre,
+        "world": world_size(cfg), "host": host,
+    }
+
+
+def lookup(manifest_path, cfg, *, runs_dir=None, workspace: Workspace | None = None) -> StageResult | None:
+    """The finished run of this requested configuration as a cache-hit StageResult (recorded in
+    ``workspace`` like a hit of ``train``), or None (not indexed, or an output changed)."""
+    t0 = time.perf_counter()
+    try:
+        request = train_request(manifest_path, cfg, workspace)
+    except (OSError, ValueError, FernoiseError):
+        return None  # let train() report the problem in its own words
+    if request is None:
+        return None
+    runs = runs_root(runs_dir, workspace)
+    entry = read_json(_entry_path(runs, request))
+    if not isinstance(entry, dict) or entry.get("request") != request:
+        return None
+    run_dir = runs / str(entry.get("run"))
+    stamp = read_json(stamp_path(run_dir / "model.pt"))
+    if not intact(stamp, entry.get("key"), run_dir, entry.get("files") or {}):
+        return None
+    if workspace is not None:
+        workspace.record("train", key=entry["key"], output=run_dir, params=stamp.get("params") or {})
+    return StageResult("train", entry["key"], run_dir, True, time.perf_counter() - t0, info={"index": True})
+
+
+def record(manifest_path, cfg, result: StageResult, *, runs_dir=None, workspace: Workspace | None = None) -> Path | None:
+    """Index the finished run ``result`` of this request; returns the entry's path (or None when
+    the request cannot be indexed or the run's outputs do not match their stamp)."""
+    try:
+        request = train_request(manifest_path, cfg, workspace)
+    except (OSError, ValueError, FernoiseError):
+        return None
+    if request is None:
+        return None
+    run_dir = Path(result.output).resolve()
+    stamp = read_json(stamp_path(run_dir / "model.pt"))
+    if not stamp or stamp.get("key") != result.key:
+        return None
+    files = snapshot(stamp, run_dir)
+    if files is None:
+        return None
+    runs = runs_root(runs_dir, workspace)
+    try:
+        rel = os.path.relpath(run_dir, runs)
+    except ValueError:  # another drive (Windows)
+        rel = str(run_dir)
+    path = _entry_path(runs, request)
+    atomic_write_json(path, {"request": request, "key": result.key, "run": rel, "files": files})
+    return path
+
+
+def indexed(train_fn: Callable[..., StageResult]) -> Callable[..., StageResult]:
+    """Wrap :func:`fernoise.train.train`: answer a finished run from the index, else train and
+    index the result (rank 0 only under torch.distributed)."""
+
+    @functools.wraps(train_fn)
+    def wrapper(manifest_path, cfg, **kw):
+        runs_dir, workspace = kw.get("runs_dir"), kw.get("workspace")
+        if not kw.get("force"):
+            hit = lookup(manifest_path, cfg, runs_dir=runs_dir, workspace=workspace)
+            if hit is not None:
+                return hit
+        result = train_fn(manifest_path, cfg, **kw)
+        if os.environ.get("RANK", "0") == "0":
+            record(manifest_path, cfg, result, runs_dir=runs_dir, workspace=workspace)
+        return result
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- eval
+EVAL_INPUTS = ("model.pt", "metrics.jsonl", "config.json")
+
+
+def _eval_request(run_dir: Path, cam: int) -> dict | None:
+    from fernoise.evaluate import VERSION
+
+    config = read_json(run_dir / "config.json")
+    if not isinstance(config, dict) or not config.get("key"):
+        return None
+    return {"index": INDEX_VERSION, "eval_version": VERSION, "run": config["key"], "cam": int(cam)}
+
+
+def lookup_eval(run_dir: str | os.PathLike, *, cam: int = 0, workspace: Workspace | None = None) -> dict | None:
+    """The parsed ``eval.json`` of the run's own-manifest evaluation when it is indexed and
+    its inputs and outputs are unchanged, else None."""
+    run_dir = Path(run_dir).resolve()
+    request = _eval_request(run_dir, cam)
+    if request is None:
+        return None
+    entry = read_json(_entry_path(run_dir, request))
+    if not isinstance(entry, dict) or entry.get("request") != request:
+        return None
+    if any(_stat(run_dir / name) != entry.get("inputs", {}).get(name) for name in EVAL_INPUTS):
+        return None
+    out = run_dir / "eval.json"
+    if not intact(read_json(stamp_path(out)), entry.get("key"), run_dir, entry.get("files") or {}):
+        return None
+    report = read_json(out)
+    if not isinstance(report, dict):
+        return None
+    if workspace is not None:
+        workspace.record("eval", key=entry["key"], output=out, params={"cam": int(cam)})
+    return report
+
+
+def eval_inputs(run_dir: str | os.PathLike) -> dict[str, list[int] | None]:
+    """Size and mtime of the files an evaluation reads; take them before evaluating."""
+    run_dir = Path(run_dir).resolve()
+    return {name: _stat(run_dir / name) for name in EVAL_INPUTS}
+
+
+def record_eval(run_dir: str | os.PathLike, key: str, *, cam: int = 0, inputs_before: Mapping[str, Any]) -> Path | None:
+    """Index the evaluation with stage key ``key`` of the run; ``inputs_before`` is
+    :func:`eval_inputs` taken before the evaluation (no entry when they changed meanwhile)."""
+    run_dir = Path(run_dir).resolve()
+    if dict(inputs_before) != eval_inputs(run_dir) or any(v is None for v in inputs_before.values()):
+        return None
+    request = _eval_request(run_dir, cam)
+    stamp = read_json(stamp_path(run_dir / "eval.json"))
+    if request is None or not stamp or stamp.get("key") != key:
+        return None
+    files = snapshot(stamp, run_dir)
+    if files is None:
+        return None
+    path = _entry_path(run_dir, request)
+    atomic_write_json(path, {"request": request, "key": key, "inputs": dict(inputs_before), "files": files})
+    return path
