@@ -921,8 +921,9 @@ class DeviceViewsFeed:
         self.views = DeviceViews(images, cfg.image_size, cfg.randaug_magnitude, device)
 
     def __call__(self, batches):
-        import torch
         from concurrent.futures import ThreadPoolExecutor
+
+        import torch
 
         if not batches:
             return

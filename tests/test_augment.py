@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -9,10 +11,22 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import autoaugment as _aa
 
 from fernoise import data, views
-from fernoise.errors import FernoiseError
 from fernoise.augment import DeviceViews, Draws, draw, randaug_batch, resolve_augment, weak_batch
+from fernoise.errors import FernoiseError
 
 SIZE = 40
+# The device the batched views run on: the CPU in CI; bench/gpu_check.sh sets cuda.
+DEV = torch.device(os.environ.get("FERNOISE_TEST_DEVICE", "cpu"))
+
+
+class _DV(DeviceViews):
+    """DeviceViews on DEV, returning CPU tensors to compare with the worker path."""
+
+    def __init__(self, images, size, magnitude, _device=None):
+        super().__init__(images, size, magnitude, DEV)
+
+    def __call__(self, *a, **k):
+        return {n: v.cpu() for n, v in super().__call__(*a, **k).items()}
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +54,14 @@ def test_weak_and_strong_views_equal_the_worker_path(images):
     positions = np.arange(len(images))
     seeds = np.random.default_rng(1).integers(0, 2**63 - 1, size=len(images))
     ref = _worker_views(images, positions, seeds, ("weak", "strong"))
-    dev = DeviceViews(images, SIZE, 10, torch.device("cpu"))(positions, seeds, ("weak", "strong"))
+    dev = _DV(images, SIZE, 10)(positions, seeds, ("weak", "strong"))
     assert torch.equal(dev["weak"], ref["weak"])  # pixel-identical
     diff = (dev["strong"].int() - ref["strong"].int()).abs()
     assert diff.max().item() <= 1  # the issue's bound; in practice 0
     assert (diff > 0).float().mean().item() < 1e-3
-    weak_only = DeviceViews(images, SIZE, 10, torch.device("cpu"))(positions, seeds, ("weak",))
+    weak_only = _DV(images, SIZE, 10)(positions, seeds, ("weak",))
     assert list(weak_only) == ["weak"] and torch.equal(weak_only["weak"], ref["weak"])
-    strong_only = DeviceViews(images, SIZE, 10, torch.device("cpu"))(positions, seeds, ("strong",))
+    strong_only = _DV(images, SIZE, 10)(positions, seeds, ("strong",))
     ref_strong = _worker_views(images, positions, seeds, ("strong",))
     assert list(strong_only) == ["strong"]
     assert (strong_only["strong"].int() - ref_strong["strong"].int()).abs().max().item() <= 1
@@ -65,7 +79,7 @@ def test_each_randaug_op_equals_torchvision_on_single_images(images, op, sign):
     n = len(x)
     d = Draws(np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool),
               np.full((n, 1), op), np.full((n, 1), sign))
-    batched = randaug_batch(x, d, ra)
+    batched = randaug_batch(x.to(DEV), d, ra).cpu()
     for i in range(n):
         single = _aa._apply_op(x[i], name, mag * sign, interpolation=InterpolationMode.NEAREST, fill=None)
         diff = (batched[i].int() - single.int()).abs()
@@ -100,7 +114,7 @@ def test_draws_follow_the_worker_order_and_distribution():
 def test_weak_batch_is_exact_on_edge_offsets(images):
     n = 4
     d = Draws(np.array([0, 8, 0, 8]), np.array([0, 8, 8, 0]), np.array([False, True, True, False]), None, None)
-    out = weak_batch(torch.from_numpy(images[:n]), d)
+    out = weak_batch(torch.from_numpy(images[:n]).to(DEV), d).cpu()
     for i in range(n):
         rng_free = np.zeros((SIZE + 8, SIZE + 8, 3), np.uint8)
         rng_free[4:-4, 4:-4] = images[i]
@@ -122,7 +136,6 @@ def test_resolve_augment():
 
 
 # ----------------------------------------------------------------------------- method views (scn, eac1, eac2)
-CPU = torch.device("cpu")
 
 
 def _noised(d, names):
@@ -138,7 +151,7 @@ def test_method_views_equal_the_worker_path_where_no_noise_was_drawn(images, nam
     positions = np.arange(len(images))
     seeds = np.random.default_rng(11).integers(0, 2**63 - 1, size=len(images))
     ref = _worker_views(images, positions, seeds, names)
-    dv = DeviceViews(images, SIZE, 10, CPU)
+    dv = _DV(images, SIZE, 10)
     d = dv.draws(seeds, names)
     dev = dv(positions, seeds, names, draws=d)
     assert list(dev) == list(names)
@@ -168,7 +181,7 @@ def test_method_views_depend_only_on_the_sample_seed(images):
     names = ("eac1", "eac2")
     positions = np.arange(len(images))
     seeds = np.random.default_rng(3).integers(0, 2**63 - 1, size=len(images))
-    dv = DeviceViews(images, SIZE, 10, CPU)
+    dv = _DV(images, SIZE, 10)
     whole = dv(positions, seeds, names)
     perm = np.random.default_rng(4).permutation(len(images))[:20]
     part = dv(positions[perm], seeds[perm], names)
@@ -189,7 +202,7 @@ def test_hash_is_lowbias32_without_overflow():
     from fernoise.augment import _hash32
 
     xs = [0, 1, 2, 12345, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFF]
-    got = _hash32(torch.tensor(xs, dtype=torch.int64)).tolist()
+    got = _hash32(torch.tensor(xs, dtype=torch.int64, device=DEV)).tolist()
     assert got == [_lowbias32(x) for x in xs]
     assert all(0 <= g <= 0xFFFFFFFF for g in got)
 
@@ -198,13 +211,13 @@ def test_noise_field_is_standard_normal_and_keyed():
     from fernoise.augment import noise_field
 
     keys = torch.tensor([[1, 2], [1, 2], [1, 3], [7, 2]], dtype=torch.int64)
-    z = noise_field(keys, (3, 64, 64), CPU)
+    z = noise_field(keys, (3, 64, 64), DEV).cpu()
     assert z.shape == (4, 3, 64, 64) and z.dtype == torch.float32
     assert torch.equal(z[0], z[1])  # same key, same field
     for a, b in ((0, 2), (0, 3), (2, 3)):
         r = np.corrcoef(z[a].ravel().numpy(), z[b].ravel().numpy())[0, 1]
         assert abs(r) < 0.05  # different keys: unrelated fields
-    big = noise_field(torch.randint(0, 2**32, (64, 2), generator=torch.Generator().manual_seed(0)), (3, 32, 32), CPU)
+    big = noise_field(torch.randint(0, 2**32, (64, 2), generator=torch.Generator().manual_seed(0)), (3, 32, 32), DEV).cpu()
     v = big.double().ravel()
     assert abs(v.mean().item()) < 0.01 and abs(v.std().item() - 1) < 0.01
     assert abs((v.abs() > 1.96).double().mean().item() - 0.05) < 0.003  # normal tails
@@ -221,7 +234,7 @@ def _both_paths(img, names, seed):
     """Worker and device views of N_DRAWS copies of one image, each with its own seed."""
     stack = np.broadcast_to(img, (N_DRAWS, DIST, DIST, 3))
     seeds = np.random.default_rng(seed).integers(0, 2**63 - 1, size=N_DRAWS)
-    dv = DeviceViews(np.ascontiguousarray(stack[:1]), DIST, 10, CPU)
+    dv = _DV(np.ascontiguousarray(stack[:1]), DIST, 10)
     dev = {n: [] for n in names}
     for s in range(0, N_DRAWS, 2000):
         out = dv(np.zeros(2000, np.int64), seeds[s : s + 2000], names)
