@@ -8,7 +8,11 @@ behind the tool's back fails the stamp check and is rebuilt, never trusted.
 
 The workspace lock (``fernoise.lock`` in the working directory, or ``$FERNOISE_WORKSPACE``)
 records the latest output of each stage, so ``fernoise corrupt`` with no manifest argument
-takes what ``fernoise align`` wrote last.
+takes what ``fernoise align`` wrote last; it is updated under :func:`file_lock` (an exclusive
+``fcntl.flock`` on ``fernoise.lock.lk``), so concurrent commands never lose an entry.
+
+Atomic writes name their temporary ``.<name>.<host>-<pid>.<random>.tmp``;
+:func:`clean_stale_tmp` removes those of dead writers (a kill, a full disk) on the next run.
 """
 
 from __future__ import annotations

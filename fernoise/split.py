@@ -44,7 +44,7 @@ import numpy as np
 from fernoise.errors import FernoiseError
 
 STAGE = "split"
-VERSION = 1
+VERSION = 2  # 2: keyed on the content of every column of the input, not only its recorded key
 
 
 @dataclass(frozen=True)
@@ -228,11 +228,12 @@ def run_split(
     manifest's key); the workspace lock records stage ``split`` with the first fold as its
     output and every fold in ``params.outputs``.
     """
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from fernoise.cache import Workspace, file_sha256, run_stage, stage_key
-    from fernoise.manifest import read_meta, stage_meta, write_manifest_table
+    from fernoise.manifest import Manifest, read_meta, stage_meta, write_manifest_table
 
     ws = workspace or Workspace()
     path = Path(manifest) if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
@@ -272,10 +273,13 @@ def run_split(
     out_dir = Path(out) if out is not None else path.parent
     relocate = out_dir.resolve() != path.parent.resolve()
     input_key = meta.get("key") or file_sha256(path)
+    # The rows themselves, not only the recorded key: a manifest edited behind its metadata
+    # (rows dropped, labels or groups changed) is a new input (issue 8.4).
+    content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=table).content_key(table.column_names)
     n_groups = len({str(g) for g in groups})
     base = {**lineage_params(params, 0, k), "loso": params.loso}
     base.pop("fold")
-    whole_key = stage_key(STAGE, VERSION, base, {"manifest": input_key})
+    whole_key = stage_key(STAGE, VERSION, base, {"manifest": input_key, "content": content})
 
     split_at = names.index("split")
     cols = list(table.columns)
@@ -302,7 +306,7 @@ def run_split(
             write_manifest_table(pa.Table.from_arrays(c, names=names), target, new_meta)
             return [target]
 
-        res = run_stage(stage=STAGE, version=VERSION, params=key_params, inputs={"manifest": input_key},
+        res = run_stage(stage=STAGE, version=VERSION, params=key_params, inputs={"manifest": input_key, "content": content},
                         output=target, build=build, workspace=None, force=force)
         outputs.append(target)
         hits.append(res.hit)

@@ -32,6 +32,17 @@ def test_presets_are_package_data_loaded_with_importlib_resources():
                                                              "on_duplicate": "last"}
 
 
+def test_every_subpackage_is_declared():
+    """A sub-package missing from pyproject's explicit list is missing from the wheel (the
+    editable install hides it): fernoise.methods once was."""
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fernoise").rglob("__init__.py")}
+    assert found - declared == set()
+    assert "fernoise_cli" in declared
+
+
 @pytest.mark.slow
 def test_wheel_ships_the_presets_and_a_wheel_install_runs_a_preset(tmp_path):
     """Build the wheel from a copy of the tree (nothing written into the repository), check

@@ -134,6 +134,22 @@ def test_same_seed_same_folds_other_seed_other_folds(workspace):
     assert r4.hits == [True, True, False, True] and read_manifest(r1.outputs[2]).df["split"].tolist() == first[2]
 
 
+def test_a_manifest_edited_behind_its_metadata_misses_the_cache(workspace):
+    """Issue 8.4 for split: the key covers the rows, not only the recorded key."""
+    import pyarrow.parquet as pq
+
+    subjects, labels = uneven(2)
+    p = make_manifest(workspace / "manifest.parquet", subjects, labels)
+    first = run_split(p, SplitParams(folds=3, seed=0))
+    table = pq.read_table(p)
+    pq.write_table(table.slice(0, table.num_rows - 9), p)  # rows dropped, metadata kept as it was
+    assert read_meta(p)["key"] == "alignkey"
+    again = run_split(p, SplitParams(folds=3, seed=0))
+    assert again.hits == [False] * 3
+    assert sum(len(read_manifest(o).df) for o in again.outputs) == 3 * (len(subjects) - 9)
+    assert sum(len(read_manifest(o).df) for o in first.outputs) == 3 * (len(subjects) - 9)  # same files, rebuilt
+
+
 def test_loso_one_fold_per_subject(workspace):
     subjects = ["a", "a", "b", "b", "b", "c", "d", "d"]
     labels = [0, 1, 2, 0, 1, 2, 0, 1]
