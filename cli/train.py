@@ -127,6 +127,8 @@ def _static_options(
     keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pt after the run finishes (removed by default).")] = False,
     runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Folder of run folders (default: <workspace>/runs).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers (default: auto).")] = None,
+    augment: Annotated[str, typer.Option("--augment", help="Where views are made: device (batched on the training device), workers (DataLoader workers) or auto (device on CUDA, workers on the CPU); recorded in the key.")] = "auto",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (skipped with a warning where unavailable).")] = False,
     devices: Annotated[int, typer.Option("--devices", help="Local processes for torch.distributed (DDP).")] = 1,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
@@ -178,6 +180,7 @@ def _train(**kw) -> None:
         pretrained=str(pretrained) if pretrained else None, pretrained_partial=kw["pretrained_partial"], seed=kw["seed"], device=kw["device"],
         precision=kw["precision"], val_fraction=kw["val_fraction"], workers=kw["workers"], devices=kw["devices"],
         val_clean=kw["val_clean"], max_rows=kw["max_rows"], keep_checkpoint=kw["keep_checkpoint"],
+        augment=kw["augment"], compile=kw["compile_"],
     )
     ws = Workspace(kw["workspace"])
     manifest = kw["manifest"]

@@ -120,6 +120,12 @@ class TrainConfig:
     """Train on a seeded, stratified subset of this many training-split rows (None = all)."""
     keep_checkpoint: bool = False
     """Keep ``checkpoint.pt`` after the run finishes (it is removed by default)."""
+    augment: str = "auto"
+    """Where the training views are made: ``device`` (in batches on the training device,
+    fernoise/augment.py), ``workers`` (per sample in DataLoader workers, fernoise/data.py) or
+    ``auto`` (device on CUDA, workers on the CPU: ``augment.resolve_augment``)."""
+    compile: bool = False
+    """``torch.compile`` the model for training (skipped with one warning where unavailable)."""
 
     def __post_init__(self) -> None:
         from fernoise import methods
@@ -169,6 +175,8 @@ class TrainConfig:
             raise FernoiseError(f"expected a fraction in [0, 1), got {self.val_fraction}", flag="--val-fraction")
         if self.workers is not None and self.workers < 0:
             raise FernoiseError(f"expected 0 or more, got {self.workers}", flag="--workers")
+        if self.augment not in ("auto", "device", "workers"):
+            raise FernoiseError(f"expected one of auto, device, workers, got {self.augment!r}", flag="--augment")
         if self.max_rows is not None and self.max_rows < 2:
             raise FernoiseError(f"expected at least 2 rows, got {self.max_rows}", flag="--max-rows")
         if self.pretrained_partial and not self.pretrained:
@@ -374,6 +382,9 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
 
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    from fernoise.augment import resolve_augment
+
+    augment = resolve_augment(cfg.augment, device)
     ws = workspace or Workspace()
     pretrained, pre_kind, pre_sha, pre_report = None, None, None, None
     if cfg.pretrained:  # resolved (`latest` through the workspace lock), read and matched now
@@ -399,6 +410,10 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         key_params["max_rows"] = cfg.max_rows
     if cfg.pretrained_partial:  # only when set, as val_clean
         key_params["pretrained_partial"] = True
+    if augment != "workers":  # the worker path keeps the keys runs had before --augment existed
+        key_params["augment"] = augment
+    if cfg.compile:
+        key_params["compile"] = True
     key = stage_key("train", VERSION, key_params, {"manifest": key_in, "content": content})
     runs_dir = Path(runs_dir) if runs_dir else ws.root / "runs"
     run_dir = runs_dir.resolve() / key[:16]
@@ -416,6 +431,7 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         "pretrained": pretrained, "pretrained_kind": pre_kind, "pretrained_given": cfg.pretrained,
         "pretrained_sha256": pre_sha, "pretrained_report": pre_report,
         "precision": precision, "precision_requested": cfg.precision,
+        "augment": augment, "augment_requested": cfg.augment, "compile": cfg.compile,
         "device": device, "device_requested": cfg.device, "world_size": world,
         "val_fraction": val_fraction, "val_fraction_requested": cfg.val_fraction, "val_source": val_source,
         "manifest": str(Path(m.path).resolve()), "manifest_key": key_in, "manifest_content": content,
@@ -573,10 +589,14 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     amp = p.precision == "bf16"
     channels_last = True  # faster for cuDNN and for oneDNN on the CPU (bench/train.py)
     workers = cfg.workers if cfg.workers is not None else default_workers(on_cuda)
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels once
 
     images = _images(p, env, say)  # hook: the decoded crops; drops rows whose crop is unusable
     say({"event": "header", "message": header_line(p)})
-    views = data.ViewBatches(images, cfg.image_size, cfg.randaug_magnitude)
+    on_device = p.config.get("augment") == "device"
+    views = (DeviceViewsFeed(images, cfg, device) if on_device
+             else data.ViewBatches(images, cfg.image_size, cfg.randaug_magnitude))
     labels = torch.from_numpy(p.labels.copy())
     clean = torch.from_numpy(~p.is_noisy) if p.is_noisy is not None else None
     label_clean = (torch.from_numpy(p.rows["label_clean"].fillna(-1).astype(np.int64).to_numpy().copy())
@@ -590,6 +610,8 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     if p.config["pretrained"]:
         _load_pretrained(p, model, say)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if cfg.compile:
+        compile_model(model, device, say)
     optimizer = torch.optim.Adam(method.param_groups(model, lr_backbone=cfg.lr_backbone, lr_head=cfg.lr_head,
                                                      weight_decay=cfg.weight_decay))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg.lr_decay) if cfg.lr_decay else None
@@ -630,7 +652,8 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
         net.train()
         t_train = t_ready = time.perf_counter()
         wait = 0.0  # seconds the step waited for its batch (data loading not hidden by workers)
-        for i, batch in enumerate(data.loader(views, batches, workers=workers, pin_memory=on_cuda)):
+        feed = views(batches) if on_device else data.loader(views, batches, workers=workers, pin_memory=on_cuda)
+        for i, batch in enumerate(feed):
             wait += time.perf_counter() - t_ready
             rows = batch["positions"]  # indices into the array cache and p.rows
             y = labels[rows].to(device, non_blocking=True)
@@ -906,12 +929,64 @@ def _accuracy(model, method, images, positions, labels, batch_size, device, amp,
         return None
     model.eval()
     correct = 0
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for pos, x in data.eval_batches(images, positions, max(batch_size, 256)):
+    on_cuda = device.type == "cuda"  # on CUDA: bf16 and large batches whatever the training precision
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp or on_cuda):
+        for pos, x in data.eval_batches(images, positions, max(batch_size, 1024 if on_cuda else 256)):
             pred = method.logits(model, data.normalize(x, device, channels_last=channels_last)).argmax(1).cpu().numpy()
             correct += int((pred == labels[pos]).sum())
     model.train()
     return correct / len(positions)
+
+
+class DeviceViewsFeed:
+    """``--augment device``: batches carry positions and seeds only; the views are made on the
+    training device by :class:`fernoise.augment.DeviceViews`, no DataLoader workers. The next
+    batch's per-sample draws (CPU, from the per-sample generators) are made in a thread while
+    the current batch trains; they depend only on the seeds, so order and timing change nothing.
+    ``feed(batches)`` yields ``{"positions": (B,) int64, "views": {name: uint8 (B,3,H,W)}}``."""
+
+    def __init__(self, images, cfg: TrainConfig, device):
+        from fernoise.augment import DeviceViews
+
+        self.views = DeviceViews(images, cfg.image_size, cfg.randaug_magnitude, device)
+
+    def __call__(self, batches):
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        if not batches:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="fernoise-draws") as pool:
+            ahead = pool.submit(self.views.draws, batches[0].seeds, batches[0].views)
+            for i, b in enumerate(batches):
+                d = ahead.result()
+                if i + 1 < len(batches):
+                    nxt = batches[i + 1]
+                    ahead = pool.submit(self.views.draws, nxt.seeds, nxt.views)
+                yield {"positions": torch.from_numpy(b.positions), "views": self.views(b.positions, b.seeds, b.views, draws=d)}
+
+
+def compile_model(model, device, say) -> bool:
+    """``--compile``: compile the backbone's stages in place (``nn.Module.compile``: the
+    state-dict keys stay ``backbone.*``; both ``features`` and ``feature_map`` use them).
+    Where torch.compile cannot run here (no compiler, unsupported Python), one warning and
+    the run goes on uncompiled. Returns whether it compiled."""
+    import torch
+
+    try:
+        probe = torch.compile(lambda t: t * 2 + 1)
+        ok = torch.equal(probe(torch.ones(4, device=device)), torch.full((4,), 3.0, device=device))
+        if not ok:
+            raise RuntimeError("the probe computed a wrong value")
+    except Exception as e:  # noqa: BLE001 - inductor/dynamo raise many types when unavailable
+        say({"event": "warning", "message": f"--compile: torch.compile is unavailable here ({e.__class__.__name__}: "
+             f"{str(e).splitlines()[0][:120] if str(e) else ''}); training runs uncompiled"})
+        return False
+    b = model.backbone
+    for name in ("conv1", "layer1", "layer2", "layer3", "layer4"):
+        getattr(b, name).compile()
+    return True
 
 
 def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, scheduler, method, metrics: list[dict]) -> None:
