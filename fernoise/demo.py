@@ -67,10 +67,10 @@ class DemoParams:
     batch_size: int = 16
     """Samples per batch (small: more steps in the few epochs)."""
     lr_backbone: float = 1e-3
-    """Adam learning rate of the backbone: from scratch, the heads' 1e-3 (train's 1e-4 is for
+    """Adam learning rate of the backbone: from scratch, the heads' 1e-3 (the methods' 1e-4 is for
     fine-tuning pretrained weights and barely moves in a few epochs: chance-level test accuracy)."""
-    k: int = 3
-    """ncctfer's top-k negative classes."""
+    lr_head: float = 1e-3
+    """Adam learning rate of the heads (the same for every method of the demo)."""
     seed: int = 0
     """Seed of the drawings and of training."""
     device: str = "auto"
@@ -79,12 +79,13 @@ class DemoParams:
     """DataLoader workers (None: train's default)."""
 
     def __post_init__(self) -> None:
-        from fernoise.train import METHODS
+        from fernoise import methods
 
-        bad = [m for m in self.methods if m not in METHODS]
+        known = methods.names()
+        bad = [m for m in self.methods if m not in known]
         if not self.methods or bad:
-            raise FernoiseError(f"expected methods among {', '.join(METHODS)}, got {', '.join(self.methods) or 'none'}",
-                                flag="--methods")
+            raise FernoiseError(f"expected methods among {', '.join(known)} (`fernoise methods`), got "
+                                f"{', '.join(self.methods) or 'none'}", flag="--methods")
         if len(set(self.methods)) != len(self.methods):
             raise FernoiseError(f"a method is named twice in {', '.join(self.methods)}", flag="--methods")
         if self.epochs < 1 or not 0 <= self.warmup <= self.epochs:
@@ -274,11 +275,9 @@ def _train(manifest: Path, method: str, params: DemoParams, ws, say, force: bool
     say({"event": "stage", "stage": "train", "method": method})
     kw: dict[str, Any] = dict(method=method, epochs=params.epochs, warmup=params.warmup,
                               batch_size=params.batch_size, image_size=params.size, seed=params.seed,
-                              lr_backbone=params.lr_backbone,
+                              lr_backbone=params.lr_backbone, lr_head=params.lr_head,
                               device=params.device, workers=params.workers)
-    if method == "ncctfer":
-        kw["k"] = params.k
-    cfg = TrainConfig(**kw)
+    cfg = TrainConfig(**kw)  # each method's own parameters (e.g. ncctfer's k) at their defaults
     t0 = time.perf_counter()
     res = train(manifest, cfg, runs_dir=ws.root / "runs", workspace=ws, force=force,
                 progress=lambda ev: say({**ev, "event": "train", "train_event": ev.get("event"), "method": method}))

@@ -166,7 +166,7 @@ def test_demo_refuses_bad_options_before_writing(tmp_path):
 
     from fernoise.demo import DemoParams
 
-    with pytest.raises(FernoiseError, match="among ce, pc, nl, ncctfer, got ce, mixup") as e:
+    with pytest.raises(FernoiseError, match=r"among ce, pc, nl, ncctfer, .*got ce, mixup") as e:
         DemoParams(methods=("ce", "mixup"))
     assert e.value.flag == "--methods"
     with pytest.raises(FernoiseError, match="got 2 and 3") as e:
