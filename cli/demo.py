@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 import typer
 from fernoise_cli.common import DeviceOpt, ForceOpt, console, err_console, handle_errors
+from rich.markup import escape
 
 HELP = (
     "Run the whole pipeline on synthetic-faces, drawn faces built into fernoise (no data needed).\n\n"
     "Writes into DIR (default ./fernoise-demo, also the workspace): raw/ (the drawn class-folder tree), "
-    "aligned/ (manifest.parquet, and the sym 30% noisy manifest), runs/<key>/ (one run per method, "
+    "synthetic-faces/ (manifest.parquet, and the sym 30% noisy manifest), runs/<key>/ (one run per method, "
     "with eval.json and pictures) and report.md. The faces are drawings, not photos: the figures "
     "only show that the pipeline works. A second run is all cache hits."
 )
@@ -49,9 +50,13 @@ class _Printer:
                 f"test {_f(m.get('test_acc'))}  {_f(m.get('seconds'), 1)}s",
                 soft_wrap=True,
             )
+        elif kind == "train" and ev.get("train_event") in ("header", "note") and ev.get("message"):
+            self._stop()
+            console.print(f"  {ev['method']:<8} [dim]{escape(str(ev['message']))}[/dim]", soft_wrap=True,
+                          highlight=False)
         elif kind == "train" and ev.get("train_event") == "warning":
             self._stop()
-            err_console.print(f"[yellow]warning:[/yellow] {ev.get('message')}", soft_wrap=True)
+            err_console.print(f"[yellow]warning:[/yellow] {escape(str(ev.get('message')))}", soft_wrap=True)
         elif kind == "step":
             self._stop()
             self._step(ev["step"])
@@ -129,8 +134,6 @@ def register(app: typer.Typer) -> None:
             printer.close()
         console.print()
         console.print(f"[bold]{res.title}[/bold]", soft_wrap=True)
-        console.print("test accuracy in %: max / last-5 over the epochs; val: at the validation-selected epoch",
-                      soft_wrap=True)
         typer.echo(res.table, nl=False)
         hits = sum(s.hit for s in res.steps if s.stage != "report")
         total = sum(1 for s in res.steps if s.stage != "report")

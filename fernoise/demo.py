@@ -5,10 +5,11 @@ workspace (``DIR/fernoise.lock``), so that ``fernoise eval``/``report`` work the
 
 - ``raw/``: the synthetic-faces class-folder tree (``raw/train/<class>/*.png``,
   ``raw/test/<class>/*.png``) and ``raw/synthetic.json`` (what was drawn, and how);
-- ``aligned/``: ``fernoise align --mode whole`` output (``manifest.parquet``, ``faces/``): the
+- ``synthetic-faces/``: ``fernoise align --mode whole`` output (``manifest.parquet``, ``faces/``;
+  the folder's name is the data set's name in ``fernoise report``'s headings): the
   drawings are already face crops (MTCNN finds about one drawn face in five, so detection is
   not used); the manifest's metadata says ``dataset: synthetic-faces``;
-- ``aligned/manifest.sym-r0.30-s0.parquet``: ``fernoise corrupt --kind sym --rate 0.3 --seed 0``;
+- ``synthetic-faces/manifest.sym-r0.30-s0.parquet``: ``fernoise corrupt --kind sym --rate 0.3 --seed 0``;
 - ``runs/<key>/``: one ``fernoise train`` run per method (``config.json``, ``metrics.jsonl``,
   ``model.pt``, ...), each with ``eval.json`` and pictures from ``fernoise eval``;
 - ``report.md``: the ``fernoise report`` table under a title that names the synthetic data.
@@ -233,7 +234,7 @@ def run_demo(root: str | os.PathLike = DEFAULT_DIR, params: DemoParams = DemoPar
 
         say({"event": "stage", "stage": "align"})
         t0 = time.perf_counter()
-        aligned = align_folder(root / "raw", root / "aligned", AlignParams(mode="whole", size=params.size),
+        aligned = align_folder(root / "raw", root / NAME, AlignParams(mode="whole", size=params.size),
                                LabelSpec(), workers=1, device="cpu", force=force, workspace=ws, dataset=NAME,
                                progress=lambda d, n: say({"event": "align", "done": d, "total": n}))
         done(StepResult("align", aligned.manifest, aligned.hit, time.perf_counter() - t0,
@@ -260,9 +261,7 @@ def run_demo(root: str | os.PathLike = DEFAULT_DIR, params: DemoParams = DemoPar
         table = report([str(r) for r in runs], fmt="markdown")
         head = title(params)
         report_path = root / "report.md"
-        atomic_write_text(report_path, f"# fernoise demo: {head}\n\n"
-                                       "Cells: test accuracy in %, `max / last-5` over the epochs, and `val`: "
-                                       "at the epoch the validation split picks.\n\n" + table)
+        atomic_write_text(report_path, f"# fernoise demo: {head}\n\n{table}")
         done(StepResult("report", report_path, False, time.perf_counter() - t0))
 
     return DemoResult(root=root, steps=steps, runs=runs, evals=evals, table=table, title=head,

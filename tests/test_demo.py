@@ -104,7 +104,7 @@ def test_demo_runs_the_pipeline_writes_every_output_and_hits_the_cache(tmp_path,
     info = json.loads((root / "raw" / "synthetic.json").read_text())
     assert info["dataset"] == "synthetic-faces" and info["counts"]["train"]["fear"] == 4
 
-    aligned = root / "aligned" / "manifest.parquet"
+    aligned = root / "synthetic-faces" / "manifest.parquet"
     meta = read_meta(aligned)
     assert meta["dataset"] == "synthetic-faces" and meta["classes"] == CLASSES and meta["params"]["mode"] == "whole"
     df = pd.read_parquet(aligned)
@@ -112,7 +112,7 @@ def test_demo_runs_the_pipeline_writes_every_output_and_hits_the_cache(tmp_path,
     assert df.groupby(["split", "label_name"]).size().to_dict() == {
         **{("train", c): 4 for c in CLASSES}, **{("test", c): 2 for c in CLASSES}}
 
-    noisy = root / "aligned" / "manifest.sym-r0.30-s0.parquet"
+    noisy = root / "synthetic-faces" / "manifest.sym-r0.30-s0.parquet"
     nmeta = read_meta(noisy)
     assert nmeta["dataset"] == "synthetic-faces" and nmeta["noise"]["kind"] == "sym"
     ndf = pd.read_parquet(noisy)
@@ -134,6 +134,7 @@ def test_demo_runs_the_pipeline_writes_every_output_and_hits_the_cache(tmp_path,
     first = text.splitlines()[0]
     assert first.startswith("# fernoise demo: synthetic-faces (SYNTHETIC drawn faces, not real photos)")
     assert "sym 30% noise" in first and "3 epochs at 32 px" in first
+    assert "### dataset synthetic-faces (align " in text  # report's own heading: the align folder's name
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert rows[0].split("|")[1].strip() == "method" and "sym 30%" in rows[0]
     assert [r.split("|")[1].strip() for r in rows[2:]] == ["ce", "ncctfer"]
@@ -156,7 +157,8 @@ def test_demo_runs_the_pipeline_writes_every_output_and_hits_the_cache(tmp_path,
     assert out.exit_code == 0, out.output
     assert out.output.count("cache hit: ") == 7 and out.output.count("wrote: ") == 1  # report.md
     assert "synthetic-faces (SYNTHETIC drawn faces, not real photos)" in out.output
-    assert res.table.splitlines()[2] in out.output
+    assert next(line for line in res.table.splitlines() if line.startswith("| ce ")) in out.output
+    assert "### dataset synthetic-faces" in out.output
     assert "(7 of 7 stages from the cache)" in out.output
 
 
