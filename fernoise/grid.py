@@ -87,6 +87,24 @@ def method_options(method: str) -> dict[str, str]:
     return {f.name: str(f.type) for f in fields(params)} if params is not None else {}
 
 
+def method_aliases(method: str) -> dict[str, str]:
+    """How a grid may name the method's own options -> the ``Params`` field: the field name
+    (``margin``) and the ``fernoise train`` flag without its dashes (``scn-margin``/``scn_margin``)."""
+    try:
+        from fernoise import methods  # type: ignore[attr-defined]
+
+        params = getattr(methods.get(method), "Params", None)
+    except (ImportError, AttributeError, FernoiseError):
+        return {}
+    out: dict[str, str] = {}
+    for f in fields(params) if params is not None else ():
+        out[f.name] = f.name
+        flag = (f.metadata or {}).get("flag")
+        if flag:
+            out[flag.lstrip("-").replace("-", "_")] = f.name
+    return out
+
+
 def make_method_params(method: str, values: dict[str, Any]) -> Any:
     """The method's ``Params`` from ``{field: value}`` through the registry."""
     from fernoise import methods  # type: ignore[attr-defined]
@@ -174,8 +192,9 @@ def _check_type(path: Path, where: str, value: Any, annotation: str) -> Any:
         or ("None" in allowed and value is None)
         or not allowed & {"int", "float", "str", "bool", "None"}
     )
-    if not ok:
-        raise grid_error(path, where, f"expected {annotation}, found {value!r}")
+    if not ok:  # TOML has no null: None is never what to write
+        shown = " or ".join(a.strip() for a in annotation.split("|") if a.strip() != "None")
+        raise grid_error(path, where, f"expected {shown}, found {value!r}")
     return float(value) if _is_int(value) and "float" in allowed and "int" not in allowed else value
 
 
@@ -188,9 +207,11 @@ def _option(path: Path, where: str, key: str, known: dict[str, str], methods: Se
     if name in known:
         return name, known[name], False
     own = {m: method_options(m) for m in methods}
-    having = [m for m in methods if name in own[m]]
+    aliases = {m: method_aliases(m) for m in methods}
+    having = [m for m in methods if name in aliases[m]]
     if having and len(having) == len(methods):
-        return name, own[having[0]][name], True
+        field_name = aliases[having[0]][name]
+        return field_name, own[having[0]][field_name], True
     if having:
         others = ", ".join(m for m in methods if m not in having)
         raise grid_error(path, where, f"{key!r} is an option of {', '.join(having)}, not of {others}; "

@@ -13,7 +13,8 @@ also gets a small index entry, keyed by what was *asked for*:
   of the files in it; ``latest``: the workspace lock's ``pretrain`` entry);
 - with ``--device auto``: the machine's device class read cheaply (``/dev/nvidia*`` and
   ``CUDA_VISIBLE_DEVICES``) and the installed torch build (``2.x+cu130`` vs ``+cpu``);
-- the fernoise version and the train stage version.
+- the fernoise version, the train stage version and the method's defaults (optimiser and
+  ``Params``, from the ``fernoise.methods`` registry), which unset options resolve from.
 
 An entry (``<runs_dir>/.fernoise/index/<hash>.json``) names the run folder, its stage key and
 the size and mtime (ns) of every output its stamp lists, taken after checking each file's
@@ -55,6 +56,11 @@ INDEX_DIR = Path(".fernoise") / "index"
 
 
 # ----------------------------------------------------------------------------- cheap facts
+@functools.cache
+def _device_nodes() -> bool:
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
+
+
 def device_class() -> str:
     """``cuda`` when this machine exposes a GPU to this process, else ``cpu`` (no torch import).
 
@@ -64,11 +70,10 @@ def device_class() -> str:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return "cpu"
-    if glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"):
-        return "cuda"
-    return "cpu"
+    return "cuda" if _device_nodes() else "cpu"
 
 
+@functools.cache
 def torch_build() -> str | None:
     """The installed torch's version string (``2.14.1+cu130``), read from package metadata."""
     from importlib import metadata
@@ -120,6 +125,21 @@ def pretrained_identity(value: str | None, workspace: Workspace | None = None) -
         entry = (workspace or Workspace()).read()["stages"].get("pretrain")
         return {"latest": [entry.get("key"), entry.get("output")]} if entry else ...
     return ...
+
+
+def method_defaults(method: str) -> Any:
+    """The defaults ``train`` resolves unset options from: the method's optimiser defaults and
+    its ``Params`` defaults (``fernoise.methods`` registry; None without one), so a changed
+    default misses the index as it misses the stage key."""
+    try:
+        from fernoise import methods  # type: ignore[attr-defined]
+
+        cls = methods.get(method)
+        optim, params = getattr(cls, "optim", None), getattr(cls, "Params", None)
+        return {"optim": asdict(optim) if optim is not None else None,
+                "params": asdict(params()) if params is not None else None}
+    except (ImportError, AttributeError, TypeError, FernoiseError):
+        return None
 
 
 def world_size(cfg: Any) -> int:
@@ -177,7 +197,7 @@ def train_request(manifest_path: str | os.PathLike, cfg: Any, workspace: Workspa
     return {
         "index": INDEX_VERSION, "fernoise": __version__, "stage_version": VERSION,
         "config": config, "manifest": manifest_identity(manifest_path), "pretrained": pre,
-        "world": world_size(cfg), "host": host,
+        "world": world_size(cfg), "host": host, "defaults": method_defaults(config.get("method")),
     }
 
 

@@ -290,12 +290,13 @@ class _Corrupter:
 
 def check_done(sweep: Sweep, cell: Cell, manifest: Path, state: CellState) -> bool:
     """True (and ``state`` filled in) when the cell's run and evaluation are finished and
-    intact, decided from the run index alone (no torch)."""
+    intact, decided from the run index alone (no torch). A hit is not recorded in the
+    workspace lock (two lock writes per cell would be most of a re-run's time)."""
     from fernoise import runindex
 
     try:
-        hit = runindex.lookup(manifest, cell.config, runs_dir=sweep.runs_dir, workspace=sweep.workspace)
-        report = runindex.lookup_eval(hit.output, cam=sweep.grid.cam, workspace=sweep.workspace) if hit else None
+        hit = runindex.lookup(manifest, cell.config, runs_dir=sweep.runs_dir)
+        report = runindex.lookup_eval(hit.output, cam=sweep.grid.cam) if hit else None
     except OSError:  # unreadable outputs: the child's stages will say what is wrong
         return False
     if report is None:
@@ -346,7 +347,11 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
             say(sweep)
             continue
         if check_done(sweep, cell, manifest, st):
-            _write_cell(sweep, st)
+            old = read_json(sweep.cell_file(cell))
+            same = isinstance(old, dict) and old.get("status") == "done" and \
+                old.get("spec") == st.spec and old.get("run") == st.run
+            if not same:  # a re-run of a finished sweep writes no cell file (who ran it stays)
+                _write_cell(sweep, st)
         else:
             pending.append((st, manifest))
         say(sweep)
