@@ -19,6 +19,10 @@
 #   run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=600)
 # Knobs: GPU_CHECK_EPOCHS (40), GPU_CHECK_ROWS (12271), GPU_CHECK_STEPS ("tests bench run align":
 # the steps to do), GPU_CHECK_BENCH_ROUNDS (1).
+# Each step has its own timeout (tests 80 s, bench 180 s, cache prep 60 s, the 40-epoch run
+# 180 s, align 60 s: at most ~560 s, inside one 600 s call); a step that runs out still
+# reports what it finished (the run's metrics.jsonl is written every epoch). If the budget
+# allows a second call, split: GPU_CHECK_STEPS="tests bench", then "run align".
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -112,13 +116,13 @@ secs() { python3 -c "import time; print(f'{time.time():.3f}')"; }
 
 if has tests; then
   t0=$(secs)
-  FERNOISE_TEST_DEVICE=cuda timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_augment.py >"$OUTDIR/tests.log" 2>&1
+  FERNOISE_TEST_DEVICE=cuda timeout 80 python3 -m pytest -q -x -p no:cacheprovider tests/test_augment.py >"$OUTDIR/tests.log" 2>&1
   rc=$?
   row "augment tests on cuda (rc $rc)" "$(tail -1 "$OUTDIR/tests.log") [$(python3 -c "print(f'{$(secs)-$t0:.0f}')") s]"
 fi
 
 if has bench; then
-  timeout 300 python3 bench/train.py --device cuda --image-size 224 --rows "$ROWS" --rounds "${GPU_CHECK_BENCH_ROUNDS:-1}" \
+  timeout 180 python3 bench/train.py --device cuda --image-size 224 --rows "$ROWS" --rounds "${GPU_CHECK_BENCH_ROUNDS:-1}" \
     --no-layouts --workdir "$WORK/bench" >"$OUTDIR/bench.log" 2>&1
   row "bench/train.py 224 px (rc $?)" "table below (bench.log)"
 fi
@@ -128,10 +132,10 @@ if has run; then
   # FER2013Valid rows as test, evaluated every epoch; no carved val (--val-fraction 0).
   python3 bench/ferplus_manifest.py "$WORK/run.parquet" --train "$ROWS" >/dev/null
   # one epoch first, in another runs folder: builds the 224 px array cache (not timed)
-  timeout 120 $FN train "$WORK/run.parquet" --method ncctfer --epochs 1 --image-size 224 --device cuda \
+  timeout 60 $FN train "$WORK/run.parquet" --method ncctfer --epochs 1 --image-size 224 --device cuda \
     --augment device --val-fraction 0 --runs-dir "$WORK/prep" --workspace "$FERNOISE_WORKSPACE" >"$OUTDIR/prepare.log" 2>&1
   t0=$(secs)
-  timeout 420 $FN train "$WORK/run.parquet" --method ncctfer --epochs "$EPOCHS" --image-size 224 --device cuda \
+  timeout 180 $FN train "$WORK/run.parquet" --method ncctfer --epochs "$EPOCHS" --image-size 224 --device cuda \
     --augment device --val-fraction 0 --runs-dir "$WORK/runs" --workspace "$FERNOISE_WORKSPACE" >"$OUTDIR/run.log" 2>&1
   rc=$?
   wall=$(python3 -c "print(f'{$(secs)-$t0:.1f}')")
@@ -157,7 +161,7 @@ if has align; then
   VALID="$FERNOISE_SHARED/data/ferplus/FER2013Valid"
   n=$(ls "$VALID" | wc -l)
   t0=$(secs)
-  timeout 240 $FN align "$VALID" "$WORK/aligned" --device cuda --workspace "$FERNOISE_WORKSPACE" >"$OUTDIR/align.log" 2>&1
+  timeout 60 $FN align "$VALID" "$WORK/aligned" --device cuda --workspace "$FERNOISE_WORKSPACE" >"$OUTDIR/align.log" 2>&1
   rc=$?
   wall=$(python3 -c "print(f'{$(secs)-$t0:.1f}')")
   row "align FER2013Valid on cuda (rc $rc)" "$n images in ${wall} s = $(python3 -c "print(f'{$n/$wall:.0f}')") images/s (target >= 1000)"

@@ -104,6 +104,8 @@ def test_compile_unavailable_warns_once_and_trains(data, workspace, monkeypatch)
 
 def test_cli_augment_flag(data, workspace):
     runner = CliRunner()
+    helptext = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "--augment" in helptext and "--compile" in helptext
     bad = runner.invoke(app, ["train", str(data), "--augment", "gpu", "--epochs", "1", "--image-size", str(SIZE)])
     assert bad.exit_code != 0
     lines = [ln for ln in bad.output.strip().splitlines() if ln.strip()]
