@@ -61,8 +61,8 @@ class DemoParams:
     noise_seed: int = 0
     """Seed of the noise (``corrupt --seed``)."""
     epochs: int = 8
-    """Training epochs per run (from scratch: about 40% test accuracy for ce after 8, near chance
-    after 4)."""
+    """Training epochs per run (from scratch, measured with sym 30% noise: ce's test accuracy is
+    near chance, 14%, up to epoch 4 and 26-34% at epochs 6-8)."""
     warmup: int = 3
     """Warm-up epochs of plain cross-entropy (``train --warmup``)."""
     batch_size: int = 16
