@@ -1,7 +1,7 @@
 """Build a fernoise manifest straight over ../shared/data/ferplus (for benches and real runs).
 
 Not the align stage: FER2013 crops are already 48x48 faces, so each row points at its PNG as
-the crop (status ok). Labels: the FER+ majority (METHOD.md: drop single votes, keep the top
+the crop (status ok). Labels: the FER+ majority (docs/data.md: drop single votes, keep the top
 class when it holds more than half of what remains, drop unknown/NF winners), or the
 original FER2013 label (``--labels fer2013``, 7 classes: real annotation noise, with
 ``label_clean`` = the FER+ majority and ``is_noisy`` where they differ). ``--sym-rate r``

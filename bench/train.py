@@ -9,6 +9,12 @@ Rows (all on FERPlus crops, ResNet-18, CPU unless CUDA is there):
   worker, weak/strong views, normalisation, step, metrics), its ``images_per_s``.
 - ``baseline`` : torchvision ResNet-18, cross-entropy, batch 32, a PIL ``Dataset`` decoding each
   PNG with ``Resize/RandomCrop(pad 4)/RandomHorizontalFlip/ToTensor/Normalize`` in 2 workers.
+- ``end-to-end, device views`` / ``workers`` : the same epoch with ``--augment device`` (views
+  made in batches on the training device, fernoise/augment.py) and ``--augment workers``
+  (per sample in DataLoader workers); ``device / workers`` is their ratio (issue 13).
+- on CUDA, ``peer-style loader``: the same fernoise step fed by what the peers' repos do (EAC,
+  RUL, SCN): a PIL ``Dataset`` decoding each PNG and making its views with torchvision
+  transforms per sample (RandAugment for the second view), 8 DataLoader workers, batch 128.
 Samples/s count both views for ncctfer. Ratio 1 = end-to-end / step (target >= 0.85); the
 in-loop ratio is the share of the epoch the trainer's step did not wait for data (its own
 ``data_wait_s``), immune to other load on a shared machine;
@@ -16,6 +22,7 @@ ratio 2 = fernoise ce end-to-end / baseline end-to-end. Also fp32 vs bf16 steps 
 ``--precision auto`` picks on this CPU).
 
     .venv/bin/python bench/train.py [--rows 1280] [--size 64] [--batch 128]
+    python bench/train.py --device cuda --image-size 224 --rows 12271   # on a GPU (bench/gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -84,11 +91,13 @@ def step_rate(method: str, images: np.ndarray, labels: np.ndarray, *, batch: int
     return steps * batch * (2 if two else 1) / (time.perf_counter() - t)
 
 
-def end_to_end_rate(manifest: Path, method: str, *, batch: int, size: int, runs: Path) -> tuple[float, float]:
+def end_to_end_rate(manifest: Path, method: str, *, batch: int, size: int, runs: Path, augment: str = "workers",
+                    device: str = "auto") -> tuple[float, float]:
     """(images/s of one training epoch, share of its time not spent waiting for data)."""
     import json
 
-    cfg = TrainConfig(method=method, epochs=1, warmup=0, batch_size=batch, image_size=size, val_fraction=0.0)
+    cfg = TrainConfig(method=method, epochs=1, warmup=0, batch_size=batch, image_size=size, val_fraction=0.0,
+                      augment=augment, device=device)
     res = train(manifest, cfg, runs_dir=runs, force=True)
     m = json.loads((res.output / "metrics.jsonl").read_text().splitlines()[-1])
     return m["images_per_s"], 1 - m["data_wait_s"] / m["train_seconds"]
@@ -114,6 +123,61 @@ class PILFaces(torch.utils.data.Dataset):
 
         with Image.open(self.paths[i]) as im:
             return self.tf(im.convert("RGB")), int(self.labels[i])
+
+
+class PeerViews(torch.utils.data.Dataset):
+    """The peers' loader (EAC/RUL/SCN ``dataset.py``): PIL decode, resize, then each view's
+    torchvision transforms per sample; the second view (ncctfer's strong) adds RandAugment."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray, size: int, two: bool):
+        from torchvision import transforms as T
+
+        self.paths, self.labels, self.two = paths, labels, two
+        base = [T.Resize((size, size)), T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
+        tail = [T.ToTensor(), T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])]
+        self.weak = T.Compose(base + tail)
+        self.strong = T.Compose(base + [T.RandAugment(2, 10)] + tail)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            im = im.convert("RGB")
+            views = (self.weak(im), self.strong(im)) if self.two else (self.weak(im),)
+        return views, int(self.labels[i]), i
+
+
+def peer_rate(method: str, paths: list[str], labels: np.ndarray, *, batch: int, size: int, precision: str,
+              device: str, workers: int = 8) -> float:
+    """Samples/s (both views for ncctfer) of one epoch of the fernoise step fed by :class:`PeerViews`."""
+    m = methods.create(method, num_classes=8, n_rows=len(paths), image_size=size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = methods.build_model(m)
+    model = model.to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.Adam(m.param_groups(model, lr_backbone=1e-4, lr_head=1e-3))
+    gen = torch.Generator().manual_seed(0)
+    two = len(m.views) > 1
+    loader = torch.utils.data.DataLoader(PeerViews(paths, labels, size, two), batch_size=batch, shuffle=True,
+                                         num_workers=workers, drop_last=True, pin_memory=device.startswith("cuda"),
+                                         persistent_workers=False, prefetch_factor=4 if workers else None)
+    t, seen = time.perf_counter(), 0
+    for views, y, idx in loader:
+        x = {name: views[i].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+             for i, name in enumerate(m.views)}
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(m.loss, x, y.to(device), idx, epoch=2, warm=False, gen=gen)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        out.loss.item()  # as a training loop logging its loss does
+        seen += len(y) * (2 if two else 1)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - t)
 
 
 def baseline_rates(paths: list[str], labels: np.ndarray, *, size: int, device: str, n: int) -> tuple[float, float]:
@@ -150,7 +214,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2560,
                     help="FERPlus training rows (one end-to-end epoch; 20 batches of 128, so the start of the DataLoader workers is amortised as in a real epoch)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the best is reported")
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--size", "--image-size", dest="size", type=int, default=64)
+    ap.add_argument("--device", default="auto", help="auto (cuda when there), cpu or cuda")
+    ap.add_argument("--peer-workers", type=int, default=8, help="DataLoader workers of the peer-style loader (CUDA)")
+    ap.add_argument("--no-layouts", action="store_true", help="skip the fp32/bf16 x layout step rows")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per step-only measurement")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -159,7 +226,7 @@ def main() -> None:
     work = a.workdir or Path(tempfile.mkdtemp(prefix="fernoise-bench-train-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ["FERNOISE_WORKSPACE"] = str(work)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     auto = resolve_precision("auto", device)
     manifest = ferplus_manifest.build(work / "manifest.parquet", n_train=a.rows, n_test=0)
     m = read_manifest(manifest)
@@ -169,12 +236,14 @@ def main() -> None:
     images = data.array_cache(paths, m.df["id"].tolist(), manifest_key=m.key, size=a.size,
                               cache_dir=Workspace().root / ".fernoise" / "arrays")
     decode = time.perf_counter() - t
-    console.print(f"{device}, {torch.get_num_threads()} threads, {a.rows} FERPlus rows at {a.size}px, "
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else ""
+    console.print(f"{device} {gpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, {a.rows} FERPlus rows at {a.size}px, "
                   f"batch {a.batch}, precision auto -> {auto}; array cache built in {decode:.1f}s")
 
     # The machine is shared: every figure is the best of --rounds interleaved measurements.
     table = Table(title=f"fernoise train throughput ({device}, {a.size}x{a.size}, samples/s, best of {a.rounds})")
-    for col in ("what", "batch", "precision", "step only", "end-to-end", "ratio", "in-loop ratio"):
+    for col in ("what", "batch", "precision", "step only", "end-to-end", "ratio", "in-loop ratio",
+                "vs workers", "vs peer"):
         table.add_column(col, justify="right" if col not in ("what", "precision") else "left")
     best: dict[str, float] = {}
 
@@ -183,26 +252,46 @@ def main() -> None:
         console.print(f"  {name}: {value:.2f}")
 
     kw = dict(batch=a.batch, size=a.size, device=device, steps=a.steps)
+    on_cuda = device.startswith("cuda")
     for _ in range(a.rounds):
         for method in ("ce", "ncctfer"):
             keep(f"step {method}", step_rate(method, images, labels, precision=auto, **kw))
-            rate, busy = end_to_end_rate(manifest, method, batch=a.batch, size=a.size, runs=work / "runs")
-            keep(f"e2e {method}", rate)
-            keep(f"busy {method}", busy)
-        b_e2e, b_step = baseline_rates(paths, labels, size=a.size, device=device, n=min(640, a.rows))
-        keep("baseline e2e", b_e2e)
-        keep("baseline step", b_step)
-        for prec in ("fp32", "bf16"):
+            for aug in ("workers", "device"):
+                rate, busy = end_to_end_rate(manifest, method, batch=a.batch, size=a.size, runs=work / "runs",
+                                             augment=aug, device=device)
+                keep(f"e2e {method} {aug}", rate)
+                keep(f"busy {method} {aug}", busy)
+            if on_cuda:
+                keep(f"peer {method}", peer_rate(method, paths, labels, batch=a.batch, size=a.size, precision=auto,
+                                                 device=device, workers=a.peer_workers))
+        if not on_cuda:
+            b_e2e, b_step = baseline_rates(paths, labels, size=a.size, device=device, n=min(640, a.rows))
+            keep("baseline e2e", b_e2e)
+            keep("baseline step", b_step)
+        for prec in () if a.no_layouts else ("fp32", "bf16"):
             for cl in (False, True):
                 keep(f"ce {prec} {'channels_last' if cl else 'contiguous'}",
                      step_rate("ce", images, labels, precision=prec, channels_last=cl, **kw))
     for method in ("ce", "ncctfer"):
-        step, e2e = best[f"step {method}"], best[f"e2e {method}"]
-        table.add_row(f"fernoise {method}" + (" (2 views)" if method == "ncctfer" else ""), str(a.batch), auto,
-                      f"{step:.0f}", f"{e2e:.0f}", f"{e2e / step:.2f}", f"{best[f'busy {method}']:.2f}")
-    b_e2e, b_step = best["baseline e2e"], best["baseline step"]
-    table.add_row("baseline: PIL Dataset + torchvision", "32", "fp32", f"{b_step:.0f}", f"{b_e2e:.0f}", f"{b_e2e / b_step:.2f}")
-    table.add_row("fernoise ce / baseline, end-to-end", "", "", "", "", f"{best['e2e ce'] / b_e2e:.2f}x")
+        step = best[f"step {method}"]
+        workers_rate = best[f"e2e {method} workers"]
+        peer = best.get(f"peer {method}")
+        for aug in ("workers", "device"):
+            e2e = best[f"e2e {method} {aug}"]
+            table.add_row(f"fernoise {method}" + (" (2 views)" if method == "ncctfer" else "") + f", {aug} views",
+                          str(a.batch), auto, f"{step:.0f}", f"{e2e:.0f}", f"{e2e / step:.2f}",
+                          f"{best[f'busy {method} {aug}']:.2f}", f"{e2e / workers_rate:.2f}x",
+                          f"{e2e / peer:.2f}x" if peer else "")
+        if peer:
+            table.add_row(f"peer-style loader ({a.peer_workers} workers) + {method} step", str(a.batch), auto,
+                          f"{step:.0f}", f"{peer:.0f}", f"{peer / step:.2f}", "", "", "1.00x")
+    if not on_cuda:
+        b_e2e, b_step = best["baseline e2e"], best["baseline step"]
+        table.add_row("baseline: PIL Dataset + torchvision", "32", "fp32", f"{b_step:.0f}", f"{b_e2e:.0f}", f"{b_e2e / b_step:.2f}")
+        table.add_row("fernoise ce (workers) / baseline, end-to-end", "", "", "", "", f"{best['e2e ce workers'] / b_e2e:.2f}x")
+    for method in ("ce", "ncctfer"):
+        console.print(f"device / workers, end to end, {method}: "
+                      f"{best[f'e2e {method} device'] / best[f'e2e {method} workers']:.2f}x")
     for name in [k for k in best if k.startswith("ce ")]:
         _, prec, layout = name.split()
         table.add_row(f"step ce, {layout}", str(a.batch), prec, f"{best[name]:.0f}", "", "")

@@ -41,13 +41,14 @@ def _register() -> None:
         evaluate,
         methods,
         predict,
+        pretrain,
         report,
         split,
         sweep,
         train,
     )
 
-    for mod in (demo, align, corrupt, split, train, methods, evaluate, predict, report, sweep):
+    for mod in (demo, align, corrupt, split, pretrain, train, methods, evaluate, predict, report, sweep):
         mod.register(app)
 
 

@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 import typer
 from fernoise_cli.common import DeviceOpt, ForceOpt, console, err_console, handle_errors
+from rich.markup import escape
 
 HELP = (
     "Run the whole pipeline on synthetic-faces, drawn faces built into fernoise (no data needed).\n\n"
     "Writes into DIR (default ./fernoise-demo, also the workspace): raw/ (the drawn class-folder tree), "
-    "aligned/ (manifest.parquet, and the sym 30% noisy manifest), runs/<key>/ (one run per method, "
+    "synthetic-faces/ (manifest.parquet, and the sym 30% noisy manifest), runs/<key>/ (one run per method, "
     "with eval.json and pictures) and report.md. The faces are drawings, not photos: the figures "
     "only show that the pipeline works. A second run is all cache hits."
 )
@@ -49,9 +50,13 @@ class _Printer:
                 f"test {_f(m.get('test_acc'))}  {_f(m.get('seconds'), 1)}s",
                 soft_wrap=True,
             )
+        elif kind == "train" and ev.get("train_event") in ("header", "note") and ev.get("message"):
+            self._stop()
+            console.print(f"  {ev['method']:<8} [dim]{escape(str(ev['message']))}[/dim]", soft_wrap=True,
+                          highlight=False)
         elif kind == "train" and ev.get("train_event") == "warning":
             self._stop()
-            err_console.print(f"[yellow]warning:[/yellow] {ev.get('message')}", soft_wrap=True)
+            err_console.print(f"[yellow]warning:[/yellow] {escape(str(ev.get('message')))}", soft_wrap=True)
         elif kind == "step":
             self._stop()
             self._step(ev["step"])
@@ -96,11 +101,11 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def demo_cmd(
         folder: Annotated[Path, typer.Argument(metavar="DIR", help="Folder for everything the demo writes.")] = Path("fernoise-demo"),
-        methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods to train (ce, pc, nl, ncctfer).")] = "ce,ncctfer",
-        epochs: Annotated[int, typer.Option("--epochs", help="Training epochs per method.")] = 6,
-        train_per_class: Annotated[int, typer.Option("--train-per-class", help="Drawn training faces per class.")] = 40,
-        test_per_class: Annotated[int, typer.Option("--test-per-class", help="Drawn test faces per class (unseen identities).")] = 12,
-        size: Annotated[int, typer.Option("--size", help="Crop and training image side in pixels.")] = 40,
+        methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated methods to train, one run each (ce, pc, nl, ncctfer).", show_default="ce,ncctfer")] = None,
+        epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs per method.", show_default="8")] = None,
+        train_per_class: Annotated[int | None, typer.Option("--train-per-class", help="Drawn training faces per class.", show_default="40")] = None,
+        test_per_class: Annotated[int | None, typer.Option("--test-per-class", help="Drawn test faces per class, of unseen identities.", show_default="10")] = None,
+        size: Annotated[int | None, typer.Option("--size", help="Crop and training image side in pixels.", show_default="48")] = None,
         device: DeviceOpt = "auto",
         force: ForceOpt = False,
     ) -> None:
@@ -112,10 +117,14 @@ def register(app: typer.Typer) -> None:
         from fernoise.synthetic import NAME
 
         t0 = time.perf_counter()
-        names = tuple(m.strip() for m in methods.split(",") if m.strip())
-        params = DemoParams(methods=names, epochs=epochs, warmup=min(DemoParams.warmup, max(0, epochs - 1)),
-                            train_per_class=train_per_class, test_per_class=test_per_class, size=size,
-                            device=device)
+        given: dict[str, Any] = {k: v for k, v in {
+            "epochs": epochs, "train_per_class": train_per_class, "test_per_class": test_per_class, "size": size,
+        }.items() if v is not None}
+        if methods is not None:
+            given["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
+        if epochs is not None:  # keep a third of the epochs, at most the default's, as warm-up
+            given["warmup"] = min(DemoParams.warmup, epochs // 3)
+        params = DemoParams(**given, device=device)
         console.print(f"fernoise demo on [bold]{NAME}[/bold]: procedurally drawn faces (SYNTHETIC, not photos) "
                       f"-> {folder}", soft_wrap=True)
         printer = _Printer(folder)
@@ -125,8 +134,6 @@ def register(app: typer.Typer) -> None:
             printer.close()
         console.print()
         console.print(f"[bold]{res.title}[/bold]", soft_wrap=True)
-        console.print("test accuracy in %: max / last-5 over the epochs; val: at the validation-selected epoch",
-                      soft_wrap=True)
         typer.echo(res.table, nl=False)
         hits = sum(s.hit for s in res.steps if s.stage != "report")
         total = sum(1 for s in res.steps if s.stage != "report")

@@ -79,6 +79,12 @@ class _Progress:
                 f"{m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s",
                 soft_wrap=True,
             )
+        elif kind == "pretrained":
+            self._stop()
+            console.print(f"pretrained {ev['path']} ({ev['kind']}, sha256 {ev['sha256'][:12]})", soft_wrap=True,
+                          markup=False)
+            for what, count, keys in ev["table"]:
+                console.print(f"  {what:<22} {count:>4}  {keys}".rstrip(), soft_wrap=True, markup=False)
         elif kind == "resume":
             console.print(f"resuming {ev['run_dir']} after epoch {ev['epoch']}")
         elif kind == "warning":
@@ -110,7 +116,8 @@ def _static_options(
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Adam weight decay (default: the method's).", show_default=False)] = None,
     lr_decay: Annotated[float | None, typer.Option("--lr-decay", help="Per-epoch exponential lr factor; 1 = constant (default: the method's).", show_default=False)] = None,
     randaug_magnitude: Annotated[int, typer.Option("--randaug-magnitude", help="RandAugment magnitude 0..30 (2 ops) of the strong view.")] = 10,
-    pretrained: Annotated[Path | None, typer.Option("--pretrained", help="Local backbone state dict (e.g. resnet18_msceleb.pth).")] = None,
+    pretrained: Annotated[Path | None, typer.Option("--pretrained", help="Backbone start: a state dict file (resnet18_msceleb.pth, torchvision resnet18-*.pth, backbone.pt), a train run folder or its model.pt, a pretrain folder, or `latest` (the workspace's latest `fernoise pretrain`).")] = None,
+    pretrained_partial: Annotated[bool, typer.Option("--pretrained-partial", help="Accept a --pretrained file that fills only part of the backbone (the rest stays random).")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (autocast).")] = "auto",
@@ -120,6 +127,8 @@ def _static_options(
     keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pt after the run finishes (removed by default).")] = False,
     runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Folder of run folders (default: <workspace>/runs).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers (default: auto).")] = None,
+    augment: Annotated[str, typer.Option("--augment", help="Where views are made: device (batched on the training device), workers (DataLoader workers) or auto (device on CUDA, workers on the CPU); recorded in the key.")] = "auto",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (skipped with a warning where unavailable).")] = False,
     devices: Annotated[int, typer.Option("--devices", help="Local processes for torch.distributed (DDP).")] = 1,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
@@ -136,12 +145,13 @@ def _method_options() -> list[inspect.Parameter]:
     from dataclasses import fields
 
     from fernoise import methods
+    from fernoise.methods.base import option_type
 
     out = []
     for flag, owners in methods.all_flags().items():
         name, field_name = next(iter(owners.items()))
         f = next(f for f in fields(methods.get(name).Params) if f.name == field_name)
-        kind = type(f.default)
+        kind = option_type(f)
         choices = f"; one of {', '.join(f.metadata['choices'])}" if f.metadata.get("choices") else ""
         help_ = f"{', '.join(owners)}: {f.metadata['help']} (default {f.default}{choices})"
         out.append(inspect.Parameter(
@@ -167,9 +177,10 @@ def _train(**kw) -> None:
         method=method, method_params=params, epochs=kw["epochs"], batch_size=kw["batch_size"],
         image_size=kw["image_size"], warmup=kw["warmup"], lr_backbone=kw["lr_backbone"], lr_head=kw["lr_head"],
         weight_decay=kw["weight_decay"], lr_decay=kw["lr_decay"], randaug_magnitude=kw["randaug_magnitude"],
-        pretrained=str(pretrained) if pretrained else None, seed=kw["seed"], device=kw["device"],
+        pretrained=str(pretrained) if pretrained else None, pretrained_partial=kw["pretrained_partial"], seed=kw["seed"], device=kw["device"],
         precision=kw["precision"], val_fraction=kw["val_fraction"], workers=kw["workers"], devices=kw["devices"],
         val_clean=kw["val_clean"], max_rows=kw["max_rows"], keep_checkpoint=kw["keep_checkpoint"],
+        augment=kw["augment"], compile=kw["compile_"],
     )
     ws = Workspace(kw["workspace"])
     manifest = kw["manifest"]

@@ -11,7 +11,7 @@ manifest's own class list ``classes``) and returns a new one with
 every other column unchanged, plus an ``info`` dict with the realised noise (see
 :func:`corrupt`). No I/O here: reading, keys and writing live in :mod:`fernoise.corrupt_stage`.
 
-Exactness (METHOD.md, "Synthetic noise"):
+Exactness (docs/data.md, "Noise kinds"):
 
 - Only rows with ``split == "train"`` and a non-null ``label`` change. They are first sorted by
   ``id`` (UTF-8 byte order), so the result does not depend on the row order of the input.

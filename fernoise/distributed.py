@@ -68,9 +68,16 @@ def broadcast(obj: Any, d: Dist) -> Any:
 
 
 def all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    """Element-wise sum of ``t`` over ranks (in place; returns it)."""
+    """Element-wise sum of ``t`` over ranks (in place; returns it). NCCL reduces only CUDA
+    tensors: a CPU tensor (the loop's metric sums, a method's per-sample state) goes through
+    this rank's GPU and back."""
     if d.enabled:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and not t.is_cuda:
+            on_gpu = t.to(f"cuda:{torch.cuda.current_device()}")
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            t.copy_(on_gpu.cpu())
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 

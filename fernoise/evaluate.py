@@ -462,13 +462,15 @@ def predict_probs(model, images: np.ndarray, *, batch_size: int = 256, device: s
 
     out = []
     n = len(images)
-    with torch.inference_mode():
-        for s in range(0, n, batch_size):
-            x = to_tensor(images[s:s + batch_size], device)
+    on_cuda = str(device).startswith("cuda")  # bf16 autocast and batches of >= 1024 on CUDA
+    step = max(batch_size, 1024) if on_cuda else batch_size
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+        for s in range(0, n, step):
+            x = to_tensor(images[s:s + step], device)
             logits = model(x)
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64))
             if progress:
-                progress(min(s + batch_size, n), n)
+                progress(min(s + step, n), n)
     return np.concatenate(out) if out else np.zeros((0, model.num_classes))
 
 

@@ -67,6 +67,7 @@ NOT_RESULT = frozenset({
     "device", "device_requested", "workers", "devices", "precision_requested", "val_fraction_requested",
     "manifest", "manifest_key", "manifest_content", "key", "fernoise_version",
     "pretrained", "pretrained_report",  # the file's sha256 is what counts
+    "pretrained_kind", "pretrained_given", "pretrained_partial",  # idem (partial: the sha decides)
     "n_train", "n_val", "n_test", "n_train_available", "train_class_counts",
     "two_heads",  # follows the method
     "keep_checkpoint", "resume",

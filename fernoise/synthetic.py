@@ -11,7 +11,7 @@ Each image is drawn with PIL from its own ``numpy.random.default_rng((seed, spli
   disjoint identities (subject-independent, like the posed-data protocols);
 - **expression** (the class): brows (height, inner-end tilt, arch), eye opening, mouth corners,
   opening, width, teeth, asymmetry and nose wrinkles, each moved from the neutral face by an
-  intensity drawn in [0.5, 1] plus per-parameter jitter, so weak expressions look close to
+  intensity drawn in [0.6, 1] plus per-parameter jitter, so weak expressions look close to
   neutral and fear/surprise, anger/disgust, sad/neutral overlap;
 - **capture**: position, scale, in-plane rotation, horizontal flip, background, brightness,
   contrast, blur and pixel noise.
@@ -44,7 +44,7 @@ NAME = "synthetic-faces"
 CLASSES = LABEL_SPACES["basic7"]
 """neutral, happy, sad, surprise, fear, disgust, anger (the canonical basic7 order)."""
 SPLITS = ("train", "test")
-SUPERSAMPLE = 3
+SUPERSAMPLE = 2
 """Faces are drawn this many times larger, then downsampled (anti-aliasing)."""
 
 # Expression targets: how far each expression moves each face parameter from neutral (0).
@@ -126,11 +126,11 @@ def identity(seed: int, index: int) -> dict[str, Any]:
         "skin": np.clip(skin, 0, 255),
         "eye_dx": rng.uniform(0.34, 0.44),  # of face_w
         "eye_y": rng.uniform(-0.16, -0.06),  # of face_h, from the centre
-        "eye_size": rng.uniform(0.85, 1.15),
+        "eye_size": rng.uniform(1.0, 1.25),
         "iris": IRIS[rng.integers(len(IRIS))],
-        "brow_w": rng.uniform(3.5, 5.5),  # line width, per 100 px of canvas
+        "brow_w": rng.uniform(4.5, 6.5),  # line width, per 100 px of canvas
         "brow_len": rng.uniform(0.8, 1.15),
-        "mouth_w": rng.uniform(0.36, 0.46),  # half-width, of face_w
+        "mouth_w": rng.uniform(0.44, 0.54),  # half-width, of face_w
         "mouth_y": rng.uniform(0.40, 0.50),  # of face_h
         "lip": np.clip(skin * np.array([0.45, 0.2, 0.2]) + rng.uniform(0, 25, 3), 0, 255),
         "nose": int(rng.integers(3)),
@@ -144,11 +144,11 @@ def identity(seed: int, index: int) -> dict[str, Any]:
 
 def expression_params(name: str, rng: np.random.Generator) -> dict[str, float]:
     """Face parameters of one image of expression ``name``: the target times an intensity in
-    [0.5, 1], plus jitter (so weak expressions approach neutral and neighbours overlap)."""
+    [0.6, 1], plus jitter (so weak expressions approach neutral and neighbours overlap)."""
     if name not in EXPRESSIONS:
         raise FernoiseError(f"unknown expression {name!r}; expected one of: {', '.join(EXPRESSIONS)}")
     target = EXPRESSIONS[name]
-    t = rng.uniform(0.5, 1.0)
+    t = rng.uniform(0.6, 1.0)
     out = {}
     for p in PARAMS:
         out[p] = target.get(p, 0.0) * t * rng.uniform(0.8, 1.2) + rng.normal(0.0, 0.08)
@@ -198,7 +198,7 @@ def draw_face(expression: str, rng: np.random.Generator, ident: dict[str, Any], 
     bg = (bg_a * (1 - ramp) + bg_b * ramp) * np.ones((1, S, 1))
     canvas = Image.fromarray(bg.astype(np.uint8), "RGB")
     d = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(0, 2))):
         x, y, r = rng.uniform(0, S), rng.uniform(0, S), rng.uniform(8, 25) * u
         d.ellipse([x - r, y - r, x + r, y + r], fill=_col(rng.uniform(30, 230, 3)))
 
@@ -289,24 +289,24 @@ def draw_face(expression: str, rng: np.random.Generator, ident: dict[str, Any], 
     lower_c = (cx, my + gap * 1.6 + lift * 0.9)
     upper = _bezier(left, upper_c, right)
     lower = _bezier(right, lower_c, left)
-    lw = max(1, int(3.5 * u))
+    lw = max(1, int(4.5 * u))
     if gap + sneer * 0.5 > 0.012 * fh:
         d.polygon(upper + lower, fill=(60, 20, 25))
         if e["teeth"] > 0.5 or sneer > 0.02 * fh:  # a band of teeth under the upper lip
             lx = [x for x, _ in reversed(lower)]
             ly = [y for _, y in reversed(lower)]
-            th = 0.06 * fh
+            th = 0.07 * fh
             bottom = [(x, float(min(y + th, np.interp(x, lx, ly)))) for x, y in upper]
             d.polygon(upper + bottom[::-1], fill=(240, 238, 230))
-        d.line(upper, fill=_col(ident["lip"]), width=lw, joint="curve")
-        d.line(lower, fill=_col(ident["lip"]), width=lw, joint="curve")
+        d.line(upper, fill=_col(ident["lip"]), width=max(1, lw // 2), joint="curve")  # thin: the teeth show
+        d.line(lower, fill=_col(ident["lip"]), width=max(1, lw // 2), joint="curve")
     else:
         d.line(upper, fill=_col(ident["lip"]), width=lw + max(1, int(0.5 * u)), joint="curve")
 
     # capture: scale, rotation and shift of the face layer onto the background
-    scale = rng.uniform(1.15, 1.35)  # a tight crop, as aligned faces are
-    angle = rng.uniform(-10, 10)
-    shift = rng.uniform(-0.05, 0.05, 2) * S
+    scale = rng.uniform(1.18, 1.3)  # a tight crop, as aligned faces are
+    angle = rng.uniform(-6, 6)
+    shift = rng.uniform(-0.02, 0.02, 2) * S  # train adds its own shifts
     layer = layer.resize((max(1, int(S * scale)), max(1, int(S * scale))), Image.BICUBIC)
     layer = layer.rotate(angle, resample=Image.BICUBIC, expand=False)
     ox = int((S - layer.width) / 2 + shift[0])
@@ -315,12 +315,12 @@ def draw_face(expression: str, rng: np.random.Generator, ident: dict[str, Any], 
     if rng.random() < 0.5:
         canvas = canvas.transpose(Image.FLIP_LEFT_RIGHT)
     img = canvas.resize((size, size), Image.LANCZOS)
-    if rng.random() < 0.3:
+    if rng.random() < 0.2:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
     x = np.asarray(img, dtype=np.float32)
     gain, bias = rng.uniform(0.7, 1.25), rng.uniform(-25, 25)
     x = (x - 128) * rng.uniform(0.75, 1.15) + 128  # contrast
-    x = x * gain + bias + rng.normal(0, rng.uniform(0, 6), x.shape)
+    x = x * gain + bias + rng.normal(0, rng.uniform(0, 5), x.shape)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 

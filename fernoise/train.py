@@ -31,7 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from fernoise.cache import (
     stamp_path,
 )
 from fernoise.devices import check_device_name, resolve_device
-from fernoise.errors import FernoiseError, require_file, require_folder
+from fernoise.errors import FernoiseError, require_folder
 from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest
 from fernoise.runindex import indexed  # finished runs found without torch (sweep re-runs)
 
@@ -96,7 +96,12 @@ class TrainConfig:
     randaug_magnitude: int = 10
     """RandAugment magnitude (0..30) of the strong view; 2 ops."""
     pretrained: str | None = None
-    """Local backbone state dict (e.g. resnet18_msceleb.pth); None = random init."""
+    """Backbone start (``fernoise.pretrained``): a state dict file (resnet18_msceleb.pth,
+    torchvision resnet18-*.pth, backbone.pt), a ``fernoise train`` run folder or its model.pt,
+    a ``fernoise pretrain`` folder, or ``latest`` (the workspace's latest pretrain); None =
+    random init."""
+    pretrained_partial: bool = False
+    """Accept a ``pretrained`` file that fills only part of the backbone (the rest stays random)."""
     seed: int = 0
     """Seed of the model init, the data order, the views and the loss's random draws."""
     device: str = "auto"
@@ -115,6 +120,12 @@ class TrainConfig:
     """Train on a seeded, stratified subset of this many training-split rows (None = all)."""
     keep_checkpoint: bool = False
     """Keep ``checkpoint.pt`` after the run finishes (it is removed by default)."""
+    augment: str = "auto"
+    """Where the training views are made: ``device`` (in batches on the training device,
+    fernoise/augment.py), ``workers`` (per sample in DataLoader workers, fernoise/data.py) or
+    ``auto`` (device on CUDA, workers on the CPU: ``augment.resolve_augment``)."""
+    compile: bool = False
+    """``torch.compile`` the model for training (skipped with one warning where unavailable)."""
 
     def __post_init__(self) -> None:
         from fernoise import methods
@@ -164,8 +175,13 @@ class TrainConfig:
             raise FernoiseError(f"expected a fraction in [0, 1), got {self.val_fraction}", flag="--val-fraction")
         if self.workers is not None and self.workers < 0:
             raise FernoiseError(f"expected 0 or more, got {self.workers}", flag="--workers")
+        if self.augment not in ("auto", "device", "workers"):
+            raise FernoiseError(f"expected one of auto, device, workers, got {self.augment!r}", flag="--augment")
         if self.max_rows is not None and self.max_rows < 2:
             raise FernoiseError(f"expected at least 2 rows, got {self.max_rows}", flag="--max-rows")
+        if self.pretrained_partial and not self.pretrained:
+            raise FernoiseError("has no effect without --pretrained; pass the file too, or drop it",
+                                flag="--pretrained-partial")
         check_device_name(self.device)
 
     def method_params_dict(self) -> dict[str, Any]:
@@ -280,7 +296,10 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     C = len(classes)
     if C < 2:
         raise FernoiseError(f"{m.path} has {C} class ({classes}); training needs at least 2", flag="MANIFEST")
-    heads = method_heads(cfg, C)  # also checks the method's parameters against C (e.g. --k)
+    # The method checks its parameters against C (e.g. --k) and resolves those that depend on it
+    # (ncctfer's k None = min(4, C - 1)); config.json and the key record the resolved values.
+    heads, resolved = method_heads(cfg, C)
+    cfg = replace(cfg, method_params=resolved)
     try:
         check_labels(m.df, classes)
     except FernoiseError as e:
@@ -363,14 +382,19 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
 
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    pretrained, pre_sha, pre_report = None, None, None
-    if cfg.pretrained:
-        from fernoise.model import FerNet, load_pretrained
+    from fernoise.augment import resolve_augment
 
-        require_file(cfg.pretrained, "weights file", flag="--pretrained")  # a folder is said to be one
-        pretrained = str(Path(cfg.pretrained).resolve())
-        pre_report = load_pretrained(FerNet(), pretrained)  # checks it now
-        pre_sha = file_sha256(pretrained)
+    augment = resolve_augment(cfg.augment, device)
+    ws = workspace or Workspace()
+    pretrained, pre_kind, pre_sha, pre_report = None, None, None, None
+    if cfg.pretrained:  # resolved (`latest` through the workspace lock), read and matched now
+        from fernoise.model import FerNet
+        from fernoise.pretrained import load_backbone
+
+        source, report = load_backbone(FerNet().backbone, cfg.pretrained, partial=cfg.pretrained_partial,
+                                       workspace=ws)
+        pretrained, pre_kind = str(source.path.resolve()), source.kind
+        pre_sha, pre_report = file_sha256(pretrained), report.as_dict()
     world = _world(cfg)
     key_params = {
         "method": cfg.method, "method_params": cfg.method_params_dict(), "epochs": cfg.epochs,
@@ -384,8 +408,13 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         key_params["val_clean"] = True
     if cfg.max_rows is not None:
         key_params["max_rows"] = cfg.max_rows
+    if cfg.pretrained_partial:  # only when set, as val_clean
+        key_params["pretrained_partial"] = True
+    if augment != "workers":  # the worker path keeps the keys runs had before --augment existed
+        key_params["augment"] = augment
+    if cfg.compile:
+        key_params["compile"] = True
     key = stage_key("train", VERSION, key_params, {"manifest": key_in, "content": content})
-    ws = workspace or Workspace()
     runs_dir = Path(runs_dir) if runs_dir else ws.root / "runs"
     run_dir = runs_dir.resolve() / key[:16]
 
@@ -399,8 +428,10 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     config = {
         **{k: v for k, v in asdict(cfg).items() if k not in ("devices",)},
         "k": getattr(cfg.method_params, "k", None), "heads": heads,
-        "pretrained": pretrained, "pretrained_sha256": pre_sha, "pretrained_report": pre_report,
+        "pretrained": pretrained, "pretrained_kind": pre_kind, "pretrained_given": cfg.pretrained,
+        "pretrained_sha256": pre_sha, "pretrained_report": pre_report,
         "precision": precision, "precision_requested": cfg.precision,
+        "augment": augment, "augment_requested": cfg.augment, "compile": cfg.compile,
         "device": device, "device_requested": cfg.device, "world_size": world,
         "val_fraction": val_fraction, "val_fraction_requested": cfg.val_fraction, "val_source": val_source,
         "manifest": str(Path(m.path).resolve()), "manifest_key": key_in, "manifest_content": content,
@@ -424,9 +455,10 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     )
 
 
-def method_heads(cfg: TrainConfig, num_classes: int) -> list[str]:
+def method_heads(cfg: TrainConfig, num_classes: int) -> tuple[list[str], Any]:
     """The names of the modules ``cfg.method`` adds to the backbone (built on the meta device:
-    no memory, no random draws); raises the method's FernoiseError for bad parameters."""
+    no memory, no random draws) and its parameters resolved for ``num_classes``; raises the
+    method's FernoiseError for bad parameters."""
     import torch
 
     from fernoise import methods
@@ -434,7 +466,7 @@ def method_heads(cfg: TrainConfig, num_classes: int) -> list[str]:
     method = methods.create(cfg.method, cfg.method_params, num_classes=num_classes, image_size=cfg.image_size)
     with torch.device("meta"):
         model = methods.build_model(method)
-    return [name for name, _ in model.named_children() if name != "backbone"]
+    return [name for name, _ in model.named_children() if name != "backbone"], method.params
 
 
 def _method_class(cfg: TrainConfig):
@@ -544,7 +576,6 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     import torch
 
     from fernoise import data, distributed, methods
-    from fernoise.model import load_pretrained
 
     env = env or distributed.Dist()
     cfg, C = p.cfg, p.config["num_classes"]
@@ -558,10 +589,14 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     amp = p.precision == "bf16"
     channels_last = True  # faster for cuDNN and for oneDNN on the CPU (bench/train.py)
     workers = cfg.workers if cfg.workers is not None else default_workers(on_cuda)
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels once
 
     images = _images(p, env, say)  # hook: the decoded crops; drops rows whose crop is unusable
     say({"event": "header", "message": header_line(p)})
-    views = data.ViewBatches(images, cfg.image_size, cfg.randaug_magnitude)
+    on_device = p.config.get("augment") == "device"
+    views = (DeviceViewsFeed(images, cfg, device) if on_device
+             else data.ViewBatches(images, cfg.image_size, cfg.randaug_magnitude))
     labels = torch.from_numpy(p.labels.copy())
     clean = torch.from_numpy(~p.is_noisy) if p.is_noisy is not None else None
     label_clean = (torch.from_numpy(p.rows["label_clean"].fillna(-1).astype(np.int64).to_numpy().copy())
@@ -573,8 +608,10 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
         torch.manual_seed(cfg.seed)
         model = methods.build_model(method)
     if p.config["pretrained"]:
-        load_pretrained(model, p.config["pretrained"])
+        _load_pretrained(p, model, say)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if cfg.compile:
+        compile_model(model, device, say)
     optimizer = torch.optim.Adam(method.param_groups(model, lr_backbone=cfg.lr_backbone, lr_head=cfg.lr_head,
                                                      weight_decay=cfg.weight_decay))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg.lr_decay) if cfg.lr_decay else None
@@ -615,7 +652,8 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
         net.train()
         t_train = t_ready = time.perf_counter()
         wait = 0.0  # seconds the step waited for its batch (data loading not hidden by workers)
-        for i, batch in enumerate(data.loader(views, batches, workers=workers, pin_memory=on_cuda)):
+        feed = views(batches) if on_device else data.loader(views, batches, workers=workers, pin_memory=on_cuda)
+        for i, batch in enumerate(feed):
             wait += time.perf_counter() - t_ready
             rows = batch["positions"]  # indices into the array cache and p.rows
             y = labels[rows].to(device, non_blocking=True)
@@ -709,8 +747,8 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
 
 
 def _relabels(method) -> bool:
-    """Whether the method keeps a label store (it declares ``relabels = True``)."""
-    return bool(getattr(method, "relabels", False))
+    """Whether the method keeps a label store (``Method.relabels``)."""
+    return bool(method.relabels)
 
 
 def merge_state(method, touched, env) -> None:
@@ -780,10 +818,25 @@ def _images(p: Plan, env, say) -> np.ndarray:
     return got.array
 
 
+def _load_pretrained(p: Plan, model, say) -> None:
+    """The backbone start: the file plan() resolved, checked against the sha256 in the key, loaded
+    by ``fernoise.pretrained`` (the one loader); the match is said as a ``pretrained`` event."""
+    from fernoise.pretrained import load_backbone
+
+    c = p.config
+    if file_sha256(c["pretrained"]) != c["pretrained_sha256"]:
+        raise FernoiseError(f"{c['pretrained']} changed since the run was planned (sha256 differs); "
+                            "run the command again", flag="--pretrained")
+    source, report = load_backbone(model.backbone, c["pretrained"], partial=p.cfg.pretrained_partial)
+    say({"event": "pretrained", "path": str(source.path), "kind": c["pretrained_kind"],
+         "sha256": c["pretrained_sha256"], "complete": report.complete, "table": report.table()})
+
+
 def header_line(p: Plan) -> str:
     """One line before epoch 1: rows per split, classes, device, precision, start weights, run folder."""
     c = p.config
-    start = f"pretrained {Path(c['pretrained']).name}" if c.get("pretrained") else "random init"
+    start = (f"pretrained {Path(c['pretrained']).name} ({c.get('pretrained_kind') or 'state_dict'})"
+             if c.get("pretrained") else "random init")
     val = f"{len(p.val_pos):,} val ({c.get('val_source')}{', ' + c['val_labels'] if c.get('val_labels') else ''})"
     return (f"{c['method']}: {len(p.train_pos):,} train, {val}, {len(p.test_pos):,} test rows; "
             f"{c['num_classes']} classes; {c['device']} {c['precision']}; {start}; run {p.run_dir}")
@@ -876,12 +929,64 @@ def _accuracy(model, method, images, positions, labels, batch_size, device, amp,
         return None
     model.eval()
     correct = 0
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for pos, x in data.eval_batches(images, positions, max(batch_size, 256)):
+    on_cuda = device.type == "cuda"  # on CUDA: bf16 and large batches whatever the training precision
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp or on_cuda):
+        for pos, x in data.eval_batches(images, positions, max(batch_size, 1024 if on_cuda else 256)):
             pred = method.logits(model, data.normalize(x, device, channels_last=channels_last)).argmax(1).cpu().numpy()
             correct += int((pred == labels[pos]).sum())
     model.train()
     return correct / len(positions)
+
+
+class DeviceViewsFeed:
+    """``--augment device``: batches carry positions and seeds only; the views are made on the
+    training device by :class:`fernoise.augment.DeviceViews`, no DataLoader workers. The next
+    batch's per-sample draws (CPU, from the per-sample generators) are made in a thread while
+    the current batch trains; they depend only on the seeds, so order and timing change nothing.
+    ``feed(batches)`` yields ``{"positions": (B,) int64, "views": {name: uint8 (B,3,H,W)}}``."""
+
+    def __init__(self, images, cfg: TrainConfig, device):
+        from fernoise.augment import DeviceViews
+
+        self.views = DeviceViews(images, cfg.image_size, cfg.randaug_magnitude, device)
+
+    def __call__(self, batches):
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        if not batches:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="fernoise-draws") as pool:
+            ahead = pool.submit(self.views.draws, batches[0].seeds, batches[0].views)
+            for i, b in enumerate(batches):
+                d = ahead.result()
+                if i + 1 < len(batches):
+                    nxt = batches[i + 1]
+                    ahead = pool.submit(self.views.draws, nxt.seeds, nxt.views)
+                yield {"positions": torch.from_numpy(b.positions), "views": self.views(b.positions, b.seeds, b.views, draws=d)}
+
+
+def compile_model(model, device, say) -> bool:
+    """``--compile``: compile the backbone's stages in place (``nn.Module.compile``: the
+    state-dict keys stay ``backbone.*``; both ``features`` and ``feature_map`` use them).
+    Where torch.compile cannot run here (no compiler, unsupported Python), one warning and
+    the run goes on uncompiled. Returns whether it compiled."""
+    import torch
+
+    try:
+        probe = torch.compile(lambda t: t * 2 + 1)
+        ok = torch.equal(probe(torch.ones(4, device=device)), torch.full((4,), 3.0, device=device))
+        if not ok:
+            raise RuntimeError("the probe computed a wrong value")
+    except Exception as e:  # noqa: BLE001 - inductor/dynamo raise many types when unavailable
+        say({"event": "warning", "message": f"--compile: torch.compile is unavailable here ({e.__class__.__name__}: "
+             f"{str(e).splitlines()[0][:120] if str(e) else ''}); training runs uncompiled"})
+        return False
+    b = model.backbone
+    for name in ("conv1", "layer1", "layer2", "layer3", "layer4"):
+        getattr(b, name).compile()
+    return True
 
 
 def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, scheduler, method, metrics: list[dict]) -> None:

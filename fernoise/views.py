@@ -1,4 +1,4 @@
-"""Per-sample training views of SCN, RUL and EAC, by name (METHOD.md, last section).
+"""Per-sample training views of SCN, RUL and EAC, by name (docs/methods.md, "Their views").
 
 Every view function takes one ``(H, W, 3)`` uint8 RGB image and a ``numpy.random.Generator``
 and returns a ``(3, H, W)`` uint8 tensor; all randomness comes from that generator, so a

@@ -1,7 +1,7 @@
 """`fernoise corrupt` on the real FERPlus labels (skipped when ../shared/data is absent).
 
 The manifest is built from ``ferplus/manifest.csv`` (train + valid rows, no images needed):
-``label`` = the FER+ majority of the 10 votes (METHOD.md), ``fer2013_label`` = the original
+``label`` = the FER+ majority of the 10 votes (docs/data.md), ``fer2013_label`` = the original
 FER2013 annotation kept as a label-file column, as align keeps extra label-file columns.
 """
 

@@ -30,7 +30,7 @@ def test_elr_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, workspace)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
     args = [sys.executable, "-m", "fernoise_cli.app", "train", str(data), "--method", "elr", "--epochs", "3",
             "--warmup", "1", "--batch-size", "16", "--image-size", str(SIZE), "--workers", "0",
-            "--lr-backbone", "1e-3", "--elr-lambda", "2", "--runs-dir", str(tmp_path / "a")]
+            "--lr-backbone", "1e-3", "--elr-lambda", "2", "--keep-checkpoint", "--runs-dir", str(tmp_path / "a")]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
     metrics_file = None
@@ -48,7 +48,7 @@ def test_elr_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, workspace)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     cfg = TrainConfig(method="elr", method_params=methods.make_params("elr", {"--elr-lambda": 2.0}), epochs=3,
-                      warmup=1, batch_size=16, image_size=SIZE, workers=0, lr_backbone=1e-3)
+                      warmup=1, batch_size=16, image_size=SIZE, workers=0, lr_backbone=1e-3, keep_checkpoint=True)
     full = train(data, cfg, runs_dir=tmp_path / "b").output
     a = metrics_file.parent
     assert full.name == a.name
@@ -56,14 +56,15 @@ def test_elr_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, workspace)
     assert len(sa) == 3 and sa == sb and all(m["loss_elr"] < 0 for m in sa[1:])
     ma, mb = torch.load(a / "model.pt", weights_only=True), torch.load(full / "model.pt", weights_only=True)
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
-    ca, cb = (torch.load(r / "checkpoint.pt", weights_only=True) for r in (a, full))  # when kept
+    ca, cb = (torch.load(r / "checkpoint.pt", weights_only=True) for r in (a, full))  # --keep-checkpoint
     assert torch.equal(ca["method_state"]["targets"], cb["method_state"]["targets"])
     assert ca["method_state"]["targets"].shape == (60, 7)
 
 
 def test_a_per_sample_store_of_the_wrong_size_starts_over_and_says_so(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=40)
-    cfg = TrainConfig(method="elr", epochs=1, warmup=0, batch_size=16, image_size=SIZE, workers=0)
+    cfg = TrainConfig(method="elr", epochs=1, warmup=0, batch_size=16, image_size=SIZE, workers=0,
+                      keep_checkpoint=True)
     run = train(data, cfg, runs_dir=tmp_path / "runs").output
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     first = _strip(run)
@@ -118,3 +119,61 @@ def test_method_params_are_recorded_and_keyed(tmp_path, workspace):
     assert ca["lr_backbone"] == 1e-4 and ca["lr_head"] == 1e-3 and ca["weight_decay"] == 0.0  # gce's defaults
     assert ca["heads"] == ["pcc"] and ca["views"] == ["weak"] and ca["k"] is None
     assert read_metrics(rb)[0]["loss_gce"] is not None
+
+
+def test_elr_targets_agree_across_two_gloo_processes(tmp_path, workspace):
+    """Each process updates the targets of its own batches; after the epoch they are merged, so
+    the checkpoint holds every trained row's target and nothing for the others."""
+    data = make_manifest(tmp_path / "d", n=70)
+    cfg = TrainConfig(method="elr", epochs=1, warmup=0, batch_size=16, image_size=SIZE, workers=0,
+                      precision="fp32", devices=2, keep_checkpoint=True)
+    run = train(data, cfg, runs_dir=workspace / "runs").output
+    config = json.loads((run / "config.json").read_text())
+    t = torch.load(run / "checkpoint.pt", weights_only=True)["method_state"]["targets"]
+    assert t.shape == (70, 7)
+    trained = t.sum(dim=1) > 0
+    # Every training row was seen once (by one process, or by both for the padding row), and
+    # from a zero start its target is (1 - beta) = 0.3 of a distribution: rows sum to 0.3.
+    assert int(trained.sum()) == config["n_train"]
+    assert torch.allclose(t[trained].sum(dim=1), torch.full((config["n_train"],), 0.3), atol=1e-5)
+
+
+def test_the_loop_logs_relabelling_and_trains_on_the_method_labels(tmp_path, workspace):
+    """A method of this test (a real plugin) relabels the even rows to ``(y + 1) % C`` from
+    epoch 2; the loop counts them and scores them against ``label_clean``."""
+    from fernoise.methods import LossOut, Method, OptimDefaults, register
+
+    @register
+    class Shift(Method):
+        name = "test-shift"
+        summary = "test plugin: relabels even rows"
+        source = repo = "tests/test_methods_train.py"
+        face_pretrained = False
+        optim = OptimDefaults(lr_backbone=1e-4, lr_head=1e-3)
+        relabels = True
+
+        def loss(self, model, views, y, idx, *, epoch, warm, gen):
+            if warm:
+                return self.warmup_loss(model, views, y)
+            new = torch.where(idx.to(y.device) % 2 == 0, (y + 1) % self.num_classes, -1)
+            trained = torch.where(new >= 0, new, y)
+            out = self.warmup_loss(model, views, trained)
+            return LossOut(out.loss, out.parts, out.logits, relabelled=new, labels=trained)
+
+    try:
+        data = make_manifest(tmp_path / "d", n=60)
+        cfg = TrainConfig(method="test-shift", epochs=2, warmup=1, batch_size=16, image_size=SIZE, workers=0,
+                          val_fraction=0.0)
+        run = train(data, cfg, runs_dir=workspace / "runs").output
+        m = read_metrics(run)
+        import pandas as pd
+
+        df = pd.read_parquet(data)
+        rows = df[df["split"] == "train"].reset_index()  # every row is usable: positions = index
+        even = rows[rows["index"] % 2 == 0]
+        right = int((((even["label"] + 1) % 7) == even["label_clean"]).sum())
+        assert m[0]["relabelled"] == 0 and m[0]["relabel_precision"] is None  # warm-up: none yet
+        assert m[1]["relabelled"] == len(even)
+        assert m[1]["relabel_precision"] == pytest.approx(right / len(even))
+    finally:
+        methods._REGISTRY.pop("test-shift", None)

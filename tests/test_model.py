@@ -1,4 +1,4 @@
-"""FerNet shapes and --pretrained loading (local files only)."""
+"""FerNet shapes and --pretrained loading into it (local files only, fernoise.pretrained)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 
 from fernoise import methods
 from fernoise.errors import FernoiseError
-from fernoise.model import FerNet, load_pretrained
+from fernoise.model import FerNet
+from fernoise.pretrained import load_backbone
 
 
 def test_backbone_feature_map_features_and_method_heads():
@@ -48,9 +49,14 @@ def test_pretrained_wrapped_prefixed_and_reported(tmp_path):
     del state["module.layer4.1.bn2.bias"]
     torch.save({"state_dict": state}, tmp_path / "w.pth")
     dst = FerNet()
-    report = load_pretrained(dst, tmp_path / "w.pth")
-    assert report["unexpected"] == ["extra.weight"]
-    assert report["missing"] == ["layer4.1.bn2.bias"]
+    with pytest.raises(FernoiseError, match=r"fills 119 of 120 .*layer4.1.bn2.bias.*--pretrained-partial"):
+        load_backbone(dst.backbone, tmp_path / "w.pth")  # a file short of one tensor is refused...
+    assert not torch.equal(dst.backbone.conv1.weight, src.backbone.conv1.weight)  # ...before any load
+    source, report = load_backbone(dst.backbone, tmp_path / "w.pth", partial=True)
+    assert source.kind == "state_dict" and not report.complete
+    assert report.unexpected == ["extra.weight"]
+    assert report.missing == ["layer4.1.bn2.bias"]
+    assert len(report.loaded) == 119 and report.mismatched == []
     assert torch.equal(dst.backbone.conv1.weight, src.backbone.conv1.weight)
 
 
@@ -59,10 +65,10 @@ def test_pretrained_refuses_shape_mismatch_and_non_state_dicts(tmp_path):
     state["conv1.weight"] = torch.zeros(64, 1, 7, 7)
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(FernoiseError, match=r"conv1.weight.*\(64, 1, 7, 7\)"):
-        load_pretrained(FerNet(), tmp_path / "bad.pth")
+        load_backbone(FerNet().backbone, tmp_path / "bad.pth")
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(FernoiseError, match="not a state dict"):
-        load_pretrained(FerNet(), tmp_path / "list.pth")
+        load_backbone(FerNet().backbone, tmp_path / "list.pth")
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(FernoiseError, match="could not be read"):
-        load_pretrained(FerNet(), tmp_path / "text.pth")
+        load_backbone(FerNet().backbone, tmp_path / "text.pth")

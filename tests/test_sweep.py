@@ -161,7 +161,7 @@ def test_shipped_grids_parse(tmp_path):
         (GOOD.replace("rates = [0.2]", "rates = [0.2, 1.5]"), "noise[0].rate: expected a rate in [0, 1), found 1.5"),
         ('manifest = "nowhere/manifest.parquet"\n' + GOOD, "manifest: "),
         ("sedes = [0]\n" + GOOD, "unknown key 'sedes'; valid keys: description, eval, manifest, methods"),
-        (GOOD.replace("epochs = 1", "epoch = 1"), "unknown train option 'epoch'; valid: batch_size, "),
+        (GOOD.replace("epochs = 1", "epoch = 1"), "unknown train option 'epoch'; valid: augment, batch_size, "),
         (GOOD.replace("epochs = 1", 'epochs = "one"'), "train.epochs: expected int, found 'one'"),
         (GOOD.replace("warmup = 0", "warmup = 3"), "train.warmup: "),
         (GOOD.replace('kind = "sym"', 'kind = "symmetric"'), "noise[0].kind: unknown noise kind 'symmetric'; valid: clean, sym, asym"),

@@ -40,7 +40,7 @@ def ferplus_manifest(tmp_path_factory):
     return write_manifest(rows, out, meta)
 
 
-# methods-peers adds scn, rul, eac here.
+# scn, rul, eac: tests/test_methods_peers_real.py
 PARTS = {"ce": set(), "pc": set(), "nl": {"nl"}, "ncctfer": {"c"}, "gce": {"gce"}, "sce": {"ce", "rce"},
          "elr": {"ce", "elr"}}
 
@@ -52,7 +52,8 @@ def test_two_epochs_on_ferplus(method, ferplus_manifest, workspace):
     run = train(ferplus_manifest, cfg, runs_dir=workspace / "runs").output
     config = json.loads((run / "config.json").read_text())
     assert CONFIG_FIELDS <= set(config) and config["noise"] is None and config["num_classes"] == 8
-    assert config["method_params"] == methods.get(method).Params().__dict__
+    resolved = methods.create(method, num_classes=8).params  # defaults, with ncctfer's k = min(4, C-1) = 4
+    assert config["method_params"] == resolved.__dict__ and config["k"] == getattr(resolved, "k", None)
     assert config["views"] == list(methods.get(method).views)
     assert config["n_test"] == 40 and config["n_train"] + config["n_val"] == 160
     metrics = read_metrics(run)

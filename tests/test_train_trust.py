@@ -321,23 +321,22 @@ def test_checkpoint_removed_at_the_end_and_rerun_is_a_hit(tmp_path, workspace):
     assert kept.exit_code == 0 and (run / "checkpoint.pt").is_file()
 
 
-# ----------------------------------------------------------------------------- few classes
-def test_a_three_class_dataset_trains_ce_without_k_and_checks_ncctfer_k(tmp_path, workspace):
-    from fernoise import methods
+# ----------------------------------------------------------------------------- k default
+def test_k_defaults_to_min_4_c_minus_1_for_small_class_lists(tmp_path, workspace):
     from fernoise.errors import FernoiseError
     from fernoise.manifest import write_manifest
 
     data = make_manifest(tmp_path / "d", n=42, noise=0.0)
     m = read_manifest(data)
     keep = m.df["label"] < 3  # a dataset of three classes
-    write_manifest(m.df[keep].reset_index(drop=True), data, {**m.meta, "classes": m.meta["classes"][:3]})
+    meta = {**m.meta, "classes": m.meta["classes"][:3]}
+    write_manifest(m.df[keep].reset_index(drop=True), data, meta)
     base = dict(epochs=1, batch_size=16, image_size=SIZE, workers=0, precision="fp32")
-    assert plan(data, TrainConfig(**base, method="ce"), runs_dir=workspace / "runs").config["num_classes"] == 3
+    p = plan(data, TrainConfig(**base), runs_dir=workspace / "runs")  # k is ncctfer's (method_params)
+    assert p.cfg.method_params.k == 2 and p.config["k"] == 2 and p.key_params["method_params"]["k"] == 2
+    assert plan(data, TrainConfig(**base, method_params={"k": 1}), runs_dir=workspace / "runs").cfg.method_params.k == 1
     with pytest.raises(FernoiseError) as e:
-        plan(data, TrainConfig(**base, method="ncctfer"), runs_dir=workspace / "runs")
-    assert e.value.flag == "--k" and "expected 1..2 for 3 classes, got 4" in str(e.value)
-    two = TrainConfig(**base, method="ncctfer", method_params=methods.make_params("ncctfer", {"--k": 2}))
-    assert plan(data, two, runs_dir=workspace / "runs").config["k"] == 2
-    with pytest.raises(FernoiseError, match="training needs at least 2"):
-        write_manifest(m.df[m.df["label"] == 0].reset_index(drop=True), data, {**m.meta, "classes": m.meta["classes"][:1]})
-        plan(data, TrainConfig(**base, method="ce"), runs_dir=workspace / "runs")
+        plan(data, TrainConfig(**base, method_params={"k": 4}), runs_dir=workspace / "runs")
+    assert e.value.flag == "--k" and "expected 1..2 for 3 classes" in str(e.value)
+    assert TrainConfig().method_params.k is None and plan(make_manifest(tmp_path / "seven", n=40), TrainConfig(**base),
+                                                          runs_dir=workspace / "runs").cfg.method_params.k == 4

@@ -1,6 +1,6 @@
 """FER+ ``fer2013new.csv``: ``Usage,Image name,<10 vote columns>``.
 
-Label: the FER+ majority (METHOD.md): votes of 1 are dropped, the top class is kept when it
+Label: the FER+ majority (docs/data.md): votes of 1 are dropped, the top class is kept when it
 holds more than half of the remaining votes, and a row whose winner is ``unknown`` or ``NF``
 (or with no majority) gets a null label. Split from ``Usage``: Training -> train,
 PublicTest -> val, PrivateTest -> test. Rows with an empty ``Image name`` (non-faces) are

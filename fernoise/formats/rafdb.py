@@ -1,6 +1,6 @@
 """RAF-DB ``EmoLabel/list_patition_label.txt``: ``train_00001.jpg 5`` per line.
 
-Labels 1..7 = Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral (METHOD.md),
+Labels 1..7 = Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral (docs/data.md),
 mapped to the canonical order. Split from the name's prefix (``train_``/``test_``). The
 aligned images are ``Image/aligned/<stem>_aligned.jpg``: both names are matched.
 """

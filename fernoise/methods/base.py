@@ -23,7 +23,7 @@ Writing a method
   dataclass, see below), ``views`` (view names the data code builds per sample; see Views),
   ``optim`` (:class:`OptimDefaults`, the official optimiser), ``parts`` (names of the loss
   parts ``loss`` may return; each is logged as ``loss_<part>`` in metrics.jsonl, None in an
-  epoch where it never appeared).
+  epoch where it never appeared), ``relabels`` (True when it returns ``LossOut.relabelled``).
 - ``Params``: a frozen dataclass; every field made with :func:`option` (flag, help, and for
   strings the choices), defaults from the source. Every field becomes a ``fernoise train``
   flag, is recorded in config.json under ``method_params`` and enters the run key. Check
@@ -35,7 +35,9 @@ Writing a method
 - ``__init__(params, *, num_classes, n_rows, image_size=224)``: ``n_rows`` is the number of
   rows the loop's ``idx`` indexes (every usable manifest row, not only the training ones);
   allocate per-sample state of that length here. ``image_size`` is the training side in
-  pixels (heads on the pre-pool map depend on it; eval and predict pass the run's).
+  pixels (heads on the pre-pool map depend on it; eval and predict pass the run's). A
+  parameter whose default depends on the class count (ncctfer's ``k``: None = min(4, C-1))
+  is resolved here into ``self.params``; train records the resolved ``Params``.
 - ``build(model)``: add heads and extra modules with ``model.add_module(name, module)``. The
   creation order is the seeded initialisation order: ce/pc/nl/ncctfer create ``pcc`` then
   (ncctfer) ``ncc``, exactly as fernoise always did, so their results stay bit for bit.
@@ -184,6 +186,9 @@ class Method:
     views: ClassVar[tuple[str, ...]] = ("weak",)
     optim: ClassVar[OptimDefaults]
     parts: ClassVar[tuple[str, ...]] = ("s",)
+    relabels: ClassVar[bool] = False
+    """True for a method that relabels (keeps a label store): metrics log ``relabelled`` and
+    ``relabel_precision`` every epoch (0 / null before it starts), null for the others."""
 
     def __init__(self, params: Any = None, *, num_classes: int, n_rows: int, image_size: int = 224):
         self.params = params if params is not None else self.Params()
@@ -257,6 +262,17 @@ class Method:
         """``--flag value`` pairs of ``params`` (default: the defaults), for tables."""
         params = params if params is not None else cls.Params()
         return " ".join(f"{f.metadata['flag']} {getattr(params, f.name)}" for f in fields(params))
+
+
+def option_type(f) -> type:
+    """The value type (int, float, str or bool) of a ``Params`` field, from its annotation
+    (``"int | None"`` -> int) or, failing that, its default."""
+    names = {"int": int, "float": float, "str": str, "bool": bool}
+    ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    for part in (a.strip() for a in ann.split("|")):
+        if part in names:
+            return names[part]
+    return type(f.default)
 
 
 def params_fields(cls: type[Method]) -> list:

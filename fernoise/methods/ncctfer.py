@@ -13,7 +13,7 @@ through the network as one concatenated batch (one BatchNorm pass, FixMatch-styl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fernoise.errors import FernoiseError
 from fernoise.methods import register
@@ -25,14 +25,15 @@ BN_VIEWS = ("joint", "separate")
 
 @dataclass(frozen=True)
 class NcctferParams:
-    k: int = option(4, "--k", "Top-k negative-head classes in the consistency loss (Eq. 4), 1..C-1.")
+    k: int | None = option(None, "--k", "Top-k negative-head classes in the consistency loss (Eq. 4), 1..C-1; "
+                                        "unset: min(4, C-1), the paper's 4.")
     threshold: str = option("labelled", "--threshold", THRESHOLD_HELP, choices=THRESHOLDS)
     bn_views: str = option("joint", "--bn-views",
                            "joint: weak and strong views in one BatchNorm pass; separate: two passes.",
                            choices=BN_VIEWS)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.k, int) or self.k < 1:
+        if self.k is not None and (not isinstance(self.k, int) or self.k < 1):
             raise FernoiseError(f"expected 1..C-1, got {self.k}", flag="--k")
         check_choice(self, "threshold")
         check_choice(self, "bn_views")
@@ -56,6 +57,8 @@ class NCCTFER(Method):
 
     def __init__(self, params=None, *, num_classes: int, n_rows: int, image_size: int = 224):
         super().__init__(params, num_classes=num_classes, n_rows=n_rows, image_size=image_size)
+        if self.params.k is None:  # the paper's 4, or every other class when there are fewer
+            self.params = replace(self.params, k=min(4, num_classes - 1))
         if not 1 <= self.params.k <= num_classes - 1:
             raise FernoiseError(f"expected 1..{num_classes - 1} for {num_classes} classes, got {self.params.k}",
                                 flag="--k")

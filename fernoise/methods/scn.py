@@ -13,7 +13,7 @@ samples, ``C`` classes; ``f`` the pooled 512-d feature.
   code does), where ``max p - p[y] > margin2`` (0.2) the stored label becomes ``argmax p``;
   the store persists (a label can change again later).
 
-Where the official code and its paper disagree (METHOD.md):
+Where the official code and its paper disagree (docs/methods.md):
 
 - Relabel group: the paper relabels only samples of the low-importance group; the code
   relabels any sample. The default ``--scn-relabel-group low`` is the paper with the author's

@@ -1,0 +1,187 @@
+"""`--pretrained`: where a backbone start comes from, read safely, matched key by key.
+
+Accepted (never downloaded; every file read with ``torch.load(..., weights_only=True)``):
+
+- a state dict file: MS-Celeb-1M ``resnet18_msceleb.pth`` (``{"state_dict": ...}``), a
+  torchvision ImageNet ``resnet18-*.pth``, a ``backbone.pt`` of ``fernoise pretrain``; keys
+  may carry ``module.`` / ``backbone.`` / ``encoder.`` prefixes, SCN-style
+  ``features.<i>.`` Sequential names are mapped to torchvision's, ``fc.*`` is dropped;
+- a ``fernoise train`` run folder or its ``model.pt``: the backbone is taken, the heads dropped
+  (supervised pretraining on another, cleaner manifest);
+- a ``fernoise pretrain`` folder (its ``backbone.pt``);
+- ``latest``: the workspace's latest ``pretrain`` output.
+
+:func:`match` compares the file's tensors with the ResNet-18 backbone's and returns a
+:class:`MatchReport` (loaded, missing, unexpected, shape-mismatched keys). A file that fills
+less than the whole backbone is an error unless ``partial`` (a MobileNet state dict matches
+nothing and would otherwise leave a random backbone while training "from pretrained
+weights", the failure mode of ``strict=False`` loading).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fernoise.errors import FernoiseError
+
+FLAG = "--pretrained"
+# SCN's Res18Feature wraps torchvision's children in nn.Sequential: features.<i> -> name.
+_SEQUENTIAL = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+# Every key of torchvision's ResNet-18 without fc: an SCN rename must land on one of these (a
+# MobileNet's features.0.0.weight would otherwise become "conv1.0.weight", a name in no file).
+_RESNET18_KEY = re.compile(
+    r"(conv1\.weight|bn1\.\w+|layer[1-4]\.[01]\.(conv[12]\.weight|bn[12]\.\w+|downsample\.[01]\.\w+))")
+_HEAD_PREFIXES = ("fc.", "pcc.", "ncc.", "projector.", "predictor.", "head.", "heads.", "classifier.")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved ``--pretrained`` value: the file to read and what kind of thing it is."""
+
+    path: Path
+    kind: str  # state_dict | train_run | pretrain_run
+    spec: str
+
+
+@dataclass
+class MatchReport:
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, file shape, backbone shape
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.mismatched
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loaded": len(self.loaded), "missing": self.missing, "unexpected": self.unexpected,
+                "mismatched": [[k, list(a), list(b)] for k, a, b in self.mismatched]}
+
+    def table(self, limit: int = 5) -> list[tuple[str, int, str]]:
+        """Rows ``(what, count, first keys)`` for a short on-screen table."""
+        def first(keys):
+            shown = ", ".join(keys[:limit])
+            return shown + (f", ... (+{len(keys) - limit})" if len(keys) > limit else "")
+
+        return [
+            ("loaded", len(self.loaded), ""),
+            ("missing (left random)", len(self.missing), first(self.missing)),
+            ("unexpected (ignored)", len(self.unexpected), first(self.unexpected)),
+            ("shape mismatch", len(self.mismatched),
+             first([f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched])),
+        ]
+
+
+def resolve(spec: str | os.PathLike, *, workspace=None) -> Source:
+    """Turn a ``--pretrained`` value into a file to read; one-line errors for what is not."""
+    text = str(spec)
+    if text == "latest":
+        from fernoise.cache import Workspace
+
+        ws = workspace or Workspace()
+        folder = ws.latest("pretrain", what="pretrained backbone", flag=FLAG)
+        return resolve(folder, workspace=ws)
+    path = Path(text)
+    if path.is_dir():
+        if (path / "backbone.pt").is_file():
+            return Source(path / "backbone.pt", "pretrain_run", text)
+        if (path / "model.pt").is_file():
+            return Source(path / "model.pt", "train_run", text)
+        raise FernoiseError(
+            f"{path} is a folder without backbone.pt (a `fernoise pretrain` output) or model.pt "
+            "(a finished `fernoise train` run); pass a weights file or one of those folders", flag=FLAG)
+    if not path.exists():
+        raise FernoiseError(f"{path} does not exist; pass a state dict file, a run folder, a pretrain folder or `latest`",
+                            flag=FLAG)
+    if not path.is_file():
+        raise FernoiseError(f"{path} is not a regular file", flag=FLAG)
+    if path.name == "model.pt" and (path.parent / "config.json").is_file():
+        return Source(path, "train_run", text)
+    if path.name == "backbone.pt" and (path.parent / "config.json").is_file():
+        return Source(path, "pretrain_run", text)
+    return Source(path, "state_dict", text)
+
+
+def read_state(source: Source) -> dict[str, Any]:
+    """The file's tensors with backbone key names (torchvision ResNet-18), heads dropped."""
+    import torch
+
+    try:
+        obj = torch.load(source.path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a safe state dict"
+        raise FernoiseError(
+            f"{source.path} could not be read as a torch state dict with the safe loader ({e.__class__.__name__})",
+            flag=FLAG) from None
+    for key in ("state_dict", "model", "backbone"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise FernoiseError(f"{source.path} is not a state dict (expected a dict of tensors, optionally under "
+                            "'state_dict' or 'model')", flag=FLAG)
+    if source.kind == "train_run":  # a FerNet: backbone.* and the method's heads, whatever their names
+        obj = {k: v for k, v in obj.items() if str(k).removeprefix("module.").startswith("backbone.")}
+        if not obj:
+            raise FernoiseError(f"{source.path} holds no backbone.* tensors; is it a `fernoise train` model.pt?",
+                                flag=FLAG)
+    out = {}
+    for k, v in obj.items():
+        k = str(k)
+        for prefix in ("module.", "backbone.", "encoder.", "model."):
+            k = k.removeprefix(prefix)
+        if k.startswith("features."):
+            head, _, rest = k.removeprefix("features.").partition(".")
+            if head in _SEQUENTIAL and _RESNET18_KEY.fullmatch(f"{_SEQUENTIAL[head]}.{rest}"):
+                k = f"{_SEQUENTIAL[head]}.{rest}"
+        if k.startswith(_HEAD_PREFIXES):
+            continue
+        out[k] = v
+    return out
+
+
+def match(state: dict[str, Any], target: dict[str, Any]) -> MatchReport:
+    """Compare ``state`` with the backbone's own ``target`` state dict, key by key."""
+    r = MatchReport()
+    for k, v in state.items():
+        if k not in target:
+            r.unexpected.append(k)
+        elif tuple(v.shape) != tuple(target[k].shape):
+            r.mismatched.append((k, tuple(v.shape), tuple(target[k].shape)))
+        else:
+            r.loaded.append(k)
+    got = set(r.loaded) | {k for k, _, _ in r.mismatched}
+    r.missing = [k for k in target if k not in got]
+    return r
+
+
+def load_backbone(backbone, spec: str | os.PathLike, *, partial: bool = False, workspace=None) -> tuple[Source, MatchReport]:
+    """Load ``spec`` into ``backbone`` (a torchvision ResNet-18 without ``fc``).
+
+    Raises a one-line FernoiseError when shapes mismatch or when the file does not fill the
+    whole backbone and ``partial`` is False; the message names a few keys.
+    """
+    source = resolve(spec, workspace=workspace)
+    state = read_state(source)
+    target = backbone.state_dict()
+    report = match(state, target)
+    if report.mismatched:
+        shown = "; ".join(f"{k} is {a}, needs {b}" for k, a, b in report.mismatched[:3])
+        raise FernoiseError(
+            f"{source.path}: {len(report.mismatched)} tensors have the wrong shape for a ResNet-18 backbone "
+            f"({shown}{'; ...' if len(report.mismatched) > 3 else ''}); is it another architecture?", flag=FLAG)
+    if not report.loaded:
+        raise FernoiseError(
+            f"{source.path} fills none of the ResNet-18 backbone: its keys ({', '.join(list(state)[:3])}, ...) "
+            f"match none of the backbone's ({', '.join(list(target)[:3])}, ...); is it another architecture?",
+            flag=FLAG)
+    if report.missing and not partial:
+        raise FernoiseError(
+            f"{source.path} fills {len(report.loaded)} of {len(target)} backbone tensors; missing "
+            f"{', '.join(report.missing[:3])}{', ...' if len(report.missing) > 3 else ''}; "
+            "pass --pretrained-partial to train the rest from random weights", flag=FLAG)
+    backbone.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    return source, report
