@@ -128,8 +128,13 @@ def pretrained_identity(value: str | None, workspace: Workspace | None = None) -
         files = sorted(q for q in p.iterdir() if q.is_file())
         return {"dir": str(p.resolve()), "files": {q.name: _stat(q) for q in files}}
     if value == "latest":
-        entry = (workspace or Workspace()).read()["stages"].get("pretrain")
-        return {"latest": [entry.get("key"), entry.get("output")]} if entry else ...
+        ws = workspace or Workspace()
+        entry = ws.read()["stages"].get("pretrain")
+        if not entry or not entry.get("output"):
+            return ...
+        target = Path(entry["output"]) if Path(entry["output"]).is_absolute() else ws.root / entry["output"]
+        return {"latest": [entry.get("key"), entry.get("output")],
+                "target": pretrained_identity(str(target)) if target.exists() else None}
     return ...
 
 

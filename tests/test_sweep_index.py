@@ -143,7 +143,8 @@ def test_device_class_and_pretrained_identity(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert runindex.pretrained_identity("latest", Workspace(tmp_path)) is ...  # no pretrain recorded
     Workspace(tmp_path).record("pretrain", key="k1", output=f, params={})
-    assert runindex.pretrained_identity("latest", Workspace(tmp_path)) == {"latest": ["k1", "w.pth"]}
+    assert runindex.pretrained_identity("latest", Workspace(tmp_path)) == {
+        "latest": ["k1", "w.pth"], "target": {"file": str(f.resolve()), "stat": [1, 7]}}
 
 
 def test_unindexable_request_falls_back_to_train(trained):
