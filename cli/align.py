@@ -44,9 +44,8 @@ def preset_names() -> list[str]:
 def load_preset(name: str) -> dict[str, Any]:
     """A preset by name (package data ``fernoise/presets/<name>.toml``, read with
     ``importlib.resources``, so a wheel install finds it) or by path to a TOML file."""
-    from importlib.resources import files
-
     import tomllib
+    from importlib.resources import files
 
     from fernoise.errors import FernoiseError, require_file
 

@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_presets_are_package_data_loaded_with_importlib_resources():
+    import tomllib
     from importlib.resources import files
 
-    import tomllib
     from fernoise_cli.align import load_preset, preset_names
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -25,9 +25,9 @@ def test_dependencies_are_ranges_and_ci_installs_the_constraints():
     constraints.txt (each inside its declared range), which README's set-up command and
     .ci/run both use (CI runs exactly README's commands)."""
     import re
+    import tomllib
     from pathlib import Path
 
-    import tomllib
     from packaging.requirements import Requirement
 
     root = Path(__file__).resolve().parents[1]
