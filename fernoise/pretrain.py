@@ -45,7 +45,6 @@ from fernoise.cache import (
     Workspace,
     atomic_path,
     atomic_write_json,
-    atomic_write_text,
     file_sha256,
     outputs_intact,
     read_json,
@@ -56,11 +55,14 @@ from fernoise.cache import (
 from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError
 from fernoise.manifest import read_manifest
+from fernoise.train import _write_metrics, resolve_precision
 
-VERSION = 1
+VERSION = 2  # 2: keyed on the content of the manifest columns it reads
 STAGE = "pretrain"
 METHODS = ("simclr", "byol")
 PRECISIONS = ("auto", "fp32", "bf16")
+READS = ("id", "path", "crop_sha256", "split", "label", "status")
+"""The manifest columns pretrain reads (``label`` only for the probe rows): the key's input."""
 Progress = Callable[[dict], None]
 
 
@@ -142,7 +144,10 @@ class PretrainPlan:
     precision: str
     config: dict[str, Any]
     key_params: dict[str, Any]
+    inputs: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    shas: list[str | None] | None = None
+    cache_dir: Path | None = None
 
 
 def plan(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root: str | os.PathLike | None = None,
@@ -175,13 +180,17 @@ def plan(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root: str
     probe_pos = np.flatnonzero(probe_mask[keep])
     probe_labels = rows["label"].iloc[probe_pos].astype(int).to_numpy() if len(probe_pos) else np.zeros(0, int)
     manifest_key = m.key or file_sha256(m.path)
+    # The rows it reads, not only the recorded key: a manifest edited behind its metadata is a new input.
+    content = m.content_key(READS)
     device = resolve_device(cfg.device)
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+    precision = resolve_precision(cfg.precision, device)
     key_params = {k: v for k, v in asdict(cfg).items() if k not in ("device", "workers", "keep_checkpoint")}
     key_params["splits"] = list(cfg.splits)
     key_params["precision"] = precision
-    key = stage_key(STAGE, VERSION, key_params, {"manifest": manifest_key})
-    root = Path(out_root) if out_root else (workspace or Workspace()).root / "pretrain"
+    inputs = {"manifest": manifest_key, "content": content}
+    key = stage_key(STAGE, VERSION, key_params, inputs)
+    ws = workspace or Workspace()
+    root = Path(out_root) if out_root else ws.root / "pretrain"
     if root.exists() and not root.is_dir():
         raise FernoiseError(f"{root} is a file; expected a folder for pretraining runs", flag="--out")
     out_dir = root.resolve() / key[:16]
@@ -197,7 +206,9 @@ def plan(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root: str
                         paths=[str(m.root / p) for p in rows["path"]], ids=rows["id"].astype(str).tolist(),
                         train_pos=train_pos, probe_pos=probe_pos, probe_labels=probe_labels,
                         manifest_key=manifest_key, device=device, precision=precision, config=config,
-                        key_params=key_params, warnings=warnings)
+                        key_params=key_params, inputs=inputs, warnings=warnings,
+                        shas=rows["crop_sha256"].tolist() if "crop_sha256" in rows.columns else None,
+                        cache_dir=ws.root / ".fernoise" / "arrays")
 
 
 def is_cached(p: PretrainPlan) -> bool:
@@ -214,7 +225,7 @@ def pretrain(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root:
     if not force and is_cached(p):
         ws.record(STAGE, key=p.key, output=p.out_dir, params=p.key_params)
         return StageResult(STAGE, p.key, p.out_dir, True, time.perf_counter() - t0)
-    res = run_stage(stage=STAGE, version=VERSION, params=p.key_params, inputs={"manifest": p.manifest_key},
+    res = run_stage(stage=STAGE, version=VERSION, params=p.key_params, inputs=p.inputs,
                     output=p.out_dir / "backbone.pt", build=lambda key: fit(p, progress=progress, fresh=force),
                     force=True)
     ws.record(STAGE, key=p.key, output=p.out_dir, params=p.key_params)
@@ -284,8 +295,7 @@ def fit(p: PretrainPlan, *, progress: Progress | None = None, fresh: bool = Fals
     amp = p.precision == "bf16"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    images = data.array_cache(p.paths, p.ids, manifest_key=p.manifest_key, size=cfg.image_size,
-                              cache_dir=Workspace().root / ".fernoise" / "arrays", progress=say)
+    images = data.array_cache(p.paths, p.ids, size=cfg.image_size, cache_dir=p.cache_dir, shas=p.shas, progress=say)
     online, target = _build(cfg)
     online = online.to(device, memory_format=torch.channels_last)
     if target is not None:
@@ -398,7 +408,3 @@ def _load_checkpoint(path: Path, key: str, say: Progress) -> dict | None:
         say({"event": "warning", "message": f"{path} belongs to another run; starting over"})
         return None
     return state
-
-
-def _write_metrics(out: Path, metrics: list[dict]) -> None:
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in metrics))

@@ -251,3 +251,19 @@ def test_pretrained_other_architecture_and_partial_files_are_one_line(tmp_path):
     (tmp_path / "folder").mkdir()
     with pytest.raises(FernoiseError, match="is a folder"):
         load_backbone(_backbone(), tmp_path / "folder")
+
+
+def test_pretrain_keys_on_the_rows_not_only_the_recorded_key(tmp_path, workspace):
+    """Issue 8.4 for pretrain: a manifest edited behind its metadata (rows dropped, the
+    recorded key kept) is a new input, never a stale cache hit."""
+    import pyarrow.parquet as pq
+
+    data = make_manifest(tmp_path / "data", n=40)
+    cfg = tiny(epochs=1, probe_split=None)
+    first = pretrain(data, cfg)
+    table = pq.read_table(data)
+    pq.write_table(table.slice(0, table.num_rows - 5), data)  # metadata (and its key) kept
+    again = pretrain(data, cfg)
+    assert not again.hit and again.key != first.key
+    assert json.loads((again.output / "config.json").read_text())["n_train"] < json.loads(
+        (first.output / "config.json").read_text())["n_train"]
