@@ -11,6 +11,12 @@ written only when noise was added, so a clean manifest goes through ``fernoise c
 without ``--force``.
 
     python bench/ferplus_manifest.py OUT.parquet --train 10000 [--sym-rate 0.5] [--seed 0]
+
+For `fernoise pretrain` (labels unused): ``--keep-unlabelled`` keeps the train crops with no
+FER+ majority (null ``label``), so ``--train`` counts all 28,558; ``--val N`` moves the last N
+train rows (in the data set's random order) to split ``val``, the k-NN probe's rows:
+
+    python bench/ferplus_manifest.py all.parquet --keep-unlabelled --val 2000 --test 0
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ FERPLUS = Path(os.environ.get("FERNOISE_SHARED", Path(__file__).resolve().parent
 
 
 def build(out: Path, *, n_train: int | None, n_test: int | None = None, labels: str = "majority",
-          sym_rate: float = 0.0, seed: int = 0, root: Path = FERPLUS) -> Path:
+          sym_rate: float = 0.0, seed: int = 0, root: Path = FERPLUS, keep_unlabelled: bool = False,
+          n_val: int = 0) -> Path:
     """Write the manifest to ``out`` (crop paths relative to it) and return ``out``."""
     df = pd.read_csv(root / "manifest.csv")
     df["clean"] = majority(df[list(FERPLUS_VOTE_COLUMNS)].to_numpy())
@@ -42,8 +49,9 @@ def build(out: Path, *, n_train: int | None, n_test: int | None = None, labels: 
         df = df[df["clean"] < 7]
     else:
         classes = list(CLASSES)
-        df = df[df["clean"] >= 0].copy()
-        df["label"] = df["clean"]
+        keep = (df["clean"] >= 0) | ((df["split"] == "train") & keep_unlabelled)
+        df = df[keep].copy()
+        df["label"] = df["clean"].where(df["clean"] >= 0).astype("Int64")
     df["split"] = df["split"].map({"train": "train", "valid": "test"})
     df = df.sort_values(["split", "rand_rank"])
     parts = []
@@ -51,6 +59,10 @@ def build(out: Path, *, n_train: int | None, n_test: int | None = None, labels: 
         part = df[df["split"] == split]
         parts.append(part if n is None else part.head(n))
     df = pd.concat(parts).reset_index(drop=True)
+    if n_val:
+        if sym_rate or labels == "fer2013":
+            raise SystemExit("--val is for clean manifests (pretraining); noise goes through `fernoise corrupt`")
+        df.loc[df.index[df["split"] == "train"][-n_val:], "split"] = "val"
     train = df["split"] == "train"
     if sym_rate:
         # the library's own exact sym noise (same rows as `fernoise corrupt --kind sym`)
@@ -60,8 +72,8 @@ def build(out: Path, *, n_train: int | None, n_test: int | None = None, labels: 
     rel = os.path.relpath(root, out.resolve().parent)
     rows = pd.DataFrame({
         "id": df["path"], "src_path": df["path"], "path": [f"{rel}/{p}" for p in df["path"]],
-        "split": df["split"], "label": df["label"].astype("int64"),
-        "label_name": [classes[i] for i in df["label"]],
+        "split": df["split"], "label": df["label"].astype("Int64" if keep_unlabelled else "int64"),
+        "label_name": [None if pd.isna(i) else classes[int(i)] for i in df["label"]],
         "status": "ok", "n_faces": 1,
     })
     lineage = [{"stage": "align", "key": "ferplus-direct", "params": {"source": "ferplus/manifest.csv", "labels": labels}}]
@@ -73,7 +85,8 @@ def build(out: Path, *, n_train: int | None, n_test: int | None = None, labels: 
         # by `fernoise corrupt` without --force
         rows["label_clean"] = df["clean"].where(df["clean"] >= 0).astype("Int64").to_numpy()
         rows["is_noisy"] = ((df["label"] != df["clean"]) & train).to_numpy()
-    key = dict_hash({"ids": rows["id"].tolist(), "labels": rows["label"].tolist(), "noise": noise, "labels_from": labels})
+    key = dict_hash({"ids": rows["id"].tolist(), "labels": [None if pd.isna(v) else int(v) for v in rows["label"]],
+                     "noise": noise, "labels_from": labels, "splits": rows["split"].tolist() if n_val else None})
     meta = {"classes": classes, "label_space": label_space_of(classes),
             "stage": lineage[-1]["stage"], "params": lineage[-1]["params"], "key": key, "lineage": lineage}
     return write_manifest(rows, out, meta)
@@ -87,8 +100,12 @@ def main() -> None:
     ap.add_argument("--labels", choices=["majority", "fer2013"], default="majority")
     ap.add_argument("--sym-rate", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep-unlabelled", action="store_true",
+                    help="keep train crops with no FER+ majority (null label; for pretraining)")
+    ap.add_argument("--val", type=int, default=0, help="move the last N train rows to split val (the pretrain probe)")
     a = ap.parse_args()
-    print(build(a.out, n_train=a.train, n_test=a.test, labels=a.labels, sym_rate=a.sym_rate, seed=a.seed))
+    print(build(a.out, n_train=a.train, n_test=a.test, labels=a.labels, sym_rate=a.sym_rate, seed=a.seed,
+                keep_unlabelled=a.keep_unlabelled, n_val=a.val))
 
 
 if __name__ == "__main__":

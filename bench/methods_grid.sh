@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
-# The methods comparison of README's Results (issue 10): every method once, 50% symmetric noise on
-# 2,000 FERPlus training rows (FER+ majority, 8 classes; 10% carved as validation, with noisy
-# labels), tested on 1,500 FER2013Valid rows; 48 px, seed 0, 10 epochs, warm-up 2, the same
+# The methods comparison of README's Results (issue 10): every method once at 50% symmetric noise
+# on ROWS FERPlus training rows (FER+ majority, 8 classes; 10% carved as validation, with noisy
+# labels), tested on every FER2013Valid row with a FER+ majority (3,199); seed 0, the same
 # optimiser for every method (Adam 1e-3 for backbone and heads, no weight decay, no lr decay,
-# batch 128; RUL's classifier at the same lr), random init.
-#   bash bench/methods_grid.sh WORKDIR        (resumable: re-run after a kill)
-# The same with pretrained=PATH in the environment adds --pretrained PATH (README: scratch vs a
-# self-supervised start). METHODS="ce ncctfer" restricts the methods.
+# batch 128; RUL's classifier at the same lr), random init: METHOD.md's reference protocol
+# (10,000 rows, 15 epochs, warm-up 3, 48 px, bf16 on the CPU).
+#   bash bench/methods_grid.sh WORKDIR        (resumable: re-run after a kill; finished runs are hits)
+# Environment (defaults in brackets): ROWS [10000], EPOCHS [15], WARMUP [3], SIZE [48],
+# PRECISION [bf16], AUGMENT [device], METHODS ["ce ncctfer elr gce sce scn rul eac pc nl"],
+# pretrained=PATH adds --pretrained PATH (README: scratch vs a self-supervised start),
+# FN [fernoise] the command.
 set -u
 work=${1:?usage: bench/methods_grid.sh WORKDIR}
 here=$(cd "$(dirname "$0")" && pwd)
 fn=${FN:-fernoise}
+rows=${ROWS:-10000}
 mkdir -p "$work" && cd "$work"
 export FERNOISE_WORKSPACE="$work"
-[ -f fp2k-sym50.parquet ] || python "$here/ferplus_manifest.py" fp2k-sym50.parquet --train 2000 --test 1500 --sym-rate 0.5 --seed 0
+manifest="fp${rows}-sym50.parquet"
+[ -f "$manifest" ] || python "$here/ferplus_manifest.py" "$manifest" --train "$rows" --sym-rate 0.5 --seed 0
 start=${pretrained:+--pretrained $pretrained}
-for m in ${METHODS:-ce ncctfer elr gce sce pc nl scn rul eac}; do
+for m in ${METHODS:-ce ncctfer elr gce sce scn rul eac pc nl}; do
   extra=""
   [ "$m" = rul ] && extra="--rul-fc-lr-factor 1"
-  $fn train fp2k-sym50.parquet --method "$m" --epochs 10 --warmup 2 --image-size 48 --batch-size 128 \
-    --lr-backbone 1e-3 --lr-head 1e-3 --weight-decay 0 --lr-decay 1 --seed 0 $start $extra \
-    --runs-dir runs > "log-$m.txt" 2>&1 || { echo "train $m failed: $(tail -1 "log-$m.txt")"; continue; }
-  run=$(grep -E "^(wrote|cache hit): " "log-$m.txt" | tail -1 | sed 's/^[a-z ]*: //')
-  $fn eval "$run" > "eval-$m.txt" 2>&1 || echo "eval $m failed: $(tail -1 "eval-$m.txt")"
+  log="log-$m-${SIZE:-48}px${pretrained:+-pre}.txt"
+  $fn train "$manifest" --method "$m" --epochs "${EPOCHS:-15}" --warmup "${WARMUP:-3}" --image-size "${SIZE:-48}" \
+    --batch-size 128 --lr-backbone 1e-3 --lr-head 1e-3 --weight-decay 0 --lr-decay 1 --seed 0 \
+    --precision "${PRECISION:-bf16}" --augment "${AUGMENT:-device}" $start $extra \
+    --runs-dir runs > "$log" 2>&1 || { echo "train $m failed: $(tail -1 "$log")"; continue; }
+  run=$(grep -E "^(wrote|cache hit): " "$log" | tail -1 | sed 's/^[a-z ]*: //')
+  $fn eval "$run" > "eval-${log#log-}" 2>&1 || echo "eval $m failed: $(tail -1 "eval-${log#log-}")"
 done
 $fn report runs

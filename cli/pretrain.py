@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         precision: Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (autocast).")] = "auto",
         keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pt after the run.")] = False,
+        devices: Annotated[int, typer.Option("--devices", help="Local processes for torch.distributed (DDP; NT-Xent over the global batch). torchrun sets its own.")] = 1,
         out: Annotated[Path | None, typer.Option("--out", help="Folder of pretraining runs (default: <workspace>/pretrain).")] = None,
         force: ForceOpt = False,
         workspace: WorkspaceOpt = None,
@@ -56,7 +57,7 @@ def register(app: typer.Typer) -> None:
             temperature=temperature, momentum=momentum, min_scale=min_scale,
             splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
             probe_split=probe_split or None, probe_every=probe_every, seed=seed, device=device,
-            precision=precision, keep_checkpoint=keep_checkpoint,
+            precision=precision, keep_checkpoint=keep_checkpoint, devices=devices,
         )
         ws = Workspace(workspace)
         if manifest is None:

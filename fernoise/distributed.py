@@ -81,6 +81,17 @@ def all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``t`` (one shape on all ranks) concatenated in rank order, differentiable:
+    the gradient of each part flows back to the rank it came from, summed over the ranks that
+    used it (torch.distributed.nn's all_gather; gloo emulates its reduce-scatter with all-to-all).
+    With the same loss on every rank and DDP's gradient average, the result is the gradient of
+    the loss over the gathered batch."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(t.contiguous()))
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

@@ -23,6 +23,16 @@ key and every result-changing parameter; a re-run is a cache hit; after a kill i
 from the last finished epoch and, on the CPU with the same seed, ends with the same weights.
 The workspace lock records stage ``pretrain``, so ``fernoise train --pretrained latest``
 finds it.
+
+Distributed (``torchrun`` or ``--devices N``, the same plumbing as `fernoise train`: NCCL on
+CUDA, gloo on the CPU): every rank takes ``batch_size`` images of each global batch of
+``batch_size * N``, the gradients are averaged by DistributedDataParallel, and SimCLR's
+NT-Xent is computed over the whole global batch (the projections are gathered with autograd,
+so every image has the 2 N batch_size - 2 negatives of the global batch and the gradient is
+exactly that of the global loss); BYOL's loss is per image, so the average over ranks is its
+global mean. BatchNorm statistics are per rank (as in BYOL's and SimCLR's per-device BN
+without SyncBN). Rank 0 alone writes files and runs the probe. The world size is part of the
+key (a run on N processes is not the run on one).
 """
 
 from __future__ import annotations
@@ -102,6 +112,8 @@ class PretrainConfig:
     """auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16."""
     workers: int = 0
     """Unused by the batched views; kept for symmetry with train (does not change results)."""
+    devices: int = 1
+    """Local processes for torch.distributed (``--devices N``); torchrun sets its own."""
     keep_checkpoint: bool = False
     """Keep checkpoint.pt after the run finishes."""
 
@@ -109,7 +121,8 @@ class PretrainConfig:
         if self.method not in METHODS:
             raise FernoiseError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}", flag="--method")
         for name, flag, low in (("epochs", "--epochs", 1), ("batch_size", "--batch-size", 2),
-                                ("image_size", "--image-size", 16), ("probe_every", "--probe-every", 1)):
+                                ("image_size", "--image-size", 16), ("probe_every", "--probe-every", 1),
+                                ("devices", "--devices", 1)):
             if getattr(self, name) < low:
                 raise FernoiseError(f"expected at least {low}, got {getattr(self, name)}", flag=flag)
         for name, flag in (("lr", "--lr"), ("temperature", "--temperature")):
@@ -184,9 +197,12 @@ def plan(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root: str
     content = m.content_key(READS)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    key_params = {k: v for k, v in asdict(cfg).items() if k not in ("device", "workers", "keep_checkpoint")}
+    key_params = {k: v for k, v in asdict(cfg).items() if k not in ("device", "workers", "keep_checkpoint", "devices")}
     key_params["splits"] = list(cfg.splits)
     key_params["precision"] = precision
+    world = _world(cfg)
+    if world > 1:  # only then: the keys of single-process runs stay those of VERSION 2
+        key_params["world_size"] = world
     inputs = {"manifest": manifest_key, "content": content}
     key = stage_key(STAGE, VERSION, key_params, inputs)
     ws = workspace or Workspace()
@@ -195,7 +211,7 @@ def plan(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root: str
         raise FernoiseError(f"{root} is a file; expected a folder for pretraining runs", flag="--out")
     out_dir = root.resolve() / key[:16]
     config = {
-        **{k: v for k, v in asdict(cfg).items()}, "splits": list(cfg.splits),
+        **{k: v for k, v in asdict(cfg).items() if k != "devices"}, "splits": list(cfg.splits), "world_size": world,
         "device": device, "device_requested": cfg.device, "precision": precision,
         "manifest": str(Path(m.path).resolve()), "manifest_key": manifest_key,
         "n_train": int(len(train_pos)), "n_probe": int(len(probe_pos)),
@@ -211,6 +227,12 @@ def plan(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root: str
                         cache_dir=ws.root / ".fernoise" / "arrays")
 
 
+def _world(cfg: PretrainConfig) -> int:
+    """Processes of the run: torchrun's WORLD_SIZE, else ``--devices``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world if world > 1 else cfg.devices
+
+
 def is_cached(p: PretrainPlan) -> bool:
     out = p.out_dir / "backbone.pt"
     return outputs_intact(read_json(stamp_path(out)), p.key, p.out_dir)
@@ -218,18 +240,54 @@ def is_cached(p: PretrainPlan) -> bool:
 
 def pretrain(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root: str | os.PathLike | None = None,
              workspace: Workspace | None = None, progress: Progress | None = None, force: bool = False) -> StageResult:
-    """Pretrain (or find in the cache, or resume) and return a StageResult whose output is the folder."""
+    """Pretrain (or find in the cache, or resume) and return a StageResult whose output is the folder.
+
+    Under torchrun every rank calls this and rank 0 writes; ``cfg.devices > 1`` spawns that many
+    local processes (fernoise/distributed.py)."""
+    from fernoise import distributed
+
     ws = workspace or Workspace()
     p = plan(manifest_path, cfg, out_root=out_root, workspace=ws)
     t0 = time.perf_counter()
-    if not force and is_cached(p):
+    env = distributed.from_env()
+    if not env.enabled and (not force and is_cached(p)):
         ws.record(STAGE, key=p.key, output=p.out_dir, params=p.key_params)
         return StageResult(STAGE, p.key, p.out_dir, True, time.perf_counter() - t0)
-    res = run_stage(stage=STAGE, version=VERSION, params=p.key_params, inputs=p.inputs,
-                    output=p.out_dir / "backbone.pt", build=lambda key: fit(p, progress=progress, fresh=force),
-                    force=True)
-    ws.record(STAGE, key=p.key, output=p.out_dir, params=p.key_params)
-    return StageResult(STAGE, p.key, p.out_dir, False, res.seconds)
+    if cfg.devices > 1 and not env.enabled:
+        distributed.spawn(cfg.devices, _pretrain_rank, manifest_path, cfg, out_root, force, str(ws.root))
+        ws.record(STAGE, key=p.key, output=p.out_dir, params=p.key_params)
+        return StageResult(STAGE, p.key, p.out_dir, False, time.perf_counter() - t0)
+    return _pretrain_rank(manifest_path, cfg, out_root, force, workspace=ws, progress=progress, p=p)
+
+
+def _pretrain_rank(manifest_path, cfg, out_root, force, ws_root=None, *, workspace=None, progress=None,
+                   p=None) -> StageResult:
+    """One process of the run (the only one without torch.distributed)."""
+    from fernoise import distributed
+
+    ws = workspace or Workspace(ws_root)
+    p = p or plan(manifest_path, cfg, out_root=out_root, workspace=ws)
+    env = distributed.from_env()
+    distributed.init(env, p.device.split(":")[0])
+    try:
+        t0 = time.perf_counter()
+        hit = distributed.broadcast(not force and is_cached(p), env)
+        if hit:
+            result = StageResult(STAGE, p.key, p.out_dir, True, time.perf_counter() - t0)
+        elif env.is_main:
+            res = run_stage(stage=STAGE, version=VERSION, params=p.key_params, inputs=p.inputs,
+                            output=p.out_dir / "backbone.pt",
+                            build=lambda key: fit(p, env, progress=progress, fresh=force), force=True)
+            result = StageResult(STAGE, p.key, p.out_dir, False, res.seconds)
+        else:
+            fit(p, env, fresh=force)
+            result = StageResult(STAGE, p.key, p.out_dir, False, time.perf_counter() - t0)
+        if env.is_main:
+            ws.record(STAGE, key=p.key, output=p.out_dir, params=p.key_params)
+        distributed.barrier(env)
+        return result
+    finally:
+        distributed.shutdown()
 
 
 # ----------------------------------------------------------------------------- model
@@ -258,11 +316,26 @@ def _build(cfg: PretrainConfig):
     return online, target
 
 
-def _epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Batches of positions for ``epoch``: a permutation seeded by (seed, epoch); a last batch
-    smaller than 2 is dropped (BatchNorm and the contrastive loss need pairs)."""
+def _epoch_order(n: int, batch_size: int, seed: int, epoch: int, world: int = 1) -> list[np.ndarray]:
+    """Global batches of positions for ``epoch``: a permutation seeded by (seed, epoch), in
+    batches of ``batch_size * world``. A last batch smaller than 2 per process is dropped
+    (BatchNorm and the contrastive loss need pairs); under ``world`` processes the last batch is
+    cut to a multiple of ``world`` (every rank's share has one size, as the gather needs)."""
     perm = np.random.default_rng([seed, epoch, 0x55]).permutation(n)
-    return [perm[i : i + batch_size] for i in range(0, n, batch_size) if len(perm[i : i + batch_size]) >= 2]
+    step = batch_size * world
+    out = []
+    for i in range(0, n, step):
+        b = perm[i : i + step]
+        b = b[: len(b) - len(b) % world]
+        if len(b) >= 2 * world:
+            out.append(b)
+    return out
+
+
+def _rank_share(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This rank's contiguous share of a global batch (all shares one size)."""
+    k = len(batch) // world
+    return batch[rank * k : (rank + 1) * k]
 
 
 def _probe(backbone, images, positions, labels, device, amp) -> float:
@@ -280,22 +353,29 @@ def _probe(backbone, images, positions, labels, device, amp) -> float:
     return knn_accuracy(torch.cat(feats), torch.as_tensor(np.array(labels), dtype=torch.long))
 
 
-def fit(p: PretrainPlan, *, progress: Progress | None = None, fresh: bool = False) -> list[Path]:
-    """Train to the end, resuming from checkpoint.pt of the same key unless ``fresh``."""
+def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: bool = False) -> list[Path]:
+    """Train to the end, resuming from checkpoint.pt of the same key unless ``fresh``. Under
+    torch.distributed (``env``) every rank runs this; rank 0 writes."""
     import torch
 
-    from fernoise import data
-    from fernoise.ssl import ViewParams, byol_loss, byol_momentum, ema_update, nt_xent, ssl_views
+    from fernoise import data, distributed
+    from fernoise.ssl import OnlineNet, ViewParams, byol_loss, byol_momentum, ema_update, nt_xent, ssl_views
 
+    env = env or distributed.Dist()
     cfg = p.cfg
-    say = progress or (lambda event: None)
+    say = progress if (progress and env.is_main) else (lambda event: None)
     for w in p.warnings:
         say({"event": "warning", "message": w})
-    device = torch.device(p.device)
+    device = torch.device(f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device)
     amp = p.precision == "bf16"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    images = data.array_cache(p.paths, p.ids, size=cfg.image_size, cache_dir=p.cache_dir, shas=p.shas, progress=say)
+    kw = dict(size=cfg.image_size, cache_dir=p.cache_dir, shas=p.shas)
+    if env.is_main:  # rank 0 decodes; the others map the finished cache
+        images = data.array_cache(p.paths, p.ids, progress=say, **kw)
+    distributed.barrier(env)
+    if not env.is_main:
+        images = data.array_cache(p.paths, p.ids, **kw)
     online, target = _build(cfg)
     online = online.to(device, memory_format=torch.channels_last)
     if target is not None:
@@ -303,12 +383,15 @@ def fit(p: PretrainPlan, *, progress: Progress | None = None, fresh: bool = Fals
     optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     views = ViewParams(min_scale=cfg.min_scale)
-    steps_per_epoch = len(_epoch_order(len(p.train_pos), cfg.batch_size, cfg.seed, 1))
+    world = env.world
+    steps_per_epoch = len(_epoch_order(len(p.train_pos), cfg.batch_size, cfg.seed, 1, world))
     total_steps = steps_per_epoch * cfg.epochs
 
     out = p.out_dir
     ckpt_path = out / "checkpoint.pt"
-    out.mkdir(parents=True, exist_ok=True)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(env)
     metrics: list[dict] = []
     start = 1
     if ckpt_path.is_file() and not fresh:
@@ -322,29 +405,34 @@ def fit(p: PretrainPlan, *, progress: Progress | None = None, fresh: bool = Fals
             metrics = [json.loads(s) for s in state["metrics"]]
             start = int(state["epoch"]) + 1
             say({"event": "resume", "epoch": start - 1, "run_dir": str(out)})
-    atomic_write_json(out / "config.json", p.config)
-    _write_metrics(out, metrics)
+    if env.is_main:
+        atomic_write_json(out / "config.json", p.config)
+        _write_metrics(out, metrics)
+    net = OnlineNet(online)
+    if env.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     for epoch in range(start, cfg.epochs + 1):
         t_epoch = time.perf_counter()
-        batches = _epoch_order(len(p.train_pos), cfg.batch_size, cfg.seed, epoch)
-        gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, epoch, 0x5E]).integers(2**62)))
+        batches = _epoch_order(len(p.train_pos), cfg.batch_size, cfg.seed, epoch, world)
+        mix = [cfg.seed, epoch, 0x5E] + ([env.rank] if env.enabled else [])  # each rank its own views
+        gen = torch.Generator().manual_seed(int(np.random.default_rng(mix).integers(2**62)))
         say({"event": "epoch_start", "epoch": epoch, "epochs": cfg.epochs, "batches": len(batches), "warmup": False})
         online.train()
         loss_sum, seen, tau = 0.0, 0, None
         for i, pos in enumerate(batches):
+            pos = _rank_share(pos, env.rank, world)
             rows = np.sort(p.train_pos[pos])  # memory-map reads in file order; order within a batch is irrelevant
             x = torch.from_numpy(np.ascontiguousarray(images[rows])).to(device, non_blocking=True)
             v1 = ssl_views(x, cfg.image_size, views, gen)
             v2 = ssl_views(x, cfg.image_size, views, gen)
             n = x.shape[0]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                f = online["backbone"](torch.cat([v1, v2]))
-                z = online["projector"](f)
+                z, q = net(torch.cat([v1, v2]))
                 if cfg.method == "simclr":
-                    loss = nt_xent(z[:n], z[n:], cfg.temperature)
+                    z1, z2 = (z[:n], z[n:]) if not env.enabled else (distributed.all_gather_cat(z[:n]), distributed.all_gather_cat(z[n:]))
+                    loss = nt_xent(z1, z2, cfg.temperature)
                 else:
-                    q = online["predictor"](z)
                     with torch.no_grad():
                         t = target["projector"](target["backbone"](torch.cat([v1, v2])))
                     loss = byol_loss(q[:n], q[n:], t[:n], t[n:])
@@ -359,25 +447,30 @@ def fit(p: PretrainPlan, *, progress: Progress | None = None, fresh: bool = Fals
             seen += n
             elapsed = time.perf_counter() - t_epoch
             say({"event": "batch", "epoch": epoch, "done": i + 1, "total": len(batches),
-                 "loss": loss_sum / seen, "images_per_s": 2 * seen / max(elapsed, 1e-9)})
+                 "loss": loss_sum / seen, "images_per_s": 2 * seen * world / max(elapsed, 1e-9)})
         train_seconds = time.perf_counter() - t_epoch
+        sums = distributed.all_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64), env)
+        loss_sum, seen = float(sums[0]), int(sums[1])
         lr_used = optimizer.param_groups[0]["lr"]
         scheduler.step()
         probe = None
-        if len(p.probe_pos) and (epoch % cfg.probe_every == 0 or epoch == cfg.epochs):
+        if env.is_main and len(p.probe_pos) and (epoch % cfg.probe_every == 0 or epoch == cfg.epochs):
             probe = _probe(online["backbone"], images, p.probe_pos, p.probe_labels, device, amp)
         record = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "lr": lr_used, "momentum": tau,
                   "knn_acc": probe, "samples": seen, "images_per_s": 2 * seen / train_seconds,
                   "train_seconds": train_seconds, "seconds": time.perf_counter() - t_epoch}
         metrics.append(record)
-        _save_checkpoint(ckpt_path, p.key, epoch, online, target, optimizer, scheduler, metrics)
-        _write_metrics(out, metrics)
+        if env.is_main:
+            _save_checkpoint(ckpt_path, p.key, epoch, online, target, optimizer, scheduler, metrics)
+            _write_metrics(out, metrics)
         say({"event": "epoch_end", "metrics": record})
+        distributed.barrier(env)
 
-    with atomic_path(out / "backbone.pt") as tmp:
-        torch.save({k: v.detach().cpu() for k, v in online["backbone"].state_dict().items()}, tmp)
-    if not cfg.keep_checkpoint:
-        ckpt_path.unlink(missing_ok=True)
+    if env.is_main:
+        with atomic_path(out / "backbone.pt") as tmp:
+            torch.save({k: v.detach().cpu() for k, v in online["backbone"].state_dict().items()}, tmp)
+        if not cfg.keep_checkpoint:
+            ckpt_path.unlink(missing_ok=True)
     return [out / "backbone.pt", out / "config.json", out / "metrics.jsonl"]
 
 

@@ -115,6 +115,21 @@ def mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim_out))
 
 
+class OnlineNet(nn.Module):
+    """The online network's forward as one module call, which DistributedDataParallel needs to
+    average the gradients: ``online["backbone"]`` -> ``["projector"]`` (-> ``["predictor"]`` for
+    BYOL). Returns (projections, predictions or None). Holds ``online``; adds no parameters."""
+
+    def __init__(self, online: nn.ModuleDict):
+        super().__init__()
+        self.online = online
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = self.online["projector"](self.online["backbone"](x))
+        q = self.online["predictor"](z) if "predictor" in self.online else None
+        return z, q
+
+
 # ----------------------------------------------------------------------------- losses
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """SimCLR's NT-Xent: for each of the 2N projections, cross-entropy of its positive (the
