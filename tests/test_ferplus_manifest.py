@@ -66,3 +66,19 @@ def test_clean_manifest_has_no_noise_columns_and_corrupts_without_force(tmp_path
     d = fer.df
     assert fer.meta["label_space"] == "basic7"
     assert d["is_noisy"].tolist() == [False, False, False, True, False, False, True, False, False, False]
+
+
+def test_pretraining_manifest_keeps_unlabelled_crops_and_carves_a_probe_split(tmp_path):
+    bench = bench_module()
+    root = fake_ferplus(tmp_path / "ferplus")
+    csv = pd.read_csv(root / "manifest.csv")
+    csv.loc[2, list(FERPLUS_VOTE_COLUMNS)] = 0
+    csv.loc[2, ["happiness", "sadness"]] = 4  # a tie: no FER+ majority
+    csv.to_csv(root / "manifest.csv", index=False)
+    assert len(read_manifest(bench.build(tmp_path / "m.parquet", n_train=None, root=root)).df) == 9  # dropped
+    m = read_manifest(bench.build(tmp_path / "all.parquet", n_train=None, n_test=0, root=root,
+                                  keep_unlabelled=True, n_val=3))
+    d = m.df
+    assert len(d) == 8 and d["split"].tolist() == ["train"] * 5 + ["val"] * 3  # the last 3 in random order
+    assert d["label"].isna().tolist() == [i == 2 for i in range(8)] and d["label_name"].isna().sum() == 1
+    assert (d["status"] == "ok").all()
