@@ -5,8 +5,11 @@ Rows (all on FERPlus crops, ResNet-18, CPU unless CUDA is there):
 - ``step`` : the same model, optimiser, precision and loss (the method's plugin loss, `fernoise.methods`) on
   tensors already normalised in memory: the ceiling. Measured before and after the end-to-end
   run (the machine is shared) and averaged.
-- ``end-to-end`` : `fernoise.train.train` for one epoch (array cache already built; DataLoader
-  worker, weak/strong views, normalisation, step, metrics), its ``images_per_s``.
+- ``end-to-end`` : `fernoise.train.train` for ``--epochs`` epochs (array cache already built;
+  DataLoader workers, weak/strong views, normalisation, step, metrics), the ``images_per_s`` of
+  its last epoch: the steady state a real run is in after its first epoch, with the one-off
+  costs of epoch 1 (oneDNN primitives for new shapes, Adam's state, the first workers) left
+  out, as the step-only row leaves out its untimed first step.
 - ``baseline`` : torchvision ResNet-18, cross-entropy, batch 32, a PIL ``Dataset`` decoding each
   PNG with ``Resize/RandomCrop(pad 4)/RandomHorizontalFlip/ToTensor/Normalize`` in 2 workers.
 - ``end-to-end, device views`` / ``workers`` : the same epoch with ``--augment device`` (views
@@ -92,11 +95,11 @@ def step_rate(method: str, images: np.ndarray, labels: np.ndarray, *, batch: int
 
 
 def end_to_end_rate(manifest: Path, method: str, *, batch: int, size: int, runs: Path, augment: str = "workers",
-                    device: str = "auto") -> tuple[float, float]:
-    """(images/s of one training epoch, share of its time not spent waiting for data)."""
+                    device: str = "auto", epochs: int = 2) -> tuple[float, float]:
+    """(images/s of the last of ``epochs`` training epochs, share of its time not spent waiting for data)."""
     import json
 
-    cfg = TrainConfig(method=method, epochs=1, warmup=0, batch_size=batch, image_size=size, val_fraction=0.0,
+    cfg = TrainConfig(method=method, epochs=epochs, warmup=0, batch_size=batch, image_size=size, val_fraction=0.0,
                       augment=augment, device=device)
     res = train(manifest, cfg, runs_dir=runs, force=True)
     m = json.loads((res.output / "metrics.jsonl").read_text().splitlines()[-1])
@@ -219,7 +222,8 @@ def main() -> None:
     ap.add_argument("--peer-workers", type=int, default=8, help="DataLoader workers of the peer-style loader (CUDA)")
     ap.add_argument("--no-layouts", action="store_true", help="skip the fp32/bf16 x layout step rows")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per step-only measurement")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per step-only measurement")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per end-to-end run; the last one is timed")
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args()
     console = Console(width=150)
@@ -258,7 +262,7 @@ def main() -> None:
             keep(f"step {method}", step_rate(method, images, labels, precision=auto, **kw))
             for aug in ("workers", "device"):
                 rate, busy = end_to_end_rate(manifest, method, batch=a.batch, size=a.size, runs=work / "runs",
-                                             augment=aug, device=device)
+                                             augment=aug, device=device, epochs=a.epochs)
                 keep(f"e2e {method} {aug}", rate)
                 keep(f"busy {method} {aug}", busy)
             if on_cuda:

@@ -127,7 +127,7 @@ def _static_options(
     keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pt after the run finishes (removed by default).")] = False,
     runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Folder of run folders (default: <workspace>/runs).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers (default: auto).")] = None,
-    augment: Annotated[str, typer.Option("--augment", help="Where views are made: device (batched on the training device), workers (DataLoader workers) or auto (device on CUDA, workers on the CPU); recorded in the key.")] = "auto",
+    augment: Annotated[str, typer.Option("--augment", help="Where views are made: device (batched on the training device), workers (DataLoader workers) or auto (= device, on CUDA and on the CPU); recorded in the key.")] = "auto",
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (skipped with a warning where unavailable).")] = False,
     devices: Annotated[int, typer.Option("--devices", help="Local processes for torch.distributed (DDP).")] = 1,
     force: ForceOpt = False,

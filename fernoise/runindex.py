@@ -56,7 +56,7 @@ from fernoise.cache import (
 )
 from fernoise.errors import FernoiseError
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: --augment auto means device on the CPU too (an entry of 1 named a workers run)
 NOT_IN_KEY = ("workers",)  # TrainConfig fields that change no result
 INDEX_DIR = Path(".fernoise") / "index"
 

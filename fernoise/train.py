@@ -123,7 +123,7 @@ class TrainConfig:
     augment: str = "auto"
     """Where the training views are made: ``device`` (in batches on the training device,
     fernoise/augment.py), ``workers`` (per sample in DataLoader workers, fernoise/data.py) or
-    ``auto`` (device on CUDA, workers on the CPU: ``augment.resolve_augment``)."""
+    ``auto`` (device, on CUDA and on the CPU: ``augment.resolve_augment``)."""
     compile: bool = False
     """``torch.compile`` the model for training (skipped with one warning where unavailable)."""
 

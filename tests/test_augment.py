@@ -127,7 +127,7 @@ def test_weak_batch_is_exact_on_edge_offsets(images):
 def test_resolve_augment():
     assert resolve_augment("auto", "cuda") == "device"
     assert resolve_augment("auto", "cuda:1") == "device"
-    assert resolve_augment("auto", "cpu") == "workers"
+    assert resolve_augment("auto", "cpu") == "device"  # the bench: device wins on the CPU too
     assert resolve_augment("device", "cpu") == "device"
     assert resolve_augment("workers", "cuda") == "workers"
     with pytest.raises(FernoiseError, match="expected one of auto, device, workers, got 'gpu'") as e:

@@ -52,13 +52,16 @@ def test_workers_path_is_main_unchanged(method, data, workspace, one_thread):
     want, key = MAIN_WORKERS[method]
     got = _triples(run)
     assert len(got) == 2
-    for (l1, a1, t1), (l2, a2, t2) in zip(got, want, strict=True):
-        assert l1 == pytest.approx(l2, rel=1e-5) and a1 == a2 and t1 == t2
+    # Float sums in the CPU's conv kernels differ between processors: main at 368df72 itself gives
+    # eac's epoch-1 loss 2.164120 on an AMD EPYC with AVX512-BF16 against the 2.163989 captured on
+    # the machine that wrote these values, and 60 images at this lr amplify that by epoch 2. So
+    # the first epoch is compared (loss to 1e-3, accuracies exactly) and the key to the letter.
+    (l1, a1, t1), (l2, a2, t2) = got[0], want[0]
+    assert l1 == pytest.approx(l2, rel=1e-3) and a1 == a2 and t1 == t2
     config = json.loads((run / "config.json").read_text())
     assert config["key"] == key  # the worker path keeps the keys of earlier runs
     assert (config["augment"], config["augment_requested"], config["compile"]) == ("workers", "workers", False)
-    # auto on the CPU resolves to workers: the same run (a cache hit on the same key)
-    again = train(data, tiny(method=method, batch_size=16), runs_dir=workspace / "w")
+    again = train(data, tiny(method=method, batch_size=16, augment="workers"), runs_dir=workspace / "w")
     assert again.hit and again.output == run
 
 
@@ -94,6 +97,9 @@ def test_device_path_trains_and_an_interrupted_run_resumes_exactly(method, data,
     assert (config["augment"], config["augment_requested"]) == ("device", "device")
     workers_key = MAIN_WORKERS[method][1]
     assert config["key"] != workers_key  # another path, another key
+    # auto is the device path on the CPU too (bench/train.py): the same run, a cache hit
+    auto = train(data, tiny(method=method, batch_size=16, epochs=3, warmup=1, keep_checkpoint=True), runs_dir=workspace / "b")
+    assert auto.hit and auto.output == full
 
 
 def test_compile_unavailable_warns_once_and_trains(data, workspace, monkeypatch):
