@@ -359,7 +359,15 @@ def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: b
     import torch
 
     from fernoise import data, distributed
-    from fernoise.ssl import OnlineNet, ViewParams, byol_loss, byol_momentum, ema_update, nt_xent, ssl_views
+    from fernoise.ssl import (
+        OnlineNet,
+        ViewParams,
+        byol_loss,
+        byol_momentum,
+        ema_update,
+        nt_xent,
+        ssl_views,
+    )
 
     env = env or distributed.Dist()
     cfg = p.cfg

@@ -4,13 +4,11 @@ uninterrupted one (tiny generated images, CPU)."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from killing import kill_after_epochs, resume
 from test_train import SIZE, TIMING, make_manifest, read_metrics
 
 from fernoise import methods
@@ -24,25 +22,11 @@ def test_scn_kill_9_then_resume_equals_uninterrupted(tmp_path, workspace):
              "--scn-relabel-epoch", "1", "--scn-relabel-margin", "0.05", "--scn-relabel-group", "all", "--keep-checkpoint"]
     killed = [sys.executable, "-m", "fernoise_cli.app", "train", str(data), *flags, "--workers", "1",
               "--runs-dir", str(tmp_path / "a")]
-    proc = subprocess.Popen(killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 180
-    metrics_file = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list((tmp_path / "a").glob("*/metrics.jsonl"))
-        if found and found[0].read_text().count("\n") >= 1:
-            metrics_file = found[0]
-            break
-        time.sleep(0.02)
-    assert metrics_file is not None, "epoch 1 never finished"
-    os.killpg(proc.pid, signal.SIGKILL)  # mid-epoch 2
-    proc.wait()
-    a = metrics_file.parent
+    a = kill_after_epochs(killed, env, tmp_path / "a")  # mid-epoch 2
     assert not (a / "model.pt").exists()
     store_1 = torch.load(a / "checkpoint.pt", weights_only=True)["method_state"]["labels"]
     assert (store_1 >= 0).sum() > 0, "epoch 1 must relabel for the test to mean anything"
-    resumed = subprocess.run(killed, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
+    resume(killed, env)
     cfg = TrainConfig(method="scn", method_params=methods.make_params("scn", {
         "--scn-relabel-epoch": 1, "--scn-relabel-margin": 0.05, "--scn-relabel-group": "all"}),
         epochs=3, warmup=0, batch_size=16, image_size=SIZE, workers=1, keep_checkpoint=True)

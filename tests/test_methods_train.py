@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from fernoise_cli.app import app
+from killing import kill_after_epochs, resume
 from test_train import SIZE, TIMING, make_manifest, nothing_written, read_metrics
 from typer.testing import CliRunner
 
@@ -31,26 +29,12 @@ def test_elr_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, workspace)
     args = [sys.executable, "-m", "fernoise_cli.app", "train", str(data), "--method", "elr", "--epochs", "3",
             "--warmup", "1", "--batch-size", "16", "--image-size", str(SIZE), "--workers", "0",
             "--lr-backbone", "1e-3", "--elr-lambda", "2", "--keep-checkpoint", "--runs-dir", str(tmp_path / "a")]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 180
-    metrics_file = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list((tmp_path / "a").glob("*/metrics.jsonl"))
-        if found and found[0].read_text().count("\n") >= 2:  # after epoch 2: the targets hold 2 epochs
-            metrics_file = found[0]
-            break
-        time.sleep(0.02)
-    assert metrics_file is not None, "epoch 2 never finished"
-    os.killpg(proc.pid, signal.SIGKILL)  # mid-epoch 3
-    proc.wait()
-    assert not (metrics_file.parent / "model.pt").exists()
-    resumed = subprocess.run(args, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
+    a = kill_after_epochs(args, env, tmp_path / "a", epochs=2)  # mid-epoch 3: the targets hold 2 epochs
+    assert not (a / "model.pt").exists()
+    resume(args, env)
     cfg = TrainConfig(method="elr", method_params=methods.make_params("elr", {"--elr-lambda": 2.0}), epochs=3,
                       warmup=1, batch_size=16, image_size=SIZE, workers=0, lr_backbone=1e-3, keep_checkpoint=True)
     full = train(data, cfg, runs_dir=tmp_path / "b").output
-    a = metrics_file.parent
     assert full.name == a.name
     sa, sb = _strip(a), _strip(full)
     assert len(sa) == 3 and sa == sb and all(m["loss_elr"] < 0 for m in sa[1:])

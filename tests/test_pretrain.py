@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 import torch
 from fernoise_cli.app import app
+from killing import kill_after_epochs, resume
 from test_train import SIZE, make_manifest
 from typer.testing import CliRunner
 
@@ -147,22 +145,9 @@ def test_pretrain_kill_9_then_resume_gives_the_same_weights(tmp_path, workspace)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
     cmd = [sys.executable, "-m", "fernoise_cli.app", "pretrain", str(data), "--method", "byol", "--epochs", "3",
            "--batch-size", "16", "--image-size", str(SIZE), "--device", "cpu", "--out", str(tmp_path / "a")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 180
-    metrics_file = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list((tmp_path / "a").glob("*/metrics.jsonl"))
-        if found and found[0].read_text().count("\n") >= 1:
-            metrics_file = found[0]
-            break
-        time.sleep(0.02)
-    assert metrics_file is not None, "epoch 1 never finished"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    metrics_file = kill_after_epochs(cmd, env, tmp_path / "a") / "metrics.jsonl"  # mid-epoch 2
     assert not (metrics_file.parent / "backbone.pt").exists()
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
+    resume(cmd, env)
     cfg = PretrainConfig(method="byol", epochs=3, batch_size=16, image_size=SIZE, device="cpu")
     full = pretrain(data, cfg, out_root=tmp_path / "b").output
     assert full.name == metrics_file.parent.name

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from fernoise_cli.app import app
+from killing import kill_after_epochs, resume
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -156,22 +154,9 @@ def test_kill_9_then_resume_gives_identical_metrics(tmp_path, workspace):
     killed = [sys.executable, "-m", "fernoise_cli.app", "train", str(data), "--method", "ncctfer", "--epochs", "2",
               "--warmup", "1", "--batch-size", "16", "--image-size", str(SIZE), "--k", "3", "--workers", "1",
               "--runs-dir", str(tmp_path / "a")]
-    proc = subprocess.Popen(killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    metrics_file = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list((tmp_path / "a").glob("*/metrics.jsonl"))
-        if found and found[0].read_text().count("\n") >= 1:
-            metrics_file = found[0]
-            break
-        time.sleep(0.02)
-    assert metrics_file is not None, "epoch 1 never finished"
-    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its DataLoader worker, mid-epoch 2
-    proc.wait()
+    metrics_file = kill_after_epochs(killed, env, tmp_path / "a", timeout=120) / "metrics.jsonl"  # mid-epoch 2
     assert not (metrics_file.parent / "model.pt").exists()
-    resumed = subprocess.run(killed, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
+    resume(killed, env)
     # The uninterrupted run, in this process, with the same configuration.
     cfg = TrainConfig(method="ncctfer", method_params=methods.make_params("ncctfer", {"--k": 3}), epochs=2, warmup=1,
                       batch_size=16, image_size=SIZE, workers=1)
