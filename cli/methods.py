@@ -14,6 +14,7 @@ def _defaults(cls) -> str:
     if o.lr_decay:
         opt += f" x{o.lr_decay:g}/epoch"
     opt += f", {o.epochs} ep, batch {o.batch_size}"
+    opt += ", warm-up min(5, ep // 3)" if cls.warmup is None else f", warm-up {cls.warmup}"
     flags = cls.describe_params()
     return f"{flags}\n{opt}" if flags else opt
 

@@ -120,9 +120,12 @@ def negative_learning_loss(logits: torch.Tensor, complementary: torch.Tensor) ->
 def generalized_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, q: float) -> torch.Tensor:
     """GCE (Zhang & Sabuncu, NeurIPS 2018): mean of ``(1 - p[i, y_i] ** q) / q``.
 
-    ``q -> 0`` is cross-entropy, ``q = 1`` the MAE ``1 - p_y``."""
-    p_y = F.softmax(logits.float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
-    return ((1.0 - p_y.pow(q)) / q).mean()
+    ``q -> 0`` is cross-entropy, ``q = 1`` the MAE ``1 - p_y``. ``p_y ** q`` is computed as
+    ``exp(q log_softmax_y)``: the same value, but where ``p_y`` underflows to 0 (a logit gap above
+    ~104 in float32) ``pow`` has an infinite derivative at 0 and the gradient is NaN, while this
+    form's gradient ``q p_y^q (onehot - p)`` stays finite (and tends to 0, as the loss's does)."""
+    logp_y = F.log_softmax(logits.float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+    return ((1.0 - torch.exp(q * logp_y)) / q).mean()
 
 
 def reverse_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, log_zero: float) -> torch.Tensor:

@@ -83,8 +83,9 @@ class TrainConfig:
     image_size: int = 224
     """Side of the square training and test images."""
     warmup: int | None = None
-    """Epochs of plain cross-entropy on every sample before the method's loss; None =
-    ``min(5, epochs // 3)`` (5 for the paper's 40 epochs)."""
+    """Epochs of plain cross-entropy on every sample before the method's loss; None = the
+    method's (``Method.default_warmup``): ``min(5, epochs // 3)`` for ncctfer and its baselines
+    ce, pc, nl (5 for the paper's 40 epochs), 0 for scn, rul, eac, gce, sce, elr (their code has none)."""
     lr_backbone: float | None = None
     """Adam learning rate of the ResNet-18 backbone."""
     lr_head: float | None = None
@@ -144,7 +145,7 @@ class TrainConfig:
         if self.lr_decay is None:
             object.__setattr__(self, "lr_decay", cls.optim.lr_decay)
         if self.warmup is None and isinstance(self.epochs, int):
-            object.__setattr__(self, "warmup", default_warmup(self.epochs))
+            object.__setattr__(self, "warmup", cls.default_warmup(self.epochs))
         for name, flag in (("epochs", "--epochs"), ("batch_size", "--batch-size"), ("devices", "--devices")):
             if getattr(self, name) < 1:
                 raise FernoiseError(f"expected at least 1, got {getattr(self, name)}", flag=flag)
@@ -189,9 +190,12 @@ class TrainConfig:
         return asdict(self.method_params)
 
 
-def default_warmup(epochs: int) -> int:
-    """The warm-up when ``--warmup`` is not given: ``min(5, epochs // 3)``."""
-    return min(5, epochs // 3)
+def default_warmup(epochs: int, method: str = "ncctfer") -> int:
+    """The warm-up of ``method`` when ``--warmup`` is not given (``Method.default_warmup``):
+    ``min(5, epochs // 3)`` for ncctfer, ce, pc, nl; 0 for the methods whose code has none."""
+    from fernoise import methods
+
+    return methods.get(method).default_warmup(epochs)
 
 
 def resolve_precision(precision: str, device: str) -> str:

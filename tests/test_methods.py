@@ -213,7 +213,7 @@ def test_gce_sce_elr_losses_and_parts():
     logits = m.logits(net, x["weak"])
     out = net(m.loss, x, y, torch.arange(5), epoch=2, warm=False, gen=torch.Generator())
     assert torch.allclose(out.parts["ce"], 0.1 * losses.cross_entropy(logits, y))
-    assert torch.allclose(out.parts["rce"], losses.reverse_cross_entropy(logits, y, -4.0))
+    assert torch.allclose(out.parts["rce"], losses.reverse_cross_entropy(logits, y, math.log(1e-4)))
 
 
 def test_elr_targets_are_per_sample_state():

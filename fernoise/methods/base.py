@@ -189,6 +189,15 @@ class Method:
     relabels: ClassVar[bool] = False
     """True for a method that relabels (keeps a label store): metrics log ``relabelled`` and
     ``relabel_precision`` every epoch (0 / null before it starts), null for the others."""
+    warmup: ClassVar[int | None] = None
+    """Warm-up epochs when ``--warmup`` is not given: None = NCCTFER's protocol,
+    ``min(5, epochs // 3)`` (its paper's 5 for 40 epochs, shared by the baselines of its tables);
+    0 for a method whose official code has no warm-up (:meth:`default_warmup`)."""
+
+    @classmethod
+    def default_warmup(cls, epochs: int) -> int:
+        """Warm-up epochs of a run of ``epochs`` epochs when ``--warmup`` is not given."""
+        return min(5, epochs // 3) if cls.warmup is None else min(cls.warmup, epochs)
 
     def __init__(self, params: Any = None, *, num_classes: int, n_rows: int, image_size: int = 224):
         self.params = params if params is not None else self.Params()

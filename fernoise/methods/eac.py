@@ -79,6 +79,7 @@ class EAC(Method):
     optim = OptimDefaults(lr_backbone=2e-4, lr_head=2e-4, weight_decay=1e-4, lr_decay=0.9,
                           epochs=60, batch_size=32)
     parts = ("s", "flip")
+    warmup = 0  # src/main.py trains the EAC loss from the first epoch
 
     def __init__(self, params=None, *, num_classes: int, n_rows: int, image_size: int = 224):
         super().__init__(params, num_classes=num_classes, n_rows=n_rows, image_size=image_size)

@@ -37,6 +37,7 @@ class ELR(Method):
     views = ("weak",)
     optim = OptimDefaults(lr_backbone=1e-4, lr_head=1e-3, epochs=40, batch_size=128)
     parts = ("s", "ce", "elr")
+    warmup = 0  # shengliu66/ELR trains CE + ELR from the first epoch
 
     def __init__(self, params=None, *, num_classes: int, n_rows: int, image_size: int = 224):
         import torch

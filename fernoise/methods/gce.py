@@ -31,6 +31,7 @@ class GCE(Method):
     views = ("weak",)
     optim = OptimDefaults(lr_backbone=1e-4, lr_head=1e-3, epochs=40, batch_size=128)
     parts = ("s", "gce")
+    warmup = 0  # the paper trains L_q from the first epoch (no warm-up)
 
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:
         from fernoise import losses

@@ -133,6 +133,7 @@ class RUL(Method):
     optim = OptimDefaults(lr_backbone=2e-4, lr_head=2e-4, weight_decay=1e-4, lr_decay=0.9,
                           epochs=60, batch_size=64)
     parts = ("s",)
+    warmup = 0  # src/rul.py trains the RUL loss from the first epoch
 
     def build(self, model) -> None:
         from torch import nn

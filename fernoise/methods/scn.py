@@ -133,6 +133,7 @@ class SCN(Method):
                           epochs=70, batch_size=64)
     parts = ("s", "rr")
     relabels = True  # the loop logs relabelled / relabel_precision
+    warmup = 0  # src/train.py trains the SCN loss from the first epoch
 
     def __init__(self, params=None, *, num_classes: int, n_rows: int, image_size: int = 224):
         import torch
