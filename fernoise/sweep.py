@@ -141,6 +141,8 @@ class Sweep:
     manifest_id: str = ""
     """Hash of the manifest's path, size, mtime and recorded key (:func:`runindex.manifest_identity`)."""
     states: dict[int, CellState] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """One line per thing that went wrong outside a cell (e.g. a table file that could not be written)."""
 
     def spec(self, cell: Cell) -> str:
         """What the cell's result depends on; a cell file of another spec is stale (another
@@ -383,6 +385,8 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
                             _write_cell(sweep, st)
                     if not done:
                         _run_child(sweep, st, manifest, gpu, lock, children, python or sys.executable)
+            except Exception as e:  # noqa: BLE001 - a crash here fails this cell, never the sweep
+                _crashed(sweep, st, e, lock)
             finally:
                 slots.put(gpu)
 
@@ -500,6 +504,24 @@ def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, loc
         _write_cell(sweep, st)
 
 
+def _crashed(sweep: Sweep, st: CellState, e: Exception, lock: threading.Lock) -> None:
+    """Mark a cell whose worker raised (a file it could not write, ...) as failed, with the
+    error as its reason, in its cell file and log where they can be written."""
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    with lock:
+        st.status, st.finished = "failed", time.time()
+        st.reason = f"the sweep could not run this cell: {e.__class__.__name__}: {first}"
+        for write in (lambda: _write_cell(sweep, st), lambda: _append_log(sweep.log_file(st.cell), st.reason)):
+            with contextlib.suppress(OSError):
+                write()
+
+
+def _append_log(log: Path, text: str | None) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"{text}\n")
+
+
 def _log_tail(log: Path) -> str:
     try:
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
@@ -608,7 +630,7 @@ def write_table(sweep: Sweep) -> tuple[Path, Path]:
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r[k] is None else r[k]) for k in TABLE_COLUMNS})
-        atomic_write_text(csv_path, buf.getvalue())
+        _write_table_file(sweep, csv_path, buf.getvalue())
         head = ["#", "method", "noise", "seed", "pretrained", "options", "status", "top-1 %", "val-sel %",
                 "max / last-5 %", "reason"]
         lines = [f"# sweep {sweep.grid.name}", "", f"grid: `{sweep.grid.path}`  manifest: `{sweep.manifest}`", "",
@@ -618,8 +640,22 @@ def write_table(sweep: Sweep) -> tuple[Path, Path]:
             cells = [str(r["index"] + 1), r["method"], r["noise"], str(r["seed"]), r["pretrained"], r["options"],
                      r["status"], _pct(r["top1"]), _pct(r["val_selected_test_acc"]), ml, r["reason"].replace("|", "/")]
             lines.append("| " + " | ".join(cells) + " |")
-        atomic_write_text(md_path, "\n".join(lines) + "\n")
+        _write_table_file(sweep, md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
+
+
+def _write_table_file(sweep: Sweep, path: Path, text: str) -> None:
+    """Write one table file; one that cannot be written (a folder in its place, no permission)
+    is a note in ``sweep.notes``, never a traceback: the cells' results stay in their files."""
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "a folder is in its place", str(path))
+        atomic_write_text(path, text)
+    except OSError as e:
+        note = (f"{path} was not written ({e.strerror or e.__class__.__name__}); the cells' results are in "
+                f"{sweep.state_dir / 'cells'}: move it away and re-run the sweep to write the table")
+        if note not in sweep.notes:
+            sweep.notes.append(note)
 
 
 def summary(states: Sequence[CellState]) -> dict[str, int]:
