@@ -33,7 +33,9 @@ manifests from ``fernoise split``, the fold. Everything else separates them:
 the pooled runs, and ``n`` the number of runs; a single run shows no ``±``. For k-fold
 protocols the runs of one fold (several seeds) are averaged first and ``mean ± std (n)`` is
 over the ``n`` folds. Unfinished runs (fewer epochs in ``metrics.jsonl`` than configured) are
-left out and listed in :attr:`Report.notes`.
+left out and listed in :attr:`Report.notes`; so are damaged runs (each file is read by its
+validating reader in :mod:`fernoise.runfiles`), one note each naming the file and what is wrong.
+:func:`collect` raises only when no run could be read.
 """
 
 from __future__ import annotations

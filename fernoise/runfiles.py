@@ -11,7 +11,8 @@ Checked (only what the readers downstream rely on; unknown fields pass):
 - ``config.json``: a JSON object; ``classes`` a non-empty list of strings; ``image_size`` and
   ``epochs`` positive integers (``epochs`` may be absent or null); ``noise`` null or an object
   whose ``kind`` is a string and ``rate`` a number or null; ``method``, ``key``, ``manifest``,
-  ``pretrained`` strings or null; ``lineage`` null or a list of objects.
+  ``pretrained`` strings or null; ``lineage`` null or a list of objects whose ``params`` are
+  objects (a ``split`` entry's ``fold`` an integer).
 - ``metrics.jsonl``: UTF-8 text, one JSON object per line (a torn *last* line, as a killed
   trainer leaves it, is ignored); ``epoch`` a positive integer; the figures read downstream
   (``test_acc``, ``val_acc``, ``confident_*``, ...) numbers or null; ``thresholds`` null or
@@ -116,6 +117,13 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     lineage = cfg.get("lineage")
     if lineage is not None and not (isinstance(lineage, list) and all(isinstance(e, dict) for e in lineage)):
         raise bad("lineage", "a list of objects")
+    for i, entry in enumerate(lineage or []):
+        params = entry.get("params")
+        if params is not None and not isinstance(params, dict):
+            raise _damaged(path, f"'lineage[{i}].params': expected an object, found {_kind(params)}", CONFIG_FIX)
+        fold = (params or {}).get("fold")
+        if entry.get("stage") == "split" and fold is not None and not (isinstance(fold, int) and not isinstance(fold, bool)):
+            raise _damaged(path, f"'lineage[{i}].params.fold': expected an integer, found {_kind(fold)}", CONFIG_FIX)
     return cfg
 
 

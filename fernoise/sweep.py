@@ -14,7 +14,9 @@ State: ``<workspace>/sweeps/<name>/cells/<cell id>.json`` (one file per cell: st
 accuracies, reason, shard, gpu, times; written atomically by the process that runs the
 cell), ``logs/<cell id>.log`` (the child's stderr) and ``table.csv`` / ``table.md`` (every
 cell of the grid, rewritten under a file lock by each process when it ends, from the cell
-files, so the last shard to finish writes the complete table).
+files, so the last shard to finish writes the complete table). An exception in the sweep's
+own worker thread fails that cell (its reason, cell file and log say so) and the others go on;
+a table file that cannot be written is a line in :attr:`Sweep.notes`.
 """
 
 from __future__ import annotations
