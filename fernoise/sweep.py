@@ -477,23 +477,30 @@ def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, loc
         err.flush()
         proc = subprocess.Popen([python, "-m", "fernoise.sweepcell"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, env=env, cwd=sweep.workspace.root)
-        with lock:
-            st.pid = proc.pid
-            children[proc.pid] = proc
-            _write_cell(sweep, st)
-        assert proc.stdin is not None and proc.stdout is not None
-        with contextlib.suppress(BrokenPipeError):  # a child that died at once: its exit code says so
-            proc.stdin.write(json.dumps(spec).encode())
-            proc.stdin.close()
-        final: dict[str, Any] | None = None
-        for raw in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace"):
-            try:
-                ev = json.loads(raw)
-            except ValueError:
-                continue
+        try:
             with lock:
-                final = _apply_event(st, ev) or final
-        rc = proc.wait()
+                st.pid = proc.pid
+                children[proc.pid] = proc
+                _write_cell(sweep, st)
+            assert proc.stdin is not None and proc.stdout is not None
+            with contextlib.suppress(BrokenPipeError):  # a child that died at once: its exit code says so
+                proc.stdin.write(json.dumps(spec).encode())
+                proc.stdin.close()
+            final: dict[str, Any] | None = None
+            for raw in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace"):
+                try:
+                    ev = json.loads(raw)
+                except ValueError:
+                    continue
+                with lock:
+                    final = _apply_event(st, ev) or final
+            rc = proc.wait()
+        except BaseException:  # the sweep cannot follow this child any more: it must not live on
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait()
+            children.pop(proc.pid, None)
+            raise
     with lock:
         children.pop(proc.pid, None)
         st.finished = time.time()
@@ -595,8 +602,10 @@ def read_cells(sweep: Sweep) -> list[dict[str, Any]]:
         data = read_json(sweep.cell_file(cell))
         spec = sweep.spec(cell)
         if not isinstance(data, dict) or data.get("spec") != spec:
-            st = CellState(cell)
-            st.spec = spec
+            st = sweep.states.get(cell.index)
+            if st is None or st.status == "queued" or st.spec != spec:  # this process's state when its file
+                st = CellState(cell)                                    # could not be written
+                st.spec = spec
             data = st.to_json()
         rows.append(data)
     return rows

@@ -123,3 +123,15 @@ def test_a_crash_in_the_worker_fails_the_cell_and_the_sweep_goes_on(ws, monkeypa
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert rows[0]["reason"] == states[0].reason
     assert states[0].reason in sw.log_file(states[0].cell).read_text()
+
+
+def test_a_cell_whose_file_cannot_be_written_is_failed_and_the_table_says_why(ws, failing_python):
+    sw = sweep.plan(grid(ws, "seeds = [0, 1]"), workspace=Workspace(ws))
+    sw.cell_file(sw.cells[0]).mkdir(parents=True)  # a folder where the cell's state file goes
+    states = sweep.run(sw, python=failing_python)  # main: the worker thread dies, the cell stays `running`
+    assert [s.status for s in states] == ["failed", "failed"]
+    assert states[0].reason.startswith("the sweep could not run this cell: IsADirectoryError: ")
+    assert states[1].reason.startswith("the cell's process exited with code 3")
+    rows = table(sw)
+    assert [r["status"] for r in rows] == ["failed", "failed"] and rows[0]["reason"] == states[0].reason
+    assert states[0].reason in sw.log_file(states[0].cell).read_text()
