@@ -52,8 +52,10 @@ def register(app: typer.Typer) -> None:
         rep = collect(runs)
         text = render(rep, fmt)
         typer.echo(text, nl=not text.endswith("\n"))
-        for note in rep.notes:
-            err_console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+        from rich.markup import escape
+
+        for note in rep.notes:  # escaped: a note quotes paths and file contents, never markup
+            err_console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
         if plot:
             for p in draw(rep, plot_dir):
                 err_console.print(f"[green]wrote[/green]: {p}", soft_wrap=True)

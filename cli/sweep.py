@@ -106,6 +106,8 @@ def register(app: typer.Typer) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Exit code: 0 when every cell of this shard is done, 1 when some failed."""
+        from rich.markup import escape
+
         from fernoise.cache import Workspace
         from fernoise.sweep import check_gpu_devices, parse_gpus, parse_shard, plan, run, summary
 
@@ -128,6 +130,8 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             console.print(f"dry run: {counts['done']} of {len(states)} cells done; nothing was run or written")
             return
+        for note in sweep.notes:
+            err_console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
         for st in states:
             if st.status == "failed":
                 err_console.print(f"[red]failed[/red] {st.cell.id}: {st.reason}", soft_wrap=True)

@@ -252,6 +252,10 @@ def run_corrupt(
         whole = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
         raise FernoiseError(f"{path} is not a readable Parquet manifest ({e.__class__.__name__})", flag="MANIFEST") from None
+    if "id" in whole.column_names:  # a repeated id would be noised (and trained) twice
+        from fernoise.manifest import check_unique_ids
+
+        check_unique_ids(whole.column("id"), path)
     content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=whole).content_key(whole.column_names)
     output = Path(out) if out is not None else output_name(path, params, matrix_sha256=matrix_sha)
     if output.resolve() == path.resolve():

@@ -166,20 +166,11 @@ def expected_calibration_error(
 
 # ============================================================================ history
 def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The epochs of a ``metrics.jsonl`` in order (a torn last line is ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
+    """The epochs of a ``metrics.jsonl`` in order (a torn last line is ignored; a damaged file
+    is a one-line FernoiseError naming the line: :func:`fernoise.runfiles.read_metrics`)."""
+    from fernoise.runfiles import read_metrics
+
+    return read_metrics(path)
 
 
 def _num(v: Any) -> float | None:
@@ -388,13 +379,9 @@ def load_run(path: str | os.PathLike, *, need_model: bool = True) -> Run:
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise FernoiseError(f"{path} is not a training run (no config.json); pass a folder written by `fernoise train`")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except ValueError as e:
-        raise FernoiseError(f"{cfg_path} is not valid JSON ({e}); re-run `fernoise train`") from None
-    for k in ("classes", "image_size"):
-        if k not in config:
-            raise FernoiseError(f"{cfg_path} lacks {k!r}; it was not written by `fernoise train`")
+    from fernoise.runfiles import read_config
+
+    config = read_config(cfg_path)  # a damaged file: one line naming it and what is wrong
     if need_model and not (path / "model.pt").is_file():
         raise FernoiseError(f"{path} has no model.pt (training unfinished?); resume it with `fernoise train`")
     return Run(path=path, config=config, history=read_history(path / "metrics.jsonl"))

@@ -19,7 +19,14 @@ A grid file (TOML; ``grids/*.toml``) declares a study over one clean aligned man
 
 A cell is one (seed, pretrained, train-option values, noise, method); cells are ordered in that
 nesting (method innermost, so each noise setting's row of methods fills first, and seed 0 of
-every cell comes before seed 1). Paths in the file are relative to the workspace root.
+every cell comes before seed 1). Paths in the file are relative to the workspace root. The file
+is UTF-8, with or without a byte-order mark. A grid has at most :data:`MAX_CELLS` (10,000) cells,
+counted from its axes before any cell is built; a larger study is several grid files.
+
+A cell's id (its state and log file names) is ``method.noise.s<seed>[.pre-<file>][.option=value]``;
+two starts or matrix/pairs files of one file name in different folders get a hash of their path
+in the grid appended, and ids longer than 150 characters are shortened with a hash
+(:func:`cell_names`).
 Everything is checked before anything runs (:func:`load_grid`, :func:`expand`; the manifest in :func:`fernoise.sweep.plan`): an unknown key or value is a
 one-line error naming the key and the valid ones, and every cell's TrainConfig and noise
 parameters are built.
@@ -30,9 +37,11 @@ every machine, so a job array needs no scheduler of ours.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -44,6 +53,8 @@ TOP_KEYS = ("description", "eval", "manifest", "methods", "name", "noise", "pret
 NOISE_KEYS = ("column", "kind", "matrix", "pairs", "rate", "rates", "seed")
 EVAL_KEYS = ("cam",)
 AXIS_KEYS = {"method": "methods", "seed": "seeds", "pretrained": "pretrained"}  # set at the top level
+MAX_CELLS = 10_000
+"""Most cells one grid file may have (each a training run); checked before any cell is built."""
 
 
 # ----------------------------------------------------------------------------- registries
@@ -254,10 +265,10 @@ def _noise_entries(path: Path, raw: Any) -> list[Noise]:
                           pairs=item.get("pairs"), matrix=item.get("matrix"), column=item.get("column"))
             _check_noise_params(path, where, noise)
             out.append(noise)
-    slugs = [n.slug() for n in out]
-    dup = next((s for s in slugs if slugs.count(s) > 1), None)
-    if dup:
-        raise grid_error(path, "noise", f"the setting {dup!r} is listed twice")
+    seen: set[Noise] = set()
+    dup = next((n for n in out if n in seen or seen.add(n)), None)
+    if dup:  # the very same setting; two matrix or pairs files of one name are two settings
+        raise grid_error(path, "noise", f"the setting {dup.slug()!r} is listed twice")
     return out
 
 
@@ -294,7 +305,7 @@ def load_grid(path: str | os.PathLike) -> Grid:
     if not path.is_file():
         raise FernoiseError(f"grid file {path} does not exist; pass a .toml file such as grids/smoke.toml", flag="GRID")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Windows editors write a BOM
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise FernoiseError(f"{path} is not valid TOML ({e})", flag="GRID") from None
     unknown = sorted(set(raw) - set(TOP_KEYS))
@@ -322,6 +333,8 @@ def load_grid(path: str | os.PathLike) -> Grid:
     if not pre_raw or not all(isinstance(p, str) and p for p in pre_raw):
         raise grid_error(path, "pretrained", 'expected a list of "none", "latest" or paths to a file or folder')
     pretrained = tuple(None if p == "none" else p for p in pre_raw)
+    if len(set(pretrained)) != len(pretrained):
+        raise grid_error(path, "pretrained", "a start is listed twice")
 
     noise = _noise_entries(path, raw.get("noise", ["clean"]))
 
@@ -367,6 +380,14 @@ def load_grid(path: str | os.PathLike) -> Grid:
     if not _is_int(cam) or not 0 <= cam <= 64:
         raise grid_error(path, "eval.cam", f"expected 0..64 Grad-CAM faces, found {cam!r}")
 
+    counts = {"methods": len(methods), "seeds": len(seeds), "pretrained": len(pretrained), "noise": len(noise),
+              **{f"train.{k}": len(v) for k, v in axes.items()}}
+    n_cells = math.prod(counts.values())
+    if n_cells > MAX_CELLS:  # counted before expanding: a million cells would take minutes and gigabytes
+        product = " x ".join(f"{n:,} {k}" for k, n in counts.items() if n > 1)
+        raise grid_error(path, "top level", f"{n_cells:,} cells ({product}); at most {MAX_CELLS:,} are allowed: split "
+                                            "the grid into several files (e.g. one per seed or method list)")
+
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise grid_error(path, "name", f"expected letters, digits, '.', '_' or '-', found {name!r}")
@@ -393,17 +414,88 @@ class Cell:
     """The swept train options' values (the grid's axes), for display."""
     config: Any
     """The complete :class:`fernoise.train.TrainConfig`."""
+    name: str | None = None
+    """The cell's id as :func:`expand` made it unique and short (None: :meth:`plain_id`)."""
 
     @property
     def id(self) -> str:
-        parts = [self.method, self.noise.slug(), f"s{self.seed}"]
+        """The cell's name (state and log file names): :meth:`plain_id`, made unique and short
+        by :func:`expand` (see :func:`cell_names`)."""
+        return self.name or self.plain_id()
+
+    def plain_id(self, noise_tag: str = "", pre_tag: str = "") -> str:
+        """``method.noise.s<seed>[.pre-<file name>][.option=value...]``; a ``*_tag`` is appended
+        to its part when another setting of the grid shares that part's name."""
+        parts = [self.method, self.noise.slug() + noise_tag, f"s{self.seed}"]
         if self.pretrained is not None:
-            parts.append("pre-" + Path(self.pretrained).name)
+            parts.append("pre-" + Path(self.pretrained).name + pre_tag)
         parts += [f"{k}={v}" for k, v in self.options]
         return re.sub(r"[^A-Za-z0-9._=+-]", "_", ".".join(parts))
 
     def noise_seed(self) -> int:
         return self.seed if self.noise.seed == "train" else int(self.noise.seed)
+
+
+MAX_ID = 150
+"""Longest cell id: ``<id>.json`` and its atomic temporary (``.<id>.json.<host>-<pid>.<random>.tmp``)
+stay below the 255-byte file name limit of common file systems."""
+
+
+def _tag(value: Any) -> str:
+    import hashlib
+    import json
+
+    return "-" + hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def _shorten(text: str) -> str:
+    import hashlib
+
+    if len(text) <= MAX_ID:
+        return text
+    return text[: MAX_ID - 9] + "~" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def cell_names(cells: Sequence[Cell]) -> list[str]:
+    """Unique, file-safe ids of ``cells``, named by what each cell is.
+
+    A cell keeps its :meth:`Cell.plain_id` (so existing sweep state stays valid) unless another
+    setting of the grid shares a part's name: two pretrained starts or two matrix / pairs files
+    with one file name in different folders get ``-<hash>`` of their path as written in the grid
+    appended to that part. An id longer than :data:`MAX_ID` keeps its first characters and ends
+    in ``~<hash>`` of the whole. Any remaining clash (option values that differ only in
+    characters outside ``[A-Za-z0-9._=+-]``) gets ``-<hash>`` of the cell's settings.
+    """
+    import os.path
+
+    def clashing(values: list[Any], name: Callable[[Any], str]) -> set[Any]:
+        by: dict[str, set[Any]] = {}
+        for v in values:
+            by.setdefault(name(v), set()).add(v)
+        return {v for group in by.values() if len(group) > 1 for v in group}
+
+    noises = list(dict.fromkeys(c.noise for c in cells))
+    noise_clash = clashing(noises, lambda n: n.slug())
+    pres = list(dict.fromkeys(c.pretrained for c in cells if c.pretrained is not None))
+    pre_clash = clashing(pres, lambda p: Path(p).name)
+
+    def norm(p: str | None) -> str | None:
+        return os.path.normpath(p) if p else None
+
+    ids = []
+    for c in cells:
+        n = c.noise
+        noise_tag = _tag([n.kind, n.rate, n.seed, norm(n.pairs), norm(n.matrix), n.column]) if n in noise_clash else ""
+        pre_tag = _tag(norm(c.pretrained)) if c.pretrained in pre_clash else ""
+        ids.append(_shorten(c.plain_id(noise_tag, pre_tag)))
+    seen: dict[str, int] = {}
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+    for k, c in enumerate(cells):
+        if seen[ids[k]] > 1:
+            what = [c.method, repr(c.noise), c.seed, c.pretrained, [[o, repr(v)] for o, v in c.options]]
+            ids[k] = _shorten(ids[k][: MAX_ID - 7] + _tag(what))
+    return ids
 
 
 def _config_error(grid: Grid, cell_desc: str, e: FernoiseError) -> FernoiseError:
@@ -441,7 +533,7 @@ def expand(grid: Grid, *, root: Path | None = None) -> list[Cell]:
                         except FernoiseError as e:
                             raise _config_error(grid, desc, e) from None
                         cells.append(Cell(len(cells), method, noise, seed, pre, options, cfg))
-    return cells
+    return [dataclasses.replace(c, name=name) for c, name in zip(cells, cell_names(cells), strict=True)]
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

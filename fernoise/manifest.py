@@ -248,10 +248,39 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise FernoiseError(f"manifest {path} lacks columns {missing}")
+    check_unique_ids(df["id"], path)
     for name in ("label", "label_clean", "face", "n_faces"):
         if name in df.columns:
             df[name] = df[name].astype("Int64")
     return Manifest(df=df, meta=meta, path=path, table=table)
+
+
+def check_unique_ids(ids: pd.Series | pa.Array | pa.ChunkedArray, path: str | os.PathLike) -> None:
+    """Raise a one-line FernoiseError naming the first repeated ids and how many there are:
+    one row per image (per face with ``--all-faces``), or a row would train or count twice."""
+    s = ids if isinstance(ids, pd.Series) else pd.Series(ids.to_pylist() if hasattr(ids, "to_pylist") else ids)
+    dup = s[s.duplicated(keep=False)]
+    if dup.empty:
+        return
+    counts = dup.value_counts(sort=False)
+    first = ", ".join(f"{k!r} x{n}" for k, n in list(counts.items())[:3])
+    raise FernoiseError(
+        f"{path}: {len(counts):,} ids occur more than once ({len(dup) - len(counts):,} extra rows), first: {first}; "
+        "ids must be unique (one row per image): drop the repeated rows or re-run `fernoise align`", flag="MANIFEST")
+
+
+def unknown_splits(df: pd.DataFrame) -> str | None:
+    """A one-line warning naming the ``split`` values no stage reads (``train``, ``val``,
+    ``test`` are read) and their row counts, or None when every row has one of those."""
+    if "split" not in df.columns:
+        return None
+    other = df.loc[~df["split"].isin(SPLITS), "split"]
+    if other.empty:
+        return None
+    counts = other.astype(str).where(other.notna(), "<null>").value_counts()
+    named = ", ".join(f"{k!r} ({n:,} rows)" for k, n in counts.items())
+    return (f"{len(other):,} rows have a split no stage reads: {named}; they are left out of training, validation "
+            f"and test (expected one of {', '.join(SPLITS)}: rename the split to use them)")
 
 
 def stage_meta(

@@ -33,7 +33,9 @@ manifests from ``fernoise split``, the fold. Everything else separates them:
 the pooled runs, and ``n`` the number of runs; a single run shows no ``±``. For k-fold
 protocols the runs of one fold (several seeds) are averaged first and ``mean ± std (n)`` is
 over the ``n`` folds. Unfinished runs (fewer epochs in ``metrics.jsonl`` than configured) are
-left out and listed in :attr:`Report.notes`.
+left out and listed in :attr:`Report.notes`; so are damaged runs (each file is read by its
+validating reader in :mod:`fernoise.runfiles`), one note each naming the file and what is wrong.
+:func:`collect` raises only when no run could be read.
 """
 
 from __future__ import annotations
@@ -246,12 +248,10 @@ def options_of(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _eval_json(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    f = path / "eval.json"
-    if not f.is_file():
-        return None
-    try:
-        rep = json.loads(f.read_text())
-    except ValueError:
+    from fernoise.runfiles import read_eval
+
+    rep = read_eval(path / "eval.json")  # a damaged file: FernoiseError, the run is skipped with it
+    if rep is None:
         return None
     if config.get("key") and rep.get("run_key") and rep["run_key"] != config["key"]:
         return None  # an eval of an earlier run in this folder
@@ -481,6 +481,8 @@ def build(runs: Sequence[RunSummary]) -> Report:
 
 def collect(items: Sequence[str | os.PathLike]) -> Report:
     """:func:`build` over the runs named by ``items`` (run folders, globs, folders of runs)."""
+    from fernoise.runfiles import read_config
+
     paths = find_runs(items)
     summaries, seen, broken = [], set(), []
     for p in paths:
@@ -489,7 +491,7 @@ def collect(items: Sequence[str | os.PathLike]) -> Report:
         except FernoiseError as e:  # one broken run folder does not hide the others' table
             broken.append(f"{p}: {e.one_line()}")
             continue
-        key = json.loads((s.path / "config.json").read_text()).get("key") or str(s.path.resolve())
+        key = read_config(s.path / "config.json").get("key") or str(s.path.resolve())
         if key in seen:  # the same run copied elsewhere
             continue
         seen.add(key)

@@ -14,7 +14,9 @@ State: ``<workspace>/sweeps/<name>/cells/<cell id>.json`` (one file per cell: st
 accuracies, reason, shard, gpu, times; written atomically by the process that runs the
 cell), ``logs/<cell id>.log`` (the child's stderr) and ``table.csv`` / ``table.md`` (every
 cell of the grid, rewritten under a file lock by each process when it ends, from the cell
-files, so the last shard to finish writes the complete table).
+files, so the last shard to finish writes the complete table). An exception in the sweep's
+own worker thread fails that cell (its reason, cell file and log say so) and the others go on;
+a table file that cannot be written is a line in :attr:`Sweep.notes`.
 """
 
 from __future__ import annotations
@@ -141,6 +143,8 @@ class Sweep:
     manifest_id: str = ""
     """Hash of the manifest's path, size, mtime and recorded key (:func:`runindex.manifest_identity`)."""
     states: dict[int, CellState] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """One line per thing that went wrong outside a cell (e.g. a table file that could not be written)."""
 
     def spec(self, cell: Cell) -> str:
         """What the cell's result depends on; a cell file of another spec is stale (another
@@ -383,6 +387,8 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
                             _write_cell(sweep, st)
                     if not done:
                         _run_child(sweep, st, manifest, gpu, lock, children, python or sys.executable)
+            except Exception as e:  # noqa: BLE001 - a crash here fails this cell, never the sweep
+                _crashed(sweep, st, e, lock)
             finally:
                 slots.put(gpu)
 
@@ -471,23 +477,30 @@ def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, loc
         err.flush()
         proc = subprocess.Popen([python, "-m", "fernoise.sweepcell"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, env=env, cwd=sweep.workspace.root)
-        with lock:
-            st.pid = proc.pid
-            children[proc.pid] = proc
-            _write_cell(sweep, st)
-        assert proc.stdin is not None and proc.stdout is not None
-        with contextlib.suppress(BrokenPipeError):  # a child that died at once: its exit code says so
-            proc.stdin.write(json.dumps(spec).encode())
-            proc.stdin.close()
-        final: dict[str, Any] | None = None
-        for raw in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace"):
-            try:
-                ev = json.loads(raw)
-            except ValueError:
-                continue
+        try:
             with lock:
-                final = _apply_event(st, ev) or final
-        rc = proc.wait()
+                st.pid = proc.pid
+                children[proc.pid] = proc
+                _write_cell(sweep, st)
+            assert proc.stdin is not None and proc.stdout is not None
+            with contextlib.suppress(BrokenPipeError):  # a child that died at once: its exit code says so
+                proc.stdin.write(json.dumps(spec).encode())
+                proc.stdin.close()
+            final: dict[str, Any] | None = None
+            for raw in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace"):
+                try:
+                    ev = json.loads(raw)
+                except ValueError:
+                    continue
+                with lock:
+                    final = _apply_event(st, ev) or final
+            rc = proc.wait()
+        except BaseException:  # the sweep cannot follow this child any more: it must not live on
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait()
+            children.pop(proc.pid, None)
+            raise
     with lock:
         children.pop(proc.pid, None)
         st.finished = time.time()
@@ -498,6 +511,24 @@ def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, loc
             if not st.reason:
                 st.reason = f"the cell's process exited with code {rc}{_log_tail(log)}; log: {log}"
         _write_cell(sweep, st)
+
+
+def _crashed(sweep: Sweep, st: CellState, e: Exception, lock: threading.Lock) -> None:
+    """Mark a cell whose worker raised (a file it could not write, ...) as failed, with the
+    error as its reason, in its cell file and log where they can be written."""
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    with lock:
+        st.status, st.finished = "failed", time.time()
+        st.reason = f"the sweep could not run this cell: {e.__class__.__name__}: {first}"
+        for write in (lambda: _write_cell(sweep, st), lambda: _append_log(sweep.log_file(st.cell), st.reason)):
+            with contextlib.suppress(OSError):
+                write()
+
+
+def _append_log(log: Path, text: str | None) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"{text}\n")
 
 
 def _log_tail(log: Path) -> str:
@@ -571,8 +602,10 @@ def read_cells(sweep: Sweep) -> list[dict[str, Any]]:
         data = read_json(sweep.cell_file(cell))
         spec = sweep.spec(cell)
         if not isinstance(data, dict) or data.get("spec") != spec:
-            st = CellState(cell)
-            st.spec = spec
+            st = sweep.states.get(cell.index)
+            if st is None or st.status == "queued" or st.spec != spec:  # this process's state when its file
+                st = CellState(cell)                                    # could not be written
+                st.spec = spec
             data = st.to_json()
         rows.append(data)
     return rows
@@ -608,7 +641,7 @@ def write_table(sweep: Sweep) -> tuple[Path, Path]:
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r[k] is None else r[k]) for k in TABLE_COLUMNS})
-        atomic_write_text(csv_path, buf.getvalue())
+        _write_table_file(sweep, csv_path, buf.getvalue())
         head = ["#", "method", "noise", "seed", "pretrained", "options", "status", "top-1 %", "val-sel %",
                 "max / last-5 %", "reason"]
         lines = [f"# sweep {sweep.grid.name}", "", f"grid: `{sweep.grid.path}`  manifest: `{sweep.manifest}`", "",
@@ -618,8 +651,22 @@ def write_table(sweep: Sweep) -> tuple[Path, Path]:
             cells = [str(r["index"] + 1), r["method"], r["noise"], str(r["seed"]), r["pretrained"], r["options"],
                      r["status"], _pct(r["top1"]), _pct(r["val_selected_test_acc"]), ml, r["reason"].replace("|", "/")]
             lines.append("| " + " | ".join(cells) + " |")
-        atomic_write_text(md_path, "\n".join(lines) + "\n")
+        _write_table_file(sweep, md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
+
+
+def _write_table_file(sweep: Sweep, path: Path, text: str) -> None:
+    """Write one table file; one that cannot be written (a folder in its place, no permission)
+    is a note in ``sweep.notes``, never a traceback: the cells' results stay in their files."""
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "a folder is in its place", str(path))
+        atomic_write_text(path, text)
+    except OSError as e:
+        note = (f"{path} was not written ({e.strerror or e.__class__.__name__}); the cells' results are in "
+                f"{sweep.state_dir / 'cells'}: move it away and re-run the sweep to write the table")
+        if note not in sweep.notes:
+            sweep.notes.append(note)
 
 
 def summary(states: Sequence[CellState]) -> dict[str, int]:

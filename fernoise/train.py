@@ -153,8 +153,10 @@ class TrainConfig:
             views = f"; {self.method} needs {len(cls.views)} views per sample ({', '.join(cls.views)})" if len(cls.views) > 1 else ""
             raise FernoiseError(f"expected at least 2, got {self.batch_size} (BatchNorm and the per-batch statistics "
                                 f"need a batch{views})", flag="--batch-size")
-        if self.image_size < 16:
-            raise FernoiseError(f"expected at least 16 px, got {self.image_size}", flag="--image-size")
+        if not 16 <= self.image_size <= 1024:  # 1024: over 4x the 224 px ResNet-18 was made for
+            raise FernoiseError(f"expected 16..1024 px, got {self.image_size}", flag="--image-size")
+        if self.devices > 1024:  # above any one launch; a typo (10000) is refused before spawning anything
+            raise FernoiseError(f"expected at most 1024 devices, got {self.devices}", flag="--devices")
         if not 0 <= self.warmup <= self.epochs:
             raise FernoiseError(
                 f"expected 0..{self.epochs} (--epochs), got {self.warmup}; lower --warmup or raise --epochs",
@@ -321,6 +323,10 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         raise FernoiseError(f"{m.path} has no label_clean column (it was not corrupted); drop --val-clean",
                             flag="--val-clean")
 
+    from fernoise.manifest import unknown_splits
+
+    if other_splits := unknown_splits(m.df):  # e.g. `holdout`: said, never silently dropped
+        warnings.append(f"{m.path.name}: {other_splits}")
     rows = m.df[data.usable(m.df)].reset_index(drop=True)
     labelled = rows["label"].notna()
     train = rows[(rows["split"] == "train") & labelled]
