@@ -169,6 +169,8 @@ def fernoise_output_reason(folder: Path, filenames: Sequence[str], dirnames: Seq
     for name in filenames:
         if name.lower().endswith(".parquet"):
             try:
+                if regular_problem(folder / name, MAX_SOURCE_BYTES) is not None:
+                    continue  # a FIFO named .parquet would block the read
                 import pyarrow.parquet as pq
 
                 from fernoise.manifest import META_KEY

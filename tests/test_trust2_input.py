@@ -191,6 +191,13 @@ def test_csv_cells_escape_formulas_but_keep_numbers():
         "'=SUM(A1)", "'+1+cmd", "'-2+3", "'@A1", "'\tx", "'\rx", "a=b"]
     assert [csvsafe.cell(v) for v in (-0.5, -3, "-0.5", "+1e-3", "-12", None)] == [-0.5, -3, "-0.5", "+1e-3", "-12",
                                                                                   None]
+    import io
+
+    buf = io.StringIO()  # the sweep's table.csv writer
+    w = csvsafe.DictWriter(buf, fieldnames=["options", "top1"], lineterminator="\n")
+    w.writeheader()
+    w.writerow({"options": "--lr=1", "top1": -0.25})
+    assert buf.getvalue() == "options,top1\n'--lr=1,-0.25\n"
 
 
 def test_report_csv_escapes_a_formula_cell_and_keeps_numbers(tmp_path):
