@@ -38,6 +38,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fernoise.detect import Detection, Detector, make_detector
 from fernoise.errors import FernoiseError
+from fernoise.safefiles import MAX_SOURCE_BYTES, UnsafeFile, open_regular, regular_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -232,6 +233,8 @@ def decode_image(path: str | os.PathLike, factor=None) -> Decoded:
     (``Image.reduce``) before any conversion, one big decode at a time (``BIG_DECODE_PIXELS``).
     ``Decoded.factor`` (at most the one asked, e.g. 2 for 3 on a JPEG) is exact: source
     pixel ``x`` is image pixel ``x / factor``. Statuses and reasons as :func:`open_image`.
+    Only a regular file of at most ``MAX_SOURCE_BYTES`` is opened (:mod:`fernoise.safefiles`):
+    a FIFO, a device or a bigger file is ``unreadable``, never a hang.
     """
     p = os.fspath(path)
     try:
@@ -239,11 +242,14 @@ def decode_image(path: str | os.PathLike, factor=None) -> Decoded:
             return Decoded(None, "unreadable", "broken symbolic link")
         if os.path.isdir(p):
             return Decoded(None, "unreadable", "a folder, not a file")
+        why = regular_problem(p, MAX_SOURCE_BYTES)  # a FIFO would block open(), a device never end
+        if why is not None:
+            return Decoded(None, "unreadable", why)
         if os.path.getsize(p) == 0:
             return Decoded(None, "unreadable", "empty file (0 bytes)")
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open_regular(p, MAX_SOURCE_BYTES) as fh:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as src:
+            with Image.open(fh) as src:
                 if getattr(src, "n_frames", 1) > 1:
                     src.seek(0)
                 w, h = src.size
@@ -272,6 +278,8 @@ def decode_image(path: str | os.PathLike, factor=None) -> Decoded:
         size = (h, w) if orient in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
                                     Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90) else (w, h)
         return Decoded(rgb, "ok", None, done, size)
+    except UnsafeFile as e:
+        return Decoded(None, "unreadable", str(e))
     except PermissionError:
         return Decoded(None, "unreadable", "permission denied")
     except FileNotFoundError:
@@ -295,7 +303,8 @@ def open_image(path: str | os.PathLike) -> tuple[Image.Image | None, str, str | 
     """Decode ``path`` into an RGB image: ``(image, "ok", None)`` or ``(None, status, reason)``.
 
     Never raises for a bad file: a missing or broken link, an empty, truncated or non-image
-    file, no read permission or an image over Pillow's decompression-bomb limit give
+    file, no read permission, a FIFO or device (not a regular file), a file over
+    ``MAX_SOURCE_BYTES`` or an image over Pillow's decompression-bomb limit give
     ``unreadable``; anything unexpected gives ``error``. EXIF orientation is applied; an
     animated image gives its first frame. Full size (:func:`decode_image` reduces).
     """

@@ -54,6 +54,7 @@ from fernoise.cache import (
     write_stamp,
 )
 from fernoise.errors import FernoiseError, destination_error, require_file, require_folder
+from fernoise.safefiles import MAX_SOURCE_BYTES, printable, regular_problem
 
 STAGE = "align"
 VERSION = 2  # 2: labels index the dataset's own class list; group column; --max-rows
@@ -168,6 +169,8 @@ def fernoise_output_reason(folder: Path, filenames: Sequence[str], dirnames: Seq
     for name in filenames:
         if name.lower().endswith(".parquet"):
             try:
+                if regular_problem(folder / name, MAX_SOURCE_BYTES) is not None:
+                    continue  # a FIFO named .parquet would block the read
                 import pyarrow.parquet as pq
 
                 from fernoise.manifest import META_KEY
@@ -182,13 +185,15 @@ def fernoise_output_reason(folder: Path, filenames: Sequence[str], dirnames: Seq
 def scan_images(raw: Path, exclude: Path | None = None, skipped: list[dict[str, str]] | None = None) -> list[str]:
     """Image files under ``raw`` as sorted posix paths relative to it (broken links included).
 
-    Skipped: hidden files and folders, ``exclude`` (OUT), and every sub-folder holding
-    fernoise's own output (:func:`fernoise_output_reason`), so an OUT inside RAW, or an older
-    output folder there, is never re-ingested; each skipped folder is appended to ``skipped``
+    Skipped: hidden files and folders, ``exclude`` (OUT) and its ``faces/`` (when OUT is RAW
+    itself), and every sub-folder holding fernoise's own output
+    (:func:`fernoise_output_reason`), so an OUT equal to or inside RAW, or an older output
+    folder there, is never re-ingested; each skipped folder is appended to ``skipped``
     as ``{"folder": relative path, "reason": ...}``.
     """
     raw = Path(raw)
     ex = exclude.resolve() if exclude is not None else None
+    ex_faces = ex / FACES if ex is not None else None  # OUT's crops, when OUT is RAW itself
     out = []
     seen = {raw.resolve()}  # linked folders are followed once: a link cycle cannot loop
     for dirpath, dirnames, filenames in os.walk(raw, followlinks=True):
@@ -197,7 +202,7 @@ def scan_images(raw: Path, exclude: Path | None = None, skipped: list[dict[str, 
             why = fernoise_output_reason(d, filenames, dirnames)
             if why is not None:
                 if skipped is not None:
-                    skipped.append({"folder": d.relative_to(raw).as_posix(), "reason": why})
+                    skipped.append({"folder": printable(d.relative_to(raw).as_posix()), "reason": why})
                 dirnames[:] = []
                 continue
         keep = []
@@ -205,9 +210,10 @@ def scan_images(raw: Path, exclude: Path | None = None, skipped: list[dict[str, 
             if name.startswith("."):
                 continue
             real = (d / name).resolve()
-            if ex is not None and real == ex:
+            if ex is not None and real in (ex, ex_faces):
                 if skipped is not None:
-                    skipped.append({"folder": (d / name).relative_to(raw).as_posix(), "reason": "is OUT"})
+                    skipped.append({"folder": printable((d / name).relative_to(raw).as_posix()),
+                                    "reason": "is OUT" if real == ex else f"is OUT's {FACES}/ folder (OUT is RAW)"})
                 continue
             if real in seen:
                 continue
@@ -222,7 +228,11 @@ def scan_images(raw: Path, exclude: Path | None = None, skipped: list[dict[str, 
 
 
 def _sha_or_none(path: Path) -> str | None:
+    """sha256 of a regular file of at most ``MAX_SOURCE_BYTES``; None for anything else (a
+    FIFO or a device is never opened: its row gets its status from the decoder)."""
     try:
+        if regular_problem(path, MAX_SOURCE_BYTES) is not None:
+            return None
         return file_sha256(path)
     except OSError:
         return None
@@ -262,8 +272,10 @@ def summary_path(manifest: Path) -> Path:
 
 
 def crop_rel(src: str, face: int | None, params) -> str:
+    """The crop's path relative to OUT; a source name that is not UTF-8 gets ``\\xNN``
+    escapes (:func:`fernoise.safefiles.printable`), as its ``src_path`` in the manifest."""
     tail = f".f{face}" if params.all_faces and face is not None else ""
-    return f"{FACES}/{src}{tail}.{params.ext}"
+    return f"{FACES}/{printable(src)}{tail}.{params.ext}"
 
 
 # ----------------------------------------------------------------------------- labels
@@ -474,7 +486,7 @@ def groups_from_regex(src_paths: Sequence[str], pattern: str):
     out = []
     for s in src_paths:
         m = rx.search(s)
-        out.append(m.group(1) if m and m.group(1) is not None else None)
+        out.append(printable(m.group(1)) if m and m.group(1) is not None else None)
     if src_paths and all(v is None for v in out):
         raise FernoiseError(f"--group-regex {pattern!r} matches none of the {len(src_paths)} image paths "
                             f"(e.g. {src_paths[0]!r}); it is searched in the path relative to RAW",
@@ -670,7 +682,7 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
                     rec.update(status="no_face", reason=f"the detector found no face with probability >= {params.min_prob}")
                     return rec
         if whole_reason is not None:
-            rel = f"{FACES}/{src}.{params.ext}"
+            rel = f"{FACES}/{printable(src)}.{params.ext}"
             w, h = item["size"]
             need = reduction_for(params.size / max(1, min(w, h)))
             whole_src = img if item["factor"] <= need else _finer(item["path"])(need)[0]
@@ -775,6 +787,7 @@ def process_images(
 
 # ----------------------------------------------------------------------------- rows
 def rows_from(src: str, sha: str | None, rec: dict[str, Any], params) -> list[dict[str, Any]]:
+    src = printable(src)  # a name that is not UTF-8: escaped, as Parquet stores only valid text
     base = {"src_path": src, "src_sha256": sha, "status": rec["status"], "reason": rec["reason"],
             "n_faces": int(rec.get("n_faces") or 0)}
     faces = rec.get("faces") or []
@@ -864,6 +877,16 @@ def _remove_empty_tree(root: Path) -> None:
             os.rmdir(dirpath)  # fails, as it should, on a folder that still holds something
 
 
+def _clean_own_tmp(out: Path) -> None:
+    """Remove the leftovers of killed writers, only where align writes: its manifests in
+    OUT itself, and its own ``faces/`` and ``.fernoise/`` folders. OUT may be the user's
+    project folder: no other file there, and no other folder, is ever looked at."""
+    clean_stale_tmp(out, target=re.compile(r"manifest(\.shard-\d+-of-\d+)?\.parquet"))
+    for own in (out / STAMP_DIR, out / FACES):
+        if own.is_dir() and not own.is_symlink():
+            clean_stale_tmp(own, recursive=True)
+
+
 def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, batch_size, shard, device, detector,
                   progress, force, workspace, t0, dataset=None) -> AlignResult:
     skipped: list[dict[str, str]] = []
@@ -872,7 +895,7 @@ def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, b
         raise FernoiseError(f"no image files found in {raw} (looked for {', '.join(IMAGE_EXTENSIONS)})", flag="RAW")
     shas_all = hash_sources(raw, src_all, workers)
     out.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(out)  # what a killed run or a full disk left half-written
+    _clean_own_tmp(out)  # what a killed run or a full disk left half-written
     pparams = params.asdict()
     key_params = {"align": pparams, "labels": labels.key_params()}
     if dataset is not None:

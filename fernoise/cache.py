@@ -12,7 +12,8 @@ takes what ``fernoise align`` wrote last; it is updated under :func:`file_lock` 
 ``fcntl.flock`` on ``fernoise.lock.lk``), so concurrent commands never lose an entry.
 
 Atomic writes name their temporary ``.<name>.<host>-<pid>.<random>.tmp``;
-:func:`clean_stale_tmp` removes those of dead writers (a kill, a full disk) on the next run.
+:func:`clean_stale_tmp` removes those of dead writers (a kill, a full disk) on the next run,
+only in the folders a stage names as its own and never any other ``*.tmp``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ TMP_SUFFIX = ".tmp"
 # Temporary files are named ``.<name>.<host tag>-<pid>.<random>.tmp``, so a later run can tell
 # a leftover of a dead process (removed) from a live writer's file (kept).
 HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-_TMP_RE = re.compile(r"^\..*\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[^.]+\.tmp$")
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
+_OLD_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")  # before the host tag
 STALE_TMP_SECONDS = 15 * 60
 
 
@@ -119,24 +121,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_tmp(folder: str | os.PathLike, *, max_age: float = STALE_TMP_SECONDS) -> int:
-    """Remove the temporary files that killed or failed writers left under ``folder``.
+def clean_stale_tmp(folder: str | os.PathLike, *, max_age: float = STALE_TMP_SECONDS, recursive: bool = False,
+                    target: re.Pattern[str] | None = None) -> int:
+    """Remove the temporary files that killed or failed writers left in ``folder``.
 
-    A hidden ``*.tmp`` file goes when this host's process that wrote it is gone (its name
-    carries host and pid), or when it is older than ``max_age`` seconds (other hosts, older
-    names). Links are not followed. Returns how many files were removed.
+    Only files named as :func:`atomic_path` names them (``.<name>.<host>-<pid>.<random>.tmp``,
+    or the older ``.<name>.<pid>.<random>.tmp``) are candidates, never any other ``*.tmp``;
+    with ``target`` only those whose ``<name>`` (the file being written) it fully matches.
+    One goes when this host's process that wrote it is gone, or when it is older than
+    ``max_age`` seconds (other hosts, older names). ``recursive`` walks sub-folders (links
+    not followed): callers pass only folders that are their own (a stage's ``faces/``,
+    ``.fernoise/``), never a user's folder. Returns how many files were removed.
     """
     removed = 0
     now = time.time()
-    for dirpath, _dirnames, filenames in os.walk(folder):
+    if os.path.islink(folder):
+        return 0
+    if recursive:
+        walk = ((d, f) for d, _dirs, f in os.walk(folder))
+    else:
+        try:
+            walk = iter([(os.fspath(folder), [e.name for e in os.scandir(folder) if not e.is_dir(follow_symlinks=False)])])
+        except OSError:
+            return 0
+    for dirpath, filenames in walk:
         for name in filenames:
-            if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+            m = _TMP_RE.match(name) or _OLD_TMP_RE.match(name)
+            if m is None or (target is not None and not target.fullmatch(m["name"])):
                 continue
             p = os.path.join(dirpath, name)
-            m = _TMP_RE.match(name)
+            host = m.groupdict().get("host")
             try:
-                stale = (m is not None and m["host"] == HOST_TAG and int(m["pid"]) != os.getpid()
-                         and not _pid_alive(int(m["pid"]))) or now - os.lstat(p).st_mtime > max_age
+                stale = (host == HOST_TAG and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
+                         ) or now - os.lstat(p).st_mtime > max_age
                 if stale:
                     os.unlink(p)
                     removed += 1

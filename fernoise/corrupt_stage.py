@@ -4,8 +4,9 @@ Reads a manifest (default: the latest ``align`` output of the workspace) and, fo
 and ``--matrix``, a small file. Writes ``<stem>.<suffix>.parquet`` beside the input, e.g.
 ``manifest.sym-r0.30-s0.parquet``, ``manifest.asym-r0.30-s0.parquet``,
 ``manifest.matrix-<8 hex of the matrix file sha256>-s0.parquet``,
-``manifest.column-<name>.parquet``, with the noise in the metadata (``noise``; see
-:func:`fernoise.corrupt.corrupt`), and records stage ``corrupt`` in the workspace lock.
+``manifest.column-<name>.parquet`` (a name over 64 bytes: cut, ending in a hash), with the
+noise in the metadata (``noise``; see :func:`fernoise.corrupt.corrupt`), and records stage
+``corrupt`` in the workspace lock.
 
 The key is ``stage_key("corrupt", VERSION, params, {"manifest": <input manifest key>,
 "content": <content digest of every column>})``: the input is fingerprinted by the key its own
@@ -17,6 +18,7 @@ cache; ``params`` holds only what changes the output plus the sha256 of a pairs/
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import time
@@ -120,8 +122,14 @@ def _rate_text(rate: float) -> str:
     return text if float(text) == rate else f"{rate:.6g}"
 
 
+# A --column name longer than this (in UTF-8 bytes) is cut and ends in 12 hex digits of its
+# sha256, so the output's name, its temporary and its stamp stay under 255 bytes.
+MAX_COLUMN_NAME_BYTES = 64
+
+
 def output_name(input_path: str | os.PathLike, params: CorruptParams, *, matrix_sha256: str | None = None) -> Path:
-    """``<input stem>.<suffix>.parquet`` beside the input, the suffix stating kind, rate, seed."""
+    """``<input stem>.<suffix>.parquet`` beside the input, the suffix stating kind, rate, seed
+    (for ``column``, the column's name, shortened with a hash past ``MAX_COLUMN_NAME_BYTES``)."""
     p = Path(input_path)
     if params.kind in ("sym", "asym"):
         suffix = f"{params.kind}-r{_rate_text(float(params.rate))}-s{params.seed}"  # type: ignore[arg-type]
@@ -129,6 +137,10 @@ def output_name(input_path: str | os.PathLike, params: CorruptParams, *, matrix_
         suffix = f"matrix-{(matrix_sha256 or 'inline')[:8]}-s{params.seed}"
     else:
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(params.column))
+        if len(safe.encode()) > MAX_COLUMN_NAME_BYTES:  # file names stop at 255 bytes (with .tmp, stamp)
+            digest = hashlib.sha256(str(params.column).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+            head = safe.encode()[:MAX_COLUMN_NAME_BYTES - 13].decode("utf-8", "ignore")
+            safe = f"{head}-{digest}"
         suffix = f"column-{safe}"
     return p.with_name(f"{p.stem}.{suffix}.parquet")
 

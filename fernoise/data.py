@@ -11,8 +11,10 @@ The content fingerprint (:func:`crop_fingerprint`) covers, per row, the crop's s
 recorded it (``crop_sha256``, when the manifest has it) and the file's size and modification
 time: a crop changed, replaced or deleted after the cache was built changes the fingerprint, so
 the cache is rebuilt and the old pixels are never trained on. While building, a crop that is
-missing, cannot be decoded (truncated, not an image) or differs from its recorded sha256 is a
-skipped row (zeros in the array, listed in ``.skipped.json``), never a crash.
+missing, cannot be decoded (truncated, not an image), is not a regular file of at most
+``fernoise.safefiles.MAX_CROP_BYTES`` (a FIFO, ``/dev/zero``: never opened or read for ever)
+or differs from its recorded sha256 is a skipped row (zeros in the array, listed in
+``.skipped.json``), never a crash.
 
 Views by name (docs/methods.md, paper §3.2; the method says which, ``Method.views``): weak =
 zero-pad 4 px, random crop back to the size, horizontal flip p=0.5; strong = the weak view
@@ -43,6 +45,7 @@ from torchvision.transforms import autoaugment as _aa
 
 from fernoise.cache import atomic_path, atomic_write_json, bytes_sha256, read_json
 from fernoise.images import MEAN, STD, load_rgb
+from fernoise.safefiles import MAX_CROP_BYTES, UnsafeFile, read_regular
 
 USABLE_STATUSES = ("ok", "whole")
 RANDAUG_BINS = 31  # torchvision's RandAugment default: magnitude 0..30
@@ -95,9 +98,11 @@ class Decoded:
 def _decode(path: str | os.PathLike, sha: str | None, size: int) -> tuple[np.ndarray | None, str | None]:
     """One crop, or ``(None, reason)`` when it is missing, differs from ``sha`` or is no image."""
     try:
-        raw = Path(path).read_bytes()
+        raw = read_regular(path, MAX_CROP_BYTES)  # a FIFO or /dev/zero: a skipped row, never a hang
     except FileNotFoundError:
         return None, "missing"
+    except UnsafeFile as e:
+        return None, str(e)
     except OSError as e:
         return None, f"unreadable ({e.__class__.__name__})"
     if sha and bytes_sha256(raw) != sha:

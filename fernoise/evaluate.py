@@ -616,7 +616,8 @@ def check_inputs(run: Run, ref: ManifestRef, split: str = "test", *, force: bool
     shas = rows["crop_sha256"].where(rows["crop_sha256"].notna(), None).tolist() if "crop_sha256" in rows.columns else None
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        problem(f"{len(missing)} {split} crops are missing, e.g. {missing[0]}; re-run `fernoise align`")
+        problem(f"{len(missing)} {split} crops are missing or not regular files, e.g. {missing[0]}; "
+                "re-run `fernoise align`")
     if shas is not None:
         changed = [p for p, h in zip(paths, shas, strict=True) if h and os.path.isfile(p) and file_sha256(p) != h]
         if changed:

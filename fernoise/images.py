@@ -1,20 +1,33 @@
-"""Decoding aligned crops into uint8 arrays, and the normalisation every model input gets."""
+"""Decoding aligned crops into uint8 arrays, and the normalisation every model input gets.
+
+A crop named by a path is read only when it is a regular file of at most
+``fernoise.safefiles.MAX_CROP_BYTES`` (a manifest row naming a FIFO or ``/dev/zero`` raises
+:class:`fernoise.safefiles.UnsafeFile`, an ``OSError``, instead of hanging or reading for ever).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
+
+from fernoise.safefiles import MAX_CROP_BYTES, open_regular
 
 # ImageNet statistics: what torchvision's ResNet-18 and the MS-Celeb-1M ResNet-18 expect.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def load_rgb(path: str | os.PathLike, size: int) -> np.ndarray:
-    """One crop as a ``(size, size, 3)`` uint8 RGB array (greyscale is repeated to 3 channels)."""
+def load_rgb(path: str | os.PathLike | BinaryIO, size: int) -> np.ndarray:
+    """One crop as a ``(size, size, 3)`` uint8 RGB array (greyscale is repeated to 3 channels).
+
+    ``path`` is a path (a regular file only, see the module docstring) or an open binary file."""
+    if isinstance(path, (str, os.PathLike)):
+        with open_regular(path, MAX_CROP_BYTES) as fh:
+            return load_rgb(fh, size)
     with Image.open(path) as im:
         im = im.convert("RGB")
         if im.size != (size, size):

@@ -43,7 +43,7 @@ STATUSES: dict[str, str] = {
     "whole": "the entire image was resized and saved as the crop: detection was off "
     "(--mode whole) or found no face (--on-no-face whole); reason says which",
     "no_face": "the image decoded but the detector found no face; no crop",
-    "unreadable": "the file could not be read or decoded (empty, truncated, broken link, "
+    "unreadable": "the file could not be read or decoded (empty, truncated, broken link, not a regular file, "
     "no permission, not an image); no crop",
     "too_small": "the image is too small for detection or alignment; no crop",
     "error": "an unexpected failure while processing this file; reason holds the message",

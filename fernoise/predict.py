@@ -10,20 +10,28 @@ the ``pcc`` head. When the run's training crops are greyscale (FER2013/FERPlus: 
 checked on the first crop of the training manifest), each face is turned to greyscale first,
 as training saw it.
 
+Photos are decoded as align decodes them (:func:`fernoise.align.decode_image` reduced by
+:func:`fernoise.align_stage.working_factor`: the detector's size, JPEG draft scaling, one big
+decode at a time), so memory stays bounded on large photos; a face that needs more detail is
+cropped from a finer decode of its photo, as align does.
+
 One output row per face, and one row for a photo with no face or a file that is not an
 image (``status`` and ``reason`` say why); nothing raises for a bad input file. Row keys:
 ``file``, ``face`` (index in the photo, 0 = most confident detection; None without a face),
 ``status`` (``ok``, ``no_face``, or the decoder's status such as ``unreadable``), ``label``,
 ``prob``, ``top`` (list of ``{"label", "prob"}``, best first), ``det_prob``, ``bbox``,
-``reason``.
+``reason``. ``file`` is the path as given, with ``\\xNN`` escapes for bytes of a name that
+are not UTF-8 (:func:`fernoise.safefiles.printable`).
 
-Folders are searched recursively for files with an image extension (``IMAGE_EXTENSIONS``,
+Folders are searched recursively for entries with an image extension (``IMAGE_EXTENSIONS``,
 any case, hidden files skipped); a file named explicitly is always tried, whatever its name.
+A FIFO, a device or a broken link among them is not read: it gets an ``unreadable`` row
+saying what it is, as in align's manifest. CSV output escapes cells a spreadsheet would run
+(:mod:`fernoise.csvsafe`).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -33,8 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from fernoise.align_stage import IMAGE_EXTENSIONS  # align's list: predict sees what align would
+from fernoise import csvsafe
+from fernoise.align_stage import IMAGE_EXTENSIONS, working_factor  # predict sees, decodes as align
 from fernoise.errors import FernoiseError
+from fernoise.safefiles import MAX_CROP_BYTES, open_regular, printable
 
 CHUNK = 8  # photos decoded and aligned at a time (bounds memory for large photos)
 
@@ -63,9 +73,11 @@ def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
     for item in items:
         p = Path(item)
         if p.is_dir():
+            # as align's scan: every entry with an image name that is not a folder, FIFOs,
+            # devices and broken links included (they get a status row, never a silent skip)
             out.extend(sorted(
                 f for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                if not f.is_dir() and f.suffix.lower() in IMAGE_EXTENSIONS
                 and not any(part.startswith(".") for part in f.relative_to(p).parts)
             ))
         elif p.exists() or p.is_symlink():
@@ -108,7 +120,7 @@ def training_is_greyscale(config: dict[str, Any]) -> bool:
         paths = m.df.loc[m.df["path"].notna(), "path"]
         if paths.empty:
             return False
-        with Image.open(m.root / paths.iloc[0]) as im:
+        with open_regular(m.root / paths.iloc[0], MAX_CROP_BYTES) as fh, Image.open(fh) as im:
             return im.mode in ("L", "LA", "I;16", "1")
     except (FernoiseError, OSError, KeyError, TypeError, ValueError):
         return False
@@ -148,7 +160,7 @@ def classify(model, images: np.ndarray, classes: Sequence[str], *, top: int = 3,
 
 
 def _row(file: Path, **kw: Any) -> dict[str, Any]:
-    row = {"file": str(file), "face": None, "status": "ok", "label": None, "prob": None, "top": [],
+    row = {"file": printable(file), "face": None, "status": "ok", "label": None, "prob": None, "top": [],
            "det_prob": None, "bbox": None, "reason": None}
     row.update(kw)
     return row
@@ -179,18 +191,20 @@ def predict(
     rows: list[dict[str, Any]] = []
     for start in range(0, len(files), CHUNK):
         chunk = files[start:start + CHUNK]
-        opened, images = [], []
+        opened, decoded = [], []
         for f in chunk:
             try:
-                img, status, reason = align.open_image(f)
+                d = align.decode_image(f, lambda w, h: working_factor(aparams, w, h))
+                img, status, reason = d.image, d.status, d.reason
             except Exception as e:  # noqa: BLE001 - a bad file gets its row, never a crash
                 img, status, reason = None, "error", f"{e.__class__.__name__}: {e}"
             if img is None:
                 rows.append(_row(f, status=status or "unreadable", reason=reason or "could not be decoded"))
             else:
                 opened.append(f)
-                images.append(img)
-        faces_per = align.align_images(images, aparams, detector=detector) if images else []
+                decoded.append(d)
+        faces_per = _faces(opened, decoded, aparams, detector)
+        del decoded
         crops, where = [], []
         for f, faces in zip(opened, faces_per, strict=True):
             if not faces:
@@ -207,9 +221,28 @@ def predict(
                 rows[i].update(pred)
         if progress:
             progress(min(start + CHUNK, len(files)), len(files))
-    order = {str(f): i for i, f in enumerate(files)}
+    order = {printable(f): i for i, f in enumerate(files)}
     rows.sort(key=lambda r: (order[r["file"]], -1 if r["face"] is None else r["face"]))
     return rows
+
+
+def _faces(files: Sequence[Path], decoded: Sequence[Any], aparams, detector) -> list[list[Any]]:
+    """The faces of each decoded photo, as align finds them: the detector sees the reduced
+    decode (boxes mapped back to source pixels), and a face that needs more detail than it
+    holds is cropped from a finer decode of that one photo (:func:`fernoise.align.faces_from`)."""
+    from fernoise import align
+    from fernoise.align_stage import _finer
+
+    if not decoded:
+        return []
+    arrays = []
+    for d in decoded:
+        arr, back = align.detector_input(d.image, aparams)
+        arrays.append((arr, back * d.factor))
+    dets = align.detect_images([d.image for d in decoded], aparams, detector, arrays=arrays)
+    del arrays
+    return [align.faces_from(d.image, det, aparams, factor=d.factor, finer=_finer(f))
+            for f, d, det in zip(files, decoded, dets, strict=True)]
 
 
 def _float(v: Any) -> float | None:
@@ -232,8 +265,8 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     if ext != ".csv":
         raise FernoiseError(f"expected a .csv or .json file, got {path.name}", flag="--out")
     cols = ["file", "face", "status", "label", "prob", "top", "det_prob", "bbox", "reason"]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csvsafe.writer(fh)
         w.writerow(cols)
         for r in rows:
             cells = dict(r)

@@ -607,11 +607,12 @@ def csv_text(rep: Report) -> str:
     ``n`` counts the replicates the mean and ``std`` (ddof=1, empty for one) are over: runs,
     or folds for k-fold; ``seeds`` lists ``train seed/noise seed`` of every run.
     """
-    import csv
     import io
 
+    from fernoise import csvsafe
+
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvsafe.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for t in rep.tables:
         for rk, label in t.rows:

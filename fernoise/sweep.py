@@ -22,7 +22,6 @@ a table file that cannot be written is a line in :attr:`Sweep.notes`.
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
 import os
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fernoise import csvsafe
 from fernoise.cache import Workspace, atomic_write_json, atomic_write_text, dict_hash, read_json
 from fernoise.errors import FernoiseError
 from fernoise.grid import (  # noqa: F401 - the grid API, re-exported for `fernoise.sweep` users
@@ -637,7 +637,7 @@ def write_table(sweep: Sweep) -> tuple[Path, Path]:
     with _file_lock(sweep.state_dir / "table"):
         rows = table_rows(sweep)
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+        w = csvsafe.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r[k] is None else r[k]) for k in TABLE_COLUMNS})
