@@ -26,6 +26,7 @@ say so.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from fernoise.cache import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
+    clean_stale_tmp,
     file_sha256,
     outputs_intact,
     read_json,
@@ -627,6 +629,7 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     written = [run_dir / "config.json", run_dir / "metrics.jsonl", run_dir / "model.pt"]
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(run_dir)  # a checkpoint.pt half-written by a killed run (full disk, kill -9)
         atomic_write_json(run_dir / "config.json", p.config)
         if p.val_ids is not None:
             atomic_write_json(run_dir / "val_ids.json", p.val_ids)
@@ -653,6 +656,7 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
         t_train = t_ready = time.perf_counter()
         wait = 0.0  # seconds the step waited for its batch (data loading not hidden by workers)
         feed = views(batches) if on_device else data.loader(views, batches, workers=workers, pin_memory=on_cuda)
+        bad_step = 0  # the first step of this epoch whose loss was NaN or inf (0: none)
         for i, batch in enumerate(feed):
             wait += time.perf_counter() - t_ready
             rows = batch["positions"]  # indices into the array cache and p.rows
@@ -667,8 +671,15 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
             method.after_step(out, y, rows, epoch=epoch)
             touched[rows] = True
 
+            # The loss is read back once per step anyway (the running loss on the progress bar),
+            # so checking it here costs no extra device sync and names the exact step.
+            loss_value = out.loss.item()
+            if not math.isfinite(loss_value):
+                bad_step = bad_step or i + 1
+                if not env.enabled:  # under DDP every rank must stop together: checked at the epoch's end
+                    raise non_finite_error(p, epoch, bad_step, len(batches), loss_value, resumed=start > 1)
             with torch.no_grad():
-                sums.add("loss", out.loss.item() * n)
+                sums.add("loss", loss_value * n)
                 for q, v in out.parts.items():
                     sums.add(f"loss_{q}", v.item() * n)
                     sums.add(f"has_{q}", 1)
@@ -698,6 +709,13 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
             say({"event": "batch", "epoch": epoch, "done": i + 1, "total": len(batches),
                  "loss": sums["loss"] / sums["seen"], "images_per_s": sums["images"] * env.world / elapsed})
         train_seconds = time.perf_counter() - t_train
+        if env.enabled:
+            firsts = torch.zeros(env.world, dtype=torch.float64)
+            firsts[env.rank] = bad_step
+            distributed.all_sum(firsts, env)
+            if firsts.any():
+                step = int(firsts[firsts > 0].min())
+                raise non_finite_error(p, epoch, step, len(batches), float("nan"), resumed=start > 1)
         distributed.all_sum(sums.t, env)
         distributed.all_sum(t_sum, env)
         distributed.all_sum(t_cnt, env)
@@ -744,6 +762,20 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     if env.is_main:
         finish(p, model)  # hook: model.pt; checkpoint.pt removed unless --keep-checkpoint
     return written
+
+
+def non_finite_error(p: Plan, epoch: int, step: int, steps: int, value: float, *, resumed: bool) -> FernoiseError:
+    """The one line that stops a run whose loss became NaN or inf: the epoch and step, what is
+    kept (the checkpoint of the epochs before; no model.pt, no stamp) and, when the very first
+    step of a fresh run from ``--pretrained`` fails, the start as the likely cause."""
+    kept = f" (the checkpoint of epoch {epoch - 1} is kept)" if epoch > 1 else ""
+    start = p.config.get("pretrained")
+    if start and epoch == 1 and step == 1 and not resumed:
+        cause = f"the start --pretrained {start} gives a non-finite loss at once: check that file"
+    else:
+        cause = "lower the learning rate (a new run) or check the data and the method's options"
+    return FernoiseError(f"non-finite loss ({value}) at epoch {epoch}, step {step} of {steps}: training stopped "
+                         f"and nothing was written as finished{kept}; {cause}")
 
 
 def _relabels(method) -> bool:
@@ -796,7 +828,15 @@ def _images(p: Plan, env, say) -> np.ndarray:
     ids = p.rows["id"].astype(str).tolist()
     kw = dict(size=p.cfg.image_size, cache_dir=p.cache_dir or Workspace().root / ".fernoise" / "arrays", shas=p.shas)
     if env.is_main:
-        got = data.decoded_crops(p.paths, ids, progress=say, **kw)
+        try:
+            got = data.decoded_crops(p.paths, ids, progress=say, **kw)
+        except OSError as e:
+            why = disk_full_reason(e)
+            if why is None:
+                raise
+            raise FernoiseError(f"disk full writing the image cache {e.filename or kw['cache_dir']}: {why}; free space "
+                                f"on the disk holding {kw['cache_dir']} and re-run the same command "
+                                "(nothing was trained yet)") from None
     distributed.barrier(env)
     if not env.is_main:
         got = data.decoded_crops(p.paths, ids, **kw)
@@ -901,8 +941,8 @@ def finish(p: Plan, model) -> None:
     """Write ``model.pt`` atomically; remove ``checkpoint.pt`` unless ``keep_checkpoint``."""
     import torch
 
-    with atomic_path(p.run_dir / "model.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
+    save_torch(model.state_dict(), p.run_dir / "model.pt",
+               resume=f"the re-run writes model.pt from the checkpoint of epoch {p.cfg.epochs}, no epoch is trained again")
     if not p.cfg.keep_checkpoint:
         (p.run_dir / "checkpoint.pt").unlink(missing_ok=True)
 
@@ -1012,8 +1052,42 @@ def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, schedul
             "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path, resume=(f"training resumes from epoch {epoch} (the checkpoint of epoch {epoch - 1} is kept)"
+                                    if epoch > 1 else "training starts over at epoch 1"))
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""Write failures that mean "no room": a full disk, an exhausted quota, a file size limit."""
+_WRITER_FAILED = ("PytorchStreamWriter", "unexpected pos", "file write failed")
+
+
+def disk_full_reason(e: BaseException) -> str | None:
+    """Why a write failed for lack of room (an OSError with ENOSPC, EDQUOT or EFBIG, or torch's
+    stream writer's RuntimeError, which hides the errno), else None."""
+    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+        return {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "file too large for the file system or the process's file size limit"}[e.errno]
+    if isinstance(e, RuntimeError) and any(s in str(e) for s in _WRITER_FAILED):
+        return "the write failed (torch's file writer: " + " ".join(str(e).split())[-80:] + "), most likely a full disk"
+    return None
+
+
+def save_torch(obj: Any, path: Path, *, resume: str) -> None:
+    """``torch.save(obj)`` to ``path`` atomically: the one place train writes checkpoint.pt and
+    model.pt. A write that fails for lack of room leaves the old file (or none), removes its
+    temporary file and raises one FernoiseError naming ``path`` and what a re-run does
+    (``resume``); any other failure propagates."""
+    import torch
+
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as e:
+        why = disk_full_reason(e)
+        if why is None:
+            raise
+        raise FernoiseError(f"disk full writing {path}: {why}; free space on the disk holding {path.parent} "
+                            f"and re-run the same command: {resume}") from None
 
 
 def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
