@@ -46,6 +46,7 @@ from fernoise.cache import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
+    bytes_sha256,
     clean_stale_tmp,
     file_sha256,
     outputs_intact,
@@ -485,9 +486,32 @@ def _world(cfg: TrainConfig) -> int:
 
 
 def is_cached(p: Plan) -> bool:
-    """True when the run folder holds the finished run of this key, intact."""
+    """True when the run folder holds the finished run of this key, intact, trained on the
+    same usable rows (:func:`other_rows`)."""
     output = p.run_dir / "model.pt"
-    return outputs_intact(read_json(stamp_path(output)), p.key, p.run_dir)
+    return outputs_intact(read_json(stamp_path(output)), p.key, p.run_dir) and not other_rows(p)
+
+
+def key_inputs(p: Plan) -> dict[str, Any]:
+    """The key's inputs: the manifest's key and content digest and, only when some rows' crops
+    were unusable (missing, undecodable, changed since align), the digest of those rows' ids
+    (``skipped_rows_sha256``): a run that skipped rows never answers for one that did not,
+    and the key of a fully usable run is the one it always had."""
+    inputs = {"manifest": p.config["manifest_key"], "content": p.config["manifest_content"]}
+    if p.config.get("skipped_rows_sha256"):
+        inputs["unusable"] = p.config["skipped_rows_sha256"]
+    return inputs
+
+
+def other_rows(p: Plan) -> bool:
+    """True when the run folder's ``config.json`` records other unusable rows than ``p`` (a
+    run of fernoise before issue 19 kept the key of a fully usable run while skipping rows):
+    its model.pt and checkpoint.pt are not this run's."""
+    recorded = read_json(p.run_dir / "config.json")
+    if not isinstance(recorded, dict):
+        return False
+    theirs = recorded.get("skipped_rows_sha256") or ("unknown" if recorded.get("skipped_crops") else None)
+    return theirs != p.config.get("skipped_rows_sha256")
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -513,6 +537,9 @@ def train(
     if cfg.devices > 1 and not env.enabled:
         t0 = time.perf_counter()
         hit = not force and is_cached(p)
+        if not hit:  # the usable rows decide the key: decode (or map) the crops here once
+            _images(p, distributed.Dist(), progress or (lambda event: None))
+            hit = not force and is_cached(p)
         if not hit:
             ws_root = str(workspace.root) if workspace is not None else None
             distributed.spawn(cfg.devices, _train_rank, manifest_path, cfg, runs_dir, force, ws_root)
@@ -531,18 +558,23 @@ def _train_rank(manifest_path, cfg, runs_dir, force, ws_root=None, *, workspace=
     try:
         t0 = time.perf_counter()
         hit = distributed.broadcast(not force and is_cached(p), env)
+        images = None
+        if not hit:  # which rows are usable is part of the key (key_inputs): decode, then look again
+            images = _images(p, env, progress if (progress and env.is_main) else (lambda event: None))
+            if p.config.get("skipped_crops"):
+                hit = distributed.broadcast(not force and is_cached(p), env)
+        fresh = force or other_rows(p)  # never resume another row set's checkpoint
         if hit:
             result = StageResult("train", p.key, p.run_dir, True, time.perf_counter() - t0)
         elif env.is_main:
             result = run_stage(
-                stage="train", version=VERSION, params=p.key_params,
-                inputs={"manifest": p.config["manifest_key"], "content": p.config["manifest_content"]},
+                stage="train", version=VERSION, params=p.key_params, inputs=key_inputs(p),
                 output=p.run_dir / "model.pt",
-                build=lambda key: fit(p, env, progress=progress, fresh=force), force=True,
+                build=lambda key: fit(p, env, progress=progress, fresh=fresh, images=images), force=True,
             )
             result = StageResult("train", p.key, p.run_dir, False, result.seconds)
         else:
-            fit(p, env, progress=None, fresh=force)
+            fit(p, env, progress=None, fresh=fresh, images=images)
             result = StageResult("train", p.key, p.run_dir, False, time.perf_counter() - t0)
         if env.is_main and workspace is not None:
             workspace.record("train", key=p.key, output=p.run_dir, params=p.key_params)
@@ -569,9 +601,11 @@ class _Sums:
         return self.t[self.index[name]].item()
 
 
-def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = False) -> list[Path]:
+def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = False,
+        images: np.ndarray | None = None) -> list[Path]:
     """Train ``p`` to the end, resuming from ``checkpoint.pt`` when one of the same key exists
-    (unless ``fresh``: ``--force`` starts over).
+    (unless ``fresh``: ``--force`` starts over). ``images``: what :func:`_images` returned for
+    ``p`` (decoded here when None).
 
     Returns the files written (rank 0); other ranks write nothing.
     """
@@ -594,7 +628,8 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels once
 
-    images = _images(p, env, say)  # hook: the decoded crops; drops rows whose crop is unusable
+    if images is None:
+        images = _images(p, env, say)  # hook: the decoded crops; drops rows whose crop is unusable
     say({"event": "header", "message": header_line(p)})
     on_device = p.config.get("augment") == "device"
     views = (DeviceViewsFeed(images, cfg, device) if on_device
@@ -846,9 +881,15 @@ def _images(p: Plan, env, say) -> np.ndarray:
         p.train_pos = np.setdiff1d(p.train_pos, bad)
         p.val_pos = np.setdiff1d(p.val_pos, bad)
         p.test_pos = np.setdiff1d(p.test_pos, bad)
+        digest = bytes_sha256("\n".join(sorted(ids[i] for i in got.skipped)).encode())
         p.config.update(n_train=len(p.train_pos), n_val=len(p.val_pos), n_test=len(p.test_pos),
-                        skipped_crops=len(got.skipped),
+                        skipped_crops=len(got.skipped), skipped_rows_sha256=digest,
                         skipped_example={"path": p.paths[first], "reason": got.skipped[first]})
+        # These rows are part of the key (key_inputs): a re-run after `fernoise align` repaired
+        # them is another run, never a hit on weights trained without them.
+        p.key = stage_key("train", VERSION, p.key_params, key_inputs(p))
+        p.run_dir = p.run_dir.parent / p.key[:16]
+        p.config.update(key=p.key)
         say({"event": "warning", "message": f"{len(got.skipped):,} rows skipped: their crop could not be used, "
              f"e.g. {p.paths[first]}: {got.skipped[first]}"})
         if len(p.train_pos) < 2:
