@@ -15,6 +15,16 @@ digest of the columns train reads (:data:`READS`), so an edited manifest never h
 Crop paths resolve against the manifest's folder; crops outside it are allowed but reported,
 and crops that cannot be decoded are skipped and counted (:mod:`fernoise.data`).
 
+Trust (issue 19): a run that skipped rows is keyed on them too (:func:`key_inputs`: the
+digest of their ids), so once ``fernoise align`` has repaired them the same command trains
+again; a fully usable run keeps the key it always had. A NaN or inf start (``--pretrained``)
+is refused before training; a non-finite loss stops the run with one line naming the epoch and
+step, and nothing is written as finished (no model.pt, no stamp, no index entry; the
+checkpoint of the epochs before stays). A full disk (ENOSPC, EDQUOT, EFBIG, or torch's stream
+writer failing) while writing the image cache, ``checkpoint.pt`` or ``model.pt`` is one line
+(:func:`save_torch`); the temporary file is removed and the re-run resumes from the last
+checkpoint.
+
 Read :func:`fit` for the loop: it names no method. The method (``--method``, its flags, its
 heads, views, loss, per-sample state and optimiser defaults) is declared in its module of
 ``fernoise/methods/`` (the API: ``fernoise/methods/base.py``; what each computes:
@@ -980,7 +990,6 @@ def load_checkpoint(path: Path, key: str) -> dict | str:
 
 def finish(p: Plan, model) -> None:
     """Write ``model.pt`` atomically; remove ``checkpoint.pt`` unless ``keep_checkpoint``."""
-    import torch
 
     save_torch(model.state_dict(), p.run_dir / "model.pt",
                resume=f"the re-run writes model.pt from the checkpoint of epoch {p.cfg.epochs}, no epoch is trained again")
