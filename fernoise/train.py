@@ -760,7 +760,7 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
             distributed.all_sum(firsts, env)
             if firsts.any():
                 step = int(firsts[firsts > 0].min())
-                raise non_finite_error(p, epoch, step, len(batches), float("nan"), resumed=start > 1)
+                raise non_finite_error(p, epoch, step, len(batches), None, resumed=start > 1)
         distributed.all_sum(sums.t, env)
         distributed.all_sum(t_sum, env)
         distributed.all_sum(t_cnt, env)
@@ -809,7 +809,8 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     return written
 
 
-def non_finite_error(p: Plan, epoch: int, step: int, steps: int, value: float, *, resumed: bool) -> FernoiseError:
+def non_finite_error(p: Plan, epoch: int, step: int, steps: int, value: float | None, *,
+                     resumed: bool) -> FernoiseError:
     """The one line that stops a run whose loss became NaN or inf: the epoch and step, what is
     kept (the checkpoint of the epochs before; no model.pt, no stamp) and, when the very first
     step of a fresh run from ``--pretrained`` fails, the start as the likely cause."""
@@ -819,7 +820,8 @@ def non_finite_error(p: Plan, epoch: int, step: int, steps: int, value: float, *
         cause = f"the start --pretrained {start} gives a non-finite loss at once: check that file"
     else:
         cause = "lower the learning rate (a new run) or check the data and the method's options"
-    return FernoiseError(f"non-finite loss ({value}) at epoch {epoch}, step {step} of {steps}: training stopped "
+    shown = f" ({value})" if value is not None else ""  # under DDP the rank that saw it knows the value
+    return FernoiseError(f"non-finite loss{shown} at epoch {epoch}, step {step} of {steps}: training stopped "
                          f"and nothing was written as finished{kept}; {cause}")
 
 

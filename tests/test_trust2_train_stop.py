@@ -58,6 +58,23 @@ def test_a_nan_start_is_refused_up_front_naming_the_file(data, tmp_path, workspa
     _nothing_finished(workspace / "runs")
 
 
+def test_a_finite_start_that_overflows_at_once_is_named_as_the_cause(data, tmp_path, workspace):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    state = resnet18(weights=None).state_dict()
+    state["layer4.1.bn2.weight"].fill_(3e38)  # finite, but the logits overflow: the loss is NaN at step 1
+    start = tmp_path / "huge_start.pth"
+    torch.save(state, start)
+    res = CliRunner().invoke(app, ["train", str(data), *ARGS, "--pretrained", str(start)])
+    assert res.exit_code == 2, res.output
+    err = [ln for ln in _lines(res) if ln.startswith("error:")]
+    assert len(err) == 1, res.output
+    assert "non-finite loss" in err[0] and "epoch 1, step 1 of 3" in err[0], err[0]
+    assert f"the start --pretrained {start}" in err[0], err[0]
+    _nothing_finished(workspace / "runs")
+
+
 def test_a_non_finite_loss_stops_the_run_naming_epoch_and_step(data, workspace):
     # An absurd learning rate: the first step's update overflows the weights, the second loss is NaN.
     args = [*ARGS, "--epochs", "2", "--lr-backbone", "1e30", "--lr-head", "1e30"]
