@@ -30,11 +30,14 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
 
     h = rep["history"]
     mx, vs = h.get("test_max_last5"), h.get("val_selected")
-    t = Table(title=f"{rep['method']} on {Path(rep['manifest']).name} ({rep['n']} test faces)", show_header=False)
+    forced = rep.get("forced") or []
+    tag = " — FORCED: evaluated with --force on changed inputs" if forced else ""
+    t = Table(title=f"{rep['method']} on {Path(rep['manifest']).name} ({rep['n']} test faces){tag}", show_header=False)
     t.add_column("figure", style="bold")
     t.add_column("value")
     ci = rep.get("ci95") or {}
-    t.add_row("top-1 accuracy (final model)", f"{_pct(rep['top1'])} %" + _ci(ci.get("top1"), pct=True))
+    t.add_row("top-1 accuracy (final model)", f"{_pct(rep['top1'])} %" + _ci(ci.get("top1"), pct=True)
+              + ("  (forced: see the warnings)" if forced else ""))
     t.add_row("macro-F1", _f(rep["macro_f1"]) + _ci(ci.get("macro_f1")))
     t.add_row("mean class accuracy", f"{_pct(rep['mean_class_accuracy'])} %")
     t.add_row(f"ECE ({rep['ece_bins']} bins)", _f(rep["ece"]))

@@ -29,6 +29,7 @@ happens on the training device.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -43,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import autoaugment as _aa
 
-from fernoise.cache import atomic_path, atomic_write_json, bytes_sha256, read_json
+from fernoise.cache import atomic_path, atomic_write_json, bytes_sha256, clean_stale_tmp, read_json
 from fernoise.images import MEAN, STD, load_rgb
 from fernoise.safefiles import MAX_CROP_BYTES, UnsafeFile, read_regular
 
@@ -113,6 +114,23 @@ def _decode(path: str | os.PathLike, sha: str | None, size: int) -> tuple[np.nda
         return None, f"not a readable image ({e.__class__.__name__})"
 
 
+def preallocate(path: str | os.PathLike) -> None:
+    """Give the (sparse) file at ``path`` its disk blocks now: writing through a memory map into
+    a hole of a full file system kills the process with SIGBUS, while ``posix_fallocate`` fails
+    up front with ENOSPC (an OSError naming ``path``). File systems without it are left as they are."""
+    if not hasattr(os, "posix_fallocate"):  # macOS
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            e.filename = os.fspath(path)
+            raise
+    finally:
+        os.close(fd)
+
+
 def decoded_crops(
     paths: Sequence[str | os.PathLike],
     ids: Sequence[str],
@@ -138,8 +156,10 @@ def decoded_crops(
             if arr.shape == (len(paths), size, size, 3):
                 return Decoded(arr, {int(k): v for k, v in rec.get("skipped", {}).items()}, path)
     skipped: dict[int, str] = {}
+    clean_stale_tmp(cache_dir)  # a cache half-written by a killed run (kill -9, SIGBUS)
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        preallocate(tmp)
         step = max(1, len(paths) // 100)
         for i, p in enumerate(paths):
             img, why = _decode(p, shas[i] if shas is not None else None, size)

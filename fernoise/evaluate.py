@@ -19,7 +19,9 @@ modification time, so an edited manifest or a replaced crop is scored again.
 ``precision``, ``recall``, ``f1``, ``accuracy``, ``support``), ``confusion_matrix`` (C x C),
 ``ece`` with ``ece_bins`` and ``calibration`` (the bins), ``n``, ``classes``, ``method``,
 ``noise``, ``manifest``/``manifest_key``, ``own_manifest``, ``final_epoch_test_acc``,
-``pictures``, ``params``, ``key``, and ``history`` (from ``metrics.jsonl``):
+``pictures``, ``params``, ``key``, ``model_sha256`` (the model.pt evaluated) and ``train_model_sha256`` (the one train's stamp
+recorded then: ``fernoise report`` leaves the figures out once train has written another), ``inputs`` (the digests the key
+covers), ``forced`` (the mismatches ``--force`` evaluated anyway; empty when none), and ``history`` (from ``metrics.jsonl``):
 ``test_max_last5``/``val_max_last5`` (``max``, ``max_epoch``, ``last``, ``last_n``),
 ``val_selected`` (``epoch``, ``val_acc``, ``test_acc``), ``warmup_epochs``,
 ``best_test_in_warmup``, ``warnings``, ``noise_detection`` (per epoch ``precision``,
@@ -48,7 +50,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -563,6 +565,10 @@ def evaluate_run(
         report, written = _evaluate(run, mf, params, out_dir, progress=progress)
         report["key"] = key
         report["split"] = params.split
+        report["model_sha256"] = checked.model_sha256
+        report["train_model_sha256"] = checked.train_model  # report shows it only while train's stamp says this
+        report["inputs"] = inputs
+        report["forced"] = checked.forced
         report["history"]["warnings"][:0] = checked.warnings
         atomic_write_json(out, report)
         return [out, *written]
@@ -581,6 +587,8 @@ class Checked:
     content: str
     crops: str
     warnings: list[str]
+    forced: list[str] = field(default_factory=list)  # the mismatches --force evaluated anyway
+    train_model: str | None = None  # the model.pt sha256 train's stamp records (None: no stamp)
 
 
 def check_inputs(run: Run, ref: ManifestRef, split: str = "test", *, force: bool = False) -> Checked:
@@ -592,11 +600,13 @@ def check_inputs(run: Run, ref: ManifestRef, split: str = "test", *, force: bool
     from fernoise.manifest import read_manifest
 
     warnings: list[str] = []
+    forced: list[str] = []
 
     def problem(message: str) -> None:
         if not force:
             raise FernoiseError(f"{message}; pass --force to evaluate anyway", flag="--force")
         warnings.append(f"{message} (evaluated anyway: --force)")
+        forced.append(message)
 
     model_sha = file_sha256(run.model_path)
     stamp = read_json(stamp_path(run.model_path))
@@ -631,7 +641,8 @@ def check_inputs(run: Run, ref: ManifestRef, split: str = "test", *, force: bool
         if unseen:
             warnings.append(f"{split} class(es) {', '.join(repr(c) for c in unseen)} never occur in the run's training "
                             "rows: the model cannot predict them right")
-    return Checked(model_sha, mf.content_key(EVAL_READS), crop_fingerprint(paths, shas), warnings)
+    return Checked(model_sha, mf.content_key(EVAL_READS), crop_fingerprint(paths, shas), warnings, forced,
+                   recorded if isinstance(recorded, str) else None)
 
 
 def _evaluate(run: Run, ref: ManifestRef, params: EvalParams, out_dir: Path, *, progress: Progress | None = None):

@@ -158,11 +158,26 @@ def match(state: dict[str, Any], target: dict[str, Any]) -> MatchReport:
     return r
 
 
+def check_finite(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Raise a one-line FernoiseError when a floating tensor of ``state`` holds NaN or inf: such
+    a start makes every loss non-finite, and training would go on for nothing (issue 19)."""
+    import torch
+
+    bad = [k for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise FernoiseError(
+            f"{path} holds non-finite values (NaN or inf) in {len(bad)} of its {len(state)} backbone tensors, "
+            f"e.g. {', '.join(bad[:3])}; it cannot start training: pass another file (a run that diverged "
+            "leaves such weights)", flag=FLAG)
+
+
 def load_backbone(backbone, spec: str | os.PathLike, *, partial: bool = False, workspace=None) -> tuple[Source, MatchReport]:
     """Load ``spec`` into ``backbone`` (a torchvision ResNet-18 without ``fc``).
 
-    Raises a one-line FernoiseError when shapes mismatch or when the file does not fill the
-    whole backbone and ``partial`` is False; the message names a few keys.
+    Raises a one-line FernoiseError when shapes mismatch, when the file does not fill the
+    whole backbone and ``partial`` is False (the message names a few keys), or when a tensor
+    it loads holds NaN or inf (:func:`check_finite`).
     """
     source = resolve(spec, workspace=workspace)
     state = read_state(source)
@@ -183,5 +198,6 @@ def load_backbone(backbone, spec: str | os.PathLike, *, partial: bool = False, w
             f"{source.path} fills {len(report.loaded)} of {len(target)} backbone tensors; missing "
             f"{', '.join(report.missing[:3])}{', ...' if len(report.missing) > 3 else ''}; "
             "pass --pretrained-partial to train the rest from random weights", flag=FLAG)
+    check_finite(source.path, {k: state[k] for k in report.loaded})
     backbone.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
     return source, report

@@ -122,6 +122,8 @@ class RunSummary:
     sel_precision: float | None = None  # confident set vs is_noisy, last epoch that recorded it
     sel_recall: float | None = None
     clean_share: float | None = None  # share of clean training rows (eval.json), the precision base rate
+    forced: bool = False  # eval.json was made with --force on inputs that differ from train's/align's
+    eval_note: str | None = None  # why eval.json was left out (made for another model.pt)
 
     @property
     def table_key(self) -> str:
@@ -258,6 +260,22 @@ def _eval_json(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     return rep
 
 
+def stale_eval(run: Path, rep: dict[str, Any]) -> str | None:
+    """Why ``eval.json`` is not the evaluation of the run's current ``model.pt`` (the sha256
+    train's stamp recorded when it was made differs from the one it records now, e.g. after
+    ``train --force``), or None. An eval.json without ``model_sha256`` (fernoise before issue
+    19) cannot tell."""
+    from fernoise.cache import read_json, stamp_path
+
+    made_for = rep.get("train_model_sha256") or rep.get("model_sha256")  # differ only under --force
+    stamp = read_json(stamp_path(run / "model.pt"))
+    now = stamp.get("outputs", {}).get("model.pt") if isinstance(stamp, dict) and isinstance(stamp.get("outputs"), dict) else None
+    if not isinstance(made_for, str) or not isinstance(now, str) or made_for == now:
+        return None
+    return (f"{run / 'eval.json'} left out: it evaluated an older model.pt (sha256 {made_for[:12]}, now {now[:12]}); "
+            f"re-run `fernoise eval {run}`")
+
+
 def summarise(path: str | os.PathLike) -> RunSummary:
     """Read one run folder into a :class:`RunSummary`."""
     from fernoise.evaluate import load_run, max_last, val_selected
@@ -286,7 +304,11 @@ def summarise(path: str | os.PathLike) -> RunSummary:
             s.sel_precision, s.sel_recall = row.get("confident_precision"), row.get("confident_recall")
             break
     rep = _eval_json(run.path, cfg)
+    s.eval_note = stale_eval(run.path, rep) if rep else None
+    if s.eval_note:
+        rep = None
     if rep and rep.get("own_manifest", True):
+        s.forced = bool(rep.get("forced"))
         ci = rep.get("ci95") or {}
         s.final, s.macro_f1 = rep.get("top1"), rep.get("macro_f1")
         s.final_ci, s.macro_f1_ci = ci.get("top1"), ci.get("macro_f1")
@@ -500,6 +522,11 @@ def collect(items: Sequence[str | os.PathLike]) -> Report:
         raise FernoiseError(f"no readable training run among {len(paths)} folder(s); first: {broken[0]}")
     rep = build(summaries)
     rep.notes[:0] = [f"skipped {b}" for b in broken]
+    rep.notes += [s.eval_note for s in summaries if s.eval_note]
+    forced = [s.path.name for s in summaries if s.forced]
+    if forced:
+        rep.notes.append(f"final*: evaluated with --force on inputs that differ from what train/align recorded: "
+                         f"{', '.join(forced)}")
     return rep
 
 
@@ -543,6 +570,8 @@ def cell_texts(cell: Cell | None, *, with_final: bool, pm: str = "±") -> list[s
             out.append(f"{_pct(f.mean)} [{_pct(one.final_ci[0])}, {_pct(one.final_ci[1])}]")
         else:
             out.append(f"{_pm(f, pm)}{_n(f)}")
+        if f is not None and any(r.forced for r in cell.runs):
+            out[-1] += "*"  # --force on changed inputs: the notes name the runs
     return out
 
 
@@ -566,7 +595,7 @@ LEGEND = ("cells: test accuracy in %, mean ± sample std (ddof=1) over seeds (n 
           "no ± for one run. `<setting>`: validation-selected (test accuracy at the epoch of best validation "
           "accuracy; e<N> = that epoch). `max / last-5`: test-selected, the paper's convention (best test "
           "accuracy over epochs / mean of the last 5 epochs). `final`: the final model's top-1 from eval.json, "
-          "with its 95% bootstrap interval for one run.")
+          "with its 95% bootstrap interval for one run; `*`: evaluated with --force on changed inputs.")
 
 
 # ============================================================================ formats
@@ -593,7 +622,7 @@ CSV_COLUMNS = (
     "n", "seeds", "folds", "val_selected_mean", "val_selected_std", "val_epoch", "max_mean", "max_std",
     "last5_mean", "last5_std", "final_top1_mean", "final_top1_std", "final_top1_ci_lo", "final_top1_ci_hi",
     "final_macro_f1_mean", "final_macro_f1_std", "final_macro_f1_ci_lo", "final_macro_f1_ci_hi",
-    "selection_precision_mean", "selection_recall_mean", "runs",
+    "selection_precision_mean", "selection_recall_mean", "runs", "final_forced",
 )
 
 
@@ -648,6 +677,7 @@ def _csv_row(t: Table, label: str, setting: str, noise: dict[str, Any] | None, c
         mean("final"), std("final"), ci(r0.final_ci, 0), ci(r0.final_ci, 1),
         mean("macro_f1"), std("macro_f1"), ci(r0.macro_f1_ci, 0), ci(r0.macro_f1_ci, 1),
         mean("sel_precision"), mean("sel_recall"), " ".join(str(r.path) for r in cell.runs),
+        "yes" if any(r.forced for r in cell.runs) else "",  # an eval.json made with --force on changed inputs
     ]
 
 

@@ -15,6 +15,16 @@ digest of the columns train reads (:data:`READS`), so an edited manifest never h
 Crop paths resolve against the manifest's folder; crops outside it are allowed but reported,
 and crops that cannot be decoded are skipped and counted (:mod:`fernoise.data`).
 
+Trust (issue 19): a run that skipped rows is keyed on them too (:func:`key_inputs`: the
+digest of their ids), so once ``fernoise align`` has repaired them the same command trains
+again; a fully usable run keeps the key it always had. A NaN or inf start (``--pretrained``)
+is refused before training; a non-finite loss stops the run with one line naming the epoch and
+step, and nothing is written as finished (no model.pt, no stamp, no index entry; the
+checkpoint of the epochs before stays). A full disk (ENOSPC, EDQUOT, EFBIG, or torch's stream
+writer failing) while writing the image cache, ``checkpoint.pt`` or ``model.pt`` is one line
+(:func:`save_torch`); the temporary file is removed and the re-run resumes from the last
+checkpoint.
+
 Read :func:`fit` for the loop: it names no method. The method (``--method``, its flags, its
 heads, views, loss, per-sample state and optimiser defaults) is declared in its module of
 ``fernoise/methods/`` (the API: ``fernoise/methods/base.py``; what each computes:
@@ -26,6 +36,7 @@ say so.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -45,6 +56,8 @@ from fernoise.cache import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
+    bytes_sha256,
+    clean_stale_tmp,
     file_sha256,
     outputs_intact,
     read_json,
@@ -493,9 +506,32 @@ def _world(cfg: TrainConfig) -> int:
 
 
 def is_cached(p: Plan) -> bool:
-    """True when the run folder holds the finished run of this key, intact."""
+    """True when the run folder holds the finished run of this key, intact, trained on the
+    same usable rows (:func:`other_rows`)."""
     output = p.run_dir / "model.pt"
-    return outputs_intact(read_json(stamp_path(output)), p.key, p.run_dir)
+    return outputs_intact(read_json(stamp_path(output)), p.key, p.run_dir) and not other_rows(p)
+
+
+def key_inputs(p: Plan) -> dict[str, Any]:
+    """The key's inputs: the manifest's key and content digest and, only when some rows' crops
+    were unusable (missing, undecodable, changed since align), the digest of those rows' ids
+    (``skipped_rows_sha256``): a run that skipped rows never answers for one that did not,
+    and the key of a fully usable run is the one it always had."""
+    inputs = {"manifest": p.config["manifest_key"], "content": p.config["manifest_content"]}
+    if p.config.get("skipped_rows_sha256"):
+        inputs["unusable"] = p.config["skipped_rows_sha256"]
+    return inputs
+
+
+def other_rows(p: Plan) -> bool:
+    """True when the run folder's ``config.json`` records other unusable rows than ``p`` (a
+    run of fernoise before issue 19 kept the key of a fully usable run while skipping rows):
+    its model.pt and checkpoint.pt are not this run's."""
+    recorded = read_json(p.run_dir / "config.json")
+    if not isinstance(recorded, dict):
+        return False
+    theirs = recorded.get("skipped_rows_sha256") or ("unknown" if recorded.get("skipped_crops") else None)
+    return theirs != p.config.get("skipped_rows_sha256")
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -521,6 +557,9 @@ def train(
     if cfg.devices > 1 and not env.enabled:
         t0 = time.perf_counter()
         hit = not force and is_cached(p)
+        if not hit:  # the usable rows decide the key: decode (or map) the crops here once
+            _images(p, distributed.Dist(), progress or (lambda event: None))
+            hit = not force and is_cached(p)
         if not hit:
             ws_root = str(workspace.root) if workspace is not None else None
             distributed.spawn(cfg.devices, _train_rank, manifest_path, cfg, runs_dir, force, ws_root)
@@ -539,18 +578,23 @@ def _train_rank(manifest_path, cfg, runs_dir, force, ws_root=None, *, workspace=
     try:
         t0 = time.perf_counter()
         hit = distributed.broadcast(not force and is_cached(p), env)
+        images = None
+        if not hit:  # which rows are usable is part of the key (key_inputs): decode, then look again
+            images = _images(p, env, progress if (progress and env.is_main) else (lambda event: None))
+            if p.config.get("skipped_crops"):
+                hit = distributed.broadcast(not force and is_cached(p), env)
+        fresh = force or other_rows(p)  # never resume another row set's checkpoint
         if hit:
             result = StageResult("train", p.key, p.run_dir, True, time.perf_counter() - t0)
         elif env.is_main:
             result = run_stage(
-                stage="train", version=VERSION, params=p.key_params,
-                inputs={"manifest": p.config["manifest_key"], "content": p.config["manifest_content"]},
+                stage="train", version=VERSION, params=p.key_params, inputs=key_inputs(p),
                 output=p.run_dir / "model.pt",
-                build=lambda key: fit(p, env, progress=progress, fresh=force), force=True,
+                build=lambda key: fit(p, env, progress=progress, fresh=fresh, images=images), force=True,
             )
             result = StageResult("train", p.key, p.run_dir, False, result.seconds)
         else:
-            fit(p, env, progress=None, fresh=force)
+            fit(p, env, progress=None, fresh=fresh, images=images)
             result = StageResult("train", p.key, p.run_dir, False, time.perf_counter() - t0)
         if env.is_main and workspace is not None:
             workspace.record("train", key=p.key, output=p.run_dir, params=p.key_params)
@@ -577,9 +621,11 @@ class _Sums:
         return self.t[self.index[name]].item()
 
 
-def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = False) -> list[Path]:
+def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = False,
+        images: np.ndarray | None = None) -> list[Path]:
     """Train ``p`` to the end, resuming from ``checkpoint.pt`` when one of the same key exists
-    (unless ``fresh``: ``--force`` starts over).
+    (unless ``fresh``: ``--force`` starts over). ``images``: what :func:`_images` returned for
+    ``p`` (decoded here when None).
 
     Returns the files written (rank 0); other ranks write nothing.
     """
@@ -602,7 +648,8 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels once
 
-    images = _images(p, env, say)  # hook: the decoded crops; drops rows whose crop is unusable
+    if images is None:
+        images = _images(p, env, say)  # hook: the decoded crops; drops rows whose crop is unusable
     say({"event": "header", "message": header_line(p)})
     on_device = p.config.get("augment") == "device"
     views = (DeviceViewsFeed(images, cfg, device) if on_device
@@ -637,6 +684,7 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     written = [run_dir / "config.json", run_dir / "metrics.jsonl", run_dir / "model.pt"]
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(run_dir)  # a checkpoint.pt half-written by a killed run (full disk, kill -9)
         atomic_write_json(run_dir / "config.json", p.config)
         if p.val_ids is not None:
             atomic_write_json(run_dir / "val_ids.json", p.val_ids)
@@ -663,6 +711,7 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
         t_train = t_ready = time.perf_counter()
         wait = 0.0  # seconds the step waited for its batch (data loading not hidden by workers)
         feed = views(batches) if on_device else data.loader(views, batches, workers=workers, pin_memory=on_cuda)
+        bad_step = 0  # the first step of this epoch whose loss was NaN or inf (0: none)
         for i, batch in enumerate(feed):
             wait += time.perf_counter() - t_ready
             rows = batch["positions"]  # indices into the array cache and p.rows
@@ -677,8 +726,15 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
             method.after_step(out, y, rows, epoch=epoch)
             touched[rows] = True
 
+            # The loss is read back once per step anyway (the running loss on the progress bar),
+            # so checking it here costs no extra device sync and names the exact step.
+            loss_value = out.loss.item()
+            if not math.isfinite(loss_value):
+                bad_step = bad_step or i + 1
+                if not env.enabled:  # under DDP every rank must stop together: checked at the epoch's end
+                    raise non_finite_error(p, epoch, bad_step, len(batches), loss_value, resumed=start > 1)
             with torch.no_grad():
-                sums.add("loss", out.loss.item() * n)
+                sums.add("loss", loss_value * n)
                 for q, v in out.parts.items():
                     sums.add(f"loss_{q}", v.item() * n)
                     sums.add(f"has_{q}", 1)
@@ -708,6 +764,13 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
             say({"event": "batch", "epoch": epoch, "done": i + 1, "total": len(batches),
                  "loss": sums["loss"] / sums["seen"], "images_per_s": sums["images"] * env.world / elapsed})
         train_seconds = time.perf_counter() - t_train
+        if env.enabled:
+            firsts = torch.zeros(env.world, dtype=torch.float64)
+            firsts[env.rank] = bad_step
+            distributed.all_sum(firsts, env)
+            if firsts.any():
+                step = int(firsts[firsts > 0].min())
+                raise non_finite_error(p, epoch, step, len(batches), None, resumed=start > 1)
         distributed.all_sum(sums.t, env)
         distributed.all_sum(t_sum, env)
         distributed.all_sum(t_cnt, env)
@@ -754,6 +817,22 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     if env.is_main:
         finish(p, model)  # hook: model.pt; checkpoint.pt removed unless --keep-checkpoint
     return written
+
+
+def non_finite_error(p: Plan, epoch: int, step: int, steps: int, value: float | None, *,
+                     resumed: bool) -> FernoiseError:
+    """The one line that stops a run whose loss became NaN or inf: the epoch and step, what is
+    kept (the checkpoint of the epochs before; no model.pt, no stamp) and, when the very first
+    step of a fresh run from ``--pretrained`` fails, the start as the likely cause."""
+    kept = f" (the checkpoint of epoch {epoch - 1} is kept)" if epoch > 1 else ""
+    start = p.config.get("pretrained")
+    if start and epoch == 1 and step == 1 and not resumed:
+        cause = f"the start --pretrained {start} gives a non-finite loss at once: check that file"
+    else:
+        cause = "lower the learning rate (a new run) or check the data and the method's options"
+    shown = f" ({value})" if value is not None else ""  # under DDP the rank that saw it knows the value
+    return FernoiseError(f"non-finite loss{shown} at epoch {epoch}, step {step} of {steps}: training stopped "
+                         f"and nothing was written as finished{kept}; {cause}")
 
 
 def _relabels(method) -> bool:
@@ -806,7 +885,15 @@ def _images(p: Plan, env, say) -> np.ndarray:
     ids = p.rows["id"].astype(str).tolist()
     kw = dict(size=p.cfg.image_size, cache_dir=p.cache_dir or Workspace().root / ".fernoise" / "arrays", shas=p.shas)
     if env.is_main:
-        got = data.decoded_crops(p.paths, ids, progress=say, **kw)
+        try:
+            got = data.decoded_crops(p.paths, ids, progress=say, **kw)
+        except OSError as e:
+            why = disk_full_reason(e)
+            if why is None:
+                raise
+            raise FernoiseError(f"disk full writing the image cache {e.filename or kw['cache_dir']}: {why}; free space "
+                                f"on the disk holding {kw['cache_dir']} and re-run the same command "
+                                "(nothing was trained yet)") from None
     distributed.barrier(env)
     if not env.is_main:
         got = data.decoded_crops(p.paths, ids, **kw)
@@ -816,9 +903,15 @@ def _images(p: Plan, env, say) -> np.ndarray:
         p.train_pos = np.setdiff1d(p.train_pos, bad)
         p.val_pos = np.setdiff1d(p.val_pos, bad)
         p.test_pos = np.setdiff1d(p.test_pos, bad)
+        digest = bytes_sha256("\n".join(sorted(ids[i] for i in got.skipped)).encode())
         p.config.update(n_train=len(p.train_pos), n_val=len(p.val_pos), n_test=len(p.test_pos),
-                        skipped_crops=len(got.skipped),
+                        skipped_crops=len(got.skipped), skipped_rows_sha256=digest,
                         skipped_example={"path": p.paths[first], "reason": got.skipped[first]})
+        # These rows are part of the key (key_inputs): a re-run after `fernoise align` repaired
+        # them is another run, never a hit on weights trained without them.
+        p.key = stage_key("train", VERSION, p.key_params, key_inputs(p))
+        p.run_dir = p.run_dir.parent / p.key[:16]
+        p.config.update(key=p.key)
         say({"event": "warning", "message": f"{len(got.skipped):,} rows skipped: their crop could not be used, "
              f"e.g. {p.paths[first]}: {got.skipped[first]}"})
         if len(p.train_pos) < 2:
@@ -909,10 +1002,9 @@ def load_checkpoint(path: Path, key: str) -> dict | str:
 
 def finish(p: Plan, model) -> None:
     """Write ``model.pt`` atomically; remove ``checkpoint.pt`` unless ``keep_checkpoint``."""
-    import torch
 
-    with atomic_path(p.run_dir / "model.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
+    save_torch(model.state_dict(), p.run_dir / "model.pt",
+               resume=f"the re-run writes model.pt from the checkpoint of epoch {p.cfg.epochs}, no epoch is trained again")
     if not p.cfg.keep_checkpoint:
         (p.run_dir / "checkpoint.pt").unlink(missing_ok=True)
 
@@ -1022,8 +1114,42 @@ def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, schedul
             "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path, resume=(f"training resumes from epoch {epoch} (the checkpoint of epoch {epoch - 1} is kept)"
+                                    if epoch > 1 else "training starts over at epoch 1"))
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""Write failures that mean "no room": a full disk, an exhausted quota, a file size limit."""
+_WRITER_FAILED = ("PytorchStreamWriter", "unexpected pos", "file write failed")
+
+
+def disk_full_reason(e: BaseException) -> str | None:
+    """Why a write failed for lack of room (an OSError with ENOSPC, EDQUOT or EFBIG, or torch's
+    stream writer's RuntimeError, which hides the errno), else None."""
+    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+        return {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "file too large for the file system or the process's file size limit"}[e.errno]
+    if isinstance(e, RuntimeError) and any(s in str(e) for s in _WRITER_FAILED):
+        return "the write failed (torch's file writer: " + " ".join(str(e).split())[-80:] + "), most likely a full disk"
+    return None
+
+
+def save_torch(obj: Any, path: Path, *, resume: str) -> None:
+    """``torch.save(obj)`` to ``path`` atomically: the one place train writes checkpoint.pt and
+    model.pt. A write that fails for lack of room leaves the old file (or none), removes its
+    temporary file and raises one FernoiseError naming ``path`` and what a re-run does
+    (``resume``); any other failure propagates."""
+    import torch
+
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as e:
+        why = disk_full_reason(e)
+        if why is None:
+            raise
+        raise FernoiseError(f"disk full writing {path}: {why}; free space on the disk holding {path.parent} "
+                            f"and re-run the same command: {resume}") from None
 
 
 def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:

@@ -121,8 +121,8 @@ def test_eval_hit_needs_the_same_model_manifest_and_crops(tmp_path):
     assert runindex.lookup_eval(run) is None
 
     evaluate_and_index()
-    manifest.write_bytes(manifest.read_bytes())  # the manifest rewritten (same bytes, new mtime)
-    assert runindex.lookup_eval(run) is None
+    manifest.write_bytes(manifest.read_bytes())  # rewritten with the same bytes: the same input (issue 19:
+    assert runindex.lookup_eval(run) is not None  # the manifest is known by its sha256, not its mtime)
 
     evaluate_and_index()
     model = run / "model.pt"
@@ -137,14 +137,16 @@ def test_device_class_and_pretrained_identity(tmp_path, monkeypatch):
     f = tmp_path / "w.pth"
     f.write_bytes(b"x")
     os.utime(f, ns=(7, 7))
-    assert runindex.pretrained_identity(str(f)) == {"file": str(f.resolve()), "stat": [1, 7]}
+    st = f.stat()
+    stat = [1, 7, st.st_ctime_ns, st.st_ino]  # size, mtime, ctime, inode (issue 19: as git's index)
+    assert runindex.pretrained_identity(str(f)) == {"file": str(f.resolve()), "stat": stat}
     assert runindex.pretrained_identity("no/such/file") is ...  # not cheaply known: no index
     assert runindex.pretrained_identity(None) is None
     monkeypatch.chdir(tmp_path)
     assert runindex.pretrained_identity("latest", Workspace(tmp_path)) is ...  # no pretrain recorded
     Workspace(tmp_path).record("pretrain", key="k1", output=f, params={})
     assert runindex.pretrained_identity("latest", Workspace(tmp_path)) == {
-        "latest": ["k1", "w.pth"], "target": {"file": str(f.resolve()), "stat": [1, 7]}}
+        "latest": ["k1", "w.pth"], "target": {"file": str(f.resolve()), "stat": stat}}
 
 
 def test_unindexable_request_falls_back_to_train(trained):
