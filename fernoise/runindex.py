@@ -23,7 +23,8 @@ each file's sha256 against the stamp. A lookup trusts a file whose stat is uncha
 hashes any other one against the stamp (the shortcut git uses); a file changed behind the
 tool's back, even with its mtime put back, therefore still fails the stamp and the run is
 planned and rebuilt as usual. A run that skipped rows (unusable crops) is never indexed.
-A miss costs nothing but the normal path: :func:`indexed` falls back to ``train`` itself.
+A miss costs nothing but the normal path: :func:`fernoise.train.train` calls :func:`lookup`
+first, then trains and calls :func:`record`.
 
 The same is done for ``eval`` (:func:`lookup_eval` / :func:`record_eval`): keyed by the run's
 key, ``cam``, the split and the eval stage version, valid while everything the evaluation read
@@ -41,7 +42,7 @@ import glob
 import hashlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -272,25 +273,6 @@ def skipped_rows(run_dir: Path) -> bool:
     so train checks its rows every time."""
     config = read_json(run_dir / "config.json")
     return not isinstance(config, dict) or bool(config.get("skipped_crops"))
-
-
-def indexed(train_fn: Callable[..., StageResult]) -> Callable[..., StageResult]:
-    """Wrap :func:`fernoise.train.train`: answer a finished run from the index, else train and
-    index the result (rank 0 only under torch.distributed)."""
-
-    @functools.wraps(train_fn)
-    def wrapper(manifest_path, cfg, **kw):
-        runs_dir, workspace = kw.get("runs_dir"), kw.get("workspace")
-        if not kw.get("force"):
-            hit = lookup(manifest_path, cfg, runs_dir=runs_dir, workspace=workspace)
-            if hit is not None:
-                return hit
-        result = train_fn(manifest_path, cfg, **kw)
-        if os.environ.get("RANK", "0") == "0":
-            record(manifest_path, cfg, result, runs_dir=runs_dir, workspace=workspace)
-        return result
-
-    return wrapper
 
 
 # ----------------------------------------------------------------------------- eval

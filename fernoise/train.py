@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fernoise import __version__
+from fernoise import __version__, runindex
 from fernoise.cache import (
     StageResult,
     Workspace,
@@ -68,7 +68,6 @@ from fernoise.cache import (
 from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError, require_folder
 from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest
-from fernoise.runindex import indexed  # finished runs found without torch (sweep re-runs)
 
 VERSION = 1
 READS = ("id", "path", "crop_sha256", "split", "label", "label_clean", "is_noisy", "status")
@@ -535,7 +534,6 @@ def other_rows(p: Plan) -> bool:
 
 
 # ----------------------------------------------------------------------------- the stage
-@indexed  # runindex.py: a finished run of the same *requested* config is a hit with no torch import
 def train(
     manifest_path: str | os.PathLike,
     cfg: TrainConfig,
@@ -549,7 +547,21 @@ def train(
 
     Returns a StageResult whose ``output`` is the run folder. Under torch.distributed every
     rank calls this; rank 0 writes. ``cfg.devices > 1`` spawns that many local processes.
+    A finished run of the same *requested* configuration is answered from the run index
+    (:mod:`fernoise.runindex`, no torch import: sweep re-runs); a run trained here is indexed.
     """
+    if not force:
+        hit = runindex.lookup(manifest_path, cfg, runs_dir=runs_dir, workspace=workspace)
+        if hit is not None:
+            return hit
+    result = _train(manifest_path, cfg, runs_dir=runs_dir, workspace=workspace, progress=progress, force=force)
+    if os.environ.get("RANK", "0") == "0":  # rank 0 only under torch.distributed
+        runindex.record(manifest_path, cfg, result, runs_dir=runs_dir, workspace=workspace)
+    return result
+
+
+def _train(manifest_path, cfg: TrainConfig, *, runs_dir, workspace, progress, force) -> StageResult:
+    """:func:`train` without the run index: plan, then train in this process or spawn ``cfg.devices``."""
     from fernoise import distributed
 
     p = plan(manifest_path, cfg, runs_dir=runs_dir, workspace=workspace)

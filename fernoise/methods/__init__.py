@@ -16,7 +16,8 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from fernoise.errors import FernoiseError
-from fernoise.methods.base import LossOut, Method, NoParams, OptimDefaults, option, params_fields
+from fernoise.methods._registry import _FLAGS, _REGISTRY, register
+from fernoise.methods.base import LossOut, Method, NoParams, OptimDefaults, option
 
 if TYPE_CHECKING:
     from fernoise.model import FerNet
@@ -25,31 +26,6 @@ __all__ = [
     "LossOut", "Method", "NoParams", "OptimDefaults", "all_flags", "build_model", "create", "get",
     "make_params", "names", "option", "params_from_dict", "register",
 ]
-
-_REGISTRY: dict[str, type[Method]] = {}
-_FLAGS: dict[str, dict[str, str]] = {}  # flag -> {method name: field name}
-_FLAG_HELP: dict[str, str] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: add ``cls`` under ``cls.name``. Names are unique; a flag may be shared
-    by several methods only with the same field name and help (pc's and ncctfer's
-    ``--threshold``)."""
-    for attr in ("name", "summary", "source", "repo", "face_pretrained", "optim"):
-        if not hasattr(cls, attr):
-            raise TypeError(f"{cls.__name__} lacks the class attribute {attr!r} (fernoise.methods.base)")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise TypeError(f"method {cls.name!r} registered twice")
-    for f in params_fields(cls):
-        flag = f.metadata["flag"]
-        owners = _FLAGS.setdefault(flag, {})
-        if any(name != f.name for m, name in owners.items() if m != cls.name) or \
-                _FLAG_HELP.setdefault(flag, f.metadata["help"]) != f.metadata["help"]:
-            raise TypeError(f"{cls.name}: flag {flag} already means something else for {', '.join(owners)}")
-        owners[cls.name] = f.name
-    _REGISTRY[cls.name] = cls
-    return cls
-
 
 def names() -> list[str]:
     """Registered method names, in registration (table) order."""

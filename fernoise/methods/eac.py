@@ -27,7 +27,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fernoise.methods import register
+from fernoise.methods._registry import register
 from fernoise.methods.base import LossOut, Method, OptimDefaults, check_range, option
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from fernoise.errors import FernoiseError
-from fernoise.methods import register
+from fernoise.methods._registry import register
 from fernoise.methods.base import LossOut, Method, OptimDefaults, check_choice, option
 from fernoise.methods.pc import THRESHOLD_HELP, THRESHOLDS, confident_step
 

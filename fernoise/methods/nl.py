@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fernoise.methods import register
+from fernoise.methods._registry import register
 from fernoise.methods.base import LossOut, Method, OptimDefaults
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fernoise.methods import register
+from fernoise.methods._registry import register
 from fernoise.methods.base import LossOut, Method, OptimDefaults, check_choice, option
 
 THRESHOLDS = ("labelled", "batch")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fernoise.methods import register
+from fernoise.methods._registry import register
 from fernoise.methods.base import LossOut, Method, OptimDefaults, check_range, option
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fernoise.errors import FernoiseError
-from fernoise.methods import register
+from fernoise.methods._registry import register
 from fernoise.methods.base import LossOut, Method, OptimDefaults, check_choice, check_range, option
 
 if TYPE_CHECKING:
