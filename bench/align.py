@@ -10,7 +10,7 @@ default thread count; also shown single-threaded). fernoise is the library call
 decoding, batched detection on a copy of at most 1024 px, alignment, JPEG crops and the
 Parquet manifest all included. Prints a table and the ratio.
 
-Where the speed comes from (``fernoise/detect.py``): the MTCNN nets run in channels-last
+Where the speed comes from (``fernoise/align/detect.py``): the MTCNN nets run in channels-last
 memory order (~2x on CPU), on a copy of at most 1024 px, batched by image size, with the
 batches run side by side, one single-threaded lane per core (MTCNN's many small ops lose to
 intra-op thread hand-offs; whole batches in parallel do not); decoding and saving overlap
@@ -46,9 +46,9 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from fernoise.align import AlignParams
-    from fernoise.align_stage import align_folder, scan_images
-    from fernoise.detect import make_detector
+    from fernoise.align.detect import make_detector
+    from fernoise.align.faces import AlignParams
+    from fernoise.align.stage import align_folder, scan_images
 
     files = [args.photos / s for s in scan_images(args.photos)]
     n = len(files)

@@ -5,7 +5,7 @@ computes on read, against reading the manifest at all.
     python bench/content_hash.py /tmp/fp.parquet [--repeat 5]
 
 Prints one table: best-of-N seconds for reading the file (Parquet -> pandas, as train does),
-the digests of the columns train reads (``fernoise.train.READS``), of every column (what
+the digests of the columns train reads (``fernoise.train.stage.READS``), of every column (what
 corrupt keys on), the check against the digests recorded at write time, and the crops'
 stat fingerprint (one ``stat`` per crop; the image cache's key).
 """
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from fernoise.data import crop_fingerprint
 from fernoise.manifest import content_digests, read_manifest
-from fernoise.train import READS
+from fernoise.train.stage import READS
 
 
 def best(fn, repeat: int) -> float:

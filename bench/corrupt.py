@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fernoise.cache import Workspace
-from fernoise.corrupt_stage import run_corrupt
+from fernoise.corrupt.stage import run_corrupt
 from fernoise.labels import CLASSES
 from fernoise.manifest import write_manifest
 

@@ -5,7 +5,7 @@ the crop (status ok). Labels: the FER+ majority (docs/data.md: drop single votes
 class when it holds more than half of what remains, drop unknown/NF winners), or the
 original FER2013 label (``--labels fer2013``, 7 classes: real annotation noise, with
 ``label_clean`` = the FER+ majority and ``is_noisy`` where they differ). ``--sym-rate r``
-flips train rows with the library's sym noise (``fernoise.corrupt``: exactly round(r * n_c)
+flips train rows with the library's sym noise (``fernoise.corrupt.kinds``: exactly round(r * n_c)
 per class, half up, to a uniformly drawn other class). ``label_clean`` and ``is_noisy`` are
 written only when noise was added, so a clean manifest goes through ``fernoise corrupt``
 without ``--force``.
@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from fernoise.cache import dict_hash
-from fernoise.corrupt import CorruptParams, corrupt
+from fernoise.corrupt.kinds import CorruptParams, corrupt
 from fernoise.formats.ferplus import majority
 from fernoise.labels import CLASSES, FERPLUS_VOTE_COLUMNS, canonical_name, label_space_of
 from fernoise.manifest import write_manifest

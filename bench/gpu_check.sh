@@ -75,12 +75,11 @@ has() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 SITE=/tmp/fernoise-site
 mkdir -p "$SITE"
 ln -sfn "$ROOT/fernoise" "$SITE/fernoise"
-ln -sfn "$ROOT/cli" "$SITE/fernoise_cli"
 if ls .gpu/whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE/deps" .gpu/whl/*.whl
 fi
 export PYTHONPATH="$SITE:$SITE/deps${PYTHONPATH:+:$PYTHONPATH}"
-FN="python3 -m fernoise_cli.app"
+FN="python3 -m fernoise.cli.app"
 WORK=/tmp/fernoise-gpu-check
 rm -rf "$WORK" && mkdir -p "$WORK"
 export FERNOISE_WORKSPACE="$WORK/ws"

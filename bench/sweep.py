@@ -27,7 +27,7 @@ from sweep_data import make_aligned  # noqa: E402
 from fernoise.cache import Workspace  # noqa: E402
 
 PROBE = (
-    "import sys\nfrom fernoise_cli.app import app\n"
+    "import sys\nfrom fernoise.cli.app import app\n"
     "try:\n    app()\nexcept SystemExit:\n    pass\n"
     "print('TORCH_IMPORTED', 'torch' in sys.modules)\n"
 )
@@ -60,8 +60,8 @@ def main() -> None:
             f'noise = [{{kind = "sym", rates = {rates!r}}}]\n'
             "[train]\nepochs = 1\nwarmup = 0\nimage_size = 32\nbatch_size = 16\nworkers = 0\n".replace("'", '"'))
         n = len(methods) * len(rates) * len(seeds)
-        startup, _ = timed([sys.executable, "-m", "fernoise_cli.app", "--version"], ws)
-        first, _ = timed([sys.executable, "-m", "fernoise_cli.app", "sweep", str(grid)], ws)
+        startup, _ = timed([sys.executable, "-m", "fernoise.cli.app", "--version"], ws)
+        first, _ = timed([sys.executable, "-m", "fernoise.cli.app", "sweep", str(grid)], ws)
         again, out = timed([sys.executable, "-c", PROBE, "sweep", str(grid)], ws)
         inner = re.search(r"in ([\d.]+)s;", out)
         hits = re.search(r"\((\d+) cache hits\)", out)

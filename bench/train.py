@@ -5,7 +5,7 @@ Rows (all on FERPlus crops, ResNet-18, CPU unless CUDA is there):
 - ``step`` : the same model, optimiser, precision and loss (the method's plugin loss, `fernoise.methods`) on
   tensors already normalised in memory: the ceiling. Measured before and after the end-to-end
   run (the machine is shared) and averaged.
-- ``end-to-end`` : `fernoise.train.train` for ``--epochs`` epochs (array cache already built;
+- ``end-to-end`` : `fernoise.train.stage.train` for ``--epochs`` epochs (array cache already built;
   DataLoader workers, weak/strong views, normalisation, step, metrics), the ``images_per_s`` of
   its last epoch: the steady state a real run is in after its first epoch, with the one-off
   costs of epoch 1 (oneDNN primitives for new shapes, Adam's state, the first workers) left
@@ -13,7 +13,7 @@ Rows (all on FERPlus crops, ResNet-18, CPU unless CUDA is there):
 - ``baseline`` : torchvision ResNet-18, cross-entropy, batch 32, a PIL ``Dataset`` decoding each
   PNG with ``Resize/RandomCrop(pad 4)/RandomHorizontalFlip/ToTensor/Normalize`` in 2 workers.
 - ``end-to-end, device views`` / ``workers`` : the same epoch with ``--augment device`` (views
-  made in batches on the training device, fernoise/augment.py) and ``--augment workers``
+  made in batches on the training device, fernoise/train/augment.py) and ``--augment workers``
   (per sample in DataLoader workers); ``device / workers`` is their ratio (issue 13).
 - on CUDA, ``peer-style loader``: the same fernoise step fed by what the peers' repos do (EAC,
   RUL, SCN): a PIL ``Dataset`` decoding each PNG and making its views with torchvision
@@ -52,7 +52,7 @@ from fernoise import (
 )
 from fernoise.cache import Workspace  # noqa: E402
 from fernoise.manifest import read_manifest  # noqa: E402
-from fernoise.train import TrainConfig, resolve_precision, train  # noqa: E402
+from fernoise.train.stage import TrainConfig, resolve_precision, train  # noqa: E402
 
 
 def step_rate(method: str, images: np.ndarray, labels: np.ndarray, *, batch: int, size: int, precision: str,

@@ -19,7 +19,7 @@ or differs from its recorded sha256 is a skipped row (zeros in the array, listed
 Views by name (docs/methods.md, paper §3.2; the method says which, ``Method.views``): weak =
 zero-pad 4 px, random crop back to the size, horizontal flip p=0.5; strong = the weak view
 plus RandAugment (2 ops, magnitude out of 31 bins) with torchvision's exact op table; any
-other name is a function of ``fernoise/views.py``. Every random choice comes from a per-sample seed that the
+other name is a function of ``fernoise/methods/views.py``. Every random choice comes from a per-sample seed that the
 epoch's generator draws, so a sample's views depend only on (seed, epoch, position), never on
 worker count or scheduling: a resumed run sees the same pixels as an uninterrupted one.
 Augmentation runs in DataLoader workers on uint8 tensors; normalisation (ImageNet statistics)
@@ -239,7 +239,7 @@ class RandAugment:
 @dataclass(frozen=True)
 class Batch:
     """Row positions ``(B,)`` into the array cache, one augmentation seed per row, and the
-    names of the views to build (``weak``, ``strong`` or a ``fernoise.views`` name)."""
+    names of the views to build (``weak``, ``strong`` or a ``fernoise.methods.views`` name)."""
 
     positions: np.ndarray
     seeds: np.ndarray
@@ -250,7 +250,7 @@ def sample_views(img: np.ndarray, rng: np.random.Generator, names: Sequence[str]
     """The views ``names`` of one ``(H, W, 3)`` uint8 image, each ``(3, H, W)`` uint8, all from
     the one per-sample ``rng`` in the order of ``names``. ``strong`` is RandAugment applied to
     the sample's ``weak`` view (built first, from the same generator, when not asked before
-    it); every other name is ``fernoise.views.get(name)`` on the raw image."""
+    it); every other name is ``fernoise.methods.views.get(name)`` on the raw image."""
     out: dict[str, torch.Tensor] = {}
     for name in names:
         if name == "weak":
@@ -259,7 +259,7 @@ def sample_views(img: np.ndarray, rng: np.random.Generator, names: Sequence[str]
             weak = out["weak"] if "weak" in out else weak_view(img, rng)
             out[name] = randaug(weak, rng)
         else:
-            from fernoise import views
+            from fernoise.methods import views
 
             out[name] = views.get(name)(img, rng)
     return out

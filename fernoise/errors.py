@@ -7,7 +7,7 @@ shared checks and translations that produce it.
   the other way round) is said as such, never as "does not exist".
 - :func:`destination_error`: an ``OSError`` of a *write* that the user must fix (no
   permission, read-only file system, full disk, quota) -> a :class:`FernoiseError` naming the
-  path; None for any other error. ``fernoise_cli.common.handle_errors`` applies it to every
+  path; None for any other error. ``fernoise.cli.common.handle_errors`` applies it to every
   command.
 """
 

@@ -6,7 +6,7 @@ key names of model.pt are ``backbone.*`` plus the method's modules (``pcc.*``, `
 ce/pc/nl/ncctfer, as always). ``model(fn, *args)`` calls ``fn(model, *args)``: the training
 loop runs a method's whole loss inside the module call, so DistributedDataParallel sees every
 head it uses. Pretrained weights come only from a local file, read by the one loader,
-``fernoise.pretrained.load_backbone(model.backbone, spec)``. Nothing is ever downloaded.
+``fernoise.train.weights.load_backbone(model.backbone, spec)``. Nothing is ever downloaded.
 """
 
 from __future__ import annotations

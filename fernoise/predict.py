@@ -10,8 +10,8 @@ the ``pcc`` head. When the run's training crops are greyscale (FER2013/FERPlus: 
 checked on the first crop of the training manifest), each face is turned to greyscale first,
 as training saw it.
 
-Photos are decoded as align decodes them (:func:`fernoise.align.decode_image` reduced by
-:func:`fernoise.align_stage.working_factor`: the detector's size, JPEG draft scaling, one big
+Photos are decoded as align decodes them (:func:`fernoise.align.faces.decode_image` reduced by
+:func:`fernoise.align.stage.working_factor`: the detector's size, JPEG draft scaling, one big
 decode at a time), so memory stays bounded on large photos; a face that needs more detail is
 cropped from a finer decode of its photo, as align does.
 
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from fernoise import csvsafe
-from fernoise.align_stage import IMAGE_EXTENSIONS, working_factor  # predict sees, decodes as align
+from fernoise.align.stage import IMAGE_EXTENSIONS, working_factor  # predict sees, decodes as align
 from fernoise.errors import FernoiseError
 from fernoise.safefiles import MAX_CROP_BYTES, open_regular, printable
 
@@ -96,7 +96,7 @@ def align_params_for(config: dict[str, Any]):
     a detector on photos: it gets ``mode="box"`` (the detector's box, same margin and size),
     the closest thing to a dataset's own face crops.
     """
-    from fernoise.align import AlignParams
+    from fernoise.align.faces import AlignParams
 
     raw = config.get("align") or {}
     names = {f.name for f in fields(AlignParams)}
@@ -145,7 +145,7 @@ def crops_to_array(crops: Sequence[Any], size: int, *, greyscale: bool = False) 
 def classify(model, images: np.ndarray, classes: Sequence[str], *, top: int = 3, batch_size: int = 64,
              device: str = "cpu") -> list[dict[str, Any]]:
     """Label, probability and top-``top`` classes of each uint8 ``(N, H, W, 3)`` face."""
-    from fernoise.evaluate import predict_probs
+    from fernoise.evaluate.stage import predict_probs
 
     probs = predict_probs(model, images, batch_size=batch_size, device=device)
     out = []
@@ -175,9 +175,9 @@ def predict(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per face in the photos named by ``items`` (see the module docstring)."""
-    from fernoise import align
+    from fernoise.align import faces as align
     from fernoise.devices import resolve_device
-    from fernoise.evaluate import load_model, load_run
+    from fernoise.evaluate.stage import load_model, load_run
 
     files = expand_inputs(items)
     run = load_run(run_path)
@@ -229,9 +229,9 @@ def predict(
 def _faces(files: Sequence[Path], decoded: Sequence[Any], aparams, detector) -> list[list[Any]]:
     """The faces of each decoded photo, as align finds them: the detector sees the reduced
     decode (boxes mapped back to source pixels), and a face that needs more detail than it
-    holds is cropped from a finer decode of that one photo (:func:`fernoise.align.faces_from`)."""
-    from fernoise import align
-    from fernoise.align_stage import _finer
+    holds is cropped from a finer decode of that one photo (:func:`fernoise.align.faces.faces_from`)."""
+    from fernoise.align import faces as align
+    from fernoise.align.stage import _finer
 
     if not decoded:
         return []

@@ -34,7 +34,7 @@ the pooled runs, and ``n`` the number of runs; a single run shows no ``±``. For
 protocols the runs of one fold (several seeds) are averaged first and ``mean ± std (n)`` is
 over the ``n`` folds. Unfinished runs (fewer epochs in ``metrics.jsonl`` than configured) are
 left out and listed in :attr:`Report.notes`; so are damaged runs (each file is read by its
-validating reader in :mod:`fernoise.runfiles`), one note each naming the file and what is wrong.
+validating reader in :mod:`fernoise.evaluate.runs`), one note each naming the file and what is wrong.
 :func:`collect` raises only when no run could be read.
 """
 
@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from fernoise.errors import FernoiseError
-from fernoise.plots import noise_label
+from fernoise.evaluate.plots import noise_label
 
 METHOD_ORDER = ("ce", "pc", "nl", "ncctfer")
 FORMATS = ("markdown", "csv", "latex")
@@ -250,7 +250,7 @@ def options_of(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _eval_json(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    from fernoise.runfiles import read_eval
+    from fernoise.evaluate.runs import read_eval
 
     rep = read_eval(path / "eval.json")  # a damaged file: FernoiseError, the run is skipped with it
     if rep is None:
@@ -278,7 +278,7 @@ def stale_eval(run: Path, rep: dict[str, Any]) -> str | None:
 
 def summarise(path: str | os.PathLike) -> RunSummary:
     """Read one run folder into a :class:`RunSummary`."""
-    from fernoise.evaluate import load_run, max_last, val_selected
+    from fernoise.evaluate.stage import load_run, max_last, val_selected
 
     run = load_run(path, need_model=False)
     cfg = run.config
@@ -503,7 +503,7 @@ def build(runs: Sequence[RunSummary]) -> Report:
 
 def collect(items: Sequence[str | os.PathLike]) -> Report:
     """:func:`build` over the runs named by ``items`` (run folders, globs, folders of runs)."""
-    from fernoise.runfiles import read_config
+    from fernoise.evaluate.runs import read_config
 
     paths = find_runs(items)
     summaries, seen, broken = [], set(), []
@@ -738,7 +738,7 @@ SELECTION_PNG = "selection_vs_noise.png"
 
 def plot(rep: Report, out_dir: str | os.PathLike) -> list[Path]:
     """``accuracy_vs_noise.png`` and, where a method selects samples, ``selection_vs_noise.png``."""
-    from fernoise import plots
+    from fernoise.evaluate import plots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

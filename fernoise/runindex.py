@@ -5,7 +5,7 @@
 torch (seconds per call). A sweep re-checks hundreds of finished cells, so each finished run
 also gets a small index entry, keyed by what was *asked for*:
 
-- the :class:`~fernoise.train.TrainConfig` as given (``workers`` excluded: it changes no
+- the :class:`~fernoise.train.stage.TrainConfig` as given (``workers`` excluded: it changes no
   result), the world size from the environment;
 - the input manifest by identity: its resolved path, the sha256 of its bytes, and the key and
   content digests its metadata records (an edited manifest misses, and train keys it on its
@@ -23,7 +23,7 @@ each file's sha256 against the stamp. A lookup trusts a file whose stat is uncha
 hashes any other one against the stamp (the shortcut git uses); a file changed behind the
 tool's back, even with its mtime put back, therefore still fails the stamp and the run is
 planned and rebuilt as usual. A run that skipped rows (unusable crops) is never indexed.
-A miss costs nothing but the normal path: :func:`fernoise.train.train` calls :func:`lookup`
+A miss costs nothing but the normal path: :func:`fernoise.train.stage.train` calls :func:`lookup`
 first, then trains and calls :func:`record`.
 
 The same is done for ``eval`` (:func:`lookup_eval` / :func:`record_eval`): keyed by the run's
@@ -31,7 +31,7 @@ key, ``cam``, the split and the eval stage version, valid while everything the e
 is unchanged since it was checked: ``model.pt``, ``metrics.jsonl`` and ``config.json`` (their
 stat), the manifest (path, sha256, recorded key and content digests) and each test crop (its
 stat, with its recorded sha256). Anything else falls through to
-:func:`fernoise.evaluate.evaluate_run`, which checks the model against train's stamp and the
+:func:`fernoise.evaluate.stage.evaluate_run`, which checks the model against train's stamp and the
 crops against their sha256.
 """
 
@@ -94,7 +94,7 @@ def torch_build() -> str | None:
 
 
 def runs_root(runs_dir: str | os.PathLike | None, workspace: Workspace | None = None) -> Path:
-    """The folder of run folders, as :func:`fernoise.train.plan` resolves it."""
+    """The folder of run folders, as :func:`fernoise.train.stage.plan` resolves it."""
     return (Path(runs_dir) if runs_dir else (workspace or Workspace()).root / "runs").resolve()
 
 
@@ -204,7 +204,7 @@ def _entry_path(runs: Path, request: Mapping[str, Any]) -> Path:
 def train_request(manifest_path: str | os.PathLike, cfg: Any, workspace: Workspace | None = None) -> dict | None:
     """The index key material of one ``train`` call, or None when it cannot be told cheaply."""
     from fernoise import __version__
-    from fernoise.train import VERSION
+    from fernoise.train.config import VERSION
 
     pre = pretrained_identity(getattr(cfg, "pretrained", None), workspace)
     if pre is ...:
@@ -287,7 +287,7 @@ def _test_crops(manifest: Path) -> tuple[list[str], list[str | None]]:
     once per manifest version (path and stat) in this process."""
     import pyarrow.parquet as pq
 
-    from fernoise.evaluate import select_test_rows
+    from fernoise.evaluate.stage import select_test_rows
 
     ident = (str(manifest.resolve()), *(_stat(manifest) or []))
     if ident not in _TEST_ROWS:
@@ -313,7 +313,7 @@ def crops_state(manifest: str | os.PathLike) -> str:
 
 
 def _eval_request(run_dir: Path, cam: int) -> dict | None:
-    from fernoise.evaluate import VERSION
+    from fernoise.evaluate.stage import VERSION
 
     config = read_json(run_dir / "config.json")
     if not isinstance(config, dict) or not config.get("key"):
@@ -325,7 +325,7 @@ def lookup_eval(run_dir: str | os.PathLike, *, cam: int = 0, workspace: Workspac
     """The parsed ``eval.json`` of the run's own-manifest test evaluation when it is indexed
     and nothing it read changed: ``model.pt``, ``metrics.jsonl``, ``config.json``, the
     manifest (path, sha256, recorded key and content) and every test crop (stat),
-    else None (then :func:`fernoise.evaluate.evaluate_run` checks and decides)."""
+    else None (then :func:`fernoise.evaluate.stage.evaluate_run` checks and decides)."""
     run_dir = Path(run_dir).resolve()
     request = _eval_request(run_dir, cam)
     if request is None:

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fernoise.align import AlignParams, open_image, similarity, template_points, warp_align
-from fernoise.align_stage import LabelSpec, align_folder, merge_shards
+from fernoise.align.faces import AlignParams, open_image, similarity, template_points, warp_align
+from fernoise.align.stage import LabelSpec, align_folder, merge_shards
 from fernoise.cache import Workspace, file_sha256
 from fernoise.errors import FernoiseError
 from fernoise.manifest import read_manifest
@@ -151,7 +151,7 @@ def bad_corpus(root: Path) -> dict[str, set[str]]:
 
 
 def test_bad_input_corpus_every_file_gets_a_row(tmp_path, workspace):
-    from fernoise_cli.app import app
+    from fernoise.cli.app import app
 
     expect = bad_corpus(tmp_path / "raw")
     res = CliRunner().invoke(app, ["align", str(tmp_path / "raw"), str(tmp_path / "out"), "--workers", "2"])
@@ -225,7 +225,7 @@ def test_cache_hit_imports_neither_torch_nor_pandas(tmp_path):
     raw = labelled_tree(tmp_path / "raw")
     align_folder(raw, tmp_path / "out", WHOLE)
     code = (
-        "import sys\nfrom fernoise.align import AlignParams\nfrom fernoise.align_stage import align_folder\n"
+        "import sys\nfrom fernoise.align.faces import AlignParams\nfrom fernoise.align.stage import align_folder\n"
         f"r = align_folder({str(raw)!r}, {str(tmp_path / 'out')!r}, AlignParams(mode='whole', size=32))\n"
         "print(r.hit, 'torch' in sys.modules, 'pandas' in sys.modules, r.counts)"
     )
@@ -280,7 +280,7 @@ def test_shards_merge_into_the_unsharded_manifest(tmp_path, workspace):
     assert merge_shards(out) == r1.merged
     again = align_folder(raw, out, WHOLE, force=True)  # both shards' per-image records survive
     assert not again.hit and again.info["realigned"] == 0 and again.info["reused"] == 6
-    from fernoise_cli.app import app
+    from fernoise.cli.app import app
 
     (out / "manifest.parquet").unlink()
     res = CliRunner().invoke(app, ["align", "--merge", str(out)])
@@ -292,7 +292,7 @@ def test_shards_merge_into_the_unsharded_manifest(tmp_path, workspace):
 
 
 def test_cli_label_errors_are_one_line(tmp_path, workspace):
-    from fernoise_cli.app import app
+    from fernoise.cli.app import app
 
     raw = tmp_path / "raw"
     make_image(raw / "a.png")
@@ -318,7 +318,7 @@ def test_cli_label_errors_are_one_line(tmp_path, workspace):
 
 
 def test_cli_preset_and_whole_mode(tmp_path, workspace):
-    from fernoise_cli.app import app
+    from fernoise.cli.app import app
 
     raw = labelled_tree(tmp_path / "raw")
     (tmp_path / "p.toml").write_text('mode = "whole"\nsize = 48\nimage_format = "png"\nsplit_map = ["val=test"]\n')
@@ -334,7 +334,7 @@ def test_cli_preset_and_whole_mode(tmp_path, workspace):
 
 
 def test_shard_parsing_and_torchrun_env(monkeypatch):
-    from fernoise.align_stage import parse_shard, shard_from_env
+    from fernoise.align.stage import parse_shard, shard_from_env
 
     assert parse_shard("1/4") == (1, 4)
     for bad in ("4/4", "1", "a/b", "-1/2"):

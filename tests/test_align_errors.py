@@ -1,7 +1,7 @@
 """align's failures are one line and a non-zero exit, and leave nothing half-written: OUT a
 file, a folder given as --labels, a read-only destination (also the fernoise.lock write after
 the work is done), a full disk. The read-only and full-disk cases go through the shared
-mechanism of every command (fernoise_cli.common.handle_errors + fernoise.errors)."""
+mechanism of every command (fernoise.cli.common.handle_errors + fernoise.errors)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def raw_tree(root: Path, n: int = 4) -> Path:
 
 
 def invoke(*args: str):
-    from fernoise_cli.app import app
+    from fernoise.cli.app import app
 
     return CliRunner().invoke(app, ["align", *args])
 
@@ -148,7 +148,7 @@ def test_read_only_workspace_after_the_work_is_one_line(tmp_path, workspace, mon
 
 
 def test_full_disk_mid_run_is_one_line_and_resumes(tmp_path, workspace, monkeypatch):
-    import fernoise.align_stage as stage
+    import fernoise.align.stage as stage
 
     raw = raw_tree(tmp_path / "raw", n=6)
     out = tmp_path / "out"
@@ -235,7 +235,7 @@ def test_out_inside_raw_is_never_re_ingested(tmp_path, workspace):
     (raw / "ws" / "runs").mkdir(parents=True)
     (raw / "ws" / "fernoise.lock").write_text("{}")
     make_image(raw / "ws" / "runs" / "curves.png")
-    from fernoise.align_stage import scan_images
+    from fernoise.align.stage import scan_images
 
     skipped: list[dict[str, str]] = []
     assert scan_images(raw, skipped=skipped) == ["happy/img0.png", "happy/img1.png", "happy/img2.png"]
@@ -350,7 +350,7 @@ def test_label_summary_adds_up_to_the_rows_read(tmp_path, workspace):
 
 def test_other_commands_share_the_one_line_for_a_full_disk(tmp_path, workspace, monkeypatch):
     """The mechanism is handle_errors', so corrupt (any command) says it in one line too."""
-    from fernoise_cli.app import app
+    from fernoise.cli.app import app
 
     raw = tmp_path / "raw"
     for i, cls in enumerate(["happy", "sad", "anger", "happy", "sad", "anger"]):

@@ -14,8 +14,8 @@ import pytest
 from conftest import WILD, needs
 from PIL import Image, ImageOps
 
-from fernoise.align import AlignParams, _to_rgb, decode_image, reduction_for
-from fernoise.align_stage import align_folder, working_factor
+from fernoise.align.faces import AlignParams, _to_rgb, decode_image, reduction_for
+from fernoise.align.stage import align_folder, working_factor
 from fernoise.manifest import read_manifest
 
 
@@ -87,7 +87,7 @@ def test_three_big_pngs_peak_memory_stays_near_one_image(tmp_path):
     # VmHWM, the peak of this process image: ru_maxrss would also count the pytest parent's
     # resident memory at fork (Linux keeps the larger of the two across exec), so a big parent
     # (the whole suite, torch loaded) made the child look big.
-    code = ("import sys\nfrom fernoise_cli.app import main\nsys.argv = ['fernoise', 'align', *sys.argv[1:]]\n"
+    code = ("import sys\nfrom fernoise.cli.app import main\nsys.argv = ['fernoise', 'align', *sys.argv[1:]]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM:')][0].split()[1]\n"
             "print('PEAK_MB', int(hwm) // 1024)\n")
@@ -116,7 +116,7 @@ def test_face_in_a_big_canvas_keeps_source_coordinates_and_its_crop(tmp_path):
     """obama.jpg pasted at (1500, 2000) into a 3640x4548 canvas: decoded at 1/4 for the
     detector, the face (too small in that copy for a 224 crop) is cropped from a full decode.
     bbox/landmarks are in canvas pixels (= the photo's + the offset) and the crop matches."""
-    from fernoise.detect import make_detector
+    from fernoise.align.detect import make_detector
 
     photo = Image.open(WILD / "obama.jpg")
     photo = ImageOps.exif_transpose(photo).convert("RGB")
@@ -140,7 +140,7 @@ def test_face_in_a_big_canvas_keeps_source_coordinates_and_its_crop(tmp_path):
     # the crop is the full-resolution warp at those landmarks (up to JPEG rounding) ...
     import io
 
-    from fernoise.align import warp_align
+    from fernoise.align.faces import warp_align
     from fernoise.cache import bytes_sha256
 
     fine = warp_align(canvas, np.asarray(b["landmarks"]).reshape(5, 2), params)

@@ -11,8 +11,8 @@ import pytest
 from conftest import FERPLUS, WILD, needs
 from PIL import Image
 
-from fernoise.align import AlignParams, align_images, open_image
-from fernoise.align_stage import LabelSpec, align_folder
+from fernoise.align.faces import AlignParams, align_images, open_image
+from fernoise.align.stage import LabelSpec, align_folder
 from fernoise.formats.ferplus import majority
 from fernoise.labels import CLASSES, FERPLUS_VOTE_COLUMNS
 from fernoise.manifest import read_manifest
@@ -20,7 +20,7 @@ from fernoise.manifest import read_manifest
 
 @pytest.fixture(scope="module")
 def detector():
-    from fernoise.detect import make_detector
+    from fernoise.align.detect import make_detector
 
     return make_detector("cpu")
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from fernoise.manifest import read_manifest
 
-FERNOISE = [sys.executable, "-m", "fernoise_cli.app"]
+FERNOISE = [sys.executable, "-m", "fernoise.cli.app"]
 
 
 def noise_images(root: Path, n: int = 20) -> None:

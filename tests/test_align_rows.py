@@ -6,12 +6,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from fernoise_cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from fernoise.align import AlignParams
-from fernoise.align_stage import LabelSpec, align_folder
+from fernoise.align.faces import AlignParams
+from fernoise.align.stage import LabelSpec, align_folder
+from fernoise.cli.app import app
 from fernoise.errors import FernoiseError
 from fernoise.manifest import read_manifest
 from fernoise.subset import stratified_subset
@@ -136,7 +136,7 @@ def test_subset_is_the_one_train_max_rows_draws():
     """align's subset function gives train --max-rows' rows for label strata (one rule, shared)."""
     import pandas as pd
 
-    from fernoise.train import _subset
+    from fernoise.train.stage import _subset
 
     rng = np.random.default_rng(4)
     for _ in range(30):

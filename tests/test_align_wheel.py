@@ -21,7 +21,7 @@ def test_presets_are_package_data_loaded_with_importlib_resources():
     import tomllib
     from importlib.resources import files
 
-    from fernoise_cli.align import load_preset, preset_names
+    from fernoise.cli.align import load_preset, preset_names
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "presets/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["fernoise"]
@@ -40,7 +40,7 @@ def test_every_subpackage_is_declared():
     declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fernoise").rglob("__init__.py")}
     assert found - declared == set()
-    assert "fernoise_cli" in declared
+    assert "fernoise.cli" in declared
 
 
 @pytest.mark.slow
@@ -52,8 +52,7 @@ def test_wheel_ships_the_presets_and_a_wheel_install_runs_a_preset(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for name in ("fernoise", "cli"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "fernoise", src / "fernoise", ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
                    check=True, capture_output=True)

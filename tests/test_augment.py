@@ -10,9 +10,17 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import autoaugment as _aa
 
-from fernoise import data, views
-from fernoise.augment import DeviceViews, Draws, draw, randaug_batch, resolve_augment, weak_batch
+from fernoise import data
 from fernoise.errors import FernoiseError
+from fernoise.methods import views
+from fernoise.train.augment import (
+    DeviceViews,
+    Draws,
+    draw,
+    randaug_batch,
+    resolve_augment,
+    weak_batch,
+)
 
 SIZE = 40
 # The device the batched views run on: the CPU in CI; bench/gpu_check.sh sets cuda.
@@ -199,7 +207,7 @@ def _lowbias32(x: int) -> int:
 
 
 def test_hash_is_lowbias32_without_overflow():
-    from fernoise.augment import _hash32
+    from fernoise.train.augment import _hash32
 
     xs = [0, 1, 2, 12345, 0x7FFFFFFF, 0x80000000, 0xDEADBEEF, 0xFFFFFFFF]
     got = _hash32(torch.tensor(xs, dtype=torch.int64, device=DEV)).tolist()
@@ -208,7 +216,7 @@ def test_hash_is_lowbias32_without_overflow():
 
 
 def test_noise_field_is_standard_normal_and_keyed():
-    from fernoise.augment import noise_field
+    from fernoise.train.augment import noise_field
 
     keys = torch.tensor([[1, 2], [1, 2], [1, 3], [7, 2]], dtype=torch.int64)
     z = noise_field(keys, (3, 64, 64), DEV).cpu()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from fernoise_cli.app import app
 from test_train import SIZE, TIMING, make_manifest, read_metrics, tiny
 from typer.testing import CliRunner
 
+from fernoise.cli.app import app
 from fernoise.errors import FernoiseError
-from fernoise.train import TrainConfig, train
+from fernoise.train.stage import TrainConfig, train
 
 # Computed on main at 368df72 (before --augment existed; the worker path), this machine's
 # torch 2.14 CPU, with the runs below: per epoch (loss, train_acc, test_acc), and the key.

@@ -11,13 +11,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from fernoise_cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from fernoise.align import AlignParams
-from fernoise.align_stage import LabelSpec, align_folder, dataset_classes
-from fernoise.corrupt import CorruptParams, column_indices, corrupt, exact_count
+from fernoise.align.faces import AlignParams
+from fernoise.align.stage import LabelSpec, align_folder, dataset_classes
+from fernoise.cli.app import app
+from fernoise.corrupt.kinds import CorruptParams, column_indices, corrupt, exact_count
 from fernoise.errors import FernoiseError
 from fernoise.labels import CLASSES, class_list, label_space_of
 from fernoise.manifest import read_manifest

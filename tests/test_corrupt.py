@@ -12,11 +12,11 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from fernoise_cli.app import app
 from typer.testing import CliRunner
 
 from fernoise.cache import Workspace
-from fernoise.corrupt import CorruptParams, corrupt, exact_count, largest_remainder
+from fernoise.cli.app import app
+from fernoise.corrupt.kinds import CorruptParams, corrupt, exact_count, largest_remainder
 from fernoise.labels import ASYM_PAIRS, CLASSES
 from fernoise.manifest import read_manifest, read_meta, write_manifest
 

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import FERPLUS, needs
-from fernoise_cli.app import app
 from typer.testing import CliRunner
 
-from fernoise.corrupt import exact_count
+from fernoise.cli.app import app
+from fernoise.corrupt.kinds import exact_count
 from fernoise.formats.ferplus import majority
 from fernoise.labels import ALIASES, CLASSES, FERPLUS_VOTE_COLUMNS
 from fernoise.manifest import read_manifest, write_manifest

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fernoise import synthetic
+from fernoise.demo import synthetic
 from fernoise.errors import FernoiseError
 from fernoise.manifest import read_meta
 
@@ -84,10 +84,10 @@ TINY = {"train_per_class": 4, "test_per_class": 2, "size": 32, "epochs": 3, "war
 
 @pytest.mark.slow
 def test_demo_runs_the_pipeline_writes_every_output_and_hits_the_cache(tmp_path, monkeypatch):
-    from fernoise_cli.app import app
     from typer.testing import CliRunner
 
-    from fernoise.demo import DemoParams, run_demo
+    from fernoise.cli.app import app
+    from fernoise.demo.stage import DemoParams, run_demo
 
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
@@ -163,10 +163,10 @@ def test_demo_runs_the_pipeline_writes_every_output_and_hits_the_cache(tmp_path,
 
 
 def test_demo_refuses_bad_options_before_writing(tmp_path):
-    from fernoise_cli.app import app
     from typer.testing import CliRunner
 
-    from fernoise.demo import DemoParams
+    from fernoise.cli.app import app
+    from fernoise.demo.stage import DemoParams
 
     with pytest.raises(FernoiseError, match=r"among ce, pc, nl, ncctfer, .*got ce, mixup") as e:
         DemoParams(methods=("ce", "mixup"))
@@ -183,10 +183,10 @@ def test_demo_refuses_bad_options_before_writing(tmp_path):
 
 
 def test_demo_help_states_the_library_defaults():
-    from fernoise_cli.app import app
     from typer.testing import CliRunner
 
-    from fernoise.demo import DemoParams
+    from fernoise.cli.app import app
+    from fernoise.demo.stage import DemoParams
 
     out = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "300"})
     d = DemoParams()

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fernoise import evaluate as ev
 from fernoise.errors import FernoiseError
+from fernoise.evaluate import stage as ev
 from fernoise.labels import LABEL_SPACES
 
 CLASSES7 = list(LABEL_SPACES["basic7"])
@@ -241,7 +241,7 @@ def test_eval_end_to_end_on_a_fake_run(tmp_path, workspace):
 def test_gradcam_grid_has_the_faces_asked_for(tmp_path):
 
     from fernoise import methods
-    from fernoise.gradcam import gradcam, gradcam_grid
+    from fernoise.evaluate.gradcam import gradcam, gradcam_grid
     from fernoise.model import Classifier
 
     m = methods.create("ce", num_classes=7)
@@ -295,7 +295,7 @@ def test_cli_eval_takes_the_latest_run_and_prints_tables(tmp_path, workspace):
     man = make_manifest(tmp_path / "data", n_test=14)
     run = make_run(tmp_path / "runs" / "r1", man, test=[0.5, 0.7, 0.4, 0.4, 0.42, 0.41])
     Workspace().record("train", key="runkey-r1", output=run, params={})
-    cmd = [sys.executable, "-m", "fernoise_cli.app", "eval", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "fernoise.cli.app", "eval", "--device", "cpu"]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
     assert "top-1 accuracy" in r.stdout and "confusion matrix" in r.stdout and "contempt" not in r.stdout
@@ -322,8 +322,9 @@ def _stamped_run(tmp_path, **kw):
 
 
 def _eval_cli(*args):
-    from fernoise_cli.app import app
     from typer.testing import CliRunner
+
+    from fernoise.cli.app import app
 
     return CliRunner().invoke(app, ["eval", *map(str, args)])
 

@@ -13,7 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from fernoise.cache import Workspace
-from fernoise.corrupt_stage import run_corrupt
+from fernoise.corrupt.stage import run_corrupt
 from fernoise.labels import FERPLUS_VOTE_COLUMNS
 from fernoise.manifest import read_manifest
 

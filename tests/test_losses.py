@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from fernoise import losses
+from fernoise.methods import losses
 
 # 5 samples, 3 classes. Rows are softmax outputs p = softmax(pcc(f(x_w))).
 P = torch.tensor(

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fernoise import losses, methods
+from fernoise import methods
 from fernoise.errors import FernoiseError
+from fernoise.methods import losses
 
 MINE = ["ce", "pc", "nl", "ncctfer", "gce", "sce", "elr"]
 
@@ -99,7 +100,7 @@ class OldFerNet(nn.Module):
 
 
 def old_method_loss(net, x_w, x_s, y, *, method, warm, k, num_classes, nl_gen):
-    """fernoise.train.method_loss as of a0c243c, verbatim but for ``amp`` (always off here)."""
+    """fernoise.train.stage.method_loss as of a0c243c, verbatim but for ``amp`` (always off here)."""
     n = x_w.shape[0]
     if x_s is not None:
         pcc, ncc = net(torch.cat([x_w, x_s]))

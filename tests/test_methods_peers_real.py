@@ -12,10 +12,11 @@ from conftest import FERPLUS, needs
 from test_train import CONFIG_FIELDS, METRIC_FIELDS, read_metrics
 from test_train_real import ferplus_manifest  # noqa: F401  (module fixture)
 
-from fernoise import evaluate, methods
+from fernoise import methods
+from fernoise.evaluate import stage as evaluate
 from fernoise.images import load_many
 from fernoise.manifest import read_manifest
-from fernoise.train import TrainConfig, train
+from fernoise.train.stage import TrainConfig, train
 
 pytestmark = needs(FERPLUS)
 

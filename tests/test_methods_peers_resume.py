@@ -12,7 +12,7 @@ from killing import kill_after_epochs, resume
 from test_train import SIZE, TIMING, make_manifest, read_metrics
 
 from fernoise import methods
-from fernoise.train import TrainConfig, train
+from fernoise.train.stage import TrainConfig, train
 
 
 def test_scn_kill_9_then_resume_equals_uninterrupted(tmp_path, workspace):
@@ -20,7 +20,7 @@ def test_scn_kill_9_then_resume_equals_uninterrupted(tmp_path, workspace):
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
     flags = ["--method", "scn", "--epochs", "3", "--warmup", "0", "--batch-size", "16", "--image-size", str(SIZE),
              "--scn-relabel-epoch", "1", "--scn-relabel-margin", "0.05", "--scn-relabel-group", "all", "--keep-checkpoint"]
-    killed = [sys.executable, "-m", "fernoise_cli.app", "train", str(data), *flags, "--workers", "1",
+    killed = [sys.executable, "-m", "fernoise.cli.app", "train", str(data), *flags, "--workers", "1",
               "--runs-dir", str(tmp_path / "a")]
     a = kill_after_epochs(killed, env, tmp_path / "a")  # mid-epoch 2
     assert not (a / "model.pt").exists()

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from fernoise_cli.app import app
 from killing import kill_after_epochs, resume
 from test_train import SIZE, TIMING, make_manifest, nothing_written, read_metrics
 from typer.testing import CliRunner
 
 from fernoise import methods
-from fernoise.train import TrainConfig, train
+from fernoise.cli.app import app
+from fernoise.train.stage import TrainConfig, train
 
 
 def _strip(run: Path) -> list[dict]:
@@ -26,7 +26,7 @@ def _strip(run: Path) -> list[dict]:
 def test_elr_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=60)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
-    args = [sys.executable, "-m", "fernoise_cli.app", "train", str(data), "--method", "elr", "--epochs", "3",
+    args = [sys.executable, "-m", "fernoise.cli.app", "train", str(data), "--method", "elr", "--epochs", "3",
             "--warmup", "1", "--batch-size", "16", "--image-size", str(SIZE), "--workers", "0",
             "--lr-backbone", "1e-3", "--elr-lambda", "2", "--keep-checkpoint", "--runs-dir", str(tmp_path / "a")]
     a = kill_after_epochs(args, env, tmp_path / "a", epochs=2)  # mid-epoch 3: the targets hold 2 epochs

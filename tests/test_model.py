@@ -1,4 +1,4 @@
-"""FerNet shapes and --pretrained loading into it (local files only, fernoise.pretrained)."""
+"""FerNet shapes and --pretrained loading into it (local files only, fernoise.train.weights)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from fernoise import methods
 from fernoise.errors import FernoiseError
 from fernoise.model import FerNet
-from fernoise.pretrained import load_backbone
+from fernoise.train.weights import load_backbone
 
 
 def test_backbone_feature_map_features_and_method_heads():

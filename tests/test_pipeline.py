@@ -14,7 +14,7 @@ CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 
 
 def _fernoise(*args, cwd):
-    cmd = [sys.executable, "-m", "fernoise_cli.app", *args]
+    cmd = [sys.executable, "-m", "fernoise.cli.app", *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
                           env={**__import__("os").environ, "FERNOISE_WORKSPACE": str(cwd), "COLUMNS": "200"})
     assert proc.returncode == 0, f"{args}: {proc.stdout}\n{proc.stderr}"

@@ -11,8 +11,8 @@ import pytest
 from matplotlib.collections import PolyCollection
 from test_evaluate import CLASSES7, _history, make_manifest, make_run
 
-from fernoise import plots
-from fernoise.gradcam import gradcam_figure
+from fernoise.evaluate import plots
+from fernoise.evaluate.gradcam import gradcam_figure
 
 
 def _lines(ax):
@@ -72,7 +72,7 @@ def test_eval_says_it_on_screen_and_reports_the_base_rate(tmp_path):
     write_manifest(df, man, m.meta)
     run = make_run(tmp_path / "runs" / "r", man, method="pc")
     (run / "val_ids.json").write_text('["train_9"]')  # a carved validation row: not a training row
-    r = subprocess.run([sys.executable, "-m", "fernoise_cli.app", "eval", str(run), "--cam", "2", "--device", "cpu"],
+    r = subprocess.run([sys.executable, "-m", "fernoise.cli.app", "eval", str(run), "--cam", "2", "--device", "cpu"],
                        capture_output=True, text=True, env={**os.environ, "COLUMNS": "300", "FERNOISE_WORKSPACE": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     assert "note: gradcam.png: at 32 px the last layer (backbone.layer4) is 1x1 cells: the map is too coarse" in r.stderr

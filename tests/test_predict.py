@@ -59,7 +59,7 @@ def test_expand_inputs_finds_images_recursively_and_keeps_named_files(tmp_path):
 
 
 def test_classify_gives_sorted_top3_per_face(tmp_path):
-    from fernoise.evaluate import load_model, load_run
+    from fernoise.evaluate.stage import load_model, load_run
 
     model = load_model(load_run(make_run(tmp_path / "run")))
     rng = np.random.default_rng(1)
@@ -97,11 +97,11 @@ def test_write_rows_csv_and_json(tmp_path):
 
 
 def test_predict_folder_gives_a_row_per_file_with_reasons(tmp_path):
-    pytest.importorskip("fernoise.align", reason="fernoise.align not there yet")
+    pytest.importorskip("fernoise.align.faces", reason="fernoise.align.faces not there yet")
     run = make_run(tmp_path / "run")
     folder = make_folder(tmp_path / "photos")
     out = tmp_path / "pred.csv"
-    r = subprocess.run([sys.executable, "-m", "fernoise_cli.app", "predict", str(folder), "--run", str(run),
+    r = subprocess.run([sys.executable, "-m", "fernoise.cli.app", "predict", str(folder), "--run", str(run),
                         "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     with open(out, newline="") as fh:
@@ -124,7 +124,7 @@ WILD_SUBSET = ("dogs.jpg", "eagle.jpg", "horses.jpg", "obama.jpg", "biden.jpg", 
 def test_predict_wild_photos(tmp_path):
     """A row per face for face photos, a no_face row for the animals (a subset, for time;
     the whole folder is an acceptance command: `fernoise predict ../shared/data/wild`)."""
-    pytest.importorskip("fernoise.align", reason="fernoise.align not there yet")
+    pytest.importorskip("fernoise.align.faces", reason="fernoise.align.faces not there yet")
     from fernoise.predict import PredictParams, predict
 
     run = make_run(tmp_path / "run", size=48)
@@ -165,8 +165,8 @@ def test_greyscale_training_crops_are_detected(tmp_path):
 
 
 def test_align_params_follow_the_run():
-    pytest.importorskip("fernoise.align", reason="fernoise.align not there yet")
-    from fernoise.align import AlignParams
+    pytest.importorskip("fernoise.align.faces", reason="fernoise.align.faces not there yet")
+    from fernoise.align.faces import AlignParams
     from fernoise.predict import align_params_for
 
     assert align_params_for({"align": None}) == AlignParams()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from test_evaluate import CLASSES7, make_manifest, make_run
 
-from fernoise import evaluate as ev
+from fernoise.evaluate import stage as ev
 
 
 # ----------------------------------------------------------------------------- bootstrap

@@ -12,15 +12,22 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from fernoise_cli.app import app
 from killing import kill_after_epochs, resume
 from test_train import SIZE, make_manifest
 from typer.testing import CliRunner
 
+from fernoise.cli.app import app
 from fernoise.errors import FernoiseError
-from fernoise.pretrain import PretrainConfig, pretrain
-from fernoise.pretrained import load_backbone, match, read_state, resolve
-from fernoise.ssl import ViewParams, byol_loss, byol_momentum, knn_accuracy, nt_xent, ssl_views
+from fernoise.pretrain.ssl import (
+    ViewParams,
+    byol_loss,
+    byol_momentum,
+    knn_accuracy,
+    nt_xent,
+    ssl_views,
+)
+from fernoise.pretrain.stage import PretrainConfig, pretrain
+from fernoise.train.weights import load_backbone, match, read_state, resolve
 
 
 # ----------------------------------------------------------------------------- losses
@@ -143,7 +150,7 @@ def test_pretrain_never_reads_training_labels(tmp_path, workspace):
 def test_pretrain_kill_9_then_resume_gives_the_same_weights(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=80)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
-    cmd = [sys.executable, "-m", "fernoise_cli.app", "pretrain", str(data), "--method", "byol", "--epochs", "3",
+    cmd = [sys.executable, "-m", "fernoise.cli.app", "pretrain", str(data), "--method", "byol", "--epochs", "3",
            "--batch-size", "16", "--image-size", str(SIZE), "--device", "cpu", "--out", str(tmp_path / "a")]
     metrics_file = kill_after_epochs(cmd, env, tmp_path / "a") / "metrics.jsonl"  # mid-epoch 2
     assert not (metrics_file.parent / "backbone.pt").exists()
@@ -201,7 +208,7 @@ def test_pretrained_scn_sequential_names_are_mapped(tmp_path):
 
 
 def test_pretrained_from_a_train_run_and_a_pretrain_folder(tmp_path, ssl_manifest, workspace):
-    from fernoise.train import TrainConfig, train
+    from fernoise.train.stage import TrainConfig, train
 
     run = train(ssl_manifest, TrainConfig(method="ce", epochs=1, warmup=0, batch_size=16, image_size=SIZE,
                                           workers=0, precision="fp32"), runs_dir=tmp_path / "runs").output

@@ -12,8 +12,8 @@ from test_pretrain import tiny
 from test_train import make_manifest
 
 from fernoise import distributed
-from fernoise.pretrain import _epoch_order, _rank_share, plan, pretrain
-from fernoise.ssl import nt_xent
+from fernoise.pretrain.ssl import nt_xent
+from fernoise.pretrain.stage import _epoch_order, _rank_share, plan, pretrain
 
 N, D = 6, 5  # images per rank, projection width
 

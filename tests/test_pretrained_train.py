@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from fernoise_cli.app import app
 from test_train import SIZE, make_manifest
 from typer.testing import CliRunner
 
 from fernoise.cache import file_sha256
-from fernoise.pretrain import PretrainConfig, pretrain
+from fernoise.cli.app import app
+from fernoise.pretrain.stage import PretrainConfig, pretrain
 
 ARGS = ["--method", "ce", "--epochs", "1", "--warmup", "0", "--batch-size", "8", "--image-size", str(SIZE),
         "--workers", "0", "--precision", "fp32", "--device", "cpu", "--lr-backbone", "1e-12"]

@@ -99,15 +99,15 @@ def test_missing_cells_are_empty_and_runs_without_val_say_so(tmp_path, four_runs
 
 
 def test_cli_report_and_errors(four_runs, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "fernoise_cli.app", "report", str(four_runs / "*"), "--csv"],
+    out = subprocess.run([sys.executable, "-m", "fernoise.cli.app", "report", str(four_runs / "*"), "--csv"],
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0].startswith("dataset,dataset_key,protocol,kfold,method,row,")
     assert out.endswith("\n") and not out.endswith("\n\n")
     with pytest.raises(FernoiseError, match="does not exist"):
         find_runs([tmp_path / "nope"])
-    r = subprocess.run([sys.executable, "-m", "fernoise_cli.app", "report", str(tmp_path / "nope*")],
+    r = subprocess.run([sys.executable, "-m", "fernoise.cli.app", "report", str(tmp_path / "nope*")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "matches nothing" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "fernoise_cli.app", "report", str(four_runs), "--format", "html"],
+    r = subprocess.run([sys.executable, "-m", "fernoise.cli.app", "report", str(four_runs), "--format", "html"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip() == "error: --format: unknown format 'html'; expected one of markdown, csv, latex"

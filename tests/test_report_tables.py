@@ -20,7 +20,7 @@ from test_report import SYM, fake_run
 
 from fernoise.report import collect, plot, plot_series, render, table_grid
 
-CLI = [sys.executable, "-m", "fernoise_cli.app"]
+CLI = [sys.executable, "-m", "fernoise.cli.app"]
 SYM5 = {"kind": "sym", "rate": 0.5, "seed": 0}
 
 

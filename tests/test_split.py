@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fernoise_cli.app import app
 from typer.testing import CliRunner
 
 from fernoise.cache import Workspace
+from fernoise.cli.app import app
 from fernoise.errors import FernoiseError
 from fernoise.manifest import read_manifest, read_meta, write_manifest
 from fernoise.split import SplitParams, make_folds, run_split

@@ -66,7 +66,7 @@ class _Captured(Exception):
 def test_align_key(tmp_path, workspace, monkeypatch):
     """Default AlignParams, class folders, three 'images' of fixed bytes (never decoded: the
     key is taken where the stage runner is called)."""
-    from fernoise import align_stage
+    from fernoise.align import stage as align_stage
 
     raw = tmp_path / "raw"
     for i, (cls, name) in enumerate([("happy", "a.jpg"), ("happy", "b.png"), ("sad", "c.jpg")]):
@@ -85,7 +85,7 @@ def test_align_key(tmp_path, workspace, monkeypatch):
 
 
 def test_corrupt_key(tmp_path, workspace):
-    from fernoise.corrupt_stage import run_corrupt
+    from fernoise.corrupt.stage import run_corrupt
 
     src = _manifest(tmp_path / "d", corrupted=False)
     res = run_corrupt(src, kind="sym", rate=0.25, seed=3, out=tmp_path / "d" / "noisy.parquet")
@@ -94,7 +94,7 @@ def test_corrupt_key(tmp_path, workspace):
 
 def test_train_keys(tmp_path, workspace):
     from fernoise import methods
-    from fernoise.train import TrainConfig, plan
+    from fernoise.train.stage import TrainConfig, plan
 
     src = _manifest(tmp_path / "d", corrupted=True)
     cfg = TrainConfig(method="ce", epochs=3, warmup=0, batch_size=4, image_size=32, workers=0,
@@ -107,7 +107,7 @@ def test_train_keys(tmp_path, workspace):
 
 
 def test_pretrain_key(tmp_path, workspace):
-    from fernoise.pretrain import PretrainConfig, plan
+    from fernoise.pretrain.stage import PretrainConfig, plan
 
     src = _manifest(tmp_path / "d", corrupted=False)
     cfg = PretrainConfig(epochs=2, image_size=32, batch_size=4, precision="fp32", device="cpu", workers=0)
@@ -118,7 +118,7 @@ def test_eval_keys(tmp_path, monkeypatch):
     """The eval key of a run: everything evaluate_run reads is fixed (a real model file's
     bytes depend on torch): the model's, content's and crops' digests as check_inputs
     returns them, the manifest's recorded key, the run's key and the history's bytes."""
-    from fernoise import evaluate
+    from fernoise.evaluate import stage as evaluate
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

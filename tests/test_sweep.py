@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fernoise_cli.app import app
 from sweep_data import make_aligned
 from typer.testing import CliRunner
 
-from fernoise import sweep
 from fernoise.cache import Workspace
+from fernoise.cli.app import app
 from fernoise.errors import FernoiseError
+from fernoise.sweep import runner as sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "grids" / "smoke.toml"
@@ -28,7 +28,7 @@ SMOKE_IDS = ["ce.sym-20.s0", "ncctfer.sym-20.s0", "ce.sym-40.s0", "ncctfer.sym-4
 # Runs the CLI in this interpreter and says, at exit, whether torch was ever imported.
 PROBE = (
     "import sys\n"
-    "from fernoise_cli.app import app\n"
+    "from fernoise.cli.app import app\n"
     "try:\n    app()\nexcept SystemExit as e:\n    code = e.code\n"
     "print('TORCH_IMPORTED', 'torch' in sys.modules, 'EXIT', code)\n"
 )
@@ -48,7 +48,7 @@ def new_workspace(root: Path, manifest: Path) -> Path:
 
 
 def cli(ws: Path, *args: str, probe: bool = False, wait: bool = True):
-    cmd = [sys.executable, "-c", PROBE, "sweep", *args] if probe else [sys.executable, "-m", "fernoise_cli.app", "sweep", *args]
+    cmd = [sys.executable, "-c", PROBE, "sweep", *args] if probe else [sys.executable, "-m", "fernoise.cli.app", "sweep", *args]
     env = {**os.environ, "FERNOISE_WORKSPACE": str(ws), "OMP_NUM_THREADS": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -200,7 +200,7 @@ def test_missing_manifest_argument_and_corrupted_manifest(data, tmp_path, monkey
     res = CliRunner().invoke(app, ["sweep", str(grid), str(tmp_path / "none.parquet")])
     assert res.exit_code == 2 and "none.parquet does not exist" in res.output
     noisy = data.parent / "manifest.sym-r0.20-s0.parquet"
-    from fernoise.corrupt_stage import run_corrupt
+    from fernoise.corrupt.stage import run_corrupt
 
     run_corrupt(data, kind="sym", rate=0.2, workspace=Workspace(tmp_path))
     res = CliRunner().invoke(app, ["sweep", str(grid), str(noisy)])

@@ -14,8 +14,8 @@ from sweep_data import SIZE, make_aligned
 
 from fernoise import runindex
 from fernoise.cache import Workspace
-from fernoise.evaluate import EvalParams, evaluate_run
-from fernoise.train import TrainConfig, train
+from fernoise.evaluate.stage import EvalParams, evaluate_run
+from fernoise.train.stage import TrainConfig, train
 
 
 def tiny(**kw) -> TrainConfig:
@@ -58,7 +58,7 @@ def test_hit_through_the_cli_imports_no_torch(trained):
     root, manifest, res = trained
     code = (
         "import sys\n"
-        "from fernoise_cli.app import app\n"
+        "from fernoise.cli.app import app\n"
         "try:\n    app()\nexcept SystemExit as e:\n    code = e.code\n"
         "print('TORCH', 'torch' in sys.modules, code)\n"
     )

@@ -12,15 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fernoise_cli.app import app
 from killing import kill_after_epochs, resume
 from PIL import Image
 from typer.testing import CliRunner
 
 from fernoise import methods
+from fernoise.cli.app import app
 from fernoise.errors import FernoiseError
 from fernoise.manifest import write_manifest
-from fernoise.train import TrainConfig, train
+from fernoise.train.stage import TrainConfig, train
 
 CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 SIZE = 32
@@ -151,7 +151,7 @@ def test_cli_cache_hit_and_changed_parameter_misses(manifest, workspace):
 def test_kill_9_then_resume_gives_identical_metrics(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=60)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
-    killed = [sys.executable, "-m", "fernoise_cli.app", "train", str(data), "--method", "ncctfer", "--epochs", "2",
+    killed = [sys.executable, "-m", "fernoise.cli.app", "train", str(data), "--method", "ncctfer", "--epochs", "2",
               "--warmup", "1", "--batch-size", "16", "--image-size", str(SIZE), "--k", "3", "--workers", "1",
               "--runs-dir", str(tmp_path / "a")]
     metrics_file = kill_after_epochs(killed, env, tmp_path / "a", timeout=120) / "metrics.jsonl"  # mid-epoch 2

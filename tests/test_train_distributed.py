@@ -8,7 +8,7 @@ import torch
 from test_train import SIZE, make_manifest
 
 from fernoise import methods
-from fernoise.train import TrainConfig, train
+from fernoise.train.stage import TrainConfig, train
 
 
 def test_two_gloo_processes_write_the_run_once(tmp_path, workspace):

@@ -15,7 +15,7 @@ from test_train import CONFIG_FIELDS, METRIC_FIELDS, read_metrics
 from fernoise import methods
 from fernoise.labels import CLASSES, canonical_name
 from fernoise.manifest import write_manifest
-from fernoise.train import TrainConfig, train
+from fernoise.train.stage import TrainConfig, train
 
 pytestmark = needs(FERPLUS)
 

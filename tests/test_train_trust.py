@@ -14,13 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fernoise_cli.app import app
 from PIL import Image
 from test_train import SIZE, make_manifest, read_metrics, tiny
 from typer.testing import CliRunner
 
+from fernoise.cli.app import app
 from fernoise.manifest import read_manifest
-from fernoise.train import TrainConfig, plan, train
+from fernoise.train.stage import TrainConfig, plan, train
 
 
 class Payload:

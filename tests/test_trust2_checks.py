@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 from sweep_data import make_aligned
 
-from fernoise import sweep
 from fernoise.cache import Workspace
-from fernoise.corrupt_stage import run_corrupt
+from fernoise.corrupt.stage import run_corrupt
 from fernoise.errors import FernoiseError
 from fernoise.manifest import read_manifest, write_manifest
-from fernoise.train import TrainConfig, plan
+from fernoise.sweep import runner as sweep
+from fernoise.train.stage import TrainConfig, plan
 
 
 def tiny(**kw):

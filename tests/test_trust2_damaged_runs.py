@@ -11,14 +11,14 @@ import subprocess
 import sys
 
 import pytest
-from fernoise_cli.app import app
 from sweep_data import make_aligned
 from test_report import SYM, fake_run
 from typer.testing import CliRunner
 
 from fernoise.cache import Workspace
+from fernoise.cli.app import app
 
-CLI = [sys.executable, "-m", "fernoise_cli.app"]
+CLI = [sys.executable, "-m", "fernoise.cli.app"]
 
 
 def _config(p, **change):
@@ -120,7 +120,7 @@ def test_eval_of_a_run_with_damaged_metrics_is_one_line(case, trained, tmp_path)
 
 # ----------------------------------------------------------------------------- sweep table
 def test_a_folder_in_place_of_the_sweep_table_is_a_note_and_the_csv_is_written(tmp_path, monkeypatch):
-    from fernoise import sweep
+    from fernoise.sweep import runner as sweep
 
     data = make_aligned(tmp_path / "data")
     ws = tmp_path / "ws"

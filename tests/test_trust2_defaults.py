@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fernoise import losses, methods
-from fernoise.grid import expand, load_grid
-from fernoise.train import TrainConfig
+from fernoise import methods
+from fernoise.methods import losses
+from fernoise.sweep.grid import expand, load_grid
+from fernoise.train.stage import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 NO_WARMUP = ["scn", "rul", "eac", "gce", "sce", "elr"]  # their official code trains the loss from epoch 1

@@ -11,11 +11,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fernoise_cli.app import app
 from test_train import SIZE, make_manifest
 from typer.testing import CliRunner
 
 from fernoise.cache import file_sha256, stamp_path, write_stamp
+from fernoise.cli.app import app
 
 ARGS = ["--method", "ce", "--epochs", "1", "--warmup", "0", "--batch-size", "8", "--image-size", str(SIZE),
         "--workers", "0", "--precision", "fp32", "--device", "cpu"]

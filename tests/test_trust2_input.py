@@ -26,7 +26,7 @@ def fernoise(*args, cwd: Path, timeout: float = TIMEOUT) -> subprocess.Completed
     """``fernoise ARGS`` in a subprocess run in ``cwd`` (also its workspace); a hang fails the test."""
     env = {**os.environ, "FERNOISE_WORKSPACE": str(cwd), "OMP_NUM_THREADS": "1"}
     try:
-        return subprocess.run([sys.executable, "-m", "fernoise_cli.app", *map(str, args)], cwd=cwd, env=env,
+        return subprocess.run([sys.executable, "-m", "fernoise.cli.app", *map(str, args)], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         pytest.fail(f"fernoise {' '.join(map(str, args))} did not finish in {timeout} s (hangs)")

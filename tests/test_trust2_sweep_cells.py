@@ -12,9 +12,9 @@ import json
 import pytest
 from sweep_data import make_aligned
 
-from fernoise import sweep
 from fernoise.cache import Workspace
 from fernoise.errors import FernoiseError
+from fernoise.sweep import runner as sweep
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_a_243_character_file_name_is_a_short_cell_name_and_the_cell_fails_clean
     (ws / other).write_bytes(b"neither")
     sw = sweep.plan(grid(ws, f'pretrained = ["{long_name}", "{other}"]'), workspace=Workspace(ws))
     ids = [c.id for c in sw.cells]
-    assert len(set(ids)) == 2 and all(len(i) == 150 for i in ids)  # fernoise.grid.MAX_ID
+    assert len(set(ids)) == 2 and all(len(i) == 150 for i in ids)  # fernoise.sweep.grid.MAX_ID
     states = sweep.run(sw, python=failing_python)  # main: the worker thread dies, the cell stays `running`
     assert [s.status for s in states] == ["failed", "failed"]
     assert all(s.reason.startswith("the cell's process exited with code 3") for s in states)

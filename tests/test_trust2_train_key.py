@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from fernoise_cli.app import app
 from test_train import SIZE, make_manifest
 from typer.testing import CliRunner
 
-from fernoise.train import TrainConfig, plan
+from fernoise.cli.app import app
+from fernoise.train.stage import TrainConfig, plan
 
 ARGS = ["--method", "ce", "--epochs", "1", "--warmup", "0", "--batch-size", "8", "--image-size", str(SIZE),
         "--workers", "0", "--precision", "fp32", "--device", "cpu"]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from fernoise_cli.app import app
 from test_train import SIZE, make_manifest
 from typer.testing import CliRunner
 
 from fernoise.cache import stamp_path
+from fernoise.cli.app import app
 
 ARGS = ["--method", "ce", "--epochs", "1", "--warmup", "0", "--batch-size", "8", "--image-size", str(SIZE),
         "--workers", "0", "--precision", "fp32", "--device", "cpu"]
@@ -105,7 +105,7 @@ def _train_limited(data: Path, ws: Path, limit: int | None, *extra: str) -> subp
         "if limit:\n"
         "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
-        "from fernoise_cli.app import app\n"
+        "from fernoise.cli.app import app\n"
         "app(sys.argv[2:], prog_name='fernoise')\n"
     )
     env = {**os.environ, "FERNOISE_WORKSPACE": str(ws), "OMP_NUM_THREADS": "1"}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from fernoise import views
 from fernoise.errors import FernoiseError
 from fernoise.images import MEAN, STD
+from fernoise.methods import views
 
 H, W = 48, 40
 

@@ -2,7 +2,7 @@
 documented; docs/methods.md says what each method computes).
 
 A method is a subclass of :class:`Method` in its own module of ``fernoise/methods/``,
-registered with ``@register`` (``fernoise.methods``). The training loop (``fernoise.train.fit``)
+registered with ``@register`` (``fernoise.methods``). The training loop (``fernoise.train.stage.fit``)
 names no method; per mini-batch it does exactly this::
 
     views = {name: normalised float (N, 3, H, W) for name in method.views_for(warm=warm)}
@@ -73,7 +73,7 @@ Views
 -----
 ``views`` names what ``fernoise.data`` builds per sample (uint8, from the per-sample numpy
 generator, so pixels depend only on (seed, epoch, sample)): ``weak`` (pad 4, random crop,
-flip), ``strong`` (that same weak view plus RandAugment), and the names ``fernoise/views.py``
+flip), ``strong`` (that same weak view plus RandAugment), and the names ``fernoise/methods/views.py``
 adds (SCN/RUL/EAC's). ``views_for(warm=True)`` defaults to the first view only. A method
 with two or more views needs ``--batch-size`` >= 2 (checked with one line).
 
@@ -241,7 +241,7 @@ class Method:
 
     def warmup_loss(self, model: FerNet, views: dict[str, Tensor], y: Tensor) -> LossOut:
         """Warm-up: cross-entropy of the test-time head on every sample of the first view."""
-        from fernoise import losses
+        from fernoise.methods import losses
 
         logits = self.logits(model, views[self.views[0]])
         ce = losses.cross_entropy(logits, y)

@@ -5,7 +5,7 @@ Source: zyh-uaiaaaa/Erasing-Attention-Consistency ``src/model.py``, ``src/loss.p
 ``F`` the last convolutional map ``(N, 512, h, w)`` (ResNet-18 here; the code uses ResNet-50).
 
 - Views: ``x1`` = image (+ Gaussian noise with p=0.5) then RandomErasing; ``x2`` = the
-  horizontal flip of the image then its own RandomErasing (``fernoise.views``).
+  horizontal flip of the image then its own RandomErasing (``fernoise.methods.views``).
 - CAMs (:func:`class_activation_maps`): ``H_k = sum_c W[k, c] F_c`` with the classifier
   weights ``W`` detached (``.data`` in the code), ``F`` not: ``(N, C, h, w)``.
 - ``L = CE(logits(x1), y) + lam * MSE(H(x1), flip(H(x2)))`` (:func:`flip_consistency`),
@@ -97,7 +97,7 @@ class EAC(Method):
             )
 
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:
-        from fernoise import losses
+        from fernoise.methods import losses
 
         if warm:
             return self.warmup_loss(model, views, y)

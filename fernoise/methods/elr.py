@@ -46,7 +46,7 @@ class ELR(Method):
         self.targets = torch.zeros(n_rows, num_classes, dtype=torch.float32)
 
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:
-        from fernoise import losses
+        from fernoise.methods import losses
 
         logits = self.logits(model, views["weak"])
         p = losses.elr_probs(logits)

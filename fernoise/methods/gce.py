@@ -34,7 +34,7 @@ class GCE(Method):
     warmup = 0  # the paper trains L_q from the first epoch (no warm-up)
 
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:
-        from fernoise import losses
+        from fernoise.methods import losses
 
         if warm:
             return self.warmup_loss(model, views, y)

@@ -75,7 +75,7 @@ class NCCTFER(Method):
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:
         import torch
 
-        from fernoise import losses
+        from fernoise.methods import losses
 
         if warm:
             return self.warmup_loss(model, views, y)

@@ -21,7 +21,7 @@ class NL(Method):
     parts = ("s", "nl")
 
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:
-        from fernoise import losses
+        from fernoise.methods import losses
 
         if warm:
             return self.warmup_loss(model, views, y)

@@ -24,7 +24,7 @@ def confident_step(logits, y, num_classes: int, threshold: str):
     """Eq. 1-3 on the positive head's logits ``(N, C)``: ``(L_s, confident (N,), T (C,))``."""
     import torch.nn.functional as F
 
-    from fernoise import losses
+    from fernoise.methods import losses
 
     p = F.softmax(logits.detach().float(), dim=1)
     if threshold == "labelled":

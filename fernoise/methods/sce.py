@@ -44,7 +44,7 @@ class SCE(Method):
     warmup = 0  # HanxunH/SCELoss-Reproduce trains SCE from the first epoch
 
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:
-        from fernoise import losses
+        from fernoise.methods import losses
 
         if warm:
             return self.warmup_loss(model, views, y)

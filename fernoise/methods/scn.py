@@ -165,7 +165,7 @@ class SCN(Method):
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:
         import torch
 
-        from fernoise import losses
+        from fernoise.methods import losses
 
         y = self.trained_labels(y, idx)
         f = model.features(views["scn"])

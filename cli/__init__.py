@@ -1,1 +1,0 @@
-"""The Typer command-line app of fernoise (installed as the import package ``fernoise_cli``)."""

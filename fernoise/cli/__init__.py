@@ -1,0 +1,1 @@
+"""The Typer command-line app of fernoise (console script ``fernoise = fernoise.cli.app:main``)."""

@@ -1,0 +1,89 @@
+"""`fernoise corrupt`: exact, reproducible label noise on a manifest's training rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fernoise.cli.common import SeedOpt, WorkspaceOpt, console, handle_errors, wrote
+
+HELP = (
+    "Corrupt the training labels of a manifest (sym, asym, matrix or column noise), exactly and reproducibly.\n\n"
+    "Writes a new manifest beside the input (e.g. manifest.sym-r0.30-s0.parquet) with label (noisy), "
+    "label_clean and is_noisy, and prints the realised transition matrix and rates. "
+    "Without MANIFEST, the latest `fernoise align` output of the workspace is used."
+)
+
+def print_noise(noise: dict) -> None:
+    """The realised transition matrix (true x noisy, counts) and the realised rates."""
+    from rich import box
+    from rich.table import Table
+
+    classes = noise.get("classes") or []
+    t = noise.get("transition") or []
+    # compact enough for 8 classes in 80 columns: 4-letter headers, no vertical rules
+    table = Table(
+        title="realised transitions: rows clean label, columns noisy label (counts)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    table.add_column("clean", style="bold", no_wrap=True)
+    for c in classes:
+        table.add_column(c[:4], justify="right", no_wrap=True)
+    table.add_column("n", justify="right", no_wrap=True)
+    table.add_column("flip", justify="right", no_wrap=True)
+    table.add_column("rate", justify="right", no_wrap=True)
+    for i, c in enumerate(classes):
+        row = [f"[dim]{v}[/dim]" if v == 0 else (f"[green]{v}[/green]" if i == j else str(v)) for j, v in enumerate(t[i])]
+        rate = noise["rate_per_class"][i]
+        table.add_row(c, *row, str(noise["n"][i]), str(noise["flipped"][i]), "-" if rate is None else f"{rate:.4f}")
+    console.print(table)
+    overall = noise.get("rate_overall")
+    flipped, n = sum(noise.get("flipped", [])), sum(noise.get("n", []))
+    line = f"realised rate: {overall:.4f} ({flipped:,} of {n:,} labelled training rows)" if overall is not None else "realised rate: -"
+    if noise.get("kind") == "column":
+        line += f"; {noise.get('missing', 0):,} training rows have no {noise.get('column')} (label null)"
+        outside = noise.get("outside") or {}
+        if outside:
+            shown = ", ".join(f"{k} {v:,}" for k, v in outside.items())
+            line += (f"; {sum(outside.values()):,} have a class this manifest does not have ({shown}): "
+                     "label null, left out of the matrix")
+    console.print(line)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(name="corrupt", help=HELP)
+    @handle_errors
+    def corrupt_cmd(
+        manifest: Annotated[Path | None, typer.Argument(metavar="MANIFEST", help="Manifest to corrupt (default: the latest aligned one).")] = None,
+        kind: Annotated[str | None, typer.Option("--kind", help="sym, asym, matrix or column.")] = None,
+        rate: Annotated[float | None, typer.Option("--rate", help="Fraction of each class to flip, in [0, 1) (sym, asym).")] = None,
+        seed: SeedOpt = 0,
+        pairs: Annotated[Path | None, typer.Option("--pairs", help="asym: CSV 'from,to' or JSON {from: to} replacing the paper's pairs.")] = None,
+        matrix: Annotated[Path | None, typer.Option("--matrix", help="matrix: C x C CSV or .npy, rows = true class, rows sum to 1.")] = None,
+        column: Annotated[str | None, typer.Option("--column", help="column: the manifest column holding the noisy annotation.")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Allow noise on an already corrupted manifest; recompute even on a cache hit.")] = False,
+        out: Annotated[Path | None, typer.Option("--out", help="Output path (default: beside the input, named by kind, rate, seed).")] = None,
+        workspace: WorkspaceOpt = None,
+    ) -> None:
+        from fernoise.cache import Workspace
+        from fernoise.corrupt.stage import run_corrupt
+
+        res = run_corrupt(
+            manifest,
+            kind=kind,
+            rate=rate,
+            seed=seed,
+            pairs_file=pairs,
+            matrix_file=matrix,
+            column=column,
+            force=force,
+            out=out,
+            workspace=Workspace(workspace) if workspace is not None else None,
+        )
+        wrote(res.output, hit=res.hit)
+        print_noise(res.noise)

@@ -1,0 +1,209 @@
+"""`fernoise train [MANIFEST]`: train any registered method; a re-run is a cache hit or a resume.
+
+The options are those every method shares plus one per method flag (``fernoise.methods``:
+each method's ``Params``), all built from the registry; a flag of another method is a
+one-line error naming both.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fernoise.cli.common import (
+    DeviceOpt,
+    ForceOpt,
+    SeedOpt,
+    WorkspaceOpt,
+    console,
+    err_console,
+    handle_errors,
+    wrote,
+)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+class _Progress:
+    """Rich progress bar per epoch (images/s, running loss) and a one-line summary per epoch."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        self.task = None
+
+    def __call__(self, ev: dict) -> None:
+        kind = ev["event"]
+        if kind == "decode":
+            if self.task is None:
+                self.bar.start()
+                self.task = self.bar.add_task("decoding crops", total=ev["total"], info="")
+            self.bar.update(self.task, completed=ev["done"])
+            if ev["done"] == ev["total"]:
+                self._stop()
+        elif kind == "epoch_start":
+            self._stop()
+            self.bar.start()
+            tag = " (warm-up)" if ev["warmup"] else ""
+            self.task = self.bar.add_task(f"epoch {ev['epoch']}/{ev['epochs']}{tag}", total=ev["batches"], info="")
+        elif kind == "batch" and self.task is not None:
+            self.bar.update(self.task, completed=ev["done"], info=f"loss {ev['loss']:.4f}  {ev['images_per_s']:.0f} img/s")
+        elif kind == "epoch_end":
+            self._stop()
+            m = ev["metrics"]
+            conf = f"  conf {_fmt(m['confident_frac'])}" if m["confident_frac"] is not None else ""
+            if m.get("relabelled") is not None:
+                conf += f"  relabelled {m['relabelled']}"
+            if m["confident_precision"] is not None:
+                conf += f" (prec {_fmt(m['confident_precision'])} rec {_fmt(m['confident_recall'])})"
+            console.print(
+                f"epoch {m['epoch']:>3}{' w' if m['warmup'] else '  '}  loss {m['loss']:.4f}  "
+                f"train {m['train_acc']:.3f}  val {_fmt(m['val_acc'])}  test {_fmt(m['test_acc'])}{conf}  "
+                f"{m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s",
+                soft_wrap=True,
+            )
+        elif kind == "pretrained":
+            self._stop()
+            console.print(f"pretrained {ev['path']} ({ev['kind']}, sha256 {ev['sha256'][:12]})", soft_wrap=True,
+                          markup=False)
+            for what, count, keys in ev["table"]:
+                console.print(f"  {what:<22} {count:>4}  {keys}".rstrip(), soft_wrap=True, markup=False)
+        elif kind == "resume":
+            console.print(f"resuming {ev['run_dir']} after epoch {ev['epoch']}")
+        elif kind == "warning":
+            self._stop()
+            err_console.print(f"[yellow]warning:[/yellow] {ev['message']}", soft_wrap=True)
+        elif kind in ("note", "header"):
+            self._stop()
+            console.print(ev["message"], soft_wrap=True, markup=False)
+
+    def _stop(self) -> None:
+        if self.task is not None:
+            self.bar.stop()
+            self.bar.remove_task(self.task)
+            self.task = None
+
+    def close(self) -> None:
+        self._stop()
+
+
+def _static_options(
+    manifest: Annotated[Path | None, typer.Argument(help="Manifest (default: the latest of `fernoise corrupt`/`align`).")] = None,
+    method: Annotated[str, typer.Option("--method", help="Training method; `fernoise methods` lists them all.")] = "ncctfer",
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (default: the method's).", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per batch, per process when distributed (default: the method's).", show_default=False)] = None,
+    image_size: Annotated[int, typer.Option("--image-size", help="Training and test image side in pixels.")] = 224,
+    warmup: Annotated[int | None, typer.Option("--warmup", help="Epochs of plain cross-entropy first (default: the method's: min(5, epochs // 3) for ncctfer, ce, pc, nl; 0 for scn, rul, eac, gce, sce, elr, whose code has none).", show_default=False)] = None,
+    lr_backbone: Annotated[float | None, typer.Option("--lr-backbone", help="Adam lr of the backbone (default: the method's).", show_default=False)] = None,
+    lr_head: Annotated[float | None, typer.Option("--lr-head", help="Adam lr of the heads (default: the method's).", show_default=False)] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Adam weight decay (default: the method's).", show_default=False)] = None,
+    lr_decay: Annotated[float | None, typer.Option("--lr-decay", help="Per-epoch exponential lr factor; 1 = constant (default: the method's).", show_default=False)] = None,
+    randaug_magnitude: Annotated[int, typer.Option("--randaug-magnitude", help="RandAugment magnitude 0..30 (2 ops) of the strong view.")] = 10,
+    pretrained: Annotated[Path | None, typer.Option("--pretrained", help="Backbone start: a state dict file (resnet18_msceleb.pth, torchvision resnet18-*.pth, backbone.pt), a train run folder or its model.pt, a pretrain folder, or `latest` (the workspace's latest `fernoise pretrain`).")] = None,
+    pretrained_partial: Annotated[bool, typer.Option("--pretrained-partial", help="Accept a --pretrained file that fills only part of the backbone (the rest stays random).")] = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (autocast).")] = "auto",
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Stratified share of train held out when the manifest has no val rows.")] = 0.1,
+    val_clean: Annotated[bool, typer.Option("--val-clean", help="Validate on label_clean (oracle-clean validation; recorded in config.json).")] = False,
+    max_rows: Annotated[int | None, typer.Option("--max-rows", help="Train on a seeded, stratified subset of N training rows (part of the key).")] = None,
+    keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pt after the run finishes (removed by default).")] = False,
+    runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Folder of run folders (default: <workspace>/runs).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers (default: auto).")] = None,
+    augment: Annotated[str, typer.Option("--augment", help="Where views are made: device (batched on the training device), workers (DataLoader workers) or auto (= device, on CUDA and on the CPU); recorded in the key.")] = "auto",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (skipped with a warning where unavailable).")] = False,
+    devices: Annotated[int, typer.Option("--devices", help="Local processes for torch.distributed (DDP).")] = 1,
+    force: ForceOpt = False,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """The options every method shares; the signature of `fernoise train` adds each method's flags."""
+
+
+def _ident(flag: str) -> str:
+    return "method_" + flag.lstrip("-").replace("-", "_")
+
+
+def _method_options() -> list[inspect.Parameter]:
+    """One keyword option per method flag (``fernoise.methods``), default None = the method's."""
+    from dataclasses import fields
+
+    from fernoise import methods
+    from fernoise.methods.base import option_type
+
+    out = []
+    for flag, owners in methods.all_flags().items():
+        name, field_name = next(iter(owners.items()))
+        f = next(f for f in fields(methods.get(name).Params) if f.name == field_name)
+        kind = option_type(f)
+        choices = f"; one of {', '.join(f.metadata['choices'])}" if f.metadata.get("choices") else ""
+        help_ = f"{', '.join(owners)}: {f.metadata['help']} (default {f.default}{choices})"
+        out.append(inspect.Parameter(
+            _ident(flag), inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation=Annotated[kind | None, typer.Option(flag, help=help_, show_default=False, rich_help_panel="Method options")],
+        ))
+    return out
+
+
+def _train(**kw) -> None:
+    # Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared CPU
+    # spinning threads of several trainers starve each other (measured 2-3x slower).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from fernoise import methods
+    from fernoise.cache import Workspace
+    from fernoise.train.stage import TrainConfig, train
+
+    given = {flag: kw.pop(_ident(flag)) for flag in methods.all_flags()}
+    method = kw["method"]
+    params = methods.make_params(method, given)  # a flag of another method: one line naming both
+    pretrained = kw["pretrained"]
+    cfg = TrainConfig(
+        method=method, method_params=params, epochs=kw["epochs"], batch_size=kw["batch_size"],
+        image_size=kw["image_size"], warmup=kw["warmup"], lr_backbone=kw["lr_backbone"], lr_head=kw["lr_head"],
+        weight_decay=kw["weight_decay"], lr_decay=kw["lr_decay"], randaug_magnitude=kw["randaug_magnitude"],
+        pretrained=str(pretrained) if pretrained else None, pretrained_partial=kw["pretrained_partial"], seed=kw["seed"], device=kw["device"],
+        precision=kw["precision"], val_fraction=kw["val_fraction"], workers=kw["workers"], devices=kw["devices"],
+        val_clean=kw["val_clean"], max_rows=kw["max_rows"], keep_checkpoint=kw["keep_checkpoint"],
+        augment=kw["augment"], compile=kw["compile_"],
+    )
+    ws = Workspace(kw["workspace"])
+    manifest = kw["manifest"]
+    if manifest is None:
+        manifest = ws.latest("corrupt", "align", what="manifest", flag="MANIFEST")
+    runs = kw["runs_dir"] if kw["runs_dir"] is not None else ws.root / "runs"
+    bar = _Progress()
+    try:
+        result = train(manifest, cfg, runs_dir=runs, workspace=ws, progress=bar, force=kw["force"])
+    finally:
+        bar.close()
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+        wrote(result.output, hit=result.hit)
+
+
+def register(app: typer.Typer) -> None:
+    def train_cmd(**kw) -> None:
+        _train(**kw)
+
+    base = inspect.signature(_static_options, eval_str=True)
+    train_cmd.__signature__ = base.replace(parameters=[*base.parameters.values(), *_method_options()])
+    app.command(
+        name="train",
+        help="Train a method (`fernoise methods`) on a manifest; writes runs/<key>/ (re-run: cache hit or resume).",
+    )(handle_errors(train_cmd))

@@ -1,0 +1,1015 @@
+"""`fernoise train`: the one training loop; every method is a plugin (``fernoise.methods``).
+
+Reads a manifest (rows with a crop, status ok/whole): ``split == train`` rows with a label
+are trained on, ``val`` rows validate (or a seeded stratified ``val_fraction`` of train when
+the manifest has none), ``test`` rows test. Writes ``runs/<key[:16]>/`` (notes/rundir.md):
+``config.json``, ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (atomically, every
+epoch; a re-run resumes from it; removed when the run finishes unless ``keep_checkpoint``),
+``model.pt`` (final weights), ``val_ids.json`` when validation rows were carved out of train,
+and the stage stamp.
+
+Trust (issue 8): the checkpoint holds only tensors, numbers, strings, lists and dicts and is
+read with ``torch.load(weights_only=True)``; an unreadable, truncated or foreign one is
+treated as absent (one warning, the run starts over). The key's manifest input is the content
+digest of the columns train reads (:data:`READS`), so an edited manifest never hits an old run.
+Crop paths resolve against the manifest's folder; crops outside it are allowed but reported,
+and crops that cannot be decoded are skipped and counted (:mod:`fernoise.data`).
+
+Trust (issue 19): a run that skipped rows is keyed on them too (:func:`key_inputs`: the
+digest of their ids), so once ``fernoise align`` has repaired them the same command trains
+again; a fully usable run keeps the key it always had. A NaN or inf start (``--pretrained``)
+is refused before training; a non-finite loss stops the run with one line naming the epoch and
+step, and nothing is written as finished (no model.pt, no stamp, no index entry; the
+checkpoint of the epochs before stays). A full disk (ENOSPC, EDQUOT, EFBIG, or torch's stream
+writer failing) while writing the image cache, ``checkpoint.pt`` or ``model.pt`` is one line
+(:func:`save_torch`); the temporary file is removed and the re-run resumes from the last
+checkpoint.
+
+Read :func:`fit` for the loop: it names no method. The method (``--method``, its flags, its
+heads, views, loss, per-sample state and optimiser defaults) is declared in its module of
+``fernoise/methods/`` (the API: ``fernoise/methods/base.py``; what each computes:
+docs/methods.md). Choices where the papers are silent (docs/methods.md): warm-up (plain CE of
+the main head on every sample) applies to every method for its first ``warmup`` epochs; no
+learning-rate schedule unless the method's defaults or ``lr_decay`` (per-epoch exponential)
+say so.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fernoise import __version__, runindex
+from fernoise.cache import (
+    StageResult,
+    Workspace,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    bytes_sha256,
+    clean_stale_tmp,
+    file_sha256,
+    outputs_intact,
+    read_json,
+    run_stage,
+    stage_key,
+    stamp_path,
+)
+from fernoise.devices import resolve_device
+from fernoise.errors import FernoiseError, require_folder
+from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest
+from fernoise.train.config import (
+    READS,
+    VERSION,
+    Progress,
+    TrainConfig,
+    resolve_precision,
+)
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class Plan:
+    """Everything the loop needs, checked before anything is written."""
+
+    cfg: TrainConfig
+    manifest: Manifest
+    device: str
+    precision: str
+    key: str
+    run_dir: Path
+    config: dict[str, Any]
+    key_params: dict[str, Any]
+    rows: pd.DataFrame  # usable rows, in array-cache order
+    train_pos: np.ndarray
+    val_pos: np.ndarray
+    test_pos: np.ndarray
+    labels: np.ndarray  # (len(rows),) int64, -1 where unlabelled
+    is_noisy: np.ndarray | None  # (len(rows),) bool for the train rows' flags, or None
+    val_ids: list[str] | None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one-line facts printed before training
+    paths: list[str] = field(default_factory=list)  # resolved crop paths, one per row of `rows`
+    cache_dir: Path | None = None  # the decoded-image cache folder (<workspace>/.fernoise/arrays)
+    shas: list[str | None] | None = None  # crop_sha256 per row when the manifest records it
+
+
+def _carve_val(train: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
+    """A seeded, stratified ``fraction`` of ``train`` (per class: round(fraction * n_c))."""
+    rng = np.random.default_rng([seed, 0x7A1])
+    picked = []
+    for _, group in train.groupby("label", sort=True):
+        n = int(round(fraction * len(group)))
+        if n:
+            picked.extend(group.index[rng.choice(len(group), size=n, replace=False)])
+    return pd.Index(sorted(picked))
+
+
+def _subset(train: pd.DataFrame, n: int, seed: int) -> pd.Index:
+    """A seeded subset of ``n`` rows of ``train``, stratified by label (largest remainder):
+    :func:`fernoise.subset.stratified_subset`, the rule align's ``--max-rows`` uses too."""
+    from fernoise.subset import stratified_subset
+
+    return train.index[stratified_subset(train["label"].astype(int).tolist(), n, seed)]
+
+
+def _resolve_paths(m: Manifest, rel: pd.Series) -> tuple[list[str], list[str]]:
+    """Crop paths resolved against the manifest's folder, and those that land outside it."""
+    root = os.path.realpath(m.root)
+    dirs: dict[str, str] = {}  # realpath per folder: one call per folder, not per crop
+    paths, outside = [], []
+    for x in rel:
+        joined = os.path.join(root, x)  # an absolute x stays absolute
+        folder, name = os.path.split(os.path.normpath(joined))
+        if folder not in dirs:
+            dirs[folder] = os.path.realpath(folder)
+        full = os.path.join(dirs[folder], name)
+        paths.append(full)
+        if os.path.commonpath([root, full]) != root:
+            outside.append(str(x))
+    return paths, outside
+
+
+def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | os.PathLike | None = None,
+         workspace: Workspace | None = None) -> Plan:
+    """Read and check the manifest and the configuration; compute the key and the run folder.
+
+    Raises FernoiseError (naming the flag) on any bad input; writes nothing.
+    """
+    from fernoise import data
+
+    if runs_dir is not None:
+        require_folder(runs_dir, "runs folder", flag="--runs-dir", may_be_missing=True)
+    m = read_manifest(manifest_path)
+    if "path" not in m.df.columns:
+        raise FernoiseError(
+            f"{m.path} has no `path` column (the crop of each row); make the manifest with `fernoise align`",
+            flag="MANIFEST",
+        )
+    classes = m.classes
+    if not classes:
+        raise FernoiseError(f"{m.path} has no class list in its metadata; make it with `fernoise align`", flag="MANIFEST")
+    C = len(classes)
+    if C < 2:
+        raise FernoiseError(f"{m.path} has {C} class ({classes}); training needs at least 2", flag="MANIFEST")
+    # The method checks its parameters against C (e.g. --k) and resolves those that depend on it
+    # (ncctfer's k None = min(4, C - 1)); config.json and the key record the resolved values.
+    heads, resolved = method_heads(cfg, C)
+    cfg = replace(cfg, method_params=resolved)
+    try:
+        check_labels(m.df, classes)
+    except FernoiseError as e:
+        raise FernoiseError(f"{m.path}: {e}; fix the manifest's labels", flag="MANIFEST") from None
+    key_in = m.key or file_sha256(m.path)
+    content = m.content_key(READS)  # one pass over the columns train reads
+    warnings, notes = [], []
+    edited = m.edited(READS)
+    if edited:
+        warnings.append(
+            f"{m.path.name} was edited after `fernoise {m.meta.get('stage', '?')}` wrote it "
+            f"({', '.join(edited)} differ from its recorded digests); the run is keyed on its content"
+        )
+    if cfg.val_clean and "label_clean" not in m.df.columns:
+        raise FernoiseError(f"{m.path} has no label_clean column (it was not corrupted); drop --val-clean",
+                            flag="--val-clean")
+
+    from fernoise.manifest import unknown_splits
+
+    if other_splits := unknown_splits(m.df):  # e.g. `holdout`: said, never silently dropped
+        warnings.append(f"{m.path.name}: {other_splits}")
+    rows = m.df[data.usable(m.df)].reset_index(drop=True)
+    labelled = rows["label"].notna()
+    train = rows[(rows["split"] == "train") & labelled]
+    if train.empty:
+        raise FernoiseError(
+            f"{m.path} has no labelled training rows with a crop (split == train, label set, status ok/whole)",
+            flag="MANIFEST",
+        )
+    n_train_all = len(train)
+    if cfg.max_rows is not None and cfg.max_rows < len(train):
+        train = train.loc[_subset(train, cfg.max_rows, cfg.seed)]
+        notes.append(f"--max-rows: a stratified subset of {len(train):,} of {n_train_all:,} training rows (seed {cfg.seed})")
+    counts = np.bincount(train["label"].astype(int), minlength=C)
+    for c in np.flatnonzero(counts == 0):
+        warnings.append(f"class {classes[c]!r} has no training samples; training continues without it")
+
+    val = rows[(rows["split"] == "val") & labelled]
+    val_ids, val_source, val_fraction = None, "split", None
+    if val.empty and cfg.val_fraction > 0:
+        carved = _carve_val(train, cfg.val_fraction, cfg.seed)
+        val, train = train.loc[carved], train.drop(carved)
+        val_ids, val_source, val_fraction = rows.loc[carved, "id"].tolist(), "carved", cfg.val_fraction
+    elif val.empty:
+        val_source = "none"
+    noisy_source = find_stage(m.meta, "corrupt") is not None or "label_clean" in rows.columns
+    if cfg.val_clean:
+        val_labels = "oracle-clean"
+    elif val_source == "carved":
+        val_labels = "noisy" if noisy_source else "train"
+    else:
+        val_labels = "split" if val_source == "split" else None
+    if val_source == "carved" and not cfg.val_clean:
+        notes.append(
+            f"validation: {len(val):,} rows carved from the training split keep their "
+            f"{'noisy ' if noisy_source else ''}training labels, so val_acc measures agreement with them"
+            + ("; --val-clean validates on label_clean instead" if "label_clean" in rows.columns else "")
+        )
+    elif cfg.val_clean:
+        notes.append(f"validation: {len(val):,} rows scored against label_clean (oracle-clean, --val-clean)")
+    test = rows[(rows["split"] == "test") & labelled]
+    if len(train) < 2:
+        raise FernoiseError(
+            f"{m.path} leaves {len(train)} training row(s) after validation; training needs at least 2 "
+            "(one batch of 2); add rows, or lower --val-fraction",
+            flag="MANIFEST",
+        )
+    test_counts = np.bincount(test["label"].astype(int), minlength=C) if len(test) else np.zeros(C, int)
+    trained = np.bincount(train["label"].astype(int), minlength=C)
+    unseen = [classes[c] for c in np.flatnonzero((test_counts > 0) & (trained == 0))]
+    if unseen:
+        n_unseen = int(sum(test_counts[classes.index(c)] for c in unseen))
+        warnings.append(
+            f"test class(es) {', '.join(repr(c) for c in unseen)} never occur in training ({n_unseen:,} test rows): "
+            "the model cannot predict them right"
+        )
+    paths, outside = _resolve_paths(m, rows["path"])
+    if outside:
+        warnings.append(
+            f"{len(outside):,} crop paths resolve outside the manifest's folder {m.root.resolve()}, "
+            f"e.g. {outside[0]!r}; they are read as given"
+        )
+    shas = rows["crop_sha256"].where(rows["crop_sha256"].notna(), None).tolist() if "crop_sha256" in rows.columns else None
+
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    from fernoise.train.augment import resolve_augment
+
+    augment = resolve_augment(cfg.augment, device)
+    ws = workspace or Workspace()
+    pretrained, pre_kind, pre_sha, pre_report = None, None, None, None
+    if cfg.pretrained:  # resolved (`latest` through the workspace lock), read and matched now
+        from fernoise.model import FerNet
+        from fernoise.train.weights import load_backbone
+
+        source, report = load_backbone(FerNet().backbone, cfg.pretrained, partial=cfg.pretrained_partial,
+                                       workspace=ws)
+        pretrained, pre_kind = str(source.path.resolve()), source.kind
+        pre_sha, pre_report = file_sha256(pretrained), report.as_dict()
+    world = _world(cfg)
+    key_params = {
+        "method": cfg.method, "method_params": cfg.method_params_dict(), "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size, "image_size": cfg.image_size, "warmup": cfg.warmup,
+        "lr_backbone": cfg.lr_backbone, "lr_head": cfg.lr_head, "weight_decay": cfg.weight_decay,
+        "lr_decay": cfg.lr_decay,
+        "randaug_magnitude": cfg.randaug_magnitude, "pretrained_sha256": pre_sha, "seed": cfg.seed,
+        "precision": precision, "val_fraction": val_fraction, "world_size": world,
+    }
+    if cfg.val_clean:  # only when set: keys of runs without it stay as they were
+        key_params["val_clean"] = True
+    if cfg.max_rows is not None:
+        key_params["max_rows"] = cfg.max_rows
+    if cfg.pretrained_partial:  # only when set, as val_clean
+        key_params["pretrained_partial"] = True
+    if augment != "workers":  # the worker path keeps the keys runs had before --augment existed
+        key_params["augment"] = augment
+    if cfg.compile:
+        key_params["compile"] = True
+    key = stage_key("train", VERSION, key_params, {"manifest": key_in, "content": content})
+    runs_dir = Path(runs_dir) if runs_dir else ws.root / "runs"
+    run_dir = runs_dir.resolve() / key[:16]
+
+    corrupt = find_stage(m.meta, "corrupt")
+    align = find_stage(m.meta, "align")
+    labels = rows["label"].fillna(-1).astype(np.int64).to_numpy().copy()
+    if cfg.val_clean:  # oracle-clean validation: the val rows' labels are their clean labels
+        vpos = val.index.to_numpy(np.int64)
+        labels[vpos] = rows["label_clean"].iloc[vpos].fillna(-1).astype(np.int64).to_numpy()
+    is_noisy = rows["is_noisy"].fillna(False).astype(bool).to_numpy() if "is_noisy" in rows.columns else None
+    config = {
+        **{k: v for k, v in asdict(cfg).items() if k not in ("devices",)},
+        "k": getattr(cfg.method_params, "k", None), "heads": heads,
+        "pretrained": pretrained, "pretrained_kind": pre_kind, "pretrained_given": cfg.pretrained,
+        "pretrained_sha256": pre_sha, "pretrained_report": pre_report,
+        "precision": precision, "precision_requested": cfg.precision,
+        "augment": augment, "augment_requested": cfg.augment, "compile": cfg.compile,
+        "device": device, "device_requested": cfg.device, "world_size": world,
+        "val_fraction": val_fraction, "val_fraction_requested": cfg.val_fraction, "val_source": val_source,
+        "manifest": str(Path(m.path).resolve()), "manifest_key": key_in, "manifest_content": content,
+        "val_labels": val_labels, "max_rows": cfg.max_rows, "n_train_available": n_train_all,
+        "classes": classes, "label_space": m.meta.get("label_space"), "num_classes": C,
+        "two_heads": "ncc" in heads,  # the key of issue 4; "heads" names them all
+        "views": list(_method_class(cfg).views),
+        "noise": dict(corrupt["params"]) if corrupt else None,
+        "align": dict(align["params"]) if align else None,
+        "n_train": len(train), "n_val": len(val), "n_test": len(test),
+        "train_class_counts": np.bincount(train["label"].astype(int), minlength=C).tolist(),
+        "stage_version": VERSION, "fernoise_version": __version__, "key": key,
+    }
+    return Plan(
+        cfg=cfg, manifest=m, device=device, precision=precision, key=key, run_dir=run_dir,
+        config=config, key_params=key_params, rows=rows,
+        train_pos=train.index.to_numpy(np.int64), val_pos=val.index.to_numpy(np.int64),
+        test_pos=test.index.to_numpy(np.int64), labels=labels, is_noisy=is_noisy,
+        val_ids=val_ids, warnings=warnings, notes=notes, paths=paths,
+        cache_dir=ws.root / ".fernoise" / "arrays", shas=shas,
+    )
+
+
+def method_heads(cfg: TrainConfig, num_classes: int) -> tuple[list[str], Any]:
+    """The names of the modules ``cfg.method`` adds to the backbone (built on the meta device:
+    no memory, no random draws) and its parameters resolved for ``num_classes``; raises the
+    method's FernoiseError for bad parameters."""
+    import torch
+
+    from fernoise import methods
+
+    method = methods.create(cfg.method, cfg.method_params, num_classes=num_classes, image_size=cfg.image_size)
+    with torch.device("meta"):
+        model = methods.build_model(method)
+    return [name for name, _ in model.named_children() if name != "backbone"], method.params
+
+
+def _method_class(cfg: TrainConfig):
+    from fernoise import methods
+
+    return methods.get(cfg.method)
+
+
+def _world(cfg: TrainConfig) -> int:
+    from fernoise import distributed
+
+    env = distributed.from_env()
+    return env.world if env.enabled else cfg.devices
+
+
+def is_cached(p: Plan) -> bool:
+    """True when the run folder holds the finished run of this key, intact, trained on the
+    same usable rows (:func:`other_rows`)."""
+    output = p.run_dir / "model.pt"
+    return outputs_intact(read_json(stamp_path(output)), p.key, p.run_dir) and not other_rows(p)
+
+
+def key_inputs(p: Plan) -> dict[str, Any]:
+    """The key's inputs: the manifest's key and content digest and, only when some rows' crops
+    were unusable (missing, undecodable, changed since align), the digest of those rows' ids
+    (``skipped_rows_sha256``): a run that skipped rows never answers for one that did not,
+    and the key of a fully usable run is the one it always had."""
+    inputs = {"manifest": p.config["manifest_key"], "content": p.config["manifest_content"]}
+    if p.config.get("skipped_rows_sha256"):
+        inputs["unusable"] = p.config["skipped_rows_sha256"]
+    return inputs
+
+
+def other_rows(p: Plan) -> bool:
+    """True when the run folder's ``config.json`` records other unusable rows than ``p`` (a
+    run of fernoise before issue 19 kept the key of a fully usable run while skipping rows):
+    its model.pt and checkpoint.pt are not this run's."""
+    recorded = read_json(p.run_dir / "config.json")
+    if not isinstance(recorded, dict):
+        return False
+    theirs = recorded.get("skipped_rows_sha256") or ("unknown" if recorded.get("skipped_crops") else None)
+    return theirs != p.config.get("skipped_rows_sha256")
+
+
+# ----------------------------------------------------------------------------- the stage
+def train(
+    manifest_path: str | os.PathLike,
+    cfg: TrainConfig,
+    *,
+    runs_dir: str | os.PathLike | None = None,
+    workspace: Workspace | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
+) -> StageResult:
+    """Train (or find in the cache, or resume) the run of ``cfg`` on the manifest.
+
+    Returns a StageResult whose ``output`` is the run folder. Under torch.distributed every
+    rank calls this; rank 0 writes. ``cfg.devices > 1`` spawns that many local processes.
+    A finished run of the same *requested* configuration is answered from the run index
+    (:mod:`fernoise.runindex`, no torch import: sweep re-runs); a run trained here is indexed.
+    """
+    if not force:
+        hit = runindex.lookup(manifest_path, cfg, runs_dir=runs_dir, workspace=workspace)
+        if hit is not None:
+            return hit
+    result = _train(manifest_path, cfg, runs_dir=runs_dir, workspace=workspace, progress=progress, force=force)
+    if os.environ.get("RANK", "0") == "0":  # rank 0 only under torch.distributed
+        runindex.record(manifest_path, cfg, result, runs_dir=runs_dir, workspace=workspace)
+    return result
+
+
+def _train(manifest_path, cfg: TrainConfig, *, runs_dir, workspace, progress, force) -> StageResult:
+    """:func:`train` without the run index: plan, then train in this process or spawn ``cfg.devices``."""
+    from fernoise import distributed
+
+    p = plan(manifest_path, cfg, runs_dir=runs_dir, workspace=workspace)
+    env = distributed.from_env()
+    if cfg.devices > 1 and not env.enabled:
+        t0 = time.perf_counter()
+        hit = not force and is_cached(p)
+        if not hit:  # the usable rows decide the key: decode (or map) the crops here once
+            _images(p, distributed.Dist(), progress or (lambda event: None))
+            hit = not force and is_cached(p)
+        if not hit:
+            ws_root = str(workspace.root) if workspace is not None else None
+            distributed.spawn(cfg.devices, _train_rank, manifest_path, cfg, runs_dir, force, ws_root)
+        if workspace is not None:
+            workspace.record("train", key=p.key, output=p.run_dir, params=p.key_params)
+        return StageResult("train", p.key, p.run_dir, hit, time.perf_counter() - t0)
+    return _train_rank(manifest_path, cfg, runs_dir, force, workspace=workspace, progress=progress, p=p)
+
+
+def _train_rank(manifest_path, cfg, runs_dir, force, ws_root=None, *, workspace=None, progress=None, p=None) -> StageResult:
+    from fernoise import distributed
+
+    p = p or plan(manifest_path, cfg, runs_dir=runs_dir, workspace=Workspace(ws_root) if ws_root else workspace)
+    env = distributed.from_env()
+    distributed.init(env, p.device.split(":")[0])
+    try:
+        t0 = time.perf_counter()
+        hit = distributed.broadcast(not force and is_cached(p), env)
+        images = None
+        if not hit:  # which rows are usable is part of the key (key_inputs): decode, then look again
+            images = _images(p, env, progress if (progress and env.is_main) else (lambda event: None))
+            if p.config.get("skipped_crops"):
+                hit = distributed.broadcast(not force and is_cached(p), env)
+        fresh = force or other_rows(p)  # never resume another row set's checkpoint
+        if hit:
+            result = StageResult("train", p.key, p.run_dir, True, time.perf_counter() - t0)
+        elif env.is_main:
+            result = run_stage(
+                stage="train", version=VERSION, params=p.key_params, inputs=key_inputs(p),
+                output=p.run_dir / "model.pt",
+                build=lambda key: fit(p, env, progress=progress, fresh=fresh, images=images), force=True,
+            )
+            result = StageResult("train", p.key, p.run_dir, False, result.seconds)
+        else:
+            fit(p, env, progress=None, fresh=fresh, images=images)
+            result = StageResult("train", p.key, p.run_dir, False, time.perf_counter() - t0)
+        if env.is_main and workspace is not None:
+            workspace.record("train", key=p.key, output=p.run_dir, params=p.key_params)
+        distributed.barrier(env)
+        return result
+    finally:
+        distributed.shutdown()
+
+
+# ----------------------------------------------------------------------------- the loop
+class _Sums:
+    """Per-epoch float64 sums by name, in one tensor so that torch.distributed adds them at once."""
+
+    def __init__(self, names: list[str]):
+        import torch
+
+        self.index = {n: i for i, n in enumerate(names)}
+        self.t = torch.zeros(len(names), dtype=torch.float64)
+
+    def add(self, name: str, value: float) -> None:
+        self.t[self.index[name]] += value
+
+    def __getitem__(self, name: str) -> float:
+        return self.t[self.index[name]].item()
+
+
+def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = False,
+        images: np.ndarray | None = None) -> list[Path]:
+    """Train ``p`` to the end, resuming from ``checkpoint.pt`` when one of the same key exists
+    (unless ``fresh``: ``--force`` starts over). ``images``: what :func:`_images` returned for
+    ``p`` (decoded here when None).
+
+    Returns the files written (rank 0); other ranks write nothing.
+    """
+    import torch
+
+    from fernoise import data, distributed, methods
+
+    env = env or distributed.Dist()
+    cfg, C = p.cfg, p.config["num_classes"]
+    say = progress if (progress and env.is_main) else (lambda event: None)
+    for w in p.warnings:
+        say({"event": "warning", "message": w})
+    for n in p.notes:
+        say({"event": "note", "message": n})
+    device = torch.device(f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device)
+    on_cuda = device.type == "cuda"
+    amp = p.precision == "bf16"
+    channels_last = True  # faster for cuDNN and for oneDNN on the CPU (bench/train.py)
+    workers = cfg.workers if cfg.workers is not None else default_workers(on_cuda)
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels once
+
+    if images is None:
+        images = _images(p, env, say)  # hook: the decoded crops; drops rows whose crop is unusable
+    say({"event": "header", "message": header_line(p)})
+    on_device = p.config.get("augment") == "device"
+    views = (DeviceViewsFeed(images, cfg, device) if on_device
+             else data.ViewBatches(images, cfg.image_size, cfg.randaug_magnitude))
+    labels = torch.from_numpy(p.labels.copy())
+    clean = torch.from_numpy(~p.is_noisy) if p.is_noisy is not None else None
+    label_clean = (torch.from_numpy(p.rows["label_clean"].fillna(-1).astype(np.int64).to_numpy().copy())
+                   if "label_clean" in p.rows.columns else None)
+
+    # The method, its model (seeded: backbone first, then the method's heads in its order) and Adam.
+    method = methods.create(cfg.method, cfg.method_params, num_classes=C, n_rows=len(p.rows), image_size=cfg.image_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = methods.build_model(method)
+    if p.config["pretrained"]:
+        _load_pretrained(p, model, say)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if cfg.compile:
+        compile_model(model, device, say)
+    optimizer = torch.optim.Adam(method.param_groups(model, lr_backbone=cfg.lr_backbone, lr_head=cfg.lr_head,
+                                                     weight_decay=cfg.weight_decay))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg.lr_decay) if cfg.lr_decay else None
+
+    run_dir = p.run_dir
+    ckpt_path = run_dir / "checkpoint.pt"
+    metrics, start = resume(ckpt_path, p, model, optimizer, scheduler, method, say, fresh=fresh)
+    net = model
+    if env.enabled:  # warm-up trains the main head only: other heads are idle then
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if on_cuda else None, find_unused_parameters=cfg.warmup > 0,
+        )
+    written = [run_dir / "config.json", run_dir / "metrics.jsonl", run_dir / "model.pt"]
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(run_dir)  # a checkpoint.pt half-written by a killed run (full disk, kill -9)
+        atomic_write_json(run_dir / "config.json", p.config)
+        if p.val_ids is not None:
+            atomic_write_json(run_dir / "val_ids.json", p.val_ids)
+            written.append(run_dir / "val_ids.json")
+        _write_metrics(run_dir, metrics)
+
+    parts = list(dict.fromkeys(["s", "c", *method.parts]))  # loss_s and loss_c are always logged
+    for epoch in range(start, cfg.epochs + 1):
+        t_epoch = time.perf_counter()
+        warm = epoch <= cfg.warmup
+        view_names = method.views_for(warm=warm)
+        batches = data.epoch_batches(p.train_pos, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                     views=view_names, rank=env.rank, world=env.world)
+        # The loss's only source of randomness (NL's complementary labels, partner permutations).
+        gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, epoch, 0xB1]).integers(2**62)))
+        sums = _Sums(["loss", *(f"loss_{q}" for q in parts), *(f"has_{q}" for q in parts), "correct", "seen",
+                      "images", "selecting", "selected", "selected_clean", "clean", "relabelled",
+                      "relabelled_right"])
+        t_sum = torch.zeros(C, dtype=torch.float64)  # sum over batches of T_c where present
+        t_cnt = torch.zeros(C, dtype=torch.float64)
+        touched = torch.zeros(len(p.rows), dtype=torch.bool)  # rows this process trained on
+        say({"event": "epoch_start", "epoch": epoch, "epochs": cfg.epochs, "batches": len(batches), "warmup": warm})
+        net.train()
+        t_train = t_ready = time.perf_counter()
+        wait = 0.0  # seconds the step waited for its batch (data loading not hidden by workers)
+        feed = views(batches) if on_device else data.loader(views, batches, workers=workers, pin_memory=on_cuda)
+        bad_step = 0  # the first step of this epoch whose loss was NaN or inf (0: none)
+        for i, batch in enumerate(feed):
+            wait += time.perf_counter() - t_ready
+            rows = batch["positions"]  # indices into the array cache and p.rows
+            y = labels[rows].to(device, non_blocking=True)
+            x = {name: data.normalize(batch["views"][name], device, channels_last=channels_last) for name in view_names}
+            n = y.shape[0]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = net(method.loss, x, y, rows, epoch=epoch, warm=warm, gen=gen)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            method.after_step(out, y, rows, epoch=epoch)
+            touched[rows] = True
+
+            # The loss is read back once per step anyway (the running loss on the progress bar),
+            # so checking it here costs no extra device sync and names the exact step.
+            loss_value = out.loss.item()
+            if not math.isfinite(loss_value):
+                bad_step = bad_step or i + 1
+                if not env.enabled:  # under DDP every rank must stop together: checked at the epoch's end
+                    raise non_finite_error(p, epoch, bad_step, len(batches), loss_value, resumed=start > 1)
+            with torch.no_grad():
+                sums.add("loss", loss_value * n)
+                for q, v in out.parts.items():
+                    sums.add(f"loss_{q}", v.item() * n)
+                    sums.add(f"has_{q}", 1)
+                trained_on = out.labels if out.labels is not None else y
+                sums.add("correct", (out.logits.argmax(1) == trained_on).sum().item())
+                sums.add("seen", n)
+                sums.add("images", n * len(view_names))
+                if out.thresholds is not None:
+                    present = ~torch.isnan(out.thresholds)
+                    t_sum += torch.where(present, out.thresholds, 0).double().cpu()
+                    t_cnt += present.double().cpu()
+                if out.selected is not None:
+                    sel = out.selected.cpu()
+                    sums.add("selecting", 1)
+                    sums.add("selected", sel.sum().item())
+                    if clean is not None:
+                        is_clean = clean[rows]
+                        sums.add("selected_clean", (sel & is_clean).sum().item())
+                        sums.add("clean", is_clean.sum().item())
+                if out.relabelled is not None:
+                    new = out.relabelled.cpu()
+                    sums.add("relabelled", (new >= 0).sum().item())
+                    if label_clean is not None:
+                        sums.add("relabelled_right", ((new >= 0) & (new == label_clean[rows])).sum().item())
+            t_ready = time.perf_counter()
+            elapsed = t_ready - t_train
+            say({"event": "batch", "epoch": epoch, "done": i + 1, "total": len(batches),
+                 "loss": sums["loss"] / sums["seen"], "images_per_s": sums["images"] * env.world / elapsed})
+        train_seconds = time.perf_counter() - t_train
+        if env.enabled:
+            firsts = torch.zeros(env.world, dtype=torch.float64)
+            firsts[env.rank] = bad_step
+            distributed.all_sum(firsts, env)
+            if firsts.any():
+                step = int(firsts[firsts > 0].min())
+                raise non_finite_error(p, epoch, step, len(batches), None, resumed=start > 1)
+        distributed.all_sum(sums.t, env)
+        distributed.all_sum(t_sum, env)
+        distributed.all_sum(t_cnt, env)
+        merge_state(method, touched, env)
+        if scheduler is not None:
+            scheduler.step()
+
+        if env.is_main:
+            val_acc = _accuracy(model, method, images, p.val_pos, p.labels, cfg.batch_size, device, amp, channels_last)
+            test_acc = _accuracy(model, method, images, p.test_pos, p.labels, cfg.batch_size, device, amp, channels_last)
+        distributed.barrier(env)
+        selecting = sums["selecting"] > 0
+        seen = sums["seen"]
+        record = {
+            "epoch": epoch,
+            "warmup": warm,
+            "loss": sums["loss"] / seen,
+            **{f"loss_{q}": (sums[f"loss_{q}"] / seen if sums[f"has_{q}"] else None) for q in parts},
+            "train_acc": sums["correct"] / seen,
+            "lr_backbone": _lr_used(cfg.lr_backbone, cfg.lr_decay, epoch),
+            "lr_head": _lr_used(cfg.lr_head, cfg.lr_decay, epoch),
+            "thresholds": [(s / c if c else None) for s, c in zip(t_sum.tolist(), t_cnt.tolist(), strict=True)] if t_cnt.any() else None,
+            "confident_frac": sums["selected"] / seen if selecting else None,
+            "confident_precision": (sums["selected_clean"] / sums["selected"] if sums["selected"] else None) if selecting and clean is not None else None,
+            "confident_recall": (sums["selected_clean"] / sums["clean"] if sums["clean"] else None) if selecting and clean is not None else None,
+            "relabelled": int(sums["relabelled"]) if _relabels(method) else None,
+            "relabel_precision": (sums["relabelled_right"] / sums["relabelled"] if sums["relabelled"] else None) if _relabels(method) and label_clean is not None else None,
+            "val_acc": val_acc if env.is_main else None,
+            "test_acc": test_acc if env.is_main else None,
+            "samples": int(seen),
+            "images_per_s": sums["images"] / train_seconds,
+            "samples_per_s": seen / train_seconds,
+            "data_wait_s": wait,
+            "train_seconds": train_seconds,
+            "seconds": time.perf_counter() - t_epoch,
+        }
+        metrics.append(record)
+        if env.is_main:
+            _save_checkpoint(ckpt_path, p.key, epoch, model, optimizer, scheduler, method, metrics)
+            _write_metrics(run_dir, metrics)
+        say({"event": "epoch_end", "metrics": record})
+        distributed.barrier(env)
+
+    if env.is_main:
+        finish(p, model)  # hook: model.pt; checkpoint.pt removed unless --keep-checkpoint
+    return written
+
+
+def non_finite_error(p: Plan, epoch: int, step: int, steps: int, value: float | None, *,
+                     resumed: bool) -> FernoiseError:
+    """The one line that stops a run whose loss became NaN or inf: the epoch and step, what is
+    kept (the checkpoint of the epochs before; no model.pt, no stamp) and, when the very first
+    step of a fresh run from ``--pretrained`` fails, the start as the likely cause."""
+    kept = f" (the checkpoint of epoch {epoch - 1} is kept)" if epoch > 1 else ""
+    start = p.config.get("pretrained")
+    if start and epoch == 1 and step == 1 and not resumed:
+        cause = f"the start --pretrained {start} gives a non-finite loss at once: check that file"
+    else:
+        cause = "lower the learning rate (a new run) or check the data and the method's options"
+    shown = f" ({value})" if value is not None else ""  # under DDP the rank that saw it knows the value
+    return FernoiseError(f"non-finite loss{shown} at epoch {epoch}, step {step} of {steps}: training stopped "
+                         f"and nothing was written as finished{kept}; {cause}")
+
+
+def _relabels(method) -> bool:
+    """Whether the method keeps a label store (``Method.relabels``)."""
+    return bool(method.relabels)
+
+
+def merge_state(method, touched, env) -> None:
+    """Under torch.distributed, make every process's per-sample state equal: each row takes
+    the mean of what the processes that trained on it this epoch wrote (floats), or the value
+    of the highest such rank (integers, bools); untouched rows keep theirs. No-op alone."""
+    import torch
+
+    from fernoise import distributed
+
+    state = method.state_dict()
+    if not env.enabled or not state:
+        return
+    by_rank = torch.zeros(env.world, len(touched), dtype=torch.float64)
+    by_rank[env.rank] = touched.double()
+    distributed.all_sum(by_rank, env)  # which ranks trained on each row
+    count = by_rank.sum(dim=0)
+    ranks = torch.arange(1, env.world + 1, dtype=torch.float64).view(-1, 1)
+    writer = (by_rank * ranks).amax(dim=0) - 1  # the highest rank that touched the row, -1 for none
+    merged = {}
+    for name, t in state.items():
+        shape = (-1,) + (1,) * (t.dim() - 1)
+        if t.is_floating_point():
+            total = torch.where(touched.view(shape), t.double(), 0.0)
+            distributed.all_sum(total, env)
+            avg = total / count.clamp(min=1).view(shape)
+            merged[name] = torch.where((count > 0).view(shape), avg.to(t.dtype), t)
+        else:
+            mine = (writer == env.rank).view(shape)
+            total = torch.where(mine, t.double(), 0.0)
+            distributed.all_sum(total, env)
+            merged[name] = torch.where((count > 0).view(shape), total.to(t.dtype), t)
+    method.load_state_dict(merged, n_rows=len(touched))
+
+
+# ----------------------------------------------------------------------------- fit's hooks
+def _images(p: Plan, env, say) -> np.ndarray:
+    """The crops of ``p.rows`` as the decoded uint8 array (rank 0 builds the cache, the other
+    ranks map it). Rows whose crop is missing, undecodable or changed since align are dropped
+    from the train/val/test positions and reported in one warning; ``p.config`` records them.
+    Raises FernoiseError, before the run folder is written, when fewer than 2 training rows stay.
+    """
+    from fernoise import data, distributed
+
+    ids = p.rows["id"].astype(str).tolist()
+    kw = dict(size=p.cfg.image_size, cache_dir=p.cache_dir or Workspace().root / ".fernoise" / "arrays", shas=p.shas)
+    if env.is_main:
+        try:
+            got = data.decoded_crops(p.paths, ids, progress=say, **kw)
+        except OSError as e:
+            why = disk_full_reason(e)
+            if why is None:
+                raise
+            raise FernoiseError(f"disk full writing the image cache {e.filename or kw['cache_dir']}: {why}; free space "
+                                f"on the disk holding {kw['cache_dir']} and re-run the same command "
+                                "(nothing was trained yet)") from None
+    distributed.barrier(env)
+    if not env.is_main:
+        got = data.decoded_crops(p.paths, ids, **kw)
+    if got.skipped:
+        bad = np.fromiter(got.skipped, dtype=np.int64)
+        first = next(iter(got.skipped))
+        p.train_pos = np.setdiff1d(p.train_pos, bad)
+        p.val_pos = np.setdiff1d(p.val_pos, bad)
+        p.test_pos = np.setdiff1d(p.test_pos, bad)
+        digest = bytes_sha256("\n".join(sorted(ids[i] for i in got.skipped)).encode())
+        p.config.update(n_train=len(p.train_pos), n_val=len(p.val_pos), n_test=len(p.test_pos),
+                        skipped_crops=len(got.skipped), skipped_rows_sha256=digest,
+                        skipped_example={"path": p.paths[first], "reason": got.skipped[first]})
+        # These rows are part of the key (key_inputs): a re-run after `fernoise align` repaired
+        # them is another run, never a hit on weights trained without them.
+        p.key = stage_key("train", VERSION, p.key_params, key_inputs(p))
+        p.run_dir = p.run_dir.parent / p.key[:16]
+        p.config.update(key=p.key)
+        say({"event": "warning", "message": f"{len(got.skipped):,} rows skipped: their crop could not be used, "
+             f"e.g. {p.paths[first]}: {got.skipped[first]}"})
+        if len(p.train_pos) < 2:
+            raise FernoiseError(
+                f"only {len(p.train_pos)} training row(s) have a usable crop; training needs at least 2; "
+                "re-run `fernoise align`", flag="MANIFEST")
+    return got.array
+
+
+def _load_pretrained(p: Plan, model, say) -> None:
+    """The backbone start: the file plan() resolved, checked against the sha256 in the key, loaded
+    by ``fernoise.train.weights`` (the one loader); the match is said as a ``pretrained`` event."""
+    from fernoise.train.weights import load_backbone
+
+    c = p.config
+    if file_sha256(c["pretrained"]) != c["pretrained_sha256"]:
+        raise FernoiseError(f"{c['pretrained']} changed since the run was planned (sha256 differs); "
+                            "run the command again", flag="--pretrained")
+    source, report = load_backbone(model.backbone, c["pretrained"], partial=p.cfg.pretrained_partial)
+    say({"event": "pretrained", "path": str(source.path), "kind": c["pretrained_kind"],
+         "sha256": c["pretrained_sha256"], "complete": report.complete, "table": report.table()})
+
+
+def header_line(p: Plan) -> str:
+    """One line before epoch 1: rows per split, classes, device, precision, start weights, run folder."""
+    c = p.config
+    start = (f"pretrained {Path(c['pretrained']).name} ({c.get('pretrained_kind') or 'state_dict'})"
+             if c.get("pretrained") else "random init")
+    val = f"{len(p.val_pos):,} val ({c.get('val_source')}{', ' + c['val_labels'] if c.get('val_labels') else ''})"
+    return (f"{c['method']}: {len(p.train_pos):,} train, {val}, {len(p.test_pos):,} test rows; "
+            f"{c['num_classes']} classes; {c['device']} {c['precision']}; {start}; run {p.run_dir}")
+
+
+def resume(path: Path, p: Plan, model, optimizer, scheduler, method, say, *,
+           fresh: bool = False) -> tuple[list[dict], int]:
+    """``(metrics, first epoch)`` from ``checkpoint.pt`` when it holds this run (same key), else
+    ``([], 1)``. Read with ``weights_only=True``; its key is checked before its contents are
+    used; an unreadable, truncated or foreign checkpoint is treated as absent (one warning).
+    The method's per-sample state is restored too; when its size does not match the rows
+    (``n_rows``), the run starts over, and says so."""
+    if fresh or not path.is_file():
+        return [], 1
+    ckpt = load_checkpoint(path, p.key)
+    if isinstance(ckpt, str):
+        say({"event": "warning", "message": f"{path} {ckpt}; it is ignored and the run starts over"})
+        return [], 1
+    saved = ckpt.get("method_state") or {}
+    if not (isinstance(saved, dict) and method.load_state_dict(saved, n_rows=len(p.rows))):
+        say({"event": "warning", "message": f"{path}: the per-sample state of {method.name} does not match the "
+             f"{len(p.rows):,} rows of this run; it is ignored and the run starts over"})
+        return [], 1
+    model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(opt_state)
+        say({"event": "warning", "message": f"{path} does not fit this run ({e.__class__.__name__}); "
+             "it is ignored and the run starts over"})
+        return [], 1
+    say({"event": "resume", "epoch": ckpt["epoch"], "run_dir": str(p.run_dir)})
+    return list(ckpt["metrics"]), int(ckpt["epoch"]) + 1
+
+
+def load_checkpoint(path: Path, key: str) -> dict | str:
+    """The checkpoint at ``path`` if it is a readable checkpoint of ``key``, else a phrase
+    saying why not. Never runs code: ``torch.load(weights_only=True)``."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, foreign or hostile files all end here
+        return f"is not a readable checkpoint ({e.__class__.__name__})"
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("key"), str):
+        return "is not a fernoise checkpoint"
+    if ckpt["key"] != key:
+        return "belongs to another run (its key differs)"
+    epoch, metrics = ckpt.get("epoch"), ckpt.get("metrics")
+    if not (isinstance(epoch, int) and isinstance(metrics, list) and len(metrics) == epoch
+            and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("optimizer"), dict)):
+        return "is incomplete (epoch, metrics, model or optimizer missing or inconsistent)"
+    return ckpt
+
+
+def finish(p: Plan, model) -> None:
+    """Write ``model.pt`` atomically; remove ``checkpoint.pt`` unless ``keep_checkpoint``."""
+
+    save_torch(model.state_dict(), p.run_dir / "model.pt",
+               resume=f"the re-run writes model.pt from the checkpoint of epoch {p.cfg.epochs}, no epoch is trained again")
+    if not p.cfg.keep_checkpoint:
+        (p.run_dir / "checkpoint.pt").unlink(missing_ok=True)
+
+
+def _lr_used(lr: float, decay: float | None, epoch: int) -> float:
+    """The learning rate during ``epoch`` (1-based): ``lr * decay ** (epoch - 1)``."""
+    return lr * (decay ** (epoch - 1) if decay else 1.0)
+
+
+def default_workers(on_cuda: bool) -> int:
+    """DataLoader workers: on the CPU one (augmenting a batch costs ~3% of a training step, a
+    second worker would only take cores from the step); on CUDA up to 8."""
+    n = os.cpu_count() or 1
+    return min(8, max(1, n - 1)) if on_cuda else 1
+
+
+def _accuracy(model, method, images, positions, labels, batch_size, device, amp, channels_last) -> float | None:
+    """Top-1 accuracy of the method's test-time logits on ``positions`` (resize only), or None when empty."""
+    import torch
+
+    from fernoise import data
+
+    if len(positions) == 0:
+        return None
+    model.eval()
+    correct = 0
+    on_cuda = device.type == "cuda"  # on CUDA: bf16 and large batches whatever the training precision
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp or on_cuda):
+        for pos, x in data.eval_batches(images, positions, max(batch_size, 1024 if on_cuda else 256)):
+            pred = method.logits(model, data.normalize(x, device, channels_last=channels_last)).argmax(1).cpu().numpy()
+            correct += int((pred == labels[pos]).sum())
+    model.train()
+    return correct / len(positions)
+
+
+class DeviceViewsFeed:
+    """``--augment device``: batches carry positions and seeds only; the views are made on the
+    training device by :class:`fernoise.train.augment.DeviceViews`, no DataLoader workers. The next
+    batch's per-sample draws (CPU, from the per-sample generators) are made in a thread while
+    the current batch trains; they depend only on the seeds, so order and timing change nothing.
+    ``feed(batches)`` yields ``{"positions": (B,) int64, "views": {name: uint8 (B,3,H,W)}}``."""
+
+    def __init__(self, images, cfg: TrainConfig, device):
+        from fernoise.train.augment import DeviceViews
+
+        self.views = DeviceViews(images, cfg.image_size, cfg.randaug_magnitude, device)
+
+    def __call__(self, batches):
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        if not batches:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="fernoise-draws") as pool:
+            ahead = pool.submit(self.views.draws, batches[0].seeds, batches[0].views)
+            for i, b in enumerate(batches):
+                d = ahead.result()
+                if i + 1 < len(batches):
+                    nxt = batches[i + 1]
+                    ahead = pool.submit(self.views.draws, nxt.seeds, nxt.views)
+                yield {"positions": torch.from_numpy(b.positions), "views": self.views(b.positions, b.seeds, b.views, draws=d)}
+
+
+def compile_model(model, device, say) -> bool:
+    """``--compile``: compile the backbone's stages in place (``nn.Module.compile``: the
+    state-dict keys stay ``backbone.*``; both ``features`` and ``feature_map`` use them).
+    Where torch.compile cannot run here (no compiler, unsupported Python), one warning and
+    the run goes on uncompiled. Returns whether it compiled."""
+    import torch
+
+    try:
+        probe = torch.compile(lambda t: t * 2 + 1)
+        ok = torch.equal(probe(torch.ones(4, device=device)), torch.full((4,), 3.0, device=device))
+        if not ok:
+            raise RuntimeError("the probe computed a wrong value")
+    except Exception as e:  # noqa: BLE001 - inductor/dynamo raise many types when unavailable
+        say({"event": "warning", "message": f"--compile: torch.compile is unavailable here ({e.__class__.__name__}: "
+             f"{str(e).splitlines()[0][:120] if str(e) else ''}); training runs uncompiled"})
+        return False
+    b = model.backbone
+    for name in ("conv1", "layer1", "layer2", "layer3", "layer4"):
+        getattr(b, name).compile()
+    return True
+
+
+def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, scheduler, method, metrics: list[dict]) -> None:
+    """Everything a resumed run needs, atomically, as tensors, numbers, strings, lists and dicts
+    only (``torch.load(weights_only=True)`` reads it). The data order, the views and the loss's
+    random draws of epoch e come from generators seeded by (seed, e), so the RNG state to
+    restore is the epoch number; the global torch states are stored as well for completeness.
+    ``method_state`` is the method's per-sample state (ELR's targets, SCN's labels)."""
+    import torch
+
+    state = {
+        "key": key,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "metrics": json.loads(json.dumps(metrics)),  # plain numbers, strings, lists, dicts
+        "method_state": {k: v.detach().cpu().clone() for k, v in method.state_dict().items()},
+        "rng": {
+            "scheme": "per-epoch generators seeded from (seed, epoch); next epoch below",
+            "next_epoch": epoch + 1,
+            "torch_cpu": torch.get_rng_state(),
+            "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+    }
+    save_torch(state, path, resume=(f"training resumes from epoch {epoch} (the checkpoint of epoch {epoch - 1} is kept)"
+                                    if epoch > 1 else "training starts over at epoch 1"))
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""Write failures that mean "no room": a full disk, an exhausted quota, a file size limit."""
+_WRITER_FAILED = ("PytorchStreamWriter", "unexpected pos", "file write failed")
+
+
+def disk_full_reason(e: BaseException) -> str | None:
+    """Why a write failed for lack of room (an OSError with ENOSPC, EDQUOT or EFBIG, or torch's
+    stream writer's RuntimeError, which hides the errno), else None."""
+    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+        return {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "file too large for the file system or the process's file size limit"}[e.errno]
+    if isinstance(e, RuntimeError) and any(s in str(e) for s in _WRITER_FAILED):
+        return "the write failed (torch's file writer: " + " ".join(str(e).split())[-80:] + "), most likely a full disk"
+    return None
+
+
+def save_torch(obj: Any, path: Path, *, resume: str) -> None:
+    """``torch.save(obj)`` to ``path`` atomically: the one place train writes checkpoint.pt and
+    model.pt. A write that fails for lack of room leaves the old file (or none), removes its
+    temporary file and raises one FernoiseError naming ``path`` and what a re-run does
+    (``resume``); any other failure propagates."""
+    import torch
+
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as e:
+        why = disk_full_reason(e)
+        if why is None:
+            raise
+        raise FernoiseError(f"disk full writing {path}: {why}; free space on the disk holding {path.parent} "
+                            f"and re-run the same command: {resume}") from None
+
+
+def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in metrics))
