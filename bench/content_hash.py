@@ -5,7 +5,7 @@ computes on read, against reading the manifest at all.
     python bench/content_hash.py /tmp/fp.parquet [--repeat 5]
 
 Prints one table: best-of-N seconds for reading the file (Parquet -> pandas, as train does),
-the digests of the columns train reads (``fernoise.train.stage.READS``), of every column (what
+the digests of the columns train reads (``fernoise.train.config.READS``), of every column (what
 corrupt keys on), the check against the digests recorded at write time, and the crops'
 stat fingerprint (one ``stat`` per crop; the image cache's key).
 """

@@ -5,7 +5,7 @@
 torch (seconds per call). A sweep re-checks hundreds of finished cells, so each finished run
 also gets a small index entry, keyed by what was *asked for*:
 
-- the :class:`~fernoise.train.stage.TrainConfig` as given (``workers`` excluded: it changes no
+- the :class:`~fernoise.train.config.TrainConfig` as given (``workers`` excluded: it changes no
   result), the world size from the environment;
 - the input manifest by identity: its resolved path, the sha256 of its bytes, and the key and
   content digests its metadata records (an edited manifest misses, and train keys it on its

@@ -146,3 +146,16 @@ def test_no_import_cycle(top_only):
 def test_the_check_sees_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_packages_and_the_run_index_import_no_torch():
+    """Every package's ``__init__``, train's config and the run index load without torch
+    (``fernoise --help`` and cache hits stay fast)."""
+    import subprocess
+    import sys
+
+    packages = sorted(m for m, p in MODULES.items() if p.name == "__init__.py")
+    code = f"import sys\nfor m in {[*packages, 'fernoise.train.config', 'fernoise.runindex']!r}: __import__(m)\n" \
+           "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

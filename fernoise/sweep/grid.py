@@ -413,7 +413,7 @@ class Cell:
     options: tuple[tuple[str, Any], ...]
     """The swept train options' values (the grid's axes), for display."""
     config: Any
-    """The complete :class:`fernoise.train.stage.TrainConfig`."""
+    """The complete :class:`fernoise.train.config.TrainConfig`."""
     name: str | None = None
     """The cell's id as :func:`expand` made it unique and short (None: :meth:`plain_id`)."""
 
