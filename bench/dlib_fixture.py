@@ -279,7 +279,7 @@ def compare(args: argparse.Namespace) -> int:
             cache[c["file"]] = load_rgb(Path(args.wild) / c["file"])
         rebuilt.append(rebuild_chip(cache[c["file"]], c["chip_rect_ltrb"], c["chip_angle"]))
     if args.chips:
-        diffs = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(rebuilt, dlib_chips)]
+        diffs = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(rebuilt, dlib_chips, strict=True)]
         mae = [float(d.mean()) for d in diffs]
         print(f"rebuilt vs dlib chip pixels: mean |diff| median {np.median(mae):.3f}, max {max(mae):.3f}; "
               f"max |diff| {max(int(d.max()) for d in diffs)}")

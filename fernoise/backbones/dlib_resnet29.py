@@ -436,22 +436,22 @@ def _rotate(center: np.ndarray, p: np.ndarray, angle: float) -> np.ndarray:
 
 
 def _corners(rect: Sequence[float], angle: float) -> dict[str, np.ndarray]:
-    l, t, r, b = rect
-    cen = np.array([(l + r) / 2.0, (t + b) / 2.0])
+    left, t, r, b = rect
+    cen = np.array([(left + r) / 2.0, (t + b) / 2.0])
     return {k: _rotate(cen, np.array(p, dtype=np.float64), angle)
-            for k, p in {"tl": (l, t), "tr": (r, t), "bl": (l, b), "br": (r, b)}.items()}
+            for k, p in {"tl": (left, t), "tr": (r, t), "bl": (left, b), "br": (r, b)}.items()}
 
 
 def _darea(rect: Sequence[float]) -> float:
-    l, t, r, b = rect
-    if r < l or b < t:
+    left, t, r, b = rect
+    if r < left or b < t:
         return 0.0
-    return (r - l + 1) * (b - t + 1)  # dlib drectangle: width = r - l + 1
+    return (r - left + 1) * (b - t + 1)  # dlib drectangle: width = r - l + 1
 
 
 def _rect_down(rect: Sequence[float]) -> tuple[float, float, float, float]:
-    l, t, r, b = rect  # pyramid_down<2>::point_down: p/2 - (1.25, 0.75)
-    return (l / 2.0 - 1.25, t / 2.0 - 0.75, r / 2.0 - 1.25, b / 2.0 - 0.75)
+    left, t, r, b = rect  # pyramid_down<2>::point_down: p/2 - (1.25, 0.75)
+    return (left / 2.0 - 1.25, t / 2.0 - 0.75, r / 2.0 - 1.25, b / 2.0 - 0.75)
 
 
 def _pyramid_down(img: np.ndarray) -> np.ndarray:
