@@ -55,7 +55,6 @@ import numpy as np
 from fernoise.errors import FernoiseError
 from fernoise.evaluate.plots import noise_label
 
-METHOD_ORDER = ("ce", "pc", "nl", "ncctfer")
 FORMATS = ("markdown", "csv", "latex")
 
 # config.json fields that do not change a run's result, or that other groupings cover.
@@ -89,7 +88,11 @@ def _noise_sort(noise: dict[str, Any] | None) -> tuple:
 
 
 def _method_sort(m: str) -> tuple:
-    return (METHOD_ORDER.index(m), "") if m in METHOD_ORDER else (len(METHOD_ORDER), m)
+    """Rows in the registry's order (``fernoise methods``), then unregistered names by name."""
+    from fernoise import methods
+
+    order = methods.names()
+    return (order.index(m), "") if m in order else (len(order), m)
 
 
 # ============================================================================ one run

@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def demo_cmd(
         folder: Annotated[Path, typer.Argument(metavar="DIR", help="Folder for everything the demo writes.")] = Path("fernoise-demo"),
-        methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated methods to train, one run each (ce, pc, nl, ncctfer).", show_default="ce,ncctfer")] = None,
+        methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated methods to train, one run each (any of `fernoise methods`).", show_default="ce,ncctfer")] = None,
         epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs per method.", show_default="8")] = None,
         train_per_class: Annotated[int | None, typer.Option("--train-per-class", help="Drawn training faces per class.", show_default="40")] = None,
         test_per_class: Annotated[int | None, typer.Option("--test-per-class", help="Drawn test faces per class, of unseen identities.", show_default="10")] = None,

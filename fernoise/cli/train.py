@@ -24,6 +24,7 @@ from fernoise.cli.common import (
     handle_errors,
     wrote,
 )
+from fernoise.train.config import DEFAULT_METHOD
 
 
 def _fmt(v) -> str:
@@ -107,11 +108,11 @@ class _Progress:
 
 def _static_options(
     manifest: Annotated[Path | None, typer.Argument(help="Manifest (default: the latest of `fernoise corrupt`/`align`).")] = None,
-    method: Annotated[str, typer.Option("--method", help="Training method; `fernoise methods` lists them all.")] = "ncctfer",
+    method: Annotated[str, typer.Option("--method", help="Training method; `fernoise methods` lists them all.")] = DEFAULT_METHOD,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (default: the method's).", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per batch, per process when distributed (default: the method's).", show_default=False)] = None,
     image_size: Annotated[int, typer.Option("--image-size", help="Training and test image side in pixels.")] = 224,
-    warmup: Annotated[int | None, typer.Option("--warmup", help="Epochs of plain cross-entropy first (default: the method's: min(5, epochs // 3) for ncctfer, ce, pc, nl; 0 for scn, rul, eac, gce, sce, elr, whose code has none).", show_default=False)] = None,
+    warmup: Annotated[int | None, typer.Option("--warmup", help="Epochs of plain cross-entropy first (default: the method's, shown by `fernoise methods`: min(5, epochs // 3), or 0 where its official code has none).", show_default=False)] = None,
     lr_backbone: Annotated[float | None, typer.Option("--lr-backbone", help="Adam lr of the backbone (default: the method's).", show_default=False)] = None,
     lr_head: Annotated[float | None, typer.Option("--lr-head", help="Adam lr of the heads (default: the method's).", show_default=False)] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Adam weight decay (default: the method's).", show_default=False)] = None,

@@ -124,13 +124,30 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | os.PathLik
 
 # ----------------------------------------------------------------------------- curves
 def curves_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "",
-               num_classes: int | None = None) -> Path:
+               num_classes: int | None = None, part_captions: dict[str, str] | None = None) -> Path:
     """:func:`curves_figure` written to ``path``."""
-    return _save(curves_figure(history, title=title, num_classes=num_classes), path)
+    return _save(curves_figure(history, title=title, num_classes=num_classes, part_captions=part_captions), path)
 
 
-def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "", num_classes: int | None = None):
+def _loss_lines(history: Sequence[dict[str, Any]], captions: dict[str, str]) -> list[tuple[str, str, str]]:
+    """The loss panel's (key, label, style): ``loss``, ``loss_s``, then every other ``loss_<part>``
+    column of ``history`` in first-seen order, captioned by the method (``Method.part_captions``)."""
+    lines = [("loss", "loss L", "-"), ("loss_s", "L_s (cross-entropy part)", "--")]
+    others = dict.fromkeys(k for row in history for k in row if k.startswith("loss_") and k != "loss_s")
+    styles = (":", "-.")
+    for i, key in enumerate(others):
+        part = key[len("loss_"):]
+        label = f"L_{part} ({captions[part]})" if part in captions else f"L_{part}"
+        lines.append((key, label, styles[i % len(styles)]))
+    return lines
+
+
+def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "", num_classes: int | None = None,
+                  part_captions: dict[str, str] | None = None):
     """Three panels over epochs: accuracies (train/val/test), loss parts, confident fraction.
+
+    The loss panel draws every ``loss_<part>`` column with a value, captioned from
+    ``part_captions`` (the method's ``Method.part_captions``: ``{"c": "negative classes"}``).
 
     Accuracies and the confident fraction sit on fixed 0-1 axes, so two runs' pictures compare
     at a glance. The accuracy panel draws chance (``1 / num_classes``) as a dotted line and
@@ -146,7 +163,7 @@ def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "", num_cla
         return fig
     panels = [
         (axes[0], "accuracy", [("train_acc", "train (vs training label)", ":"), ("val_acc", "validation", "--"), ("test_acc", "test", "-")]),
-        (axes[1], "loss", [("loss", "loss L", "-"), ("loss_s", "L_s (cross-entropy part)", "--"), ("loss_c", "L_c (negative classes)", ":")]),
+        (axes[1], "loss", _loss_lines(history, part_captions or {})),
         (axes[2], "fraction of the batch", [("confident_frac", "confident fraction", "-")]),
     ]
     for ax, ylabel, keys in panels:
@@ -158,7 +175,7 @@ def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "", num_cla
                 ax.plot(ep, y, style, marker="o", ms=3, label=label)
                 drawn += 1
         if key == "confident_frac" and not drawn:
-            ax.text(0.5, 0.5, "no confident set\n(warm-up only, or method ce/nl)", ha="center",
+            ax.text(0.5, 0.5, "no confident set\n(warm-up only, or a method that does not select)", ha="center",
                     va="center", transform=ax.transAxes)
         _epoch_axis(ax)
         ax.set_xlim(min(ep) - 0.5, max(ep) + 0.5)
@@ -281,13 +298,21 @@ def all_pictures(report: dict[str, Any], history: Sequence[dict[str, Any]], out_
     return [
         confusion_png(np.array(report["confusion_matrix"]), classes, out_dir / PICTURES["confusion"],
                       title=f"{name}: top-1 {report['top1']:.3f}, macro-F1 {report['macro_f1']:.3f} (n={report['n']})"),
-        curves_png(history, out_dir / PICTURES["curves"], title=f"training curves: {name}", num_classes=len(classes)),
+        curves_png(history, out_dir / PICTURES["curves"], title=f"training curves: {name}", num_classes=len(classes),
+                   part_captions=_part_captions(report.get("method"))),
         thresholds_png(history, classes, out_dir / PICTURES["thresholds"],
                        title=f"per-class thresholds T_c over epochs: {name}"),
         noise_detection_png(history, out_dir / PICTURES["noise_detection"],
                             title=f"noise detection by the confident set: {name}",
                             clean_share=report.get("train_clean_share")),
     ]
+
+
+def _part_captions(method: str | None) -> dict[str, str]:
+    """``method``'s loss-part captions (none for a method no longer registered)."""
+    from fernoise import methods
+
+    return dict(methods.get(method).part_captions) if method in methods.names() else {}
 
 
 def _run_label(report: dict[str, Any]) -> str:

@@ -20,6 +20,9 @@ Checked (only what the readers downstream rely on; unknown fields pass):
 - ``eval.json``: a JSON object; ``top1``, ``macro_f1``, ``train_clean_share`` finite numbers in
   [0, 1] or null; ``ci95`` null or an object whose ``top1`` and ``macro_f1`` are null or
   ``[lo, hi]`` finite numbers.
+
+The fields that only run folders of older fernoise versions have, and what they mean today,
+are in one place: the "legacy" section at the end (:func:`legacy_method`).
 """
 
 from __future__ import annotations
@@ -195,3 +198,28 @@ def read_eval(path: str | os.PathLike) -> dict[str, Any] | None:
     if rep.get("run_key") is not None and not isinstance(rep["run_key"], str):
         raise _damaged(path, f"'run_key': expected a string, found {_kind(rep['run_key'])}", EVAL_FIX)
     return rep
+
+
+# ----------------------------------------------------------------------------- legacy
+# Run folders written by older fernoise versions, read by today's eval and report. The only
+# method names the library outside fernoise/methods/ spells (tests/test_method_contract.py
+# allows this section):
+# - config.json without ``method`` (before the method registry): ``two_heads`` true was NCCTFER
+#   (the ``ncc`` head), false the cross-entropy baseline;
+# - config.json without ``method_params``: NCCTFER's ``k`` at the top level;
+# - metrics.jsonl rows with ``loss_c`` for every method (null where the method has no ``c``
+#   part): today a run logs only its own method's parts. Readers take every ``loss_<part>``
+#   column that has a value, so a null ``loss_c`` is never drawn or reported.
+LEGACY_TWO_HEADS_METHOD = "ncctfer"
+LEGACY_ONE_HEAD_METHOD = "ce"
+LEGACY_TOP_LEVEL_PARAMS = ("k",)
+
+
+def legacy_method(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(method name, method_params dict)`` of a run's ``config``, also for runs made before
+    ``method`` or ``method_params`` existed (see the section's comment)."""
+    name = config.get("method") or (LEGACY_TWO_HEADS_METHOD if config.get("two_heads") else LEGACY_ONE_HEAD_METHOD)
+    given = config.get("method_params")
+    if given is None:
+        given = {k: config[k] for k in LEGACY_TOP_LEVEL_PARAMS if config.get(k) is not None}
+    return name, given

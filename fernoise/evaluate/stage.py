@@ -231,9 +231,12 @@ def warmup_epochs(history: Sequence[dict[str, Any]]) -> list[int]:
 def warmup_warning(history: Sequence[dict[str, Any]], key: str = "test_acc", method: str | None = None) -> str | None:
     """A one-line warning when the best ``key`` epoch lies inside the warm-up, else None.
 
-    Never for ``ce``, whose warm-up is the same loss as the rest of its training.
+    Never for a method whose warm-up is the same loss as the rest of its training
+    (``Method.warmup_is_own_loss``, e.g. ``ce``).
     """
-    if method == "ce":
+    from fernoise import methods
+
+    if method in methods.names() and methods.get(method).warmup_is_own_loss:
         return None
     m = max_last(history, key)
     warm = warmup_epochs(history)
@@ -398,14 +401,12 @@ def load_model(run: Run, device: str = "cpu"):
     import torch
 
     from fernoise import methods
+    from fernoise.evaluate.runs import legacy_method
     from fernoise.model import Classifier
 
     cfg = run.config
     c = int(cfg.get("num_classes", len(cfg["classes"])))
-    name = cfg.get("method") or ("ncctfer" if cfg.get("two_heads") else "ce")
-    given = cfg.get("method_params")
-    if given is None:  # older runs: method parameters at the top level (k)
-        given = {k: cfg[k] for k in ("k",) if cfg.get(k) is not None}
+    name, given = legacy_method(cfg)  # older runs: no method / method_params
     try:
         method = methods.create(name, methods.params_from_dict(name, given), num_classes=c,
                                 image_size=int(cfg.get("image_size", 224)))

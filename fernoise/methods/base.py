@@ -23,7 +23,10 @@ Writing a method
   dataclass, see below), ``views`` (view names the data code builds per sample; see Views),
   ``optim`` (:class:`OptimDefaults`, the official optimiser), ``parts`` (names of the loss
   parts ``loss`` may return; each is logged as ``loss_<part>`` in metrics.jsonl, None in an
-  epoch where it never appeared), ``relabels`` (True when it returns ``LossOut.relabelled``).
+  epoch where it never appeared; ``part_captions`` says what they mean), ``relabels`` (True
+  when it returns ``LossOut.relabelled``), ``warmup_is_own_loss`` (True for plain cross-entropy).
+  ``fernoise report`` lists methods in registration order (``fernoise.methods.names()``); no
+  module outside ``fernoise/methods/`` names a method (``tests/test_method_contract.py``).
 - ``Params``: a frozen dataclass; every field made with :func:`option` (flag, help, and for
   strings the choices), defaults from the source. Every field becomes a ``fernoise train``
   flag, is recorded in config.json under ``method_params`` and enters the run key. Check
@@ -186,6 +189,12 @@ class Method:
     views: ClassVar[tuple[str, ...]] = ("weak",)
     optim: ClassVar[OptimDefaults]
     parts: ClassVar[tuple[str, ...]] = ("s",)
+    part_captions: ClassVar[dict[str, str]] = {}
+    """What a loss part means, for the loss panel of eval's curves (``{"c": "negative classes"}``);
+    a part without one is drawn as ``L_<part>``."""
+    warmup_is_own_loss: ClassVar[bool] = False
+    """True for a method whose loss is the warm-up's (plain cross-entropy): eval then never warns
+    that the best epoch lies inside the warm-up."""
     relabels: ClassVar[bool] = False
     """True for a method that relabels (keeps a label store): metrics log ``relabelled`` and
     ``relabel_precision`` every epoch (0 / null before it starts), null for the others."""

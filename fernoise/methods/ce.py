@@ -18,6 +18,7 @@ class CE(Method):
     views = ("weak",)
     optim = OptimDefaults(lr_backbone=1e-4, lr_head=1e-3, epochs=40, batch_size=128)
     parts = ("s",)
+    warmup_is_own_loss = True
 
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:
         return self.warmup_loss(model, views, y)

@@ -54,6 +54,7 @@ class NCCTFER(Method):
     views = ("weak", "strong")
     optim = OptimDefaults(lr_backbone=1e-4, lr_head=1e-3, epochs=40, batch_size=128)
     parts = ("s", "c")
+    part_captions = {"c": "negative classes"}
 
     def __init__(self, params=None, *, num_classes: int, n_rows: int, image_size: int = 224):
         super().__init__(params, num_classes=num_classes, n_rows=n_rows, image_size=image_size)

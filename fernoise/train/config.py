@@ -15,6 +15,11 @@ from typing import Any
 from fernoise.devices import check_device_name
 from fernoise.errors import FernoiseError
 
+# The method of `fernoise train` when --method is not given: the paper this toolkit reproduces
+# (NCCTFER). A method name outside fernoise/methods/ on purpose (tests/test_method_contract.py
+# allows it).
+DEFAULT_METHOD = "ncctfer"
+
 VERSION = 1
 READS = ("id", "path", "crop_sha256", "split", "label", "label_clean", "is_noisy", "status")
 """The manifest columns train reads: their content digest is the key's manifest input."""
@@ -29,8 +34,8 @@ class TrainConfig:
     ``lr_head``, ``weight_decay`` and ``lr_decay`` means the method's official value
     (``Method.optim``); after construction they hold the resolved values."""
 
-    method: str = "ncctfer"
-    """A registered method (``fernoise methods``): ce, pc, nl, ncctfer, gce, sce, elr, ..."""
+    method: str = DEFAULT_METHOD
+    """A registered method (``fernoise methods``)."""
     method_params: Any = None
     """The method's ``Params`` (its own flags, e.g. ``--k``, ``--gce-q``), or a dict of its
     fields; None = its defaults."""
@@ -42,8 +47,8 @@ class TrainConfig:
     """Side of the square training and test images."""
     warmup: int | None = None
     """Epochs of plain cross-entropy on every sample before the method's loss; None = the
-    method's (``Method.default_warmup``): ``min(5, epochs // 3)`` for ncctfer and its baselines
-    ce, pc, nl (5 for the paper's 40 epochs), 0 for scn, rul, eac, gce, sce, elr (their code has none)."""
+    method's (``Method.default_warmup``, shown by ``fernoise methods``): ``min(5, epochs // 3)``
+    (5 for the paper's 40 epochs), or 0 for a method whose official code has none."""
     lr_backbone: float | None = None
     """Adam learning rate of the ResNet-18 backbone."""
     lr_head: float | None = None
@@ -150,9 +155,9 @@ class TrainConfig:
         return asdict(self.method_params)
 
 
-def default_warmup(epochs: int, method: str = "ncctfer") -> int:
+def default_warmup(epochs: int, method: str = DEFAULT_METHOD) -> int:
     """The warm-up of ``method`` when ``--warmup`` is not given (``Method.default_warmup``):
-    ``min(5, epochs // 3)`` for ncctfer, ce, pc, nl; 0 for the methods whose code has none."""
+    ``min(5, epochs // 3)``, or 0 for a method whose official code has none."""
     from fernoise import methods
 
     return methods.get(method).default_warmup(epochs)

@@ -550,7 +550,7 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
             written.append(run_dir / "val_ids.json")
         _write_metrics(run_dir, metrics)
 
-    parts = list(dict.fromkeys(["s", "c", *method.parts]))  # loss_s and loss_c are always logged
+    parts = list(dict.fromkeys(["s", *method.parts]))  # loss_s always: the warm-up's part
     for epoch in range(start, cfg.epochs + 1):
         t_epoch = time.perf_counter()
         warm = epoch <= cfg.warmup
