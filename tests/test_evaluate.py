@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from fernoise import methods
 from fernoise.errors import FernoiseError
 from fernoise.evaluate import stage as ev
 from fernoise.labels import LABEL_SPACES
@@ -94,6 +95,9 @@ def test_warmup_warning_when_best_test_epoch_is_in_warmup():
     assert s["warmup_epochs"] == [1, 2, 3]
     assert ev.warmup_warning(_history([0.40, 0.50, 0.72], warm=2)) is None
     assert ev.warmup_warning(h, method="ce") is None  # ce's warm-up is its own loss
+    # the method declares it (Method.warmup_is_own_loss); the others, and unknown names, warn
+    assert [m for m in methods.names() if ev.warmup_warning(h, method=m) is None] == ["ce"]
+    assert ev.warmup_warning(h, method="gone") == w
 
 
 def test_noise_detection_and_thresholds_from_history():
