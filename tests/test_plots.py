@@ -37,6 +37,18 @@ def test_curves_have_chance_fixed_axes_and_the_last5_band(tmp_path):
     assert plots.curves_figure(_history([0.9, 0.95]), num_classes=2).axes[0].get_ylim() == (0.0, 1.0)
 
 
+def test_the_loss_panel_draws_the_method_s_own_parts_with_its_captions():
+    rows = [{"epoch": e, "test_acc": 0.5, "loss": 2.0 - e / 10, "loss_s": 1.0, "loss_gce": 0.5 + e / 10, "loss_c": None}
+            for e in (1, 2)]
+    loss = plots.curves_figure(rows).axes[1]
+    assert set(_lines(loss)) == {"loss L", "L_s (cross-entropy part)", "L_gce"}  # an all-null loss_c (old runs): not drawn
+    assert list(_lines(loss)["L_gce"].get_ydata()) == pytest.approx([0.6, 0.7])
+    rows = [{**r, "loss_c": 0.3} for r in rows]
+    loss = plots.curves_figure(rows, part_captions={"c": "negative classes"}).axes[1]
+    assert "L_c (negative classes)" in _lines(loss)
+    assert plots._part_captions("ncctfer") == {"c": "negative classes"} and plots._part_captions("gone") == {}
+
+
 def test_noise_detection_draws_the_base_rate():
     h = _history([0.3, 0.4, 0.5], warm=1, confident_precision=[None, 0.8, 0.85],
                  confident_recall=[None, 0.5, 0.6], confident_frac=[None, 0.5, 0.5])
