@@ -201,9 +201,9 @@ def read_eval(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------------- legacy
-# Run folders written by older fernoise versions, read by today's eval and report. The only
-# method names the library outside fernoise/methods/ spells (tests/test_method_contract.py
-# allows this section):
+# Run folders written by older fernoise versions, read by today's eval and report; the method
+# names below are spelt here, outside fernoise/methods/, on purpose (tests/test_method_contract.py
+# allows them):
 # - config.json without ``method`` (before the method registry): ``two_heads`` true was NCCTFER
 #   (the ``ncc`` head), false the cross-entropy baseline;
 # - config.json without ``method_params``: NCCTFER's ``k`` at the top level;
