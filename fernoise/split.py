@@ -233,14 +233,16 @@ def run_split(
     import pyarrow.parquet as pq
 
     from fernoise.cache import Workspace, file_sha256, run_stage, stage_key
-    from fernoise.manifest import Manifest, read_meta, stage_meta, write_manifest_table
+    from fernoise.manifest import (
+        Manifest,
+        read_meta,
+        resolve_manifest,
+        stage_meta,
+        write_manifest_table,
+    )
 
     ws = workspace or Workspace()
-    path = Path(manifest) if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
-    if path.is_dir():
-        path = path / "manifest.parquet"
-    if not path.is_file():
-        raise FernoiseError(f"manifest {path} does not exist; pass a manifest .parquet file", flag="MANIFEST")
+    path = resolve_manifest(manifest if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST"))
     meta = read_meta(path)
     classes = list(meta.get("classes") or [])
     if not classes:

@@ -386,10 +386,12 @@ def test_eval_device_cuda_without_cuda_fails_even_on_a_cache_hit(tmp_path, works
     assert res.exit_code == 2 and "--device" in res.output and "no CUDA" in res.output
 
 
-def test_eval_a_folder_given_as_manifest(tmp_path, workspace):
-    man, run = _stamped_run(tmp_path)
-    res = _eval_cli(run, "--device", "cpu", "--manifest", man.parent)
-    assert res.exit_code == 2 and "is a folder" in res.output and "does not exist" not in res.output
+def test_eval_a_folder_without_a_manifest_given_as_manifest(tmp_path, workspace):
+    _, run = _stamped_run(tmp_path)
+    (tmp_path / "empty").mkdir()
+    res = _eval_cli(run, "--device", "cpu", "--manifest", tmp_path / "empty")
+    assert res.exit_code == 2 and "is a folder without a manifest.parquet" in res.output
+    assert "does not exist" not in res.output
 
 
 def test_eval_split_val_writes_its_own_folder(tmp_path, workspace):

@@ -278,7 +278,7 @@ def _train(manifest: Path, method: str, params: DemoParams, ws, say, force: bool
                               device=params.device, workers=params.workers)
     cfg = TrainConfig(**kw)  # each method's own parameters (e.g. ncctfer's k) at their defaults
     t0 = time.perf_counter()
-    res = train(manifest, cfg, runs_dir=ws.root / "runs", workspace=ws, force=force,
+    res = train(manifest, cfg, runs_dir=ws.runs_dir(), workspace=ws, force=force,
                 progress=lambda ev: say({**ev, "event": "train", "train_event": ev.get("event"), "method": method}))
     done(StepResult("train", Path(res.output), res.hit, time.perf_counter() - t0, {"method": method}))
     return Path(res.output)

@@ -481,7 +481,7 @@ class ManifestRef:
 
 def _manifest_for(run: Run, manifest_path: str | os.PathLike | None) -> ManifestRef:
     """The evaluated manifest's metadata only (rows are read on a cache miss)."""
-    from fernoise.manifest import read_meta
+    from fernoise.manifest import read_meta, resolve_manifest
 
     own = run.config.get("manifest")
     path = Path(manifest_path) if manifest_path else (Path(own) if own else None)
@@ -489,13 +489,11 @@ def _manifest_for(run: Run, manifest_path: str | os.PathLike | None) -> Manifest
         raise FernoiseError(f"{run.path}/config.json names no manifest; pass one", flag="--manifest")
     if not path.is_absolute() and not path.exists() and manifest_path is None:
         path = run.path / path
-    if path.is_dir():
-        raise FernoiseError(f"manifest {path} is a folder, expected a file; pass the manifest .parquet inside it",
-                            flag="--manifest")
-    if not path.is_file():
+    if not path.exists():
         raise FernoiseError(
             f"manifest {path} does not exist (moved?); pass the test manifest", flag="--manifest"
         )
+    path = resolve_manifest(path, flag="--manifest")
     m = ManifestRef(path=path, meta=read_meta(path))
     if m.classes and list(m.classes) != run.classes:
         raise FernoiseError(

@@ -64,7 +64,7 @@ from fernoise.cache import (
 )
 from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError
-from fernoise.manifest import read_manifest
+from fernoise.manifest import read_manifest, resolve_manifest
 from fernoise.train.stage import _write_metrics, resolve_precision
 
 VERSION = 2  # 2: keyed on the content of the manifest columns it reads
@@ -168,7 +168,7 @@ def plan(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root: str
     """Check the manifest and the configuration, compute the key; writes nothing."""
     from fernoise import data
 
-    m = read_manifest(manifest_path)
+    m = read_manifest(resolve_manifest(manifest_path))
     if "path" not in m.df.columns:
         raise FernoiseError(f"{m.path} has no `path` column (crops); make it with `fernoise align`", flag="MANIFEST")
     splits = set(m.df["split"].dropna().astype(str))

@@ -66,7 +66,7 @@ from fernoise.cache import (
 )
 from fernoise.devices import resolve_device
 from fernoise.errors import FernoiseError, require_folder
-from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest
+from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest, resolve_manifest
 from fernoise.train.config import (
     READS,
     VERSION,
@@ -149,7 +149,7 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
 
     if runs_dir is not None:
         require_folder(runs_dir, "runs folder", flag="--runs-dir", may_be_missing=True)
-    m = read_manifest(manifest_path)
+    m = read_manifest(resolve_manifest(manifest_path))
     if "path" not in m.df.columns:
         raise FernoiseError(
             f"{m.path} has no `path` column (the crop of each row); make the manifest with `fernoise align`",
@@ -284,8 +284,7 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     if cfg.compile:
         key_params["compile"] = True
     key = stage_key("train", VERSION, key_params, {"manifest": key_in, "content": content})
-    runs_dir = Path(runs_dir) if runs_dir else ws.root / "runs"
-    run_dir = runs_dir.resolve() / key[:16]
+    run_dir = ws.runs_dir(runs_dir).resolve() / key[:16]
 
     corrupt = find_stage(m.meta, "corrupt")
     align = find_stage(m.meta, "align")
