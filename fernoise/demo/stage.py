@@ -33,8 +33,8 @@ from typing import Any
 from fernoise.cache import atomic_write_json, atomic_write_text, run_stage
 from fernoise.demo.synthetic import NAME, SyntheticParams
 from fernoise.errors import FernoiseError
+from fernoise.progress import Progress
 
-Progress = Callable[[dict], None]
 DEFAULT_DIR = "fernoise-demo"
 SYNTH_STAGE, SYNTH_VERSION = "synthesize", 1
 

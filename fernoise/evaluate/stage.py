@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ import numpy as np
 from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError
 from fernoise.evaluate.plots import GRADCAM_PNG, PICTURES  # noqa: F401 - the file names eval writes
+from fernoise.progress import Counter as Progress  # (done, total)
 
 EVAL_READS = ("id", "path", "crop_sha256", "split", "label", "status")
 """The manifest columns eval reads: their content digest is part of the key."""
@@ -68,7 +69,6 @@ ECE_BINS = 15
 MISMATCH = 0.02  # top-1 vs the last epoch's recorded test accuracy (bf16 vs fp32 rounding stays below)
 LAST_N = 5
 
-Progress = Callable[[int, int], None]
 
 
 # ============================================================================ metrics

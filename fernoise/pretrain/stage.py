@@ -42,7 +42,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,7 @@ from fernoise.cache import (
 from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError
 from fernoise.manifest import read_manifest, resolve_manifest
+from fernoise.progress import Progress
 from fernoise.train.stage import _write_metrics, resolve_precision
 
 VERSION = 2  # 2: keyed on the content of the manifest columns it reads
@@ -73,7 +73,6 @@ METHODS = ("simclr", "byol")
 PRECISIONS = ("auto", "fp32", "bf16")
 READS = ("id", "path", "crop_sha256", "split", "label", "status")
 """The manifest columns pretrain reads (``label`` only for the probe rows): the key's input."""
-Progress = Callable[[dict], None]
 
 
 @dataclass(frozen=True)

@@ -67,10 +67,10 @@ from fernoise.cache import (
 from fernoise.devices import resolve_device
 from fernoise.errors import FernoiseError, require_folder
 from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest, resolve_manifest
+from fernoise.progress import Progress
 from fernoise.train.config import (
     READS,
     VERSION,
-    Progress,
     TrainConfig,
     resolve_precision,
 )
