@@ -20,7 +20,9 @@ loss, images/s, lr, momentum, and the k-NN probe accuracy when measured), ``chec
 ``keep_checkpoint``), and ``backbone.pt``: a plain state dict with torchvision's ResNet-18 key
 names (no ``fc``), readable with ``torch.load(..., weights_only=True)``. Keyed by the manifest
 key and every result-changing parameter; a re-run is a cache hit; after a kill it resumes
-from the last finished epoch and, on the CPU with the same seed, ends with the same weights.
+from the last finished epoch and, on the CPU with the same seed, ends with the same weights. A
+full disk while writing ``checkpoint.pt`` or ``backbone.pt`` is one line
+(:func:`fernoise.checkpoint.save_torch`, as in train).
 The workspace lock records stage ``pretrain``, so ``fernoise train --pretrained latest``
 finds it.
 
@@ -52,7 +54,6 @@ from fernoise import __version__
 from fernoise.cache import (
     StageResult,
     Workspace,
-    atomic_path,
     atomic_write_json,
     file_sha256,
     outputs_intact,
@@ -61,6 +62,7 @@ from fernoise.cache import (
     stage_key,
     stamp_path,
 )
+from fernoise.checkpoint import save_torch
 from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError
 from fernoise.manifest import read_manifest, resolve_manifest
@@ -474,8 +476,8 @@ def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: b
         distributed.barrier(env)
 
     if env.is_main:
-        with atomic_path(out / "backbone.pt") as tmp:
-            torch.save({k: v.detach().cpu() for k, v in online["backbone"].state_dict().items()}, tmp)
+        save_torch({k: v.detach().cpu() for k, v in online["backbone"].state_dict().items()}, out / "backbone.pt",
+                   resume="the run loads its last checkpoint and writes backbone.pt")
         if not cfg.keep_checkpoint:
             ckpt_path.unlink(missing_ok=True)
     return [out / "backbone.pt", out / "config.json", out / "metrics.jsonl"]
@@ -484,14 +486,12 @@ def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: b
 def _save_checkpoint(path: Path, key: str, epoch: int, online, target, optimizer, scheduler, metrics) -> None:
     """The safe checkpoint format: tensors, numbers, strings, lists and dicts only (metrics as
     JSON strings), so ``torch.load(..., weights_only=True)`` reads it."""
-    import torch
-
     state = {"key": key, "epoch": epoch, "online": online.state_dict(),
              "target": target.state_dict() if target is not None else {},
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "metrics": [json.dumps(m, sort_keys=True) for m in metrics]}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path, resume=f"pretraining resumes from epoch {epoch} (the checkpoint of epoch {epoch - 1} is kept)"
+               if epoch > 1 else "pretraining starts over")
 
 
 def _load_checkpoint(path: Path, key: str, say: Progress) -> dict | None:

@@ -36,7 +36,6 @@ say so.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -52,7 +51,6 @@ from fernoise import __version__, runindex
 from fernoise.cache import (
     StageResult,
     Workspace,
-    atomic_path,
     atomic_write_json,
     atomic_write_text,
     bytes_sha256,
@@ -64,6 +62,7 @@ from fernoise.cache import (
     stage_key,
     stamp_path,
 )
+from fernoise.checkpoint import disk_full_reason, save_torch
 from fernoise.devices import resolve_device
 from fernoise.errors import FernoiseError, require_folder
 from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest, resolve_manifest
@@ -974,40 +973,6 @@ def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, schedul
     }
     save_torch(state, path, resume=(f"training resumes from epoch {epoch} (the checkpoint of epoch {epoch - 1} is kept)"
                                     if epoch > 1 else "training starts over at epoch 1"))
-
-
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-"""Write failures that mean "no room": a full disk, an exhausted quota, a file size limit."""
-_WRITER_FAILED = ("PytorchStreamWriter", "unexpected pos", "file write failed")
-
-
-def disk_full_reason(e: BaseException) -> str | None:
-    """Why a write failed for lack of room (an OSError with ENOSPC, EDQUOT or EFBIG, or torch's
-    stream writer's RuntimeError, which hides the errno), else None."""
-    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
-        return {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                errno.EFBIG: "file too large for the file system or the process's file size limit"}[e.errno]
-    if isinstance(e, RuntimeError) and any(s in str(e) for s in _WRITER_FAILED):
-        return "the write failed (torch's file writer: " + " ".join(str(e).split())[-80:] + "), most likely a full disk"
-    return None
-
-
-def save_torch(obj: Any, path: Path, *, resume: str) -> None:
-    """``torch.save(obj)`` to ``path`` atomically: the one place train writes checkpoint.pt and
-    model.pt. A write that fails for lack of room leaves the old file (or none), removes its
-    temporary file and raises one FernoiseError naming ``path`` and what a re-run does
-    (``resume``); any other failure propagates."""
-    import torch
-
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-    except (OSError, RuntimeError) as e:
-        why = disk_full_reason(e)
-        if why is None:
-            raise
-        raise FernoiseError(f"disk full writing {path}: {why}; free space on the disk holding {path.parent} "
-                            f"and re-run the same command: {resume}") from None
 
 
 def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
