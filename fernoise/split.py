@@ -276,7 +276,7 @@ def run_split(
     relocate = out_dir.resolve() != path.parent.resolve()
     input_key = meta.get("key") or file_sha256(path)
     # The rows themselves, not only the recorded key: a manifest edited behind its metadata
-    # (rows dropped, labels or groups changed) is a new input (issue 8.4).
+    # (rows dropped, labels or groups changed) is a new input.
     content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=table).content_key(table.column_names)
     n_groups = len({str(g) for g in groups})
     base = {**lineage_params(params, 0, k), "loso": params.loso}

@@ -139,7 +139,7 @@ def make_manifest(root, n_test=40, n_train=12, classes=CLASSES7, key="mkey-test"
 
 def make_run(root, manifest, *, method="ncctfer", noise=None, epochs=6, warmup=2, test=None, val=None,
              noisy=True, classes=CLASSES7, size=32, with_model=True, key=None):
-    """A run directory per notes/rundir.md, with a random-init FerNet as model.pt."""
+    """A run directory as `fernoise train` writes it, with a random-init FerNet as model.pt."""
     root.mkdir(parents=True, exist_ok=True)
     c = len(classes)
     two = method == "ncctfer"

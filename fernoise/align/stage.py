@@ -31,7 +31,6 @@ exist (same inputs and parameters) they are merged into ``OUT/manifest.parquet``
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import threading
@@ -1054,8 +1053,3 @@ def merge_shards(out: str | os.PathLike, *, n: int | None = None, workspace: Wor
     if workspace is not None:
         workspace.record(STAGE, key=base_key, output=target, params=meta.get("params") or {})
     return target
-
-
-def summary_json(result: AlignResult) -> str:
-    return json.dumps({"manifest": str(result.manifest), "key": result.key, "hit": result.hit,
-                       "counts": result.counts, "rows": result.rows}, sort_keys=True)

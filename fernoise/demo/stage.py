@@ -22,11 +22,10 @@ in under 3 minutes on a busy 2-core CPU (README gives the measured time).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -294,8 +293,3 @@ def _eval(run: Path, method: str, params: DemoParams, ws, say, force: bool, done
                     {"method": method, "top1": rep.get("top1"), "macro_f1": rep.get("macro_f1"),
                      "pictures": list(rep.get("pictures", []))}))
     return rep
-
-
-def params_json(params: DemoParams) -> str:
-    """The demo's parameters as canonical JSON (for logs and the summary)."""
-    return json.dumps(asdict(params), sort_keys=True)

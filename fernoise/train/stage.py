@@ -2,20 +2,20 @@
 
 Reads a manifest (rows with a crop, status ok/whole): ``split == train`` rows with a label
 are trained on, ``val`` rows validate (or a seeded stratified ``val_fraction`` of train when
-the manifest has none), ``test`` rows test. Writes ``runs/<key[:16]>/`` (notes/rundir.md):
+the manifest has none), ``test`` rows test. Writes ``runs/<key[:16]>/`` (README, "Train"):
 ``config.json``, ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (atomically, every
 epoch; a re-run resumes from it; removed when the run finishes unless ``keep_checkpoint``),
 ``model.pt`` (final weights), ``val_ids.json`` when validation rows were carved out of train,
 and the stage stamp.
 
-Trust (issue 8): the checkpoint holds only tensors, numbers, strings, lists and dicts and is
+Trust: the checkpoint holds only tensors, numbers, strings, lists and dicts and is
 read with ``torch.load(weights_only=True)``; an unreadable, truncated or foreign one is
 treated as absent (one warning, the run starts over). The key's manifest input is the content
 digest of the columns train reads (:data:`READS`), so an edited manifest never hits an old run.
 Crop paths resolve against the manifest's folder; crops outside it are allowed but reported,
 and crops that cannot be decoded are skipped and counted (:mod:`fernoise.data`).
 
-Trust (issue 19): a run that skipped rows is keyed on them too (:func:`key_inputs`: the
+A run that skipped rows is keyed on them too (:func:`key_inputs`: the
 digest of their ids), so once ``fernoise align`` has repaired them the same command trains
 again; a fully usable run keeps the key it always had. A NaN or inf start (``--pretrained``)
 is refused before training; a non-finite loss stops the run with one line naming the epoch and
@@ -304,7 +304,7 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         "manifest": str(Path(m.path).resolve()), "manifest_key": key_in, "manifest_content": content,
         "val_labels": val_labels, "max_rows": cfg.max_rows, "n_train_available": n_train_all,
         "classes": classes, "label_space": m.meta.get("label_space"), "num_classes": C,
-        "two_heads": "ncc" in heads,  # the key of issue 4; "heads" names them all
+        "two_heads": "ncc" in heads,  # the field older run folders have; "heads" names them all
         "views": list(_method_class(cfg).views),
         "noise": dict(corrupt["params"]) if corrupt else None,
         "align": dict(align["params"]) if align else None,
@@ -369,7 +369,7 @@ def key_inputs(p: Plan) -> dict[str, Any]:
 
 def other_rows(p: Plan) -> bool:
     """True when the run folder's ``config.json`` records other unusable rows than ``p`` (a
-    run of fernoise before issue 19 kept the key of a fully usable run while skipping rows):
+    run of an older fernoise kept the key of a fully usable run while skipping rows):
     its model.pt and checkpoint.pt are not this run's."""
     recorded = read_json(p.run_dir / "config.json")
     if not isinstance(recorded, dict):
