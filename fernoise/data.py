@@ -54,7 +54,6 @@ RANDAUG_BINS = 31  # torchvision's RandAugment default: magnitude 0..30
 PAD = 4
 
 
-
 def usable(df: pd.DataFrame) -> pd.Series:
     """Bool mask of rows with a crop: status ok/whole and a non-null ``path``."""
     return df["status"].isin(USABLE_STATUSES) & df["path"].notna()

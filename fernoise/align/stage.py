@@ -68,7 +68,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", "
 SHARD_RE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.parquet$")
 
 
-
 @dataclass(frozen=True)
 class LabelSpec:
     """Where labels, splits and extra columns come from (the CLI's label options)."""

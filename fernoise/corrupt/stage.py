@@ -174,7 +174,6 @@ def splice(table: pa.Table, df: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(cols, names=names)
 
 
-
 @dataclass
 class CorruptResult:
     """What :func:`run_corrupt` did: the stage result, the noise info and the timings (s)."""

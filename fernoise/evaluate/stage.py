@@ -70,7 +70,6 @@ MISMATCH = 0.02  # top-1 vs the last epoch's recorded test accuracy (bf16 vs fp3
 LAST_N = 5
 
 
-
 # ============================================================================ metrics
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
     """``(C, C)`` int64 counts; ``cm[i, j]`` = rows of true class ``i`` predicted as ``j``."""
