@@ -35,6 +35,7 @@ from typing import Any
 from fernoise.errors import FernoiseError
 
 LOCK_NAME = "fernoise.lock"
+RUNS_NAME = "runs"  # the workspace's folder of run folders (Workspace.runs_dir)
 
 
 def _current_umask() -> int:
@@ -295,6 +296,13 @@ class Workspace:
         root = root or os.environ.get("FERNOISE_WORKSPACE") or os.getcwd()
         self.root = Path(root).resolve()
         self.lock_path = self.root / LOCK_NAME
+
+    def runs_dir(self, runs_dir: str | os.PathLike | None = None) -> Path:
+        """Where runs live: ``runs_dir`` (``--runs-dir``) when given, else ``<workspace>/runs``.
+
+        The one place that says so: train writes there, and sweep, report and the run index
+        look there. Not resolved (callers that compare paths resolve it)."""
+        return Path(runs_dir) if runs_dir else self.root / RUNS_NAME
 
     def read(self) -> dict[str, Any]:
         data = read_json(self.lock_path)

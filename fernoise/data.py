@@ -33,7 +33,7 @@ import errno
 import hashlib
 import io
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,13 +46,12 @@ from torchvision.transforms import autoaugment as _aa
 
 from fernoise.cache import atomic_path, atomic_write_json, bytes_sha256, clean_stale_tmp, read_json
 from fernoise.images import MEAN, STD, load_rgb
+from fernoise.progress import Progress
 from fernoise.safefiles import MAX_CROP_BYTES, UnsafeFile, read_regular
 
 USABLE_STATUSES = ("ok", "whole")
 RANDAUG_BINS = 31  # torchvision's RandAugment default: magnitude 0..30
 PAD = 4
-
-Progress = Callable[[dict], None]
 
 
 def usable(df: pd.DataFrame) -> pd.Series:

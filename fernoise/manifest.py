@@ -35,6 +35,7 @@ from fernoise.errors import FernoiseError
 
 SCHEMA_VERSION = 1
 META_KEY = b"fernoise"
+MANIFEST_FILE = "manifest.parquet"  # what a folder given for a manifest means (resolve_manifest)
 SPLITS = ("train", "val", "test")
 
 # One vocabulary of row statuses. Every status but "ok" and "whole" comes with a `reason`.
@@ -217,6 +218,25 @@ def write_manifest_table(table: pa.Table, path: str | os.PathLike, meta: dict[st
     return path
 
 
+def resolve_manifest(path: str | os.PathLike, *, flag: str | None = "MANIFEST") -> Path:
+    """The manifest file a user means by ``path``: a file as it is, a folder (the output of
+    ``fernoise align``, ``corrupt`` or ``split``) its ``manifest.parquet``.
+
+    Every command that takes a manifest calls this, so a folder means the same everywhere.
+    Raises a one-line FernoiseError (naming ``flag``) for a folder without a manifest.parquet
+    and for a path that does not exist; reads nothing.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if (p / MANIFEST_FILE).is_file():
+            return p / MANIFEST_FILE
+        raise FernoiseError(f"{p} is a folder without a {MANIFEST_FILE}; pass a manifest .parquet file "
+                            f"or a folder that holds a {MANIFEST_FILE}", flag=flag)
+    if not p.is_file():
+        raise FernoiseError(f"manifest {p} does not exist; pass a manifest .parquet file", flag=flag)
+    return p
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Only the metadata of a manifest (cheap: reads the footer)."""
     if Path(path).is_dir():
@@ -235,7 +255,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     """Read a manifest and check its required columns; labels come back as pandas ``Int64``."""
     path = Path(path)
     if path.is_dir():
-        hint = f"; pass {path / 'manifest.parquet'}" if (path / "manifest.parquet").is_file() else "; pass a manifest .parquet file"
+        hint = f"; pass {path / MANIFEST_FILE}" if (path / MANIFEST_FILE).is_file() else "; pass a manifest .parquet file"
         raise FernoiseError(f"manifest {path} is a folder, not a file{hint}")
     if not path.is_file():
         raise FernoiseError(f"manifest {path} does not exist")

@@ -95,7 +95,7 @@ def torch_build() -> str | None:
 
 def runs_root(runs_dir: str | os.PathLike | None, workspace: Workspace | None = None) -> Path:
     """The folder of run folders, as :func:`fernoise.train.stage.plan` resolves it."""
-    return (Path(runs_dir) if runs_dir else (workspace or Workspace()).root / "runs").resolve()
+    return (workspace or Workspace()).runs_dir(runs_dir).resolve()
 
 
 def manifest_identity(path: str | os.PathLike) -> dict[str, Any]:
@@ -103,11 +103,9 @@ def manifest_identity(path: str | os.PathLike) -> dict[str, Any]:
     edit changes it even when the size stays and the mtime is put back; about 3 ms for a
     4.4 MB manifest of 32,137 rows, FERPlus's size), and the key and content digests its
     metadata records."""
-    from fernoise.manifest import read_meta
+    from fernoise.manifest import read_meta, resolve_manifest
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "manifest.parquet"
+    p = resolve_manifest(path)
     meta = read_meta(p)
     return {"file": str(p.resolve()), "sha256": file_sha256(p), "key": meta.get("key"), "content": meta.get("content")}
 

@@ -233,14 +233,16 @@ def run_split(
     import pyarrow.parquet as pq
 
     from fernoise.cache import Workspace, file_sha256, run_stage, stage_key
-    from fernoise.manifest import Manifest, read_meta, stage_meta, write_manifest_table
+    from fernoise.manifest import (
+        Manifest,
+        read_meta,
+        resolve_manifest,
+        stage_meta,
+        write_manifest_table,
+    )
 
     ws = workspace or Workspace()
-    path = Path(manifest) if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
-    if path.is_dir():
-        path = path / "manifest.parquet"
-    if not path.is_file():
-        raise FernoiseError(f"manifest {path} does not exist; pass a manifest .parquet file", flag="MANIFEST")
+    path = resolve_manifest(manifest if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST"))
     meta = read_meta(path)
     classes = list(meta.get("classes") or [])
     if not classes:
@@ -274,7 +276,7 @@ def run_split(
     relocate = out_dir.resolve() != path.parent.resolve()
     input_key = meta.get("key") or file_sha256(path)
     # The rows themselves, not only the recorded key: a manifest edited behind its metadata
-    # (rows dropped, labels or groups changed) is a new input (issue 8.4).
+    # (rows dropped, labels or groups changed) is a new input.
     content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=table).content_key(table.column_names)
     n_groups = len({str(g) for g in groups})
     base = {**lineage_params(params, 0, k), "loso": params.loso}

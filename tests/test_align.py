@@ -270,7 +270,7 @@ def test_shards_merge_into_the_unsharded_manifest(tmp_path, workspace):
     full = align_folder(raw, tmp_path / "full", WHOLE)
     out = tmp_path / "sharded"
     r0 = align_folder(raw, out, WHOLE, shard=(0, 2), workspace=Workspace())
-    assert r0.merged is None and r0.rows == 3 and r0.manifest.name == "manifest.shard-0-of-2.parquet"
+    assert r0.merged is None and r0.rows == 3 and r0.manifest.name == "manifest.shard-1-of-2.parquet"
     r1 = align_folder(raw, out, WHOLE, shard=(1, 2), workspace=Workspace())
     assert r1.merged == out / "manifest.parquet"
     merged = read_manifest(r1.merged)
@@ -286,9 +286,27 @@ def test_shards_merge_into_the_unsharded_manifest(tmp_path, workspace):
     res = CliRunner().invoke(app, ["align", "--merge", str(out)])
     assert res.exit_code == 0 and "merged" in res.output
     pd.testing.assert_frame_equal(read_manifest(out / "manifest.parquet").df, read_manifest(full.manifest).df)
-    (out / "manifest.shard-0-of-2.parquet").unlink()
+    (out / "manifest.shard-1-of-2.parquet").unlink()
     res = CliRunner().invoke(app, ["align", "--merge", str(out)])
-    assert res.exit_code == 2 and "shards [0] of 2 are missing" in " ".join(res.output.split())
+    assert res.exit_code == 2 and "shards [1] of 2 are missing" in " ".join(res.output.split())
+
+
+def test_align_and_sweep_number_shards_the_same_way(tmp_path, workspace):
+    """``--shard i/n`` is 1-based in both commands (align counted from 0 before)."""
+    from fernoise.cli.app import app
+
+    raw = labelled_tree(tmp_path / "raw")
+    first = align_folder(raw, tmp_path / "lib", WHOLE, shard=(0, 2), workspace=Workspace())
+    res = CliRunner().invoke(app, ["align", str(raw), str(tmp_path / "cli"), "--mode", "whole", "--shard", "1/2"])
+    assert res.exit_code == 0, res.output
+    shard = read_manifest(tmp_path / "cli" / "manifest.shard-1-of-2.parquet")
+    assert list(shard.df["id"]) == list(read_manifest(first.manifest).df["id"])  # 1/2 is the library's shard 0
+    lines = {}
+    for cmd in (["align", str(raw), str(tmp_path / "cli"), "--mode", "whole"], ["sweep", str(tmp_path / "g.toml")]):
+        res = CliRunner().invoke(app, [*cmd, "--shard", "0/2"])
+        assert res.exit_code == 2, res.output
+        lines[cmd[0]] = " ".join(res.output.split())
+    assert lines["align"] == lines["sweep"] == "error: --shard: expected i/n with 1 <= i <= n (e.g. 2/4), found '0/2'"
 
 
 def test_cli_label_errors_are_one_line(tmp_path, workspace):
@@ -334,10 +352,11 @@ def test_cli_preset_and_whole_mode(tmp_path, workspace):
 
 
 def test_shard_parsing_and_torchrun_env(monkeypatch):
-    from fernoise.align.stage import parse_shard, shard_from_env
+    from fernoise.align.stage import shard_from_env
+    from fernoise.shards import parse_shard
 
-    assert parse_shard("1/4") == (1, 4)
-    for bad in ("4/4", "1", "a/b", "-1/2"):
+    assert parse_shard("1/4") == (1, 4) and parse_shard("4/4") == (4, 4) and parse_shard(None) == (1, 1)
+    for bad in ("0/4", "5/4", "1", "a/b", "-1/2"):
         with pytest.raises(FernoiseError):
             parse_shard(bad)
     monkeypatch.setenv("RANK", "2")

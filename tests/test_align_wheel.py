@@ -21,7 +21,7 @@ def test_presets_are_package_data_loaded_with_importlib_resources():
     import tomllib
     from importlib.resources import files
 
-    from fernoise.cli.align import load_preset, preset_names
+    from fernoise.align.presets import load_preset, preset_names
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "presets/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["fernoise"]

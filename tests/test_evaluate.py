@@ -143,7 +143,7 @@ def make_manifest(root, n_test=40, n_train=12, classes=CLASSES7, key="mkey-test"
 
 def make_run(root, manifest, *, method="ncctfer", noise=None, epochs=6, warmup=2, test=None, val=None,
              noisy=True, classes=CLASSES7, size=32, with_model=True, key=None):
-    """A run directory per notes/rundir.md, with a random-init FerNet as model.pt."""
+    """A run directory as `fernoise train` writes it, with a random-init FerNet as model.pt."""
     root.mkdir(parents=True, exist_ok=True)
     c = len(classes)
     two = method == "ncctfer"
@@ -390,10 +390,12 @@ def test_eval_device_cuda_without_cuda_fails_even_on_a_cache_hit(tmp_path, works
     assert res.exit_code == 2 and "--device" in res.output and "no CUDA" in res.output
 
 
-def test_eval_a_folder_given_as_manifest(tmp_path, workspace):
-    man, run = _stamped_run(tmp_path)
-    res = _eval_cli(run, "--device", "cpu", "--manifest", man.parent)
-    assert res.exit_code == 2 and "is a folder" in res.output and "does not exist" not in res.output
+def test_eval_a_folder_without_a_manifest_given_as_manifest(tmp_path, workspace):
+    _, run = _stamped_run(tmp_path)
+    (tmp_path / "empty").mkdir()
+    res = _eval_cli(run, "--device", "cpu", "--manifest", tmp_path / "empty")
+    assert res.exit_code == 2 and "is a folder without a manifest.parquet" in res.output
+    assert "does not exist" not in res.output
 
 
 def test_eval_split_val_writes_its_own_folder(tmp_path, workspace):

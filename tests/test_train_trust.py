@@ -204,8 +204,9 @@ def test_manifest_without_a_path_column(tmp_path, workspace):
 
 def test_folders_given_for_files_are_called_folders(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=20)
-    res = cli("train", data.parent, *TINY_ARGS)
-    assert res.exit_code == 2 and "is a folder" in one_line(res)
+    (tmp_path / "empty").mkdir()
+    res = cli("train", tmp_path / "empty", *TINY_ARGS)  # a folder with a manifest.parquet: test_manifest_folder
+    assert res.exit_code == 2 and "is a folder without a manifest.parquet" in one_line(res)
     res = cli("train", data, *TINY_ARGS, "--pretrained", tmp_path)
     assert res.exit_code == 2 and "--pretrained" in one_line(res) and "is a folder" in res.output
     assert _nothing_written(workspace)

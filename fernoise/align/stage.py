@@ -21,20 +21,21 @@ Per image: a record (status, faces, crop sha256) keyed by the source's path and 
 run loses at most the two batches in flight and the next run re-aligns only what has no intact
 record (a changed, added or tampered image, or a crop changed behind its back).
 
-Shards (``shard=(i, n)``): image ``j`` of the sorted list belongs to shard ``j % n``; shard
-``i`` writes ``OUT/manifest.shard-<i>-of-<n>.parquet``; when all ``n`` exist (same inputs and
-parameters) they are merged into ``OUT/manifest.parquet`` (also :func:`merge_shards`).
+Shards (``shard=(i, n)``, ``i`` from 0 as torchrun's ``RANK``): image ``j`` of the sorted list
+belongs to shard ``j % n``; shard ``i`` writes ``OUT/manifest.shard-<i+1>-of-<n>.parquet``
+(named as ``--shard i+1/n``, 1-based like sweep's, :mod:`fernoise.shards`); when all ``n``
+exist (same inputs and parameters) they are merged into ``OUT/manifest.parquet`` (also
+:func:`merge_shards`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ from fernoise.cache import (
     write_stamp,
 )
 from fernoise.errors import FernoiseError, destination_error, require_file, require_folder
+from fernoise.progress import Counter as Progress  # (done, total)
 from fernoise.safefiles import MAX_SOURCE_BYTES, printable, regular_problem
 
 STAGE = "align"
@@ -64,8 +66,6 @@ RECORDS = "align-records"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                     ".ppm", ".pgm", ".pbm")
 SHARD_RE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.parquet$")
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -256,15 +256,10 @@ def shard_from_env() -> tuple[int, int] | None:
     return (rank, world) if world > 1 else None
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
-    if not m or not (0 <= int(m.group(1)) < int(m.group(2))):
-        raise FernoiseError(f"expected i/n with 0 <= i < n (e.g. 0/4), got {text!r}", flag="--shard")
-    return int(m.group(1)), int(m.group(2))
-
-
 def manifest_name(shard: tuple[int, int] | None) -> str:
-    return MANIFEST if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.parquet"
+    """``manifest.parquet``, or a shard's ``manifest.shard-<i>-of-<n>.parquet`` named as
+    ``--shard i/n`` numbers it (1-based; ``shard`` counts from 0)."""
+    return MANIFEST if shard is None else f"manifest.shard-{shard[0] + 1}-of-{shard[1]}.parquet"
 
 
 def summary_path(manifest: Path) -> Path:
@@ -1017,7 +1012,7 @@ def merge_shards(out: str | os.PathLike, *, n: int | None = None, workspace: Wor
     for p in out.glob("manifest.shard-*-of-*.parquet"):
         m = SHARD_RE.match(p.name)
         if m:
-            found.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
+            found.setdefault(int(m.group(2)), {})[int(m.group(1)) - 1] = p  # named 1-based
     if n is None:
         if len(found) != 1:
             if quiet:
@@ -1030,7 +1025,8 @@ def merge_shards(out: str | os.PathLike, *, n: int | None = None, workspace: Wor
     if missing:
         if quiet:
             return None
-        raise FernoiseError(f"shards {missing} of {n} are missing in {out}; run them with --shard i/{n}", flag="--merge")
+        raise FernoiseError(f"shards {[i + 1 for i in missing]} of {n} are missing in {out}; run them with --shard i/{n}",
+                            flag="--merge")
     parts = [read_manifest(have[i]) for i in range(n)]
     keys = {m.meta.get("base_key") for m in parts}
     if len(keys) != 1:
@@ -1056,8 +1052,3 @@ def merge_shards(out: str | os.PathLike, *, n: int | None = None, workspace: Wor
     if workspace is not None:
         workspace.record(STAGE, key=base_key, output=target, params=meta.get("params") or {})
     return target
-
-
-def summary_json(result: AlignResult) -> str:
-    return json.dumps({"manifest": str(result.manifest), "key": result.key, "hit": result.hit,
-                       "counts": result.counts, "rows": result.rows}, sort_keys=True)

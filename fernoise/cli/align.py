@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fernoise.align.presets import load_preset, preset_names
 from fernoise.cli.common import (
     DeviceOpt,
     ForceOpt,
@@ -18,6 +19,7 @@ from fernoise.cli.common import (
     isatty,
     wrote,
 )
+from fernoise.shards import HELP as SHARD_HELP
 
 HELP = (
     "Detect, align and crop the faces of every image under RAW into OUT.\n\n"
@@ -27,48 +29,7 @@ HELP = (
     "killed half-way and started again, redoes only what changed."
 )
 
-# Options a preset may set (preset keys use these names, with '_' for '-').
-PRESETTABLE = ("format", "path_column", "label_column", "split_column", "split_map", "mode", "on_no_face", "size",
-               "margin", "image_format", "jpeg_quality", "min_face_size", "min_prob", "detect_size", "all_faces",
-               "join_on", "join_columns", "thresholds", "classes", "group_column", "group_regex", "on_duplicate")
 DEFAULTS: dict[str, Any] = {"path_column": "path", "label_column": "label", "join_on": "path"}
-
-
-def preset_names() -> list[str]:
-    """Names of the presets shipped inside the package (``fernoise/presets/<name>.toml``)."""
-    from importlib.resources import files
-
-    folder = files("fernoise").joinpath("presets")
-    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    """A preset by name (package data ``fernoise/presets/<name>.toml``, read with
-    ``importlib.resources``, so a wheel install finds it) or by path to a TOML file."""
-    import tomllib
-    from importlib.resources import files
-
-    from fernoise.errors import FernoiseError, require_file
-
-    if name.endswith(".toml") or "/" in name or os.sep in name:
-        require_file(name, "preset file", flag="--preset")
-        shown, read = Path(name).name, Path(name).read_text
-    else:
-        res = files("fernoise").joinpath("presets", f"{name}.toml")
-        if not res.is_file():
-            raise FernoiseError(f"unknown preset {name!r}; expected one of: {', '.join(preset_names()) or '(none found)'} "
-                                "or a path to a .toml file", flag="--preset")
-        shown, read = f"{name}.toml", res.read_text
-    try:
-        data = tomllib.loads(read())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise FernoiseError(f"{shown} is not valid TOML ({e})", flag="--preset") from None
-    data = {k.replace("-", "_"): v for k, v in data.items() if k != "description"}
-    bad = [k for k in data if k not in PRESETTABLE]
-    if bad:
-        raise FernoiseError(f"{shown}: unknown key(s) {bad}; expected some of: {', '.join(PRESETTABLE)}",
-                            flag="--preset")
-    return data
 
 
 def _class_option(value) -> tuple[str, ...] | None:
@@ -174,7 +135,7 @@ def register(app: typer.Typer) -> None:
         thresholds: Annotated[str | None, typer.Option("--thresholds", help="MTCNN P,R,O thresholds (default: 0.6,0.7,0.7).")] = None,
         workers: Annotated[int, typer.Option("--workers", help="Threads decoding, warping and saving while MTCNN runs.")] = 2,
         batch_size: Annotated[int, typer.Option("--batch-size", help="Images per detection batch (and per cache chunk).")] = 32,
-        shard: Annotated[str | None, typer.Option("--shard", help="i/n: align only shard i of n (also RANK/WORLD_SIZE under torchrun); shards merge when all exist.")] = None,
+        shard: Annotated[str | None, typer.Option("--shard", help=f"Align only one share of the images ({SHARD_HELP}; under torchrun one per rank); shares merge when all exist.")] = None,
         merge: Annotated[bool, typer.Option("--merge", help="Only merge OUT's shard manifests into OUT/manifest.parquet.")] = False,
         device: DeviceOpt = "auto",
         force: ForceOpt = False,
@@ -207,7 +168,8 @@ def register(app: typer.Typer) -> None:
         opts = {**DEFAULTS, **(load_preset(preset) if preset else {}), **given}
 
         from fernoise.align.faces import AlignParams
-        from fernoise.align.stage import LabelSpec, align_folder, parse_shard, shard_from_env
+        from fernoise.align.stage import LabelSpec, align_folder, shard_from_env
+        from fernoise.shards import parse_shard
 
         def as_list(v, sep=","):
             if v is None:
@@ -252,7 +214,11 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             on_duplicate=opts.get("on_duplicate"),
         )
-        sh = parse_shard(shard) if shard else shard_from_env()
+        if shard:
+            i, n = parse_shard(shard)
+            sh = (i - 1, n)  # the library counts shards from 0, as RANK
+        else:
+            sh = shard_from_env()
 
         from rich.progress import (
             BarColumn,

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
     @app.command(name="corrupt", help=HELP)
     @handle_errors
     def corrupt_cmd(
-        manifest: Annotated[Path | None, typer.Argument(metavar="MANIFEST", help="Manifest to corrupt (default: the latest aligned one).")] = None,
+        manifest: Annotated[Path | None, typer.Argument(metavar="MANIFEST", help="Manifest to corrupt (default: the latest aligned one). A folder means its manifest.parquet.")] = None,
         kind: Annotated[str | None, typer.Option("--kind", help="sym, asym, matrix or column.")] = None,
         rate: Annotated[float | None, typer.Option("--rate", help="Fraction of each class to flip, in [0, 1) (sym, asym).")] = None,
         seed: SeedOpt = 0,

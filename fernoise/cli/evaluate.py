@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def eval_cmd(
         run: Annotated[Path | None, typer.Argument(help="Training run folder (default: the latest `fernoise train` run).")] = None,
-        manifest: Annotated[Path | None, typer.Option("--manifest", help="Evaluate on this manifest's test rows (same label space); results go to RUN/eval-<key>/.")] = None,
+        manifest: Annotated[Path | None, typer.Option("--manifest", help="Evaluate on this manifest's test rows (same label space); results go to RUN/eval-<key>/. A folder means its manifest.parquet.")] = None,
         cam: Annotated[int, typer.Option("--cam", help="Grad-CAM grid of N test faces (gradcam.png).")] = 0,
         batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
         split: Annotated[str, typer.Option("--split", help="Manifest split to score: test, val or train; a split other than test writes to RUN/eval-<split>/.")] = "test",

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
     @app.command(name="pretrain")
     @handle_errors
     def pretrain_cmd(
-        manifest: Annotated[Path | None, typer.Argument(help="Manifest (default: the latest of `fernoise align`/`corrupt`).")] = None,
+        manifest: Annotated[Path | None, typer.Argument(help="Manifest (default: the latest of `fernoise align`/`corrupt`). A folder means its manifest.parquet.")] = None,
         method: Annotated[str, typer.Option("--method", help="simclr (NT-Xent) or byol (EMA target).")] = "simclr",
         epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 100,
         image_size: Annotated[int, typer.Option("--image-size", help="View side in pixels.")] = 112,

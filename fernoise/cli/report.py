@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
                 raise FernoiseError(f"--csv and --format {fmt} disagree; pass one of them", flag="--csv")
             fmt = "csv"
         if not runs:
-            folder = Workspace(workspace).root / "runs"
+            folder = Workspace(workspace).runs_dir()
             if not folder.is_dir():
                 raise FernoiseError(f"no runs folder in the workspace ({folder}); pass run folders, e.g. 'runs/*'",
                                     flag="RUNS")

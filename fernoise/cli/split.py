@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
     @app.command(name="split", help=HELP)
     @handle_errors
     def split_cmd(
-        manifest: Annotated[Path | None, typer.Argument(metavar="MANIFEST", help="Clean manifest with a group column (default: the latest aligned one).")] = None,
+        manifest: Annotated[Path | None, typer.Argument(metavar="MANIFEST", help="Clean manifest with a group column (default: the latest aligned one). A folder means its manifest.parquet.")] = None,
         group_column: Annotated[str, typer.Option("--group-column", help="Column holding each row's group, e.g. the subject (align --group-column/--group-regex).")] = "subject",
         folds: Annotated[int | None, typer.Option("--folds", help="Number of folds K (default: 10).")] = None,
         loso: Annotated[bool, typer.Option("--loso", help="Leave one subject out: one fold per group.")] = False,

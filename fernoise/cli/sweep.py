@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from fernoise.cli.common import WorkspaceOpt, console, err_console, handle_errors, isatty
+from fernoise.shards import HELP as SHARD_HELP
 
 
 def _pct(v) -> str:
@@ -100,9 +101,9 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def sweep_cmd(
         grid: Annotated[Path, typer.Argument(help="Grid file (TOML), e.g. grids/smoke.toml.")],
-        manifest: Annotated[Path | None, typer.Argument(help="Clean aligned manifest (default: the grid's `manifest`, else the latest `fernoise align`).")] = None,
+        manifest: Annotated[Path | None, typer.Argument(help="Clean aligned manifest (default: the grid's `manifest`, else the latest `fernoise align`). A folder means its manifest.parquet.")] = None,
         gpus: Annotated[str | None, typer.Option("--gpus", help="Run one cell per GPU at once, e.g. 0,1,2,3 (each child sees its GPU as cuda:0).")] = None,
-        shard: Annotated[str | None, typer.Option("--shard", help="Run only the i-th of n disjoint shares of the cells, e.g. 2/4 (SLURM arrays, indexed jobs).")] = None,
+        shard: Annotated[str | None, typer.Option("--shard", help=f"Run only one of n disjoint shares of the cells ({SHARD_HELP}; SLURM arrays, indexed jobs).")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and which are done; run and write nothing.")] = False,
         workspace: WorkspaceOpt = None,
     ) -> None:

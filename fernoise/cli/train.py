@@ -107,7 +107,7 @@ class _Progress:
 
 
 def _static_options(
-    manifest: Annotated[Path | None, typer.Argument(help="Manifest (default: the latest of `fernoise corrupt`/`align`).")] = None,
+    manifest: Annotated[Path | None, typer.Argument(help="Manifest (default: the latest of `fernoise corrupt`/`align`). A folder means its manifest.parquet.")] = None,
     method: Annotated[str, typer.Option("--method", help="Training method; `fernoise methods` lists them all.")] = DEFAULT_METHOD,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (default: the method's).", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per batch, per process when distributed (default: the method's).", show_default=False)] = None,
@@ -188,7 +188,7 @@ def _train(**kw) -> None:
     manifest = kw["manifest"]
     if manifest is None:
         manifest = ws.latest("corrupt", "align", what="manifest", flag="MANIFEST")
-    runs = kw["runs_dir"] if kw["runs_dir"] is not None else ws.root / "runs"
+    runs = ws.runs_dir(kw["runs_dir"])
     bar = _Progress()
     try:
         result = train(manifest, cfg, runs_dir=runs, workspace=ws, progress=bar, force=kw["force"])

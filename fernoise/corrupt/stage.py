@@ -35,7 +35,13 @@ from fernoise.cache import StageResult, Workspace, file_sha256, run_stage
 from fernoise.corrupt.kinds import CorruptParams, check_matrix, corrupt
 from fernoise.errors import FernoiseError, require_file
 from fernoise.labels import canonical_name
-from fernoise.manifest import Manifest, read_meta, stage_meta, write_manifest_table
+from fernoise.manifest import (
+    Manifest,
+    read_meta,
+    resolve_manifest,
+    stage_meta,
+    write_manifest_table,
+)
 
 STAGE = "corrupt"
 VERSION = 1
@@ -168,7 +174,6 @@ def splice(table: pa.Table, df: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(cols, names=names)
 
 
-
 @dataclass
 class CorruptResult:
     """What :func:`run_corrupt` did: the stage result, the noise info and the timings (s)."""
@@ -206,13 +211,7 @@ def run_corrupt(
     if kind is None:
         raise FernoiseError("choose a noise kind: --kind sym, asym, matrix or column", flag="--kind")
     ws = workspace or Workspace()
-    path = Path(manifest) if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
-    if path.is_dir() and (path / "manifest.parquet").is_file():  # an align output folder: its manifest
-        path = path / "manifest.parquet"
-    elif path.is_dir():
-        raise FernoiseError(f"{path} is a folder without a manifest.parquet; pass a manifest .parquet file", flag="MANIFEST")
-    if not path.is_file():
-        raise FernoiseError(f"manifest {path} does not exist; pass a manifest .parquet file", flag="MANIFEST")
+    path = resolve_manifest(manifest if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST"))
 
     if kind not in ("asym",) and pairs_file is not None:
         raise FernoiseError(f"pairs are for --kind asym, not {kind}; drop --pairs", flag="--pairs")

@@ -22,19 +22,18 @@ in under 3 minutes on a busy 2-core CPU (README gives the measured time).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fernoise.cache import atomic_write_json, atomic_write_text, run_stage
 from fernoise.demo.synthetic import NAME, SyntheticParams
 from fernoise.errors import FernoiseError
+from fernoise.progress import Progress
 
-Progress = Callable[[dict], None]
 DEFAULT_DIR = "fernoise-demo"
 SYNTH_STAGE, SYNTH_VERSION = "synthesize", 1
 
@@ -278,7 +277,7 @@ def _train(manifest: Path, method: str, params: DemoParams, ws, say, force: bool
                               device=params.device, workers=params.workers)
     cfg = TrainConfig(**kw)  # each method's own parameters (e.g. ncctfer's k) at their defaults
     t0 = time.perf_counter()
-    res = train(manifest, cfg, runs_dir=ws.root / "runs", workspace=ws, force=force,
+    res = train(manifest, cfg, runs_dir=ws.runs_dir(), workspace=ws, force=force,
                 progress=lambda ev: say({**ev, "event": "train", "train_event": ev.get("event"), "method": method}))
     done(StepResult("train", Path(res.output), res.hit, time.perf_counter() - t0, {"method": method}))
     return Path(res.output)
@@ -294,8 +293,3 @@ def _eval(run: Path, method: str, params: DemoParams, ws, say, force: bool, done
                     {"method": method, "top1": rep.get("top1"), "macro_f1": rep.get("macro_f1"),
                      "pictures": list(rep.get("pictures", []))}))
     return rep
-
-
-def params_json(params: DemoParams) -> str:
-    """The demo's parameters as canonical JSON (for logs and the summary)."""
-    return json.dumps(asdict(params), sort_keys=True)

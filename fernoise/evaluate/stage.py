@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ import numpy as np
 from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError
 from fernoise.evaluate.plots import GRADCAM_PNG, PICTURES  # noqa: F401 - the file names eval writes
+from fernoise.progress import Counter as Progress  # (done, total)
 
 EVAL_READS = ("id", "path", "crop_sha256", "split", "label", "status")
 """The manifest columns eval reads: their content digest is part of the key."""
@@ -67,8 +68,6 @@ VERSION = 2  # 2: predictions.parquet and ci95
 ECE_BINS = 15
 MISMATCH = 0.02  # top-1 vs the last epoch's recorded test accuracy (bf16 vs fp32 rounding stays below)
 LAST_N = 5
-
-Progress = Callable[[int, int], None]
 
 
 # ============================================================================ metrics
@@ -482,7 +481,7 @@ class ManifestRef:
 
 def _manifest_for(run: Run, manifest_path: str | os.PathLike | None) -> ManifestRef:
     """The evaluated manifest's metadata only (rows are read on a cache miss)."""
-    from fernoise.manifest import read_meta
+    from fernoise.manifest import read_meta, resolve_manifest
 
     own = run.config.get("manifest")
     path = Path(manifest_path) if manifest_path else (Path(own) if own else None)
@@ -490,13 +489,11 @@ def _manifest_for(run: Run, manifest_path: str | os.PathLike | None) -> Manifest
         raise FernoiseError(f"{run.path}/config.json names no manifest; pass one", flag="--manifest")
     if not path.is_absolute() and not path.exists() and manifest_path is None:
         path = run.path / path
-    if path.is_dir():
-        raise FernoiseError(f"manifest {path} is a folder, expected a file; pass the manifest .parquet inside it",
-                            flag="--manifest")
-    if not path.is_file():
+    if not path.exists():
         raise FernoiseError(
             f"manifest {path} does not exist (moved?); pass the test manifest", flag="--manifest"
         )
+    path = resolve_manifest(path, flag="--manifest")
     m = ManifestRef(path=path, meta=read_meta(path))
     if m.classes and list(m.classes) != run.classes:
         raise FernoiseError(

@@ -20,7 +20,9 @@ loss, images/s, lr, momentum, and the k-NN probe accuracy when measured), ``chec
 ``keep_checkpoint``), and ``backbone.pt``: a plain state dict with torchvision's ResNet-18 key
 names (no ``fc``), readable with ``torch.load(..., weights_only=True)``. Keyed by the manifest
 key and every result-changing parameter; a re-run is a cache hit; after a kill it resumes
-from the last finished epoch and, on the CPU with the same seed, ends with the same weights.
+from the last finished epoch and, on the CPU with the same seed, ends with the same weights. A
+full disk while writing ``checkpoint.pt`` or ``backbone.pt`` is one line
+(:func:`fernoise.checkpoint.save_torch`, as in train).
 The workspace lock records stage ``pretrain``, so ``fernoise train --pretrained latest``
 finds it.
 
@@ -42,7 +44,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,6 @@ from fernoise import __version__
 from fernoise.cache import (
     StageResult,
     Workspace,
-    atomic_path,
     atomic_write_json,
     file_sha256,
     outputs_intact,
@@ -62,9 +62,11 @@ from fernoise.cache import (
     stage_key,
     stamp_path,
 )
+from fernoise.checkpoint import save_torch
 from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError
-from fernoise.manifest import read_manifest
+from fernoise.manifest import read_manifest, resolve_manifest
+from fernoise.progress import Progress
 from fernoise.train.stage import _write_metrics, resolve_precision
 
 VERSION = 2  # 2: keyed on the content of the manifest columns it reads
@@ -73,7 +75,6 @@ METHODS = ("simclr", "byol")
 PRECISIONS = ("auto", "fp32", "bf16")
 READS = ("id", "path", "crop_sha256", "split", "label", "status")
 """The manifest columns pretrain reads (``label`` only for the probe rows): the key's input."""
-Progress = Callable[[dict], None]
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def plan(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root: str
     """Check the manifest and the configuration, compute the key; writes nothing."""
     from fernoise import data
 
-    m = read_manifest(manifest_path)
+    m = read_manifest(resolve_manifest(manifest_path))
     if "path" not in m.df.columns:
         raise FernoiseError(f"{m.path} has no `path` column (crops); make it with `fernoise align`", flag="MANIFEST")
     splits = set(m.df["split"].dropna().astype(str))
@@ -475,8 +476,8 @@ def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: b
         distributed.barrier(env)
 
     if env.is_main:
-        with atomic_path(out / "backbone.pt") as tmp:
-            torch.save({k: v.detach().cpu() for k, v in online["backbone"].state_dict().items()}, tmp)
+        save_torch({k: v.detach().cpu() for k, v in online["backbone"].state_dict().items()}, out / "backbone.pt",
+                   resume="the run loads its last checkpoint and writes backbone.pt")
         if not cfg.keep_checkpoint:
             ckpt_path.unlink(missing_ok=True)
     return [out / "backbone.pt", out / "config.json", out / "metrics.jsonl"]
@@ -485,14 +486,12 @@ def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: b
 def _save_checkpoint(path: Path, key: str, epoch: int, online, target, optimizer, scheduler, metrics) -> None:
     """The safe checkpoint format: tensors, numbers, strings, lists and dicts only (metrics as
     JSON strings), so ``torch.load(..., weights_only=True)`` reads it."""
-    import torch
-
     state = {"key": key, "epoch": epoch, "online": online.state_dict(),
              "target": target.state_dict() if target is not None else {},
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "metrics": [json.dumps(m, sort_keys=True) for m in metrics]}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path, resume=f"pretraining resumes from epoch {epoch} (the checkpoint of epoch {epoch - 1} is kept)"
+               if epoch > 1 else "pretraining starts over")
 
 
 def _load_checkpoint(path: Path, key: str, say: Progress) -> dict | None:

@@ -48,6 +48,7 @@ from typing import Any
 
 from fernoise.cache import Workspace
 from fernoise.errors import FernoiseError
+from fernoise.shards import parse_shard  # noqa: F401 - `sweep.parse_shard`, as before
 
 TOP_KEYS = ("description", "eval", "manifest", "methods", "name", "noise", "pretrained", "seeds", "train")
 NOISE_KEYS = ("column", "kind", "matrix", "pairs", "rate", "rates", "seed")
@@ -534,16 +535,6 @@ def expand(grid: Grid, *, root: Path | None = None) -> list[Cell]:
                             raise _config_error(grid, desc, e) from None
                         cells.append(Cell(len(cells), method, noise, seed, pre, options, cfg))
     return [dataclasses.replace(c, name=name) for c, name in zip(cells, cell_names(cells), strict=True)]
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"i/n"`` -> ``(i, n)`` with 1 <= i <= n; None -> ``(1, 1)``."""
-    if text is None:
-        return 1, 1
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
-        raise FernoiseError(f"expected i/n with 1 <= i <= n (e.g. 2/4), found {text!r}", flag="--shard")
-    return int(m.group(1)), int(m.group(2))
 
 
 def shard_cells(cells: Sequence[Cell], shard: int, of: int) -> list[Cell]:

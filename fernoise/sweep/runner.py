@@ -163,10 +163,6 @@ class Sweep:
 def _check_manifest(grid: Grid, manifest: Path) -> str:
     from fernoise.manifest import read_meta
 
-    if manifest.is_dir():
-        manifest = manifest / "manifest.parquet"
-    if not manifest.is_file():
-        raise FernoiseError(f"manifest {manifest} does not exist; pass a clean aligned manifest .parquet", flag="MANIFEST")
     meta = read_meta(manifest)
     import pyarrow.parquet as pq
 
@@ -224,15 +220,16 @@ def plan(grid_path: str | os.PathLike, manifest: str | os.PathLike | None = None
         path = Path(_abs(grid.manifest, ws.root))
     else:
         path = ws.latest("align", what="manifest", flag="MANIFEST")
-    if path.is_dir():
-        path = path / "manifest.parquet"
-    if not path.is_file() and manifest is None and grid.manifest is not None:
+    if not path.exists() and manifest is None and grid.manifest is not None:
         raise grid_error(grid.path, "manifest", f"{path} does not exist; make it with `fernoise align` or fix the path")
+    from fernoise.manifest import resolve_manifest
+
+    path = resolve_manifest(path)
     key = _check_manifest(grid, path)
     _check_files(grid, ws.root)
     cells = expand(grid, root=ws.root)
     mine = shard_cells(cells, *shard)
-    runs = ws.root / "runs"
+    runs = ws.runs_dir()
     from fernoise.runindex import manifest_identity
 
     return Sweep(grid=grid, manifest=path.resolve(), manifest_key=key, workspace=ws, runs_dir=runs.resolve(),

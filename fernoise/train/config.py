@@ -8,7 +8,6 @@ cache hits never import torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,7 +23,6 @@ VERSION = 1
 READS = ("id", "path", "crop_sha256", "split", "label", "label_clean", "is_noisy", "status")
 """The manifest columns train reads: their content digest is the key's manifest input."""
 PRECISIONS = ("auto", "fp32", "bf16")
-Progress = Callable[[dict], None]
 
 
 # ----------------------------------------------------------------------------- parameters

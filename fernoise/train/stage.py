@@ -2,20 +2,20 @@
 
 Reads a manifest (rows with a crop, status ok/whole): ``split == train`` rows with a label
 are trained on, ``val`` rows validate (or a seeded stratified ``val_fraction`` of train when
-the manifest has none), ``test`` rows test. Writes ``runs/<key[:16]>/`` (notes/rundir.md):
+the manifest has none), ``test`` rows test. Writes ``runs/<key[:16]>/`` (README, "Train"):
 ``config.json``, ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (atomically, every
 epoch; a re-run resumes from it; removed when the run finishes unless ``keep_checkpoint``),
 ``model.pt`` (final weights), ``val_ids.json`` when validation rows were carved out of train,
 and the stage stamp.
 
-Trust (issue 8): the checkpoint holds only tensors, numbers, strings, lists and dicts and is
+Trust: the checkpoint holds only tensors, numbers, strings, lists and dicts and is
 read with ``torch.load(weights_only=True)``; an unreadable, truncated or foreign one is
 treated as absent (one warning, the run starts over). The key's manifest input is the content
 digest of the columns train reads (:data:`READS`), so an edited manifest never hits an old run.
 Crop paths resolve against the manifest's folder; crops outside it are allowed but reported,
 and crops that cannot be decoded are skipped and counted (:mod:`fernoise.data`).
 
-Trust (issue 19): a run that skipped rows is keyed on them too (:func:`key_inputs`: the
+A run that skipped rows is keyed on them too (:func:`key_inputs`: the
 digest of their ids), so once ``fernoise align`` has repaired them the same command trains
 again; a fully usable run keeps the key it always had. A NaN or inf start (``--pretrained``)
 is refused before training; a non-finite loss stops the run with one line naming the epoch and
@@ -36,7 +36,6 @@ say so.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -52,7 +51,6 @@ from fernoise import __version__, runindex
 from fernoise.cache import (
     StageResult,
     Workspace,
-    atomic_path,
     atomic_write_json,
     atomic_write_text,
     bytes_sha256,
@@ -64,13 +62,14 @@ from fernoise.cache import (
     stage_key,
     stamp_path,
 )
+from fernoise.checkpoint import disk_full_reason, save_torch
 from fernoise.devices import resolve_device
 from fernoise.errors import FernoiseError, require_folder
-from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest
+from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest, resolve_manifest
+from fernoise.progress import Progress
 from fernoise.train.config import (
     READS,
     VERSION,
-    Progress,
     TrainConfig,
     resolve_precision,
 )
@@ -149,7 +148,7 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
 
     if runs_dir is not None:
         require_folder(runs_dir, "runs folder", flag="--runs-dir", may_be_missing=True)
-    m = read_manifest(manifest_path)
+    m = read_manifest(resolve_manifest(manifest_path))
     if "path" not in m.df.columns:
         raise FernoiseError(
             f"{m.path} has no `path` column (the crop of each row); make the manifest with `fernoise align`",
@@ -284,8 +283,7 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     if cfg.compile:
         key_params["compile"] = True
     key = stage_key("train", VERSION, key_params, {"manifest": key_in, "content": content})
-    runs_dir = Path(runs_dir) if runs_dir else ws.root / "runs"
-    run_dir = runs_dir.resolve() / key[:16]
+    run_dir = ws.runs_dir(runs_dir).resolve() / key[:16]
 
     corrupt = find_stage(m.meta, "corrupt")
     align = find_stage(m.meta, "align")
@@ -306,7 +304,7 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         "manifest": str(Path(m.path).resolve()), "manifest_key": key_in, "manifest_content": content,
         "val_labels": val_labels, "max_rows": cfg.max_rows, "n_train_available": n_train_all,
         "classes": classes, "label_space": m.meta.get("label_space"), "num_classes": C,
-        "two_heads": "ncc" in heads,  # the key of issue 4; "heads" names them all
+        "two_heads": "ncc" in heads,  # the field older run folders have; "heads" names them all
         "views": list(_method_class(cfg).views),
         "noise": dict(corrupt["params"]) if corrupt else None,
         "align": dict(align["params"]) if align else None,
@@ -371,7 +369,7 @@ def key_inputs(p: Plan) -> dict[str, Any]:
 
 def other_rows(p: Plan) -> bool:
     """True when the run folder's ``config.json`` records other unusable rows than ``p`` (a
-    run of fernoise before issue 19 kept the key of a fully usable run while skipping rows):
+    run of an older fernoise kept the key of a fully usable run while skipping rows):
     its model.pt and checkpoint.pt are not this run's."""
     recorded = read_json(p.run_dir / "config.json")
     if not isinstance(recorded, dict):
@@ -975,40 +973,6 @@ def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, schedul
     }
     save_torch(state, path, resume=(f"training resumes from epoch {epoch} (the checkpoint of epoch {epoch - 1} is kept)"
                                     if epoch > 1 else "training starts over at epoch 1"))
-
-
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-"""Write failures that mean "no room": a full disk, an exhausted quota, a file size limit."""
-_WRITER_FAILED = ("PytorchStreamWriter", "unexpected pos", "file write failed")
-
-
-def disk_full_reason(e: BaseException) -> str | None:
-    """Why a write failed for lack of room (an OSError with ENOSPC, EDQUOT or EFBIG, or torch's
-    stream writer's RuntimeError, which hides the errno), else None."""
-    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
-        return {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                errno.EFBIG: "file too large for the file system or the process's file size limit"}[e.errno]
-    if isinstance(e, RuntimeError) and any(s in str(e) for s in _WRITER_FAILED):
-        return "the write failed (torch's file writer: " + " ".join(str(e).split())[-80:] + "), most likely a full disk"
-    return None
-
-
-def save_torch(obj: Any, path: Path, *, resume: str) -> None:
-    """``torch.save(obj)`` to ``path`` atomically: the one place train writes checkpoint.pt and
-    model.pt. A write that fails for lack of room leaves the old file (or none), removes its
-    temporary file and raises one FernoiseError naming ``path`` and what a re-run does
-    (``resume``); any other failure propagates."""
-    import torch
-
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-    except (OSError, RuntimeError) as e:
-        why = disk_full_reason(e)
-        if why is None:
-            raise
-        raise FernoiseError(f"disk full writing {path}: {why}; free space on the disk holding {path.parent} "
-                            f"and re-run the same command: {resume}") from None
 
 
 def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:

@@ -160,7 +160,7 @@ def match(state: dict[str, Any], target: dict[str, Any]) -> MatchReport:
 
 def check_finite(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Raise a one-line FernoiseError when a floating tensor of ``state`` holds NaN or inf: such
-    a start makes every loss non-finite, and training would go on for nothing (issue 19)."""
+    a start makes every loss non-finite, and training would go on for nothing."""
     import torch
 
     bad = [k for k, v in state.items()
