@@ -18,7 +18,9 @@ import os
 
 # Write failures that are the destination's fault, not a bug: the user frees space or picks
 # another folder. Stages re-raise these instead of recording a per-row error.
-DESTINATION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+DESTINATION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+           errno.EFBIG: "file too large for the file system or the process's file size limit"}
 
 
 class FernoiseError(Exception):
@@ -75,7 +77,7 @@ def destination_error(e: BaseException) -> FernoiseError | None:
     """A one-line error for a write that failed because of its destination, else None.
 
     Covers no permission (EACCES, EPERM), a read-only file system (EROFS), a full disk
-    (ENOSPC) and an exhausted quota (EDQUOT). The path is ``e.filename`` (the atomic writers
+    (ENOSPC), an exhausted quota (EDQUOT) and a file size limit (EFBIG). The path is ``e.filename`` (the atomic writers
     in :mod:`fernoise.cache` fill it in when the OS does not).
     """
     if not isinstance(e, OSError) or e.errno not in DESTINATION_ERRNOS:
@@ -86,9 +88,8 @@ def destination_error(e: BaseException) -> FernoiseError | None:
     else:
         path, where = "a file", "the output folder"
     again = "then re-run the same command (finished work is kept and reused)"
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        found = "no space left on the device" if e.errno == errno.ENOSPC else "disk quota exceeded"
-        return FernoiseError(f"could not write {path}: {found}; free space on the disk holding {where} "
+    if e.errno in NO_ROOM:
+        return FernoiseError(f"could not write {path}: {NO_ROOM[e.errno]}; free space on the disk holding {where} "
                              f"(or choose another folder), {again}")
     if e.errno == errno.EROFS:
         return FernoiseError(f"could not write {path}: read-only file system; choose a folder on a writable "

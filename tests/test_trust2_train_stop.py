@@ -116,11 +116,11 @@ def _train_limited(data: Path, ws: Path, limit: int | None, *extra: str) -> subp
 def test_a_full_disk_writing_the_checkpoint_is_one_line_and_the_rerun_trains(data, workspace):
     # 4 MB: the config, metrics and the image cache fit, checkpoint.pt (~135 MB) does not.
     res = _train_limited(data, workspace, 4 << 20)
-    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.returncode == 1, res.stdout + res.stderr  # a write the destination refused (errors.destination_error)
     err = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and "Traceback" not in res.stderr, res.stderr
-    assert err[0].startswith("error: disk full writing ") and "checkpoint.pt" in err[0], err[0]
-    assert "re-run the same command" in err[0]
+    assert err[0].startswith("error: could not write ") and "checkpoint.pt:" in err[0], err[0]
+    assert "file size limit" in err[0] and "re-run the same command" in err[0]  # EFBIG, kept past torch's writer
     assert _tmp_files(workspace) == []
     _nothing_finished(workspace / "runs")
     # Space freed: the same command trains to the end.
@@ -134,10 +134,10 @@ def test_a_full_disk_writing_the_checkpoint_is_one_line_and_the_rerun_trains(dat
 def test_a_full_disk_writing_the_image_cache_is_one_line(data, workspace):
     # 64 KB: the image cache of 30 crops at 32 px (92 KB) does not fit.
     res = _train_limited(data, workspace, 64 << 10)
-    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.returncode == 1, res.stdout + res.stderr
     err = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and "Traceback" not in res.stderr, res.stderr
-    assert err[0].startswith("error: disk full writing the image cache ") and ".npy" in err[0], err[0]
+    assert err[0].startswith("error: could not write ") and ".npy:" in err[0] and "arrays" in err[0], err[0]
     assert _tmp_files(workspace) == []
     assert not list((workspace / ".fernoise" / "arrays").glob("*.npy"))
 
@@ -148,18 +148,16 @@ def test_a_full_disk_writing_model_pt_resumes_from_the_last_checkpoint(data, wor
     real = torch.save
 
     def save(obj, f, *a, **kw):
-        if ".model.pt." in str(f):
-            with open(f, "wb") as fh:  # half a file, then the disk is full
-                fh.write(b"PK\x03\x04partial")
+        if ".model.pt." in getattr(getattr(f, "f", f), "name", str(f)):  # save_torch's file
+            f.write(b"PK\x03\x04partial")  # half a file, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(obj, f, *a, **kw)
 
     monkeypatch.setattr(torch, "save", save)
     res = CliRunner().invoke(app, ["train", str(data), *ARGS, "--epochs", "2"])
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     err = [ln for ln in _lines(res) if ln.startswith("error:")]
-    assert len(err) == 1 and "disk full writing" in err[0] and "model.pt" in err[0], res.output
-    assert "checkpoint of epoch 2" in err[0]
+    assert len(err) == 1 and "could not write" in err[0] and "model.pt: no space left" in err[0], res.output
     _nothing_finished(workspace / "runs")
     assert _tmp_files(workspace) == []
     (ckpt,) = (workspace / "runs").rglob("checkpoint.pt")

@@ -476,8 +476,7 @@ def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: b
         distributed.barrier(env)
 
     if env.is_main:
-        save_torch({k: v.detach().cpu() for k, v in online["backbone"].state_dict().items()}, out / "backbone.pt",
-                   resume="the run loads its last checkpoint and writes backbone.pt")
+        save_torch({k: v.detach().cpu() for k, v in online["backbone"].state_dict().items()}, out / "backbone.pt")
         if not cfg.keep_checkpoint:
             ckpt_path.unlink(missing_ok=True)
     return [out / "backbone.pt", out / "config.json", out / "metrics.jsonl"]
@@ -490,8 +489,7 @@ def _save_checkpoint(path: Path, key: str, epoch: int, online, target, optimizer
              "target": target.state_dict() if target is not None else {},
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "metrics": [json.dumps(m, sort_keys=True) for m in metrics]}
-    save_torch(state, path, resume=f"pretraining resumes from epoch {epoch} (the checkpoint of epoch {epoch - 1} is kept)"
-               if epoch > 1 else "pretraining starts over")
+    save_torch(state, path)
 
 
 def _load_checkpoint(path: Path, key: str, say: Progress) -> dict | None:

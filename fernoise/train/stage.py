@@ -20,10 +20,11 @@ digest of their ids), so once ``fernoise align`` has repaired them the same comm
 again; a fully usable run keeps the key it always had. A NaN or inf start (``--pretrained``)
 is refused before training; a non-finite loss stops the run with one line naming the epoch and
 step, and nothing is written as finished (no model.pt, no stamp, no index entry; the
-checkpoint of the epochs before stays). A full disk (ENOSPC, EDQUOT, EFBIG, or torch's stream
-writer failing) while writing the image cache, ``checkpoint.pt`` or ``model.pt`` is one line
-(:func:`save_torch`); the temporary file is removed and the re-run resumes from the last
-checkpoint.
+checkpoint of the epochs before stays). A full disk (ENOSPC, EDQUOT, EFBIG) while writing the
+image cache, ``checkpoint.pt`` or ``model.pt`` raises the write's ``OSError`` naming the file
+(``fernoise.checkpoint.save_torch`` keeps it where torch's writer hides it), which the CLI says
+in one line (:func:`fernoise.errors.destination_error`); the temporary file is removed and the
+re-run resumes from the last checkpoint.
 
 Read :func:`fit` for the loop: it names no method. The method (``--method``, its flags, its
 heads, views, loss, per-sample state and optimiser defaults) is declared in its module of
@@ -62,7 +63,7 @@ from fernoise.cache import (
     stage_key,
     stamp_path,
 )
-from fernoise.checkpoint import disk_full_reason, save_torch
+from fernoise.checkpoint import save_torch
 from fernoise.devices import resolve_device
 from fernoise.errors import FernoiseError, require_folder
 from fernoise.manifest import Manifest, check_labels, find_stage, read_manifest, resolve_manifest
@@ -742,15 +743,7 @@ def _images(p: Plan, env, say) -> np.ndarray:
     ids = p.rows["id"].astype(str).tolist()
     kw = dict(size=p.cfg.image_size, cache_dir=p.cache_dir or Workspace().root / ".fernoise" / "arrays", shas=p.shas)
     if env.is_main:
-        try:
-            got = data.decoded_crops(p.paths, ids, progress=say, **kw)
-        except OSError as e:
-            why = disk_full_reason(e)
-            if why is None:
-                raise
-            raise FernoiseError(f"disk full writing the image cache {e.filename or kw['cache_dir']}: {why}; free space "
-                                f"on the disk holding {kw['cache_dir']} and re-run the same command "
-                                "(nothing was trained yet)") from None
+        got = data.decoded_crops(p.paths, ids, progress=say, **kw)  # a full disk: OSError naming the cache file
     distributed.barrier(env)
     if not env.is_main:
         got = data.decoded_crops(p.paths, ids, **kw)
@@ -860,8 +853,7 @@ def load_checkpoint(path: Path, key: str) -> dict | str:
 def finish(p: Plan, model) -> None:
     """Write ``model.pt`` atomically; remove ``checkpoint.pt`` unless ``keep_checkpoint``."""
 
-    save_torch(model.state_dict(), p.run_dir / "model.pt",
-               resume=f"the re-run writes model.pt from the checkpoint of epoch {p.cfg.epochs}, no epoch is trained again")
+    save_torch(model.state_dict(), p.run_dir / "model.pt")
     if not p.cfg.keep_checkpoint:
         (p.run_dir / "checkpoint.pt").unlink(missing_ok=True)
 
@@ -971,8 +963,7 @@ def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, schedul
             "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
     }
-    save_torch(state, path, resume=(f"training resumes from epoch {epoch} (the checkpoint of epoch {epoch - 1} is kept)"
-                                    if epoch > 1 else "training starts over at epoch 1"))
+    save_torch(state, path)
 
 
 def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
