@@ -27,7 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
-WILD = Path(os.environ.get("FERNOISE_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve() / "data" / "wild"
+WILD = (
+    Path(
+        os.environ.get("FERNOISE_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")
+    ).resolve()
+    / "data"
+    / "wild"
+)
 
 
 def main() -> int:
@@ -72,20 +78,28 @@ def main() -> int:
     def ours() -> float:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            r = align_folder(args.photos, Path(tmp) / "out", AlignParams(), detector=det, workers=args.workers)
+            r = align_folder(
+                args.photos, Path(tmp) / "out", AlignParams(), detector=det, workers=args.workers
+            )
             dt = time.perf_counter() - t
             assert not r.hit and r.rows == n
             return dt
 
-    runs: dict[str, list[float]] = {"facenet loop": [], "facenet loop, 1 thread": [], "fernoise align": []}
+    runs: dict[str, list[float]] = {
+        "facenet loop": [],
+        "facenet loop, 1 thread": [],
+        "fernoise align": [],
+    }
     for _ in range(args.repeat):
         runs["facenet loop"].append(baseline(default_threads))
         runs["facenet loop, 1 thread"].append(baseline(1))
         runs["fernoise align"].append(ours())
     med = {k: statistics.median(v) for k, v in runs.items()}
     base = med["facenet loop"]
-    table = Table(title=f"{n} photos from {args.photos} (median of {args.repeat}; torch default threads {default_threads}, "
-                        f"{os.cpu_count()} CPUs)")
+    table = Table(
+        title=f"{n} photos from {args.photos} (median of {args.repeat}; torch default threads {default_threads}, "
+        f"{os.cpu_count()} CPUs)"
+    )
     for col in ("method", "seconds", "images/s", "speed-up vs facenet loop"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for k, v in med.items():

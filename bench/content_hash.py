@@ -41,11 +41,22 @@ def main() -> None:
     paths = [str(m.root / p) for p in m.df["path"].dropna()]
     rows = [
         ("read manifest (Parquet -> pandas)", best(lambda: read_manifest(a.manifest), a.repeat)),
-        (f"digest of train's columns ({len([c for c in READS if c in table.column_names])})",
-         best(lambda: m.content_key(READS), a.repeat)),
-        (f"digest of every column ({table.num_columns}, corrupt)", best(lambda: content_digests(table), a.repeat)),
-        ("check against recorded digests (train's columns)", best(lambda: m.edited(READS), a.repeat)),
-        (f"crop stat fingerprint ({len(paths):,} files)", best(lambda: crop_fingerprint(paths), a.repeat)),
+        (
+            f"digest of train's columns ({len([c for c in READS if c in table.column_names])})",
+            best(lambda: m.content_key(READS), a.repeat),
+        ),
+        (
+            f"digest of every column ({table.num_columns}, corrupt)",
+            best(lambda: content_digests(table), a.repeat),
+        ),
+        (
+            "check against recorded digests (train's columns)",
+            best(lambda: m.edited(READS), a.repeat),
+        ),
+        (
+            f"crop stat fingerprint ({len(paths):,} files)",
+            best(lambda: crop_fingerprint(paths), a.repeat),
+        ),
     ]
     print(f"{a.manifest}: {table.num_rows:,} rows, {table.num_columns} columns; best of {a.repeat}")
     print(f"{'step':<52} {'seconds':>8}")

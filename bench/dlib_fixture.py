@@ -55,10 +55,23 @@ IDENTITIES: dict[str, str] = {
     **{f"bald_guys#{i}": "diesel" for i in (1, 3, 5, 6, 8, 20)},
     **{f"bald_guys#{i}": "johnson" for i in (2, 9, 12, 21, 22, 23)},
     **{f"bald_guys#{i}": "willis" for i in (13, 15, 16, 17, 18, 19)},
-    **{f"{s}#0": "obama" for s in ("obama", "obama_small", "obama-240p", "obama_partial_face",
-                                   "obama_partial_face2", "32bit")},
-    "obama_and_biden#0": "obama", "obama_and_biden#1": "biden", "obama_and_biden#2": "child",
-    "two_people#0": "obama", "two_people#1": "biden", "biden#0": "biden",
+    **{
+        f"{s}#0": "obama"
+        for s in (
+            "obama",
+            "obama_small",
+            "obama-240p",
+            "obama_partial_face",
+            "obama_partial_face2",
+            "32bit",
+        )
+    },
+    "obama_and_biden#0": "obama",
+    "obama_and_biden#1": "biden",
+    "obama_and_biden#2": "child",
+    "two_people#0": "obama",
+    "two_people#1": "biden",
+    "biden#0": "biden",
 }
 COLLAGES = {"bald_guys.jpg"}  # one person may appear several times
 
@@ -141,7 +154,10 @@ def make(args: argparse.Namespace) -> int:
                     "descriptor": [float(f"{v:.9g}") for v in desc],
                 }
             )
-            print(f"{cid}: box {chips[-1]['box_ltrb']} |d| {np.linalg.norm(desc):.4f}", file=sys.stderr)
+            print(
+                f"{cid}: box {chips[-1]['box_ltrb']} |d| {np.linalg.norm(desc):.4f}",
+                file=sys.stderr,
+            )
 
     out = {
         "what": "dlib's own 128-D descriptors (dlib_face_recognition_resnet_model_v1) of dlib's own "
@@ -166,7 +182,10 @@ def make(args: argparse.Namespace) -> int:
         "chips": chips,
     }
     Path(args.out).write_text(dump(out))
-    print(f"{len(chips)} chips from {len({c['file'] for c in chips})} photos -> {args.out}", file=sys.stderr)
+    print(
+        f"{len(chips)} chips from {len({c['file'] for c in chips})} photos -> {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -211,12 +230,25 @@ def summary(name: str, port: np.ndarray, ref: np.ndarray, chips: list[dict]) -> 
         "pairs_below_0.6_both": both,
         "max_abs_pairwise_diff": float(np.abs(dp - dr).max()),
     }
-    print(f"{name}: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
+    print(
+        f"{name}: "
+        + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items())
+    )
     worst = np.argsort(cos)[:3]
     res.update(identity_summary(port, ref, chips))
-    for k in ("same_pairs", "diff_pairs", "port_same_max", "dlib_same_max", "port_diff_min", "dlib_diff_min",
-              "port_ranking", "dlib_ranking",
-              "port_accuracy_at_0.6", "dlib_accuracy_at_0.6", "verdicts_agree_at_0.6"):
+    for k in (
+        "same_pairs",
+        "diff_pairs",
+        "port_same_max",
+        "dlib_same_max",
+        "port_diff_min",
+        "dlib_diff_min",
+        "port_ranking",
+        "dlib_ranking",
+        "port_accuracy_at_0.6",
+        "dlib_accuracy_at_0.6",
+        "verdicts_agree_at_0.6",
+    ):
         print(f"  {k}: {res[k]:.6g}" if isinstance(res[k], float) else f"  {k}: {res[k]}")
     print(f"  lowest cosines: {[(int(i), round(float(cos[i]), 6)) for i in worst]}")
     return res
@@ -246,7 +278,9 @@ def identity_summary(port: np.ndarray, ref: np.ndarray, chips: list[dict]) -> di
         out[f"{name}_diff_min"] = float(dd.min())
         # share of (same, different) pair couples ordered right: the ROC AUC of verification
         out[f"{name}_ranking"] = float((ds[:, None] < dd[None, :]).mean())
-        out[f"{name}_accuracy_at_0.6"] = float(((ds < 0.6).sum() + (dd >= 0.6).sum()) / (len(ds) + len(dd)))
+        out[f"{name}_accuracy_at_0.6"] = float(
+            ((ds < 0.6).sum() + (dd >= 0.6).sum()) / (len(ds) + len(dd))
+        )
         out[f"_{name}_verdict"] = np.concatenate([ds < 0.6, dd < 0.6])
     out["verdicts_agree_at_0.6"] = int((out.pop("_port_verdict") == out.pop("_dlib_verdict")).sum())
     return out
@@ -270,7 +304,12 @@ def compare(args: argparse.Namespace) -> int:
 
     results = {}
     if args.chips:
-        dlib_chips = [np.asarray(Image.open(Path(args.chips) / f"{c['file'].rsplit('.', 1)[0]}__{c['face']}.png")) for c in chips]
+        dlib_chips = [
+            np.asarray(
+                Image.open(Path(args.chips) / f"{c['file'].rsplit('.', 1)[0]}__{c['face']}.png")
+            )
+            for c in chips
+        ]
         results["dlib_chips"] = summary("port on dlib's chips", run(dlib_chips), ref, chips)
     cache: dict[str, np.ndarray] = {}
     rebuilt = []
@@ -279,10 +318,14 @@ def compare(args: argparse.Namespace) -> int:
             cache[c["file"]] = load_rgb(Path(args.wild) / c["file"])
         rebuilt.append(rebuild_chip(cache[c["file"]], c["chip_rect_ltrb"], c["chip_angle"]))
     if args.chips:
-        diffs = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(rebuilt, dlib_chips, strict=True)]
+        diffs = [
+            np.abs(a.astype(int) - b.astype(int)) for a, b in zip(rebuilt, dlib_chips, strict=True)
+        ]
         mae = [float(d.mean()) for d in diffs]
-        print(f"rebuilt vs dlib chip pixels: mean |diff| median {np.median(mae):.3f}, max {max(mae):.3f}; "
-              f"max |diff| {max(int(d.max()) for d in diffs)}")
+        print(
+            f"rebuilt vs dlib chip pixels: mean |diff| median {np.median(mae):.3f}, max {max(mae):.3f}; "
+            f"max |diff| {max(int(d.max()) for d in diffs)}"
+        )
     results["rebuilt_chips"] = summary("port on rebuilt chips", run(rebuilt), ref, chips)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
@@ -294,7 +337,9 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("make", help="dlib's chips and descriptors (scratch venv with dlib)")
     m.add_argument("--wild", required=True)
-    m.add_argument("--chips", required=True, help="folder for the chip PNGs (outside the repository)")
+    m.add_argument(
+        "--chips", required=True, help="folder for the chip PNGs (outside the repository)"
+    )
     m.add_argument("--out", required=True)
     c = sub.add_parser("compare", help="the port against the fixture (project venv)")
     c.add_argument("--faceapi", required=True)

@@ -33,12 +33,27 @@ from fernoise.formats.ferplus import majority
 from fernoise.labels import CLASSES, FERPLUS_VOTE_COLUMNS, canonical_name, label_space_of
 from fernoise.manifest import write_manifest
 
-FERPLUS = Path(os.environ.get("FERNOISE_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve() / "data" / "ferplus"
+FERPLUS = (
+    Path(
+        os.environ.get("FERNOISE_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")
+    ).resolve()
+    / "data"
+    / "ferplus"
+)
 
 
-def build(out: Path, *, n_train: int | None, n_test: int | None = None, labels: str = "majority",
-          sym_rate: float = 0.0, seed: int = 0, root: Path = FERPLUS, keep_unlabelled: bool = False,
-          n_val: int = 0) -> Path:
+def build(
+    out: Path,
+    *,
+    n_train: int | None,
+    n_test: int | None = None,
+    labels: str = "majority",
+    sym_rate: float = 0.0,
+    seed: int = 0,
+    root: Path = FERPLUS,
+    keep_unlabelled: bool = False,
+    n_val: int = 0,
+) -> Path:
     """Write the manifest to ``out`` (crop paths relative to it) and return ``out``."""
     df = pd.read_csv(root / "manifest.csv")
     df["clean"] = majority(df[list(FERPLUS_VOTE_COLUMNS)].to_numpy())
@@ -61,22 +76,41 @@ def build(out: Path, *, n_train: int | None, n_test: int | None = None, labels: 
     df = pd.concat(parts).reset_index(drop=True)
     if n_val:
         if sym_rate or labels == "fer2013":
-            raise SystemExit("--val is for clean manifests (pretraining); noise goes through `fernoise corrupt`")
+            raise SystemExit(
+                "--val is for clean manifests (pretraining); noise goes through `fernoise corrupt`"
+            )
         df.loc[df.index[df["split"] == "train"][-n_val:], "split"] = "val"
     train = df["split"] == "train"
     if sym_rate:
         # the library's own exact sym noise (same rows as `fernoise corrupt --kind sym`)
-        noisy, _ = corrupt(pd.DataFrame({"id": df["path"], "split": df["split"], "label": df["label"].astype("Int64")}),
-                           classes=classes, params=CorruptParams(kind="sym", rate=sym_rate, seed=seed))
+        noisy, _ = corrupt(
+            pd.DataFrame(
+                {"id": df["path"], "split": df["split"], "label": df["label"].astype("Int64")}
+            ),
+            classes=classes,
+            params=CorruptParams(kind="sym", rate=sym_rate, seed=seed),
+        )
         df["label"] = noisy["label"].to_numpy(dtype="int64")
     rel = os.path.relpath(root, out.resolve().parent)
-    rows = pd.DataFrame({
-        "id": df["path"], "src_path": df["path"], "path": [f"{rel}/{p}" for p in df["path"]],
-        "split": df["split"], "label": df["label"].astype("Int64" if keep_unlabelled else "int64"),
-        "label_name": [None if pd.isna(i) else classes[int(i)] for i in df["label"]],
-        "status": "ok", "n_faces": 1,
-    })
-    lineage = [{"stage": "align", "key": "ferplus-direct", "params": {"source": "ferplus/manifest.csv", "labels": labels}}]
+    rows = pd.DataFrame(
+        {
+            "id": df["path"],
+            "src_path": df["path"],
+            "path": [f"{rel}/{p}" for p in df["path"]],
+            "split": df["split"],
+            "label": df["label"].astype("Int64" if keep_unlabelled else "int64"),
+            "label_name": [None if pd.isna(i) else classes[int(i)] for i in df["label"]],
+            "status": "ok",
+            "n_faces": 1,
+        }
+    )
+    lineage = [
+        {
+            "stage": "align",
+            "key": "ferplus-direct",
+            "params": {"source": "ferplus/manifest.csv", "labels": labels},
+        }
+    ]
     noise = None
     if sym_rate or labels == "fer2013":
         noise = {"kind": "sym" if sym_rate else "fer2013_original", "rate": sym_rate, "seed": seed}
@@ -85,10 +119,23 @@ def build(out: Path, *, n_train: int | None, n_test: int | None = None, labels: 
         # by `fernoise corrupt` without --force
         rows["label_clean"] = df["clean"].where(df["clean"] >= 0).astype("Int64").to_numpy()
         rows["is_noisy"] = ((df["label"] != df["clean"]) & train).to_numpy()
-    key = dict_hash({"ids": rows["id"].tolist(), "labels": [None if pd.isna(v) else int(v) for v in rows["label"]],
-                     "noise": noise, "labels_from": labels, "splits": rows["split"].tolist() if n_val else None})
-    meta = {"classes": classes, "label_space": label_space_of(classes),
-            "stage": lineage[-1]["stage"], "params": lineage[-1]["params"], "key": key, "lineage": lineage}
+    key = dict_hash(
+        {
+            "ids": rows["id"].tolist(),
+            "labels": [None if pd.isna(v) else int(v) for v in rows["label"]],
+            "noise": noise,
+            "labels_from": labels,
+            "splits": rows["split"].tolist() if n_val else None,
+        }
+    )
+    meta = {
+        "classes": classes,
+        "label_space": label_space_of(classes),
+        "stage": lineage[-1]["stage"],
+        "params": lineage[-1]["params"],
+        "key": key,
+        "lineage": lineage,
+    }
     return write_manifest(rows, out, meta)
 
 
@@ -96,16 +143,36 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--train", type=int, default=None, help="train rows (default: all)")
-    ap.add_argument("--test", type=int, default=None, help="FER2013Valid rows as test (default: all)")
+    ap.add_argument(
+        "--test", type=int, default=None, help="FER2013Valid rows as test (default: all)"
+    )
     ap.add_argument("--labels", choices=["majority", "fer2013"], default="majority")
     ap.add_argument("--sym-rate", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--keep-unlabelled", action="store_true",
-                    help="keep train crops with no FER+ majority (null label; for pretraining)")
-    ap.add_argument("--val", type=int, default=0, help="move the last N train rows to split val (the pretrain probe)")
+    ap.add_argument(
+        "--keep-unlabelled",
+        action="store_true",
+        help="keep train crops with no FER+ majority (null label; for pretraining)",
+    )
+    ap.add_argument(
+        "--val",
+        type=int,
+        default=0,
+        help="move the last N train rows to split val (the pretrain probe)",
+    )
     a = ap.parse_args()
-    print(build(a.out, n_train=a.train, n_test=a.test, labels=a.labels, sym_rate=a.sym_rate, seed=a.seed,
-                keep_unlabelled=a.keep_unlabelled, n_val=a.val))
+    print(
+        build(
+            a.out,
+            n_train=a.train,
+            n_test=a.test,
+            labels=a.labels,
+            sym_rate=a.sym_rate,
+            seed=a.seed,
+            keep_unlabelled=a.keep_unlabelled,
+            n_val=a.val,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,10 @@ def main() -> None:
         grid.write_text(
             f'name = "bench"\nmethods = {methods!r}\nseeds = {seeds!r}\n'
             f'noise = [{{kind = "sym", rates = {rates!r}}}]\n'
-            "[train]\nepochs = 1\nwarmup = 0\nimage_size = 32\nbatch_size = 16\nworkers = 0\n".replace("'", '"'))
+            "[train]\nepochs = 1\nwarmup = 0\nimage_size = 32\nbatch_size = 16\nworkers = 0\n".replace(
+                "'", '"'
+            )
+        )
         n = len(methods) * len(rates) * len(seeds)
         startup, _ = timed([sys.executable, "-m", "fernoise.cli.app", "--version"], ws)
         first, _ = timed([sys.executable, "-m", "fernoise.cli.app", "sweep", str(grid)], ws)

@@ -55,8 +55,18 @@ from fernoise.manifest import read_manifest  # noqa: E402
 from fernoise.train.stage import TrainConfig, resolve_precision, train  # noqa: E402
 
 
-def step_rate(method: str, images: np.ndarray, labels: np.ndarray, *, batch: int, size: int, precision: str,
-              device: str, steps: int, channels_last: bool = True) -> float:
+def step_rate(
+    method: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch: int,
+    size: int,
+    precision: str,
+    device: str,
+    steps: int,
+    channels_last: bool = True,
+) -> float:
     """Samples/s (both views for ncctfer) of the training step on ready-made tensors."""
     m = methods.create(method, num_classes=8, n_rows=len(images), image_size=size)
     two = len(m.views) > 1
@@ -70,14 +80,20 @@ def step_rate(method: str, images: np.ndarray, labels: np.ndarray, *, batch: int
     idx = rng.choice(len(images), size=batch, replace=False)
     x = torch.from_numpy(np.ascontiguousarray(images[idx])).permute(0, 3, 1, 2)
     x_w = data.normalize(x, torch.device(device), channels_last=channels_last)
-    x_s = data.normalize(x.flip(-1), torch.device(device), channels_last=channels_last) if two else None
+    x_s = (
+        data.normalize(x.flip(-1), torch.device(device), channels_last=channels_last)
+        if two
+        else None
+    )
     y = torch.from_numpy(labels[idx]).to(device)
     idx_t = torch.from_numpy(idx.astype(np.int64))
     gen = torch.Generator().manual_seed(0)
 
     def one() -> None:
         views = {name: x_w if i == 0 else x_s for i, name in enumerate(m.views)}
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(
+            torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"
+        ):
             out = model(m.loss, views, y, idx_t, epoch=2, warm=False, gen=gen)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -94,13 +110,30 @@ def step_rate(method: str, images: np.ndarray, labels: np.ndarray, *, batch: int
     return steps * batch * (2 if two else 1) / (time.perf_counter() - t)
 
 
-def end_to_end_rate(manifest: Path, method: str, *, batch: int, size: int, runs: Path, augment: str = "workers",
-                    device: str = "auto", epochs: int = 2) -> tuple[float, float]:
+def end_to_end_rate(
+    manifest: Path,
+    method: str,
+    *,
+    batch: int,
+    size: int,
+    runs: Path,
+    augment: str = "workers",
+    device: str = "auto",
+    epochs: int = 2,
+) -> tuple[float, float]:
     """(images/s of the last of ``epochs`` training epochs, share of its time not spent waiting for data)."""
     import json
 
-    cfg = TrainConfig(method=method, epochs=epochs, warmup=0, batch_size=batch, image_size=size, val_fraction=0.0,
-                      augment=augment, device=device)
+    cfg = TrainConfig(
+        method=method,
+        epochs=epochs,
+        warmup=0,
+        batch_size=batch,
+        image_size=size,
+        val_fraction=0.0,
+        augment=augment,
+        device=device,
+    )
     res = train(manifest, cfg, runs_dir=runs, force=True)
     m = json.loads((res.output / "metrics.jsonl").read_text().splitlines()[-1])
     return m["images_per_s"], 1 - m["data_wait_s"] / m["train_seconds"]
@@ -113,10 +146,15 @@ class PILFaces(torch.utils.data.Dataset):
         from torchvision import transforms as T
 
         self.paths, self.labels = paths, labels
-        self.tf = T.Compose([
-            T.Resize((size, size)), T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(),
-            T.ToTensor(), T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-        ])
+        self.tf = T.Compose(
+            [
+                T.Resize((size, size)),
+                T.RandomCrop(size, padding=4),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -153,8 +191,17 @@ class PeerViews(torch.utils.data.Dataset):
         return views, int(self.labels[i]), i
 
 
-def peer_rate(method: str, paths: list[str], labels: np.ndarray, *, batch: int, size: int, precision: str,
-              device: str, workers: int = 8) -> float:
+def peer_rate(
+    method: str,
+    paths: list[str],
+    labels: np.ndarray,
+    *,
+    batch: int,
+    size: int,
+    precision: str,
+    device: str,
+    workers: int = 8,
+) -> float:
     """Samples/s (both views for ncctfer) of one epoch of the fernoise step fed by :class:`PeerViews`."""
     m = methods.create(method, num_classes=8, n_rows=len(paths), image_size=size)
     with torch.random.fork_rng(devices=[]):
@@ -164,14 +211,27 @@ def peer_rate(method: str, paths: list[str], labels: np.ndarray, *, batch: int, 
     opt = torch.optim.Adam(m.param_groups(model, lr_backbone=1e-4, lr_head=1e-3))
     gen = torch.Generator().manual_seed(0)
     two = len(m.views) > 1
-    loader = torch.utils.data.DataLoader(PeerViews(paths, labels, size, two), batch_size=batch, shuffle=True,
-                                         num_workers=workers, drop_last=True, pin_memory=device.startswith("cuda"),
-                                         persistent_workers=False, prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(
+        PeerViews(paths, labels, size, two),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.startswith("cuda"),
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
     t, seen = time.perf_counter(), 0
     for views, y, idx in loader:
-        x = {name: views[i].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-             for i, name in enumerate(m.views)}
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        x = {
+            name: views[i]
+            .to(device, non_blocking=True)
+            .contiguous(memory_format=torch.channels_last)
+            for i, name in enumerate(m.views)
+        }
+        with torch.autocast(
+            torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"
+        ):
             out = model(m.loss, x, y.to(device), idx, epoch=2, warm=False, gen=gen)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -183,15 +243,22 @@ def peer_rate(method: str, paths: list[str], labels: np.ndarray, *, batch: int, 
     return seen / (time.perf_counter() - t)
 
 
-def baseline_rates(paths: list[str], labels: np.ndarray, *, size: int, device: str, n: int) -> tuple[float, float]:
+def baseline_rates(
+    paths: list[str], labels: np.ndarray, *, size: int, device: str, n: int
+) -> tuple[float, float]:
     """(end-to-end, step-only) samples/s of the plain ResNet-18 CE baseline at batch 32."""
     from torchvision.models import resnet18
 
     torch.manual_seed(0)
     model = resnet18(num_classes=8).to(device).train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    loader = torch.utils.data.DataLoader(PILFaces(paths[:n], labels[:n], size), batch_size=32, shuffle=True,
-                                         num_workers=2, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        PILFaces(paths[:n], labels[:n], size),
+        batch_size=32,
+        shuffle=True,
+        num_workers=2,
+        drop_last=True,
+    )
 
     def one(x, y) -> None:
         loss = torch.nn.functional.cross_entropy(model(x.to(device)), y.to(device))
@@ -214,16 +281,31 @@ def baseline_rates(paths: list[str], labels: np.ndarray, *, size: int, device: s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=2560,
-                    help="FERPlus training rows (one end-to-end epoch; 20 batches of 128, so the start of the DataLoader workers is amortised as in a real epoch)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the best is reported")
+    ap.add_argument(
+        "--rows",
+        type=int,
+        default=2560,
+        help="FERPlus training rows (one end-to-end epoch; 20 batches of 128, so the start of the DataLoader workers is amortised as in a real epoch)",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="interleaved repetitions; the best is reported"
+    )
     ap.add_argument("--size", "--image-size", dest="size", type=int, default=64)
     ap.add_argument("--device", default="auto", help="auto (cuda when there), cpu or cuda")
-    ap.add_argument("--peer-workers", type=int, default=8, help="DataLoader workers of the peer-style loader (CUDA)")
-    ap.add_argument("--no-layouts", action="store_true", help="skip the fp32/bf16 x layout step rows")
+    ap.add_argument(
+        "--peer-workers",
+        type=int,
+        default=8,
+        help="DataLoader workers of the peer-style loader (CUDA)",
+    )
+    ap.add_argument(
+        "--no-layouts", action="store_true", help="skip the fp32/bf16 x layout step rows"
+    )
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per step-only measurement")
-    ap.add_argument("--epochs", type=int, default=2, help="epochs per end-to-end run; the last one is timed")
+    ap.add_argument(
+        "--epochs", type=int, default=2, help="epochs per end-to-end run; the last one is timed"
+    )
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args()
     console = Console(width=150)
@@ -237,17 +319,35 @@ def main() -> None:
     paths = [str(m.root / p) for p in m.df["path"]]
     labels = m.df["label"].astype(int).to_numpy()
     t = time.perf_counter()
-    images = data.array_cache(paths, m.df["id"].tolist(), manifest_key=m.key, size=a.size,
-                              cache_dir=Workspace().root / ".fernoise" / "arrays")
+    images = data.array_cache(
+        paths,
+        m.df["id"].tolist(),
+        manifest_key=m.key,
+        size=a.size,
+        cache_dir=Workspace().root / ".fernoise" / "arrays",
+    )
     decode = time.perf_counter() - t
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else ""
-    console.print(f"{device} {gpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, {a.rows} FERPlus rows at {a.size}px, "
-                  f"batch {a.batch}, precision auto -> {auto}; array cache built in {decode:.1f}s")
+    console.print(
+        f"{device} {gpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, {a.rows} FERPlus rows at {a.size}px, "
+        f"batch {a.batch}, precision auto -> {auto}; array cache built in {decode:.1f}s"
+    )
 
     # The machine is shared: every figure is the best of --rounds interleaved measurements.
-    table = Table(title=f"fernoise train throughput ({device}, {a.size}x{a.size}, samples/s, best of {a.rounds})")
-    for col in ("what", "batch", "precision", "step only", "end-to-end", "ratio", "in-loop ratio",
-                "vs workers", "vs peer"):
+    table = Table(
+        title=f"fernoise train throughput ({device}, {a.size}x{a.size}, samples/s, best of {a.rounds})"
+    )
+    for col in (
+        "what",
+        "batch",
+        "precision",
+        "step only",
+        "end-to-end",
+        "ratio",
+        "in-loop ratio",
+        "vs workers",
+        "vs peer",
+    ):
         table.add_column(col, justify="right" if col not in ("what", "precision") else "left")
     best: dict[str, float] = {}
 
@@ -261,41 +361,98 @@ def main() -> None:
         for method in ("ce", "ncctfer"):
             keep(f"step {method}", step_rate(method, images, labels, precision=auto, **kw))
             for aug in ("workers", "device"):
-                rate, busy = end_to_end_rate(manifest, method, batch=a.batch, size=a.size, runs=work / "runs",
-                                             augment=aug, device=device, epochs=a.epochs)
+                rate, busy = end_to_end_rate(
+                    manifest,
+                    method,
+                    batch=a.batch,
+                    size=a.size,
+                    runs=work / "runs",
+                    augment=aug,
+                    device=device,
+                    epochs=a.epochs,
+                )
                 keep(f"e2e {method} {aug}", rate)
                 keep(f"busy {method} {aug}", busy)
             if on_cuda:
-                keep(f"peer {method}", peer_rate(method, paths, labels, batch=a.batch, size=a.size, precision=auto,
-                                                 device=device, workers=a.peer_workers))
+                keep(
+                    f"peer {method}",
+                    peer_rate(
+                        method,
+                        paths,
+                        labels,
+                        batch=a.batch,
+                        size=a.size,
+                        precision=auto,
+                        device=device,
+                        workers=a.peer_workers,
+                    ),
+                )
         if not on_cuda:
-            b_e2e, b_step = baseline_rates(paths, labels, size=a.size, device=device, n=min(640, a.rows))
+            b_e2e, b_step = baseline_rates(
+                paths, labels, size=a.size, device=device, n=min(640, a.rows)
+            )
             keep("baseline e2e", b_e2e)
             keep("baseline step", b_step)
         for prec in () if a.no_layouts else ("fp32", "bf16"):
             for cl in (False, True):
-                keep(f"ce {prec} {'channels_last' if cl else 'contiguous'}",
-                     step_rate("ce", images, labels, precision=prec, channels_last=cl, **kw))
+                keep(
+                    f"ce {prec} {'channels_last' if cl else 'contiguous'}",
+                    step_rate("ce", images, labels, precision=prec, channels_last=cl, **kw),
+                )
     for method in ("ce", "ncctfer"):
         step = best[f"step {method}"]
         workers_rate = best[f"e2e {method} workers"]
         peer = best.get(f"peer {method}")
         for aug in ("workers", "device"):
             e2e = best[f"e2e {method} {aug}"]
-            table.add_row(f"fernoise {method}" + (" (2 views)" if method == "ncctfer" else "") + f", {aug} views",
-                          str(a.batch), auto, f"{step:.0f}", f"{e2e:.0f}", f"{e2e / step:.2f}",
-                          f"{best[f'busy {method} {aug}']:.2f}", f"{e2e / workers_rate:.2f}x",
-                          f"{e2e / peer:.2f}x" if peer else "")
+            table.add_row(
+                f"fernoise {method}"
+                + (" (2 views)" if method == "ncctfer" else "")
+                + f", {aug} views",
+                str(a.batch),
+                auto,
+                f"{step:.0f}",
+                f"{e2e:.0f}",
+                f"{e2e / step:.2f}",
+                f"{best[f'busy {method} {aug}']:.2f}",
+                f"{e2e / workers_rate:.2f}x",
+                f"{e2e / peer:.2f}x" if peer else "",
+            )
         if peer:
-            table.add_row(f"peer-style loader ({a.peer_workers} workers) + {method} step", str(a.batch), auto,
-                          f"{step:.0f}", f"{peer:.0f}", f"{peer / step:.2f}", "", "", "1.00x")
+            table.add_row(
+                f"peer-style loader ({a.peer_workers} workers) + {method} step",
+                str(a.batch),
+                auto,
+                f"{step:.0f}",
+                f"{peer:.0f}",
+                f"{peer / step:.2f}",
+                "",
+                "",
+                "1.00x",
+            )
     if not on_cuda:
         b_e2e, b_step = best["baseline e2e"], best["baseline step"]
-        table.add_row("baseline: PIL Dataset + torchvision", "32", "fp32", f"{b_step:.0f}", f"{b_e2e:.0f}", f"{b_e2e / b_step:.2f}")
-        table.add_row("fernoise ce (workers) / baseline, end-to-end", "", "", "", "", f"{best['e2e ce workers'] / b_e2e:.2f}x")
+        table.add_row(
+            "baseline: PIL Dataset + torchvision",
+            "32",
+            "fp32",
+            f"{b_step:.0f}",
+            f"{b_e2e:.0f}",
+            f"{b_e2e / b_step:.2f}",
+        )
+        table.add_row(
+            "fernoise ce (workers) / baseline, end-to-end",
+            "",
+            "",
+            "",
+            "",
+            f"{best['e2e ce workers'] / b_e2e:.2f}x",
+        )
     for method in ("ce", "ncctfer"):
-        console.print(f"device / workers, end to end, {method}: "
-                      f"{best[f'e2e {method} device'] / best[f'e2e {method} workers']:.2f}x")
+        console.print(
+            f"device / workers, end to end, {method}: "
+            f"{best[f'e2e {method} device'] / best[f'e2e {method} workers']:.2f}x"
+        )
     for name in [k for k in best if k.startswith("ce ")]:
         _, prec, layout = name.split()
         table.add_row(f"step ce, {layout}", str(a.batch), prec, f"{best[name]:.0f}", "", "")

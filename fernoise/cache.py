@@ -66,9 +66,13 @@ def dict_hash(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
-def stage_key(stage: str, version: int, params: Mapping[str, Any], inputs: Mapping[str, Any]) -> str:
+def stage_key(
+    stage: str, version: int, params: Mapping[str, Any], inputs: Mapping[str, Any]
+) -> str:
     """sha256 of the stage name and version, output-changing parameters and input hashes/keys."""
-    return dict_hash({"stage": stage, "version": version, "params": dict(params), "inputs": dict(inputs)})
+    return dict_hash(
+        {"stage": stage, "version": version, "params": dict(params), "inputs": dict(inputs)}
+    )
 
 
 def bytes_sha256(data: bytes) -> str:
@@ -93,8 +97,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{HOST_TAG}-{os.getpid()}.", suffix=TMP_SUFFIX,
-                                   dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{HOST_TAG}-{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent
+        )
     except OSError as e:
         e.filename = str(path)  # name the file the user asked for, not the random temporary
         raise
@@ -122,8 +127,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_tmp(folder: str | os.PathLike, *, max_age: float = STALE_TMP_SECONDS, recursive: bool = False,
-                    target: re.Pattern[str] | None = None) -> int:
+def clean_stale_tmp(
+    folder: str | os.PathLike,
+    *,
+    max_age: float = STALE_TMP_SECONDS,
+    recursive: bool = False,
+    target: re.Pattern[str] | None = None,
+) -> int:
     """Remove the temporary files that killed or failed writers left in ``folder``.
 
     Only files named as :func:`atomic_path` names them (``.<name>.<host>-<pid>.<random>.tmp``,
@@ -142,7 +152,14 @@ def clean_stale_tmp(folder: str | os.PathLike, *, max_age: float = STALE_TMP_SEC
         walk = ((d, f) for d, _dirs, f in os.walk(folder))
     else:
         try:
-            walk = iter([(os.fspath(folder), [e.name for e in os.scandir(folder) if not e.is_dir(follow_symlinks=False)])])
+            walk = iter(
+                [
+                    (
+                        os.fspath(folder),
+                        [e.name for e in os.scandir(folder) if not e.is_dir(follow_symlinks=False)],
+                    )
+                ]
+            )
         except OSError:
             return 0
     for dirpath, filenames in walk:
@@ -153,8 +170,11 @@ def clean_stale_tmp(folder: str | os.PathLike, *, max_age: float = STALE_TMP_SEC
             p = os.path.join(dirpath, name)
             host = m.groupdict().get("host")
             try:
-                stale = (host == HOST_TAG and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
-                         ) or now - os.lstat(p).st_mtime > max_age
+                stale = (
+                    host == HOST_TAG
+                    and int(m["pid"]) != os.getpid()
+                    and not _pid_alive(int(m["pid"]))
+                ) or now - os.lstat(p).st_mtime > max_age
                 if stale:
                     os.unlink(p)
                     removed += 1
@@ -253,9 +273,7 @@ def run_stage(
     t0 = time.perf_counter()
     output = Path(output)
     key = stage_key(stage, version, params, inputs)
-    hit = not force and outputs_intact(
-        read_json(stamp_path(output)), key, output.resolve().parent
-    )
+    hit = not force and outputs_intact(read_json(stamp_path(output)), key, output.resolve().parent)
     if not hit:
         written = build(key) or [output]
         if output not in [Path(p) for p in written]:
@@ -315,13 +333,17 @@ class Workspace:
         """Context manager: an exclusive file lock on ``fernoise.lock`` (see :func:`file_lock`)."""
         return file_lock(self.lock_path)
 
-    def record(self, stage: str, *, key: str, output: str | os.PathLike, params: Mapping[str, Any]) -> None:
+    def record(
+        self, stage: str, *, key: str, output: str | os.PathLike, params: Mapping[str, Any]
+    ) -> None:
         """Set ``stage``'s entry; read-modify-write under :meth:`locked`, so concurrent
         commands never lose each other's entries."""
         with self.locked():
             self._record(stage, key=key, output=output, params=params)
 
-    def _record(self, stage: str, *, key: str, output: str | os.PathLike, params: Mapping[str, Any]) -> None:
+    def _record(
+        self, stage: str, *, key: str, output: str | os.PathLike, params: Mapping[str, Any]
+    ) -> None:
         data = self.read()
         out = Path(output).resolve()
         try:

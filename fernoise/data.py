@@ -60,7 +60,9 @@ def usable(df: pd.DataFrame) -> pd.Series:
 
 
 # ----------------------------------------------------------------------------- array cache
-def crop_fingerprint(paths: Sequence[str | os.PathLike], shas: Sequence[str | None] | None = None) -> str:
+def crop_fingerprint(
+    paths: Sequence[str | os.PathLike], shas: Sequence[str | None] | None = None
+) -> str:
     """sha256 over every row's recorded crop sha256 (or ``-``) and the file's size and
     modification time (``missing`` when it does not exist): one ``stat`` per file."""
     h = hashlib.sha256()
@@ -95,7 +97,9 @@ class Decoded:
     path: Path | None = None
 
 
-def _decode(path: str | os.PathLike, sha: str | None, size: int) -> tuple[np.ndarray | None, str | None]:
+def _decode(
+    path: str | os.PathLike, sha: str | None, size: int
+) -> tuple[np.ndarray | None, str | None]:
     """One crop, or ``(None, reason)`` when it is missing, differs from ``sha`` or is no image."""
     try:
         raw = read_regular(path, MAX_CROP_BYTES)  # a FIFO or /dev/zero: a skipped row, never a hang
@@ -157,7 +161,9 @@ def decoded_crops(
     skipped: dict[int, str] = {}
     clean_stale_tmp(cache_dir)  # a cache half-written by a killed run (kill -9, SIGBUS)
     with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        out = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)
+        )
         preallocate(tmp)
         step = max(1, len(paths) // 100)
         for i, p in enumerate(paths):
@@ -171,7 +177,9 @@ def decoded_crops(
                 progress({"event": "decode", "done": i + 1, "total": len(paths)})
         out.flush()
         del out
-        atomic_write_json(side, {"content": content, "skipped": {str(k): v for k, v in skipped.items()}})
+        atomic_write_json(
+            side, {"content": content, "skipped": {str(k): v for k, v in skipped.items()}}
+        )
     prefix, suffix = path.name.split("-")[0], f"-{size}.npy"
     for old in Path(cache_dir).glob(f"{prefix}-*{suffix}"):  # stale caches of the same rows
         if old != path:
@@ -198,7 +206,9 @@ def array_cache(
     got = decoded_crops(paths, ids, size=size, cache_dir=cache_dir, shas=shas, progress=progress)
     if got.skipped:
         i, why = next(iter(got.skipped.items()))
-        raise FernoiseError(f"{len(got.skipped)} crops could not be used, e.g. {paths[i]}: {why}; re-run `fernoise align`")
+        raise FernoiseError(
+            f"{len(got.skipped)} crops could not be used, e.g. {paths[i]}: {why}; re-run `fernoise align`"
+        )
     return got.array
 
 
@@ -245,7 +255,9 @@ class Batch:
     views: tuple[str, ...] = ("weak",)
 
 
-def sample_views(img: np.ndarray, rng: np.random.Generator, names: Sequence[str], randaug: RandAugment) -> dict:
+def sample_views(
+    img: np.ndarray, rng: np.random.Generator, names: Sequence[str], randaug: RandAugment
+) -> dict:
     """The views ``names`` of one ``(H, W, 3)`` uint8 image, each ``(3, H, W)`` uint8, all from
     the one per-sample ``rng`` in the order of ``names``. ``strong`` is RandAugment applied to
     the sample's ``weak`` view (built first, from the same generator, when not asked before
@@ -276,7 +288,9 @@ class ViewBatches(Dataset):
 
     def __getitem__(self, batch: Batch) -> dict:
         per_sample = [
-            sample_views(self.images[pos], np.random.default_rng(int(seed)), batch.views, self.randaug)
+            sample_views(
+                self.images[pos], np.random.default_rng(int(seed)), batch.views, self.randaug
+            )
             for pos, seed in zip(batch.positions, batch.seeds, strict=True)
         ]
         return {
@@ -286,8 +300,14 @@ class ViewBatches(Dataset):
 
 
 def epoch_batches(
-    rows: np.ndarray, batch_size: int, *, seed: int, epoch: int, views: Sequence[str] = ("weak",),
-    rank: int = 0, world: int = 1,
+    rows: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    views: Sequence[str] = ("weak",),
+    rank: int = 0,
+    world: int = 1,
 ) -> list[Batch]:
     """This rank's batches of the training ``rows`` (array-cache indices) for ``epoch``.
 
@@ -327,7 +347,9 @@ def loader(
     )
 
 
-def normalize(x: torch.Tensor, device: torch.device, *, channels_last: bool = False) -> torch.Tensor:
+def normalize(
+    x: torch.Tensor, device: torch.device, *, channels_last: bool = False
+) -> torch.Tensor:
     """uint8 ``(B, 3, H, W)`` -> float normalised with ImageNet statistics, on ``device``."""
     x = x.to(device, non_blocking=True).float().div_(255)
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
@@ -336,7 +358,9 @@ def normalize(x: torch.Tensor, device: torch.device, *, channels_last: bool = Fa
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def eval_batches(images: np.ndarray, positions: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+def eval_batches(
+    images: np.ndarray, positions: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Test-time batches (resize only): ``(positions, uint8 (B, 3, H, W))``."""
     for start in range(0, len(positions), batch_size):
         pos = positions[start : start + batch_size]

@@ -23,5 +23,7 @@ def resolve_device(device: str = "auto", *, flag: str = "--device") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FernoiseError(f"{device} asked for, but this torch sees no CUDA device; use --device cpu", flag=flag)
+        raise FernoiseError(
+            f"{device} asked for, but this torch sees no CUDA device; use --device cpu", flag=flag
+        )
     return device

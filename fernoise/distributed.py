@@ -105,8 +105,11 @@ def free_port() -> int:
 
 def _entry(local_rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple) -> None:
     os.environ.update(
-        RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        RANK=str(local_rank),
+        LOCAL_RANK=str(local_rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     fn(*args)
 
@@ -115,4 +118,6 @@ def spawn(n: int, fn: Callable[..., Any], *args: Any) -> None:
     """Run ``fn(*args)`` in ``n`` local processes forming one group (``--devices N``)."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(_entry, args=(n, free_port(), fn, args), nprocs=n, join=True, start_method="spawn")
+    mp.start_processes(
+        _entry, args=(n, free_port(), fn, args), nprocs=n, join=True, start_method="spawn"
+    )

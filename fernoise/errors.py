@@ -18,9 +18,14 @@ import os
 
 # Write failures that are the destination's fault, not a bug: the user frees space or picks
 # another folder. Stages re-raise these instead of recording a per-row error.
-DESTINATION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-           errno.EFBIG: "file too large for the file system or the process's file size limit"}
+DESTINATION_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+)
+NO_ROOM = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the file system or the process's file size limit",
+}
 
 
 class FernoiseError(Exception):
@@ -52,7 +57,9 @@ def require_file(path: str | os.PathLike, what: str = "file", *, flag: str | Non
     if os.path.isfile(p):
         return
     if os.path.isdir(p):
-        raise FernoiseError(f"{what} {p} is a folder, expected a file; give the file inside it", flag=flag)
+        raise FernoiseError(
+            f"{what} {p} is a folder, expected a file; give the file inside it", flag=flag
+        )
     if os.path.islink(p):
         raise FernoiseError(f"{what} {p} is a broken symbolic link; expected a file", flag=flag)
     if os.path.exists(p):
@@ -60,15 +67,21 @@ def require_file(path: str | os.PathLike, what: str = "file", *, flag: str | Non
     raise FernoiseError(f"{what} {p} does not exist", flag=flag)
 
 
-def require_folder(path: str | os.PathLike, what: str = "folder", *, flag: str | None = None,
-                   may_be_missing: bool = False) -> None:
+def require_folder(
+    path: str | os.PathLike,
+    what: str = "folder",
+    *,
+    flag: str | None = None,
+    may_be_missing: bool = False,
+) -> None:
     """Raise unless ``path`` is a folder (or, with ``may_be_missing``, does not exist yet)."""
     p = os.fspath(path)
     if os.path.isdir(p):
         return
     if os.path.exists(p) or os.path.islink(p):
-        raise FernoiseError(f"{what} {p} is a file, expected a folder; remove it or choose another path",
-                            flag=flag)
+        raise FernoiseError(
+            f"{what} {p} is a file, expected a folder; remove it or choose another path", flag=flag
+        )
     if not may_be_missing:
         raise FernoiseError(f"{what} {p} does not exist", flag=flag)
 
@@ -89,10 +102,16 @@ def destination_error(e: BaseException) -> FernoiseError | None:
         path, where = "a file", "the output folder"
     again = "then re-run the same command (finished work is kept and reused)"
     if e.errno in NO_ROOM:
-        return FernoiseError(f"could not write {path}: {NO_ROOM[e.errno]}; free space on the disk holding {where} "
-                             f"(or choose another folder), {again}")
+        return FernoiseError(
+            f"could not write {path}: {NO_ROOM[e.errno]}; free space on the disk holding {where} "
+            f"(or choose another folder), {again}"
+        )
     if e.errno == errno.EROFS:
-        return FernoiseError(f"could not write {path}: read-only file system; choose a folder on a writable "
-                             f"disk, {again}")
-    return FernoiseError(f"{path}: permission denied; make {where} writable (and its files readable) "
-                         f"or choose another folder, {again}")
+        return FernoiseError(
+            f"could not write {path}: read-only file system; choose a folder on a writable "
+            f"disk, {again}"
+        )
+    return FernoiseError(
+        f"{path}: permission denied; make {where} writable (and its files readable) "
+        f"or choose another folder, {again}"
+    )

@@ -47,7 +47,13 @@ def to_tensor(batch: np.ndarray, device: str = "cpu"):
     """``(N, H, W, 3)`` uint8 -> normalised float ``(N, 3, H, W)`` tensor on ``device``."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    x = (
+        torch.from_numpy(np.ascontiguousarray(batch))
+        .to(device)
+        .permute(0, 3, 1, 2)
+        .float()
+        .div_(255)
+    )
     mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std

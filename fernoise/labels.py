@@ -15,42 +15,92 @@ from __future__ import annotations
 from fernoise.errors import FernoiseError
 
 CLASSES: tuple[str, ...] = (
-    "neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt",
+    "neutral",
+    "happy",
+    "sad",
+    "surprise",
+    "fear",
+    "disgust",
+    "anger",
+    "contempt",
 )
 LABEL_SPACES: dict[str, tuple[str, ...]] = {"basic7": CLASSES[:7], "basic8": CLASSES}
 
 # Every accepted spelling (lower case) of each canonical class.
 ALIASES: dict[str, str] = {
-    "neutral": "neutral", "neutrality": "neutral", "calm": "neutral",
-    "happy": "happy", "happiness": "happy", "joy": "happy",
-    "sad": "sad", "sadness": "sad",
-    "surprise": "surprise", "surprised": "surprise",
-    "fear": "fear", "fearful": "fear", "afraid": "fear",
-    "disgust": "disgust", "disgusted": "disgust",
-    "anger": "anger", "angry": "anger",
-    "contempt": "contempt", "contemptuous": "contempt",
+    "neutral": "neutral",
+    "neutrality": "neutral",
+    "calm": "neutral",
+    "happy": "happy",
+    "happiness": "happy",
+    "joy": "happy",
+    "sad": "sad",
+    "sadness": "sad",
+    "surprise": "surprise",
+    "surprised": "surprise",
+    "fear": "fear",
+    "fearful": "fear",
+    "afraid": "fear",
+    "disgust": "disgust",
+    "disgusted": "disgust",
+    "anger": "anger",
+    "angry": "anger",
+    "contempt": "contempt",
+    "contemptuous": "contempt",
 }
 
 # Dataset label orders, as the datasets number them -> canonical class name.
 RAFDB_ORDER: dict[int, str] = {
-    1: "surprise", 2: "fear", 3: "disgust", 4: "happy", 5: "sad", 6: "anger", 7: "neutral",
+    1: "surprise",
+    2: "fear",
+    3: "disgust",
+    4: "happy",
+    5: "sad",
+    6: "anger",
+    7: "neutral",
 }
 FER2013_ORDER: dict[int, str] = {
-    0: "anger", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise", 6: "neutral",
+    0: "anger",
+    1: "disgust",
+    2: "fear",
+    3: "happy",
+    4: "sad",
+    5: "surprise",
+    6: "neutral",
 }
 AFFECTNET_ORDER: dict[int, str] = {
-    0: "neutral", 1: "happy", 2: "sad", 3: "surprise", 4: "fear", 5: "disgust", 6: "anger",
+    0: "neutral",
+    1: "happy",
+    2: "sad",
+    3: "surprise",
+    4: "fear",
+    5: "disgust",
+    6: "anger",
     7: "contempt",
 }  # 8 None, 9 Uncertain, 10 No-Face are dropped
 FERPLUS_VOTE_COLUMNS: tuple[str, ...] = (
-    "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
-    "unknown", "NF",
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+    "unknown",
+    "NF",
 )
 
 # Paper §4.3.1/§4.3.2: each class flips to its most-confused partner under asym noise.
 ASYM_PAIRS: dict[str, str] = {
-    "surprise": "anger", "fear": "surprise", "disgust": "anger", "happy": "neutral",
-    "sad": "neutral", "anger": "happy", "neutral": "sad", "contempt": "neutral",
+    "surprise": "anger",
+    "fear": "surprise",
+    "disgust": "anger",
+    "happy": "neutral",
+    "sad": "neutral",
+    "anger": "happy",
+    "neutral": "sad",
+    "contempt": "neutral",
 }
 
 
@@ -94,7 +144,10 @@ def class_list(names, *, flag: str | None = None) -> list[str]:
         elif str(n).strip():
             wanted.add(canonical_name(n, flag=flag))
     if not wanted:
-        raise FernoiseError(f"expected class names (e.g. happy,sad,anger) or basic7/basic8, found {names!r}", flag=flag)
+        raise FernoiseError(
+            f"expected class names (e.g. happy,sad,anger) or basic7/basic8, found {names!r}",
+            flag=flag,
+        )
     return [c for c in CLASSES if c in wanted]
 
 

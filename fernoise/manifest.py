@@ -65,7 +65,11 @@ COLUMNS: dict[str, tuple[pa.DataType, bool, str]] = {
     "n_faces": (pa.int64(), False, "faces the detector found in the photo"),
     "det_prob": (pa.float64(), True, "detector confidence of this face"),
     "bbox": (pa.list_(pa.float64()), True, "x1, y1, x2, y2 in source pixels"),
-    "landmarks": (pa.list_(pa.float64()), True, "5 (x, y) points in source pixels: eyes, nose, mouth corners"),
+    "landmarks": (
+        pa.list_(pa.float64()),
+        True,
+        "5 (x, y) points in source pixels: eyes, nose, mouth corners",
+    ),
 }
 REQUIRED = ("id", "src_path", "split", "label", "status")
 
@@ -78,17 +82,28 @@ def column_digest(col: pa.Array | pa.ChunkedArray) -> str:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     t = col.type
-    shown = f"list<{t.value_type}>" if pa.types.is_list(t) or pa.types.is_large_list(t) else str(t)  # Parquet renames list items
+    shown = (
+        f"list<{t.value_type}>" if pa.types.is_list(t) or pa.types.is_large_list(t) else str(t)
+    )  # Parquet renames list items
     h = hashlib.sha256(f"{shown}|{len(col)}|".encode())
     valid = col.is_valid().to_numpy(zero_copy_only=False)
     h.update(np.packbits(valid).tobytes())
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        filled = pc.fill_null(col, "" if not pa.types.is_binary(t) and not pa.types.is_large_binary(t) else b"")
+    if (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+    ):
+        filled = pc.fill_null(
+            col, "" if not pa.types.is_binary(t) and not pa.types.is_large_binary(t) else b""
+        )
         if isinstance(filled, pa.ChunkedArray):
             filled = filled.combine_chunks()
         large = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
         _, offsets, data = filled.buffers()  # read in place: lengths, then the bytes
-        offs = np.frombuffer(offsets, dtype=np.int64 if large else np.int32)[filled.offset : filled.offset + len(filled) + 1]
+        offs = np.frombuffer(offsets, dtype=np.int64 if large else np.int32)[
+            filled.offset : filled.offset + len(filled) + 1
+        ]
         h.update(np.diff(offs).astype(np.int64).tobytes())
         if len(filled) and data is not None:
             h.update(memoryview(data)[int(offs[0]) : int(offs[-1])])
@@ -99,7 +114,12 @@ def column_digest(col: pa.Array | pa.ChunkedArray) -> str:
     elif pa.types.is_floating(t):
         h.update(pc.fill_null(col, 0.0).to_numpy(zero_copy_only=False).astype(np.float64).tobytes())
     elif pa.types.is_list(t) or pa.types.is_large_list(t):
-        h.update(pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64).tobytes())
+        h.update(
+            pc.fill_null(pc.list_value_length(col), 0)
+            .to_numpy(zero_copy_only=False)
+            .astype(np.int64)
+            .tobytes()
+        )
         h.update(column_digest(col.flatten()).encode())
     else:
         h.update(json.dumps(col.to_pylist(), sort_keys=True, default=str).encode())
@@ -108,7 +128,9 @@ def column_digest(col: pa.Array | pa.ChunkedArray) -> str:
 
 def content_digests(table: pa.Table, columns: Iterable[str] | None = None) -> dict[str, str]:
     """``{column: column_digest}`` for ``columns`` present in ``table`` (default: all)."""
-    names = table.column_names if columns is None else [c for c in columns if c in table.column_names]
+    names = (
+        table.column_names if columns is None else [c for c in columns if c in table.column_names]
+    )
     return {name: column_digest(table.column(name)) for name in names}
 
 
@@ -127,20 +149,24 @@ class Manifest:
 
     def digests(self, columns: Iterable[str]) -> dict[str, str]:
         """Digests of ``columns`` (those present), computed from the rows as read."""
-        table = self.table if self.table is not None else _arrow_table(self.df.reset_index(drop=True))
+        table = (
+            self.table if self.table is not None else _arrow_table(self.df.reset_index(drop=True))
+        )
         return content_digests(table, columns)
 
     def content_key(self, columns: Iterable[str]) -> str:
         """A stage's input identity: sha256 of the row count and the digests of ``columns``."""
         digests = self.digests(columns)
         n = self.table.num_rows if self.table is not None else len(self.df)
-        return hashlib.sha256(json.dumps({"rows": n, "columns": digests}, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(
+            json.dumps({"rows": n, "columns": digests}, sort_keys=True).encode()
+        ).hexdigest()
 
     def edited(self, columns: Iterable[str]) -> list[str]:
         """Columns among ``columns`` whose values differ from the digests recorded when the
         file was written (``rows`` when the row count differs); [] when they match or the file
         records none (written before content digests existed)."""
-        recorded = (self.meta.get("content") or {})
+        recorded = self.meta.get("content") or {}
         if not recorded:
             return []
         n = self.table.num_rows if self.table is not None else len(self.df)
@@ -196,7 +222,9 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, meta: dict[str, An
     meta = {"schema_version": SCHEMA_VERSION, "fernoise_version": __version__, **meta}
     table = _arrow_table(df.reset_index(drop=True))
     meta = _with_content(table, meta)
-    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
+    table = table.replace_schema_metadata(
+        {META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()}
+    )
     path = Path(path)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -210,8 +238,12 @@ def write_manifest_table(table: pa.Table, path: str | os.PathLike, meta: dict[st
     the table from ``pq.read_table`` and skip the pandas round trip of the untouched ones
     (the list columns ``bbox``/``landmarks`` cost about a second per million rows each way).
     """
-    meta = _with_content(table, {"schema_version": SCHEMA_VERSION, "fernoise_version": __version__, **meta})
-    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
+    meta = _with_content(
+        table, {"schema_version": SCHEMA_VERSION, "fernoise_version": __version__, **meta}
+    )
+    table = table.replace_schema_metadata(
+        {META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()}
+    )
     path = Path(path)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -230,24 +262,35 @@ def resolve_manifest(path: str | os.PathLike, *, flag: str | None = "MANIFEST") 
     if p.is_dir():
         if (p / MANIFEST_FILE).is_file():
             return p / MANIFEST_FILE
-        raise FernoiseError(f"{p} is a folder without a {MANIFEST_FILE}; pass a manifest .parquet file "
-                            f"or a folder that holds a {MANIFEST_FILE}", flag=flag)
+        raise FernoiseError(
+            f"{p} is a folder without a {MANIFEST_FILE}; pass a manifest .parquet file "
+            f"or a folder that holds a {MANIFEST_FILE}",
+            flag=flag,
+        )
     if not p.is_file():
-        raise FernoiseError(f"manifest {p} does not exist; pass a manifest .parquet file", flag=flag)
+        raise FernoiseError(
+            f"manifest {p} does not exist; pass a manifest .parquet file", flag=flag
+        )
     return p
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Only the metadata of a manifest (cheap: reads the footer)."""
     if Path(path).is_dir():
-        raise FernoiseError(f"manifest {path} is a folder, not a file; pass a manifest .parquet file")
+        raise FernoiseError(
+            f"manifest {path} is a folder, not a file; pass a manifest .parquet file"
+        )
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as e:
-        raise FernoiseError(f"{path} is not a readable Parquet manifest ({e.__class__.__name__})") from None
+        raise FernoiseError(
+            f"{path} is not a readable Parquet manifest ({e.__class__.__name__})"
+        ) from None
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
-        raise FernoiseError(f"{path} has no fernoise metadata; make manifests with `fernoise align`")
+        raise FernoiseError(
+            f"{path} has no fernoise metadata; make manifests with `fernoise align`"
+        )
     return json.loads(raw)
 
 
@@ -255,7 +298,11 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     """Read a manifest and check its required columns; labels come back as pandas ``Int64``."""
     path = Path(path)
     if path.is_dir():
-        hint = f"; pass {path / MANIFEST_FILE}" if (path / MANIFEST_FILE).is_file() else "; pass a manifest .parquet file"
+        hint = (
+            f"; pass {path / MANIFEST_FILE}"
+            if (path / MANIFEST_FILE).is_file()
+            else "; pass a manifest .parquet file"
+        )
         raise FernoiseError(f"manifest {path} is a folder, not a file{hint}")
     if not path.is_file():
         raise FernoiseError(f"manifest {path} does not exist")
@@ -263,7 +310,9 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
-        raise FernoiseError(f"{path} is not a readable Parquet manifest ({e.__class__.__name__}); re-write it") from None
+        raise FernoiseError(
+            f"{path} is not a readable Parquet manifest ({e.__class__.__name__}); re-write it"
+        ) from None
     df = table.to_pandas()
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
@@ -278,7 +327,11 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 def check_unique_ids(ids: pd.Series | pa.Array | pa.ChunkedArray, path: str | os.PathLike) -> None:
     """Raise a one-line FernoiseError naming the first repeated ids and how many there are:
     one row per image (per face with ``--all-faces``), or a row would train or count twice."""
-    s = ids if isinstance(ids, pd.Series) else pd.Series(ids.to_pylist() if hasattr(ids, "to_pylist") else ids)
+    s = (
+        ids
+        if isinstance(ids, pd.Series)
+        else pd.Series(ids.to_pylist() if hasattr(ids, "to_pylist") else ids)
+    )
     dup = s[s.duplicated(keep=False)]
     if dup.empty:
         return
@@ -286,7 +339,9 @@ def check_unique_ids(ids: pd.Series | pa.Array | pa.ChunkedArray, path: str | os
     first = ", ".join(f"{k!r} x{n}" for k, n in list(counts.items())[:3])
     raise FernoiseError(
         f"{path}: {len(counts):,} ids occur more than once ({len(dup) - len(counts):,} extra rows), first: {first}; "
-        "ids must be unique (one row per image): drop the repeated rows or re-run `fernoise align`", flag="MANIFEST")
+        "ids must be unique (one row per image): drop the repeated rows or re-run `fernoise align`",
+        flag="MANIFEST",
+    )
 
 
 def unknown_splits(df: pd.DataFrame) -> str | None:
@@ -299,8 +354,10 @@ def unknown_splits(df: pd.DataFrame) -> str | None:
         return None
     counts = other.astype(str).where(other.notna(), "<null>").value_counts()
     named = ", ".join(f"{k!r} ({n:,} rows)" for k, n in counts.items())
-    return (f"{len(other):,} rows have a split no stage reads: {named}; they are left out of training, validation "
-            f"and test (expected one of {', '.join(SPLITS)}: rename the split to use them)")
+    return (
+        f"{len(other):,} rows have a split no stage reads: {named}; they are left out of training, validation "
+        f"and test (expected one of {', '.join(SPLITS)}: rename the split to use them)"
+    )
 
 
 def stage_meta(

@@ -51,7 +51,9 @@ class Classifier(nn.Module):
     """A trained ``FerNet`` with its method's test-time head: ``classifier(x)`` -> logits ``(N, C)``
     (eval, predict, Grad-CAM). ``backbone`` is the network's, for hooks on ``layer4``."""
 
-    def __init__(self, net: FerNet, logits: Callable[[FerNet, torch.Tensor], torch.Tensor], num_classes: int):
+    def __init__(
+        self, net: FerNet, logits: Callable[[FerNet, torch.Tensor], torch.Tensor], num_classes: int
+    ):
         super().__init__()
         self.net = net
         self._logits = logits

@@ -64,7 +64,9 @@ class PredictParams:
         if self.top < 1:
             raise FernoiseError(f"expected at least 1, got {self.top}", flag="--top")
         if self.batch_size < 1:
-            raise FernoiseError(f"expected a positive batch size, got {self.batch_size}", flag="--batch-size")
+            raise FernoiseError(
+                f"expected a positive batch size, got {self.batch_size}", flag="--batch-size"
+            )
 
 
 def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
@@ -75,17 +77,23 @@ def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
         if p.is_dir():
             # as align's scan: every entry with an image name that is not a folder, FIFOs,
             # devices and broken links included (they get a status row, never a silent skip)
-            out.extend(sorted(
-                f for f in p.rglob("*")
-                if not f.is_dir() and f.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            ))
+            out.extend(
+                sorted(
+                    f
+                    for f in p.rglob("*")
+                    if not f.is_dir()
+                    and f.suffix.lower() in IMAGE_EXTENSIONS
+                    and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                )
+            )
         elif p.exists() or p.is_symlink():
             out.append(p)
         else:
             raise FernoiseError(f"{p} does not exist; pass photos or folders of photos")
     if not out:
-        raise FernoiseError(f"no image files found in {' '.join(map(str, items))} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise FernoiseError(
+            f"no image files found in {' '.join(map(str, items))} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+        )
     return out
 
 
@@ -142,8 +150,15 @@ def crops_to_array(crops: Sequence[Any], size: int, *, greyscale: bool = False) 
     return out
 
 
-def classify(model, images: np.ndarray, classes: Sequence[str], *, top: int = 3, batch_size: int = 64,
-             device: str = "cpu") -> list[dict[str, Any]]:
+def classify(
+    model,
+    images: np.ndarray,
+    classes: Sequence[str],
+    *,
+    top: int = 3,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
     """Label, probability and top-``top`` classes of each uint8 ``(N, H, W, 3)`` face."""
     from fernoise.evaluate.stage import predict_probs
 
@@ -151,17 +166,28 @@ def classify(model, images: np.ndarray, classes: Sequence[str], *, top: int = 3,
     out = []
     for p in probs:
         order = np.argsort(-p, kind="stable")[:top]
-        out.append({
-            "label": classes[int(order[0])],
-            "prob": float(p[order[0]]),
-            "top": [{"label": classes[int(c)], "prob": float(p[c])} for c in order],
-        })
+        out.append(
+            {
+                "label": classes[int(order[0])],
+                "prob": float(p[order[0]]),
+                "top": [{"label": classes[int(c)], "prob": float(p[c])} for c in order],
+            }
+        )
     return out
 
 
 def _row(file: Path, **kw: Any) -> dict[str, Any]:
-    row = {"file": printable(file), "face": None, "status": "ok", "label": None, "prob": None, "top": [],
-           "det_prob": None, "bbox": None, "reason": None}
+    row = {
+        "file": printable(file),
+        "face": None,
+        "status": "ok",
+        "label": None,
+        "prob": None,
+        "top": [],
+        "det_prob": None,
+        "bbox": None,
+        "reason": None,
+    }
     row.update(kw)
     return row
 
@@ -190,7 +216,7 @@ def predict(
     classes = run.classes
     rows: list[dict[str, Any]] = []
     for start in range(0, len(files), CHUNK):
-        chunk = files[start:start + CHUNK]
+        chunk = files[start : start + CHUNK]
         opened, decoded = [], []
         for f in chunk:
             try:
@@ -199,7 +225,9 @@ def predict(
             except Exception as e:  # noqa: BLE001 - a bad file gets its row, never a crash
                 img, status, reason = None, "error", f"{e.__class__.__name__}: {e}"
             if img is None:
-                rows.append(_row(f, status=status or "unreadable", reason=reason or "could not be decoded"))
+                rows.append(
+                    _row(f, status=status or "unreadable", reason=reason or "could not be decoded")
+                )
             else:
                 opened.append(f)
                 decoded.append(d)
@@ -211,12 +239,20 @@ def predict(
                 rows.append(_row(f, status="no_face", reason="the detector found no face"))
                 continue
             for k, face in enumerate(faces):
-                rows.append(_row(f, face=k, det_prob=_float(face.det_prob), bbox=_floats(face.bbox)))
+                rows.append(
+                    _row(f, face=k, det_prob=_float(face.det_prob), bbox=_floats(face.bbox))
+                )
                 crops.append(face.crop)
                 where.append(len(rows) - 1)
         if crops:
-            preds = classify(model, crops_to_array(crops, size, greyscale=grey), classes, top=params.top,
-                             batch_size=params.batch_size, device=device)
+            preds = classify(
+                model,
+                crops_to_array(crops, size, greyscale=grey),
+                classes,
+                top=params.top,
+                batch_size=params.batch_size,
+                device=device,
+            )
             for i, pred in zip(where, preds, strict=True):
                 rows[i].update(pred)
         if progress:
@@ -241,8 +277,10 @@ def _faces(files: Sequence[Path], decoded: Sequence[Any], aparams, detector) -> 
         arrays.append((arr, back * d.factor))
     dets = align.detect_images([d.image for d in decoded], aparams, detector, arrays=arrays)
     del arrays
-    return [align.faces_from(d.image, det, aparams, factor=d.factor, finer=_finer(f))
-            for f, d, det in zip(files, decoded, dets, strict=True)]
+    return [
+        align.faces_from(d.image, det, aparams, factor=d.factor, finer=_finer(f))
+        for f, d, det in zip(files, decoded, dets, strict=True)
+    ]
 
 
 def _float(v: Any) -> float | None:

@@ -23,7 +23,13 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "header": ("message",),  # train: the run's one-line summary, before the first epoch
     "warning": ("message",),  # something the user should know; the run goes on
     "note": ("message",),  # train: a remark that is not a warning
-    "pretrained": ("path", "kind", "sha256", "complete", "table"),  # train: the --pretrained start loaded
+    "pretrained": (
+        "path",
+        "kind",
+        "sha256",
+        "complete",
+        "table",
+    ),  # train: the --pretrained start loaded
     "resume": ("epoch", "run_dir"),  # a checkpoint was found: epochs up to `epoch` are done
     "epoch_start": ("epoch", "epochs", "batches", "warmup"),
     "batch": ("epoch", "done", "total", "loss", "images_per_s"),  # running mean loss of the epoch

@@ -58,22 +58,53 @@ from fernoise.evaluate.plots import noise_label
 FORMATS = ("markdown", "csv", "latex")
 
 # config.json fields that do not change a run's result, or that other groupings cover.
-NOT_RESULT = frozenset({
-    "seed",  # pooled: the replicates
-    "method",  # the row
-    "noise", "align", "lineage", "classes", "label_space", "num_classes",  # dataset / column
-    "epochs", "image_size", "pretrained_sha256",  # protocol
-    "val_source", "val_fraction", "val_clean",  # protocol
-    "val_labels",  # "noisy" vs "train" follows the column's noise; oracle-clean is val_clean
-    "device", "device_requested", "workers", "devices", "precision_requested", "val_fraction_requested",
-    "manifest", "manifest_key", "manifest_content", "key", "fernoise_version",
-    "pretrained", "pretrained_report",  # the file's sha256 is what counts
-    "pretrained_kind", "pretrained_given", "pretrained_partial",  # idem (partial: the sha decides)
-    "n_train", "n_val", "n_test", "n_train_available", "train_class_counts",
-    "two_heads",  # follows the method
-    "keep_checkpoint", "resume",
-    "notes", "warnings", "paths", "val_ids",
-})
+NOT_RESULT = frozenset(
+    {
+        "seed",  # pooled: the replicates
+        "method",  # the row
+        "noise",
+        "align",
+        "lineage",
+        "classes",
+        "label_space",
+        "num_classes",  # dataset / column
+        "epochs",
+        "image_size",
+        "pretrained_sha256",  # protocol
+        "val_source",
+        "val_fraction",
+        "val_clean",  # protocol
+        "val_labels",  # "noisy" vs "train" follows the column's noise; oracle-clean is val_clean
+        "device",
+        "device_requested",
+        "workers",
+        "devices",
+        "precision_requested",
+        "val_fraction_requested",
+        "manifest",
+        "manifest_key",
+        "manifest_content",
+        "key",
+        "fernoise_version",
+        "pretrained",
+        "pretrained_report",  # the file's sha256 is what counts
+        "pretrained_kind",
+        "pretrained_given",
+        "pretrained_partial",  # idem (partial: the sha decides)
+        "n_train",
+        "n_val",
+        "n_test",
+        "n_train_available",
+        "train_class_counts",
+        "two_heads",  # follows the method
+        "keep_checkpoint",
+        "resume",
+        "notes",
+        "warnings",
+        "paths",
+        "val_ids",
+    }
+)
 SPLIT_STAGE, CORRUPT_STAGE = "split", "corrupt"
 
 
@@ -124,8 +155,12 @@ class RunSummary:
     macro_f1_ci: list[float] | None = None
     sel_precision: float | None = None  # confident set vs is_noisy, last epoch that recorded it
     sel_recall: float | None = None
-    clean_share: float | None = None  # share of clean training rows (eval.json), the precision base rate
-    forced: bool = False  # eval.json was made with --force on inputs that differ from train's/align's
+    clean_share: float | None = (
+        None  # share of clean training rows (eval.json), the precision base rate
+    )
+    forced: bool = (
+        False  # eval.json was made with --force on inputs that differ from train's/align's
+    )
     eval_note: str | None = None  # why eval.json was left out (made for another model.pt)
 
     @property
@@ -158,7 +193,9 @@ def find_runs(items: Sequence[str | os.PathLike]) -> list[Path]:
             elif p.is_dir():
                 kids = sorted(k for k in p.iterdir() if (k / "config.json").is_file())
                 if not kids and not glob.has_magic(s):
-                    raise FernoiseError(f"{p} is neither a run (no config.json) nor a folder of runs")
+                    raise FernoiseError(
+                        f"{p} is neither a run (no config.json) nor a folder of runs"
+                    )
                 found.extend(kids)
             elif not glob.has_magic(s):
                 raise FernoiseError(f"{p} does not exist; pass run folders (e.g. runs/*)")
@@ -199,7 +236,9 @@ def lineage_of(config: dict[str, Any]) -> list[dict[str, Any]] | None:
     return meta.get("lineage") if meta and isinstance(meta.get("lineage"), list) else None
 
 
-def dataset_identity(config: dict[str, Any], lineage: list[dict[str, Any]] | None) -> tuple[str, str]:
+def dataset_identity(
+    config: dict[str, Any], lineage: list[dict[str, Any]] | None
+) -> tuple[str, str]:
     """``(key, name)`` of the clean data a run trained on.
 
     The key of the last lineage entry before the first ``corrupt`` or ``split`` (the aligned
@@ -249,7 +288,9 @@ def protocol_of(config: dict[str, Any], split: dict[str, Any] | None) -> dict[st
 
 def options_of(config: dict[str, Any]) -> dict[str, Any]:
     """The result-changing options that neither the row's method nor the table covers."""
-    return {k: v for k, v in sorted(config.items()) if k not in NOT_RESULT and not k.startswith("_")}
+    return {
+        k: v for k, v in sorted(config.items()) if k not in NOT_RESULT and not k.startswith("_")
+    }
 
 
 def _eval_json(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -272,11 +313,17 @@ def stale_eval(run: Path, rep: dict[str, Any]) -> str | None:
 
     made_for = rep.get("train_model_sha256") or rep.get("model_sha256")  # differ only under --force
     stamp = read_json(stamp_path(run / "model.pt"))
-    now = stamp.get("outputs", {}).get("model.pt") if isinstance(stamp, dict) and isinstance(stamp.get("outputs"), dict) else None
+    now = (
+        stamp.get("outputs", {}).get("model.pt")
+        if isinstance(stamp, dict) and isinstance(stamp.get("outputs"), dict)
+        else None
+    )
     if not isinstance(made_for, str) or not isinstance(now, str) or made_for == now:
         return None
-    return (f"{run / 'eval.json'} left out: it evaluated an older model.pt (sha256 {made_for[:12]}, now {now[:12]}); "
-            f"re-run `fernoise eval {run}`")
+    return (
+        f"{run / 'eval.json'} left out: it evaluated an older model.pt (sha256 {made_for[:12]}, now {now[:12]}); "
+        f"re-run `fernoise eval {run}`"
+    )
 
 
 def summarise(path: str | os.PathLike) -> RunSummary:
@@ -294,17 +341,31 @@ def summarise(path: str | os.PathLike) -> RunSummary:
     v = val_selected(run.history)
     epochs = cfg.get("epochs")
     s = RunSummary(
-        path=run.path, method=str(cfg.get("method") or "?"), seed=cfg.get("seed"),
-        noise_seed=noise_full.get("seed") if noise_full else None, fold=fold,
-        dataset_key=key, dataset_name=name, protocol=protocol_of(cfg, split), options=options_of(cfg),
-        noise=noise, setting=_setting_label(noise), noise_sort=_noise_sort(noise),
+        path=run.path,
+        method=str(cfg.get("method") or "?"),
+        seed=cfg.get("seed"),
+        noise_seed=noise_full.get("seed") if noise_full else None,
+        fold=fold,
+        dataset_key=key,
+        dataset_name=name,
+        protocol=protocol_of(cfg, split),
+        options=options_of(cfg),
+        noise=noise,
+        setting=_setting_label(noise),
+        noise_sort=_noise_sort(noise),
         complete=epochs is None or len(run.history) >= int(epochs),
-        max=m["max"] if m else None, max_epoch=m["max_epoch"] if m else None, last=m["last"] if m else None,
-        val_epoch=v["epoch"] if v else None, val_test=v["test_acc"] if v else None,
+        max=m["max"] if m else None,
+        max_epoch=m["max_epoch"] if m else None,
+        last=m["last"] if m else None,
+        val_epoch=v["epoch"] if v else None,
+        val_test=v["test_acc"] if v else None,
     )
     for row in reversed(run.history):
         if row.get("confident_precision") is not None or row.get("confident_recall") is not None:
-            s.sel_precision, s.sel_recall = row.get("confident_precision"), row.get("confident_recall")
+            s.sel_precision, s.sel_recall = (
+                row.get("confident_precision"),
+                row.get("confident_recall"),
+            )
             break
     rep = _eval_json(run.path, cfg)
     s.eval_note = stale_eval(run.path, rep) if rep else None
@@ -341,8 +402,10 @@ class Stat:
 
 def pool(values: Sequence[float | None]) -> Stat | None:
     """Mean and sample standard deviation (ddof=1) of the non-missing values; None if none."""
-    vals = np.array([v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))],
-                    dtype=np.float64)
+    vals = np.array(
+        [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))],
+        dtype=np.float64,
+    )
     if not len(vals):
         return None
     return Stat(float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else None, len(vals))
@@ -411,8 +474,11 @@ def describe_protocol(p: dict[str, Any]) -> str:
     t = p.get("test")
     if isinstance(t, dict):
         k = t["kfold"]
-        test = (f"leave-one-{k.get('group_column') or 'group'}-out ({k.get('folds', '?')} folds)" if k.get("loso")
-                else f"k-fold ({k.get('folds', '?')})") + ": test = the held-out fold"
+        test = (
+            f"leave-one-{k.get('group_column') or 'group'}-out ({k.get('folds', '?')} folds)"
+            if k.get("loso")
+            else f"k-fold ({k.get('folds', '?')})"
+        ) + ": test = the held-out fold"
         if k.get("group_column"):
             test += f", grouped by {k['group_column']}"
         if k.get("seed") is not None:
@@ -435,7 +501,9 @@ def describe_protocol(p: dict[str, Any]) -> str:
     start = "start: random init"
     if p.get("start"):
         start = f"start: {p.get('start_name') or 'weights'} ({str(p['start'])[:8]})"
-    return "; ".join([test, val, f"{p.get('epochs', '?')} epochs", f"{p.get('image_size', '?')} px", start])
+    return "; ".join(
+        [test, val, f"{p.get('epochs', '?')} epochs", f"{p.get('image_size', '?')} px", start]
+    )
 
 
 @dataclass
@@ -477,8 +545,10 @@ def build(runs: Sequence[RunSummary]) -> Report:
     for rs in by_table.values():
         names = Counter(r.dataset_name for r in rs)
         labels = _row_labels(rs)
-        rows = sorted({(r.row_key, labels[r.row_key], r.method) for r in rs},
-                      key=lambda x: (_method_sort(x[2]), x[1]))
+        rows = sorted(
+            {(r.row_key, labels[r.row_key], r.method) for r in rs},
+            key=lambda x: (_method_sort(x[2]), x[1]),
+        )
         settings = sorted({(r.noise_sort, r.col_key, r.setting) for r in rs})
         cells: dict[tuple[str, str], Cell] = {}
         kfold = isinstance(rs[0].protocol.get("test"), dict)
@@ -488,19 +558,28 @@ def build(runs: Sequence[RunSummary]) -> Report:
             seeds = Counter((r.seed, r.noise_seed, r.fold) for r in cell.runs)
             dup = [s for s, n in seeds.items() if n > 1]
             if dup:
-                notes.append(f"{labels[rk]} / {cell.runs[0].setting}: {len(cell.runs)} runs share seeds {dup[0][:2]}"
-                             f"{' fold ' + str(dup[0][2]) if dup[0][2] is not None else ''} and differ only in "
-                             "fields that do not change results (device, paths): they are not independent replicates")
+                notes.append(
+                    f"{labels[rk]} / {cell.runs[0].setting}: {len(cell.runs)} runs share seeds {dup[0][:2]}"
+                    f"{' fold ' + str(dup[0][2]) if dup[0][2] is not None else ''} and differ only in "
+                    "fields that do not change results (device, paths): they are not independent replicates"
+                )
         noise_of = {r.col_key: r.noise for r in rs}
-        tables.append(Table(
-            dataset=names.most_common(1)[0][0], dataset_key=rs[0].dataset_key, protocol=rs[0].protocol,
-            settings=[(ck, label, noise_of[ck]) for _, ck, label in settings],
-            rows=[(rk, label) for rk, label, _ in rows], cells=cells,
-            has_final=any(r.final is not None for r in rs),
-        ))
+        tables.append(
+            Table(
+                dataset=names.most_common(1)[0][0],
+                dataset_key=rs[0].dataset_key,
+                protocol=rs[0].protocol,
+                settings=[(ck, label, noise_of[ck]) for _, ck, label in settings],
+                rows=[(rk, label) for rk, label, _ in rows],
+                cells=cells,
+                has_final=any(r.final is not None for r in rs),
+            )
+        )
     tables.sort(key=lambda t: (t.dataset, t.protocol_text()))
     if len({t.dataset_key for t in tables}) > 1:
-        notes.append(f"{len({t.dataset_key for t in tables})} datasets: one table each, never averaged together")
+        notes.append(
+            f"{len({t.dataset_key for t in tables})} datasets: one table each, never averaged together"
+        )
     return Report(tables=tables, notes=notes)
 
 
@@ -522,14 +601,18 @@ def collect(items: Sequence[str | os.PathLike]) -> Report:
         seen.add(key)
         summaries.append(s)
     if not summaries:
-        raise FernoiseError(f"no readable training run among {len(paths)} folder(s); first: {broken[0]}")
+        raise FernoiseError(
+            f"no readable training run among {len(paths)} folder(s); first: {broken[0]}"
+        )
     rep = build(summaries)
     rep.notes[:0] = [f"skipped {b}" for b in broken]
     rep.notes += [s.eval_note for s in summaries if s.eval_note]
     forced = [s.path.name for s in summaries if s.forced]
     if forced:
-        rep.notes.append(f"final*: evaluated with --force on inputs that differ from what train/align recorded: "
-                         f"{', '.join(forced)}")
+        rep.notes.append(
+            f"final*: evaluated with --force on inputs that differ from what train/align recorded: "
+            f"{', '.join(forced)}"
+        )
     return rep
 
 
@@ -594,18 +677,25 @@ def table_grid(t: Table, *, pm: str = "±") -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
-LEGEND = ("cells: test accuracy in %, mean ± sample std (ddof=1) over seeds (n runs; k-fold: over folds); "
-          "no ± for one run. `<setting>`: validation-selected (test accuracy at the epoch of best validation "
-          "accuracy; e<N> = that epoch). `max / last-5`: test-selected, the paper's convention (best test "
-          "accuracy over epochs / mean of the last 5 epochs). `final`: the final model's top-1 from eval.json, "
-          "with its 95% bootstrap interval for one run; `*`: evaluated with --force on changed inputs.")
+LEGEND = (
+    "cells: test accuracy in %, mean ± sample std (ddof=1) over seeds (n runs; k-fold: over folds); "
+    "no ± for one run. `<setting>`: validation-selected (test accuracy at the epoch of best validation "
+    "accuracy; e<N> = that epoch). `max / last-5`: test-selected, the paper's convention (best test "
+    "accuracy over epochs / mean of the last 5 epochs). `final`: the final model's top-1 from eval.json, "
+    "with its 95% bootstrap interval for one run; `*`: evaluated with --force on changed inputs."
+)
 
 
 # ============================================================================ formats
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub Markdown table."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
     sep = "| " + " | ".join("-" * w for w in widths) + " |"
     return "\n".join([line(header), sep, *(line(r) for r in rows)]) + "\n"
 
@@ -621,11 +711,38 @@ def markdown_report(rep: Report) -> str:
 
 
 CSV_COLUMNS = (
-    "dataset", "dataset_key", "protocol", "kfold", "method", "row", "options", "setting", "noise_kind", "noise_rate",
-    "n", "seeds", "folds", "val_selected_mean", "val_selected_std", "val_epoch", "max_mean", "max_std",
-    "last5_mean", "last5_std", "final_top1_mean", "final_top1_std", "final_top1_ci_lo", "final_top1_ci_hi",
-    "final_macro_f1_mean", "final_macro_f1_std", "final_macro_f1_ci_lo", "final_macro_f1_ci_hi",
-    "selection_precision_mean", "selection_recall_mean", "runs", "final_forced",
+    "dataset",
+    "dataset_key",
+    "protocol",
+    "kfold",
+    "method",
+    "row",
+    "options",
+    "setting",
+    "noise_kind",
+    "noise_rate",
+    "n",
+    "seeds",
+    "folds",
+    "val_selected_mean",
+    "val_selected_std",
+    "val_epoch",
+    "max_mean",
+    "max_std",
+    "last5_mean",
+    "last5_std",
+    "final_top1_mean",
+    "final_top1_std",
+    "final_top1_ci_lo",
+    "final_top1_ci_hi",
+    "final_macro_f1_mean",
+    "final_macro_f1_std",
+    "final_macro_f1_ci_lo",
+    "final_macro_f1_ci_hi",
+    "selection_precision_mean",
+    "selection_recall_mean",
+    "runs",
+    "final_forced",
 )
 
 
@@ -655,9 +772,14 @@ def csv_text(rep: Report) -> str:
     return buf.getvalue()
 
 
-def _csv_row(t: Table, label: str, setting: str, noise: dict[str, Any] | None, cell: Cell) -> list[Any]:
+def _csv_row(
+    t: Table, label: str, setting: str, noise: dict[str, Any] | None, cell: Cell
+) -> list[Any]:
     r0, one = cell.runs[0], cell.single
-    st = {a: cell.stat(a) for a in ("val_test", "max", "last", "final", "macro_f1", "sel_precision", "sel_recall")}
+    st = {
+        a: cell.stat(a)
+        for a in ("val_test", "max", "last", "final", "macro_f1", "sel_precision", "sel_recall")
+    }
     n = max((s.n for s in st.values() if s), default=len(cell.units("max")))
 
     def mean(a: str) -> str:
@@ -670,23 +792,56 @@ def _csv_row(t: Table, label: str, setting: str, noise: dict[str, Any] | None, c
         return _num(v[i]) if (one is not None and v) else ""
 
     return [
-        t.dataset, t.dataset_key, t.protocol_text(), t.kfold or "", r0.method, label,
-        _canon(r0.options), setting, (noise or {}).get("kind", "clean"),
+        t.dataset,
+        t.dataset_key,
+        t.protocol_text(),
+        t.kfold or "",
+        r0.method,
+        label,
+        _canon(r0.options),
+        setting,
+        (noise or {}).get("kind", "clean"),
         "" if not noise or noise.get("rate") is None else noise["rate"],
-        n, " ".join(f"{r.seed}/{'' if r.noise_seed is None else r.noise_seed}" for r in cell.runs),
+        n,
+        " ".join(f"{r.seed}/{'' if r.noise_seed is None else r.noise_seed}" for r in cell.runs),
         " ".join(sorted({str(r.fold) for r in cell.runs if r.fold is not None})),
-        mean("val_test"), std("val_test"), one.val_epoch if one and one.val_epoch else "",
-        mean("max"), std("max"), mean("last"), std("last"),
-        mean("final"), std("final"), ci(r0.final_ci, 0), ci(r0.final_ci, 1),
-        mean("macro_f1"), std("macro_f1"), ci(r0.macro_f1_ci, 0), ci(r0.macro_f1_ci, 1),
-        mean("sel_precision"), mean("sel_recall"), " ".join(str(r.path) for r in cell.runs),
-        "yes" if any(r.forced for r in cell.runs) else "",  # an eval.json made with --force on changed inputs
+        mean("val_test"),
+        std("val_test"),
+        one.val_epoch if one and one.val_epoch else "",
+        mean("max"),
+        std("max"),
+        mean("last"),
+        std("last"),
+        mean("final"),
+        std("final"),
+        ci(r0.final_ci, 0),
+        ci(r0.final_ci, 1),
+        mean("macro_f1"),
+        std("macro_f1"),
+        ci(r0.macro_f1_ci, 0),
+        ci(r0.macro_f1_ci, 1),
+        mean("sel_precision"),
+        mean("sel_recall"),
+        " ".join(str(r.path) for r in cell.runs),
+        "yes"
+        if any(r.forced for r in cell.runs)
+        else "",  # an eval.json made with --force on changed inputs
     ]
 
 
 def _tex(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        ("$", r"\$"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+        ("~", r"\textasciitilde{}"),
+        ("^", r"\^{}"),
+    ):
         s = s.replace(a, b)
     return s
 
@@ -698,16 +853,26 @@ def latex_report(rep: Report) -> str:
         per = 3 if t.has_final else 2
         subs = ["val-sel.", "max / last-5"] + (["final [95\\% CI]"] if t.has_final else [])
         cols = "l" + ("c" * per) * len(t.settings)
-        head1 = ["Method"] + [rf"\multicolumn{{{per}}}{{c}}{{{_tex(label)}}}" for _, label, _ in t.settings]
-        rules = " ".join(rf"\cmidrule(lr){{{2 + i * per}-{1 + (i + 1) * per}}}" for i in range(len(t.settings)))
+        head1 = ["Method"] + [
+            rf"\multicolumn{{{per}}}{{c}}{{{_tex(label)}}}" for _, label, _ in t.settings
+        ]
+        rules = " ".join(
+            rf"\cmidrule(lr){{{2 + i * per}-{1 + (i + 1) * per}}}" for i in range(len(t.settings))
+        )
         head2 = [""] + subs * len(t.settings)
         lines = [
-            r"\begin{table}[t]", r"\centering", r"\small",
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\small",
             rf"\caption{{{_tex(t.title())}. {_tex(t.protocol_text())}. Test accuracy (\%), mean $\pm$ sample std "
             r"(ddof=1) over seeds (n); val-sel.: at the epoch of best validation accuracy; max / last-5: "
             r"test-selected (the paper's convention).}",
-            rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
-            " & ".join(head1) + r" \\", rules, " & ".join(head2) + r" \\", r"\midrule",
+            rf"\begin{{tabular}}{{{cols}}}",
+            r"\toprule",
+            " & ".join(head1) + r" \\",
+            rules,
+            " & ".join(head2) + r" \\",
+            r"\midrule",
         ]
         _, rows = table_grid(t, pm="$\\pm$")
         for row in rows:
@@ -721,7 +886,9 @@ def latex_report(rep: Report) -> str:
 def render(rep: Report, fmt: str = "markdown") -> str:
     """The report as Markdown, CSV or LaTeX text (always ending in a newline)."""
     if fmt not in FORMATS:
-        raise FernoiseError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}", flag="--format")
+        raise FernoiseError(
+            f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}", flag="--format"
+        )
     if fmt == "markdown":
         return markdown_report(rep)
     return csv_text(rep) if fmt == "csv" else latex_report(rep)
@@ -730,7 +897,9 @@ def render(rep: Report, fmt: str = "markdown") -> str:
 def report(items: Sequence[str | os.PathLike], *, fmt: str = "markdown") -> str:
     """The tables of the runs named by ``items`` as Markdown, CSV or LaTeX text."""
     if fmt not in FORMATS:
-        raise FernoiseError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}", flag="--format")
+        raise FernoiseError(
+            f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}", flag="--format"
+        )
     return render(collect(items), fmt)
 
 
@@ -789,7 +958,9 @@ def plot_series(t: Table) -> dict[str, Any]:
                 p, r = cell.stat("sel_precision"), cell.stat("sel_recall")
                 if p is not None or r is not None:
                     base = cell.stat("clean_share")
-                    sel.append((rate, p, r, base.mean if base else (1 - rate if kind == "sym" else None)))
+                    sel.append(
+                        (rate, p, r, base.mean if base else (1 - rate if kind == "sym" else None))
+                    )
             if pts:
                 out["kinds"][kind][label] = sorted(pts)
             if sel:

@@ -59,7 +59,9 @@ from fernoise.cache import (
 )
 from fernoise.errors import FernoiseError
 
-INDEX_VERSION = 2  # 2: --augment auto means device on the CPU too (an entry of 1 named a workers run)
+INDEX_VERSION = (
+    2  # 2: --augment auto means device on the CPU too (an entry of 1 named a workers run)
+)
 NOT_IN_KEY = ("workers",)  # TrainConfig fields that change no result
 INDEX_DIR = Path(".fernoise") / "index"
 
@@ -107,7 +109,12 @@ def manifest_identity(path: str | os.PathLike) -> dict[str, Any]:
 
     p = resolve_manifest(path)
     meta = read_meta(p)
-    return {"file": str(p.resolve()), "sha256": file_sha256(p), "key": meta.get("key"), "content": meta.get("content")}
+    return {
+        "file": str(p.resolve()),
+        "sha256": file_sha256(p),
+        "key": meta.get("key"),
+        "content": meta.get("content"),
+    }
 
 
 def _stat(path: Path) -> list[int] | None:
@@ -136,9 +143,15 @@ def pretrained_identity(value: str | None, workspace: Workspace | None = None) -
         entry = ws.read()["stages"].get("pretrain")
         if not entry or not entry.get("output"):
             return ...
-        target = Path(entry["output"]) if Path(entry["output"]).is_absolute() else ws.root / entry["output"]
-        return {"latest": [entry.get("key"), entry.get("output")],
-                "target": pretrained_identity(str(target)) if target.exists() else None}
+        target = (
+            Path(entry["output"])
+            if Path(entry["output"]).is_absolute()
+            else ws.root / entry["output"]
+        )
+        return {
+            "latest": [entry.get("key"), entry.get("output")],
+            "target": pretrained_identity(str(target)) if target.exists() else None,
+        }
     return ...
 
 
@@ -151,8 +164,10 @@ def method_defaults(method: str) -> Any:
 
         cls = methods.get(method)
         optim, params = getattr(cls, "optim", None), getattr(cls, "Params", None)
-        return {"optim": asdict(optim) if optim is not None else None,
-                "params": asdict(params()) if params is not None else None}
+        return {
+            "optim": asdict(optim) if optim is not None else None,
+            "params": asdict(params()) if params is not None else None,
+        }
     except (ImportError, AttributeError, TypeError, FernoiseError):
         return None
 
@@ -199,7 +214,9 @@ def _entry_path(runs: Path, request: Mapping[str, Any]) -> Path:
 
 
 # ----------------------------------------------------------------------------- train
-def train_request(manifest_path: str | os.PathLike, cfg: Any, workspace: Workspace | None = None) -> dict | None:
+def train_request(
+    manifest_path: str | os.PathLike, cfg: Any, workspace: Workspace | None = None
+) -> dict | None:
     """The index key material of one ``train`` call, or None when it cannot be told cheaply."""
     from fernoise import __version__
     from fernoise.train.config import VERSION
@@ -208,15 +225,27 @@ def train_request(manifest_path: str | os.PathLike, cfg: Any, workspace: Workspa
     if pre is ...:
         return None
     config = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY}
-    host = {"device_class": device_class(), "torch": torch_build()} if config.get("device") == "auto" else None
+    host = (
+        {"device_class": device_class(), "torch": torch_build()}
+        if config.get("device") == "auto"
+        else None
+    )
     return {
-        "index": INDEX_VERSION, "fernoise": __version__, "stage_version": VERSION,
-        "config": config, "manifest": manifest_identity(manifest_path), "pretrained": pre,
-        "world": world_size(cfg), "host": host, "defaults": method_defaults(config.get("method")),
+        "index": INDEX_VERSION,
+        "fernoise": __version__,
+        "stage_version": VERSION,
+        "config": config,
+        "manifest": manifest_identity(manifest_path),
+        "pretrained": pre,
+        "world": world_size(cfg),
+        "host": host,
+        "defaults": method_defaults(config.get("method")),
     }
 
 
-def lookup(manifest_path, cfg, *, runs_dir=None, workspace: Workspace | None = None) -> StageResult | None:
+def lookup(
+    manifest_path, cfg, *, runs_dir=None, workspace: Workspace | None = None
+) -> StageResult | None:
     """The finished run of this requested configuration as a cache-hit StageResult (recorded in
     ``workspace`` like a hit of ``train``), or None (not indexed, or an output changed)."""
     t0 = time.perf_counter()
@@ -232,14 +261,22 @@ def lookup(manifest_path, cfg, *, runs_dir=None, workspace: Workspace | None = N
         return None
     run_dir = runs / str(entry.get("run"))
     stamp = read_json(stamp_path(run_dir / "model.pt"))
-    if not intact(stamp, entry.get("key"), run_dir, entry.get("files") or {}) or skipped_rows(run_dir):
+    if not intact(stamp, entry.get("key"), run_dir, entry.get("files") or {}) or skipped_rows(
+        run_dir
+    ):
         return None
     if workspace is not None:
-        workspace.record("train", key=entry["key"], output=run_dir, params=stamp.get("params") or {})
-    return StageResult("train", entry["key"], run_dir, True, time.perf_counter() - t0, info={"index": True})
+        workspace.record(
+            "train", key=entry["key"], output=run_dir, params=stamp.get("params") or {}
+        )
+    return StageResult(
+        "train", entry["key"], run_dir, True, time.perf_counter() - t0, info={"index": True}
+    )
 
 
-def record(manifest_path, cfg, result: StageResult, *, runs_dir=None, workspace: Workspace | None = None) -> Path | None:
+def record(
+    manifest_path, cfg, result: StageResult, *, runs_dir=None, workspace: Workspace | None = None
+) -> Path | None:
     """Index the finished run ``result`` of this request; returns the entry's path (or None when
     the request cannot be indexed or the run's outputs do not match their stamp)."""
     try:
@@ -294,8 +331,10 @@ def _test_crops(manifest: Path) -> tuple[list[str], list[str | None]]:
         df = pq.read_table(manifest, columns=cols).to_pandas()
         rows = select_test_rows(SimpleNamespace(df=df, path=manifest), "test")
         shas = rows["crop_sha256"].tolist() if "crop_sha256" in rows.columns else [None] * len(rows)
-        _TEST_ROWS[ident] = ([str(manifest.parent / p) for p in rows["path"]],
-                             [s if isinstance(s, str) else None for s in shas])
+        _TEST_ROWS[ident] = (
+            [str(manifest.parent / p) for p in rows["path"]],
+            [s if isinstance(s, str) else None for s in shas],
+        )
     return _TEST_ROWS[ident]
 
 
@@ -316,10 +355,18 @@ def _eval_request(run_dir: Path, cam: int) -> dict | None:
     config = read_json(run_dir / "config.json")
     if not isinstance(config, dict) or not config.get("key"):
         return None
-    return {"index": INDEX_VERSION, "eval_version": VERSION, "run": config["key"], "cam": int(cam), "split": "test"}
+    return {
+        "index": INDEX_VERSION,
+        "eval_version": VERSION,
+        "run": config["key"],
+        "cam": int(cam),
+        "split": "test",
+    }
 
 
-def lookup_eval(run_dir: str | os.PathLike, *, cam: int = 0, workspace: Workspace | None = None) -> dict | None:
+def lookup_eval(
+    run_dir: str | os.PathLike, *, cam: int = 0, workspace: Workspace | None = None
+) -> dict | None:
     """The parsed ``eval.json`` of the run's own-manifest test evaluation when it is indexed
     and nothing it read changed: ``model.pt``, ``metrics.jsonl``, ``config.json``, the
     manifest (path, sha256, recorded key and content) and every test crop (stat),
@@ -361,12 +408,16 @@ def eval_inputs(run_dir: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def record_eval(run_dir: str | os.PathLike, key: str, *, cam: int = 0, inputs_before: Mapping[str, Any]) -> Path | None:
+def record_eval(
+    run_dir: str | os.PathLike, key: str, *, cam: int = 0, inputs_before: Mapping[str, Any]
+) -> Path | None:
     """Index the evaluation with stage key ``key`` of the run; ``inputs_before`` is
     :func:`eval_inputs` taken before the evaluation (no entry when anything changed meanwhile
     or is unknown)."""
     run_dir = Path(run_dir).resolve()
-    if any(v is None for v in inputs_before.values()) or dict(inputs_before) != eval_inputs(run_dir):
+    if any(v is None for v in inputs_before.values()) or dict(inputs_before) != eval_inputs(
+        run_dir
+    ):
         return None
     request = _eval_request(run_dir, cam)
     stamp = read_json(stamp_path(run_dir / "eval.json"))
@@ -376,5 +427,7 @@ def record_eval(run_dir: str | os.PathLike, key: str, *, cam: int = 0, inputs_be
     if files is None:
         return None
     path = _entry_path(run_dir, request)
-    atomic_write_json(path, {"request": request, "key": key, "inputs": dict(inputs_before), "files": files})
+    atomic_write_json(
+        path, {"request": request, "key": key, "inputs": dict(inputs_before), "files": files}
+    )
     return path

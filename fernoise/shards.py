@@ -20,5 +20,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
         return 1, 1
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
-        raise FernoiseError(f"expected i/n with 1 <= i <= n (e.g. 2/4), found {text!r}", flag="--shard")
+        raise FernoiseError(
+            f"expected i/n with 1 <= i <= n (e.g. 2/4), found {text!r}", flag="--shard"
+        )
     return int(m.group(1)), int(m.group(2))

@@ -64,16 +64,29 @@ class SplitParams:
 
     def __post_init__(self) -> None:
         if not isinstance(self.group_column, str) or not self.group_column.strip():
-            raise FernoiseError(f"expected a column name, got {self.group_column!r}", flag="--group-column")
+            raise FernoiseError(
+                f"expected a column name, got {self.group_column!r}", flag="--group-column"
+            )
         if self.loso:
             if self.folds is not None:
-                raise FernoiseError("--loso makes one fold per subject; drop --folds", flag="--folds")
+                raise FernoiseError(
+                    "--loso makes one fold per subject; drop --folds", flag="--folds"
+                )
         elif isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
-            raise FernoiseError(f"expected at least 2 folds, got {self.folds!r}; or --loso", flag="--folds")
+            raise FernoiseError(
+                f"expected at least 2 folds, got {self.folds!r}; or --loso", flag="--folds"
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise FernoiseError(f"expected a non-negative integer seed, got {self.seed!r}", flag="--seed")
+            raise FernoiseError(
+                f"expected a non-negative integer seed, got {self.seed!r}", flag="--seed"
+            )
         v = self.val_fraction
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not 0 <= v < 1:
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, int | float)
+            or not math.isfinite(v)
+            or not 0 <= v < 1
+        ):
             raise FernoiseError(f"expected a fraction in [0, 1), got {v!r}", flag="--val-fraction")
 
 
@@ -92,7 +105,12 @@ def _half_up(x: float) -> int:
     return int(math.floor(round(x, 9) + 0.5))
 
 
-def _greedy(counts: np.ndarray, order: Sequence[int], targets: np.ndarray, capacity: Sequence[int] | None = None) -> np.ndarray:
+def _greedy(
+    counts: np.ndarray,
+    order: Sequence[int],
+    targets: np.ndarray,
+    capacity: Sequence[int] | None = None,
+) -> np.ndarray:
     """Bin of each group (rows of ``counts``, G x C) placed in ``order``; ``targets`` B x C.
 
     A group goes to the bin where it least raises ``sum_c (count_bc - target_bc)^2 / n_c``;
@@ -125,13 +143,17 @@ def _greedy(counts: np.ndarray, order: Sequence[int], targets: np.ndarray, capac
     return out
 
 
-def make_folds(groups: Sequence[Any], labels: Sequence[int], n_classes: int, params: SplitParams) -> list[Fold]:
+def make_folds(
+    groups: Sequence[Any], labels: Sequence[int], n_classes: int, params: SplitParams
+) -> list[Fold]:
     """The folds of rows with group ``groups[i]`` and label ``labels[i]`` (-1 = unlabelled).
 
     Pure: no I/O. Raises when a group is null or there are fewer groups than folds.
     """
-    g_arr = np.asarray([None if g is None or (isinstance(g, float) and g != g) else str(g) for g in groups],
-                       dtype=object)
+    g_arr = np.asarray(
+        [None if g is None or (isinstance(g, float) and g != g) else str(g) for g in groups],
+        dtype=object,
+    )
     null = np.array([g is None for g in g_arr], dtype=bool)
     if null.any():
         raise FernoiseError(
@@ -147,12 +169,15 @@ def make_folds(groups: Sequence[Any], labels: Sequence[int], n_classes: int, par
     np.add.at(counts, (inv[lab], y[lab]), 1)
     k = n_groups if params.loso else int(params.folds)  # type: ignore[arg-type]
     if n_groups < 2:
-        raise FernoiseError(f"column {params.group_column!r} has {n_groups} group; a split needs at least 2",
-                            flag="--group-column")
+        raise FernoiseError(
+            f"column {params.group_column!r} has {n_groups} group; a split needs at least 2",
+            flag="--group-column",
+        )
     if k > n_groups:
         raise FernoiseError(
             f"--folds {k} needs at least {k} groups; column {params.group_column!r} has {n_groups}; "
-            "use fewer folds or --loso", flag="--folds",
+            "use fewer folds or --loso",
+            flag="--folds",
         )
     if params.loso:
         fold_of = np.arange(n_groups, dtype=np.int64)
@@ -183,9 +208,13 @@ def make_folds(groups: Sequence[Any], labels: Sequence[int], n_classes: int, par
         part[test_g] = "test"
         part[val_g] = "val"
         split = part[inv]
-        info = {"rows": {s: int((split == s).sum()) for s in ("train", "val", "test")},
-                "class_counts": {s: np.bincount(y[lab & (split == s)], minlength=n_classes).tolist()
-                                 for s in ("train", "val", "test")}}
+        info = {
+            "rows": {s: int((split == s).sum()) for s in ("train", "val", "test")},
+            "class_counts": {
+                s: np.bincount(y[lab & (split == s)], minlength=n_classes).tolist()
+                for s in ("train", "val", "test")
+            },
+        }
         folds.append(Fold(i, split, names[test_g].tolist(), names[val_g].tolist(), info))
     return folds
 
@@ -210,8 +239,13 @@ class SplitResult:
 
 def lineage_params(params: SplitParams, i: int, k: int) -> dict[str, Any]:
     """The lineage entry's params (``report`` aggregates folds by exactly these keys)."""
-    return {"folds": k, "fold": i, "group_column": params.group_column, "seed": params.seed,
-            "val_fraction": float(params.val_fraction)}
+    return {
+        "folds": k,
+        "fold": i,
+        "group_column": params.group_column,
+        "seed": params.seed,
+        "val_fraction": float(params.val_fraction),
+    }
 
 
 def run_split(
@@ -242,24 +276,46 @@ def run_split(
     )
 
     ws = workspace or Workspace()
-    path = resolve_manifest(manifest if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST"))
+    path = resolve_manifest(
+        manifest if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
+    )
     meta = read_meta(path)
     classes = list(meta.get("classes") or [])
     if not classes:
-        raise FernoiseError(f"{path} has no class list in its metadata; make it with `fernoise align`", flag="MANIFEST")
+        raise FernoiseError(
+            f"{path} has no class list in its metadata; make it with `fernoise align`",
+            flag="MANIFEST",
+        )
     names = pq.read_schema(path).names
     if "label_clean" in names:
         raise FernoiseError(
             f"{path.name} already carries noise (it has label_clean), which would leak into test and val rows; "
-            "split the clean manifest, then corrupt each fold", flag="MANIFEST",
+            "split the clean manifest, then corrupt each fold",
+            flag="MANIFEST",
         )
     if params.group_column not in names:
-        std = {"id", "src_path", "src_sha256", "path", "crop_sha256", "split", "label", "label_name", "status",
-               "reason", "face", "n_faces", "det_prob", "bbox", "landmarks"}
+        std = {
+            "id",
+            "src_path",
+            "src_sha256",
+            "path",
+            "crop_sha256",
+            "split",
+            "label",
+            "label_name",
+            "status",
+            "reason",
+            "face",
+            "n_faces",
+            "det_prob",
+            "bbox",
+            "landmarks",
+        }
         extra = [n for n in names if n not in std]
         raise FernoiseError(
             f"{path.name} has no column {params.group_column!r}; its extra columns are {extra[:20]} (keep one at "
-            "align with --group-column NAME, or make one with --group-regex 'S(\\d+)_')", flag="--group-column",
+            "align with --group-column NAME, or make one with --group-regex 'S(\\d+)_')",
+            flag="--group-column",
         )
     table = pq.read_table(path)
     groups = table.column(params.group_column).to_pylist()
@@ -267,8 +323,10 @@ def run_split(
     labels = [-1 if v is None else int(v) for v in lab]
     bad = [v for v in labels if v >= len(classes)]
     if bad:
-        raise FernoiseError(f"{path.name} has labels outside 0..{len(classes) - 1} (classes {classes})",
-                            flag="MANIFEST")
+        raise FernoiseError(
+            f"{path.name} has labels outside 0..{len(classes) - 1} (classes {classes})",
+            flag="MANIFEST",
+        )
     folds = make_folds(groups, labels, len(classes), params)
     k = len(folds)
 
@@ -277,7 +335,9 @@ def run_split(
     input_key = meta.get("key") or file_sha256(path)
     # The rows themselves, not only the recorded key: a manifest edited behind its metadata
     # (rows dropped, labels or groups changed) is a new input.
-    content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=table).content_key(table.column_names)
+    content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=table).content_key(
+        table.column_names
+    )
     n_groups = len({str(g) for g in groups})
     base = {**lineage_params(params, 0, k), "loso": params.loso}
     base.pop("fold")
@@ -287,31 +347,58 @@ def run_split(
     cols = list(table.columns)
     if relocate and "path" in names:
         src_dir = path.parent.resolve()
-        rebased = [None if p is None or os.path.isabs(p) else Path(os.path.relpath(src_dir / p, out_dir.resolve())).as_posix()
-                   for p in table.column("path").to_pylist()]
+        rebased = [
+            None
+            if p is None or os.path.isabs(p)
+            else Path(os.path.relpath(src_dir / p, out_dir.resolve())).as_posix()
+            for p in table.column("path").to_pylist()
+        ]
         cols[names.index("path")] = pa.array(rebased, type=pa.string())
 
     outputs, hits = [], []
     for fold in folds:
         target = out_dir / fold_name(path, params, fold.index, k)
         if target.resolve() == path.resolve():
-            raise FernoiseError(f"{target} is the input manifest; choose another --out", flag="--out")
+            raise FernoiseError(
+                f"{target} is the input manifest; choose another --out", flag="--out"
+            )
         lp = lineage_params(params, fold.index, k)
         key_params = {**lp, "loso": params.loso}
 
         def build(key: str, fold: Fold = fold, target: Path = target, lp: dict = lp) -> list[Path]:
             c = list(cols)
             c[split_at] = pa.array(fold.split.tolist(), type=pa.string())
-            info = {"loso": params.loso, "groups": n_groups, "test_groups": fold.test_groups,
-                    "val_groups": fold.val_groups, **fold.info, "input_key": input_key, "split_key": whole_key}
+            info = {
+                "loso": params.loso,
+                "groups": n_groups,
+                "test_groups": fold.test_groups,
+                "val_groups": fold.val_groups,
+                **fold.info,
+                "input_key": input_key,
+                "split_key": whole_key,
+            }
             new_meta = stage_meta(meta, stage=STAGE, params=lp, key=key, split=info)
             write_manifest_table(pa.Table.from_arrays(c, names=names), target, new_meta)
             return [target]
 
-        res = run_stage(stage=STAGE, version=VERSION, params=key_params, inputs={"manifest": input_key, "content": content},
-                        output=target, build=build, workspace=None, force=force)
+        res = run_stage(
+            stage=STAGE,
+            version=VERSION,
+            params=key_params,
+            inputs={"manifest": input_key, "content": content},
+            output=target,
+            build=build,
+            workspace=None,
+            force=force,
+        )
         outputs.append(target)
         hits.append(res.hit)
-    ws.record(STAGE, key=whole_key, output=outputs[0],
-              params={**base, "outputs": [str(p.resolve()) for p in outputs]})
-    return SplitResult(input=path, outputs=outputs, hits=hits, folds=folds, groups=n_groups, key=whole_key)
+    ws.record(
+        STAGE,
+        key=whole_key,
+        output=outputs[0],
+        params={**base, "outputs": [str(p.resolve()) for p in outputs]},
+    )
+    return SplitResult(
+        input=path, outputs=outputs, hits=hits, folds=folds, groups=n_groups, key=whole_key
+    )

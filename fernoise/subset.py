@@ -42,7 +42,9 @@ def _stratum_key(s: Hashable) -> tuple:
     return (3, type(s).__name__, repr(s))
 
 
-def stratified_subset(strata: Sequence[Hashable], n: int, seed: int = 0, *, flag: str = "--max-rows") -> np.ndarray:
+def stratified_subset(
+    strata: Sequence[Hashable], n: int, seed: int = 0, *, flag: str = "--max-rows"
+) -> np.ndarray:
     """Sorted positions (int64) of ``min(n, len(strata))`` rows, stratified by ``strata``.
 
     ``strata[i]`` is row i's stratum (any hashable: a label, a ``(split, label)`` tuple,

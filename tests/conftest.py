@@ -11,7 +11,9 @@ import pytest
 # other processes) sharing 2 cores do not starve each other (train tests measured ~3x faster).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-SHARED = Path(os.environ.get("FERNOISE_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve()
+SHARED = Path(
+    os.environ.get("FERNOISE_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")
+).resolve()
 DATA = SHARED / "data"
 WILD = DATA / "wild"
 FERPLUS = DATA / "ferplus"

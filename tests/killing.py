@@ -12,9 +12,13 @@ import time
 from pathlib import Path
 
 
-def kill_after_epochs(cmd: list[str], env: dict, out: Path, *, epochs: int = 1, timeout: float = 180) -> Path:
+def kill_after_epochs(
+    cmd: list[str], env: dict, out: Path, *, epochs: int = 1, timeout: float = 180
+) -> Path:
     """The run folder (``out/<key>``) of ``cmd`` after it was killed mid-epoch ``epochs + 1``."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + timeout
     run = None
     try:

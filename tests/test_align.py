@@ -29,8 +29,16 @@ def make_image(path: Path, size=(40, 40), colour=(120, 80, 40), mode="RGB", **sa
 
 
 def labelled_tree(root: Path) -> Path:
-    for i, (split, cls) in enumerate([("train", "happy"), ("train", "Angry"), ("test", "sadness"),
-                                      ("test", "neutral"), ("train", "happy"), ("val", "fear")]):
+    for i, (split, cls) in enumerate(
+        [
+            ("train", "happy"),
+            ("train", "Angry"),
+            ("test", "sadness"),
+            ("test", "neutral"),
+            ("train", "happy"),
+            ("val", "fear"),
+        ]
+    ):
         make_image(root / split / cls / f"img{i}.png", colour=(10 * i, 50, 200))
     return root
 
@@ -40,9 +48,14 @@ def test_params_checks_name_the_flag():
     with pytest.raises(FernoiseError) as e:
         AlignParams(mode="crop")
     assert e.value.flag == "--mode" and "align, box, whole" in str(e.value)
-    for kw, flag in [({"size": 8}, "--size"), ({"on_no_face": "drop"}, "--on-no-face"),
-                     ({"image_format": "gif"}, "--image-format"), ({"jpeg_quality": 0}, "--jpeg-quality"),
-                     ({"thresholds": (0.6, 0.7)}, "--thresholds"), ({"margin": -1}, "--margin")]:
+    for kw, flag in [
+        ({"size": 8}, "--size"),
+        ({"on_no_face": "drop"}, "--on-no-face"),
+        ({"image_format": "gif"}, "--image-format"),
+        ({"jpeg_quality": 0}, "--jpeg-quality"),
+        ({"thresholds": (0.6, 0.7)}, "--thresholds"),
+        ({"margin": -1}, "--margin"),
+    ]:
         with pytest.raises(FernoiseError) as e:
             AlignParams(**kw)
         assert e.value.flag == flag
@@ -96,7 +109,9 @@ def test_open_image_decodes_odd_images(tmp_path):
     assert open_image(tmp_path / "pal.png")[0].getpixel((1, 1)) == (0, 200, 0)
 
     frames = [Image.new("RGB", (16, 16), c) for c in ((250, 0, 0), (0, 0, 250))]
-    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    frames[0].save(
+        tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50, loop=0
+    )
     r, g, b = open_image(tmp_path / "anim.gif")[0].getpixel((8, 8))
     assert r > 200 and b < 50
 
@@ -126,7 +141,9 @@ def bad_corpus(root: Path) -> dict[str, set[str]]:
     (root / "text.jpg").write_text("hello, I am a text file\n")
     expect["text.jpg"] = {"unreadable"}
     make_image(root / "cmyk.jpg", mode="CMYK", colour=(10, 200, 30, 5))
-    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).save(root / "deep16.png")
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).save(
+        root / "deep16.png"
+    )
     make_image(root / "rgba.png", mode="RGBA", colour=(10, 20, 30, 128))
     make_image(root / "palette.png", mode="P", colour=5)
     make_image(root / "grey.png", mode="L", colour=90)
@@ -135,7 +152,15 @@ def bad_corpus(root: Path) -> dict[str, set[str]]:
     make_image(root / "rotated.jpg", size=(90, 50), exif=exif)
     frames = [Image.new("RGB", (40, 40), c) for c in ((250, 0, 0), (0, 0, 250))]
     frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
-    for f in ("cmyk.jpg", "deep16.png", "rgba.png", "palette.png", "grey.png", "rotated.jpg", "anim.gif"):
+    for f in (
+        "cmyk.jpg",
+        "deep16.png",
+        "rgba.png",
+        "palette.png",
+        "grey.png",
+        "rotated.jpg",
+        "anim.gif",
+    ):
         expect[f] = {"no_face"}
     make_image(root / "one.png", size=(1, 1))
     expect["one.png"] = {"too_small"}
@@ -154,7 +179,9 @@ def test_bad_input_corpus_every_file_gets_a_row(tmp_path, workspace):
     from fernoise.cli.app import app
 
     expect = bad_corpus(tmp_path / "raw")
-    res = CliRunner().invoke(app, ["align", str(tmp_path / "raw"), str(tmp_path / "out"), "--workers", "2"])
+    res = CliRunner().invoke(
+        app, ["align", str(tmp_path / "raw"), str(tmp_path / "out"), "--workers", "2"]
+    )
     assert res.exit_code == 0, res.output
     m = read_manifest(tmp_path / "out" / "manifest.parquet")
     df = m.df.set_index("src_path")
@@ -168,7 +195,9 @@ def test_bad_input_corpus_every_file_gets_a_row(tmp_path, workspace):
     counts = df["status"].value_counts().to_dict()
     assert m.meta["counts"] == counts
     for status, n in counts.items():  # the per-status table is printed
-        assert any(status in line and str(n) in line for line in res.output.splitlines()), res.output
+        assert any(status in line and str(n) in line for line in res.output.splitlines()), (
+            res.output
+        )
     assert "manifest.parquet" in res.output
 
 
@@ -186,14 +215,30 @@ def test_whole_mode_labels_from_folders_and_cache(tmp_path, workspace):
     assert df["id"].tolist() == sorted(df["id"]) == df["src_path"].tolist()
     assert df["split"].tolist() == ["test", "test", "train", "train", "train", "val"]
     # the class list is the five classes that occur, in canonical order; labels index it
-    assert m.classes == ["neutral", "happy", "sad", "fear", "anger"] and m.meta["label_space"] == "custom"
-    assert [m.classes[x] for x in df["label"]] == ["neutral", "sad", "anger", "happy", "happy", "fear"]
+    assert (
+        m.classes == ["neutral", "happy", "sad", "fear", "anger"]
+        and m.meta["label_space"] == "custom"
+    )
+    assert [m.classes[x] for x in df["label"]] == [
+        "neutral",
+        "sad",
+        "anger",
+        "happy",
+        "happy",
+        "fear",
+    ]
     assert df["label_name"].tolist() == ["neutral", "sad", "anger", "happy", "happy", "fear"]
     assert df["path"].tolist() == [f"faces/{s}.jpg" for s in df["src_path"]]
-    for p, sha, src, ssha in zip(df["path"], df["crop_sha256"], df["src_path"], df["src_sha256"], strict=True):
+    for p, sha, src, ssha in zip(
+        df["path"], df["crop_sha256"], df["src_path"], df["src_sha256"], strict=True
+    ):
         assert Image.open(out / p).size == (32, 32) and file_sha256(out / p) == sha
         assert file_sha256(raw / src) == ssha
-    assert (df["n_faces"] == 0).all() and df["face"].isna().all() and df["reason"].str.contains("--mode whole").all()
+    assert (
+        (df["n_faces"] == 0).all()
+        and df["face"].isna().all()
+        and df["reason"].str.contains("--mode whole").all()
+    )
     assert m.meta["stage"] == "align" and m.meta["params"] == WHOLE.asdict()
     assert Workspace().latest("align") == r1.manifest
 
@@ -229,7 +274,9 @@ def test_cache_hit_imports_neither_torch_nor_pandas(tmp_path):
         f"r = align_folder({str(raw)!r}, {str(tmp_path / 'out')!r}, AlignParams(mode='whole', size=32))\n"
         "print(r.hit, 'torch' in sys.modules, 'pandas' in sys.modules, r.counts)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.split()[:3] == ["True", "False", "False"]
 
 
@@ -238,21 +285,39 @@ def test_label_file_join_split_map_and_unmatched_rows(tmp_path):
     for name in ("a.png", "b.png", "c.png"):
         make_image(raw / name)
     (tmp_path / "labels.csv").write_text(
-        "path,emotion,split,note\na.png,happy,train,x\nb.png,Surprised,valid,y\nz.png,sad,train,gone\n")
+        "path,emotion,split,note\na.png,happy,train,x\nb.png,Surprised,valid,y\nz.png,sad,train,gone\n"
+    )
     (tmp_path / "extra.csv").write_text(
-        "path,fer2013_label,score\nFER/a.png,angry,1.5\nFER/c.png,sad,2\nFER/q.png,happy,3\n")
-    spec = LabelSpec(files=(str(tmp_path / "labels.csv"),), format="csv", label_column="emotion",
-                     split_column="split", split_map=(("val", "test"),), join=str(tmp_path / "extra.csv"))
+        "path,fer2013_label,score\nFER/a.png,angry,1.5\nFER/c.png,sad,2\nFER/q.png,happy,3\n"
+    )
+    spec = LabelSpec(
+        files=(str(tmp_path / "labels.csv"),),
+        format="csv",
+        label_column="emotion",
+        split_column="split",
+        split_map=(("val", "test"),),
+        join=str(tmp_path / "extra.csv"),
+    )
     r = align_folder(raw, tmp_path / "out", WHOLE, spec)
     df = read_manifest(r.manifest).df.set_index("src_path")
-    assert df["label_name"].tolist()[:2] == ["happy", "surprise"] and pd.isna(df.loc["c.png", "label"])
-    assert df["split"].tolist() == ["train", "test", "train"]  # valid -> val -> test; no row -> train
+    assert df["label_name"].tolist()[:2] == ["happy", "surprise"] and pd.isna(
+        df.loc["c.png", "label"]
+    )
+    assert df["split"].tolist() == [
+        "train",
+        "test",
+        "train",
+    ]  # valid -> val -> test; no row -> train
     assert df["note"].tolist()[:2] == ["x", "y"] and pd.isna(df.loc["c.png", "note"])
     assert df.loc["a.png", "fer2013_label"] == "angry" and df.loc["c.png", "fer2013_label"] == "sad"
     assert pd.isna(df.loc["b.png", "fer2013_label"])
     assert df.loc["a.png", "score"] == 1.5
     lab = r.info["labels"]
-    assert lab["unmatched_rows"] == 1 and lab["matched_rows"] == 2 and lab["images_without_label_row"] == 1
+    assert (
+        lab["unmatched_rows"] == 1
+        and lab["matched_rows"] == 2
+        and lab["images_without_label_row"] == 1
+    )
     assert r.info["join"]["matched_images"] == 2
 
     only = LabelSpec(join=str(tmp_path / "extra.csv"), join_columns=("score",))
@@ -260,8 +325,17 @@ def test_label_file_join_split_map_and_unmatched_rows(tmp_path):
     assert "score" in df2.columns and "fer2013_label" not in df2.columns
     (tmp_path / "clash.csv").write_text("path,split\nFER/a.png,x\n")
     with pytest.raises(FernoiseError, match="already in the manifest"):
-        align_folder(raw, tmp_path / "out3", WHOLE, LabelSpec(join=str(tmp_path / "clash.csv"), join_columns=("split",)))
-    df3 = read_manifest(align_folder(raw, tmp_path / "out4", WHOLE, LabelSpec(join=str(tmp_path / "clash.csv"))).manifest).df
+        align_folder(
+            raw,
+            tmp_path / "out3",
+            WHOLE,
+            LabelSpec(join=str(tmp_path / "clash.csv"), join_columns=("split",)),
+        )
+    df3 = read_manifest(
+        align_folder(
+            raw, tmp_path / "out4", WHOLE, LabelSpec(join=str(tmp_path / "clash.csv"))
+        ).manifest
+    ).df
     assert (df3["split"] == "train").all()  # all that the manifest lacks: split is not taken
 
 
@@ -270,7 +344,9 @@ def test_shards_merge_into_the_unsharded_manifest(tmp_path, workspace):
     full = align_folder(raw, tmp_path / "full", WHOLE)
     out = tmp_path / "sharded"
     r0 = align_folder(raw, out, WHOLE, shard=(0, 2), workspace=Workspace())
-    assert r0.merged is None and r0.rows == 3 and r0.manifest.name == "manifest.shard-1-of-2.parquet"
+    assert (
+        r0.merged is None and r0.rows == 3 and r0.manifest.name == "manifest.shard-1-of-2.parquet"
+    )
     r1 = align_folder(raw, out, WHOLE, shard=(1, 2), workspace=Workspace())
     assert r1.merged == out / "manifest.parquet"
     merged = read_manifest(r1.merged)
@@ -285,7 +361,9 @@ def test_shards_merge_into_the_unsharded_manifest(tmp_path, workspace):
     (out / "manifest.parquet").unlink()
     res = CliRunner().invoke(app, ["align", "--merge", str(out)])
     assert res.exit_code == 0 and "merged" in res.output
-    pd.testing.assert_frame_equal(read_manifest(out / "manifest.parquet").df, read_manifest(full.manifest).df)
+    pd.testing.assert_frame_equal(
+        read_manifest(out / "manifest.parquet").df, read_manifest(full.manifest).df
+    )
     (out / "manifest.shard-1-of-2.parquet").unlink()
     res = CliRunner().invoke(app, ["align", "--merge", str(out)])
     assert res.exit_code == 2 and "shards [1] of 2 are missing" in " ".join(res.output.split())
@@ -297,16 +375,27 @@ def test_align_and_sweep_number_shards_the_same_way(tmp_path, workspace):
 
     raw = labelled_tree(tmp_path / "raw")
     first = align_folder(raw, tmp_path / "lib", WHOLE, shard=(0, 2), workspace=Workspace())
-    res = CliRunner().invoke(app, ["align", str(raw), str(tmp_path / "cli"), "--mode", "whole", "--shard", "1/2"])
+    res = CliRunner().invoke(
+        app, ["align", str(raw), str(tmp_path / "cli"), "--mode", "whole", "--shard", "1/2"]
+    )
     assert res.exit_code == 0, res.output
     shard = read_manifest(tmp_path / "cli" / "manifest.shard-1-of-2.parquet")
-    assert list(shard.df["id"]) == list(read_manifest(first.manifest).df["id"])  # 1/2 is the library's shard 0
+    assert list(shard.df["id"]) == list(
+        read_manifest(first.manifest).df["id"]
+    )  # 1/2 is the library's shard 0
     lines = {}
-    for cmd in (["align", str(raw), str(tmp_path / "cli"), "--mode", "whole"], ["sweep", str(tmp_path / "g.toml")]):
+    for cmd in (
+        ["align", str(raw), str(tmp_path / "cli"), "--mode", "whole"],
+        ["sweep", str(tmp_path / "g.toml")],
+    ):
         res = CliRunner().invoke(app, [*cmd, "--shard", "0/2"])
         assert res.exit_code == 2, res.output
         lines[cmd[0]] = " ".join(res.output.split())
-    assert lines["align"] == lines["sweep"] == "error: --shard: expected i/n with 1 <= i <= n (e.g. 2/4), found '0/2'"
+    assert (
+        lines["align"]
+        == lines["sweep"]
+        == "error: --shard: expected i/n with 1 <= i <= n (e.g. 2/4), found '0/2'"
+    )
 
 
 def test_cli_label_errors_are_one_line(tmp_path, workspace):
@@ -318,7 +407,10 @@ def test_cli_label_errors_are_one_line(tmp_path, workspace):
     (tmp_path / "bad.csv").write_text("path,label\na.png,grumpy\n")
     runner = CliRunner()
     cases = [
-        (["--labels", str(tmp_path / "l.csv"), "--format", "fer"], "expected one of: rafdb, ferplus, affectnet, csv"),
+        (
+            ["--labels", str(tmp_path / "l.csv"), "--format", "fer"],
+            "expected one of: rafdb, ferplus, affectnet, csv",
+        ),
         (["--labels", str(tmp_path / "l.csv"), "--format", "csv"], "matches none of the 1 images"),
         (["--labels", str(tmp_path / "bad.csv"), "--format", "csv"], "unknown class name 'grumpy'"),
         (["--labels", str(tmp_path / "l.csv")], "--labels needs --format"),
@@ -327,7 +419,9 @@ def test_cli_label_errors_are_one_line(tmp_path, workspace):
         (["--shard", "3/2"], "--shard"),
     ]
     for extra, msg in cases:
-        res = runner.invoke(app, ["align", str(raw), str(tmp_path / "out"), "--mode", "whole", *extra])
+        res = runner.invoke(
+            app, ["align", str(raw), str(tmp_path / "out"), "--mode", "whole", *extra]
+        )
         assert res.exit_code == 2, (extra, res.output)
         assert msg in " ".join(res.output.split()), (extra, res.output)
     make_image(raw / "grumpy" / "b.png")
@@ -339,15 +433,39 @@ def test_cli_preset_and_whole_mode(tmp_path, workspace):
     from fernoise.cli.app import app
 
     raw = labelled_tree(tmp_path / "raw")
-    (tmp_path / "p.toml").write_text('mode = "whole"\nsize = 48\nimage_format = "png"\nsplit_map = ["val=test"]\n')
-    res = CliRunner().invoke(app, ["align", str(raw), str(tmp_path / "out"), "--preset", str(tmp_path / "p.toml"),
-                                   "--size", "40"])
+    (tmp_path / "p.toml").write_text(
+        'mode = "whole"\nsize = 48\nimage_format = "png"\nsplit_map = ["val=test"]\n'
+    )
+    res = CliRunner().invoke(
+        app,
+        [
+            "align",
+            str(raw),
+            str(tmp_path / "out"),
+            "--preset",
+            str(tmp_path / "p.toml"),
+            "--size",
+            "40",
+        ],
+    )
     assert res.exit_code == 0, res.output
     m = read_manifest(tmp_path / "out" / "manifest.parquet")
-    assert m.meta["params"]["size"] == 40 and m.meta["params"]["image_format"] == "png"  # explicit option wins
+    assert (
+        m.meta["params"]["size"] == 40 and m.meta["params"]["image_format"] == "png"
+    )  # explicit option wins
     assert set(m.df["split"]) == {"train", "test"} and m.df["path"].str.endswith(".png.png").all()
-    res = CliRunner().invoke(app, ["align", str(raw), str(tmp_path / "out"), "--preset", str(tmp_path / "p.toml"),
-                                   "--size", "40"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "align",
+            str(raw),
+            str(tmp_path / "out"),
+            "--preset",
+            str(tmp_path / "p.toml"),
+            "--size",
+            "40",
+        ],
+    )
     assert "cache hit" in res.output
 
 
@@ -355,7 +473,11 @@ def test_shard_parsing_and_torchrun_env(monkeypatch):
     from fernoise.align.stage import shard_from_env
     from fernoise.shards import parse_shard
 
-    assert parse_shard("1/4") == (1, 4) and parse_shard("4/4") == (4, 4) and parse_shard(None) == (1, 1)
+    assert (
+        parse_shard("1/4") == (1, 4)
+        and parse_shard("4/4") == (4, 4)
+        and parse_shard(None) == (1, 1)
+    )
     for bad in ("0/4", "5/4", "1", "a/b", "-1/2"):
         with pytest.raises(FernoiseError):
             parse_shard(bad)

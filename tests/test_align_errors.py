@@ -76,11 +76,23 @@ def test_out_is_an_existing_file(tmp_path, workspace):
 
 def test_labels_given_a_folder_says_it_is_a_folder(tmp_path, workspace):
     raw = raw_tree(tmp_path / "raw")
-    res = invoke(str(raw), str(tmp_path / "out"), "--mode", "whole", "--labels", str(raw), "--format", "csv")
+    res = invoke(
+        str(raw), str(tmp_path / "out"), "--mode", "whole", "--labels", str(raw), "--format", "csv"
+    )
     assert res.exit_code == 2
-    assert f"--labels: label file {raw} is a folder, expected a file" in " ".join(one_line(res).split())
-    res = invoke(str(raw), str(tmp_path / "out"), "--mode", "whole", "--labels", str(tmp_path / "no.csv"),
-                 "--format", "csv")
+    assert f"--labels: label file {raw} is a folder, expected a file" in " ".join(
+        one_line(res).split()
+    )
+    res = invoke(
+        str(raw),
+        str(tmp_path / "out"),
+        "--mode",
+        "whole",
+        "--labels",
+        str(tmp_path / "no.csv"),
+        "--format",
+        "csv",
+    )
     assert res.exit_code == 2 and "no.csv does not exist" in one_line(res)
 
 
@@ -106,12 +118,15 @@ def test_require_file_and_folder_helpers(tmp_path):
 
 def test_destination_error_texts():
     e = destination_error(OSError(errno.ENOSPC, "No space left on device", "/data/out/x.jpg"))
-    assert str(e) == ("could not write /data/out/x.jpg: no space left on the device; free space on the disk "
-                      "holding /data/out (or choose another folder), then re-run the same command (finished "
-                      "work is kept and reused)")
+    assert str(e) == (
+        "could not write /data/out/x.jpg: no space left on the device; free space on the disk "
+        "holding /data/out (or choose another folder), then re-run the same command (finished "
+        "work is kept and reused)"
+    )
     assert "read-only file system" in str(destination_error(OSError(errno.EROFS, "x", "/a/b")))
     assert str(destination_error(PermissionError(errno.EACCES, "x", "/a/b"))).startswith(
-        "/a/b: permission denied; make /a writable")
+        "/a/b: permission denied; make /a writable"
+    )
     assert destination_error(OSError(errno.EIO, "x")) is None
     assert destination_error(ValueError("x")) is None
 
@@ -124,7 +139,10 @@ def test_read_only_out_is_one_line_and_writes_nothing(tmp_path, workspace, monke
     res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
     assert res.exit_code == 1
     line = " ".join(one_line(res).split())
-    assert line.startswith(f"error: could not write {out}/faces/happy/img") and "read-only file system" in line
+    assert (
+        line.startswith(f"error: could not write {out}/faces/happy/img")
+        and "read-only file system" in line
+    )
     assert not (out / "manifest.parquet").exists() and not (tmp_path / "fernoise.lock").exists()
     assert not [p for p in files_under(out) if p.endswith(".tmp")]
 
@@ -139,8 +157,10 @@ def test_read_only_workspace_after_the_work_is_one_line(tmp_path, workspace, mon
     res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--workspace", str(ws))
     assert res.exit_code == 1
     line = " ".join(one_line(res).split())
-    assert line == (f"error: {ws}/fernoise.lock: permission denied; make {ws} writable (and its files readable) "
-                    "or choose another folder, then re-run the same command (finished work is kept and reused)")
+    assert line == (
+        f"error: {ws}/fernoise.lock: permission denied; make {ws} writable (and its files readable) "
+        "or choose another folder, then re-run the same command (finished work is kept and reused)"
+    )
     assert files_under(ws) == ["fernoise.lock.lk"]
     monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
     res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--workspace", str(ws))
@@ -164,15 +184,23 @@ def test_full_disk_mid_run_is_one_line_and_resumes(tmp_path, workspace, monkeypa
         return real(crop, path, params)
 
     monkeypatch.setattr(stage, "_save_crop", save_then_fill)
-    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--batch-size", "2", "--workers", "1")
+    res = invoke(
+        str(raw), str(out), "--mode", "whole", "--size", "32", "--batch-size", "2", "--workers", "1"
+    )
     assert res.exit_code == 1
     line = " ".join(one_line(res).split())
-    assert line.startswith(f"error: could not write {out}/faces/happy/img2.png.jpg: no space left on the device")
+    assert line.startswith(
+        f"error: could not write {out}/faces/happy/img2.png.jpg: no space left on the device"
+    )
     assert not (out / "manifest.parquet").exists()
     assert not [p for p in files_under(out) if p.endswith(".tmp")]
     assert "img2.png.jpg" not in " ".join(files_under(out))
-    monkeypatch.setattr(stage, "_save_crop", real)  # (not undo(): that would leave the tmp workspace)
-    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--batch-size", "2", "--workers", "1")
+    monkeypatch.setattr(
+        stage, "_save_crop", real
+    )  # (not undo(): that would leave the tmp workspace)
+    res = invoke(
+        str(raw), str(out), "--mode", "whole", "--size", "32", "--batch-size", "2", "--workers", "1"
+    )
     assert res.exit_code == 0, res.output
     assert "aligned 4 images, reused 2" in " ".join(res.output.split())
 
@@ -196,9 +224,11 @@ def test_a_link_planted_under_out_is_never_written_through(tmp_path, workspace):
     for i in range(3):
         row = df.loc[f"happy/img{i}.png"]
         assert row["status"] == "error" and pd.isna(row["path"])
-        assert row["reason"] == (f"refused to write the crop faces/happy/img{i}.png.jpg: its folder resolves to "
-                                 f"{elsewhere.resolve()}, outside OUT {out.resolve()} (a symbolic link under OUT); "
-                                 "nothing was written, remove the link and re-run")
+        assert row["reason"] == (
+            f"refused to write the crop faces/happy/img{i}.png.jpg: its folder resolves to "
+            f"{elsewhere.resolve()}, outside OUT {out.resolve()} (a symbolic link under OUT); "
+            "nothing was written, remove the link and re-run"
+        )
     # removing the link: the refused rows are retried (errors are never cached), the others reused
     (out / "faces" / "happy").unlink()
     res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
@@ -227,7 +257,10 @@ def test_out_inside_raw_is_never_re_ingested(tmp_path, workspace):
         rows.append(len(read_manifest(raw / run / "manifest.parquet").df))
     assert rows == [3, 3, 3]
     text = " ".join(res.output.split())
-    assert "skipped 1 folder(s) under RAW holding fernoise output: out (holds fernoise's .fernoise stamp folder)" in text
+    assert (
+        "skipped 1 folder(s) under RAW holding fernoise output: out (holds fernoise's .fernoise stamp folder)"
+        in text
+    )
     # a copied manifest without its stamps, and a workspace (fernoise.lock) with its pictures
     (raw / "copy").mkdir()
     (raw / "copy" / "manifest.parquet").write_bytes((raw / "out" / "manifest.parquet").read_bytes())
@@ -238,7 +271,11 @@ def test_out_inside_raw_is_never_re_ingested(tmp_path, workspace):
     from fernoise.align.stage import scan_images
 
     skipped: list[dict[str, str]] = []
-    assert scan_images(raw, skipped=skipped) == ["happy/img0.png", "happy/img1.png", "happy/img2.png"]
+    assert scan_images(raw, skipped=skipped) == [
+        "happy/img0.png",
+        "happy/img1.png",
+        "happy/img2.png",
+    ]
     assert skipped == [
         {"folder": "again", "reason": "holds fernoise's .fernoise stamp folder"},
         {"folder": "copy", "reason": "holds a fernoise manifest (manifest.parquet)"},
@@ -252,12 +289,30 @@ def test_a_failed_first_run_leaves_no_empty_out(tmp_path, workspace):
     raw = raw_tree(tmp_path / "raw")
     (tmp_path / "l.csv").write_text("path,label\nother.png,happy\n")
     out = tmp_path / "new" / "out"
-    res = invoke(str(raw), str(out), "--mode", "whole", "--labels", str(tmp_path / "l.csv"), "--format", "csv")
+    res = invoke(
+        str(raw),
+        str(out),
+        "--mode",
+        "whole",
+        "--labels",
+        str(tmp_path / "l.csv"),
+        "--format",
+        "csv",
+    )
     assert res.exit_code == 2 and "matches none of the 4 images" in one_line(res)
     assert not out.exists()
     kept = tmp_path / "kept"
     kept.mkdir()
-    res = invoke(str(raw), str(kept), "--mode", "whole", "--labels", str(tmp_path / "l.csv"), "--format", "csv")
+    res = invoke(
+        str(raw),
+        str(kept),
+        "--mode",
+        "whole",
+        "--labels",
+        str(tmp_path / "l.csv"),
+        "--format",
+        "csv",
+    )
     assert res.exit_code == 2 and kept.is_dir() and list(kept.iterdir()) == []
 
 
@@ -271,23 +326,34 @@ def test_leftover_tmp_files_are_removed_on_the_next_run(tmp_path, workspace):
     raw = raw_tree(tmp_path / "raw")
     out = tmp_path / "out"
     assert invoke(str(raw), str(out), "--mode", "whole", "--size", "32").exit_code == 0
-    code = ("import os, sys\nfrom fernoise.cache import atomic_path\n"
-            "with atomic_path(sys.argv[1]) as tmp:\n    open(tmp, 'wb').write(b'half')\n    os.kill(os.getpid(), 9)\n")
-    for target in (out / "faces" / "happy" / "img0.png.jpg", out / ".fernoise" / "manifest.parquet.stamp.json"):
+    code = (
+        "import os, sys\nfrom fernoise.cache import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n    open(tmp, 'wb').write(b'half')\n    os.kill(os.getpid(), 9)\n"
+    )
+    for target in (
+        out / "faces" / "happy" / "img0.png.jpg",
+        out / ".fernoise" / "manifest.parquet.stamp.json",
+    ):
         assert subprocess.run([sys.executable, "-c", code, str(target)]).returncode == -9
     killed = sorted(p.relative_to(out).as_posix() for p in out.rglob(".*.tmp"))
     assert len(killed) == 2 and killed[0].startswith(".fernoise/.manifest.parquet.stamp.json.")
-    old = out / ".fernoise" / "align-records" / ".records-all.json.1234.5678.tmp"  # an older name, an hour old
+    old = (
+        out / ".fernoise" / "align-records" / ".records-all.json.1234.5678.tmp"
+    )  # an older name, an hour old
     old.parent.mkdir(parents=True, exist_ok=True)
     old.write_bytes(b"half")
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     from fernoise.cache import HOST_TAG
 
-    live = out / "faces" / f".img1.png.jpg.{HOST_TAG}-{os.getpid()}.abc123.tmp"  # this process: alive
+    live = (
+        out / "faces" / f".img1.png.jpg.{HOST_TAG}-{os.getpid()}.abc123.tmp"
+    )  # this process: alive
     live.write_bytes(b"in flight")
     res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
     assert res.exit_code == 0 and "cache hit" in res.output
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.tmp")) == [live.relative_to(out).as_posix()]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.tmp")) == [
+        live.relative_to(out).as_posix()
+    ]
 
 
 def test_duplicate_label_rows_are_refused_unless_on_duplicate(tmp_path, workspace):
@@ -300,29 +366,48 @@ def test_duplicate_label_rows_are_refused_unless_on_duplicate(tmp_path, workspac
     for name in ("a.png", "b.png", "c.png"):
         make_image(raw / name)
     lab = tmp_path / "l.csv"
-    lab.write_text("path,label\na.png,happy\nb.png,sad\na.png,anger\nc.png,fear\nc.png,fear\n"
-                   "gone.png,sad\ngone.png,happy\nb.png,surprise\n")
-    base = [str(raw), str(tmp_path / "out"), "--mode", "whole", "--size", "32", "--labels", str(lab), "--format", "csv"]
+    lab.write_text(
+        "path,label\na.png,happy\nb.png,sad\na.png,anger\nc.png,fear\nc.png,fear\n"
+        "gone.png,sad\ngone.png,happy\nb.png,surprise\n"
+    )
+    base = [
+        str(raw),
+        str(tmp_path / "out"),
+        "--mode",
+        "whole",
+        "--size",
+        "32",
+        "--labels",
+        str(lab),
+        "--format",
+        "csv",
+    ]
     res = invoke(*base)
     assert res.exit_code == 2
     assert " ".join(one_line(res).split()) == (
         "error: --on-duplicate: 2 image(s) are named by several rows of l.csv with different labels or splits "
         "(first: 'a.png': happy (no split) vs anger (no split)); choose which row counts with --on-duplicate "
-        "first|last, or fix the file")
+        "first|last, or fix the file"
+    )
     assert not (tmp_path / "out").exists()
     for how, want in (("first", ["happy", "sad", "fear"]), ("last", ["anger", "surprise", "fear"])):
         res = invoke(*base, "--on-duplicate", how)
         assert res.exit_code == 0, res.output
         m = read_manifest(tmp_path / "out" / "manifest.parquet")
         assert m.df.sort_values("src_path")["label_name"].tolist() == want
-        assert m.meta["labels"]["duplicate_rows"] == 4 and m.meta["labels"]["conflicting_names"] == 3
+        assert (
+            m.meta["labels"]["duplicate_rows"] == 4 and m.meta["labels"]["conflicting_names"] == 3
+        )
         assert [x for x in res.output.splitlines() if x.startswith("labels (")] == [
             f"labels (csv): 8 rows in l.csv: 3 name an image here, 1 name none, 4 repeated rows merged "
-            f"(3 names with different labels: the {how} row counts); 0 images without a label row (label null)"]
+            f"(3 names with different labels: the {how} row counts); 0 images without a label row (label null)"
+        ]
     res = invoke(*base, "--on-duplicate", "both")
     assert res.exit_code == 2 and "expected one of: first, last" in one_line(res)
     # only repeats with equal labels, and a conflict on a row that names no image: accepted
-    lab.write_text("path,label\na.png,happy\nb.png,sad\na.png,happy\nc.png,fear\ngone.png,sad\ngone.png,happy\n")
+    lab.write_text(
+        "path,label\na.png,happy\nb.png,sad\na.png,happy\nc.png,fear\ngone.png,sad\ngone.png,happy\n"
+    )
     res = invoke(*base)
     assert res.exit_code == 0, res.output
 
@@ -334,18 +419,35 @@ def test_label_summary_adds_up_to_the_rows_read(tmp_path, workspace):
     for name in ("fer0000001.png", "fer0000002.png", "extra.png"):
         make_image(raw / name)
     head = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
-    rows = ["Training,fer0000001.png,0,10,0,0,0,0,0,0,0,0", "Training,,0,0,0,0,0,0,0,0,0,10",
-            "Training,fer0000002.png,10,0,0,0,0,0,0,0,0,0", "Training,fer0000001.png,0,10,0,0,0,0,0,0,0,0",
-            "PublicTest,fer0000009.png,10,0,0,0,0,0,0,0,0,0", "PrivateTest,fer0000010.png,10,0,0,0,0,0,0,0,0,0",
-            "PrivateTest,fer0000011.png,0,10,0,0,0,0,0,0,0,0", "PrivateTest,fer0000011.png,0,0,10,0,0,0,0,0,0,0"]
+    rows = [
+        "Training,fer0000001.png,0,10,0,0,0,0,0,0,0,0",
+        "Training,,0,0,0,0,0,0,0,0,0,10",
+        "Training,fer0000002.png,10,0,0,0,0,0,0,0,0,0",
+        "Training,fer0000001.png,0,10,0,0,0,0,0,0,0,0",
+        "PublicTest,fer0000009.png,10,0,0,0,0,0,0,0,0,0",
+        "PrivateTest,fer0000010.png,10,0,0,0,0,0,0,0,0,0",
+        "PrivateTest,fer0000011.png,0,10,0,0,0,0,0,0,0,0",
+        "PrivateTest,fer0000011.png,0,0,10,0,0,0,0,0,0,0",
+    ]
     (tmp_path / "fer2013new.csv").write_text(head + "\n".join(rows) + "\n")
-    res = invoke(str(raw), str(tmp_path / "out"), "--mode", "whole", "--size", "32", "--labels",
-                 str(tmp_path / "fer2013new.csv"), "--format", "ferplus")
+    res = invoke(
+        str(raw),
+        str(tmp_path / "out"),
+        "--mode",
+        "whole",
+        "--size",
+        "32",
+        "--labels",
+        str(tmp_path / "fer2013new.csv"),
+        "--format",
+        "ferplus",
+    )
     assert res.exit_code == 0, res.output
     assert [x for x in res.output.splitlines() if x.startswith("labels (")] == [
         "labels (ferplus): 8 rows in fer2013new.csv: 2 name an image here, 3 name none, 1 non-face row skipped, "
         "2 repeated rows merged (1 name with different labels: none names an image here); 1 image without a "
-        "label row (label null)"]
+        "label row (label null)"
+    ]
 
 
 def test_other_commands_share_the_one_line_for_a_full_disk(tmp_path, workspace, monkeypatch):
@@ -357,9 +459,13 @@ def test_other_commands_share_the_one_line_for_a_full_disk(tmp_path, workspace, 
         make_image(raw / cls / f"{i}.png", colour=(30 * i, 40, 50))
     assert invoke(str(raw), str(tmp_path / "out"), "--mode", "whole", "--size", "32").exit_code == 0
     read_only(monkeypatch, tmp_path / "out", errno.ENOSPC)
-    res = CliRunner().invoke(app, ["corrupt", str(tmp_path / "out" / "manifest.parquet"), "--kind", "sym",
-                                   "--rate", "0.5"])
+    res = CliRunner().invoke(
+        app,
+        ["corrupt", str(tmp_path / "out" / "manifest.parquet"), "--kind", "sym", "--rate", "0.5"],
+    )
     assert res.exit_code == 1
     line = " ".join(one_line(res).split())
-    assert line.startswith(f"error: could not write {tmp_path}/out/manifest.sym-r0.50-s0.parquet: no space left")
+    assert line.startswith(
+        f"error: could not write {tmp_path}/out/manifest.sym-r0.50-s0.parquet: no space left"
+    )
     assert not list((tmp_path / "out").glob("manifest.sym*"))

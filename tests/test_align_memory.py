@@ -31,7 +31,9 @@ def test_decode_reduced_is_exact_for_png_and_close_for_jpeg(tmp_path):
     d = decode_image(tmp_path / "g.png", 3)
     assert (d.status, d.factor, d.size, d.image.size) == ("ok", 3, (801, 603), (267, 201))
     assert np.array_equal(np.asarray(d.image), np.asarray(img.reduce(3)))
-    d = decode_image(tmp_path / "g.png", lambda w, h: max(w, h) // 400)  # a function of the stored size
+    d = decode_image(
+        tmp_path / "g.png", lambda w, h: max(w, h) // 400
+    )  # a function of the stored size
     assert d.factor == 2 and d.image.size == (401, 302)
     img.save(tmp_path / "g.jpg", quality=95)
     # DCT scaling by 1/2, 1/4 or 1/8 never beyond the factor asked, then box reduction: at most the factor
@@ -59,7 +61,9 @@ def test_decode_reduced_keeps_exif_rotation_and_odd_modes(tmp_path):
     d = decode_image(tmp_path / "p.png", 2)
     ref = _to_rgb(Image.open(tmp_path / "p.png")).reduce(2)
     assert d.factor == 2 and np.array_equal(np.asarray(d.image), np.asarray(ref))
-    Image.fromarray((np.arange(600 * 800).reshape(600, 800) % 65536).astype(np.uint16)).save(tmp_path / "i16.png")
+    Image.fromarray((np.arange(600 * 800).reshape(600, 800) % 65536).astype(np.uint16)).save(
+        tmp_path / "i16.png"
+    )
     d = decode_image(tmp_path / "i16.png", 2)
     assert d.status == "ok" and d.image.mode == "RGB" and d.image.size == (400, 300)
 
@@ -74,7 +78,9 @@ def test_working_factor():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak from /proc (Linux)")
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="reads the peak from /proc (Linux)"
+)
 def test_three_big_pngs_peak_memory_stays_near_one_image(tmp_path):
     """Three 8000x8000 PNGs (256 MB each decoded) with 3 workers: one big decode at a time,
     each reduced before conversion, so the peak stays well under three decoded images
@@ -87,14 +93,34 @@ def test_three_big_pngs_peak_memory_stays_near_one_image(tmp_path):
     # VmHWM, the peak of this process image: ru_maxrss would also count the pytest parent's
     # resident memory at fork (Linux keeps the larger of the two across exec), so a big parent
     # (the whole suite, torch loaded) made the child look big.
-    code = ("import sys\nfrom fernoise.cli.app import main\nsys.argv = ['fernoise', 'align', *sys.argv[1:]]\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM:')][0].split()[1]\n"
-            "print('PEAK_MB', int(hwm) // 1024)\n")
+    code = (
+        "import sys\nfrom fernoise.cli.app import main\nsys.argv = ['fernoise', 'align', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM:')][0].split()[1]\n"
+        "print('PEAK_MB', int(hwm) // 1024)\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-c", code, str(raw), str(tmp_path / "out"), "--mode", "whole", "--size",
-                          "32", "--workers", "3", "--workspace", str(tmp_path)],
-                         capture_output=True, text=True, env=env, check=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(raw),
+            str(tmp_path / "out"),
+            "--mode",
+            "whole",
+            "--size",
+            "32",
+            "--workers",
+            "3",
+            "--workspace",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     peak = int(res.stdout.rsplit("PEAK_MB", 1)[1])
     assert peak < 650, f"peak resident memory {peak} MB"
     df = read_manifest(tmp_path / "out" / "manifest.parquet").df
@@ -108,6 +134,7 @@ def _marks(path):
         for m in needs(path):
             fn = m(fn)
         return fn
+
     return deco
 
 
@@ -130,13 +157,27 @@ def test_face_in_a_big_canvas_keeps_source_coordinates_and_its_crop(tmp_path):
     params = AlignParams()
     assert working_factor(params, 3640, 4548) == 4
     det = make_detector("cpu")
-    a = read_manifest(align_folder(alone, tmp_path / "oa", params, detector=det).manifest).df.iloc[0]
+    a = read_manifest(align_folder(alone, tmp_path / "oa", params, detector=det).manifest).df.iloc[
+        0
+    ]
     b = read_manifest(align_folder(big, tmp_path / "ob", params, detector=det).manifest).df.iloc[0]
     assert a["status"] == b["status"] == "ok"
     off = np.array([1500.0, 2000.0])
     side = a["bbox"][2] - a["bbox"][0]
-    assert np.abs(np.asarray(b["landmarks"]).reshape(5, 2) - off - np.asarray(a["landmarks"]).reshape(5, 2)).max() < 0.03 * side
-    assert np.abs(np.asarray(b["bbox"]).reshape(2, 2) - off - np.asarray(a["bbox"]).reshape(2, 2)).max() < 0.06 * side
+    assert (
+        np.abs(
+            np.asarray(b["landmarks"]).reshape(5, 2)
+            - off
+            - np.asarray(a["landmarks"]).reshape(5, 2)
+        ).max()
+        < 0.03 * side
+    )
+    assert (
+        np.abs(
+            np.asarray(b["bbox"]).reshape(2, 2) - off - np.asarray(a["bbox"]).reshape(2, 2)
+        ).max()
+        < 0.06 * side
+    )
     # the crop is the full-resolution warp at those landmarks (up to JPEG rounding) ...
     import io
 
@@ -149,5 +190,7 @@ def test_face_in_a_big_canvas_keeps_source_coordinates_and_its_crop(tmp_path):
     assert b["crop_sha256"] == bytes_sha256(buf.getvalue())
     cb = np.asarray(Image.open(tmp_path / "ob" / b["path"]), float)
     # ... and the same crop made from the detector's 1/4 copy is visibly blurrier
-    coarse = np.asarray(warp_align(canvas.reduce(4), np.asarray(b["landmarks"]).reshape(5, 2) / 4, params), float)
+    coarse = np.asarray(
+        warp_align(canvas.reduce(4), np.asarray(b["landmarks"]).reshape(5, 2) / 4, params), float
+    )
     assert np.abs(np.diff(cb, axis=1)).mean() > 1.3 * np.abs(np.diff(coarse, axis=1)).mean()

@@ -30,6 +30,7 @@ def _marks(path):
         for m in needs(path):
             fn = m(fn)
         return fn
+
     return deco
 
 
@@ -63,7 +64,10 @@ def test_wild_all_faces(detector):
     assert len(two) == 2 and 5 <= len(multi) <= 7
     probs = [f.det_prob for f in multi]
     assert probs == sorted(probs, reverse=True)
-    assert all(f.crop.size == (224, 224) and len(f.landmarks) == 10 and len(f.bbox) == 4 for f in two + multi)
+    assert all(
+        f.crop.size == (224, 224) and len(f.landmarks) == 10 and len(f.bbox) == 4
+        for f in two + multi
+    )
 
 
 @_marks(FERPLUS)
@@ -75,22 +79,41 @@ def test_ferplus_valid_subset_acceptance(tmp_path, detector):
     raw.mkdir()
     for p in valid:
         os.symlink(p, raw / p.name)
-    spec = LabelSpec(files=(str(FERPLUS / "fer2013new.csv"),), format="ferplus",
-                     join=str(FERPLUS / "manifest.csv"), join_columns=("fer2013_label",))
-    r = align_folder(raw, tmp_path / "out", AlignParams(on_no_face="whole"), spec, detector=detector, workers=2,
-                     batch_size=64)
+    spec = LabelSpec(
+        files=(str(FERPLUS / "fer2013new.csv"),),
+        format="ferplus",
+        join=str(FERPLUS / "manifest.csv"),
+        join_columns=("fer2013_label",),
+    )
+    r = align_folder(
+        raw,
+        tmp_path / "out",
+        AlignParams(on_no_face="whole"),
+        spec,
+        detector=detector,
+        workers=2,
+        batch_size=64,
+    )
     m = read_manifest(r.manifest)
     df = m.df
     assert len(df) == 300 and set(df["status"]) <= {"ok", "whole"} and df["path"].notna().all()
-    assert (df["split"] == "val").all() and m.meta["label_space"] == "basic8" and len(m.classes) == 8
+    assert (
+        (df["split"] == "val").all() and m.meta["label_space"] == "basic8" and len(m.classes) == 8
+    )
     assert list(df.columns[df.columns.isin(FERPLUS_VOTE_COLUMNS)]) == list(FERPLUS_VOTE_COLUMNS)
     votes = pd.read_csv(FERPLUS / "fer2013new.csv").dropna(subset=["Image name"])
-    votes = votes.drop_duplicates("Image name", keep="last").set_index("Image name").loc[df["src_path"]]
-    assert (votes[list(FERPLUS_VOTE_COLUMNS)].to_numpy() == df[list(FERPLUS_VOTE_COLUMNS)].to_numpy()).all()
+    votes = (
+        votes.drop_duplicates("Image name", keep="last").set_index("Image name").loc[df["src_path"]]
+    )
+    assert (
+        votes[list(FERPLUS_VOTE_COLUMNS)].to_numpy() == df[list(FERPLUS_VOTE_COLUMNS)].to_numpy()
+    ).all()
     expect = majority(votes[list(FERPLUS_VOTE_COLUMNS)].to_numpy())
     got = df["label"].fillna(-1).astype(int).to_numpy()
     assert (got == expect).all() and (expect == -1).any() and (expect >= 0).any()
-    assert df.loc[df["label"].notna(), "label_name"].tolist() == [CLASSES[i] for i in expect[expect >= 0]]
+    assert df.loc[df["label"].notna(), "label_name"].tolist() == [
+        CLASSES[i] for i in expect[expect >= 0]
+    ]
     assert df["fer2013_label"].notna().sum() >= 290  # the original FER2013 label rides along
     assert r.info["labels"]["unmatched_rows"] > 30000
     ok = df[df["status"] == "ok"]
@@ -109,10 +132,18 @@ def test_wild_all_faces_through_the_stage(tmp_path, detector):
         os.symlink(WILD / f, raw / f)
     r = align_folder(raw, tmp_path / "out", AlignParams(all_faces=True), detector=detector)
     df = read_manifest(r.manifest).df
-    assert df["id"].tolist() == ["dog.jpg#0", "obama_small.jpg#0", "two_people.jpg#0", "two_people.jpg#1"]
+    assert df["id"].tolist() == [
+        "dog.jpg#0",
+        "obama_small.jpg#0",
+        "two_people.jpg#0",
+        "two_people.jpg#1",
+    ]
     assert df["status"].tolist() == ["no_face", "ok", "ok", "ok"]
-    assert df["path"].tolist()[1:] == ["faces/obama_small.jpg.f0.jpg", "faces/two_people.jpg.f0.jpg",
-                                       "faces/two_people.jpg.f1.jpg"]
+    assert df["path"].tolist()[1:] == [
+        "faces/obama_small.jpg.f0.jpg",
+        "faces/two_people.jpg.f0.jpg",
+        "faces/two_people.jpg.f1.jpg",
+    ]
     assert df["face"].tolist()[1:] == [0, 0, 1] and df["n_faces"].tolist() == [0, 1, 2, 2]
     two = df[df["src_path"] == "two_people.jpg"]
     assert two["det_prob"].iloc[0] >= two["det_prob"].iloc[1]

@@ -26,7 +26,9 @@ def noise_images(root: Path, n: int = 20) -> None:
     root.mkdir(parents=True)
     for i in range(n):
         side = 160 + 9 * i  # distinct sizes: every image is its own detection batch
-        Image.fromarray(rng.integers(0, 256, (side, side + 5, 3), dtype=np.uint8)).save(root / f"n{i:02d}.png")
+        Image.fromarray(rng.integers(0, 256, (side, side + 5, 3), dtype=np.uint8)).save(
+            root / f"n{i:02d}.png"
+        )
 
 
 def chunks(out: Path) -> list[Path]:
@@ -37,13 +39,27 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     raw = tmp_path / "raw"
     noise_images(raw)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(tmp_path)}
-    args = ["align", str(raw), "OUT", "--batch-size", "1", "--workers", "1", "--on-no-face", "whole", "--size", "64"]
+    args = [
+        "align",
+        str(raw),
+        "OUT",
+        "--batch-size",
+        "1",
+        "--workers",
+        "1",
+        "--on-no-face",
+        "whole",
+        "--size",
+        "64",
+    ]
 
     def cmd(out: Path) -> list[str]:
         return FERNOISE + [str(out) if a == "OUT" else a for a in args]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while len(chunks(killed)) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -70,5 +86,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
 
     # the third run is a cache hit; a moved output folder keeps its cache
     shutil.move(killed, tmp_path / "moved")
-    res = subprocess.run(cmd(tmp_path / "moved"), env=env, capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        cmd(tmp_path / "moved"), env=env, capture_output=True, text=True, check=True
+    )
     assert "cache hit" in res.stdout

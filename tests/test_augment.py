@@ -79,17 +79,26 @@ _OPS = data.RandAugment(SIZE, 10).ops
 _CASES = [(o, s) for o, (_, _, signed) in enumerate(_OPS) for s in ((1, -1) if signed else (1,))]
 
 
-@pytest.mark.parametrize(("op", "sign"), _CASES, ids=[f"{_OPS[o][0]}{'-' if s < 0 else '+'}" for o, s in _CASES])
+@pytest.mark.parametrize(
+    ("op", "sign"), _CASES, ids=[f"{_OPS[o][0]}{'-' if s < 0 else '+'}" for o, s in _CASES]
+)
 def test_each_randaug_op_equals_torchvision_on_single_images(images, op, sign):
     ra = data.RandAugment(SIZE, 10)
     name, mag, signed = ra.ops[op]
     x = torch.from_numpy(images[:16]).permute(0, 3, 1, 2).contiguous()
     n = len(x)
-    d = Draws(np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool),
-              np.full((n, 1), op), np.full((n, 1), sign))
+    d = Draws(
+        np.zeros(n, np.int64),
+        np.zeros(n, np.int64),
+        np.zeros(n, bool),
+        np.full((n, 1), op),
+        np.full((n, 1), sign),
+    )
     batched = randaug_batch(x.to(DEV), d, ra).cpu()
     for i in range(n):
-        single = _aa._apply_op(x[i], name, mag * sign, interpolation=InterpolationMode.NEAREST, fill=None)
+        single = _aa._apply_op(
+            x[i], name, mag * sign, interpolation=InterpolationMode.NEAREST, fill=None
+        )
         diff = (batched[i].int() - single.int()).abs()
         # Sharpness leaves the border as is and rotate/shear fill at borders: bounded by 1 level
         assert diff.max().item() <= 1, (name, sign, i)
@@ -112,7 +121,7 @@ def test_draws_follow_the_worker_order_and_distribution():
     chi2 = ((counts - expected) ** 2 / expected).sum()
     assert chi2 < 36.1  # chi-square, 13 degrees of freedom, p = 0.001
     signed = np.array([ra.ops[o][2] for o in range(14)])
-    neg = (d.signs < 0)
+    neg = d.signs < 0
     assert not neg[~signed[d.ops]].any()  # unsigned ops never negated
     share = neg[signed[d.ops]].mean()
     assert abs(share - 0.5) < 0.02
@@ -121,7 +130,13 @@ def test_draws_follow_the_worker_order_and_distribution():
 
 def test_weak_batch_is_exact_on_edge_offsets(images):
     n = 4
-    d = Draws(np.array([0, 8, 0, 8]), np.array([0, 8, 8, 0]), np.array([False, True, True, False]), None, None)
+    d = Draws(
+        np.array([0, 8, 0, 8]),
+        np.array([0, 8, 8, 0]),
+        np.array([False, True, True, False]),
+        None,
+        None,
+    )
     out = weak_batch(torch.from_numpy(images[:n]).to(DEV), d).cpu()
     for i in range(n):
         rng_free = np.zeros((SIZE + 8, SIZE + 8, 3), np.uint8)
@@ -138,7 +153,9 @@ def test_resolve_augment():
     assert resolve_augment("auto", "cpu") == "device"  # the bench: device wins on the CPU too
     assert resolve_augment("device", "cpu") == "device"
     assert resolve_augment("workers", "cuda") == "workers"
-    with pytest.raises(FernoiseError, match="expected one of auto, device, workers, got 'gpu'") as e:
+    with pytest.raises(
+        FernoiseError, match="expected one of auto, device, workers, got 'gpu'"
+    ) as e:
         resolve_augment("gpu", "cpu")
     assert e.value.flag == "--augment"
 
@@ -225,7 +242,11 @@ def test_noise_field_is_standard_normal_and_keyed():
     for a, b in ((0, 2), (0, 3), (2, 3)):
         r = np.corrcoef(z[a].ravel().numpy(), z[b].ravel().numpy())[0, 1]
         assert abs(r) < 0.05  # different keys: unrelated fields
-    big = noise_field(torch.randint(0, 2**32, (64, 2), generator=torch.Generator().manual_seed(0)), (3, 32, 32), DEV).cpu()
+    big = noise_field(
+        torch.randint(0, 2**32, (64, 2), generator=torch.Generator().manual_seed(0)),
+        (3, 32, 32),
+        DEV,
+    ).cpu()
     v = big.double().ravel()
     assert abs(v.mean().item()) < 0.01 and abs(v.std().item() - 1) < 0.01
     assert abs((v.abs() > 1.96).double().mean().item() - 0.05) < 0.003  # normal tails
@@ -278,7 +299,9 @@ def test_noise_and_erasing_distributions_match_the_worker_path():
         # boxes of U(0.02, 0.25) of the area with rounded sides
         assert frac.min().item() >= 0.012 and frac.max().item() <= 0.30
         assert abs(frac.mean().item() - 0.135) < 0.01
-        keep = ~(x == torch.tensor(views.ERASE_FILL, dtype=torch.uint8).view(1, 3, 1, 1)).all(1, keepdim=True)
+        keep = ~(x == torch.tensor(views.ERASE_FILL, dtype=torch.uint8).view(1, 3, 1, 1)).all(
+            1, keepdim=True
+        )
         noisy = (x != 128).flatten(1).logical_and(keep.expand_as(x).flatten(1)).any(1)
         assert abs(noisy.double().mean().item() - 0.5) < 0.02  # noise p = 0.5
         vals = x[noisy].double() - 128
@@ -300,7 +323,9 @@ def test_scn_flip_rate_and_choice_distribution():
         x = path["scn"].double()
         left, right = x[..., : DIST // 2].mean((1, 2, 3)), x[..., DIST // 2 :].mean((1, 2, 3))
         flipped = right > left
-        plain = torch.isin(path["scn"], torch.tensor([200, 60, *views.ERASE_FILL], dtype=torch.uint8))
+        plain = torch.isin(
+            path["scn"], torch.tensor([200, 60, *views.ERASE_FILL], dtype=torch.uint8)
+        )
         noised = (~plain).flatten(1).sum(1) > DIST * DIST  # noise changes ~93% of the 3*H*W values
         assert abs(flipped.double().mean().item() - 0.25) < 0.02
         assert abs(noised.double().mean().item() - 0.25) < 0.02

@@ -19,10 +19,20 @@ from fernoise.train.stage import TrainConfig, train
 # Computed on main at 368df72 (before --augment existed; the worker path), this machine's
 # torch 2.14 CPU, with the runs below: per epoch (loss, train_acc, test_acc), and the key.
 MAIN_WORKERS = {
-    "ncctfer": ([(2.2032945266989774, 0.11627906976744186, 0.25), (2.1600408387738605, 0.27906976744186046, 0.16666666666666666)],
-                "c6286c05eeae0e130bebb38d3766a82a1a6828aa42153cce65044c083a4fddf0"),
-    "eac": ([(2.163989360942397, 0.13953488372093023, 0.25), (6.307006081869436, 0.6744186046511628, 0.16666666666666666)],
-            "e02c86f04af7d87a3c1d54eb79bc41256265b626e231707b0388c8f002d337b8"),
+    "ncctfer": (
+        [
+            (2.2032945266989774, 0.11627906976744186, 0.25),
+            (2.1600408387738605, 0.27906976744186046, 0.16666666666666666),
+        ],
+        "c6286c05eeae0e130bebb38d3766a82a1a6828aa42153cce65044c083a4fddf0",
+    ),
+    "eac": (
+        [
+            (2.163989360942397, 0.13953488372093023, 0.25),
+            (6.307006081869436, 0.6744186046511628, 0.16666666666666666),
+        ],
+        "e02c86f04af7d87a3c1d54eb79bc41256265b626e231707b0388c8f002d337b8",
+    ),
 }
 
 
@@ -48,7 +58,9 @@ def _triples(run: Path) -> list[tuple]:
 @pytest.mark.filterwarnings("ignore:eac. the attention maps")
 @pytest.mark.parametrize("method", ["ncctfer", "eac"])
 def test_workers_path_is_main_unchanged(method, data, workspace, one_thread):
-    run = train(data, tiny(method=method, batch_size=16, augment="workers"), runs_dir=workspace / "w").output
+    run = train(
+        data, tiny(method=method, batch_size=16, augment="workers"), runs_dir=workspace / "w"
+    ).output
     want, key = MAIN_WORKERS[method]
     got = _triples(run)
     assert len(got) == 2
@@ -60,15 +72,23 @@ def test_workers_path_is_main_unchanged(method, data, workspace, one_thread):
     assert l1 == pytest.approx(l2, rel=1e-3) and a1 == a2 and t1 == t2
     config = json.loads((run / "config.json").read_text())
     assert config["key"] == key  # the worker path keeps the keys of earlier runs
-    assert (config["augment"], config["augment_requested"], config["compile"]) == ("workers", "workers", False)
-    again = train(data, tiny(method=method, batch_size=16, augment="workers"), runs_dir=workspace / "w")
+    assert (config["augment"], config["augment_requested"], config["compile"]) == (
+        "workers",
+        "workers",
+        False,
+    )
+    again = train(
+        data, tiny(method=method, batch_size=16, augment="workers"), runs_dir=workspace / "w"
+    )
     assert again.hit and again.output == run
 
 
 @pytest.mark.filterwarnings("ignore:eac. the attention maps")
 @pytest.mark.parametrize("method", ["ncctfer", "eac"])
 def test_device_path_trains_and_an_interrupted_run_resumes_exactly(method, data, workspace):
-    cfg = tiny(method=method, batch_size=16, augment="device", epochs=3, warmup=1, keep_checkpoint=True)
+    cfg = tiny(
+        method=method, batch_size=16, augment="device", epochs=3, warmup=1, keep_checkpoint=True
+    )
 
     class Stop(Exception):
         pass
@@ -80,7 +100,10 @@ def test_device_path_trains_and_an_interrupted_run_resumes_exactly(method, data,
     with pytest.raises(Stop):
         train(data, cfg, runs_dir=workspace / "a", progress=stop_in_epoch_3)
     a = next((workspace / "a").iterdir())
-    assert not (a / "model.pt").exists() and torch.load(a / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert (
+        not (a / "model.pt").exists()
+        and torch.load(a / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    )
     events = []
     resumed = train(data, cfg, runs_dir=workspace / "a", progress=events.append).output
     assert any(e.get("event") == "resume" and e["epoch"] == 2 for e in events)
@@ -91,14 +114,21 @@ def test_device_path_trains_and_an_interrupted_run_resumes_exactly(method, data,
         return [{k: v for k, v in m.items() if k not in TIMING} for m in read_metrics(run)]
 
     assert len(strip(resumed)) == 3 and strip(resumed) == strip(full)
-    sa, sb = torch.load(resumed / "model.pt", weights_only=True), torch.load(full / "model.pt", weights_only=True)
+    sa, sb = (
+        torch.load(resumed / "model.pt", weights_only=True),
+        torch.load(full / "model.pt", weights_only=True),
+    )
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     config = json.loads((full / "config.json").read_text())
     assert (config["augment"], config["augment_requested"]) == ("device", "device")
     workers_key = MAIN_WORKERS[method][1]
     assert config["key"] != workers_key  # another path, another key
     # auto is the device path on the CPU too (bench/train.py): the same run, a cache hit
-    auto = train(data, tiny(method=method, batch_size=16, epochs=3, warmup=1, keep_checkpoint=True), runs_dir=workspace / "b")
+    auto = train(
+        data,
+        tiny(method=method, batch_size=16, epochs=3, warmup=1, keep_checkpoint=True),
+        runs_dir=workspace / "b",
+    )
     assert auto.hit and auto.output == full
 
 
@@ -108,13 +138,21 @@ def test_compile_unavailable_warns_once_and_trains(data, workspace, monkeypatch)
 
     monkeypatch.setattr(torch, "compile", broken)
     events = []
-    run = train(data, tiny(method="ce", batch_size=16, epochs=1, warmup=0, compile=True), runs_dir=workspace / "c",
-                progress=events.append).output
+    run = train(
+        data,
+        tiny(method="ce", batch_size=16, epochs=1, warmup=0, compile=True),
+        runs_dir=workspace / "c",
+        progress=events.append,
+    ).output
     warns = [e["message"] for e in events if e.get("event") == "warning"]
-    assert warns == ["--compile: torch.compile is unavailable here (RuntimeError: no C++ compiler found); training runs uncompiled"]
+    assert warns == [
+        "--compile: torch.compile is unavailable here (RuntimeError: no C++ compiler found); training runs uncompiled"
+    ]
     config = json.loads((run / "config.json").read_text())
     assert config["compile"] is True and len(read_metrics(run)) == 1
-    plain = train(data, tiny(method="ce", batch_size=16, epochs=1, warmup=0), runs_dir=workspace / "c").output
+    plain = train(
+        data, tiny(method="ce", batch_size=16, epochs=1, warmup=0), runs_dir=workspace / "c"
+    ).output
     assert plain != run  # --compile is part of the key
 
 
@@ -122,20 +160,53 @@ def test_cli_augment_flag(data, workspace):
     runner = CliRunner()
     helptext = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     assert "--augment" in helptext and "--compile" in helptext
-    bad = runner.invoke(app, ["train", str(data), "--augment", "gpu", "--epochs", "1", "--image-size", str(SIZE)])
+    bad = runner.invoke(
+        app, ["train", str(data), "--augment", "gpu", "--epochs", "1", "--image-size", str(SIZE)]
+    )
     assert bad.exit_code != 0
     lines = [ln for ln in bad.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "--augment" in lines[0] and "expected one of auto, device, workers, got 'gpu'" in lines[0]
+    assert (
+        len(lines) == 1
+        and "--augment" in lines[0]
+        and "expected one of auto, device, workers, got 'gpu'" in lines[0]
+    )
     assert not (workspace / "runs").exists()
-    ok = runner.invoke(app, ["train", str(data), "--method", "ce", "--augment", "device", "--epochs", "1", "--warmup", "0",
-                             "--batch-size", "16", "--image-size", str(SIZE), "--workers", "0", "--precision", "fp32"])
+    ok = runner.invoke(
+        app,
+        [
+            "train",
+            str(data),
+            "--method",
+            "ce",
+            "--augment",
+            "device",
+            "--epochs",
+            "1",
+            "--warmup",
+            "0",
+            "--batch-size",
+            "16",
+            "--image-size",
+            str(SIZE),
+            "--workers",
+            "0",
+            "--precision",
+            "fp32",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     (run,) = [d for d in (workspace / "runs").iterdir() if not d.name.startswith(".")]
     config = json.loads((run / "config.json").read_text())
-    assert (config["augment"], config["augment_requested"], config["compile"]) == ("device", "device", False)
+    assert (config["augment"], config["augment_requested"], config["compile"]) == (
+        "device",
+        "device",
+        False,
+    )
 
 
 def test_config_rejects_unknown_augment():
-    with pytest.raises(FernoiseError, match="expected one of auto, device, workers, got 'cuda'") as e:
+    with pytest.raises(
+        FernoiseError, match="expected one of auto, device, workers, got 'cuda'"
+    ) as e:
         TrainConfig(augment="cuda")
     assert e.value.flag == "--augment"

@@ -27,8 +27,15 @@ def _runner(tmp_path, calls, value="x"):
         atomic_write_text(out, value)
         return [out]
 
-    return run_stage(stage="demo", version=1, params={"v": value}, inputs={}, output=out, build=build,
-                     workspace=Workspace(tmp_path))
+    return run_stage(
+        stage="demo",
+        version=1,
+        params={"v": value},
+        inputs={},
+        output=out,
+        build=build,
+        workspace=Workspace(tmp_path),
+    )
 
 
 def test_hit_miss_and_tampering(tmp_path):
@@ -100,7 +107,9 @@ def test_concurrent_lock_updates_lose_no_write(tmp_path):
         "for j in range(200):\n"
         "    ws.record(f'p{sys.argv[2]}-{j}', key=str(j), output=sys.argv[1], params={})\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(i)]) for i in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(i)]) for i in range(3)
+    ]
     assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
     stages = json.loads((tmp_path / "fernoise.lock").read_text())["stages"]
     assert sorted(stages) == sorted(f"p{i}-{j}" for i in range(3) for j in range(200))

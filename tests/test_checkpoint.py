@@ -22,13 +22,38 @@ def test_a_full_disk_in_pretrain_is_one_line(tmp_path, workspace):
         "app(sys.argv[1:], prog_name='fernoise')\n"
     )
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-c", code, "pretrain", str(data), "--epochs", "1", "--image-size", "32",
-                          "--batch-size", "16", "--device", "cpu", "--precision", "fp32"],
-                         cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "pretrain",
+            str(data),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+        ],
+        cwd=workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 1, res.stdout + res.stderr  # a write the destination refused
     err = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("warning: ")]
     assert len(err) == 1 and "Traceback" not in res.stderr, res.stderr
-    assert err[0].startswith("error: could not write ") and "checkpoint.pt: file too large" in err[0], err[0]
+    assert (
+        err[0].startswith("error: could not write ") and "checkpoint.pt: file too large" in err[0]
+    ), err[0]
     assert "re-run the same command" in err[0], err[0]
-    assert not [p for p in (workspace / "pretrain").rglob("*") if ".tmp" in p.name], "a temporary file is left"
+    assert not [p for p in (workspace / "pretrain").rglob("*") if ".tmp" in p.name], (
+        "a temporary file is left"
+    )
     assert not list((workspace / "pretrain").rglob("backbone.pt"))

@@ -82,7 +82,9 @@ def test_three_class_folders_align_and_sym_stays_inside_the_three(tmp_path, work
     df = m.df
     assert sorted(df["label"].unique().tolist()) == [0, 1, 2]
     folder = df["src_path"].str.split("/").str[1]
-    assert (folder.map({"happy": "happy", "Sadness": "sad", "angry": "anger"}) == df["label_name"]).all()
+    assert (
+        folder.map({"happy": "happy", "Sadness": "sad", "angry": "anger"}) == df["label_name"]
+    ).all()
     assert ([THREE[i] for i in df["label"]] == df["label_name"]).all()
 
     res = cli("corrupt", "--kind", "sym", "--rate", "0.5", "--seed", "3")
@@ -119,7 +121,9 @@ def test_a_seven_class_set_without_neutral(tmp_path, workspace):
     assert "'happy'" in line and "'neutral'" in line and "--pairs FILE" in line
     assert not list((tmp_path / "out").glob("manifest.asym*"))
     pairs = tmp_path / "pairs.csv"
-    pairs.write_text("happy,surprise\nsad,fear\nsurprise,anger\nfear,surprise\ndisgust,anger\nanger,happy\ncontempt,disgust\n")
+    pairs.write_text(
+        "happy,surprise\nsad,fear\nsurprise,anger\nfear,surprise\ndisgust,anger\nanger,happy\ncontempt,disgust\n"
+    )
     res = cli("corrupt", "--kind", "asym", "--rate", "0.5", "--pairs", pairs)
     assert res.exit_code == 0, res.output
     out = read_manifest(tmp_path / "out" / "manifest.asym-r0.50-s0.parquet")
@@ -145,20 +149,46 @@ def test_a_seven_class_set_without_neutral(tmp_path, workspace):
 
 def test_declared_classes_and_classes_left_out(tmp_path, workspace):
     raw = folder_set(tmp_path / "raw", THREE, n_train=2, n_test=0)
-    res = cli("align", raw, tmp_path / "out", "--mode", "whole", "--size", "32", "--classes", "anger,Happy,fear,sad")
+    res = cli(
+        "align",
+        raw,
+        tmp_path / "out",
+        "--mode",
+        "whole",
+        "--size",
+        "32",
+        "--classes",
+        "anger,Happy,fear,sad",
+    )
     assert res.exit_code == 0, res.output
     m = read_manifest(tmp_path / "out" / "manifest.parquet")
     assert m.classes == ["happy", "sad", "fear", "anger"] and m.meta["label_space"] == "custom"
-    assert m.df.groupby("label_name")["label"].first().to_dict() == {"happy": 0, "sad": 1, "anger": 3}
-    res = cli("align", raw, tmp_path / "out", "--mode", "whole", "--size", "32", "--classes", "basic7")
-    assert res.exit_code == 0 and read_manifest(tmp_path / "out" / "manifest.parquet").classes == list(CLASSES[:7])
-    line = one_line_error(cli("align", raw, tmp_path / "out2", "--mode", "whole", "--classes", "happy,sad"), "--classes")
+    assert m.df.groupby("label_name")["label"].first().to_dict() == {
+        "happy": 0,
+        "sad": 1,
+        "anger": 3,
+    }
+    res = cli(
+        "align", raw, tmp_path / "out", "--mode", "whole", "--size", "32", "--classes", "basic7"
+    )
+    assert res.exit_code == 0 and read_manifest(
+        tmp_path / "out" / "manifest.parquet"
+    ).classes == list(CLASSES[:7])
+    line = one_line_error(
+        cli("align", raw, tmp_path / "out2", "--mode", "whole", "--classes", "happy,sad"),
+        "--classes",
+    )
     assert "2 images are labelled anger" in line
-    line = one_line_error(cli("align", raw, tmp_path / "out2", "--mode", "whole", "--classes", "happy,bored"), "--classes")
+    line = one_line_error(
+        cli("align", raw, tmp_path / "out2", "--mode", "whole", "--classes", "happy,bored"),
+        "--classes",
+    )
     assert "bored" in line
     # the class list is in the key: a different list misses the cache
     r1 = align_folder(raw, tmp_path / "o3", WHOLE, LabelSpec(classes=("happy", "sad", "anger")))
-    r2 = align_folder(raw, tmp_path / "o3", WHOLE, LabelSpec(classes=("happy", "sad", "fear", "anger")))
+    r2 = align_folder(
+        raw, tmp_path / "o3", WHOLE, LabelSpec(classes=("happy", "sad", "fear", "anger"))
+    )
     assert not r2.hit and r1.key != r2.key
 
 
@@ -170,7 +200,9 @@ def test_csv_labels_give_the_classes_that_occur(tmp_path):
         Image.new("RGB", (36, 36), (i, 2, 3)).save(raw / f"{i}.png")
         rows.append(f"{i}.png,{name}")
     (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
-    r = align_folder(raw, tmp_path / "out", WHOLE, LabelSpec(files=(str(tmp_path / "l.csv"),), format="csv"))
+    r = align_folder(
+        raw, tmp_path / "out", WHOLE, LabelSpec(files=(str(tmp_path / "l.csv"),), format="csv")
+    )
     m = read_manifest(r.manifest)
     assert m.classes == ["happy", "anger"] and m.meta["label_space"] == "custom"
     assert m.df["label"].tolist()[:4] == [0, 1, 1, 0] and pd.isna(m.df["label"].iloc[4])
@@ -183,7 +215,9 @@ def test_column_values_map_by_name_into_the_list_and_outside_ones_are_counted():
     idx, outside = column_indices(vals, classes, column="second")
     assert idx.tolist() == [2, 0, -1, -2, 1, -2, -2, 2]
     assert outside == {"neutral": 2, "contempt": 1}
-    ints = pd.Series([6, 1, None, 0], dtype="Int64")  # canonical indices: 6 anger, 1 happy, 0 neutral
+    ints = pd.Series(
+        [6, 1, None, 0], dtype="Int64"
+    )  # canonical indices: 6 anger, 1 happy, 0 neutral
     idx, outside = column_indices(ints, classes, column="second")
     assert idx.tolist() == [2, 0, -1, -2] and outside == {"neutral": 1}
     for bad in (pd.Series(["bored"]), pd.Series([9]), pd.Series(["8"])):
@@ -191,9 +225,14 @@ def test_column_values_map_by_name_into_the_list_and_outside_ones_are_counted():
             column_indices(bad, classes, column="second")
         assert e.value.flag == "--column"
 
-    df = pd.DataFrame({"id": [f"i{k}" for k in range(6)], "split": ["train"] * 5 + ["test"],
-                       "label": pd.array([0, 1, 2, 2, 0, 1], dtype="Int64"),
-                       "second": ["happy", "anger", "neutral", "anger", None, "fear"]})
+    df = pd.DataFrame(
+        {
+            "id": [f"i{k}" for k in range(6)],
+            "split": ["train"] * 5 + ["test"],
+            "label": pd.array([0, 1, 2, 2, 0, 1], dtype="Int64"),
+            "second": ["happy", "anger", "neutral", "anger", None, "fear"],
+        }
+    )
     out, info = corrupt(df, classes=classes, params=CorruptParams("column", column="second"))
     assert out["label"].isna().tolist() == [False, False, True, False, True, False]
     assert out["label"].iloc[[0, 1, 3, 5]].tolist() == [0, 2, 2, 1]  # the test row keeps its label
@@ -221,8 +260,18 @@ def test_column_outside_rows_are_printed(tmp_path, workspace):
 def test_a_preset_declares_the_classes_and_the_option_wins(tmp_path, workspace):
     raw = folder_set(tmp_path / "raw", THREE, n_train=1, n_test=0)
     preset = tmp_path / "posed.toml"
-    preset.write_text('mode = "whole"\nsize = 32\nclasses = ["anger", "happy", "sad", "surprise"]\n')
+    preset.write_text(
+        'mode = "whole"\nsize = 32\nclasses = ["anger", "happy", "sad", "surprise"]\n'
+    )
     assert cli("align", raw, tmp_path / "out", "--preset", preset).exit_code == 0
-    assert read_manifest(tmp_path / "out" / "manifest.parquet").classes == ["happy", "sad", "surprise", "anger"]
-    assert cli("align", raw, tmp_path / "out", "--preset", preset, "--classes", "basic8").exit_code == 0
+    assert read_manifest(tmp_path / "out" / "manifest.parquet").classes == [
+        "happy",
+        "sad",
+        "surprise",
+        "anger",
+    ]
+    assert (
+        cli("align", raw, tmp_path / "out", "--preset", preset, "--classes", "basic8").exit_code
+        == 0
+    )
     assert read_manifest(tmp_path / "out" / "manifest.parquet").classes == list(CLASSES)

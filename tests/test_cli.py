@@ -7,16 +7,28 @@ import sys
 
 
 def test_help_lists_the_four_stages():
-    out = subprocess.run([sys.executable, "-m", "fernoise.cli.app", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "fernoise.cli.app", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for cmd in ("align", "corrupt", "train", "eval"):
         assert cmd in out
 
 
 def test_version_and_no_torch_at_startup():
     code = "import sys; from fernoise.cli.app import app; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False", "importing the CLI must not import torch (cache hits stay fast)"
-    out = subprocess.run([sys.executable, "-m", "fernoise.cli.app", "--version"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "fernoise.cli.app", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip().startswith("fernoise ")
 
 
@@ -33,7 +45,9 @@ def test_dependencies_are_ranges_and_ci_installs_the_constraints():
     root = Path(__file__).resolve().parents[1]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     reqs = {Requirement(r).name: Requirement(r) for r in project["dependencies"]}
-    assert not [str(r) for r in reqs.values() if any(s.operator in ("==", "===") for s in r.specifier)]
+    assert not [
+        str(r) for r in reqs.values() if any(s.operator in ("==", "===") for s in r.specifier)
+    ]
     for name in ("torch", "torchvision", "facenet-pytorch"):
         ops = {s.operator for s in reqs[name].specifier}
         assert ops == {">=", "<"}, (name, str(reqs[name].specifier))  # a tested floor and a ceiling
@@ -46,7 +60,11 @@ def test_dependencies_are_ranges_and_ci_installs_the_constraints():
             pins[name.strip().lower()] = version.strip()
     for name, req in reqs.items():
         assert name in pins, f"{name} has no exact version in constraints.txt"
-        assert req.specifier.contains(pins[name], prereleases=True), (name, pins[name], str(req.specifier))
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            name,
+            pins[name],
+            str(req.specifier),
+        )
     setup = 'python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e ".[dev]"'
     assert setup in (root / "README.md").read_text()
     ci = (root / ".ci" / "run").read_text()

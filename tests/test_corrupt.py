@@ -54,8 +54,19 @@ def make_df(counts=TRAIN_COUNTS, *, n_eval: int = 300, seed: int = 0) -> pd.Data
     )
     df["label_name"] = [None if pd.isna(v) else CLASSES[int(v)] for v in df["label"]]
     # a second annotation agreeing on ~70% of rows, as class names (aliases), with some nulls
-    second = np.where(rng.random(n) < 0.7, np.nan_to_num(label, nan=0), rng.integers(0, n_classes, size=n))
-    aliases = {0: "Neutral", 1: "happiness", 2: "sad", 3: "surprised", 4: "fear", 5: "disgust", 6: "angry", 7: "contempt"}
+    second = np.where(
+        rng.random(n) < 0.7, np.nan_to_num(label, nan=0), rng.integers(0, n_classes, size=n)
+    )
+    aliases = {
+        0: "Neutral",
+        1: "happiness",
+        2: "sad",
+        3: "surprised",
+        4: "fear",
+        5: "disgust",
+        6: "angry",
+        7: "contempt",
+    }
     names = [aliases[int(v)] for v in second]
     for i in range(0, n, 41):
         names[i] = None
@@ -66,7 +77,9 @@ def make_df(counts=TRAIN_COUNTS, *, n_eval: int = 300, seed: int = 0) -> pd.Data
 def make_manifest(path, classes=C8, *, df=None, key="alignkey0", **kw):
     df = make_df(**kw) if df is None else df
     space = "basic8" if len(classes) == 8 else "basic7"
-    return write_manifest(df, path, {"classes": list(classes), "label_space": space, "stage": "align", "key": key})
+    return write_manifest(
+        df, path, {"classes": list(classes), "label_space": space, "stage": "align", "key": key}
+    )
 
 
 def cli(*args):
@@ -135,7 +148,12 @@ def test_sym_exact_counts_no_self_flip_and_eval_rows_unchanged(m8):
     t = np.array(noise["transition"])
     assert t.shape == (8, 8) and t.sum(axis=1).tolist() == TRAIN_COUNTS
     assert (t.sum(axis=1) - np.diag(t)).tolist() == [exact_count(0.3, n) for n in TRAIN_COUNTS]
-    assert noise["input_key"] == "alignkey0" and noise["kind"] == "sym" and noise["rate"] == 0.3 and noise["seed"] == 0
+    assert (
+        noise["input_key"] == "alignkey0"
+        and noise["kind"] == "sym"
+        and noise["rate"] == 0.3
+        and noise["seed"] == 0
+    )
     flips = sum(exact_count(0.3, n) for n in TRAIN_COUNTS)
     assert noise["rate_overall"] == pytest.approx(flips / sum(TRAIN_COUNTS))
     assert f"{flips / sum(TRAIN_COUNTS):.4f}" in res.output
@@ -175,7 +193,9 @@ def test_row_order_does_not_matter(workspace):
     assert not shuffled["id"].equals(df["id"])
     p2 = make_manifest(workspace / "b" / "manifest.parquet", df=shuffled)
     # already sorted by id (as align writes): the sort is skipped, the result is the same
-    p3 = make_manifest(workspace / "c" / "manifest.parquet", df=df.sort_values("id").reset_index(drop=True))
+    p3 = make_manifest(
+        workspace / "c" / "manifest.parquet", df=df.sort_values("id").reset_index(drop=True)
+    )
     for p in (p1, p2, p3):
         assert cli("corrupt", p, "--kind", "sym", "--rate", "0.4", "--seed", "7").exit_code == 0
     a = by_id(read_manifest(p1.with_name("manifest.sym-r0.40-s7.parquet")).df)
@@ -193,7 +213,9 @@ def test_asym_flips_go_to_the_partner_with_exact_counts(m8):
     flipped = b[b["is_noisy"]]
     partner = flipped["label_clean"].map(lambda c: CLASSES.index(ASYM_PAIRS[CLASSES[int(c)]]))
     assert (flipped["label"].astype(int) == partner.astype(int)).all()
-    counts = flipped["label_clean"].astype(int).value_counts().reindex(range(8), fill_value=0).tolist()
+    counts = (
+        flipped["label_clean"].astype(int).value_counts().reindex(range(8), fill_value=0).tolist()
+    )
     assert counts == [exact_count(0.3, n) for n in TRAIN_COUNTS]
     assert out.meta["noise"]["partners"]["fear"] == "surprise"
 
@@ -243,8 +265,26 @@ def test_matrix_counts_are_the_largest_remainder_rounding(workspace):
         assert t[c].tolist() == largest_remainder(n_c, m[c]).tolist()
     # the .npy form of the same matrix gives the same labels
     np.save(workspace / "m.npy", m)
-    assert cli("corrupt", p, "--kind", "matrix", "--matrix", workspace / "m.npy", "--seed", "3", "--out", workspace / "npy.parquet").exit_code == 0
-    assert read_manifest(workspace / "npy.parquet").df["label"].equals(read_manifest(outs[0]).df["label"])
+    assert (
+        cli(
+            "corrupt",
+            p,
+            "--kind",
+            "matrix",
+            "--matrix",
+            workspace / "m.npy",
+            "--seed",
+            "3",
+            "--out",
+            workspace / "npy.parquet",
+        ).exit_code
+        == 0
+    )
+    assert (
+        read_manifest(workspace / "npy.parquet")
+        .df["label"]
+        .equals(read_manifest(outs[0]).df["label"])
+    )
 
 
 # ----------------------------------------------------------------------------- column
@@ -254,7 +294,16 @@ def test_column_kind_marks_exactly_the_disagreements(m8):
     out = read_manifest(m8.with_name("manifest.column-second.parquet"))
     inp = by_id(read_manifest(m8).df)
     b = by_id(out.df)
-    alias = {"Neutral": 0, "happiness": 1, "sad": 2, "surprised": 3, "fear": 4, "disgust": 5, "angry": 6, "contempt": 7}
+    alias = {
+        "Neutral": 0,
+        "happiness": 1,
+        "sad": 2,
+        "surprised": 3,
+        "fear": 4,
+        "disgust": 5,
+        "angry": 6,
+        "contempt": 7,
+    }
     second = inp["second"].map(alias)
     train = (inp["split"] == "train") & inp["label"].notna()
     both = train & second.notna()
@@ -319,9 +368,15 @@ def test_library_function_is_pure_and_keyword_only():
 # ----------------------------------------------------------------------------- bad input
 def _bad_cases(ws, p8, p7):
     bad_rows = ws / "rows.csv"
-    bad_rows.write_text("0.5,0.4,0,0,0,0,0\n" + "\n".join(",".join("1" if j == i else "0" for j in range(7)) for i in range(1, 7)) + "\n")
+    bad_rows.write_text(
+        "0.5,0.4,0,0,0,0,0\n"
+        + "\n".join(",".join("1" if j == i else "0" for j in range(7)) for i in range(1, 7))
+        + "\n"
+    )
     wrong_shape = ws / "eight.csv"
-    wrong_shape.write_text("\n".join(",".join("1" if j == i else "0" for j in range(8)) for i in range(8)) + "\n")
+    wrong_shape.write_text(
+        "\n".join(",".join("1" if j == i else "0" for j in range(8)) for i in range(8)) + "\n"
+    )
     pairs = ws / "pairs.csv"
     pairs.write_text("neutral,banana\n")
     partial = ws / "partial.json"
@@ -374,7 +429,9 @@ def test_every_bad_input_is_one_line_nonzero_and_writes_nothing(workspace):
 
 def test_a_folder_for_a_file_is_called_a_folder(workspace):
     p7 = make_manifest(workspace / "m7.parquet", C7, counts=TRAIN_COUNTS[:7])
-    res = CliRunner().invoke(app, ["corrupt", str(p7), "--kind", "matrix", "--matrix", str(workspace)])
+    res = CliRunner().invoke(
+        app, ["corrupt", str(p7), "--kind", "matrix", "--matrix", str(workspace)]
+    )
     assert res.exit_code == 2 and "is a folder" in res.stderr and "does not exist" not in res.stderr
     res = CliRunner().invoke(app, ["corrupt", str(workspace), "--kind", "sym", "--rate", "0.3"])
     assert res.exit_code == 2 and "is a folder without a manifest.parquet" in res.stderr
@@ -387,10 +444,15 @@ def test_a_manifest_edited_behind_its_metadata_misses_the_cache(m8):
     out_path = m8.with_name("manifest.sym-r0.30-s0.parquet")
     first = cli("corrupt", m8, "--kind", "sym", "--rate", "0.3")
     key1 = read_meta(out_path)["key"]
-    assert first.exit_code == 0 and "cache hit" in cli("corrupt", m8, "--kind", "sym", "--rate", "0.3").output
+    assert (
+        first.exit_code == 0
+        and "cache hit" in cli("corrupt", m8, "--kind", "sym", "--rate", "0.3").output
+    )
     table = pq.read_table(m8)
     meta = table.schema.metadata
-    pq.write_table(table.slice(0, table.num_rows - 219).replace_schema_metadata(meta), m8)  # 219 rows dropped
+    pq.write_table(
+        table.slice(0, table.num_rows - 219).replace_schema_metadata(meta), m8
+    )  # 219 rows dropped
     dropped = cli("corrupt", m8, "--kind", "sym", "--rate", "0.3")
     assert dropped.exit_code == 0 and "cache hit" not in dropped.output
     key2 = read_meta(out_path)["key"]

@@ -40,7 +40,16 @@ def ferplus_manifest(tmp_path_factory):
     df.loc[maj < 0, "label"] = pd.NA
     df.insert(4, "label_name", [None if v < 0 else CLASSES[v] for v in maj])
     path = tmp_path_factory.mktemp("ferplus") / "manifest.parquet"
-    write_manifest(df, path, {"classes": list(CLASSES), "label_space": "basic8", "stage": "align", "key": "ferplus-test"})
+    write_manifest(
+        df,
+        path,
+        {
+            "classes": list(CLASSES),
+            "label_space": "basic8",
+            "stage": "align",
+            "key": "ferplus-test",
+        },
+    )
     return path
 
 
@@ -55,7 +64,11 @@ def test_column_kind_on_real_ferplus_is_the_annotator_disagreement(ferplus_manif
     out = read_manifest(ferplus_manifest.with_name("manifest.column-fer2013_label.parquet"))
     df = out.df
     raw = pd.read_csv(FERPLUS / "manifest.csv").set_index("path").loc[df["id"]]
-    second = raw["fer2013_label"].map(lambda s: CLASSES.index(ALIASES[s]) if isinstance(s, str) else np.nan).to_numpy()
+    second = (
+        raw["fer2013_label"]
+        .map(lambda s: CLASSES.index(ALIASES[s]) if isinstance(s, str) else np.nan)
+        .to_numpy()
+    )
     train = (df["split"] == "train").to_numpy() & df["label_clean"].notna().to_numpy()
     both = train & ~np.isnan(second)
     clean = df["label_clean"].to_numpy(dtype=float, na_value=np.nan)
@@ -68,7 +81,9 @@ def test_column_kind_on_real_ferplus_is_the_annotator_disagreement(ferplus_manif
     # val rows keep the FER+ majority
     val = (df["split"] == "val").to_numpy()
     assert df.loc[val, "label"].equals(df.loc[val, "label_clean"].rename("label"))
-    print(f"\nFERPlus column kind: {disagree.sum()} of {both.sum()} training rows disagree ({rate:.4f})")
+    print(
+        f"\nFERPlus column kind: {disagree.sum()} of {both.sum()} training rows disagree ({rate:.4f})"
+    )
 
 
 @pytest.mark.parametrize("kind", ["sym", "asym"])
@@ -77,7 +92,12 @@ def test_sym_and_asym_on_real_ferplus_are_exact(ferplus_manifest, workspace, kin
     df = read_manifest(ferplus_manifest.with_name(f"manifest.{kind}-r0.30-s0.parquet")).df
     train = (df["split"] == "train") & df["label_clean"].notna()
     n = df.loc[train, "label_clean"].astype(int).value_counts().reindex(range(8), fill_value=0)
-    flipped = df.loc[train & df["is_noisy"], "label_clean"].astype(int).value_counts().reindex(range(8), fill_value=0)
+    flipped = (
+        df.loc[train & df["is_noisy"], "label_clean"]
+        .astype(int)
+        .value_counts()
+        .reindex(range(8), fill_value=0)
+    )
     assert flipped.tolist() == [exact_count(0.3, k) for k in n]
     assert not df.loc[df["is_noisy"], "label"].eq(df.loc[df["is_noisy"], "label_clean"]).any()
     print(f"\nFERPlus {kind} 0.3: n_c={n.tolist()} flipped={flipped.tolist()}")

@@ -33,8 +33,12 @@ FIXTURE = Path(__file__).parent / "fixtures" / "dlib_resnet29_descriptors.json"
 # face-api files made here
 
 
-def write_faceapi(folder: Path, tensors: dict[str, np.ndarray], quantised: dict[str, tuple[np.ndarray, float, float]],
-                  shapes: dict[str, list[int]] | None = None) -> dict[str, str]:
+def write_faceapi(
+    folder: Path,
+    tensors: dict[str, np.ndarray],
+    quantised: dict[str, tuple[np.ndarray, float, float]],
+    shapes: dict[str, list[int]] | None = None,
+) -> dict[str, str]:
     """A TF.js manifest + .bin: ``tensors`` as float32, ``quantised`` as (uint8 q, scale, min);
     in the order of ``expected_tensors``, then any others. Returns the two files' sha256."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,16 +50,29 @@ def write_faceapi(folder: Path, tensors: dict[str, np.ndarray], quantised: dict[
         if n in quantised:
             q, scale, vmin = quantised[n]
             shape = (shapes or {}).get(n, list(q.shape))
-            weights.append({"name": n, "shape": shape, "dtype": "float32",
-                            "quantization": {"dtype": "uint8", "scale": scale, "min": vmin}})
+            weights.append(
+                {
+                    "name": n,
+                    "shape": shape,
+                    "dtype": "float32",
+                    "quantization": {"dtype": "uint8", "scale": scale, "min": vmin},
+                }
+            )
             blob += q.astype(np.uint8).tobytes()
         else:
             v = tensors[n]
-            weights.append({"name": n, "shape": (shapes or {}).get(n, list(v.shape)), "dtype": "float32"})
+            weights.append(
+                {"name": n, "shape": (shapes or {}).get(n, list(v.shape)), "dtype": "float32"}
+            )
             blob += v.astype("<f4").tobytes()
     (folder / dr.FACEAPI_BIN).write_bytes(bytes(blob))
-    (folder / dr.FACEAPI_MANIFEST).write_text(json.dumps([{"paths": [dr.FACEAPI_BIN], "weights": weights}]))
-    return {p: hashlib.sha256((folder / p).read_bytes()).hexdigest() for p in (dr.FACEAPI_BIN, dr.FACEAPI_MANIFEST)}
+    (folder / dr.FACEAPI_MANIFEST).write_text(
+        json.dumps([{"paths": [dr.FACEAPI_BIN], "weights": weights}])
+    )
+    return {
+        p: hashlib.sha256((folder / p).read_bytes()).hexdigest()
+        for p in (dr.FACEAPI_BIN, dr.FACEAPI_MANIFEST)
+    }
 
 
 def random_faceapi(seed: int = 0):
@@ -101,7 +118,11 @@ def test_expected_tensors_are_the_real_manifest_names():
     assert shapes["conv256_down_out/conv2/conv/filters"] == (3, 3, 256, 256)
     assert shapes["fc"] == (256, 128)
     net = dr.DlibResNet29()
-    assert sum(p.numel() for p in net.parameters()) == 5_614_592 == sum(int(np.prod(s)) for s in shapes.values())
+    assert (
+        sum(p.numel() for p in net.parameters())
+        == 5_614_592
+        == sum(int(np.prod(s)) for s in shapes.values())
+    )
 
 
 def test_dequantise_and_hwio_to_oihw(fake):
@@ -110,9 +131,13 @@ def test_dequantise_and_hwio_to_oihw(fake):
     assert set(tensors) == set(real)
     for name, value in real.items():
         assert tensors[name].dtype == np.float32
-        np.testing.assert_array_equal(tensors[name], value)  # q * scale + min, and the float32 ones as stored
+        np.testing.assert_array_equal(
+            tensors[name], value
+        )  # q * scale + min, and the float32 ones as stored
     q, scale, vmin = quant["conv32_1/conv1/conv/filters"]
-    assert tensors["conv32_1/conv1/conv/filters"][1, 2, 3, 4] == np.float32(q[1, 2, 3, 4] * scale + vmin)
+    assert tensors["conv32_1/conv1/conv/filters"][1, 2, 3, 4] == np.float32(
+        q[1, 2, 3, 4] * scale + vmin
+    )
 
     net = dr.DlibResNet29.from_faceapi(folder, sha256=hashes)
     hwio = real["conv32_down/conv/filters"]  # (7, 7, 3, 32)
@@ -120,11 +145,19 @@ def test_dequantise_and_hwio_to_oihw(fake):
     assert w.shape == (32, 3, 7, 7)
     assert w[5, 2, 1, 6] == hwio[1, 6, 2, 5]  # OIHW[o, i, h, w] == HWIO[h, w, i, o]
     np.testing.assert_array_equal(w, hwio.transpose(3, 2, 0, 1))
-    np.testing.assert_array_equal(net.conv64_1.conv2.conv.weight.detach().numpy(),
-                                  floats["conv64_1/conv2/conv/filters"].transpose(3, 2, 0, 1))
-    np.testing.assert_array_equal(net.conv128_1.conv1.conv.bias.detach().numpy(), real["conv128_1/conv1/conv/bias"])
-    np.testing.assert_array_equal(net.conv128_1.conv1.scale.weight.detach().numpy(), real["conv128_1/conv1/scale/weights"])
-    np.testing.assert_array_equal(net.conv128_1.conv1.scale.bias.detach().numpy(), real["conv128_1/conv1/scale/biases"])
+    np.testing.assert_array_equal(
+        net.conv64_1.conv2.conv.weight.detach().numpy(),
+        floats["conv64_1/conv2/conv/filters"].transpose(3, 2, 0, 1),
+    )
+    np.testing.assert_array_equal(
+        net.conv128_1.conv1.conv.bias.detach().numpy(), real["conv128_1/conv1/conv/bias"]
+    )
+    np.testing.assert_array_equal(
+        net.conv128_1.conv1.scale.weight.detach().numpy(), real["conv128_1/conv1/scale/weights"]
+    )
+    np.testing.assert_array_equal(
+        net.conv128_1.conv1.scale.bias.detach().numpy(), real["conv128_1/conv1/scale/biases"]
+    )
     np.testing.assert_array_equal(net.fc.weight.detach().numpy(), real["fc"].T)
 
 
@@ -138,7 +171,7 @@ def test_stem_is_tensorflow_valid_conv_then_affine(fake):
     ref = np.zeros((oh, ow, 32))
     for i in range(oh):
         for j in range(ow):
-            patch = x[0, 2 * i:2 * i + 7, 2 * j:2 * j + 7, :].astype(np.float64)
+            patch = x[0, 2 * i : 2 * i + 7, 2 * j : 2 * j + 7, :].astype(np.float64)
             ref[i, j] = np.einsum("hwc,hwco->o", patch, f.astype(np.float64))
     ref = (ref + b) * real["conv32_down/scale/weights"] + real["conv32_down/scale/biases"]
     with torch.no_grad():
@@ -203,7 +236,9 @@ def test_smallest_input_size_is_103():
         with pytest.raises(FernoiseError) as e:
             net(torch.zeros(shape))
         h, w = shape[2:]
-        assert "at least 103x103 px" in one_line(e) and f"got {h if h == w else f'{h}x{w}'};" in str(e.value)
+        assert "at least 103x103 px" in one_line(
+            e
+        ) and f"got {h if h == w else f'{h}x{w}'};" in str(e.value)
     with pytest.raises(FernoiseError, match="103") as e:
         dr.check_input_size(96, flag="--image-size")
     assert e.value.one_line().startswith("--image-size: ")
@@ -320,7 +355,9 @@ def fixture_chips():
     for c in fx["chips"]:
         path = WILD / c["file"]
         if c["file"] not in photos:
-            assert hashlib.sha1(path.read_bytes()).hexdigest() == c["file_sha1"], f"{path} is not the photo of the fixture"
+            assert hashlib.sha1(path.read_bytes()).hexdigest() == c["file_sha1"], (
+                f"{path} is not the photo of the fixture"
+            )
             photos[c["file"]] = _load_rgb(path)
         chips.append(dr.extract_chip(photos[c["file"]], c["chip_rect_ltrb"], c["chip_angle"]))
     return fx, chips
@@ -339,10 +376,14 @@ def test_rebuilt_chips_are_dlibs_pixels(fixture_chips):
     from PIL import __version__ as pillow
 
     fx, chips = fixture_chips
-    same = [hashlib.sha256(np.ascontiguousarray(ch).tobytes()).hexdigest() == c["chip_sha256"]
-            for ch, c in zip(chips, fx["chips"], strict=True)]
+    same = [
+        hashlib.sha256(np.ascontiguousarray(ch).tobytes()).hexdigest() == c["chip_sha256"]
+        for ch, c in zip(chips, fx["chips"], strict=True)
+    ]
     if not all(same) and pillow != fx["pillow_version"]:
-        pytest.skip(f"Pillow {pillow} decodes differently from {fx['pillow_version']} of the fixture")
+        pytest.skip(
+            f"Pillow {pillow} decodes differently from {fx['pillow_version']} of the fixture"
+        )
     assert all(same), [c["id"] for c, s in zip(fx["chips"], same, strict=True) if not s]
 
 

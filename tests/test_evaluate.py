@@ -63,7 +63,12 @@ def test_ece_hand_made():
 def _history(test, val=None, warm=0, **extra):
     rows = []
     for i, t in enumerate(test):
-        r = {"epoch": i + 1, "warmup": i < warm, "test_acc": t, "val_acc": None if val is None else val[i]}
+        r = {
+            "epoch": i + 1,
+            "warmup": i < warm,
+            "test_acc": t,
+            "val_acc": None if val is None else val[i],
+        }
         for k, v in extra.items():
             r[k] = v[i]
         rows.append(r)
@@ -101,10 +106,14 @@ def test_warmup_warning_when_best_test_epoch_is_in_warmup():
 
 
 def test_noise_detection_and_thresholds_from_history():
-    h = _history([0.5, 0.6, 0.7], warm=1,
-                 confident_precision=[None, 0.8, 0.9], confident_recall=[None, 0.4, 0.6],
-                 confident_frac=[None, 0.5, 0.55],
-                 thresholds=[None, [0.3, 0.5], [0.35, None]])
+    h = _history(
+        [0.5, 0.6, 0.7],
+        warm=1,
+        confident_precision=[None, 0.8, 0.9],
+        confident_recall=[None, 0.4, 0.6],
+        confident_frac=[None, 0.5, 0.55],
+        thresholds=[None, [0.3, 0.5], [0.35, None]],
+    )
     nd = ev.noise_detection(h)
     assert [d["epoch"] for d in nd] == [2, 3]
     assert nd[0]["f1"] == pytest.approx(2 * 0.8 * 0.4 / 1.2)
@@ -114,7 +123,9 @@ def test_noise_detection_and_thresholds_from_history():
 
 
 # ----------------------------------------------------------------------------- fake run
-def make_manifest(root, n_test=40, n_train=12, classes=CLASSES7, key="mkey-test", label_space="basic7", size=32):
+def make_manifest(
+    root, n_test=40, n_train=12, classes=CLASSES7, key="mkey-test", label_space="basic7", size=32
+):
     """A manifest with generated 32x32 PNG crops; test rows cycle through the classes."""
     rng = np.random.default_rng(0)
     (root / "faces").mkdir(parents=True, exist_ok=True)
@@ -126,33 +137,105 @@ def make_manifest(root, n_test=40, n_train=12, classes=CLASSES7, key="mkey-test"
             arr[..., c % 3] = 30 * c
             rel = f"faces/{split}_{i:03d}.png"
             Image.fromarray(arr).save(root / rel)
-            rows.append({"id": f"{split}_{i}", "src_path": f"{split}_{i}.jpg", "path": rel, "split": split,
-                         "label": c, "label_name": classes[c], "status": "ok", "n_faces": 1})
+            rows.append(
+                {
+                    "id": f"{split}_{i}",
+                    "src_path": f"{split}_{i}.jpg",
+                    "path": rel,
+                    "split": split,
+                    "label": c,
+                    "label_name": classes[c],
+                    "status": "ok",
+                    "n_faces": 1,
+                }
+            )
     # rows eval must skip: unlabelled, no crop
-    rows.append({"id": "u", "src_path": "u.jpg", "path": rows[-1]["path"], "split": "test", "label": None,
-                 "label_name": None, "status": "ok", "n_faces": 1})
-    rows.append({"id": "nf", "src_path": "nf.jpg", "path": None, "split": "test", "label": 1,
-                 "label_name": "happy", "status": "no_face", "reason": "no face", "n_faces": 0})
+    rows.append(
+        {
+            "id": "u",
+            "src_path": "u.jpg",
+            "path": rows[-1]["path"],
+            "split": "test",
+            "label": None,
+            "label_name": None,
+            "status": "ok",
+            "n_faces": 1,
+        }
+    )
+    rows.append(
+        {
+            "id": "nf",
+            "src_path": "nf.jpg",
+            "path": None,
+            "split": "test",
+            "label": 1,
+            "label_name": "happy",
+            "status": "no_face",
+            "reason": "no face",
+            "n_faces": 0,
+        }
+    )
     from fernoise.manifest import write_manifest
 
     path = root / "manifest.parquet"
-    write_manifest(pd.DataFrame(rows), path, {"classes": list(classes), "label_space": label_space,
-                                              "key": key, "stage": "align", "lineage": []})
+    write_manifest(
+        pd.DataFrame(rows),
+        path,
+        {
+            "classes": list(classes),
+            "label_space": label_space,
+            "key": key,
+            "stage": "align",
+            "lineage": [],
+        },
+    )
     return path
 
 
-def make_run(root, manifest, *, method="ncctfer", noise=None, epochs=6, warmup=2, test=None, val=None,
-             noisy=True, classes=CLASSES7, size=32, with_model=True, key=None):
+def make_run(
+    root,
+    manifest,
+    *,
+    method="ncctfer",
+    noise=None,
+    epochs=6,
+    warmup=2,
+    test=None,
+    val=None,
+    noisy=True,
+    classes=CLASSES7,
+    size=32,
+    with_model=True,
+    key=None,
+):
     """A run directory as `fernoise train` writes it, with a random-init FerNet as model.pt."""
     root.mkdir(parents=True, exist_ok=True)
     c = len(classes)
     two = method == "ncctfer"
     cfg = {
-        "method": method, "epochs": epochs, "batch_size": 8, "image_size": size, "warmup": warmup, "k": 4,
-        "lr_backbone": 1e-3, "lr_head": 1e-3, "randaug_magnitude": 10, "pretrained": None, "seed": 0,
-        "precision": "fp32", "device": "cpu", "val_fraction": 0.1, "manifest": str(manifest),
-        "manifest_key": "mkey-test", "classes": list(classes), "label_space": "basic7" if c == 7 else "basic8",
-        "num_classes": c, "two_heads": two, "noise": noise, "align": None, "key": key or f"runkey-{root.name}",
+        "method": method,
+        "epochs": epochs,
+        "batch_size": 8,
+        "image_size": size,
+        "warmup": warmup,
+        "k": 4,
+        "lr_backbone": 1e-3,
+        "lr_head": 1e-3,
+        "randaug_magnitude": 10,
+        "pretrained": None,
+        "seed": 0,
+        "precision": "fp32",
+        "device": "cpu",
+        "val_fraction": 0.1,
+        "manifest": str(manifest),
+        "manifest_key": "mkey-test",
+        "classes": list(classes),
+        "label_space": "basic7" if c == 7 else "basic8",
+        "num_classes": c,
+        "two_heads": two,
+        "noise": noise,
+        "align": None,
+        "key": key or f"runkey-{root.name}",
     }
     (root / "config.json").write_text(json.dumps(cfg, sort_keys=True, indent=2))
     test = test or [0.2, 0.3, 0.45, 0.4, 0.42, 0.41][:epochs]
@@ -161,23 +244,38 @@ def make_run(root, manifest, *, method="ncctfer", noise=None, epochs=6, warmup=2
     for e in range(epochs):
         w = e < warmup
         sel = method in ("pc", "ncctfer") and not w
-        lines.append(json.dumps({
-            "epoch": e + 1, "warmup": w, "loss": 2.0 - 0.1 * e, "loss_s": None if w else 1.5 - 0.1 * e,
-            "loss_c": (0.3 - 0.02 * e) if (two and not w) else None, "train_acc": 0.2 + 0.05 * e,
-            "lr_backbone": 1e-3, "lr_head": 1e-3,
-            "thresholds": [0.2 + 0.02 * e + 0.03 * k for k in range(c)] if sel else None,
-            "confident_frac": 0.5 + 0.01 * e if sel else None,
-            "confident_precision": (0.7 + 0.03 * e) if (sel and noisy) else None,
-            "confident_recall": (0.5 + 0.02 * e) if (sel and noisy) else None,
-            "val_acc": val[e], "test_acc": test[e], "images_per_s": 100.0, "seconds": 1.0,
-        }))
+        lines.append(
+            json.dumps(
+                {
+                    "epoch": e + 1,
+                    "warmup": w,
+                    "loss": 2.0 - 0.1 * e,
+                    "loss_s": None if w else 1.5 - 0.1 * e,
+                    "loss_c": (0.3 - 0.02 * e) if (two and not w) else None,
+                    "train_acc": 0.2 + 0.05 * e,
+                    "lr_backbone": 1e-3,
+                    "lr_head": 1e-3,
+                    "thresholds": [0.2 + 0.02 * e + 0.03 * k for k in range(c)] if sel else None,
+                    "confident_frac": 0.5 + 0.01 * e if sel else None,
+                    "confident_precision": (0.7 + 0.03 * e) if (sel and noisy) else None,
+                    "confident_recall": (0.5 + 0.02 * e) if (sel and noisy) else None,
+                    "val_acc": val[e],
+                    "test_acc": test[e],
+                    "images_per_s": 100.0,
+                    "seconds": 1.0,
+                }
+            )
+        )
     (root / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if with_model:
         import torch
 
         from fernoise import methods
 
-        torch.save(methods.build_model(methods.create(method, num_classes=c)).state_dict(), root / "model.pt")
+        torch.save(
+            methods.build_model(methods.create(method, num_classes=c)).state_dict(),
+            root / "model.pt",
+        )
     return root
 
 
@@ -193,12 +291,29 @@ def test_eval_end_to_end_on_a_fake_run(tmp_path, workspace):
 
     man = make_manifest(tmp_path / "data")
     run = make_run(tmp_path / "runs" / "r1", man)
-    res, rep = ev.evaluate_run(run, ev.EvalParams(cam=8, batch_size=16, device="cpu"), workspace=Workspace())
+    res, rep = ev.evaluate_run(
+        run, ev.EvalParams(cam=8, batch_size=16, device="cpu"), workspace=Workspace()
+    )
     assert not res.hit and res.output == run / "eval.json"
     on_disk = json.loads((run / "eval.json").read_text())
     assert on_disk == rep
-    for field in ("top1", "macro_f1", "per_class", "confusion_matrix", "ece", "ece_bins", "history", "classes",
-                  "n", "method", "noise", "manifest", "pictures", "mean_class_accuracy", "calibration"):
+    for field in (
+        "top1",
+        "macro_f1",
+        "per_class",
+        "confusion_matrix",
+        "ece",
+        "ece_bins",
+        "history",
+        "classes",
+        "n",
+        "method",
+        "noise",
+        "manifest",
+        "pictures",
+        "mean_class_accuracy",
+        "calibration",
+    ):
         assert field in rep, field
     assert rep["n"] == 40 and rep["classes"] == CLASSES7 and rep["ece_bins"] == 15
     cm = np.array(rep["confusion_matrix"])
@@ -209,13 +324,22 @@ def test_eval_end_to_end_on_a_fake_run(tmp_path, workspace):
     assert 0.0 <= rep["ece"] <= 1.0
     h = rep["history"]
     # a random model's top-1 is not the history's last test_acc (0.41): eval says so
-    assert any("differs from the last epoch's test accuracy" in w for w in h["warnings"]) == (abs(rep["top1"] - 0.41) > 0.02)
-    assert h["test_max_last5"] == {"max": 0.45, "max_epoch": 3, "last": pytest.approx((0.3 + 0.45 + 0.4 + 0.42 + 0.41) / 5), "last_n": 5}
+    assert any("differs from the last epoch's test accuracy" in w for w in h["warnings"]) == (
+        abs(rep["top1"] - 0.41) > 0.02
+    )
+    assert h["test_max_last5"] == {
+        "max": 0.45,
+        "max_epoch": 3,
+        "last": pytest.approx((0.3 + 0.45 + 0.4 + 0.42 + 0.41) / 5),
+        "last_n": 5,
+    }
     assert h["val_selected"] == {"epoch": 4, "val_acc": 0.44, "test_acc": 0.4}
     assert h["best_test_in_warmup"] is False
     assert [d["epoch"] for d in h["noise_detection"]] == [3, 4, 5, 6]
     assert h["noise_detection"][0]["precision"] == pytest.approx(0.76)
-    assert h["thresholds"]["epoch"] == [1, 2, 3, 4, 5, 6] and h["thresholds"]["neutral"][2] == pytest.approx(0.24)
+    assert h["thresholds"]["epoch"] == [1, 2, 3, 4, 5, 6] and h["thresholds"]["neutral"][
+        2
+    ] == pytest.approx(0.24)
     assert sorted(rep["pictures"]) == sorted([*ev.PICTURES.values(), ev.GRADCAM_PNG])
     for name in rep["pictures"]:
         assert _is_png(run / name), name
@@ -239,7 +363,9 @@ def test_eval_end_to_end_on_a_fake_run(tmp_path, workspace):
     res2, _ = ev.evaluate_run(run, ev.EvalParams(cam=8, batch_size=7, device="cpu"))
     assert res2.hit and res2.key == res.key
     res3, _ = ev.evaluate_run(run, ev.EvalParams(cam=0, device="cpu"))
-    assert not res3.hit and "gradcam.png" not in _["pictures"] and not (run / "gradcam.png").exists()
+    assert (
+        not res3.hit and "gradcam.png" not in _["pictures"] and not (run / "gradcam.png").exists()
+    )
 
 
 def test_gradcam_grid_has_the_faces_asked_for(tmp_path):
@@ -272,7 +398,13 @@ def test_eval_on_another_manifest_and_label_space_mismatch(tmp_path):
     assert res.output == run / "eval-other-key" / "eval.json"
     assert rep["n"] == 14 and rep["own_manifest"] is False and not (run / "eval.json").exists()
     assert rep["history"]["noise_detection"] == [] and rep["history"]["thresholds"] is None
-    eight = make_manifest(tmp_path / "eight", n_test=8, key="k8", classes=list(LABEL_SPACES["basic8"]), label_space="basic8")
+    eight = make_manifest(
+        tmp_path / "eight",
+        n_test=8,
+        key="k8",
+        classes=list(LABEL_SPACES["basic8"]),
+        label_space="basic8",
+    )
     with pytest.raises(FernoiseError, match="same label space"):
         ev.evaluate_run(run, ev.EvalParams(device="cpu"), manifest=eight)
 
@@ -302,13 +434,23 @@ def test_cli_eval_takes_the_latest_run_and_prints_tables(tmp_path, workspace):
     cmd = [sys.executable, "-m", "fernoise.cli.app", "eval", "--device", "cpu"]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
-    assert "top-1 accuracy" in r.stdout and "confusion matrix" in r.stdout and "contempt" not in r.stdout
+    assert (
+        "top-1 accuracy" in r.stdout
+        and "confusion matrix" in r.stdout
+        and "contempt" not in r.stdout
+    )
     assert "70.0 / 46.6" in r.stdout  # max / last-5 from the history
     assert "inside the warm-up (epochs 1-2)" in r.stderr
     assert (run / "eval.json").is_file()
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0 and "cache hit" in r.stdout
-    eight = make_manifest(tmp_path / "eight", n_test=8, key="k8", classes=list(LABEL_SPACES["basic8"]), label_space="basic8")
+    eight = make_manifest(
+        tmp_path / "eight",
+        n_test=8,
+        key="k8",
+        classes=list(LABEL_SPACES["basic8"]),
+        label_space="basic8",
+    )
     r = subprocess.run([*cmd, str(run), "--manifest", str(eight)], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.startswith("error: --manifest:") and "same label space" in r.stderr
@@ -340,11 +482,16 @@ def test_a_changed_model_is_refused_unless_forced(tmp_path, workspace):
 
     _, run = _stamped_run(tmp_path)
     torch.manual_seed(5)
-    torch.save(methods.build_model(methods.create("ce", num_classes=7)).state_dict(), run / "model.pt")  # replaced behind train's back
+    torch.save(
+        methods.build_model(methods.create("ce", num_classes=7)).state_dict(), run / "model.pt"
+    )  # replaced behind train's back
     res = _eval_cli(run, "--device", "cpu")
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1
-    assert "differs from the model.pt that `fernoise train` wrote" in lines[0] and "--force" in lines[0]
+    assert (
+        "differs from the model.pt that `fernoise train` wrote" in lines[0]
+        and "--force" in lines[0]
+    )
     assert not (run / "eval.json").exists()
     _, rep = ev.evaluate_run(run, ev.EvalParams(device="cpu"), force=True)
     assert any("evaluated anyway" in w for w in rep["history"]["warnings"])
@@ -356,16 +503,28 @@ def test_changed_test_crops_are_refused_unless_forced(tmp_path, workspace):
 
     man, run = _stamped_run(tmp_path)
     m = read_manifest(man)
-    m.df["crop_sha256"] = [file_sha256(man.parent / p) if isinstance(p, str) else None for p in m.df["path"]]
+    m.df["crop_sha256"] = [
+        file_sha256(man.parent / p) if isinstance(p, str) else None for p in m.df["path"]
+    ]
     write_manifest(m.df, man, m.meta)
     first, _ = ev.evaluate_run(run, ev.EvalParams(device="cpu"))
     for p in m.df.loc[m.df["split"] == "test", "path"].dropna():
-        Image.fromarray(np.full((32, 32, 3), (255, 0, 0), np.uint8)).save(man.parent / p)  # red squares
-    with pytest.raises(FernoiseError, match=r"14 test crops differ from the sha256 align recorded") as e:
-        ev.evaluate_run(run, ev.EvalParams(device="cpu"))  # the cache would have hit without the check
+        Image.fromarray(np.full((32, 32, 3), (255, 0, 0), np.uint8)).save(
+            man.parent / p
+        )  # red squares
+    with pytest.raises(
+        FernoiseError, match=r"14 test crops differ from the sha256 align recorded"
+    ) as e:
+        ev.evaluate_run(
+            run, ev.EvalParams(device="cpu")
+        )  # the cache would have hit without the check
     assert e.value.flag == "--force"
     res, rep = ev.evaluate_run(run, ev.EvalParams(device="cpu"), force=True)
-    assert not res.hit and res.key != first.key and any("differ from the sha256" in w for w in rep["history"]["warnings"])
+    assert (
+        not res.hit
+        and res.key != first.key
+        and any("differ from the sha256" in w for w in rep["history"]["warnings"])
+    )
 
 
 def test_a_truncated_test_crop_is_skipped_and_counted(tmp_path, workspace):
@@ -423,4 +582,6 @@ def test_eval_warns_about_a_class_the_run_never_trained_on(tmp_path, workspace):
     cfg["train_class_counts"] = [3, 3, 0, 3, 3, 3, 3]  # no 'sad' in training
     (run / "config.json").write_text(json.dumps(cfg))
     _, rep = ev.evaluate_run(run, ev.EvalParams(device="cpu"))
-    assert any("'sad' never occur in the run's training rows" in w for w in rep["history"]["warnings"])
+    assert any(
+        "'sad' never occur in the run's training rows" in w for w in rep["history"]["warnings"]
+    )

@@ -29,10 +29,18 @@ def bench_module():
 
 def fake_ferplus(root: Path) -> Path:
     # (split, winning vote column, fer2013 label): 8 train rows, 2 of them where FER2013 disagrees
-    spec = [("train", "neutral", "neutral"), ("train", "happiness", "happy"), ("train", "happiness", "happy"),
-            ("train", "sadness", "angry"), ("train", "anger", "angry"), ("train", "surprise", "surprise"),
-            ("train", "fear", "sad"), ("train", "disgust", "disgust"), ("valid", "neutral", "neutral"),
-            ("valid", "happiness", "happy")]
+    spec = [
+        ("train", "neutral", "neutral"),
+        ("train", "happiness", "happy"),
+        ("train", "happiness", "happy"),
+        ("train", "sadness", "angry"),
+        ("train", "anger", "angry"),
+        ("train", "surprise", "surprise"),
+        ("train", "fear", "sad"),
+        ("train", "disgust", "disgust"),
+        ("valid", "neutral", "neutral"),
+        ("valid", "happiness", "happy"),
+    ]
     rows = []
     for k, (split, win, fer) in enumerate(spec):
         folder = "FER2013Train" if split == "train" else "FER2013Valid"
@@ -57,15 +65,30 @@ def test_clean_manifest_has_no_noise_columns_and_corrupts_without_force(tmp_path
     out = read_manifest(res.output).df
     assert out["label_clean"].tolist() == m.df["label"].tolist()  # label_clean = the bench's labels
 
-    noisy = read_manifest(bench.build(tmp_path / "sym.parquet", n_train=None, root=root, sym_rate=0.5)).df
+    noisy = read_manifest(
+        bench.build(tmp_path / "sym.parquet", n_train=None, root=root, sym_rate=0.5)
+    ).df
     assert {"label_clean", "is_noisy"} <= set(noisy.columns)
     assert noisy["is_noisy"].tolist() == (noisy["label"] != noisy["label_clean"]).tolist()
     assert int(noisy["is_noisy"].sum()) > 0
 
-    fer = read_manifest(bench.build(tmp_path / "fer.parquet", n_train=None, root=root, labels="fer2013"))
+    fer = read_manifest(
+        bench.build(tmp_path / "fer.parquet", n_train=None, root=root, labels="fer2013")
+    )
     d = fer.df
     assert fer.meta["label_space"] == "basic7"
-    assert d["is_noisy"].tolist() == [False, False, False, True, False, False, True, False, False, False]
+    assert d["is_noisy"].tolist() == [
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_pretraining_manifest_keeps_unlabelled_crops_and_carves_a_probe_split(tmp_path):
@@ -75,10 +98,25 @@ def test_pretraining_manifest_keeps_unlabelled_crops_and_carves_a_probe_split(tm
     csv.loc[2, list(FERPLUS_VOTE_COLUMNS)] = 0
     csv.loc[2, ["happiness", "sadness"]] = 4  # a tie: no FER+ majority
     csv.to_csv(root / "manifest.csv", index=False)
-    assert len(read_manifest(bench.build(tmp_path / "m.parquet", n_train=None, root=root)).df) == 9  # dropped
-    m = read_manifest(bench.build(tmp_path / "all.parquet", n_train=None, n_test=0, root=root,
-                                  keep_unlabelled=True, n_val=3))
+    assert (
+        len(read_manifest(bench.build(tmp_path / "m.parquet", n_train=None, root=root)).df) == 9
+    )  # dropped
+    m = read_manifest(
+        bench.build(
+            tmp_path / "all.parquet",
+            n_train=None,
+            n_test=0,
+            root=root,
+            keep_unlabelled=True,
+            n_val=3,
+        )
+    )
     d = m.df
-    assert len(d) == 8 and d["split"].tolist() == ["train"] * 5 + ["val"] * 3  # the last 3 in random order
-    assert d["label"].isna().tolist() == [i == 2 for i in range(8)] and d["label_name"].isna().sum() == 1
+    assert (
+        len(d) == 8 and d["split"].tolist() == ["train"] * 5 + ["val"] * 3
+    )  # the last 3 in random order
+    assert (
+        d["label"].isna().tolist() == [i == 2 for i in range(8)]
+        and d["label_name"].isna().sum() == 1
+    )
     assert (d["status"] == "ok").all()

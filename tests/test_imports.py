@@ -52,11 +52,13 @@ def _known(name: str) -> str | None:
 def _is_type_checking(node: ast.If) -> bool:
     t = node.test
     return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
-        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
 
 
 def _import_nodes(tree: ast.Module, *, top_only: bool):
     """(node, inside_function) for every import statement, skipping TYPE_CHECKING blocks."""
+
     def walk(nodes, in_function):
         for node in nodes:
             if isinstance(node, ast.If) and _is_type_checking(node):
@@ -69,7 +71,9 @@ def _import_nodes(tree: ast.Module, *, top_only: bool):
             if is_def and top_only and not isinstance(node, ast.ClassDef):
                 continue
             for child in ast.iter_child_nodes(node):
-                yield from walk([child], in_function or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef))
+                yield from walk(
+                    [child], in_function or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                )
 
     yield from walk(tree.body, False)
 
@@ -119,7 +123,7 @@ def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
         stack.append(v)
         for w in sorted(g.get(v, ())):
             if state.get(w) == 1:
-                return [*stack[stack.index(w):], w]
+                return [*stack[stack.index(w) :], w]
             if w not in state and (found := visit(w)):
                 return found
         stack.pop()
@@ -133,7 +137,12 @@ def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_walk_finds_the_package():
-    assert {"fernoise.cache", "fernoise.methods.base", "fernoise.train.stage", "fernoise.cli.app"} <= set(MODULES)
+    assert {
+        "fernoise.cache",
+        "fernoise.methods.base",
+        "fernoise.train.stage",
+        "fernoise.cli.app",
+    } <= set(MODULES)
     assert all(p.is_file() for p in MODULES.values())
 
 
@@ -155,7 +164,11 @@ def test_packages_and_the_run_index_import_no_torch():
     import sys
 
     packages = sorted(m for m, p in MODULES.items() if p.name == "__init__.py")
-    code = f"import sys\nfor m in {[*packages, 'fernoise.train.config', 'fernoise.runindex']!r}: __import__(m)\n" \
-           "print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        f"import sys\nfor m in {[*packages, 'fernoise.train.config', 'fernoise.runindex']!r}: __import__(m)\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False"

@@ -115,7 +115,11 @@ def test_batch_threshold_is_the_column_mean_of_the_whole_batch():
     assert losses.batch_confident_mask(p, y, tb).tolist() == [True, True, True]  # 0.75 >= 0.75
     # the paper's reading drops sample 1: T_0 = mean(0.875, 0.75) = 0.8125 over the samples labelled 0
     tl = losses.class_thresholds(p, y, 2)
-    assert tl.tolist() == [0.8125, 0.375] and losses.confident_mask(p, y, tl).tolist() == [True, False, True]
+    assert tl.tolist() == [0.8125, 0.375] and losses.confident_mask(p, y, tl).tolist() == [
+        True,
+        False,
+        True,
+    ]
 
 
 def test_batch_threshold_can_leave_a_class_or_the_batch_without_confident_samples():
@@ -143,13 +147,20 @@ def test_generalized_cross_entropy_by_hand():
 def test_reverse_cross_entropy_by_hand():
     logits = torch.log(P)
     # -sum_c p_c log(onehot_c) with log 0 = A: only c != y count, each p_c * -A; sum_{c != y} p_c = 1 - p_y
-    assert math.isclose(losses.reverse_cross_entropy(logits, Y, -4.0).item(), 4 * 0.46, rel_tol=1e-6)
+    assert math.isclose(
+        losses.reverse_cross_entropy(logits, Y, -4.0).item(), 4 * 0.46, rel_tol=1e-6
+    )
     # the official code's clamp of the one-hot at 1e-4
-    assert math.isclose(losses.reverse_cross_entropy(logits, Y, math.log(1e-4)).item(), -math.log(1e-4) * 0.46,
-                        rel_tol=1e-6)
+    assert math.isclose(
+        losses.reverse_cross_entropy(logits, Y, math.log(1e-4)).item(),
+        -math.log(1e-4) * 0.46,
+        rel_tol=1e-6,
+    )
     # p is clamped at 1e-7 as in the official code: a certain, correct prediction costs 2 * 1e-7 * 4
     sure = torch.tensor([[100.0, 0.0, 0.0]])
-    assert math.isclose(losses.reverse_cross_entropy(sure, torch.tensor([0]), -4.0).item(), 8e-7, rel_tol=1e-3)
+    assert math.isclose(
+        losses.reverse_cross_entropy(sure, torch.tensor([0]), -4.0).item(), 8e-7, rel_tol=1e-3
+    )
 
 
 def test_elr_target_update_and_regularizer_by_hand():

@@ -33,7 +33,11 @@ def _df():
 
 
 def test_round_trip_keeps_types_values_and_metadata(tmp_path):
-    path = write_manifest(_df(), tmp_path / "m.parquet", {"classes": ["neutral", "happy"], "stage": "align", "key": "k1"})
+    path = write_manifest(
+        _df(),
+        tmp_path / "m.parquet",
+        {"classes": ["neutral", "happy"], "stage": "align", "key": "k1"},
+    )
     m = read_manifest(path)
     assert list(m.df.columns) == list(_df().columns)
     assert str(m.df["label"].dtype) == "Int64"
@@ -77,7 +81,11 @@ def test_content_digests_are_written_and_find_edits_behind_the_metadata(tmp_path
 
     from fernoise.manifest import column_digest
 
-    path = write_manifest(_df(), tmp_path / "m.parquet", {"classes": ["neutral", "happy"], "stage": "align", "key": "k1"})
+    path = write_manifest(
+        _df(),
+        tmp_path / "m.parquet",
+        {"classes": ["neutral", "happy"], "stage": "align", "key": "k1"},
+    )
     m = read_manifest(path)
     content = m.meta["content"]
     assert content["rows"] == 3 and set(content["columns"]) == set(_df().columns)
@@ -87,18 +95,26 @@ def test_content_digests_are_written_and_find_edits_behind_the_metadata(tmp_path
     assert column_digest(a) == column_digest(pa.array(["x", None, "yz"]))
     assert column_digest(pa.array(["x", "", "yz"])) != column_digest(pa.array(["x", None, "yz"]))
     assert column_digest(pa.array(["xy", "z"])) != column_digest(pa.array(["x", "yz"]))
-    assert column_digest(pa.array([1, 2], pa.int64())) != column_digest(pa.array([1, 3], pa.int64()))
-    assert column_digest(pa.array([[1.0], [2.0, 3.0]])) != column_digest(pa.array([[1.0, 2.0], [3.0]]))
+    assert column_digest(pa.array([1, 2], pa.int64())) != column_digest(
+        pa.array([1, 3], pa.int64())
+    )
+    assert column_digest(pa.array([[1.0], [2.0, 3.0]])) != column_digest(
+        pa.array([[1.0, 2.0], [3.0]])
+    )
     key = m.content_key(["id", "split", "label"])
     # edited with pyarrow, metadata kept: a label changed
     table = pq.read_table(path)
     meta = table.schema.metadata
-    table = table.set_column(table.column_names.index("label"), "label", pa.array([0, None, 6], pa.int64()))
+    table = table.set_column(
+        table.column_names.index("label"), "label", pa.array([0, None, 6], pa.int64())
+    )
     pq.write_table(table.replace_schema_metadata(meta), path)
     m2 = read_manifest(path)
     assert m2.key == "k1" and m2.edited(["id", "split", "label"]) == ["label"]
     assert m2.content_key(["id", "split", "label"]) != key
-    assert m2.content_key(["id", "split"]) == m.content_key(["id", "split"])  # unused columns do not count
+    assert m2.content_key(["id", "split"]) == m.content_key(
+        ["id", "split"]
+    )  # unused columns do not count
     pq.write_table(table.slice(0, 2).replace_schema_metadata(meta), path)
     assert read_manifest(path).edited(["id"]) == ["rows", "id"]
 

@@ -40,15 +40,42 @@ def test_resolve_manifest(tmp_path):
 def test_train_given_a_folder_trains_its_manifest(tmp_path, workspace):
     out = tmp_path / "out"
     man = make_aligned(out, n=20)
-    args = ["--epochs", "1", "--warmup", "0", "--batch-size", "16", "--image-size", "32", "--precision", "fp32",
-            "--workers", "0", "--method", "ce", "--device", "cpu"]
+    args = [
+        "--epochs",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "16",
+        "--image-size",
+        "32",
+        "--precision",
+        "fp32",
+        "--workers",
+        "0",
+        "--method",
+        "ce",
+        "--device",
+        "cpu",
+    ]
     res = cli("train", out, *args)
     assert res.exit_code == 0, res.output
-    runs = sorted(p.name for p in (workspace / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))
+    runs = sorted(
+        p.name for p in (workspace / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
     assert len(runs) == 1 and (workspace / "runs" / runs[0] / "model.pt").is_file()
-    res = cli("train", man, *args)  # the same manifest named as a file: the same run, from the cache
+    res = cli(
+        "train", man, *args
+    )  # the same manifest named as a file: the same run, from the cache
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in (workspace / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")) == runs
+    assert (
+        sorted(
+            p.name
+            for p in (workspace / "runs").iterdir()
+            if p.is_dir() and not p.name.startswith(".")
+        )
+        == runs
+    )
     assert Workspace(workspace).read()["stages"]["train"]["output"].endswith(runs[0])
 
 
@@ -70,7 +97,10 @@ def test_the_stages_plan_a_folder_as_its_manifest(tmp_path, workspace):
     assert pretrain_plan(out, pcfg).key == pretrain_plan(man, pcfg).key
     grid = write_grid(tmp_path / "g.toml", GOOD)
     sw = sweep.plan(grid, out, workspace=Workspace(workspace))
-    assert sw.manifest == man and sw.manifest_key == sweep.plan(grid, man, workspace=Workspace(workspace)).manifest_key
+    assert (
+        sw.manifest == man
+        and sw.manifest_key == sweep.plan(grid, man, workspace=Workspace(workspace)).manifest_key
+    )
     a = run_corrupt(out, kind="sym", rate=0.2, seed=0, workspace=Workspace(workspace))
     b = run_corrupt(man, kind="sym", rate=0.2, seed=0, workspace=Workspace(workspace))
     assert a.input == b.input == man and a.result.key == b.result.key and b.result.hit
@@ -86,14 +116,26 @@ def test_eval_given_a_folder_evaluates_its_manifest(tmp_path, workspace):
     assert res.exit_code == 0, res.output
     by_folder, rep = evaluate_run(run, EvalParams(device="cpu"), manifest=man.parent)
     by_file, _ = evaluate_run(run, EvalParams(device="cpu"), manifest=man)
-    assert by_folder.hit and by_file.hit and by_folder.key == by_file.key and by_file.output == by_folder.output
+    assert (
+        by_folder.hit
+        and by_file.hit
+        and by_folder.key == by_file.key
+        and by_file.output == by_folder.output
+    )
     assert rep["n"] == 14  # the manifest's 14 test rows
 
 
-@pytest.mark.parametrize("command", [
-    ["train"], ["pretrain"], ["split"], ["corrupt", "--kind", "sym", "--rate", "0.3"], ["sweep", "GRID"],
-    ["eval", "RUN", "--manifest"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train"],
+        ["pretrain"],
+        ["split"],
+        ["corrupt", "--kind", "sym", "--rate", "0.3"],
+        ["sweep", "GRID"],
+        ["eval", "RUN", "--manifest"],
+    ],
+)
 def test_a_folder_without_a_manifest_is_the_same_line_everywhere(command, tmp_path, workspace):
     from test_evaluate import _stamped_run
     from test_sweep import GOOD, write_grid

@@ -42,8 +42,16 @@ def runs(tmp_path_factory):
 
 def run_of(name: str, manifest: Path, runs: Path) -> Path:
     """A 1-epoch run of ``name`` without warm-up, so its own loss runs (a cache hit after the first)."""
-    cfg = TrainConfig(method=name, epochs=1, warmup=0, batch_size=BATCH, image_size=SIZE, workers=0,
-                      precision="fp32", device="cpu")
+    cfg = TrainConfig(
+        method=name,
+        epochs=1,
+        warmup=0,
+        batch_size=BATCH,
+        image_size=SIZE,
+        workers=0,
+        precision="fp32",
+        device="cpu",
+    )
     return train(manifest, cfg, runs_dir=runs).output
 
 
@@ -53,14 +61,20 @@ def two_steps(name: str):
     method = methods.create(name, num_classes=C, n_rows=N_ROWS, image_size=SIZE)
     model = methods.build_model(method)
     o = method.optim
-    optimizer = torch.optim.Adam(method.param_groups(model, lr_backbone=o.lr_backbone, lr_head=o.lr_head,
-                                                     weight_decay=o.weight_decay))
+    optimizer = torch.optim.Adam(
+        method.param_groups(
+            model, lr_backbone=o.lr_backbone, lr_head=o.lr_head, weight_decay=o.weight_decay
+        )
+    )
     gen = torch.Generator().manual_seed(0)
     model.train()
     for step in range(2):
         idx = torch.arange(step * BATCH, (step + 1) * BATCH)
         y = idx % C
-        views = {v: torch.randn(BATCH, 3, SIZE, SIZE, generator=gen) for v in method.views_for(warm=False)}
+        views = {
+            v: torch.randn(BATCH, 3, SIZE, SIZE, generator=gen)
+            for v in method.views_for(warm=False)
+        }
         out = model(method.loss, views, y, idx, epoch=1, warm=False, gen=gen)
         optimizer.zero_grad()
         out.loss.backward()
@@ -101,7 +115,9 @@ def test_each_method_keeps_the_contract(name, manifest, runs, workspace):
     config = json.loads((run / "config.json").read_text())
     assert CONFIG_FIELDS <= set(config)
     assert config["method"] == name and config["num_classes"] == C and config["warmup"] == 0
-    assert config["method_params"] == asdict(methods.params_from_dict(name, config["method_params"]))
+    assert config["method_params"] == asdict(
+        methods.params_from_dict(name, config["method_params"])
+    )
     (row,) = read_metrics(run)
     assert METRIC_FIELDS <= set(row) and row["epoch"] == 1 and not row["warmup"]
     logged = {k for k in row if k.startswith("loss_")}
@@ -113,8 +129,14 @@ def test_each_method_keeps_the_contract(name, manifest, runs, workspace):
     if selects:
         assert 0 <= row["confident_frac"] <= 1 and 0 <= row["confident_precision"] <= 1
     assert (row["thresholds"] is not None) == (out.thresholds is not None)
-    rebuilt = methods.build_model(methods.create(name, methods.params_from_dict(name, config["method_params"]),
-                                                 num_classes=C, image_size=SIZE))
+    rebuilt = methods.build_model(
+        methods.create(
+            name,
+            methods.params_from_dict(name, config["method_params"]),
+            num_classes=C,
+            image_size=SIZE,
+        )
+    )
     rebuilt.load_state_dict(torch.load(run / "model.pt", weights_only=True))
 
 
@@ -125,7 +147,9 @@ def test_an_old_run_with_loss_c_in_every_row_still_evaluates_and_reports(manifes
     shutil.copytree(new, old)
     rows = read_metrics(old)
     assert "loss_c" not in rows[0]
-    (old / "metrics.jsonl").write_text("".join(json.dumps({**r, "loss_c": None}) + "\n" for r in rows))
+    (old / "metrics.jsonl").write_text(
+        "".join(json.dumps({**r, "loss_c": None}) + "\n" for r in rows)
+    )
     _, rep_old = evaluate.evaluate_run(old)
     _, rep_new = evaluate.evaluate_run(new)
     assert rep_old["top1"] == rep_new["top1"] and rep_old["history"] == rep_new["history"]
@@ -152,13 +176,20 @@ def test_the_report_lists_methods_in_registry_order():
     from fernoise.report import _method_sort
 
     shuffled = ["zz-unregistered", *reversed(methods.names()), "aa-unregistered"]
-    assert sorted(shuffled, key=_method_sort) == [*methods.names(), "aa-unregistered", "zz-unregistered"]
+    assert sorted(shuffled, key=_method_sort) == [
+        *methods.names(),
+        "aa-unregistered",
+        "zz-unregistered",
+    ]
 
 
 # Literals equal to a method name that the library keeps outside fernoise/methods/ on purpose:
 # (file, literal) -> why.
 ALLOWED = {
-    ("train/config.py", "ncctfer"): "DEFAULT_METHOD: the method of `fernoise train` without --method",
+    (
+        "train/config.py",
+        "ncctfer",
+    ): "DEFAULT_METHOD: the method of `fernoise train` without --method",
     ("demo/stage.py", "ce"): "DemoParams.methods: the demo compares the baseline ...",
     ("demo/stage.py", "ncctfer"): "... with the paper's method",
     ("evaluate/runs.py", "ncctfer"): "legacy: a config.json without `method` and two_heads true",
@@ -178,13 +209,24 @@ def method_literals() -> list[tuple[str, int, str]]:
         if rel.startswith("methods/"):
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in registered:
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value in registered
+            ):
                 found.append((rel, node.lineno, node.value))
     return found
 
 
 def test_no_method_name_outside_methods():
     found = method_literals()
-    stray = [f"fernoise/{rel}:{line}: {value!r}" for rel, line, value in found if (rel, value) not in ALLOWED]
-    assert not stray, "a method name outside fernoise/methods/ (declare it on the method instead):\n" + "\n".join(stray)
+    stray = [
+        f"fernoise/{rel}:{line}: {value!r}"
+        for rel, line, value in found
+        if (rel, value) not in ALLOWED
+    ]
+    assert not stray, (
+        "a method name outside fernoise/methods/ (declare it on the method instead):\n"
+        + "\n".join(stray)
+    )
     assert {(rel, value) for rel, _, value in found} == set(ALLOWED)  # no stale allowance

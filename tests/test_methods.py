@@ -43,7 +43,11 @@ def test_flags_map_to_params_and_foreign_flags_name_both_methods():
     assert methods.make_params("elr", {"--elr-lambda": 1.5}).lam == 1.5
     with pytest.raises(FernoiseError) as e:
         methods.make_params("ce", {"--gce-q": 0.5})
-    assert e.value.flag == "--gce-q" and "--method gce" in str(e.value) and "--method ce" in str(e.value)
+    assert (
+        e.value.flag == "--gce-q"
+        and "--method gce" in str(e.value)
+        and "--method ce" in str(e.value)
+    )
     with pytest.raises(FernoiseError) as e:
         methods.make_params("gce", {"--threshold": "batch"})
     assert "--method pc or --method ncctfer" in str(e.value) and "--method gce" in str(e.value)
@@ -126,8 +130,11 @@ def old_method_loss(net, x_w, x_s, y, *, method, warm, k, num_classes, nl_gen):
 def _same(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
-    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(torch.nan_to_num(a, nan=-9.0),
-                                                                          torch.nan_to_num(b, nan=-9.0)))
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and bool(torch.equal(torch.nan_to_num(a, nan=-9.0), torch.nan_to_num(b, nan=-9.0)))
+    )
 
 
 @pytest.mark.parametrize("method", ["ce", "pc", "nl", "ncctfer"])
@@ -136,21 +143,38 @@ def test_plugin_losses_equal_the_old_method_loss_exactly(method, warm):
     C, n, k = 7, 12, 3
     torch.manual_seed(11)
     old = OldFerNet(C, two_heads=method == "ncctfer")
-    m = methods.create(method, methods.make_params(method, {"--k": k} if method == "ncctfer" else {}),
-                       num_classes=C, n_rows=50)
+    m = methods.create(
+        method,
+        methods.make_params(method, {"--k": k} if method == "ncctfer" else {}),
+        num_classes=C,
+        n_rows=50,
+    )
     torch.manual_seed(11)
     new = methods.build_model(m)
-    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(old.state_dict().values(), new.state_dict().values(), strict=True)
+    )
     g = torch.Generator().manual_seed(5)
     x_w, x_s = torch.randn(n, 3, 32, 32, generator=g), torch.randn(n, 3, 32, 32, generator=g)
     y = torch.randint(0, C, (n,), generator=g)
     strong = method == "ncctfer" and not warm
     loss, loss_s, loss_c, conf, thr, logits = old_method_loss(
-        old, x_w, x_s if strong else None, y, method=method, warm=warm, k=k, num_classes=C,
-        nl_gen=torch.Generator().manual_seed(9))
+        old,
+        x_w,
+        x_s if strong else None,
+        y,
+        method=method,
+        warm=warm,
+        k=k,
+        num_classes=C,
+        nl_gen=torch.Generator().manual_seed(9),
+    )
     views = {"weak": x_w, "strong": x_s} if strong else {"weak": x_w}
     assert tuple(views) == m.views_for(warm=warm)
-    out = new(m.loss, views, y, torch.arange(n), epoch=2, warm=warm, gen=torch.Generator().manual_seed(9))
+    out = new(
+        m.loss, views, y, torch.arange(n), epoch=2, warm=warm, gen=torch.Generator().manual_seed(9)
+    )
     assert _same(out.loss, loss) and _same(out.logits, logits)
     assert _same(out.parts.get("s"), loss_s) and _same(out.parts.get("c"), loss_c)
     assert _same(out.selected, conf) and _same(out.thresholds, thr)
@@ -175,9 +199,13 @@ def test_batch_threshold_falls_back_to_cross_entropy_when_nothing_is_confident()
     logits = torch.log(torch.tensor([[0.875, 0.125], [0.25, 0.75], [0.25, 0.75]]))
     y = torch.tensor([1, 0, 0])
     loss, conf, t = confident_step(logits, y, 2, "batch")
-    assert conf.tolist() == [False, False, False] and torch.allclose(t, torch.tensor([0.4583333, 0.5416667]))
+    assert conf.tolist() == [False, False, False] and torch.allclose(
+        t, torch.tensor([0.4583333, 0.5416667])
+    )
     assert math.isclose(loss.item(), losses.cross_entropy(logits, y).item(), rel_tol=1e-7)
-    loss, conf, t = confident_step(logits, y, 2, "labelled")  # the paper's reading keeps one per class
+    loss, conf, t = confident_step(
+        logits, y, 2, "labelled"
+    )  # the paper's reading keeps one per class
     assert conf.tolist() == [True, True, True]
 
 
@@ -186,7 +214,10 @@ def test_ncctfer_separate_bn_views_runs_two_passes():
 
     m, net = _model("ncctfer", bn_views="separate", k=2)
     g = torch.Generator().manual_seed(1)
-    views = {"weak": torch.randn(6, 3, 32, 32, generator=g), "strong": torch.randn(6, 3, 32, 32, generator=g)}
+    views = {
+        "weak": torch.randn(6, 3, 32, 32, generator=g),
+        "strong": torch.randn(6, 3, 32, 32, generator=g),
+    }
     y = torch.tensor([0, 1, 2, 3, 0, 1])
     out = net(m.loss, views, y, torch.arange(6), epoch=2, warm=False, gen=torch.Generator())
     f_w, f_s = net.features(views["weak"]), net.features(views["strong"])
@@ -209,7 +240,9 @@ def test_gce_sce_elr_losses_and_parts():
         assert torch.allclose(out.loss, sum(out.parts.values()), atol=1e-6)
         warm = net(m.loss, x, y, torch.arange(5), epoch=1, warm=True, gen=torch.Generator())
         assert set(warm.parts) == {"s"}
-        assert torch.allclose(warm.loss, losses.cross_entropy(m.logits(net, x["weak"]), y), atol=1e-6)
+        assert torch.allclose(
+            warm.loss, losses.cross_entropy(m.logits(net, x["weak"]), y), atol=1e-6
+        )
     m, net = _model("sce")
     logits = m.logits(net, x["weak"])
     out = net(m.loss, x, y, torch.arange(5), epoch=2, warm=False, gen=torch.Generator())
@@ -225,7 +258,9 @@ def test_elr_targets_are_per_sample_state():
     y = torch.tensor([0, 1, 2])
     with torch.no_grad():
         p = losses.elr_probs(m.logits(net, x["weak"]))
-        net(m.loss, x, y, idx, epoch=1, warm=True, gen=torch.Generator())  # warm-up updates them too
+        net(
+            m.loss, x, y, idx, epoch=1, warm=True, gen=torch.Generator()
+        )  # warm-up updates them too
     t = m.state_dict()["targets"]
     assert torch.allclose(t[idx], 0.3 * p / p.sum(1, keepdim=True), atol=1e-7)
     assert not t[[0, 1, 3, 4, 6, 8, 9]].any()

@@ -18,7 +18,9 @@ from fernoise.methods import OptimDefaults, eac, rul, scn
 def test_weighted_logits_scale_each_row():
     alpha = torch.tensor([[0.5], [2.0]])
     z = torch.tensor([[1.0, -2.0, 4.0], [3.0, 0.0, -1.0]])
-    assert torch.equal(scn.weighted_logits(alpha, z), torch.tensor([[0.5, -1.0, 2.0], [6.0, 0.0, -2.0]]))
+    assert torch.equal(
+        scn.weighted_logits(alpha, z), torch.tensor([[0.5, -1.0, 2.0], [6.0, 0.0, -2.0]])
+    )
 
 
 def test_rank_regularization_groups_value_and_gradient():
@@ -49,13 +51,15 @@ def test_rank_regularization_group_size_is_int_of_n_beta():
 
 
 def test_relabel_rule_and_low_group_restriction():
-    probs = torch.tensor([
-        [0.70, 0.20, 0.10],  # y=1: 0.5 > 0.2 -> 0
-        [0.50, 0.40, 0.10],  # y=1: 0.1 -> keep
-        [0.10, 0.10, 0.80],  # y=0: 0.7 -> 2
-        [0.30, 0.30, 0.40],  # y=2: already argmax -> keep
-        [0.05, 0.55, 0.40],  # y=2: 0.15 -> keep
-    ])
+    probs = torch.tensor(
+        [
+            [0.70, 0.20, 0.10],  # y=1: 0.5 > 0.2 -> 0
+            [0.50, 0.40, 0.10],  # y=1: 0.1 -> keep
+            [0.10, 0.10, 0.80],  # y=0: 0.7 -> 2
+            [0.30, 0.30, 0.40],  # y=2: already argmax -> keep
+            [0.05, 0.55, 0.40],  # y=2: 0.15 -> keep
+        ]
+    )
     y = torch.tensor([1, 1, 0, 2, 2])
     assert scn.relabel(probs, y, margin=0.2).tolist() == [0, -1, 2, -1, -1]
     assert scn.relabel(probs, y, margin=0.1).tolist() == [0, -1, 2, -1, 1]
@@ -71,11 +75,13 @@ def test_uncertainty_mix_by_hand():
     perm = torch.tensor([1, 2, 0])
     mixed, lam = rul.uncertainty_mix(mu, logvar, perm)
     assert torch.allclose(lam, torch.tensor([[2 / 8], [6 / 7], [1 / 3]]))
-    expected = torch.tensor([
-        [0.25 * 1 + 0.75 * 0, 0.25 * 0 + 0.75 * 2],
-        [6 / 7 * 0 + 1 / 7 * 4, 6 / 7 * 2 + 1 / 7 * 4],
-        [1 / 3 * 4 + 2 / 3 * 1, 1 / 3 * 4 + 2 / 3 * 0],
-    ])
+    expected = torch.tensor(
+        [
+            [0.25 * 1 + 0.75 * 0, 0.25 * 0 + 0.75 * 2],
+            [6 / 7 * 0 + 1 / 7 * 4, 6 / 7 * 2 + 1 / 7 * 4],
+            [1 / 3 * 4 + 2 / 3 * 1, 1 / 3 * 4 + 2 / 3 * 0],
+        ]
+    )
     assert torch.allclose(mixed, expected)
 
 
@@ -96,16 +102,27 @@ def test_mixup_cross_entropy_is_half_and_half():
     ce_y = (-math.log(0.75) - math.log(0.25)) / 2
     assert rul.mixup_cross_entropy(logits, y, perm).item() == pytest.approx(ce_y, abs=1e-6)
     y = torch.tensor([1, 0])  # y[perm] = (0, 1): -log 1/4 and -log 1/4
-    expected = 0.5 * (-math.log(0.75) - math.log(0.75)) / 2 + 0.5 * (-math.log(0.25) - math.log(0.25)) / 2
+    expected = (
+        0.5 * (-math.log(0.75) - math.log(0.75)) / 2 + 0.5 * (-math.log(0.25) - math.log(0.25)) / 2
+    )
     assert rul.mixup_cross_entropy(logits, y, perm).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_uncertainty_head_layout_and_seeded_dropout():
     head = rul.uncertainty_head(512 * 2 * 2, 64, 0.4)
     keys = sorted(head.state_dict())
-    assert keys == ["0.num_batches_tracked", "0.running_mean", "0.running_var",
-                    "3.bias", "3.weight",
-                    "4.bias", "4.num_batches_tracked", "4.running_mean", "4.running_var", "4.weight"]
+    assert keys == [
+        "0.num_batches_tracked",
+        "0.running_mean",
+        "0.running_var",
+        "3.bias",
+        "3.weight",
+        "4.bias",
+        "4.num_batches_tracked",
+        "4.running_mean",
+        "4.running_var",
+        "4.weight",
+    ]
     assert head[0].eps == 2e-5 and head[4].eps == 2e-5 and not head[0].affine and head[4].affine
     fmap = torch.randn(6, 512, 2, 2, generator=torch.Generator().manual_seed(0))
     a = rul.run_head(head, fmap, torch.Generator().manual_seed(5))
@@ -162,16 +179,25 @@ def test_flip_equals_the_official_grid_sample(h, w):
     ys = torch.arange(h).view(-1, 1).expand(-1, w).float()
     grid = torch.stack([-(2 * xs / (w - 1) - 1), 2 * ys / (h - 1) - 1], dim=-1).unsqueeze(0)
     cam = torch.randn(3, 7, h, w, generator=torch.Generator().manual_seed(h * w))
-    official = F.grid_sample(cam, grid.expand(3, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=True)
+    official = F.grid_sample(
+        cam, grid.expand(3, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=True
+    )
     assert torch.allclose(official, cam.flip(-1), atol=1e-5)
     cam1 = torch.randn(3, 7, h, w)
-    assert eac.flip_consistency(cam1, cam).item() == pytest.approx(F.mse_loss(cam1, official).item(), rel=1e-5)
+    assert eac.flip_consistency(cam1, cam).item() == pytest.approx(
+        F.mse_loss(cam1, official).item(), rel=1e-5
+    )
 
 
 # ----------------------------------------------------------------------------- the plugins
 def make(name: str, *, n_rows: int = 20, num_classes: int = 8, image_size: int = 32, **params):
-    method = methods.create(name, methods.make_params(name, params), num_classes=num_classes, n_rows=n_rows,
-                            image_size=image_size)
+    method = methods.create(
+        name,
+        methods.make_params(name, params),
+        num_classes=num_classes,
+        n_rows=n_rows,
+        image_size=image_size,
+    )
     torch.manual_seed(0)
     return method, methods.build_model(method)
 
@@ -188,17 +214,25 @@ def test_registry_lists_the_three_with_official_defaults():
     assert methods.get("scn").views == ("scn",) and methods.get("rul").views == ("scn",)
     assert methods.get("eac").views == ("eac1", "eac2")
     assert methods.get("scn").describe_params() == (
-        "--scn-beta 0.7 --scn-margin 0.07 --scn-relabel-margin 0.2 --scn-relabel-epoch 10 --scn-relabel-group low")
+        "--scn-beta 0.7 --scn-margin 0.07 --scn-relabel-margin 0.2 --scn-relabel-epoch 10 --scn-relabel-group low"
+    )
 
 
-@pytest.mark.parametrize("flags,flag,text", [
-    ({"--scn-beta": 1.0}, "--scn-beta", "expected a value in (0, 1), got 1.0"),
-    ({"--scn-relabel-group": "high"}, "--scn-relabel-group", "expected one of low, all, got 'high'"),
-    ({"--scn-relabel-epoch": 0}, "--scn-relabel-epoch", "expected an epoch >= 1, got 0"),
-    ({"--rul-dropout": 1.0}, "--rul-dropout", "expected a value in [0, 1), got 1.0"),
-    ({"--rul-dim": 0}, "--rul-dim", "expected a dimension >= 1, got 0"),
-    ({"--eac-lam": -1.0}, "--eac-lam", "expected a value in [0, inf], got -1.0"),
-])
+@pytest.mark.parametrize(
+    "flags,flag,text",
+    [
+        ({"--scn-beta": 1.0}, "--scn-beta", "expected a value in (0, 1), got 1.0"),
+        (
+            {"--scn-relabel-group": "high"},
+            "--scn-relabel-group",
+            "expected one of low, all, got 'high'",
+        ),
+        ({"--scn-relabel-epoch": 0}, "--scn-relabel-epoch", "expected an epoch >= 1, got 0"),
+        ({"--rul-dropout": 1.0}, "--rul-dropout", "expected a value in [0, 1), got 1.0"),
+        ({"--rul-dim": 0}, "--rul-dim", "expected a dimension >= 1, got 0"),
+        ({"--eac-lam": -1.0}, "--eac-lam", "expected a value in [0, inf], got -1.0"),
+    ],
+)
 def test_bad_params_name_their_flag(flags, flag, text):
     name = flag.split("-")[2]
     with pytest.raises(FernoiseError) as e:
@@ -221,7 +255,9 @@ def test_scn_loss_is_weighted_ce_plus_rank_regularisation():
     out.loss.backward()
     assert model.attention[0].weight.grad.abs().sum() > 0
     model.eval()
-    assert torch.allclose(model(method.logits, x), model.attention(model.features(x)) * model.pcc(model.features(x)))
+    assert torch.allclose(
+        model(method.logits, x), model.attention(model.features(x)) * model.pcc(model.features(x))
+    )
 
 
 def force_class_zero(model) -> None:
@@ -269,7 +305,9 @@ def test_scn_warmup_is_weighted_ce_without_relabelling():
     method, model = make("scn")
     force_class_zero(model)
     x, y = batch(4, 32), torch.tensor([1, 2, 3, 4])
-    out = model(method.loss, {"scn": x}, y, torch.arange(4), epoch=12, warm=True, gen=torch.Generator())
+    out = model(
+        method.loss, {"scn": x}, y, torch.arange(4), epoch=12, warm=True, gen=torch.Generator()
+    )
     assert set(out.parts) == {"s"} and out.relabelled is None
     assert out.loss.item() == pytest.approx(F.cross_entropy(out.logits, y).item(), abs=1e-6)
 
@@ -280,7 +318,9 @@ def test_rul_map_side_matches_the_backbone(size):
     side = rul.map_side(size)
     assert model.feature_map(batch(2, size)).shape == (2, 512, side, side)
     assert model.mu[3].in_features == 512 * side * side and model.pcc.in_features == 64
-    assert {32: 1, 48: 2, 112: 4, 224: 7}.get(size, rul.map_side(224)) == side and rul.map_side(224) == 7
+    assert {32: 1, 48: 2, 112: 4, 224: 7}.get(size, rul.map_side(224)) == side and rul.map_side(
+        224
+    ) == 7
 
 
 def test_rul_param_groups_put_the_classifier_at_ten_times():
@@ -296,8 +336,24 @@ def test_rul_param_groups_put_the_classifier_at_ten_times():
 def test_rul_loss_is_seeded_and_equals_the_mixup_by_hand():
     method, model = make("rul")
     x, y = batch(6, 32), torch.tensor([0, 1, 2, 3, 4, 5])
-    out = model(method.loss, {"scn": x}, y, torch.arange(6), epoch=1, warm=False, gen=torch.Generator().manual_seed(3))
-    again = model(method.loss, {"scn": x}, y, torch.arange(6), epoch=1, warm=False, gen=torch.Generator().manual_seed(3))
+    out = model(
+        method.loss,
+        {"scn": x},
+        y,
+        torch.arange(6),
+        epoch=1,
+        warm=False,
+        gen=torch.Generator().manual_seed(3),
+    )
+    again = model(
+        method.loss,
+        {"scn": x},
+        y,
+        torch.arange(6),
+        epoch=1,
+        warm=False,
+        gen=torch.Generator().manual_seed(3),
+    )
     assert torch.equal(out.loss, again.loss)
     # by hand, drawing from the generator in the same order: mu mask, logvar mask, permutation
     gen = torch.Generator().manual_seed(3)
@@ -318,12 +374,22 @@ def test_eac_loss_equals_the_official_cam_and_grid_flip():
     method, model = make("eac", image_size=64)
     x1, x2, y = batch(4, 64, 1), batch(4, 64, 2), torch.tensor([0, 3, 5, 7])
     with pytest.warns(UserWarning, match="attention maps are 2x2"):
-        out = model(method.loss, {"eac1": x1, "eac2": x2}, y, torch.arange(4), epoch=1, warm=False, gen=torch.Generator())
+        out = model(
+            method.loss,
+            {"eac1": x1, "eac2": x2},
+            y,
+            torch.arange(4),
+            epoch=1,
+            warm=False,
+            gen=torch.Generator(),
+        )
     # the official Model.forward + ACLoss, rebuilt
     f1, f2 = model.feature_map(x1), model.feature_map(x2)
     w = model.pcc.weight.data.view(1, 8, 512, 1, 1)
     hm1, hm2 = (f1.unsqueeze(1) * w).sum(2), (f2.unsqueeze(1) * w).sum(2)
-    grid = torch.tensor([[[[1.0, -1.0], [-1.0, -1.0]], [[1.0, 1.0], [-1.0, 1.0]]]]).expand(4, -1, -1, -1)
+    grid = torch.tensor([[[[1.0, -1.0], [-1.0, -1.0]], [[1.0, 1.0], [-1.0, 1.0]]]]).expand(
+        4, -1, -1, -1
+    )
     flipped = F.grid_sample(hm2, grid, mode="bilinear", padding_mode="border", align_corners=True)
     logits = model.pcc(f1.mean((2, 3)))
     want = F.cross_entropy(logits, y) + 5 * F.mse_loss(hm1, flipped)
@@ -340,7 +406,9 @@ def test_eac_loss_equals_the_official_cam_and_grid_flip():
 def test_eac_warns_once_and_warmup_uses_x1_only(recwarn):
     method, model = make("eac", image_size=32)
     x1, y = batch(4, 32), torch.tensor([0, 1, 2, 3])
-    out = model(method.loss, {"eac1": x1}, y, torch.arange(4), epoch=1, warm=True, gen=torch.Generator())
+    out = model(
+        method.loss, {"eac1": x1}, y, torch.arange(4), epoch=1, warm=True, gen=torch.Generator()
+    )
     assert set(out.parts) == {"s"} and len(recwarn) == 0
     views = {"eac1": x1, "eac2": batch(4, 32, 1)}
     for _ in range(2):
@@ -356,7 +424,15 @@ def test_losses_run_under_bf16_autocast(name):
     y = torch.tensor([0, 1, 2, 3])
     with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # EAC's small-map warning
-        out = model(method.loss, views, y, torch.arange(4), epoch=10, warm=False, gen=torch.Generator().manual_seed(0))
+        out = model(
+            method.loss,
+            views,
+            y,
+            torch.arange(4),
+            epoch=10,
+            warm=False,
+            gen=torch.Generator().manual_seed(0),
+        )
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     assert all(v.dtype == torch.float32 for v in out.parts.values()) and out.logits.shape == (4, 8)
     out.loss.backward()

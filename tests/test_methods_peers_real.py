@@ -39,24 +39,44 @@ def accuracy_on_test(manifest: Path, model) -> float:
 @pytest.mark.parametrize("name", ["scn", "rul", "eac"])
 def test_two_epochs_on_ferplus(name, ferplus_manifest, workspace):  # noqa: F811
     params = {"scn": {"--scn-relabel-epoch": 2, "--scn-relabel-group": "all"}}.get(name, {})
-    cfg = TrainConfig(method=name, method_params=methods.make_params(name, params), epochs=2, warmup=1,
-                      batch_size=16, image_size=48, workers=0, keep_checkpoint=True)
+    cfg = TrainConfig(
+        method=name,
+        method_params=methods.make_params(name, params),
+        epochs=2,
+        warmup=1,
+        batch_size=16,
+        image_size=48,
+        workers=0,
+        keep_checkpoint=True,
+    )
     run = train(ferplus_manifest, cfg, runs_dir=workspace / "runs").output
     config, classifier = model_of(run)
     assert CONFIG_FIELDS <= set(config) and config["num_classes"] == 8 and config["n_test"] == 40
     official = methods.get(name).optim
-    assert (config["weight_decay"], config["lr_decay"]) == (official.weight_decay, official.lr_decay) == (1e-4, 0.9)
+    assert (
+        (config["weight_decay"], config["lr_decay"])
+        == (official.weight_decay, official.lr_decay)
+        == (1e-4, 0.9)
+    )
     assert config["method_params"] == asdict(cfg.method_params)
     metrics = read_metrics(run)
     assert len(metrics) == 2 and all(METRIC_FIELDS <= set(m) for m in metrics)
     assert all(0 <= m["test_acc"] <= 1 and m["loss"] > 0 for m in metrics)
-    assert metrics[0]["warmup"] and set(k for k in PARTS[name] if metrics[1][k] is not None) == PARTS[name]
+    assert (
+        metrics[0]["warmup"]
+        and set(k for k in PARTS[name] if metrics[1][k] is not None) == PARTS[name]
+    )
     assert metrics[1]["lr_backbone"] == pytest.approx(official.lr_backbone * 0.9)
     if name == "scn":
         state = torch.load(run / "checkpoint.pt", weights_only=True)["method_state"]["labels"]
-        assert metrics[1]["relabelled"] == int((state >= 0).sum()) and metrics[0]["relabelled"] in (0, None)
+        assert metrics[1]["relabelled"] == int((state >= 0).sum()) and metrics[0]["relabelled"] in (
+            0,
+            None,
+        )
     # eval/predict rebuild the method (RUL: heads sized for the run's 48 px) and its test-time logits
-    assert accuracy_on_test(ferplus_manifest, classifier) == pytest.approx(metrics[1]["test_acc"], abs=1e-9)
+    assert accuracy_on_test(ferplus_manifest, classifier) == pytest.approx(
+        metrics[1]["test_acc"], abs=1e-9
+    )
 
 
 def test_eac_warns_about_its_2x2_map(ferplus_manifest, workspace):  # noqa: F811

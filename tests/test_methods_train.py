@@ -26,29 +26,75 @@ def _strip(run: Path) -> list[dict]:
 def test_elr_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=60)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
-    args = [sys.executable, "-m", "fernoise.cli.app", "train", str(data), "--method", "elr", "--epochs", "3",
-            "--warmup", "1", "--batch-size", "16", "--image-size", str(SIZE), "--workers", "0",
-            "--lr-backbone", "1e-3", "--elr-lambda", "2", "--keep-checkpoint", "--runs-dir", str(tmp_path / "a")]
-    a = kill_after_epochs(args, env, tmp_path / "a", epochs=2)  # mid-epoch 3: the targets hold 2 epochs
+    args = [
+        sys.executable,
+        "-m",
+        "fernoise.cli.app",
+        "train",
+        str(data),
+        "--method",
+        "elr",
+        "--epochs",
+        "3",
+        "--warmup",
+        "1",
+        "--batch-size",
+        "16",
+        "--image-size",
+        str(SIZE),
+        "--workers",
+        "0",
+        "--lr-backbone",
+        "1e-3",
+        "--elr-lambda",
+        "2",
+        "--keep-checkpoint",
+        "--runs-dir",
+        str(tmp_path / "a"),
+    ]
+    a = kill_after_epochs(
+        args, env, tmp_path / "a", epochs=2
+    )  # mid-epoch 3: the targets hold 2 epochs
     assert not (a / "model.pt").exists()
     resume(args, env)
-    cfg = TrainConfig(method="elr", method_params=methods.make_params("elr", {"--elr-lambda": 2.0}), epochs=3,
-                      warmup=1, batch_size=16, image_size=SIZE, workers=0, lr_backbone=1e-3, keep_checkpoint=True)
+    cfg = TrainConfig(
+        method="elr",
+        method_params=methods.make_params("elr", {"--elr-lambda": 2.0}),
+        epochs=3,
+        warmup=1,
+        batch_size=16,
+        image_size=SIZE,
+        workers=0,
+        lr_backbone=1e-3,
+        keep_checkpoint=True,
+    )
     full = train(data, cfg, runs_dir=tmp_path / "b").output
     assert full.name == a.name
     sa, sb = _strip(a), _strip(full)
     assert len(sa) == 3 and sa == sb and all(m["loss_elr"] < 0 for m in sa[1:])
-    ma, mb = torch.load(a / "model.pt", weights_only=True), torch.load(full / "model.pt", weights_only=True)
+    ma, mb = (
+        torch.load(a / "model.pt", weights_only=True),
+        torch.load(full / "model.pt", weights_only=True),
+    )
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
-    ca, cb = (torch.load(r / "checkpoint.pt", weights_only=True) for r in (a, full))  # --keep-checkpoint
+    ca, cb = (
+        torch.load(r / "checkpoint.pt", weights_only=True) for r in (a, full)
+    )  # --keep-checkpoint
     assert torch.equal(ca["method_state"]["targets"], cb["method_state"]["targets"])
     assert ca["method_state"]["targets"].shape == (60, 7)
 
 
 def test_a_per_sample_store_of_the_wrong_size_starts_over_and_says_so(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=40)
-    cfg = TrainConfig(method="elr", epochs=1, warmup=0, batch_size=16, image_size=SIZE, workers=0,
-                      keep_checkpoint=True)
+    cfg = TrainConfig(
+        method="elr",
+        epochs=1,
+        warmup=0,
+        batch_size=16,
+        image_size=SIZE,
+        workers=0,
+        keep_checkpoint=True,
+    )
     run = train(data, cfg, runs_dir=tmp_path / "runs").output
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     first = _strip(run)
@@ -59,7 +105,10 @@ def test_a_per_sample_store_of_the_wrong_size_starts_over_and_says_so(tmp_path, 
     events = []
     train(data, cfg, runs_dir=tmp_path / "runs", progress=events.append)
     said = [e["message"] for e in events if e["event"] == "warning"]
-    assert any("per-sample state of elr does not match the 40 rows" in w and "starts over" in w for w in said)
+    assert any(
+        "per-sample state of elr does not match the 40 rows" in w and "starts over" in w
+        for w in said
+    )
     assert not [e for e in events if e["event"] == "resume"]
     assert _strip(run) == first  # trained again from the start: the same numbers, not 99
 
@@ -91,8 +140,22 @@ def test_method_flag_errors_are_one_line(extra, words, tmp_path, workspace):
 
 def test_method_params_are_recorded_and_keyed(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=40)
-    base = ["--method", "gce", "--epochs", "1", "--warmup", "0", "--batch-size", "16", "--image-size", str(SIZE),
-            "--workers", "0", "--precision", "fp32"]
+    base = [
+        "--method",
+        "gce",
+        "--epochs",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "16",
+        "--image-size",
+        str(SIZE),
+        "--workers",
+        "0",
+        "--precision",
+        "fp32",
+    ]
     a = run_cli([str(data), *base])
     b = run_cli([str(data), *base, "--gce-q", "0.5"])
     assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
@@ -100,7 +163,9 @@ def test_method_params_are_recorded_and_keyed(tmp_path, workspace):
     assert ra != rb  # a method flag changes the key
     ca, cb = (json.loads((r / "config.json").read_text()) for r in (ra, rb))
     assert ca["method_params"] == {"q": 0.7} and cb["method_params"] == {"q": 0.5}
-    assert ca["lr_backbone"] == 1e-4 and ca["lr_head"] == 1e-3 and ca["weight_decay"] == 0.0  # gce's defaults
+    assert (
+        ca["lr_backbone"] == 1e-4 and ca["lr_head"] == 1e-3 and ca["weight_decay"] == 0.0
+    )  # gce's defaults
     assert ca["heads"] == ["pcc"] and ca["views"] == ["weak"] and ca["k"] is None
     assert read_metrics(rb)[0]["loss_gce"] is not None
 
@@ -109,8 +174,17 @@ def test_elr_targets_agree_across_two_gloo_processes(tmp_path, workspace):
     """Each process updates the targets of its own batches; after the epoch they are merged, so
     the checkpoint holds every trained row's target and nothing for the others."""
     data = make_manifest(tmp_path / "d", n=70)
-    cfg = TrainConfig(method="elr", epochs=1, warmup=0, batch_size=16, image_size=SIZE, workers=0,
-                      precision="fp32", devices=2, keep_checkpoint=True)
+    cfg = TrainConfig(
+        method="elr",
+        epochs=1,
+        warmup=0,
+        batch_size=16,
+        image_size=SIZE,
+        workers=0,
+        precision="fp32",
+        devices=2,
+        keep_checkpoint=True,
+    )
     run = train(data, cfg, runs_dir=workspace / "runs").output
     config = json.loads((run / "config.json").read_text())
     t = torch.load(run / "checkpoint.pt", weights_only=True)["method_state"]["targets"]
@@ -146,8 +220,15 @@ def test_the_loop_logs_relabelling_and_trains_on_the_method_labels(tmp_path, wor
 
     try:
         data = make_manifest(tmp_path / "d", n=60)
-        cfg = TrainConfig(method="test-shift", epochs=2, warmup=1, batch_size=16, image_size=SIZE, workers=0,
-                          val_fraction=0.0)
+        cfg = TrainConfig(
+            method="test-shift",
+            epochs=2,
+            warmup=1,
+            batch_size=16,
+            image_size=SIZE,
+            workers=0,
+            val_fraction=0.0,
+        )
         run = train(data, cfg, runs_dir=workspace / "runs").output
         m = read_metrics(run)
         import pandas as pd

@@ -49,9 +49,13 @@ def test_pretrained_wrapped_prefixed_and_reported(tmp_path):
     del state["module.layer4.1.bn2.bias"]
     torch.save({"state_dict": state}, tmp_path / "w.pth")
     dst = FerNet()
-    with pytest.raises(FernoiseError, match=r"fills 119 of 120 .*layer4.1.bn2.bias.*--pretrained-partial"):
+    with pytest.raises(
+        FernoiseError, match=r"fills 119 of 120 .*layer4.1.bn2.bias.*--pretrained-partial"
+    ):
         load_backbone(dst.backbone, tmp_path / "w.pth")  # a file short of one tensor is refused...
-    assert not torch.equal(dst.backbone.conv1.weight, src.backbone.conv1.weight)  # ...before any load
+    assert not torch.equal(
+        dst.backbone.conv1.weight, src.backbone.conv1.weight
+    )  # ...before any load
     source, report = load_backbone(dst.backbone, tmp_path / "w.pth", partial=True)
     assert source.kind == "state_dict" and not report.complete
     assert report.unexpected == ["extra.weight"]

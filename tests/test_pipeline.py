@@ -15,8 +15,14 @@ CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 
 def _fernoise(*args, cwd):
     cmd = [sys.executable, "-m", "fernoise.cli.app", *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "FERNOISE_WORKSPACE": str(cwd), "COLUMNS": "200"})
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "FERNOISE_WORKSPACE": str(cwd), "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, f"{args}: {proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -45,8 +51,22 @@ def test_align_corrupt_train_eval_as_typed(tmp_path):
     assert int(train.is_noisy.sum()) == 7 * round(0.3 * 6)  # 2 of each class's 6
     assert (noisy[noisy.split == "test"].label == noisy[noisy.split == "test"].label_clean).all()
 
-    out = _fernoise("train", "--method", "ncctfer", "--epochs", "2", "--warmup", "1", "--image-size", "32",
-                    "--batch-size", "16", "--k", "2", cwd=tmp_path)
+    out = _fernoise(
+        "train",
+        "--method",
+        "ncctfer",
+        "--epochs",
+        "2",
+        "--warmup",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--k",
+        "2",
+        cwd=tmp_path,
+    )
     lock = json.loads((tmp_path / "fernoise.lock").read_text())
     run = tmp_path / lock["stages"]["train"]["output"]
     assert run.name in out and (run / "model.pt").is_file()

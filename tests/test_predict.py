@@ -26,10 +26,19 @@ def make_run(root, size=32, align=None):
     from fernoise import methods
 
     root.mkdir(parents=True)
-    cfg = {"method": "ce", "classes": CLASSES7, "num_classes": 7, "two_heads": False, "image_size": size,
-           "align": align, "key": "k"}
+    cfg = {
+        "method": "ce",
+        "classes": CLASSES7,
+        "num_classes": 7,
+        "two_heads": False,
+        "image_size": size,
+        "align": align,
+        "key": "k",
+    }
     (root / "config.json").write_text(json.dumps(cfg))
-    torch.save(methods.build_model(methods.create("ce", num_classes=7)).state_dict(), root / "model.pt")
+    torch.save(
+        methods.build_model(methods.create("ce", num_classes=7)).state_dict(), root / "model.pt"
+    )
     return root
 
 
@@ -80,16 +89,40 @@ def test_classify_gives_sorted_top3_per_face(tmp_path):
 
 def test_write_rows_csv_and_json(tmp_path):
     rows = [
-        {"file": "a.jpg", "face": 0, "status": "ok", "label": "happy", "prob": 0.7,
-         "top": [{"label": "happy", "prob": 0.7}, {"label": "neutral", "prob": 0.2}], "det_prob": 0.99,
-         "bbox": [1.0, 2.0, 30.0, 40.0], "reason": None},
-        {"file": "b.jpg", "face": None, "status": "no_face", "label": None, "prob": None, "top": [],
-         "det_prob": None, "bbox": None, "reason": "the detector found no face"},
+        {
+            "file": "a.jpg",
+            "face": 0,
+            "status": "ok",
+            "label": "happy",
+            "prob": 0.7,
+            "top": [{"label": "happy", "prob": 0.7}, {"label": "neutral", "prob": 0.2}],
+            "det_prob": 0.99,
+            "bbox": [1.0, 2.0, 30.0, 40.0],
+            "reason": None,
+        },
+        {
+            "file": "b.jpg",
+            "face": None,
+            "status": "no_face",
+            "label": None,
+            "prob": None,
+            "top": [],
+            "det_prob": None,
+            "bbox": None,
+            "reason": "the detector found no face",
+        },
     ]
     with open(write_rows(rows, tmp_path / "o.csv"), newline="") as fh:
         got = list(csv.DictReader(fh))
-    assert got[0]["top"] == "happy:0.7000;neutral:0.2000" and got[0]["bbox"] == "[1.0, 2.0, 30.0, 40.0]"
-    assert got[1]["status"] == "no_face" and got[1]["face"] == "" and got[1]["reason"].startswith("the detector")
+    assert (
+        got[0]["top"] == "happy:0.7000;neutral:0.2000"
+        and got[0]["bbox"] == "[1.0, 2.0, 30.0, 40.0]"
+    )
+    assert (
+        got[1]["status"] == "no_face"
+        and got[1]["face"] == ""
+        and got[1]["reason"].startswith("the detector")
+    )
     assert json.loads(write_rows(rows, tmp_path / "o.json").read_text()) == rows
     with pytest.raises(FernoiseError, match="expected a .csv or .json file") as e:
         write_rows(rows, tmp_path / "o.txt")
@@ -101,8 +134,23 @@ def test_predict_folder_gives_a_row_per_file_with_reasons(tmp_path):
     run = make_run(tmp_path / "run")
     folder = make_folder(tmp_path / "photos")
     out = tmp_path / "pred.csv"
-    r = subprocess.run([sys.executable, "-m", "fernoise.cli.app", "predict", str(folder), "--run", str(run),
-                        "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fernoise.cli.app",
+            "predict",
+            str(folder),
+            "--run",
+            str(run),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     with open(out, newline="") as fh:
         rows = {row["file"].split("photos/")[1]: row for row in csv.DictReader(fh)}
@@ -114,8 +162,17 @@ def test_predict_folder_gives_a_row_per_file_with_reasons(tmp_path):
     assert "notes.jpg" in r.stdout
 
 
-WILD_SUBSET = ("dogs.jpg", "eagle.jpg", "horses.jpg", "obama.jpg", "biden.jpg", "two_people.jpg", "32bit.png",
-               "obama_partial_face.jpg", "2008_001322.jpg")
+WILD_SUBSET = (
+    "dogs.jpg",
+    "eagle.jpg",
+    "horses.jpg",
+    "obama.jpg",
+    "biden.jpg",
+    "two_people.jpg",
+    "32bit.png",
+    "obama_partial_face.jpg",
+    "2008_001322.jpg",
+)
 
 
 @pytest.mark.slow
@@ -142,7 +199,9 @@ def test_predict_wild_photos(tmp_path):
         faces = [r for r in by_file[name] if r["status"] == "ok"]
         assert len(faces) >= min(expected[name], 1), f"{name}: no face found"
         assert [r["face"] for r in faces] == list(range(len(faces)))
-        assert all(r["label"] in CLASSES7 and 0 < r["prob"] <= 1 and len(r["top"]) == 3 for r in faces)
+        assert all(
+            r["label"] in CLASSES7 and 0 < r["prob"] <= 1 and len(r["top"]) == 3 for r in faces
+        )
         assert all(len(r["bbox"]) == 4 and r["det_prob"] >= 0.9 for r in faces)
     assert sum(r["status"] == "ok" for r in by_file["2008_001322.jpg"]) == 3
 
@@ -157,9 +216,22 @@ def test_greyscale_training_crops_are_detected(tmp_path):
         root = tmp_path / mode
         root.mkdir()
         Image.new(mode, (48, 48)).save(root / "c.png")
-        df = pd.DataFrame([{"id": "c", "src_path": "c.png", "path": "c.png", "split": "train", "label": 0,
-                            "status": "ok", "n_faces": 1}])
-        write_manifest(df, root / "m.parquet", {"classes": CLASSES7, "label_space": "basic7", "key": mode})
+        df = pd.DataFrame(
+            [
+                {
+                    "id": "c",
+                    "src_path": "c.png",
+                    "path": "c.png",
+                    "split": "train",
+                    "label": 0,
+                    "status": "ok",
+                    "n_faces": 1,
+                }
+            ]
+        )
+        write_manifest(
+            df, root / "m.parquet", {"classes": CLASSES7, "label_space": "basic7", "key": mode}
+        )
         assert training_is_greyscale({"manifest": str(root / "m.parquet")}) is expected
     assert training_is_greyscale({"manifest": str(tmp_path / "gone.parquet")}) is False
 
@@ -170,7 +242,18 @@ def test_align_params_follow_the_run():
     from fernoise.predict import align_params_for
 
     assert align_params_for({"align": None}) == AlignParams()
-    p = align_params_for({"align": {"size": 112, "margin": 0.3, "mode": "align", "thresholds": [0.5, 0.6, 0.7],
-                                    "workers": 4}})  # a key AlignParams lacks is ignored
+    p = align_params_for(
+        {
+            "align": {
+                "size": 112,
+                "margin": 0.3,
+                "mode": "align",
+                "thresholds": [0.5, 0.6, 0.7],
+                "workers": 4,
+            }
+        }
+    )  # a key AlignParams lacks is ignored
     assert (p.size, p.margin, p.mode, p.thresholds) == (112, 0.3, "align", (0.5, 0.6, 0.7))
-    assert align_params_for({"align": {"mode": "whole", "size": 48}}).mode == "box"  # photos need a detector
+    assert (
+        align_params_for({"align": {"mode": "whole", "size": 48}}).mode == "box"
+    )  # photos need a detector

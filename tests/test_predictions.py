@@ -17,7 +17,12 @@ def test_bootstrap_all_correct_is_a_point_interval():
     y = np.array([0, 1, 2, 0, 1, 2, 2])
     ci = ev.bootstrap_ci(y, y, 3)
     assert ci["top1"] == [1.0, 1.0] and ci["macro_f1"] == [1.0, 1.0]
-    assert ci["resamples"] == 1000 and ci["seed"] == 0 and ci["level"] == 0.95 and ci["method"] == "percentile"
+    assert (
+        ci["resamples"] == 1000
+        and ci["seed"] == 0
+        and ci["level"] == 0.95
+        and ci["method"] == "percentile"
+    )
     wrong = ev.bootstrap_ci(y, (y + 1) % 3, 3)
     assert wrong["top1"] == [0.0, 0.0] and wrong["macro_f1"] == [0.0, 0.0]
     assert ev.bootstrap_ci([], [], 3) is None
@@ -58,21 +63,48 @@ def test_bootstrap_matches_an_independent_computation():
     assert ci["macro_f1"][0] < f1 < ci["macro_f1"][1]
     # the draws: 1000 resamples of 40 rows, the same for the same seed, others for another
     chunks = list(ev.bootstrap_indices(40, 1000, 7))
-    assert sum(len(c) for c in chunks) == 1000 and all(c.shape[1] == 40 and c.min() >= 0 and c.max() < 40 for c in chunks)
+    assert sum(len(c) for c in chunks) == 1000 and all(
+        c.shape[1] == 40 and c.min() >= 0 and c.max() < 40 for c in chunks
+    )
     assert ev.bootstrap_ci(t, p, 3, seed=7) == ci and ev.bootstrap_ci(t, p, 3, seed=8) != ci
 
 
 # ----------------------------------------------------------------------------- predictions.parquet
 def test_predictions_frame_columns_and_values():
-    rows = pd.DataFrame({"id": ["a", "b", "c"], "label": pd.array([0, 1, 1], dtype="Int64"),
-                         "label_clean": pd.array([0, 0, None], dtype="Int64"), "is_noisy": [False, True, None]})
+    rows = pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "label": pd.array([0, 1, 1], dtype="Int64"),
+            "label_clean": pd.array([0, 0, None], dtype="Int64"),
+            "is_noisy": [False, True, None],
+        }
+    )
     probs = np.array([[0.7, 0.3], [0.6, 0.4], [0.2, 0.8]])
     df = ev.predictions_frame(rows, probs, ["neutral", "happy"])
-    assert list(df.columns) == ["id", "label", "label_name", "label_clean", "is_noisy", "pred", "pred_name",
-                                "correct", "confidence", "p_neutral", "p_happy"]
-    assert df["pred"].tolist() == [0, 0, 1] and df["pred_name"].tolist() == ["neutral", "neutral", "happy"]
+    assert list(df.columns) == [
+        "id",
+        "label",
+        "label_name",
+        "label_clean",
+        "is_noisy",
+        "pred",
+        "pred_name",
+        "correct",
+        "confidence",
+        "p_neutral",
+        "p_happy",
+    ]
+    assert df["pred"].tolist() == [0, 0, 1] and df["pred_name"].tolist() == [
+        "neutral",
+        "neutral",
+        "happy",
+    ]
     assert df["correct"].tolist() == [True, False, True]
-    assert df["confidence"].tolist() == [0.7, 0.6, 0.8] and df["p_happy"].tolist() == [0.3, 0.4, 0.8]
+    assert df["confidence"].tolist() == [0.7, 0.6, 0.8] and df["p_happy"].tolist() == [
+        0.3,
+        0.4,
+        0.8,
+    ]
     assert df["label_clean"].tolist()[:2] == [0, 0] and pd.isna(df["label_clean"].iloc[2])
     assert df["is_noisy"].tolist()[:2] == [False, True] and pd.isna(df["is_noisy"].iloc[2])
     plain = ev.predictions_frame(rows[["id", "label"]], probs, ["neutral", "happy"])
@@ -86,7 +118,9 @@ def test_eval_writes_predictions_and_the_interval(tmp_path):
     pred = pd.read_parquet(run / "predictions.parquet")
     assert rep["predictions"] == "predictions.parquet" and not res.hit
     assert len(pred) == rep["n"] == 21
-    assert pred["id"].tolist() == [f"test_{i}" for i in range(21)]  # "u" (no label) and "nf" (no crop) are not evaluated
+    assert pred["id"].tolist() == [
+        f"test_{i}" for i in range(21)
+    ]  # "u" (no label) and "nf" (no crop) are not evaluated
     assert pred["label"].tolist() == [i % 7 for i in range(21)]
     assert [c for c in pred.columns if c.startswith("p_")] == [f"p_{c}" for c in CLASSES7]
     np.testing.assert_allclose(pred[[f"p_{c}" for c in CLASSES7]].sum(axis=1), 1.0, atol=1e-6)

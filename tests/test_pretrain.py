@@ -93,7 +93,9 @@ def test_views_are_face_safe_and_seeded():
 
 # ----------------------------------------------------------------------------- the stage
 def tiny(**kw) -> PretrainConfig:
-    base = dict(epochs=2, image_size=SIZE, batch_size=16, probe_every=1, device="cpu", precision="fp32")
+    base = dict(
+        epochs=2, image_size=SIZE, batch_size=16, probe_every=1, device="cpu", precision="fp32"
+    )
     return PretrainConfig(**{**base, **kw})
 
 
@@ -150,8 +152,25 @@ def test_pretrain_never_reads_training_labels(tmp_path, workspace):
 def test_pretrain_kill_9_then_resume_gives_the_same_weights(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=80)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
-    cmd = [sys.executable, "-m", "fernoise.cli.app", "pretrain", str(data), "--method", "byol", "--epochs", "3",
-           "--batch-size", "16", "--image-size", str(SIZE), "--device", "cpu", "--out", str(tmp_path / "a")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fernoise.cli.app",
+        "pretrain",
+        str(data),
+        "--method",
+        "byol",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--image-size",
+        str(SIZE),
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "a"),
+    ]
     metrics_file = kill_after_epochs(cmd, env, tmp_path / "a") / "metrics.jsonl"  # mid-epoch 2
     assert not (metrics_file.parent / "backbone.pt").exists()
     resume(cmd, env)
@@ -188,7 +207,10 @@ def _backbone():
 def test_pretrained_torchvision_layout_state_dict(tmp_path):
     src = _backbone()
     state = {**src.state_dict(), "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "resnet18_msceleb.pth")
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in state.items()}},
+        tmp_path / "resnet18_msceleb.pth",
+    )
     dst = _backbone()
     torch.nn.init.zeros_(dst.conv1.weight)
     source, report = load_backbone(dst, tmp_path / "resnet18_msceleb.pth")
@@ -210,8 +232,19 @@ def test_pretrained_scn_sequential_names_are_mapped(tmp_path):
 def test_pretrained_from_a_train_run_and_a_pretrain_folder(tmp_path, ssl_manifest, workspace):
     from fernoise.train.stage import TrainConfig, train
 
-    run = train(ssl_manifest, TrainConfig(method="ce", epochs=1, warmup=0, batch_size=16, image_size=SIZE,
-                                          workers=0, precision="fp32"), runs_dir=tmp_path / "runs").output
+    run = train(
+        ssl_manifest,
+        TrainConfig(
+            method="ce",
+            epochs=1,
+            warmup=0,
+            batch_size=16,
+            image_size=SIZE,
+            workers=0,
+            precision="fp32",
+        ),
+        runs_dir=tmp_path / "runs",
+    ).output
     model = torch.load(run / "model.pt", weights_only=True)
     for spec in (run, run / "model.pt"):
         dst = _backbone()
@@ -257,5 +290,7 @@ def test_pretrain_keys_on_the_rows_not_only_the_recorded_key(tmp_path, workspace
     pq.write_table(table.slice(0, table.num_rows - 5), data)  # metadata (and its key) kept
     again = pretrain(data, cfg)
     assert not again.hit and again.key != first.key
-    assert json.loads((again.output / "config.json").read_text())["n_train"] < json.loads(
-        (first.output / "config.json").read_text())["n_train"]
+    assert (
+        json.loads((again.output / "config.json").read_text())["n_train"]
+        < json.loads((first.output / "config.json").read_text())["n_train"]
+    )

@@ -64,13 +64,24 @@ def test_gathered_nt_xent_gradient_equals_the_single_process_global_loss(tmp_pat
 
 
 def test_global_batches_split_into_equal_rank_shares():
-    batches = _epoch_order(37, 8, seed=0, epoch=1, world=2)  # global batches of 16: 16, 16, then 5 -> 4
+    batches = _epoch_order(
+        37, 8, seed=0, epoch=1, world=2
+    )  # global batches of 16: 16, 16, then 5 -> 4
     assert [len(b) for b in batches] == [16, 16, 4]
     for b in batches:
         a, c = _rank_share(b, 0, 2), _rank_share(b, 1, 2)
         assert len(a) == len(c) == len(b) // 2 and not set(a) & set(c) and set(a) | set(c) == set(b)
-    assert [len(b) for b in _epoch_order(37, 8, seed=0, epoch=1)] == [8, 8, 8, 8, 5]  # one process: as before
-    assert [len(b) for b in _epoch_order(33, 8, seed=0, epoch=1, world=2)] == [16, 16]  # a last share of 0.5: dropped
+    assert [len(b) for b in _epoch_order(37, 8, seed=0, epoch=1)] == [
+        8,
+        8,
+        8,
+        8,
+        5,
+    ]  # one process: as before
+    assert [len(b) for b in _epoch_order(33, 8, seed=0, epoch=1, world=2)] == [
+        16,
+        16,
+    ]  # a last share of 0.5: dropped
 
 
 @pytest.mark.parametrize("method", ["simclr", "byol"])
@@ -86,7 +97,9 @@ def test_two_gloo_processes_write_the_run_once_and_hit(method, tmp_path, workspa
     assert config["world_size"] == 2
     [m] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     expected = sum(len(b) for b in _epoch_order(config["n_train"], 8, seed=0, epoch=1, world=2))
-    assert m["samples"] == expected and m["knn_acc"] is not None  # both ranks counted, rank 0 probed
+    assert (
+        m["samples"] == expected and m["knn_acc"] is not None
+    )  # both ranks counted, rank 0 probed
     from torchvision.models import resnet18
 
     ref = resnet18(weights=None)

@@ -21,8 +21,26 @@ from fernoise.cache import file_sha256
 from fernoise.cli.app import app
 from fernoise.pretrain.stage import PretrainConfig, pretrain
 
-ARGS = ["--method", "ce", "--epochs", "1", "--warmup", "0", "--batch-size", "8", "--image-size", str(SIZE),
-        "--workers", "0", "--precision", "fp32", "--device", "cpu", "--lr-backbone", "1e-12"]
+ARGS = [
+    "--method",
+    "ce",
+    "--epochs",
+    "1",
+    "--warmup",
+    "0",
+    "--batch-size",
+    "8",
+    "--image-size",
+    str(SIZE),
+    "--workers",
+    "0",
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
+    "--lr-backbone",
+    "1e-12",
+]
 RUNNING = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -55,7 +73,9 @@ def _assert_backbone_started_from(run: Path, start: dict[str, torch.Tensor]) -> 
         got = model[f"backbone.{k}"]
         assert torch.allclose(got, start[k], rtol=0, atol=1e-9), k
     fresh = _resnet18(0)  # what a run without --pretrained starts from (seed 0)
-    assert not torch.allclose(fresh["layer3.0.conv1.weight"], start["layer3.0.conv1.weight"], atol=1e-3)
+    assert not torch.allclose(
+        fresh["layer3.0.conv1.weight"], start["layer3.0.conv1.weight"], atol=1e-3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,35 +93,62 @@ def test_a_torchvision_state_dict_then_its_run_folder(data, tmp_path, workspace)
     assert config["pretrained"] == str((tmp_path / "resnet18-f37072fd.pth").resolve())
     assert config["pretrained_kind"] == "state_dict"
     assert config["pretrained_sha256"] == file_sha256(tmp_path / "resnet18-f37072fd.pth")
-    assert config["pretrained_report"] == {"loaded": 120, "missing": [], "unexpected": [], "mismatched": []}
+    assert config["pretrained_report"] == {
+        "loaded": 120,
+        "missing": [],
+        "unexpected": [],
+        "mismatched": [],
+    }
     assert config["pretrained_partial"] is False
     # The match table, on screen before epoch 1.
     out = res.output
     table = out.index("pretrained ")
     assert f"(state_dict, sha256 {config['pretrained_sha256'][:12]})" in out
-    for what, count in (("loaded", 120), ("missing (left random)", 0), ("unexpected (ignored)", 0),
-                        ("shape mismatch", 0)):
+    for what, count in (
+        ("loaded", 120),
+        ("missing (left random)", 0),
+        ("unexpected (ignored)", 0),
+        ("shape mismatch", 0),
+    ):
         assert re.search(rf"^  {re.escape(what)} +{count}$", out, re.M), (what, out)
     assert table < out.index("epoch   1")
 
     # The run folder and its model.pt as the next run's start: the backbone is taken (the
     # trained one, not the file above), the ce head dropped.
-    trained = {k.removeprefix("backbone."): v for k, v in torch.load(run / "model.pt", weights_only=True).items()
-               if k.startswith("backbone.")}
+    trained = {
+        k.removeprefix("backbone."): v
+        for k, v in torch.load(run / "model.pt", weights_only=True).items()
+        if k.startswith("backbone.")
+    }
     for i, spec in enumerate((run, run / "model.pt")):
         res = _train(data, "--pretrained", str(spec), "--seed", str(1 + i))
         second = _run_of(res)
         _assert_backbone_started_from(second, trained)
         c2 = json.loads((second / "config.json").read_text())
-        assert c2["pretrained"] == str((run / "model.pt").resolve()) and c2["pretrained_kind"] == "train_run"
+        assert (
+            c2["pretrained"] == str((run / "model.pt").resolve())
+            and c2["pretrained_kind"] == "train_run"
+        )
         assert c2["pretrained_given"] == str(spec)
-        assert c2["pretrained_report"]["loaded"] == 120 and c2["pretrained_report"]["unexpected"] == []
+        assert (
+            c2["pretrained_report"]["loaded"] == 120 and c2["pretrained_report"]["unexpected"] == []
+        )
         assert "(train_run, sha256" in res.output
 
 
 def test_a_pretrain_folder_and_latest(data, workspace):
-    folder = pretrain(data, PretrainConfig(method="simclr", epochs=1, batch_size=8, image_size=SIZE,
-                                           device="cpu", precision="fp32", probe_split=None)).output
+    folder = pretrain(
+        data,
+        PretrainConfig(
+            method="simclr",
+            epochs=1,
+            batch_size=8,
+            image_size=SIZE,
+            device="cpu",
+            precision="fp32",
+            probe_split=None,
+        ),
+    ).output
     start = torch.load(folder / "backbone.pt", weights_only=True)
     run = _run_of(_train(data, "--pretrained", str(folder)))
     _assert_backbone_started_from(run, start)
@@ -123,7 +170,12 @@ def test_a_pretrain_folder_and_latest(data, workspace):
 def test_latest_without_a_pretrain_is_one_line(data, workspace):
     res = _train(data, "--pretrained", "latest")
     lines = [line for line in res.output.splitlines() if line.strip()]
-    assert res.exit_code == 2 and len(lines) == 1 and "--pretrained" in lines[0] and "fernoise pretrain" in lines[0]
+    assert (
+        res.exit_code == 2
+        and len(lines) == 1
+        and "--pretrained" in lines[0]
+        and "fernoise pretrain" in lines[0]
+    )
     assert not (workspace / "runs").exists()
 
 
@@ -153,7 +205,11 @@ def test_a_partial_file_needs_the_flag_and_the_flag_is_keyed(data, tmp_path, wor
     assert res.exit_code == 2 and len(lines) == 1 and "--pretrained-partial" in lines[0]
     assert "fills 90 of 120" in lines[0] and "layer4.0.conv1.weight" in lines[0]
     res = _train(data, "--pretrained-partial")
-    assert res.exit_code == 2 and "--pretrained-partial" in res.output and "without --pretrained" in res.output
+    assert (
+        res.exit_code == 2
+        and "--pretrained-partial" in res.output
+        and "without --pretrained" in res.output
+    )
     assert not (workspace / "runs").exists()
     res = _train(data, "--pretrained", str(tmp_path / "half.pth"), "--pretrained-partial")
     run = _run_of(res)
@@ -162,7 +218,13 @@ def test_a_partial_file_needs_the_flag_and_the_flag_is_keyed(data, tmp_path, wor
     assert config["pretrained_report"]["loaded"] == 90
     assert len(config["pretrained_report"]["missing"]) == 30
     assert all(k.startswith("layer4.") for k in config["pretrained_report"]["missing"])
-    assert re.search(r"^  missing \(left random\) +30  layer4\.0\.conv1\.weight, ", res.output, re.M), res.output
+    assert re.search(
+        r"^  missing \(left random\) +30  layer4\.0\.conv1\.weight, ", res.output, re.M
+    ), res.output
     model = torch.load(run / "model.pt", weights_only=True)
-    assert torch.allclose(model["backbone.layer3.1.conv2.weight"], start["layer3.1.conv2.weight"], atol=1e-9)
-    assert not torch.allclose(model["backbone.layer4.1.conv2.weight"], start["layer4.1.conv2.weight"], atol=1e-3)
+    assert torch.allclose(
+        model["backbone.layer3.1.conv2.weight"], start["layer3.1.conv2.weight"], atol=1e-9
+    )
+    assert not torch.allclose(
+        model["backbone.layer4.1.conv2.weight"], start["layer4.1.conv2.weight"], atol=1e-3
+    )

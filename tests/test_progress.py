@@ -23,7 +23,12 @@ def test_train_and_pretrain_send_only_declared_events(tmp_path, workspace):
 
     man = make_manifest(tmp_path / "d", n=40)
     events: list[dict] = []
-    train(man, tiny_train(method="ce", epochs=1, warmup=0, device="cpu"), runs_dir=tmp_path / "runs", progress=events.append)
+    train(
+        man,
+        tiny_train(method="ce", epochs=1, warmup=0, device="cpu"),
+        runs_dir=tmp_path / "runs",
+        progress=events.append,
+    )
     assert {"header", "epoch_start", "batch", "epoch_end"} <= _check(events)
     events.clear()
     pretrain(man, tiny_pretrain(epochs=1), out_root=tmp_path / "ssl", progress=events.append)

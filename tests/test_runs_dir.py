@@ -30,8 +30,12 @@ def test_every_user_of_runs_asks_the_workspace(tmp_path, workspace):
     man = make_aligned(tmp_path / "out", n=20)
     runs = ws.runs_dir().resolve()
     assert plan(man, tiny(method="ce", device="cpu"), workspace=ws).run_dir.parent == runs
-    assert plan(man, tiny(method="ce", device="cpu"), runs_dir=tmp_path / "r", workspace=ws).run_dir.parent == (
-        tmp_path / "r").resolve()
+    assert (
+        plan(
+            man, tiny(method="ce", device="cpu"), runs_dir=tmp_path / "r", workspace=ws
+        ).run_dir.parent
+        == (tmp_path / "r").resolve()
+    )
     assert runindex.runs_root(None, ws) == runs
     assert sweep.plan(write_grid(tmp_path / "g.toml", GOOD), man, workspace=ws).runs_dir == runs
     res = CliRunner().invoke(app, ["report"])  # no runs yet: report names the folder it looked in

@@ -26,15 +26,27 @@ CLASSES = ["happy", "sad", "anger"]
 
 def make_manifest(path: Path, subjects, labels, *, key="alignkey", extra=None) -> Path:
     ids = [f"s{subj}/img{k:04d}.png" for k, subj in enumerate(subjects)]
-    df = pd.DataFrame({
-        "id": ids, "src_path": ids, "path": [f"faces/{i}.jpg" for i in ids], "split": "train",
-        "label": pd.array([None if y is None else int(y) for y in labels], dtype="Int64"),
-        "label_name": [None if y is None else CLASSES[y] for y in labels], "status": "ok", "n_faces": 1,
-        "subject": [None if s is None else str(s) for s in subjects],
-        **(extra or {}),
-    })
-    meta = {"classes": CLASSES, "label_space": "custom", "stage": "align", "key": key,
-            "lineage": [{"stage": "align", "key": key, "params": {}}]}
+    df = pd.DataFrame(
+        {
+            "id": ids,
+            "src_path": ids,
+            "path": [f"faces/{i}.jpg" for i in ids],
+            "split": "train",
+            "label": pd.array([None if y is None else int(y) for y in labels], dtype="Int64"),
+            "label_name": [None if y is None else CLASSES[y] for y in labels],
+            "status": "ok",
+            "n_faces": 1,
+            "subject": [None if s is None else str(s) for s in subjects],
+            **(extra or {}),
+        }
+    )
+    meta = {
+        "classes": CLASSES,
+        "label_space": "custom",
+        "stage": "align",
+        "key": key,
+        "lineage": [{"stage": "align", "key": key, "params": {}}],
+    }
     return write_manifest(df, path, meta)
 
 
@@ -74,7 +86,11 @@ def test_kfold_parts_are_subject_disjoint_and_every_row_is_test_once(workspace):
         df = m.df
         assert len(df) == len(subjects) and df["id"].tolist() == read_manifest(p).df["id"].tolist()
         parts = {s: set(df.loc[df["split"] == s, "subject"]) for s in ("train", "val", "test")}
-        assert not parts["train"] & parts["val"] and not parts["train"] & parts["test"] and not parts["val"] & parts["test"]
+        assert (
+            not parts["train"] & parts["val"]
+            and not parts["train"] & parts["test"]
+            and not parts["val"] & parts["test"]
+        )
         assert set().union(*parts.values()) == set(subjects)
         n_rest = 23 - len(parts["test"])
         assert len(parts["val"]) == int(np.floor(0.1 * n_rest + 0.5))  # by subject, half up
@@ -82,10 +98,18 @@ def test_kfold_parts_are_subject_disjoint_and_every_row_is_test_once(workspace):
         assert m.classes == CLASSES and m.meta["label_space"] == "custom"
         entry = m.meta["lineage"][-1]
         assert entry["stage"] == "split" and entry["key"] == m.meta["key"]
-        assert entry["params"] == {"folds": 5, "fold": i, "group_column": "subject", "seed": 0, "val_fraction": 0.1}
+        assert entry["params"] == {
+            "folds": 5,
+            "fold": i,
+            "group_column": "subject",
+            "seed": 0,
+            "val_fraction": 0.1,
+        }
         assert [e["stage"] for e in m.meta["lineage"]] == ["align", "split"]
         info = m.meta["split"]
-        assert sorted(info["test_groups"]) == sorted(parts["test"]) and sorted(info["val_groups"]) == sorted(parts["val"])
+        assert sorted(info["test_groups"]) == sorted(parts["test"]) and sorted(
+            info["val_groups"]
+        ) == sorted(parts["val"])
         assert info["rows"]["test"] == int((df["split"] == "test").sum()) and info["loso"] is False
         assert df["label"].equals(read_manifest(p).df["label"])  # labels untouched
     assert set(test_count) == set(read_manifest(p).df["id"]) and set(test_count.values()) == {1}
@@ -94,7 +118,10 @@ def test_kfold_parts_are_subject_disjoint_and_every_row_is_test_once(workspace):
     assert lock["params"]["outputs"] == [str(o.resolve()) for o in outs]
     assert Workspace().latest("split") == outs[0].resolve()
     text = " ".join(res.output.split())
-    assert "for i in $(seq 0 4); do fernoise train" in text and "manifest.fold-$i-of-5-s0.parquet" in text
+    assert (
+        "for i in $(seq 0 4); do fernoise train" in text
+        and "manifest.fold-$i-of-5-s0.parquet" in text
+    )
     assert "5 folds over 23 groups" in text
 
 
@@ -123,7 +150,9 @@ def test_same_seed_same_folds_other_seed_other_folds(workspace):
     first = [read_manifest(o).df["split"].tolist() for o in r1.outputs]
     r2 = run_split(p, SplitParams(folds=4, seed=7))
     assert r2.hits == [True] * 4 and r2.outputs == r1.outputs
-    f1 = make_folds(subjects, [-1 if y is None else y for y in labels], 3, SplitParams(folds=4, seed=7))
+    f1 = make_folds(
+        subjects, [-1 if y is None else y for y in labels], 3, SplitParams(folds=4, seed=7)
+    )
     assert [f.split.tolist() for f in f1] == first  # the library function gives the same folds
     r3 = run_split(p, SplitParams(folds=4, seed=8))
     assert r3.outputs[0].name == "manifest.fold-0-of-4-s8.parquet" and r3.hits == [False] * 4
@@ -131,7 +160,10 @@ def test_same_seed_same_folds_other_seed_other_folds(workspace):
     # a tampered fold is rebuilt
     r1.outputs[2].write_bytes(b"x")
     r4 = run_split(p, SplitParams(folds=4, seed=7))
-    assert r4.hits == [True, True, False, True] and read_manifest(r1.outputs[2]).df["split"].tolist() == first[2]
+    assert (
+        r4.hits == [True, True, False, True]
+        and read_manifest(r1.outputs[2]).df["split"].tolist() == first[2]
+    )
 
 
 def test_a_manifest_edited_behind_its_metadata_misses_the_cache(workspace):
@@ -147,7 +179,9 @@ def test_a_manifest_edited_behind_its_metadata_misses_the_cache(workspace):
     again = run_split(p, SplitParams(folds=3, seed=0))
     assert again.hits == [False] * 3
     assert sum(len(read_manifest(o).df) for o in again.outputs) == 3 * (len(subjects) - 9)
-    assert sum(len(read_manifest(o).df) for o in first.outputs) == 3 * (len(subjects) - 9)  # same files, rebuilt
+    assert sum(len(read_manifest(o).df) for o in first.outputs) == 3 * (
+        len(subjects) - 9
+    )  # same files, rebuilt
 
 
 def test_loso_one_fold_per_subject(workspace):
@@ -162,8 +196,13 @@ def test_loso_one_fold_per_subject(workspace):
         df = m.df
         assert set(df.loc[df["split"] == "test", "subject"]) == {subj}
         assert len(set(df.loc[df["split"] == "val", "subject"])) == 1  # 0.34 * 3 subjects -> 1
-        assert m.meta["lineage"][-1]["params"] == {"folds": 4, "fold": i, "group_column": "subject", "seed": 0,
-                                                   "val_fraction": 0.34}
+        assert m.meta["lineage"][-1]["params"] == {
+            "folds": 4,
+            "fold": i,
+            "group_column": "subject",
+            "seed": 0,
+            "val_fraction": 0.34,
+        }
         assert m.meta["split"]["loso"] is True
 
 
@@ -172,8 +211,13 @@ def test_out_folder_rebases_crop_paths(workspace):
     p = make_manifest(workspace / "data" / "manifest.parquet", subjects, labels)
     r = run_split(p, SplitParams(folds=3, val_fraction=0.0), out=workspace / "folds")
     m = read_manifest(r.outputs[0])
-    assert r.outputs[0].parent == workspace / "folds" and m.df["path"].iloc[0] == f"../data/faces/{m.df['id'].iloc[0]}.jpg"
-    assert ((m.root / m.df["path"].iloc[0]).resolve() == (p.parent / "faces" / f"{m.df['id'].iloc[0]}.jpg").resolve())
+    assert (
+        r.outputs[0].parent == workspace / "folds"
+        and m.df["path"].iloc[0] == f"../data/faces/{m.df['id'].iloc[0]}.jpg"
+    )
+    assert (m.root / m.df["path"].iloc[0]).resolve() == (
+        p.parent / "faces" / f"{m.df['id'].iloc[0]}.jpg"
+    ).resolve()
     assert not (m.df["split"] == "val").any()  # --val-fraction 0
 
 
@@ -182,13 +226,21 @@ def test_bad_inputs_are_one_line_and_write_nothing(workspace):
     p = make_manifest(workspace / "manifest.parquet", subjects, labels)
     holes = make_manifest(workspace / "holes.parquet", [None] + subjects[1:], labels)
     few = make_manifest(workspace / "few.parquet", ["a", "a", "b"], [0, 1, 2])
-    noisy = make_manifest(workspace / "noisy.parquet", subjects, labels,
-                          extra={"label_clean": pd.array([None if y is None else y for y in labels], dtype="Int64")})
+    noisy = make_manifest(
+        workspace / "noisy.parquet",
+        subjects,
+        labels,
+        extra={"label_clean": pd.array([None if y is None else y for y in labels], dtype="Int64")},
+    )
     before = sorted(q.name for q in workspace.rglob("*"))
     cases = [
         ([p, "--group-column", "person"], "--group-column", "no column 'person'"),
         ([holes], "--group-column", "1 rows have no subject"),
-        ([few, "--folds", "3"], "--folds", "--folds 3 needs at least 3 groups; column 'subject' has 2"),
+        (
+            [few, "--folds", "3"],
+            "--folds",
+            "--folds 3 needs at least 3 groups; column 'subject' has 2",
+        ),
         ([noisy], "MANIFEST", "split the clean manifest, then corrupt each fold"),
         ([p, "--folds", "1"], "--folds", "at least 2 folds"),
         ([p, "--loso", "--folds", "3"], "--folds", "drop --folds"),

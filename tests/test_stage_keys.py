@@ -47,14 +47,25 @@ def _manifest(root: Path, *, corrupted: bool) -> Path:
     for i in range(12):
         split = "train" if i < 8 else ("val" if i < 10 else "test")
         label = i % len(CLASSES)
-        row = {"id": f"img/{i:02d}.jpg", "src_path": f"img/{i:02d}.jpg", "path": f"faces/{i:02d}.png",
-               "split": split, "label": label, "status": "ok", "n_faces": 1}
+        row = {
+            "id": f"img/{i:02d}.jpg",
+            "src_path": f"img/{i:02d}.jpg",
+            "path": f"faces/{i:02d}.png",
+            "split": split,
+            "label": label,
+            "status": "ok",
+            "n_faces": 1,
+        }
         if corrupted:
             row["label_clean"] = label
             row["is_noisy"] = False
         rows.append(row)
-    meta = {"classes": CLASSES, "label_space": "basic7", "stage": "corrupt" if corrupted else "align",
-            "key": "f" * 64 if corrupted else "a" * 64}
+    meta = {
+        "classes": CLASSES,
+        "label_space": "basic7",
+        "stage": "corrupt" if corrupted else "align",
+        "key": "f" * 64 if corrupted else "a" * 64,
+    }
     root.mkdir(parents=True, exist_ok=True)
     return write_manifest(pd.DataFrame(rows), root / "manifest.parquet", meta)
 
@@ -97,12 +108,30 @@ def test_train_keys(tmp_path, workspace):
     from fernoise.train.stage import TrainConfig, plan
 
     src = _manifest(tmp_path / "d", corrupted=True)
-    cfg = TrainConfig(method="ce", epochs=3, warmup=0, batch_size=4, image_size=32, workers=0,
-                      precision="fp32", device="cpu", seed=1)
+    cfg = TrainConfig(
+        method="ce",
+        epochs=3,
+        warmup=0,
+        batch_size=4,
+        image_size=32,
+        workers=0,
+        precision="fp32",
+        device="cpu",
+        seed=1,
+    )
     assert plan(src, cfg).key == TRAIN_KEY
-    cfg = TrainConfig(method="ncctfer", method_params=methods.make_params("ncctfer", {"--k": 2}), epochs=2,
-                      warmup=1, batch_size=4, image_size=32, workers=0, precision="fp32", device="cpu",
-                      val_clean=True)
+    cfg = TrainConfig(
+        method="ncctfer",
+        method_params=methods.make_params("ncctfer", {"--k": 2}),
+        epochs=2,
+        warmup=1,
+        batch_size=4,
+        image_size=32,
+        workers=0,
+        precision="fp32",
+        device="cpu",
+        val_clean=True,
+    )
     assert plan(src, cfg).key == TRAIN_KEY_NCCTFER
 
 
@@ -110,7 +139,9 @@ def test_pretrain_key(tmp_path, workspace):
     from fernoise.pretrain.stage import PretrainConfig, plan
 
     src = _manifest(tmp_path / "d", corrupted=False)
-    cfg = PretrainConfig(epochs=2, image_size=32, batch_size=4, precision="fp32", device="cpu", workers=0)
+    cfg = PretrainConfig(
+        epochs=2, image_size=32, batch_size=4, precision="fp32", device="cpu", workers=0
+    )
     assert plan(src, cfg).key == PRETRAIN_KEY
 
 
@@ -127,8 +158,13 @@ def test_eval_keys(tmp_path, monkeypatch):
     ref = evaluate.ManifestRef(path=tmp_path / "manifest.parquet", meta={"key": "3" * 64})
     monkeypatch.setattr(evaluate, "load_run", lambda path: run)
     monkeypatch.setattr(evaluate, "_manifest_for", lambda run, manifest: ref)
-    monkeypatch.setattr(evaluate, "check_inputs", lambda run, ref, split, force=False: evaluate.Checked(
-        model_sha256="1" * 64, content="4" * 64, crops="5" * 64, warnings=[]))
+    monkeypatch.setattr(
+        evaluate,
+        "check_inputs",
+        lambda run, ref, split, force=False: evaluate.Checked(
+            model_sha256="1" * 64, content="4" * 64, crops="5" * 64, warnings=[]
+        ),
+    )
     seen = []
 
     def capture(**kw):
@@ -138,7 +174,10 @@ def test_eval_keys(tmp_path, monkeypatch):
     from fernoise import cache
 
     monkeypatch.setattr(cache, "run_stage", capture)  # evaluate_run imports it when called
-    for params in (evaluate.EvalParams(device="cpu"), evaluate.EvalParams(device="cpu", cam=4, split="val")):
+    for params in (
+        evaluate.EvalParams(device="cpu"),
+        evaluate.EvalParams(device="cpu", cam=4, split="val"),
+    ):
         with pytest.raises(_Captured):
             evaluate.evaluate_run(run_dir, params)
     assert seen == [EVAL_KEY, EVAL_KEY_VAL]

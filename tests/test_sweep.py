@@ -48,15 +48,24 @@ def new_workspace(root: Path, manifest: Path) -> Path:
 
 
 def cli(ws: Path, *args: str, probe: bool = False, wait: bool = True):
-    cmd = [sys.executable, "-c", PROBE, "sweep", *args] if probe else [sys.executable, "-m", "fernoise.cli.app", "sweep", *args]
+    cmd = (
+        [sys.executable, "-c", PROBE, "sweep", *args]
+        if probe
+        else [sys.executable, "-m", "fernoise.cli.app", "sweep", *args]
+    )
     env = {**os.environ, "FERNOISE_WORKSPACE": str(ws), "OMP_NUM_THREADS": "1"}
     if not wait:
-        return subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            cmd, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     return subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=900)
 
 
 def cell_files(ws: Path, name: str = "smoke") -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((ws / "sweeps" / name / "cells").glob("*.json"))}
+    return {
+        p.stem: json.loads(p.read_text())
+        for p in sorted((ws / "sweeps" / name / "cells").glob("*.json"))
+    }
 
 
 def table(ws: Path, name: str = "smoke") -> list[dict]:
@@ -65,7 +74,17 @@ def table(ws: Path, name: str = "smoke") -> list[dict]:
 
 
 def figures(rows: list[dict]) -> list[tuple]:
-    return [(r["id"], r["status"], r["top1"], r["val_selected_test_acc"], r["test_max"], r["test_last5"]) for r in rows]
+    return [
+        (
+            r["id"],
+            r["status"],
+            r["top1"],
+            r["val_selected_test_acc"],
+            r["test_max"],
+            r["test_last5"],
+        )
+        for r in rows
+    ]
 
 
 def write_grid(path: Path, text: str) -> Path:
@@ -88,7 +107,10 @@ workers = 0
 
 # ----------------------------------------------------------------------------- the grid
 def test_cells_order_axes_and_per_method_options(tmp_path):
-    grid = sweep.load_grid(write_grid(tmp_path / "g.toml", """
+    grid = sweep.load_grid(
+        write_grid(
+            tmp_path / "g.toml",
+            """
 name = "g"
 methods = ["ce", "pc", "ncctfer"]
 seeds = [0, 1]
@@ -101,21 +123,38 @@ lr_head = 1
 lr_decay = 1
 [train.ncctfer]
 k = 2
-"""))
-    assert grid.fixed == {"epochs": 2, "warmup": 1, "lr_head": 1.0, "lr_decay": 1.0} and grid.axes == {"image_size": (32, 48)}
+""",
+        )
+    )
+    assert grid.fixed == {
+        "epochs": 2,
+        "warmup": 1,
+        "lr_head": 1.0,
+        "lr_decay": 1.0,
+    } and grid.axes == {"image_size": (32, 48)}
     cells = sweep.expand(grid, root=tmp_path)
     assert len(cells) == 3 * 2 * 2 * 2
     first = [(c.method, c.noise.label(), c.seed, dict(c.options)["image_size"]) for c in cells[:7]]
-    assert first == [("ce", "clean", 0, 32), ("pc", "clean", 0, 32), ("ncctfer", "clean", 0, 32),
-                     ("ce", "asym 30%", 0, 32), ("pc", "asym 30%", 0, 32), ("ncctfer", "asym 30%", 0, 32),
-                     ("ce", "clean", 0, 48)]
+    assert first == [
+        ("ce", "clean", 0, 32),
+        ("pc", "clean", 0, 32),
+        ("ncctfer", "clean", 0, 32),
+        ("ce", "asym 30%", 0, 32),
+        ("pc", "asym 30%", 0, 32),
+        ("ncctfer", "asym 30%", 0, 32),
+        ("ce", "clean", 0, 48),
+    ]
     assert cells[12].seed == 1 and [c.index for c in cells] == list(range(24))
     assert len({c.id for c in cells}) == 24 and cells[3].id == "ce.asym-30-ntrain.s0.image_size=32"
+
     def k(c):  # a TrainConfig field today, ncctfer's own option under the fernoise.methods registry
         return c.config.k if hasattr(c.config, "k") else getattr(c.config.method_params, "k", None)
 
     assert {k(c) for c in cells if c.method == "ncctfer"} == {2}
-    assert {k(c) for c in cells if c.method != "ncctfer"} <= {4, None}  # None: min(4, C-1), resolved by train.plan
+    assert {k(c) for c in cells if c.method != "ncctfer"} <= {
+        4,
+        None,
+    }  # None: min(4, C-1), resolved by train.plan
     assert all(c.config.lr_head == 1.0 and c.config.epochs == 2 for c in cells)
     assert cells[15].noise_seed() == 1  # seed = "train": the noise follows the training seed
 
@@ -140,8 +179,15 @@ def test_shard_and_gpu_arguments(tmp_path):
     with pytest.raises(FernoiseError, match="GPU indices"):
         sweep.parse_gpus("gpu0")
     env = sweep.worker_env({"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}, "2", tmp_path)
-    assert env["CUDA_VISIBLE_DEVICES"] == "2" and env["FERNOISE_WORKSPACE"] == str(tmp_path) and env["PATH"] == "/bin"
-    assert sweep.worker_env({"CUDA_VISIBLE_DEVICES": "5"}, None, tmp_path)["CUDA_VISIBLE_DEVICES"] == "5"
+    assert (
+        env["CUDA_VISIBLE_DEVICES"] == "2"
+        and env["FERNOISE_WORKSPACE"] == str(tmp_path)
+        and env["PATH"] == "/bin"
+    )
+    assert (
+        sweep.worker_env({"CUDA_VISIBLE_DEVICES": "5"}, None, tmp_path)["CUDA_VISIBLE_DEVICES"]
+        == "5"
+    )
 
 
 def test_shipped_grids_parse(tmp_path):
@@ -158,18 +204,36 @@ def test_shipped_grids_parse(tmp_path):
     ("text", "needle"),
     [
         (GOOD.replace('"ncctfer"', '"mixup"'), "methods: unknown method 'mixup'; valid: ce, "),
-        (GOOD.replace("rates = [0.2]", "rates = [0.2, 1.5]"), "noise[0].rate: expected a rate in [0, 1), found 1.5"),
+        (
+            GOOD.replace("rates = [0.2]", "rates = [0.2, 1.5]"),
+            "noise[0].rate: expected a rate in [0, 1), found 1.5",
+        ),
         ('manifest = "nowhere/manifest.parquet"\n' + GOOD, "manifest: "),
-        ("sedes = [0]\n" + GOOD, "unknown key 'sedes'; valid keys: description, eval, manifest, methods"),
-        (GOOD.replace("epochs = 1", "epoch = 1"), "unknown train option 'epoch'; valid: augment, batch_size, "),
+        (
+            "sedes = [0]\n" + GOOD,
+            "unknown key 'sedes'; valid keys: description, eval, manifest, methods",
+        ),
+        (
+            GOOD.replace("epochs = 1", "epoch = 1"),
+            "unknown train option 'epoch'; valid: augment, batch_size, ",
+        ),
         (GOOD.replace("epochs = 1", 'epochs = "one"'), "train.epochs: expected int, found 'one'"),
         (GOOD.replace("warmup = 0", "warmup = 3"), "train.warmup: "),
-        (GOOD.replace('kind = "sym"', 'kind = "symmetric"'), "noise[0].kind: unknown noise kind 'symmetric'; valid: clean, sym, asym"),
-        (GOOD.replace('kind = "sym", rates = [0.2]', 'kind = "column", column = "votes"'), "noise[0].column: manifest.parquet has no column 'votes'"),
+        (
+            GOOD.replace('kind = "sym"', 'kind = "symmetric"'),
+            "noise[0].kind: unknown noise kind 'symmetric'; valid: clean, sym, asym",
+        ),
+        (
+            GOOD.replace('kind = "sym", rates = [0.2]', 'kind = "column", column = "votes"'),
+            "noise[0].column: manifest.parquet has no column 'votes'",
+        ),
         ('pretrained = ["none", "missing.pth"]\n' + GOOD, "pretrained: "),
         (GOOD.replace("[train]", "[train.pc]\nk = 2\n[train]"), "train.pc: "),
         (GOOD + "[eval]\ncams = 1\n", "eval: unknown key 'cams'; valid keys: cam"),
-        (GOOD.replace("seeds = [0]", "seeds = [0, -1]"), "seeds: expected a list of non-negative integers"),
+        (
+            GOOD.replace("seeds = [0]", "seeds = [0, -1]"),
+            "seeds: expected a list of non-negative integers",
+        ),
         ("methods = [", "is not valid TOML"),
     ],
 )
@@ -230,7 +294,10 @@ def test_smoke_from_nothing_then_all_hits_without_torch(smoke):
         assert run.parent == ws / "runs" and (run / "eval.json").is_file()
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
         report = json.loads((run / "eval.json").read_text())
-        assert c["top1"] == report["top1"] and c["val_selected_test_acc"] == report["history"]["val_selected"]["test_acc"]
+        assert (
+            c["top1"] == report["top1"]
+            and c["val_selected_test_acc"] == report["history"]["val_selected"]["test_acc"]
+        )
         assert json.loads((run / "config.json").read_text())["noise"]["rate"] in (0.2, 0.4)
     assert [r["id"] for r in rows] == SMOKE_IDS and {r["status"] for r in rows} == {"done"}
     assert len(list((ws / "runs").glob("*/model.pt"))) == 4
@@ -238,7 +305,9 @@ def test_smoke_from_nothing_then_all_hits_without_torch(smoke):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "4 done (4 cache hits), 0 failed" in again.stdout
     assert "TORCH_IMPORTED False EXIT 0" in again.stdout
-    assert cell_files(ws) == cells  # a finished cell's file is left as the run that made it wrote it
+    assert (
+        cell_files(ws) == cells
+    )  # a finished cell's file is left as the run that made it wrote it
     assert figures(table(ws)) == figures(rows)
     md = (ws / "sweeps" / "smoke" / "table.md").read_text()
     assert md.count("| done |") == 4
@@ -277,15 +346,27 @@ def test_kill_9_mid_sweep_then_resume_gives_the_same_table(smoke, data, tmp_path
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "4 done (" in resumed.stdout and "0 failed" in resumed.stdout
     smoke_ws = smoke[0]
-    assert figures(table(ws)) == figures(table(smoke_ws))  # the same figures as an uninterrupted sweep
-    assert all(len((Path(c["run"]) / "metrics.jsonl").read_text().splitlines()) == 1 for c in cell_files(ws).values())
-    assert [len(runs_started(ws, c)) for c in SMOKE_IDS] == [1, 2, 1, 1]  # the killed cell, started again
+    assert figures(table(ws)) == figures(
+        table(smoke_ws)
+    )  # the same figures as an uninterrupted sweep
+    assert all(
+        len((Path(c["run"]) / "metrics.jsonl").read_text().splitlines()) == 1
+        for c in cell_files(ws).values()
+    )
+    assert [len(runs_started(ws, c)) for c in SMOKE_IDS] == [
+        1,
+        2,
+        1,
+        1,
+    ]  # the killed cell, started again
 
 
 def runs_started(ws: Path, cell_id: str, name: str = "smoke") -> list[str]:
     """The header line the sweep writes into a cell's log each time it starts the cell's run."""
     log = ws / "sweeps" / name / "logs" / f"{cell_id}.log"
-    return [ln for ln in log.read_text().splitlines() if ln.startswith("== ")] if log.exists() else []
+    return (
+        [ln for ln in log.read_text().splitlines() if ln.startswith("== ")] if log.exists() else []
+    )
 
 
 @pytest.mark.slow
@@ -313,7 +394,9 @@ def test_two_shards_at_once_into_one_workspace(smoke, data, tmp_path):
     assert {"align", "corrupt", "train", "eval"} <= set(lock["stages"])
     again = cli(ws, str(SMOKE), "--dry-run")
     assert again.returncode == 0 and "dry run: 4 of 4 cells done" in again.stdout
-    model = Path(cells[SMOKE_IDS[0]]["run"]) / "model.pt"  # changed behind the sweep's back: not a hit
+    model = (
+        Path(cells[SMOKE_IDS[0]]["run"]) / "model.pt"
+    )  # changed behind the sweep's back: not a hit
     model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 1]))
     again = cli(ws, str(SMOKE), "--dry-run")
     assert again.returncode == 0 and "dry run: 3 of 4 cells done" in again.stdout
@@ -322,7 +405,9 @@ def test_two_shards_at_once_into_one_workspace(smoke, data, tmp_path):
 @pytest.mark.slow
 def test_one_cell_per_gpu_and_a_failed_cell_does_not_stop_the_other(data, tmp_path):
     ws = new_workspace(tmp_path / "ws", data)
-    grid = write_grid(tmp_path / "gpus.toml", 'name = "gpus"\n' + GOOD + "[train.ncctfer]\nk = 7\n")  # 7 classes: k <= 6
+    grid = write_grid(
+        tmp_path / "gpus.toml", 'name = "gpus"\n' + GOOD + "[train.ncctfer]\nk = 7\n"
+    )  # 7 classes: k <= 6
     res = cli(ws, str(grid), "--gpus", "0,1")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "1 done (0 cache hits), 1 failed" in res.stdout
@@ -341,10 +426,22 @@ def test_one_cell_per_gpu_and_a_failed_cell_does_not_stop_the_other(data, tmp_pa
 @pytest.mark.slow
 def test_slurm_example_runs_its_share(smoke):
     ws = smoke[0]
-    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "2", "SLURM_ARRAY_TASK_COUNT": "2",
-           "WORKSPACE": str(ws), "VENV": str(Path(sys.executable).parent.parent), "SWEEP_ARGS": "--dry-run"}
-    res = subprocess.run(["bash", str(REPO / "examples" / "slurm_sweep.sh"), str(SMOKE)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "SLURM_ARRAY_TASK_ID": "3",
+        "SLURM_ARRAY_TASK_MIN": "2",
+        "SLURM_ARRAY_TASK_COUNT": "2",
+        "WORKSPACE": str(ws),
+        "VENV": str(Path(sys.executable).parent.parent),
+        "SWEEP_ARGS": "--dry-run",
+    }
+    res = subprocess.run(
+        ["bash", str(REPO / "examples" / "slurm_sweep.sh"), str(SMOKE)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     out = " ".join(res.stdout.split())
     assert "sweep smoke shard 2/2: 2 cells" in out and "dry run: 2 of 2 cells done" in out
@@ -352,18 +449,40 @@ def test_slurm_example_runs_its_share(smoke):
 
 
 def test_eta_from_finished_and_running_cells(tmp_path):
-    grid = sweep.load_grid(write_grid(tmp_path / "g.toml", GOOD.replace('["ce", "ncctfer"]', '["ce", "pc", "nl", "ncctfer"]')))
+    grid = sweep.load_grid(
+        write_grid(
+            tmp_path / "g.toml", GOOD.replace('["ce", "ncctfer"]', '["ce", "pc", "nl", "ncctfer"]')
+        )
+    )
     cells = sweep.expand(grid, root=tmp_path)
-    sw = sweep.Sweep(grid=grid, manifest=tmp_path / "m.parquet", manifest_key="k", workspace=Workspace(tmp_path),
-                     runs_dir=tmp_path / "runs", cells=cells, mine=cells, shard=(1, 1), state_dir=tmp_path / "s")
+    sw = sweep.Sweep(
+        grid=grid,
+        manifest=tmp_path / "m.parquet",
+        manifest_key="k",
+        workspace=Workspace(tmp_path),
+        runs_dir=tmp_path / "runs",
+        cells=cells,
+        mine=cells,
+        shard=(1, 1),
+        state_dir=tmp_path / "s",
+    )
     now = time.time()
     states = [sweep.CellState(c) for c in cells]
     sw.states = {s.cell.index: s for s in states}
     assert sweep.eta_seconds(sw) is None  # nothing known yet
-    states[0].status, states[0].started, states[0].finished = "done", now - 200, now - 100  # ran 100 s
+    states[0].status, states[0].started, states[0].finished = (
+        "done",
+        now - 200,
+        now - 100,
+    )  # ran 100 s
     states[1].status, states[1].hit = "done", True  # a cache hit says nothing about duration
     states[2].status, states[2].started = "running", now - 30
-    states[2].epoch, states[2].epochs, states[2].batch, states[2].batches = 1, 2, 1, 2  # 25% done in 30 s
+    states[2].epoch, states[2].epochs, states[2].batch, states[2].batches = (
+        1,
+        2,
+        1,
+        2,
+    )  # 25% done in 30 s
     # running: 120 s projected, 90 s left; one queued cell at the mean of 100 s
     assert sweep.eta_seconds(sw) == pytest.approx(190, abs=1)
     assert sweep.eta_seconds(sw, slots=2) == pytest.approx(95, abs=1)
@@ -381,7 +500,10 @@ def test_dry_run_lists_cells_and_writes_nothing(data, tmp_path, monkeypatch):
     out = " ".join(res.output.split())
     assert "sweep g shard 2/2: 2 cells" in out and "dry run: 0 of 2 cells done" in out
     assert "sym 60%" in out and "sym 30%" not in out
-    assert sorted(os.listdir(ws)) == listing and sorted(p.name for p in data.parent.iterdir()) == before
+    assert (
+        sorted(os.listdir(ws)) == listing
+        and sorted(p.name for p in data.parent.iterdir()) == before
+    )
 
 
 def test_a_crashing_cell_is_failed_with_its_log_and_the_others_go_on(data, tmp_path, monkeypatch):
@@ -389,43 +511,75 @@ def test_a_crashing_cell_is_failed_with_its_log_and_the_others_go_on(data, tmp_p
     monkeypatch.chdir(ws)
     monkeypatch.setenv("FERNOISE_WORKSPACE", str(ws))
     fake = tmp_path / "python"  # stands for the child's interpreter: dies without a word on stdout
-    fake.write_text("#!/bin/sh\ncat > /dev/null\necho 'Segmentation fault (core dumped)' >&2\nexit 139\n")
+    fake.write_text(
+        "#!/bin/sh\ncat > /dev/null\necho 'Segmentation fault (core dumped)' >&2\nexit 139\n"
+    )
     fake.chmod(0o755)
     grid = write_grid(tmp_path / "g.toml", GOOD)
     sw = sweep.plan(grid, workspace=Workspace(ws))
     seen = []
-    states = sweep.run(sw, python=str(fake), update=lambda s: seen.append(sweep.summary(s.states.values())))
-    assert [s.status for s in states] == ["failed", "failed"]  # the first failure did not stop the second
+    states = sweep.run(
+        sw, python=str(fake), update=lambda s: seen.append(sweep.summary(s.states.values()))
+    )
+    assert [s.status for s in states] == [
+        "failed",
+        "failed",
+    ]  # the first failure did not stop the second
     for s in states:
         log = sw.log_file(s.cell)
-        assert s.reason == f"the cell's process exited with code 139 (Segmentation fault (core dumped)); log: {log}"
+        assert (
+            s.reason
+            == f"the cell's process exited with code 139 (Segmentation fault (core dumped)); log: {log}"
+        )
         assert log.read_text().splitlines()[0].startswith("== ") and s.cell.id in log.read_text()
     rows = table(ws, "g")
-    assert [r["status"] for r in rows] == ["failed", "failed"] and rows[0]["reason"].startswith("the cell's process exited")
+    assert [r["status"] for r in rows] == ["failed", "failed"] and rows[0]["reason"].startswith(
+        "the cell's process exited"
+    )
     assert seen[-1] == {"queued": 0, "running": 0, "done": 0, "failed": 2, "hits": 0}
 
 
 def test_gpus_and_an_explicit_cuda_index(tmp_path):
-    grid = sweep.load_grid(write_grid(tmp_path / "g.toml", GOOD.replace("workers = 0", 'workers = 0\ndevice = "cuda:1"')))
+    grid = sweep.load_grid(
+        write_grid(
+            tmp_path / "g.toml", GOOD.replace("workers = 0", 'workers = 0\ndevice = "cuda:1"')
+        )
+    )
     cells = sweep.expand(grid, root=tmp_path)
     sweep.check_gpu_devices(cells, None)  # without --gpus, cuda:1 is the user's business
-    with pytest.raises(FernoiseError, match=r"asks for cuda:1, but with --gpus each cell sees one GPU"):
+    with pytest.raises(
+        FernoiseError, match=r"asks for cuda:1, but with --gpus each cell sees one GPU"
+    ):
         sweep.check_gpu_devices(cells, ["0", "1"])
 
 
 def test_a_methods_own_options_by_field_or_flag_name(tmp_path):
-    grid = sweep.load_grid(write_grid(tmp_path / "g.toml", """
+    grid = sweep.load_grid(
+        write_grid(
+            tmp_path / "g.toml",
+            """
 methods = ["scn", "ce"]
 [train]
 epochs = 12
 [train.scn]
 scn-margin = 0.15
 relabel_epoch = 3
-"""))
+""",
+        )
+    )
     scn, ce = sweep.expand(grid, root=tmp_path)
     assert (scn.config.method_params.margin, scn.config.method_params.relabel_epoch) == (0.15, 3)
     assert ce.method == "ce" and not hasattr(ce.config.method_params, "margin")
-    with pytest.raises(FernoiseError, match=r"train: 'margin' is an option of scn, not of ce; set it under \[train.scn\]"):
-        sweep.load_grid(write_grid(tmp_path / "h.toml", 'methods = ["scn", "ce"]\n[train]\nmargin = 0.1\n'))
-    with pytest.raises(FernoiseError, match=r"train.ce: unknown train option 'margin'; valid: .*batch_size"):
-        sweep.load_grid(write_grid(tmp_path / "i.toml", 'methods = ["scn", "ce"]\n[train.ce]\nmargin = 0.1\n'))
+    with pytest.raises(
+        FernoiseError,
+        match=r"train: 'margin' is an option of scn, not of ce; set it under \[train.scn\]",
+    ):
+        sweep.load_grid(
+            write_grid(tmp_path / "h.toml", 'methods = ["scn", "ce"]\n[train]\nmargin = 0.1\n')
+        )
+    with pytest.raises(
+        FernoiseError, match=r"train.ce: unknown train option 'margin'; valid: .*batch_size"
+    ):
+        sweep.load_grid(
+            write_grid(tmp_path / "i.toml", 'methods = ["scn", "ce"]\n[train.ce]\nmargin = 0.1\n')
+        )

@@ -19,7 +19,9 @@ from fernoise.train.stage import TrainConfig, train
 
 
 def tiny(**kw) -> TrainConfig:
-    base = dict(method="ce", epochs=1, warmup=0, batch_size=16, image_size=SIZE, workers=0, device="cpu")
+    base = dict(
+        method="ce", epochs=1, warmup=0, batch_size=16, image_size=SIZE, workers=0, device="cpu"
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -47,9 +49,13 @@ def test_finished_run_is_indexed_and_found(trained):
     entry = json.loads(entries[0].read_text())
     assert entry["key"] == res.key and entry["run"] == res.key[:16]
     assert set(entry["files"]) == {"config.json", "metrics.jsonl", "model.pt", "val_ids.json"}
-    assert entry["request"]["config"]["method"] == "ce" and "workers" not in entry["request"]["config"]
+    assert (
+        entry["request"]["config"]["method"] == "ce" and "workers" not in entry["request"]["config"]
+    )
     assert entry["request"]["host"] is None  # --device cpu: no machine facts in the key
-    hit = runindex.lookup(manifest, tiny(workers=3), runs_dir=root / "runs")  # workers change no result
+    hit = runindex.lookup(
+        manifest, tiny(workers=3), runs_dir=root / "runs"
+    )  # workers change no result
     assert hit is not None and hit.hit and hit.key == res.key and hit.output == res.output
     assert runindex.lookup(manifest, tiny(seed=1), runs_dir=root / "runs") is None
 
@@ -62,10 +68,32 @@ def test_hit_through_the_cli_imports_no_torch(trained):
         "try:\n    app()\nexcept SystemExit as e:\n    code = e.code\n"
         "print('TORCH', 'torch' in sys.modules, code)\n"
     )
-    args = ["train", str(manifest), "--method", "ce", "--epochs", "1", "--warmup", "0", "--batch-size", "16",
-            "--image-size", str(SIZE), "--device", "cpu", "--runs-dir", str(root / "runs")]
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=root,
-                         env={**os.environ, "FERNOISE_WORKSPACE": str(root)}, check=True).stdout
+    args = [
+        "train",
+        str(manifest),
+        "--method",
+        "ce",
+        "--epochs",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "16",
+        "--image-size",
+        str(SIZE),
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(root / "runs"),
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "FERNOISE_WORKSPACE": str(root)},
+        check=True,
+    ).stdout
     assert f"cache hit: {res.output}" in out
     assert "TORCH False 0" in out
 
@@ -121,12 +149,18 @@ def test_eval_hit_needs_the_same_model_manifest_and_crops(tmp_path):
     assert runindex.lookup_eval(run) is None
 
     evaluate_and_index()
-    manifest.write_bytes(manifest.read_bytes())  # rewritten with the same bytes: the same input (issue 19:
-    assert runindex.lookup_eval(run) is not None  # the manifest is known by its sha256, not its mtime)
+    manifest.write_bytes(
+        manifest.read_bytes()
+    )  # rewritten with the same bytes: the same input (issue 19:
+    assert (
+        runindex.lookup_eval(run) is not None
+    )  # the manifest is known by its sha256, not its mtime)
 
     evaluate_and_index()
     model = run / "model.pt"
-    model.write_bytes(model.read_bytes()[:-1] + b"\1")  # the model changed: neither train nor eval is a hit
+    model.write_bytes(
+        model.read_bytes()[:-1] + b"\1"
+    )  # the model changed: neither train nor eval is a hit
     assert runindex.lookup(manifest, tiny(), runs_dir=runs) is None
     assert runindex.lookup_eval(run) is None
 
@@ -143,16 +177,22 @@ def test_device_class_and_pretrained_identity(tmp_path, monkeypatch):
     assert runindex.pretrained_identity("no/such/file") is ...  # not cheaply known: no index
     assert runindex.pretrained_identity(None) is None
     monkeypatch.chdir(tmp_path)
-    assert runindex.pretrained_identity("latest", Workspace(tmp_path)) is ...  # no pretrain recorded
+    assert (
+        runindex.pretrained_identity("latest", Workspace(tmp_path)) is ...
+    )  # no pretrain recorded
     Workspace(tmp_path).record("pretrain", key="k1", output=f, params={})
     assert runindex.pretrained_identity("latest", Workspace(tmp_path)) == {
-        "latest": ["k1", "w.pth"], "target": {"file": str(f.resolve()), "stat": stat}}
+        "latest": ["k1", "w.pth"],
+        "target": {"file": str(f.resolve()), "stat": stat},
+    }
 
 
 def test_unindexable_request_falls_back_to_train(trained):
     root, manifest, _ = trained
     cfg = tiny()
-    object.__setattr__(cfg, "pretrained", "latest")  # a start that cannot be told cheaply (no pretrain recorded)
+    object.__setattr__(
+        cfg, "pretrained", "latest"
+    )  # a start that cannot be told cheaply (no pretrain recorded)
     assert runindex.train_request(manifest, cfg, Workspace(root)) is None
     assert runindex.lookup(manifest, cfg, runs_dir=root / "runs", workspace=Workspace(root)) is None
     assert runindex.lookup(Path(root / "nope.parquet"), tiny(), runs_dir=root / "runs") is None

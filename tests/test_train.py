@@ -25,20 +25,59 @@ from fernoise.train.stage import TrainConfig, train
 CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 SIZE = 32
 CONFIG_FIELDS = {
-    "method", "epochs", "batch_size", "image_size", "warmup", "k", "lr_backbone", "lr_head",
-    "randaug_magnitude", "pretrained", "seed", "precision", "device", "val_fraction", "manifest",
-    "manifest_key", "classes", "label_space", "num_classes", "two_heads", "noise", "align", "key",
+    "method",
+    "epochs",
+    "batch_size",
+    "image_size",
+    "warmup",
+    "k",
+    "lr_backbone",
+    "lr_head",
+    "randaug_magnitude",
+    "pretrained",
+    "seed",
+    "precision",
+    "device",
+    "val_fraction",
+    "manifest",
+    "manifest_key",
+    "classes",
+    "label_space",
+    "num_classes",
+    "two_heads",
+    "noise",
+    "align",
+    "key",
 }
 METRIC_FIELDS = {
-    "epoch", "warmup", "loss", "loss_s", "train_acc", "lr_backbone", "lr_head",
-    "thresholds", "confident_frac", "confident_precision", "confident_recall", "val_acc",
-    "test_acc", "images_per_s", "seconds",
+    "epoch",
+    "warmup",
+    "loss",
+    "loss_s",
+    "train_acc",
+    "lr_backbone",
+    "lr_head",
+    "thresholds",
+    "confident_frac",
+    "confident_precision",
+    "confident_recall",
+    "val_acc",
+    "test_acc",
+    "images_per_s",
+    "seconds",
 }
 TIMING = {"images_per_s", "samples_per_s", "seconds", "data_wait_s", "train_seconds"}
 
 
-def make_manifest(root: Path, n: int = 105, *, noise: float = 0.2, splits=("train", "test"), key="synthetic",
-                  labels=None) -> Path:
+def make_manifest(
+    root: Path,
+    n: int = 105,
+    *,
+    noise: float = 0.2,
+    splits=("train", "test"),
+    key="synthetic",
+    labels=None,
+) -> Path:
     """``n`` PNGs whose class is a bright vertical band; ``noise`` of train labels flipped."""
     rng = np.random.default_rng(0)
     (root / "faces").mkdir(parents=True, exist_ok=True)
@@ -53,14 +92,33 @@ def make_manifest(root: Path, n: int = 105, *, noise: float = 0.2, splits=("trai
         split = splits[1] if i % 5 == 0 else splits[0]
         noisy = split == "train" and rng.random() < noise
         label = int((c + rng.integers(1, len(CLASSES))) % len(CLASSES)) if noisy else c
-        rows.append({"id": path, "src_path": path, "path": path, "split": split, "label": label,
-                     "label_clean": c, "is_noisy": bool(noisy), "status": "ok", "n_faces": 1})
+        rows.append(
+            {
+                "id": path,
+                "src_path": path,
+                "path": path,
+                "split": split,
+                "label": label,
+                "label_clean": c,
+                "is_noisy": bool(noisy),
+                "status": "ok",
+                "n_faces": 1,
+            }
+        )
     df = pd.DataFrame(rows)
     if labels is not None:
         df["label"] = labels(df)
-    lineage = [{"stage": "align", "key": "a", "params": {"size": SIZE}},
-               {"stage": "corrupt", "key": key, "params": {"kind": "sym", "rate": noise, "seed": 0}}]
-    meta = {"classes": CLASSES, "label_space": "basic7", "stage": "corrupt", "key": key, "lineage": lineage}
+    lineage = [
+        {"stage": "align", "key": "a", "params": {"size": SIZE}},
+        {"stage": "corrupt", "key": key, "params": {"kind": "sym", "rate": noise, "seed": 0}},
+    ]
+    meta = {
+        "classes": CLASSES,
+        "label_space": "basic7",
+        "stage": "corrupt",
+        "key": key,
+        "lineage": lineage,
+    }
     return write_manifest(df, root / "manifest.parquet", meta)
 
 
@@ -73,8 +131,12 @@ def tiny(**kw) -> TrainConfig:
 
 def model_of(config: dict):
     """The run's model, rebuilt through the registry from its config.json."""
-    m = methods.create(config["method"], methods.params_from_dict(config["method"], config["method_params"]),
-                       num_classes=config["num_classes"], image_size=config["image_size"])
+    m = methods.create(
+        config["method"],
+        methods.params_from_dict(config["method"], config["method_params"]),
+        num_classes=config["num_classes"],
+        image_size=config["image_size"],
+    )
     return methods.build_model(m)
 
 
@@ -91,17 +153,27 @@ def read_metrics(run: Path) -> list[dict]:
 def test_each_method_writes_the_run_folder_contract(method, manifest, workspace):
     events = []
     keep = method == "ncctfer"
-    res = train(manifest, tiny(method=method, keep_checkpoint=keep), runs_dir=workspace / "runs", progress=events.append)
+    res = train(
+        manifest,
+        tiny(method=method, keep_checkpoint=keep),
+        runs_dir=workspace / "runs",
+        progress=events.append,
+    )
     run = res.output
     assert not res.hit and run.parent == workspace / "runs" and run.name == res.key[:16]
     config = json.loads((run / "config.json").read_text())
     assert CONFIG_FIELDS <= set(config)
     assert config["method"] == method and config["two_heads"] == (method == "ncctfer")
     assert config["classes"] == CLASSES and config["num_classes"] == 7
-    assert config["noise"] == {"kind": "sym", "rate": 0.2, "seed": 0} and config["align"] == {"size": SIZE}
+    assert config["noise"] == {"kind": "sym", "rate": 0.2, "seed": 0} and config["align"] == {
+        "size": SIZE
+    }
     assert config["key"] == res.key and config["device"] == "cpu" and config["precision"] == "fp32"
     metrics = read_metrics(run)
-    assert [m["epoch"] for m in metrics] == [1, 2] and [m["warmup"] for m in metrics] == [True, False]
+    assert [m["epoch"] for m in metrics] == [1, 2] and [m["warmup"] for m in metrics] == [
+        True,
+        False,
+    ]
     for m in metrics:
         assert METRIC_FIELDS <= set(m)
         assert m["test_acc"] is not None and m["val_acc"] is not None  # val carved from train
@@ -132,8 +204,24 @@ def test_each_method_writes_the_run_folder_contract(method, manifest, workspace)
 
 
 def test_cli_cache_hit_and_changed_parameter_misses(manifest, workspace):
-    args = ["train", str(manifest), "--method", "pc", "--epochs", "1", "--warmup", "0", "--batch-size", "32",
-            "--image-size", str(SIZE), "--precision", "fp32", "--workers", "0"]
+    args = [
+        "train",
+        str(manifest),
+        "--method",
+        "pc",
+        "--epochs",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "32",
+        "--image-size",
+        str(SIZE),
+        "--precision",
+        "fp32",
+        "--workers",
+        "0",
+    ]
     runner = CliRunner()
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
@@ -151,15 +239,44 @@ def test_cli_cache_hit_and_changed_parameter_misses(manifest, workspace):
 def test_kill_9_then_resume_gives_identical_metrics(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=60)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
-    killed = [sys.executable, "-m", "fernoise.cli.app", "train", str(data), "--method", "ncctfer", "--epochs", "2",
-              "--warmup", "1", "--batch-size", "16", "--image-size", str(SIZE), "--k", "3", "--workers", "1",
-              "--runs-dir", str(tmp_path / "a")]
-    metrics_file = kill_after_epochs(killed, env, tmp_path / "a", timeout=120) / "metrics.jsonl"  # mid-epoch 2
+    killed = [
+        sys.executable,
+        "-m",
+        "fernoise.cli.app",
+        "train",
+        str(data),
+        "--method",
+        "ncctfer",
+        "--epochs",
+        "2",
+        "--warmup",
+        "1",
+        "--batch-size",
+        "16",
+        "--image-size",
+        str(SIZE),
+        "--k",
+        "3",
+        "--workers",
+        "1",
+        "--runs-dir",
+        str(tmp_path / "a"),
+    ]
+    metrics_file = (
+        kill_after_epochs(killed, env, tmp_path / "a", timeout=120) / "metrics.jsonl"
+    )  # mid-epoch 2
     assert not (metrics_file.parent / "model.pt").exists()
     resume(killed, env)
     # The uninterrupted run, in this process, with the same configuration.
-    cfg = TrainConfig(method="ncctfer", method_params=methods.make_params("ncctfer", {"--k": 3}), epochs=2, warmup=1,
-                      batch_size=16, image_size=SIZE, workers=1)
+    cfg = TrainConfig(
+        method="ncctfer",
+        method_params=methods.make_params("ncctfer", {"--k": 3}),
+        epochs=2,
+        warmup=1,
+        batch_size=16,
+        image_size=SIZE,
+        workers=1,
+    )
     full = train(data, cfg, runs_dir=tmp_path / "b").output
 
     def strip(run: Path) -> list[dict]:
@@ -168,7 +285,10 @@ def test_kill_9_then_resume_gives_identical_metrics(tmp_path, workspace):
     a = metrics_file.parent
     assert full.name == a.name
     assert len(strip(a)) == 2 and strip(a) == strip(full)
-    sa, sb = torch.load(a / "model.pt", weights_only=True), torch.load(full / "model.pt", weights_only=True)
+    sa, sb = (
+        torch.load(a / "model.pt", weights_only=True),
+        torch.load(full / "model.pt", weights_only=True),
+    )
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -205,10 +325,16 @@ def test_pretrained_that_is_not_a_state_dict(manifest, workspace):
     bad = workspace / "weights.pt"
     torch.save([1, 2, 3], bad)
     res = run_cli([str(manifest), "--pretrained", str(bad), "--image-size", str(SIZE), "--k", "3"])
-    assert res.exit_code == 2 and "--pretrained" in res.output and len(res.output.strip().splitlines()) == 1
+    assert (
+        res.exit_code == 2
+        and "--pretrained" in res.output
+        and len(res.output.strip().splitlines()) == 1
+    )
     garbage = workspace / "garbage.pth"
     garbage.write_bytes(b"not a pickle")
-    res = run_cli([str(manifest), "--pretrained", str(garbage), "--image-size", str(SIZE), "--k", "3"])
+    res = run_cli(
+        [str(manifest), "--pretrained", str(garbage), "--image-size", str(SIZE), "--k", "3"]
+    )
     assert res.exit_code == 2 and "--pretrained" in res.output
     assert nothing_written(workspace)
 
@@ -216,21 +342,34 @@ def test_pretrained_that_is_not_a_state_dict(manifest, workspace):
 def test_manifest_without_labelled_training_rows(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=20, splits=("test", "test"))
     res = run_cli([str(data), "--image-size", str(SIZE), "--k", "3"])
-    assert res.exit_code == 2 and "no labelled training rows" in res.output and "MANIFEST" in res.output
+    assert (
+        res.exit_code == 2
+        and "no labelled training rows" in res.output
+        and "MANIFEST" in res.output
+    )
     assert nothing_written(workspace)
 
 
 def test_label_outside_the_class_list(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=30, labels=lambda df: [9] + df["label"].tolist()[1:])
     res = run_cli([str(data), "--image-size", str(SIZE), "--k", "3"])
-    assert res.exit_code == 2 and "outside" in res.output and len(res.output.strip().splitlines()) == 1
+    assert (
+        res.exit_code == 2 and "outside" in res.output and len(res.output.strip().splitlines()) == 1
+    )
     assert nothing_written(workspace)
 
 
 def test_class_without_training_samples_warns_and_trains(tmp_path, workspace):
-    data = make_manifest(tmp_path / "d", n=70, noise=0.0, labels=lambda df: df["label"].where(df["label"] != 4, 0))
+    data = make_manifest(
+        tmp_path / "d", n=70, noise=0.0, labels=lambda df: df["label"].where(df["label"] != 4, 0)
+    )
     events = []
-    res = train(data, tiny(method="pc", epochs=1, warmup=0), runs_dir=workspace / "runs", progress=events.append)
+    res = train(
+        data,
+        tiny(method="pc", epochs=1, warmup=0),
+        runs_dir=workspace / "runs",
+        progress=events.append,
+    )
     warnings = [e["message"] for e in events if e["event"] == "warning"]
     assert any("'fear'" in w for w in warnings)
     m = read_metrics(res.output)[0]

@@ -30,7 +30,9 @@ def test_array_cache_is_built_once_and_memory_mapped(tmp_path):
     mtime = f.stat().st_mtime_ns
     events.clear()
     again = data.array_cache(paths, ids, size=16, cache_dir=tmp_path / "c", progress=events.append)
-    assert f.stat().st_mtime_ns == mtime and np.array_equal(arr, again) and events == []  # not decoded again
+    assert (
+        f.stat().st_mtime_ns == mtime and np.array_equal(arr, again) and events == []
+    )  # not decoded again
     assert not [p for p in (tmp_path / "c").iterdir() if p.name.endswith(".tmp")]
     other = data.cache_file(tmp_path / "c", ids, data.crop_fingerprint(paths), 24)
     assert other != f  # keyed by size
@@ -59,8 +61,32 @@ def test_epoch_batches_cover_each_row_once_and_split_across_ranks():
     rows = np.arange(100, 150)  # 50 training rows, array-cache indices 100..149
     b = data.epoch_batches(rows, 16, seed=0, epoch=1, views=("weak",))
     got = np.concatenate([x.positions for x in b])
-    assert sorted(got.tolist()) == rows.tolist() and [len(x.positions) for x in b] == [16, 16, 16, 2]  # a last batch of 2 is kept
-    assert not np.array_equal(got, np.concatenate([x.positions for x in data.epoch_batches(rows, 16, seed=0, epoch=2, views=("weak",))]))
-    r0 = np.concatenate([x.positions for x in data.epoch_batches(rows, 5, seed=0, epoch=1, views=("weak", "strong"), rank=0, world=2)])
-    r1 = np.concatenate([x.positions for x in data.epoch_batches(rows, 5, seed=0, epoch=1, views=("weak", "strong"), rank=1, world=2)])
+    assert sorted(got.tolist()) == rows.tolist() and [len(x.positions) for x in b] == [
+        16,
+        16,
+        16,
+        2,
+    ]  # a last batch of 2 is kept
+    assert not np.array_equal(
+        got,
+        np.concatenate(
+            [x.positions for x in data.epoch_batches(rows, 16, seed=0, epoch=2, views=("weak",))]
+        ),
+    )
+    r0 = np.concatenate(
+        [
+            x.positions
+            for x in data.epoch_batches(
+                rows, 5, seed=0, epoch=1, views=("weak", "strong"), rank=0, world=2
+            )
+        ]
+    )
+    r1 = np.concatenate(
+        [
+            x.positions
+            for x in data.epoch_batches(
+                rows, 5, seed=0, epoch=1, views=("weak", "strong"), rank=1, world=2
+            )
+        ]
+    )
     assert len(r0) == len(r1) == 25 and set(r0) | set(r1) == set(rows.tolist())

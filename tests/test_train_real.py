@@ -25,35 +25,67 @@ def ferplus_manifest(tmp_path_factory):
     """160 train + 40 FER2013Valid (as test) rows, FER+ plurality labels, 8 classes."""
     df = pd.read_csv(FERPLUS / "manifest.csv")
     df = df[~df["ferplus_plurality"].isin(["tie"]) & df["ferplus_plurality"].notna()]
-    df = pd.concat([df[df["split"] == "train"].nsmallest(160, "rand_rank"),
-                    df[df["split"] == "valid"].nsmallest(40, "rand_rank")])
+    df = pd.concat(
+        [
+            df[df["split"] == "train"].nsmallest(160, "rand_rank"),
+            df[df["split"] == "valid"].nsmallest(40, "rand_rank"),
+        ]
+    )
     labels = [CLASSES.index(canonical_name(x)) for x in df["ferplus_plurality"]]
-    rows = pd.DataFrame({
-        "id": df["path"].tolist(), "src_path": df["path"].tolist(),
-        "path": [str(FERPLUS / p) for p in df["path"]],
-        "split": ["train" if s == "train" else "test" for s in df["split"]],
-        "label": labels, "status": "ok", "n_faces": 1,
-    })
+    rows = pd.DataFrame(
+        {
+            "id": df["path"].tolist(),
+            "src_path": df["path"].tolist(),
+            "path": [str(FERPLUS / p) for p in df["path"]],
+            "split": ["train" if s == "train" else "test" for s in df["split"]],
+            "label": labels,
+            "status": "ok",
+            "n_faces": 1,
+        }
+    )
     out = tmp_path_factory.mktemp("ferplus") / "manifest.parquet"
-    meta = {"classes": list(CLASSES), "label_space": "basic8", "stage": "align", "key": "ferplus-200",
-            "lineage": [{"stage": "align", "key": "ferplus-200", "params": {"source": "ferplus"}}]}
+    meta = {
+        "classes": list(CLASSES),
+        "label_space": "basic8",
+        "stage": "align",
+        "key": "ferplus-200",
+        "lineage": [{"stage": "align", "key": "ferplus-200", "params": {"source": "ferplus"}}],
+    }
     return write_manifest(rows, out, meta)
 
 
 # scn, rul, eac: tests/test_methods_peers_real.py
-PARTS = {"ce": set(), "pc": set(), "nl": {"nl"}, "ncctfer": {"c"}, "gce": {"gce"}, "sce": {"ce", "rce"},
-         "elr": {"ce", "elr"}}
+PARTS = {
+    "ce": set(),
+    "pc": set(),
+    "nl": {"nl"},
+    "ncctfer": {"c"},
+    "gce": {"gce"},
+    "sce": {"ce", "rce"},
+    "elr": {"ce", "elr"},
+}
 
 
 @pytest.mark.parametrize("method", ["ce", "pc", "nl", "ncctfer", "gce", "sce", "elr"])
 def test_two_epochs_on_ferplus(method, ferplus_manifest, workspace):
-    cfg = TrainConfig(method=method, epochs=2, warmup=1, batch_size=64, image_size=48, workers=0,
-                      keep_checkpoint=True)  # to read the per-sample state below
+    cfg = TrainConfig(
+        method=method,
+        epochs=2,
+        warmup=1,
+        batch_size=64,
+        image_size=48,
+        workers=0,
+        keep_checkpoint=True,
+    )  # to read the per-sample state below
     run = train(ferplus_manifest, cfg, runs_dir=workspace / "runs").output
     config = json.loads((run / "config.json").read_text())
     assert CONFIG_FIELDS <= set(config) and config["noise"] is None and config["num_classes"] == 8
-    resolved = methods.create(method, num_classes=8).params  # defaults, with ncctfer's k = min(4, C-1) = 4
-    assert config["method_params"] == resolved.__dict__ and config["k"] == getattr(resolved, "k", None)
+    resolved = methods.create(
+        method, num_classes=8
+    ).params  # defaults, with ncctfer's k = min(4, C-1) = 4
+    assert config["method_params"] == resolved.__dict__ and config["k"] == getattr(
+        resolved, "k", None
+    )
     assert config["views"] == list(methods.get(method).views)
     assert config["n_test"] == 40 and config["n_train"] + config["n_val"] == 160
     metrics = read_metrics(run)
@@ -64,10 +96,14 @@ def test_two_epochs_on_ferplus(method, ferplus_manifest, workspace):
     own = {f"loss_{q}" for q in PARTS[method]}
     assert own <= set(last) and all(last[k] is not None for k in own)
     parts = [last[k] for k in last if k.startswith("loss_") and last[k] is not None]
-    assert sum(parts) == pytest.approx(last["loss"], rel=1e-6, abs=1e-9)  # the parts add up to the loss
+    assert sum(parts) == pytest.approx(
+        last["loss"], rel=1e-6, abs=1e-9
+    )  # the parts add up to the loss
     assert last["confident_precision"] is None  # no is_noisy column
     selecting = method in ("pc", "ncctfer")
-    assert (last["confident_frac"] is not None) == selecting and (last["thresholds"] is not None) == selecting
+    assert (last["confident_frac"] is not None) == selecting and (
+        last["thresholds"] is not None
+    ) == selecting
     m = methods.create(method, num_classes=8, image_size=48)
     methods.build_model(m).load_state_dict(torch.load(run / "model.pt", weights_only=True))
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)

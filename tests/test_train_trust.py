@@ -43,8 +43,22 @@ def one_line(res) -> str:
     return lines[0]
 
 
-TINY_ARGS = ["--epochs", "1", "--warmup", "0", "--batch-size", "16", "--image-size", str(SIZE),
-             "--precision", "fp32", "--workers", "0", "--method", "ce"]
+TINY_ARGS = [
+    "--epochs",
+    "1",
+    "--warmup",
+    "0",
+    "--batch-size",
+    "16",
+    "--image-size",
+    str(SIZE),
+    "--precision",
+    "fp32",
+    "--workers",
+    "0",
+    "--method",
+    "ce",
+]
 
 
 # ----------------------------------------------------------------------------- 8.1 checkpoint
@@ -54,14 +68,20 @@ def test_a_pickle_payload_checkpoint_runs_nothing_and_the_run_starts_over(tmp_pa
     p = plan(data, cfg, runs_dir=workspace / "runs")
     marker = tmp_path / "pwned"
     p.run_dir.mkdir(parents=True)
-    torch.save({"key": p.key, "epoch": 1, "evil": Payload(str(marker))}, p.run_dir / "checkpoint.pt")
+    torch.save(
+        {"key": p.key, "epoch": 1, "evil": Payload(str(marker))}, p.run_dir / "checkpoint.pt"
+    )
     events = []
     res = train(data, cfg, runs_dir=workspace / "runs", progress=events.append)
     assert not marker.exists()
     warnings = [e["message"] for e in events if e["event"] == "warning"]
-    assert any("checkpoint.pt is not a readable checkpoint" in w and "starts over" in w for w in warnings)
+    assert any(
+        "checkpoint.pt is not a readable checkpoint" in w and "starts over" in w for w in warnings
+    )
     assert not any(e["event"] == "resume" for e in events)
-    assert [m["epoch"] for m in read_metrics(res.output)] == [1] and (res.output / "model.pt").is_file()
+    assert [m["epoch"] for m in read_metrics(res.output)] == [1] and (
+        res.output / "model.pt"
+    ).is_file()
 
 
 def test_a_truncated_or_foreign_checkpoint_is_absent_in_one_line(tmp_path, workspace):
@@ -78,14 +98,22 @@ def test_a_truncated_or_foreign_checkpoint_is_absent_in_one_line(tmp_path, works
     assert again.exit_code == 0, again.output
     warn = [ln for ln in again.output.splitlines() if "warning" in ln]
     assert len(warn) == 1 and "not a readable checkpoint" in warn[0] and "starts over" in warn[0]
-    assert "resuming" not in again.output and "epoch   1" in again.output and (run / "model.pt").is_file()
+    assert (
+        "resuming" not in again.output
+        and "epoch   1" in again.output
+        and (run / "model.pt").is_file()
+    )
     # a checkpoint of another run (other key) is ignored the same way
     state = torch.load(ckpt, weights_only=True)
     state["key"] = "0" * 64
     torch.save(state, ckpt)
     (run / "model.pt").unlink()
     third = cli(*args)
-    assert third.exit_code == 0 and "belongs to another run" in third.output and "resuming" not in third.output
+    assert (
+        third.exit_code == 0
+        and "belongs to another run" in third.output
+        and "resuming" not in third.output
+    )
 
 
 # ----------------------------------------------------------------------------- 8.4 content keys
@@ -106,12 +134,21 @@ def test_a_manifest_edited_behind_its_metadata_misses_the_train_cache(tmp_path, 
     events = []
     dropped = train(data, cfg, runs_dir=workspace / "runs", progress=events.append)
     assert not dropped.hit and dropped.key != first.key
-    assert any("was edited after" in e["message"] and "rows" in e["message"] for e in events if e["event"] == "warning")
+    assert any(
+        "was edited after" in e["message"] and "rows" in e["message"]
+        for e in events
+        if e["event"] == "warning"
+    )
     zero = pa.array([0] * 50, pa.int64())
-    _rewrite_keeping_metadata(data, lambda t: t.set_column(t.column_names.index("label"), "label", zero))
+    _rewrite_keeping_metadata(
+        data, lambda t: t.set_column(t.column_names.index("label"), "label", zero)
+    )
     relabelled = train(data, cfg, runs_dir=workspace / "runs")
     assert not relabelled.hit and relabelled.key not in (first.key, dropped.key)
-    assert json.loads((relabelled.output / "config.json").read_text())["train_class_counts"][1:] == [0] * 6
+    assert (
+        json.loads((relabelled.output / "config.json").read_text())["train_class_counts"][1:]
+        == [0] * 6
+    )
 
 
 # ----------------------------------------------------------------------------- 8.5 crops
@@ -132,9 +169,15 @@ def test_crops_changed_or_deleted_after_the_cache_was_built_are_not_trained_on(t
     assert new != old
     arr = np.load(new)
     assert (arr[1] == 255).all() and (arr[2] == 0).all()
-    skipped = json.loads(new.with_name(new.name.replace(".npy", ".skipped.json")).read_text())["skipped"]
+    skipped = json.loads(new.with_name(new.name.replace(".npy", ".skipped.json")).read_text())[
+        "skipped"
+    ]
     assert skipped == {"2": "missing"}
-    assert any("1 rows skipped" in e["message"] and "missing" in e["message"] for e in events if e["event"] == "warning")
+    assert any(
+        "1 rows skipped" in e["message"] and "missing" in e["message"]
+        for e in events
+        if e["event"] == "warning"
+    )
 
 
 def test_a_crop_that_differs_from_the_recorded_sha256_is_skipped(tmp_path, workspace):
@@ -147,9 +190,17 @@ def test_a_crop_that_differs_from_the_recorded_sha256_is_skipped(tmp_path, works
     m.df.loc[3, "crop_sha256"] = "0" * 64
     write_manifest(m.df, data, m.meta)
     events = []
-    res = train(data, tiny(method="ce", epochs=1, warmup=0), runs_dir=workspace / "runs", progress=events.append)
+    res = train(
+        data,
+        tiny(method="ce", epochs=1, warmup=0),
+        runs_dir=workspace / "runs",
+        progress=events.append,
+    )
     config = json.loads((res.output / "config.json").read_text())
-    assert config["skipped_crops"] == 1 and "differs from the sha256" in config["skipped_example"]["reason"]
+    assert (
+        config["skipped_crops"] == 1
+        and "differs from the sha256" in config["skipped_example"]["reason"]
+    )
 
 
 # ----------------------------------------------------------------------------- 8.3 paths
@@ -169,7 +220,9 @@ def test_paths_outside_the_manifest_folder_are_reported_and_non_images_skipped(t
     assert res.exit_code == 0, res.output
     warn = [ln for ln in res.output.splitlines() if "warning" in ln]
     assert any("2 crop paths resolve outside" in w and "'../elsewhere.png'" in w for w in warn)
-    assert any("1 rows skipped" in w and "passwd" in w and "not a readable image" in w for w in warn)
+    assert any(
+        "1 rows skipped" in w and "passwd" in w and "not a readable image" in w for w in warn
+    )
 
 
 # ----------------------------------------------------------------------------- 8.7 one line
@@ -205,7 +258,9 @@ def test_manifest_without_a_path_column(tmp_path, workspace):
 def test_folders_given_for_files_are_called_folders(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=20)
     (tmp_path / "empty").mkdir()
-    res = cli("train", tmp_path / "empty", *TINY_ARGS)  # a folder with a manifest.parquet: test_manifest_folder
+    res = cli(
+        "train", tmp_path / "empty", *TINY_ARGS
+    )  # a folder with a manifest.parquet: test_manifest_folder
     assert res.exit_code == 2 and "is a folder without a manifest.parquet" in one_line(res)
     res = cli("train", data, *TINY_ARGS, "--pretrained", tmp_path)
     assert res.exit_code == 2 and "--pretrained" in one_line(res) and "is a folder" in res.output
@@ -237,8 +292,12 @@ def test_carved_validation_says_it_is_noisy_and_val_clean_uses_the_clean_label(t
     df = clean.rows
     vpos = clean.val_pos
     assert np.array_equal(clean.labels[vpos], df["label_clean"].iloc[vpos].astype(int).to_numpy())
-    assert not np.array_equal(noisy.labels[vpos], clean.labels[vpos])  # 40% noise: some val rows differ
-    assert np.array_equal(clean.labels[clean.train_pos], noisy.labels[noisy.train_pos])  # training keeps noise
+    assert not np.array_equal(
+        noisy.labels[vpos], clean.labels[vpos]
+    )  # 40% noise: some val rows differ
+    assert np.array_equal(
+        clean.labels[clean.train_pos], noisy.labels[noisy.train_pos]
+    )  # training keeps noise
     res = cli("train", data, *TINY_ARGS, "--val-clean")
     assert res.exit_code == 0 and "label_clean (oracle-clean" in res.output
     run = Path(res.output.strip().splitlines()[-1].split(": ", 1)[1])
@@ -255,8 +314,12 @@ def test_val_clean_needs_label_clean(tmp_path, workspace):
 # ----------------------------------------------------------------------------- 9.4 unseen classes
 def test_a_test_class_never_seen_in_training_warns(tmp_path, workspace):
     # class 4 (fear) only in test rows: its training rows are relabelled
-    data = make_manifest(tmp_path / "d", n=70, noise=0.0,
-                         labels=lambda df: df["label"].where((df["label"] != 4) | (df["split"] == "test"), 0))
+    data = make_manifest(
+        tmp_path / "d",
+        n=70,
+        noise=0.0,
+        labels=lambda df: df["label"].where((df["label"] != 4) | (df["split"] == "test"), 0),
+    )
     p = plan(data, tiny(), runs_dir=workspace / "runs")
     (w,) = [w for w in p.warnings if "never occur in training" in w]
     assert "'fear'" in w and "(2 test rows)" in w
@@ -272,8 +335,22 @@ def test_default_warmup_scales_with_epochs():
 
 def test_three_epochs_train_without_a_warmup_flag(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=40)
-    res = cli("train", data, "--epochs", "3", "--batch-size", "16", "--image-size", SIZE,
-              "--precision", "fp32", "--workers", "0", "--method", "pc")
+    res = cli(
+        "train",
+        data,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--image-size",
+        SIZE,
+        "--precision",
+        "fp32",
+        "--workers",
+        "0",
+        "--method",
+        "pc",
+    )
     assert res.exit_code == 0, res.output
     run = Path(res.output.strip().splitlines()[-1].split(": ", 1)[1])
     assert [m["warmup"] for m in read_metrics(run)] == [True, False, False]
@@ -288,7 +365,9 @@ def test_max_rows_is_a_seeded_stratified_subset_in_the_key(tmp_path, workspace):
     other = plan(data, tiny(val_fraction=0.0, max_rows=35, seed=1), runs_dir=workspace / "runs")
     assert len(full.train_pos) == 84 and len(sub.train_pos) == 35
     assert np.bincount(sub.labels[sub.train_pos], minlength=7).tolist() == [5] * 7
-    assert np.array_equal(sub.train_pos, again.train_pos) and not np.array_equal(sub.train_pos, other.train_pos)
+    assert np.array_equal(sub.train_pos, again.train_pos) and not np.array_equal(
+        sub.train_pos, other.train_pos
+    )
     assert len({full.key, sub.key, other.key}) == 3 and sub.key == again.key
     assert sub.config["max_rows"] == 35 and sub.config["n_train_available"] == 84
     assert np.array_equal(sub.test_pos, full.test_pos)  # test rows untouched
@@ -306,8 +385,10 @@ def test_one_header_line_before_epoch_one(tmp_path, workspace):
     assert i < next(k for k, ln in enumerate(lines) if ln.startswith("epoch"))
     run = lines[-1].split(": ", 1)[1]
     config = json.loads((Path(run) / "config.json").read_text())
-    assert lines[i] == (f"ce: {config['n_train']} train, {config['n_val']} val (carved, noisy), "
-                        f"{config['n_test']} test rows; 7 classes; cpu fp32; random init; run {run}")
+    assert lines[i] == (
+        f"ce: {config['n_train']} train, {config['n_val']} val (carved, noisy), "
+        f"{config['n_test']} test rows; 7 classes; cpu fp32; random init; run {run}"
+    )
 
 
 # ----------------------------------------------------------------------------- 9.13 checkpoint kept?
@@ -315,7 +396,12 @@ def test_checkpoint_removed_at_the_end_and_rerun_is_a_hit(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=40)
     first = cli("train", data, *TINY_ARGS)
     run = Path(first.output.strip().splitlines()[-1].split(": ", 1)[1])
-    assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["config.json", "metrics.jsonl", "model.pt", "val_ids.json"]
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == [
+        "config.json",
+        "metrics.jsonl",
+        "model.pt",
+        "val_ids.json",
+    ]
     again = cli("train", data, *TINY_ARGS)
     assert again.exit_code == 0 and "cache hit" in again.output
     kept = cli("train", data, *TINY_ARGS, "--keep-checkpoint", "--force")
@@ -333,11 +419,29 @@ def test_k_defaults_to_min_4_c_minus_1_for_small_class_lists(tmp_path, workspace
     meta = {**m.meta, "classes": m.meta["classes"][:3]}
     write_manifest(m.df[keep].reset_index(drop=True), data, meta)
     base = dict(epochs=1, batch_size=16, image_size=SIZE, workers=0, precision="fp32")
-    p = plan(data, TrainConfig(**base), runs_dir=workspace / "runs")  # k is ncctfer's (method_params)
-    assert p.cfg.method_params.k == 2 and p.config["k"] == 2 and p.key_params["method_params"]["k"] == 2
-    assert plan(data, TrainConfig(**base, method_params={"k": 1}), runs_dir=workspace / "runs").cfg.method_params.k == 1
+    p = plan(
+        data, TrainConfig(**base), runs_dir=workspace / "runs"
+    )  # k is ncctfer's (method_params)
+    assert (
+        p.cfg.method_params.k == 2
+        and p.config["k"] == 2
+        and p.key_params["method_params"]["k"] == 2
+    )
+    assert (
+        plan(
+            data, TrainConfig(**base, method_params={"k": 1}), runs_dir=workspace / "runs"
+        ).cfg.method_params.k
+        == 1
+    )
     with pytest.raises(FernoiseError) as e:
         plan(data, TrainConfig(**base, method_params={"k": 4}), runs_dir=workspace / "runs")
     assert e.value.flag == "--k" and "expected 1..2 for 3 classes" in str(e.value)
-    assert TrainConfig().method_params.k is None and plan(make_manifest(tmp_path / "seven", n=40), TrainConfig(**base),
-                                                          runs_dir=workspace / "runs").cfg.method_params.k == 4
+    assert (
+        TrainConfig().method_params.k is None
+        and plan(
+            make_manifest(tmp_path / "seven", n=40),
+            TrainConfig(**base),
+            runs_dir=workspace / "runs",
+        ).cfg.method_params.k
+        == 4
+    )

@@ -16,7 +16,14 @@ from fernoise.sweep.grid import expand, load_grid
 from fernoise.train.stage import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-NO_WARMUP = ["scn", "rul", "eac", "gce", "sce", "elr"]  # their official code trains the loss from epoch 1
+NO_WARMUP = [
+    "scn",
+    "rul",
+    "eac",
+    "gce",
+    "sce",
+    "elr",
+]  # their official code trains the loss from epoch 1
 NCCTFER_PROTOCOL = ["ncctfer", "ce", "pc", "nl"]  # the paper's warm-up, shared by its baselines
 
 
@@ -41,8 +48,12 @@ def test_sce_default_a_is_the_official_clamp():
     pred = F.softmax(logits, dim=1).clamp(min=1e-7, max=1.0)
     one_hot = F.one_hot(y, 3).float().clamp(min=1e-4, max=1.0)
     official = (-1 * torch.sum(pred * torch.log(one_hot), dim=1)).mean()
-    assert losses.reverse_cross_entropy(logits, y, a).item() == pytest.approx(official.item(), abs=1e-6)
-    assert losses.reverse_cross_entropy(logits, y, -4.0).item() != pytest.approx(official.item(), abs=1e-3)
+    assert losses.reverse_cross_entropy(logits, y, a).item() == pytest.approx(
+        official.item(), abs=1e-6
+    )
+    assert losses.reverse_cross_entropy(logits, y, -4.0).item() != pytest.approx(
+        official.item(), abs=1e-3
+    )
 
 
 def test_paper_table2_runs_scn_at_its_batch_of_64():
@@ -60,9 +71,9 @@ def test_gce_gradient_is_finite_where_p_y_underflows():
     assert torch.isfinite(logits.grad).all()
     # the loss of row 0 is (1 - 0) / q; row 1 is (1 - p^q) / q by hand
     p1 = math.exp(2.0) / (math.exp(1.0) + math.exp(2.0) + math.exp(0.5))
-    assert loss.item() == pytest.approx(((1 - 0.0) / 0.7 + (1 - p1 ** 0.7) / 0.7) / 2, rel=1e-6)
+    assert loss.item() == pytest.approx(((1 - 0.0) / 0.7 + (1 - p1**0.7) / 0.7) / 2, rel=1e-6)
     # the gradient of a normal row is d/dz (1 - p_y^q)/q = -p_y^q (onehot - p), as autograd of pow gives
     z = torch.tensor([[1.0, 2.0, 0.5]], requires_grad=True)
-    ref = ((1 - F.softmax(z, 1)[0, 1] ** 0.7) / 0.7)
+    ref = (1 - F.softmax(z, 1)[0, 1] ** 0.7) / 0.7
     ref.backward()
     assert torch.allclose(logits.grad[1] * 2, z.grad[0], atol=1e-6)

@@ -26,8 +26,14 @@ def fernoise(*args, cwd: Path, timeout: float = TIMEOUT) -> subprocess.Completed
     """``fernoise ARGS`` in a subprocess run in ``cwd`` (also its workspace); a hang fails the test."""
     env = {**os.environ, "FERNOISE_WORKSPACE": str(cwd), "OMP_NUM_THREADS": "1"}
     try:
-        return subprocess.run([sys.executable, "-m", "fernoise.cli.app", *map(str, args)], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "fernoise.cli.app", *map(str, args)],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"fernoise {' '.join(map(str, args))} did not finish in {timeout} s (hangs)")
 
@@ -61,8 +67,12 @@ def test_align_into_the_project_folder_removes_no_users_tmp_file(tmp_path, works
 
     project = tmp_path / "project"
     raw = raw_tree(project / "raw")
-    mine = [aged(project / ".draft.tmp"), aged(project / "docs" / ".thesis.tmp"), aged(raw / ".labels.tmp"),
-            aged(project / "docs" / f".notes.md.{HOST_TAG}-{dead_pid()}.abcd1234.tmp")]
+    mine = [
+        aged(project / ".draft.tmp"),
+        aged(project / "docs" / ".thesis.tmp"),
+        aged(raw / ".labels.tmp"),
+        aged(project / "docs" / f".notes.md.{HOST_TAG}-{dead_pid()}.abcd1234.tmp"),
+    ]
     for _ in range(2):
         res = invoke(str(raw), str(project), "--mode", "whole", "--size", "32")
         assert res.exit_code == 0, res.output
@@ -79,9 +89,21 @@ def test_out_equal_to_raw_is_a_cache_hit_and_never_reingests_its_crops(tmp_path,
     from fernoise.manifest import read_manifest
 
     raw = raw_tree(tmp_path / "raw", n=3)
-    (raw / "labels.csv").write_text("path,label\n" + "".join(f"happy/img{i}.png,happy\n" for i in range(3)))
-    args = (str(raw), str(raw), "--mode", "whole", "--size", "32", "--labels", str(raw / "labels.csv"),
-            "--format", "csv")
+    (raw / "labels.csv").write_text(
+        "path,label\n" + "".join(f"happy/img{i}.png,happy\n" for i in range(3))
+    )
+    args = (
+        str(raw),
+        str(raw),
+        "--mode",
+        "whole",
+        "--size",
+        "32",
+        "--labels",
+        str(raw / "labels.csv"),
+        "--format",
+        "csv",
+    )
     rows = []
     for _ in range(3):
         res = invoke(*args)
@@ -97,12 +119,17 @@ def test_align_gives_fifo_and_device_link_a_status_row_without_hanging(tmp_path)
 
     raw = raw_tree(tmp_path / "raw", n=1)
     special_files(raw)
-    r = fernoise("align", raw, tmp_path / "out", "--mode", "whole", "--size", "32", cwd=tmp_path, timeout=60)
+    r = fernoise(
+        "align", raw, tmp_path / "out", "--mode", "whole", "--size", "32", cwd=tmp_path, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     df = read_manifest(tmp_path / "out" / "manifest.parquet").df.set_index("src_path")
     assert df.loc["happy/img0.png", "status"] == "whole"
     assert df.loc["a.png", "status"] == "unreadable" and "FIFO" in df.loc["a.png", "reason"]
-    assert df.loc["z.jpg", "status"] == "unreadable" and "character device" in df.loc["z.jpg", "reason"]
+    assert (
+        df.loc["z.jpg", "status"] == "unreadable"
+        and "character device" in df.loc["z.jpg", "reason"]
+    )
 
 
 def test_train_and_eval_count_fifo_and_dev_zero_crops_as_skipped(tmp_path):
@@ -128,10 +155,14 @@ def test_train_and_eval_count_fifo_and_dev_zero_crops_as_skipped(tmp_path):
     run = Path(r.stdout.strip().splitlines()[-1].split(": ", 1)[1])
     assert json.loads((run / "config.json").read_text())["skipped_crops"] == 4
     r = fernoise("eval", run, "--device", "cpu", cwd=tmp_path)
-    assert r.returncode == 2 and "2 test crops are missing or not regular files" in r.stderr, r.stderr
+    assert r.returncode == 2 and "2 test crops are missing or not regular files" in r.stderr, (
+        r.stderr
+    )
     r = fernoise("eval", run, "--device", "cpu", "--force", cwd=tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout
-    assert json.loads((run / "eval.json").read_text())["skipped"]["count"] == 2  # 0005 (FIFO), 0010 (link)
+    assert (
+        json.loads((run / "eval.json").read_text())["skipped"]["count"] == 2
+    )  # 0005 (FIFO), 0010 (link)
 
 
 def test_predict_reports_fifo_and_device_link_as_align_does(tmp_path):
@@ -142,13 +173,28 @@ def test_predict_reports_fifo_and_device_link_as_align_does(tmp_path):
     photos.mkdir()
     Image.new("RGB", (64, 64), (200, 200, 200)).save(photos / "g.png")
     special_files(photos)
-    r = fernoise("predict", photos, photos / "a.png", "--run", run, "--out", tmp_path / "p.csv", "--device", "cpu",
-                 cwd=tmp_path, timeout=90)
+    r = fernoise(
+        "predict",
+        photos,
+        photos / "a.png",
+        "--run",
+        run,
+        "--out",
+        tmp_path / "p.csv",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+        timeout=90,
+    )
     assert r.returncode == 0, r.stderr
     with open(tmp_path / "p.csv", newline="") as fh:
         rows = sorted((Path(x["file"]).name, x["status"], x["reason"]) for x in csv.DictReader(fh))
-    assert [(n, s) for n, s, _ in rows] == [("a.png", "unreadable"), ("a.png", "unreadable"), ("g.png", "no_face"),
-                                            ("z.jpg", "unreadable")]  # the folder's three, and a.png named
+    assert [(n, s) for n, s, _ in rows] == [
+        ("a.png", "unreadable"),
+        ("a.png", "unreadable"),
+        ("g.png", "no_face"),
+        ("z.jpg", "unreadable"),
+    ]  # the folder's three, and a.png named
     assert "FIFO" in rows[0][2] and "FIFO" in rows[1][2] and "character device" in rows[3][2]
 
 
@@ -176,8 +222,18 @@ def test_predict_csv_escapes_names_and_formula_cells(tmp_path):
     photos.mkdir()
     for name in (b"\xff\xfe.png", b"=1+2.png", b"@x.png", b"-3.png", b"plain.png"):
         Image.new("RGB", (48, 48), (200, 200, 200)).save(os.fsencode(photos) + b"/" + name)
-    r = fernoise("predict", ".", "--run", run, "--out", tmp_path / "p.csv", "--device", "cpu", cwd=photos,
-                 timeout=90)
+    r = fernoise(
+        "predict",
+        ".",
+        "--run",
+        run,
+        "--out",
+        tmp_path / "p.csv",
+        "--device",
+        "cpu",
+        cwd=photos,
+        timeout=90,
+    )
     assert r.returncode == 0, r.stderr
     with open(tmp_path / "p.csv", newline="", encoding="utf-8") as fh:
         files = sorted(x["file"] for x in csv.DictReader(fh))
@@ -187,10 +243,17 @@ def test_predict_csv_escapes_names_and_formula_cells(tmp_path):
 def test_csv_cells_escape_formulas_but_keep_numbers():
     from fernoise import csvsafe
 
-    assert [csvsafe.cell(v) for v in ("=SUM(A1)", "+1+cmd", "-2+3", "@A1", "\tx", "\rx", "a=b")] == [
-        "'=SUM(A1)", "'+1+cmd", "'-2+3", "'@A1", "'\tx", "'\rx", "a=b"]
-    assert [csvsafe.cell(v) for v in (-0.5, -3, "-0.5", "+1e-3", "-12", None)] == [-0.5, -3, "-0.5", "+1e-3", "-12",
-                                                                                  None]
+    assert [
+        csvsafe.cell(v) for v in ("=SUM(A1)", "+1+cmd", "-2+3", "@A1", "\tx", "\rx", "a=b")
+    ] == ["'=SUM(A1)", "'+1+cmd", "'-2+3", "'@A1", "'\tx", "'\rx", "a=b"]
+    assert [csvsafe.cell(v) for v in (-0.5, -3, "-0.5", "+1e-3", "-12", None)] == [
+        -0.5,
+        -3,
+        "-0.5",
+        "+1e-3",
+        "-12",
+        None,
+    ]
     import io
 
     buf = io.StringIO()  # the sweep's table.csv writer
@@ -206,7 +269,7 @@ def test_report_csv_escapes_a_formula_cell_and_keeps_numbers(tmp_path):
 
     from fernoise.report import report
 
-    evil = "=HYPERLINK(\"http://x\")"
+    evil = '=HYPERLINK("http://x")'
     fake_run(tmp_path / "r1", evil, None, [0.5, 0.625])
     rows = list(csv.reader(report([tmp_path / "r1"], fmt="csv").splitlines()))
     cells = [c for r in rows[1:] for c in r]
@@ -228,7 +291,9 @@ def test_corrupt_with_a_300_character_column_name(workspace):
     for col in (long_a, long_b):
         res = cli("corrupt", m, "--kind", "column", "--column", col)
         assert res.exit_code == 0, res.output
-        made = sorted(p.name for p in workspace.glob("manifest.column-*.parquet") if p.name not in names)
+        made = sorted(
+            p.name for p in workspace.glob("manifest.column-*.parquet") if p.name not in names
+        )
         assert len(made) == 1 and len(made[0].encode()) <= 100
         names.append(made[0])
         assert read_manifest(workspace / made[0]).df["is_noisy"].any()

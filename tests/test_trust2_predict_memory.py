@@ -39,10 +39,17 @@ def test_predict_on_eight_large_photos_holds_about_one_decode(tmp_path):
     for i in range(1, N):
         shutil.copy(big / "b0.png", big / f"b{i}.png")
         shutil.copy(small / "s0.png", small / f"s{i}.png")
-    r = subprocess.run([sys.executable, "-c", CHILD, str(small), str(big), str(run)], capture_output=True,
-                       text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, str(small), str(big), str(run)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["status"] == ["no_face"] * N  # decoded, searched, no face: nothing refused
     grew = got["peak_kb"] - got["base_kb"]
-    assert grew < 3 * FULL_DECODE_KB, f"peak grew by {grew} kB for {N} photos of {FULL_DECODE_KB} kB decoded"
+    assert grew < 3 * FULL_DECODE_KB, (
+        f"peak grew by {grew} kB for {N} photos of {FULL_DECODE_KB} kB decoded"
+    )

@@ -16,8 +16,24 @@ from typer.testing import CliRunner
 from fernoise.cli.app import app
 from fernoise.train.stage import TrainConfig, plan
 
-ARGS = ["--method", "ce", "--epochs", "1", "--warmup", "0", "--batch-size", "8", "--image-size", str(SIZE),
-        "--workers", "0", "--precision", "fp32", "--device", "cpu"]
+ARGS = [
+    "--method",
+    "ce",
+    "--epochs",
+    "1",
+    "--warmup",
+    "0",
+    "--batch-size",
+    "8",
+    "--image-size",
+    str(SIZE),
+    "--workers",
+    "0",
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
+]
 
 
 def _train(manifest: Path):
@@ -28,8 +44,16 @@ def _train(manifest: Path):
 
 
 def _cfg() -> TrainConfig:
-    return TrainConfig(method="ce", epochs=1, warmup=0, batch_size=8, image_size=SIZE, workers=0,
-                       precision="fp32", device="cpu")
+    return TrainConfig(
+        method="ce",
+        epochs=1,
+        warmup=0,
+        batch_size=8,
+        image_size=SIZE,
+        workers=0,
+        precision="fp32",
+        device="cpu",
+    )
 
 
 def test_a_run_after_align_repaired_its_skipped_crops_trains_again(tmp_path, workspace):
@@ -57,7 +81,9 @@ def test_a_run_after_align_repaired_its_skipped_crops_trains_again(tmp_path, wor
     assert _train(data) == ("cache hit", full_run)
 
 
-def test_a_run_of_an_older_fernoise_that_skipped_rows_under_the_full_key_is_not_a_hit(tmp_path, workspace):
+def test_a_run_of_an_older_fernoise_that_skipped_rows_under_the_full_key_is_not_a_hit(
+    tmp_path, workspace
+):
     data = make_manifest(tmp_path / "d", n=30)
     tag, run = _train(data)
     # What fernoise before issue 19 left: the full key's folder, trained while 3 rows were skipped.
@@ -66,8 +92,13 @@ def test_a_run_of_an_older_fernoise_that_skipped_rows_under_the_full_key_is_not_
     from fernoise.cache import stamp_path, write_stamp
 
     stamp = json.loads(stamp_path(run / "model.pt").read_text())
-    write_stamp(run / "model.pt", stamp["key"], [run / name for name in stamp["outputs"]], stage="train",
-                params=stamp["params"])
+    write_stamp(
+        run / "model.pt",
+        stamp["key"],
+        [run / name for name in stamp["outputs"]],
+        stage="train",
+        params=stamp["params"],
+    )
     for entry in (workspace / "runs" / ".fernoise" / "index").glob("*.json"):
         entry.unlink()
     tag, again = _train(data)
@@ -92,12 +123,18 @@ def test_a_label_edit_keeping_size_and_mtime_is_not_a_cache_hit(tmp_path, worksp
     a = next(i for i in train if df.at[i, "label"] != df.at[train[0], "label"])
     labels = df["label"].to_numpy().copy()
     labels[[train[0], a]] = labels[[a, train[0]]]
-    edited = table.set_column(table.schema.get_field_index("label"), "label",
-                              [labels.astype(table.schema.field("label").type.to_pandas_dtype())])
+    edited = table.set_column(
+        table.schema.get_field_index("label"),
+        "label",
+        [labels.astype(table.schema.field("label").type.to_pandas_dtype())],
+    )
     _rewrite_plain(data, edited.replace_schema_metadata(table.schema.metadata))
     os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert data.stat().st_size == st.st_size and data.stat().st_mtime_ns == st.st_mtime_ns
     tag, second = _train(data)
     assert tag == "wrote", "the edited labels hit the run trained on the old ones"
     assert second != first
-    assert json.loads((second / "config.json").read_text())["key"] != json.loads((first / "config.json").read_text())["key"]
+    assert (
+        json.loads((second / "config.json").read_text())["key"]
+        != json.loads((first / "config.json").read_text())["key"]
+    )

@@ -17,8 +17,24 @@ from typer.testing import CliRunner
 from fernoise.cache import stamp_path
 from fernoise.cli.app import app
 
-ARGS = ["--method", "ce", "--epochs", "1", "--warmup", "0", "--batch-size", "8", "--image-size", str(SIZE),
-        "--workers", "0", "--precision", "fp32", "--device", "cpu"]
+ARGS = [
+    "--method",
+    "ce",
+    "--epochs",
+    "1",
+    "--warmup",
+    "0",
+    "--batch-size",
+    "8",
+    "--image-size",
+    str(SIZE),
+    "--workers",
+    "0",
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +79,9 @@ def test_a_finite_start_that_overflows_at_once_is_named_as_the_cause(data, tmp_p
 
     torch.manual_seed(0)
     state = resnet18(weights=None).state_dict()
-    state["layer4.1.bn2.weight"].fill_(3e38)  # finite, but the logits overflow: the loss is NaN at step 1
+    state["layer4.1.bn2.weight"].fill_(
+        3e38
+    )  # finite, but the logits overflow: the loss is NaN at step 1
     start = tmp_path / "huge_start.pth"
     torch.save(state, start)
     res = CliRunner().invoke(app, ["train", str(data), *ARGS, "--pretrained", str(start)])
@@ -96,7 +114,9 @@ def test_a_non_finite_loss_stops_the_run_naming_epoch_and_step(data, workspace):
 
 
 # ----------------------------------------------------------------------------- 10: a full disk
-def _train_limited(data: Path, ws: Path, limit: int | None, *extra: str) -> subprocess.CompletedProcess:
+def _train_limited(
+    data: Path, ws: Path, limit: int | None, *extra: str
+) -> subprocess.CompletedProcess:
     """``fernoise train`` in a subprocess whose files may not grow past ``limit`` bytes
     (RLIMIT_FSIZE, SIGXFSZ ignored: a write past it fails with EFBIG, as on a full disk)."""
     code = (
@@ -109,18 +129,28 @@ def _train_limited(data: Path, ws: Path, limit: int | None, *extra: str) -> subp
         "app(sys.argv[2:], prog_name='fernoise')\n"
     )
     env = {**os.environ, "FERNOISE_WORKSPACE": str(ws), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", code, str(limit or 0), "train", str(data), *ARGS, *extra],
-                          cwd=ws, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", code, str(limit or 0), "train", str(data), *ARGS, *extra],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_a_full_disk_writing_the_checkpoint_is_one_line_and_the_rerun_trains(data, workspace):
     # 4 MB: the config, metrics and the image cache fit, checkpoint.pt (~135 MB) does not.
     res = _train_limited(data, workspace, 4 << 20)
-    assert res.returncode == 1, res.stdout + res.stderr  # a write the destination refused (errors.destination_error)
+    assert res.returncode == 1, (
+        res.stdout + res.stderr
+    )  # a write the destination refused (errors.destination_error)
     err = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and "Traceback" not in res.stderr, res.stderr
     assert err[0].startswith("error: could not write ") and "checkpoint.pt:" in err[0], err[0]
-    assert "file size limit" in err[0] and "re-run the same command" in err[0]  # EFBIG, kept past torch's writer
+    assert (
+        "file size limit" in err[0] and "re-run the same command" in err[0]
+    )  # EFBIG, kept past torch's writer
     assert _tmp_files(workspace) == []
     _nothing_finished(workspace / "runs")
     # Space freed: the same command trains to the end.
@@ -137,12 +167,16 @@ def test_a_full_disk_writing_the_image_cache_is_one_line(data, workspace):
     assert res.returncode == 1, res.stdout + res.stderr
     err = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and "Traceback" not in res.stderr, res.stderr
-    assert err[0].startswith("error: could not write ") and ".npy:" in err[0] and "arrays" in err[0], err[0]
+    assert (
+        err[0].startswith("error: could not write ") and ".npy:" in err[0] and "arrays" in err[0]
+    ), err[0]
     assert _tmp_files(workspace) == []
     assert not list((workspace / ".fernoise" / "arrays").glob("*.npy"))
 
 
-def test_a_full_disk_writing_model_pt_resumes_from_the_last_checkpoint(data, workspace, monkeypatch):
+def test_a_full_disk_writing_model_pt_resumes_from_the_last_checkpoint(
+    data, workspace, monkeypatch
+):
     import errno
 
     real = torch.save
@@ -157,7 +191,9 @@ def test_a_full_disk_writing_model_pt_resumes_from_the_last_checkpoint(data, wor
     res = CliRunner().invoke(app, ["train", str(data), *ARGS, "--epochs", "2"])
     assert res.exit_code == 1, res.output
     err = [ln for ln in _lines(res) if ln.startswith("error:")]
-    assert len(err) == 1 and "could not write" in err[0] and "model.pt: no space left" in err[0], res.output
+    assert len(err) == 1 and "could not write" in err[0] and "model.pt: no space left" in err[0], (
+        res.output
+    )
     _nothing_finished(workspace / "runs")
     assert _tmp_files(workspace) == []
     (ckpt,) = (workspace / "runs").rglob("checkpoint.pt")

@@ -120,7 +120,9 @@ def test_noise_statistics_truncate_like_the_official_astype():
     # clipped: n >= 0 gives 255, n < 0 gives floor(255 + n) <= 254
     assert (out == 255).mean() == pytest.approx(0.5, abs=0.02)
     black = np.zeros((64, 64, 3), np.uint8)
-    assert (views.gaussian_noise(black, np.random.default_rng(2)) == 0).mean() == pytest.approx(0.5 + 0.5 * 0.145, abs=0.02)
+    assert (views.gaussian_noise(black, np.random.default_rng(2)) == 0).mean() == pytest.approx(
+        0.5 + 0.5 * 0.145, abs=0.02
+    )
 
 
 def test_eac2_is_the_exact_flip_outside_its_box():

@@ -91,7 +91,9 @@ class Detector:
         self.rnet = _channels_last(RNet(), self.device)
         self.onet = _channels_last(ONet(), self.device)
 
-    def _detect_batch(self, batch: np.ndarray, min_face_size: int, thresholds, factor: float) -> list[Detection]:
+    def _detect_batch(
+        self, batch: np.ndarray, min_face_size: int, thresholds, factor: float
+    ) -> list[Detection]:
         import torch
         from facenet_pytorch.models.utils.detect_face import detect_face
 
@@ -99,9 +101,19 @@ class Detector:
             boxes, points = detect_face(
                 # detect_face permutes NHWC -> NCHW; an NHWC *view* of a contiguous NCHW
                 # float tensor keeps its per-box crops contiguous (faster resampling).
-                torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().contiguous().permute(0, 2, 3, 1),
-                min_face_size, self.pnet, self.rnet, self.onet,
-            list(thresholds), factor, self.device,
+                torch.from_numpy(batch)
+                .to(self.device)
+                .permute(0, 3, 1, 2)
+                .float()
+                .contiguous()
+                .permute(0, 2, 3, 1),
+                min_face_size,
+                self.pnet,
+                self.rnet,
+                self.onet,
+                list(thresholds),
+                factor,
+                self.device,
             )
         out = []
         for b, p in zip(boxes, points, strict=True):
@@ -135,7 +147,7 @@ class Detector:
         parts = []
         for shape, idx in groups.items():
             per = max(1, min(MAX_BATCH_IMAGES, MAX_BATCH_PIXELS // (shape[0] * shape[1])))
-            parts += [idx[s:s + per] for s in range(0, len(idx), per)]
+            parts += [idx[s : s + per] for s in range(0, len(idx), per)]
 
         def run(part: list[int]) -> list[Detection]:
             batch = np.stack([np.ascontiguousarray(arrays[i], dtype=np.uint8) for i in part])
@@ -147,7 +159,9 @@ class Detector:
                 dets = []
                 for one in batch:
                     try:
-                        dets.extend(self._detect_batch(one[None], min_face_size, thresholds, factor))
+                        dets.extend(
+                            self._detect_batch(one[None], min_face_size, thresholds, factor)
+                        )
                     except RuntimeError:
                         dets.append(EMPTY)
                 return dets

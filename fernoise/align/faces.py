@@ -44,8 +44,17 @@ if TYPE_CHECKING:  # pragma: no cover
     pass
 
 __all__ = [
-    "AlignParams", "Face", "Decoded", "open_image", "decode_image", "align_images", "make_detector", "Detector",
-    "MODES", "ON_NO_FACE", "IMAGE_FORMATS",
+    "AlignParams",
+    "Face",
+    "Decoded",
+    "open_image",
+    "decode_image",
+    "align_images",
+    "make_detector",
+    "Detector",
+    "MODES",
+    "ON_NO_FACE",
+    "IMAGE_FORMATS",
 ]
 
 MODES = ("align", "box", "whole")
@@ -53,9 +62,18 @@ ON_NO_FACE = ("skip", "whole")
 IMAGE_FORMATS = ("jpg", "png")
 
 # ArcFace's 112x112 five-point template (eyes, nose, mouth corners), made level.
-_TEMPLATE = np.array(
-    [[38.2946, 51.5988], [73.5318, 51.5988], [56.0252, 71.7366], [41.5493, 92.2848], [70.7299, 92.2848]]
-) / 112.0
+_TEMPLATE = (
+    np.array(
+        [
+            [38.2946, 51.5988],
+            [73.5318, 51.5988],
+            [56.0252, 71.7366],
+            [41.5493, 92.2848],
+            [70.7299, 92.2848],
+        ]
+    )
+    / 112.0
+)
 
 # Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS (~179 M pixels) as decompression bombs;
 # bigger ones get status unreadable. Between 89 M and 179 M it only warns: silenced here.
@@ -95,14 +113,21 @@ class AlignParams:
     def __post_init__(self) -> None:
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         if not (16 <= int(self.size) <= 2048):
-            raise FernoiseError(f"expected a crop size between 16 and 2048 pixels, got {self.size}", flag="--size")
+            raise FernoiseError(
+                f"expected a crop size between 16 and 2048 pixels, got {self.size}", flag="--size"
+            )
         if not (0.0 <= float(self.margin) <= 2.0):
-            raise FernoiseError(f"expected a margin between 0 and 2, got {self.margin}", flag="--margin")
+            raise FernoiseError(
+                f"expected a margin between 0 and 2, got {self.margin}", flag="--margin"
+            )
         if self.mode not in MODES:
-            raise FernoiseError(f"unknown mode {self.mode!r}; expected one of: {', '.join(MODES)}", flag="--mode")
+            raise FernoiseError(
+                f"unknown mode {self.mode!r}; expected one of: {', '.join(MODES)}", flag="--mode"
+            )
         if self.on_no_face not in ON_NO_FACE:
             raise FernoiseError(
-                f"unknown value {self.on_no_face!r}; expected one of: {', '.join(ON_NO_FACE)}", flag="--on-no-face"
+                f"unknown value {self.on_no_face!r}; expected one of: {', '.join(ON_NO_FACE)}",
+                flag="--on-no-face",
             )
         if self.image_format not in IMAGE_FORMATS:
             raise FernoiseError(
@@ -110,17 +135,29 @@ class AlignParams:
                 flag="--image-format",
             )
         if not (1 <= int(self.jpeg_quality) <= 100):
-            raise FernoiseError(f"expected a JPEG quality between 1 and 100, got {self.jpeg_quality}", flag="--jpeg-quality")
+            raise FernoiseError(
+                f"expected a JPEG quality between 1 and 100, got {self.jpeg_quality}",
+                flag="--jpeg-quality",
+            )
         if not (12 <= int(self.min_face_size) <= 1000):
-            raise FernoiseError(f"expected a minimum face size between 12 and 1000 pixels, got {self.min_face_size}",
-                                flag="--min-face-size")
+            raise FernoiseError(
+                f"expected a minimum face size between 12 and 1000 pixels, got {self.min_face_size}",
+                flag="--min-face-size",
+            )
         if len(self.thresholds) != 3 or not all(0.0 < t < 1.0 for t in self.thresholds):
-            raise FernoiseError(f"expected three thresholds in (0, 1), got {list(self.thresholds)}", flag="--thresholds")
+            raise FernoiseError(
+                f"expected three thresholds in (0, 1), got {list(self.thresholds)}",
+                flag="--thresholds",
+            )
         if not (0.0 <= float(self.min_prob) < 1.0):
-            raise FernoiseError(f"expected a probability in [0, 1), got {self.min_prob}", flag="--min-prob")
+            raise FernoiseError(
+                f"expected a probability in [0, 1), got {self.min_prob}", flag="--min-prob"
+            )
         if int(self.detect_size) != 0 and int(self.detect_size) < 64:
-            raise FernoiseError(f"expected 0 (full size) or at least 64 pixels, got {self.detect_size}",
-                                flag="--detect-size")
+            raise FernoiseError(
+                f"expected 0 (full size) or at least 64 pixels, got {self.detect_size}",
+                flag="--detect-size",
+            )
 
     def asdict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -172,9 +209,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 BIG_DECODE_PIXELS = 40_000_000
 _BIG_DECODE = threading.BoundedSemaphore(1)
 # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
-_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-           8: Image.Transpose.ROTATE_90}
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _malloc_trim():
@@ -262,7 +305,9 @@ def decode_image(path: str | os.PathLike, factor=None) -> Decoded:
                 with _BIG_DECODE if big else contextlib.nullcontext():
                     try:
                         src.load()
-                        orient = _ORIENT.get(src.getexif().get(0x0112))  # after load: a PNG's getexif() loads
+                        orient = _ORIENT.get(
+                            src.getexif().get(0x0112)
+                        )  # after load: a PNG's getexif() loads
                         im = src
                         if want // done >= 2:
                             im = _reduce(im, want // done)
@@ -275,8 +320,17 @@ def decode_image(path: str | os.PathLike, factor=None) -> Decoded:
                         src.close()  # frees the full decode (also a failed one) before the next may start
                         if big:
                             _give_back_memory()
-        size = (h, w) if orient in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
-                                    Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90) else (w, h)
+        size = (
+            (h, w)
+            if orient
+            in (
+                Image.Transpose.TRANSPOSE,
+                Image.Transpose.ROTATE_270,
+                Image.Transpose.TRANSVERSE,
+                Image.Transpose.ROTATE_90,
+            )
+            else (w, h)
+        )
         return Decoded(rgb, "ok", None, done, size)
     except UnsafeFile as e:
         return Decoded(None, "unreadable", str(e))
@@ -331,7 +385,7 @@ def similarity(landmarks: np.ndarray, params: AlignParams) -> tuple[float, np.nd
     rot = np.array([[c, s], [-s, c]])
     pr = p @ rot.T
     pc, qc = pr - pr.mean(0), q - q.mean(0)
-    denom = float((pc ** 2).sum())
+    denom = float((pc**2).sum())
     k = float((pc * qc).sum() / denom) if denom > 1e-9 else 1.0
     if not math.isfinite(k) or k <= 1e-6:
         k = 1.0
@@ -355,8 +409,13 @@ def warp_align(img: Image.Image, landmarks: np.ndarray, params: AlignParams) -> 
     a = rot.T / k_eff  # inverse: src_reduced = R^T (crop - t) / k_eff
     off = -a @ t
     coeffs = (a[0, 0], a[0, 1], off[0], a[1, 0], a[1, 1], off[1])
-    return src.transform((params.size, params.size), Image.Transform.AFFINE, coeffs,
-                         resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+    return src.transform(
+        (params.size, params.size),
+        Image.Transform.AFFINE,
+        coeffs,
+        resample=Image.Resampling.BILINEAR,
+        fillcolor=(0, 0, 0),
+    )
 
 
 def crop_box(img: Image.Image, box: Sequence[float], params: AlignParams) -> Image.Image:
@@ -364,10 +423,14 @@ def crop_box(img: Image.Image, box: Sequence[float], params: AlignParams) -> Ima
     x1, y1, x2, y2 = (float(v) for v in box)
     side = max(x2 - x1, y2 - y1) * (1.0 + 2.0 * params.margin)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    region = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
+    region = tuple(
+        int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    )
     if region[2] <= region[0] or region[3] <= region[1]:
         region = (0, 0, 1, 1)
-    return img.crop(region).resize((params.size, params.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return img.crop(region).resize(
+        (params.size, params.size), Image.Resampling.BILINEAR, reducing_gap=2.0
+    )
 
 
 def crop_whole(img: Image.Image, params: AlignParams) -> Image.Image:
@@ -396,8 +459,9 @@ def detect_images(
     """Faces of each image in source pixels, ``det_prob >= min_prob``, most confident first."""
     if arrays is None:
         arrays = [detector_input(im, params) for im in images]
-    dets = detector.detect([a for a, _ in arrays], min_face_size=params.min_face_size,
-                           thresholds=params.thresholds)
+    dets = detector.detect(
+        [a for a, _ in arrays], min_face_size=params.min_face_size, thresholds=params.thresholds
+    )
     out = []
     for d, (_, back) in zip(dets, arrays, strict=True):
         keep = d.probs >= params.min_prob
@@ -415,8 +479,15 @@ def face_scale(det: Detection, i: int, params: AlignParams) -> float:
     return params.size / max(max(x2 - x1, y2 - y1) * (1.0 + 2.0 * params.margin), 1e-6)
 
 
-def faces_from(img: Image.Image, det: Detection, params: AlignParams, max_faces: int | None = None, *,
-               factor: int = 1, finer=None) -> list[Face]:
+def faces_from(
+    img: Image.Image,
+    det: Detection,
+    params: AlignParams,
+    max_faces: int | None = None,
+    *,
+    factor: int = 1,
+    finer=None,
+) -> list[Face]:
     """Crops of the faces of ``det`` (source pixels; at most ``max_faces``) from ``img``.
 
     ``img`` may be the source reduced by ``factor``; a face that needs more detail than that
@@ -430,13 +501,19 @@ def faces_from(img: Image.Image, det: Detection, params: AlignParams, max_faces:
         src, f = img, factor
         if factor > 1 and finer is not None and reduction_for(face_scale(det, i, params)) < factor:
             src, f = finer(reduction_for(face_scale(det, i, params)))
-        crop = warp_align(src, lm / f, params) if params.mode == "align" else crop_box(src, det.boxes[i] / f, params)
-        faces.append(Face(
-            crop=crop,
-            det_prob=float(det.probs[i]),
-            bbox=tuple(float(v) for v in det.boxes[i]),
-            landmarks=tuple(float(v) for v in lm.reshape(-1)),
-        ))
+        crop = (
+            warp_align(src, lm / f, params)
+            if params.mode == "align"
+            else crop_box(src, det.boxes[i] / f, params)
+        )
+        faces.append(
+            Face(
+                crop=crop,
+                det_prob=float(det.probs[i]),
+                bbox=tuple(float(v) for v in det.boxes[i]),
+                landmarks=tuple(float(v) for v in lm.reshape(-1)),
+            )
+        )
     return faces
 
 

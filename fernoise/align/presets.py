@@ -15,9 +15,30 @@ from typing import Any
 from fernoise.errors import FernoiseError, require_file
 
 # Options a preset may set (preset keys use these names, with '_' for '-').
-PRESETTABLE = ("format", "path_column", "label_column", "split_column", "split_map", "mode", "on_no_face", "size",
-               "margin", "image_format", "jpeg_quality", "min_face_size", "min_prob", "detect_size", "all_faces",
-               "join_on", "join_columns", "thresholds", "classes", "group_column", "group_regex", "on_duplicate")
+PRESETTABLE = (
+    "format",
+    "path_column",
+    "label_column",
+    "split_column",
+    "split_map",
+    "mode",
+    "on_no_face",
+    "size",
+    "margin",
+    "image_format",
+    "jpeg_quality",
+    "min_face_size",
+    "min_prob",
+    "detect_size",
+    "all_faces",
+    "join_on",
+    "join_columns",
+    "thresholds",
+    "classes",
+    "group_column",
+    "group_regex",
+    "on_duplicate",
+)
 
 
 def preset_names() -> list[str]:
@@ -40,8 +61,11 @@ def load_preset(name: str) -> dict[str, Any]:
     else:
         res = files("fernoise").joinpath("presets", f"{name}.toml")
         if not res.is_file():
-            raise FernoiseError(f"unknown preset {name!r}; expected one of: {', '.join(preset_names()) or '(none found)'} "
-                                "or a path to a .toml file", flag="--preset")
+            raise FernoiseError(
+                f"unknown preset {name!r}; expected one of: {', '.join(preset_names()) or '(none found)'} "
+                "or a path to a .toml file",
+                flag="--preset",
+            )
         shown, read = f"{name}.toml", res.read_text
     try:
         data = tomllib.loads(read())
@@ -50,6 +74,8 @@ def load_preset(name: str) -> dict[str, Any]:
     data = {k.replace("-", "_"): v for k, v in data.items() if k != "description"}
     bad = [k for k in data if k not in PRESETTABLE]
     if bad:
-        raise FernoiseError(f"{shown}: unknown key(s) {bad}; expected some of: {', '.join(PRESETTABLE)}",
-                            flag="--preset")
+        raise FernoiseError(
+            f"{shown}: unknown key(s) {bad}; expected some of: {', '.join(PRESETTABLE)}",
+            flag="--preset",
+        )
     return data

@@ -63,8 +63,20 @@ VERSION = 2  # 2: labels index the dataset's own class list; group column; --max
 MANIFEST = "manifest.parquet"
 FACES = "faces"
 RECORDS = "align-records"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-                    ".ppm", ".pgm", ".pbm")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+)
 SHARD_RE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.parquet$")
 
 
@@ -105,20 +117,30 @@ class LabelSpec:
         from fernoise.formats import FORMAT_NAMES, ON_DUPLICATE
 
         if self.on_duplicate is not None and self.on_duplicate not in ON_DUPLICATE:
-            raise FernoiseError(f"unknown value {self.on_duplicate!r}; expected one of: {', '.join(ON_DUPLICATE)}",
-                                flag="--on-duplicate")
+            raise FernoiseError(
+                f"unknown value {self.on_duplicate!r}; expected one of: {', '.join(ON_DUPLICATE)}",
+                flag="--on-duplicate",
+            )
 
         if self.files and not self.format:
-            raise FernoiseError(f"--labels needs --format, one of: {', '.join(FORMAT_NAMES)}", flag="--format")
+            raise FernoiseError(
+                f"--labels needs --format, one of: {', '.join(FORMAT_NAMES)}", flag="--format"
+            )
         if self.format and self.format not in FORMAT_NAMES:
-            raise FernoiseError(f"unknown label format {self.format!r}; expected one of: {', '.join(FORMAT_NAMES)}",
-                                flag="--format")
+            raise FernoiseError(
+                f"unknown label format {self.format!r}; expected one of: {', '.join(FORMAT_NAMES)}",
+                flag="--format",
+            )
         if self.format and not self.files:
-            raise FernoiseError(f"--format {self.format} needs a label file: --labels FILE", flag="--labels")
+            raise FernoiseError(
+                f"--format {self.format} needs a label file: --labels FILE", flag="--labels"
+            )
         for a, b in self.split_map:
             for s in (a, b):
                 if s not in ("train", "val", "test"):
-                    raise FernoiseError(f"expected FROM=TO with train, val or test, got {a}={b}", flag="--split-map")
+                    raise FernoiseError(
+                        f"expected FROM=TO with train, val or test, got {a}={b}", flag="--split-map"
+                    )
         _check_rows_spec(self)
 
     def key_params(self) -> dict[str, Any]:
@@ -126,9 +148,16 @@ class LabelSpec:
         if self.on_duplicate is not None:
             d["on_duplicate"] = self.on_duplicate
         if self.format == "csv":
-            d.update(path_column=self.path_column, label_column=self.label_column, split_column=self.split_column)
+            d.update(
+                path_column=self.path_column,
+                label_column=self.label_column,
+                split_column=self.split_column,
+            )
         if self.join:
-            d.update(join_on=self.join_on, join_columns=list(self.join_columns) if self.join_columns else None)
+            d.update(
+                join_on=self.join_on,
+                join_columns=list(self.join_columns) if self.join_columns else None,
+            )
         if self.classes is not None:
             d["classes"] = list(self.classes)
         if self.group_column is not None or self.group_regex is not None:
@@ -154,7 +183,9 @@ class AlignResult:
 
 
 # ----------------------------------------------------------------------------- inputs
-def fernoise_output_reason(folder: Path, filenames: Sequence[str], dirnames: Sequence[str]) -> str | None:
+def fernoise_output_reason(
+    folder: Path, filenames: Sequence[str], dirnames: Sequence[str]
+) -> str | None:
     """Why ``folder`` holds fernoise's own output (so a scan of RAW must skip it), or None.
 
     A ``fernoise.lock``, a ``.fernoise`` stamp folder, or a Parquet file carrying fernoise's
@@ -182,7 +213,9 @@ def fernoise_output_reason(folder: Path, filenames: Sequence[str], dirnames: Seq
     return None
 
 
-def scan_images(raw: Path, exclude: Path | None = None, skipped: list[dict[str, str]] | None = None) -> list[str]:
+def scan_images(
+    raw: Path, exclude: Path | None = None, skipped: list[dict[str, str]] | None = None
+) -> list[str]:
     """Image files under ``raw`` as sorted posix paths relative to it (broken links included).
 
     Skipped: hidden files and folders, ``exclude`` (OUT) and its ``faces/`` (when OUT is RAW
@@ -202,7 +235,9 @@ def scan_images(raw: Path, exclude: Path | None = None, skipped: list[dict[str, 
             why = fernoise_output_reason(d, filenames, dirnames)
             if why is not None:
                 if skipped is not None:
-                    skipped.append({"folder": printable(d.relative_to(raw).as_posix()), "reason": why})
+                    skipped.append(
+                        {"folder": printable(d.relative_to(raw).as_posix()), "reason": why}
+                    )
                 dirnames[:] = []
                 continue
         keep = []
@@ -212,8 +247,14 @@ def scan_images(raw: Path, exclude: Path | None = None, skipped: list[dict[str, 
             real = (d / name).resolve()
             if ex is not None and real in (ex, ex_faces):
                 if skipped is not None:
-                    skipped.append({"folder": printable((d / name).relative_to(raw).as_posix()),
-                                    "reason": "is OUT" if real == ex else f"is OUT's {FACES}/ folder (OUT is RAW)"})
+                    skipped.append(
+                        {
+                            "folder": printable((d / name).relative_to(raw).as_posix()),
+                            "reason": "is OUT"
+                            if real == ex
+                            else f"is OUT's {FACES}/ folder (OUT is RAW)",
+                        }
+                    )
                 continue
             if real in seen:
                 continue
@@ -287,7 +328,11 @@ def _infer(values: list[Any]):
     except (ValueError, TypeError):
         return s
     nonnull = num.dropna()
-    if len(nonnull) and (nonnull == nonnull.round()).all() and not any("." in str(v) for v in s.dropna()):
+    if (
+        len(nonnull)
+        and (nonnull == nonnull.round()).all()
+        and not any("." in str(v) for v in s.dropna())
+    ):
         return num.astype("Int64")
     return num
 
@@ -323,8 +368,10 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
         label_col = df["label"].tolist()
         split_col = df["split"].tolist()
         labels = [None if r is None or pd.isna(label_col[r]) else int(label_col[r]) for r in rows]
-        splits = [(split_col[r] if r is not None and isinstance(split_col[r], str) else None) or fs
-                  for r, fs in zip(rows, folder_splits, strict=True)]
+        splits = [
+            (split_col[r] if r is not None and isinstance(split_col[r], str) else None) or fs
+            for r, fs in zip(rows, folder_splits, strict=True)
+        ]
         for c in df.columns:
             if c in ("key", "label", "split", "alt_key"):
                 continue
@@ -339,9 +386,14 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
                 extras[name] = _infer(col)
         matched = len(set(where.values()))
         info["labels"] = {
-            "format": spec.format, "files": [Path(f).name for f in spec.files], "rows": len(df),
-            "matched_rows": matched, "unmatched_rows": len(df) - matched,
-            "images_without_label_row": n - len(where), "on_duplicate": spec.on_duplicate, **table.info,
+            "format": spec.format,
+            "files": [Path(f).name for f in spec.files],
+            "rows": len(df),
+            "matched_rows": matched,
+            "unmatched_rows": len(df) - matched,
+            "images_without_label_row": n - len(where),
+            "on_duplicate": spec.on_duplicate,
+            **table.info,
         }
         fixed = table.label_space
         if spec.group_column and not spec.group_regex:
@@ -351,20 +403,29 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
         fixed = None
         info["labels"] = {"format": "folders" if any(x is not None for x in labels) else None}
         if spec.group_column and not spec.group_regex:
-            raise FernoiseError(f"--group-column {spec.group_column} names a label-file column, but there is no "
-                                "label file; pass --labels FILE, or --group-regex to read it from the file names",
-                                flag="--group-column")
+            raise FernoiseError(
+                f"--group-column {spec.group_column} names a label-file column, but there is no "
+                "label file; pass --labels FILE, or --group-regex to read it from the file names",
+                flag="--group-column",
+            )
     classes, space, labels = dataset_classes(labels, declared=spec.classes, fixed=fixed)
     if spec.group_regex:
         name = spec.group_column or "subject"
         if name in extras.columns:
-            raise FernoiseError(f"the label file already has a column {name!r}; name the regex's column with "
-                                "--group-column OTHER", flag="--group-column")
+            raise FernoiseError(
+                f"the label file already has a column {name!r}; name the regex's column with "
+                "--group-column OTHER",
+                flag="--group-column",
+            )
         extras[name] = groups_from_regex(src_paths, spec.group_regex)
     if spec.group_column or spec.group_regex:
         g = extras[spec.group_column or "subject"]
-        info["groups"] = {"column": spec.group_column or "subject", "source": "regex" if spec.group_regex else "labels",
-                          "groups": int(g.dropna().nunique()), "images_without_group": int(g.isna().sum())}
+        info["groups"] = {
+            "column": spec.group_column or "subject",
+            "source": "regex" if spec.group_regex else "labels",
+            "groups": int(g.dropna().nunique()),
+            "images_without_group": int(g.isna().sum()),
+        }
     splits = [s or "train" for s in splits]
     mapping = dict(spec.split_map)
     splits = [mapping.get(s, s) for s in splits]
@@ -374,18 +435,25 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
         require_file(jpath, "join file", flag="--join")
         jdf = read_csv(jpath)
         if spec.join_on not in jdf.columns:
-            raise FernoiseError(f"{jpath.name} has no column {spec.join_on!r}; found {list(jdf.columns)[:12]}",
-                                flag="--join-on")
+            raise FernoiseError(
+                f"{jpath.name} has no column {spec.join_on!r}; found {list(jdf.columns)[:12]}",
+                flag="--join-on",
+            )
         where = match_paths(src_paths, jdf[spec.join_on].tolist(), what="join file", flag="--join")
         taken = set(COLUMNS) | set(extras.columns) | {"crop_sha256", spec.join_on}
         if spec.join_columns:
             bad = [c for c in spec.join_columns if c not in jdf.columns]
             if bad:
-                raise FernoiseError(f"{jpath.name} has no column(s) {bad}; found {list(jdf.columns)[:12]}",
-                                    flag="--join-columns")
+                raise FernoiseError(
+                    f"{jpath.name} has no column(s) {bad}; found {list(jdf.columns)[:12]}",
+                    flag="--join-columns",
+                )
             clash = [c for c in spec.join_columns if c in taken]
             if clash:
-                raise FernoiseError(f"column(s) {clash} are already in the manifest; pick others", flag="--join-columns")
+                raise FernoiseError(
+                    f"column(s) {clash} are already in the manifest; pick others",
+                    flag="--join-columns",
+                )
             cols = list(spec.join_columns)
         else:
             cols = [c for c in jdf.columns if c not in taken]
@@ -393,8 +461,13 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
         for c in cols:
             vals = jdf[c].tolist()
             extras[c] = _infer([None if r is None else vals[r] for r in rows])
-        info["join"] = {"file": jpath.name, "on": spec.join_on, "columns": cols, "matched_images": len(where),
-                        "rows": len(jdf)}
+        info["join"] = {
+            "file": jpath.name,
+            "on": spec.join_on,
+            "columns": cols,
+            "matched_images": len(where),
+            "rows": len(jdf),
+        }
     return labels, splits, extras, classes, space, info
 
 
@@ -403,29 +476,47 @@ def _check_rows_spec(spec: LabelSpec) -> None:
     """Checks of ``--classes``, ``--group-column``, ``--group-regex``, ``--max-rows``, ``--seed``."""
     from fernoise.labels import class_list
 
-    if spec.classes is not None and list(spec.classes) != class_list(list(spec.classes), flag="--classes"):
-        raise FernoiseError(f"expected canonical class names in canonical order, got {list(spec.classes)}; "
-                            "build them with fernoise.labels.class_list", flag="--classes")
+    if spec.classes is not None and list(spec.classes) != class_list(
+        list(spec.classes), flag="--classes"
+    ):
+        raise FernoiseError(
+            f"expected canonical class names in canonical order, got {list(spec.classes)}; "
+            "build them with fernoise.labels.class_list",
+            flag="--classes",
+        )
     if spec.group_column is not None:
         from fernoise.manifest import COLUMNS  # not at the top: a cache hit imports no pandas
 
         if spec.group_column.strip() == "" or spec.group_column in COLUMNS:
-            raise FernoiseError(f"--group-column must name a new column, not {spec.group_column!r} "
-                                f"(taken: {', '.join(COLUMNS)})", flag="--group-column")
+            raise FernoiseError(
+                f"--group-column must name a new column, not {spec.group_column!r} "
+                f"(taken: {', '.join(COLUMNS)})",
+                flag="--group-column",
+            )
     if spec.group_regex is not None:
         try:
             rx = re.compile(spec.group_regex)
         except re.error as e:
-            raise FernoiseError(f"{spec.group_regex!r} is not a valid regular expression ({e})",
-                                flag="--group-regex") from None
+            raise FernoiseError(
+                f"{spec.group_regex!r} is not a valid regular expression ({e})",
+                flag="--group-regex",
+            ) from None
         if rx.groups < 1:
-            raise FernoiseError(f"{spec.group_regex!r} has no group; put the subject part in parentheses, "
-                                r"e.g. 'S(\d+)_'", flag="--group-regex")
-    if spec.max_rows is not None and (isinstance(spec.max_rows, bool) or not isinstance(spec.max_rows, int)
-                                      or spec.max_rows < 1):
-        raise FernoiseError(f"expected a positive number of rows, got {spec.max_rows!r}", flag="--max-rows")
+            raise FernoiseError(
+                f"{spec.group_regex!r} has no group; put the subject part in parentheses, "
+                r"e.g. 'S(\d+)_'",
+                flag="--group-regex",
+            )
+    if spec.max_rows is not None and (
+        isinstance(spec.max_rows, bool) or not isinstance(spec.max_rows, int) or spec.max_rows < 1
+    ):
+        raise FernoiseError(
+            f"expected a positive number of rows, got {spec.max_rows!r}", flag="--max-rows"
+        )
     if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or spec.seed < 0:
-        raise FernoiseError(f"expected a non-negative integer seed, got {spec.seed!r}", flag="--seed")
+        raise FernoiseError(
+            f"expected a non-negative integer seed, got {spec.seed!r}", flag="--seed"
+        )
 
 
 def dataset_classes(labels: list[int | None], *, declared: Sequence[str] | None, fixed: str | None):
@@ -444,8 +535,11 @@ def dataset_classes(labels: list[int | None], *, declared: Sequence[str] | None,
         extra = [CLASSES[i] for i in seen if CLASSES[i] not in classes]
         if extra:
             n = sum(1 for x in labels if x is not None and CLASSES[x] in extra)
-            raise FernoiseError(f"{n} images are labelled {', '.join(extra)}, which --classes "
-                                f"{','.join(classes)} leaves out; add them to --classes", flag="--classes")
+            raise FernoiseError(
+                f"{n} images are labelled {', '.join(extra)}, which --classes "
+                f"{','.join(classes)} leaves out; add them to --classes",
+                flag="--classes",
+            )
     elif fixed is not None:
         classes = list(LABEL_SPACES[fixed])
     elif seen:
@@ -462,8 +556,10 @@ def _group_from_file(df, rows: list[int | None], column: str, first_file: str):
 
     if column not in df.columns or column in ("key", "label", "split", "alt_key"):
         cols = [c for c in df.columns if c not in ("key", "label", "split", "alt_key")]
-        raise FernoiseError(f"{Path(first_file).name} has no column {column!r}; found {cols[:12]}",
-                            flag="--group-column")
+        raise FernoiseError(
+            f"{Path(first_file).name} has no column {column!r}; found {cols[:12]}",
+            flag="--group-column",
+        )
     vals = df[column].tolist()
     out = []
     for r in rows:
@@ -483,10 +579,14 @@ def groups_from_regex(src_paths: Sequence[str], pattern: str):
         m = rx.search(s)
         out.append(printable(m.group(1)) if m and m.group(1) is not None else None)
     if src_paths and all(v is None for v in out):
-        raise FernoiseError(f"--group-regex {pattern!r} matches none of the {len(src_paths)} image paths "
-                            f"(e.g. {src_paths[0]!r}); it is searched in the path relative to RAW",
-                            flag="--group-regex")
+        raise FernoiseError(
+            f"--group-regex {pattern!r} matches none of the {len(src_paths)} image paths "
+            f"(e.g. {src_paths[0]!r}); it is searched in the path relative to RAW",
+            flag="--group-regex",
+        )
     return pd.Series(out, dtype="object")
+
+
 def _refuse_conflicts(table, where: dict[str, int], src_paths: list[str], spec: LabelSpec) -> None:
     """Refuse label rows that name one of the images twice with different labels or splits,
     unless ``--on-duplicate`` says which row counts (conflicts on rows naming no image here
@@ -496,14 +596,19 @@ def _refuse_conflicts(table, where: dict[str, int], src_paths: list[str], spec: 
     if not table.conflicts or spec.on_duplicate is not None:
         return
     keys = table.df["key"].tolist()
-    hit = [k for k in dict.fromkeys(_posix(keys[where[s]]) for s in src_paths if s in where)
-           if k in table.conflicts]
+    hit = [
+        k
+        for k in dict.fromkeys(_posix(keys[where[s]]) for s in src_paths if s in where)
+        if k in table.conflicts
+    ]
     if hit:
         files = ", ".join(Path(f).name for f in spec.files)
         raise FernoiseError(
             f"{len(hit)} image(s) are named by several rows of {files} with different labels or splits "
             f"(first: {describe_conflict(hit[0], table.conflicts[hit[0]])}); choose which row counts with "
-            "--on-duplicate first|last, or fix the file", flag="--on-duplicate")
+            "--on-duplicate first|last, or fix the file",
+            flag="--on-duplicate",
+        )
 
 
 # ----------------------------------------------------------------------------- per-image records
@@ -523,7 +628,9 @@ class RecordStore:
         self._n = 0
         self._lock = threading.Lock()
         if self.dir.is_dir():
-            files = sorted(self.dir.glob("*.json"), key=lambda p: (p.name.startswith("chunk-"), p.name))
+            files = sorted(
+                self.dir.glob("*.json"), key=lambda p: (p.name.startswith("chunk-"), p.name)
+            )
             for f in files:
                 data = read_json(f)
                 if isinstance(data, dict):
@@ -584,8 +691,13 @@ def _decode(path: Path, params) -> dict[str, Any]:
     from fernoise.align.faces import decode_image, detector_input
 
     d = decode_image(path, lambda w, h: working_factor(params, w, h))
-    item: dict[str, Any] = {"img": d.image, "status": d.status, "reason": d.reason, "path": path,
-                            "factor": d.factor}
+    item: dict[str, Any] = {
+        "img": d.image,
+        "status": d.status,
+        "reason": d.reason,
+        "path": path,
+        "factor": d.factor,
+    }
     if d.image is not None:
         item["size"] = list(d.size)
         if params.mode != "whole" and min(d.size) >= params.min_face_size:
@@ -629,8 +741,10 @@ def _destination(out: Path, rel: str) -> Path:
     base = os.path.realpath(out)
     real = os.path.realpath(path.parent)
     if not _inside(base, real):
-        raise OutsideOut(f"refused to write the crop {rel}: its folder resolves to {real}, outside OUT {base} "
-                         "(a symbolic link under OUT); nothing was written, remove the link and re-run")
+        raise OutsideOut(
+            f"refused to write the crop {rel}: its folder resolves to {real}, outside OUT {base} "
+            "(a symbolic link under OUT); nothing was written, remove the link and re-run"
+        )
     return path
 
 
@@ -650,12 +764,21 @@ def _save_crop(crop, path: Path, params) -> str:
     return bytes_sha256(data)
 
 
-def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, params) -> dict[str, Any]:
+def _finish(
+    src: str, sha: str | None, item: dict[str, Any], det, out: Path, params
+) -> dict[str, Any]:
     """The record of one image: status, reason, faces (with crop paths and sha256), saved crops."""
     from fernoise.align.faces import crop_whole, faces_from, reduction_for
 
-    rec: dict[str, Any] = {"src": src, "sha": sha, "status": item["status"], "reason": item["reason"],
-                           "n_faces": 0, "size": item.get("size"), "faces": []}
+    rec: dict[str, Any] = {
+        "src": src,
+        "sha": sha,
+        "status": item["status"],
+        "reason": item["reason"],
+        "n_faces": 0,
+        "size": item.get("size"),
+        "faces": [],
+    }
     img = item["img"]
     if img is None:
         return rec
@@ -665,16 +788,23 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
             whole_reason = "detection off (--mode whole): the whole image was resized"
         elif "det_in" not in item:
             w, h = item["size"]
-            rec.update(status="too_small",
-                       reason=f"image is {w}x{h} px, smaller than the minimum face size {params.min_face_size} px")
+            rec.update(
+                status="too_small",
+                reason=f"image is {w}x{h} px, smaller than the minimum face size {params.min_face_size} px",
+            )
             return rec
         else:
             rec["n_faces"] = len(det)
             if len(det) == 0:
                 if params.on_no_face == "whole":
-                    whole_reason = "no face detected (--on-no-face whole): the whole image was resized"
+                    whole_reason = (
+                        "no face detected (--on-no-face whole): the whole image was resized"
+                    )
                 else:
-                    rec.update(status="no_face", reason=f"the detector found no face with probability >= {params.min_prob}")
+                    rec.update(
+                        status="no_face",
+                        reason=f"the detector found no face with probability >= {params.min_prob}",
+                    )
                     return rec
         if whole_reason is not None:
             rel = f"{FACES}/{printable(src)}.{params.ext}"
@@ -682,23 +812,52 @@ def _finish(src: str, sha: str | None, item: dict[str, Any], det, out: Path, par
             need = reduction_for(params.size / max(1, min(w, h)))
             whole_src = img if item["factor"] <= need else _finer(item["path"])(need)[0]
             sha_c = _save_crop(crop_whole(whole_src, params), _destination(out, rel), params)
-            rec.update(status="whole", reason=whole_reason,
-                       faces=[{"face": None, "det_prob": None, "bbox": None, "landmarks": None,
-                               "path": rel, "crop_sha256": sha_c}])
+            rec.update(
+                status="whole",
+                reason=whole_reason,
+                faces=[
+                    {
+                        "face": None,
+                        "det_prob": None,
+                        "bbox": None,
+                        "landmarks": None,
+                        "path": rel,
+                        "crop_sha256": sha_c,
+                    }
+                ],
+            )
             return rec
-        faces = faces_from(img, det, params, max_faces=None if params.all_faces else 1, factor=item["factor"],
-                           finer=_finer(item["path"]))
+        faces = faces_from(
+            img,
+            det,
+            params,
+            max_faces=None if params.all_faces else 1,
+            factor=item["factor"],
+            finer=_finer(item["path"]),
+        )
         recs = []
         for k, f in enumerate(faces):
             rel = crop_rel(src, k, params)
-            recs.append({"face": k, "det_prob": f.det_prob, "bbox": list(f.bbox), "landmarks": list(f.landmarks),
-                         "path": rel, "crop_sha256": _save_crop(f.crop, _destination(out, rel), params)})
+            recs.append(
+                {
+                    "face": k,
+                    "det_prob": f.det_prob,
+                    "bbox": list(f.bbox),
+                    "landmarks": list(f.landmarks),
+                    "path": rel,
+                    "crop_sha256": _save_crop(f.crop, _destination(out, rel), params),
+                }
+            )
         rec.update(status="ok", reason=None, faces=recs)
         return rec
     except Exception as e:  # noqa: BLE001 - one bad image gets status error, the run goes on
         if destination_error(e) is not None:
             raise  # a full disk or a read-only OUT stops the run (one line), it is not the image's fault
-        reason = str(e) if isinstance(e, OutsideOut) else f"{e.__class__.__name__}: {' '.join(str(e).split())}"
+        reason = (
+            str(e)
+            if isinstance(e, OutsideOut)
+            else f"{e.__class__.__name__}: {' '.join(str(e).split())}"
+        )
         rec.update(status="error", reason=reason, faces=[])
         return rec
 
@@ -713,9 +872,19 @@ def _resolve_detector_device(device: str) -> str:
 
 
 def process_images(
-    raw: Path, out: Path, todo: list[tuple[str, str | None]], params, store: RecordStore | None, *,
-    workers: int = 1, batch_size: int = 32, device: str = "auto", detector=None,
-    progress: Progress | None = None, done0: int = 0, total: int | None = None,
+    raw: Path,
+    out: Path,
+    todo: list[tuple[str, str | None]],
+    params,
+    store: RecordStore | None,
+    *,
+    workers: int = 1,
+    batch_size: int = 32,
+    device: str = "auto",
+    detector=None,
+    progress: Progress | None = None,
+    done0: int = 0,
+    total: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Align ``todo`` (``(src_path, sha256)`` pairs) in batches; one chunk of records per batch.
 
@@ -728,7 +897,7 @@ def process_images(
     results: dict[str, dict[str, Any]] = {}
     if not todo:
         return results
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     pool = ThreadPoolExecutor(max(1, workers))
     state = {"done": done0}
 
@@ -762,12 +931,18 @@ def process_images(
                     from fernoise.align.detect import make_detector
 
                     detector = make_detector(_resolve_detector_device(device))
-                found = detect_images([items[i]["img"] for i in need], params, detector,
-                                      arrays=[items[i]["det_in"] for i in need])
+                found = detect_images(
+                    [items[i]["img"] for i in need],
+                    params,
+                    detector,
+                    arrays=[items[i]["det_in"] for i in need],
+                )
                 for i, d in zip(need, found, strict=True):
                     dets[i] = d
-            futs = [pool.submit(_finish, s, sha, it, d, out, params)
-                    for (s, sha), it, d in zip(batch, items, dets, strict=True)]
+            futs = [
+                pool.submit(_finish, s, sha, it, d, out, params)
+                for (s, sha), it, d in zip(batch, items, dets, strict=True)
+            ]
             del items
             # crops of this batch are warped and saved while the next batch is detected
             if finishing is not None:
@@ -783,26 +958,66 @@ def process_images(
 # ----------------------------------------------------------------------------- rows
 def rows_from(src: str, sha: str | None, rec: dict[str, Any], params) -> list[dict[str, Any]]:
     src = printable(src)  # a name that is not UTF-8: escaped, as Parquet stores only valid text
-    base = {"src_path": src, "src_sha256": sha, "status": rec["status"], "reason": rec["reason"],
-            "n_faces": int(rec.get("n_faces") or 0)}
+    base = {
+        "src_path": src,
+        "src_sha256": sha,
+        "status": rec["status"],
+        "reason": rec["reason"],
+        "n_faces": int(rec.get("n_faces") or 0),
+    }
     faces = rec.get("faces") or []
     if not params.all_faces:
         faces = faces[:1]
     if not faces:
         rid = f"{src}#0" if params.all_faces else src
-        return [{**base, "id": rid, "path": None, "crop_sha256": None, "face": None, "det_prob": None,
-                 "bbox": None, "landmarks": None}]
+        return [
+            {
+                **base,
+                "id": rid,
+                "path": None,
+                "crop_sha256": None,
+                "face": None,
+                "det_prob": None,
+                "bbox": None,
+                "landmarks": None,
+            }
+        ]
     out = []
     for f in faces:
         k = f["face"]
         rid = f"{src}#{0 if k is None else k}" if params.all_faces else src
-        out.append({**base, "id": rid, "path": f["path"], "crop_sha256": f["crop_sha256"], "face": k,
-                    "det_prob": f["det_prob"], "bbox": f["bbox"], "landmarks": f["landmarks"]})
+        out.append(
+            {
+                **base,
+                "id": rid,
+                "path": f["path"],
+                "crop_sha256": f["crop_sha256"],
+                "face": k,
+                "det_prob": f["det_prob"],
+                "bbox": f["bbox"],
+                "landmarks": f["landmarks"],
+            }
+        )
     return out
 
 
-ORDER = ["id", "src_path", "src_sha256", "path", "crop_sha256", "split", "label", "label_name", "status",
-         "reason", "face", "n_faces", "det_prob", "bbox", "landmarks"]
+ORDER = [
+    "id",
+    "src_path",
+    "src_sha256",
+    "path",
+    "crop_sha256",
+    "split",
+    "label",
+    "label_name",
+    "status",
+    "reason",
+    "face",
+    "n_faces",
+    "det_prob",
+    "bbox",
+    "landmarks",
+]
 
 
 def count_statuses(statuses) -> dict[str, int]:
@@ -846,19 +1061,39 @@ def align_folder(
     raw, out = Path(raw), Path(out)
     require_folder(raw, "RAW", flag="RAW")
     require_folder(out, "OUT", flag="OUT", may_be_missing=True)
-    stamps = out / STAMP_DIR  # records, stamps and summaries: a planted link must not take them outside OUT
+    stamps = (
+        out / STAMP_DIR
+    )  # records, stamps and summaries: a planted link must not take them outside OUT
     if stamps.is_symlink() and not _inside(os.path.realpath(out), os.path.realpath(stamps)):
-        raise FernoiseError(f"{stamps} is a symbolic link to {os.path.realpath(stamps)}, outside OUT; fernoise "
-                            "writes only inside OUT: remove the link and re-run", flag="OUT")
+        raise FernoiseError(
+            f"{stamps} is a symbolic link to {os.path.realpath(stamps)}, outside OUT; fernoise "
+            "writes only inside OUT: remove the link and re-run",
+            flag="OUT",
+        )
     if workers < 1:
         raise FernoiseError(f"expected at least 1 worker, got {workers}", flag="--workers")
     if batch_size < 1:
-        raise FernoiseError(f"expected a batch size of at least 1, got {batch_size}", flag="--batch-size")
+        raise FernoiseError(
+            f"expected a batch size of at least 1, got {batch_size}", flag="--batch-size"
+        )
     created = not out.exists()
     try:
-        return _align_folder(raw, out, params, labels, workers=workers, batch_size=batch_size, shard=shard,
-                             device=device, detector=detector, progress=progress, force=force,
-                             workspace=workspace, t0=t0, dataset=dataset)
+        return _align_folder(
+            raw,
+            out,
+            params,
+            labels,
+            workers=workers,
+            batch_size=batch_size,
+            shard=shard,
+            device=device,
+            detector=detector,
+            progress=progress,
+            force=force,
+            workspace=workspace,
+            t0=t0,
+            dataset=dataset,
+        )
     except BaseException:
         if created:
             _remove_empty_tree(out)  # a failed first run leaves no empty OUT behind
@@ -882,12 +1117,29 @@ def _clean_own_tmp(out: Path) -> None:
             clean_stale_tmp(own, recursive=True)
 
 
-def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, batch_size, shard, device, detector,
-                  progress, force, workspace, t0, dataset=None) -> AlignResult:
+def _align_folder(
+    raw: Path,
+    out: Path,
+    params,
+    labels: LabelSpec,
+    *,
+    workers,
+    batch_size,
+    shard,
+    device,
+    detector,
+    progress,
+    force,
+    workspace,
+    t0,
+    dataset=None,
+) -> AlignResult:
     skipped: list[dict[str, str]] = []
     src_all = scan_images(raw, exclude=out, skipped=skipped)
     if not src_all:
-        raise FernoiseError(f"no image files found in {raw} (looked for {', '.join(IMAGE_EXTENSIONS)})", flag="RAW")
+        raise FernoiseError(
+            f"no image files found in {raw} (looked for {', '.join(IMAGE_EXTENSIONS)})", flag="RAW"
+        )
     shas_all = hash_sources(raw, src_all, workers)
     out.mkdir(parents=True, exist_ok=True)
     _clean_own_tmp(out)  # what a killed run or a full disk left half-written
@@ -907,19 +1159,49 @@ def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, b
     holder: dict[str, Any] = {}
 
     def build(key: str) -> list[Path]:
-        written, summary = _build(raw, out, manifest, src_all, shas_all, params, labels, key=key, base_key=base_key,
-                                  shard=shard, workers=workers, batch_size=batch_size, device=device,
-                                  detector=detector, progress=progress, dataset=dataset)
+        written, summary = _build(
+            raw,
+            out,
+            manifest,
+            src_all,
+            shas_all,
+            params,
+            labels,
+            key=key,
+            base_key=base_key,
+            shard=shard,
+            workers=workers,
+            batch_size=batch_size,
+            device=device,
+            detector=detector,
+            progress=progress,
+            dataset=dataset,
+        )
         holder["summary"] = summary
         return written
 
     # rows with status error are retried on every run (never a whole-stage hit, never a cached record)
     retry = bool((read_json(summary_path(manifest)) or {}).get("counts", {}).get("error"))
-    res = run_stage(stage=STAGE, version=VERSION, params=key_params, inputs=inputs, output=manifest, build=build,
-                    workspace=workspace if shard is None else None, force=force or retry)
+    res = run_stage(
+        stage=STAGE,
+        version=VERSION,
+        params=key_params,
+        inputs=inputs,
+        output=manifest,
+        build=build,
+        workspace=workspace if shard is None else None,
+        force=force or retry,
+    )
     summary = holder.get("summary") or read_json(summary_path(manifest)) or {}
-    result = AlignResult(manifest=manifest, key=res.key, hit=res.hit, seconds=0.0,
-                         counts=summary.get("counts", {}), rows=summary.get("rows", 0), info=summary.get("info", {}))
+    result = AlignResult(
+        manifest=manifest,
+        key=res.key,
+        hit=res.hit,
+        seconds=0.0,
+        counts=summary.get("counts", {}),
+        rows=summary.get("rows", 0),
+        info=summary.get("info", {}),
+    )
     if skipped:
         result.info = {**result.info, "skipped_folders": skipped}
     if shard is not None:
@@ -928,8 +1210,25 @@ def _align_folder(raw: Path, out: Path, params, labels: LabelSpec, *, workers, b
     return result
 
 
-def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_key, shard, workers, batch_size,
-           device, detector, progress, dataset=None) -> tuple[list[Path], dict[str, Any]]:
+def _build(
+    raw,
+    out,
+    manifest,
+    src_all,
+    shas_all,
+    params,
+    labels,
+    *,
+    key,
+    base_key,
+    shard,
+    workers,
+    batch_size,
+    device,
+    detector,
+    progress,
+    dataset=None,
+) -> tuple[list[Path], dict[str, Any]]:
     import pandas as pd
 
     from fernoise.manifest import stage_meta, write_manifest
@@ -940,31 +1239,59 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
         from fernoise.subset import stratified_subset
 
         # src_all is sorted, so the subset does not depend on the order the folder lists files in
-        idx = stratified_subset([(splits[j], lab[j]) for j in idx], labels.max_rows, labels.seed).tolist()
-        info["subset"] = {"max_rows": labels.max_rows, "seed": labels.seed, "images_total": len(src_all),
-                          "images_kept": len(idx), "stratified_by": ["split", "label"]}
+        idx = stratified_subset(
+            [(splits[j], lab[j]) for j in idx], labels.max_rows, labels.seed
+        ).tolist()
+        info["subset"] = {
+            "max_rows": labels.max_rows,
+            "seed": labels.seed,
+            "images_total": len(src_all),
+            "images_kept": len(idx),
+            "stratified_by": ["split", "label"],
+        }
     if shard is not None:
         idx = [j for j in idx if j % shard[1] == shard[0]]
     src = [src_all[j] for j in idx]
     shas = [shas_all[j] for j in idx]
 
-    store = RecordStore(out, dict_hash(params.asdict()), "all" if shard is None else f"s{shard[0]}of{shard[1]}")
+    store = RecordStore(
+        out, dict_hash(params.asdict()), "all" if shard is None else f"s{shard[0]}of{shard[1]}"
+    )
     records: dict[str, dict[str, Any]] = {}
     todo: list[tuple[str, str | None]] = []
     for s, h in zip(src, shas, strict=True):
         rec = store.records.get(RecordStore.key(s, h)) if h is not None else None
         # an unexpected error (or a refused write) is retried on the next run, never cached
-        if rec is not None and rec.get("status") != "error" and all(_crop_intact(out, f) for f in rec.get("faces") or []):
+        if (
+            rec is not None
+            and rec.get("status") != "error"
+            and all(_crop_intact(out, f) for f in rec.get("faces") or [])
+        ):
             records[s] = rec
         else:
             todo.append((s, h))
     reused = len(records)
     if progress:
         progress(reused, len(src))
-    records.update(process_images(raw, out, todo, params, store, workers=workers, batch_size=batch_size,
-                                  device=device, detector=detector, progress=progress, done0=reused,
-                                  total=len(src)))
-    store.compact({RecordStore.key(s, h): records[s] for s, h in zip(src, shas, strict=True) if h is not None})
+    records.update(
+        process_images(
+            raw,
+            out,
+            todo,
+            params,
+            store,
+            workers=workers,
+            batch_size=batch_size,
+            device=device,
+            detector=detector,
+            progress=progress,
+            done0=reused,
+            total=len(src),
+        )
+    )
+    store.compact(
+        {RecordStore.key(s, h): records[s] for s, h in zip(src, shas, strict=True) if h is not None}
+    )
 
     rows = []
     for j, s, h in zip(idx, src, shas, strict=True):
@@ -975,18 +1302,39 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
     jj = df["_j"].to_numpy()
     df["split"] = [splits[j] for j in jj]
     df["label"] = pd.array([lab[j] for j in jj], dtype="Int64")
-    df["label_name"] = [None if lab[j] is None else classes[lab[j]] if lab[j] < len(classes) else None for j in jj]
+    df["label_name"] = [
+        None if lab[j] is None else classes[lab[j]] if lab[j] < len(classes) else None for j in jj
+    ]
     df = df[ORDER].reset_index(drop=True)
     if len(extras.columns):
         df = pd.concat([df, extras.iloc[jj].reset_index(drop=True)], axis=1)
     df = df.sort_values("id", kind="stable").reset_index(drop=True)
     counts = count_statuses(df["status"])
-    info = {**info, "images": len(src), "realigned": len(todo), "reused": reused, "classes": classes,
-            "label_space": space}
-    meta = stage_meta(None, stage=STAGE, params=params.asdict(), key=key, classes=classes, label_space=space,
-                      counts=counts, labels=info.get("labels"), join=info.get("join"), base_key=base_key,
-                      shard=list(shard) if shard else None, images=len(src), groups=info.get("groups"),
-                      subset=info.get("subset"), **({"dataset": dataset} if dataset is not None else {}))
+    info = {
+        **info,
+        "images": len(src),
+        "realigned": len(todo),
+        "reused": reused,
+        "classes": classes,
+        "label_space": space,
+    }
+    meta = stage_meta(
+        None,
+        stage=STAGE,
+        params=params.asdict(),
+        key=key,
+        classes=classes,
+        label_space=space,
+        counts=counts,
+        labels=info.get("labels"),
+        join=info.get("join"),
+        base_key=base_key,
+        shard=list(shard) if shard else None,
+        images=len(src),
+        groups=info.get("groups"),
+        subset=info.get("subset"),
+        **({"dataset": dataset} if dataset is not None else {}),
+    )
     write_manifest(df, manifest, meta)
     summary = {"counts": counts, "rows": len(df), "info": info, "key": key}
     atomic_write_json(summary_path(manifest), summary)
@@ -995,8 +1343,13 @@ def _build(raw, out, manifest, src_all, shas_all, params, labels, *, key, base_k
 
 
 # ----------------------------------------------------------------------------- shards
-def merge_shards(out: str | os.PathLike, *, n: int | None = None, workspace: Workspace | None = None,
-                 quiet: bool = False) -> Path | None:
+def merge_shards(
+    out: str | os.PathLike,
+    *,
+    n: int | None = None,
+    workspace: Workspace | None = None,
+    quiet: bool = False,
+) -> Path | None:
     """Merge ``manifest.shard-<i>-of-<n>.parquet`` of ``out`` into ``manifest.parquet``.
 
     All ``n`` shards must exist and share one ``base_key`` (same inputs and parameters); the
@@ -1017,29 +1370,44 @@ def merge_shards(out: str | os.PathLike, *, n: int | None = None, workspace: Wor
         if len(found) != 1:
             if quiet:
                 return None
-            raise FernoiseError(f"expected shard manifests of one shard count in {out}, found counts {sorted(found)}",
-                                flag="--merge")
+            raise FernoiseError(
+                f"expected shard manifests of one shard count in {out}, found counts {sorted(found)}",
+                flag="--merge",
+            )
         n = next(iter(found))
     have = found.get(n, {})
     missing = [i for i in range(n) if i not in have]
     if missing:
         if quiet:
             return None
-        raise FernoiseError(f"shards {[i + 1 for i in missing]} of {n} are missing in {out}; run them with --shard i/{n}",
-                            flag="--merge")
+        raise FernoiseError(
+            f"shards {[i + 1 for i in missing]} of {n} are missing in {out}; run them with --shard i/{n}",
+            flag="--merge",
+        )
     parts = [read_manifest(have[i]) for i in range(n)]
     keys = {m.meta.get("base_key") for m in parts}
     if len(keys) != 1:
         if quiet:
             return None
-        raise FernoiseError(f"the {n} shard manifests in {out} come from different inputs or parameters; re-run them",
-                            flag="--merge")
+        raise FernoiseError(
+            f"the {n} shard manifests in {out} come from different inputs or parameters; re-run them",
+            flag="--merge",
+        )
     base_key = keys.pop()
-    df = pd.concat([m.df for m in parts], ignore_index=True).sort_values("id", kind="stable").reset_index(drop=True)
+    df = (
+        pd.concat([m.df for m in parts], ignore_index=True)
+        .sort_values("id", kind="stable")
+        .reset_index(drop=True)
+    )
     meta = dict(parts[0].meta)
     counts = count_statuses(df["status"])
-    meta.update(key=base_key, shard=None, counts=counts, images=int(df["src_path"].nunique()),
-                lineage=[{"stage": STAGE, "key": base_key, "params": meta.get("params")}])
+    meta.update(
+        key=base_key,
+        shard=None,
+        counts=counts,
+        images=int(df["src_path"].nunique()),
+        lineage=[{"stage": STAGE, "key": base_key, "params": meta.get("params")}],
+    )
     meta.pop("schema_version", None)
     meta.pop("fernoise_version", None)
     target = out / MANIFEST
@@ -1047,8 +1415,13 @@ def merge_shards(out: str | os.PathLike, *, n: int | None = None, workspace: Wor
     summary = {"counts": counts, "rows": len(df), "info": {"merged_shards": n}, "key": base_key}
     atomic_write_json(summary_path(target), summary)
     crops = [out / p for p in df["path"].dropna().unique()]
-    write_stamp(target, base_key, [target, summary_path(target), *crops], stage=STAGE,
-                params={"merged_from_shards": n})
+    write_stamp(
+        target,
+        base_key,
+        [target, summary_path(target), *crops],
+        stage=STAGE,
+        params={"merged_from_shards": n},
+    )
     if workspace is not None:
         workspace.record(STAGE, key=base_key, output=target, params=meta.get("params") or {})
     return target

@@ -158,7 +158,9 @@ class ConvAffine(nn.Module):
 
     def __init__(self, cin: int, cout: int, k: int, stride: int):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=0 if stride != 1 else k // 2, bias=True)
+        self.conv = nn.Conv2d(
+            cin, cout, k, stride=stride, padding=0 if stride != 1 else k // 2, bias=True
+        )
         self.scale = Affine(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -232,7 +234,9 @@ class DlibResNet29(nn.Module):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
-            raise FernoiseError(f"dlib-resnet29 takes (N, 3, H, W) RGB tensors, got shape {tuple(x.shape)}")
+            raise FernoiseError(
+                f"dlib-resnet29 takes (N, 3, H, W) RGB tensors, got shape {tuple(x.shape)}"
+            )
         check_input_size(int(x.shape[-2]), int(x.shape[-1]))
         x = F.relu(self.conv32_down(x))
         x = F.max_pool2d(x, 3, 2)
@@ -273,11 +277,17 @@ class DlibResNet29(nn.Module):
         if tensor == "fc":
             return "fc.weight"
         prefix, kind = tensor.rsplit("/", 2)[0], "/".join(tensor.rsplit("/", 2)[1:])
-        suffix = {"conv/filters": "conv.weight", "conv/bias": "conv.bias",
-                  "scale/weights": "scale.weight", "scale/biases": "scale.bias"}[kind]
+        suffix = {
+            "conv/filters": "conv.weight",
+            "conv/bias": "conv.bias",
+            "scale/weights": "scale.weight",
+            "scale/biases": "scale.bias",
+        }[kind]
         return prefix.replace("/", ".") + "." + suffix
 
-    def load_faceapi_tensors(self, tensors: Mapping[str, np.ndarray], source: str = "face-api weights") -> None:
+    def load_faceapi_tensors(
+        self, tensors: Mapping[str, np.ndarray], source: str = "face-api weights"
+    ) -> None:
         """Copy face-api's tensors into this module: each expected tensor exactly once, each
         with its expected shape; a missing, extra or misshaped tensor is a one-line error and
         the module is left unchanged."""
@@ -287,14 +297,22 @@ class DlibResNet29(nn.Module):
         if missing or extra:
             parts = []
             if missing:
-                parts.append(f"missing {len(missing)} tensor(s) ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+                parts.append(
+                    f"missing {len(missing)} tensor(s) ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
+                )
             if extra:
-                parts.append(f"unexpected {len(extra)} tensor(s) ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})")
-            raise FernoiseError(f"{source} are not dlib's face-recognition ResNet-29: {'; '.join(parts)}")
+                parts.append(
+                    f"unexpected {len(extra)} tensor(s) ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})"
+                )
+            raise FernoiseError(
+                f"{source} are not dlib's face-recognition ResNet-29: {'; '.join(parts)}"
+            )
         for name, shape in expected.items():
             got = tuple(np.shape(tensors[name]))
             if got != shape:
-                raise FernoiseError(f"{source}: tensor {name} has shape {list(got)}, dlib-resnet29 needs {list(shape)}")
+                raise FernoiseError(
+                    f"{source}: tensor {name} has shape {list(got)}, dlib-resnet29 needs {list(shape)}"
+                )
         params = dict(self.named_parameters())
         new: dict[str, torch.Tensor] = {}
         for name in expected:
@@ -305,21 +323,29 @@ class DlibResNet29(nn.Module):
                 value = value.T
             pname = self._parameter_name(name)
             if pname in new or pname not in params or tuple(params[pname].shape) != value.shape:
-                raise FernoiseError(f"{source}: tensor {name} does not fit parameter {pname}")  # a bug, not the file
+                raise FernoiseError(
+                    f"{source}: tensor {name} does not fit parameter {pname}"
+                )  # a bug, not the file
             new[pname] = torch.from_numpy(np.ascontiguousarray(value))
         if set(new) != set(params):
-            raise FernoiseError(f"{source}: parameters left unset: {sorted(set(params) - set(new))[:3]}")
+            raise FernoiseError(
+                f"{source}: parameters left unset: {sorted(set(params) - set(new))[:3]}"
+            )
         with torch.no_grad():
             for pname, value in new.items():
                 params[pname].copy_(value)
 
     @classmethod
-    def from_faceapi(cls, folder: str | os.PathLike, *, sha256: Mapping[str, str] | None = FACEAPI_SHA256) -> DlibResNet29:
+    def from_faceapi(
+        cls, folder: str | os.PathLike, *, sha256: Mapping[str, str] | None = FACEAPI_SHA256
+    ) -> DlibResNet29:
         """dlib's network with the weights of a folder holding face-api's
         ``face_recognition_model-weights_manifest.json`` and ``face_recognition_model.bin``;
         ``sha256`` (file name -> hex) checks the files first (None: no check)."""
         net = cls()
-        net.load_faceapi_tensors(read_faceapi(folder, sha256=sha256), source=f"face-api weights in {folder}")
+        net.load_faceapi_tensors(
+            read_faceapi(folder, sha256=sha256), source=f"face-api weights in {folder}"
+        )
         return net
 
 
@@ -337,8 +363,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_faceapi(folder: str | os.PathLike, *, sha256: Mapping[str, str] | None = FACEAPI_SHA256,
-                 manifest_name: str = FACEAPI_MANIFEST) -> dict[str, np.ndarray]:
+def read_faceapi(
+    folder: str | os.PathLike,
+    *,
+    sha256: Mapping[str, str] | None = FACEAPI_SHA256,
+    manifest_name: str = FACEAPI_MANIFEST,
+) -> dict[str, np.ndarray]:
     """The tensors of a TensorFlow.js weights manifest and its ``.bin`` file(s), dequantised
     to float32 (``q * scale + min`` for uint8/uint16; float16 widened), in face-api's layout.
 
@@ -359,20 +389,26 @@ def read_faceapi(folder: str | os.PathLike, *, sha256: Mapping[str, str] | None 
                 raise FernoiseError(f"{root} has no {name} (expected face-api's model folder)")
             got = _sha256(p)
             if got != want:
-                raise FernoiseError(f"{p} has sha256 {got}, expected {want} (npm @vladmandic/face-api 1.7.15); "
-                                    "the file is truncated, edited or another one")
+                raise FernoiseError(
+                    f"{p} has sha256 {got}, expected {want} (npm @vladmandic/face-api 1.7.15); "
+                    "the file is truncated, edited or another one"
+                )
     try:
         manifest = json.loads(manifest_path.read_text())
         groups = [(list(g["paths"]), list(g["weights"])) for g in manifest]
     except (ValueError, TypeError, KeyError) as e:
-        raise FernoiseError(f"{manifest_path} is not a TensorFlow.js weights manifest ({type(e).__name__}: {e})") from None
+        raise FernoiseError(
+            f"{manifest_path} is not a TensorFlow.js weights manifest ({type(e).__name__}: {e})"
+        ) from None
     tensors: dict[str, np.ndarray] = {}
     for paths, weights in groups:
         data = bytearray()
         for rel in paths:
             p = root / str(rel)
             if Path(str(rel)).is_absolute() or ".." in Path(str(rel)).parts or not p.is_file():
-                raise FernoiseError(f"{manifest_path} names weights file {rel!r}, which is not in {root}")
+                raise FernoiseError(
+                    f"{manifest_path} names weights file {rel!r}, which is not in {root}"
+                )
             data += p.read_bytes()
         where = f"{', '.join(map(str, paths))}"
         offset = 0
@@ -381,22 +417,30 @@ def read_faceapi(folder: str | os.PathLike, *, sha256: Mapping[str, str] | None 
                 name, shape, dtype = str(w["name"]), [int(s) for s in w["shape"]], str(w["dtype"])
                 quant = w.get("quantization")
             except (KeyError, TypeError, ValueError) as e:
-                raise FernoiseError(f"{manifest_path}: a weights entry lacks name/shape/dtype ({e})") from None
+                raise FernoiseError(
+                    f"{manifest_path}: a weights entry lacks name/shape/dtype ({e})"
+                ) from None
             if dtype != "float32":
-                raise FernoiseError(f"{manifest_path}: tensor {name} has dtype {dtype}, expected float32")
+                raise FernoiseError(
+                    f"{manifest_path}: tensor {name} has dtype {dtype}, expected float32"
+                )
             count = math.prod(shape)
             if quant:
                 qdtype = _QUANT.get(str(quant.get("dtype")))
                 if qdtype is None:
-                    raise FernoiseError(f"{manifest_path}: tensor {name} has quantisation {quant.get('dtype')!r}, "
-                                        f"expected one of {', '.join(_QUANT)}")
+                    raise FernoiseError(
+                        f"{manifest_path}: tensor {name} has quantisation {quant.get('dtype')!r}, "
+                        f"expected one of {', '.join(_QUANT)}"
+                    )
                 nbytes = count * np.dtype(qdtype).itemsize
             else:
                 nbytes = count * 4
             if offset + nbytes > len(data):
-                raise FernoiseError(f"{where} has {len(data)} bytes but {manifest_path.name} needs more "
-                                    f"(tensor {name} ends at byte {offset + nbytes}): truncated")
-            raw = bytes(data[offset:offset + nbytes])
+                raise FernoiseError(
+                    f"{where} has {len(data)} bytes but {manifest_path.name} needs more "
+                    f"(tensor {name} ends at byte {offset + nbytes}): truncated"
+                )
+            raw = bytes(data[offset : offset + nbytes])
             offset += nbytes
             if quant and qdtype is np.float16:
                 value = np.frombuffer(raw, dtype="<f2").astype(np.float32)
@@ -404,17 +448,23 @@ def read_faceapi(folder: str | os.PathLike, *, sha256: Mapping[str, str] | None 
                 try:
                     scale, vmin = float(quant["scale"]), float(quant["min"])
                 except (KeyError, TypeError, ValueError):
-                    raise FernoiseError(f"{manifest_path}: tensor {name} is quantised without scale/min") from None
+                    raise FernoiseError(
+                        f"{manifest_path}: tensor {name} is quantised without scale/min"
+                    ) from None
                 q = np.frombuffer(raw, dtype=np.dtype(qdtype).newbyteorder("<"))
-                value = (q.astype(np.float64) * scale + vmin).astype(np.float32)  # tfjs: float math, float32 store
+                value = (q.astype(np.float64) * scale + vmin).astype(
+                    np.float32
+                )  # tfjs: float math, float32 store
             else:
                 value = np.frombuffer(raw, dtype="<f4").astype(np.float32)
             if name in tensors:
                 raise FernoiseError(f"{manifest_path}: tensor {name} is listed twice")
             tensors[name] = value.reshape(shape)
         if offset != len(data):
-            raise FernoiseError(f"{where} has {len(data)} bytes, {manifest_path.name} accounts for {offset}: "
-                                "not the file this manifest describes")
+            raise FernoiseError(
+                f"{where} has {len(data)} bytes, {manifest_path.name} accounts for {offset}: "
+                "not the file this manifest describes"
+            )
     return tensors
 
 
@@ -438,8 +488,10 @@ def _rotate(center: np.ndarray, p: np.ndarray, angle: float) -> np.ndarray:
 def _corners(rect: Sequence[float], angle: float) -> dict[str, np.ndarray]:
     left, t, r, b = rect
     cen = np.array([(left + r) / 2.0, (t + b) / 2.0])
-    return {k: _rotate(cen, np.array(p, dtype=np.float64), angle)
-            for k, p in {"tl": (left, t), "tr": (r, t), "bl": (left, b), "br": (r, b)}.items()}
+    return {
+        k: _rotate(cen, np.array(p, dtype=np.float64), angle)
+        for k, p in {"tl": (left, t), "tr": (r, t), "bl": (left, b), "br": (r, b)}.items()
+    }
 
 
 def _darea(rect: Sequence[float]) -> float:
@@ -463,7 +515,7 @@ def _pyramid_down(img: np.ndarray) -> np.ndarray:
     src = img.astype(np.int64)
     oc = (nc - 3) // 2
     w = (1, 4, 6, 4, 1)
-    tmp = sum(w[i] * src[:, i:i + 2 * oc:2] for i in range(5))  # (nr, oc)
+    tmp = sum(w[i] * src[:, i : i + 2 * oc : 2] for i in range(5))  # (nr, oc)
     orows = (nr - 3) // 2
     rows = list(range(2, tmp.shape[0] - 2, 2))[:orows]
     out = np.zeros((orows, oc, 3), dtype=np.int64)
@@ -482,13 +534,18 @@ def _bilinear(img: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     fx, fy = (xs - left)[..., None], (ys - top)[..., None]
     f = img.astype(np.float64)
     tl, tr = f[tc, lc], f[tc, np.minimum(lc + 1, nc - 1)]
-    bl, br = f[np.minimum(tc + 1, nr - 1), lc], f[np.minimum(tc + 1, nr - 1), np.minimum(lc + 1, nc - 1)]
+    bl, br = (
+        f[np.minimum(tc + 1, nr - 1), lc],
+        f[np.minimum(tc + 1, nr - 1), np.minimum(lc + 1, nc - 1)],
+    )
     v = (1 - fy) * ((1 - fx) * tl + fx * tr) + fy * ((1 - fx) * bl + fx * br)
     v = np.where(ok[..., None], v, 0.0)
     return np.clip(v, 0, 255).astype(np.uint8)  # static_cast<unsigned char>: truncation
 
 
-def extract_chip(img: np.ndarray, rect_ltrb: Sequence[float], angle: float, size: int = CHIP_SIZE) -> np.ndarray:
+def extract_chip(
+    img: np.ndarray, rect_ltrb: Sequence[float], angle: float, size: int = CHIP_SIZE
+) -> np.ndarray:
     """dlib's ``extract_image_chip(img, chip_details(rect, angle, size x size))`` in numpy, for
     an ``(H, W, 3)`` uint8 RGB image: the same bounding box, the same ``pyramid_down<2>``
     levels when the chip is much smaller than its rectangle, the same bilinear sampling and
@@ -496,7 +553,9 @@ def extract_chip(img: np.ndarray, rect_ltrb: Sequence[float], angle: float, size
     0.25)``'s ``rect`` (left, top, right, bottom) and ``angle``."""
     img = np.asarray(img)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise FernoiseError(f"extract_chip takes an (H, W, 3) uint8 RGB image, got {img.shape} {img.dtype}")
+        raise FernoiseError(
+            f"extract_chip takes an (H, W, 3) uint8 RGB image, got {img.shape} {img.dtype}"
+        )
     rect = tuple(float(v) for v in rect_ltrb)
     nr, nc = img.shape[:2]
     area = size * size
@@ -518,7 +577,7 @@ def extract_chip(img: np.ndarray, rect_ltrb: Sequence[float], angle: float, size
     bl_, bt_, br_, bb_ = lround(il), lround(it), lround(ir), lround(ib)
     if br_ < bl_ or bb_ < bt_:
         return np.zeros((size, size, 3), dtype=np.uint8)
-    base = img[bt_:bb_ + 1, bl_:br_ + 1]
+    base = img[bt_ : bb_ + 1, bl_ : br_ + 1]
     levels: list[np.ndarray] = []
     for _ in range(depth):
         levels.append(_pyramid_down(levels[-1] if levels else base))

@@ -25,8 +25,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks instead of one-line errors."
+    ),
 ) -> None:
     if debug:
         os.environ["FERNOISE_DEBUG"] = "1"
@@ -48,7 +52,19 @@ def _register() -> None:
         train,
     )
 
-    for mod in (demo, align, corrupt, split, pretrain, train, methods, evaluate, predict, report, sweep):
+    for mod in (
+        demo,
+        align,
+        corrupt,
+        split,
+        pretrain,
+        train,
+        methods,
+        evaluate,
+        predict,
+        report,
+        sweep,
+    ):
         mod.register(app)
 
 

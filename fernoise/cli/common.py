@@ -21,9 +21,13 @@ err_console = Console(stderr=True, highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Options shared between commands, defined once.
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (every random choice uses its own generator).")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Random seed (every random choice uses its own generator).")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when the cache holds the result.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Recompute even when the cache holds the result.")
+]
 WorkspaceOpt = Annotated[
     Path | None,
     typer.Option(
@@ -52,13 +56,17 @@ def handle_errors(fn: F) -> F:
         except FernoiseError as e:
             if debug_enabled():
                 raise
-            err_console.print(f"[red]error:[/red] {escape(e.one_line())}", markup=True, soft_wrap=True)
+            err_console.print(
+                f"[red]error:[/red] {escape(e.one_line())}", markup=True, soft_wrap=True
+            )
             raise typer.Exit(2) from None
         except OSError as e:
             fe = destination_error(e)
             if fe is None or debug_enabled():
                 raise
-            err_console.print(f"[red]error:[/red] {escape(fe.one_line())}", markup=True, soft_wrap=True)
+            err_console.print(
+                f"[red]error:[/red] {escape(fe.one_line())}", markup=True, soft_wrap=True
+            )
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; re-run the same command to resume")

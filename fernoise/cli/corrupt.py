@@ -16,6 +16,7 @@ HELP = (
     "Without MANIFEST, the latest `fernoise align` output of the workspace is used."
 )
 
+
 def print_noise(noise: dict) -> None:
     """The realised transition matrix (true x noisy, counts) and the realised rates."""
     from rich import box
@@ -38,20 +39,35 @@ def print_noise(noise: dict) -> None:
     table.add_column("flip", justify="right", no_wrap=True)
     table.add_column("rate", justify="right", no_wrap=True)
     for i, c in enumerate(classes):
-        row = [f"[dim]{v}[/dim]" if v == 0 else (f"[green]{v}[/green]" if i == j else str(v)) for j, v in enumerate(t[i])]
+        row = [
+            f"[dim]{v}[/dim]" if v == 0 else (f"[green]{v}[/green]" if i == j else str(v))
+            for j, v in enumerate(t[i])
+        ]
         rate = noise["rate_per_class"][i]
-        table.add_row(c, *row, str(noise["n"][i]), str(noise["flipped"][i]), "-" if rate is None else f"{rate:.4f}")
+        table.add_row(
+            c,
+            *row,
+            str(noise["n"][i]),
+            str(noise["flipped"][i]),
+            "-" if rate is None else f"{rate:.4f}",
+        )
     console.print(table)
     overall = noise.get("rate_overall")
     flipped, n = sum(noise.get("flipped", [])), sum(noise.get("n", []))
-    line = f"realised rate: {overall:.4f} ({flipped:,} of {n:,} labelled training rows)" if overall is not None else "realised rate: -"
+    line = (
+        f"realised rate: {overall:.4f} ({flipped:,} of {n:,} labelled training rows)"
+        if overall is not None
+        else "realised rate: -"
+    )
     if noise.get("kind") == "column":
         line += f"; {noise.get('missing', 0):,} training rows have no {noise.get('column')} (label null)"
         outside = noise.get("outside") or {}
         if outside:
             shown = ", ".join(f"{k} {v:,}" for k, v in outside.items())
-            line += (f"; {sum(outside.values()):,} have a class this manifest does not have ({shown}): "
-                     "label null, left out of the matrix")
+            line += (
+                f"; {sum(outside.values()):,} have a class this manifest does not have ({shown}): "
+                "label null, left out of the matrix"
+            )
     console.print(line)
 
 
@@ -59,15 +75,53 @@ def register(app: typer.Typer) -> None:
     @app.command(name="corrupt", help=HELP)
     @handle_errors
     def corrupt_cmd(
-        manifest: Annotated[Path | None, typer.Argument(metavar="MANIFEST", help="Manifest to corrupt (default: the latest aligned one). A folder means its manifest.parquet.")] = None,
-        kind: Annotated[str | None, typer.Option("--kind", help="sym, asym, matrix or column.")] = None,
-        rate: Annotated[float | None, typer.Option("--rate", help="Fraction of each class to flip, in [0, 1) (sym, asym).")] = None,
+        manifest: Annotated[
+            Path | None,
+            typer.Argument(
+                metavar="MANIFEST",
+                help="Manifest to corrupt (default: the latest aligned one). A folder means its manifest.parquet.",
+            ),
+        ] = None,
+        kind: Annotated[
+            str | None, typer.Option("--kind", help="sym, asym, matrix or column.")
+        ] = None,
+        rate: Annotated[
+            float | None,
+            typer.Option("--rate", help="Fraction of each class to flip, in [0, 1) (sym, asym)."),
+        ] = None,
         seed: SeedOpt = 0,
-        pairs: Annotated[Path | None, typer.Option("--pairs", help="asym: CSV 'from,to' or JSON {from: to} replacing the paper's pairs.")] = None,
-        matrix: Annotated[Path | None, typer.Option("--matrix", help="matrix: C x C CSV or .npy, rows = true class, rows sum to 1.")] = None,
-        column: Annotated[str | None, typer.Option("--column", help="column: the manifest column holding the noisy annotation.")] = None,
-        force: Annotated[bool, typer.Option("--force", help="Allow noise on an already corrupted manifest; recompute even on a cache hit.")] = False,
-        out: Annotated[Path | None, typer.Option("--out", help="Output path (default: beside the input, named by kind, rate, seed).")] = None,
+        pairs: Annotated[
+            Path | None,
+            typer.Option(
+                "--pairs",
+                help="asym: CSV 'from,to' or JSON {from: to} replacing the paper's pairs.",
+            ),
+        ] = None,
+        matrix: Annotated[
+            Path | None,
+            typer.Option(
+                "--matrix", help="matrix: C x C CSV or .npy, rows = true class, rows sum to 1."
+            ),
+        ] = None,
+        column: Annotated[
+            str | None,
+            typer.Option(
+                "--column", help="column: the manifest column holding the noisy annotation."
+            ),
+        ] = None,
+        force: Annotated[
+            bool,
+            typer.Option(
+                "--force",
+                help="Allow noise on an already corrupted manifest; recompute even on a cache hit.",
+            ),
+        ] = False,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "--out", help="Output path (default: beside the input, named by kind, rate, seed)."
+            ),
+        ] = None,
         workspace: WorkspaceOpt = None,
     ) -> None:
         from fernoise.cache import Workspace

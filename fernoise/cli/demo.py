@@ -53,11 +53,16 @@ class _Printer:
             )
         elif kind == "train" and ev.get("train_event") in ("header", "note") and ev.get("message"):
             self._stop()
-            console.print(f"  {ev['method']:<8} [dim]{escape(str(ev['message']))}[/dim]", soft_wrap=True,
-                          highlight=False)
+            console.print(
+                f"  {ev['method']:<8} [dim]{escape(str(ev['message']))}[/dim]",
+                soft_wrap=True,
+                highlight=False,
+            )
         elif kind == "train" and ev.get("train_event") == "warning":
             self._stop()
-            err_console.print(f"[yellow]warning:[/yellow] {escape(str(ev.get('message')))}", soft_wrap=True)
+            err_console.print(
+                f"[yellow]warning:[/yellow] {escape(str(ev.get('message')))}", soft_wrap=True
+            )
         elif kind == "step":
             self._stop()
             self._step(ev["step"])
@@ -85,13 +90,18 @@ class _Printer:
         elif s.stage == "corrupt":
             nz = s.info.get("noise") or {}
             if nz.get("rate_overall") is not None:
-                extra = (f"  (realised rate {nz['rate_overall']:.3f}: {sum(nz.get('flipped', [])):,} of "
-                         f"{sum(nz.get('n', [])):,} training labels changed)")
+                extra = (
+                    f"  (realised rate {nz['rate_overall']:.3f}: {sum(nz.get('flipped', [])):,} of "
+                    f"{sum(nz.get('n', [])):,} training labels changed)"
+                )
         elif s.stage == "eval":
             pics = len(s.info.get("pictures", []))
             extra = f"  (top-1 {_f(s.info.get('top1'))}, macro-F1 {_f(s.info.get('macro_f1'))}, {pics} pictures)"
-        console.print(f"{name:<16} {tag}: {self.shown(s.output)}{extra}  [dim]{s.seconds:.1f}s[/dim]",
-                      soft_wrap=True, highlight=False)
+        console.print(
+            f"{name:<16} {tag}: {self.shown(s.output)}{extra}  [dim]{s.seconds:.1f}s[/dim]",
+            soft_wrap=True,
+            highlight=False,
+        )
 
     def close(self) -> None:
         self._stop()
@@ -101,12 +111,41 @@ def register(app: typer.Typer) -> None:
     @app.command(name="demo", help=HELP)
     @handle_errors
     def demo_cmd(
-        folder: Annotated[Path, typer.Argument(metavar="DIR", help="Folder for everything the demo writes.")] = Path("fernoise-demo"),
-        methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated methods to train, one run each (any of `fernoise methods`).", show_default="ce,ncctfer")] = None,
-        epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs per method.", show_default="8")] = None,
-        train_per_class: Annotated[int | None, typer.Option("--train-per-class", help="Drawn training faces per class.", show_default="40")] = None,
-        test_per_class: Annotated[int | None, typer.Option("--test-per-class", help="Drawn test faces per class, of unseen identities.", show_default="10")] = None,
-        size: Annotated[int | None, typer.Option("--size", help="Crop and training image side in pixels.", show_default="48")] = None,
+        folder: Annotated[
+            Path, typer.Argument(metavar="DIR", help="Folder for everything the demo writes.")
+        ] = Path("fernoise-demo"),
+        methods: Annotated[
+            str | None,
+            typer.Option(
+                "--methods",
+                help="Comma-separated methods to train, one run each (any of `fernoise methods`).",
+                show_default="ce,ncctfer",
+            ),
+        ] = None,
+        epochs: Annotated[
+            int | None,
+            typer.Option("--epochs", help="Training epochs per method.", show_default="8"),
+        ] = None,
+        train_per_class: Annotated[
+            int | None,
+            typer.Option(
+                "--train-per-class", help="Drawn training faces per class.", show_default="40"
+            ),
+        ] = None,
+        test_per_class: Annotated[
+            int | None,
+            typer.Option(
+                "--test-per-class",
+                help="Drawn test faces per class, of unseen identities.",
+                show_default="10",
+            ),
+        ] = None,
+        size: Annotated[
+            int | None,
+            typer.Option(
+                "--size", help="Crop and training image side in pixels.", show_default="48"
+            ),
+        ] = None,
         device: DeviceOpt = "auto",
         force: ForceOpt = False,
     ) -> None:
@@ -118,16 +157,26 @@ def register(app: typer.Typer) -> None:
         from fernoise.demo.synthetic import NAME
 
         t0 = time.perf_counter()
-        given: dict[str, Any] = {k: v for k, v in {
-            "epochs": epochs, "train_per_class": train_per_class, "test_per_class": test_per_class, "size": size,
-        }.items() if v is not None}
+        given: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "epochs": epochs,
+                "train_per_class": train_per_class,
+                "test_per_class": test_per_class,
+                "size": size,
+            }.items()
+            if v is not None
+        }
         if methods is not None:
             given["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
         if epochs is not None:  # keep a third of the epochs, at most the default's, as warm-up
             given["warmup"] = min(DemoParams.warmup, epochs // 3)
         params = DemoParams(**given, device=device)
-        console.print(f"fernoise demo on [bold]{NAME}[/bold]: procedurally drawn faces (SYNTHETIC, not photos) "
-                      f"-> {folder}", soft_wrap=True)
+        console.print(
+            f"fernoise demo on [bold]{NAME}[/bold]: procedurally drawn faces (SYNTHETIC, not photos) "
+            f"-> {folder}",
+            soft_wrap=True,
+        )
         printer = _Printer(folder)
         try:
             res = run_demo(folder, params, progress=printer, force=force)
@@ -140,6 +189,11 @@ def register(app: typer.Typer) -> None:
         total = sum(1 for s in res.steps if s.stage != "report")
         console.print(
             f"\ndemo on {NAME} (synthetic) finished in {time.perf_counter() - t0:.0f} s "
-            f"({hits} of {total} stages from the cache); table: {printer.shown(res.report_path)}", soft_wrap=True)
-        console.print(f"next: cd {folder} && fernoise eval && fernoise report 'runs/*'  (or run the Quickstart on "
-                      "your own photos)", soft_wrap=True)
+            f"({hits} of {total} stages from the cache); table: {printer.shown(res.report_path)}",
+            soft_wrap=True,
+        )
+        console.print(
+            f"next: cd {folder} && fernoise eval && fernoise report 'runs/*'  (or run the Quickstart on "
+            "your own photos)",
+            soft_wrap=True,
+        )

@@ -33,26 +33,41 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
     mx, vs = h.get("test_max_last5"), h.get("val_selected")
     forced = rep.get("forced") or []
     tag = " — FORCED: evaluated with --force on changed inputs" if forced else ""
-    t = Table(title=f"{rep['method']} on {Path(rep['manifest']).name} ({rep['n']} test faces){tag}", show_header=False)
+    t = Table(
+        title=f"{rep['method']} on {Path(rep['manifest']).name} ({rep['n']} test faces){tag}",
+        show_header=False,
+    )
     t.add_column("figure", style="bold")
     t.add_column("value")
     ci = rep.get("ci95") or {}
-    t.add_row("top-1 accuracy (final model)", f"{_pct(rep['top1'])} %" + _ci(ci.get("top1"), pct=True)
-              + ("  (forced: see the warnings)" if forced else ""))
+    t.add_row(
+        "top-1 accuracy (final model)",
+        f"{_pct(rep['top1'])} %"
+        + _ci(ci.get("top1"), pct=True)
+        + ("  (forced: see the warnings)" if forced else ""),
+    )
     t.add_row("macro-F1", _f(rep["macro_f1"]) + _ci(ci.get("macro_f1")))
     t.add_row("mean class accuracy", f"{_pct(rep['mean_class_accuracy'])} %")
     t.add_row(f"ECE ({rep['ece_bins']} bins)", _f(rep["ece"]))
     if mx:
-        t.add_row("history: max / last-5 test acc.",
-                  f"{_pct(mx['max'])} / {_pct(mx['last'])} %  (max at epoch {mx['max_epoch']}, last {mx['last_n']})")
+        t.add_row(
+            "history: max / last-5 test acc.",
+            f"{_pct(mx['max'])} / {_pct(mx['last'])} %  (max at epoch {mx['max_epoch']}, last {mx['last_n']})",
+        )
     if vs:
-        t.add_row("history: validation-selected", f"{_pct(vs['test_acc'])} %  (epoch {vs['epoch']}, val {_pct(vs['val_acc'])} %)")
+        t.add_row(
+            "history: validation-selected",
+            f"{_pct(vs['test_acc'])} %  (epoch {vs['epoch']}, val {_pct(vs['val_acc'])} %)",
+        )
     elif h.get("epochs"):
         t.add_row("history: validation-selected", "— (the run had no validation split)")
     if not rep.get("own_manifest", True) and (mx or vs):
         t.caption = "history figures come from the run's own test split, not this manifest"
     if ci:
-        t.add_row("", f"[dim]95% percentile bootstrap over test rows ({ci['resamples']} resamples, seed {ci['seed']})[/dim]")
+        t.add_row(
+            "",
+            f"[dim]95% percentile bootstrap over test rows ({ci['resamples']} resamples, seed {ci['seed']})[/dim]",
+        )
     console.print(t)
 
     classes = rep["classes"]
@@ -61,7 +76,14 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
         pc.add_column(col, justify="left" if col == "class" else "right")
     for name in classes:
         m = rep["per_class"][name]
-        pc.add_row(name, str(m["support"]), _f(m["precision"]), _f(m["recall"]), _f(m["f1"]), _pct(m["accuracy"]))
+        pc.add_row(
+            name,
+            str(m["support"]),
+            _f(m["precision"]),
+            _f(m["recall"]),
+            _f(m["f1"]),
+            _pct(m["accuracy"]),
+        )
     console.print(pc)
 
     cm = Table(title="confusion matrix (rows: true, columns: predicted)")
@@ -69,7 +91,13 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
     for name in classes:
         cm.add_column(name[:8], justify="right")
     for name, row in zip(classes, rep["confusion_matrix"], strict=True):
-        cm.add_row(name, *[f"[bold]{v}[/bold]" if i == classes.index(name) else str(v) for i, v in enumerate(row)])
+        cm.add_row(
+            name,
+            *[
+                f"[bold]{v}[/bold]" if i == classes.index(name) else str(v)
+                for i, v in enumerate(row)
+            ],
+        )
     console.print(cm)
 
     nd = h.get("noise_detection") or []
@@ -78,7 +106,13 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
         for col in ("epoch", "precision", "recall", "F1", "confident fraction"):
             tt.add_column(col, justify="right")
         for d in nd:
-            tt.add_row(str(d["epoch"]), _f(d["precision"], 2), _f(d["recall"], 2), _f(d["f1"], 2), _f(d["confident_frac"], 2))
+            tt.add_row(
+                str(d["epoch"]),
+                _f(d["precision"], 2),
+                _f(d["recall"], 2),
+                _f(d["f1"], 2),
+                _f(d["confident_frac"], 2),
+            )
         console.print(tt)
     thr = h.get("thresholds")
     if thr:
@@ -92,7 +126,9 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
     for w in h.get("warnings", []):
         err_console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
     if rep.get("gradcam_note"):
-        err_console.print(f"[yellow]note:[/yellow] gradcam.png: {rep['gradcam_note']}", soft_wrap=True)
+        err_console.print(
+            f"[yellow]note:[/yellow] gradcam.png: {rep['gradcam_note']}", soft_wrap=True
+        )
 
 
 def _ci(interval: list[float] | None, *, pct: bool = False) -> str:
@@ -107,13 +143,38 @@ def register(app: typer.Typer) -> None:
     @app.command(name="eval")
     @handle_errors
     def eval_cmd(
-        run: Annotated[Path | None, typer.Argument(help="Training run folder (default: the latest `fernoise train` run).")] = None,
-        manifest: Annotated[Path | None, typer.Option("--manifest", help="Evaluate on this manifest's test rows (same label space); results go to RUN/eval-<key>/. A folder means its manifest.parquet.")] = None,
-        cam: Annotated[int, typer.Option("--cam", help="Grad-CAM grid of N test faces (gradcam.png).")] = 0,
-        batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
-        split: Annotated[str, typer.Option("--split", help="Manifest split to score: test, val or train; a split other than test writes to RUN/eval-<split>/.")] = "test",
+        run: Annotated[
+            Path | None,
+            typer.Argument(help="Training run folder (default: the latest `fernoise train` run)."),
+        ] = None,
+        manifest: Annotated[
+            Path | None,
+            typer.Option(
+                "--manifest",
+                help="Evaluate on this manifest's test rows (same label space); results go to RUN/eval-<key>/. A folder means its manifest.parquet.",
+            ),
+        ] = None,
+        cam: Annotated[
+            int, typer.Option("--cam", help="Grad-CAM grid of N test faces (gradcam.png).")
+        ] = 0,
+        batch_size: Annotated[
+            int, typer.Option("--batch-size", help="Images per forward pass.")
+        ] = 256,
+        split: Annotated[
+            str,
+            typer.Option(
+                "--split",
+                help="Manifest split to score: test, val or train; a split other than test writes to RUN/eval-<split>/.",
+            ),
+        ] = "test",
         device: DeviceOpt = "auto",
-        force: Annotated[bool, typer.Option("--force", help="Recompute even on a cache hit, and evaluate even when model.pt or the crops differ from the sha256 recorded by train/align.")] = False,
+        force: Annotated[
+            bool,
+            typer.Option(
+                "--force",
+                help="Recompute even on a cache hit, and evaluate even when model.pt or the crops differ from the sha256 recorded by train/align.",
+            ),
+        ] = False,
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Evaluate a training run: metrics, tables and pictures (RUN/eval.json, predictions.parquet, PNGs).

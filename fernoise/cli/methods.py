@@ -21,7 +21,10 @@ def _defaults(cls) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(name="methods", help="List the training methods: source, defaults, views, backbone assumption.")
+    @app.command(
+        name="methods",
+        help="List the training methods: source, defaults, views, backbone assumption.",
+    )
     @handle_errors
     def methods_cmd() -> None:
         from rich.table import Table
@@ -29,13 +32,28 @@ def register(app: typer.Typer) -> None:
         from fernoise import methods
 
         table = Table(show_lines=True, title="fernoise train --method NAME")
-        for col in ("method", "what it does", "source (paper; code)", "defaults (flags; optimiser)", "views",
-                    "face-pretrained\nbackbone in paper"):
+        for col in (
+            "method",
+            "what it does",
+            "source (paper; code)",
+            "defaults (flags; optimiser)",
+            "views",
+            "face-pretrained\nbackbone in paper",
+        ):
             table.add_column(col, overflow="fold")
         for name in methods.names():
             cls = methods.get(name)
-            table.add_row(name, cls.summary, f"{cls.source}\n{cls.repo}", _defaults(cls), ", ".join(cls.views),
-                          "yes" if cls.face_pretrained else "no")
+            table.add_row(
+                name,
+                cls.summary,
+                f"{cls.source}\n{cls.repo}",
+                _defaults(cls),
+                ", ".join(cls.views),
+                "yes" if cls.face_pretrained else "no",
+            )
         console.print(table)
-        console.print("Optimiser: backbone/head lr; --epochs, --batch-size, --lr-* and --weight-decay override. "
-                      "What each method computes: docs/methods.md.", soft_wrap=True)
+        console.print(
+            "Optimiser: backbone/head lr; --epochs, --batch-size, --lr-* and --weight-decay override. "
+            "What each method computes: docs/methods.md.",
+            soft_wrap=True,
+        )

@@ -14,9 +14,18 @@ def register(app: typer.Typer) -> None:
     @app.command(name="predict")
     @handle_errors
     def predict_cmd(
-        inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos (searched recursively).")],
-        run: Annotated[Path | None, typer.Option("--run", help="Training run folder (default: the latest `fernoise train` run).")] = None,
-        out: Annotated[Path | None, typer.Option("--out", help="Also write the rows to FILE.csv or FILE.json.")] = None,
+        inputs: Annotated[
+            list[Path], typer.Argument(help="Photos or folders of photos (searched recursively).")
+        ],
+        run: Annotated[
+            Path | None,
+            typer.Option(
+                "--run", help="Training run folder (default: the latest `fernoise train` run)."
+            ),
+        ] = None,
+        out: Annotated[
+            Path | None, typer.Option("--out", help="Also write the rows to FILE.csv or FILE.json.")
+        ] = None,
         top: Annotated[int, typer.Option("--top", help="Classes listed per face.")] = 3,
         device: DeviceOpt = "auto",
         workspace: WorkspaceOpt = None,
@@ -42,11 +51,21 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             if r["status"] == "ok":
                 tops = ", ".join(f"{x['label']} {x['prob']:.2f}" for x in r["top"])
-                t.add_row(Path(r["file"]).name, str(r["face"]), r["label"], f"{r['prob']:.2f}", tops)
+                t.add_row(
+                    Path(r["file"]).name, str(r["face"]), r["label"], f"{r['prob']:.2f}", tops
+                )
             else:
-                t.add_row(Path(r["file"]).name, "—", f"[yellow]{r['status']}[/yellow]", "", r["reason"] or "")
+                t.add_row(
+                    Path(r["file"]).name,
+                    "—",
+                    f"[yellow]{r['status']}[/yellow]",
+                    "",
+                    r["reason"] or "",
+                )
         console.print(t)
         n_faces = sum(r["status"] == "ok" for r in rows)
-        console.print(f"{n_faces} faces; {sum(r['status'] != 'ok' for r in rows)} files without a face or unreadable")
+        console.print(
+            f"{n_faces} faces; {sum(r['status'] != 'ok' for r in rows)} files without a face or unreadable"
+        )
         if out is not None:
             wrote(write_rows(rows, out))

@@ -23,24 +23,66 @@ def register(app: typer.Typer) -> None:
     @app.command(name="pretrain")
     @handle_errors
     def pretrain_cmd(
-        manifest: Annotated[Path | None, typer.Argument(help="Manifest (default: the latest of `fernoise align`/`corrupt`). A folder means its manifest.parquet.")] = None,
-        method: Annotated[str, typer.Option("--method", help="simclr (NT-Xent) or byol (EMA target).")] = "simclr",
+        manifest: Annotated[
+            Path | None,
+            typer.Argument(
+                help="Manifest (default: the latest of `fernoise align`/`corrupt`). A folder means its manifest.parquet."
+            ),
+        ] = None,
+        method: Annotated[
+            str, typer.Option("--method", help="simclr (NT-Xent) or byol (EMA target).")
+        ] = "simclr",
         epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 100,
         image_size: Annotated[int, typer.Option("--image-size", help="View side in pixels.")] = 112,
-        batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch (two views each).")] = 256,
-        lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (cosine decay to 0).")] = 1e-3,
-        temperature: Annotated[float, typer.Option("--temperature", help="NT-Xent temperature (simclr).")] = 0.5,
-        momentum: Annotated[float, typer.Option("--momentum", help="Base EMA momentum of the BYOL target.")] = 0.996,
-        min_scale: Annotated[float, typer.Option("--min-scale", help="Smallest crop area fraction (faces stay faces).")] = 0.6,
-        splits: Annotated[str, typer.Option("--splits", help="Comma-separated splits to train on (never test unless named).")] = "train",
-        probe_split: Annotated[str, typer.Option("--probe-split", help="Split for the k-NN probe ('' for none).")] = "val",
-        probe_every: Annotated[int, typer.Option("--probe-every", help="Epochs between k-NN probes.")] = 5,
+        batch_size: Annotated[
+            int, typer.Option("--batch-size", help="Images per batch (two views each).")
+        ] = 256,
+        lr: Annotated[
+            float, typer.Option("--lr", help="Adam learning rate (cosine decay to 0).")
+        ] = 1e-3,
+        temperature: Annotated[
+            float, typer.Option("--temperature", help="NT-Xent temperature (simclr).")
+        ] = 0.5,
+        momentum: Annotated[
+            float, typer.Option("--momentum", help="Base EMA momentum of the BYOL target.")
+        ] = 0.996,
+        min_scale: Annotated[
+            float,
+            typer.Option("--min-scale", help="Smallest crop area fraction (faces stay faces)."),
+        ] = 0.6,
+        splits: Annotated[
+            str,
+            typer.Option(
+                "--splits", help="Comma-separated splits to train on (never test unless named)."
+            ),
+        ] = "train",
+        probe_split: Annotated[
+            str, typer.Option("--probe-split", help="Split for the k-NN probe ('' for none).")
+        ] = "val",
+        probe_every: Annotated[
+            int, typer.Option("--probe-every", help="Epochs between k-NN probes.")
+        ] = 5,
         seed: SeedOpt = 0,
         device: DeviceOpt = "auto",
-        precision: Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (autocast).")] = "auto",
-        keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pt after the run.")] = False,
-        devices: Annotated[int, typer.Option("--devices", help="Local processes for torch.distributed (DDP; NT-Xent over the global batch). torchrun sets its own.")] = 1,
-        out: Annotated[Path | None, typer.Option("--out", help="Folder of pretraining runs (default: <workspace>/pretrain).")] = None,
+        precision: Annotated[
+            str, typer.Option("--precision", help="auto, fp32 or bf16 (autocast).")
+        ] = "auto",
+        keep_checkpoint: Annotated[
+            bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pt after the run.")
+        ] = False,
+        devices: Annotated[
+            int,
+            typer.Option(
+                "--devices",
+                help="Local processes for torch.distributed (DDP; NT-Xent over the global batch). torchrun sets its own.",
+            ),
+        ] = 1,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "--out", help="Folder of pretraining runs (default: <workspace>/pretrain)."
+            ),
+        ] = None,
         force: ForceOpt = False,
         workspace: WorkspaceOpt = None,
     ) -> None:
@@ -54,11 +96,22 @@ def register(app: typer.Typer) -> None:
         from fernoise.pretrain.stage import PretrainConfig, pretrain
 
         cfg = PretrainConfig(
-            method=method, epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr,
-            temperature=temperature, momentum=momentum, min_scale=min_scale,
+            method=method,
+            epochs=epochs,
+            image_size=image_size,
+            batch_size=batch_size,
+            lr=lr,
+            temperature=temperature,
+            momentum=momentum,
+            min_scale=min_scale,
             splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
-            probe_split=probe_split or None, probe_every=probe_every, seed=seed, device=device,
-            precision=precision, keep_checkpoint=keep_checkpoint, devices=devices,
+            probe_split=probe_split or None,
+            probe_every=probe_every,
+            seed=seed,
+            device=device,
+            precision=precision,
+            keep_checkpoint=keep_checkpoint,
+            devices=devices,
         )
         ws = Workspace(workspace)
         if manifest is None:
@@ -84,8 +137,11 @@ class _PretrainProgress:
             self.inner._stop()
             m = ev["metrics"]
             knn = f"  k-NN {m['knn_acc']:.3f}" if m.get("knn_acc") is not None else ""
-            console.print(f"epoch {m['epoch']:>3}  loss {m['loss']:.4f}{knn}  {m['images_per_s']:.0f} img/s  "
-                          f"{m['seconds']:.1f}s", soft_wrap=True)
+            console.print(
+                f"epoch {m['epoch']:>3}  loss {m['loss']:.4f}{knn}  {m['images_per_s']:.0f} img/s  "
+                f"{m['seconds']:.1f}s",
+                soft_wrap=True,
+            )
         else:
             self.inner(ev)
 

@@ -26,11 +26,30 @@ def register(app: typer.Typer) -> None:
     @app.command(name="report", help=HELP)
     @handle_errors
     def report_cmd(
-        runs: Annotated[list[str] | None, typer.Argument(help="Run folders, globs of them (quoted), or folders of runs (default: the workspace's runs/).")] = None,
-        fmt: Annotated[str, typer.Option("--format", help="markdown, csv (one row per cell, figures as fractions) or latex (booktabs).")] = "markdown",
+        runs: Annotated[
+            list[str] | None,
+            typer.Argument(
+                help="Run folders, globs of them (quoted), or folders of runs (default: the workspace's runs/)."
+            ),
+        ] = None,
+        fmt: Annotated[
+            str,
+            typer.Option(
+                "--format",
+                help="markdown, csv (one row per cell, figures as fractions) or latex (booktabs).",
+            ),
+        ] = "markdown",
         csv: Annotated[bool, typer.Option("--csv", help="Same as --format csv.")] = False,
-        plot: Annotated[bool, typer.Option("--plot", help="Also write accuracy_vs_noise.png and, where a method selects samples, selection_vs_noise.png.")] = False,
-        plot_dir: Annotated[Path, typer.Option("--plot-dir", help="Folder for the --plot pictures.")] = Path("."),
+        plot: Annotated[
+            bool,
+            typer.Option(
+                "--plot",
+                help="Also write accuracy_vs_noise.png and, where a method selects samples, selection_vs_noise.png.",
+            ),
+        ] = False,
+        plot_dir: Annotated[
+            Path, typer.Option("--plot-dir", help="Folder for the --plot pictures.")
+        ] = Path("."),
         workspace: WorkspaceOpt = None,
     ) -> None:
         from fernoise.cache import Workspace
@@ -39,16 +58,22 @@ def register(app: typer.Typer) -> None:
         from fernoise.report import plot as draw
 
         if fmt not in FORMATS:
-            raise FernoiseError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}", flag="--format")
+            raise FernoiseError(
+                f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}", flag="--format"
+            )
         if csv:
             if fmt not in ("markdown", "csv"):
-                raise FernoiseError(f"--csv and --format {fmt} disagree; pass one of them", flag="--csv")
+                raise FernoiseError(
+                    f"--csv and --format {fmt} disagree; pass one of them", flag="--csv"
+                )
             fmt = "csv"
         if not runs:
             folder = Workspace(workspace).runs_dir()
             if not folder.is_dir():
-                raise FernoiseError(f"no runs folder in the workspace ({folder}); pass run folders, e.g. 'runs/*'",
-                                    flag="RUNS")
+                raise FernoiseError(
+                    f"no runs folder in the workspace ({folder}); pass run folders, e.g. 'runs/*'",
+                    flag="RUNS",
+                )
             runs = [str(folder)]
         rep = collect(runs)
         text = render(rep, fmt)

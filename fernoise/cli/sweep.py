@@ -51,22 +51,51 @@ def render(sweep, slots: int):
     axes = list(sweep.grid.axes)
     show_pre = len(sweep.grid.pretrained) > 1 or sweep.grid.pretrained != (None,)
     shard = f" shard {sweep.shard[0]}/{sweep.shard[1]}" if sweep.shard != (1, 1) else ""
-    t = Table(title=f"sweep {sweep.grid.name}{shard}: {len(states)} cells", title_justify="left",
-              caption=(f"{counts['done']} done ({counts['hits']} cached), {counts['running']} running, "
-                       f"{counts['queued']} queued, {counts['failed']} failed; ETA {_duration(eta)}"),
-              caption_justify="left")
-    for name in ("#", "method", "noise", "seed", *(["pretrained"] if show_pre else []), *axes,
-                 "status", "img/s", "top-1 %", "val-sel %", "note"):
-        t.add_column(name, overflow="fold" if name == "note" else "ellipsis", no_wrap=name != "note",
-                     justify="right" if name in ("#", "seed", "img/s", "top-1 %", "val-sel %") else "left")
+    t = Table(
+        title=f"sweep {sweep.grid.name}{shard}: {len(states)} cells",
+        title_justify="left",
+        caption=(
+            f"{counts['done']} done ({counts['hits']} cached), {counts['running']} running, "
+            f"{counts['queued']} queued, {counts['failed']} failed; ETA {_duration(eta)}"
+        ),
+        caption_justify="left",
+    )
+    for name in (
+        "#",
+        "method",
+        "noise",
+        "seed",
+        *(["pretrained"] if show_pre else []),
+        *axes,
+        "status",
+        "img/s",
+        "top-1 %",
+        "val-sel %",
+        "note",
+    ):
+        t.add_column(
+            name,
+            overflow="fold" if name == "note" else "ellipsis",
+            no_wrap=name != "note",
+            justify="right" if name in ("#", "seed", "img/s", "top-1 %", "val-sel %") else "left",
+        )
     for st in states:
         c = st.cell
         opts = dict(c.options)
         last = st.reason or (f"gpu {st.gpu}" if st.gpu is not None else "")
-        t.add_row(str(c.index + 1), c.method, c.noise.label(), str(c.seed),
-                  *([c.pretrained or "none"] if show_pre else []), *(str(opts[a]) for a in axes),
-                  _status_text(st), f"{st.images_per_s:.0f}" if st.images_per_s else "",
-                  _pct(st.top1), _pct(st.val_selected), last)
+        t.add_row(
+            str(c.index + 1),
+            c.method,
+            c.noise.label(),
+            str(c.seed),
+            *([c.pretrained or "none"] if show_pre else []),
+            *(str(opts[a]) for a in axes),
+            _status_text(st),
+            f"{st.images_per_s:.0f}" if st.images_per_s else "",
+            _pct(st.top1),
+            _pct(st.val_selected),
+            last,
+        )
     return t
 
 
@@ -88,23 +117,54 @@ class _Lines:
                 ips = f" {st.images_per_s:.0f} img/s" if st.images_per_s else ""
                 console.print(f"{what}: epoch {st.epoch}/{st.epochs}{ips}", soft_wrap=True)
             elif st.status == "running":
-                console.print(f"{what}: running" + (f" on gpu {st.gpu}" if st.gpu is not None else ""), soft_wrap=True)
+                console.print(
+                    f"{what}: running" + (f" on gpu {st.gpu}" if st.gpu is not None else ""),
+                    soft_wrap=True,
+                )
             elif st.status == "done":
                 tag = " (cache hit)" if st.hit else ""
-                console.print(f"{what}: done{tag} top-1 {_pct(st.top1)}% val-sel {_pct(st.val_selected)}%", soft_wrap=True)
+                console.print(
+                    f"{what}: done{tag} top-1 {_pct(st.top1)}% val-sel {_pct(st.val_selected)}%",
+                    soft_wrap=True,
+                )
             elif st.status == "failed":
                 console.print(f"{what}: [red]failed[/red]: {st.reason}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(name="sweep", help="Run a grid file of methods x noise x seeds x options: corrupt -> train -> eval per cell, cached and resumable. Exit code 0 when every cell is done, 1 when some failed.")
+    @app.command(
+        name="sweep",
+        help="Run a grid file of methods x noise x seeds x options: corrupt -> train -> eval per cell, cached and resumable. Exit code 0 when every cell is done, 1 when some failed.",
+    )
     @handle_errors
     def sweep_cmd(
         grid: Annotated[Path, typer.Argument(help="Grid file (TOML), e.g. grids/smoke.toml.")],
-        manifest: Annotated[Path | None, typer.Argument(help="Clean aligned manifest (default: the grid's `manifest`, else the latest `fernoise align`). A folder means its manifest.parquet.")] = None,
-        gpus: Annotated[str | None, typer.Option("--gpus", help="Run one cell per GPU at once, e.g. 0,1,2,3 (each child sees its GPU as cuda:0).")] = None,
-        shard: Annotated[str | None, typer.Option("--shard", help=f"Run only one of n disjoint shares of the cells ({SHARD_HELP}; SLURM arrays, indexed jobs).")] = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and which are done; run and write nothing.")] = False,
+        manifest: Annotated[
+            Path | None,
+            typer.Argument(
+                help="Clean aligned manifest (default: the grid's `manifest`, else the latest `fernoise align`). A folder means its manifest.parquet."
+            ),
+        ] = None,
+        gpus: Annotated[
+            str | None,
+            typer.Option(
+                "--gpus",
+                help="Run one cell per GPU at once, e.g. 0,1,2,3 (each child sees its GPU as cuda:0).",
+            ),
+        ] = None,
+        shard: Annotated[
+            str | None,
+            typer.Option(
+                "--shard",
+                help=f"Run only one of n disjoint shares of the cells ({SHARD_HELP}; SLURM arrays, indexed jobs).",
+            ),
+        ] = None,
+        dry_run: Annotated[
+            bool,
+            typer.Option(
+                "--dry-run", help="List the cells and which are done; run and write nothing."
+            ),
+        ] = False,
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Exit code: 0 when every cell of this shard is done, 1 when some failed."""
@@ -129,15 +189,21 @@ def register(app: typer.Typer) -> None:
         if isatty() and not dry_run:
             from rich.live import Live
 
-            with Live(render(sweep, slots), console=console, refresh_per_second=2, transient=False) as live:
+            with Live(
+                render(sweep, slots), console=console, refresh_per_second=2, transient=False
+            ) as live:
                 states = run(sweep, gpus=gpu_list, update=lambda s: live.update(render(s, slots)))
         else:
-            states = run(sweep, gpus=gpu_list, update=None if dry_run else _Lines(), dry_run=dry_run)
+            states = run(
+                sweep, gpus=gpu_list, update=None if dry_run else _Lines(), dry_run=dry_run
+            )
             console.print(render(sweep, slots))
         counts = summary(states)
         secs = time.perf_counter() - t0
         if dry_run:
-            console.print(f"dry run: {counts['done']} of {len(states)} cells done; nothing was run or written")
+            console.print(
+                f"dry run: {counts['done']} of {len(states)} cells done; nothing was run or written"
+            )
             return
         for note in sweep.notes:
             err_console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
@@ -146,6 +212,8 @@ def register(app: typer.Typer) -> None:
                 err_console.print(f"[red]failed[/red] {st.cell.id}: {st.reason}", soft_wrap=True)
         console.print(
             f"{counts['done']} done ({counts['hits']} cache hits), {counts['failed']} failed, in {secs:.1f}s; "
-            f"table: {sweep.state_dir / 'table.md'}  (compare runs: fernoise report)", soft_wrap=True)
+            f"table: {sweep.state_dir / 'table.md'}  (compare runs: fernoise report)",
+            soft_wrap=True,
+        )
         if counts["done"] != len(states):
             raise typer.Exit(1)

@@ -45,9 +45,14 @@ class _Progress:
         )
 
         self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
         )
         self.task = None
 
@@ -64,9 +69,15 @@ class _Progress:
             self._stop()
             self.bar.start()
             tag = " (warm-up)" if ev["warmup"] else ""
-            self.task = self.bar.add_task(f"epoch {ev['epoch']}/{ev['epochs']}{tag}", total=ev["batches"], info="")
+            self.task = self.bar.add_task(
+                f"epoch {ev['epoch']}/{ev['epochs']}{tag}", total=ev["batches"], info=""
+            )
         elif kind == "batch" and self.task is not None:
-            self.bar.update(self.task, completed=ev["done"], info=f"loss {ev['loss']:.4f}  {ev['images_per_s']:.0f} img/s")
+            self.bar.update(
+                self.task,
+                completed=ev["done"],
+                info=f"loss {ev['loss']:.4f}  {ev['images_per_s']:.0f} img/s",
+            )
         elif kind == "epoch_end":
             self._stop()
             m = ev["metrics"]
@@ -74,7 +85,9 @@ class _Progress:
             if m.get("relabelled") is not None:
                 conf += f"  relabelled {m['relabelled']}"
             if m["confident_precision"] is not None:
-                conf += f" (prec {_fmt(m['confident_precision'])} rec {_fmt(m['confident_recall'])})"
+                conf += (
+                    f" (prec {_fmt(m['confident_precision'])} rec {_fmt(m['confident_recall'])})"
+                )
             console.print(
                 f"epoch {m['epoch']:>3}{' w' if m['warmup'] else '  '}  loss {m['loss']:.4f}  "
                 f"train {m['train_acc']:.3f}  val {_fmt(m['val_acc'])}  test {_fmt(m['test_acc'])}{conf}  "
@@ -83,10 +96,15 @@ class _Progress:
             )
         elif kind == "pretrained":
             self._stop()
-            console.print(f"pretrained {ev['path']} ({ev['kind']}, sha256 {ev['sha256'][:12]})", soft_wrap=True,
-                          markup=False)
+            console.print(
+                f"pretrained {ev['path']} ({ev['kind']}, sha256 {ev['sha256'][:12]})",
+                soft_wrap=True,
+                markup=False,
+            )
             for what, count, keys in ev["table"]:
-                console.print(f"  {what:<22} {count:>4}  {keys}".rstrip(), soft_wrap=True, markup=False)
+                console.print(
+                    f"  {what:<22} {count:>4}  {keys}".rstrip(), soft_wrap=True, markup=False
+                )
         elif kind == "resume":
             console.print(f"resuming {ev['run_dir']} after epoch {ev['epoch']}")
         elif kind == "warning":
@@ -107,31 +125,145 @@ class _Progress:
 
 
 def _static_options(
-    manifest: Annotated[Path | None, typer.Argument(help="Manifest (default: the latest of `fernoise corrupt`/`align`). A folder means its manifest.parquet.")] = None,
-    method: Annotated[str, typer.Option("--method", help="Training method; `fernoise methods` lists them all.")] = DEFAULT_METHOD,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (default: the method's).", show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per batch, per process when distributed (default: the method's).", show_default=False)] = None,
-    image_size: Annotated[int, typer.Option("--image-size", help="Training and test image side in pixels.")] = 224,
-    warmup: Annotated[int | None, typer.Option("--warmup", help="Epochs of plain cross-entropy first (default: the method's, shown by `fernoise methods`: min(5, epochs // 3), or 0 where its official code has none).", show_default=False)] = None,
-    lr_backbone: Annotated[float | None, typer.Option("--lr-backbone", help="Adam lr of the backbone (default: the method's).", show_default=False)] = None,
-    lr_head: Annotated[float | None, typer.Option("--lr-head", help="Adam lr of the heads (default: the method's).", show_default=False)] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Adam weight decay (default: the method's).", show_default=False)] = None,
-    lr_decay: Annotated[float | None, typer.Option("--lr-decay", help="Per-epoch exponential lr factor; 1 = constant (default: the method's).", show_default=False)] = None,
-    randaug_magnitude: Annotated[int, typer.Option("--randaug-magnitude", help="RandAugment magnitude 0..30 (2 ops) of the strong view.")] = 10,
-    pretrained: Annotated[Path | None, typer.Option("--pretrained", help="Backbone start: a state dict file (resnet18_msceleb.pth, torchvision resnet18-*.pth, backbone.pt), a train run folder or its model.pt, a pretrain folder, or `latest` (the workspace's latest `fernoise pretrain`).")] = None,
-    pretrained_partial: Annotated[bool, typer.Option("--pretrained-partial", help="Accept a --pretrained file that fills only part of the backbone (the rest stays random).")] = False,
+    manifest: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Manifest (default: the latest of `fernoise corrupt`/`align`). A folder means its manifest.parquet."
+        ),
+    ] = None,
+    method: Annotated[
+        str, typer.Option("--method", help="Training method; `fernoise methods` lists them all.")
+    ] = DEFAULT_METHOD,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs", help="Training epochs (default: the method's).", show_default=False
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            help="Samples per batch, per process when distributed (default: the method's).",
+            show_default=False,
+        ),
+    ] = None,
+    image_size: Annotated[
+        int, typer.Option("--image-size", help="Training and test image side in pixels.")
+    ] = 224,
+    warmup: Annotated[
+        int | None,
+        typer.Option(
+            "--warmup",
+            help="Epochs of plain cross-entropy first (default: the method's, shown by `fernoise methods`: min(5, epochs // 3), or 0 where its official code has none).",
+            show_default=False,
+        ),
+    ] = None,
+    lr_backbone: Annotated[
+        float | None,
+        typer.Option(
+            "--lr-backbone",
+            help="Adam lr of the backbone (default: the method's).",
+            show_default=False,
+        ),
+    ] = None,
+    lr_head: Annotated[
+        float | None,
+        typer.Option(
+            "--lr-head", help="Adam lr of the heads (default: the method's).", show_default=False
+        ),
+    ] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(
+            "--weight-decay", help="Adam weight decay (default: the method's).", show_default=False
+        ),
+    ] = None,
+    lr_decay: Annotated[
+        float | None,
+        typer.Option(
+            "--lr-decay",
+            help="Per-epoch exponential lr factor; 1 = constant (default: the method's).",
+            show_default=False,
+        ),
+    ] = None,
+    randaug_magnitude: Annotated[
+        int,
+        typer.Option(
+            "--randaug-magnitude", help="RandAugment magnitude 0..30 (2 ops) of the strong view."
+        ),
+    ] = 10,
+    pretrained: Annotated[
+        Path | None,
+        typer.Option(
+            "--pretrained",
+            help="Backbone start: a state dict file (resnet18_msceleb.pth, torchvision resnet18-*.pth, backbone.pt), a train run folder or its model.pt, a pretrain folder, or `latest` (the workspace's latest `fernoise pretrain`).",
+        ),
+    ] = None,
+    pretrained_partial: Annotated[
+        bool,
+        typer.Option(
+            "--pretrained-partial",
+            help="Accept a --pretrained file that fills only part of the backbone (the rest stays random).",
+        ),
+    ] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (autocast).")] = "auto",
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Stratified share of train held out when the manifest has no val rows.")] = 0.1,
-    val_clean: Annotated[bool, typer.Option("--val-clean", help="Validate on label_clean (oracle-clean validation; recorded in config.json).")] = False,
-    max_rows: Annotated[int | None, typer.Option("--max-rows", help="Train on a seeded, stratified subset of N training rows (part of the key).")] = None,
-    keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pt after the run finishes (removed by default).")] = False,
-    runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Folder of run folders (default: <workspace>/runs).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers (default: auto).")] = None,
-    augment: Annotated[str, typer.Option("--augment", help="Where views are made: device (batched on the training device), workers (DataLoader workers) or auto (= device, on CUDA and on the CPU); recorded in the key.")] = "auto",
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (skipped with a warning where unavailable).")] = False,
-    devices: Annotated[int, typer.Option("--devices", help="Local processes for torch.distributed (DDP).")] = 1,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto, fp32 or bf16 (autocast).")
+    ] = "auto",
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction",
+            help="Stratified share of train held out when the manifest has no val rows.",
+        ),
+    ] = 0.1,
+    val_clean: Annotated[
+        bool,
+        typer.Option(
+            "--val-clean",
+            help="Validate on label_clean (oracle-clean validation; recorded in config.json).",
+        ),
+    ] = False,
+    max_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--max-rows",
+            help="Train on a seeded, stratified subset of N training rows (part of the key).",
+        ),
+    ] = None,
+    keep_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--keep-checkpoint",
+            help="Keep checkpoint.pt after the run finishes (removed by default).",
+        ),
+    ] = False,
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option("--runs-dir", help="Folder of run folders (default: <workspace>/runs)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="DataLoader workers (default: auto).")
+    ] = None,
+    augment: Annotated[
+        str,
+        typer.Option(
+            "--augment",
+            help="Where views are made: device (batched on the training device), workers (DataLoader workers) or auto (= device, on CUDA and on the CPU); recorded in the key.",
+        ),
+    ] = "auto",
+    compile_: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the backbone (skipped with a warning where unavailable).",
+        ),
+    ] = False,
+    devices: Annotated[
+        int, typer.Option("--devices", help="Local processes for torch.distributed (DDP).")
+    ] = 1,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
 ) -> None:
@@ -154,12 +286,23 @@ def _method_options() -> list[inspect.Parameter]:
         name, field_name = next(iter(owners.items()))
         f = next(f for f in fields(methods.get(name).Params) if f.name == field_name)
         kind = option_type(f)
-        choices = f"; one of {', '.join(f.metadata['choices'])}" if f.metadata.get("choices") else ""
+        choices = (
+            f"; one of {', '.join(f.metadata['choices'])}" if f.metadata.get("choices") else ""
+        )
         help_ = f"{', '.join(owners)}: {f.metadata['help']} (default {f.default}{choices})"
-        out.append(inspect.Parameter(
-            _ident(flag), inspect.Parameter.KEYWORD_ONLY, default=None,
-            annotation=Annotated[kind | None, typer.Option(flag, help=help_, show_default=False, rich_help_panel="Method options")],
-        ))
+        out.append(
+            inspect.Parameter(
+                _ident(flag),
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[
+                    kind | None,
+                    typer.Option(
+                        flag, help=help_, show_default=False, rich_help_panel="Method options"
+                    ),
+                ],
+            )
+        )
     return out
 
 
@@ -176,13 +319,30 @@ def _train(**kw) -> None:
     params = methods.make_params(method, given)  # a flag of another method: one line naming both
     pretrained = kw["pretrained"]
     cfg = TrainConfig(
-        method=method, method_params=params, epochs=kw["epochs"], batch_size=kw["batch_size"],
-        image_size=kw["image_size"], warmup=kw["warmup"], lr_backbone=kw["lr_backbone"], lr_head=kw["lr_head"],
-        weight_decay=kw["weight_decay"], lr_decay=kw["lr_decay"], randaug_magnitude=kw["randaug_magnitude"],
-        pretrained=str(pretrained) if pretrained else None, pretrained_partial=kw["pretrained_partial"], seed=kw["seed"], device=kw["device"],
-        precision=kw["precision"], val_fraction=kw["val_fraction"], workers=kw["workers"], devices=kw["devices"],
-        val_clean=kw["val_clean"], max_rows=kw["max_rows"], keep_checkpoint=kw["keep_checkpoint"],
-        augment=kw["augment"], compile=kw["compile_"],
+        method=method,
+        method_params=params,
+        epochs=kw["epochs"],
+        batch_size=kw["batch_size"],
+        image_size=kw["image_size"],
+        warmup=kw["warmup"],
+        lr_backbone=kw["lr_backbone"],
+        lr_head=kw["lr_head"],
+        weight_decay=kw["weight_decay"],
+        lr_decay=kw["lr_decay"],
+        randaug_magnitude=kw["randaug_magnitude"],
+        pretrained=str(pretrained) if pretrained else None,
+        pretrained_partial=kw["pretrained_partial"],
+        seed=kw["seed"],
+        device=kw["device"],
+        precision=kw["precision"],
+        val_fraction=kw["val_fraction"],
+        workers=kw["workers"],
+        devices=kw["devices"],
+        val_clean=kw["val_clean"],
+        max_rows=kw["max_rows"],
+        keep_checkpoint=kw["keep_checkpoint"],
+        augment=kw["augment"],
+        compile=kw["compile_"],
     )
     ws = Workspace(kw["workspace"])
     manifest = kw["manifest"]
@@ -203,7 +363,9 @@ def register(app: typer.Typer) -> None:
         _train(**kw)
 
     base = inspect.signature(_static_options, eval_str=True)
-    train_cmd.__signature__ = base.replace(parameters=[*base.parameters.values(), *_method_options()])
+    train_cmd.__signature__ = base.replace(
+        parameters=[*base.parameters.values(), *_method_options()]
+    )
     app.command(
         name="train",
         help="Train a method (`fernoise methods`) on a manifest; writes runs/<key>/ (re-run: cache hit or resume).",

@@ -120,34 +120,57 @@ class CorruptParams:
         uses = KINDS[self.kind].uses
         if "rate" in uses:
             if self.rate is None:
-                raise FernoiseError(f"--kind {self.kind} needs a rate in [0, 1), e.g. --rate 0.3", flag="--rate")
-            if not (isinstance(self.rate, int | float) and math.isfinite(self.rate) and 0 <= self.rate < 1):
-                raise FernoiseError(f"expected a rate in [0, 1), found {self.rate!r}; e.g. --rate 0.3", flag="--rate")
+                raise FernoiseError(
+                    f"--kind {self.kind} needs a rate in [0, 1), e.g. --rate 0.3", flag="--rate"
+                )
+            if not (
+                isinstance(self.rate, int | float)
+                and math.isfinite(self.rate)
+                and 0 <= self.rate < 1
+            ):
+                raise FernoiseError(
+                    f"expected a rate in [0, 1), found {self.rate!r}; e.g. --rate 0.3",
+                    flag="--rate",
+                )
         elif self.rate is not None:
             raise FernoiseError(
-                f"--kind {self.kind} does not use a rate (found {self.rate}); drop --rate", flag="--rate"
+                f"--kind {self.kind} does not use a rate (found {self.rate}); drop --rate",
+                flag="--rate",
             )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise FernoiseError(f"expected a non-negative integer seed, found {self.seed!r}", flag="--seed")
+            raise FernoiseError(
+                f"expected a non-negative integer seed, found {self.seed!r}", flag="--seed"
+            )
         if self.pairs is not None and self.kind != "asym":
-            raise FernoiseError(f"pairs are for --kind asym, not {self.kind}; drop --pairs", flag="--pairs")
+            raise FernoiseError(
+                f"pairs are for --kind asym, not {self.kind}; drop --pairs", flag="--pairs"
+            )
         if self.kind == "asym" and self.pairs is not None:
             for a, b in self.pairs.items():
                 if a == b:
                     raise FernoiseError(
-                        f"class {a!r} is paired with itself; a flip must change the class", flag="--pairs"
+                        f"class {a!r} is paired with itself; a flip must change the class",
+                        flag="--pairs",
                     )
         if self.kind == "matrix":
             if self.matrix is None:
-                raise FernoiseError("--kind matrix needs --matrix FILE (CSV or .npy, C x C)", flag="--matrix")
+                raise FernoiseError(
+                    "--kind matrix needs --matrix FILE (CSV or .npy, C x C)", flag="--matrix"
+                )
             check_matrix(np.asarray(self.matrix, dtype=np.float64))
         elif self.matrix is not None:
-            raise FernoiseError(f"a matrix is for --kind matrix, not {self.kind}; drop --matrix", flag="--matrix")
+            raise FernoiseError(
+                f"a matrix is for --kind matrix, not {self.kind}; drop --matrix", flag="--matrix"
+            )
         if self.kind == "column":
             if not self.column:
-                raise FernoiseError("--kind column needs --column NAME (the noisy annotation)", flag="--column")
+                raise FernoiseError(
+                    "--kind column needs --column NAME (the noisy annotation)", flag="--column"
+                )
         elif self.column is not None:
-            raise FernoiseError(f"a column is for --kind column, not {self.kind}; drop --column", flag="--column")
+            raise FernoiseError(
+                f"a column is for --kind column, not {self.kind}; drop --column", flag="--column"
+            )
 
     def key_params(self) -> dict[str, Any]:
         """The parameters that change the output (the ones this kind uses), for the stage key."""
@@ -166,10 +189,14 @@ class CorruptParams:
         return out
 
 
-def check_matrix(m: np.ndarray, n_classes: int | None = None, classes: Sequence[str] | None = None) -> None:
+def check_matrix(
+    m: np.ndarray, n_classes: int | None = None, classes: Sequence[str] | None = None
+) -> None:
     """Raise unless ``m`` is a square (C x C when ``n_classes`` is given) row-stochastic matrix."""
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise FernoiseError(f"expected a square C x C matrix, found shape {m.shape}", flag="--matrix")
+        raise FernoiseError(
+            f"expected a square C x C matrix, found shape {m.shape}", flag="--matrix"
+        )
     if n_classes is not None and m.shape[0] != n_classes:
         raise FernoiseError(
             f"expected a {n_classes}x{n_classes} matrix for the classes {list(classes or [])}, "
@@ -177,7 +204,9 @@ def check_matrix(m: np.ndarray, n_classes: int | None = None, classes: Sequence[
             flag="--matrix",
         )
     if not np.isfinite(m).all() or (m < 0).any():
-        raise FernoiseError("expected non-negative finite probabilities in the matrix", flag="--matrix")
+        raise FernoiseError(
+            "expected non-negative finite probabilities in the matrix", flag="--matrix"
+        )
     sums = m.sum(axis=1)
     bad = np.flatnonzero(np.abs(sums - 1) > ROW_SUM_TOL)
     if len(bad):
@@ -226,7 +255,9 @@ def _sym(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
 
 def _asym(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
     classes = tuple(ctx.classes)
-    partners = asym_partners(classes, dict(ctx.params.pairs) if ctx.params.pairs is not None else None)
+    partners = asym_partners(
+        classes, dict(ctx.params.pairs) if ctx.params.pairs is not None else None
+    )
     rate = float(ctx.params.rate)  # type: ignore[arg-type]
     out = y.copy()
     for c, idx in enumerate(_class_blocks(y, len(classes))):
@@ -259,7 +290,9 @@ def _matrix(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
 OUTSIDE = -2  # column_indices: a class the manifest does not have
 
 
-def column_indices(values: pd.Series, classes: Sequence[str], *, column: str) -> tuple[np.ndarray, dict[str, int]]:
+def column_indices(
+    values: pd.Series, classes: Sequence[str], *, column: str
+) -> tuple[np.ndarray, dict[str, int]]:
     """Indices into ``classes`` of a second annotation column: ``(int64 array, outside)``.
 
     Values are mapped **by name** into the manifest's class list: integers are canonical
@@ -324,13 +357,19 @@ def _column(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
     name = ctx.params.column
     assert name is not None
     if name not in ctx.df.columns:
-        extra = [c for c in ctx.df.columns if c not in ("id", "src_path", "path", "split", "label", "label_name")]
+        extra = [
+            c
+            for c in ctx.df.columns
+            if c not in ("id", "src_path", "path", "split", "label", "label_name")
+        ]
         raise FernoiseError(
             f"the manifest has no column {name!r}; columns beyond the standard ones: {extra[:20]}",
             flag="--column",
         )
     if name in ("label", "label_clean"):
-        raise FernoiseError(f"--column must name a second annotation, not {name!r}", flag="--column")
+        raise FernoiseError(
+            f"--column must name a second annotation, not {name!r}", flag="--column"
+        )
     noisy, outside = column_indices(ctx.df[name].iloc[ctx.rows], ctx.classes, column=name)
     # a class the dataset does not have cannot be trained on: such rows get a null label,
     # like rows without a second annotation, and are counted apart
@@ -349,9 +388,15 @@ class NoiseKind:
 
 
 KINDS: dict[str, NoiseKind] = {
-    "sym": NoiseKind(_sym, frozenset({"rate", "seed"}), "round(R*n_c) rows per class to a uniform other class"),
-    "asym": NoiseKind(_asym, frozenset({"rate", "seed"}), "round(R*n_c) rows per class to its partner class"),
-    "matrix": NoiseKind(_matrix, frozenset({"seed"}), "per-class counts from a C x C transition matrix"),
+    "sym": NoiseKind(
+        _sym, frozenset({"rate", "seed"}), "round(R*n_c) rows per class to a uniform other class"
+    ),
+    "asym": NoiseKind(
+        _asym, frozenset({"rate", "seed"}), "round(R*n_c) rows per class to its partner class"
+    ),
+    "matrix": NoiseKind(
+        _matrix, frozenset({"seed"}), "per-class counts from a C x C transition matrix"
+    ),
     "column": NoiseKind(_column, frozenset(), "a second annotation column becomes the label"),
 }
 
@@ -409,7 +454,10 @@ def corrupt(
     classes = list(classes)
     n_classes = len(classes)
     if n_classes == 0:
-        raise FernoiseError("the manifest has no class list in its metadata; make it with `fernoise align`", flag="MANIFEST")
+        raise FernoiseError(
+            "the manifest has no class list in its metadata; make it with `fernoise align`",
+            flag="MANIFEST",
+        )
     missing = [c for c in ("id", "split", "label") if c not in df.columns]
     if missing:
         raise FernoiseError(f"the manifest lacks columns {missing}", flag="MANIFEST")
@@ -431,7 +479,9 @@ def corrupt(
         )
     ids = pa.array(df["id"], type=pa.large_string(), from_pandas=True).take(pa.array(sel))
     if ids.null_count:
-        raise FernoiseError("some training rows have a null id; ids must be unique and non-null", flag="MANIFEST")
+        raise FernoiseError(
+            "some training rows have a null id; ids must be unique and non-null", flag="MANIFEST"
+        )
     n_ids = len(ids)
     if n_ids > 1 and not pc.any(pc.less(ids.slice(1), ids.slice(0, n_ids - 1))).as_py():
         order = np.arange(n_ids)  # already in id order (align writes rows so): skip the sort
@@ -442,7 +492,9 @@ def corrupt(
     if len(sorted_ids) > 1:
         dup = pc.equal(sorted_ids.slice(1), sorted_ids.slice(0, len(sorted_ids) - 1))
         if pc.any(dup).as_py():
-            first = sorted_ids[int(np.flatnonzero(dup.to_numpy(zero_copy_only=False))[0]) + 1].as_py()
+            first = sorted_ids[
+                int(np.flatnonzero(dup.to_numpy(zero_copy_only=False))[0]) + 1
+            ].as_py()
             raise FernoiseError(
                 f"training row ids are not unique (e.g. {first!r}); the noise is chosen in id order, "
                 "so ids must be unique",
@@ -474,9 +526,17 @@ def corrupt(
     out = out[cols[:at] + ["label_clean", "is_noisy"] + cols[at:]]
 
     kept = noisy >= 0
-    t = np.bincount(y[kept] * n_classes + noisy[kept], minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    t = np.bincount(y[kept] * n_classes + noisy[kept], minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes
+    )
     n, flipped, per_class, overall = _rates(t)
-    info: dict[str, Any] = {"kind": params.kind, "rate": None, "seed": None, **params.key_params(), **ctx.info}
+    info: dict[str, Any] = {
+        "kind": params.kind,
+        "rate": None,
+        "seed": None,
+        **params.key_params(),
+        **ctx.info,
+    }
     info.update(
         classes=classes,
         transition=t.tolist(),

@@ -61,7 +61,9 @@ def load_pairs(path: str | os.PathLike) -> dict[str, str]:
         except ValueError as e:
             raise FernoiseError(f"{path} is not valid JSON ({e})", flag="--pairs") from None
         if not isinstance(obj, dict):
-            raise FernoiseError(f"expected a JSON object class -> partner in {path}", flag="--pairs")
+            raise FernoiseError(
+                f"expected a JSON object class -> partner in {path}", flag="--pairs"
+            )
         raw = [(str(a), str(b)) for a, b in obj.items()]
     else:
         for i, row in enumerate(csv.reader(text.splitlines())):
@@ -69,7 +71,9 @@ def load_pairs(path: str | os.PathLike) -> dict[str, str]:
             if not any(cells):
                 continue
             if len(cells) != 2:
-                raise FernoiseError(f"{path} line {i + 1}: expected 'from,to', found {row}", flag="--pairs")
+                raise FernoiseError(
+                    f"{path} line {i + 1}: expected 'from,to', found {row}", flag="--pairs"
+                )
             if i == 0 and [c.lower() for c in cells] == ["from", "to"]:
                 continue
             raw.append((cells[0], cells[1]))
@@ -77,7 +81,9 @@ def load_pairs(path: str | os.PathLike) -> dict[str, str]:
     for a, b in raw:
         ca, cb = canonical_name(a, flag="--pairs"), canonical_name(b, flag="--pairs")
         if ca in pairs and pairs[ca] != cb:
-            raise FernoiseError(f"class {ca!r} has two partners in {path}: {pairs[ca]!r} and {cb!r}", flag="--pairs")
+            raise FernoiseError(
+                f"class {ca!r} has two partners in {path}: {pairs[ca]!r} and {cb!r}", flag="--pairs"
+            )
         pairs[ca] = cb
     if not pairs:
         raise FernoiseError(f"{path} names no pairs", flag="--pairs")
@@ -93,12 +99,18 @@ def load_matrix(path: str | os.PathLike) -> np.ndarray:
         try:
             m = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as e:
-            raise FernoiseError(f"{path} is not a readable .npy array ({e})", flag="--matrix") from None
+            raise FernoiseError(
+                f"{path} is not a readable .npy array ({e})", flag="--matrix"
+            ) from None
         m = np.asarray(m, dtype=np.float64) if m.dtype.kind in "fiu" else None
         if m is None:
             raise FernoiseError(f"{path} does not hold numbers", flag="--matrix")
     else:
-        rows = [[c.strip() for c in r] for r in csv.reader(path.read_text().splitlines()) if any(c.strip() for c in r)]
+        rows = [
+            [c.strip() for c in r]
+            for r in csv.reader(path.read_text().splitlines())
+            if any(c.strip() for c in r)
+        ]
 
         def num(s: str) -> bool:
             try:
@@ -114,10 +126,14 @@ def load_matrix(path: str | os.PathLike) -> np.ndarray:
         try:
             m = np.array([[float(c) for c in r] for r in rows], dtype=np.float64)
         except ValueError as e:
-            raise FernoiseError(f"{path}: expected a CSV of numbers ({e})", flag="--matrix") from None
+            raise FernoiseError(
+                f"{path}: expected a CSV of numbers ({e})", flag="--matrix"
+            ) from None
         widths = {len(r) for r in rows}
         if len(widths) > 1:
-            raise FernoiseError(f"{path}: rows have different lengths {sorted(widths)}", flag="--matrix")
+            raise FernoiseError(
+                f"{path}: rows have different lengths {sorted(widths)}", flag="--matrix"
+            )
     check_matrix(m)
     return m
 
@@ -133,7 +149,9 @@ def _rate_text(rate: float) -> str:
 MAX_COLUMN_NAME_BYTES = 64
 
 
-def output_name(input_path: str | os.PathLike, params: CorruptParams, *, matrix_sha256: str | None = None) -> Path:
+def output_name(
+    input_path: str | os.PathLike, params: CorruptParams, *, matrix_sha256: str | None = None
+) -> Path:
     """``<input stem>.<suffix>.parquet`` beside the input, the suffix stating kind, rate, seed
     (for ``column``, the column's name, shortened with a hash past ``MAX_COLUMN_NAME_BYTES``)."""
     p = Path(input_path)
@@ -143,9 +161,13 @@ def output_name(input_path: str | os.PathLike, params: CorruptParams, *, matrix_
         suffix = f"matrix-{(matrix_sha256 or 'inline')[:8]}-s{params.seed}"
     else:
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(params.column))
-        if len(safe.encode()) > MAX_COLUMN_NAME_BYTES:  # file names stop at 255 bytes (with .tmp, stamp)
-            digest = hashlib.sha256(str(params.column).encode("utf-8", "surrogatepass")).hexdigest()[:12]
-            head = safe.encode()[:MAX_COLUMN_NAME_BYTES - 13].decode("utf-8", "ignore")
+        if (
+            len(safe.encode()) > MAX_COLUMN_NAME_BYTES
+        ):  # file names stop at 255 bytes (with .tmp, stamp)
+            digest = hashlib.sha256(
+                str(params.column).encode("utf-8", "surrogatepass")
+            ).hexdigest()[:12]
+            head = safe.encode()[: MAX_COLUMN_NAME_BYTES - 13].decode("utf-8", "ignore")
             safe = f"{head}-{digest}"
         suffix = f"column-{safe}"
     return p.with_name(f"{p.stem}.{suffix}.parquet")
@@ -164,7 +186,9 @@ def splice(table: pa.Table, df: pd.DataFrame) -> pa.Table:
     """``table`` with the columns of :data:`NEW_COLUMNS` taken from ``df`` (same rows, same
     order): existing ones replaced in place, ``label_clean`` and ``is_noisy`` placed right
     after ``label_name`` (the order :func:`fernoise.corrupt.kinds.corrupt` gives a full frame)."""
-    arrays = {name: pa.array(df[name], type=typ, from_pandas=True) for name, typ in NEW_COLUMNS.items()}
+    arrays = {
+        name: pa.array(df[name], type=typ, from_pandas=True) for name, typ in NEW_COLUMNS.items()
+    }
     names = [n for n in table.column_names if n not in ("label_clean", "is_noisy")]
     if "label_name" not in names:
         names.append("label_name")
@@ -209,14 +233,20 @@ def run_corrupt(
     and recomputes even on a cache hit. Raises FernoiseError (naming the flag) on bad input,
     before anything is written."""
     if kind is None:
-        raise FernoiseError("choose a noise kind: --kind sym, asym, matrix or column", flag="--kind")
+        raise FernoiseError(
+            "choose a noise kind: --kind sym, asym, matrix or column", flag="--kind"
+        )
     ws = workspace or Workspace()
-    path = resolve_manifest(manifest if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST"))
+    path = resolve_manifest(
+        manifest if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
+    )
 
     if kind not in ("asym",) and pairs_file is not None:
         raise FernoiseError(f"pairs are for --kind asym, not {kind}; drop --pairs", flag="--pairs")
     if kind != "matrix" and matrix_file is not None:
-        raise FernoiseError(f"a matrix is for --kind matrix, not {kind}; drop --matrix", flag="--matrix")
+        raise FernoiseError(
+            f"a matrix is for --kind matrix, not {kind}; drop --matrix", flag="--matrix"
+        )
     pairs = load_pairs(pairs_file) if pairs_file is not None else None
     matrix = load_matrix(matrix_file) if matrix_file is not None else None
     params = CorruptParams(
@@ -231,7 +261,10 @@ def run_corrupt(
     meta = read_meta(path)
     classes = list(meta.get("classes") or [])
     if not classes:
-        raise FernoiseError(f"{path} has no class list in its metadata; make it with `fernoise align`", flag="MANIFEST")
+        raise FernoiseError(
+            f"{path} has no class list in its metadata; make it with `fernoise align`",
+            flag="MANIFEST",
+        )
     if params.kind == "matrix":
         check_matrix(np.asarray(params.matrix), len(classes), classes)
     names = pq.read_schema(path).names
@@ -243,8 +276,27 @@ def run_corrupt(
             flag="--force",
         )
     if params.kind == "column" and params.column not in names:
-        extra = [n for n in names if n not in ("id", "src_path", "src_sha256", "path", "split", "label", "label_name",
-                                              "status", "reason", "face", "n_faces", "det_prob", "bbox", "landmarks")]
+        extra = [
+            n
+            for n in names
+            if n
+            not in (
+                "id",
+                "src_path",
+                "src_sha256",
+                "path",
+                "split",
+                "label",
+                "label_name",
+                "status",
+                "reason",
+                "face",
+                "n_faces",
+                "det_prob",
+                "bbox",
+                "landmarks",
+            )
+        ]
         raise FernoiseError(
             f"{path.name} has no column {params.column!r}; its extra columns are {extra[:20]} "
             "(bring a second annotation in with align's label-file columns)",
@@ -262,15 +314,22 @@ def run_corrupt(
     try:
         whole = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
-        raise FernoiseError(f"{path} is not a readable Parquet manifest ({e.__class__.__name__})", flag="MANIFEST") from None
+        raise FernoiseError(
+            f"{path} is not a readable Parquet manifest ({e.__class__.__name__})", flag="MANIFEST"
+        ) from None
     if "id" in whole.column_names:  # a repeated id would be noised (and trained) twice
         from fernoise.manifest import check_unique_ids
 
         check_unique_ids(whole.column("id"), path)
-    content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=whole).content_key(whole.column_names)
+    content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=whole).content_key(
+        whole.column_names
+    )
     output = Path(out) if out is not None else output_name(path, params, matrix_sha256=matrix_sha)
     if output.resolve() == path.resolve():
-        raise FernoiseError(f"--out {output} is the input manifest, which is never modified; choose another path", flag="--out")
+        raise FernoiseError(
+            f"--out {output} is the input manifest, which is never modified; choose another path",
+            flag="--out",
+        )
 
     timings: dict[str, float] = {}
     noise: dict[str, Any] = {}
@@ -281,7 +340,11 @@ def run_corrupt(
         # boxes, landmarks, votes) is written back as read: a large manifest stays fast.
         table = whole
         m_meta = meta
-        need = [c for c in ("id", "split", "label", "label_name", "label_clean", params.column) if c and c in table.column_names]
+        need = [
+            c
+            for c in ("id", "split", "label", "label_name", "label_clean", params.column)
+            if c and c in table.column_names
+        ]
         small = table.select(need).to_pandas()
         if "label" in small.columns:
             small["label"] = small["label"].astype("Int64")

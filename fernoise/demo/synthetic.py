@@ -55,25 +55,96 @@ SUPERSAMPLE = 2
 #   sneer       (one corner and the upper lip raised)   wrinkle (nose wrinkle lines)
 EXPRESSIONS: dict[str, dict[str, float]] = {
     "neutral": {},
-    "happy": {"smile": 1.0, "eye_open": -0.3, "mouth_width": 0.25, "mouth_open": 0.25, "teeth": 0.7,
-              "brow_raise": 0.15},
-    "sad": {"smile": -0.8, "brow_tilt": 0.9, "brow_raise": 0.1, "eye_open": -0.2, "mouth_width": -0.1},
-    "surprise": {"brow_raise": 1.0, "brow_arch": 1.0, "eye_open": 0.6, "mouth_open": 1.0, "mouth_width": -0.4},
-    "fear": {"brow_raise": 0.7, "brow_tilt": 0.7, "eye_open": 0.55, "mouth_open": 0.45, "mouth_width": 0.25,
-             "smile": -0.35, "teeth": 0.8},
-    "disgust": {"sneer": 1.0, "wrinkle": 1.0, "brow_raise": -0.4, "brow_tilt": -0.35, "eye_open": -0.35,
-                "smile": -0.3, "mouth_open": 0.1},
-    "anger": {"brow_raise": -0.55, "brow_tilt": -1.0, "eye_open": -0.25, "smile": -0.2, "mouth_width": -0.2,
-              "teeth": 0.5, "mouth_open": 0.12},
+    "happy": {
+        "smile": 1.0,
+        "eye_open": -0.3,
+        "mouth_width": 0.25,
+        "mouth_open": 0.25,
+        "teeth": 0.7,
+        "brow_raise": 0.15,
+    },
+    "sad": {
+        "smile": -0.8,
+        "brow_tilt": 0.9,
+        "brow_raise": 0.1,
+        "eye_open": -0.2,
+        "mouth_width": -0.1,
+    },
+    "surprise": {
+        "brow_raise": 1.0,
+        "brow_arch": 1.0,
+        "eye_open": 0.6,
+        "mouth_open": 1.0,
+        "mouth_width": -0.4,
+    },
+    "fear": {
+        "brow_raise": 0.7,
+        "brow_tilt": 0.7,
+        "eye_open": 0.55,
+        "mouth_open": 0.45,
+        "mouth_width": 0.25,
+        "smile": -0.35,
+        "teeth": 0.8,
+    },
+    "disgust": {
+        "sneer": 1.0,
+        "wrinkle": 1.0,
+        "brow_raise": -0.4,
+        "brow_tilt": -0.35,
+        "eye_open": -0.35,
+        "smile": -0.3,
+        "mouth_open": 0.1,
+    },
+    "anger": {
+        "brow_raise": -0.55,
+        "brow_tilt": -1.0,
+        "eye_open": -0.25,
+        "smile": -0.2,
+        "mouth_width": -0.2,
+        "teeth": 0.5,
+        "mouth_open": 0.12,
+    },
 }
-PARAMS = ("brow_raise", "brow_tilt", "brow_arch", "eye_open", "smile", "mouth_open", "mouth_width", "teeth",
-          "sneer", "wrinkle")
+PARAMS = (
+    "brow_raise",
+    "brow_tilt",
+    "brow_arch",
+    "eye_open",
+    "smile",
+    "mouth_open",
+    "mouth_width",
+    "teeth",
+    "sneer",
+    "wrinkle",
+)
 
-SKIN = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 134, 90], [160, 104, 66],
-                 [120, 76, 46], [88, 56, 36]], dtype=float)
-HAIR = np.array([[20, 16, 14], [60, 40, 26], [110, 72, 40], [170, 120, 60], [220, 190, 130], [140, 140, 140],
-                 [150, 50, 30]], dtype=float)
-IRIS = np.array([[70, 45, 25], [40, 90, 160], [60, 120, 70], [90, 90, 90], [30, 25, 20]], dtype=float)
+SKIN = np.array(
+    [
+        [255, 224, 196],
+        [241, 194, 160],
+        [224, 172, 130],
+        [198, 134, 90],
+        [160, 104, 66],
+        [120, 76, 46],
+        [88, 56, 36],
+    ],
+    dtype=float,
+)
+HAIR = np.array(
+    [
+        [20, 16, 14],
+        [60, 40, 26],
+        [110, 72, 40],
+        [170, 120, 60],
+        [220, 190, 130],
+        [140, 140, 140],
+        [150, 50, 30],
+    ],
+    dtype=float,
+)
+IRIS = np.array(
+    [[70, 45, 25], [40, 90, 160], [60, 120, 70], [90, 90, 90], [30, 25, 20]], dtype=float
+)
 
 
 @dataclass(frozen=True)
@@ -92,14 +163,23 @@ class SyntheticParams:
     """Seed of every random choice (identities, expressions, capture)."""
 
     def __post_init__(self) -> None:
-        for name, flag, lo in (("train_per_class", "--train-per-class", 1), ("test_per_class", "--test-per-class", 0)):
+        for name, flag, lo in (
+            ("train_per_class", "--train-per-class", 1),
+            ("test_per_class", "--test-per-class", 0),
+        ):
             if getattr(self, name) < lo:
-                raise FernoiseError(f"expected at least {lo} images per class, got {getattr(self, name)}", flag=flag)
+                raise FernoiseError(
+                    f"expected at least {lo} images per class, got {getattr(self, name)}", flag=flag
+                )
         if not 32 <= self.image_size <= 512:
-            raise FernoiseError(f"expected an image size of 32..512 px, got {self.image_size}", flag="--image-size")
+            raise FernoiseError(
+                f"expected an image size of 32..512 px, got {self.image_size}", flag="--image-size"
+            )
         if self.identities < 2:
-            raise FernoiseError(f"expected at least 2 identities (train and test), got {self.identities}",
-                                flag="--identities")
+            raise FernoiseError(
+                f"expected at least 2 identities (train and test), got {self.identities}",
+                flag="--identities",
+            )
 
     def asdict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,7 +226,9 @@ def expression_params(name: str, rng: np.random.Generator) -> dict[str, float]:
     """Face parameters of one image of expression ``name``: the target times an intensity in
     [0.6, 1], plus jitter (so weak expressions approach neutral and neighbours overlap)."""
     if name not in EXPRESSIONS:
-        raise FernoiseError(f"unknown expression {name!r}; expected one of: {', '.join(EXPRESSIONS)}")
+        raise FernoiseError(
+            f"unknown expression {name!r}; expected one of: {', '.join(EXPRESSIONS)}"
+        )
     target = EXPRESSIONS[name]
     t = rng.uniform(0.6, 1.0)
     out = {}
@@ -169,7 +251,7 @@ def _col(c: np.ndarray, f: float = 1.0) -> tuple[int, int, int]:
 def _bezier(p0, p1, p2, n: int = 24) -> list[tuple[float, float]]:
     """Points of the quadratic Bezier curve p0 -> p2 with control point p1."""
     t = np.linspace(0.0, 1.0, n)[:, None]
-    pts = (1 - t) ** 2 * np.asarray(p0) + 2 * (1 - t) * t * np.asarray(p1) + t ** 2 * np.asarray(p2)
+    pts = (1 - t) ** 2 * np.asarray(p0) + 2 * (1 - t) * t * np.asarray(p1) + t**2 * np.asarray(p2)
     return [(float(x), float(y)) for x, y in pts]
 
 
@@ -186,7 +268,9 @@ def _face_polygon(cx, cy, w, h, jaw, n: int = 72) -> list[tuple[float, float]]:
     return pts
 
 
-def draw_face(expression: str, rng: np.random.Generator, ident: dict[str, Any], size: int = 96) -> np.ndarray:
+def draw_face(
+    expression: str, rng: np.random.Generator, ident: dict[str, Any], size: int = 96
+) -> np.ndarray:
     """One drawn face: ``(size, size, 3)`` uint8, the expression's cues on the identity's face,
     captured at a random position, scale, rotation and lighting from ``rng``."""
     e = expression_params(expression, rng)
@@ -213,14 +297,28 @@ def draw_face(expression: str, rng: np.random.Generator, ident: dict[str, Any], 
         d.ellipse([cx - fw * 1.18, cy - fh * 1.12, cx + fw * 1.18, cy + fh * 0.75], fill=_col(hair))
     for sx in (-1, 1):
         ex = cx + sx * fw * 0.98
-        d.ellipse([ex - fw * 0.12, cy - fh * 0.12, ex + fw * 0.12, cy + fh * 0.16], fill=_col(skin, 0.92))
+        d.ellipse(
+            [ex - fw * 0.12, cy - fh * 0.12, ex + fw * 0.12, cy + fh * 0.16], fill=_col(skin, 0.92)
+        )
     d.polygon(_face_polygon(cx, cy, fw, fh, ident["jaw"]), fill=_col(skin))
     if ident["beard"]:
-        d.chord([cx - fw * 0.95, cy - fh * 0.2, cx + fw * 0.95, cy + fh * 1.02], 35, 145, fill=_col(hair, 0.9))
+        d.chord(
+            [cx - fw * 0.95, cy - fh * 0.2, cx + fw * 0.95, cy + fh * 1.02],
+            35,
+            145,
+            fill=_col(hair, 0.9),
+        )
     if ident["hair_style"] in (1, 2, 3):
-        d.chord([cx - fw * 1.04, cy - fh * 1.1, cx + fw * 1.04, cy + fh * 0.06], 180, 360, fill=_col(hair))
+        d.chord(
+            [cx - fw * 1.04, cy - fh * 1.1, cx + fw * 1.04, cy + fh * 0.06],
+            180,
+            360,
+            fill=_col(hair),
+        )
         if ident["hair_style"] == 3:  # fringe down to the forehead
-            d.rectangle([cx - fw * 0.8, cy - fh * 0.8, cx + fw * 0.8, cy - fh * 0.6], fill=_col(hair))
+            d.rectangle(
+                [cx - fw * 0.8, cy - fh * 0.8, cx + fw * 0.8, cy - fh * 0.6], fill=_col(hair)
+            )
 
     # eyes
     eye_y = cy + ident["eye_y"] * fh
@@ -229,8 +327,12 @@ def draw_face(expression: str, rng: np.random.Generator, ident: dict[str, Any], 
     eh = 0.1 * fh * ident["eye_size"] * max(0.25, 1.0 + e["eye_open"])
     for sx in (-1, 1):
         ex = cx + sx * eye_dx
-        d.ellipse([ex - ew, eye_y - eh, ex + ew, eye_y + eh], fill=(250, 250, 250), outline=_col(skin, 0.45),
-                  width=max(1, int(0.6 * u)))
+        d.ellipse(
+            [ex - ew, eye_y - eh, ex + ew, eye_y + eh],
+            fill=(250, 250, 250),
+            outline=_col(skin, 0.45),
+            width=max(1, int(0.6 * u)),
+        )
         r = min(eh, ew * 0.55)
         d.ellipse([ex - r, eye_y - r, ex + r, eye_y + r], fill=_col(ident["iris"]))
         rp = r * 0.45
@@ -247,33 +349,62 @@ def draw_face(expression: str, rng: np.random.Generator, ident: dict[str, Any], 
         ex = cx + sx * eye_dx
         outer = (ex + sx * blen, base + 0.01 * fh)
         inner = (ex - sx * blen * 0.9, base - e["brow_tilt"] * 0.1 * fh)
-        mid = ((outer[0] + inner[0]) / 2, (outer[1] + inner[1]) / 2 - (0.02 + e["brow_arch"] * 0.06) * fh)
+        mid = (
+            (outer[0] + inner[0]) / 2,
+            (outer[1] + inner[1]) / 2 - (0.02 + e["brow_arch"] * 0.06) * fh,
+        )
         d.line(_bezier(outer, mid, inner, 12), fill=_col(hair * 0.35 + 10), width=bw, joint="curve")
 
     if ident["glasses"]:
         gw = max(1, int(0.9 * u))
         for sx in (-1, 1):
             ex = cx + sx * eye_dx
-            d.ellipse([ex - ew * 1.5, eye_y - ew * 1.1, ex + ew * 1.5, eye_y + ew * 1.1], outline=(30, 30, 30),
-                      width=gw)
-        d.line([(cx - eye_dx + ew * 1.5, eye_y), (cx + eye_dx - ew * 1.5, eye_y)], fill=(30, 30, 30), width=gw)
+            d.ellipse(
+                [ex - ew * 1.5, eye_y - ew * 1.1, ex + ew * 1.5, eye_y + ew * 1.1],
+                outline=(30, 30, 30),
+                width=gw,
+            )
+        d.line(
+            [(cx - eye_dx + ew * 1.5, eye_y), (cx + eye_dx - ew * 1.5, eye_y)],
+            fill=(30, 30, 30),
+            width=gw,
+        )
 
     # nose, and the wrinkles of disgust across its bridge
     ny0, ny1 = eye_y + 0.05 * fh, eye_y + ident["nose_len"] * fh + 0.1 * fh
     nw = max(1, int(0.8 * u))
     if ident["nose"] == 0:
-        d.line([(cx, ny0), (cx - 0.06 * fw, ny1), (cx + 0.04 * fw, ny1)], fill=_col(skin, 0.6), width=nw)
+        d.line(
+            [(cx, ny0), (cx - 0.06 * fw, ny1), (cx + 0.04 * fw, ny1)],
+            fill=_col(skin, 0.6),
+            width=nw,
+        )
     elif ident["nose"] == 1:
-        d.arc([cx - 0.09 * fw, ny1 - 0.06 * fh, cx + 0.09 * fw, ny1 + 0.03 * fh], 20, 160, fill=_col(skin, 0.55),
-              width=nw)
+        d.arc(
+            [cx - 0.09 * fw, ny1 - 0.06 * fh, cx + 0.09 * fw, ny1 + 0.03 * fh],
+            20,
+            160,
+            fill=_col(skin, 0.55),
+            width=nw,
+        )
     else:
         for sx in (-1, 1):
-            d.ellipse([cx + sx * 0.05 * fw - 0.02 * fw, ny1 - 0.01 * fh, cx + sx * 0.05 * fw + 0.02 * fw,
-                       ny1 + 0.015 * fh], fill=_col(skin, 0.5))
+            d.ellipse(
+                [
+                    cx + sx * 0.05 * fw - 0.02 * fw,
+                    ny1 - 0.01 * fh,
+                    cx + sx * 0.05 * fw + 0.02 * fw,
+                    ny1 + 0.015 * fh,
+                ],
+                fill=_col(skin, 0.5),
+            )
     for j in range(int(round(min(3.0, e["wrinkle"] * 3.2)))):
         y = eye_y + (0.03 + 0.035 * j) * fh
-        d.line(_bezier((cx - 0.1 * fw, y), (cx, y - 0.02 * fh), (cx + 0.1 * fw, y)), fill=_col(skin, 0.6),
-               width=max(1, int(0.7 * u)))
+        d.line(
+            _bezier((cx - 0.1 * fw, y), (cx, y - 0.02 * fh), (cx + 0.1 * fw, y)),
+            fill=_col(skin, 0.6),
+            width=max(1, int(0.7 * u)),
+        )
 
     # mouth: lips as two curves between the corners; an opening with optional teeth
     my = cy + ident["mouth_y"] * fh
@@ -298,7 +429,9 @@ def draw_face(expression: str, rng: np.random.Generator, ident: dict[str, Any], 
             th = 0.07 * fh
             bottom = [(x, float(min(y + th, np.interp(x, lx, ly)))) for x, y in upper]
             d.polygon(upper + bottom[::-1], fill=(240, 238, 230))
-        d.line(upper, fill=_col(ident["lip"]), width=max(1, lw // 2), joint="curve")  # thin: the teeth show
+        d.line(
+            upper, fill=_col(ident["lip"]), width=max(1, lw // 2), joint="curve"
+        )  # thin: the teeth show
         d.line(lower, fill=_col(ident["lip"]), width=max(1, lw // 2), joint="curve")
     else:
         d.line(upper, fill=_col(ident["lip"]), width=lw + max(1, int(0.5 * u)), joint="curve")
@@ -351,8 +484,12 @@ def render(params: SyntheticParams, split: str, name: str, i: int, ident_index: 
     return draw_face(name, rng, identity(params.seed, ident_index), params.image_size)
 
 
-def write_dataset(root: str | os.PathLike, params: SyntheticParams = SyntheticParams(), *,
-                  progress: Callable[[int, int], None] | None = None) -> list[Path]:
+def write_dataset(
+    root: str | os.PathLike,
+    params: SyntheticParams = SyntheticParams(),
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
     """Write ``root/<split>/<class>/<class>-<i>.png`` for every planned image (atomic writes).
 
     Returns the paths written, in :func:`plan` order. Files are PNG without metadata, so
@@ -365,7 +502,9 @@ def write_dataset(root: str | os.PathLike, params: SyntheticParams = SyntheticPa
         path = root / image_path(split, name, i)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            Image.fromarray(render(params, split, name, i, ident)).save(tmp, format="PNG", optimize=False)
+            Image.fromarray(render(params, split, name, i, ident)).save(
+                tmp, format="PNG", optimize=False
+            )
         written.append(path)
         if progress:
             progress(k + 1, len(items))

@@ -52,21 +52,38 @@ def gradcam(model, images: np.ndarray, *, device: str = "cpu") -> tuple[np.ndarr
     cam = F.interpolate(cam, size=images.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
     lo = cam.amin(dim=(1, 2), keepdim=True)
     hi = cam.amax(dim=(1, 2), keepdim=True)
-    cam = torch.where(hi - lo > 1e-12, (cam - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(cam))
+    cam = torch.where(
+        hi - lo > 1e-12, (cam - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(cam)
+    )
     probs = torch.softmax(logits.detach().float(), dim=1)
     return cam.cpu().numpy(), probs.cpu().numpy()
 
 
-def gradcam_grid(images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labels: Sequence[int],
-                 classes: Sequence[str], path: str | os.PathLike, *, cols: int | None = None) -> Path:
+def gradcam_grid(
+    images: np.ndarray,
+    cams: np.ndarray,
+    probs: np.ndarray,
+    labels: Sequence[int],
+    classes: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    cols: int | None = None,
+) -> Path:
     """:func:`gradcam_figure` written to ``path``."""
     from fernoise.evaluate.plots import _save
 
     return _save(gradcam_figure(images, cams, probs, labels, classes, cols=cols), path)
 
 
-def gradcam_figure(images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labels: Sequence[int],
-                   classes: Sequence[str], *, cols: int | None = None):
+def gradcam_figure(
+    images: np.ndarray,
+    cams: np.ndarray,
+    probs: np.ndarray,
+    labels: Sequence[int],
+    classes: Sequence[str],
+    *,
+    cols: int | None = None,
+):
     """A grid PNG: each face with its Grad-CAM overlaid, then true label, prediction, probability.
 
     Data only (no model): ``images`` uint8 ``(N, H, W, 3)``, ``cams`` ``(N, H, W)`` in [0, 1] and
@@ -79,7 +96,9 @@ def gradcam_figure(images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labe
     images, cams, probs = np.asarray(images), np.asarray(cams), np.asarray(probs)
     n = len(images)
     if not (len(cams) == len(probs) == len(labels) == n):
-        raise ValueError(f"images, cams, probs and labels differ in length: {n}, {len(cams)}, {len(probs)}, {len(labels)}")
+        raise ValueError(
+            f"images, cams, probs and labels differ in length: {n}, {len(cams)}, {len(probs)}, {len(labels)}"
+        )
     cols = cols or min(n, 4)
     rows = math.ceil(n / cols)
     size = int(images.shape[1])
@@ -93,12 +112,21 @@ def gradcam_figure(images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labe
         ax.set_yticks([])
         p = int(probs[i].argmax())
         t = int(labels[i])
-        ax.set_xlabel(f"true: {classes[t]}\npred: {classes[p]} ({probs[i, p]:.2f})", fontsize=9,
-                      color="darkgreen" if p == t else "firebrick")
+        ax.set_xlabel(
+            f"true: {classes[t]}\npred: {classes[p]} ({probs[i, p]:.2f})",
+            fontsize=9,
+            color="darkgreen" if p == t else "firebrick",
+        )
     title = "Grad-CAM of backbone.layer4 (predicted class)"
     if coarse:
         import textwrap
 
-        title += "\n" + "\n".join(textwrap.wrap("Caution: " + gradcam_coarse_note(size), width=int(18 * cols), break_on_hyphens=False))
+        title += "\n" + "\n".join(
+            textwrap.wrap(
+                "Caution: " + gradcam_coarse_note(size),
+                width=int(18 * cols),
+                break_on_hyphens=False,
+            )
+        )
     fig.suptitle(title, fontsize=10, color="firebrick" if coarse else "black")
     return fig

@@ -34,8 +34,10 @@ GRADCAM_MIN_SIZE = 112  # below it ResNet-18's layer4 is at most 3x3 cells: a ma
 def gradcam_coarse_note(size: int) -> str:
     """The caveat printed on screen and in ``gradcam.png`` for faces below 112 px."""
     cells = max(1, -(-int(size) // 32))
-    return (f"at {size} px the last layer (backbone.layer4) is {cells}x{cells} cells: the map is too "
-            f"coarse to mean much (train at {GRADCAM_MIN_SIZE} px or more for readable Grad-CAM)")
+    return (
+        f"at {size} px the last layer (backbone.layer4) is {cells}x{cells} cells: the map is too "
+        f"coarse to mean much (train at {GRADCAM_MIN_SIZE} px or more for readable Grad-CAM)"
+    )
 
 
 def noise_label(noise: dict[str, Any] | None) -> str:
@@ -88,13 +90,17 @@ def _epoch_axis(ax) -> None:
 
 
 def _empty(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, wrap=True)
+    ax.text(
+        0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, wrap=True
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
 
 # ----------------------------------------------------------------------------- confusion
-def confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | os.PathLike, *, title: str = "") -> Path:
+def confusion_png(
+    cm: np.ndarray, classes: Sequence[str], path: str | os.PathLike, *, title: str = ""
+) -> Path:
     """Heatmap of the row-normalised confusion matrix; each cell shows count and share.
 
     Rows are true classes, columns predicted classes, both labelled with class names.
@@ -116,34 +122,59 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | os.PathLik
     ax.set_ylabel("true class (test rows)")
     for i in range(c):
         for j in range(c):
-            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if norm[i, j] > 0.55 else "black")
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{norm[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[i, j] > 0.55 else "black",
+            )
     ax.set_title(title or "confusion matrix (count / share of the row)")
     return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- curves
-def curves_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "",
-               num_classes: int | None = None, part_captions: dict[str, str] | None = None) -> Path:
+def curves_png(
+    history: Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    num_classes: int | None = None,
+    part_captions: dict[str, str] | None = None,
+) -> Path:
     """:func:`curves_figure` written to ``path``."""
-    return _save(curves_figure(history, title=title, num_classes=num_classes, part_captions=part_captions), path)
+    return _save(
+        curves_figure(history, title=title, num_classes=num_classes, part_captions=part_captions),
+        path,
+    )
 
 
-def _loss_lines(history: Sequence[dict[str, Any]], captions: dict[str, str]) -> list[tuple[str, str, str]]:
+def _loss_lines(
+    history: Sequence[dict[str, Any]], captions: dict[str, str]
+) -> list[tuple[str, str, str]]:
     """The loss panel's (key, label, style): ``loss``, ``loss_s``, then every other ``loss_<part>``
     column of ``history`` in first-seen order, captioned by the method (``Method.part_captions``)."""
     lines = [("loss", "loss L", "-"), ("loss_s", "L_s (cross-entropy part)", "--")]
-    others = dict.fromkeys(k for row in history for k in row if k.startswith("loss_") and k != "loss_s")
+    others = dict.fromkeys(
+        k for row in history for k in row if k.startswith("loss_") and k != "loss_s"
+    )
     styles = (":", "-.")
     for i, key in enumerate(others):
-        part = key[len("loss_"):]
+        part = key[len("loss_") :]
         label = f"L_{part} ({captions[part]})" if part in captions else f"L_{part}"
         lines.append((key, label, styles[i % len(styles)]))
     return lines
 
 
-def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "", num_classes: int | None = None,
-                  part_captions: dict[str, str] | None = None):
+def curves_figure(
+    history: Sequence[dict[str, Any]],
+    *,
+    title: str = "",
+    num_classes: int | None = None,
+    part_captions: dict[str, str] | None = None,
+):
     """Three panels over epochs: accuracies (train/val/test), loss parts, confident fraction.
 
     The loss panel draws every ``loss_<part>`` column with a value, captioned from
@@ -162,7 +193,15 @@ def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "", num_cla
             _empty(ax, "no epochs recorded (metrics.jsonl is empty)")
         return fig
     panels = [
-        (axes[0], "accuracy", [("train_acc", "train (vs training label)", ":"), ("val_acc", "validation", "--"), ("test_acc", "test", "-")]),
+        (
+            axes[0],
+            "accuracy",
+            [
+                ("train_acc", "train (vs training label)", ":"),
+                ("val_acc", "validation", "--"),
+                ("test_acc", "test", "-"),
+            ],
+        ),
         (axes[1], "loss", _loss_lines(history, part_captions or {})),
         (axes[2], "fraction of the batch", [("confident_frac", "confident fraction", "-")]),
     ]
@@ -175,8 +214,14 @@ def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "", num_cla
                 ax.plot(ep, y, style, marker="o", ms=3, label=label)
                 drawn += 1
         if key == "confident_frac" and not drawn:
-            ax.text(0.5, 0.5, "no confident set\n(warm-up only, or a method that does not select)", ha="center",
-                    va="center", transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                "no confident set\n(warm-up only, or a method that does not select)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
         _epoch_axis(ax)
         ax.set_xlim(min(ep) - 0.5, max(ep) + 0.5)
         ax.set_ylabel(ylabel)
@@ -188,18 +233,37 @@ def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "", num_cla
     axes[2].set_title("confident fraction per epoch")
     acc = axes[0]
     if num_classes:
-        acc.axhline(1 / num_classes, color="0.35", ls=":", lw=1.2, label=f"chance (1/{num_classes} = {1 / num_classes:.3f})")
+        acc.axhline(
+            1 / num_classes,
+            color="0.35",
+            ls=":",
+            lw=1.2,
+            label=f"chance (1/{num_classes} = {1 / num_classes:.3f})",
+        )
     test = _col(history, "test_acc")
     ok = np.flatnonzero(np.isfinite(test))
     if len(ok):
         tail = ok[-LAST_N:]
         lo, hi, mean = float(test[tail].min()), float(test[tail].max()), float(test[tail].mean())
         x0, x1 = ep[tail[0]] - 0.5, ep[tail[-1]] + 0.5
-        acc.fill_between([x0, x1], lo, hi, color="tab:green", alpha=0.18, lw=0,
-                         label=f"test, last {len(tail)}: {lo:.3f}-{hi:.3f} (mean {mean:.3f})")
+        acc.fill_between(
+            [x0, x1],
+            lo,
+            hi,
+            color="tab:green",
+            alpha=0.18,
+            lw=0,
+            label=f"test, last {len(tail)}: {lo:.3f}-{hi:.3f} (mean {mean:.3f})",
+        )
         k = int(np.nanargmax(test))
-        acc.annotate(f"max {test[k]:.3f} (epoch {ep[k]})", (ep[k], test[k]), textcoords="offset points",
-                     xytext=(0, 8), ha="center", fontsize=8)
+        acc.annotate(
+            f"max {test[k]:.3f} (epoch {ep[k]})",
+            (ep[k], test[k]),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=8,
+        )
     for ax in (acc, axes[2]):
         ax.set_ylim(0, 1)
     acc.legend(fontsize=7, loc="best")
@@ -209,8 +273,13 @@ def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "", num_cla
 
 
 # ----------------------------------------------------------------------------- thresholds
-def thresholds_png(history: Sequence[dict[str, Any]], classes: Sequence[str], path: str | os.PathLike,
-                   *, title: str = "") -> Path:
+def thresholds_png(
+    history: Sequence[dict[str, Any]],
+    classes: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+) -> Path:
     """One line per class: the epoch mean of the per-batch threshold ``T_c`` (Eq. 1)."""
     fig = _figure(8, 4.6)
     ax = fig.add_subplot(1, 1, 1)
@@ -218,10 +287,16 @@ def thresholds_png(history: Sequence[dict[str, Any]], classes: Sequence[str], pa
     cmap = _class_colours(len(classes))
     drawn = 0
     for c, name in enumerate(classes):
-        y = np.array([
-            np.nan if not isinstance(r.get("thresholds"), list) or c >= len(r["thresholds"]) or r["thresholds"][c] is None
-            else float(r["thresholds"][c]) for r in history
-        ])
+        y = np.array(
+            [
+                np.nan
+                if not isinstance(r.get("thresholds"), list)
+                or c >= len(r["thresholds"])
+                or r["thresholds"][c] is None
+                else float(r["thresholds"][c])
+                for r in history
+            ]
+        )
         if np.isfinite(y).any():
             ax.plot(ep, y, marker="o", ms=3, color=cmap[c], label=name)
             drawn += 1
@@ -246,13 +321,20 @@ def _class_colours(n: int) -> list:
 
 
 # ----------------------------------------------------------------------------- noise detection
-def noise_detection_png(history: Sequence[dict[str, Any]], path: str | os.PathLike, *, title: str = "",
-                        clean_share: float | None = None) -> Path:
+def noise_detection_png(
+    history: Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    clean_share: float | None = None,
+) -> Path:
     """:func:`noise_detection_figure` written to ``path``."""
     return _save(noise_detection_figure(history, title=title, clean_share=clean_share), path)
 
 
-def noise_detection_figure(history: Sequence[dict[str, Any]], *, title: str = "", clean_share: float | None = None):
+def noise_detection_figure(
+    history: Sequence[dict[str, Any]], *, title: str = "", clean_share: float | None = None
+):
     """Precision, recall and F1 of the confident set as a detector of clean rows, per epoch.
 
     ``clean_share``: the share of clean rows among the training rows, drawn as a line: the
@@ -264,8 +346,11 @@ def noise_detection_figure(history: Sequence[dict[str, Any]], *, title: str = ""
     p = _col(history, "confident_precision")
     r = _col(history, "confident_recall")
     if not (np.isfinite(p).any() or np.isfinite(r).any()):
-        _empty(ax, "no noise-detection figures recorded\n(the training manifest has no is_noisy column,\n"
-                   "or the method selects no confident set)")
+        _empty(
+            ax,
+            "no noise-detection figures recorded\n(the training manifest has no is_noisy column,\n"
+            "or the method selects no confident set)",
+        )
     else:
         _shade_warmup(ax, history)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -278,8 +363,13 @@ def noise_detection_figure(history: Sequence[dict[str, Any]], *, title: str = ""
         if np.isfinite(frac).any():
             ax.plot(ep, frac, "-", color="0.5", lw=1, label="confident fraction")
         if clean_share is not None:
-            ax.axhline(clean_share, color="firebrick", ls="-.", lw=1.2,
-                       label=f"base rate: clean share of training rows ({clean_share:.3f})")
+            ax.axhline(
+                clean_share,
+                color="firebrick",
+                ls="-.",
+                lw=1.2,
+                label=f"base rate: clean share of training rows ({clean_share:.3f})",
+            )
         _epoch_axis(ax)
         ax.set_ylabel("score (clean = is_noisy false)")
         ax.set_ylim(0, 1.02)
@@ -290,21 +380,39 @@ def noise_detection_figure(history: Sequence[dict[str, Any]], *, title: str = ""
 
 
 # ----------------------------------------------------------------------------- all
-def all_pictures(report: dict[str, Any], history: Sequence[dict[str, Any]], out_dir: str | os.PathLike) -> list[Path]:
+def all_pictures(
+    report: dict[str, Any], history: Sequence[dict[str, Any]], out_dir: str | os.PathLike
+) -> list[Path]:
     """The four standard pictures of an evaluation report, written into ``out_dir``."""
     out_dir = Path(out_dir)
     name = _run_label(report)
     classes = report["classes"]
     return [
-        confusion_png(np.array(report["confusion_matrix"]), classes, out_dir / PICTURES["confusion"],
-                      title=f"{name}: top-1 {report['top1']:.3f}, macro-F1 {report['macro_f1']:.3f} (n={report['n']})"),
-        curves_png(history, out_dir / PICTURES["curves"], title=f"training curves: {name}", num_classes=len(classes),
-                   part_captions=_part_captions(report.get("method"))),
-        thresholds_png(history, classes, out_dir / PICTURES["thresholds"],
-                       title=f"per-class thresholds T_c over epochs: {name}"),
-        noise_detection_png(history, out_dir / PICTURES["noise_detection"],
-                            title=f"noise detection by the confident set: {name}",
-                            clean_share=report.get("train_clean_share")),
+        confusion_png(
+            np.array(report["confusion_matrix"]),
+            classes,
+            out_dir / PICTURES["confusion"],
+            title=f"{name}: top-1 {report['top1']:.3f}, macro-F1 {report['macro_f1']:.3f} (n={report['n']})",
+        ),
+        curves_png(
+            history,
+            out_dir / PICTURES["curves"],
+            title=f"training curves: {name}",
+            num_classes=len(classes),
+            part_captions=_part_captions(report.get("method")),
+        ),
+        thresholds_png(
+            history,
+            classes,
+            out_dir / PICTURES["thresholds"],
+            title=f"per-class thresholds T_c over epochs: {name}",
+        ),
+        noise_detection_png(
+            history,
+            out_dir / PICTURES["noise_detection"],
+            title=f"noise detection by the confident set: {name}",
+            clean_share=report.get("train_clean_share"),
+        ),
     ]
 
 
@@ -333,17 +441,26 @@ def _wrap(text: str, width: int = 60) -> str:
     return "\n".join(textwrap.wrap(text, width=width))
 
 
-def accuracy_vs_noise_png(panels: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
+def accuracy_vs_noise_png(
+    panels: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike
+) -> Path:
     """Test accuracy against the noise rate: one panel per (table, noise kind), one line per method.
 
     ``panels``: ``(title, series)`` with ``series`` as :func:`fernoise.report.plot_series`
     returns it: ``{"figure", "kinds": {kind: {method: [(rate, mean, std, n)]}}}``. Error bars
     are the sample std over seeds (none for a single run); the clean column is rate 0.
     """
-    items = [(title, s["figure"], kind, lines) for title, s in panels for kind, lines in s["kinds"].items()]
+    items = [
+        (title, s["figure"], kind, lines)
+        for title, s in panels
+        for kind, lines in s["kinds"].items()
+    ]
     if not items:
         fig = _figure(6, 4)
-        _empty(fig.add_subplot(1, 1, 1), "no noise setting with a rate to plot\n(clean-only runs, or matrix/column noise)")
+        _empty(
+            fig.add_subplot(1, 1, 1),
+            "no noise setting with a rate to plot\n(clean-only runs, or matrix/column noise)",
+        )
         return _save(fig, path)
     fig, axes = _grid(len(items), 5.6, 4.4)
     for ax, (title, figure, kind, lines) in zip(axes, items, strict=True):
@@ -353,7 +470,9 @@ def accuracy_vs_noise_png(panels: Sequence[tuple[str, dict[str, Any]]], path: st
             e = [100 * p[2] for p in pts]
             ax.errorbar(x, y, yerr=e, marker="os^vD<>p*h"[i % 10], ms=4, capsize=3, label=label)
         ax.set_xlabel(f"{kind} noise rate (%)")
-        what = "validation-selected" if figure == "val_test" else "last-5 mean (no validation split)"
+        what = (
+            "validation-selected" if figure == "val_test" else "last-5 mean (no validation split)"
+        )
         ax.set_ylabel(f"test accuracy (%), {what}")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
@@ -363,7 +482,9 @@ def accuracy_vs_noise_png(panels: Sequence[tuple[str, dict[str, Any]]], path: st
     return _save(fig, path)
 
 
-def selection_vs_noise_png(panels: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike) -> Path:
+def selection_vs_noise_png(
+    panels: Sequence[tuple[str, dict[str, Any]]], path: str | os.PathLike
+) -> Path:
     """Per method that selects samples: confident-set precision and recall against the noise rate.
 
     ``series["selection"]``: ``{method: {kind: [(rate, precision Stat, recall Stat, base)]}}``;
@@ -371,30 +492,55 @@ def selection_vs_noise_png(panels: Sequence[tuple[str, dict[str, Any]]], path: s
     ``base`` (the clean share of the training rows) is drawn as a dashed line: the precision of
     a random pick.
     """
-    items = [(title, method, kind, pts) for title, s in panels
-             for method, kinds in s["selection"].items() for kind, pts in kinds.items()]
+    items = [
+        (title, method, kind, pts)
+        for title, s in panels
+        for method, kinds in s["selection"].items()
+        for kind, pts in kinds.items()
+    ]
     if not items:
         fig = _figure(6, 4)
-        _empty(fig.add_subplot(1, 1, 1), "no method selected samples\n(or the manifests had no is_noisy)")
+        _empty(
+            fig.add_subplot(1, 1, 1),
+            "no method selected samples\n(or the manifests had no is_noisy)",
+        )
         return _save(fig, path)
     fig, axes = _grid(len(items), 5.0, 4.2)
     for ax, (title, method, kind, pts) in zip(axes, items, strict=True):
         x = np.array([100 * p[0] for p in pts])
-        for j, (name, style) in enumerate((("precision (clean among selected)", "-o"), ("recall (selected among clean)", "--s"))):
+        for j, (name, style) in enumerate(
+            (("precision (clean among selected)", "-o"), ("recall (selected among clean)", "--s"))
+        ):
             stats = [p[1 + j] for p in pts]
             keep = [i for i, s in enumerate(stats) if s is not None]
             if keep:
-                ax.errorbar(x[keep], [stats[i].mean for i in keep], yerr=[stats[i].std or 0.0 for i in keep],
-                            fmt=style, ms=4, capsize=3, label=name)
+                ax.errorbar(
+                    x[keep],
+                    [stats[i].mean for i in keep],
+                    yerr=[stats[i].std or 0.0 for i in keep],
+                    fmt=style,
+                    ms=4,
+                    capsize=3,
+                    label=name,
+                )
         base = [(100 * p[0], p[3]) for p in pts if p[3] is not None]
         if base:
-            ax.plot([b[0] for b in base], [b[1] for b in base], ":", color="firebrick", lw=1.3,
-                    label="base rate: clean share of training rows")
+            ax.plot(
+                [b[0] for b in base],
+                [b[1] for b in base],
+                ":",
+                color="firebrick",
+                lw=1.3,
+                label="base rate: clean share of training rows",
+            )
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(f"{kind} noise rate (%)")
         ax.set_ylabel("score, last epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
         ax.set_title(_wrap(f"{method}: {title}", 55), fontsize=8)
-    fig.suptitle("confident set as a clean-label detector, per method (error bars: std over seeds)", fontsize=10)
+    fig.suptitle(
+        "confident set as a clean-label detector, per method (error bars: std over seeds)",
+        fontsize=10,
+    )
     return _save(fig, path)

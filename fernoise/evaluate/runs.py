@@ -35,8 +35,15 @@ from typing import Any
 
 from fernoise.errors import FernoiseError
 
-METRIC_NUMBERS = ("test_acc", "val_acc", "train_acc", "loss", "confident_precision", "confident_recall",
-                  "confident_frac")
+METRIC_NUMBERS = (
+    "test_acc",
+    "val_acc",
+    "train_acc",
+    "loss",
+    "confident_precision",
+    "confident_recall",
+    "confident_frac",
+)
 EVAL_FRACTIONS = ("top1", "macro_f1", "train_clean_share")
 CI_FIGURES = ("top1", "macro_f1")  # ci95 also holds "level", "n_boot", ...
 
@@ -67,9 +74,13 @@ def _text(path: Path, fix: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise _damaged(path, f"is not UTF-8 text (undecodable byte at offset {e.start})", fix) from None
+        raise _damaged(
+            path, f"is not UTF-8 text (undecodable byte at offset {e.start})", fix
+        ) from None
     except OSError as e:
-        raise _damaged(path, f"could not be read ({e.strerror or e.__class__.__name__})", fix) from None
+        raise _damaged(
+            path, f"could not be read ({e.strerror or e.__class__.__name__})", fix
+        ) from None
 
 
 def _json_object(path: Path, fix: str) -> dict[str, Any]:
@@ -92,7 +103,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     cfg = _json_object(path, CONFIG_FIX)
 
     def bad(key: str, expected: str) -> FernoiseError:
-        return _damaged(path, f"{key!r}: expected {expected}, found {_kind(cfg.get(key))}", CONFIG_FIX)
+        return _damaged(
+            path, f"{key!r}: expected {expected}, found {_kind(cfg.get(key))}", CONFIG_FIX
+        )
 
     for k in ("classes", "image_size"):
         if k not in cfg:
@@ -100,33 +113,59 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     classes = cfg["classes"]
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise bad("classes", "a non-empty list of class names")
-    if not (isinstance(cfg["image_size"], int) and not isinstance(cfg["image_size"], bool) and cfg["image_size"] > 0):
+    if not (
+        isinstance(cfg["image_size"], int)
+        and not isinstance(cfg["image_size"], bool)
+        and cfg["image_size"] > 0
+    ):
         raise bad("image_size", "a positive integer")
     epochs = cfg.get("epochs")
-    if epochs is not None and not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0):
+    if epochs is not None and not (
+        isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0
+    ):
         raise bad("epochs", "a positive integer")
     noise = cfg.get("noise")
     if noise is not None:
         if not isinstance(noise, dict):
-            raise bad("noise", "null (clean) or an object such as {\"kind\": \"sym\", \"rate\": 0.3}")
+            raise bad("noise", 'null (clean) or an object such as {"kind": "sym", "rate": 0.3}')
         if not isinstance(noise.get("kind"), str):
-            raise _damaged(path, f"'noise.kind': expected a string, found {_kind(noise.get('kind'))}", CONFIG_FIX)
+            raise _damaged(
+                path,
+                f"'noise.kind': expected a string, found {_kind(noise.get('kind'))}",
+                CONFIG_FIX,
+            )
         rate = noise.get("rate")
         if rate is not None and not (_is_num(rate) and math.isfinite(rate)):
-            raise _damaged(path, f"'noise.rate': expected a number or null, found {_kind(rate)}", CONFIG_FIX)
+            raise _damaged(
+                path, f"'noise.rate': expected a number or null, found {_kind(rate)}", CONFIG_FIX
+            )
     for k in ("method", "key", "manifest", "pretrained"):
         if cfg.get(k) is not None and not isinstance(cfg[k], str):
             raise bad(k, "a string")
     lineage = cfg.get("lineage")
-    if lineage is not None and not (isinstance(lineage, list) and all(isinstance(e, dict) for e in lineage)):
+    if lineage is not None and not (
+        isinstance(lineage, list) and all(isinstance(e, dict) for e in lineage)
+    ):
         raise bad("lineage", "a list of objects")
     for i, entry in enumerate(lineage or []):
         params = entry.get("params")
         if params is not None and not isinstance(params, dict):
-            raise _damaged(path, f"'lineage[{i}].params': expected an object, found {_kind(params)}", CONFIG_FIX)
+            raise _damaged(
+                path,
+                f"'lineage[{i}].params': expected an object, found {_kind(params)}",
+                CONFIG_FIX,
+            )
         fold = (params or {}).get("fold")
-        if entry.get("stage") == "split" and fold is not None and not (isinstance(fold, int) and not isinstance(fold, bool)):
-            raise _damaged(path, f"'lineage[{i}].params.fold': expected an integer, found {_kind(fold)}", CONFIG_FIX)
+        if (
+            entry.get("stage") == "split"
+            and fold is not None
+            and not (isinstance(fold, int) and not isinstance(fold, bool))
+        ):
+            raise _damaged(
+                path,
+                f"'lineage[{i}].params.fold': expected an integer, found {_kind(fold)}",
+                CONFIG_FIX,
+            )
     return cfg
 
 
@@ -155,18 +194,32 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
                 continue
             raise _damaged(path, f"line {i + 1} is not valid JSON", METRICS_FIX) from None
         if not isinstance(row, dict):
-            raise _damaged(path, f"line {i + 1}: expected a JSON object, found {_kind(row)}", METRICS_FIX)
+            raise _damaged(
+                path, f"line {i + 1}: expected a JSON object, found {_kind(row)}", METRICS_FIX
+            )
         ep = row.get("epoch")
         if ep is not None and not (isinstance(ep, int) and not isinstance(ep, bool) and ep > 0):
-            raise _damaged(path, f"line {i + 1}: 'epoch' expected a positive integer, found {_kind(ep)}",
-                           METRICS_FIX)
+            raise _damaged(
+                path,
+                f"line {i + 1}: 'epoch' expected a positive integer, found {_kind(ep)}",
+                METRICS_FIX,
+            )
         for k in METRIC_NUMBERS:
             if row.get(k) is not None and not _is_num(row[k]):
-                raise _damaged(path, f"line {i + 1}: {k!r} expected a number, found {_kind(row[k])}", METRICS_FIX)
+                raise _damaged(
+                    path,
+                    f"line {i + 1}: {k!r} expected a number, found {_kind(row[k])}",
+                    METRICS_FIX,
+                )
         thr = row.get("thresholds")
-        if thr is not None and not (isinstance(thr, list) and all(t is None or _is_num(t) for t in thr)):
-            raise _damaged(path, f"line {i + 1}: 'thresholds' expected a list of numbers, found {_kind(thr)}",
-                           METRICS_FIX)
+        if thr is not None and not (
+            isinstance(thr, list) and all(t is None or _is_num(t) for t in thr)
+        ):
+            raise _damaged(
+                path,
+                f"line {i + 1}: 'thresholds' expected a list of numbers, found {_kind(thr)}",
+                METRICS_FIX,
+            )
         rows.append(row)
     return rows
 
@@ -185,18 +238,27 @@ def read_eval(path: str | os.PathLike) -> dict[str, Any] | None:
     for k in EVAL_FRACTIONS:
         v = rep.get(k)
         if v is not None and not (_is_num(v) and math.isfinite(v) and 0 <= v <= 1):
-            raise _damaged(path, f"{k!r}: expected a fraction in [0, 1], found {_kind(v)}", EVAL_FIX)
+            raise _damaged(
+                path, f"{k!r}: expected a fraction in [0, 1], found {_kind(v)}", EVAL_FIX
+            )
     ci = rep.get("ci95")
     if ci is not None and not isinstance(ci, dict):
         raise _damaged(path, f"'ci95': expected an object, found {_kind(ci)}", EVAL_FIX)
     for k in CI_FIGURES:
         v = (ci or {}).get(k)
-        ok = v is None or (isinstance(v, list) and len(v) == 2 and all(_is_num(x) and math.isfinite(x) for x in v))
+        ok = v is None or (
+            isinstance(v, list) and len(v) == 2 and all(_is_num(x) and math.isfinite(x) for x in v)
+        )
         if not ok:
-            raise _damaged(path, f"'ci95.{k}': expected two finite numbers (lo, hi), found {json.dumps(v)[:40]}",
-                           EVAL_FIX)
+            raise _damaged(
+                path,
+                f"'ci95.{k}': expected two finite numbers (lo, hi), found {json.dumps(v)[:40]}",
+                EVAL_FIX,
+            )
     if rep.get("run_key") is not None and not isinstance(rep["run_key"], str):
-        raise _damaged(path, f"'run_key': expected a string, found {_kind(rep['run_key'])}", EVAL_FIX)
+        raise _damaged(
+            path, f"'run_key': expected a string, found {_kind(rep['run_key'])}", EVAL_FIX
+        )
     return rep
 
 
@@ -218,7 +280,9 @@ LEGACY_TOP_LEVEL_PARAMS = ("k",)
 def legacy_method(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """``(method name, method_params dict)`` of a run's ``config``, also for runs made before
     ``method`` or ``method_params`` existed (see the section's comment)."""
-    name = config.get("method") or (LEGACY_TWO_HEADS_METHOD if config.get("two_heads") else LEGACY_ONE_HEAD_METHOD)
+    name = config.get("method") or (
+        LEGACY_TWO_HEADS_METHOD if config.get("two_heads") else LEGACY_ONE_HEAD_METHOD
+    )
     given = config.get("method_params")
     if given is None:
         given = {k: config[k] for k in LEGACY_TOP_LEVEL_PARAMS if config.get(k) is not None}

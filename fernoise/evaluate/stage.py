@@ -66,7 +66,9 @@ EVAL_READS = ("id", "path", "crop_sha256", "split", "label", "status")
 
 VERSION = 2  # 2: predictions.parquet and ci95
 ECE_BINS = 15
-MISMATCH = 0.02  # top-1 vs the last epoch's recorded test accuracy (bf16 vs fp32 rounding stays below)
+MISMATCH = (
+    0.02  # top-1 vs the last epoch's recorded test accuracy (bf16 vs fp32 rounding stays below)
+)
 LAST_N = 5
 
 
@@ -161,7 +163,15 @@ def expected_calibration_error(
         cf = float(conf[m].mean()) if k else None
         if k:
             ece += k / n * abs(acc - cf)
-        bins.append({"lo": b / n_bins, "hi": (b + 1) / n_bins, "count": k, "accuracy": acc, "confidence": cf})
+        bins.append(
+            {
+                "lo": b / n_bins,
+                "hi": (b + 1) / n_bins,
+                "count": k,
+                "accuracy": acc,
+                "confidence": cf,
+            }
+        )
     return float(ece), bins
 
 
@@ -193,7 +203,9 @@ def _series(history: Sequence[dict[str, Any]], key: str) -> list[tuple[int, floa
     return out
 
 
-def max_last(history: Sequence[dict[str, Any]], key: str = "test_acc", last: int = LAST_N) -> dict[str, Any] | None:
+def max_last(
+    history: Sequence[dict[str, Any]], key: str = "test_acc", last: int = LAST_N
+) -> dict[str, Any] | None:
     """The paper's ``max / last-5`` of ``key``: ``{"max", "max_epoch", "last", "last_n"}``.
 
     ``max_epoch`` is the first epoch reaching the maximum; ``last`` is the mean over the last
@@ -220,14 +232,20 @@ def val_selected(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     if best is None:
         return None
     row = history[best[0]]
-    return {"epoch": int(row.get("epoch", best[0] + 1)), "val_acc": best[1], "test_acc": _num(row.get("test_acc"))}
+    return {
+        "epoch": int(row.get("epoch", best[0] + 1)),
+        "val_acc": best[1],
+        "test_acc": _num(row.get("test_acc")),
+    }
 
 
 def warmup_epochs(history: Sequence[dict[str, Any]]) -> list[int]:
     return [int(r.get("epoch", i + 1)) for i, r in enumerate(history) if r.get("warmup")]
 
 
-def warmup_warning(history: Sequence[dict[str, Any]], key: str = "test_acc", method: str | None = None) -> str | None:
+def warmup_warning(
+    history: Sequence[dict[str, Any]], key: str = "test_acc", method: str | None = None
+) -> str | None:
     """A one-line warning when the best ``key`` epoch lies inside the warm-up, else None.
 
     Never for a method whose warm-up is the same loss as the rest of its training
@@ -267,17 +285,21 @@ def noise_detection(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         p, r = _num(row.get("confident_precision")), _num(row.get("confident_recall"))
         if p is None and r is None:
             continue
-        out.append({
-            "epoch": int(row.get("epoch", i + 1)),
-            "precision": p,
-            "recall": r,
-            "f1": f1_score(p, r),
-            "confident_frac": _num(row.get("confident_frac")),
-        })
+        out.append(
+            {
+                "epoch": int(row.get("epoch", i + 1)),
+                "precision": p,
+                "recall": r,
+                "f1": f1_score(p, r),
+                "confident_frac": _num(row.get("confident_frac")),
+            }
+        )
     return out
 
 
-def thresholds_over_time(history: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[str, list[float | None]]:
+def thresholds_over_time(
+    history: Sequence[dict[str, Any]], classes: Sequence[str]
+) -> dict[str, list[float | None]]:
     """``{"epoch": [...], class name: [T_c per epoch, None where unrecorded]}``."""
     out: dict[str, list] = {"epoch": [int(r.get("epoch", i + 1)) for i, r in enumerate(history)]}
     for c, name in enumerate(classes):
@@ -289,7 +311,9 @@ def thresholds_over_time(history: Sequence[dict[str, Any]], classes: Sequence[st
     return out
 
 
-def history_summary(history: Sequence[dict[str, Any]], classes: Sequence[str], method: str | None = None) -> dict[str, Any]:
+def history_summary(
+    history: Sequence[dict[str, Any]], classes: Sequence[str], method: str | None = None
+) -> dict[str, Any]:
     """Everything ``eval.json`` reports from the training history."""
     warning = warmup_warning(history, method=method)
     thr = thresholds_over_time(history, classes)
@@ -302,7 +326,9 @@ def history_summary(history: Sequence[dict[str, Any]], classes: Sequence[str], m
         "best_test_in_warmup": warning is not None,
         "warnings": [warning] if warning else [],
         "noise_detection": noise_detection(history),
-        "thresholds": thr if any(v is not None for k, vs in thr.items() if k != "epoch" for v in vs) else None,
+        "thresholds": thr
+        if any(v is not None for k, vs in thr.items() if k != "epoch" for v in vs)
+        else None,
     }
 
 
@@ -350,12 +376,16 @@ class EvalParams:
         from fernoise.manifest import SPLITS
 
         if self.split not in SPLITS:
-            raise FernoiseError(f"expected one of {', '.join(SPLITS)}, got {self.split!r}", flag="--split")
+            raise FernoiseError(
+                f"expected one of {', '.join(SPLITS)}, got {self.split!r}", flag="--split"
+            )
         check_device_name(self.device)
         if self.cam < 0 or self.cam > 64:
             raise FernoiseError(f"expected 0..64 Grad-CAM faces, got {self.cam}", flag="--cam")
         if self.batch_size < 1:
-            raise FernoiseError(f"expected a positive batch size, got {self.batch_size}", flag="--batch-size")
+            raise FernoiseError(
+                f"expected a positive batch size, got {self.batch_size}", flag="--batch-size"
+            )
 
 
 @dataclass
@@ -382,12 +412,16 @@ def load_run(path: str | os.PathLike, *, need_model: bool = True) -> Run:
         path = path.parent
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
-        raise FernoiseError(f"{path} is not a training run (no config.json); pass a folder written by `fernoise train`")
+        raise FernoiseError(
+            f"{path} is not a training run (no config.json); pass a folder written by `fernoise train`"
+        )
     from fernoise.evaluate.runs import read_config
 
     config = read_config(cfg_path)  # a damaged file: one line naming it and what is wrong
     if need_model and not (path / "model.pt").is_file():
-        raise FernoiseError(f"{path} has no model.pt (training unfinished?); resume it with `fernoise train`")
+        raise FernoiseError(
+            f"{path} has no model.pt (training unfinished?); resume it with `fernoise train`"
+        )
     return Run(path=path, config=config, history=read_history(path / "metrics.jsonl"))
 
 
@@ -407,16 +441,24 @@ def load_model(run: Run, device: str = "cpu"):
     c = int(cfg.get("num_classes", len(cfg["classes"])))
     name, given = legacy_method(cfg)  # older runs: no method / method_params
     try:
-        method = methods.create(name, methods.params_from_dict(name, given), num_classes=c,
-                                image_size=int(cfg.get("image_size", 224)))
+        method = methods.create(
+            name,
+            methods.params_from_dict(name, given),
+            num_classes=c,
+            image_size=int(cfg.get("image_size", 224)),
+        )
     except FernoiseError as e:
         raise FernoiseError(f"{run.path / 'config.json'}: {e.one_line()}") from None
-    with torch.random.fork_rng(devices=[]):  # init is overwritten by model.pt; keep the caller's RNG
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # init is overwritten by model.pt; keep the caller's RNG
         net = methods.build_model(method)
     try:
         state = torch.load(run.model_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a broken file
-        raise FernoiseError(f"{run.model_path} could not be read ({e.__class__.__name__}); re-run `fernoise train`") from None
+        raise FernoiseError(
+            f"{run.model_path} could not be read ({e.__class__.__name__}); re-run `fernoise train`"
+        ) from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if isinstance(state, dict):  # torch.compile / DDP wrappers prefix the keys
@@ -425,7 +467,9 @@ def load_model(run: Run, device: str = "cpu"):
         net.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise FernoiseError(f"{run.model_path} does not fit the {name} model ({c} classes): {first}") from None
+        raise FernoiseError(
+            f"{run.model_path} does not fit the {name} model ({c} classes): {first}"
+        ) from None
     return Classifier(net, method.logits, c).to(device).eval()
 
 
@@ -433,16 +477,24 @@ def select_test_rows(manifest, split: str = "test") -> Any:
     """The evaluation rows of a manifest: ``split == split`` ("test"), a label and a crop path."""
     df = manifest.df
     if "path" not in df.columns:
-        raise FernoiseError(f"{manifest.path} has no `path` column (the crop of each row); make it with `fernoise align`",
-                            flag="--manifest")
+        raise FernoiseError(
+            f"{manifest.path} has no `path` column (the crop of each row); make it with `fernoise align`",
+            flag="--manifest",
+        )
     m = (df["split"] == split) & df["label"].notna() & df["path"].notna()
     if "status" in df.columns:
         m &= df["status"].isin(["ok", "whole"])
     return df[m].reset_index(drop=True)
 
 
-def predict_probs(model, images: np.ndarray, *, batch_size: int = 256, device: str = "cpu",
-                  progress: Progress | None = None) -> np.ndarray:
+def predict_probs(
+    model,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> np.ndarray:
     """Softmax of the classifier's logits (:func:`load_model`) for uint8 ``(N, H, W, 3)`` crops
     -> ``(N, C)`` float64."""
     import torch
@@ -455,7 +507,7 @@ def predict_probs(model, images: np.ndarray, *, batch_size: int = 256, device: s
     step = max(batch_size, 1024) if on_cuda else batch_size
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
         for s in range(0, n, step):
-            x = to_tensor(images[s:s + step], device)
+            x = to_tensor(images[s : s + step], device)
             logits = model(x)
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64))
             if progress:
@@ -486,7 +538,9 @@ def _manifest_for(run: Run, manifest_path: str | os.PathLike | None) -> Manifest
     own = run.config.get("manifest")
     path = Path(manifest_path) if manifest_path else (Path(own) if own else None)
     if path is None:
-        raise FernoiseError(f"{run.path}/config.json names no manifest; pass one", flag="--manifest")
+        raise FernoiseError(
+            f"{run.path}/config.json names no manifest; pass one", flag="--manifest"
+        )
     if not path.is_absolute() and not path.exists() and manifest_path is None:
         path = run.path / path
     if not path.exists():
@@ -564,15 +618,25 @@ def evaluate_run(
         report["key"] = key
         report["split"] = params.split
         report["model_sha256"] = checked.model_sha256
-        report["train_model_sha256"] = checked.train_model  # report shows it only while train's stamp says this
+        report["train_model_sha256"] = (
+            checked.train_model
+        )  # report shows it only while train's stamp says this
         report["inputs"] = inputs
         report["forced"] = checked.forced
         report["history"]["warnings"][:0] = checked.warnings
         atomic_write_json(out, report)
         return [out, *written]
 
-    res = run_stage(stage="eval", version=VERSION, params=key_params, inputs=inputs,
-                    output=out, build=build, workspace=workspace, force=force)
+    res = run_stage(
+        stage="eval",
+        version=VERSION,
+        params=key_params,
+        inputs=inputs,
+        output=out,
+        build=build,
+        workspace=workspace,
+        force=force,
+    )
     return res, read_json(out)
 
 
@@ -589,7 +653,9 @@ class Checked:
     train_model: str | None = None  # the model.pt sha256 train's stamp records (None: no stamp)
 
 
-def check_inputs(run: Run, ref: ManifestRef, split: str = "test", *, force: bool = False) -> Checked:
+def check_inputs(
+    run: Run, ref: ManifestRef, split: str = "test", *, force: bool = False
+) -> Checked:
     """Check ``model.pt`` against the sha256 train recorded and the evaluated crops against the
     manifest's ``crop_sha256``; a mismatch or a missing crop raises unless ``force`` (then it
     is a warning). Also warns about evaluated classes the run never trained on."""
@@ -610,40 +676,74 @@ def check_inputs(run: Run, ref: ManifestRef, split: str = "test", *, force: bool
     stamp = read_json(stamp_path(run.model_path))
     recorded = (stamp or {}).get("outputs", {}).get("model.pt") if isinstance(stamp, dict) else None
     if recorded and recorded != model_sha:
-        problem(f"{run.model_path} differs from the model.pt that `fernoise train` wrote (sha256 "
-                f"{model_sha[:12]} vs recorded {recorded[:12]}); re-run `fernoise train --force`")
+        problem(
+            f"{run.model_path} differs from the model.pt that `fernoise train` wrote (sha256 "
+            f"{model_sha[:12]} vs recorded {recorded[:12]}); re-run `fernoise train --force`"
+        )
     mf = read_manifest(ref.path)
     present = sorted(str(s) for s in mf.df["split"].dropna().unique())
     if split not in present:
-        raise FernoiseError(f"{mf.path} has no {split!r} rows (its splits: {', '.join(present) or 'none'})"
-                            + ("; the run's validation rows were carved from train (val_ids.json)"
-                               if split == "val" and (run.path / "val_ids.json").is_file() else ""),
-                            flag="--split")
+        raise FernoiseError(
+            f"{mf.path} has no {split!r} rows (its splits: {', '.join(present) or 'none'})"
+            + (
+                "; the run's validation rows were carved from train (val_ids.json)"
+                if split == "val" and (run.path / "val_ids.json").is_file()
+                else ""
+            ),
+            flag="--split",
+        )
     rows = select_test_rows(mf, split)
     paths = [str(mf.root / p) for p in rows["path"]]
-    shas = rows["crop_sha256"].where(rows["crop_sha256"].notna(), None).tolist() if "crop_sha256" in rows.columns else None
+    shas = (
+        rows["crop_sha256"].where(rows["crop_sha256"].notna(), None).tolist()
+        if "crop_sha256" in rows.columns
+        else None
+    )
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        problem(f"{len(missing)} {split} crops are missing or not regular files, e.g. {missing[0]}; "
-                "re-run `fernoise align`")
+        problem(
+            f"{len(missing)} {split} crops are missing or not regular files, e.g. {missing[0]}; "
+            "re-run `fernoise align`"
+        )
     if shas is not None:
-        changed = [p for p, h in zip(paths, shas, strict=True) if h and os.path.isfile(p) and file_sha256(p) != h]
+        changed = [
+            p
+            for p, h in zip(paths, shas, strict=True)
+            if h and os.path.isfile(p) and file_sha256(p) != h
+        ]
         if changed:
-            problem(f"{len(changed)} {split} crops differ from the sha256 align recorded, e.g. {changed[0]}; "
-                    "re-run `fernoise align`")
+            problem(
+                f"{len(changed)} {split} crops differ from the sha256 align recorded, e.g. {changed[0]}; "
+                "re-run `fernoise align`"
+            )
     counts = run.config.get("train_class_counts")
     if counts and not rows.empty:
         classes = run.classes
         present_labels = np.bincount(rows["label"].astype(int), minlength=len(classes))
         unseen = [classes[c] for c in range(len(classes)) if present_labels[c] and not counts[c]]
         if unseen:
-            warnings.append(f"{split} class(es) {', '.join(repr(c) for c in unseen)} never occur in the run's training "
-                            "rows: the model cannot predict them right")
-    return Checked(model_sha, mf.content_key(EVAL_READS), crop_fingerprint(paths, shas), warnings, forced,
-                   recorded if isinstance(recorded, str) else None)
+            warnings.append(
+                f"{split} class(es) {', '.join(repr(c) for c in unseen)} never occur in the run's training "
+                "rows: the model cannot predict them right"
+            )
+    return Checked(
+        model_sha,
+        mf.content_key(EVAL_READS),
+        crop_fingerprint(paths, shas),
+        warnings,
+        forced,
+        recorded if isinstance(recorded, str) else None,
+    )
 
 
-def _evaluate(run: Run, ref: ManifestRef, params: EvalParams, out_dir: Path, *, progress: Progress | None = None):
+def _evaluate(
+    run: Run,
+    ref: ManifestRef,
+    params: EvalParams,
+    out_dir: Path,
+    *,
+    progress: Progress | None = None,
+):
     """Predict the test rows, compute every figure, draw the pictures: ``(report, written)``."""
     from fernoise.evaluate import plots
     from fernoise.images import load_many
@@ -666,14 +766,19 @@ def _evaluate(run: Run, ref: ManifestRef, params: EvalParams, out_dir: Path, *, 
     # A crop that cannot be decoded (missing, truncated, not an image) is skipped and counted.
     parts, keep = [], []
     for s in _batches(len(paths), params.batch_size, progress):
-        imgs, ok = load_usable(paths[s:s + params.batch_size], size)
+        imgs, ok = load_usable(paths[s : s + params.batch_size], size)
         parts.append(predict_probs(model, imgs, batch_size=params.batch_size, device=device))
         keep.append(ok)
     ok = np.concatenate(keep)
-    skipped = {"count": int((~ok).sum()), "example": str(paths[int(np.flatnonzero(~ok)[0])]) if (~ok).any() else None}
+    skipped = {
+        "count": int((~ok).sum()),
+        "example": str(paths[int(np.flatnonzero(~ok)[0])]) if (~ok).any() else None,
+    }
     if not ok.any():
-        raise FernoiseError(f"none of the {len(paths)} {params.split} crops could be decoded, e.g. {paths[0]}; "
-                            "re-run `fernoise align`")
+        raise FernoiseError(
+            f"none of the {len(paths)} {params.split} crops could be decoded, e.g. {paths[0]}; "
+            "re-run `fernoise align`"
+        )
     rows, paths = rows[ok].reset_index(drop=True), [p for p, k in zip(paths, ok, strict=True) if k]
     y = rows["label"].astype(int).to_numpy()
     probs = np.concatenate(parts)
@@ -702,10 +807,17 @@ def _evaluate(run: Run, ref: ManifestRef, params: EvalParams, out_dir: Path, *, 
         "skipped": skipped,
     }
     if skipped["count"]:
-        hist["warnings"].append(f"{skipped['count']} {params.split} rows skipped: their crop could not be decoded, "
-                                f"e.g. {skipped['example']}")
+        hist["warnings"].append(
+            f"{skipped['count']} {params.split} rows skipped: their crop could not be decoded, "
+            f"e.g. {skipped['example']}"
+        )
     final = report["final_epoch_test_acc"]
-    if report["own_manifest"] and params.split == "test" and final is not None and abs(final - metrics["top1"]) > MISMATCH:
+    if (
+        report["own_manifest"]
+        and params.split == "test"
+        and final is not None
+        and abs(final - metrics["top1"]) > MISMATCH
+    ):
         hist["warnings"].append(
             f"the final model's top-1 ({metrics['top1']:.3f}) differs from the last epoch's test accuracy "
             f"in metrics.jsonl ({final:.3f}) by more than {MISMATCH:.2f}: were the crops or model.pt changed "
@@ -721,7 +833,9 @@ def _evaluate(run: Run, ref: ManifestRef, params: EvalParams, out_dir: Path, *, 
         pick = pick_cam_rows(y, params.cam)
         faces = load_many([paths[i] for i in pick], size)
         cams, cam_probs = gradcam(model, faces, device=device)
-        written.append(gradcam_grid(faces, cams, cam_probs, y[pick], classes, out_dir / GRADCAM_PNG))
+        written.append(
+            gradcam_grid(faces, cams, cam_probs, y[pick], classes, out_dir / GRADCAM_PNG)
+        )
         if size < plots.GRADCAM_MIN_SIZE:
             report["gradcam_note"] = plots.gradcam_coarse_note(size)
     else:
@@ -768,7 +882,9 @@ PREDICTIONS = "predictions.parquet"
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 BOOTSTRAP_LEVEL = 0.95
-BOOTSTRAP_CHUNK = 100  # resamples drawn per generator call (part of the definition: same seed, same draws)
+BOOTSTRAP_CHUNK = (
+    100  # resamples drawn per generator call (part of the definition: same seed, same draws)
+)
 
 
 def bootstrap_indices(n: int, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED):
@@ -783,7 +899,9 @@ def bootstrap_indices(n: int, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int 
         yield rng.integers(0, n, size=(min(BOOTSTRAP_CHUNK, n_resamples - s), n))
 
 
-def _batched_top1_macro_f1(t: np.ndarray, p: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _batched_top1_macro_f1(
+    t: np.ndarray, p: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 and macro-F1 of each row of ``t``/``p`` ``(B, n)``, the same rules as :func:`macro_f1`."""
     b, c = t.shape[0], num_classes
     flat = (np.arange(b)[:, None] * c + t) * c + p
@@ -799,9 +917,15 @@ def _batched_top1_macro_f1(t: np.ndarray, p: np.ndarray, num_classes: int) -> tu
     return tp.sum(axis=1) / t.shape[1], macro
 
 
-def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int, *,
-                 n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                 level: float = BOOTSTRAP_LEVEL) -> dict[str, Any] | None:
+def bootstrap_ci(
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    num_classes: int,
+    *,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = BOOTSTRAP_LEVEL,
+) -> dict[str, Any] | None:
     """Percentile-bootstrap intervals of top-1 and macro-F1 over the test rows.
 
     Each resample draws ``n`` rows with replacement (:func:`bootstrap_indices`) and computes
@@ -825,7 +949,10 @@ def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int,
     return {
         "top1": [float(v) for v in np.quantile(np.concatenate(tops), q)],
         "macro_f1": [float(v) for v in np.quantile(np.concatenate(macros), q)],
-        "level": level, "resamples": n_resamples, "seed": seed, "method": "percentile",
+        "level": level,
+        "resamples": n_resamples,
+        "seed": seed,
+        "method": "percentile",
     }
 
 
@@ -842,8 +969,9 @@ def predictions_frame(rows, probs: np.ndarray, classes: Sequence[str]):
     probs = np.asarray(probs, dtype=np.float64)
     pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
     y = rows["label"].astype("int64").to_numpy()
-    out = pd.DataFrame({"id": rows["id"].astype(str).to_numpy(), "label": y,
-                        "label_name": [classes[i] for i in y]})
+    out = pd.DataFrame(
+        {"id": rows["id"].astype(str).to_numpy(), "label": y, "label_name": [classes[i] for i in y]}
+    )
     if "label_clean" in rows.columns:
         out["label_clean"] = rows["label_clean"].astype("Int64").to_numpy()
     if "is_noisy" in rows.columns:

@@ -25,9 +25,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Spellings of the three splits in label files and folder names (lower case).
 SPLIT_ALIASES: dict[str, str] = {
-    "train": "train", "training": "train", "trn": "train",
-    "val": "val", "valid": "val", "validation": "val", "publictest": "val", "dev": "val",
-    "test": "test", "testing": "test", "privatetest": "test",
+    "train": "train",
+    "training": "train",
+    "trn": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "publictest": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+    "privatetest": "test",
 }
 
 
@@ -42,7 +50,8 @@ def normalize_split(value: Any, *, flag: str | None = None) -> str | None:
     if key not in SPLIT_ALIASES:
         raise FernoiseError(
             f"unknown split {text!r}; expected one of: {', '.join(sorted(SPLIT_ALIASES))} "
-            "(map others with --split-map FROM=TO)", flag=flag,
+            "(map others with --split-map FROM=TO)",
+            flag=flag,
         )
     return SPLIT_ALIASES[key]
 
@@ -76,7 +85,12 @@ ON_DUPLICATE = ("first", "last")
 def _registry() -> dict[str, Callable[[Sequence[Path], FormatOptions], LabelTable]]:
     from fernoise.formats import affectnet, csvfile, ferplus, rafdb
 
-    return {"rafdb": rafdb.read, "ferplus": ferplus.read, "affectnet": affectnet.read, "csv": csvfile.read}
+    return {
+        "rafdb": rafdb.read,
+        "ferplus": ferplus.read,
+        "affectnet": affectnet.read,
+        "csv": csvfile.read,
+    }
 
 
 FORMAT_NAMES = ("rafdb", "ferplus", "affectnet", "csv")
@@ -93,8 +107,10 @@ def collapse_duplicates(table: LabelTable, on_duplicate: str | None = None) -> L
     import pandas as pd
 
     if on_duplicate is not None and on_duplicate not in ON_DUPLICATE:
-        raise FernoiseError(f"unknown value {on_duplicate!r}; expected one of: {', '.join(ON_DUPLICATE)}",
-                            flag="--on-duplicate")
+        raise FernoiseError(
+            f"unknown value {on_duplicate!r}; expected one of: {', '.join(ON_DUPLICATE)}",
+            flag="--on-duplicate",
+        )
     df = table.df
     key = df["key"].map(_posix)
     dup = key.duplicated(keep=False)
@@ -102,12 +118,17 @@ def collapse_duplicates(table: LabelTable, on_duplicate: str | None = None) -> L
     if dup.any():
         sub = pd.DataFrame({"k": key[dup], "label": df["label"][dup], "split": df["split"][dup]})
         for k, g in sub.groupby("k", sort=False):
-            pairs = list(dict.fromkeys(
-                (None if pd.isna(lab) else int(lab), None if not isinstance(sp, str) else sp)
-                for lab, sp in zip(g["label"], g["split"], strict=True)))
+            pairs = list(
+                dict.fromkeys(
+                    (None if pd.isna(lab) else int(lab), None if not isinstance(sp, str) else sp)
+                    for lab, sp in zip(g["label"], g["split"], strict=True)
+                )
+            )
             if len(pairs) > 1:
                 conflicts[str(k)] = pairs
-    out = df[~key.duplicated(keep="first" if on_duplicate == "first" else "last")].reset_index(drop=True)
+    out = df[~key.duplicated(keep="first" if on_duplicate == "first" else "last")].reset_index(
+        drop=True
+    )
     info = {**table.info, "duplicate_rows": len(df) - len(out), "conflicting_names": len(conflicts)}
     return LabelTable(out, table.label_space, info, conflicts)
 
@@ -116,23 +137,34 @@ def describe_conflict(key: str, pairs: Sequence[tuple[int | None, str | None]]) 
     """``'a.png': happy (train) vs sad (train)`` for an error message."""
     from fernoise.labels import CLASSES
 
-    parts = [f"{'no label' if lab is None else CLASSES[lab]} ({sp or 'no split'})" for lab, sp in pairs]
+    parts = [
+        f"{'no label' if lab is None else CLASSES[lab]} ({sp or 'no split'})" for lab, sp in pairs
+    ]
     return f"{key!r}: {' vs '.join(parts)}"
 
 
-def read_labels(fmt: str, files: Sequence[str | os.PathLike], options: FormatOptions = FormatOptions(),
-                on_duplicate: str | None = None) -> LabelTable:
+def read_labels(
+    fmt: str,
+    files: Sequence[str | os.PathLike],
+    options: FormatOptions = FormatOptions(),
+    on_duplicate: str | None = None,
+) -> LabelTable:
     """Read ``files`` as format ``fmt`` (one row per key: :func:`collapse_duplicates`); an
     unknown format is an error listing the valid ones."""
     readers = _registry()
     if fmt not in readers:
-        raise FernoiseError(f"unknown label format {fmt!r}; expected one of: {', '.join(FORMAT_NAMES)}", flag="--format")
+        raise FernoiseError(
+            f"unknown label format {fmt!r}; expected one of: {', '.join(FORMAT_NAMES)}",
+            flag="--format",
+        )
     paths = [Path(f) for f in files]
     for p in paths:
         require_file(p, "label file", flag="--labels")
     table = readers[fmt](paths, options)
     if len(table.df) == 0:
-        raise FernoiseError(f"label file {', '.join(map(str, paths))} has no rows in {fmt} format", flag="--labels")
+        raise FernoiseError(
+            f"label file {', '.join(map(str, paths))} has no rows in {fmt} format", flag="--labels"
+        )
     return collapse_duplicates(table, on_duplicate)
 
 
@@ -143,10 +175,14 @@ def read_csv(path: Path, **kw: Any) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, **kw)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
-        raise FernoiseError(f"{path} is not a readable CSV file ({' '.join(str(e).split())})", flag="--labels") from None
+        raise FernoiseError(
+            f"{path} is not a readable CSV file ({' '.join(str(e).split())})", flag="--labels"
+        ) from None
 
 
-def require_columns(df: pd.DataFrame, columns: Sequence[str], path: Path, fmt: str, flag: str = "--format") -> None:
+def require_columns(
+    df: pd.DataFrame, columns: Sequence[str], path: Path, fmt: str, flag: str = "--format"
+) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise FernoiseError(
@@ -168,8 +204,12 @@ def _suffix_of(a: str, b: str) -> bool:
 
 
 def match_paths(
-    src_paths: Sequence[str], keys: Sequence[str], alt_keys: Sequence[str | None] | None = None,
-    *, what: str = "label file", flag: str = "--labels",
+    src_paths: Sequence[str],
+    keys: Sequence[str],
+    alt_keys: Sequence[str | None] | None = None,
+    *,
+    what: str = "label file",
+    flag: str = "--labels",
 ) -> dict[str, int]:
     """``src_path -> row index`` of the key that names it.
 
@@ -196,7 +236,8 @@ def match_paths(
                 if len(hits) > 1:
                     raise FernoiseError(
                         f"{what} row {name!r} matches {len(hits)} images ({hits[0]}, {hits[1]}, ...); "
-                        "give paths relative to the image folder", flag=flag,
+                        "give paths relative to the image folder",
+                        flag=flag,
                     )
             for h in hits:
                 found.setdefault(h, []).append(i)
@@ -210,7 +251,8 @@ def match_paths(
             else:
                 raise FernoiseError(
                     f"image {s} is named by {len(rows)} rows of the {what} ({keys[rows[0]]!r}, {keys[rows[1]]!r}); "
-                    "make the paths unique", flag=flag,
+                    "make the paths unique",
+                    flag=flag,
                 )
         out[s] = rows[0]
     return out

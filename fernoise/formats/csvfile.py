@@ -23,7 +23,9 @@ def parse_label(value: str, *, where: str) -> int | None:
     if text.lstrip("-").isdigit():
         i = int(text)
         if not 0 <= i < len(CLASSES):
-            raise FernoiseError(f"{where}: label {i} is outside the canonical 0-7", flag="--label-column")
+            raise FernoiseError(
+                f"{where}: label {i} is outside the canonical 0-7", flag="--label-column"
+            )
         return i
     try:
         return CLASSES.index(canonical_name(text))
@@ -38,11 +40,19 @@ def read(files: Sequence[Path], options: FormatOptions) -> LabelTable:
     frames = []
     for path in files:
         df = read_csv(path)
-        cols = [options.path_column] + [c for c in (options.label_column, options.split_column) if c]
+        cols = [options.path_column] + [
+            c for c in (options.label_column, options.split_column) if c
+        ]
         missing = [c for c in cols if c not in df.columns]
         if missing:
-            flag = {options.path_column: "--path-column", options.label_column: "--label-column"}.get(missing[0], "--split-column")
-            raise FernoiseError(f"{path.name} has no column {missing[0]!r}; found {list(df.columns)[:12]}", flag=flag)
+            flag = {
+                options.path_column: "--path-column",
+                options.label_column: "--label-column",
+            }.get(missing[0], "--split-column")
+            raise FernoiseError(
+                f"{path.name} has no column {missing[0]!r}; found {list(df.columns)[:12]}",
+                flag=flag,
+            )
         require_columns(df, cols, path, "csv")
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
@@ -54,8 +64,11 @@ def read(files: Sequence[Path], options: FormatOptions) -> LabelTable:
         label = pd.array([seen[v] for v in df[options.label_column]], dtype="Int64")
     else:
         label = pd.array([None] * len(df), dtype="Int64")
-    split = ([normalize_split(v, flag="--split-column") for v in df[options.split_column]]
-             if options.split_column else [None] * len(df))
+    split = (
+        [normalize_split(v, flag="--split-column") for v in df[options.split_column]]
+        if options.split_column
+        else [None] * len(df)
+    )
     out = pd.DataFrame({"key": keys, "label": label, "split": split})
     used = {options.path_column, options.label_column, options.split_column}
     for c in df.columns:

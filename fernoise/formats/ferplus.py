@@ -31,7 +31,9 @@ def majority(votes: np.ndarray) -> np.ndarray:
     top = v.argmax(1)
     total = v.sum(1)
     keep = (v.max(1) > total / 2) & (total > 0)
-    index = np.array([CLASSES.index(canonical_name(n)) for n in FERPLUS_VOTE_COLUMNS[:8]] + [-1, -1])
+    index = np.array(
+        [CLASSES.index(canonical_name(n)) for n in FERPLUS_VOTE_COLUMNS[:8]] + [-1, -1]
+    )
     return np.where(keep, index[top], -1)
 
 
@@ -49,11 +51,13 @@ def read(files: Sequence[Path], options: FormatOptions) -> LabelTable:
     for c in FERPLUS_VOTE_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").fillna(0).astype("int64")
     lab = majority(df[list(FERPLUS_VOTE_COLUMNS)].to_numpy())
-    out = pd.DataFrame({
-        "key": df[NAME].str.strip(),
-        "label": pd.array([None if x < 0 else int(x) for x in lab], dtype="Int64"),
-        "split": [normalize_split(u, flag="--labels") for u in df[USAGE]],
-    })
+    out = pd.DataFrame(
+        {
+            "key": df[NAME].str.strip(),
+            "label": pd.array([None if x < 0 else int(x) for x in lab], dtype="Int64"),
+            "split": [normalize_split(u, flag="--labels") for u in df[USAGE]],
+        }
+    )
     for c in df.columns:
         if c != NAME:
             out[c] = df[c].to_numpy()

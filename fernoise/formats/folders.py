@@ -17,7 +17,9 @@ from fernoise.formats import SPLIT_ALIASES
 from fernoise.labels import ALIASES, CLASSES, accepted_names
 
 
-def from_paths(src_paths: Sequence[str], *, labelled: bool = True) -> tuple[list[int | None], list[str | None]]:
+def from_paths(
+    src_paths: Sequence[str], *, labelled: bool = True
+) -> tuple[list[int | None], list[str | None]]:
     """``(labels, splits)`` per path (canonical index or None; split or None).
 
     With ``labelled=False`` (a label file gives the labels) only split folders are read and

@@ -41,6 +41,13 @@ def read(files: Sequence[Path], options: FormatOptions) -> LabelTable:
             prefix = name.split("_", 1)[0]
             splits.append(normalize_split(prefix) if prefix.lower() in ("train", "test") else None)
             raw.append(value)
-    df = pd.DataFrame({"key": keys, "label": pd.array(labels, dtype="Int64"), "split": splits,
-                       "alt_key": alts, "rafdb_label": raw})
+    df = pd.DataFrame(
+        {
+            "key": keys,
+            "label": pd.array(labels, dtype="Int64"),
+            "split": splits,
+            "alt_key": alts,
+            "rafdb_label": raw,
+        }
+    )
     return LabelTable(df, label_space="basic7", info={"rows": len(keys)})

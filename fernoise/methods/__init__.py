@@ -23,9 +23,21 @@ if TYPE_CHECKING:
     from fernoise.model import FerNet
 
 __all__ = [
-    "LossOut", "Method", "NoParams", "OptimDefaults", "all_flags", "build_model", "create", "get",
-    "make_params", "names", "option", "params_from_dict", "register",
+    "LossOut",
+    "Method",
+    "NoParams",
+    "OptimDefaults",
+    "all_flags",
+    "build_model",
+    "create",
+    "get",
+    "make_params",
+    "names",
+    "option",
+    "params_from_dict",
+    "register",
 ]
+
 
 def names() -> list[str]:
     """Registered method names, in registration (table) order."""
@@ -38,7 +50,9 @@ def get(name: str) -> type[Method]:
         return _REGISTRY[name]
     except KeyError:
         listing = "; ".join(f"{n}: {c.summary}" for n, c in _REGISTRY.items())
-        raise FernoiseError(f"unknown method {name!r}; choose one of: {listing}", flag="--method") from None
+        raise FernoiseError(
+            f"unknown method {name!r}; choose one of: {listing}", flag="--method"
+        ) from None
 
 
 def all_flags() -> dict[str, dict[str, str]]:
@@ -61,8 +75,10 @@ def make_params(name: str, given: dict[str, Any] | None = None) -> Any:
             raise FernoiseError(f"{flag} is not a method flag; see `fernoise methods`", flag=flag)
         if name not in owners:
             them = " or ".join(f"--method {m}" for m in owners)
-            raise FernoiseError(f"{flag} is a flag of {them}, not of --method {name}; drop it or change --method",
-                                flag=flag)
+            raise FernoiseError(
+                f"{flag} is a flag of {them}, not of --method {name}; drop it or change --method",
+                flag=flag,
+            )
         values[owners[name]] = value
     return cls.Params(**values)
 
@@ -76,7 +92,9 @@ def params_from_dict(name: str, d: dict[str, Any] | None) -> Any:
     return cls.Params(**{k: v for k, v in (d or {}).items() if k in known})
 
 
-def create(name: str, params: Any = None, *, num_classes: int, n_rows: int = 0, image_size: int = 224) -> Method:
+def create(
+    name: str, params: Any = None, *, num_classes: int, n_rows: int = 0, image_size: int = 224
+) -> Method:
     """An instance of method ``name`` (``params`` None: its defaults)."""
     cls = get(name)
     return cls(params, num_classes=num_classes, n_rows=n_rows, image_size=image_size)

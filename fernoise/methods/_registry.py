@@ -17,15 +17,21 @@ def register(cls: type[Method]) -> type[Method]:
     ``--threshold``)."""
     for attr in ("name", "summary", "source", "repo", "face_pretrained", "optim"):
         if not hasattr(cls, attr):
-            raise TypeError(f"{cls.__name__} lacks the class attribute {attr!r} (fernoise.methods.base)")
+            raise TypeError(
+                f"{cls.__name__} lacks the class attribute {attr!r} (fernoise.methods.base)"
+            )
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise TypeError(f"method {cls.name!r} registered twice")
     for f in params_fields(cls):
         flag = f.metadata["flag"]
         owners = _FLAGS.setdefault(flag, {})
-        if any(name != f.name for m, name in owners.items() if m != cls.name) or \
-                _FLAG_HELP.setdefault(flag, f.metadata["help"]) != f.metadata["help"]:
-            raise TypeError(f"{cls.name}: flag {flag} already means something else for {', '.join(owners)}")
+        if (
+            any(name != f.name for m, name in owners.items() if m != cls.name)
+            or _FLAG_HELP.setdefault(flag, f.metadata["help"]) != f.metadata["help"]
+        ):
+            raise TypeError(
+                f"{cls.name}: flag {flag} already means something else for {', '.join(owners)}"
+            )
         owners[cls.name] = f.name
     _REGISTRY[cls.name] = cls
     return cls

@@ -152,11 +152,20 @@ def check_choice(params: Any, name: str) -> None:
     f = next(f for f in fields(params) if f.name == name)
     value, choices = getattr(params, name), f.metadata["choices"]
     if value not in choices:
-        raise FernoiseError(f"expected one of {', '.join(choices)}, got {value!r}", flag=f.metadata["flag"])
+        raise FernoiseError(
+            f"expected one of {', '.join(choices)}, got {value!r}", flag=f.metadata["flag"]
+        )
 
 
-def check_range(value: float, lo: float | None, hi: float | None, flag: str, *, lo_open: bool = False,
-                hi_open: bool = False) -> None:
+def check_range(
+    value: float,
+    lo: float | None,
+    hi: float | None,
+    flag: str,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
     """Raise a FernoiseError naming ``flag`` unless ``lo <(=) value <(=) hi`` (None = unbounded)."""
     import math
 
@@ -168,8 +177,11 @@ def check_range(value: float, lo: float | None, hi: float | None, flag: str, *, 
     if not ok:
         left = "(" if lo_open else "["
         right = ")" if hi_open else "]"
-        raise FernoiseError(f"expected a value in {left}{lo if lo is not None else '-inf'}, "
-                            f"{hi if hi is not None else 'inf'}{right}, got {value}", flag=flag)
+        raise FernoiseError(
+            f"expected a value in {left}{lo if lo is not None else '-inf'}, "
+            f"{hi if hi is not None else 'inf'}{right}, got {value}",
+            flag=flag,
+        )
 
 
 @dataclass(frozen=True)
@@ -211,7 +223,9 @@ class Method:
     def __init__(self, params: Any = None, *, num_classes: int, n_rows: int, image_size: int = 224):
         self.params = params if params is not None else self.Params()
         if not isinstance(self.params, self.Params):
-            raise TypeError(f"{self.name} takes {self.Params.__name__}, got {type(self.params).__name__}")
+            raise TypeError(
+                f"{self.name} takes {self.Params.__name__}, got {type(self.params).__name__}"
+            )
         self.num_classes = num_classes
         self.n_rows = n_rows
         self.image_size = image_size
@@ -225,13 +239,18 @@ class Method:
 
         model.add_module("pcc", nn.Linear(FEATURE_DIM, self.num_classes))
 
-    def param_groups(self, model: FerNet, *, lr_backbone: float, lr_head: float,
-                     weight_decay: float = 0.0) -> list[dict]:
+    def param_groups(
+        self, model: FerNet, *, lr_backbone: float, lr_head: float, weight_decay: float = 0.0
+    ) -> list[dict]:
         """Adam parameter groups: backbone at ``lr_backbone``, everything else at ``lr_head``."""
         backbone = {id(p) for p in model.backbone.parameters()}
         heads = [p for p in model.parameters() if id(p) not in backbone]
         return [
-            {"params": list(model.backbone.parameters()), "lr": lr_backbone, "weight_decay": weight_decay},
+            {
+                "params": list(model.backbone.parameters()),
+                "lr": lr_backbone,
+                "weight_decay": weight_decay,
+            },
             {"params": heads, "lr": lr_head, "weight_decay": weight_decay},
         ]
 
@@ -244,8 +263,17 @@ class Method:
         """The view names this epoch needs (warm-up: the first view only)."""
         return self.views[:1] if warm else self.views
 
-    def loss(self, model: FerNet, views: dict[str, Tensor], y: Tensor, idx: Tensor, *, epoch: int,
-             warm: bool, gen: torch.Generator) -> LossOut:
+    def loss(
+        self,
+        model: FerNet,
+        views: dict[str, Tensor],
+        y: Tensor,
+        idx: Tensor,
+        *,
+        epoch: int,
+        warm: bool,
+        gen: torch.Generator,
+    ) -> LossOut:
         raise NotImplementedError
 
     def warmup_loss(self, model: FerNet, views: dict[str, Tensor], y: Tensor) -> LossOut:
@@ -267,8 +295,9 @@ class Method:
     def load_state_dict(self, state: dict[str, Tensor], *, n_rows: int) -> bool:
         """Restore :meth:`state_dict`; False (nothing loaded) when a size is not ``n_rows``."""
         own = self.state_dict()
-        if set(state) != set(own) or any(t.shape[:1] != (n_rows,) or t.shape != own[k].shape
-                                         for k, t in state.items()):
+        if set(state) != set(own) or any(
+            t.shape[:1] != (n_rows,) or t.shape != own[k].shape for k, t in state.items()
+        ):
             return False
         for k, t in state.items():
             own[k].copy_(t)
@@ -298,5 +327,7 @@ def params_fields(cls: type[Method]) -> list:
     out = list(fields(cls.Params))
     for f in out:
         if "flag" not in f.metadata or f.default is MISSING:
-            raise TypeError(f"{cls.__name__}.Params.{f.name}: make it with option(default, flag, help)")
+            raise TypeError(
+                f"{cls.__name__}.Params.{f.name}: make it with option(default, flag, help)"
+            )
     return out

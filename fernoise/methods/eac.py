@@ -57,7 +57,9 @@ def flip_consistency(cam1: Tensor, cam2: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- the method
 @dataclass(frozen=True)
 class EACParams:
-    lam: float = option(5.0, "--eac-lam", "Weight of the flip attention consistency (MSE of the CAMs).")
+    lam: float = option(
+        5.0, "--eac-lam", "Weight of the flip attention consistency (MSE of the CAMs)."
+    )
 
     def __post_init__(self) -> None:
         check_range(self.lam, 0, None, "--eac-lam")
@@ -76,8 +78,9 @@ class EAC(Method):
     face_pretrained = True
     Params = EACParams
     views = ("eac1", "eac2")
-    optim = OptimDefaults(lr_backbone=2e-4, lr_head=2e-4, weight_decay=1e-4, lr_decay=0.9,
-                          epochs=60, batch_size=32)
+    optim = OptimDefaults(
+        lr_backbone=2e-4, lr_head=2e-4, weight_decay=1e-4, lr_decay=0.9, epochs=60, batch_size=32
+    )
     parts = ("s", "flip")
     warmup = 0  # src/main.py trains the EAC loss from the first epoch
 
@@ -107,5 +110,7 @@ class EAC(Method):
         logits = model.pcc(model.backbone.avgpool(fmap1).flatten(1)).float()
         ce = losses.cross_entropy(logits, y)
         weight = model.pcc.weight
-        flip = flip_consistency(class_activation_maps(fmap1, weight), class_activation_maps(fmap2, weight))
+        flip = flip_consistency(
+            class_activation_maps(fmap1, weight), class_activation_maps(fmap2, weight)
+        )
         return LossOut(ce + self.params.lam * flip, {"s": ce, "flip": flip}, logits)

@@ -11,7 +11,9 @@ from fernoise.methods.base import LossOut, Method, OptimDefaults, check_range, o
 @dataclass(frozen=True)
 class ELRParams:
     lam: float = option(3.0, "--elr-lambda", "Weight of the ELR term (CIFAR-10 config: 3).")
-    beta: float = option(0.7, "--elr-beta", "Momentum of the per-sample target (CIFAR-10 config: 0.7), in [0, 1).")
+    beta: float = option(
+        0.7, "--elr-beta", "Momentum of the per-sample target (CIFAR-10 config: 0.7), in [0, 1)."
+    )
 
     def __post_init__(self) -> None:
         check_range(self.lam, 0, None, "--elr-lambda")
@@ -29,7 +31,9 @@ class ELR(Method):
     are per-sample state: checkpointed, restored on resume."""
 
     name = "elr"
-    summary = "early-learning regularization: CE + pull towards each sample's running-average prediction"
+    summary = (
+        "early-learning regularization: CE + pull towards each sample's running-average prediction"
+    )
     source = "Liu et al., NeurIPS 2020"
     repo = "shengliu66/ELR ELR/model/loss.py"
     face_pretrained = False

@@ -10,7 +10,9 @@ from fernoise.methods.base import LossOut, Method, OptimDefaults, check_range, o
 
 @dataclass(frozen=True)
 class GCEParams:
-    q: float = option(0.7, "--gce-q", "GCE exponent q in (0, 1]: 0 -> cross-entropy, 1 -> MAE (paper: 0.7).")
+    q: float = option(
+        0.7, "--gce-q", "GCE exponent q in (0, 1]: 0 -> cross-entropy, 1 -> MAE (paper: 0.7)."
+    )
 
     def __post_init__(self) -> None:
         check_range(self.q, 0, 1, "--gce-q", lo_open=True)

@@ -37,12 +37,16 @@ def class_thresholds(probs: torch.Tensor, labels: torch.Tensor, num_classes: int
     """
     probs = probs.detach().float()
     own = probs.gather(1, labels.view(-1, 1)).squeeze(1)  # p[i, y_i]
-    sums = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device).index_add_(0, labels, own)
+    sums = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device).index_add_(
+        0, labels, own
+    )
     counts = torch.bincount(labels, minlength=num_classes).to(probs.dtype)
     return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
 
 
-def confident_mask(probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+def confident_mask(
+    probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor
+) -> torch.Tensor:
     """Eq. 2: bool ``(N,)``, True where ``p[i, y_i] >= T_{y_i}``.
 
     Every class present in the batch keeps at least one sample: the one labelled c with the
@@ -64,7 +68,9 @@ def batch_thresholds(probs: torch.Tensor) -> torch.Tensor:
     return probs.detach().float().mean(dim=0)
 
 
-def batch_confident_mask(probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+def batch_confident_mask(
+    probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor
+) -> torch.Tensor:
     """The DNFER rule: bool ``(N,)``, True where ``p[i, y_i] >= T_{y_i}`` (no per-class guarantee:
     a class whose labelled samples all fall below the batch mean keeps none)."""
     own = probs.detach().float().gather(1, labels.view(-1, 1)).squeeze(1)
@@ -105,7 +111,9 @@ def consistency_loss(
     return (per_sample * select.to(per_sample.dtype)).sum() / n
 
 
-def complementary_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+def complementary_labels(
+    labels: torch.Tensor, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
     """NLNL: per sample a class drawn uniformly from the ``C - 1`` classes other than its label."""
     offset = torch.randint(1, num_classes, tuple(labels.shape), generator=generator)
     return (labels + offset.to(labels.device)) % num_classes
@@ -128,7 +136,9 @@ def generalized_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, q: flo
     return ((1.0 - torch.exp(q * logp_y)) / q).mean()
 
 
-def reverse_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, log_zero: float) -> torch.Tensor:
+def reverse_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, log_zero: float
+) -> torch.Tensor:
     """RCE of SCE (Wang et al., ICCV 2019): mean of ``-sum_c p[i, c] log(onehot[i, c])`` with
     ``log 0`` replaced by ``log_zero`` (the paper's A = -4), i.e. ``-A * sum_{c != y} p[i, c]``.
 

@@ -25,12 +25,19 @@ BN_VIEWS = ("joint", "separate")
 
 @dataclass(frozen=True)
 class NcctferParams:
-    k: int | None = option(None, "--k", "Top-k negative-head classes in the consistency loss (Eq. 4), 1..C-1; "
-                                        "unset: min(4, C-1), the paper's 4.")
+    k: int | None = option(
+        None,
+        "--k",
+        "Top-k negative-head classes in the consistency loss (Eq. 4), 1..C-1; "
+        "unset: min(4, C-1), the paper's 4.",
+    )
     threshold: str = option("labelled", "--threshold", THRESHOLD_HELP, choices=THRESHOLDS)
-    bn_views: str = option("joint", "--bn-views",
-                           "joint: weak and strong views in one BatchNorm pass; separate: two passes.",
-                           choices=BN_VIEWS)
+    bn_views: str = option(
+        "joint",
+        "--bn-views",
+        "joint: weak and strong views in one BatchNorm pass; separate: two passes.",
+        choices=BN_VIEWS,
+    )
 
     def __post_init__(self) -> None:
         if self.k is not None and (not isinstance(self.k, int) or self.k < 1):
@@ -61,8 +68,10 @@ class NCCTFER(Method):
         if self.params.k is None:  # the paper's 4, or every other class when there are fewer
             self.params = replace(self.params, k=min(4, num_classes - 1))
         if not 1 <= self.params.k <= num_classes - 1:
-            raise FernoiseError(f"expected 1..{num_classes - 1} for {num_classes} classes, got {self.params.k}",
-                                flag="--k")
+            raise FernoiseError(
+                f"expected 1..{num_classes - 1} for {num_classes} classes, got {self.params.k}",
+                flag="--k",
+            )
 
     def build(self, model) -> None:
         from torch import nn
@@ -91,4 +100,6 @@ class NCCTFER(Method):
             pcc_w, ncc_w, ncc_s = model.pcc(f_w), model.ncc(f_w), model.ncc(f_s)
         loss_s, conf, thresholds = confident_step(pcc_w, y, self.num_classes, self.params.threshold)
         loss_c = losses.consistency_loss(ncc_w, ncc_s, ~conf, self.params.k)
-        return LossOut(loss_s + loss_c, {"s": loss_s, "c": loss_c}, pcc_w, selected=conf, thresholds=thresholds)
+        return LossOut(
+            loss_s + loss_c, {"s": loss_s, "c": loss_c}, pcc_w, selected=conf, thresholds=thresholds
+        )

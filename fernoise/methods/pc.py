@@ -16,8 +16,10 @@ from fernoise.methods._registry import register
 from fernoise.methods.base import LossOut, Method, OptimDefaults, check_choice, option
 
 THRESHOLDS = ("labelled", "batch")
-THRESHOLD_HELP = ("Per-class threshold: labelled (Eq. 1: mean p[c] over the samples labelled c) or batch "
-                  "(the authors' DNFER code: mean p[c] over the whole batch, prior-corrected).")
+THRESHOLD_HELP = (
+    "Per-class threshold: labelled (Eq. 1: mean p[c] over the samples labelled c) or batch "
+    "(the authors' DNFER code: mean p[c] over the whole batch, prior-corrected)."
+)
 
 
 def confident_step(logits, y, num_classes: int, threshold: str):
@@ -33,9 +35,12 @@ def confident_step(logits, y, num_classes: int, threshold: str):
         return losses.supervised_loss(logits, y, conf), conf, thresholds
     thresholds = losses.batch_thresholds(p)
     conf = losses.batch_confident_mask(p, y, thresholds)
-    loss = losses.supervised_loss(logits, y, conf) if bool(conf.any()) else losses.cross_entropy(logits, y)
+    loss = (
+        losses.supervised_loss(logits, y, conf)
+        if bool(conf.any())
+        else losses.cross_entropy(logits, y)
+    )
     return loss, conf, thresholds
-
 
 
 @dataclass(frozen=True)
@@ -65,5 +70,7 @@ class PC(Method):
         if warm:
             return self.warmup_loss(model, views, y)
         logits = model.pcc(model.features(views["weak"]))
-        loss_s, conf, thresholds = confident_step(logits, y, self.num_classes, self.params.threshold)
+        loss_s, conf, thresholds = confident_step(
+            logits, y, self.num_classes, self.params.threshold
+        )
         return LossOut(loss_s, {"s": loss_s}, logits, selected=conf, thresholds=thresholds)

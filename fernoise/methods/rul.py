@@ -104,10 +104,17 @@ def map_side(image_size: int) -> int:
 # ----------------------------------------------------------------------------- the method
 @dataclass(frozen=True)
 class RULParams:
-    dim: int = option(64, "--rul-dim", "Dimension of the mu/logvar features (the code's --out_dimension).")
-    dropout: float = option(0.4, "--rul-dropout", "Dropout on the feature map in the mu/logvar heads, in [0, 1).")
-    fc_lr_factor: float = option(10.0, "--rul-fc-lr-factor",
-                                 "The classifier's learning rate as a multiple of --lr-head (code: 2e-3 vs 2e-4).")
+    dim: int = option(
+        64, "--rul-dim", "Dimension of the mu/logvar features (the code's --out_dimension)."
+    )
+    dropout: float = option(
+        0.4, "--rul-dropout", "Dropout on the feature map in the mu/logvar heads, in [0, 1)."
+    )
+    fc_lr_factor: float = option(
+        10.0,
+        "--rul-fc-lr-factor",
+        "The classifier's learning rate as a multiple of --lr-head (code: 2e-3 vs 2e-4).",
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim < 1:
@@ -123,15 +130,18 @@ class RUL(Method):
     See the module docstring for the heads and the choices."""
 
     name = "rul"
-    summary = "Relative Uncertainty Learning: mixup of features weighted by learnt relative uncertainty"
+    summary = (
+        "Relative Uncertainty Learning: mixup of features weighted by learnt relative uncertainty"
+    )
     source = "Zhang et al., NeurIPS 2021"
     repo = "zyh-uaiaaaa/Relative-Uncertainty-Learning src/rul.py"
     face_pretrained = True
     Params = RULParams
     views = ("scn",)
     # Adam: backbone and heads 2e-4, classifier 2e-3 (fc_lr_factor), weight decay 1e-4, x0.9/epoch
-    optim = OptimDefaults(lr_backbone=2e-4, lr_head=2e-4, weight_decay=1e-4, lr_decay=0.9,
-                          epochs=60, batch_size=64)
+    optim = OptimDefaults(
+        lr_backbone=2e-4, lr_head=2e-4, weight_decay=1e-4, lr_decay=0.9, epochs=60, batch_size=64
+    )
     parts = ("s",)
     warmup = 0  # src/rul.py trains the RUL loss from the first epoch
 
@@ -150,10 +160,17 @@ class RUL(Method):
         ``fc_lr_factor * lr_head``."""
         heads = list(model.mu.parameters()) + list(model.logvar.parameters())
         return [
-            {"params": list(model.backbone.parameters()), "lr": lr_backbone, "weight_decay": weight_decay},
+            {
+                "params": list(model.backbone.parameters()),
+                "lr": lr_backbone,
+                "weight_decay": weight_decay,
+            },
             {"params": heads, "lr": lr_head, "weight_decay": weight_decay},
-            {"params": list(model.pcc.parameters()), "lr": lr_head * self.params.fc_lr_factor,
-             "weight_decay": weight_decay},
+            {
+                "params": list(model.pcc.parameters()),
+                "lr": lr_head * self.params.fc_lr_factor,
+                "weight_decay": weight_decay,
+            },
         ]
 
     def logits(self, model, x):

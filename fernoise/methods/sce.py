@@ -12,10 +12,15 @@ from fernoise.methods.base import LossOut, Method, OptimDefaults, check_range, o
 @dataclass(frozen=True)
 class SCEParams:
     alpha: float = option(0.1, "--sce-alpha", "Weight of the cross-entropy term (CIFAR-10: 0.1).")
-    beta: float = option(1.0, "--sce-beta", "Weight of the reverse cross-entropy term (CIFAR-10: 1.0).")
-    log_zero: float = option(math.log(1e-4), "--sce-log-zero",
-                             "log 0 in RCE: A = log 1e-4 = -9.21034 (both official codes clamp the one-hot "
-                             "at 1e-4); the paper's text says A = -4 (--sce-log-zero -4).")
+    beta: float = option(
+        1.0, "--sce-beta", "Weight of the reverse cross-entropy term (CIFAR-10: 1.0)."
+    )
+    log_zero: float = option(
+        math.log(1e-4),
+        "--sce-log-zero",
+        "log 0 in RCE: A = log 1e-4 = -9.21034 (both official codes clamp the one-hot "
+        "at 1e-4); the paper's text says A = -4 (--sce-log-zero -4).",
+    )
 
     def __post_init__(self) -> None:
         check_range(self.alpha, 0, None, "--sce-alpha")

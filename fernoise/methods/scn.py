@@ -94,24 +94,38 @@ def relabel(probs: Tensor, y: Tensor, *, margin: float, allowed: Tensor | None =
 # ----------------------------------------------------------------------------- the method
 @dataclass(frozen=True)
 class SCNParams:
-    beta: float = option(0.7, "--scn-beta",
-                         "Share of each batch in the high-importance group (the code's --beta), in (0, 1).")
-    margin: float = option(0.07, "--scn-margin",
-                           "Rank-regularisation margin delta1 (README: 0.07 at batch 64; paper: 0.15 at batch 1024).")
-    relabel_margin: float = option(0.2, "--scn-relabel-margin",
-                                   "Relabelling margin delta2: relabel where max p - p[y] exceeds it.")
+    beta: float = option(
+        0.7,
+        "--scn-beta",
+        "Share of each batch in the high-importance group (the code's --beta), in (0, 1).",
+    )
+    margin: float = option(
+        0.07,
+        "--scn-margin",
+        "Rank-regularisation margin delta1 (README: 0.07 at batch 64; paper: 0.15 at batch 1024).",
+    )
+    relabel_margin: float = option(
+        0.2,
+        "--scn-relabel-margin",
+        "Relabelling margin delta2: relabel where max p - p[y] exceeds it.",
+    )
     relabel_epoch: int = option(10, "--scn-relabel-epoch", "First epoch (1-based) that relabels.")
-    relabel_group: str = option("low", "--scn-relabel-group",
-                                "low: only the batch's low-importance group is relabelled (paper + the "
-                                "author's fix, issue #33); all: any sample (the official code).",
-                                choices=RELABEL_GROUPS)
+    relabel_group: str = option(
+        "low",
+        "--scn-relabel-group",
+        "low: only the batch's low-importance group is relabelled (paper + the "
+        "author's fix, issue #33); all: any sample (the official code).",
+        choices=RELABEL_GROUPS,
+    )
 
     def __post_init__(self) -> None:
         check_range(self.beta, 0, 1, "--scn-beta", lo_open=True, hi_open=True)
         check_range(self.margin, 0, 1, "--scn-margin")
         check_range(self.relabel_margin, 0, 1, "--scn-relabel-margin")
         if not isinstance(self.relabel_epoch, int) or self.relabel_epoch < 1:
-            raise FernoiseError(f"expected an epoch >= 1, got {self.relabel_epoch}", flag="--scn-relabel-epoch")
+            raise FernoiseError(
+                f"expected an epoch >= 1, got {self.relabel_epoch}", flag="--scn-relabel-epoch"
+            )
         check_choice(self, "relabel_group")
 
 
@@ -129,8 +143,9 @@ class SCN(Method):
     Params = SCNParams
     views = ("scn",)
     # Adam at its default lr 1e-3 on every parameter, weight decay 1e-4, ExponentialLR(0.9).
-    optim = OptimDefaults(lr_backbone=1e-3, lr_head=1e-3, weight_decay=1e-4, lr_decay=0.9,
-                          epochs=70, batch_size=64)
+    optim = OptimDefaults(
+        lr_backbone=1e-3, lr_head=1e-3, weight_decay=1e-4, lr_decay=0.9, epochs=70, batch_size=64
+    )
     parts = ("s", "rr")
     relabels = True  # the loop logs relabelled / relabel_precision
     warmup = 0  # src/train.py trains the SCN loss from the first epoch
@@ -179,7 +194,9 @@ class SCN(Method):
         relabelled = None
         if epoch >= p.relabel_epoch:
             allowed = ~high if p.relabel_group == "low" else None
-            relabelled = relabel(torch.softmax(z.detach(), dim=1), y, margin=p.relabel_margin, allowed=allowed)
+            relabelled = relabel(
+                torch.softmax(z.detach(), dim=1), y, margin=p.relabel_margin, allowed=allowed
+            )
         return LossOut(ce + rr, {"s": ce, "rr": rr}, z, relabelled=relabelled, labels=y)
 
     def after_step(self, out: LossOut, y, idx, *, epoch) -> None:

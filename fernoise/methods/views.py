@@ -70,8 +70,12 @@ def gaussian_noise(img: np.ndarray, rng: np.random.Generator, var: float = NOISE
 
 
 def erase_box(
-    h: int, w: int, rng: np.random.Generator, *,
-    scale: tuple[float, float] = ERASE_SCALE, ratio: tuple[float, float] = ERASE_RATIO,
+    h: int,
+    w: int,
+    rng: np.random.Generator,
+    *,
+    scale: tuple[float, float] = ERASE_SCALE,
+    ratio: tuple[float, float] = ERASE_RATIO,
 ) -> tuple[int, int, int, int] | None:
     """torchvision's ``RandomErasing.get_params`` on an ``h x w`` image: ``(top, left, eh, ew)``.
 
@@ -140,4 +144,6 @@ def get(name: str) -> ViewFn:
     try:
         return VIEWS[name]
     except KeyError:
-        raise FernoiseError(f"unknown view {name!r}; known views: {', '.join(sorted(VIEWS))}") from None
+        raise FernoiseError(
+            f"unknown view {name!r}; known views: {', '.join(sorted(VIEWS))}"
+        ) from None

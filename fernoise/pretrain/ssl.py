@@ -45,7 +45,7 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
     """ITU-R 601-2 luma of ``(N, 3, H, W)`` in [0, 1], as ``(N, 1, H, W)``."""
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def ssl_views(images: torch.Tensor, size: int, p: ViewParams, gen: torch.Generator) -> torch.Tensor:
@@ -112,7 +112,12 @@ def _hue_shift(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- heads
 def mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
     """Linear -> BatchNorm1d -> ReLU -> Linear (SimCLR v2 / BYOL projector and predictor shape)."""
-    return nn.Sequential(nn.Linear(dim_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim_out))
+    return nn.Sequential(
+        nn.Linear(dim_in, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, dim_out),
+    )
 
 
 class OnlineNet(nn.Module):
@@ -143,11 +148,16 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     return F.cross_entropy(sim, target)
 
 
-def byol_loss(p1: torch.Tensor, p2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+def byol_loss(
+    p1: torch.Tensor, p2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor
+) -> torch.Tensor:
     """BYOL's symmetric loss: ``(2 - 2 cos(p1, t2)) + (2 - 2 cos(p2, t1))``, mean over the
     batch; ``p`` are the online predictions, ``t`` the target projections (no gradient)."""
+
     def one(p, t):
-        return 2 - 2 * (F.normalize(p.float(), dim=1) * F.normalize(t.detach().float(), dim=1)).sum(dim=1)
+        return 2 - 2 * (F.normalize(p.float(), dim=1) * F.normalize(t.detach().float(), dim=1)).sum(
+            dim=1
+        )
 
     return (one(p1, t2) + one(p2, t1)).mean()
 

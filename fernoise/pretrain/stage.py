@@ -120,26 +120,42 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise FernoiseError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}", flag="--method")
-        for name, flag, low in (("epochs", "--epochs", 1), ("batch_size", "--batch-size", 2),
-                                ("image_size", "--image-size", 16), ("probe_every", "--probe-every", 1),
-                                ("devices", "--devices", 1)):
+            raise FernoiseError(
+                f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}",
+                flag="--method",
+            )
+        for name, flag, low in (
+            ("epochs", "--epochs", 1),
+            ("batch_size", "--batch-size", 2),
+            ("image_size", "--image-size", 16),
+            ("probe_every", "--probe-every", 1),
+            ("devices", "--devices", 1),
+        ):
             if getattr(self, name) < low:
-                raise FernoiseError(f"expected at least {low}, got {getattr(self, name)}", flag=flag)
+                raise FernoiseError(
+                    f"expected at least {low}, got {getattr(self, name)}", flag=flag
+                )
         for name, flag in (("lr", "--lr"), ("temperature", "--temperature")):
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise FernoiseError(f"expected a positive number, got {v}", flag=flag)
         if not 0 <= self.weight_decay < 1:
-            raise FernoiseError(f"expected 0 <= value < 1, got {self.weight_decay}", flag="--weight-decay")
+            raise FernoiseError(
+                f"expected 0 <= value < 1, got {self.weight_decay}", flag="--weight-decay"
+            )
         if not 0 < self.momentum < 1:
-            raise FernoiseError(f"expected a momentum in (0, 1), got {self.momentum}", flag="--momentum")
+            raise FernoiseError(
+                f"expected a momentum in (0, 1), got {self.momentum}", flag="--momentum"
+            )
         if not 0.05 <= self.min_scale <= 1:
             raise FernoiseError(f"expected 0.05..1, got {self.min_scale}", flag="--min-scale")
         if not self.splits:
             raise FernoiseError("expected at least one split, e.g. --splits train", flag="--splits")
         if self.precision not in PRECISIONS:
-            raise FernoiseError(f"expected one of {', '.join(PRECISIONS)}, got {self.precision!r}", flag="--precision")
+            raise FernoiseError(
+                f"expected one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+                flag="--precision",
+            )
         check_device_name(self.device)
 
 
@@ -164,41 +180,61 @@ class PretrainPlan:
     cache_dir: Path | None = None
 
 
-def plan(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root: str | os.PathLike | None = None,
-         workspace: Workspace | None = None) -> PretrainPlan:
+def plan(
+    manifest_path: str | os.PathLike,
+    cfg: PretrainConfig,
+    *,
+    out_root: str | os.PathLike | None = None,
+    workspace: Workspace | None = None,
+) -> PretrainPlan:
     """Check the manifest and the configuration, compute the key; writes nothing."""
     from fernoise import data
 
     m = read_manifest(resolve_manifest(manifest_path))
     if "path" not in m.df.columns:
-        raise FernoiseError(f"{m.path} has no `path` column (crops); make it with `fernoise align`", flag="MANIFEST")
+        raise FernoiseError(
+            f"{m.path} has no `path` column (crops); make it with `fernoise align`", flag="MANIFEST"
+        )
     splits = set(m.df["split"].dropna().astype(str))
     unknown = [s for s in cfg.splits if s not in splits]
     if unknown:
-        raise FernoiseError(f"split(s) {unknown} not in {m.path.name} (it has {sorted(splits)})", flag="--splits")
+        raise FernoiseError(
+            f"split(s) {unknown} not in {m.path.name} (it has {sorted(splits)})", flag="--splits"
+        )
     rows = m.df[data.usable(m.df)].reset_index(drop=True)
     train_mask = rows["split"].isin(cfg.splits).to_numpy()
     if train_mask.sum() < 2:
-        raise FernoiseError(f"{m.path} has {int(train_mask.sum())} usable crops in splits {list(cfg.splits)}; "
-                            "pretraining needs at least 2", flag="MANIFEST")
+        raise FernoiseError(
+            f"{m.path} has {int(train_mask.sum())} usable crops in splits {list(cfg.splits)}; "
+            "pretraining needs at least 2",
+            flag="MANIFEST",
+        )
     probe_mask = np.zeros(len(rows), dtype=bool)
     warnings = []
     if cfg.probe_split:
         probe_mask = ((rows["split"] == cfg.probe_split) & rows["label"].notna()).to_numpy().copy()
         if probe_mask.sum() < 2:
-            warnings.append(f"no labelled {cfg.probe_split!r} rows: no k-NN probe (pass --probe-split SPLIT)")
+            warnings.append(
+                f"no labelled {cfg.probe_split!r} rows: no k-NN probe (pass --probe-split SPLIT)"
+            )
             probe_mask[:] = False
     keep = train_mask | probe_mask
     rows = rows[keep].reset_index(drop=True)
     train_pos = np.flatnonzero(train_mask[keep])
     probe_pos = np.flatnonzero(probe_mask[keep])
-    probe_labels = rows["label"].iloc[probe_pos].astype(int).to_numpy() if len(probe_pos) else np.zeros(0, int)
+    probe_labels = (
+        rows["label"].iloc[probe_pos].astype(int).to_numpy() if len(probe_pos) else np.zeros(0, int)
+    )
     manifest_key = m.key or file_sha256(m.path)
     # The rows it reads, not only the recorded key: a manifest edited behind its metadata is a new input.
     content = m.content_key(READS)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    key_params = {k: v for k, v in asdict(cfg).items() if k not in ("device", "workers", "keep_checkpoint", "devices")}
+    key_params = {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k not in ("device", "workers", "keep_checkpoint", "devices")
+    }
     key_params["splits"] = list(cfg.splits)
     key_params["precision"] = precision
     world = _world(cfg)
@@ -209,23 +245,47 @@ def plan(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root: str
     ws = workspace or Workspace()
     root = Path(out_root) if out_root else ws.root / "pretrain"
     if root.exists() and not root.is_dir():
-        raise FernoiseError(f"{root} is a file; expected a folder for pretraining runs", flag="--out")
+        raise FernoiseError(
+            f"{root} is a file; expected a folder for pretraining runs", flag="--out"
+        )
     out_dir = root.resolve() / key[:16]
     config = {
-        **{k: v for k, v in asdict(cfg).items() if k != "devices"}, "splits": list(cfg.splits), "world_size": world,
-        "device": device, "device_requested": cfg.device, "precision": precision,
-        "manifest": str(Path(m.path).resolve()), "manifest_key": manifest_key,
-        "n_train": int(len(train_pos)), "n_probe": int(len(probe_pos)),
-        "labels_read": f"only the {cfg.probe_split!r} rows' labels, for the k-NN probe" if len(probe_pos) else "none",
-        "stage_version": VERSION, "fernoise_version": __version__, "key": key,
+        **{k: v for k, v in asdict(cfg).items() if k != "devices"},
+        "splits": list(cfg.splits),
+        "world_size": world,
+        "device": device,
+        "device_requested": cfg.device,
+        "precision": precision,
+        "manifest": str(Path(m.path).resolve()),
+        "manifest_key": manifest_key,
+        "n_train": int(len(train_pos)),
+        "n_probe": int(len(probe_pos)),
+        "labels_read": f"only the {cfg.probe_split!r} rows' labels, for the k-NN probe"
+        if len(probe_pos)
+        else "none",
+        "stage_version": VERSION,
+        "fernoise_version": __version__,
+        "key": key,
     }
-    return PretrainPlan(cfg=cfg, key=key, out_dir=out_dir,
-                        paths=[str(m.root / p) for p in rows["path"]], ids=rows["id"].astype(str).tolist(),
-                        train_pos=train_pos, probe_pos=probe_pos, probe_labels=probe_labels,
-                        manifest_key=manifest_key, device=device, precision=precision, config=config,
-                        key_params=key_params, inputs=inputs, warnings=warnings,
-                        shas=rows["crop_sha256"].tolist() if "crop_sha256" in rows.columns else None,
-                        cache_dir=ws.root / ".fernoise" / "arrays")
+    return PretrainPlan(
+        cfg=cfg,
+        key=key,
+        out_dir=out_dir,
+        paths=[str(m.root / p) for p in rows["path"]],
+        ids=rows["id"].astype(str).tolist(),
+        train_pos=train_pos,
+        probe_pos=probe_pos,
+        probe_labels=probe_labels,
+        manifest_key=manifest_key,
+        device=device,
+        precision=precision,
+        config=config,
+        key_params=key_params,
+        inputs=inputs,
+        warnings=warnings,
+        shas=rows["crop_sha256"].tolist() if "crop_sha256" in rows.columns else None,
+        cache_dir=ws.root / ".fernoise" / "arrays",
+    )
 
 
 def _world(cfg: PretrainConfig) -> int:
@@ -239,8 +299,15 @@ def is_cached(p: PretrainPlan) -> bool:
     return outputs_intact(read_json(stamp_path(out)), p.key, p.out_dir)
 
 
-def pretrain(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root: str | os.PathLike | None = None,
-             workspace: Workspace | None = None, progress: Progress | None = None, force: bool = False) -> StageResult:
+def pretrain(
+    manifest_path: str | os.PathLike,
+    cfg: PretrainConfig,
+    *,
+    out_root: str | os.PathLike | None = None,
+    workspace: Workspace | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
+) -> StageResult:
     """Pretrain (or find in the cache, or resume) and return a StageResult whose output is the folder.
 
     Under torchrun every rank calls this and rank 0 writes; ``cfg.devices > 1`` spawns that many
@@ -255,14 +322,17 @@ def pretrain(manifest_path: str | os.PathLike, cfg: PretrainConfig, *, out_root:
         ws.record(STAGE, key=p.key, output=p.out_dir, params=p.key_params)
         return StageResult(STAGE, p.key, p.out_dir, True, time.perf_counter() - t0)
     if cfg.devices > 1 and not env.enabled:
-        distributed.spawn(cfg.devices, _pretrain_rank, manifest_path, cfg, out_root, force, str(ws.root))
+        distributed.spawn(
+            cfg.devices, _pretrain_rank, manifest_path, cfg, out_root, force, str(ws.root)
+        )
         ws.record(STAGE, key=p.key, output=p.out_dir, params=p.key_params)
         return StageResult(STAGE, p.key, p.out_dir, False, time.perf_counter() - t0)
     return _pretrain_rank(manifest_path, cfg, out_root, force, workspace=ws, progress=progress, p=p)
 
 
-def _pretrain_rank(manifest_path, cfg, out_root, force, ws_root=None, *, workspace=None, progress=None,
-                   p=None) -> StageResult:
+def _pretrain_rank(
+    manifest_path, cfg, out_root, force, ws_root=None, *, workspace=None, progress=None, p=None
+) -> StageResult:
     """One process of the run (the only one without torch.distributed)."""
     from fernoise import distributed
 
@@ -276,9 +346,15 @@ def _pretrain_rank(manifest_path, cfg, out_root, force, ws_root=None, *, workspa
         if hit:
             result = StageResult(STAGE, p.key, p.out_dir, True, time.perf_counter() - t0)
         elif env.is_main:
-            res = run_stage(stage=STAGE, version=VERSION, params=p.key_params, inputs=p.inputs,
-                            output=p.out_dir / "backbone.pt",
-                            build=lambda key: fit(p, env, progress=progress, fresh=force), force=True)
+            res = run_stage(
+                stage=STAGE,
+                version=VERSION,
+                params=p.key_params,
+                inputs=p.inputs,
+                output=p.out_dir / "backbone.pt",
+                build=lambda key: fit(p, env, progress=progress, fresh=force),
+                force=True,
+            )
             result = StageResult(STAGE, p.key, p.out_dir, False, res.seconds)
         else:
             fit(p, env, fresh=force)
@@ -306,18 +382,29 @@ def _build(cfg: PretrainConfig):
         if cfg.method == "simclr":
             online = nn.ModuleDict({"backbone": backbone, "projector": mlp(512, 512, 128)})
         else:
-            online = nn.ModuleDict({"backbone": backbone, "projector": mlp(512, 1024, 256),
-                                    "predictor": mlp(256, 1024, 256)})
+            online = nn.ModuleDict(
+                {
+                    "backbone": backbone,
+                    "projector": mlp(512, 1024, 256),
+                    "predictor": mlp(256, 1024, 256),
+                }
+            )
     target = None
     if cfg.method == "byol":
-        target = nn.ModuleDict({"backbone": copy.deepcopy(online["backbone"]),
-                                "projector": copy.deepcopy(online["projector"])})
+        target = nn.ModuleDict(
+            {
+                "backbone": copy.deepcopy(online["backbone"]),
+                "projector": copy.deepcopy(online["projector"]),
+            }
+        )
         for q in target.parameters():
             q.requires_grad_(False)
     return online, target
 
 
-def _epoch_order(n: int, batch_size: int, seed: int, epoch: int, world: int = 1) -> list[np.ndarray]:
+def _epoch_order(
+    n: int, batch_size: int, seed: int, epoch: int, world: int = 1
+) -> list[np.ndarray]:
     """Global batches of positions for ``epoch``: a permutation seeded by (seed, epoch), in
     batches of ``batch_size * world``. A last batch smaller than 2 per process is dropped
     (BatchNorm and the contrastive loss need pairs); under ``world`` processes the last batch is
@@ -354,7 +441,9 @@ def _probe(backbone, images, positions, labels, device, amp) -> float:
     return knn_accuracy(torch.cat(feats), torch.as_tensor(np.array(labels), dtype=torch.long))
 
 
-def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: bool = False) -> list[Path]:
+def fit(
+    p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: bool = False
+) -> list[Path]:
     """Train to the end, resuming from checkpoint.pt of the same key unless ``fresh``. Under
     torch.distributed (``env``) every rank runs this; rank 0 writes."""
     import torch
@@ -375,7 +464,9 @@ def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: b
     say = progress if (progress and env.is_main) else (lambda event: None)
     for w in p.warnings:
         say({"event": "warning", "message": w})
-    device = torch.device(f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device)
+    device = torch.device(
+        f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device
+    )
     amp = p.precision == "bf16"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -419,19 +510,33 @@ def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: b
         _write_metrics(out, metrics)
     net = OnlineNet(online)
     if env.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     for epoch in range(start, cfg.epochs + 1):
         t_epoch = time.perf_counter()
         batches = _epoch_order(len(p.train_pos), cfg.batch_size, cfg.seed, epoch, world)
-        mix = [cfg.seed, epoch, 0x5E] + ([env.rank] if env.enabled else [])  # each rank its own views
+        mix = [cfg.seed, epoch, 0x5E] + (
+            [env.rank] if env.enabled else []
+        )  # each rank its own views
         gen = torch.Generator().manual_seed(int(np.random.default_rng(mix).integers(2**62)))
-        say({"event": "epoch_start", "epoch": epoch, "epochs": cfg.epochs, "batches": len(batches), "warmup": False})
+        say(
+            {
+                "event": "epoch_start",
+                "epoch": epoch,
+                "epochs": cfg.epochs,
+                "batches": len(batches),
+                "warmup": False,
+            }
+        )
         online.train()
         loss_sum, seen, tau = 0.0, 0, None
         for i, pos in enumerate(batches):
             pos = _rank_share(pos, env.rank, world)
-            rows = np.sort(p.train_pos[pos])  # memory-map reads in file order; order within a batch is irrelevant
+            rows = np.sort(
+                p.train_pos[pos]
+            )  # memory-map reads in file order; order within a batch is irrelevant
             x = torch.from_numpy(np.ascontiguousarray(images[rows])).to(device, non_blocking=True)
             v1 = ssl_views(x, cfg.image_size, views, gen)
             v2 = ssl_views(x, cfg.image_size, views, gen)
@@ -439,7 +544,11 @@ def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: b
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 z, q = net(torch.cat([v1, v2]))
                 if cfg.method == "simclr":
-                    z1, z2 = (z[:n], z[n:]) if not env.enabled else (distributed.all_gather_cat(z[:n]), distributed.all_gather_cat(z[n:]))
+                    z1, z2 = (
+                        (z[:n], z[n:])
+                        if not env.enabled
+                        else (distributed.all_gather_cat(z[:n]), distributed.all_gather_cat(z[n:]))
+                    )
                     loss = nt_xent(z1, z2, cfg.temperature)
                 else:
                     with torch.no_grad():
@@ -451,23 +560,49 @@ def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: b
             if target is not None:
                 step = (epoch - 1) * steps_per_epoch + i
                 tau = byol_momentum(step, total_steps, cfg.momentum)
-                ema_update(target, torch.nn.ModuleDict({"backbone": online["backbone"], "projector": online["projector"]}), tau)
+                ema_update(
+                    target,
+                    torch.nn.ModuleDict(
+                        {"backbone": online["backbone"], "projector": online["projector"]}
+                    ),
+                    tau,
+                )
             loss_sum += float(loss.item()) * n
             seen += n
             elapsed = time.perf_counter() - t_epoch
-            say({"event": "batch", "epoch": epoch, "done": i + 1, "total": len(batches),
-                 "loss": loss_sum / seen, "images_per_s": 2 * seen * world / max(elapsed, 1e-9)})
+            say(
+                {
+                    "event": "batch",
+                    "epoch": epoch,
+                    "done": i + 1,
+                    "total": len(batches),
+                    "loss": loss_sum / seen,
+                    "images_per_s": 2 * seen * world / max(elapsed, 1e-9),
+                }
+            )
         train_seconds = time.perf_counter() - t_epoch
         sums = distributed.all_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64), env)
         loss_sum, seen = float(sums[0]), int(sums[1])
         lr_used = optimizer.param_groups[0]["lr"]
         scheduler.step()
         probe = None
-        if env.is_main and len(p.probe_pos) and (epoch % cfg.probe_every == 0 or epoch == cfg.epochs):
+        if (
+            env.is_main
+            and len(p.probe_pos)
+            and (epoch % cfg.probe_every == 0 or epoch == cfg.epochs)
+        ):
             probe = _probe(online["backbone"], images, p.probe_pos, p.probe_labels, device, amp)
-        record = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "lr": lr_used, "momentum": tau,
-                  "knn_acc": probe, "samples": seen, "images_per_s": 2 * seen / train_seconds,
-                  "train_seconds": train_seconds, "seconds": time.perf_counter() - t_epoch}
+        record = {
+            "epoch": epoch,
+            "loss": loss_sum / max(seen, 1),
+            "lr": lr_used,
+            "momentum": tau,
+            "knn_acc": probe,
+            "samples": seen,
+            "images_per_s": 2 * seen / train_seconds,
+            "train_seconds": train_seconds,
+            "seconds": time.perf_counter() - t_epoch,
+        }
         metrics.append(record)
         if env.is_main:
             _save_checkpoint(ckpt_path, p.key, epoch, online, target, optimizer, scheduler, metrics)
@@ -476,19 +611,29 @@ def fit(p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: b
         distributed.barrier(env)
 
     if env.is_main:
-        save_torch({k: v.detach().cpu() for k, v in online["backbone"].state_dict().items()}, out / "backbone.pt")
+        save_torch(
+            {k: v.detach().cpu() for k, v in online["backbone"].state_dict().items()},
+            out / "backbone.pt",
+        )
         if not cfg.keep_checkpoint:
             ckpt_path.unlink(missing_ok=True)
     return [out / "backbone.pt", out / "config.json", out / "metrics.jsonl"]
 
 
-def _save_checkpoint(path: Path, key: str, epoch: int, online, target, optimizer, scheduler, metrics) -> None:
+def _save_checkpoint(
+    path: Path, key: str, epoch: int, online, target, optimizer, scheduler, metrics
+) -> None:
     """The safe checkpoint format: tensors, numbers, strings, lists and dicts only (metrics as
     JSON strings), so ``torch.load(..., weights_only=True)`` reads it."""
-    state = {"key": key, "epoch": epoch, "online": online.state_dict(),
-             "target": target.state_dict() if target is not None else {},
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "metrics": [json.dumps(m, sort_keys=True) for m in metrics]}
+    state = {
+        "key": key,
+        "epoch": epoch,
+        "online": online.state_dict(),
+        "target": target.state_dict() if target is not None else {},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "metrics": [json.dumps(m, sort_keys=True) for m in metrics],
+    }
     save_torch(state, path)
 
 
@@ -500,7 +645,12 @@ def _load_checkpoint(path: Path, key: str, say: Progress) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, foreign or crafted: never trusted
-        say({"event": "warning", "message": f"{path} is unreadable ({e.__class__.__name__}); starting over"})
+        say(
+            {
+                "event": "warning",
+                "message": f"{path} is unreadable ({e.__class__.__name__}); starting over",
+            }
+        )
         return None
     if not isinstance(state, dict) or state.get("key") != key:
         say({"event": "warning", "message": f"{path} belongs to another run; starting over"})

@@ -75,7 +75,13 @@ def main() -> int:
     spec = json.loads(sys.stdin.read())
     _die_with_parent(spec.get("parent"))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    _emit({"event": "start", "pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
+    _emit(
+        {
+            "event": "start",
+            "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
+    )
     from fernoise.errors import FernoiseError
 
     try:
@@ -86,17 +92,30 @@ def main() -> int:
 
         ws = Workspace(spec["workspace"])
         cfg = TrainConfig(**config_fields(spec["config"]))
-        res = train(spec["manifest"], cfg, runs_dir=spec["runs_dir"], workspace=ws, progress=_Events())
+        res = train(
+            spec["manifest"], cfg, runs_dir=spec["runs_dir"], workspace=ws, progress=_Events()
+        )
         _emit({"event": "trained", "run": str(res.output), "hit": res.hit, "key": res.key})
         cam = int(spec.get("cam", 0))
         report = runindex.lookup_eval(res.output, cam=cam, workspace=ws)
         if report is None:
             before = runindex.eval_inputs(res.output)
-            stage, report = evaluate_run(res.output, EvalParams(cam=cam, device=cfg.device), workspace=ws)
+            stage, report = evaluate_run(
+                res.output, EvalParams(cam=cam, device=cfg.device), workspace=ws
+            )
             runindex.record_eval(res.output, stage.key, cam=cam, inputs_before=before)
         hist = report.get("history") or {}
-        _emit({"event": "done", "run": str(res.output), "epochs": hist.get("epochs"),
-               "eval": {"top1": report.get("top1"), "history": {k: hist.get(k) for k in ("val_selected", "test_max_last5")}}})
+        _emit(
+            {
+                "event": "done",
+                "run": str(res.output),
+                "epochs": hist.get("epochs"),
+                "eval": {
+                    "top1": report.get("top1"),
+                    "history": {k: hist.get(k) for k in ("val_selected", "test_max_last5")},
+                },
+            }
+        )
         return 0
     except FernoiseError as e:
         _emit({"event": "error", "message": e.one_line()})

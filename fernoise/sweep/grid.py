@@ -50,10 +50,24 @@ from fernoise.cache import Workspace
 from fernoise.errors import FernoiseError
 from fernoise.shards import parse_shard  # noqa: F401 - `sweep.parse_shard`, as before
 
-TOP_KEYS = ("description", "eval", "manifest", "methods", "name", "noise", "pretrained", "seeds", "train")
+TOP_KEYS = (
+    "description",
+    "eval",
+    "manifest",
+    "methods",
+    "name",
+    "noise",
+    "pretrained",
+    "seeds",
+    "train",
+)
 NOISE_KEYS = ("column", "kind", "matrix", "pairs", "rate", "rates", "seed")
 EVAL_KEYS = ("cam",)
-AXIS_KEYS = {"method": "methods", "seed": "seeds", "pretrained": "pretrained"}  # set at the top level
+AXIS_KEYS = {
+    "method": "methods",
+    "seed": "seeds",
+    "pretrained": "pretrained",
+}  # set at the top level
 MAX_CELLS = 10_000
 """Most cells one grid file may have (each a training run); checked before any cell is built."""
 
@@ -210,7 +224,9 @@ def _check_type(path: Path, where: str, value: Any, annotation: str) -> Any:
     return float(value) if _is_int(value) and "float" in allowed and "int" not in allowed else value
 
 
-def _option(path: Path, where: str, key: str, known: dict[str, str], methods: Sequence[str]) -> tuple[str, str, bool]:
+def _option(
+    path: Path, where: str, key: str, known: dict[str, str], methods: Sequence[str]
+) -> tuple[str, str, bool]:
     """``(name, annotation, is_method_option)`` of a train option key (``batch-size`` or
     ``batch_size``, or a method's own option such as ``k``), for every method in ``methods``."""
     name = key.replace("-", "_")
@@ -226,8 +242,12 @@ def _option(path: Path, where: str, key: str, known: dict[str, str], methods: Se
         return field_name, own[having[0]][field_name], True
     if having:
         others = ", ".join(m for m in methods if m not in having)
-        raise grid_error(path, where, f"{key!r} is an option of {', '.join(having)}, not of {others}; "
-                   f"set it under [train.{having[0]}]")
+        raise grid_error(
+            path,
+            where,
+            f"{key!r} is an option of {', '.join(having)}, not of {others}; "
+            f"set it under [train.{having[0]}]",
+        )
     extra = sorted({o for m in methods for o in own[m]})
     valid = ", ".join([k for k in sorted(known) if k not in AXIS_KEYS] + extra)
     raise grid_error(path, where, f"unknown train option {key!r}; valid: {valid}")
@@ -235,7 +255,9 @@ def _option(path: Path, where: str, key: str, known: dict[str, str], methods: Se
 
 def _noise_entries(path: Path, raw: Any) -> list[Noise]:
     if not isinstance(raw, list) or not raw:
-        raise grid_error(path, "noise", 'expected a list such as ["clean", {kind = "sym", rates = [0.1, 0.3]}]')
+        raise grid_error(
+            path, "noise", 'expected a list such as ["clean", {kind = "sym", rates = [0.1, 0.3]}]'
+        )
     kinds = noise_kinds()
     out: list[Noise] = []
     for i, item in enumerate(raw):
@@ -244,13 +266,23 @@ def _noise_entries(path: Path, raw: Any) -> list[Noise]:
             out.append(Noise())
             continue
         if not isinstance(item, dict):
-            raise grid_error(path, where, f'expected "clean" or a table {{kind = ..., rate = ...}}, found {item!r}')
+            raise grid_error(
+                path,
+                where,
+                f'expected "clean" or a table {{kind = ..., rate = ...}}, found {item!r}',
+            )
         unknown = sorted(set(item) - set(NOISE_KEYS))
         if unknown:
-            raise grid_error(path, where, f"unknown key {unknown[0]!r}; valid keys: {', '.join(NOISE_KEYS)}")
+            raise grid_error(
+                path, where, f"unknown key {unknown[0]!r}; valid keys: {', '.join(NOISE_KEYS)}"
+            )
         kind = item.get("kind")
         if kind not in kinds:
-            raise grid_error(path, f"{where}.kind", f"unknown noise kind {kind!r}; valid: clean, {', '.join(kinds)}")
+            raise grid_error(
+                path,
+                f"{where}.kind",
+                f"unknown noise kind {kind!r}; valid: clean, {', '.join(kinds)}",
+            )
         if "rate" in item and "rates" in item:
             raise grid_error(path, where, "give rate or rates, not both")
         rates = item["rates"] if "rates" in item else [item.get("rate")]
@@ -258,12 +290,20 @@ def _noise_entries(path: Path, raw: Any) -> list[Noise]:
             raise grid_error(path, f"{where}.rates", f"expected a list of rates, found {rates!r}")
         seed = item.get("seed", 0)
         if not (seed == "train" or (_is_int(seed) and seed >= 0)):
-            raise grid_error(path, f"{where}.seed", f'expected a non-negative integer or "train", found {seed!r}')
+            raise grid_error(
+                path, f"{where}.seed", f'expected a non-negative integer or "train", found {seed!r}'
+            )
         for r in rates:
             if r is not None and not isinstance(r, int | float) or isinstance(r, bool):
                 raise grid_error(path, f"{where}.rate", f"expected a number in [0, 1), found {r!r}")
-            noise = Noise(kind=kind, rate=float(r) if r is not None else None, seed=seed,
-                          pairs=item.get("pairs"), matrix=item.get("matrix"), column=item.get("column"))
+            noise = Noise(
+                kind=kind,
+                rate=float(r) if r is not None else None,
+                seed=seed,
+                pairs=item.get("pairs"),
+                matrix=item.get("matrix"),
+                column=item.get("column"),
+            )
             _check_noise_params(path, where, noise)
             out.append(noise)
     seen: set[Noise] = set()
@@ -278,16 +318,33 @@ def _check_noise_params(path: Path, where: str, noise: Noise) -> None:
     from fernoise.corrupt.kinds import CorruptParams
 
     try:
-        CorruptParams(kind=str(noise.kind), rate=noise.rate, seed=noise.seed if _is_int(noise.seed) else 0,
-                      column=noise.column,
-                      matrix=((1.0,),) if noise.kind == "matrix" and noise.matrix else None)
+        CorruptParams(
+            kind=str(noise.kind),
+            rate=noise.rate,
+            seed=noise.seed if _is_int(noise.seed) else 0,
+            column=noise.column,
+            matrix=((1.0,),) if noise.kind == "matrix" and noise.matrix else None,
+        )
     except FernoiseError as e:
         flag = (e.flag or "").removeprefix("--")
-        key = {"kind": "kind", "rate": "rate", "seed": "seed", "column": "column", "matrix": "matrix",
-               "pairs": "pairs"}.get(flag, flag or "noise")
-        text = str(e).replace("--rate", "rate").replace("--kind", "kind").replace("--column", "column")
-        raise grid_error(path, f"{where}.{key}", text.replace("--matrix", "matrix").replace("--pairs", "pairs")) from None
-    except (TypeError, ValueError) as e:  # a matrix stub of the wrong shape is checked later, with the file
+        key = {
+            "kind": "kind",
+            "rate": "rate",
+            "seed": "seed",
+            "column": "column",
+            "matrix": "matrix",
+            "pairs": "pairs",
+        }.get(flag, flag or "noise")
+        text = (
+            str(e).replace("--rate", "rate").replace("--kind", "kind").replace("--column", "column")
+        )
+        raise grid_error(
+            path, f"{where}.{key}", text.replace("--matrix", "matrix").replace("--pairs", "pairs")
+        ) from None
+    except (
+        TypeError,
+        ValueError,
+    ) as e:  # a matrix stub of the wrong shape is checked later, with the file
         if noise.kind != "matrix":
             raise grid_error(path, where, str(e)) from None
     if noise.pairs is not None and not isinstance(noise.pairs, str):
@@ -304,35 +361,50 @@ def load_grid(path: str | os.PathLike) -> Grid:
 
     path = Path(path)
     if not path.is_file():
-        raise FernoiseError(f"grid file {path} does not exist; pass a .toml file such as grids/smoke.toml", flag="GRID")
+        raise FernoiseError(
+            f"grid file {path} does not exist; pass a .toml file such as grids/smoke.toml",
+            flag="GRID",
+        )
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Windows editors write a BOM
+        raw = tomllib.loads(
+            path.read_text(encoding="utf-8-sig")
+        )  # -sig: Windows editors write a BOM
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise FernoiseError(f"{path} is not valid TOML ({e})", flag="GRID") from None
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
-        raise grid_error(path, "top level", f"unknown key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}")
+        raise grid_error(
+            path, "top level", f"unknown key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}"
+        )
 
     valid_methods = method_names()
     methods = raw.get("methods")
     if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
-        raise grid_error(path, "methods", f"expected a list of method names from: {', '.join(valid_methods)}")
+        raise grid_error(
+            path, "methods", f"expected a list of method names from: {', '.join(valid_methods)}"
+        )
     for m in methods:
         if m not in valid_methods:
-            raise grid_error(path, "methods", f"unknown method {m!r}; valid: {', '.join(valid_methods)}")
+            raise grid_error(
+                path, "methods", f"unknown method {m!r}; valid: {', '.join(valid_methods)}"
+            )
     if len(set(methods)) != len(methods):
         raise grid_error(path, "methods", "a method is listed twice")
 
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
-        raise grid_error(path, "seeds", f"expected a list of non-negative integers, found {seeds!r}")
+        raise grid_error(
+            path, "seeds", f"expected a list of non-negative integers, found {seeds!r}"
+        )
     if len(set(seeds)) != len(seeds):
         raise grid_error(path, "seeds", "a seed is listed twice")
 
     pre_raw = raw.get("pretrained", ["none"])
     pre_raw = pre_raw if isinstance(pre_raw, list) else [pre_raw]
     if not pre_raw or not all(isinstance(p, str) and p for p in pre_raw):
-        raise grid_error(path, "pretrained", 'expected a list of "none", "latest" or paths to a file or folder')
+        raise grid_error(
+            path, "pretrained", 'expected a list of "none", "latest" or paths to a file or folder'
+        )
     pretrained = tuple(None if p == "none" else p for p in pre_raw)
     if len(set(pretrained)) != len(pretrained):
         raise grid_error(path, "pretrained", "a start is listed twice")
@@ -350,12 +422,20 @@ def load_grid(path: str | os.PathLike) -> Grid:
     for key, value in train_raw.items():
         if isinstance(value, dict):
             if key not in methods:
-                raise grid_error(path, f"train.{key}", f"a table here sets one method's options; {key!r} is not in methods ({', '.join(methods)})")
+                raise grid_error(
+                    path,
+                    f"train.{key}",
+                    f"a table here sets one method's options; {key!r} is not in methods ({', '.join(methods)})",
+                )
             opts = {}
             for k, v in value.items():
                 name, annotation, own = _option(path, f"train.{key}", k, known, [key])
                 if isinstance(v, list):
-                    raise grid_error(path, f"train.{key}.{k}", "per-method options take one value (lists are axes of [train])")
+                    raise grid_error(
+                        path,
+                        f"train.{key}.{k}",
+                        "per-method options take one value (lists are axes of [train])",
+                    )
                 opts[name] = _check_type(path, f"train.{key}.{k}", v, annotation)
                 if own:
                     method_keys.add(name)
@@ -376,18 +456,31 @@ def load_grid(path: str | os.PathLike) -> Grid:
         raise grid_error(path, "eval", "expected a table, e.g. [eval] cam = 0")
     bad = sorted(set(eval_raw) - set(EVAL_KEYS))
     if bad:
-        raise grid_error(path, "eval", f"unknown key {bad[0]!r}; valid keys: {', '.join(EVAL_KEYS)}")
+        raise grid_error(
+            path, "eval", f"unknown key {bad[0]!r}; valid keys: {', '.join(EVAL_KEYS)}"
+        )
     cam = eval_raw.get("cam", 0)
     if not _is_int(cam) or not 0 <= cam <= 64:
         raise grid_error(path, "eval.cam", f"expected 0..64 Grad-CAM faces, found {cam!r}")
 
-    counts = {"methods": len(methods), "seeds": len(seeds), "pretrained": len(pretrained), "noise": len(noise),
-              **{f"train.{k}": len(v) for k, v in axes.items()}}
+    counts = {
+        "methods": len(methods),
+        "seeds": len(seeds),
+        "pretrained": len(pretrained),
+        "noise": len(noise),
+        **{f"train.{k}": len(v) for k, v in axes.items()},
+    }
     n_cells = math.prod(counts.values())
-    if n_cells > MAX_CELLS:  # counted before expanding: a million cells would take minutes and gigabytes
+    if (
+        n_cells > MAX_CELLS
+    ):  # counted before expanding: a million cells would take minutes and gigabytes
         product = " x ".join(f"{n:,} {k}" for k, n in counts.items() if n > 1)
-        raise grid_error(path, "top level", f"{n_cells:,} cells ({product}); at most {MAX_CELLS:,} are allowed: split "
-                                            "the grid into several files (e.g. one per seed or method list)")
+        raise grid_error(
+            path,
+            "top level",
+            f"{n_cells:,} cells ({product}); at most {MAX_CELLS:,} are allowed: split "
+            "the grid into several files (e.g. one per seed or method list)",
+        )
 
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -396,9 +489,21 @@ def load_grid(path: str | os.PathLike) -> Grid:
     if manifest is not None and not isinstance(manifest, str):
         raise grid_error(path, "manifest", f"expected a path, found {manifest!r}")
     description = raw.get("description", "")
-    return Grid(path=path, name=name, description=str(description), manifest=manifest, methods=tuple(methods),
-                noise=tuple(noise), seeds=tuple(seeds), pretrained=pretrained, fixed=fixed, axes=axes,
-                per_method=per_method, method_keys=frozenset(method_keys), cam=cam)
+    return Grid(
+        path=path,
+        name=name,
+        description=str(description),
+        manifest=manifest,
+        methods=tuple(methods),
+        noise=tuple(noise),
+        seeds=tuple(seeds),
+        pretrained=pretrained,
+        fixed=fixed,
+        axes=axes,
+        per_method=per_method,
+        method_keys=frozenset(method_keys),
+        cam=cam,
+    )
 
 
 # ----------------------------------------------------------------------------- cells
@@ -446,7 +551,10 @@ def _tag(value: Any) -> str:
     import hashlib
     import json
 
-    return "-" + hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return (
+        "-"
+        + hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    )
 
 
 def _shorten(text: str) -> str:
@@ -486,7 +594,11 @@ def cell_names(cells: Sequence[Cell]) -> list[str]:
     ids = []
     for c in cells:
         n = c.noise
-        noise_tag = _tag([n.kind, n.rate, n.seed, norm(n.pairs), norm(n.matrix), n.column]) if n in noise_clash else ""
+        noise_tag = (
+            _tag([n.kind, n.rate, n.seed, norm(n.pairs), norm(n.matrix), n.column])
+            if n in noise_clash
+            else ""
+        )
         pre_tag = _tag(norm(c.pretrained)) if c.pretrained in pre_clash else ""
         ids.append(_shorten(c.plain_id(noise_tag, pre_tag)))
     seen: dict[str, int] = {}
@@ -494,7 +606,13 @@ def cell_names(cells: Sequence[Cell]) -> list[str]:
         seen[i] = seen.get(i, 0) + 1
     for k, c in enumerate(cells):
         if seen[ids[k]] > 1:
-            what = [c.method, repr(c.noise), c.seed, c.pretrained, [[o, repr(v)] for o, v in c.options]]
+            what = [
+                c.method,
+                repr(c.noise),
+                c.seed,
+                c.pretrained,
+                [[o, repr(v)] for o, v in c.options],
+            ]
             ids[k] = _shorten(ids[k][: MAX_ID - 7] + _tag(what))
     return ids
 
@@ -526,7 +644,9 @@ def expand(grid: Grid, *, root: Path | None = None) -> list[Cell]:
                     for method in grid.methods:
                         kw = {**grid.fixed, **dict(options), **grid.per_method.get(method, {})}
                         own = {k: kw.pop(k) for k in list(kw) if k in grid.method_keys}
-                        desc = f"{method}, {noise.label()}, seed {seed}" + "".join(f", {k}={v}" for k, v in options)
+                        desc = f"{method}, {noise.label()}, seed {seed}" + "".join(
+                            f", {k}={v}" for k, v in options
+                        )
                         try:
                             if own:
                                 kw["method_params"] = make_method_params(method, own)
@@ -534,7 +654,9 @@ def expand(grid: Grid, *, root: Path | None = None) -> list[Cell]:
                         except FernoiseError as e:
                             raise _config_error(grid, desc, e) from None
                         cells.append(Cell(len(cells), method, noise, seed, pre, options, cfg))
-    return [dataclasses.replace(c, name=name) for c, name in zip(cells, cell_names(cells), strict=True)]
+    return [
+        dataclasses.replace(c, name=name) for c, name in zip(cells, cell_names(cells), strict=True)
+    ]
 
 
 def shard_cells(cells: Sequence[Cell], shard: int, of: int) -> list[Cell]:

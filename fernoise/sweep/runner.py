@@ -59,8 +59,13 @@ def parse_gpus(text: str | None) -> list[str] | None:
     if text is None:
         return None
     gpus = [g.strip() for g in text.split(",") if g.strip()]
-    if not gpus or not all(re.fullmatch(r"\d+|GPU-[0-9a-fA-F-]+|MIG-[0-9a-fA-F/-]+", g) for g in gpus):
-        raise FernoiseError(f"expected GPU indices or UUIDs separated by commas (e.g. 0,1,2,3), found {text!r}", flag="--gpus")
+    if not gpus or not all(
+        re.fullmatch(r"\d+|GPU-[0-9a-fA-F-]+|MIG-[0-9a-fA-F/-]+", g) for g in gpus
+    ):
+        raise FernoiseError(
+            f"expected GPU indices or UUIDs separated by commas (e.g. 0,1,2,3), found {text!r}",
+            flag="--gpus",
+        )
     if len(set(gpus)) != len(gpus):
         raise FernoiseError(f"a GPU is listed twice in {text!r}", flag="--gpus")
     return gpus
@@ -117,13 +122,32 @@ class CellState:
     def to_json(self) -> dict[str, Any]:
         c = self.cell
         return {
-            "id": c.id, "index": c.index, "method": c.method, "noise": c.noise.label(), "noise_spec": asdict(c.noise),
-            "seed": c.seed, "pretrained": c.pretrained, "options": dict(c.options), "status": self.status,
-            "hit": self.hit, "run": self.run, "epoch": self.epoch, "epochs": self.epochs,
-            "images_per_s": self.images_per_s, "top1": self.top1, "val_selected_test_acc": self.val_selected,
-            "test_max_last5": list(self.max_last5) if self.max_last5 else None, "reason": self.reason,
-            "gpu": self.gpu, "visible_devices": self.visible_devices, "pid": self.pid, "shard": self.shard,
-            "host": self.host, "started": self.started, "finished": self.finished, "spec": self.spec,
+            "id": c.id,
+            "index": c.index,
+            "method": c.method,
+            "noise": c.noise.label(),
+            "noise_spec": asdict(c.noise),
+            "seed": c.seed,
+            "pretrained": c.pretrained,
+            "options": dict(c.options),
+            "status": self.status,
+            "hit": self.hit,
+            "run": self.run,
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "images_per_s": self.images_per_s,
+            "top1": self.top1,
+            "val_selected_test_acc": self.val_selected,
+            "test_max_last5": list(self.max_last5) if self.max_last5 else None,
+            "reason": self.reason,
+            "gpu": self.gpu,
+            "visible_devices": self.visible_devices,
+            "pid": self.pid,
+            "shard": self.shard,
+            "host": self.host,
+            "started": self.started,
+            "finished": self.finished,
+            "spec": self.spec,
         }
 
 
@@ -150,8 +174,14 @@ class Sweep:
         """What the cell's result depends on; a cell file of another spec is stale (another
         grid of the same name, or the manifest changed since)."""
         cfg = {k: v for k, v in asdict(cell.config).items() if k != "workers"}
-        return dict_hash({"config": cfg, "noise": asdict(cell.noise), "manifest": self.manifest_id,
-                          "cam": self.grid.cam})[:16]
+        return dict_hash(
+            {
+                "config": cfg,
+                "noise": asdict(cell.noise),
+                "manifest": self.manifest_id,
+                "cam": self.grid.cam,
+            }
+        )[:16]
 
     def cell_file(self, cell: Cell) -> Path:
         return self.state_dir / "cells" / f"{cell.id}.json"
@@ -170,12 +200,19 @@ def _check_manifest(grid: Grid, manifest: Path) -> str:
     if "label_clean" in names:
         raise FernoiseError(
             f"{manifest} is already corrupted (it has label_clean); a sweep adds its own noise to the clean "
-            "aligned manifest: pass that one", flag="MANIFEST")
+            "aligned manifest: pass that one",
+            flag="MANIFEST",
+        )
     if not meta.get("classes"):
-        raise FernoiseError(f"{manifest} has no class list in its metadata; make it with `fernoise align`", flag="MANIFEST")
+        raise FernoiseError(
+            f"{manifest} has no class list in its metadata; make it with `fernoise align`",
+            flag="MANIFEST",
+        )
     for i, n in enumerate(grid.noise):
         if n.kind == "column" and n.column not in names:
-            raise grid_error(grid.path, f"noise[{i}].column", f"{manifest.name} has no column {n.column!r}")
+            raise grid_error(
+                grid.path, f"noise[{i}].column", f"{manifest.name} has no column {n.column!r}"
+            )
     from fernoise.cache import file_sha256
 
     return meta.get("key") or file_sha256(manifest)
@@ -199,17 +236,30 @@ def _check_files(grid: Grid, root: Path) -> None:
             continue
         if p == "latest":
             if "pretrain" not in ws.read()["stages"]:
-                raise grid_error(grid.path, "pretrained", f'"latest" but {ws.lock_path} records no pretrain stage; run `fernoise pretrain` first')
+                raise grid_error(
+                    grid.path,
+                    "pretrained",
+                    f'"latest" but {ws.lock_path} records no pretrain stage; run `fernoise pretrain` first',
+                )
         elif not Path(_abs(p, root)).exists():
-            raise grid_error(grid.path, "pretrained", f"{_abs(p, root)} does not exist; valid: none, latest, a file or folder")
+            raise grid_error(
+                grid.path,
+                "pretrained",
+                f"{_abs(p, root)} does not exist; valid: none, latest, a file or folder",
+            )
 
 
 def _abs(p: str, root: Path) -> str:
     return p if Path(p).is_absolute() else str(root / p)
 
 
-def plan(grid_path: str | os.PathLike, manifest: str | os.PathLike | None = None, *,
-         workspace: Workspace | None = None, shard: tuple[int, int] = (1, 1)) -> Sweep:
+def plan(
+    grid_path: str | os.PathLike,
+    manifest: str | os.PathLike | None = None,
+    *,
+    workspace: Workspace | None = None,
+    shard: tuple[int, int] = (1, 1),
+) -> Sweep:
     """Load and check the grid, resolve the manifest (``manifest``, else the grid's, else the
     workspace's latest ``align`` output), build every cell. Writes nothing."""
     ws = workspace or Workspace()
@@ -221,7 +271,11 @@ def plan(grid_path: str | os.PathLike, manifest: str | os.PathLike | None = None
     else:
         path = ws.latest("align", what="manifest", flag="MANIFEST")
     if not path.exists() and manifest is None and grid.manifest is not None:
-        raise grid_error(grid.path, "manifest", f"{path} does not exist; make it with `fernoise align` or fix the path")
+        raise grid_error(
+            grid.path,
+            "manifest",
+            f"{path} does not exist; make it with `fernoise align` or fix the path",
+        )
     from fernoise.manifest import resolve_manifest
 
     path = resolve_manifest(path)
@@ -232,9 +286,18 @@ def plan(grid_path: str | os.PathLike, manifest: str | os.PathLike | None = None
     runs = ws.runs_dir()
     from fernoise.runindex import manifest_identity
 
-    return Sweep(grid=grid, manifest=path.resolve(), manifest_key=key, workspace=ws, runs_dir=runs.resolve(),
-                 cells=cells, mine=mine, shard=shard, state_dir=ws.root / "sweeps" / grid.name,
-                 manifest_id=dict_hash(manifest_identity(path))[:16])
+    return Sweep(
+        grid=grid,
+        manifest=path.resolve(),
+        manifest_key=key,
+        workspace=ws,
+        runs_dir=runs.resolve(),
+        cells=cells,
+        mine=mine,
+        shard=shard,
+        state_dir=ws.root / "sweeps" / grid.name,
+        manifest_id=dict_hash(manifest_identity(path))[:16],
+    )
 
 
 # ----------------------------------------------------------------------------- file lock
@@ -276,10 +339,16 @@ class _Corrupter:
             root = self.sweep.workspace.root
             try:
                 with _file_lock(root / ".fernoise" / "sweep-corrupt"):
-                    res = run_corrupt(self.sweep.manifest, kind=n.kind, rate=n.rate, seed=cell.noise_seed(),
-                                      pairs_file=_abs(n.pairs, root) if n.pairs else None,
-                                      matrix_file=_abs(n.matrix, root) if n.matrix else None,
-                                      column=n.column, workspace=self.sweep.workspace)
+                    res = run_corrupt(
+                        self.sweep.manifest,
+                        kind=n.kind,
+                        rate=n.rate,
+                        seed=cell.noise_seed(),
+                        pairs_file=_abs(n.pairs, root) if n.pairs else None,
+                        matrix_file=_abs(n.matrix, root) if n.matrix else None,
+                        column=n.column,
+                        workspace=self.sweep.workspace,
+                    )
                 self.done[key] = res.output
             except FernoiseError as e:
                 self.done[key] = e
@@ -320,8 +389,14 @@ def _stamp_state(sweep: Sweep, state: CellState) -> None:
     state.host = socket.gethostname()
 
 
-def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | None = None,
-        dry_run: bool = False, python: str | None = None) -> list[CellState]:
+def run(
+    sweep: Sweep,
+    *,
+    gpus: Sequence[str] | None = None,
+    update: Update | None = None,
+    dry_run: bool = False,
+    python: str | None = None,
+) -> list[CellState]:
     """Run this shard's cells: done ones are hits, the rest run in child processes (one per
     GPU in ``gpus``, else one at a time), a failed cell never stops the others. ``update`` is
     called with the sweep on every change and about twice a second. Returns this shard's
@@ -349,8 +424,12 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
             continue
         if check_done(sweep, cell, manifest, st):
             old = read_json(sweep.cell_file(cell))
-            same = isinstance(old, dict) and old.get("status") == "done" and \
-                old.get("spec") == st.spec and old.get("run") == st.run
+            same = (
+                isinstance(old, dict)
+                and old.get("status") == "done"
+                and old.get("spec") == st.spec
+                and old.get("run") == st.run
+            )
             if not same:  # a re-run of a finished sweep writes no cell file (who ran it stays)
                 _write_cell(sweep, st)
         else:
@@ -383,7 +462,9 @@ def run(sweep: Sweep, *, gpus: Sequence[str] | None = None, update: Update | Non
                         if done:
                             _write_cell(sweep, st)
                     if not done:
-                        _run_child(sweep, st, manifest, gpu, lock, children, python or sys.executable)
+                        _run_child(
+                            sweep, st, manifest, gpu, lock, children, python or sys.executable
+                        )
             except Exception as e:  # noqa: BLE001 - a crash here fails this cell, never the sweep
                 _crashed(sweep, st, e, lock)
             finally:
@@ -436,7 +517,9 @@ def _existing_noisy(sweep: Sweep, cell: Cell) -> Path | None:
         params = CorruptParams(kind="matrix", seed=cell.noise_seed(), matrix=((1.0,),))
         out = output_name(sweep.manifest, params, matrix_sha256=sha)
     else:
-        params = CorruptParams(kind=str(n.kind), rate=n.rate, seed=cell.noise_seed(), column=n.column)
+        params = CorruptParams(
+            kind=str(n.kind), rate=n.rate, seed=cell.noise_seed(), column=n.column
+        )
         out = output_name(sweep.manifest, params)
     return out if out.is_file() else None
 
@@ -454,14 +537,25 @@ def check_done_readonly(sweep: Sweep, cell: Cell, manifest: Path, state: CellSta
     return True
 
 
-def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, lock: threading.Lock,
-               children: dict[int, subprocess.Popen], python: str) -> None:
+def _run_child(
+    sweep: Sweep,
+    st: CellState,
+    manifest: Path,
+    gpu: str | None,
+    lock: threading.Lock,
+    children: dict[int, subprocess.Popen],
+    python: str,
+) -> None:
     """One cell in a child process (:mod:`fernoise.sweep.cell`): JSON events on its stdout,
     applied to ``st`` under ``lock`` (the main thread shows them)."""
     cell = st.cell
     spec = {
-        "manifest": str(manifest), "config": asdict(cell.config), "runs_dir": str(sweep.runs_dir),
-        "workspace": str(sweep.workspace.root), "cam": sweep.grid.cam, "parent": os.getpid(),
+        "manifest": str(manifest),
+        "config": asdict(cell.config),
+        "runs_dir": str(sweep.runs_dir),
+        "workspace": str(sweep.workspace.root),
+        "cam": sweep.grid.cam,
+        "parent": os.getpid(),
     }
     log = sweep.log_file(cell)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -470,17 +564,27 @@ def _run_child(sweep: Sweep, st: CellState, manifest: Path, gpu: str | None, loc
     env = worker_env(dict(os.environ), gpu, sweep.workspace.root)
     with open(log, "ab") as err:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        err.write(f"== {stamp} {st.host} sweep pid {os.getpid()} shard {st.shard} gpu {gpu}: cell {cell.id}\n".encode())
+        err.write(
+            f"== {stamp} {st.host} sweep pid {os.getpid()} shard {st.shard} gpu {gpu}: cell {cell.id}\n".encode()
+        )
         err.flush()
-        proc = subprocess.Popen([python, "-m", "fernoise.sweep.cell"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=err, env=env, cwd=sweep.workspace.root)
+        proc = subprocess.Popen(
+            [python, "-m", "fernoise.sweep.cell"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+            cwd=sweep.workspace.root,
+        )
         try:
             with lock:
                 st.pid = proc.pid
                 children[proc.pid] = proc
                 _write_cell(sweep, st)
             assert proc.stdin is not None and proc.stdout is not None
-            with contextlib.suppress(BrokenPipeError):  # a child that died at once: its exit code says so
+            with contextlib.suppress(
+                BrokenPipeError
+            ):  # a child that died at once: its exit code says so
                 proc.stdin.write(json.dumps(spec).encode())
                 proc.stdin.close()
             final: dict[str, Any] | None = None
@@ -517,7 +621,10 @@ def _crashed(sweep: Sweep, st: CellState, e: Exception, lock: threading.Lock) ->
     with lock:
         st.status, st.finished = "failed", time.time()
         st.reason = f"the sweep could not run this cell: {e.__class__.__name__}: {first}"
-        for write in (lambda: _write_cell(sweep, st), lambda: _append_log(sweep.log_file(st.cell), st.reason)):
+        for write in (
+            lambda: _write_cell(sweep, st),
+            lambda: _append_log(sweep.log_file(st.cell), st.reason),
+        ):
             with contextlib.suppress(OSError):
                 write()
 
@@ -541,7 +648,12 @@ def _apply_event(st: CellState, ev: dict[str, Any]) -> dict[str, Any] | None:
     if kind == "start":
         st.visible_devices = ev.get("cuda_visible_devices")
     elif kind == "epoch_start":
-        st.epoch, st.epochs, st.batch, st.batches = ev.get("epoch"), ev.get("epochs"), 0, ev.get("batches")
+        st.epoch, st.epochs, st.batch, st.batches = (
+            ev.get("epoch"),
+            ev.get("epochs"),
+            0,
+            ev.get("batches"),
+        )
     elif kind == "batch":
         st.batch, st.batches = ev.get("done"), ev.get("total")
         st.images_per_s = ev.get("images_per_s")
@@ -570,7 +682,11 @@ def eta_seconds(sweep: Sweep, slots: int = 1) -> float | None:
     projections), spread over ``slots`` parallel workers. None before anything is known."""
     now = time.time()
     states = list(sweep.states.values())
-    ran = [s.finished - s.started for s in states if s.status == "done" and not s.hit and s.started and s.finished]
+    ran = [
+        s.finished - s.started
+        for s in states
+        if s.status == "done" and not s.hit and s.started and s.finished
+    ]
     running = [s for s in states if s.status == "running" and s.started]
     projected = []
     remaining = 0.0
@@ -580,15 +696,32 @@ def eta_seconds(sweep: Sweep, slots: int = 1) -> float | None:
             total = (now - s.started) / frac
             projected.append(total)
             remaining += max(0.0, total - (now - s.started))
-    per_cell = (sum(ran) / len(ran)) if ran else (sum(projected) / len(projected) if projected else None)
+    per_cell = (
+        (sum(ran) / len(ran)) if ran else (sum(projected) / len(projected) if projected else None)
+    )
     queued = sum(1 for s in states if s.status == "queued")
     if per_cell is None:
         return 0.0 if not queued and not running else None
     return (remaining + queued * per_cell) / max(1, slots)
 
 
-TABLE_COLUMNS = ("index", "id", "method", "noise", "seed", "pretrained", "options", "status", "top1",
-                 "val_selected_test_acc", "test_max", "test_last5", "run", "shard", "reason")
+TABLE_COLUMNS = (
+    "index",
+    "id",
+    "method",
+    "noise",
+    "seed",
+    "pretrained",
+    "options",
+    "status",
+    "top1",
+    "val_selected_test_acc",
+    "test_max",
+    "test_last5",
+    "run",
+    "shard",
+    "reason",
+)
 
 
 def read_cells(sweep: Sweep) -> list[dict[str, Any]]:
@@ -600,8 +733,10 @@ def read_cells(sweep: Sweep) -> list[dict[str, Any]]:
         spec = sweep.spec(cell)
         if not isinstance(data, dict) or data.get("spec") != spec:
             st = sweep.states.get(cell.index)
-            if st is None or st.status == "queued" or st.spec != spec:  # this process's state when its file
-                st = CellState(cell)                                    # could not be written
+            if (
+                st is None or st.status == "queued" or st.spec != spec
+            ):  # this process's state when its file
+                st = CellState(cell)  # could not be written
                 st.spec = spec
             data = st.to_json()
         rows.append(data)
@@ -612,14 +747,25 @@ def table_rows(sweep: Sweep) -> list[dict[str, Any]]:
     out = []
     for d in read_cells(sweep):
         ml = d.get("test_max_last5") or [None, None]
-        out.append({
-            "index": d["index"], "id": d["id"], "method": d["method"], "noise": d["noise"], "seed": d["seed"],
-            "pretrained": d.get("pretrained") or "none",
-            "options": " ".join(f"{k}={v}" for k, v in (d.get("options") or {}).items()),
-            "status": d["status"], "top1": d.get("top1"), "val_selected_test_acc": d.get("val_selected_test_acc"),
-            "test_max": ml[0], "test_last5": ml[1], "run": d.get("run"), "shard": d.get("shard"),
-            "reason": d.get("reason") or "",
-        })
+        out.append(
+            {
+                "index": d["index"],
+                "id": d["id"],
+                "method": d["method"],
+                "noise": d["noise"],
+                "seed": d["seed"],
+                "pretrained": d.get("pretrained") or "none",
+                "options": " ".join(f"{k}={v}" for k, v in (d.get("options") or {}).items()),
+                "status": d["status"],
+                "top1": d.get("top1"),
+                "val_selected_test_acc": d.get("val_selected_test_acc"),
+                "test_max": ml[0],
+                "test_last5": ml[1],
+                "run": d.get("run"),
+                "shard": d.get("shard"),
+                "reason": d.get("reason") or "",
+            }
+        )
     return out
 
 
@@ -639,14 +785,46 @@ def write_table(sweep: Sweep) -> tuple[Path, Path]:
         for r in rows:
             w.writerow({k: ("" if r[k] is None else r[k]) for k in TABLE_COLUMNS})
         _write_table_file(sweep, csv_path, buf.getvalue())
-        head = ["#", "method", "noise", "seed", "pretrained", "options", "status", "top-1 %", "val-sel %",
-                "max / last-5 %", "reason"]
-        lines = [f"# sweep {sweep.grid.name}", "", f"grid: `{sweep.grid.path}`  manifest: `{sweep.manifest}`", "",
-                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        head = [
+            "#",
+            "method",
+            "noise",
+            "seed",
+            "pretrained",
+            "options",
+            "status",
+            "top-1 %",
+            "val-sel %",
+            "max / last-5 %",
+            "reason",
+        ]
+        lines = [
+            f"# sweep {sweep.grid.name}",
+            "",
+            f"grid: `{sweep.grid.path}`  manifest: `{sweep.manifest}`",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
         for r in rows:
-            ml = f"{_pct(r['test_max'])} / {_pct(r['test_last5'])}" if r["test_max"] is not None else ""
-            cells = [str(r["index"] + 1), r["method"], r["noise"], str(r["seed"]), r["pretrained"], r["options"],
-                     r["status"], _pct(r["top1"]), _pct(r["val_selected_test_acc"]), ml, r["reason"].replace("|", "/")]
+            ml = (
+                f"{_pct(r['test_max'])} / {_pct(r['test_last5'])}"
+                if r["test_max"] is not None
+                else ""
+            )
+            cells = [
+                str(r["index"] + 1),
+                r["method"],
+                r["noise"],
+                str(r["seed"]),
+                r["pretrained"],
+                r["options"],
+                r["status"],
+                _pct(r["top1"]),
+                _pct(r["val_selected_test_acc"]),
+                ml,
+                r["reason"].replace("|", "/"),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         _write_table_file(sweep, md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
@@ -660,8 +838,10 @@ def _write_table_file(sweep: Sweep, path: Path, text: str) -> None:
             raise IsADirectoryError(21, "a folder is in its place", str(path))
         atomic_write_text(path, text)
     except OSError as e:
-        note = (f"{path} was not written ({e.strerror or e.__class__.__name__}); the cells' results are in "
-                f"{sweep.state_dir / 'cells'}: move it away and re-run the sweep to write the table")
+        note = (
+            f"{path} was not written ({e.strerror or e.__class__.__name__}); the cells' results are in "
+            f"{sweep.state_dir / 'cells'}: move it away and re-run the sweep to write the table"
+        )
         if note not in sweep.notes:
             sweep.notes.append(note)
 
@@ -683,4 +863,6 @@ def check_gpu_devices(cells: Sequence[Cell], gpus: Sequence[str] | None) -> None
         if dev.startswith("cuda:") and dev != "cuda:0":
             raise FernoiseError(
                 f"cell {c.id} asks for {dev}, but with --gpus each cell sees one GPU (cuda:0); "
-                'use device = "auto" or "cuda" in the grid', flag="--gpus")
+                'use device = "auto" or "cuda" in the grid',
+                flag="--gpus",
+            )

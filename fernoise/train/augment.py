@@ -55,8 +55,6 @@ METHOD_VIEWS = ("scn", "eac1", "eac2")
 _MASK32 = 0xFFFFFFFF
 
 
-
-
 # ----------------------------------------------------------------------------- draws (CPU)
 @dataclass(frozen=True)
 class Draws:
@@ -120,7 +118,9 @@ def draw(seeds: np.ndarray, names, randaug: RandAugment | None, size: int | None
         names = ("weak", "strong") if names else ("weak",)
     names = tuple(names)
     if "strong" in names and "weak" in names and names.index("strong") < names.index("weak"):
-        raise ValueError("draw: 'weak' must come before 'strong' (the strong view is built on the weak one)")
+        raise ValueError(
+            "draw: 'weak' must come before 'strong' (the strong view is built on the weak one)"
+        )
     n = len(seeds)
     strong = "strong" in names
     wants_weak = strong or "weak" in names
@@ -185,8 +185,12 @@ def weak_batch(images: torch.Tensor, d: Draws) -> torch.Tensor:
     x = images.permute(0, 3, 1, 2)
     padded = torch.zeros((n, 3, h + 2 * PAD, w + 2 * PAD), dtype=torch.uint8, device=dev)
     padded[:, :, PAD : PAD + h, PAD : PAD + w] = x
-    rows = torch.from_numpy(d.dy).to(dev).view(n, 1) + torch.arange(h, device=dev).view(1, h)  # (N, H)
-    cols = torch.from_numpy(d.dx).to(dev).view(n, 1) + torch.arange(w, device=dev).view(1, w)  # (N, W)
+    rows = torch.from_numpy(d.dy).to(dev).view(n, 1) + torch.arange(h, device=dev).view(
+        1, h
+    )  # (N, H)
+    cols = torch.from_numpy(d.dx).to(dev).view(n, 1) + torch.arange(w, device=dev).view(
+        1, w
+    )  # (N, W)
     flip = torch.from_numpy(d.flip).to(dev).view(n, 1)
     cols = torch.where(flip, cols.flip(1), cols)
     b = torch.arange(n, device=dev).view(n, 1, 1)
@@ -206,8 +210,13 @@ def randaug_batch(x: torch.Tensor, d: Draws, randaug: RandAugment) -> torch.Tens
             name, mag, _ = randaug.ops[op]
             if name == "Identity":
                 continue
-            x[idx] = _aa._apply_op(x[idx], name, -mag if neg else mag, interpolation=InterpolationMode.NEAREST,
-                                   fill=None)
+            x[idx] = _aa._apply_op(
+                x[idx],
+                name,
+                -mag if neg else mag,
+                interpolation=InterpolationMode.NEAREST,
+                fill=None,
+            )
     return x
 
 
@@ -255,7 +264,9 @@ def method_view_batch(x: torch.Tensor, d: ViewDraws) -> torch.Tensor:
     if len(rows):
         idx = torch.from_numpy(rows).to(dev)
         z = noise_field(torch.from_numpy(d.keys[rows]), (c, h, w), dev)
-        noisy = (out[idx].float() + z * float(np.sqrt(_views.NOISE_VAR))).clamp_(0, 255).to(torch.uint8)
+        noisy = (
+            (out[idx].float() + z * float(np.sqrt(_views.NOISE_VAR))).clamp_(0, 255).to(torch.uint8)
+        )
         out = out.clone() if out is x else out
         out[idx] = noisy
     if d.box[:, 2].any():
@@ -264,7 +275,7 @@ def method_view_batch(x: torch.Tensor, d: ViewDraws) -> torch.Tensor:
         ar_w = torch.arange(w, device=dev).view(1, w)
         in_r = (ar_h >= box[:, 0:1]) & (ar_h < box[:, 0:1] + box[:, 2:3])  # (N, H)
         in_c = (ar_w >= box[:, 1:2]) & (ar_w < box[:, 1:2] + box[:, 3:4])  # (N, W)
-        mask = (in_r.view(n, 1, h, 1) & in_c.view(n, 1, 1, w))
+        mask = in_r.view(n, 1, h, 1) & in_c.view(n, 1, 1, w)
         fill = torch.tensor(_views.ERASE_FILL, dtype=torch.uint8, device=dev).view(1, 3, 1, 1)
         out = torch.where(mask, fill, out)
     return out.contiguous()
@@ -305,8 +316,15 @@ class DeviceViews:
     draws can be made ahead (:meth:`draws`, CPU only, e.g. in a thread) and passed in.
     """
 
-    def __init__(self, images: np.ndarray, size: int, randaug_magnitude: int, device: torch.device,
-                 *, memory_share: float = 0.5):
+    def __init__(
+        self,
+        images: np.ndarray,
+        size: int,
+        randaug_magnitude: int,
+        device: torch.device,
+        *,
+        memory_share: float = 0.5,
+    ):
         self.images = DeviceImages(images, device, memory_share=memory_share)
         self.size = size
         self.randaug = RandAugment(size, randaug_magnitude)
@@ -314,7 +332,9 @@ class DeviceViews:
     def draws(self, seeds: np.ndarray, names) -> dict:
         return draw(seeds, names, self.randaug, self.size)
 
-    def __call__(self, positions: np.ndarray, seeds: np.ndarray, names, draws: dict | None = None) -> dict:
+    def __call__(
+        self, positions: np.ndarray, seeds: np.ndarray, names, draws: dict | None = None
+    ) -> dict:
         if isinstance(names, bool):  # (positions, seeds, strong)
             names = ("weak", "strong") if names else ("weak",)
         d = draws if draws is not None else self.draws(seeds, names)
@@ -344,7 +364,9 @@ def resolve_augment(augment: str, device: str) -> str:
     if augment not in AUGMENT:
         from fernoise.errors import FernoiseError
 
-        raise FernoiseError(f"expected one of {', '.join(AUGMENT)}, got {augment!r}", flag="--augment")
+        raise FernoiseError(
+            f"expected one of {', '.join(AUGMENT)}, got {augment!r}", flag="--augment"
+        )
     if augment != "auto":
         return augment
     return "device"

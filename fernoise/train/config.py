@@ -96,10 +96,15 @@ class TrainConfig:
         if self.method_params is None:
             object.__setattr__(self, "method_params", cls.Params())
         elif isinstance(self.method_params, dict):  # e.g. asdict(cfg) read back from JSON
-            object.__setattr__(self, "method_params", methods.params_from_dict(self.method, self.method_params))
+            object.__setattr__(
+                self, "method_params", methods.params_from_dict(self.method, self.method_params)
+            )
         elif not isinstance(self.method_params, cls.Params):
-            raise FernoiseError(f"method_params of {self.method} must be {cls.Params.__name__}, got "
-                                f"{type(self.method_params).__name__}", flag="--method")
+            raise FernoiseError(
+                f"method_params of {self.method} must be {cls.Params.__name__}, got "
+                f"{type(self.method_params).__name__}",
+                flag="--method",
+            )
         for name in ("epochs", "batch_size", "lr_backbone", "lr_head", "weight_decay"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, getattr(cls.optim, name))
@@ -107,17 +112,32 @@ class TrainConfig:
             object.__setattr__(self, "lr_decay", cls.optim.lr_decay)
         if self.warmup is None and isinstance(self.epochs, int):
             object.__setattr__(self, "warmup", cls.default_warmup(self.epochs))
-        for name, flag in (("epochs", "--epochs"), ("batch_size", "--batch-size"), ("devices", "--devices")):
+        for name, flag in (
+            ("epochs", "--epochs"),
+            ("batch_size", "--batch-size"),
+            ("devices", "--devices"),
+        ):
             if getattr(self, name) < 1:
                 raise FernoiseError(f"expected at least 1, got {getattr(self, name)}", flag=flag)
         if self.batch_size < 2:
-            views = f"; {self.method} needs {len(cls.views)} views per sample ({', '.join(cls.views)})" if len(cls.views) > 1 else ""
-            raise FernoiseError(f"expected at least 2, got {self.batch_size} (BatchNorm and the per-batch statistics "
-                                f"need a batch{views})", flag="--batch-size")
+            views = (
+                f"; {self.method} needs {len(cls.views)} views per sample ({', '.join(cls.views)})"
+                if len(cls.views) > 1
+                else ""
+            )
+            raise FernoiseError(
+                f"expected at least 2, got {self.batch_size} (BatchNorm and the per-batch statistics "
+                f"need a batch{views})",
+                flag="--batch-size",
+            )
         if not 16 <= self.image_size <= 1024:  # 1024: over 4x the 224 px ResNet-18 was made for
             raise FernoiseError(f"expected 16..1024 px, got {self.image_size}", flag="--image-size")
-        if self.devices > 1024:  # above any one launch; a typo (10000) is refused before spawning anything
-            raise FernoiseError(f"expected at most 1024 devices, got {self.devices}", flag="--devices")
+        if (
+            self.devices > 1024
+        ):  # above any one launch; a typo (10000) is refused before spawning anything
+            raise FernoiseError(
+                f"expected at most 1024 devices, got {self.devices}", flag="--devices"
+            )
         if not 0 <= self.warmup <= self.epochs:
             raise FernoiseError(
                 f"expected 0..{self.epochs} (--epochs), got {self.warmup}; lower --warmup or raise --epochs",
@@ -128,24 +148,39 @@ class TrainConfig:
             if not (v > 0 and math.isfinite(v)):
                 raise FernoiseError(f"expected a positive learning rate, got {v}", flag=flag)
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise FernoiseError(f"expected 0 or more, got {self.weight_decay}", flag="--weight-decay")
+            raise FernoiseError(
+                f"expected 0 or more, got {self.weight_decay}", flag="--weight-decay"
+            )
         if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
-            raise FernoiseError(f"expected a factor in (0, 1], got {self.lr_decay}", flag="--lr-decay")
+            raise FernoiseError(
+                f"expected a factor in (0, 1], got {self.lr_decay}", flag="--lr-decay"
+            )
         if not 0 <= self.randaug_magnitude <= 30:
-            raise FernoiseError(f"expected 0..30, got {self.randaug_magnitude}", flag="--randaug-magnitude")
+            raise FernoiseError(
+                f"expected 0..30, got {self.randaug_magnitude}", flag="--randaug-magnitude"
+            )
         if self.precision not in PRECISIONS:
-            raise FernoiseError(f"expected one of {', '.join(PRECISIONS)}, got {self.precision!r}", flag="--precision")
+            raise FernoiseError(
+                f"expected one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+                flag="--precision",
+            )
         if not 0 <= self.val_fraction < 1:
-            raise FernoiseError(f"expected a fraction in [0, 1), got {self.val_fraction}", flag="--val-fraction")
+            raise FernoiseError(
+                f"expected a fraction in [0, 1), got {self.val_fraction}", flag="--val-fraction"
+            )
         if self.workers is not None and self.workers < 0:
             raise FernoiseError(f"expected 0 or more, got {self.workers}", flag="--workers")
         if self.augment not in ("auto", "device", "workers"):
-            raise FernoiseError(f"expected one of auto, device, workers, got {self.augment!r}", flag="--augment")
+            raise FernoiseError(
+                f"expected one of auto, device, workers, got {self.augment!r}", flag="--augment"
+            )
         if self.max_rows is not None and self.max_rows < 2:
             raise FernoiseError(f"expected at least 2 rows, got {self.max_rows}", flag="--max-rows")
         if self.pretrained_partial and not self.pretrained:
-            raise FernoiseError("has no effect without --pretrained; pass the file too, or drop it",
-                                flag="--pretrained-partial")
+            raise FernoiseError(
+                "has no effect without --pretrained; pass the file too, or drop it",
+                flag="--pretrained-partial",
+            )
         check_device_name(self.device)
 
     def method_params_dict(self) -> dict[str, Any]:

@@ -139,8 +139,13 @@ def _resolve_paths(m: Manifest, rel: pd.Series) -> tuple[list[str], list[str]]:
     return paths, outside
 
 
-def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | os.PathLike | None = None,
-         workspace: Workspace | None = None) -> Plan:
+def plan(
+    manifest_path: str | os.PathLike,
+    cfg: TrainConfig,
+    *,
+    runs_dir: str | os.PathLike | None = None,
+    workspace: Workspace | None = None,
+) -> Plan:
     """Read and check the manifest and the configuration; compute the key and the run folder.
 
     Raises FernoiseError (naming the flag) on any bad input; writes nothing.
@@ -157,10 +162,15 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         )
     classes = m.classes
     if not classes:
-        raise FernoiseError(f"{m.path} has no class list in its metadata; make it with `fernoise align`", flag="MANIFEST")
+        raise FernoiseError(
+            f"{m.path} has no class list in its metadata; make it with `fernoise align`",
+            flag="MANIFEST",
+        )
     C = len(classes)
     if C < 2:
-        raise FernoiseError(f"{m.path} has {C} class ({classes}); training needs at least 2", flag="MANIFEST")
+        raise FernoiseError(
+            f"{m.path} has {C} class ({classes}); training needs at least 2", flag="MANIFEST"
+        )
     # The method checks its parameters against C (e.g. --k) and resolves those that depend on it
     # (ncctfer's k None = min(4, C - 1)); config.json and the key record the resolved values.
     heads, resolved = method_heads(cfg, C)
@@ -179,8 +189,10 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
             f"({', '.join(edited)} differ from its recorded digests); the run is keyed on its content"
         )
     if cfg.val_clean and "label_clean" not in m.df.columns:
-        raise FernoiseError(f"{m.path} has no label_clean column (it was not corrupted); drop --val-clean",
-                            flag="--val-clean")
+        raise FernoiseError(
+            f"{m.path} has no label_clean column (it was not corrupted); drop --val-clean",
+            flag="--val-clean",
+        )
 
     from fernoise.manifest import unknown_splits
 
@@ -197,17 +209,25 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     n_train_all = len(train)
     if cfg.max_rows is not None and cfg.max_rows < len(train):
         train = train.loc[_subset(train, cfg.max_rows, cfg.seed)]
-        notes.append(f"--max-rows: a stratified subset of {len(train):,} of {n_train_all:,} training rows (seed {cfg.seed})")
+        notes.append(
+            f"--max-rows: a stratified subset of {len(train):,} of {n_train_all:,} training rows (seed {cfg.seed})"
+        )
     counts = np.bincount(train["label"].astype(int), minlength=C)
     for c in np.flatnonzero(counts == 0):
-        warnings.append(f"class {classes[c]!r} has no training samples; training continues without it")
+        warnings.append(
+            f"class {classes[c]!r} has no training samples; training continues without it"
+        )
 
     val = rows[(rows["split"] == "val") & labelled]
     val_ids, val_source, val_fraction = None, "split", None
     if val.empty and cfg.val_fraction > 0:
         carved = _carve_val(train, cfg.val_fraction, cfg.seed)
         val, train = train.loc[carved], train.drop(carved)
-        val_ids, val_source, val_fraction = rows.loc[carved, "id"].tolist(), "carved", cfg.val_fraction
+        val_ids, val_source, val_fraction = (
+            rows.loc[carved, "id"].tolist(),
+            "carved",
+            cfg.val_fraction,
+        )
     elif val.empty:
         val_source = "none"
     noisy_source = find_stage(m.meta, "corrupt") is not None or "label_clean" in rows.columns
@@ -221,10 +241,16 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         notes.append(
             f"validation: {len(val):,} rows carved from the training split keep their "
             f"{'noisy ' if noisy_source else ''}training labels, so val_acc measures agreement with them"
-            + ("; --val-clean validates on label_clean instead" if "label_clean" in rows.columns else "")
+            + (
+                "; --val-clean validates on label_clean instead"
+                if "label_clean" in rows.columns
+                else ""
+            )
         )
     elif cfg.val_clean:
-        notes.append(f"validation: {len(val):,} rows scored against label_clean (oracle-clean, --val-clean)")
+        notes.append(
+            f"validation: {len(val):,} rows scored against label_clean (oracle-clean, --val-clean)"
+        )
     test = rows[(rows["split"] == "test") & labelled]
     if len(train) < 2:
         raise FernoiseError(
@@ -232,7 +258,9 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
             "(one batch of 2); add rows, or lower --val-fraction",
             flag="MANIFEST",
         )
-    test_counts = np.bincount(test["label"].astype(int), minlength=C) if len(test) else np.zeros(C, int)
+    test_counts = (
+        np.bincount(test["label"].astype(int), minlength=C) if len(test) else np.zeros(C, int)
+    )
     trained = np.bincount(train["label"].astype(int), minlength=C)
     unseen = [classes[c] for c in np.flatnonzero((test_counts > 0) & (trained == 0))]
     if unseen:
@@ -247,7 +275,11 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
             f"{len(outside):,} crop paths resolve outside the manifest's folder {m.root.resolve()}, "
             f"e.g. {outside[0]!r}; they are read as given"
         )
-    shas = rows["crop_sha256"].where(rows["crop_sha256"].notna(), None).tolist() if "crop_sha256" in rows.columns else None
+    shas = (
+        rows["crop_sha256"].where(rows["crop_sha256"].notna(), None).tolist()
+        if "crop_sha256" in rows.columns
+        else None
+    )
 
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -260,18 +292,29 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
         from fernoise.model import FerNet
         from fernoise.train.weights import load_backbone
 
-        source, report = load_backbone(FerNet().backbone, cfg.pretrained, partial=cfg.pretrained_partial,
-                                       workspace=ws)
+        source, report = load_backbone(
+            FerNet().backbone, cfg.pretrained, partial=cfg.pretrained_partial, workspace=ws
+        )
         pretrained, pre_kind = str(source.path.resolve()), source.kind
         pre_sha, pre_report = file_sha256(pretrained), report.as_dict()
     world = _world(cfg)
     key_params = {
-        "method": cfg.method, "method_params": cfg.method_params_dict(), "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size, "image_size": cfg.image_size, "warmup": cfg.warmup,
-        "lr_backbone": cfg.lr_backbone, "lr_head": cfg.lr_head, "weight_decay": cfg.weight_decay,
+        "method": cfg.method,
+        "method_params": cfg.method_params_dict(),
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "image_size": cfg.image_size,
+        "warmup": cfg.warmup,
+        "lr_backbone": cfg.lr_backbone,
+        "lr_head": cfg.lr_head,
+        "weight_decay": cfg.weight_decay,
         "lr_decay": cfg.lr_decay,
-        "randaug_magnitude": cfg.randaug_magnitude, "pretrained_sha256": pre_sha, "seed": cfg.seed,
-        "precision": precision, "val_fraction": val_fraction, "world_size": world,
+        "randaug_magnitude": cfg.randaug_magnitude,
+        "pretrained_sha256": pre_sha,
+        "seed": cfg.seed,
+        "precision": precision,
+        "val_fraction": val_fraction,
+        "world_size": world,
     }
     if cfg.val_clean:  # only when set: keys of runs without it stay as they were
         key_params["val_clean"] = True
@@ -292,34 +335,73 @@ def plan(manifest_path: str | os.PathLike, cfg: TrainConfig, *, runs_dir: str | 
     if cfg.val_clean:  # oracle-clean validation: the val rows' labels are their clean labels
         vpos = val.index.to_numpy(np.int64)
         labels[vpos] = rows["label_clean"].iloc[vpos].fillna(-1).astype(np.int64).to_numpy()
-    is_noisy = rows["is_noisy"].fillna(False).astype(bool).to_numpy() if "is_noisy" in rows.columns else None
+    is_noisy = (
+        rows["is_noisy"].fillna(False).astype(bool).to_numpy()
+        if "is_noisy" in rows.columns
+        else None
+    )
     config = {
         **{k: v for k, v in asdict(cfg).items() if k not in ("devices",)},
-        "k": getattr(cfg.method_params, "k", None), "heads": heads,
-        "pretrained": pretrained, "pretrained_kind": pre_kind, "pretrained_given": cfg.pretrained,
-        "pretrained_sha256": pre_sha, "pretrained_report": pre_report,
-        "precision": precision, "precision_requested": cfg.precision,
-        "augment": augment, "augment_requested": cfg.augment, "compile": cfg.compile,
-        "device": device, "device_requested": cfg.device, "world_size": world,
-        "val_fraction": val_fraction, "val_fraction_requested": cfg.val_fraction, "val_source": val_source,
-        "manifest": str(Path(m.path).resolve()), "manifest_key": key_in, "manifest_content": content,
-        "val_labels": val_labels, "max_rows": cfg.max_rows, "n_train_available": n_train_all,
-        "classes": classes, "label_space": m.meta.get("label_space"), "num_classes": C,
+        "k": getattr(cfg.method_params, "k", None),
+        "heads": heads,
+        "pretrained": pretrained,
+        "pretrained_kind": pre_kind,
+        "pretrained_given": cfg.pretrained,
+        "pretrained_sha256": pre_sha,
+        "pretrained_report": pre_report,
+        "precision": precision,
+        "precision_requested": cfg.precision,
+        "augment": augment,
+        "augment_requested": cfg.augment,
+        "compile": cfg.compile,
+        "device": device,
+        "device_requested": cfg.device,
+        "world_size": world,
+        "val_fraction": val_fraction,
+        "val_fraction_requested": cfg.val_fraction,
+        "val_source": val_source,
+        "manifest": str(Path(m.path).resolve()),
+        "manifest_key": key_in,
+        "manifest_content": content,
+        "val_labels": val_labels,
+        "max_rows": cfg.max_rows,
+        "n_train_available": n_train_all,
+        "classes": classes,
+        "label_space": m.meta.get("label_space"),
+        "num_classes": C,
         "two_heads": "ncc" in heads,  # the field older run folders have; "heads" names them all
         "views": list(_method_class(cfg).views),
         "noise": dict(corrupt["params"]) if corrupt else None,
         "align": dict(align["params"]) if align else None,
-        "n_train": len(train), "n_val": len(val), "n_test": len(test),
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(test),
         "train_class_counts": np.bincount(train["label"].astype(int), minlength=C).tolist(),
-        "stage_version": VERSION, "fernoise_version": __version__, "key": key,
+        "stage_version": VERSION,
+        "fernoise_version": __version__,
+        "key": key,
     }
     return Plan(
-        cfg=cfg, manifest=m, device=device, precision=precision, key=key, run_dir=run_dir,
-        config=config, key_params=key_params, rows=rows,
-        train_pos=train.index.to_numpy(np.int64), val_pos=val.index.to_numpy(np.int64),
-        test_pos=test.index.to_numpy(np.int64), labels=labels, is_noisy=is_noisy,
-        val_ids=val_ids, warnings=warnings, notes=notes, paths=paths,
-        cache_dir=ws.root / ".fernoise" / "arrays", shas=shas,
+        cfg=cfg,
+        manifest=m,
+        device=device,
+        precision=precision,
+        key=key,
+        run_dir=run_dir,
+        config=config,
+        key_params=key_params,
+        rows=rows,
+        train_pos=train.index.to_numpy(np.int64),
+        val_pos=val.index.to_numpy(np.int64),
+        test_pos=test.index.to_numpy(np.int64),
+        labels=labels,
+        is_noisy=is_noisy,
+        val_ids=val_ids,
+        warnings=warnings,
+        notes=notes,
+        paths=paths,
+        cache_dir=ws.root / ".fernoise" / "arrays",
+        shas=shas,
     )
 
 
@@ -331,7 +413,9 @@ def method_heads(cfg: TrainConfig, num_classes: int) -> tuple[list[str], Any]:
 
     from fernoise import methods
 
-    method = methods.create(cfg.method, cfg.method_params, num_classes=num_classes, image_size=cfg.image_size)
+    method = methods.create(
+        cfg.method, cfg.method_params, num_classes=num_classes, image_size=cfg.image_size
+    )
     with torch.device("meta"):
         model = methods.build_model(method)
     return [name for name, _ in model.named_children() if name != "backbone"], method.params
@@ -375,7 +459,9 @@ def other_rows(p: Plan) -> bool:
     recorded = read_json(p.run_dir / "config.json")
     if not isinstance(recorded, dict):
         return False
-    theirs = recorded.get("skipped_rows_sha256") or ("unknown" if recorded.get("skipped_crops") else None)
+    theirs = recorded.get("skipped_rows_sha256") or (
+        "unknown" if recorded.get("skipped_crops") else None
+    )
     return theirs != p.config.get("skipped_rows_sha256")
 
 
@@ -400,7 +486,9 @@ def train(
         hit = runindex.lookup(manifest_path, cfg, runs_dir=runs_dir, workspace=workspace)
         if hit is not None:
             return hit
-    result = _train(manifest_path, cfg, runs_dir=runs_dir, workspace=workspace, progress=progress, force=force)
+    result = _train(
+        manifest_path, cfg, runs_dir=runs_dir, workspace=workspace, progress=progress, force=force
+    )
     if os.environ.get("RANK", "0") == "0":  # rank 0 only under torch.distributed
         runindex.record(manifest_path, cfg, result, runs_dir=runs_dir, workspace=workspace)
     return result
@@ -420,25 +508,40 @@ def _train(manifest_path, cfg: TrainConfig, *, runs_dir, workspace, progress, fo
             hit = not force and is_cached(p)
         if not hit:
             ws_root = str(workspace.root) if workspace is not None else None
-            distributed.spawn(cfg.devices, _train_rank, manifest_path, cfg, runs_dir, force, ws_root)
+            distributed.spawn(
+                cfg.devices, _train_rank, manifest_path, cfg, runs_dir, force, ws_root
+            )
         if workspace is not None:
             workspace.record("train", key=p.key, output=p.run_dir, params=p.key_params)
         return StageResult("train", p.key, p.run_dir, hit, time.perf_counter() - t0)
-    return _train_rank(manifest_path, cfg, runs_dir, force, workspace=workspace, progress=progress, p=p)
+    return _train_rank(
+        manifest_path, cfg, runs_dir, force, workspace=workspace, progress=progress, p=p
+    )
 
 
-def _train_rank(manifest_path, cfg, runs_dir, force, ws_root=None, *, workspace=None, progress=None, p=None) -> StageResult:
+def _train_rank(
+    manifest_path, cfg, runs_dir, force, ws_root=None, *, workspace=None, progress=None, p=None
+) -> StageResult:
     from fernoise import distributed
 
-    p = p or plan(manifest_path, cfg, runs_dir=runs_dir, workspace=Workspace(ws_root) if ws_root else workspace)
+    p = p or plan(
+        manifest_path,
+        cfg,
+        runs_dir=runs_dir,
+        workspace=Workspace(ws_root) if ws_root else workspace,
+    )
     env = distributed.from_env()
     distributed.init(env, p.device.split(":")[0])
     try:
         t0 = time.perf_counter()
         hit = distributed.broadcast(not force and is_cached(p), env)
         images = None
-        if not hit:  # which rows are usable is part of the key (key_inputs): decode, then look again
-            images = _images(p, env, progress if (progress and env.is_main) else (lambda event: None))
+        if (
+            not hit
+        ):  # which rows are usable is part of the key (key_inputs): decode, then look again
+            images = _images(
+                p, env, progress if (progress and env.is_main) else (lambda event: None)
+            )
             if p.config.get("skipped_crops"):
                 hit = distributed.broadcast(not force and is_cached(p), env)
         fresh = force or other_rows(p)  # never resume another row set's checkpoint
@@ -446,9 +549,13 @@ def _train_rank(manifest_path, cfg, runs_dir, force, ws_root=None, *, workspace=
             result = StageResult("train", p.key, p.run_dir, True, time.perf_counter() - t0)
         elif env.is_main:
             result = run_stage(
-                stage="train", version=VERSION, params=p.key_params, inputs=key_inputs(p),
+                stage="train",
+                version=VERSION,
+                params=p.key_params,
+                inputs=key_inputs(p),
                 output=p.run_dir / "model.pt",
-                build=lambda key: fit(p, env, progress=progress, fresh=fresh, images=images), force=True,
+                build=lambda key: fit(p, env, progress=progress, fresh=fresh, images=images),
+                force=True,
             )
             result = StageResult("train", p.key, p.run_dir, False, result.seconds)
         else:
@@ -479,8 +586,14 @@ class _Sums:
         return self.t[self.index[name]].item()
 
 
-def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = False,
-        images: np.ndarray | None = None) -> list[Path]:
+def fit(
+    p: Plan,
+    env=None,
+    *,
+    progress: Progress | None = None,
+    fresh: bool = False,
+    images: np.ndarray | None = None,
+) -> list[Path]:
     """Train ``p`` to the end, resuming from ``checkpoint.pt`` when one of the same key exists
     (unless ``fresh``: ``--force`` starts over). ``images``: what :func:`_images` returned for
     ``p`` (decoded here when None).
@@ -498,7 +611,9 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
         say({"event": "warning", "message": w})
     for n in p.notes:
         say({"event": "note", "message": n})
-    device = torch.device(f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device)
+    device = torch.device(
+        f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device
+    )
     on_cuda = device.type == "cuda"
     amp = p.precision == "bf16"
     channels_last = True  # faster for cuDNN and for oneDNN on the CPU (bench/train.py)
@@ -510,26 +625,41 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
         images = _images(p, env, say)  # hook: the decoded crops; drops rows whose crop is unusable
     say({"event": "header", "message": header_line(p)})
     on_device = p.config.get("augment") == "device"
-    views = (DeviceViewsFeed(images, cfg, device) if on_device
-             else data.ViewBatches(images, cfg.image_size, cfg.randaug_magnitude))
+    views = (
+        DeviceViewsFeed(images, cfg, device)
+        if on_device
+        else data.ViewBatches(images, cfg.image_size, cfg.randaug_magnitude)
+    )
     labels = torch.from_numpy(p.labels.copy())
     clean = torch.from_numpy(~p.is_noisy) if p.is_noisy is not None else None
-    label_clean = (torch.from_numpy(p.rows["label_clean"].fillna(-1).astype(np.int64).to_numpy().copy())
-                   if "label_clean" in p.rows.columns else None)
+    label_clean = (
+        torch.from_numpy(p.rows["label_clean"].fillna(-1).astype(np.int64).to_numpy().copy())
+        if "label_clean" in p.rows.columns
+        else None
+    )
 
     # The method, its model (seeded: backbone first, then the method's heads in its order) and Adam.
-    method = methods.create(cfg.method, cfg.method_params, num_classes=C, n_rows=len(p.rows), image_size=cfg.image_size)
+    method = methods.create(
+        cfg.method, cfg.method_params, num_classes=C, n_rows=len(p.rows), image_size=cfg.image_size
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = methods.build_model(method)
     if p.config["pretrained"]:
         _load_pretrained(p, model, say)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model = model.to(
+        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
     if cfg.compile:
         compile_model(model, device, say)
-    optimizer = torch.optim.Adam(method.param_groups(model, lr_backbone=cfg.lr_backbone, lr_head=cfg.lr_head,
-                                                     weight_decay=cfg.weight_decay))
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg.lr_decay) if cfg.lr_decay else None
+    optimizer = torch.optim.Adam(
+        method.param_groups(
+            model, lr_backbone=cfg.lr_backbone, lr_head=cfg.lr_head, weight_decay=cfg.weight_decay
+        )
+    )
+    scheduler = (
+        torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg.lr_decay) if cfg.lr_decay else None
+    )
 
     run_dir = p.run_dir
     ckpt_path = run_dir / "checkpoint.pt"
@@ -537,12 +667,16 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     net = model
     if env.enabled:  # warm-up trains the main head only: other heads are idle then
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if on_cuda else None, find_unused_parameters=cfg.warmup > 0,
+            model,
+            device_ids=[device.index] if on_cuda else None,
+            find_unused_parameters=cfg.warmup > 0,
         )
     written = [run_dir / "config.json", run_dir / "metrics.jsonl", run_dir / "model.pt"]
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale_tmp(run_dir)  # a checkpoint.pt half-written by a killed run (full disk, kill -9)
+        clean_stale_tmp(
+            run_dir
+        )  # a checkpoint.pt half-written by a killed run (full disk, kill -9)
         atomic_write_json(run_dir / "config.json", p.config)
         if p.val_ids is not None:
             atomic_write_json(run_dir / "val_ids.json", p.val_ids)
@@ -554,27 +688,64 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
         t_epoch = time.perf_counter()
         warm = epoch <= cfg.warmup
         view_names = method.views_for(warm=warm)
-        batches = data.epoch_batches(p.train_pos, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                     views=view_names, rank=env.rank, world=env.world)
+        batches = data.epoch_batches(
+            p.train_pos,
+            cfg.batch_size,
+            seed=cfg.seed,
+            epoch=epoch,
+            views=view_names,
+            rank=env.rank,
+            world=env.world,
+        )
         # The loss's only source of randomness (NL's complementary labels, partner permutations).
-        gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, epoch, 0xB1]).integers(2**62)))
-        sums = _Sums(["loss", *(f"loss_{q}" for q in parts), *(f"has_{q}" for q in parts), "correct", "seen",
-                      "images", "selecting", "selected", "selected_clean", "clean", "relabelled",
-                      "relabelled_right"])
+        gen = torch.Generator().manual_seed(
+            int(np.random.default_rng([cfg.seed, epoch, 0xB1]).integers(2**62))
+        )
+        sums = _Sums(
+            [
+                "loss",
+                *(f"loss_{q}" for q in parts),
+                *(f"has_{q}" for q in parts),
+                "correct",
+                "seen",
+                "images",
+                "selecting",
+                "selected",
+                "selected_clean",
+                "clean",
+                "relabelled",
+                "relabelled_right",
+            ]
+        )
         t_sum = torch.zeros(C, dtype=torch.float64)  # sum over batches of T_c where present
         t_cnt = torch.zeros(C, dtype=torch.float64)
         touched = torch.zeros(len(p.rows), dtype=torch.bool)  # rows this process trained on
-        say({"event": "epoch_start", "epoch": epoch, "epochs": cfg.epochs, "batches": len(batches), "warmup": warm})
+        say(
+            {
+                "event": "epoch_start",
+                "epoch": epoch,
+                "epochs": cfg.epochs,
+                "batches": len(batches),
+                "warmup": warm,
+            }
+        )
         net.train()
         t_train = t_ready = time.perf_counter()
         wait = 0.0  # seconds the step waited for its batch (data loading not hidden by workers)
-        feed = views(batches) if on_device else data.loader(views, batches, workers=workers, pin_memory=on_cuda)
+        feed = (
+            views(batches)
+            if on_device
+            else data.loader(views, batches, workers=workers, pin_memory=on_cuda)
+        )
         bad_step = 0  # the first step of this epoch whose loss was NaN or inf (0: none)
         for i, batch in enumerate(feed):
             wait += time.perf_counter() - t_ready
             rows = batch["positions"]  # indices into the array cache and p.rows
             y = labels[rows].to(device, non_blocking=True)
-            x = {name: data.normalize(batch["views"][name], device, channels_last=channels_last) for name in view_names}
+            x = {
+                name: data.normalize(batch["views"][name], device, channels_last=channels_last)
+                for name in view_names
+            }
             n = y.shape[0]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = net(method.loss, x, y, rows, epoch=epoch, warm=warm, gen=gen)
@@ -589,8 +760,12 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
             loss_value = out.loss.item()
             if not math.isfinite(loss_value):
                 bad_step = bad_step or i + 1
-                if not env.enabled:  # under DDP every rank must stop together: checked at the epoch's end
-                    raise non_finite_error(p, epoch, bad_step, len(batches), loss_value, resumed=start > 1)
+                if (
+                    not env.enabled
+                ):  # under DDP every rank must stop together: checked at the epoch's end
+                    raise non_finite_error(
+                        p, epoch, bad_step, len(batches), loss_value, resumed=start > 1
+                    )
             with torch.no_grad():
                 sums.add("loss", loss_value * n)
                 for q, v in out.parts.items():
@@ -616,11 +791,22 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
                     new = out.relabelled.cpu()
                     sums.add("relabelled", (new >= 0).sum().item())
                     if label_clean is not None:
-                        sums.add("relabelled_right", ((new >= 0) & (new == label_clean[rows])).sum().item())
+                        sums.add(
+                            "relabelled_right",
+                            ((new >= 0) & (new == label_clean[rows])).sum().item(),
+                        )
             t_ready = time.perf_counter()
             elapsed = t_ready - t_train
-            say({"event": "batch", "epoch": epoch, "done": i + 1, "total": len(batches),
-                 "loss": sums["loss"] / sums["seen"], "images_per_s": sums["images"] * env.world / elapsed})
+            say(
+                {
+                    "event": "batch",
+                    "epoch": epoch,
+                    "done": i + 1,
+                    "total": len(batches),
+                    "loss": sums["loss"] / sums["seen"],
+                    "images_per_s": sums["images"] * env.world / elapsed,
+                }
+            )
         train_seconds = time.perf_counter() - t_train
         if env.enabled:
             firsts = torch.zeros(env.world, dtype=torch.float64)
@@ -637,8 +823,28 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
             scheduler.step()
 
         if env.is_main:
-            val_acc = _accuracy(model, method, images, p.val_pos, p.labels, cfg.batch_size, device, amp, channels_last)
-            test_acc = _accuracy(model, method, images, p.test_pos, p.labels, cfg.batch_size, device, amp, channels_last)
+            val_acc = _accuracy(
+                model,
+                method,
+                images,
+                p.val_pos,
+                p.labels,
+                cfg.batch_size,
+                device,
+                amp,
+                channels_last,
+            )
+            test_acc = _accuracy(
+                model,
+                method,
+                images,
+                p.test_pos,
+                p.labels,
+                cfg.batch_size,
+                device,
+                amp,
+                channels_last,
+            )
         distributed.barrier(env)
         selecting = sums["selecting"] > 0
         seen = sums["seen"]
@@ -646,16 +852,32 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
             "epoch": epoch,
             "warmup": warm,
             "loss": sums["loss"] / seen,
-            **{f"loss_{q}": (sums[f"loss_{q}"] / seen if sums[f"has_{q}"] else None) for q in parts},
+            **{
+                f"loss_{q}": (sums[f"loss_{q}"] / seen if sums[f"has_{q}"] else None) for q in parts
+            },
             "train_acc": sums["correct"] / seen,
             "lr_backbone": _lr_used(cfg.lr_backbone, cfg.lr_decay, epoch),
             "lr_head": _lr_used(cfg.lr_head, cfg.lr_decay, epoch),
-            "thresholds": [(s / c if c else None) for s, c in zip(t_sum.tolist(), t_cnt.tolist(), strict=True)] if t_cnt.any() else None,
+            "thresholds": [
+                (s / c if c else None) for s, c in zip(t_sum.tolist(), t_cnt.tolist(), strict=True)
+            ]
+            if t_cnt.any()
+            else None,
             "confident_frac": sums["selected"] / seen if selecting else None,
-            "confident_precision": (sums["selected_clean"] / sums["selected"] if sums["selected"] else None) if selecting and clean is not None else None,
-            "confident_recall": (sums["selected_clean"] / sums["clean"] if sums["clean"] else None) if selecting and clean is not None else None,
+            "confident_precision": (
+                sums["selected_clean"] / sums["selected"] if sums["selected"] else None
+            )
+            if selecting and clean is not None
+            else None,
+            "confident_recall": (sums["selected_clean"] / sums["clean"] if sums["clean"] else None)
+            if selecting and clean is not None
+            else None,
             "relabelled": int(sums["relabelled"]) if _relabels(method) else None,
-            "relabel_precision": (sums["relabelled_right"] / sums["relabelled"] if sums["relabelled"] else None) if _relabels(method) and label_clean is not None else None,
+            "relabel_precision": (
+                sums["relabelled_right"] / sums["relabelled"] if sums["relabelled"] else None
+            )
+            if _relabels(method) and label_clean is not None
+            else None,
             "val_acc": val_acc if env.is_main else None,
             "test_acc": test_acc if env.is_main else None,
             "samples": int(seen),
@@ -677,8 +899,9 @@ def fit(p: Plan, env=None, *, progress: Progress | None = None, fresh: bool = Fa
     return written
 
 
-def non_finite_error(p: Plan, epoch: int, step: int, steps: int, value: float | None, *,
-                     resumed: bool) -> FernoiseError:
+def non_finite_error(
+    p: Plan, epoch: int, step: int, steps: int, value: float | None, *, resumed: bool
+) -> FernoiseError:
     """The one line that stops a run whose loss became NaN or inf: the epoch and step, what is
     kept (the checkpoint of the epochs before; no model.pt, no stamp) and, when the very first
     step of a fresh run from ``--pretrained`` fails, the start as the likely cause."""
@@ -688,9 +911,13 @@ def non_finite_error(p: Plan, epoch: int, step: int, steps: int, value: float | 
         cause = f"the start --pretrained {start} gives a non-finite loss at once: check that file"
     else:
         cause = "lower the learning rate (a new run) or check the data and the method's options"
-    shown = f" ({value})" if value is not None else ""  # under DDP the rank that saw it knows the value
-    return FernoiseError(f"non-finite loss{shown} at epoch {epoch}, step {step} of {steps}: training stopped "
-                         f"and nothing was written as finished{kept}; {cause}")
+    shown = (
+        f" ({value})" if value is not None else ""
+    )  # under DDP the rank that saw it knows the value
+    return FernoiseError(
+        f"non-finite loss{shown} at epoch {epoch}, step {step} of {steps}: training stopped "
+        f"and nothing was written as finished{kept}; {cause}"
+    )
 
 
 def _relabels(method) -> bool:
@@ -741,9 +968,15 @@ def _images(p: Plan, env, say) -> np.ndarray:
     from fernoise import data, distributed
 
     ids = p.rows["id"].astype(str).tolist()
-    kw = dict(size=p.cfg.image_size, cache_dir=p.cache_dir or Workspace().root / ".fernoise" / "arrays", shas=p.shas)
+    kw = dict(
+        size=p.cfg.image_size,
+        cache_dir=p.cache_dir or Workspace().root / ".fernoise" / "arrays",
+        shas=p.shas,
+    )
     if env.is_main:
-        got = data.decoded_crops(p.paths, ids, progress=say, **kw)  # a full disk: OSError naming the cache file
+        got = data.decoded_crops(
+            p.paths, ids, progress=say, **kw
+        )  # a full disk: OSError naming the cache file
     distributed.barrier(env)
     if not env.is_main:
         got = data.decoded_crops(p.paths, ids, **kw)
@@ -754,20 +987,32 @@ def _images(p: Plan, env, say) -> np.ndarray:
         p.val_pos = np.setdiff1d(p.val_pos, bad)
         p.test_pos = np.setdiff1d(p.test_pos, bad)
         digest = bytes_sha256("\n".join(sorted(ids[i] for i in got.skipped)).encode())
-        p.config.update(n_train=len(p.train_pos), n_val=len(p.val_pos), n_test=len(p.test_pos),
-                        skipped_crops=len(got.skipped), skipped_rows_sha256=digest,
-                        skipped_example={"path": p.paths[first], "reason": got.skipped[first]})
+        p.config.update(
+            n_train=len(p.train_pos),
+            n_val=len(p.val_pos),
+            n_test=len(p.test_pos),
+            skipped_crops=len(got.skipped),
+            skipped_rows_sha256=digest,
+            skipped_example={"path": p.paths[first], "reason": got.skipped[first]},
+        )
         # These rows are part of the key (key_inputs): a re-run after `fernoise align` repaired
         # them is another run, never a hit on weights trained without them.
         p.key = stage_key("train", VERSION, p.key_params, key_inputs(p))
         p.run_dir = p.run_dir.parent / p.key[:16]
         p.config.update(key=p.key)
-        say({"event": "warning", "message": f"{len(got.skipped):,} rows skipped: their crop could not be used, "
-             f"e.g. {p.paths[first]}: {got.skipped[first]}"})
+        say(
+            {
+                "event": "warning",
+                "message": f"{len(got.skipped):,} rows skipped: their crop could not be used, "
+                f"e.g. {p.paths[first]}: {got.skipped[first]}",
+            }
+        )
         if len(p.train_pos) < 2:
             raise FernoiseError(
                 f"only {len(p.train_pos)} training row(s) have a usable crop; training needs at least 2; "
-                "re-run `fernoise align`", flag="MANIFEST")
+                "re-run `fernoise align`",
+                flag="MANIFEST",
+            )
     return got.array
 
 
@@ -778,25 +1023,44 @@ def _load_pretrained(p: Plan, model, say) -> None:
 
     c = p.config
     if file_sha256(c["pretrained"]) != c["pretrained_sha256"]:
-        raise FernoiseError(f"{c['pretrained']} changed since the run was planned (sha256 differs); "
-                            "run the command again", flag="--pretrained")
-    source, report = load_backbone(model.backbone, c["pretrained"], partial=p.cfg.pretrained_partial)
-    say({"event": "pretrained", "path": str(source.path), "kind": c["pretrained_kind"],
-         "sha256": c["pretrained_sha256"], "complete": report.complete, "table": report.table()})
+        raise FernoiseError(
+            f"{c['pretrained']} changed since the run was planned (sha256 differs); "
+            "run the command again",
+            flag="--pretrained",
+        )
+    source, report = load_backbone(
+        model.backbone, c["pretrained"], partial=p.cfg.pretrained_partial
+    )
+    say(
+        {
+            "event": "pretrained",
+            "path": str(source.path),
+            "kind": c["pretrained_kind"],
+            "sha256": c["pretrained_sha256"],
+            "complete": report.complete,
+            "table": report.table(),
+        }
+    )
 
 
 def header_line(p: Plan) -> str:
     """One line before epoch 1: rows per split, classes, device, precision, start weights, run folder."""
     c = p.config
-    start = (f"pretrained {Path(c['pretrained']).name} ({c.get('pretrained_kind') or 'state_dict'})"
-             if c.get("pretrained") else "random init")
+    start = (
+        f"pretrained {Path(c['pretrained']).name} ({c.get('pretrained_kind') or 'state_dict'})"
+        if c.get("pretrained")
+        else "random init"
+    )
     val = f"{len(p.val_pos):,} val ({c.get('val_source')}{', ' + c['val_labels'] if c.get('val_labels') else ''})"
-    return (f"{c['method']}: {len(p.train_pos):,} train, {val}, {len(p.test_pos):,} test rows; "
-            f"{c['num_classes']} classes; {c['device']} {c['precision']}; {start}; run {p.run_dir}")
+    return (
+        f"{c['method']}: {len(p.train_pos):,} train, {val}, {len(p.test_pos):,} test rows; "
+        f"{c['num_classes']} classes; {c['device']} {c['precision']}; {start}; run {p.run_dir}"
+    )
 
 
-def resume(path: Path, p: Plan, model, optimizer, scheduler, method, say, *,
-           fresh: bool = False) -> tuple[list[dict], int]:
+def resume(
+    path: Path, p: Plan, model, optimizer, scheduler, method, say, *, fresh: bool = False
+) -> tuple[list[dict], int]:
     """``(metrics, first epoch)`` from ``checkpoint.pt`` when it holds this run (same key), else
     ``([], 1)``. Read with ``weights_only=True``; its key is checked before its contents are
     used; an unreadable, truncated or foreign checkpoint is treated as absent (one warning).
@@ -806,12 +1070,19 @@ def resume(path: Path, p: Plan, model, optimizer, scheduler, method, say, *,
         return [], 1
     ckpt = load_checkpoint(path, p.key)
     if isinstance(ckpt, str):
-        say({"event": "warning", "message": f"{path} {ckpt}; it is ignored and the run starts over"})
+        say(
+            {"event": "warning", "message": f"{path} {ckpt}; it is ignored and the run starts over"}
+        )
         return [], 1
     saved = ckpt.get("method_state") or {}
     if not (isinstance(saved, dict) and method.load_state_dict(saved, n_rows=len(p.rows))):
-        say({"event": "warning", "message": f"{path}: the per-sample state of {method.name} does not match the "
-             f"{len(p.rows):,} rows of this run; it is ignored and the run starts over"})
+        say(
+            {
+                "event": "warning",
+                "message": f"{path}: the per-sample state of {method.name} does not match the "
+                f"{len(p.rows):,} rows of this run; it is ignored and the run starts over",
+            }
+        )
         return [], 1
     model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt_state = optimizer.state_dict()
@@ -823,8 +1094,13 @@ def resume(path: Path, p: Plan, model, optimizer, scheduler, method, say, *,
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(opt_state)
-        say({"event": "warning", "message": f"{path} does not fit this run ({e.__class__.__name__}); "
-             "it is ignored and the run starts over"})
+        say(
+            {
+                "event": "warning",
+                "message": f"{path} does not fit this run ({e.__class__.__name__}); "
+                "it is ignored and the run starts over",
+            }
+        )
         return [], 1
     say({"event": "resume", "epoch": ckpt["epoch"], "run_dir": str(p.run_dir)})
     return list(ckpt["metrics"]), int(ckpt["epoch"]) + 1
@@ -844,8 +1120,13 @@ def load_checkpoint(path: Path, key: str) -> dict | str:
     if ckpt["key"] != key:
         return "belongs to another run (its key differs)"
     epoch, metrics = ckpt.get("epoch"), ckpt.get("metrics")
-    if not (isinstance(epoch, int) and isinstance(metrics, list) and len(metrics) == epoch
-            and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("optimizer"), dict)):
+    if not (
+        isinstance(epoch, int)
+        and isinstance(metrics, list)
+        and len(metrics) == epoch
+        and isinstance(ckpt.get("model"), dict)
+        and isinstance(ckpt.get("optimizer"), dict)
+    ):
         return "is incomplete (epoch, metrics, model or optimizer missing or inconsistent)"
     return ckpt
 
@@ -870,7 +1151,9 @@ def default_workers(on_cuda: bool) -> int:
     return min(8, max(1, n - 1)) if on_cuda else 1
 
 
-def _accuracy(model, method, images, positions, labels, batch_size, device, amp, channels_last) -> float | None:
+def _accuracy(
+    model, method, images, positions, labels, batch_size, device, amp, channels_last
+) -> float | None:
     """Top-1 accuracy of the method's test-time logits on ``positions`` (resize only), or None when empty."""
     import torch
 
@@ -880,10 +1163,19 @@ def _accuracy(model, method, images, positions, labels, batch_size, device, amp,
         return None
     model.eval()
     correct = 0
-    on_cuda = device.type == "cuda"  # on CUDA: bf16 and large batches whatever the training precision
+    on_cuda = (
+        device.type == "cuda"
+    )  # on CUDA: bf16 and large batches whatever the training precision
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp or on_cuda):
-        for pos, x in data.eval_batches(images, positions, max(batch_size, 1024 if on_cuda else 256)):
-            pred = method.logits(model, data.normalize(x, device, channels_last=channels_last)).argmax(1).cpu().numpy()
+        for pos, x in data.eval_batches(
+            images, positions, max(batch_size, 1024 if on_cuda else 256)
+        ):
+            pred = (
+                method.logits(model, data.normalize(x, device, channels_last=channels_last))
+                .argmax(1)
+                .cpu()
+                .numpy()
+            )
             correct += int((pred == labels[pos]).sum())
     model.train()
     return correct / len(positions)
@@ -915,7 +1207,10 @@ class DeviceViewsFeed:
                 if i + 1 < len(batches):
                     nxt = batches[i + 1]
                     ahead = pool.submit(self.views.draws, nxt.seeds, nxt.views)
-                yield {"positions": torch.from_numpy(b.positions), "views": self.views(b.positions, b.seeds, b.views, draws=d)}
+                yield {
+                    "positions": torch.from_numpy(b.positions),
+                    "views": self.views(b.positions, b.seeds, b.views, draws=d),
+                }
 
 
 def compile_model(model, device, say) -> bool:
@@ -931,8 +1226,13 @@ def compile_model(model, device, say) -> bool:
         if not ok:
             raise RuntimeError("the probe computed a wrong value")
     except Exception as e:  # noqa: BLE001 - inductor/dynamo raise many types when unavailable
-        say({"event": "warning", "message": f"--compile: torch.compile is unavailable here ({e.__class__.__name__}: "
-             f"{str(e).splitlines()[0][:120] if str(e) else ''}); training runs uncompiled"})
+        say(
+            {
+                "event": "warning",
+                "message": f"--compile: torch.compile is unavailable here ({e.__class__.__name__}: "
+                f"{str(e).splitlines()[0][:120] if str(e) else ''}); training runs uncompiled",
+            }
+        )
         return False
     b = model.backbone
     for name in ("conv1", "layer1", "layer2", "layer3", "layer4"):
@@ -940,7 +1240,9 @@ def compile_model(model, device, say) -> bool:
     return True
 
 
-def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, scheduler, method, metrics: list[dict]) -> None:
+def _save_checkpoint(
+    path: Path, key: str, epoch: int, model, optimizer, scheduler, method, metrics: list[dict]
+) -> None:
     """Everything a resumed run needs, atomically, as tensors, numbers, strings, lists and dicts
     only (``torch.load(weights_only=True)`` reads it). The data order, the views and the loss's
     random draws of epoch e come from generators seeded by (seed, e), so the RNG state to
@@ -967,4 +1269,6 @@ def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, schedul
 
 
 def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in metrics))
+    atomic_write_text(
+        run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in metrics)
+    )

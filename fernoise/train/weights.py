@@ -34,8 +34,18 @@ _SEQUENTIAL = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "lay
 # Every key of torchvision's ResNet-18 without fc: an SCN rename must land on one of these (a
 # MobileNet's features.0.0.weight would otherwise become "conv1.0.weight", a name in no file).
 _RESNET18_KEY = re.compile(
-    r"(conv1\.weight|bn1\.\w+|layer[1-4]\.[01]\.(conv[12]\.weight|bn[12]\.\w+|downsample\.[01]\.\w+))")
-_HEAD_PREFIXES = ("fc.", "pcc.", "ncc.", "projector.", "predictor.", "head.", "heads.", "classifier.")
+    r"(conv1\.weight|bn1\.\w+|layer[1-4]\.[01]\.(conv[12]\.weight|bn[12]\.\w+|downsample\.[01]\.\w+))"
+)
+_HEAD_PREFIXES = (
+    "fc.",
+    "pcc.",
+    "ncc.",
+    "projector.",
+    "predictor.",
+    "head.",
+    "heads.",
+    "classifier.",
+)
 
 
 @dataclass(frozen=True)
@@ -52,18 +62,25 @@ class MatchReport:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, file shape, backbone shape
+    mismatched: list[tuple[str, tuple, tuple]] = field(
+        default_factory=list
+    )  # key, file shape, backbone shape
 
     @property
     def complete(self) -> bool:
         return not self.missing and not self.mismatched
 
     def as_dict(self) -> dict[str, Any]:
-        return {"loaded": len(self.loaded), "missing": self.missing, "unexpected": self.unexpected,
-                "mismatched": [[k, list(a), list(b)] for k, a, b in self.mismatched]}
+        return {
+            "loaded": len(self.loaded),
+            "missing": self.missing,
+            "unexpected": self.unexpected,
+            "mismatched": [[k, list(a), list(b)] for k, a, b in self.mismatched],
+        }
 
     def table(self, limit: int = 5) -> list[tuple[str, int, str]]:
         """Rows ``(what, count, first keys)`` for a short on-screen table."""
+
         def first(keys):
             shown = ", ".join(keys[:limit])
             return shown + (f", ... (+{len(keys) - limit})" if len(keys) > limit else "")
@@ -72,8 +89,11 @@ class MatchReport:
             ("loaded", len(self.loaded), ""),
             ("missing (left random)", len(self.missing), first(self.missing)),
             ("unexpected (ignored)", len(self.unexpected), first(self.unexpected)),
-            ("shape mismatch", len(self.mismatched),
-             first([f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched])),
+            (
+                "shape mismatch",
+                len(self.mismatched),
+                first([f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched]),
+            ),
         ]
 
 
@@ -94,10 +114,14 @@ def resolve(spec: str | os.PathLike, *, workspace=None) -> Source:
             return Source(path / "model.pt", "train_run", text)
         raise FernoiseError(
             f"{path} is a folder without backbone.pt (a `fernoise pretrain` output) or model.pt "
-            "(a finished `fernoise train` run); pass a weights file or one of those folders", flag=FLAG)
+            "(a finished `fernoise train` run); pass a weights file or one of those folders",
+            flag=FLAG,
+        )
     if not path.exists():
-        raise FernoiseError(f"{path} does not exist; pass a state dict file, a run folder, a pretrain folder or `latest`",
-                            flag=FLAG)
+        raise FernoiseError(
+            f"{path} does not exist; pass a state dict file, a run folder, a pretrain folder or `latest`",
+            flag=FLAG,
+        )
     if not path.is_file():
         raise FernoiseError(f"{path} is not a regular file", flag=FLAG)
     if path.name == "model.pt" and (path.parent / "config.json").is_file():
@@ -116,18 +140,32 @@ def read_state(source: Source) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a safe state dict"
         raise FernoiseError(
             f"{source.path} could not be read as a torch state dict with the safe loader ({e.__class__.__name__})",
-            flag=FLAG) from None
+            flag=FLAG,
+        ) from None
     for key in ("state_dict", "model", "backbone"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise FernoiseError(f"{source.path} is not a state dict (expected a dict of tensors, optionally under "
-                            "'state_dict' or 'model')", flag=FLAG)
-    if source.kind == "train_run":  # a FerNet: backbone.* and the method's heads, whatever their names
-        obj = {k: v for k, v in obj.items() if str(k).removeprefix("module.").startswith("backbone.")}
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(v, torch.Tensor) for v in obj.values())
+    ):
+        raise FernoiseError(
+            f"{source.path} is not a state dict (expected a dict of tensors, optionally under "
+            "'state_dict' or 'model')",
+            flag=FLAG,
+        )
+    if (
+        source.kind == "train_run"
+    ):  # a FerNet: backbone.* and the method's heads, whatever their names
+        obj = {
+            k: v for k, v in obj.items() if str(k).removeprefix("module.").startswith("backbone.")
+        }
         if not obj:
-            raise FernoiseError(f"{source.path} holds no backbone.* tensors; is it a `fernoise train` model.pt?",
-                                flag=FLAG)
+            raise FernoiseError(
+                f"{source.path} holds no backbone.* tensors; is it a `fernoise train` model.pt?",
+                flag=FLAG,
+            )
     out = {}
     for k, v in obj.items():
         k = str(k)
@@ -163,16 +201,25 @@ def check_finite(path: str | os.PathLike, state: dict[str, Any]) -> None:
     a start makes every loss non-finite, and training would go on for nothing."""
     import torch
 
-    bad = [k for k, v in state.items()
-           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor)
+        and v.is_floating_point()
+        and not bool(torch.isfinite(v).all())
+    ]
     if bad:
         raise FernoiseError(
             f"{path} holds non-finite values (NaN or inf) in {len(bad)} of its {len(state)} backbone tensors, "
             f"e.g. {', '.join(bad[:3])}; it cannot start training: pass another file (a run that diverged "
-            "leaves such weights)", flag=FLAG)
+            "leaves such weights)",
+            flag=FLAG,
+        )
 
 
-def load_backbone(backbone, spec: str | os.PathLike, *, partial: bool = False, workspace=None) -> tuple[Source, MatchReport]:
+def load_backbone(
+    backbone, spec: str | os.PathLike, *, partial: bool = False, workspace=None
+) -> tuple[Source, MatchReport]:
     """Load ``spec`` into ``backbone`` (a torchvision ResNet-18 without ``fc``).
 
     Raises a one-line FernoiseError when shapes mismatch, when the file does not fill the
@@ -187,17 +234,22 @@ def load_backbone(backbone, spec: str | os.PathLike, *, partial: bool = False, w
         shown = "; ".join(f"{k} is {a}, needs {b}" for k, a, b in report.mismatched[:3])
         raise FernoiseError(
             f"{source.path}: {len(report.mismatched)} tensors have the wrong shape for a ResNet-18 backbone "
-            f"({shown}{'; ...' if len(report.mismatched) > 3 else ''}); is it another architecture?", flag=FLAG)
+            f"({shown}{'; ...' if len(report.mismatched) > 3 else ''}); is it another architecture?",
+            flag=FLAG,
+        )
     if not report.loaded:
         raise FernoiseError(
             f"{source.path} fills none of the ResNet-18 backbone: its keys ({', '.join(list(state)[:3])}, ...) "
             f"match none of the backbone's ({', '.join(list(target)[:3])}, ...); is it another architecture?",
-            flag=FLAG)
+            flag=FLAG,
+        )
     if report.missing and not partial:
         raise FernoiseError(
             f"{source.path} fills {len(report.loaded)} of {len(target)} backbone tensors; missing "
             f"{', '.join(report.missing[:3])}{', ...' if len(report.missing) > 3 else ''}; "
-            "pass --pretrained-partial to train the rest from random weights", flag=FLAG)
+            "pass --pretrained-partial to train the rest from random weights",
+            flag=FLAG,
+        )
     check_finite(source.path, {k: state[k] for k in report.loaded})
     backbone.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
     return source, report
