@@ -240,68 +240,9 @@ def run_corrupt(
     path = resolve_manifest(
         manifest if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
     )
-
-    if kind not in ("asym",) and pairs_file is not None:
-        raise FernoiseError(f"pairs are for --kind asym, not {kind}; drop --pairs", flag="--pairs")
-    if kind != "matrix" and matrix_file is not None:
-        raise FernoiseError(
-            f"a matrix is for --kind matrix, not {kind}; drop --matrix", flag="--matrix"
-        )
-    pairs = load_pairs(pairs_file) if pairs_file is not None else None
-    matrix = load_matrix(matrix_file) if matrix_file is not None else None
-    params = CorruptParams(
-        kind=kind,
-        rate=rate,
-        seed=seed,
-        pairs=pairs,
-        matrix=tuple(tuple(float(x) for x in r) for r in matrix) if matrix is not None else None,
-        column=column,
-    )
-
+    params = _params(kind, rate, seed, pairs_file, matrix_file, column)
     meta = read_meta(path)
-    classes = list(meta.get("classes") or [])
-    if not classes:
-        raise FernoiseError(
-            f"{path} has no class list in its metadata; make it with `fernoise align`",
-            flag="MANIFEST",
-        )
-    if params.kind == "matrix":
-        check_matrix(np.asarray(params.matrix), len(classes), classes)
-    names = pq.read_schema(path).names
-    if "label_clean" in names and not force:
-        raise FernoiseError(
-            f"{path.name} is already corrupted (it has label_clean); corrupting it again would make "
-            "label_clean no longer the clean label of the labels you train on; corrupt the clean "
-            "manifest instead, or pass --force for noise on noise (label_clean is kept)",
-            flag="--force",
-        )
-    if params.kind == "column" and params.column not in names:
-        extra = [
-            n
-            for n in names
-            if n
-            not in (
-                "id",
-                "src_path",
-                "src_sha256",
-                "path",
-                "split",
-                "label",
-                "label_name",
-                "status",
-                "reason",
-                "face",
-                "n_faces",
-                "det_prob",
-                "bbox",
-                "landmarks",
-            )
-        ]
-        raise FernoiseError(
-            f"{path.name} has no column {params.column!r}; its extra columns are {extra[:20]} "
-            "(bring a second annotation in with align's label-file columns)",
-            flag="--column",
-        )
+    classes = _check_input(path, meta, params, force)
 
     key_params = params.key_params()
     matrix_sha = None
@@ -311,16 +252,7 @@ def run_corrupt(
         matrix_sha = file_sha256(matrix_file)
         key_params["matrix_sha256"] = matrix_sha
     input_key = meta.get("key") or file_sha256(path)
-    try:
-        whole = pq.read_table(path)
-    except (OSError, pa.ArrowException) as e:
-        raise FernoiseError(
-            f"{path} is not a readable Parquet manifest ({e.__class__.__name__})", flag="MANIFEST"
-        ) from None
-    if "id" in whole.column_names:  # a repeated id would be noised (and trained) twice
-        from fernoise.manifest import check_unique_ids
-
-        check_unique_ids(whole.column("id"), path)
+    whole = _read_table(path)
     content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=whole).content_key(
         whole.column_names
     )
@@ -338,14 +270,12 @@ def run_corrupt(
         t0 = time.perf_counter()
         # Only the columns the noise needs go through pandas; the rest of the table (paths,
         # boxes, landmarks, votes) is written back as read: a large manifest stays fast.
-        table = whole
-        m_meta = meta
         need = [
             c
             for c in ("id", "split", "label", "label_name", "label_clean", params.column)
-            if c and c in table.column_names
+            if c and c in whole.column_names
         ]
-        small = table.select(need).to_pandas()
+        small = whole.select(need).to_pandas()
         if "label" in small.columns:
             small["label"] = small["label"].astype("Int64")
         t1 = time.perf_counter()
@@ -357,8 +287,8 @@ def run_corrupt(
             info["pairs_sha256"] = key_params["pairs_sha256"]
         if matrix_sha is not None:
             info["matrix_sha256"] = matrix_sha
-        new_meta = stage_meta(m_meta, stage=STAGE, params=key_params, key=key, noise=info)
-        write_manifest_table(splice(table, df), output, new_meta)
+        new_meta = stage_meta(meta, stage=STAGE, params=key_params, key=key, noise=info)
+        write_manifest_table(splice(whole, df), output, new_meta)
         t3 = time.perf_counter()
         timings.update(read=t1 - t0, corrupt=t2 - t1, write=t3 - t2)
         noise.update(info)
@@ -377,3 +307,95 @@ def run_corrupt(
     if res.hit:
         noise = dict(read_meta(output).get("noise") or {})
     return CorruptResult(result=res, input=path, noise=noise, timings=timings)
+
+
+def _params(
+    kind: str,
+    rate: float | None,
+    seed: int,
+    pairs_file: str | os.PathLike | None,
+    matrix_file: str | os.PathLike | None,
+    column: str | None,
+) -> CorruptParams:
+    """The noise parameters, with the ``--pairs`` or ``--matrix`` file read (each refused
+    for a kind that does not use it)."""
+    if kind not in ("asym",) and pairs_file is not None:
+        raise FernoiseError(f"pairs are for --kind asym, not {kind}; drop --pairs", flag="--pairs")
+    if kind != "matrix" and matrix_file is not None:
+        raise FernoiseError(
+            f"a matrix is for --kind matrix, not {kind}; drop --matrix", flag="--matrix"
+        )
+    pairs = load_pairs(pairs_file) if pairs_file is not None else None
+    matrix = load_matrix(matrix_file) if matrix_file is not None else None
+    return CorruptParams(
+        kind=kind,
+        rate=rate,
+        seed=seed,
+        pairs=pairs,
+        matrix=tuple(tuple(float(x) for x in r) for r in matrix) if matrix is not None else None,
+        column=column,
+    )
+
+
+# Columns `fernoise align` writes; a missing --column is looked for among the others.
+_ALIGN_COLUMNS = (
+    "id",
+    "src_path",
+    "src_sha256",
+    "path",
+    "split",
+    "label",
+    "label_name",
+    "status",
+    "reason",
+    "face",
+    "n_faces",
+    "det_prob",
+    "bbox",
+    "landmarks",
+)
+
+
+def _check_input(path: Path, meta: dict[str, Any], params: CorruptParams, force: bool) -> list[str]:
+    """The manifest's class list, after checking it has one, that the matrix fits it, that
+    the manifest is not corrupted yet (unless ``force``) and has the ``--column``."""
+    classes = list(meta.get("classes") or [])
+    if not classes:
+        raise FernoiseError(
+            f"{path} has no class list in its metadata; make it with `fernoise align`",
+            flag="MANIFEST",
+        )
+    if params.kind == "matrix":
+        check_matrix(np.asarray(params.matrix), len(classes), classes)
+    names = pq.read_schema(path).names
+    if "label_clean" in names and not force:
+        raise FernoiseError(
+            f"{path.name} is already corrupted (it has label_clean); corrupting it again would make "
+            "label_clean no longer the clean label of the labels you train on; corrupt the clean "
+            "manifest instead, or pass --force for noise on noise (label_clean is kept)",
+            flag="--force",
+        )
+    if params.kind == "column" and params.column not in names:
+        extra = [n for n in names if n not in _ALIGN_COLUMNS]
+        raise FernoiseError(
+            f"{path.name} has no column {params.column!r}; its extra columns are {extra[:20]} "
+            "(bring a second annotation in with align's label-file columns)",
+            flag="--column",
+        )
+    return classes
+
+
+def _read_table(path: Path) -> pa.Table:
+    """The whole manifest as an Arrow table; ids must be unique (a repeated id would be
+    noised, and trained, twice)."""
+    try:
+        whole = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise FernoiseError(
+            f"{path} is not a readable Parquet manifest ({e.__class__.__name__})", flag="MANIFEST"
+        ) from None
+    if "id" in whole.column_names:
+        from fernoise.manifest import check_unique_ids
+
+        check_unique_ids(whole.column("id"), path)
+    return whole
