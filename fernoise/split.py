@@ -297,15 +297,7 @@ def run_split(
                 f"{target} is the input manifest; choose another --out", flag="--out"
             )
         lp = lineage_params(params, fold.index, k)
-        info = {
-            "loso": params.loso,
-            "groups": n_groups,
-            "test_groups": fold.test_groups,
-            "val_groups": fold.val_groups,
-            **fold.info,
-            "input_key": input_key,
-            "split_key": whole_key,
-        }
+        info = _fold_info(fold, params, n_groups, input_key, whole_key)
 
         def build(
             key: str, fold: Fold = fold, target: Path = target, lp: dict = lp, info: dict = info
@@ -411,6 +403,21 @@ def _columns_for(table, path: Path, out_dir: Path) -> list:
         ]
         cols[names.index("path")] = pa.array(rebased, type=pa.string())
     return cols
+
+
+def _fold_info(
+    fold: Fold, params: SplitParams, n_groups: int, input_key: str, whole_key: str
+) -> dict[str, Any]:
+    """The ``split`` entry of a fold manifest's metadata."""
+    return {
+        "loso": params.loso,
+        "groups": n_groups,
+        "test_groups": fold.test_groups,
+        "val_groups": fold.val_groups,
+        **fold.info,
+        "input_key": input_key,
+        "split_key": whole_key,
+    }
 
 
 def _write_fold(

@@ -1238,21 +1238,26 @@ def _align_folder(
         force=force or retry,
     )
     summary = holder.get("summary") or read_json(summary_path(manifest)) or {}
-    result = AlignResult(
-        manifest=manifest,
-        key=res.key,
-        hit=res.hit,
-        seconds=0.0,
-        counts=summary.get("counts", {}),
-        rows=summary.get("rows", 0),
-        info=summary.get("info", {}),
-    )
+    result = _result(manifest, res.key, res.hit, summary)
     if skipped:
         result.info = {**result.info, "skipped_folders": skipped}
     if shard is not None:
         result.merged = merge_shards(out, n=shard[1], workspace=workspace, quiet=True)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _result(manifest: Path, key: str, hit: bool, summary: dict[str, Any]) -> AlignResult:
+    """The :class:`AlignResult` of a run or a hit from its summary (``seconds`` set later)."""
+    return AlignResult(
+        manifest=manifest,
+        key=key,
+        hit=hit,
+        seconds=0.0,
+        counts=summary.get("counts", {}),
+        rows=summary.get("rows", 0),
+        info=summary.get("info", {}),
+    )
 
 
 def _key_parts(

@@ -244,13 +244,7 @@ def run_corrupt(
     meta = read_meta(path)
     classes = _check_input(path, meta, params, force)
 
-    key_params = params.key_params()
-    matrix_sha = None
-    if pairs_file is not None:
-        key_params["pairs_sha256"] = file_sha256(pairs_file)
-    if matrix_file is not None:
-        matrix_sha = file_sha256(matrix_file)
-        key_params["matrix_sha256"] = matrix_sha
+    key_params, matrix_sha = _key_params(params, pairs_file, matrix_file)
     input_key = meta.get("key") or file_sha256(path)
     whole = _read_table(path)
     content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=whole).content_key(
@@ -267,19 +261,7 @@ def run_corrupt(
     noise: dict[str, Any] = {}
 
     def build(key: str) -> list[Path]:
-        t0 = time.perf_counter()
-        # Only the columns the noise needs go through pandas; the rest of the table (paths,
-        # boxes, landmarks, votes) is written back as read: a large manifest stays fast.
-        need = [
-            c
-            for c in ("id", "split", "label", "label_name", "label_clean", params.column)
-            if c and c in whole.column_names
-        ]
-        small = whole.select(need).to_pandas()
-        if "label" in small.columns:
-            small["label"] = small["label"].astype("Int64")
-        t1 = time.perf_counter()
-        df, info = corrupt(small, classes=classes, params=params, allow_noisy=force)
+        df, info, times = _noised(whole, classes, params, force)
         t2 = time.perf_counter()
         info["input_key"] = input_key
         info["input_content"] = content
@@ -289,8 +271,7 @@ def run_corrupt(
             info["matrix_sha256"] = matrix_sha
         new_meta = stage_meta(meta, stage=STAGE, params=key_params, key=key, noise=info)
         write_manifest_table(splice(whole, df), output, new_meta)
-        t3 = time.perf_counter()
-        timings.update(read=t1 - t0, corrupt=t2 - t1, write=t3 - t2)
+        timings.update(times, write=time.perf_counter() - t2)
         noise.update(info)
         return [output]
 
@@ -307,6 +288,44 @@ def run_corrupt(
     if res.hit:
         noise = dict(read_meta(output).get("noise") or {})
     return CorruptResult(result=res, input=path, noise=noise, timings=timings)
+
+
+def _key_params(
+    params: CorruptParams,
+    pairs_file: str | os.PathLike | None,
+    matrix_file: str | os.PathLike | None,
+) -> tuple[dict[str, Any], str | None]:
+    """``(key params, matrix file sha256)``: the noise parameters plus the sha256 of a
+    ``--pairs`` or ``--matrix`` file."""
+    key_params = params.key_params()
+    matrix_sha = None
+    if pairs_file is not None:
+        key_params["pairs_sha256"] = file_sha256(pairs_file)
+    if matrix_file is not None:
+        matrix_sha = file_sha256(matrix_file)
+        key_params["matrix_sha256"] = matrix_sha
+    return key_params, matrix_sha
+
+
+def _noised(
+    whole: pa.Table, classes: list[str], params: CorruptParams, force: bool
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, float]]:
+    """``(noisy frame, noise info, seconds to read and to corrupt)`` of the manifest table.
+
+    Only the columns the noise needs go through pandas; the rest of the table (paths,
+    boxes, landmarks, votes) is written back as read: a large manifest stays fast."""
+    t0 = time.perf_counter()
+    need = [
+        c
+        for c in ("id", "split", "label", "label_name", "label_clean", params.column)
+        if c and c in whole.column_names
+    ]
+    small = whole.select(need).to_pandas()
+    if "label" in small.columns:
+        small["label"] = small["label"].astype("Int64")
+    t1 = time.perf_counter()
+    df, info = corrupt(small, classes=classes, params=params, allow_noisy=force)
+    return df, info, {"read": t1 - t0, "corrupt": time.perf_counter() - t1}
 
 
 def _params(
