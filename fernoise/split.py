@@ -107,7 +107,7 @@ def _half_up(x: float) -> int:
 
 def _greedy(
     counts: np.ndarray,
-    order: Sequence[int],
+    order: Sequence[int] | np.ndarray,
     targets: np.ndarray,
     capacity: Sequence[int] | None = None,
 ) -> np.ndarray:
@@ -263,75 +263,20 @@ def run_split(
     output and every fold in ``params.outputs``.
     """
     import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from fernoise.cache import Workspace, file_sha256, run_stage, stage_key
-    from fernoise.manifest import (
-        Manifest,
-        read_meta,
-        resolve_manifest,
-        stage_meta,
-        write_manifest_table,
-    )
+    from fernoise.manifest import Manifest, read_meta, resolve_manifest
 
     ws = workspace or Workspace()
     path = resolve_manifest(
         manifest if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
     )
     meta = read_meta(path)
-    classes = list(meta.get("classes") or [])
-    if not classes:
-        raise FernoiseError(
-            f"{path} has no class list in its metadata; make it with `fernoise align`",
-            flag="MANIFEST",
-        )
-    names = pq.read_schema(path).names
-    if "label_clean" in names:
-        raise FernoiseError(
-            f"{path.name} already carries noise (it has label_clean), which would leak into test and val rows; "
-            "split the clean manifest, then corrupt each fold",
-            flag="MANIFEST",
-        )
-    if params.group_column not in names:
-        std = {
-            "id",
-            "src_path",
-            "src_sha256",
-            "path",
-            "crop_sha256",
-            "split",
-            "label",
-            "label_name",
-            "status",
-            "reason",
-            "face",
-            "n_faces",
-            "det_prob",
-            "bbox",
-            "landmarks",
-        }
-        extra = [n for n in names if n not in std]
-        raise FernoiseError(
-            f"{path.name} has no column {params.group_column!r}; its extra columns are {extra[:20]} (keep one at "
-            "align with --group-column NAME, or make one with --group-regex 'S(\\d+)_')",
-            flag="--group-column",
-        )
-    table = pq.read_table(path)
-    groups = table.column(params.group_column).to_pylist()
-    lab = table.column("label").to_pylist()
-    labels = [-1 if v is None else int(v) for v in lab]
-    bad = [v for v in labels if v >= len(classes)]
-    if bad:
-        raise FernoiseError(
-            f"{path.name} has labels outside 0..{len(classes) - 1} (classes {classes})",
-            flag="MANIFEST",
-        )
-    folds = make_folds(groups, labels, len(classes), params)
+    table, groups, labels, n_classes = _read_input(path, meta, params)
+    folds = make_folds(groups, labels, n_classes, params)
     k = len(folds)
 
     out_dir = Path(out) if out is not None else path.parent
-    relocate = out_dir.resolve() != path.parent.resolve()
     input_key = meta.get("key") or file_sha256(path)
     # The rows themselves, not only the recorded key: a manifest edited behind its metadata
     # (rows dropped, labels or groups changed) is a new input.
@@ -342,18 +287,7 @@ def run_split(
     base = {**lineage_params(params, 0, k), "loso": params.loso}
     base.pop("fold")
     whole_key = stage_key(STAGE, VERSION, base, {"manifest": input_key, "content": content})
-
-    split_at = names.index("split")
-    cols = list(table.columns)
-    if relocate and "path" in names:
-        src_dir = path.parent.resolve()
-        rebased = [
-            None
-            if p is None or os.path.isabs(p)
-            else Path(os.path.relpath(src_dir / p, out_dir.resolve())).as_posix()
-            for p in table.column("path").to_pylist()
-        ]
-        cols[names.index("path")] = pa.array(rebased, type=pa.string())
+    cols = _columns_for(table, path, out_dir)
 
     outputs, hits = [], []
     for fold in folds:
@@ -363,28 +297,17 @@ def run_split(
                 f"{target} is the input manifest; choose another --out", flag="--out"
             )
         lp = lineage_params(params, fold.index, k)
-        key_params = {**lp, "loso": params.loso}
+        info = _fold_info(fold, params, n_groups, input_key, whole_key)
 
-        def build(key: str, fold: Fold = fold, target: Path = target, lp: dict = lp) -> list[Path]:
-            c = list(cols)
-            c[split_at] = pa.array(fold.split.tolist(), type=pa.string())
-            info = {
-                "loso": params.loso,
-                "groups": n_groups,
-                "test_groups": fold.test_groups,
-                "val_groups": fold.val_groups,
-                **fold.info,
-                "input_key": input_key,
-                "split_key": whole_key,
-            }
-            new_meta = stage_meta(meta, stage=STAGE, params=lp, key=key, split=info)
-            write_manifest_table(pa.Table.from_arrays(c, names=names), target, new_meta)
-            return [target]
+        def build(
+            key: str, fold: Fold = fold, target: Path = target, lp: dict = lp, info: dict = info
+        ) -> list[Path]:
+            return _write_fold(table, cols, fold, target, meta, lp, key, info)
 
         res = run_stage(
             stage=STAGE,
             version=VERSION,
-            params=key_params,
+            params={**lp, "loso": params.loso},
             inputs={"manifest": input_key, "content": content},
             output=target,
             build=build,
@@ -402,3 +325,119 @@ def run_split(
     return SplitResult(
         input=path, outputs=outputs, hits=hits, folds=folds, groups=n_groups, key=whole_key
     )
+
+
+# The columns `fernoise align` writes (a missing group column is looked for among the others).
+_ALIGN_COLUMNS = {
+    "id",
+    "src_path",
+    "src_sha256",
+    "path",
+    "crop_sha256",
+    "split",
+    "label",
+    "label_name",
+    "status",
+    "reason",
+    "face",
+    "n_faces",
+    "det_prob",
+    "bbox",
+    "landmarks",
+}
+
+
+def _read_input(path: Path, meta: dict[str, Any], params: SplitParams):
+    """``(table, groups, labels, number of classes)`` of the clean manifest ``path``: its
+    Arrow table, the group column's values and the labels (-1 for none), after checking it
+    has a class list, no noise yet, the group column and labels inside the class list."""
+    import pyarrow.parquet as pq
+
+    classes = list(meta.get("classes") or [])
+    if not classes:
+        raise FernoiseError(
+            f"{path} has no class list in its metadata; make it with `fernoise align`",
+            flag="MANIFEST",
+        )
+    names = pq.read_schema(path).names
+    if "label_clean" in names:
+        raise FernoiseError(
+            f"{path.name} already carries noise (it has label_clean), which would leak into test and val rows; "
+            "split the clean manifest, then corrupt each fold",
+            flag="MANIFEST",
+        )
+    if params.group_column not in names:
+        extra = [n for n in names if n not in _ALIGN_COLUMNS]
+        raise FernoiseError(
+            f"{path.name} has no column {params.group_column!r}; its extra columns are {extra[:20]} (keep one at "
+            "align with --group-column NAME, or make one with --group-regex 'S(\\d+)_')",
+            flag="--group-column",
+        )
+    table = pq.read_table(path)
+    groups = table.column(params.group_column).to_pylist()
+    lab = table.column("label").to_pylist()
+    labels = [-1 if v is None else int(v) for v in lab]
+    bad = [v for v in labels if v >= len(classes)]
+    if bad:
+        raise FernoiseError(
+            f"{path.name} has labels outside 0..{len(classes) - 1} (classes {classes})",
+            flag="MANIFEST",
+        )
+    return table, groups, labels, len(classes)
+
+
+def _columns_for(table, path: Path, out_dir: Path) -> list:
+    """The input's Arrow columns for fold manifests in ``out_dir``: relative crop paths are
+    rebased when ``out_dir`` is not the input's folder."""
+    import pyarrow as pa
+
+    names = table.column_names
+    cols = list(table.columns)
+    if out_dir.resolve() != path.parent.resolve() and "path" in names:
+        src_dir = path.parent.resolve()
+        rebased = [
+            None
+            if p is None or os.path.isabs(p)
+            else Path(os.path.relpath(src_dir / p, out_dir.resolve())).as_posix()
+            for p in table.column("path").to_pylist()
+        ]
+        cols[names.index("path")] = pa.array(rebased, type=pa.string())
+    return cols
+
+
+def _fold_info(
+    fold: Fold, params: SplitParams, n_groups: int, input_key: str, whole_key: str
+) -> dict[str, Any]:
+    """The ``split`` entry of a fold manifest's metadata."""
+    return {
+        "loso": params.loso,
+        "groups": n_groups,
+        "test_groups": fold.test_groups,
+        "val_groups": fold.val_groups,
+        **fold.info,
+        "input_key": input_key,
+        "split_key": whole_key,
+    }
+
+
+def _write_fold(
+    table,
+    cols: list,
+    fold: Fold,
+    target: Path,
+    meta: dict[str, Any],
+    lp: dict[str, Any],
+    key: str,
+    info: dict[str, Any],
+) -> list[Path]:
+    """Write one fold's manifest: the input's columns with the fold's ``split``."""
+    import pyarrow as pa
+
+    from fernoise.manifest import stage_meta, write_manifest_table
+
+    names = table.column_names
+    c = list(cols)
+    c[names.index("split")] = pa.array(fold.split.tolist(), type=pa.string())
+    new_meta = stage_meta(meta, stage=STAGE, params=lp, key=key, split=info)
+    write_manifest_table(pa.Table.from_arrays(c, names=names), target, new_meta)
+    return [target]

@@ -281,57 +281,10 @@ def decode_image(path: str | os.PathLike, factor=None) -> Decoded:
     """
     p = os.fspath(path)
     try:
-        if os.path.islink(p) and not os.path.exists(p):
-            return Decoded(None, "unreadable", "broken symbolic link")
-        if os.path.isdir(p):
-            return Decoded(None, "unreadable", "a folder, not a file")
-        why = regular_problem(p, MAX_SOURCE_BYTES)  # a FIFO would block open(), a device never end
+        why = _not_decodable(p)
         if why is not None:
             return Decoded(None, "unreadable", why)
-        if os.path.getsize(p) == 0:
-            return Decoded(None, "unreadable", "empty file (0 bytes)")
-        with warnings.catch_warnings(), open_regular(p, MAX_SOURCE_BYTES) as fh:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fh) as src:
-                if getattr(src, "n_frames", 1) > 1:
-                    src.seek(0)
-                w, h = src.size
-                want = max(1, int(factor(w, h) if callable(factor) else factor or 1))
-                done = 1
-                if want >= 2 and src.format == "JPEG":
-                    src.draft(src.mode, (max(1, w // want), max(1, h // want)))
-                    done = max(1, round(w / src.size[0]))
-                big = src.size[0] * src.size[1] > BIG_DECODE_PIXELS
-                with _BIG_DECODE if big else contextlib.nullcontext():
-                    try:
-                        src.load()
-                        orient = _ORIENT.get(
-                            src.getexif().get(0x0112)
-                        )  # after load: a PNG's getexif() loads
-                        im = src
-                        if want // done >= 2:
-                            im = _reduce(im, want // done)
-                            done *= want // done
-                        if orient is not None:
-                            im = im.transpose(orient)
-                        rgb = _to_rgb(im)  # always a new image
-                        del im
-                    finally:
-                        src.close()  # frees the full decode (also a failed one) before the next may start
-                        if big:
-                            _give_back_memory()
-        size = (
-            (h, w)
-            if orient
-            in (
-                Image.Transpose.TRANSPOSE,
-                Image.Transpose.ROTATE_270,
-                Image.Transpose.TRANSVERSE,
-                Image.Transpose.ROTATE_90,
-            )
-            else (w, h)
-        )
-        return Decoded(rgb, "ok", None, done, size)
+        return _decode_file(p, factor)
     except UnsafeFile as e:
         return Decoded(None, "unreadable", str(e))
     except PermissionError:
@@ -351,6 +304,62 @@ def decode_image(path: str | os.PathLike, factor=None) -> Decoded:
         return Decoded(None, "unreadable", "out of memory while decoding")
     except Exception as e:  # noqa: BLE001 - a bad file gets a row, never a crash
         return Decoded(None, "error", f"{e.__class__.__name__}: {' '.join(str(e).split())}")
+
+
+def _not_decodable(p: str) -> str | None:
+    """Why ``p`` is not opened at all (a broken link, a folder, not a regular file of at most
+    ``MAX_SOURCE_BYTES``, an empty file), or None."""
+    if os.path.islink(p) and not os.path.exists(p):
+        return "broken symbolic link"
+    if os.path.isdir(p):
+        return "a folder, not a file"
+    why = regular_problem(p, MAX_SOURCE_BYTES)  # a FIFO would block open(), a device never end
+    if why is not None:
+        return why
+    if os.path.getsize(p) == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
+def _decode_file(p: str, factor) -> Decoded:
+    """Decode the regular file ``p`` as :func:`decode_image` says; raises what Pillow raises
+    for a bad file."""
+    with warnings.catch_warnings(), open_regular(p, MAX_SOURCE_BYTES) as fh:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(fh) as src:
+            if getattr(src, "n_frames", 1) > 1:
+                src.seek(0)
+            w, h = src.size
+            want = max(1, int(factor(w, h) if callable(factor) else factor or 1))
+            done = 1
+            if want >= 2 and src.format == "JPEG":
+                src.draft(src.mode, (max(1, w // want), max(1, h // want)))
+                done = max(1, round(w / src.size[0]))
+            big = src.size[0] * src.size[1] > BIG_DECODE_PIXELS
+            with _BIG_DECODE if big else contextlib.nullcontext():
+                try:
+                    src.load()
+                    # after load: a PNG's getexif() loads; no orientation tag: 0, no transpose
+                    orient = _ORIENT.get(src.getexif().get(0x0112, 0))
+                    im: Image.Image = src
+                    if want // done >= 2:
+                        im = _reduce(im, want // done)
+                        done *= want // done
+                    if orient is not None:
+                        im = im.transpose(orient)
+                    rgb = _to_rgb(im)  # always a new image
+                    del im
+                finally:
+                    src.close()  # frees the full decode (also a failed one) before the next may start
+                    if big:
+                        _give_back_memory()
+    turned = (
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.ROTATE_270,
+        Image.Transpose.TRANSVERSE,
+        Image.Transpose.ROTATE_90,
+    )
+    return Decoded(rgb, "ok", None, done, (h, w) if orient in turned else (w, h))
 
 
 def open_image(path: str | os.PathLike) -> tuple[Image.Image | None, str, str | None]:
@@ -423,11 +432,10 @@ def crop_box(img: Image.Image, box: Sequence[float], params: AlignParams) -> Ima
     x1, y1, x2, y2 = (float(v) for v in box)
     side = max(x2 - x1, y2 - y1) * (1.0 + 2.0 * params.margin)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    region = tuple(
+    left, top, right, bottom = (
         int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
     )
-    if region[2] <= region[0] or region[3] <= region[1]:
-        region = (0, 0, 1, 1)
+    region = (left, top, right, bottom) if right > left and bottom > top else (0, 0, 1, 1)
     return img.crop(region).resize(
         (params.size, params.size), Image.Resampling.BILINEAR, reducing_gap=2.0
     )

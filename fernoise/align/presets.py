@@ -9,6 +9,7 @@ layers them: built-in defaults, then the preset, then the options given explicit
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ def load_preset(name: str) -> dict[str, Any]:
     import tomllib
     from importlib.resources import files
 
+    read: Callable[[], str]  # the TOML text, from a file or from the package data
     if name.endswith(".toml") or "/" in name or os.sep in name:
         require_file(name, "preset file", flag="--preset")
         shown, read = Path(name).name, Path(name).read_text

@@ -341,76 +341,113 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
     """``(labels, splits, extras DataFrame, classes, label_space, info)`` per source path."""
     import pandas as pd
 
-    from fernoise.formats import FormatOptions, match_paths, read_csv, read_labels
+    info: dict[str, Any] = {}
+    extras = pd.DataFrame(index=range(len(src_paths)))
+    if spec.files:
+        labels, splits, fixed, info["labels"] = _labels_from_file(raw, src_paths, spec, extras)
+    else:
+        labels, splits, fixed, info["labels"] = _labels_from_folders(src_paths, spec)
+    classes, space, labels = dataset_classes(labels, declared=spec.classes, fixed=fixed)
+    groups = _add_groups(src_paths, spec, extras)
+    if groups is not None:
+        info["groups"] = groups
+    mapping = dict(spec.split_map)
+    with_default = [s or "train" for s in splits]
+    named = [mapping.get(s, s) for s in with_default]
+    if spec.join:
+        info["join"] = _add_join(Path(spec.join), src_paths, spec, extras)
+    return labels, named, extras, classes, space, info
+
+
+def _labels_from_file(
+    raw: Path, src_paths: list[str], spec: LabelSpec, extras
+) -> tuple[list[int | None], list[str | None], str | None, dict[str, Any]]:
+    """``(canonical labels, splits, label space, info)`` from the label files; the files'
+    other columns are added to ``extras`` (``<name>_file`` where a manifest column has it)."""
+    import pandas as pd
+
+    from fernoise.formats import FormatOptions, match_paths, read_labels
     from fernoise.formats.folders import from_paths
     from fernoise.manifest import COLUMNS
 
     n = len(src_paths)
-    info: dict[str, Any] = {}
-    extras = pd.DataFrame(index=range(n))
-    if spec.files:
-        opts = FormatOptions(spec.path_column, spec.label_column, spec.split_column)
-        table = read_labels(spec.format, spec.files, opts, on_duplicate=spec.on_duplicate)
-        df = table.df
-        alt = df["alt_key"].tolist() if "alt_key" in df.columns else None
-        where = match_paths(src_paths, df["key"].tolist(), alt, what="label file", flag="--labels")
-        _refuse_conflicts(table, where, src_paths, spec)
-        if not where:
-            ex_key = df["key"].iloc[0]
-            ex_img = src_paths[0] if src_paths else "(no images)"
-            raise FernoiseError(
-                f"label file {Path(spec.files[0]).name} ({len(df)} rows) matches none of the {n} images in {raw} "
-                f"(e.g. row {ex_key!r} vs image {ex_img!r}); expected image names relative to the folder",
-                flag="--labels",
-            )
-        rows = [where.get(s) for s in src_paths]
-        _, folder_splits = from_paths(src_paths, labelled=False)
-        label_col = df["label"].tolist()
-        split_col = df["split"].tolist()
-        labels = [None if r is None or pd.isna(label_col[r]) else int(label_col[r]) for r in rows]
-        splits = [
-            (split_col[r] if r is not None and isinstance(split_col[r], str) else None) or fs
-            for r, fs in zip(rows, folder_splits, strict=True)
-        ]
-        for c in df.columns:
-            if c in ("key", "label", "split", "alt_key"):
-                continue
-            name = f"{c}_file" if c in COLUMNS or c in ("crop_sha256",) else c
-            vals = df[c].tolist()
-            col = [None if r is None else vals[r] for r in rows]
-            if pd.api.types.is_integer_dtype(df[c].dtype):
-                extras[name] = pd.array(col, dtype="Int64")
-            elif pd.api.types.is_float_dtype(df[c].dtype):
-                extras[name] = pd.array(col, dtype="Float64")
-            else:
-                extras[name] = _infer(col)
-        matched = len(set(where.values()))
-        info["labels"] = {
-            "format": spec.format,
-            "files": [Path(f).name for f in spec.files],
-            "rows": len(df),
-            "matched_rows": matched,
-            "unmatched_rows": len(df) - matched,
-            "images_without_label_row": n - len(where),
-            "on_duplicate": spec.on_duplicate,
-            **table.info,
-        }
-        fixed = table.label_space
-        if spec.group_column and not spec.group_regex:
-            extras[spec.group_column] = _group_from_file(df, rows, spec.group_column, spec.files[0])
-    else:
-        labels, splits = from_paths(src_paths, labelled=True)
-        fixed = None
-        info["labels"] = {"format": "folders" if any(x is not None for x in labels) else None}
-        if spec.group_column and not spec.group_regex:
-            raise FernoiseError(
-                f"--group-column {spec.group_column} names a label-file column, but there is no "
-                "label file; pass --labels FILE, or --group-regex to read it from the file names",
-                flag="--group-column",
-            )
-    classes, space, labels = dataset_classes(labels, declared=spec.classes, fixed=fixed)
+    assert spec.format is not None  # LabelSpec refuses label files without a format
+    opts = FormatOptions(spec.path_column, spec.label_column, spec.split_column)
+    table = read_labels(spec.format, spec.files, opts, on_duplicate=spec.on_duplicate)
+    df = table.df
+    alt = df["alt_key"].tolist() if "alt_key" in df.columns else None
+    where = match_paths(src_paths, df["key"].tolist(), alt, what="label file", flag="--labels")
+    _refuse_conflicts(table, where, src_paths, spec)
+    if not where:
+        ex_key = df["key"].iloc[0]
+        ex_img = src_paths[0] if src_paths else "(no images)"
+        raise FernoiseError(
+            f"label file {Path(spec.files[0]).name} ({len(df)} rows) matches none of the {n} images in {raw} "
+            f"(e.g. row {ex_key!r} vs image {ex_img!r}); expected image names relative to the folder",
+            flag="--labels",
+        )
+    rows = [where.get(s) for s in src_paths]
+    _, folder_splits = from_paths(src_paths, labelled=False)
+    label_col = df["label"].tolist()
+    split_col = df["split"].tolist()
+    labels = [None if r is None or pd.isna(label_col[r]) else int(label_col[r]) for r in rows]
+    splits = [
+        (split_col[r] if r is not None and isinstance(split_col[r], str) else None) or fs
+        for r, fs in zip(rows, folder_splits, strict=True)
+    ]
+    for c in df.columns:
+        if c in ("key", "label", "split", "alt_key"):
+            continue
+        name = f"{c}_file" if c in COLUMNS or c in ("crop_sha256",) else c
+        vals = df[c].tolist()
+        col = [None if r is None else vals[r] for r in rows]
+        if pd.api.types.is_integer_dtype(df[c].dtype):
+            extras[name] = pd.array(col, dtype="Int64")
+        elif pd.api.types.is_float_dtype(df[c].dtype):
+            extras[name] = pd.array(col, dtype="Float64")
+        else:
+            extras[name] = _infer(col)
+    matched = len(set(where.values()))
+    info = {
+        "format": spec.format,
+        "files": [Path(f).name for f in spec.files],
+        "rows": len(df),
+        "matched_rows": matched,
+        "unmatched_rows": len(df) - matched,
+        "images_without_label_row": n - len(where),
+        "on_duplicate": spec.on_duplicate,
+        **table.info,
+    }
+    if spec.group_column and not spec.group_regex:
+        extras[spec.group_column] = _group_from_file(df, rows, spec.group_column, spec.files[0])
+    return labels, splits, table.label_space, info
+
+
+def _labels_from_folders(
+    src_paths: list[str], spec: LabelSpec
+) -> tuple[list[int | None], list[str | None], None, dict[str, Any]]:
+    """``(canonical labels, splits, None, info)`` from class and split folder names."""
+    from fernoise.formats.folders import from_paths
+
+    labels, splits = from_paths(src_paths, labelled=True)
+    if spec.group_column and not spec.group_regex:
+        raise FernoiseError(
+            f"--group-column {spec.group_column} names a label-file column, but there is no "
+            "label file; pass --labels FILE, or --group-regex to read it from the file names",
+            flag="--group-column",
+        )
+    return (
+        labels,
+        splits,
+        None,
+        {"format": "folders" if any(x is not None for x in labels) else None},
+    )
+
+
+def _add_groups(src_paths: list[str], spec: LabelSpec, extras) -> dict[str, Any] | None:
+    """Fill the ``--group-regex`` column of ``extras``; the groups' info, or None without groups."""
+    name = spec.group_column or "subject"
     if spec.group_regex:
-        name = spec.group_column or "subject"
         if name in extras.columns:
             raise FernoiseError(
                 f"the label file already has a column {name!r}; name the regex's column with "
@@ -418,57 +455,58 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
                 flag="--group-column",
             )
         extras[name] = groups_from_regex(src_paths, spec.group_regex)
-    if spec.group_column or spec.group_regex:
-        g = extras[spec.group_column or "subject"]
-        info["groups"] = {
-            "column": spec.group_column or "subject",
-            "source": "regex" if spec.group_regex else "labels",
-            "groups": int(g.dropna().nunique()),
-            "images_without_group": int(g.isna().sum()),
-        }
-    splits = [s or "train" for s in splits]
-    mapping = dict(spec.split_map)
-    splits = [mapping.get(s, s) for s in splits]
+    if not (spec.group_column or spec.group_regex):
+        return None
+    g = extras[name]
+    return {
+        "column": name,
+        "source": "regex" if spec.group_regex else "labels",
+        "groups": int(g.dropna().nunique()),
+        "images_without_group": int(g.isna().sum()),
+    }
 
-    if spec.join:
-        jpath = Path(spec.join)
-        require_file(jpath, "join file", flag="--join")
-        jdf = read_csv(jpath)
-        if spec.join_on not in jdf.columns:
+
+def _add_join(jpath: Path, src_paths: list[str], spec: LabelSpec, extras) -> dict[str, Any]:
+    """Add the ``--join`` file's columns to ``extras``; what was joined (the ``join`` info)."""
+    from fernoise.formats import match_paths, read_csv
+    from fernoise.manifest import COLUMNS
+
+    require_file(jpath, "join file", flag="--join")
+    jdf = read_csv(jpath)
+    if spec.join_on not in jdf.columns:
+        raise FernoiseError(
+            f"{jpath.name} has no column {spec.join_on!r}; found {list(jdf.columns)[:12]}",
+            flag="--join-on",
+        )
+    where = match_paths(src_paths, jdf[spec.join_on].tolist(), what="join file", flag="--join")
+    taken = set(COLUMNS) | set(extras.columns) | {"crop_sha256", spec.join_on}
+    if spec.join_columns:
+        bad = [c for c in spec.join_columns if c not in jdf.columns]
+        if bad:
             raise FernoiseError(
-                f"{jpath.name} has no column {spec.join_on!r}; found {list(jdf.columns)[:12]}",
-                flag="--join-on",
+                f"{jpath.name} has no column(s) {bad}; found {list(jdf.columns)[:12]}",
+                flag="--join-columns",
             )
-        where = match_paths(src_paths, jdf[spec.join_on].tolist(), what="join file", flag="--join")
-        taken = set(COLUMNS) | set(extras.columns) | {"crop_sha256", spec.join_on}
-        if spec.join_columns:
-            bad = [c for c in spec.join_columns if c not in jdf.columns]
-            if bad:
-                raise FernoiseError(
-                    f"{jpath.name} has no column(s) {bad}; found {list(jdf.columns)[:12]}",
-                    flag="--join-columns",
-                )
-            clash = [c for c in spec.join_columns if c in taken]
-            if clash:
-                raise FernoiseError(
-                    f"column(s) {clash} are already in the manifest; pick others",
-                    flag="--join-columns",
-                )
-            cols = list(spec.join_columns)
-        else:
-            cols = [c for c in jdf.columns if c not in taken]
-        rows = [where.get(s) for s in src_paths]
-        for c in cols:
-            vals = jdf[c].tolist()
-            extras[c] = _infer([None if r is None else vals[r] for r in rows])
-        info["join"] = {
-            "file": jpath.name,
-            "on": spec.join_on,
-            "columns": cols,
-            "matched_images": len(where),
-            "rows": len(jdf),
-        }
-    return labels, splits, extras, classes, space, info
+        clash = [c for c in spec.join_columns if c in taken]
+        if clash:
+            raise FernoiseError(
+                f"column(s) {clash} are already in the manifest; pick others",
+                flag="--join-columns",
+            )
+        cols = list(spec.join_columns)
+    else:
+        cols = [c for c in jdf.columns if c not in taken]
+    rows = [where.get(s) for s in src_paths]
+    for c in cols:
+        vals = jdf[c].tolist()
+        extras[c] = _infer([None if r is None else vals[r] for r in rows])
+    return {
+        "file": jpath.name,
+        "on": spec.join_on,
+        "columns": cols,
+        "matched_images": len(where),
+        "rows": len(jdf),
+    }
 
 
 # ----------------------------------------------------------------------------- classes, groups, subset
@@ -699,6 +737,7 @@ def _decode(path: Path, params) -> dict[str, Any]:
         "factor": d.factor,
     }
     if d.image is not None:
+        assert d.size is not None  # decode_image sets the size with every image
         item["size"] = list(d.size)
         if params.mode != "whole" and min(d.size) >= params.min_face_size:
             arr, back = detector_input(d.image, params)
@@ -768,8 +807,6 @@ def _finish(
     src: str, sha: str | None, item: dict[str, Any], det, out: Path, params
 ) -> dict[str, Any]:
     """The record of one image: status, reason, faces (with crop paths and sha256), saved crops."""
-    from fernoise.align.faces import crop_whole, faces_from, reduction_for
-
     rec: dict[str, Any] = {
         "src": src,
         "sha": sha,
@@ -779,76 +816,18 @@ def _finish(
         "size": item.get("size"),
         "faces": [],
     }
-    img = item["img"]
-    if img is None:
+    if item["img"] is None:
         return rec
     try:
-        whole_reason = None
-        if params.mode == "whole":
-            whole_reason = "detection off (--mode whole): the whole image was resized"
-        elif "det_in" not in item:
-            w, h = item["size"]
-            rec.update(
-                status="too_small",
-                reason=f"image is {w}x{h} px, smaller than the minimum face size {params.min_face_size} px",
-            )
-            return rec
-        else:
+        if params.mode != "whole" and "det_in" in item:
             rec["n_faces"] = len(det)
-            if len(det) == 0:
-                if params.on_no_face == "whole":
-                    whole_reason = (
-                        "no face detected (--on-no-face whole): the whole image was resized"
-                    )
-                else:
-                    rec.update(
-                        status="no_face",
-                        reason=f"the detector found no face with probability >= {params.min_prob}",
-                    )
-                    return rec
-        if whole_reason is not None:
-            rel = f"{FACES}/{printable(src)}.{params.ext}"
-            w, h = item["size"]
-            need = reduction_for(params.size / max(1, min(w, h)))
-            whole_src = img if item["factor"] <= need else _finer(item["path"])(need)[0]
-            sha_c = _save_crop(crop_whole(whole_src, params), _destination(out, rel), params)
-            rec.update(
-                status="whole",
-                reason=whole_reason,
-                faces=[
-                    {
-                        "face": None,
-                        "det_prob": None,
-                        "bbox": None,
-                        "landmarks": None,
-                        "path": rel,
-                        "crop_sha256": sha_c,
-                    }
-                ],
-            )
-            return rec
-        faces = faces_from(
-            img,
-            det,
-            params,
-            max_faces=None if params.all_faces else 1,
-            factor=item["factor"],
-            finer=_finer(item["path"]),
-        )
-        recs = []
-        for k, f in enumerate(faces):
-            rel = crop_rel(src, k, params)
-            recs.append(
-                {
-                    "face": k,
-                    "det_prob": f.det_prob,
-                    "bbox": list(f.bbox),
-                    "landmarks": list(f.landmarks),
-                    "path": rel,
-                    "crop_sha256": _save_crop(f.crop, _destination(out, rel), params),
-                }
-            )
-        rec.update(status="ok", reason=None, faces=recs)
+        status, reason = _outcome(item, det, params)
+        if status == "whole":
+            rec.update(status=status, reason=reason, faces=[_whole_crop(src, item, out, params)])
+        elif status == "ok":
+            rec.update(status=status, reason=None, faces=_face_crops(src, item, det, out, params))
+        else:
+            rec.update(status=status, reason=reason)
         return rec
     except Exception as e:  # noqa: BLE001 - one bad image gets status error, the run goes on
         if destination_error(e) is not None:
@@ -860,6 +839,73 @@ def _finish(
         )
         rec.update(status="error", reason=reason, faces=[])
         return rec
+
+
+def _outcome(item: dict[str, Any], det, params) -> tuple[str, str | None]:
+    """``(status, reason)`` of a decoded image: ``ok`` (its detected faces are cropped),
+    ``whole`` (the whole image resized), ``too_small`` or ``no_face`` (no crop)."""
+    if params.mode == "whole":
+        return "whole", "detection off (--mode whole): the whole image was resized"
+    if "det_in" not in item:
+        w, h = item["size"]
+        return (
+            "too_small",
+            f"image is {w}x{h} px, smaller than the minimum face size {params.min_face_size} px",
+        )
+    if len(det) == 0:
+        if params.on_no_face == "whole":
+            return "whole", "no face detected (--on-no-face whole): the whole image was resized"
+        return "no_face", f"the detector found no face with probability >= {params.min_prob}"
+    return "ok", None
+
+
+def _whole_crop(src: str, item: dict[str, Any], out: Path, params) -> dict[str, Any]:
+    """Save the whole image resized (decoded finer where the reduced copy lacks detail); its face entry."""
+    from fernoise.align.faces import crop_whole, reduction_for
+
+    rel = f"{FACES}/{printable(src)}.{params.ext}"
+    w, h = item["size"]
+    need = reduction_for(params.size / max(1, min(w, h)))
+    whole_src = item["img"] if item["factor"] <= need else _finer(item["path"])(need)[0]
+    sha_c = _save_crop(crop_whole(whole_src, params), _destination(out, rel), params)
+    return {
+        "face": None,
+        "det_prob": None,
+        "bbox": None,
+        "landmarks": None,
+        "path": rel,
+        "crop_sha256": sha_c,
+    }
+
+
+def _face_crops(src: str, item: dict[str, Any], det, out: Path, params) -> list[dict[str, Any]]:
+    """Save the crop of each detected face (the most confident only, without ``all_faces``);
+    their face entries."""
+    from fernoise.align.faces import faces_from
+
+    faces = faces_from(
+        item["img"],
+        det,
+        params,
+        max_faces=None if params.all_faces else 1,
+        factor=item["factor"],
+        finer=_finer(item["path"]),
+    )
+    recs = []
+    for k, f in enumerate(faces):
+        rel = crop_rel(src, k, params)
+        recs.append(
+            {
+                "face": k,
+                "det_prob": f.det_prob,
+                # faces_from sets both (they are None only for a whole-image Face)
+                "bbox": None if f.bbox is None else list(f.bbox),
+                "landmarks": None if f.landmarks is None else list(f.landmarks),
+                "path": rel,
+                "crop_sha256": _save_crop(f.crop, _destination(out, rel), params),
+            }
+        )
+    return recs
 
 
 def _resolve_detector_device(device: str) -> str:
@@ -891,8 +937,6 @@ def process_images(
     Decoding of the next batch and warping/saving of the previous one overlap detection of
     the current one (a thread pool of ``workers``); a killed run loses at most two batches.
     """
-    from fernoise.align.faces import detect_images
-
     total = total if total is not None else len(todo)
     results: dict[str, dict[str, Any]] = {}
     if not todo:
@@ -924,21 +968,7 @@ def process_images(
             items = [f.result() for f in pending]
             if b + 1 < len(batches):
                 pending = submit(batches[b + 1])
-            need = [i for i, it in enumerate(items) if "det_in" in it]
-            dets: list[Any] = [None] * len(items)
-            if need:
-                if detector is None:
-                    from fernoise.align.detect import make_detector
-
-                    detector = make_detector(_resolve_detector_device(device))
-                found = detect_images(
-                    [items[i]["img"] for i in need],
-                    params,
-                    detector,
-                    arrays=[items[i]["det_in"] for i in need],
-                )
-                for i, d in zip(need, found, strict=True):
-                    dets[i] = d
+            dets, detector = _detect_batch(items, params, detector, device)
             futs = [
                 pool.submit(_finish, s, sha, it, d, out, params)
                 for (s, sha), it, d in zip(batch, items, dets, strict=True)
@@ -953,6 +983,29 @@ def process_images(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+def _detect_batch(items: list[dict[str, Any]], params, detector, device: str):
+    """``(detections, detector)``: one detection per decoded item that has a detector copy
+    (None for the others); the detector is made on first need and handed back for reuse."""
+    from fernoise.align.faces import detect_images
+
+    need = [i for i, it in enumerate(items) if "det_in" in it]
+    dets: list[Any] = [None] * len(items)
+    if need:
+        if detector is None:
+            from fernoise.align.detect import make_detector
+
+            detector = make_detector(_resolve_detector_device(device))
+        found = detect_images(
+            [items[i]["img"] for i in need],
+            params,
+            detector,
+            arrays=[items[i]["det_in"] for i in need],
+        )
+        for i, d in zip(need, found, strict=True):
+            dets[i] = d
+    return dets, detector
 
 
 # ----------------------------------------------------------------------------- rows
@@ -1143,15 +1196,7 @@ def _align_folder(
     shas_all = hash_sources(raw, src_all, workers)
     out.mkdir(parents=True, exist_ok=True)
     _clean_own_tmp(out)  # what a killed run or a full disk left half-written
-    pparams = params.asdict()
-    key_params = {"align": pparams, "labels": labels.key_params()}
-    if dataset is not None:
-        key_params["dataset"] = dataset
-    inputs = {
-        "images": dict_hash([[s, h] for s, h in zip(src_all, shas_all, strict=True)]),
-        "label_files": [_sha_or_none(Path(f)) for f in labels.files],
-        "join": _sha_or_none(Path(labels.join)) if labels.join else None,
-    }
+    key_params, inputs = _key_parts(src_all, shas_all, params, labels, dataset)
     base_key = stage_key(STAGE, VERSION, key_params, inputs)
     if shard is not None:
         key_params = {**key_params, "shard": list(shard)}
@@ -1193,21 +1238,42 @@ def _align_folder(
         force=force or retry,
     )
     summary = holder.get("summary") or read_json(summary_path(manifest)) or {}
-    result = AlignResult(
-        manifest=manifest,
-        key=res.key,
-        hit=res.hit,
-        seconds=0.0,
-        counts=summary.get("counts", {}),
-        rows=summary.get("rows", 0),
-        info=summary.get("info", {}),
-    )
+    result = _result(manifest, res.key, res.hit, summary)
     if skipped:
         result.info = {**result.info, "skipped_folders": skipped}
     if shard is not None:
         result.merged = merge_shards(out, n=shard[1], workspace=workspace, quiet=True)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _result(manifest: Path, key: str, hit: bool, summary: dict[str, Any]) -> AlignResult:
+    """The :class:`AlignResult` of a run or a hit from its summary (``seconds`` set later)."""
+    return AlignResult(
+        manifest=manifest,
+        key=key,
+        hit=hit,
+        seconds=0.0,
+        counts=summary.get("counts", {}),
+        rows=summary.get("rows", 0),
+        info=summary.get("info", {}),
+    )
+
+
+def _key_parts(
+    src_all: list[str], shas_all: list[str | None], params, labels: LabelSpec, dataset: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(params, inputs)`` of the stage key (without the shard): the output-changing
+    parameters, and the hashes of every source image, label file and join file."""
+    key_params: dict[str, Any] = {"align": params.asdict(), "labels": labels.key_params()}
+    if dataset is not None:
+        key_params["dataset"] = dataset
+    inputs = {
+        "images": dict_hash([[s, h] for s, h in zip(src_all, shas_all, strict=True)]),
+        "label_files": [_sha_or_none(Path(f)) for f in labels.files],
+        "join": _sha_or_none(Path(labels.join)) if labels.join else None,
+    }
+    return key_params, inputs
 
 
 def _build(
@@ -1229,11 +1295,71 @@ def _build(
     progress,
     dataset=None,
 ) -> tuple[list[Path], dict[str, Any]]:
-    import pandas as pd
-
+    """Align this run's images (reusing intact per-image records) and write the manifest and
+    its summary; ``(files written, summary)``."""
     from fernoise.manifest import stage_meta, write_manifest
 
     lab, splits, extras, classes, space, info = resolve_labels(raw, src_all, labels)
+    idx = _chosen_rows(src_all, lab, splits, labels, shard, info)
+    src = [src_all[j] for j in idx]
+    shas = [shas_all[j] for j in idx]
+    records, reused, realigned = _aligned_records(
+        raw,
+        out,
+        src,
+        shas,
+        params,
+        shard,
+        workers=workers,
+        batch_size=batch_size,
+        device=device,
+        detector=detector,
+        progress=progress,
+    )
+    df = _manifest_frame(idx, src, shas, records, params, lab, splits, classes, extras)
+    counts = count_statuses(df["status"])
+    info = {
+        **info,
+        "images": len(src),
+        "realigned": realigned,
+        "reused": reused,
+        "classes": classes,
+        "label_space": space,
+    }
+    meta = stage_meta(
+        None,
+        stage=STAGE,
+        params=params.asdict(),
+        key=key,
+        classes=classes,
+        label_space=space,
+        counts=counts,
+        labels=info.get("labels"),
+        join=info.get("join"),
+        base_key=base_key,
+        shard=list(shard) if shard else None,
+        images=len(src),
+        groups=info.get("groups"),
+        subset=info.get("subset"),
+        **({"dataset": dataset} if dataset is not None else {}),
+    )
+    write_manifest(df, manifest, meta)
+    summary = {"counts": counts, "rows": len(df), "info": info, "key": key}
+    atomic_write_json(summary_path(manifest), summary)
+    crops = [out / p for p in df["path"].dropna().unique()]
+    return [manifest, summary_path(manifest), *crops], summary
+
+
+def _chosen_rows(
+    src_all: list[str],
+    lab: list[int | None],
+    splits: list[str],
+    labels: LabelSpec,
+    shard: tuple[int, int] | None,
+    info: dict[str, Any],
+) -> list[int]:
+    """Indices into ``src_all`` this run aligns: the ``--max-rows`` subset (recorded in
+    ``info["subset"]``), then this shard's share."""
     idx = list(range(len(src_all)))
     if labels.max_rows is not None:
         from fernoise.subset import stratified_subset
@@ -1251,9 +1377,26 @@ def _build(
         }
     if shard is not None:
         idx = [j for j in idx if j % shard[1] == shard[0]]
-    src = [src_all[j] for j in idx]
-    shas = [shas_all[j] for j in idx]
+    return idx
 
+
+def _aligned_records(
+    raw: Path,
+    out: Path,
+    src: list[str],
+    shas: list[str | None],
+    params,
+    shard: tuple[int, int] | None,
+    *,
+    workers: int,
+    batch_size: int,
+    device: str,
+    detector,
+    progress: Progress | None,
+) -> tuple[dict[str, dict[str, Any]], int, int]:
+    """``(record per src_path, images reused, images re-aligned)``: intact records of the
+    per-image cache are reused, the rest go through :func:`process_images`; the store is
+    compacted afterwards."""
     store = RecordStore(
         out, dict_hash(params.asdict()), "all" if shard is None else f"s{shard[0]}of{shard[1]}"
     )
@@ -1292,6 +1435,22 @@ def _build(
     store.compact(
         {RecordStore.key(s, h): records[s] for s, h in zip(src, shas, strict=True) if h is not None}
     )
+    return records, reused, len(todo)
+
+
+def _manifest_frame(
+    idx: list[int],
+    src: list[str],
+    shas: list[str | None],
+    records: dict[str, dict[str, Any]],
+    params,
+    lab: list[int | None],
+    splits: list[str],
+    classes: list[str],
+    extras,
+):
+    """The manifest's rows (``ORDER`` columns, then ``extras``), sorted by ``id``."""
+    import pandas as pd
 
     rows = []
     for j, s, h in zip(idx, src, shas, strict=True):
@@ -1308,38 +1467,7 @@ def _build(
     df = df[ORDER].reset_index(drop=True)
     if len(extras.columns):
         df = pd.concat([df, extras.iloc[jj].reset_index(drop=True)], axis=1)
-    df = df.sort_values("id", kind="stable").reset_index(drop=True)
-    counts = count_statuses(df["status"])
-    info = {
-        **info,
-        "images": len(src),
-        "realigned": len(todo),
-        "reused": reused,
-        "classes": classes,
-        "label_space": space,
-    }
-    meta = stage_meta(
-        None,
-        stage=STAGE,
-        params=params.asdict(),
-        key=key,
-        classes=classes,
-        label_space=space,
-        counts=counts,
-        labels=info.get("labels"),
-        join=info.get("join"),
-        base_key=base_key,
-        shard=list(shard) if shard else None,
-        images=len(src),
-        groups=info.get("groups"),
-        subset=info.get("subset"),
-        **({"dataset": dataset} if dataset is not None else {}),
-    )
-    write_manifest(df, manifest, meta)
-    summary = {"counts": counts, "rows": len(df), "info": info, "key": key}
-    atomic_write_json(summary_path(manifest), summary)
-    crops = [out / p for p in df["path"].dropna().unique()]
-    return [manifest, summary_path(manifest), *crops], summary
+    return df.sort_values("id", kind="stable").reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- shards
@@ -1358,9 +1486,34 @@ def merge_shards(
     """
     import pandas as pd
 
-    from fernoise.manifest import read_manifest, write_manifest
+    from fernoise.manifest import read_manifest
 
     out = Path(out)
+    shards = _shard_files(out, n, quiet=quiet)
+    if shards is None:
+        return None
+    n = len(shards)
+    parts = [read_manifest(p) for p in shards]
+    keys = {m.meta.get("base_key") for m in parts}
+    base_key = keys.pop() if len(keys) == 1 else None
+    if not isinstance(base_key, str):  # every shard fernoise writes records its base_key
+        if quiet:
+            return None
+        raise FernoiseError(
+            f"the {n} shard manifests in {out} come from different inputs or parameters; re-run them",
+            flag="--merge",
+        )
+    df = (
+        pd.concat([m.df for m in parts], ignore_index=True)
+        .sort_values("id", kind="stable")
+        .reset_index(drop=True)
+    )
+    return _write_merged(out, df, dict(parts[0].meta), base_key, n, workspace)
+
+
+def _shard_files(out: Path, n: int | None, *, quiet: bool) -> list[Path] | None:
+    """The ``n`` shard manifests of ``out`` in shard order (``n`` None: the one shard count
+    present); a missing one raises, or returns None with ``quiet``."""
     found: dict[int, dict[int, Path]] = {}
     for p in out.glob("manifest.shard-*-of-*.parquet"):
         m = SHARD_RE.match(p.name)
@@ -1384,22 +1537,16 @@ def merge_shards(
             f"shards {[i + 1 for i in missing]} of {n} are missing in {out}; run them with --shard i/{n}",
             flag="--merge",
         )
-    parts = [read_manifest(have[i]) for i in range(n)]
-    keys = {m.meta.get("base_key") for m in parts}
-    if len(keys) != 1:
-        if quiet:
-            return None
-        raise FernoiseError(
-            f"the {n} shard manifests in {out} come from different inputs or parameters; re-run them",
-            flag="--merge",
-        )
-    base_key = keys.pop()
-    df = (
-        pd.concat([m.df for m in parts], ignore_index=True)
-        .sort_values("id", kind="stable")
-        .reset_index(drop=True)
-    )
-    meta = dict(parts[0].meta)
+    return [have[i] for i in range(n)]
+
+
+def _write_merged(
+    out: Path, df, meta: dict[str, Any], base_key: str, n: int, workspace: Workspace | None
+) -> Path:
+    """Write the merged ``OUT/manifest.parquet`` (keyed ``base_key``), its summary and stamp,
+    and record it in the workspace."""
+    from fernoise.manifest import write_manifest
+
     counts = count_statuses(df["status"])
     meta.update(
         key=base_key,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -124,367 +125,443 @@ def print_summary(result, *, shown_path: Path) -> None:
     wrote(shown_path, hit=result.hit)
 
 
+# The options of `fernoise align`, in the order of its signature.
+RawArg = Annotated[
+    Path | None,
+    typer.Argument(metavar="RAW", help="Folder of images (class or split sub-folders allowed)."),
+]
+OutArg = Annotated[
+    Path | None,
+    typer.Argument(metavar="OUT", help="Output folder: manifest.parquet and faces/."),
+]
+LabelsOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--labels",
+        help="Label file (repeatable, e.g. AffectNet's training.csv and validation.csv).",
+    ),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", help="Label file format: rafdb, ferplus, affectnet or csv."),
+]
+PathColumnOpt = Annotated[
+    str | None,
+    typer.Option("--path-column", help="csv: column of image paths (default: path)."),
+]
+LabelColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--label-column",
+        help="csv: column of class names or canonical indices (default: label).",
+    ),
+]
+SplitColumnOpt = Annotated[
+    str | None,
+    typer.Option("--split-column", help="csv: column of splits (train/val/test or aliases)."),
+]
+OnDuplicateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--on-duplicate",
+        help="first or last: the row that counts where label rows name one image with different labels or splits (default: refuse such a file).",
+    ),
+]
+SplitMapOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--split-map",
+        help="FROM=TO split rename after reading splits, e.g. val=test (repeatable).",
+    ),
+]
+JoinOpt = Annotated[
+    Path | None,
+    typer.Option("--join", help="CSV whose extra columns are added to matching rows."),
+]
+JoinOnOpt = Annotated[
+    str | None,
+    typer.Option("--join-on", help="Path column of the --join file (default: path)."),
+]
+JoinColumnsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--join-columns",
+        help="Comma-separated columns to take from --join (default: all the manifest lacks).",
+    ),
+]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--classes",
+        help="The dataset's classes, comma-separated (e.g. happy,sad,anger) or basic7/basic8; kept in canonical order (default: the format's, else the classes that occur).",
+    ),
+]
+GroupColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--group-column",
+        help="Label-file column to keep as the row's group (e.g. subject), as written; with --group-regex, the column it fills (default: subject).",
+    ),
+]
+GroupRegexOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--group-regex",
+        help="Regex searched in each image path (relative to RAW); its first group is the row's group, e.g. 'S(\\d+)_'.",
+    ),
+]
+MaxRowsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-rows",
+        help="Align only a seeded subset of this many images, stratified by split and label.",
+    ),
+]
+SubsetSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the --max-rows subset.")]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        help=f"Dataset preset: {', '.join(preset_names())}; or a path to a .toml file. Options given explicitly win.",
+    ),
+]
+ModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mode",
+        help="align (5-point similarity), box (square box crop) or whole (no detection) (default: align).",
+    ),
+]
+OnNoFaceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--on-no-face",
+        help="skip or whole: what a photo without a detected face gets (default: skip).",
+    ),
+]
+AllFacesOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--all-faces/--best-face",
+        help="One row per detected face instead of the most confident one.",
+    ),
+]
+SizeOpt = Annotated[int | None, typer.Option("--size", help="Crop side in pixels (default: 224).")]
+MarginOpt = Annotated[
+    float | None,
+    typer.Option("--margin", help="Border around the face, fraction per side (default: 0.1)."),
+]
+ImageFormatOpt = Annotated[
+    str | None, typer.Option("--image-format", help="jpg or png (default: jpg).")
+]
+JpegQualityOpt = Annotated[
+    int | None, typer.Option("--jpeg-quality", help="JPEG quality 1-100 (default: 95).")
+]
+MinFaceSizeOpt = Annotated[
+    int | None,
+    typer.Option("--min-face-size", help="MTCNN minimum face size in pixels (default: 20)."),
+]
+MinProbOpt = Annotated[
+    float | None,
+    typer.Option("--min-prob", help="Drop faces below this detector probability (default: 0.9)."),
+]
+DetectSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--detect-size",
+        help="Longest side of the copy the detector sees; 0 = full size (default: 1024).",
+    ),
+]
+ThresholdsOpt = Annotated[
+    str | None,
+    typer.Option("--thresholds", help="MTCNN P,R,O thresholds (default: 0.6,0.7,0.7)."),
+]
+WorkersOpt = Annotated[
+    int,
+    typer.Option("--workers", help="Threads decoding, warping and saving while MTCNN runs."),
+]
+BatchSizeOpt = Annotated[
+    int,
+    typer.Option("--batch-size", help="Images per detection batch (and per cache chunk)."),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help=f"Align only one share of the images ({SHARD_HELP}; under torchrun one per rank); shares merge when all exist.",
+    ),
+]
+MergeOpt = Annotated[
+    bool,
+    typer.Option("--merge", help="Only merge OUT's shard manifests into OUT/manifest.parquet."),
+]
+
+
+@handle_errors
+def align_cmd(
+    raw: RawArg = None,
+    out: OutArg = None,
+    labels: LabelsOpt = None,
+    fmt: FormatOpt = None,
+    path_column: PathColumnOpt = None,
+    label_column: LabelColumnOpt = None,
+    split_column: SplitColumnOpt = None,
+    on_duplicate: OnDuplicateOpt = None,
+    split_map: SplitMapOpt = None,
+    join: JoinOpt = None,
+    join_on: JoinOnOpt = None,
+    join_columns: JoinColumnsOpt = None,
+    classes: ClassesOpt = None,
+    group_column: GroupColumnOpt = None,
+    group_regex: GroupRegexOpt = None,
+    max_rows: MaxRowsOpt = None,
+    seed: SubsetSeedOpt = 0,
+    preset: PresetOpt = None,
+    mode: ModeOpt = None,
+    on_no_face: OnNoFaceOpt = None,
+    all_faces: AllFacesOpt = None,
+    size: SizeOpt = None,
+    margin: MarginOpt = None,
+    image_format: ImageFormatOpt = None,
+    jpeg_quality: JpegQualityOpt = None,
+    min_face_size: MinFaceSizeOpt = None,
+    min_prob: MinProbOpt = None,
+    detect_size: DetectSizeOpt = None,
+    thresholds: ThresholdsOpt = None,
+    workers: WorkersOpt = 2,
+    batch_size: BatchSizeOpt = 32,
+    shard: ShardOpt = None,
+    merge: MergeOpt = False,
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """`fernoise align` (help: :data:`HELP`): layer defaults, preset and the options given,
+    build the parameters, align with a progress bar, print the summary.
+
+    Long: the signature lists the command's 36 arguments and options (one line each, declared
+    above), and ``given`` is the table of the 22 a preset may also set (option -> preset key);
+    every step after them is a helper below."""
+    from fernoise.cache import Workspace
+    from fernoise.errors import FernoiseError
+
+    ws = Workspace(workspace) if workspace is not None else Workspace()
+    if merge:
+        _merge(raw, out, ws)
+        return
+    if raw is None or out is None:
+        raise FernoiseError("expected RAW and OUT folders: fernoise align RAW OUT", flag="RAW")
+    given = {
+        "format": fmt,
+        "path_column": path_column,
+        "label_column": label_column,
+        "split_column": split_column,
+        "split_map": split_map,
+        "mode": mode,
+        "on_no_face": on_no_face,
+        "size": size,
+        "margin": margin,
+        "image_format": image_format,
+        "jpeg_quality": jpeg_quality,
+        "min_face_size": min_face_size,
+        "min_prob": min_prob,
+        "detect_size": detect_size,
+        "all_faces": all_faces,
+        "join_on": join_on,
+        "join_columns": join_columns,
+        "thresholds": thresholds,
+        "classes": classes,
+        "group_column": group_column,
+        "group_regex": group_regex,
+        "on_duplicate": on_duplicate,
+    }
+    opts = {
+        **DEFAULTS,
+        **(load_preset(preset) if preset else {}),
+        **{k: v for k, v in given.items() if v is not None},
+    }
+    params = _align_params(opts)
+    spec = _label_spec(opts, labels=labels, join=join, max_rows=max_rows, seed=seed)
+    sh = _shard(shard)
+    _run(
+        raw,
+        out,
+        params,
+        spec,
+        workers=workers,
+        batch_size=batch_size,
+        shard=sh,
+        device=device,
+        force=force,
+        workspace=ws,
+    )
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(name="align", help=HELP)
-    @handle_errors
-    def align_cmd(
-        raw: Annotated[
-            Path | None,
-            typer.Argument(
-                metavar="RAW", help="Folder of images (class or split sub-folders allowed)."
-            ),
-        ] = None,
-        out: Annotated[
-            Path | None,
-            typer.Argument(metavar="OUT", help="Output folder: manifest.parquet and faces/."),
-        ] = None,
-        labels: Annotated[
-            list[Path] | None,
-            typer.Option(
-                "--labels",
-                help="Label file (repeatable, e.g. AffectNet's training.csv and validation.csv).",
-            ),
-        ] = None,
-        fmt: Annotated[
-            str | None,
-            typer.Option("--format", help="Label file format: rafdb, ferplus, affectnet or csv."),
-        ] = None,
-        path_column: Annotated[
-            str | None,
-            typer.Option("--path-column", help="csv: column of image paths (default: path)."),
-        ] = None,
-        label_column: Annotated[
-            str | None,
-            typer.Option(
-                "--label-column",
-                help="csv: column of class names or canonical indices (default: label).",
-            ),
-        ] = None,
-        split_column: Annotated[
-            str | None,
-            typer.Option(
-                "--split-column", help="csv: column of splits (train/val/test or aliases)."
-            ),
-        ] = None,
-        on_duplicate: Annotated[
-            str | None,
-            typer.Option(
-                "--on-duplicate",
-                help="first or last: the row that counts where label rows name one image with different labels or splits (default: refuse such a file).",
-            ),
-        ] = None,
-        split_map: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--split-map",
-                help="FROM=TO split rename after reading splits, e.g. val=test (repeatable).",
-            ),
-        ] = None,
-        join: Annotated[
-            Path | None,
-            typer.Option("--join", help="CSV whose extra columns are added to matching rows."),
-        ] = None,
-        join_on: Annotated[
-            str | None,
-            typer.Option("--join-on", help="Path column of the --join file (default: path)."),
-        ] = None,
-        join_columns: Annotated[
-            str | None,
-            typer.Option(
-                "--join-columns",
-                help="Comma-separated columns to take from --join (default: all the manifest lacks).",
-            ),
-        ] = None,
-        classes: Annotated[
-            str | None,
-            typer.Option(
-                "--classes",
-                help="The dataset's classes, comma-separated (e.g. happy,sad,anger) or basic7/basic8; kept in canonical order (default: the format's, else the classes that occur).",
-            ),
-        ] = None,
-        group_column: Annotated[
-            str | None,
-            typer.Option(
-                "--group-column",
-                help="Label-file column to keep as the row's group (e.g. subject), as written; with --group-regex, the column it fills (default: subject).",
-            ),
-        ] = None,
-        group_regex: Annotated[
-            str | None,
-            typer.Option(
-                "--group-regex",
-                help="Regex searched in each image path (relative to RAW); its first group is the row's group, e.g. 'S(\\d+)_'.",
-            ),
-        ] = None,
-        max_rows: Annotated[
-            int | None,
-            typer.Option(
-                "--max-rows",
-                help="Align only a seeded subset of this many images, stratified by split and label.",
-            ),
-        ] = None,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the --max-rows subset.")] = 0,
-        preset: Annotated[
-            str | None,
-            typer.Option(
-                "--preset",
-                help=f"Dataset preset: {', '.join(preset_names())}; or a path to a .toml file. Options given explicitly win.",
-            ),
-        ] = None,
-        mode: Annotated[
-            str | None,
-            typer.Option(
-                "--mode",
-                help="align (5-point similarity), box (square box crop) or whole (no detection) (default: align).",
-            ),
-        ] = None,
-        on_no_face: Annotated[
-            str | None,
-            typer.Option(
-                "--on-no-face",
-                help="skip or whole: what a photo without a detected face gets (default: skip).",
-            ),
-        ] = None,
-        all_faces: Annotated[
-            bool | None,
-            typer.Option(
-                "--all-faces/--best-face",
-                help="One row per detected face instead of the most confident one.",
-            ),
-        ] = None,
-        size: Annotated[
-            int | None, typer.Option("--size", help="Crop side in pixels (default: 224).")
-        ] = None,
-        margin: Annotated[
-            float | None,
-            typer.Option(
-                "--margin", help="Border around the face, fraction per side (default: 0.1)."
-            ),
-        ] = None,
-        image_format: Annotated[
-            str | None, typer.Option("--image-format", help="jpg or png (default: jpg).")
-        ] = None,
-        jpeg_quality: Annotated[
-            int | None, typer.Option("--jpeg-quality", help="JPEG quality 1-100 (default: 95).")
-        ] = None,
-        min_face_size: Annotated[
-            int | None,
-            typer.Option(
-                "--min-face-size", help="MTCNN minimum face size in pixels (default: 20)."
-            ),
-        ] = None,
-        min_prob: Annotated[
-            float | None,
-            typer.Option(
-                "--min-prob", help="Drop faces below this detector probability (default: 0.9)."
-            ),
-        ] = None,
-        detect_size: Annotated[
-            int | None,
-            typer.Option(
-                "--detect-size",
-                help="Longest side of the copy the detector sees; 0 = full size (default: 1024).",
-            ),
-        ] = None,
-        thresholds: Annotated[
-            str | None,
-            typer.Option("--thresholds", help="MTCNN P,R,O thresholds (default: 0.6,0.7,0.7)."),
-        ] = None,
-        workers: Annotated[
-            int,
-            typer.Option(
-                "--workers", help="Threads decoding, warping and saving while MTCNN runs."
-            ),
-        ] = 2,
-        batch_size: Annotated[
-            int,
-            typer.Option("--batch-size", help="Images per detection batch (and per cache chunk)."),
-        ] = 32,
-        shard: Annotated[
-            str | None,
-            typer.Option(
-                "--shard",
-                help=f"Align only one share of the images ({SHARD_HELP}; under torchrun one per rank); shares merge when all exist.",
-            ),
-        ] = None,
-        merge: Annotated[
-            bool,
-            typer.Option(
-                "--merge", help="Only merge OUT's shard manifests into OUT/manifest.parquet."
-            ),
-        ] = False,
-        device: DeviceOpt = "auto",
-        force: ForceOpt = False,
-        workspace: WorkspaceOpt = None,
-    ) -> None:
-        from fernoise.cache import Workspace
-        from fernoise.errors import FernoiseError
+    app.command(name="align", help=HELP)(align_cmd)
 
-        ws = Workspace(workspace) if workspace is not None else Workspace()
-        if merge:
-            from fernoise.align.stage import merge_shards
 
-            target = Path(out or raw or ".")
-            if out is None and raw is not None:
-                target = raw
-            path = merge_shards(target, workspace=ws)
-            wrote(path, what="merged")
-            return
-        if raw is None or out is None:
-            raise FernoiseError("expected RAW and OUT folders: fernoise align RAW OUT", flag="RAW")
+def _merge(raw: Path | None, out: Path | None, ws) -> None:
+    """``--merge``: merge OUT's (else RAW's, else the current folder's) shard manifests."""
+    from fernoise.align.stage import merge_shards
 
-        given = {
-            k: v
-            for k, v in {
-                "format": fmt,
-                "path_column": path_column,
-                "label_column": label_column,
-                "split_column": split_column,
-                "split_map": split_map,
-                "mode": mode,
-                "on_no_face": on_no_face,
-                "size": size,
-                "margin": margin,
-                "image_format": image_format,
-                "jpeg_quality": jpeg_quality,
-                "min_face_size": min_face_size,
-                "min_prob": min_prob,
-                "detect_size": detect_size,
-                "all_faces": all_faces,
-                "join_on": join_on,
-                "join_columns": join_columns,
-                "thresholds": thresholds,
-                "classes": classes,
-                "group_column": group_column,
-                "group_regex": group_regex,
-                "on_duplicate": on_duplicate,
-            }.items()
-            if v is not None
-        }
-        opts = {**DEFAULTS, **(load_preset(preset) if preset else {}), **given}
+    target = Path(out or raw or ".")
+    if out is None and raw is not None:
+        target = raw
+    path = merge_shards(target, workspace=ws)
+    assert path is not None  # without quiet, merge_shards raises instead of returning None
+    wrote(path, what="merged")
 
-        from fernoise.align.faces import AlignParams
-        from fernoise.align.stage import LabelSpec, align_folder, shard_from_env
-        from fernoise.shards import parse_shard
 
-        def as_list(v, sep=","):
-            if v is None:
-                return None
-            if isinstance(v, str):
-                return [x.strip() for x in v.split(sep) if x.strip()]
-            return list(v)
+def _as_list(v: Any, sep: str = ",") -> list[Any] | None:
+    """A comma-separated string (from the command line) or a list (from a preset) as a list."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return [x.strip() for x in v.split(sep) if x.strip()]
+    return list(v)
 
-        thr = as_list(opts.get("thresholds"))
-        try:
-            thr_t = tuple(float(x) for x in thr) if thr else None
-        except ValueError:
+
+def _align_params(opts: dict[str, Any]):
+    """The :class:`~fernoise.align.faces.AlignParams` of the layered options."""
+    from fernoise.align.faces import AlignParams
+    from fernoise.errors import FernoiseError
+
+    thr = _as_list(opts.get("thresholds"))
+    try:
+        thr_t = tuple(float(x) for x in thr) if thr else None
+    except ValueError:
+        raise FernoiseError(
+            f"expected three numbers like 0.6,0.7,0.7, got {opts.get('thresholds')!r}",
+            flag="--thresholds",
+        ) from None
+    pkw: dict[str, Any] = {
+        k: opts[k]
+        for k in (
+            "mode",
+            "on_no_face",
+            "size",
+            "margin",
+            "image_format",
+            "jpeg_quality",
+            "min_face_size",
+            "min_prob",
+            "detect_size",
+            "all_faces",
+        )
+        if k in opts
+    }
+    if thr_t:
+        pkw["thresholds"] = thr_t
+    return AlignParams(**pkw)
+
+
+def _split_pairs(items: list[Any] | None) -> tuple[tuple[str, str], ...]:
+    """``--split-map FROM=TO`` items as ``(from, to)`` canonical split names."""
+    from fernoise.errors import FernoiseError
+    from fernoise.formats import normalize_split
+
+    pairs = []
+    for item in items or []:
+        a, eq, b = item.partition("=")
+        if not eq:
             raise FernoiseError(
-                f"expected three numbers like 0.6,0.7,0.7, got {opts.get('thresholds')!r}",
-                flag="--thresholds",
-            ) from None
-        pkw = {
-            k: opts[k]
-            for k in (
-                "mode",
-                "on_no_face",
-                "size",
-                "margin",
-                "image_format",
-                "jpeg_quality",
-                "min_face_size",
-                "min_prob",
-                "detect_size",
-                "all_faces",
+                f"expected FROM=TO (e.g. val=test), got {item!r}", flag="--split-map"
             )
-            if k in opts
-        }
-        if thr_t:
-            pkw["thresholds"] = thr_t
-        params = AlignParams(**pkw)
-
-        pairs = []
-        for item in as_list(opts.get("split_map")) or []:
-            a, eq, b = item.partition("=")
-            if not eq:
-                raise FernoiseError(
-                    f"expected FROM=TO (e.g. val=test), got {item!r}", flag="--split-map"
-                )
-            from fernoise.formats import normalize_split
-
-            pairs.append(
-                (normalize_split(a, flag="--split-map"), normalize_split(b, flag="--split-map"))
-            )
-        spec = LabelSpec(
-            files=tuple(str(p) for p in labels or ()),
-            format=opts.get("format"),
-            path_column=opts["path_column"],
-            label_column=opts["label_column"],
-            split_column=opts.get("split_column"),
-            split_map=tuple(pairs),
-            join=str(join) if join else None,
-            join_on=opts["join_on"],
-            join_columns=tuple(as_list(opts.get("join_columns")) or ()) or None,
-            classes=_class_option(opts.get("classes")),
-            group_column=opts.get("group_column"),
-            group_regex=opts.get("group_regex"),
-            max_rows=max_rows,
-            seed=seed,
-            on_duplicate=opts.get("on_duplicate"),
+        pairs.append(
+            (normalize_split(a, flag="--split-map"), normalize_split(b, flag="--split-map"))
         )
-        if shard:
-            i, n = parse_shard(shard)
-            sh = (i - 1, n)  # the library counts shards from 0, as RANK
-        else:
-            sh = shard_from_env()
-
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        state: dict[str, Any] = {}
-        bar = Progress(
-            TextColumn("aligning"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} img/s"),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=True,
-            disable=not isatty() and not os.environ.get("FERNOISE_PROGRESS"),
-        )
-
-        def progress(done: int, total: int) -> None:
-            import time
-
-            now = time.perf_counter()
-            if "task" not in state:
-                state.update(task=bar.add_task("align", total=total, rate="-"), t0=now, d0=done)
-                bar.start()
-            rate = (done - state["d0"]) / max(now - state["t0"], 1e-9)
-            bar.update(
-                state["task"], completed=done, rate=f"{rate:.1f}" if done > state["d0"] else "-"
+    for a, b in pairs:
+        if a is None or b is None:  # an empty side: the message LabelSpec gives a bad split
+            raise FernoiseError(
+                f"expected FROM=TO with train, val or test, got {a}={b}", flag="--split-map"
             )
+    return tuple((a, b) for a, b in pairs if a is not None and b is not None)
 
-        try:
-            result = align_folder(
-                raw,
-                out,
-                params,
-                spec,
-                workers=workers,
-                batch_size=batch_size,
-                shard=sh,
-                device=device,
-                progress=progress,
-                force=force,
-                workspace=ws,
-            )
-        finally:
-            bar.stop()
-        print_summary(result, shown_path=result.manifest)
-        if result.merged is not None:
-            wrote(result.merged, what="merged shards into")
+
+def _label_spec(
+    opts: dict[str, Any], *, labels: list[Path] | None, join: Path | None, max_rows, seed: int
+):
+    """The :class:`~fernoise.align.stage.LabelSpec` of the layered options."""
+    from fernoise.align.stage import LabelSpec
+
+    return LabelSpec(
+        files=tuple(str(p) for p in labels or ()),
+        format=opts.get("format"),
+        path_column=opts["path_column"],
+        label_column=opts["label_column"],
+        split_column=opts.get("split_column"),
+        split_map=_split_pairs(_as_list(opts.get("split_map"))),
+        join=str(join) if join else None,
+        join_on=opts["join_on"],
+        join_columns=tuple(_as_list(opts.get("join_columns")) or ()) or None,
+        classes=_class_option(opts.get("classes")),
+        group_column=opts.get("group_column"),
+        group_regex=opts.get("group_regex"),
+        max_rows=max_rows,
+        seed=seed,
+        on_duplicate=opts.get("on_duplicate"),
+    )
+
+
+def _shard(shard: str | None) -> tuple[int, int] | None:
+    """``--shard i/n`` as the library's ``(i - 1, n)`` (it counts from 0, as RANK), else
+    torchrun's rank, else None."""
+    from fernoise.align.stage import shard_from_env
+    from fernoise.shards import parse_shard
+
+    if shard:
+        i, n = parse_shard(shard)
+        return (i - 1, n)
+    return shard_from_env()
+
+
+def _progress() -> tuple[Any, Callable[[int, int], None]]:
+    """``(bar, callback)``: a rich bar on stderr (images/s, time left) fed by ``callback(done,
+    total)``, shown on a terminal or with FERNOISE_PROGRESS set."""
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    state: dict[str, Any] = {}
+    bar = Progress(
+        TextColumn("aligning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} img/s"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=not isatty() and not os.environ.get("FERNOISE_PROGRESS"),
+    )
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if "task" not in state:
+            state.update(task=bar.add_task("align", total=total, rate="-"), t0=now, d0=done)
+            bar.start()
+        rate = (done - state["d0"]) / max(now - state["t0"], 1e-9)
+        bar.update(state["task"], completed=done, rate=f"{rate:.1f}" if done > state["d0"] else "-")
+
+    return bar, progress
+
+
+def _run(raw: Path, out: Path, params, spec, **kw: Any) -> None:
+    """Align with a progress bar (``kw``: :func:`~fernoise.align.stage.align_folder`'s
+    keywords) and print the summary."""
+    from fernoise.align.stage import align_folder
+
+    bar, progress = _progress()
+    try:
+        result = align_folder(raw, out, params, spec, progress=progress, **kw)
+    finally:
+        bar.stop()
+    print_summary(result, shown_path=result.manifest)
+    if result.merged is not None:
+        wrote(result.merged, what="merged shards into")

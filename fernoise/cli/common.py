@@ -25,6 +25,7 @@ SeedOpt = Annotated[
     int, typer.Option("--seed", help="Random seed (every random choice uses its own generator).")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (autocast).")]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Recompute even when the cache holds the result.")
 ]

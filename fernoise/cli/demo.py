@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from fernoise.cli.common import DeviceOpt, ForceOpt, console, err_console, handle_errors
+
+if TYPE_CHECKING:
+    from rich.status import Status
 
 HELP = (
     "Run the whole pipeline on synthetic-faces, drawn faces built into fernoise (no data needed).\n\n"
@@ -29,7 +32,7 @@ class _Printer:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.status = None
+        self.status: Status | None = None
 
     def shown(self, path: Path) -> str:
         try:
@@ -107,93 +110,118 @@ class _Printer:
         self._stop()
 
 
+@handle_errors
+def demo_cmd(
+    folder: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Folder for everything the demo writes.")
+    ] = Path("fernoise-demo"),
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            help="Comma-separated methods to train, one run each (any of `fernoise methods`).",
+            show_default="ce,ncctfer",
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", help="Training epochs per method.", show_default="8"),
+    ] = None,
+    train_per_class: Annotated[
+        int | None,
+        typer.Option(
+            "--train-per-class", help="Drawn training faces per class.", show_default="40"
+        ),
+    ] = None,
+    test_per_class: Annotated[
+        int | None,
+        typer.Option(
+            "--test-per-class",
+            help="Drawn test faces per class, of unseen identities.",
+            show_default="10",
+        ),
+    ] = None,
+    size: Annotated[
+        int | None,
+        typer.Option("--size", help="Crop and training image side in pixels.", show_default="48"),
+    ] = None,
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+) -> None:
+    """`fernoise demo` (help: :data:`HELP`): run the demo, print each step and the table."""
+    # as in `fernoise train`: idle OpenMP threads sleep (set before torch loads OpenMP)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import time
+
+    from fernoise.demo.stage import run_demo
+    from fernoise.demo.synthetic import NAME
+
+    t0 = time.perf_counter()
+    params = _params(methods, epochs, train_per_class, test_per_class, size, device)
+    console.print(
+        f"fernoise demo on [bold]{NAME}[/bold]: procedurally drawn faces (SYNTHETIC, not photos) "
+        f"-> {folder}",
+        soft_wrap=True,
+    )
+    printer = _Printer(folder)
+    try:
+        res = run_demo(folder, params, progress=printer, force=force)
+    finally:
+        printer.close()
+    _print_result(res, folder, printer, t0)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(name="demo", help=HELP)
-    @handle_errors
-    def demo_cmd(
-        folder: Annotated[
-            Path, typer.Argument(metavar="DIR", help="Folder for everything the demo writes.")
-        ] = Path("fernoise-demo"),
-        methods: Annotated[
-            str | None,
-            typer.Option(
-                "--methods",
-                help="Comma-separated methods to train, one run each (any of `fernoise methods`).",
-                show_default="ce,ncctfer",
-            ),
-        ] = None,
-        epochs: Annotated[
-            int | None,
-            typer.Option("--epochs", help="Training epochs per method.", show_default="8"),
-        ] = None,
-        train_per_class: Annotated[
-            int | None,
-            typer.Option(
-                "--train-per-class", help="Drawn training faces per class.", show_default="40"
-            ),
-        ] = None,
-        test_per_class: Annotated[
-            int | None,
-            typer.Option(
-                "--test-per-class",
-                help="Drawn test faces per class, of unseen identities.",
-                show_default="10",
-            ),
-        ] = None,
-        size: Annotated[
-            int | None,
-            typer.Option(
-                "--size", help="Crop and training image side in pixels.", show_default="48"
-            ),
-        ] = None,
-        device: DeviceOpt = "auto",
-        force: ForceOpt = False,
-    ) -> None:
-        # as in `fernoise train`: idle OpenMP threads sleep (set before torch loads OpenMP)
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        import time
+    app.command(name="demo", help=HELP)(demo_cmd)
 
-        from fernoise.demo.stage import DemoParams, run_demo
-        from fernoise.demo.synthetic import NAME
 
-        t0 = time.perf_counter()
-        given: dict[str, Any] = {
-            k: v
-            for k, v in {
-                "epochs": epochs,
-                "train_per_class": train_per_class,
-                "test_per_class": test_per_class,
-                "size": size,
-            }.items()
-            if v is not None
-        }
-        if methods is not None:
-            given["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
-        if epochs is not None:  # keep a third of the epochs, at most the default's, as warm-up
-            given["warmup"] = min(DemoParams.warmup, epochs // 3)
-        params = DemoParams(**given, device=device)
-        console.print(
-            f"fernoise demo on [bold]{NAME}[/bold]: procedurally drawn faces (SYNTHETIC, not photos) "
-            f"-> {folder}",
-            soft_wrap=True,
-        )
-        printer = _Printer(folder)
-        try:
-            res = run_demo(folder, params, progress=printer, force=force)
-        finally:
-            printer.close()
-        console.print()
-        console.print(f"[bold]{res.title}[/bold]", soft_wrap=True)
-        typer.echo(res.table, nl=False)
-        hits = sum(s.hit for s in res.steps if s.stage != "report")
-        total = sum(1 for s in res.steps if s.stage != "report")
-        console.print(
-            f"\ndemo on {NAME} (synthetic) finished in {time.perf_counter() - t0:.0f} s "
-            f"({hits} of {total} stages from the cache); table: {printer.shown(res.report_path)}",
-            soft_wrap=True,
-        )
-        console.print(
-            f"next: cd {folder} && fernoise eval && fernoise report 'runs/*'  (or run the Quickstart on "
-            "your own photos)",
-            soft_wrap=True,
-        )
+def _params(
+    methods: str | None,
+    epochs: int | None,
+    train_per_class: int | None,
+    test_per_class: int | None,
+    size: int | None,
+    device: str,
+):
+    """The :class:`~fernoise.demo.stage.DemoParams` of the options given (None: the default)."""
+    from fernoise.demo.stage import DemoParams
+
+    given: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "epochs": epochs,
+            "train_per_class": train_per_class,
+            "test_per_class": test_per_class,
+            "size": size,
+        }.items()
+        if v is not None
+    }
+    if methods is not None:
+        given["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if epochs is not None:  # keep a third of the epochs, at most the default's, as warm-up
+        given["warmup"] = min(DemoParams.warmup, epochs // 3)
+    return DemoParams(**given, device=device)
+
+
+def _print_result(res, folder: Path, printer: _Printer, t0: float) -> None:
+    """The report table, the time since ``t0``, how many stages came from the cache, and what
+    to run next."""
+    import time
+
+    from fernoise.demo.synthetic import NAME
+
+    console.print()
+    console.print(f"[bold]{res.title}[/bold]", soft_wrap=True)
+    typer.echo(res.table, nl=False)
+    hits = sum(s.hit for s in res.steps if s.stage != "report")
+    total = sum(1 for s in res.steps if s.stage != "report")
+    console.print(
+        f"\ndemo on {NAME} (synthetic) finished in {time.perf_counter() - t0:.0f} s "
+        f"({hits} of {total} stages from the cache); table: {printer.shown(res.report_path)}",
+        soft_wrap=True,
+    )
+    console.print(
+        f"next: cd {folder} && fernoise eval && fernoise report 'runs/*'  (or run the Quickstart on "
+        "your own photos)",
+        soft_wrap=True,
+    )

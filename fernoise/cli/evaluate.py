@@ -27,6 +27,21 @@ def _f(v: Any, nd: int = 3) -> str:
 
 def print_report(rep: dict[str, Any], out_dir: Path) -> None:
     """The rich tables of an eval.json."""
+    h = rep["history"]
+    console.print(_summary_table(rep))
+    console.print(_per_class_table(rep))
+    console.print(_confusion_table(rep))
+    _print_history(h, rep["classes"])
+    for w in h.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
+    if rep.get("gradcam_note"):
+        err_console.print(
+            f"[yellow]note:[/yellow] gradcam.png: {rep['gradcam_note']}", soft_wrap=True
+        )
+
+
+def _summary_table(rep: dict[str, Any]):
+    """Top-1, macro-F1, mean class accuracy, ECE and the history's figures, one row each."""
     from rich.table import Table
 
     h = rep["history"]
@@ -68,13 +83,17 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
             "",
             f"[dim]95% percentile bootstrap over test rows ({ci['resamples']} resamples, seed {ci['seed']})[/dim]",
         )
-    console.print(t)
+    return t
 
-    classes = rep["classes"]
+
+def _per_class_table(rep: dict[str, Any]):
+    """Support, precision, recall, F1 and accuracy per class."""
+    from rich.table import Table
+
     pc = Table(title="per class (accuracy = recall: share of the class's rows predicted right)")
     for col in ("class", "support", "precision", "recall", "F1", "accuracy"):
         pc.add_column(col, justify="left" if col == "class" else "right")
-    for name in classes:
+    for name in rep["classes"]:
         m = rep["per_class"][name]
         pc.add_row(
             name,
@@ -84,8 +103,14 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
             _f(m["f1"]),
             _pct(m["accuracy"]),
         )
-    console.print(pc)
+    return pc
 
+
+def _confusion_table(rep: dict[str, Any]):
+    """The confusion matrix, its diagonal in bold."""
+    from rich.table import Table
+
+    classes = rep["classes"]
     cm = Table(title="confusion matrix (rows: true, columns: predicted)")
     cm.add_column("true \\ pred")
     for name in classes:
@@ -98,7 +123,13 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
                 for i, v in enumerate(row)
             ],
         )
-    console.print(cm)
+    return cm
+
+
+def _print_history(h: dict[str, Any], classes: list[str]) -> None:
+    """Per epoch, where the history has them: the confident set as a detector of clean rows,
+    and the per-class thresholds."""
+    from rich.table import Table
 
     nd = h.get("noise_detection") or []
     if nd:
@@ -123,12 +154,6 @@ def print_report(rep: dict[str, Any], out_dir: Path) -> None:
         for i, e in enumerate(thr["epoch"]):
             tt.add_row(str(e), *[_f(thr[name][i], 2) for name in classes])
         console.print(tt)
-    for w in h.get("warnings", []):
-        err_console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
-    if rep.get("gradcam_note"):
-        err_console.print(
-            f"[yellow]note:[/yellow] gradcam.png: {rep['gradcam_note']}", soft_wrap=True
-        )
 
 
 def _ci(interval: list[float] | None, *, pct: bool = False) -> str:

@@ -131,89 +131,93 @@ class _Lines:
                 console.print(f"{what}: [red]failed[/red]: {st.reason}", soft_wrap=True)
 
 
+@handle_errors
+def sweep_cmd(
+    grid: Annotated[Path, typer.Argument(help="Grid file (TOML), e.g. grids/smoke.toml.")],
+    manifest: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Clean aligned manifest (default: the grid's `manifest`, else the latest `fernoise align`). A folder means its manifest.parquet."
+        ),
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            "--gpus",
+            help="Run one cell per GPU at once, e.g. 0,1,2,3 (each child sees its GPU as cuda:0).",
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help=f"Run only one of n disjoint shares of the cells ({SHARD_HELP}; SLURM arrays, indexed jobs).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="List the cells and which are done; run and write nothing."),
+    ] = False,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Exit code: 0 when every cell of this shard is done, 1 when some failed."""
+    from fernoise.cache import Workspace
+    from fernoise.sweep.runner import check_gpu_devices, parse_gpus, parse_shard, plan, summary
+
+    share = parse_shard(shard)
+    gpu_list = parse_gpus(gpus)
+    sweep = plan(grid, manifest, workspace=Workspace(workspace), shard=share)
+    check_gpu_devices(sweep.mine, gpu_list)
+    t0 = time.perf_counter()
+    states = _run(sweep, gpu_list, dry_run)
+    counts = summary(states)
+    secs = time.perf_counter() - t0
+    if dry_run:
+        console.print(
+            f"dry run: {counts['done']} of {len(states)} cells done; nothing was run or written"
+        )
+        return
+    _print_outcome(sweep, states, counts, secs)
+    if counts["done"] != len(states):
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(
+    app.command(
         name="sweep",
         help="Run a grid file of methods x noise x seeds x options: corrupt -> train -> eval per cell, cached and resumable. Exit code 0 when every cell is done, 1 when some failed.",
+    )(sweep_cmd)
+
+
+def _run(sweep, gpu_list, dry_run: bool):
+    """Run (or with ``dry_run`` only list) the cells: a live table on a terminal, else one
+    line per cell event and the table at the end; the cells' states."""
+    from fernoise.sweep.runner import run
+
+    slots = len(gpu_list or [None])
+    if isatty() and not dry_run:
+        from rich.live import Live
+
+        with Live(
+            render(sweep, slots), console=console, refresh_per_second=2, transient=False
+        ) as live:
+            return run(sweep, gpus=gpu_list, update=lambda s: live.update(render(s, slots)))
+    states = run(sweep, gpus=gpu_list, update=None if dry_run else _Lines(), dry_run=dry_run)
+    console.print(render(sweep, slots))
+    return states
+
+
+def _print_outcome(sweep, states, counts: dict[str, int], secs: float) -> None:
+    """The grid's notes, each failed cell with its reason, and the totals."""
+    from rich.markup import escape
+
+    for note in sweep.notes:
+        err_console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+    for st in states:
+        if st.status == "failed":
+            err_console.print(f"[red]failed[/red] {st.cell.id}: {st.reason}", soft_wrap=True)
+    console.print(
+        f"{counts['done']} done ({counts['hits']} cache hits), {counts['failed']} failed, in {secs:.1f}s; "
+        f"table: {sweep.state_dir / 'table.md'}  (compare runs: fernoise report)",
+        soft_wrap=True,
     )
-    @handle_errors
-    def sweep_cmd(
-        grid: Annotated[Path, typer.Argument(help="Grid file (TOML), e.g. grids/smoke.toml.")],
-        manifest: Annotated[
-            Path | None,
-            typer.Argument(
-                help="Clean aligned manifest (default: the grid's `manifest`, else the latest `fernoise align`). A folder means its manifest.parquet."
-            ),
-        ] = None,
-        gpus: Annotated[
-            str | None,
-            typer.Option(
-                "--gpus",
-                help="Run one cell per GPU at once, e.g. 0,1,2,3 (each child sees its GPU as cuda:0).",
-            ),
-        ] = None,
-        shard: Annotated[
-            str | None,
-            typer.Option(
-                "--shard",
-                help=f"Run only one of n disjoint shares of the cells ({SHARD_HELP}; SLURM arrays, indexed jobs).",
-            ),
-        ] = None,
-        dry_run: Annotated[
-            bool,
-            typer.Option(
-                "--dry-run", help="List the cells and which are done; run and write nothing."
-            ),
-        ] = False,
-        workspace: WorkspaceOpt = None,
-    ) -> None:
-        """Exit code: 0 when every cell of this shard is done, 1 when some failed."""
-        from rich.markup import escape
-
-        from fernoise.cache import Workspace
-        from fernoise.sweep.runner import (
-            check_gpu_devices,
-            parse_gpus,
-            parse_shard,
-            plan,
-            run,
-            summary,
-        )
-
-        share = parse_shard(shard)
-        gpu_list = parse_gpus(gpus)
-        sweep = plan(grid, manifest, workspace=Workspace(workspace), shard=share)
-        check_gpu_devices(sweep.mine, gpu_list)
-        slots = len(gpu_list or [None])
-        t0 = time.perf_counter()
-        if isatty() and not dry_run:
-            from rich.live import Live
-
-            with Live(
-                render(sweep, slots), console=console, refresh_per_second=2, transient=False
-            ) as live:
-                states = run(sweep, gpus=gpu_list, update=lambda s: live.update(render(s, slots)))
-        else:
-            states = run(
-                sweep, gpus=gpu_list, update=None if dry_run else _Lines(), dry_run=dry_run
-            )
-            console.print(render(sweep, slots))
-        counts = summary(states)
-        secs = time.perf_counter() - t0
-        if dry_run:
-            console.print(
-                f"dry run: {counts['done']} of {len(states)} cells done; nothing was run or written"
-            )
-            return
-        for note in sweep.notes:
-            err_console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
-        for st in states:
-            if st.status == "failed":
-                err_console.print(f"[red]failed[/red] {st.cell.id}: {st.reason}", soft_wrap=True)
-        console.print(
-            f"{counts['done']} done ({counts['hits']} cache hits), {counts['failed']} failed, in {secs:.1f}s; "
-            f"table: {sweep.state_dir / 'table.md'}  (compare runs: fernoise report)",
-            soft_wrap=True,
-        )
-        if counts["done"] != len(states):
-            raise typer.Exit(1)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fernoise.cli.common import (
     DeviceOpt,
     ForceOpt,
+    PrecisionOpt,
     SeedOpt,
     WorkspaceOpt,
     console,
@@ -25,6 +26,9 @@ from fernoise.cli.common import (
     wrote,
 )
 from fernoise.train.config import DEFAULT_METHOD
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 def _fmt(v) -> str:
@@ -54,7 +58,7 @@ class _Progress:
             console=console,
             transient=True,
         )
-        self.task = None
+        self.task: TaskID | None = None
 
     def __call__(self, ev: dict) -> None:
         kind = ev["event"]
@@ -209,9 +213,7 @@ def _static_options(
     ] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    precision: Annotated[
-        str, typer.Option("--precision", help="auto, fp32 or bf16 (autocast).")
-    ] = "auto",
+    precision: PrecisionOpt = "auto",
     val_fraction: Annotated[
         float,
         typer.Option(
@@ -267,7 +269,10 @@ def _static_options(
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
 ) -> None:
-    """The options every method shares; the signature of `fernoise train` adds each method's flags."""
+    """The options every method shares; the signature of `fernoise train` adds each method's flags.
+
+    Long: a signature and nothing else: one parameter per option of `fernoise train` that
+    every method shares (name, default, help), read by :func:`register`; nothing runs here."""
 
 
 def _ident(flag: str) -> str:
@@ -363,7 +368,8 @@ def register(app: typer.Typer) -> None:
         _train(**kw)
 
     base = inspect.signature(_static_options, eval_str=True)
-    train_cmd.__signature__ = base.replace(
+    # PEP 362: inspect.signature (and so Typer) reads __signature__; typeshed declares none on functions
+    train_cmd.__signature__ = base.replace(  # type: ignore[attr-defined]
         parameters=[*base.parameters.values(), *_method_options()]
     )
     app.command(

@@ -453,6 +453,52 @@ def corrupt(
     """
     classes = list(classes)
     n_classes = len(classes)
+    _check_frame(df, n_classes, allow_noisy)
+    lab = _labels(df, "label", n_classes, classes)
+    rows = _training_rows(df, lab)
+    y = lab[rows]
+
+    rng = np.random.default_rng(params.seed)
+    ctx = _Ctx(classes=classes, params=params, rng=rng, df=df, rows=rows)
+    noisy = KINDS[params.kind].fn(y, ctx)
+
+    new = lab.copy()
+    new[rows] = noisy
+    if allow_noisy and "label_clean" in df.columns:
+        clean = _labels(df, "label_clean", n_classes, classes)
+    else:
+        clean = lab
+    out = _with_labels(df, new, clean, classes)
+
+    kept = noisy >= 0
+    t = np.bincount(y[kept] * n_classes + noisy[kept], minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes
+    )
+    n, flipped, per_class, overall = _rates(t)
+    info: dict[str, Any] = {
+        "kind": params.kind,
+        "rate": None,
+        "seed": None,
+        **params.key_params(),
+        **ctx.info,
+    }
+    info.update(
+        classes=classes,
+        transition=t.tolist(),
+        n=n,
+        flipped=flipped,
+        rate_per_class=per_class,
+        rate_overall=overall,
+        n_train=int(len(rows)),
+        # NEP 19: Generator streams are stable within a numpy version, not promised across
+        numpy=np.__version__,
+    )
+    return out, info
+
+
+def _check_frame(df: pd.DataFrame, n_classes: int, allow_noisy: bool) -> None:
+    """Refuse a manifest without a class list or the needed columns, or an already
+    corrupted one unless ``allow_noisy``."""
     if n_classes == 0:
         raise FernoiseError(
             "the manifest has no class list in its metadata; make it with `fernoise align`",
@@ -469,7 +515,10 @@ def corrupt(
             flag="--force",
         )
 
-    lab = _labels(df, "label", n_classes, classes)
+
+def _training_rows(df: pd.DataFrame, lab: np.ndarray) -> np.ndarray:
+    """Positions of the labelled training rows, in ``id`` order (the order the noise is
+    chosen in); raises when there are none, or when their ids are null or repeated."""
     train = (df["split"] == "train").to_numpy(dtype=bool, na_value=False) & (lab >= 0)
     sel = np.flatnonzero(train)
     if len(sel) == 0:
@@ -500,21 +549,15 @@ def corrupt(
                 "so ids must be unique",
                 flag="MANIFEST",
             )
-    rows = sel[order]
-    y = lab[rows]
+    return sel[order]
 
-    rng = np.random.default_rng(params.seed)
-    ctx = _Ctx(classes=classes, params=params, rng=rng, df=df, rows=rows)
-    noisy = KINDS[params.kind].fn(y, ctx)
 
-    new = lab.copy()
-    new[rows] = noisy
-    if allow_noisy and "label_clean" in df.columns:
-        clean = _labels(df, "label_clean", n_classes, classes)
-    else:
-        clean = lab
+def _with_labels(
+    df: pd.DataFrame, new: np.ndarray, clean: np.ndarray, classes: list[str]
+) -> pd.DataFrame:
+    """``df`` with ``label``/``label_name`` from ``new`` and ``label_clean``, ``is_noisy``
+    (from ``clean``) right after ``label_name`` (-1 = null)."""
     is_noisy = (new >= 0) & (clean >= 0) & (new != clean)
-
     out = df.copy(deep=False)
     out["label"] = _int64(new)
     names = np.array([*classes, None], dtype=object)
@@ -523,29 +566,4 @@ def corrupt(
     out["is_noisy"] = is_noisy
     cols = [c for c in out.columns if c not in ("label_clean", "is_noisy")]
     at = cols.index("label_name") + 1
-    out = out[cols[:at] + ["label_clean", "is_noisy"] + cols[at:]]
-
-    kept = noisy >= 0
-    t = np.bincount(y[kept] * n_classes + noisy[kept], minlength=n_classes * n_classes).reshape(
-        n_classes, n_classes
-    )
-    n, flipped, per_class, overall = _rates(t)
-    info: dict[str, Any] = {
-        "kind": params.kind,
-        "rate": None,
-        "seed": None,
-        **params.key_params(),
-        **ctx.info,
-    }
-    info.update(
-        classes=classes,
-        transition=t.tolist(),
-        n=n,
-        flipped=flipped,
-        rate_per_class=per_class,
-        rate_overall=overall,
-        n_train=int(len(rows)),
-        # NEP 19: Generator streams are stable within a numpy version, not promised across
-        numpy=np.__version__,
-    )
-    return out, info
+    return out[cols[:at] + ["label_clean", "is_noisy"] + cols[at:]]

@@ -240,7 +240,104 @@ def run_corrupt(
     path = resolve_manifest(
         manifest if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
     )
+    params = _params(kind, rate, seed, pairs_file, matrix_file, column)
+    meta = read_meta(path)
+    classes = _check_input(path, meta, params, force)
 
+    key_params, matrix_sha = _key_params(params, pairs_file, matrix_file)
+    input_key = meta.get("key") or file_sha256(path)
+    whole = _read_table(path)
+    content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=whole).content_key(
+        whole.column_names
+    )
+    output = Path(out) if out is not None else output_name(path, params, matrix_sha256=matrix_sha)
+    if output.resolve() == path.resolve():
+        raise FernoiseError(
+            f"--out {output} is the input manifest, which is never modified; choose another path",
+            flag="--out",
+        )
+
+    timings: dict[str, float] = {}
+    noise: dict[str, Any] = {}
+
+    def build(key: str) -> list[Path]:
+        df, info, times = _noised(whole, classes, params, force)
+        t2 = time.perf_counter()
+        info["input_key"] = input_key
+        info["input_content"] = content
+        if pairs_file is not None:
+            info["pairs_sha256"] = key_params["pairs_sha256"]
+        if matrix_sha is not None:
+            info["matrix_sha256"] = matrix_sha
+        new_meta = stage_meta(meta, stage=STAGE, params=key_params, key=key, noise=info)
+        write_manifest_table(splice(whole, df), output, new_meta)
+        timings.update(times, write=time.perf_counter() - t2)
+        noise.update(info)
+        return [output]
+
+    res = run_stage(
+        stage=STAGE,
+        version=VERSION,
+        params=key_params,
+        inputs={"manifest": input_key, "content": content},
+        output=output,
+        build=build,
+        workspace=ws,
+        force=force,
+    )
+    if res.hit:
+        noise = dict(read_meta(output).get("noise") or {})
+    return CorruptResult(result=res, input=path, noise=noise, timings=timings)
+
+
+def _key_params(
+    params: CorruptParams,
+    pairs_file: str | os.PathLike | None,
+    matrix_file: str | os.PathLike | None,
+) -> tuple[dict[str, Any], str | None]:
+    """``(key params, matrix file sha256)``: the noise parameters plus the sha256 of a
+    ``--pairs`` or ``--matrix`` file."""
+    key_params = params.key_params()
+    matrix_sha = None
+    if pairs_file is not None:
+        key_params["pairs_sha256"] = file_sha256(pairs_file)
+    if matrix_file is not None:
+        matrix_sha = file_sha256(matrix_file)
+        key_params["matrix_sha256"] = matrix_sha
+    return key_params, matrix_sha
+
+
+def _noised(
+    whole: pa.Table, classes: list[str], params: CorruptParams, force: bool
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, float]]:
+    """``(noisy frame, noise info, seconds to read and to corrupt)`` of the manifest table.
+
+    Only the columns the noise needs go through pandas; the rest of the table (paths,
+    boxes, landmarks, votes) is written back as read: a large manifest stays fast."""
+    t0 = time.perf_counter()
+    need = [
+        c
+        for c in ("id", "split", "label", "label_name", "label_clean", params.column)
+        if c and c in whole.column_names
+    ]
+    small = whole.select(need).to_pandas()
+    if "label" in small.columns:
+        small["label"] = small["label"].astype("Int64")
+    t1 = time.perf_counter()
+    df, info = corrupt(small, classes=classes, params=params, allow_noisy=force)
+    return df, info, {"read": t1 - t0, "corrupt": time.perf_counter() - t1}
+
+
+def _params(
+    kind: str,
+    rate: float | None,
+    seed: int,
+    pairs_file: str | os.PathLike | None,
+    matrix_file: str | os.PathLike | None,
+    column: str | None,
+) -> CorruptParams:
+    """The noise parameters, with the ``--pairs`` or ``--matrix`` file read (each refused
+    for a kind that does not use it)."""
     if kind not in ("asym",) and pairs_file is not None:
         raise FernoiseError(f"pairs are for --kind asym, not {kind}; drop --pairs", flag="--pairs")
     if kind != "matrix" and matrix_file is not None:
@@ -249,7 +346,7 @@ def run_corrupt(
         )
     pairs = load_pairs(pairs_file) if pairs_file is not None else None
     matrix = load_matrix(matrix_file) if matrix_file is not None else None
-    params = CorruptParams(
+    return CorruptParams(
         kind=kind,
         rate=rate,
         seed=seed,
@@ -258,7 +355,29 @@ def run_corrupt(
         column=column,
     )
 
-    meta = read_meta(path)
+
+# Columns `fernoise align` writes; a missing --column is looked for among the others.
+_ALIGN_COLUMNS = (
+    "id",
+    "src_path",
+    "src_sha256",
+    "path",
+    "split",
+    "label",
+    "label_name",
+    "status",
+    "reason",
+    "face",
+    "n_faces",
+    "det_prob",
+    "bbox",
+    "landmarks",
+)
+
+
+def _check_input(path: Path, meta: dict[str, Any], params: CorruptParams, force: bool) -> list[str]:
+    """The manifest's class list, after checking it has one, that the matrix fits it, that
+    the manifest is not corrupted yet (unless ``force``) and has the ``--column``."""
     classes = list(meta.get("classes") or [])
     if not classes:
         raise FernoiseError(
@@ -276,104 +395,26 @@ def run_corrupt(
             flag="--force",
         )
     if params.kind == "column" and params.column not in names:
-        extra = [
-            n
-            for n in names
-            if n
-            not in (
-                "id",
-                "src_path",
-                "src_sha256",
-                "path",
-                "split",
-                "label",
-                "label_name",
-                "status",
-                "reason",
-                "face",
-                "n_faces",
-                "det_prob",
-                "bbox",
-                "landmarks",
-            )
-        ]
+        extra = [n for n in names if n not in _ALIGN_COLUMNS]
         raise FernoiseError(
             f"{path.name} has no column {params.column!r}; its extra columns are {extra[:20]} "
             "(bring a second annotation in with align's label-file columns)",
             flag="--column",
         )
+    return classes
 
-    key_params = params.key_params()
-    matrix_sha = None
-    if pairs_file is not None:
-        key_params["pairs_sha256"] = file_sha256(pairs_file)
-    if matrix_file is not None:
-        matrix_sha = file_sha256(matrix_file)
-        key_params["matrix_sha256"] = matrix_sha
-    input_key = meta.get("key") or file_sha256(path)
+
+def _read_table(path: Path) -> pa.Table:
+    """The whole manifest as an Arrow table; ids must be unique (a repeated id would be
+    noised, and trained, twice)."""
     try:
         whole = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
         raise FernoiseError(
             f"{path} is not a readable Parquet manifest ({e.__class__.__name__})", flag="MANIFEST"
         ) from None
-    if "id" in whole.column_names:  # a repeated id would be noised (and trained) twice
+    if "id" in whole.column_names:
         from fernoise.manifest import check_unique_ids
 
         check_unique_ids(whole.column("id"), path)
-    content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=whole).content_key(
-        whole.column_names
-    )
-    output = Path(out) if out is not None else output_name(path, params, matrix_sha256=matrix_sha)
-    if output.resolve() == path.resolve():
-        raise FernoiseError(
-            f"--out {output} is the input manifest, which is never modified; choose another path",
-            flag="--out",
-        )
-
-    timings: dict[str, float] = {}
-    noise: dict[str, Any] = {}
-
-    def build(key: str) -> list[Path]:
-        t0 = time.perf_counter()
-        # Only the columns the noise needs go through pandas; the rest of the table (paths,
-        # boxes, landmarks, votes) is written back as read: a large manifest stays fast.
-        table = whole
-        m_meta = meta
-        need = [
-            c
-            for c in ("id", "split", "label", "label_name", "label_clean", params.column)
-            if c and c in table.column_names
-        ]
-        small = table.select(need).to_pandas()
-        if "label" in small.columns:
-            small["label"] = small["label"].astype("Int64")
-        t1 = time.perf_counter()
-        df, info = corrupt(small, classes=classes, params=params, allow_noisy=force)
-        t2 = time.perf_counter()
-        info["input_key"] = input_key
-        info["input_content"] = content
-        if pairs_file is not None:
-            info["pairs_sha256"] = key_params["pairs_sha256"]
-        if matrix_sha is not None:
-            info["matrix_sha256"] = matrix_sha
-        new_meta = stage_meta(m_meta, stage=STAGE, params=key_params, key=key, noise=info)
-        write_manifest_table(splice(table, df), output, new_meta)
-        t3 = time.perf_counter()
-        timings.update(read=t1 - t0, corrupt=t2 - t1, write=t3 - t2)
-        noise.update(info)
-        return [output]
-
-    res = run_stage(
-        stage=STAGE,
-        version=VERSION,
-        params=key_params,
-        inputs={"manifest": input_key, "content": content},
-        output=output,
-        build=build,
-        workspace=ws,
-        force=force,
-    )
-    if res.hit:
-        noise = dict(read_meta(output).get("noise") or {})
-    return CorruptResult(result=res, input=path, noise=noise, timings=timings)
+    return whole

@@ -247,10 +247,7 @@ def run_demo(
     the stages themselves (``{"event": "train", ...}`` wraps train's). ``force`` recomputes
     every step. Returns a :class:`DemoResult`; writes only inside ``root``.
     """
-    from fernoise.align.faces import AlignParams
-    from fernoise.align.stage import LabelSpec, align_folder
     from fernoise.cache import Workspace
-    from fernoise.corrupt.stage import run_corrupt
 
     root = Path(root).resolve()
     if root.exists() and not root.is_dir():
@@ -277,54 +274,12 @@ def run_demo(
             )
         )
 
-        say({"event": "stage", "stage": "align"})
-        t0 = time.perf_counter()
-        aligned = align_folder(
-            root / "raw",
-            root / NAME,
-            AlignParams(mode="whole", size=params.size),
-            LabelSpec(),
-            workers=1,
-            device="cpu",
-            force=force,
-            workspace=ws,
-            dataset=NAME,
-            progress=lambda d, n: say({"event": "align", "done": d, "total": n}),
-        )
-        done(
-            StepResult(
-                "align",
-                aligned.manifest,
-                aligned.hit,
-                time.perf_counter() - t0,
-                {"counts": dict(aligned.counts), "rows": aligned.rows},
-            )
-        )
-
-        say({"event": "stage", "stage": "corrupt"})
-        t0 = time.perf_counter()
-        noisy = run_corrupt(
-            aligned.manifest,
-            kind=params.kind,
-            rate=params.rate,
-            seed=params.noise_seed,
-            force=force,
-            workspace=ws,
-        )
-        done(
-            StepResult(
-                "corrupt",
-                noisy.output,
-                noisy.hit,
-                time.perf_counter() - t0,
-                {"noise": getattr(noisy, "noise", None) or {}},
-            )
-        )
-
+        aligned = _align(root, params, ws, say, force, done)
+        noisy = _corrupt(aligned, params, ws, say, force, done)
         runs: list[Path] = []
         evals: dict[str, dict[str, Any]] = {}
         for method in params.methods:
-            run = _train(noisy.output, method, params, ws, say, force, done)
+            run = _train(noisy, method, params, ws, say, force, done)
             runs.append(run)
             evals[method] = _eval(run, method, params, ws, say, force, done)
 
@@ -348,6 +303,63 @@ def run_demo(
         report_path=report_path,
         seconds=time.perf_counter() - t_all,
     )
+
+
+def _align(root: Path, params: DemoParams, ws, say, force: bool, done) -> Path:
+    """Align ``root/raw`` into ``root/<NAME>`` (whole images, no detection); the manifest."""
+    from fernoise.align.faces import AlignParams
+    from fernoise.align.stage import LabelSpec, align_folder
+
+    say({"event": "stage", "stage": "align"})
+    t0 = time.perf_counter()
+    aligned = align_folder(
+        root / "raw",
+        root / NAME,
+        AlignParams(mode="whole", size=params.size),
+        LabelSpec(),
+        workers=1,
+        device="cpu",
+        force=force,
+        workspace=ws,
+        dataset=NAME,
+        progress=lambda d, n: say({"event": "align", "done": d, "total": n}),
+    )
+    done(
+        StepResult(
+            "align",
+            aligned.manifest,
+            aligned.hit,
+            time.perf_counter() - t0,
+            {"counts": dict(aligned.counts), "rows": aligned.rows},
+        )
+    )
+    return aligned.manifest
+
+
+def _corrupt(manifest: Path, params: DemoParams, ws, say, force: bool, done) -> Path:
+    """The demo's noise on the aligned ``manifest``; the noisy manifest."""
+    from fernoise.corrupt.stage import run_corrupt
+
+    say({"event": "stage", "stage": "corrupt"})
+    t0 = time.perf_counter()
+    noisy = run_corrupt(
+        manifest,
+        kind=params.kind,
+        rate=params.rate,
+        seed=params.noise_seed,
+        force=force,
+        workspace=ws,
+    )
+    done(
+        StepResult(
+            "corrupt",
+            noisy.output,
+            noisy.hit,
+            time.perf_counter() - t0,
+            {"noise": getattr(noisy, "noise", None) or {}},
+        )
+    )
+    return noisy.output
 
 
 def _train(manifest: Path, method: str, params: DemoParams, ws, say, force: bool, done) -> Path:

@@ -275,8 +275,55 @@ def draw_face(
     captured at a random position, scale, rotation and lighting from ``rng``."""
     e = expression_params(expression, rng)
     S = size * SUPERSAMPLE
-    u = S / 100.0  # one "unit" = 1% of the canvas
-    # background: two colours blended top to bottom, plus a few soft blobs
+    canvas = _background(rng, S)
+    layer = Image.new("RGBA", (S, S), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    g = _Geometry.of(ident, e, S)
+    _draw_head(d, ident, g)
+    _draw_eyes(d, ident, e, g)
+    _draw_brows(d, ident, e, g)
+    if ident["glasses"]:
+        _draw_glasses(d, g)
+    _draw_nose(d, ident, e, g)
+    _draw_mouth(d, ident, e, g, rng)
+    return _capture(canvas, layer, rng, size)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Where the face is on an ``S`` x ``S`` canvas: centre, half-width and half-height of the
+    head, the unit ``u`` (1% of the canvas), and the eyes' height, offset and half-sizes."""
+
+    cx: float
+    cy: float
+    fw: float
+    fh: float
+    u: float
+    eye_y: float
+    eye_dx: float
+    ew: float
+    eh: float
+
+    @staticmethod
+    def of(ident: dict[str, Any], e: dict[str, float], S: int) -> _Geometry:
+        cx, cy = S / 2, S * 0.52
+        fw, fh = ident["face_w"] * S, ident["face_h"] * S
+        return _Geometry(
+            cx=cx,
+            cy=cy,
+            fw=fw,
+            fh=fh,
+            u=S / 100.0,
+            eye_y=cy + ident["eye_y"] * fh,
+            eye_dx=ident["eye_dx"] * fw,
+            ew=0.2 * fw * ident["eye_size"],
+            eh=0.1 * fh * ident["eye_size"] * max(0.25, 1.0 + e["eye_open"]),
+        )
+
+
+def _background(rng: np.random.Generator, S: int) -> Image.Image:
+    """Two random colours blended top to bottom, plus a few soft blobs."""
+    u = S / 100.0
     bg_a, bg_b = rng.uniform(30, 230, 3), rng.uniform(30, 230, 3)
     ramp = np.linspace(0, 1, S)[:, None, None]
     bg = (bg_a * (1 - ramp) + bg_b * ramp) * np.ones((1, S, 1))
@@ -285,14 +332,14 @@ def draw_face(
     for _ in range(int(rng.integers(0, 2))):
         x, y, r = rng.uniform(0, S), rng.uniform(0, S), rng.uniform(8, 25) * u
         d.ellipse([x - r, y - r, x + r, y + r], fill=_col(rng.uniform(30, 230, 3)))
+    return canvas
 
-    layer = Image.new("RGBA", (S, S), (0, 0, 0, 0))
-    d = ImageDraw.Draw(layer)
-    cx, cy = S / 2, S * 0.52
-    fw, fh = ident["face_w"] * S, ident["face_h"] * S
+
+def _draw_head(d: ImageDraw.ImageDraw, ident: dict[str, Any], g: _Geometry) -> None:
+    """Hair behind the head (long style), then ears, head, beard and hair on top."""
+    cx, cy, fw, fh = g.cx, g.cy, g.fw, g.fh
     skin = ident["skin"]
     hair = ident["hair"]
-    # hair behind the head (long style), then ears, head
     if ident["hair_style"] == 2:
         d.ellipse([cx - fw * 1.18, cy - fh * 1.12, cx + fw * 1.18, cy + fh * 0.75], fill=_col(hair))
     for sx in (-1, 1):
@@ -320,18 +367,20 @@ def draw_face(
                 [cx - fw * 0.8, cy - fh * 0.8, cx + fw * 0.8, cy - fh * 0.6], fill=_col(hair)
             )
 
-    # eyes
-    eye_y = cy + ident["eye_y"] * fh
-    eye_dx = ident["eye_dx"] * fw
-    ew = 0.2 * fw * ident["eye_size"]
-    eh = 0.1 * fh * ident["eye_size"] * max(0.25, 1.0 + e["eye_open"])
+
+def _draw_eyes(
+    d: ImageDraw.ImageDraw, ident: dict[str, Any], e: dict[str, float], g: _Geometry
+) -> None:
+    """Eyes with iris and pupil; a lowered upper lid where the expression narrows them."""
+    skin = ident["skin"]
+    eye_y, ew, eh = g.eye_y, g.ew, g.eh
     for sx in (-1, 1):
-        ex = cx + sx * eye_dx
+        ex = g.cx + sx * g.eye_dx
         d.ellipse(
             [ex - ew, eye_y - eh, ex + ew, eye_y + eh],
             fill=(250, 250, 250),
             outline=_col(skin, 0.45),
-            width=max(1, int(0.6 * u)),
+            width=max(1, int(0.6 * g.u)),
         )
         r = min(eh, ew * 0.55)
         d.ellipse([ex - r, eye_y - r, ex + r, eye_y + r], fill=_col(ident["iris"]))
@@ -341,36 +390,56 @@ def draw_face(
             lid = eye_y - eh + (-e["eye_open"]) * 1.2 * eh
             d.rectangle([ex - ew * 1.05, eye_y - eh * 1.1, ex + ew * 1.05, lid], fill=_col(skin))
 
-    # brows: outer end, inner end and an arch; inner ends tilt up (sad, fear) or down (anger)
-    bw = max(1, int(ident["brow_w"] * u))
-    base = eye_y - eh - 0.09 * fh - e["brow_raise"] * 0.10 * fh
-    blen = 0.22 * fw * ident["brow_len"]
+
+def _draw_brows(
+    d: ImageDraw.ImageDraw, ident: dict[str, Any], e: dict[str, float], g: _Geometry
+) -> None:
+    """Brows: outer end, inner end and an arch; inner ends tilt up (sad, fear) or down (anger)."""
+    fh = g.fh
+    bw = max(1, int(ident["brow_w"] * g.u))
+    base = g.eye_y - g.eh - 0.09 * fh - e["brow_raise"] * 0.10 * fh
+    blen = 0.22 * g.fw * ident["brow_len"]
     for sx in (-1, 1):
-        ex = cx + sx * eye_dx
+        ex = g.cx + sx * g.eye_dx
         outer = (ex + sx * blen, base + 0.01 * fh)
         inner = (ex - sx * blen * 0.9, base - e["brow_tilt"] * 0.1 * fh)
         mid = (
             (outer[0] + inner[0]) / 2,
             (outer[1] + inner[1]) / 2 - (0.02 + e["brow_arch"] * 0.06) * fh,
         )
-        d.line(_bezier(outer, mid, inner, 12), fill=_col(hair * 0.35 + 10), width=bw, joint="curve")
-
-    if ident["glasses"]:
-        gw = max(1, int(0.9 * u))
-        for sx in (-1, 1):
-            ex = cx + sx * eye_dx
-            d.ellipse(
-                [ex - ew * 1.5, eye_y - ew * 1.1, ex + ew * 1.5, eye_y + ew * 1.1],
-                outline=(30, 30, 30),
-                width=gw,
-            )
         d.line(
-            [(cx - eye_dx + ew * 1.5, eye_y), (cx + eye_dx - ew * 1.5, eye_y)],
-            fill=(30, 30, 30),
-            width=gw,
+            _bezier(outer, mid, inner, 12),
+            fill=_col(ident["hair"] * 0.35 + 10),
+            width=bw,
+            joint="curve",
         )
 
-    # nose, and the wrinkles of disgust across its bridge
+
+def _draw_glasses(d: ImageDraw.ImageDraw, g: _Geometry) -> None:
+    """Round rims around the eyes and a bridge between them."""
+    cx, eye_y, eye_dx, ew = g.cx, g.eye_y, g.eye_dx, g.ew
+    gw = max(1, int(0.9 * g.u))
+    for sx in (-1, 1):
+        ex = cx + sx * eye_dx
+        d.ellipse(
+            [ex - ew * 1.5, eye_y - ew * 1.1, ex + ew * 1.5, eye_y + ew * 1.1],
+            outline=(30, 30, 30),
+            width=gw,
+        )
+    d.line(
+        [(cx - eye_dx + ew * 1.5, eye_y), (cx + eye_dx - ew * 1.5, eye_y)],
+        fill=(30, 30, 30),
+        width=gw,
+    )
+
+
+def _draw_nose(
+    d: ImageDraw.ImageDraw, ident: dict[str, Any], e: dict[str, float], g: _Geometry
+) -> None:
+    """The identity's nose (a line, an arc or nostrils), and the wrinkles of disgust across
+    its bridge."""
+    cx, fw, fh, eye_y, u = g.cx, g.fw, g.fh, g.eye_y, g.u
+    skin = ident["skin"]
     ny0, ny1 = eye_y + 0.05 * fh, eye_y + ident["nose_len"] * fh + 0.1 * fh
     nw = max(1, int(0.8 * u))
     if ident["nose"] == 0:
@@ -406,8 +475,17 @@ def draw_face(
             width=max(1, int(0.7 * u)),
         )
 
-    # mouth: lips as two curves between the corners; an opening with optional teeth
-    my = cy + ident["mouth_y"] * fh
+
+def _draw_mouth(
+    d: ImageDraw.ImageDraw,
+    ident: dict[str, Any],
+    e: dict[str, float],
+    g: _Geometry,
+    rng: np.random.Generator,
+) -> None:
+    """Lips as two curves between the corners; an opening with optional teeth."""
+    cx, fw, fh, u = g.cx, g.fw, g.fh, g.u
+    my = g.cy + ident["mouth_y"] * fh
     mw = ident["mouth_w"] * fw * max(0.4, 1.0 + e["mouth_width"])
     lift = e["smile"] * 0.14 * fh  # corners up for a smile
     sneer = e["sneer"] * 0.07 * fh
@@ -436,21 +514,27 @@ def draw_face(
     else:
         d.line(upper, fill=_col(ident["lip"]), width=lw + max(1, int(0.5 * u)), joint="curve")
 
-    # capture: scale, rotation and shift of the face layer onto the background
+
+def _capture(
+    canvas: Image.Image, layer: Image.Image, rng: np.random.Generator, size: int
+) -> np.ndarray:
+    """The face layer scaled, rotated and shifted onto the background, maybe mirrored and
+    blurred, resized to ``size``, with random contrast, gain, bias and sensor noise."""
+    S = canvas.width
     scale = rng.uniform(1.18, 1.3)  # a tight crop, as aligned faces are
     angle = rng.uniform(-6, 6)
     shift = rng.uniform(-0.02, 0.02, 2) * S  # train adds its own shifts
-    layer = layer.resize((max(1, int(S * scale)), max(1, int(S * scale))), Image.BICUBIC)
-    layer = layer.rotate(angle, resample=Image.BICUBIC, expand=False)
+    layer = layer.resize((max(1, int(S * scale)), max(1, int(S * scale))), Image.Resampling.BICUBIC)
+    layer = layer.rotate(angle, resample=Image.Resampling.BICUBIC, expand=False)
     ox = int((S - layer.width) / 2 + shift[0])
     oy = int((S - layer.height) / 2 + shift[1])
     canvas.paste(layer, (ox, oy), layer)
     if rng.random() < 0.5:
-        canvas = canvas.transpose(Image.FLIP_LEFT_RIGHT)
-    img = canvas.resize((size, size), Image.LANCZOS)
+        canvas = canvas.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    img = canvas.resize((size, size), Image.Resampling.LANCZOS)
     if rng.random() < 0.2:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
-    x = np.asarray(img, dtype=np.float32)
+    x: np.ndarray = np.asarray(img, dtype=np.float32)  # float64 once the noise is added
     gain, bias = rng.uniform(0.7, 1.25), rng.uniform(-25, 25)
     x = (x - 128) * rng.uniform(0.75, 1.15) + 128  # contrast
     x = x * gain + bias + rng.normal(0, rng.uniform(0, 5), x.shape)

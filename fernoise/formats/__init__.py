@@ -223,7 +223,8 @@ def match_paths(
     exact = set(src_paths)
     found: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
-        names = [k] + ([alt_keys[i]] if alt_keys is not None and alt_keys[i] else [])
+        alt = alt_keys[i] if alt_keys is not None else None
+        names = [k, alt] if alt else [k]
         for name in names:
             name = _posix(name)
             if not name:
