@@ -128,7 +128,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_tmp(
-    folder: str | os.PathLike,
+    folder: str | os.PathLike[str],
     *,
     max_age: float = STALE_TMP_SECONDS,
     recursive: bool = False,
@@ -148,6 +148,7 @@ def clean_stale_tmp(
     now = time.time()
     if os.path.islink(folder):
         return 0
+    walk: Iterator[tuple[str, list[str]]]
     if recursive:
         walk = ((d, f) for d, _dirs, f in os.walk(folder))
     else:

@@ -10,7 +10,7 @@ a full disk, a quota, a file size limit) says it in one line, as for every other
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from fernoise.cache import atomic_path
 
@@ -42,7 +42,8 @@ def save_torch(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         out = _Writes(f)
         try:
-            torch.save(obj, out)
+            # torch.save writes to any object with write and flush (its docs); its annotation says IO
+            torch.save(obj, cast(IO[bytes], out))
         except RuntimeError:
             if out.error is None:
                 raise

@@ -97,24 +97,22 @@ class Decoded:
     path: Path | None = None
 
 
-def _decode(
-    path: str | os.PathLike, sha: str | None, size: int
-) -> tuple[np.ndarray | None, str | None]:
-    """One crop, or ``(None, reason)`` when it is missing, differs from ``sha`` or is no image."""
+def _decode(path: str | os.PathLike, sha: str | None, size: int) -> np.ndarray | str:
+    """One crop, or the reason (a string) when it is missing, differs from ``sha`` or is no image."""
     try:
         raw = read_regular(path, MAX_CROP_BYTES)  # a FIFO or /dev/zero: a skipped row, never a hang
     except FileNotFoundError:
-        return None, "missing"
+        return "missing"
     except UnsafeFile as e:
-        return None, str(e)
+        return str(e)
     except OSError as e:
-        return None, f"unreadable ({e.__class__.__name__})"
+        return f"unreadable ({e.__class__.__name__})"
     if sha and bytes_sha256(raw) != sha:
-        return None, "differs from the sha256 align recorded"
+        return "differs from the sha256 align recorded"
     try:
-        return load_rgb(io.BytesIO(raw), size), None
+        return load_rgb(io.BytesIO(raw), size)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for truncated or foreign files
-        return None, f"not a readable image ({e.__class__.__name__})"
+        return f"not a readable image ({e.__class__.__name__})"
 
 
 def preallocate(path: str | os.PathLike) -> None:
@@ -167,9 +165,9 @@ def decoded_crops(
         preallocate(tmp)
         step = max(1, len(paths) // 100)
         for i, p in enumerate(paths):
-            img, why = _decode(p, shas[i] if shas is not None else None, size)
-            if img is None:
-                skipped[i] = why
+            img = _decode(p, shas[i] if shas is not None else None, size)
+            if isinstance(img, str):  # why it could not be used
+                skipped[i] = img
                 out[i] = 0
             else:
                 out[i] = img

@@ -29,10 +29,10 @@ def load_rgb(path: str | os.PathLike | BinaryIO, size: int) -> np.ndarray:
         with open_regular(path, MAX_CROP_BYTES) as fh:
             return load_rgb(fh, size)
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+        rgb = im.convert("RGB")
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
 
 
 def load_many(paths: Sequence[str | os.PathLike], size: int) -> np.ndarray:

@@ -177,7 +177,7 @@ def classify(
 
 
 def _row(file: Path, **kw: Any) -> dict[str, Any]:
-    row = {
+    row: dict[str, Any] = {
         "file": printable(file),
         "face": None,
         "status": "ok",

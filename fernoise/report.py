@@ -783,10 +783,12 @@ def _csv_row(
     n = max((s.n for s in st.values() if s), default=len(cell.units("max")))
 
     def mean(a: str) -> str:
-        return _num(st[a].mean if st[a] else None)
+        s = st[a]
+        return _num(s.mean if s else None)
 
     def std(a: str) -> str:
-        return _num(st[a].std if st[a] else None)
+        s = st[a]
+        return _num(s.std if s else None)
 
     def ci(v: list[float] | None, i: int) -> str:
         return _num(v[i]) if (one is not None and v) else ""

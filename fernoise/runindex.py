@@ -155,12 +155,14 @@ def pretrained_identity(value: str | None, workspace: Workspace | None = None) -
     return ...
 
 
-def method_defaults(method: str) -> Any:
+def method_defaults(method: str | None) -> Any:
     """The defaults ``train`` resolves unset options from: the method's optimiser defaults and
-    its ``Params`` defaults (``fernoise.methods`` registry; None without one), so a changed
-    default misses the index as it misses the stage key."""
+    its ``Params`` defaults (``fernoise.methods`` registry; None without one, or for an unknown
+    or no method), so a changed default misses the index as it misses the stage key."""
+    if method is None:  # not a registered name: as for an unknown one
+        return None
     try:
-        from fernoise import methods  # type: ignore[attr-defined]
+        from fernoise import methods
 
         cls = methods.get(method)
         optim, params = getattr(cls, "optim", None), getattr(cls, "Params", None)
@@ -192,7 +194,9 @@ def snapshot(stamp: Mapping[str, Any], base: Path) -> dict[str, list[int]] | Non
     return out
 
 
-def intact(stamp: Mapping[str, Any] | None, key: str, base: Path, stats: Mapping[str, Any]) -> bool:
+def intact(
+    stamp: Mapping[str, Any] | None, key: str | None, base: Path, stats: Mapping[str, Any]
+) -> bool:
     """Like :func:`fernoise.cache.outputs_intact`, but a file whose stat equals the one
     in ``stats`` (taken when it was last hashed) is not hashed again."""
     if not stamp or stamp.get("key") != key:
@@ -261,8 +265,10 @@ def lookup(
         return None
     run_dir = runs / str(entry.get("run"))
     stamp = read_json(stamp_path(run_dir / "model.pt"))
-    if not intact(stamp, entry.get("key"), run_dir, entry.get("files") or {}) or skipped_rows(
-        run_dir
+    if (
+        stamp is None  # (intact says so too)
+        or not intact(stamp, entry.get("key"), run_dir, entry.get("files") or {})
+        or skipped_rows(run_dir)
     ):
         return None
     if workspace is not None:

@@ -51,6 +51,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -332,8 +333,8 @@ class DlibResNet29(nn.Module):
                 f"{source}: parameters left unset: {sorted(set(params) - set(new))[:3]}"
             )
         with torch.no_grad():
-            for pname, value in new.items():
-                params[pname].copy_(value)
+            for pname, t in new.items():
+                params[pname].copy_(t)
 
     @classmethod
     def from_faceapi(
@@ -352,7 +353,11 @@ class DlibResNet29(nn.Module):
 # --------------------------------------------------------------------------------------------
 # reading face-api's files
 
-_QUANT = {"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16}
+_QUANT: dict[str, type[np.generic]] = {
+    "uint8": np.uint8,
+    "uint16": np.uint16,
+    "float16": np.float16,
+}
 
 
 def _sha256(path: Path) -> str:
@@ -377,6 +382,45 @@ def read_faceapi(
     quantisation this reader does not know, a ``.bin`` shorter or longer than the manifest
     says, a tensor named twice."""
     root = Path(folder)
+    manifest_path = _check_faceapi_files(root, manifest_name, sha256)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        groups = [(list(g["paths"]), list(g["weights"])) for g in manifest]
+    except (ValueError, TypeError, KeyError) as e:
+        raise FernoiseError(
+            f"{manifest_path} is not a TensorFlow.js weights manifest ({type(e).__name__}: {e})"
+        ) from None
+    tensors: dict[str, np.ndarray] = {}
+    for paths, weights in groups:
+        data = _group_bytes(root, manifest_path, paths)
+        where = f"{', '.join(map(str, paths))}"
+        offset = 0
+        for w in weights:
+            name, shape, quant, qdtype = _weight_entry(manifest_path, w)
+            count = math.prod(shape)
+            nbytes = count * np.dtype(qdtype).itemsize if quant else count * 4
+            if offset + nbytes > len(data):
+                raise FernoiseError(
+                    f"{where} has {len(data)} bytes but {manifest_path.name} needs more "
+                    f"(tensor {name} ends at byte {offset + nbytes}): truncated"
+                )
+            raw = bytes(data[offset : offset + nbytes])
+            offset += nbytes
+            value = _dequantise(manifest_path, name, raw, quant, qdtype)
+            if name in tensors:
+                raise FernoiseError(f"{manifest_path}: tensor {name} is listed twice")
+            tensors[name] = value.reshape(shape)
+        if offset != len(data):
+            raise FernoiseError(
+                f"{where} has {len(data)} bytes, {manifest_path.name} accounts for {offset}: "
+                "not the file this manifest describes"
+            )
+    return tensors
+
+
+def _check_faceapi_files(root: Path, manifest_name: str, sha256: Mapping[str, str] | None) -> Path:
+    """The manifest's path in ``root``, after checking the folder, the manifest and (unless
+    ``sha256`` is empty) each named file's sha256."""
     if not root.is_dir():
         raise FernoiseError(f"face-api weights folder {root} does not exist or is not a folder")
     manifest_path = root / manifest_name
@@ -393,86 +437,73 @@ def read_faceapi(
                     f"{p} has sha256 {got}, expected {want} (npm @vladmandic/face-api 1.7.15); "
                     "the file is truncated, edited or another one"
                 )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        groups = [(list(g["paths"]), list(g["weights"])) for g in manifest]
-    except (ValueError, TypeError, KeyError) as e:
-        raise FernoiseError(
-            f"{manifest_path} is not a TensorFlow.js weights manifest ({type(e).__name__}: {e})"
-        ) from None
-    tensors: dict[str, np.ndarray] = {}
-    for paths, weights in groups:
-        data = bytearray()
-        for rel in paths:
-            p = root / str(rel)
-            if Path(str(rel)).is_absolute() or ".." in Path(str(rel)).parts or not p.is_file():
-                raise FernoiseError(
-                    f"{manifest_path} names weights file {rel!r}, which is not in {root}"
-                )
-            data += p.read_bytes()
-        where = f"{', '.join(map(str, paths))}"
-        offset = 0
-        for w in weights:
-            try:
-                name, shape, dtype = str(w["name"]), [int(s) for s in w["shape"]], str(w["dtype"])
-                quant = w.get("quantization")
-            except (KeyError, TypeError, ValueError) as e:
-                raise FernoiseError(
-                    f"{manifest_path}: a weights entry lacks name/shape/dtype ({e})"
-                ) from None
-            if dtype != "float32":
-                raise FernoiseError(
-                    f"{manifest_path}: tensor {name} has dtype {dtype}, expected float32"
-                )
-            count = math.prod(shape)
-            if quant:
-                qdtype = _QUANT.get(str(quant.get("dtype")))
-                if qdtype is None:
-                    raise FernoiseError(
-                        f"{manifest_path}: tensor {name} has quantisation {quant.get('dtype')!r}, "
-                        f"expected one of {', '.join(_QUANT)}"
-                    )
-                nbytes = count * np.dtype(qdtype).itemsize
-            else:
-                nbytes = count * 4
-            if offset + nbytes > len(data):
-                raise FernoiseError(
-                    f"{where} has {len(data)} bytes but {manifest_path.name} needs more "
-                    f"(tensor {name} ends at byte {offset + nbytes}): truncated"
-                )
-            raw = bytes(data[offset : offset + nbytes])
-            offset += nbytes
-            if quant and qdtype is np.float16:
-                value = np.frombuffer(raw, dtype="<f2").astype(np.float32)
-            elif quant:
-                try:
-                    scale, vmin = float(quant["scale"]), float(quant["min"])
-                except (KeyError, TypeError, ValueError):
-                    raise FernoiseError(
-                        f"{manifest_path}: tensor {name} is quantised without scale/min"
-                    ) from None
-                q = np.frombuffer(raw, dtype=np.dtype(qdtype).newbyteorder("<"))
-                value = (q.astype(np.float64) * scale + vmin).astype(
-                    np.float32
-                )  # tfjs: float math, float32 store
-            else:
-                value = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-            if name in tensors:
-                raise FernoiseError(f"{manifest_path}: tensor {name} is listed twice")
-            tensors[name] = value.reshape(shape)
-        if offset != len(data):
+    return manifest_path
+
+
+def _group_bytes(root: Path, manifest_path: Path, paths: list[Any]) -> bytearray:
+    """The bytes of one weights group's files, in order; each must be a file inside ``root``."""
+    data = bytearray()
+    for rel in paths:
+        p = root / str(rel)
+        if Path(str(rel)).is_absolute() or ".." in Path(str(rel)).parts or not p.is_file():
             raise FernoiseError(
-                f"{where} has {len(data)} bytes, {manifest_path.name} accounts for {offset}: "
-                "not the file this manifest describes"
+                f"{manifest_path} names weights file {rel!r}, which is not in {root}"
             )
-    return tensors
+        data += p.read_bytes()
+    return data
 
 
-# --------------------------------------------------------------------------------------------
-# dlib's face chip without dlib
+def _weight_entry(
+    manifest_path: Path, w: Any
+) -> tuple[str, list[int], dict[str, Any] | None, type[np.generic] | None]:
+    """``(name, shape, quantization, quantised dtype)`` of one manifest entry: float32 only,
+    quantised (if at all) to one of :data:`_QUANT`."""
+    try:
+        name, shape, dtype = str(w["name"]), [int(s) for s in w["shape"]], str(w["dtype"])
+        quant = w.get("quantization")
+    except (KeyError, TypeError, ValueError) as e:
+        raise FernoiseError(
+            f"{manifest_path}: a weights entry lacks name/shape/dtype ({e})"
+        ) from None
+    if dtype != "float32":
+        raise FernoiseError(f"{manifest_path}: tensor {name} has dtype {dtype}, expected float32")
+    qdtype = None
+    if quant:
+        qdtype = _QUANT.get(str(quant.get("dtype")))
+        if qdtype is None:
+            raise FernoiseError(
+                f"{manifest_path}: tensor {name} has quantisation {quant.get('dtype')!r}, "
+                f"expected one of {', '.join(_QUANT)}"
+            )
+    return name, shape, quant, qdtype
 
 
-def _affine_from_3(src: Sequence[Sequence[float]], dst: Sequence[Sequence[float]]) -> np.ndarray:
+def _dequantise(
+    manifest_path: Path,
+    name: str,
+    raw: bytes,
+    quant: dict[str, Any] | None,
+    qdtype: type[np.generic] | None,
+) -> np.ndarray:
+    """One tensor's little-endian bytes as a flat float32 array: float32 as stored, float16
+    widened, uint8/uint16 as ``q * scale + min`` (float math, float32 store, as tfjs)."""
+    if quant and qdtype is np.float16:
+        return np.frombuffer(raw, dtype="<f2").astype(np.float32)
+    if quant:
+        try:
+            scale, vmin = float(quant["scale"]), float(quant["min"])
+        except (KeyError, TypeError, ValueError):
+            raise FernoiseError(
+                f"{manifest_path}: tensor {name} is quantised without scale/min"
+            ) from None
+        q = np.frombuffer(raw, dtype=np.dtype(qdtype).newbyteorder("<"))
+        return (q.astype(np.float64) * scale + vmin).astype(np.float32)
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def _affine_from_3(
+    src: Sequence[Sequence[float]], dst: Sequence[Sequence[float] | np.ndarray]
+) -> np.ndarray:
     """The 2x3 matrix mapping the three ``src`` points onto ``dst`` (dlib find_affine_transform)."""
     a = np.array([[x, y, 1.0] for x, y in src], dtype=np.float64)
     b = np.array(dst, dtype=np.float64)
@@ -515,7 +546,9 @@ def _pyramid_down(img: np.ndarray) -> np.ndarray:
     src = img.astype(np.int64)
     oc = (nc - 3) // 2
     w = (1, 4, 6, 4, 1)
-    tmp = sum(w[i] * src[:, i : i + 2 * oc : 2] for i in range(5))  # (nr, oc)
+    tmp = w[0] * src[:, 0 : 2 * oc : 2]  # (nr, oc)
+    for i in range(1, 5):
+        tmp = tmp + w[i] * src[:, i : i + 2 * oc : 2]
     orows = (nr - 3) // 2
     rows = list(range(2, tmp.shape[0] - 2, 2))[:orows]
     out = np.zeros((orows, oc, 3), dtype=np.int64)

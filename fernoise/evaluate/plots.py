@@ -13,11 +13,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from fernoise.cache import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 DPI = 110
 LAST_N = 5  # the paper's last-5: the epochs whose spread curves.png shades
@@ -52,7 +56,9 @@ def noise_label(noise: dict[str, Any] | None) -> str:
     return f"{kind} {pct:.0f}%" if pct == round(pct) else f"{kind} {pct:.1f}%"
 
 
-def _figure(w: float, h: float, layout: str | None = "constrained"):
+def _figure(
+    w: float, h: float, layout: Literal["constrained", "compressed", "tight"] | None = "constrained"
+) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -174,7 +180,7 @@ def curves_figure(
     title: str = "",
     num_classes: int | None = None,
     part_captions: dict[str, str] | None = None,
-):
+) -> Figure:
     """Three panels over epochs: accuracies (train/val/test), loss parts, confident fraction.
 
     The loss panel draws every ``loss_<part>`` column with a value, captioned from
@@ -192,42 +198,21 @@ def curves_figure(
         for ax in axes:
             _empty(ax, "no epochs recorded (metrics.jsonl is empty)")
         return fig
-    panels = [
-        (
-            axes[0],
-            "accuracy",
-            [
-                ("train_acc", "train (vs training label)", ":"),
-                ("val_acc", "validation", "--"),
-                ("test_acc", "test", "-"),
-            ],
-        ),
-        (axes[1], "loss", _loss_lines(history, part_captions or {})),
-        (axes[2], "fraction of the batch", [("confident_frac", "confident fraction", "-")]),
+    accuracy = [
+        ("train_acc", "train (vs training label)", ":"),
+        ("val_acc", "validation", "--"),
+        ("test_acc", "test", "-"),
     ]
-    for ax, ylabel, keys in panels:
-        _shade_warmup(ax, history)
-        drawn = 0
-        for key, label, style in keys:
-            y = _col(history, key)
-            if np.isfinite(y).any():
-                ax.plot(ep, y, style, marker="o", ms=3, label=label)
-                drawn += 1
-        if key == "confident_frac" and not drawn:
-            ax.text(
-                0.5,
-                0.5,
-                "no confident set\n(warm-up only, or a method that does not select)",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-            )
-        _epoch_axis(ax)
-        ax.set_xlim(min(ep) - 0.5, max(ep) + 0.5)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    _curves_panel(axes[0], history, ep, "accuracy", accuracy)
+    _curves_panel(axes[1], history, ep, "loss", _loss_lines(history, part_captions or {}))
+    _curves_panel(
+        axes[2],
+        history,
+        ep,
+        "fraction of the batch",
+        [("confident_frac", "confident fraction", "-")],
+        empty_note="no confident set\n(warm-up only, or a method that does not select)",
+    )
     axes[0].set_title("accuracy per epoch")
     axes[1].set_title("loss parts per epoch")
     axes[2].set_title("confident fraction per epoch")
@@ -240,36 +225,70 @@ def curves_figure(
             lw=1.2,
             label=f"chance (1/{num_classes} = {1 / num_classes:.3f})",
         )
-    test = _col(history, "test_acc")
-    ok = np.flatnonzero(np.isfinite(test))
-    if len(ok):
-        tail = ok[-LAST_N:]
-        lo, hi, mean = float(test[tail].min()), float(test[tail].max()), float(test[tail].mean())
-        x0, x1 = ep[tail[0]] - 0.5, ep[tail[-1]] + 0.5
-        acc.fill_between(
-            [x0, x1],
-            lo,
-            hi,
-            color="tab:green",
-            alpha=0.18,
-            lw=0,
-            label=f"test, last {len(tail)}: {lo:.3f}-{hi:.3f} (mean {mean:.3f})",
-        )
-        k = int(np.nanargmax(test))
-        acc.annotate(
-            f"max {test[k]:.3f} (epoch {ep[k]})",
-            (ep[k], test[k]),
-            textcoords="offset points",
-            xytext=(0, 8),
-            ha="center",
-            fontsize=8,
-        )
+    _last_test_band(acc, history, ep)
     for ax in (acc, axes[2]):
         ax.set_ylim(0, 1)
     acc.legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _curves_panel(
+    ax: Axes,
+    history: Sequence[dict[str, Any]],
+    ep: list[int],
+    ylabel: str,
+    keys: Sequence[tuple[str, str, str]],
+    empty_note: str | None = None,
+) -> None:
+    """One panel of :func:`curves_figure`: each ``(column, label, line style)`` of ``keys``
+    with a value as a line over epochs ``ep``, warm-up shaded; ``empty_note`` when none has."""
+    _shade_warmup(ax, history)
+    drawn = 0
+    for key, label, style in keys:
+        y = _col(history, key)
+        if np.isfinite(y).any():
+            ax.plot(ep, y, style, marker="o", ms=3, label=label)
+            drawn += 1
+    if empty_note and not drawn:
+        ax.text(0.5, 0.5, empty_note, ha="center", va="center", transform=ax.transAxes)
+    _epoch_axis(ax)
+    ax.set_xlim(min(ep) - 0.5, max(ep) + 0.5)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _last_test_band(acc: Axes, history: Sequence[dict[str, Any]], ep: list[int]) -> None:
+    """Shade the min-max band of the test accuracy over its last LAST_N recorded epochs (the
+    mean in the legend) and mark the maximum."""
+    test = _col(history, "test_acc")
+    ok = np.flatnonzero(np.isfinite(test))
+    if not len(ok):
+        return
+    tail = ok[-LAST_N:]
+    lo, hi, mean = float(test[tail].min()), float(test[tail].max()), float(test[tail].mean())
+    x0, x1 = ep[tail[0]] - 0.5, ep[tail[-1]] + 0.5
+    acc.fill_between(
+        [x0, x1],
+        lo,
+        hi,
+        color="tab:green",
+        alpha=0.18,
+        lw=0,
+        label=f"test, last {len(tail)}: {lo:.3f}-{hi:.3f} (mean {mean:.3f})",
+    )
+    k = int(np.nanargmax(test))
+    acc.annotate(
+        f"max {test[k]:.3f} (epoch {ep[k]})",
+        (ep[k], test[k]),
+        textcoords="offset points",
+        xytext=(0, 8),
+        ha="center",
+        fontsize=8,
+    )
 
 
 # ----------------------------------------------------------------------------- thresholds

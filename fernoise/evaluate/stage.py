@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,9 @@ from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError
 from fernoise.evaluate.plots import GRADCAM_PNG, PICTURES  # noqa: F401 - the file names eval writes
 from fernoise.progress import Counter as Progress  # (done, total)
+
+Labels = Sequence[int] | np.ndarray
+"""Class indices ``(N,)``: a list or an integer array."""
 
 EVAL_READS = ("id", "path", "crop_sha256", "split", "label", "status")
 """The manifest columns eval reads: their content digest is part of the key."""
@@ -73,7 +76,7 @@ LAST_N = 5
 
 
 # ============================================================================ metrics
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
+def confusion_matrix(y_true: Labels, y_pred: Labels, num_classes: int) -> np.ndarray:
     """``(C, C)`` int64 counts; ``cm[i, j]`` = rows of true class ``i`` predicted as ``j``."""
     t = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(y_pred, dtype=np.int64)
@@ -139,8 +142,8 @@ def mean_class_accuracy(cm: np.ndarray) -> float:
 
 
 def expected_calibration_error(
-    probs: np.ndarray, y_true: Sequence[int], n_bins: int = ECE_BINS
-) -> tuple[float, list[dict[str, float]]]:
+    probs: np.ndarray, y_true: Labels, n_bins: int = ECE_BINS
+) -> tuple[float, list[dict[str, float | None]]]:
     """ECE of softmax ``probs`` ``(N, C)`` against ``y_true`` ``(N,)``, and the bins.
 
     ``n_bins`` equal-width bins over the top-1 confidence: bin ``b`` holds confidences in
@@ -159,9 +162,10 @@ def expected_calibration_error(
     for b in range(n_bins):
         m = idx == b
         k = int(m.sum())
-        acc = float(correct[m].mean()) if k else None
-        cf = float(conf[m].mean()) if k else None
+        acc: float | None = None
+        cf: float | None = None
         if k:
+            acc, cf = float(correct[m].mean()), float(conf[m].mean())
             ece += k / n * abs(acc - cf)
         bins.append(
             {
@@ -333,7 +337,7 @@ def history_summary(
 
 
 def metrics_from_predictions(
-    y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str], n_bins: int = ECE_BINS
+    y_true: Labels, probs: np.ndarray, classes: Sequence[str], n_bins: int = ECE_BINS
 ) -> dict[str, Any]:
     """Top-1, per-class figures, macro-F1, confusion matrix and ECE of ``probs`` ``(N, C)``."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -659,7 +663,6 @@ def check_inputs(
     """Check ``model.pt`` against the sha256 train recorded and the evaluated crops against the
     manifest's ``crop_sha256``; a mismatch or a missing crop raises unless ``force`` (then it
     is a warning). Also warns about evaluated classes the run never trained on."""
-    from fernoise.cache import file_sha256, read_json, stamp_path
     from fernoise.data import crop_fingerprint
     from fernoise.manifest import read_manifest
 
@@ -672,19 +675,12 @@ def check_inputs(
         warnings.append(f"{message} (evaluated anyway: --force)")
         forced.append(message)
 
-    model_sha = file_sha256(run.model_path)
-    stamp = read_json(stamp_path(run.model_path))
-    recorded = (stamp or {}).get("outputs", {}).get("model.pt") if isinstance(stamp, dict) else None
-    if recorded and recorded != model_sha:
-        problem(
-            f"{run.model_path} differs from the model.pt that `fernoise train` wrote (sha256 "
-            f"{model_sha[:12]} vs recorded {recorded[:12]}); re-run `fernoise train --force`"
-        )
+    model_sha, recorded = _check_model(run, problem)
     mf = read_manifest(ref.path)
     present = sorted(str(s) for s in mf.df["split"].dropna().unique())
     if split not in present:
         raise FernoiseError(
-            f"{mf.path} has no {split!r} rows (its splits: {', '.join(present) or 'none'})"
+            f"{ref.path} has no {split!r} rows (its splits: {', '.join(present) or 'none'})"
             + (
                 "; the run's validation rows were carved from train (val_ids.json)"
                 if split == "val" and (run.path / "val_ids.json").is_file()
@@ -699,6 +695,40 @@ def check_inputs(
         if "crop_sha256" in rows.columns
         else None
     )
+    _check_crops(paths, shas, split, problem)
+    warnings += _unseen_classes(run, rows, split)
+    return Checked(
+        model_sha,
+        mf.content_key(EVAL_READS),
+        crop_fingerprint(paths, shas),
+        warnings,
+        forced,
+        recorded,
+    )
+
+
+def _check_model(run: Run, problem: Callable[[str], None]) -> tuple[str, str | None]:
+    """``model.pt``'s sha256 and the one train's stamp records (None: no stamp); a difference
+    is a ``problem``."""
+    from fernoise.cache import file_sha256, read_json, stamp_path
+
+    model_sha = file_sha256(run.model_path)
+    stamp = read_json(stamp_path(run.model_path))
+    recorded = (stamp or {}).get("outputs", {}).get("model.pt") if isinstance(stamp, dict) else None
+    if recorded and recorded != model_sha:
+        problem(
+            f"{run.model_path} differs from the model.pt that `fernoise train` wrote (sha256 "
+            f"{model_sha[:12]} vs recorded {recorded[:12]}); re-run `fernoise train --force`"
+        )
+    return model_sha, recorded if isinstance(recorded, str) else None
+
+
+def _check_crops(
+    paths: list[str], shas: list[str | None] | None, split: str, problem: Callable[[str], None]
+) -> None:
+    """A missing crop, or one whose sha256 differs from what align recorded, is a ``problem``."""
+    from fernoise.cache import file_sha256
+
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         problem(
@@ -716,24 +746,23 @@ def check_inputs(
                 f"{len(changed)} {split} crops differ from the sha256 align recorded, e.g. {changed[0]}; "
                 "re-run `fernoise align`"
             )
+
+
+def _unseen_classes(run: Run, rows: Any, split: str) -> list[str]:
+    """A warning (or none) naming the evaluated classes that never occur in the run's
+    training rows (``train_class_counts`` of its config)."""
     counts = run.config.get("train_class_counts")
-    if counts and not rows.empty:
-        classes = run.classes
-        present_labels = np.bincount(rows["label"].astype(int), minlength=len(classes))
-        unseen = [classes[c] for c in range(len(classes)) if present_labels[c] and not counts[c]]
-        if unseen:
-            warnings.append(
-                f"{split} class(es) {', '.join(repr(c) for c in unseen)} never occur in the run's training "
-                "rows: the model cannot predict them right"
-            )
-    return Checked(
-        model_sha,
-        mf.content_key(EVAL_READS),
-        crop_fingerprint(paths, shas),
-        warnings,
-        forced,
-        recorded if isinstance(recorded, str) else None,
-    )
+    if not counts or rows.empty:
+        return []
+    classes = run.classes
+    present_labels = np.bincount(rows["label"].astype(int), minlength=len(classes))
+    unseen = [classes[c] for c in range(len(classes)) if present_labels[c] and not counts[c]]
+    if not unseen:
+        return []
+    return [
+        f"{split} class(es) {', '.join(repr(c) for c in unseen)} never occur in the run's training "
+        "rows: the model cannot predict them right"
+    ]
 
 
 def _evaluate(
@@ -743,33 +772,23 @@ def _evaluate(
     out_dir: Path,
     *,
     progress: Progress | None = None,
-):
+) -> tuple[dict[str, Any], list[Path]]:
     """Predict the test rows, compute every figure, draw the pictures: ``(report, written)``."""
-    from fernoise.evaluate import plots
-    from fernoise.images import load_many
     from fernoise.manifest import read_manifest
 
-    cfg = run.config
     mf = read_manifest(ref.path)
     rows = select_test_rows(mf, params.split)
     if rows.empty:
         raise FernoiseError(
-            f"{mf.path} has no {params.split} rows with a label and a crop; evaluate on a manifest with a "
+            f"{ref.path} has no {params.split} rows with a label and a crop; evaluate on a manifest with a "
             f"{params.split} split",
             flag="--manifest",
         )
-    size = int(cfg["image_size"])
+    size = int(run.config["image_size"])
     paths = [mf.root / p for p in rows["path"]]
     device = resolve_device(params.device)
     model = load_model(run, device)
-    # Decode batch by batch: a full test set at 224 px would hold ~0.5 GB per 3,000 faces.
-    # A crop that cannot be decoded (missing, truncated, not an image) is skipped and counted.
-    parts, keep = [], []
-    for s in _batches(len(paths), params.batch_size, progress):
-        imgs, ok = load_usable(paths[s : s + params.batch_size], size)
-        parts.append(predict_probs(model, imgs, batch_size=params.batch_size, device=device))
-        keep.append(ok)
-    ok = np.concatenate(keep)
+    probs, ok = _predict_usable(model, paths, size, params, device, progress)
     skipped = {
         "count": int((~ok).sum()),
         "example": str(paths[int(np.flatnonzero(~ok)[0])]) if (~ok).any() else None,
@@ -781,7 +800,51 @@ def _evaluate(
         )
     rows, paths = rows[ok].reset_index(drop=True), [p for p, k in zip(paths, ok, strict=True) if k]
     y = rows["label"].astype(int).to_numpy()
-    probs = np.concatenate(parts)
+    report = _report(run, ref.path, mf.key, params, out_dir, y, probs, size, device, skipped)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictions = write_predictions(
+        predictions_frame(rows, probs, run.classes), out_dir / PREDICTIONS
+    )
+    report["predictions"] = predictions.name
+    written = _pictures(report, run, model, params, out_dir, paths, y, size, device)
+    report["pictures"] = [p.name for p in written]
+    return report, [predictions, *written]
+
+
+def _predict_usable(
+    model: Any,
+    paths: list[Path],
+    size: int,
+    params: EvalParams,
+    device: str,
+    progress: Progress | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities ``(K, C)`` of the crops that decode and the ``(N,)`` bool mask of
+    which did. Decoded batch by batch: a full test set at 224 px would hold ~0.5 GB per 3,000
+    faces; a crop that cannot be decoded (missing, truncated, not an image) is skipped."""
+    parts, keep = [], []
+    for s in _batches(len(paths), params.batch_size, progress):
+        imgs, ok = load_usable(paths[s : s + params.batch_size], size)
+        parts.append(predict_probs(model, imgs, batch_size=params.batch_size, device=device))
+        keep.append(ok)
+    return np.concatenate(parts), np.concatenate(keep)
+
+
+def _report(
+    run: Run,
+    manifest: Path,
+    manifest_key: str | None,
+    params: EvalParams,
+    out_dir: Path,
+    y: np.ndarray,
+    probs: np.ndarray,
+    size: int,
+    device: str,
+    skipped: dict[str, Any],
+) -> dict[str, Any]:
+    """eval.json's figures for labels ``y`` and ``probs``, the run's history summary, and the
+    warnings about skipped crops and a final top-1 that differs from the last epoch's."""
+    cfg = run.config
     classes = run.classes
     metrics = metrics_from_predictions(y, probs, classes)
     metrics["ci95"] = bootstrap_ci(y, probs.argmax(axis=1), len(classes))
@@ -792,8 +855,8 @@ def _evaluate(
         "run_key": cfg.get("key"),
         "method": cfg.get("method"),
         "noise": cfg.get("noise"),
-        "manifest": str(mf.path.resolve()),
-        "manifest_key": mf.key,
+        "manifest": str(manifest.resolve()),
+        "manifest_key": manifest_key,
         "own_manifest": out_dir == run.path,
         "classes": classes,
         "label_space": cfg.get("label_space"),
@@ -823,9 +886,25 @@ def _evaluate(
             f"in metrics.jsonl ({final:.3f}) by more than {MISMATCH:.2f}: were the crops or model.pt changed "
             "after training? re-run `fernoise train`"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    predictions = write_predictions(predictions_frame(rows, probs, classes), out_dir / PREDICTIONS)
-    report["predictions"] = predictions.name
+    return report
+
+
+def _pictures(
+    report: dict[str, Any],
+    run: Run,
+    model: Any,
+    params: EvalParams,
+    out_dir: Path,
+    paths: list[Path],
+    y: np.ndarray,
+    size: int,
+    device: str,
+) -> list[Path]:
+    """Draw every picture into ``out_dir`` (:func:`plots.all_pictures`) and, with
+    ``params.cam``, the Grad-CAM grid (else remove a stale one); returns the files written."""
+    from fernoise.evaluate import plots
+    from fernoise.images import load_many
+
     written = plots.all_pictures(report, run.history, out_dir)
     if params.cam:
         from fernoise.evaluate.gradcam import gradcam, gradcam_grid
@@ -834,14 +913,13 @@ def _evaluate(
         faces = load_many([paths[i] for i in pick], size)
         cams, cam_probs = gradcam(model, faces, device=device)
         written.append(
-            gradcam_grid(faces, cams, cam_probs, y[pick], classes, out_dir / GRADCAM_PNG)
+            gradcam_grid(faces, cams, cam_probs, y[pick], run.classes, out_dir / GRADCAM_PNG)
         )
         if size < plots.GRADCAM_MIN_SIZE:
             report["gradcam_note"] = plots.gradcam_coarse_note(size)
     else:
         (out_dir / GRADCAM_PNG).unlink(missing_ok=True)  # a stale grid of an earlier --cam run
-    report["pictures"] = [p.name for p in written]
-    return report, [predictions, *written]
+    return written
 
 
 def load_usable(paths: Sequence[str | os.PathLike], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -918,8 +996,8 @@ def _batched_top1_macro_f1(
 
 
 def bootstrap_ci(
-    y_true: Sequence[int],
-    y_pred: Sequence[int],
+    y_true: Labels,
+    y_pred: Labels,
     num_classes: int,
     *,
     n_resamples: int = BOOTSTRAP_RESAMPLES,

@@ -175,8 +175,8 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     """``target <- tau * target + (1 - tau) * online`` for parameters; buffers are copied."""
     for t, o in zip(target.parameters(), online.parameters(), strict=True):
         t.mul_(tau).add_(o.detach(), alpha=1 - tau)
-    for t, o in zip(target.buffers(), online.buffers(), strict=True):
-        t.copy_(o)
+    for tb, ob in zip(target.buffers(), online.buffers(), strict=True):
+        tb.copy_(ob)
 
 
 def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = 20) -> float:

@@ -46,7 +46,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -65,9 +65,19 @@ from fernoise.cache import (
 from fernoise.checkpoint import save_torch
 from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError
-from fernoise.manifest import read_manifest, resolve_manifest
+from fernoise.manifest import Manifest, read_manifest, resolve_manifest
 from fernoise.progress import Progress
 from fernoise.train.stage import _write_metrics, resolve_precision
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import pandas as pd
+    import torch
+    from torch import nn
+
+    from fernoise.distributed import Dist
+    from fernoise.pretrain.ssl import ViewParams
 
 VERSION = 2  # 2: keyed on the content of the manifest columns it reads
 STAGE = "pretrain"
@@ -175,9 +185,22 @@ class PretrainPlan:
     config: dict[str, Any]
     key_params: dict[str, Any]
     inputs: dict[str, str]
+    cache_dir: Path
+    """Where the decoded crops are cached (``<workspace>/.fernoise/arrays``)."""
     warnings: list[str] = field(default_factory=list)
     shas: list[str | None] | None = None
-    cache_dir: Path | None = None
+
+
+@dataclass
+class _Rows:
+    """The manifest rows pretrain reads: the usable crops of the training splits, then the
+    labelled probe rows; positions index ``rows``."""
+
+    rows: pd.DataFrame
+    train_pos: np.ndarray
+    probe_pos: np.ndarray
+    probe_labels: np.ndarray
+    warnings: list[str]
 
 
 def plan(
@@ -188,24 +211,62 @@ def plan(
     workspace: Workspace | None = None,
 ) -> PretrainPlan:
     """Check the manifest and the configuration, compute the key; writes nothing."""
+    path = resolve_manifest(manifest_path)
+    m = read_manifest(path)
+    sel = _select_rows(m, path, cfg)
+    manifest_key = m.key or file_sha256(path)
+    # The rows it reads, not only the recorded key: a manifest edited behind its metadata is a new input.
+    content = m.content_key(READS)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    key_params = _key_params(cfg, precision)
+    inputs = {"manifest": manifest_key, "content": content}
+    key = stage_key(STAGE, VERSION, key_params, inputs)
+    ws = workspace or Workspace()
+    out_dir = _runs_root(ws, out_root).resolve() / key[:16]
+    rows = sel.rows
+    return PretrainPlan(
+        cfg=cfg,
+        key=key,
+        out_dir=out_dir,
+        paths=[str(m.root / p) for p in rows["path"]],
+        ids=rows["id"].astype(str).tolist(),
+        train_pos=sel.train_pos,
+        probe_pos=sel.probe_pos,
+        probe_labels=sel.probe_labels,
+        manifest_key=manifest_key,
+        device=device,
+        precision=precision,
+        config=_config(cfg, sel, path, manifest_key, device, precision, key),
+        key_params=key_params,
+        inputs=inputs,
+        warnings=sel.warnings,
+        shas=rows["crop_sha256"].tolist() if "crop_sha256" in rows.columns else None,
+        cache_dir=ws.root / ".fernoise" / "arrays",
+    )
+
+
+def _select_rows(m: Manifest, path: Path, cfg: PretrainConfig) -> _Rows:
+    """The usable crops of ``cfg.splits`` and the labelled rows of ``cfg.probe_split`` (none,
+    with a warning, when it has fewer than 2). Raises FernoiseError for a manifest without
+    crops, an unknown split, or fewer than 2 training crops."""
     from fernoise import data
 
-    m = read_manifest(resolve_manifest(manifest_path))
     if "path" not in m.df.columns:
         raise FernoiseError(
-            f"{m.path} has no `path` column (crops); make it with `fernoise align`", flag="MANIFEST"
+            f"{path} has no `path` column (crops); make it with `fernoise align`", flag="MANIFEST"
         )
     splits = set(m.df["split"].dropna().astype(str))
     unknown = [s for s in cfg.splits if s not in splits]
     if unknown:
         raise FernoiseError(
-            f"split(s) {unknown} not in {m.path.name} (it has {sorted(splits)})", flag="--splits"
+            f"split(s) {unknown} not in {path.name} (it has {sorted(splits)})", flag="--splits"
         )
     rows = m.df[data.usable(m.df)].reset_index(drop=True)
     train_mask = rows["split"].isin(cfg.splits).to_numpy()
     if train_mask.sum() < 2:
         raise FernoiseError(
-            f"{m.path} has {int(train_mask.sum())} usable crops in splits {list(cfg.splits)}; "
+            f"{path} has {int(train_mask.sum())} usable crops in splits {list(cfg.splits)}; "
             "pretraining needs at least 2",
             flag="MANIFEST",
         )
@@ -225,11 +286,13 @@ def plan(
     probe_labels = (
         rows["label"].iloc[probe_pos].astype(int).to_numpy() if len(probe_pos) else np.zeros(0, int)
     )
-    manifest_key = m.key or file_sha256(m.path)
-    # The rows it reads, not only the recorded key: a manifest edited behind its metadata is a new input.
-    content = m.content_key(READS)
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    return _Rows(rows, train_pos, probe_pos, probe_labels, warnings)
+
+
+def _key_params(cfg: PretrainConfig, precision: str) -> dict[str, Any]:
+    """The parameters that change the result: the configuration less device, workers,
+    keep_checkpoint and devices, with the resolved precision and, above one process, the world
+    size."""
     key_params = {
         k: v
         for k, v in asdict(cfg).items()
@@ -240,52 +303,48 @@ def plan(
     world = _world(cfg)
     if world > 1:  # only then: the keys of single-process runs stay those of VERSION 2
         key_params["world_size"] = world
-    inputs = {"manifest": manifest_key, "content": content}
-    key = stage_key(STAGE, VERSION, key_params, inputs)
-    ws = workspace or Workspace()
+    return key_params
+
+
+def _runs_root(ws: Workspace, out_root: str | os.PathLike | None) -> Path:
+    """The folder of pretraining runs: ``out_root``, else ``<workspace>/pretrain``; raises
+    FernoiseError when it is a file."""
     root = Path(out_root) if out_root else ws.root / "pretrain"
     if root.exists() and not root.is_dir():
         raise FernoiseError(
             f"{root} is a file; expected a folder for pretraining runs", flag="--out"
         )
-    out_dir = root.resolve() / key[:16]
-    config = {
+    return root
+
+
+def _config(
+    cfg: PretrainConfig,
+    sel: _Rows,
+    manifest: Path,
+    manifest_key: str,
+    device: str,
+    precision: str,
+    key: str,
+) -> dict[str, Any]:
+    """The run's config.json: every parameter, what was resolved, the inputs and the key."""
+    return {
         **{k: v for k, v in asdict(cfg).items() if k != "devices"},
         "splits": list(cfg.splits),
-        "world_size": world,
+        "world_size": _world(cfg),
         "device": device,
         "device_requested": cfg.device,
         "precision": precision,
-        "manifest": str(Path(m.path).resolve()),
+        "manifest": str(Path(manifest).resolve()),
         "manifest_key": manifest_key,
-        "n_train": int(len(train_pos)),
-        "n_probe": int(len(probe_pos)),
+        "n_train": int(len(sel.train_pos)),
+        "n_probe": int(len(sel.probe_pos)),
         "labels_read": f"only the {cfg.probe_split!r} rows' labels, for the k-NN probe"
-        if len(probe_pos)
+        if len(sel.probe_pos)
         else "none",
         "stage_version": VERSION,
         "fernoise_version": __version__,
         "key": key,
     }
-    return PretrainPlan(
-        cfg=cfg,
-        key=key,
-        out_dir=out_dir,
-        paths=[str(m.root / p) for p in rows["path"]],
-        ids=rows["id"].astype(str).tolist(),
-        train_pos=train_pos,
-        probe_pos=probe_pos,
-        probe_labels=probe_labels,
-        manifest_key=manifest_key,
-        device=device,
-        precision=precision,
-        config=config,
-        key_params=key_params,
-        inputs=inputs,
-        warnings=warnings,
-        shas=rows["crop_sha256"].tolist() if "crop_sha256" in rows.columns else None,
-        cache_dir=ws.root / ".fernoise" / "arrays",
-    )
 
 
 def _world(cfg: PretrainConfig) -> int:
@@ -368,7 +427,7 @@ def _pretrain_rank(
 
 
 # ----------------------------------------------------------------------------- model
-def _build(cfg: PretrainConfig):
+def _build(cfg: PretrainConfig) -> tuple[nn.ModuleDict, nn.ModuleDict | None]:
     import torch
     from torch import nn
     from torchvision.models import resnet18
@@ -426,7 +485,14 @@ def _rank_share(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
     return batch[rank * k : (rank + 1) * k]
 
 
-def _probe(backbone, images, positions, labels, device, amp) -> float:
+def _probe(
+    backbone: nn.Module,
+    images: np.ndarray,
+    positions: np.ndarray,
+    labels: np.ndarray,
+    device: torch.device,
+    amp: bool,
+) -> float:
     import torch
 
     from fernoise import data
@@ -441,86 +507,200 @@ def _probe(backbone, images, positions, labels, device, amp) -> float:
     return knn_accuracy(torch.cat(feats), torch.as_tensor(np.array(labels), dtype=torch.long))
 
 
+@dataclass
+class _Run:
+    """What every epoch of :func:`fit` uses on this process: the plan, the processes, the
+    device, the crops, the networks and their optimiser."""
+
+    p: PretrainPlan
+    env: Dist
+    say: Progress
+    device: torch.device
+    amp: bool
+    images: np.ndarray
+    online: nn.ModuleDict
+    target: nn.ModuleDict | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    views: ViewParams
+    steps_per_epoch: int
+    net: nn.Module | None = None
+    """The online forward as one module (DistributedDataParallel around it under a world)."""
+
+
+def _start(p: PretrainPlan, env: Dist, say: Progress) -> _Run:
+    """The device, the crops (rank 0 decodes; the others map the finished cache), the seeded
+    networks on the device, Adam and the cosine schedule."""
+    import torch
+
+    from fernoise import data, distributed
+    from fernoise.pretrain.ssl import ViewParams
+
+    cfg = p.cfg
+    device = torch.device(
+        f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device
+    )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    def crops(progress: Progress | None) -> np.ndarray:
+        return data.array_cache(
+            p.paths,
+            p.ids,
+            size=cfg.image_size,
+            cache_dir=p.cache_dir,
+            shas=p.shas,
+            progress=progress,
+        )
+
+    if env.is_main:
+        images = crops(say)
+    distributed.barrier(env)
+    if not env.is_main:
+        images = crops(None)
+    online, target = _build(cfg)
+    # Module.to takes the device and the memory format in two calls (its typed signatures)
+    online = online.to(device).to(memory_format=torch.channels_last)
+    if target is not None:
+        target = target.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return _Run(
+        p=p,
+        env=env,
+        say=say,
+        device=device,
+        amp=p.precision == "bf16",
+        images=images,
+        online=online,
+        target=target,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs),
+        views=ViewParams(min_scale=cfg.min_scale),
+        steps_per_epoch=len(_epoch_order(len(p.train_pos), cfg.batch_size, cfg.seed, 1, env.world)),
+    )
+
+
+def _wrap(r: _Run) -> nn.Module:
+    """The online forward as one module; under torch.distributed DistributedDataParallel
+    around it (made after a resume, so every rank starts from the loaded weights)."""
+    import torch
+
+    from fernoise.pretrain.ssl import OnlineNet
+
+    net: nn.Module = OnlineNet(r.online)
+    if r.env.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[r.device.index] if r.device.type == "cuda" else None
+        )
+    return net
+
+
+class _Ledger:
+    """fit's bookkeeping: the run folder, resuming from and saving ``checkpoint.pt``, the
+    metrics lines (``metrics.jsonl``), each epoch's timing and record, and the final
+    ``backbone.pt``. Every rank keeps the records; rank 0 alone writes."""
+
+    def __init__(self, r: _Run) -> None:
+        self.r = r
+        self.out = r.p.out_dir
+        self.ckpt_path = self.out / "checkpoint.pt"
+        self.metrics: list[dict[str, Any]] = []
+        self.t_epoch = 0.0
+
+    def open(self, fresh: bool) -> int:
+        """Make the folder, load checkpoint.pt of this key unless ``fresh`` (its networks,
+        optimiser, schedule and records), write config.json and the records so far; returns
+        the first epoch to run."""
+        from fernoise import distributed
+
+        r, start = self.r, 1
+        if r.env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        distributed.barrier(r.env)
+        if self.ckpt_path.is_file() and not fresh:
+            state = _load_checkpoint(self.ckpt_path, r.p.key, r.say)
+            if state is not None:
+                r.online.load_state_dict(state["online"])
+                if r.target is not None:
+                    r.target.load_state_dict(state["target"])
+                r.optimizer.load_state_dict(state["optimizer"])
+                r.scheduler.load_state_dict(state["scheduler"])
+                self.metrics = [json.loads(s) for s in state["metrics"]]
+                start = int(state["epoch"]) + 1
+                r.say({"event": "resume", "epoch": start - 1, "run_dir": str(self.out)})
+        if r.env.is_main:
+            atomic_write_json(self.out / "config.json", r.p.config)
+            _write_metrics(self.out, self.metrics)
+        return start
+
+    def start_epoch(self) -> None:
+        self.t_epoch = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds since the epoch started."""
+        return time.perf_counter() - self.t_epoch
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        """Add the epoch's ``record`` (its ``seconds`` set now), save checkpoint.pt and
+        metrics.jsonl, report it, and wait for every rank."""
+        from fernoise import distributed
+
+        r = self.r
+        record["seconds"] = self.elapsed()
+        self.metrics.append(record)
+        if r.env.is_main:
+            _save_checkpoint(
+                self.ckpt_path,
+                r.p.key,
+                record["epoch"],
+                r.online,
+                r.target,
+                r.optimizer,
+                r.scheduler,
+                self.metrics,
+            )
+            _write_metrics(self.out, self.metrics)
+        r.say({"event": "epoch_end", "metrics": record})
+        distributed.barrier(r.env)
+
+    def finish(self) -> list[Path]:
+        """Write backbone.pt (torchvision names, no ``fc``) and drop checkpoint.pt unless kept."""
+        r = self.r
+        if r.env.is_main:
+            save_torch(
+                {k: v.detach().cpu() for k, v in r.online["backbone"].state_dict().items()},
+                self.out / "backbone.pt",
+            )
+            if not r.p.cfg.keep_checkpoint:
+                self.ckpt_path.unlink(missing_ok=True)
+        return [self.out / "backbone.pt", self.out / "config.json", self.out / "metrics.jsonl"]
+
+
 def fit(
-    p: PretrainPlan, env=None, *, progress: Progress | None = None, fresh: bool = False
+    p: PretrainPlan,
+    env: Dist | None = None,
+    *,
+    progress: Progress | None = None,
+    fresh: bool = False,
 ) -> list[Path]:
     """Train to the end, resuming from checkpoint.pt of the same key unless ``fresh``. Under
     torch.distributed (``env``) every rank runs this; rank 0 writes."""
     import torch
 
-    from fernoise import data, distributed
-    from fernoise.pretrain.ssl import (
-        OnlineNet,
-        ViewParams,
-        byol_loss,
-        byol_momentum,
-        ema_update,
-        nt_xent,
-        ssl_views,
-    )
+    from fernoise import distributed
 
     env = env or distributed.Dist()
     cfg = p.cfg
-    say = progress if (progress and env.is_main) else (lambda event: None)
+    say: Progress = progress if (progress and env.is_main) else _quiet
     for w in p.warnings:
         say({"event": "warning", "message": w})
-    device = torch.device(
-        f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device
-    )
-    amp = p.precision == "bf16"
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    kw = dict(size=cfg.image_size, cache_dir=p.cache_dir, shas=p.shas)
-    if env.is_main:  # rank 0 decodes; the others map the finished cache
-        images = data.array_cache(p.paths, p.ids, progress=say, **kw)
-    distributed.barrier(env)
-    if not env.is_main:
-        images = data.array_cache(p.paths, p.ids, **kw)
-    online, target = _build(cfg)
-    online = online.to(device, memory_format=torch.channels_last)
-    if target is not None:
-        target = target.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    views = ViewParams(min_scale=cfg.min_scale)
-    world = env.world
-    steps_per_epoch = len(_epoch_order(len(p.train_pos), cfg.batch_size, cfg.seed, 1, world))
-    total_steps = steps_per_epoch * cfg.epochs
-
-    out = p.out_dir
-    ckpt_path = out / "checkpoint.pt"
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    distributed.barrier(env)
-    metrics: list[dict] = []
-    start = 1
-    if ckpt_path.is_file() and not fresh:
-        state = _load_checkpoint(ckpt_path, p.key, say)
-        if state is not None:
-            online.load_state_dict(state["online"])
-            if target is not None:
-                target.load_state_dict(state["target"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            metrics = [json.loads(s) for s in state["metrics"]]
-            start = int(state["epoch"]) + 1
-            say({"event": "resume", "epoch": start - 1, "run_dir": str(out)})
-    if env.is_main:
-        atomic_write_json(out / "config.json", p.config)
-        _write_metrics(out, metrics)
-    net = OnlineNet(online)
-    if env.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
+    r = _start(p, env, say)
+    ledger = _Ledger(r)
+    start = ledger.open(fresh)
+    r.net = _wrap(r)
     for epoch in range(start, cfg.epochs + 1):
-        t_epoch = time.perf_counter()
-        batches = _epoch_order(len(p.train_pos), cfg.batch_size, cfg.seed, epoch, world)
-        mix = [cfg.seed, epoch, 0x5E] + (
-            [env.rank] if env.enabled else []
-        )  # each rank its own views
-        gen = torch.Generator().manual_seed(int(np.random.default_rng(mix).integers(2**62)))
+        ledger.start_epoch()
+        batches = _epoch_order(len(p.train_pos), cfg.batch_size, cfg.seed, epoch, env.world)
         say(
             {
                 "event": "epoch_start",
@@ -530,98 +710,110 @@ def fit(
                 "warmup": False,
             }
         )
-        online.train()
-        loss_sum, seen, tau = 0.0, 0, None
-        for i, pos in enumerate(batches):
-            pos = _rank_share(pos, env.rank, world)
-            rows = np.sort(
-                p.train_pos[pos]
-            )  # memory-map reads in file order; order within a batch is irrelevant
-            x = torch.from_numpy(np.ascontiguousarray(images[rows])).to(device, non_blocking=True)
-            v1 = ssl_views(x, cfg.image_size, views, gen)
-            v2 = ssl_views(x, cfg.image_size, views, gen)
-            n = x.shape[0]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                z, q = net(torch.cat([v1, v2]))
-                if cfg.method == "simclr":
-                    z1, z2 = (
-                        (z[:n], z[n:])
-                        if not env.enabled
-                        else (distributed.all_gather_cat(z[:n]), distributed.all_gather_cat(z[n:]))
-                    )
-                    loss = nt_xent(z1, z2, cfg.temperature)
-                else:
-                    with torch.no_grad():
-                        t = target["projector"](target["backbone"](torch.cat([v1, v2])))
-                    loss = byol_loss(q[:n], q[n:], t[:n], t[n:])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if target is not None:
-                step = (epoch - 1) * steps_per_epoch + i
-                tau = byol_momentum(step, total_steps, cfg.momentum)
-                ema_update(
-                    target,
-                    torch.nn.ModuleDict(
-                        {"backbone": online["backbone"], "projector": online["projector"]}
-                    ),
-                    tau,
-                )
-            loss_sum += float(loss.item()) * n
-            seen += n
-            elapsed = time.perf_counter() - t_epoch
-            say(
-                {
-                    "event": "batch",
-                    "epoch": epoch,
-                    "done": i + 1,
-                    "total": len(batches),
-                    "loss": loss_sum / seen,
-                    "images_per_s": 2 * seen * world / max(elapsed, 1e-9),
-                }
-            )
-        train_seconds = time.perf_counter() - t_epoch
+        loss_sum, seen, tau = _train_epoch(r, epoch, batches, ledger.elapsed)
+        train_seconds = ledger.elapsed()
         sums = distributed.all_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64), env)
         loss_sum, seen = float(sums[0]), int(sums[1])
-        lr_used = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        lr_used = r.optimizer.param_groups[0]["lr"]
+        r.scheduler.step()
         probe = None
         if (
             env.is_main
             and len(p.probe_pos)
             and (epoch % cfg.probe_every == 0 or epoch == cfg.epochs)
         ):
-            probe = _probe(online["backbone"], images, p.probe_pos, p.probe_labels, device, amp)
-        record = {
-            "epoch": epoch,
-            "loss": loss_sum / max(seen, 1),
-            "lr": lr_used,
-            "momentum": tau,
-            "knn_acc": probe,
-            "samples": seen,
-            "images_per_s": 2 * seen / train_seconds,
-            "train_seconds": train_seconds,
-            "seconds": time.perf_counter() - t_epoch,
-        }
-        metrics.append(record)
-        if env.is_main:
-            _save_checkpoint(ckpt_path, p.key, epoch, online, target, optimizer, scheduler, metrics)
-            _write_metrics(out, metrics)
-        say({"event": "epoch_end", "metrics": record})
-        distributed.barrier(env)
-
-    if env.is_main:
-        save_torch(
-            {k: v.detach().cpu() for k, v in online["backbone"].state_dict().items()},
-            out / "backbone.pt",
+            probe = _probe(
+                r.online["backbone"], r.images, p.probe_pos, p.probe_labels, r.device, r.amp
+            )
+        ledger.end_epoch(
+            {
+                "epoch": epoch,
+                "loss": loss_sum / max(seen, 1),
+                "lr": lr_used,
+                "momentum": tau,
+                "knn_acc": probe,
+                "samples": seen,
+                "images_per_s": 2 * seen / train_seconds,
+                "train_seconds": train_seconds,
+            }
         )
-        if not cfg.keep_checkpoint:
-            ckpt_path.unlink(missing_ok=True)
-    return [out / "backbone.pt", out / "config.json", out / "metrics.jsonl"]
+    return ledger.finish()
+
+
+def _quiet(event: dict[str, Any]) -> None:
+    """The progress callback of a rank that does not report."""
+
+
+def _train_epoch(
+    r: _Run, epoch: int, batches: list[np.ndarray], elapsed: Callable[[], float]
+) -> tuple[float, int, float | None]:
+    """One epoch's steps on this rank's share of each global batch, with views drawn from a
+    generator seeded by (seed, epoch[, rank]); returns this rank's (loss sum, images, last
+    BYOL momentum or None)."""
+    import torch
+
+    from fernoise import distributed
+    from fernoise.pretrain.ssl import byol_loss, byol_momentum, ema_update, nt_xent, ssl_views
+
+    p, cfg, env, device, net = r.p, r.p.cfg, r.env, r.device, r.net
+    assert net is not None, "fit wraps the online network before the first epoch"
+    mix = [cfg.seed, epoch, 0x5E] + ([env.rank] if env.enabled else [])  # each rank its own views
+    gen = torch.Generator().manual_seed(int(np.random.default_rng(mix).integers(2**62)))
+    total_steps = r.steps_per_epoch * cfg.epochs
+    r.online.train()
+    loss_sum, seen, tau = 0.0, 0, None
+    for i, pos in enumerate(batches):
+        # memory-map reads in file order; order within a batch is irrelevant
+        rows = np.sort(p.train_pos[_rank_share(pos, env.rank, env.world)])
+        x = torch.from_numpy(np.ascontiguousarray(r.images[rows])).to(device, non_blocking=True)
+        v1 = ssl_views(x, cfg.image_size, r.views, gen)
+        v2 = ssl_views(x, cfg.image_size, r.views, gen)
+        n = x.shape[0]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.amp):
+            z, q = net(torch.cat([v1, v2]))
+            if cfg.method == "simclr":
+                z1, z2 = (
+                    (z[:n], z[n:])
+                    if not env.enabled
+                    else (distributed.all_gather_cat(z[:n]), distributed.all_gather_cat(z[n:]))
+                )
+                loss = nt_xent(z1, z2, cfg.temperature)
+            else:
+                assert r.target is not None
+                with torch.no_grad():
+                    t = r.target["projector"](r.target["backbone"](torch.cat([v1, v2])))
+                loss = byol_loss(q[:n], q[n:], t[:n], t[n:])
+        r.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        r.optimizer.step()
+        if r.target is not None:
+            tau = byol_momentum((epoch - 1) * r.steps_per_epoch + i, total_steps, cfg.momentum)
+            pair = {"backbone": r.online["backbone"], "projector": r.online["projector"]}
+            ema_update(r.target, torch.nn.ModuleDict(pair), tau)
+        loss_sum += float(loss.item()) * n
+        seen += n
+        r.say(
+            {
+                "event": "batch",
+                "epoch": epoch,
+                "done": i + 1,
+                "total": len(batches),
+                "loss": loss_sum / seen,
+                "images_per_s": 2 * seen * env.world / max(elapsed(), 1e-9),
+            }
+        )
+    return loss_sum, seen, tau
 
 
 def _save_checkpoint(
-    path: Path, key: str, epoch: int, online, target, optimizer, scheduler, metrics
+    path: Path,
+    key: str,
+    epoch: int,
+    online: nn.Module,
+    target: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    metrics: list[dict[str, Any]],
 ) -> None:
     """The safe checkpoint format: tensors, numbers, strings, lists and dicts only (metrics as
     JSON strings), so ``torch.load(..., weights_only=True)`` reads it."""
@@ -637,7 +829,7 @@ def _save_checkpoint(
     save_torch(state, path)
 
 
-def _load_checkpoint(path: Path, key: str, say: Progress) -> dict | None:
+def _load_checkpoint(path: Path, key: str, say: Progress) -> dict[str, Any] | None:
     """The checkpoint when it is readable by the safe loader and of this key; else None (and a
     one-line notice): the run starts over."""
     import torch

@@ -65,7 +65,7 @@ def config_fields(config: dict[str, Any]) -> dict[str, Any]:
     becomes its ``Params`` again (through the ``fernoise.methods`` registry)."""
     config = dict(config)
     if isinstance(config.get("method_params"), dict):
-        from fernoise import methods  # type: ignore[attr-defined]
+        from fernoise import methods
 
         config["method_params"] = methods.get(config["method"]).Params(**config["method_params"])
     return config

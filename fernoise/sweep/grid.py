@@ -44,7 +44,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from fernoise.cache import Workspace
 from fernoise.errors import FernoiseError
@@ -74,16 +74,10 @@ MAX_CELLS = 10_000
 
 # ----------------------------------------------------------------------------- registries
 def method_names() -> tuple[str, ...]:
-    """The method names ``fernoise train`` accepts: the ``fernoise.methods`` registry when it
-    exists, else ``fernoise.train.stage.METHODS``."""
-    try:
-        from fernoise import methods  # type: ignore[attr-defined]
+    """The method names ``fernoise train`` accepts: the ``fernoise.methods`` registry."""
+    from fernoise import methods
 
-        return tuple(methods.names())
-    except ImportError:
-        from fernoise.train.stage import METHODS
-
-        return tuple(METHODS)
+    return tuple(methods.names())
 
 
 def noise_kinds() -> tuple[str, ...]:
@@ -104,7 +98,7 @@ def method_options(method: str) -> dict[str, str]:
     """The method's own options (its ``Params`` fields: name -> annotation) when the
     ``fernoise.methods`` registry exists, else none (they are TrainConfig fields then)."""
     try:
-        from fernoise import methods  # type: ignore[attr-defined]
+        from fernoise import methods
 
         cls = methods.get(method)
     except (ImportError, AttributeError, FernoiseError):
@@ -117,7 +111,7 @@ def method_aliases(method: str) -> dict[str, str]:
     """How a grid may name the method's own options -> the ``Params`` field: the field name
     (``margin``) and the ``fernoise train`` flag without its dashes (``scn-margin``/``scn_margin``)."""
     try:
-        from fernoise import methods  # type: ignore[attr-defined]
+        from fernoise import methods
 
         params = getattr(methods.get(method), "Params", None)
     except (ImportError, AttributeError, FernoiseError):
@@ -125,7 +119,7 @@ def method_aliases(method: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for f in fields(params) if params is not None else ():
         out[f.name] = f.name
-        flag = (f.metadata or {}).get("flag")
+        flag = f.metadata.get("flag")
         if flag:
             out[flag.lstrip("-").replace("-", "_")] = f.name
     return out
@@ -133,7 +127,7 @@ def method_aliases(method: str) -> dict[str, str]:
 
 def make_method_params(method: str, values: dict[str, Any]) -> Any:
     """The method's ``Params`` from ``{field: value}`` through the registry."""
-    from fernoise import methods  # type: ignore[attr-defined]
+    from fernoise import methods
 
     return methods.get(method).Params(**values)
 
@@ -203,7 +197,7 @@ def grid_error(path: Path, where: str, message: str) -> FernoiseError:
     return FernoiseError(f"{path}: {where}: {message}", flag="GRID")
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -307,7 +301,12 @@ def _noise_entries(path: Path, raw: Any) -> list[Noise]:
             _check_noise_params(path, where, noise)
             out.append(noise)
     seen: set[Noise] = set()
-    dup = next((n for n in out if n in seen or seen.add(n)), None)
+    dup = None
+    for n in out:
+        if n in seen:
+            dup = n
+            break
+        seen.add(n)
     if dup:  # the very same setting; two matrix or pairs files of one name are two settings
         raise grid_error(path, "noise", f"the setting {dup.slug()!r} is listed twice")
     return out
@@ -354,134 +353,24 @@ def _check_noise_params(path: Path, where: str, noise: Noise) -> None:
 def load_grid(path: str | os.PathLike) -> Grid:
     """Parse and check a grid file (see the module docstring). Raises a one-line FernoiseError
     naming the key at fault and the valid keys or values."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-
     path = Path(path)
-    if not path.is_file():
-        raise FernoiseError(
-            f"grid file {path} does not exist; pass a .toml file such as grids/smoke.toml",
-            flag="GRID",
-        )
-    try:
-        raw = tomllib.loads(
-            path.read_text(encoding="utf-8-sig")
-        )  # -sig: Windows editors write a BOM
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise FernoiseError(f"{path} is not valid TOML ({e})", flag="GRID") from None
-    unknown = sorted(set(raw) - set(TOP_KEYS))
-    if unknown:
-        raise grid_error(
-            path, "top level", f"unknown key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}"
-        )
-
-    valid_methods = method_names()
-    methods = raw.get("methods")
-    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
-        raise grid_error(
-            path, "methods", f"expected a list of method names from: {', '.join(valid_methods)}"
-        )
-    for m in methods:
-        if m not in valid_methods:
-            raise grid_error(
-                path, "methods", f"unknown method {m!r}; valid: {', '.join(valid_methods)}"
-            )
-    if len(set(methods)) != len(methods):
-        raise grid_error(path, "methods", "a method is listed twice")
-
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
-        raise grid_error(
-            path, "seeds", f"expected a list of non-negative integers, found {seeds!r}"
-        )
-    if len(set(seeds)) != len(seeds):
-        raise grid_error(path, "seeds", "a seed is listed twice")
-
-    pre_raw = raw.get("pretrained", ["none"])
-    pre_raw = pre_raw if isinstance(pre_raw, list) else [pre_raw]
-    if not pre_raw or not all(isinstance(p, str) and p for p in pre_raw):
-        raise grid_error(
-            path, "pretrained", 'expected a list of "none", "latest" or paths to a file or folder'
-        )
-    pretrained = tuple(None if p == "none" else p for p in pre_raw)
-    if len(set(pretrained)) != len(pretrained):
-        raise grid_error(path, "pretrained", "a start is listed twice")
-
+    raw = _read_toml(path)
+    methods = _methods(path, raw)
+    seeds = _seeds(path, raw)
+    pretrained = _pretrained(path, raw)
     noise = _noise_entries(path, raw.get("noise", ["clean"]))
-
-    known = train_fields()
-    train_raw = raw.get("train", {})
-    if not isinstance(train_raw, dict):
-        raise grid_error(path, "train", "expected a table of `fernoise train` options")
-    fixed: dict[str, Any] = {}
-    axes: dict[str, tuple[Any, ...]] = {}
-    per_method: dict[str, dict[str, Any]] = {}
-    method_keys: set[str] = set()
-    for key, value in train_raw.items():
-        if isinstance(value, dict):
-            if key not in methods:
-                raise grid_error(
-                    path,
-                    f"train.{key}",
-                    f"a table here sets one method's options; {key!r} is not in methods ({', '.join(methods)})",
-                )
-            opts = {}
-            for k, v in value.items():
-                name, annotation, own = _option(path, f"train.{key}", k, known, [key])
-                if isinstance(v, list):
-                    raise grid_error(
-                        path,
-                        f"train.{key}.{k}",
-                        "per-method options take one value (lists are axes of [train])",
-                    )
-                opts[name] = _check_type(path, f"train.{key}.{k}", v, annotation)
-                if own:
-                    method_keys.add(name)
-            per_method[key] = opts
-            continue
-        name, annotation, own = _option(path, "train", key, known, methods)
-        if own:
-            method_keys.add(name)
-        if isinstance(value, list):
-            if not value:
-                raise grid_error(path, f"train.{key}", "an empty list of values")
-            axes[name] = tuple(_check_type(path, f"train.{key}", v, annotation) for v in value)
-        else:
-            fixed[name] = _check_type(path, f"train.{key}", value, annotation)
-
-    eval_raw = raw.get("eval", {})
-    if not isinstance(eval_raw, dict):
-        raise grid_error(path, "eval", "expected a table, e.g. [eval] cam = 0")
-    bad = sorted(set(eval_raw) - set(EVAL_KEYS))
-    if bad:
-        raise grid_error(
-            path, "eval", f"unknown key {bad[0]!r}; valid keys: {', '.join(EVAL_KEYS)}"
-        )
-    cam = eval_raw.get("cam", 0)
-    if not _is_int(cam) or not 0 <= cam <= 64:
-        raise grid_error(path, "eval.cam", f"expected 0..64 Grad-CAM faces, found {cam!r}")
-
-    counts = {
-        "methods": len(methods),
-        "seeds": len(seeds),
-        "pretrained": len(pretrained),
-        "noise": len(noise),
-        **{f"train.{k}": len(v) for k, v in axes.items()},
-    }
-    n_cells = math.prod(counts.values())
-    if (
-        n_cells > MAX_CELLS
-    ):  # counted before expanding: a million cells would take minutes and gigabytes
-        product = " x ".join(f"{n:,} {k}" for k, n in counts.items() if n > 1)
-        raise grid_error(
-            path,
-            "top level",
-            f"{n_cells:,} cells ({product}); at most {MAX_CELLS:,} are allowed: split "
-            "the grid into several files (e.g. one per seed or method list)",
-        )
-
+    train = _train_options(path, raw.get("train", {}), methods)
+    cam = _cam(path, raw.get("eval", {}))
+    _check_size(
+        path,
+        {
+            "methods": len(methods),
+            "seeds": len(seeds),
+            "pretrained": len(pretrained),
+            "noise": len(noise),
+            **{f"train.{k}": len(v) for k, v in train.axes.items()},
+        },
+    )
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise grid_error(path, "name", f"expected letters, digits, '.', '_' or '-', found {name!r}")
@@ -498,12 +387,177 @@ def load_grid(path: str | os.PathLike) -> Grid:
         noise=tuple(noise),
         seeds=tuple(seeds),
         pretrained=pretrained,
-        fixed=fixed,
-        axes=axes,
-        per_method=per_method,
-        method_keys=frozenset(method_keys),
+        fixed=train.fixed,
+        axes=train.axes,
+        per_method=train.per_method,
+        method_keys=frozenset(train.method_keys),
         cam=cam,
     )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The grid file's top-level table (UTF-8, with or without a BOM), its keys checked."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    if not path.is_file():
+        raise FernoiseError(
+            f"grid file {path} does not exist; pass a .toml file such as grids/smoke.toml",
+            flag="GRID",
+        )
+    try:
+        raw = tomllib.loads(
+            path.read_text(encoding="utf-8-sig")
+        )  # -sig: Windows editors write a BOM
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise FernoiseError(f"{path} is not valid TOML ({e})", flag="GRID") from None
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise grid_error(
+            path, "top level", f"unknown key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}"
+        )
+    return raw
+
+
+def _methods(path: Path, raw: dict[str, Any]) -> list[str]:
+    """``methods``: registered method names, each once."""
+    valid_methods = method_names()
+    methods = raw.get("methods")
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+        raise grid_error(
+            path, "methods", f"expected a list of method names from: {', '.join(valid_methods)}"
+        )
+    for m in methods:
+        if m not in valid_methods:
+            raise grid_error(
+                path, "methods", f"unknown method {m!r}; valid: {', '.join(valid_methods)}"
+            )
+    if len(set(methods)) != len(methods):
+        raise grid_error(path, "methods", "a method is listed twice")
+    return methods
+
+
+def _seeds(path: Path, raw: dict[str, Any]) -> list[int]:
+    """``seeds`` (default ``[0]``): non-negative integers, each once."""
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
+        raise grid_error(
+            path, "seeds", f"expected a list of non-negative integers, found {seeds!r}"
+        )
+    if len(set(seeds)) != len(seeds):
+        raise grid_error(path, "seeds", "a seed is listed twice")
+    return seeds
+
+
+def _pretrained(path: Path, raw: dict[str, Any]) -> tuple[str | None, ...]:
+    """``pretrained`` (default ``["none"]``, one value allowed): None for ``none``, else the
+    start as written, each once."""
+    pre_raw = raw.get("pretrained", ["none"])
+    pre_raw = pre_raw if isinstance(pre_raw, list) else [pre_raw]
+    if not pre_raw or not all(isinstance(p, str) and p for p in pre_raw):
+        raise grid_error(
+            path, "pretrained", 'expected a list of "none", "latest" or paths to a file or folder'
+        )
+    pretrained = tuple(None if p == "none" else p for p in pre_raw)
+    if len(set(pretrained)) != len(pretrained):
+        raise grid_error(path, "pretrained", "a start is listed twice")
+    return pretrained
+
+
+@dataclass
+class _TrainOptions:
+    """The ``[train]`` table, checked: one-value options, axes, per-method tables, and which
+    option names are a method's own."""
+
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    axes: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    per_method: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    method_keys: set[str] = dataclasses.field(default_factory=set)
+
+
+def _train_options(path: Path, train_raw: Any, methods: list[str]) -> _TrainOptions:
+    """``[train]``: each key a TrainConfig field or an option of every method (a list of
+    values is an axis), each ``[train.<method>]`` table one value per option of that method."""
+    known = train_fields()
+    if not isinstance(train_raw, dict):
+        raise grid_error(path, "train", "expected a table of `fernoise train` options")
+    out = _TrainOptions()
+    for key, value in train_raw.items():
+        if isinstance(value, dict):
+            out.per_method[key] = _method_table(path, key, value, known, methods, out.method_keys)
+            continue
+        name, annotation, own = _option(path, "train", key, known, methods)
+        if own:
+            out.method_keys.add(name)
+        if isinstance(value, list):
+            if not value:
+                raise grid_error(path, f"train.{key}", "an empty list of values")
+            out.axes[name] = tuple(_check_type(path, f"train.{key}", v, annotation) for v in value)
+        else:
+            out.fixed[name] = _check_type(path, f"train.{key}", value, annotation)
+    return out
+
+
+def _method_table(
+    path: Path,
+    method: str,
+    table: dict[str, Any],
+    known: dict[str, str],
+    methods: list[str],
+    method_keys: set[str],
+) -> dict[str, Any]:
+    """``[train.<method>]``: one value per option; the method's own option names are added to
+    ``method_keys``."""
+    if method not in methods:
+        raise grid_error(
+            path,
+            f"train.{method}",
+            f"a table here sets one method's options; {method!r} is not in methods ({', '.join(methods)})",
+        )
+    opts = {}
+    for k, v in table.items():
+        name, annotation, own = _option(path, f"train.{method}", k, known, [method])
+        if isinstance(v, list):
+            raise grid_error(
+                path,
+                f"train.{method}.{k}",
+                "per-method options take one value (lists are axes of [train])",
+            )
+        opts[name] = _check_type(path, f"train.{method}.{k}", v, annotation)
+        if own:
+            method_keys.add(name)
+    return opts
+
+
+def _cam(path: Path, eval_raw: Any) -> int:
+    """``[eval]``: ``cam``, 0..64 Grad-CAM faces per cell (default 0)."""
+    if not isinstance(eval_raw, dict):
+        raise grid_error(path, "eval", "expected a table, e.g. [eval] cam = 0")
+    bad = sorted(set(eval_raw) - set(EVAL_KEYS))
+    if bad:
+        raise grid_error(
+            path, "eval", f"unknown key {bad[0]!r}; valid keys: {', '.join(EVAL_KEYS)}"
+        )
+    cam = eval_raw.get("cam", 0)
+    if not _is_int(cam) or not 0 <= cam <= 64:
+        raise grid_error(path, "eval.cam", f"expected 0..64 Grad-CAM faces, found {cam!r}")
+    return cam
+
+
+def _check_size(path: Path, counts: dict[str, int]) -> None:
+    """At most MAX_CELLS cells, counted from the axes before expanding (a million cells would
+    take minutes and gigabytes)."""
+    n_cells = math.prod(counts.values())
+    if n_cells > MAX_CELLS:
+        product = " x ".join(f"{n:,} {k}" for k, n in counts.items() if n > 1)
+        raise grid_error(
+            path,
+            "top level",
+            f"{n_cells:,} cells ({product}); at most {MAX_CELLS:,} are allowed: split "
+            "the grid into several files (e.g. one per seed or method list)",
+        )
 
 
 # ----------------------------------------------------------------------------- cells

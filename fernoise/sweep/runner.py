@@ -369,7 +369,7 @@ def check_done(sweep: Sweep, cell: Cell, manifest: Path, state: CellState) -> bo
         report = runindex.lookup_eval(hit.output, cam=sweep.grid.cam) if hit else None
     except OSError:  # unreadable outputs: the child's stages will say what is wrong
         return False
-    if report is None:
+    if hit is None or report is None:
         return False
     state.status, state.hit, state.run = "done", True, str(hit.output)
     state.epochs = state.epoch = (report.get("history") or {}).get("epochs")
@@ -401,11 +401,27 @@ def run(
     GPU in ``gpus``, else one at a time), a failed cell never stops the others. ``update`` is
     called with the sweep on every change and about twice a second. Returns this shard's
     states; with ``dry_run`` only checks which cells are done (nothing is written)."""
-    say = update or (lambda s: None)
-    lock = threading.Lock()
+    say = update or _no_update
     sweep.states = {c.index: CellState(c) for c in sweep.mine}
     for st in sweep.states.values():
         _stamp_state(sweep, st)
+    pending = _pending(sweep, say, dry_run)
+    if dry_run:
+        return list(sweep.states.values())
+    _run_pending(sweep, pending, gpus, python or sys.executable, say)
+    write_table(sweep)
+    say(sweep)
+    return list(sweep.states.values())
+
+
+def _no_update(sweep: Sweep) -> None:
+    """The ``update`` of a caller that shows nothing."""
+
+
+def _pending(sweep: Sweep, say: Update, dry_run: bool) -> list[tuple[CellState, Path]]:
+    """Make each cell's noisy manifest and mark the cells already done (hits; their cell file
+    written unless it already says so) or failed (a noise stage that raised); returns the
+    others with their manifests. With ``dry_run`` nothing is made or written and [] comes back."""
     corrupt = _Corrupter(sweep)
     pending: list[tuple[CellState, Path]] = []
     for st in sweep.states.values():
@@ -435,11 +451,22 @@ def run(
         else:
             pending.append((st, manifest))
         say(sweep)
-    if dry_run:
-        return list(sweep.states.values())
+    return pending
 
+
+def _run_pending(
+    sweep: Sweep,
+    pending: list[tuple[CellState, Path]],
+    gpus: Sequence[str] | None,
+    python: str,
+    say: Update,
+) -> None:
+    """Run the ``pending`` cells in child processes, one slot per GPU (one slot without
+    ``gpus``), calling ``say`` about twice a second; an interrupt kills every child."""
+    lock = threading.Lock()
+    slot_gpus: list[str | None] = list(gpus) if gpus else [None]
     slots: queue.Queue[str | None] = queue.Queue()
-    for g in gpus or [None]:
+    for g in slot_gpus:
         slots.put(g)
     todo: queue.Queue[tuple[CellState, Path]] = queue.Queue()
     for item in pending:
@@ -462,15 +489,13 @@ def run(
                         if done:
                             _write_cell(sweep, st)
                     if not done:
-                        _run_child(
-                            sweep, st, manifest, gpu, lock, children, python or sys.executable
-                        )
+                        _run_child(sweep, st, manifest, gpu, lock, children, python)
             except Exception as e:  # noqa: BLE001 - a crash here fails this cell, never the sweep
                 _crashed(sweep, st, e, lock)
             finally:
                 slots.put(gpu)
 
-    threads = [threading.Thread(target=slot_loop, daemon=True) for _ in range(len(gpus or [None]))]
+    threads = [threading.Thread(target=slot_loop, daemon=True) for _ in range(len(slot_gpus))]
     for t in threads:
         t.start()
     try:
@@ -483,9 +508,6 @@ def run(
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
         raise
-    write_table(sweep)
-    say(sweep)
-    return list(sweep.states.values())
 
 
 def _run_lock(sweep: Sweep, cell: Cell, manifest: Path) -> Path:
@@ -530,7 +552,7 @@ def check_done_readonly(sweep: Sweep, cell: Cell, manifest: Path, state: CellSta
 
     hit = runindex.lookup(manifest, cell.config, runs_dir=sweep.runs_dir)
     report = runindex.lookup_eval(hit.output, cam=sweep.grid.cam) if hit else None
-    if report is None:
+    if hit is None or report is None:
         return False
     state.status, state.hit, state.run = "done", True, str(hit.output)
     _accuracies(state, report)
@@ -687,15 +709,15 @@ def eta_seconds(sweep: Sweep, slots: int = 1) -> float | None:
         for s in states
         if s.status == "done" and not s.hit and s.started and s.finished
     ]
-    running = [s for s in states if s.status == "running" and s.started]
+    running = [(s, s.started) for s in states if s.status == "running" and s.started]
     projected = []
     remaining = 0.0
-    for s in running:
+    for s, started in running:
         frac = s.progress()
         if frac > 0.02:
-            total = (now - s.started) / frac
+            total = (now - started) / frac
             projected.append(total)
-            remaining += max(0.0, total - (now - s.started))
+            remaining += max(0.0, total - (now - started))
     per_cell = (
         (sum(ran) / len(ran)) if ran else (sum(projected) / len(projected) if projected else None)
     )
