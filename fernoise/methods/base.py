@@ -236,6 +236,8 @@ class Method:
     relabels: ClassVar[bool] = False
     """True for a method that relabels (keeps a label store): metrics log ``relabelled`` and
     ``relabel_precision`` every epoch (0 / null before it starts), null for the others."""
+    _say: Callable[[dict], None] | None = None
+    """The loop's output for :meth:`warn` (bound by the loop)."""
     warmup: ClassVar[int | None] = None
     """Warm-up epochs when ``--warmup`` is not given: None = NCCTFER's protocol,
     ``min(5, epochs // 3)`` (its paper's 5 for 40 epochs, shared by the baselines of its tables);
@@ -329,7 +331,7 @@ class Method:
     def warn(self, message: str) -> None:
         """Say ``message`` as a one-line warning of the run (bound by the loop; before the loop
         binds it, e.g. in a unit test, it is a Python warning)."""
-        say = getattr(self, "_say", None)
+        say = self._say
         if say is None:
             import warnings
 

@@ -150,10 +150,93 @@ def plan(
 
     Raises FernoiseError (naming the flag) on any bad input; writes nothing.
     """
-    from fernoise import data
-
     if runs_dir is not None:
         require_folder(runs_dir, "runs folder", flag="--runs-dir", may_be_missing=True)
+    m, cfg, heads, warnings = _read(manifest_path, cfg)
+    assert m.path is not None  # read from a file
+    r = _rows(m, cfg)
+    warnings += r.warnings
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    from fernoise.train.augment import resolve_augment
+
+    augment = resolve_augment(cfg.augment, device)
+    ws = workspace or Workspace()
+    start = _start_weights(cfg, ws)
+    key_in = m.key or file_sha256(m.path)
+    content = m.content_key(READS)  # one pass over the columns train reads
+    key_params = _key_params(cfg, precision, augment, start["pretrained_sha256"], r.val_fraction)
+    key = stage_key("train", VERSION, key_params, {"manifest": key_in, "content": content})
+    config = {
+        **{k: v for k, v in asdict(cfg).items() if k not in ("devices",)},
+        "k": getattr(cfg.method_params, "k", None),
+        "heads": heads,
+        "pretrained": start["pretrained"],
+        "pretrained_kind": start["pretrained_kind"],
+        "pretrained_given": cfg.pretrained,
+        "pretrained_sha256": start["pretrained_sha256"],
+        "pretrained_report": start["pretrained_report"],
+        "precision": precision,
+        "precision_requested": cfg.precision,
+        "augment": augment,
+        "augment_requested": cfg.augment,
+        "compile": cfg.compile,
+        "device": device,
+        "device_requested": cfg.device,
+        "world_size": key_params["world_size"],
+        "val_fraction": r.val_fraction,
+        "val_fraction_requested": cfg.val_fraction,
+        "val_source": r.val_source,
+        "manifest": str(Path(m.path).resolve()),
+        "manifest_key": key_in,
+        "manifest_content": content,
+        **_data_fields(m, cfg, r, heads),
+        "stage_version": VERSION,
+        "fernoise_version": __version__,
+        "key": key,
+    }
+    return Plan(
+        cfg=cfg,
+        manifest=m,
+        device=device,
+        precision=precision,
+        key=key,
+        run_dir=ws.runs_dir(runs_dir).resolve() / key[:16],
+        config=config,
+        key_params=key_params,
+        rows=r.rows,
+        train_pos=r.train.index.to_numpy(np.int64),
+        val_pos=r.val.index.to_numpy(np.int64),
+        test_pos=r.test.index.to_numpy(np.int64),
+        labels=_labels(cfg, r),
+        is_noisy=(
+            r.rows["is_noisy"].fillna(False).astype(bool).to_numpy()
+            if "is_noisy" in r.rows.columns
+            else None
+        ),
+        val_ids=r.val_ids,
+        warnings=warnings,
+        notes=r.notes,
+        paths=r.paths,
+        cache_dir=ws.root / ".fernoise" / "arrays",
+        shas=r.shas,
+    )
+
+
+def _labels(cfg: TrainConfig, r: _Rows) -> np.ndarray:
+    """int64 per usable row, -1 where unlabelled; with ``--val-clean`` the validation rows'
+    labels are their clean labels (oracle-clean validation)."""
+    labels = r.rows["label"].fillna(-1).astype(np.int64).to_numpy().copy()
+    if cfg.val_clean:
+        vpos = r.val.index.to_numpy(np.int64)
+        labels[vpos] = r.rows["label_clean"].iloc[vpos].fillna(-1).astype(np.int64).to_numpy()
+    return labels
+
+
+def _read(manifest_path, cfg: TrainConfig) -> tuple[Manifest, TrainConfig, list[str], list[str]]:
+    """The manifest, checked (a crop column, 2+ classes, labels in the class list), and the
+    configuration with the method's parameters resolved for its classes (e.g. ncctfer's k None =
+    min(4, C - 1)); also the method's module names and warnings about edits to the manifest."""
     m = read_manifest(resolve_manifest(manifest_path))
     if "path" not in m.df.columns:
         raise FernoiseError(
@@ -166,22 +249,19 @@ def plan(
             f"{m.path} has no class list in its metadata; make it with `fernoise align`",
             flag="MANIFEST",
         )
-    C = len(classes)
-    if C < 2:
+    if len(classes) < 2:
         raise FernoiseError(
-            f"{m.path} has {C} class ({classes}); training needs at least 2", flag="MANIFEST"
+            f"{m.path} has {len(classes)} class ({classes}); training needs at least 2",
+            flag="MANIFEST",
         )
-    # The method checks its parameters against C (e.g. --k) and resolves those that depend on it
-    # (ncctfer's k None = min(4, C - 1)); config.json and the key record the resolved values.
-    heads, resolved = method_heads(cfg, C)
+    assert m.path is not None  # read from a file
+    heads, resolved = method_heads(cfg, len(classes))
     cfg = replace(cfg, method_params=resolved)
     try:
         check_labels(m.df, classes)
     except FernoiseError as e:
         raise FernoiseError(f"{m.path}: {e}; fix the manifest's labels", flag="MANIFEST") from None
-    key_in = m.key or file_sha256(m.path)
-    content = m.content_key(READS)  # one pass over the columns train reads
-    warnings, notes = [], []
+    warnings = []
     edited = m.edited(READS)
     if edited:
         warnings.append(
@@ -193,11 +273,43 @@ def plan(
             f"{m.path} has no label_clean column (it was not corrupted); drop --val-clean",
             flag="--val-clean",
         )
-
     from fernoise.manifest import unknown_splits
 
     if other_splits := unknown_splits(m.df):  # e.g. `holdout`: said, never silently dropped
         warnings.append(f"{m.path.name}: {other_splits}")
+    return m, cfg, heads, warnings
+
+
+@dataclass
+class _Rows:
+    """The usable rows and how they split into train, validation and test."""
+
+    rows: pd.DataFrame
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    n_train_all: int
+    val_ids: list[str] | None
+    val_source: str
+    val_fraction: float | None
+    val_labels: str | None
+    warnings: list[str]
+    notes: list[str]
+    paths: list[str]  # resolved crop paths, one per row of `rows`
+    shas: list[str | None] | None  # crop_sha256 per row when the manifest records it
+
+
+def _rows(m: Manifest, cfg: TrainConfig) -> _Rows:
+    """The usable rows (a crop, status ok/whole), the training subset (``--max-rows``), the
+    validation rows (the manifest's, or carved from train), the test rows; warnings for classes
+    without training rows, notes on where validation comes from."""
+    from fernoise import data
+
+    assert m.path is not None  # read from a file
+    classes = m.classes
+    C = len(classes)
+    warnings: list[str] = []
+    notes: list[str] = []
     rows = m.df[data.usable(m.df)].reset_index(drop=True)
     labelled = rows["label"].notna()
     train = rows[(rows["split"] == "train") & labelled]
@@ -217,40 +329,16 @@ def plan(
         warnings.append(
             f"class {classes[c]!r} has no training samples; training continues without it"
         )
-
     val = rows[(rows["split"] == "val") & labelled]
     val_ids, val_source, val_fraction = None, "split", None
     if val.empty and cfg.val_fraction > 0:
         carved = _carve_val(train, cfg.val_fraction, cfg.seed)
         val, train = train.loc[carved], train.drop(carved)
-        val_ids, val_source, val_fraction = (
-            rows.loc[carved, "id"].tolist(),
-            "carved",
-            cfg.val_fraction,
-        )
+        val_ids, val_source = rows.loc[carved, "id"].tolist(), "carved"
+        val_fraction = cfg.val_fraction
     elif val.empty:
         val_source = "none"
-    noisy_source = find_stage(m.meta, "corrupt") is not None or "label_clean" in rows.columns
-    if cfg.val_clean:
-        val_labels = "oracle-clean"
-    elif val_source == "carved":
-        val_labels = "noisy" if noisy_source else "train"
-    else:
-        val_labels = "split" if val_source == "split" else None
-    if val_source == "carved" and not cfg.val_clean:
-        notes.append(
-            f"validation: {len(val):,} rows carved from the training split keep their "
-            f"{'noisy ' if noisy_source else ''}training labels, so val_acc measures agreement with them"
-            + (
-                "; --val-clean validates on label_clean instead"
-                if "label_clean" in rows.columns
-                else ""
-            )
-        )
-    elif cfg.val_clean:
-        notes.append(
-            f"validation: {len(val):,} rows scored against label_clean (oracle-clean, --val-clean)"
-        )
+    val_labels = _val_labels(m, cfg, rows, val, val_source, notes)
     test = rows[(rows["split"] == "test") & labelled]
     if len(train) < 2:
         raise FernoiseError(
@@ -280,24 +368,71 @@ def plan(
         if "crop_sha256" in rows.columns
         else None
     )
+    return _Rows(
+        rows, train, val, test, n_train_all, val_ids, val_source, val_fraction, val_labels,
+        warnings, notes, paths, shas,
+    )  # fmt: skip
 
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    from fernoise.train.augment import resolve_augment
 
-    augment = resolve_augment(cfg.augment, device)
-    ws = workspace or Workspace()
-    pretrained, pre_kind, pre_sha, pre_report = None, None, None, None
-    if cfg.pretrained:  # resolved (`latest` through the workspace lock), read and matched now
+def _val_labels(m: Manifest, cfg: TrainConfig, rows, val, val_source: str, notes) -> str | None:
+    """What the validation labels are (``oracle-clean``, ``noisy``, ``train``, ``split`` or None),
+    with a note on it when they are carved from train or clean."""
+    noisy_source = find_stage(m.meta, "corrupt") is not None or "label_clean" in rows.columns
+    val_labels: str | None
+    if cfg.val_clean:
+        val_labels = "oracle-clean"
+    elif val_source == "carved":
+        val_labels = "noisy" if noisy_source else "train"
+    else:
+        val_labels = "split" if val_source == "split" else None
+    if val_source == "carved" and not cfg.val_clean:
+        notes.append(
+            f"validation: {len(val):,} rows carved from the training split keep their "
+            f"{'noisy ' if noisy_source else ''}training labels, so val_acc measures agreement with them"
+            + (
+                "; --val-clean validates on label_clean instead"
+                if "label_clean" in rows.columns
+                else ""
+            )
+        )
+    elif cfg.val_clean:
+        notes.append(
+            f"validation: {len(val):,} rows scored against label_clean (oracle-clean, --val-clean)"
+        )
+    return val_labels
+
+
+def _start_weights(cfg: TrainConfig, ws: Workspace) -> dict[str, Any]:
+    """``--pretrained`` resolved (``latest`` through the workspace lock), read and matched
+    now: its path, kind, sha256 (a key input) and match report, as config.json records them."""
+    start: dict[str, Any] = {
+        "pretrained": None,
+        "pretrained_kind": None,
+        "pretrained_sha256": None,
+        "pretrained_report": None,
+    }
+    if cfg.pretrained:
         from fernoise.model import FerNet
         from fernoise.train.weights import load_backbone
 
         source, report = load_backbone(
             FerNet().backbone, cfg.pretrained, partial=cfg.pretrained_partial, workspace=ws
         )
-        pretrained, pre_kind = str(source.path.resolve()), source.kind
-        pre_sha, pre_report = file_sha256(pretrained), report.as_dict()
-    world = _world(cfg)
+        path = str(source.path.resolve())
+        start.update(
+            pretrained=path,
+            pretrained_kind=source.kind,
+            pretrained_sha256=file_sha256(path),
+            pretrained_report=report.as_dict(),
+        )
+    return start
+
+
+def _key_params(
+    cfg: TrainConfig, precision: str, augment: str, pre_sha: str | None, val_fraction
+) -> dict[str, Any]:
+    """The parameters the run's key hashes. Options added after a run format existed enter only
+    when set, so the keys of runs without them stay as they were (tests/test_stage_keys.py)."""
     key_params = {
         "method": cfg.method,
         "method_params": cfg.method_params_dict(),
@@ -314,95 +449,42 @@ def plan(
         "seed": cfg.seed,
         "precision": precision,
         "val_fraction": val_fraction,
-        "world_size": world,
+        "world_size": _world(cfg),
     }
-    if cfg.val_clean:  # only when set: keys of runs without it stay as they were
+    if cfg.val_clean:
         key_params["val_clean"] = True
     if cfg.max_rows is not None:
         key_params["max_rows"] = cfg.max_rows
-    if cfg.pretrained_partial:  # only when set, as val_clean
+    if cfg.pretrained_partial:
         key_params["pretrained_partial"] = True
     if augment != "workers":  # the worker path keeps the keys runs had before --augment existed
         key_params["augment"] = augment
     if cfg.compile:
         key_params["compile"] = True
-    key = stage_key("train", VERSION, key_params, {"manifest": key_in, "content": content})
-    run_dir = ws.runs_dir(runs_dir).resolve() / key[:16]
+    return key_params
 
+
+def _data_fields(m: Manifest, cfg: TrainConfig, r: _Rows, heads: list[str]) -> dict[str, Any]:
+    """config.json's fields about the data: labels, classes, lineage, row counts."""
     corrupt = find_stage(m.meta, "corrupt")
     align = find_stage(m.meta, "align")
-    labels = rows["label"].fillna(-1).astype(np.int64).to_numpy().copy()
-    if cfg.val_clean:  # oracle-clean validation: the val rows' labels are their clean labels
-        vpos = val.index.to_numpy(np.int64)
-        labels[vpos] = rows["label_clean"].iloc[vpos].fillna(-1).astype(np.int64).to_numpy()
-    is_noisy = (
-        rows["is_noisy"].fillna(False).astype(bool).to_numpy()
-        if "is_noisy" in rows.columns
-        else None
-    )
-    config = {
-        **{k: v for k, v in asdict(cfg).items() if k not in ("devices",)},
-        "k": getattr(cfg.method_params, "k", None),
-        "heads": heads,
-        "pretrained": pretrained,
-        "pretrained_kind": pre_kind,
-        "pretrained_given": cfg.pretrained,
-        "pretrained_sha256": pre_sha,
-        "pretrained_report": pre_report,
-        "precision": precision,
-        "precision_requested": cfg.precision,
-        "augment": augment,
-        "augment_requested": cfg.augment,
-        "compile": cfg.compile,
-        "device": device,
-        "device_requested": cfg.device,
-        "world_size": world,
-        "val_fraction": val_fraction,
-        "val_fraction_requested": cfg.val_fraction,
-        "val_source": val_source,
-        "manifest": str(Path(m.path).resolve()),
-        "manifest_key": key_in,
-        "manifest_content": content,
-        "val_labels": val_labels,
+    C = len(m.classes)
+    return {
+        "val_labels": r.val_labels,
         "max_rows": cfg.max_rows,
-        "n_train_available": n_train_all,
-        "classes": classes,
+        "n_train_available": r.n_train_all,
+        "classes": m.classes,
         "label_space": m.meta.get("label_space"),
         "num_classes": C,
         "two_heads": "ncc" in heads,  # the field older run folders have; "heads" names them all
         "views": list(_method_class(cfg).views),
         "noise": dict(corrupt["params"]) if corrupt else None,
         "align": dict(align["params"]) if align else None,
-        "n_train": len(train),
-        "n_val": len(val),
-        "n_test": len(test),
-        "train_class_counts": np.bincount(train["label"].astype(int), minlength=C).tolist(),
-        "stage_version": VERSION,
-        "fernoise_version": __version__,
-        "key": key,
+        "n_train": len(r.train),
+        "n_val": len(r.val),
+        "n_test": len(r.test),
+        "train_class_counts": np.bincount(r.train["label"].astype(int), minlength=C).tolist(),
     }
-    return Plan(
-        cfg=cfg,
-        manifest=m,
-        device=device,
-        precision=precision,
-        key=key,
-        run_dir=run_dir,
-        config=config,
-        key_params=key_params,
-        rows=rows,
-        train_pos=train.index.to_numpy(np.int64),
-        val_pos=val.index.to_numpy(np.int64),
-        test_pos=test.index.to_numpy(np.int64),
-        labels=labels,
-        is_noisy=is_noisy,
-        val_ids=val_ids,
-        warnings=warnings,
-        notes=notes,
-        paths=paths,
-        cache_dir=ws.root / ".fernoise" / "arrays",
-        shas=shas,
-    )
 
 
 def method_heads(cfg: TrainConfig, num_classes: int) -> tuple[list[str], Any]:
@@ -745,6 +827,7 @@ class _Runtime:
     images: np.ndarray
     feeder: Any  # DeviceViewsFeed or data.ViewBatches
     on_device: bool
+    batch_size: int
 
     @classmethod
     def make(cls, p: Plan, env, images: np.ndarray) -> _Runtime:
@@ -753,6 +836,7 @@ class _Runtime:
         from fernoise import data
 
         cfg = p.cfg
+        assert cfg.batch_size is not None  # resolved by TrainConfig
         device = torch.device(
             f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device
         )
@@ -775,6 +859,7 @@ class _Runtime:
             images=images,
             feeder=feeder,
             on_device=on_device,
+            batch_size=cfg.batch_size,
         )
 
     def feed(self, batches: list) -> Any:
@@ -802,7 +887,7 @@ class _Runtime:
         env = self.env
         mine = np.arange(len(rows))[env.rank :: env.world]
         out = None
-        bs = max(self.p.cfg.batch_size, 256)
+        bs = max(self.batch_size, 256)
         model.eval()
         with (
             torch.no_grad(),
@@ -822,32 +907,39 @@ class _Runtime:
         return out.float()
 
 
-def _streams(p: Plan, method, epoch: int, warm: bool, env) -> dict[str, list]:
+def _streams(p: Plan, method, epoch: int, warm: bool, env) -> tuple[dict[str, list], bool]:
     """The epoch's batches per stream (:meth:`Method.epoch_rows`): the lead stream's as they
     always were, every further stream shuffled (its own salt) and cycled to the lead's length;
-    a further stream with fewer than 2 rows is left out."""
+    a further stream with fewer than 2 rows is left out. Also whether the method asked for
+    several streams (its loss then gets one entry per stream)."""
     from fernoise import data
 
-    cfg = p.cfg
+    cfg, bs = p.cfg, p.cfg.batch_size
+    assert bs is not None  # resolved by TrainConfig
     streams = method.epoch_rows(epoch, p.train_pos)
     out: dict[str, list] = {}
+    steps = 0
     for k, (name, rows) in enumerate(streams.items()):
         views = method.views_for(warm=warm, stream=name)
         kw = dict(seed=cfg.seed, epoch=epoch, views=views, rank=env.rank, world=env.world)
         if k == 0:
-            out[name] = data.epoch_batches(rows, cfg.batch_size, **kw)
+            out[name] = data.epoch_batches(rows, bs, **kw)
+            steps = len(out[name])
+            if not steps:
+                raise FernoiseError(
+                    f"{method.name}: its stream {name!r} holds {len(rows)} row(s) at epoch "
+                    f"{epoch}, too few for one batch of 2; nothing to train on"
+                )
             continue
         got: list = []
-        for r in range(len(out[next(iter(out))]) + 1):
-            if len(got) >= len(out[next(iter(out))]):
-                break
-            more = data.epoch_batches(rows, cfg.batch_size, salt=(k, r), **kw)
-            if not more:
-                break
+        for r in range(steps):  # round r: another shuffle of the stream, until it covers the lead
+            more = data.epoch_batches(rows, bs, salt=(k, r), **kw)
             got.extend(more)
+            if not more or len(got) >= steps:
+                break
         if got:
-            out[name] = got[: len(out[next(iter(out))])]
-    return out
+            out[name] = got[:steps]
+    return out, len(streams) > 1
 
 
 def _build(p: Plan, rt: _Runtime, say):
@@ -869,7 +961,7 @@ def _build(p: Plan, rt: _Runtime, say):
     if p.config["pretrained"]:
         _load_pretrained(p, model, method, say)
     fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
-    model = model.to(rt.device, memory_format=fmt)
+    model = model.to(rt.device).to(memory_format=fmt)
     if cfg.compile:
         compile_model(model, method, rt.device, say)
     optimizer, scheduler = method.configure_optimizers(model, cfg)
@@ -914,6 +1006,7 @@ def fit(
 
     env = env or distributed.Dist()
     cfg = p.cfg
+    assert cfg.warmup is not None  # resolved by TrainConfig
     say = progress if (progress and env.is_main) else (lambda event: None)
     for w in p.warnings:
         say({"event": "warning", "message": w})
@@ -936,6 +1029,7 @@ def fit(
         )
     written = _open_run_folder(p, env, metrics)
     parts = list(dict.fromkeys(["s", *method.parts]))  # loss_s always: the warm-up's part
+    assert cfg.epochs is not None  # resolved by TrainConfig
     for epoch in range(start, cfg.epochs + 1):
         record = _epoch(p, rt, truth, method, model, net, optimizer, epoch, parts, say, start)
         if scheduler is not None:
@@ -954,10 +1048,8 @@ def fit(
 def _epoch(
     p: Plan, rt: _Runtime, truth: _Truth, method, model, net, optimizer, epoch, parts, say, start
 ) -> dict:
-    """One epoch: the method's pass before it, its batches (every stream), the steps, the
-    processes' sums and state merged, validation and test accuracy; returns the metrics line."""
-    import torch
-
+    """One epoch: the method's pass before it, its steps, the processes' sums and per-sample
+    state merged, validation and test accuracy; returns the epoch's metrics line."""
     from fernoise import distributed
     from fernoise.methods.base import EpochContext
 
@@ -966,30 +1058,57 @@ def _epoch(
     warm = epoch <= cfg.warmup
     groups = optimizer.param_groups  # the lrs in effect this epoch (the schedule steps after it)
     lrs = {"lr_backbone": groups[0]["lr"], "lr_head": groups[min(1, len(groups) - 1)]["lr"]}
-    method.start_epoch(
-        model,
-        EpochContext(
-            epoch=epoch,
-            warm=warm,
-            rows=p.train_pos,
-            labels=truth.labels,
-            clean=truth.clean,
-            device=rt.device,
-            predict=lambda fn, rows=None: rt.predict(
-                model, fn, p.train_pos if rows is None else np.asarray(rows, dtype=np.int64)
-            ),
+    ctx = EpochContext(
+        epoch=epoch,
+        warm=warm,
+        rows=np.array(p.train_pos, dtype=np.int64),  # a writable copy (torch indexing)
+        labels=truth.labels,
+        clean=truth.clean,
+        device=rt.device,
+        predict=lambda fn, rows=None: rt.predict(
+            model, fn, p.train_pos if rows is None else np.asarray(rows, dtype=np.int64)
         ),
     )
-    batches = _streams(p, method, epoch, warm, env)
+    method.start_epoch(model, ctx)
+    tally = EpochTally(parts, len(p.rows), p.config["num_classes"], truth)
+    t_train = time.perf_counter()
+    steps = _steps(p, rt, method, net, optimizer, tally, epoch, warm, say, start)
+    train_seconds = time.perf_counter() - t_train
+    _stop_together_if_non_finite(p, env, tally.bad_step, epoch, steps, start)
+    tally.reduce(env)
+    merge_state(method, tally.touched, env)
+    val_acc = test_acc = None
+    if env.is_main:
+        val_acc = _accuracy(model, method, rt, p.val_pos, p.labels)
+        test_acc = _accuracy(model, method, rt, p.test_pos, p.labels)
+    distributed.barrier(env)
+    return tally.record(
+        epoch,
+        warm,
+        _relabels(method),
+        **lrs,
+        val_acc=val_acc,
+        test_acc=test_acc,
+        train_seconds=train_seconds,
+        seconds=time.perf_counter() - t_epoch,
+    )
+
+
+def _steps(p: Plan, rt: _Runtime, method, net, optimizer, tally, epoch, warm, say, start) -> int:
+    """The epoch's optimiser steps over its batches (every stream, :func:`_streams`), each
+    added to ``tally``; returns the number of steps. A non-finite loss stops the run at once
+    (alone) or at the epoch's end (under torch.distributed, every process together)."""
+    import torch
+
+    cfg, env, truth = p.cfg, rt.env, tally.truth
+    batches, several = _streams(p, method, epoch, warm, env)
     names = list(batches)
     lead = names[0]
-    several = len(method.epoch_rows(epoch, p.train_pos)) > 1
     views = {s: method.views_for(warm=warm, stream=s) for s in names}
     # The loss's only source of randomness (NL's complementary labels, partner permutations).
     gen = torch.Generator().manual_seed(
         int(np.random.default_rng([cfg.seed, epoch, 0xB1]).integers(2**62))
     )
-    tally = EpochTally(parts, len(p.rows), p.config["num_classes"], truth)
     steps = len(batches[lead])
     say(
         {
@@ -1023,43 +1142,26 @@ def _epoch(
         loss_value = out.loss.item()
         if not math.isfinite(loss_value):
             tally.bad_step = tally.bad_step or i + 1
-            if not env.enabled:  # under DDP every rank must stop together: checked below
+            if not env.enabled:  # under DDP every rank must stop together: checked after
                 raise non_finite_error(
                     p, epoch, tally.bad_step, steps, loss_value, resumed=start > 1
                 )
-        made = sum(len(rows[s]) * len(views[s]) for s in rows)
-        tally.add(out, loss_value, y[lead], rows[lead], made)
+        tally.add(
+            out, loss_value, y[lead], rows[lead], sum(len(rows[s]) * len(views[s]) for s in rows)
+        )
         t_ready = time.perf_counter()
-        s = tally.sums
+        sums = tally.sums
         say(
             {
                 "event": "batch",
                 "epoch": epoch,
                 "done": i + 1,
                 "total": steps,
-                "loss": s["loss"] / s["seen"],
-                "images_per_s": s["images"] * env.world / (t_ready - t_train),
+                "loss": sums["loss"] / sums["seen"],
+                "images_per_s": sums["images"] * env.world / (t_ready - t_train),
             }
         )
-    train_seconds = time.perf_counter() - t_train
-    _stop_together_if_non_finite(p, env, tally.bad_step, epoch, steps, start)
-    tally.reduce(env)
-    merge_state(method, tally.touched, env)
-    val_acc = test_acc = None
-    if env.is_main:
-        val_acc = _accuracy(model, method, rt, p.val_pos, p.labels)
-        test_acc = _accuracy(model, method, rt, p.test_pos, p.labels)
-    distributed.barrier(env)
-    return tally.record(
-        epoch,
-        warm,
-        _relabels(method),
-        **lrs,
-        val_acc=val_acc,
-        test_acc=test_acc,
-        train_seconds=train_seconds,
-        seconds=time.perf_counter() - t_epoch,
-    )
+    return steps
 
 
 def _stop_together_if_non_finite(
@@ -1150,7 +1252,7 @@ def _images(p: Plan, env, say) -> np.ndarray:
     from fernoise import data, distributed
 
     ids = p.rows["id"].astype(str).tolist()
-    kw = dict(
+    kw: dict[str, Any] = dict(
         size=p.cfg.image_size,
         cache_dir=p.cache_dir or Workspace().root / ".fernoise" / "arrays",
         shas=p.shas,
@@ -1340,7 +1442,7 @@ def _accuracy(model, method, rt: _Runtime, positions, labels) -> float | None:
     model.eval()
     correct = 0
     on_cuda = rt.device.type == "cuda"  # on CUDA: bf16 and large batches whatever the precision
-    batch_size = max(rt.p.cfg.batch_size, 1024 if on_cuda else 256)
+    batch_size = max(rt.batch_size, 1024 if on_cuda else 256)
     with (
         torch.no_grad(),
         torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp or on_cuda),
