@@ -41,17 +41,16 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import autoaugment as _aa
 
 from fernoise.cache import atomic_path, atomic_write_json, bytes_sha256, clean_stale_tmp, read_json
 from fernoise.images import MEAN, STD, load_rgb
+
+# The views live in the one registry both view paths use; these names stay importable here.
+from fernoise.methods.views import PAD, RANDAUG_BINS, RandAugment, ViewEnv, weak_view  # noqa: F401
 from fernoise.progress import Progress
 from fernoise.safefiles import MAX_CROP_BYTES, UnsafeFile, read_regular
 
 USABLE_STATUSES = ("ok", "whole")
-RANDAUG_BINS = 31  # torchvision's RandAugment default: magnitude 0..30
-PAD = 4
 
 
 def usable(df: pd.DataFrame) -> pd.Series:
@@ -211,38 +210,6 @@ def array_cache(
 
 
 # ----------------------------------------------------------------------------- views
-def weak_view(img: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` uint8: zero-pad 4, random crop, flip p=0.5."""
-    h, w = img.shape[:2]
-    dy, dx = rng.integers(0, 2 * PAD + 1, size=2)
-    padded = np.zeros((h + 2 * PAD, w + 2 * PAD, 3), dtype=np.uint8)
-    padded[PAD : PAD + h, PAD : PAD + w] = img
-    out = padded[dy : dy + h, dx : dx + w]
-    if rng.random() < 0.5:
-        out = out[:, ::-1]
-    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
-
-
-class RandAugment:
-    """torchvision's RandAugment (same ops, same magnitudes) drawing from a given generator."""
-
-    def __init__(self, size: int, magnitude: int, num_ops: int = 2):
-        space = _aa.RandAugment()._augmentation_space(RANDAUG_BINS, (size, size))
-        self.ops = [
-            (name, float(mags[magnitude]) if mags.ndim > 0 else 0.0, signed)
-            for name, (mags, signed) in space.items()
-        ]
-        self.num_ops = num_ops
-
-    def __call__(self, img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        for _ in range(self.num_ops):
-            name, mag, signed = self.ops[int(rng.integers(len(self.ops)))]
-            if signed and rng.integers(2):
-                mag = -mag
-            img = _aa._apply_op(img, name, mag, interpolation=InterpolationMode.NEAREST, fill=None)
-        return img
-
-
 @dataclass(frozen=True)
 class Batch:
     """Row positions ``(B,)`` into the array cache, one augmentation seed per row, and the
@@ -254,24 +221,13 @@ class Batch:
 
 
 def sample_views(
-    img: np.ndarray, rng: np.random.Generator, names: Sequence[str], randaug: RandAugment
+    img: np.ndarray, rng: np.random.Generator, names: Sequence[str], randaug: RandAugment | None
 ) -> dict:
     """The views ``names`` of one ``(H, W, 3)`` uint8 image, each ``(3, H, W)`` uint8, all from
-    the one per-sample ``rng`` in the order of ``names``. ``strong`` is RandAugment applied to
-    the sample's ``weak`` view (built first, from the same generator, when not asked before
-    it); every other name is ``fernoise.methods.views.get(name)`` on the raw image."""
-    out: dict[str, torch.Tensor] = {}
-    for name in names:
-        if name == "weak":
-            out[name] = weak_view(img, rng)
-        elif name == "strong":
-            weak = out["weak"] if "weak" in out else weak_view(img, rng)
-            out[name] = randaug(weak, rng)
-        else:
-            from fernoise.methods import views
+    the one per-sample ``rng`` in the order of ``names`` (``fernoise.methods.views.sample_views``)."""
+    from fernoise.methods import views
 
-            out[name] = views.get(name)(img, rng)
-    return out
+    return views.sample_views(img, rng, names, ViewEnv(img.shape[0], randaug))
 
 
 class ViewBatches(Dataset):
@@ -306,15 +262,17 @@ def epoch_batches(
     views: Sequence[str] = ("weak",),
     rank: int = 0,
     world: int = 1,
+    salt: tuple[int, ...] = (),
 ) -> list[Batch]:
     """This rank's batches of the training ``rows`` (array-cache indices) for ``epoch``.
 
-    A permutation seeded by (seed, epoch), padded to a multiple of ``world`` (as
+    A permutation seeded by (seed, epoch, *salt) (``salt``: a method's further streams and
+    their rounds, ``Method.epoch_rows``; empty for the one stream), padded to a multiple of ``world`` (as
     DistributedSampler does) and dealt out ``perm[rank::world]``; one augmentation seed per
     training sample. A final batch of one sample is dropped (BatchNorm cannot train on it).
     """
     n = len(rows)
-    rng = np.random.default_rng([seed, epoch])
+    rng = np.random.default_rng([seed, epoch, *salt])
     perm = rng.permutation(n)
     seeds = rng.integers(0, 2**63 - 1, size=n)
     total = -(-n // world) * world

@@ -25,15 +25,24 @@ class FerNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        self.backbone = self.new_backbone()
+
+    def new_backbone(self) -> nn.Module:
+        """A freshly initialised backbone of this network's family (ResNet-18 without ``fc``),
+        e.g. a method's second network (``Method.build``); draws from torch's global generator."""
         from torchvision.models import resnet18
 
         backbone = resnet18(weights=None)
         backbone.fc = nn.Identity()
-        self.backbone = backbone
+        return backbone
+
+    def __getattr__(self, name: str) -> Any:
+        """The method's modules (``pcc``, ``ncc``, ...), added at run time by ``Method.build``."""
+        return super().__getattr__(name)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """The last convolutional stage (``layer4``) before pooling: ``(N, 512, H/32, W/32)``."""
-        b = self.backbone
+        b: Any = self.backbone  # a torchvision ResNet
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         return b.layer4(b.layer3(b.layer2(b.layer1(x))))
 

@@ -16,7 +16,6 @@ from fernoise.methods import views
 from fernoise.train.augment import (
     DeviceViews,
     Draws,
-    draw,
     randaug_batch,
     resolve_augment,
     weak_batch,
@@ -109,7 +108,15 @@ def test_each_randaug_op_equals_torchvision_on_single_images(images, op, sign):
 def test_draws_follow_the_worker_order_and_distribution():
     ra = data.RandAugment(SIZE, 10)
     seeds = np.random.default_rng(7).integers(0, 2**63 - 1, size=10_000)
-    d = draw(seeds, ("weak", "strong"), ra)["weak"]
+    got = views.draw_views(seeds, ("weak", "strong"), views.ViewEnv(SIZE, ra))
+    dy_, dx_, flip_ = (np.array(c) for c in zip(*got["weak"], strict=True))
+    d = Draws(
+        dy_,
+        dx_,
+        flip_,
+        np.array([t[0] for t in got["strong"]]),
+        np.array([t[1] for t in got["strong"]]),
+    )
     # Same sequence as ViewBatches' generator: crop offsets, flip, then (op, sign) per slot.
     rng = np.random.default_rng(int(seeds[3]))
     dy, dx = rng.integers(0, 9, size=2)
@@ -163,11 +170,16 @@ def test_resolve_augment():
 # ----------------------------------------------------------------------------- method views (scn, eac1, eac2)
 
 
+def _col(d, name, j):
+    """Column ``j`` of a method view's per-sample draws (flip, noise, key0, key1, box...)."""
+    return np.array([t[j] for t in d[name]])
+
+
 def _noised(d, names):
-    out = np.zeros(len(next(iter(d.values())).flip), bool)
+    out = np.zeros(len(next(iter(d.values()))), bool)
     for n in names:
         if n in ("scn", "eac1", "eac2"):
-            out |= d[n].noise
+            out |= _col(d, n, 1).astype(bool)
     return out
 
 
@@ -194,11 +206,11 @@ def test_method_views_equal_the_worker_path_where_no_noise_was_drawn(images, nam
     for i, seed in enumerate(seeds):
         rng = np.random.default_rng(int(seed))
         if names[0] == "eac1":
-            assert d["eac1"].noise[i] == (rng.random() < 0.5)
+            assert bool(d["eac1"][i][1]) == (rng.random() < 0.5)
         if names == ("scn",):
             chosen = rng.random() < 0.5
             which = int(rng.integers(2)) if chosen else -1
-            assert (d["scn"].flip[i], d["scn"].noise[i]) == (which == 0, which == 1)
+            assert (bool(d["scn"][i][0]), bool(d["scn"][i][1])) == (which == 0, which == 1)
 
 
 def test_method_views_depend_only_on_the_sample_seed(images):

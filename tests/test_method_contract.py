@@ -194,7 +194,6 @@ ALLOWED = {
     ("demo/stage.py", "ncctfer"): "... with the paper's method",
     ("evaluate/runs.py", "ncctfer"): "legacy: a config.json without `method` and two_heads true",
     ("evaluate/runs.py", "ce"): "legacy: a config.json without `method` and two_heads false",
-    ("train/augment.py", "scn"): "a view name (SCN's/RUL's crop), not the method",
 }
 
 

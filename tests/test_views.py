@@ -175,7 +175,12 @@ def test_eac1_noise_rate_and_never_flips():
 
 @pytest.mark.parametrize("name", ["scn", "eac1", "eac2"])
 def test_views_depend_only_on_the_seed(name):
-    fn = views.get(name)
+    kind = views.get(name)
+    env = views.ViewEnv(H)
+
+    def fn(img, rng):
+        return kind.sample(img, rng, env)
+
     img = image(3)
     a = [fn(img, np.random.default_rng([7, e, i])) for e in range(2) for i in range(10)]
     b = [fn(img, np.random.default_rng([7, e, i])) for e in range(2) for i in range(10)]
@@ -184,7 +189,9 @@ def test_views_depend_only_on_the_seed(name):
 
 
 def test_unknown_view_lists_the_known_ones():
-    with pytest.raises(FernoiseError, match="unknown view 'weak2'; known views: eac1, eac2, scn"):
+    with pytest.raises(
+        FernoiseError, match="unknown view 'weak2'; known views: eac1, eac2, scn, strong, weak"
+    ):
         views.get("weak2")
 
 

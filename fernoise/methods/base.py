@@ -96,8 +96,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from fernoise.errors import FernoiseError
 
 if TYPE_CHECKING:  # torch is imported lazily (see the module docstring)
+    from collections.abc import Callable
+
+    import numpy as np
     import torch
-    from torch import Tensor
+    from torch import Tensor, nn
 
     from fernoise.model import FerNet
 
@@ -136,6 +139,29 @@ class LossOut:
     """int64 ``(N,)``: the new label of each sample this step relabelled, -1 elsewhere."""
     labels: Tensor | None = None
     """int64 ``(N,)``: the labels this step trained on, where a label store replaced ``y``."""
+
+
+@dataclass
+class EpochContext:
+    """What :meth:`Method.start_epoch` gets: the epoch and the loop's services."""
+
+    epoch: int
+    """1-based."""
+    warm: bool
+    """Inside the warm-up (``--warmup``)."""
+    rows: np.ndarray
+    """The training rows (positions into per-sample state and ``labels``), all processes'."""
+    labels: Tensor
+    """int64 ``(n_rows,)``: the manifest's (possibly noisy) labels, -1 where unlabelled."""
+    clean: Tensor | None
+    """bool ``(n_rows,)``: rows whose label is known clean (a corrupted manifest's
+    ``is_noisy``), for reporting only; None when unknown."""
+    device: torch.device
+    predict: Callable[..., Tensor]
+    """``predict(fn, rows=None)``: ``fn(model, x, idx)`` -> ``(B, ...)`` on un-augmented,
+    normalised batches of ``rows`` (default: every training row) in eval mode without
+    gradients; returns the ``(len(rows), ...)`` float32 CPU tensor in ``rows`` order, equal on
+    every process (each computes its share, then they are summed across processes)."""
 
 
 def option(default: Any, flag: str, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
@@ -210,6 +236,8 @@ class Method:
     relabels: ClassVar[bool] = False
     """True for a method that relabels (keeps a label store): metrics log ``relabelled`` and
     ``relabel_precision`` every epoch (0 / null before it starts), null for the others."""
+    _say: Callable[[dict], None] | None = None
+    """The loop's output for :meth:`warn` (bound by the loop)."""
     warmup: ClassVar[int | None] = None
     """Warm-up epochs when ``--warmup`` is not given: None = NCCTFER's protocol,
     ``min(5, epochs // 3)`` (its paper's 5 for 40 epochs, shared by the baselines of its tables);
@@ -231,6 +259,12 @@ class Method:
         self.image_size = image_size
 
     # -- the model ------------------------------------------------------------------------
+    def backbones(self, model: FerNet) -> dict[str, nn.Module]:
+        """Every backbone the method trains, by module name (default: ``{"backbone": ...}``).
+        ``--pretrained`` fills each, ``--compile`` compiles each, the default
+        :meth:`param_groups` puts each at ``lr_backbone``; Grad-CAM looks at the first."""
+        return {"backbone": model.backbone}
+
     def build(self, model: FerNet) -> None:
         """Add the method's heads to ``model`` (default: ``pcc = Linear(512, C)``)."""
         from torch import nn
@@ -242,25 +276,72 @@ class Method:
     def param_groups(
         self, model: FerNet, *, lr_backbone: float, lr_head: float, weight_decay: float = 0.0
     ) -> list[dict]:
-        """Adam parameter groups: backbone at ``lr_backbone``, everything else at ``lr_head``."""
-        backbone = {id(p) for p in model.backbone.parameters()}
-        heads = [p for p in model.parameters() if id(p) not in backbone]
+        """Parameter groups: every backbone (:meth:`backbones`, in order) at ``lr_backbone``, then
+        everything else (in creation order) at ``lr_head``."""
+        backbone = [p for b in self.backbones(model).values() for p in b.parameters()]
+        seen = {id(p) for p in backbone}
+        heads = [p for p in model.parameters() if id(p) not in seen]
         return [
-            {
-                "params": list(model.backbone.parameters()),
-                "lr": lr_backbone,
-                "weight_decay": weight_decay,
-            },
+            {"params": backbone, "lr": lr_backbone, "weight_decay": weight_decay},
             {"params": heads, "lr": lr_head, "weight_decay": weight_decay},
         ]
+
+    def configure_optimizers(self, model: FerNet, cfg: Any) -> tuple[Any, Any]:
+        """``(optimizer, scheduler or None)`` for the run's resolved configuration ``cfg``
+        (``lr_backbone``, ``lr_head``, ``weight_decay``, ``lr_decay``, ``epochs``, ...).
+        Default: Adam over :meth:`param_groups`, and ``ExponentialLR(lr_decay)`` when set.
+        The loop calls ``scheduler.step()`` after every epoch and keeps ``state_dict()`` of
+        both in the checkpoint; metrics log the first group's lr as ``lr_backbone`` and the
+        second's as ``lr_head``."""
+        import torch
+
+        optimizer = torch.optim.Adam(
+            self.param_groups(
+                model,
+                lr_backbone=cfg.lr_backbone,
+                lr_head=cfg.lr_head,
+                weight_decay=cfg.weight_decay,
+            )
+        )
+        scheduler = (
+            torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg.lr_decay)
+            if cfg.lr_decay
+            else None
+        )
+        return optimizer, scheduler
 
     def logits(self, model: FerNet, x: Tensor) -> Tensor:
         """Test-time logits ``(N, C)`` of a normalised batch ``x`` ``(N, 3, H, W)``."""
         return model.pcc(model.features(x))
 
+    # -- one epoch ------------------------------------------------------------------------
+    def start_epoch(self, model: FerNet, ctx: EpochContext) -> None:
+        """Called before every epoch (after resume, before its batches); default: nothing.
+        ``ctx.predict`` makes an un-augmented pass over rows (e.g. every training row's loss
+        for a mixture model), gathered from every process under torch.distributed."""
+
+    def epoch_rows(self, epoch: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The epoch's streams of training rows: ``{name: row positions}``; default one stream,
+        ``{"train": rows}``. With several, the first leads (its batches make the epoch), the
+        others are shuffled and cycled to match it, and :meth:`loss` gets one entry per stream
+        (``views[stream][view]``, ``y[stream]``, ``idx[stream]``); a stream with fewer than 2
+        rows is left out of that epoch."""
+        return {"train": rows}
+
+    def warn(self, message: str) -> None:
+        """Say ``message`` as a one-line warning of the run (bound by the loop; before the loop
+        binds it, e.g. in a unit test, it is a Python warning)."""
+        say = self._say
+        if say is None:
+            import warnings
+
+            warnings.warn(message, stacklevel=2)
+        else:
+            say({"event": "warning", "message": message})
+
     # -- one batch ------------------------------------------------------------------------
-    def views_for(self, *, warm: bool) -> tuple[str, ...]:
-        """The view names this epoch needs (warm-up: the first view only)."""
+    def views_for(self, *, warm: bool, stream: str = "train") -> tuple[str, ...]:
+        """The view names this epoch needs for ``stream`` (warm-up: the first view only)."""
         return self.views[:1] if warm else self.views
 
     def loss(

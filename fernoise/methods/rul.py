@@ -26,7 +26,7 @@ sample (the test-time path, with dropout; ``logvar`` idle).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fernoise.errors import FernoiseError
 from fernoise.methods._registry import register
@@ -58,7 +58,8 @@ def run_head(head: nn.Sequential, fmap: Tensor, gen: torch.Generator | None) -> 
     ``gen`` None, the head runs as is."""
     import torch
 
-    bn, drop, rest = head[0], head[1], head[2:]
+    bn, rest = head[0], head[2:]
+    drop: Any = head[1]  # nn.Dropout (indexing nn.Sequential is typed as Module)
     x = bn(fmap)
     if head.training and drop.p > 0:
         if gen is None:

@@ -93,6 +93,13 @@ class TrainConfig:
         from fernoise import methods
 
         cls = methods.get(self.method)  # an unknown name lists every method
+        self._resolve(cls)
+        self._check(cls)
+
+    def _resolve(self, cls) -> None:
+        """The method's parameters as its ``Params``; ``None`` fields from its defaults."""
+        from fernoise import methods
+
         if self.method_params is None:
             object.__setattr__(self, "method_params", cls.Params())
         elif isinstance(self.method_params, dict):  # e.g. asdict(cfg) read back from JSON
@@ -112,6 +119,12 @@ class TrainConfig:
             object.__setattr__(self, "lr_decay", cls.optim.lr_decay)
         if self.warmup is None and isinstance(self.epochs, int):
             object.__setattr__(self, "warmup", cls.default_warmup(self.epochs))
+
+    def _check(self, cls) -> None:
+        """Every value in its range; a FernoiseError naming the flag otherwise."""
+        # _resolve filled them from the method's defaults
+        assert self.epochs is not None and self.batch_size is not None
+        assert self.warmup is not None and self.weight_decay is not None
         for name, flag in (
             ("epochs", "--epochs"),
             ("batch_size", "--batch-size"),

@@ -150,10 +150,93 @@ def plan(
 
     Raises FernoiseError (naming the flag) on any bad input; writes nothing.
     """
-    from fernoise import data
-
     if runs_dir is not None:
         require_folder(runs_dir, "runs folder", flag="--runs-dir", may_be_missing=True)
+    m, cfg, heads, warnings = _read(manifest_path, cfg)
+    assert m.path is not None  # read from a file
+    r = _rows(m, cfg)
+    warnings += r.warnings
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    from fernoise.train.augment import resolve_augment
+
+    augment = resolve_augment(cfg.augment, device)
+    ws = workspace or Workspace()
+    start = _start_weights(cfg, ws)
+    key_in = m.key or file_sha256(m.path)
+    content = m.content_key(READS)  # one pass over the columns train reads
+    key_params = _key_params(cfg, precision, augment, start["pretrained_sha256"], r.val_fraction)
+    key = stage_key("train", VERSION, key_params, {"manifest": key_in, "content": content})
+    config = {
+        **{k: v for k, v in asdict(cfg).items() if k not in ("devices",)},
+        "k": getattr(cfg.method_params, "k", None),
+        "heads": heads,
+        "pretrained": start["pretrained"],
+        "pretrained_kind": start["pretrained_kind"],
+        "pretrained_given": cfg.pretrained,
+        "pretrained_sha256": start["pretrained_sha256"],
+        "pretrained_report": start["pretrained_report"],
+        "precision": precision,
+        "precision_requested": cfg.precision,
+        "augment": augment,
+        "augment_requested": cfg.augment,
+        "compile": cfg.compile,
+        "device": device,
+        "device_requested": cfg.device,
+        "world_size": key_params["world_size"],
+        "val_fraction": r.val_fraction,
+        "val_fraction_requested": cfg.val_fraction,
+        "val_source": r.val_source,
+        "manifest": str(Path(m.path).resolve()),
+        "manifest_key": key_in,
+        "manifest_content": content,
+        **_data_fields(m, cfg, r, heads),
+        "stage_version": VERSION,
+        "fernoise_version": __version__,
+        "key": key,
+    }
+    return Plan(
+        cfg=cfg,
+        manifest=m,
+        device=device,
+        precision=precision,
+        key=key,
+        run_dir=ws.runs_dir(runs_dir).resolve() / key[:16],
+        config=config,
+        key_params=key_params,
+        rows=r.rows,
+        train_pos=r.train.index.to_numpy(np.int64),
+        val_pos=r.val.index.to_numpy(np.int64),
+        test_pos=r.test.index.to_numpy(np.int64),
+        labels=_labels(cfg, r),
+        is_noisy=(
+            r.rows["is_noisy"].fillna(False).astype(bool).to_numpy()
+            if "is_noisy" in r.rows.columns
+            else None
+        ),
+        val_ids=r.val_ids,
+        warnings=warnings,
+        notes=r.notes,
+        paths=r.paths,
+        cache_dir=ws.root / ".fernoise" / "arrays",
+        shas=r.shas,
+    )
+
+
+def _labels(cfg: TrainConfig, r: _Rows) -> np.ndarray:
+    """int64 per usable row, -1 where unlabelled; with ``--val-clean`` the validation rows'
+    labels are their clean labels (oracle-clean validation)."""
+    labels = r.rows["label"].fillna(-1).astype(np.int64).to_numpy().copy()
+    if cfg.val_clean:
+        vpos = r.val.index.to_numpy(np.int64)
+        labels[vpos] = r.rows["label_clean"].iloc[vpos].fillna(-1).astype(np.int64).to_numpy()
+    return labels
+
+
+def _read(manifest_path, cfg: TrainConfig) -> tuple[Manifest, TrainConfig, list[str], list[str]]:
+    """The manifest, checked (a crop column, 2+ classes, labels in the class list), and the
+    configuration with the method's parameters resolved for its classes (e.g. ncctfer's k None =
+    min(4, C - 1)); also the method's module names and warnings about edits to the manifest."""
     m = read_manifest(resolve_manifest(manifest_path))
     if "path" not in m.df.columns:
         raise FernoiseError(
@@ -166,22 +249,19 @@ def plan(
             f"{m.path} has no class list in its metadata; make it with `fernoise align`",
             flag="MANIFEST",
         )
-    C = len(classes)
-    if C < 2:
+    if len(classes) < 2:
         raise FernoiseError(
-            f"{m.path} has {C} class ({classes}); training needs at least 2", flag="MANIFEST"
+            f"{m.path} has {len(classes)} class ({classes}); training needs at least 2",
+            flag="MANIFEST",
         )
-    # The method checks its parameters against C (e.g. --k) and resolves those that depend on it
-    # (ncctfer's k None = min(4, C - 1)); config.json and the key record the resolved values.
-    heads, resolved = method_heads(cfg, C)
+    assert m.path is not None  # read from a file
+    heads, resolved = method_heads(cfg, len(classes))
     cfg = replace(cfg, method_params=resolved)
     try:
         check_labels(m.df, classes)
     except FernoiseError as e:
         raise FernoiseError(f"{m.path}: {e}; fix the manifest's labels", flag="MANIFEST") from None
-    key_in = m.key or file_sha256(m.path)
-    content = m.content_key(READS)  # one pass over the columns train reads
-    warnings, notes = [], []
+    warnings = []
     edited = m.edited(READS)
     if edited:
         warnings.append(
@@ -193,11 +273,43 @@ def plan(
             f"{m.path} has no label_clean column (it was not corrupted); drop --val-clean",
             flag="--val-clean",
         )
-
     from fernoise.manifest import unknown_splits
 
     if other_splits := unknown_splits(m.df):  # e.g. `holdout`: said, never silently dropped
         warnings.append(f"{m.path.name}: {other_splits}")
+    return m, cfg, heads, warnings
+
+
+@dataclass
+class _Rows:
+    """The usable rows and how they split into train, validation and test."""
+
+    rows: pd.DataFrame
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    n_train_all: int
+    val_ids: list[str] | None
+    val_source: str
+    val_fraction: float | None
+    val_labels: str | None
+    warnings: list[str]
+    notes: list[str]
+    paths: list[str]  # resolved crop paths, one per row of `rows`
+    shas: list[str | None] | None  # crop_sha256 per row when the manifest records it
+
+
+def _rows(m: Manifest, cfg: TrainConfig) -> _Rows:
+    """The usable rows (a crop, status ok/whole), the training subset (``--max-rows``), the
+    validation rows (the manifest's, or carved from train), the test rows; warnings for classes
+    without training rows, notes on where validation comes from."""
+    from fernoise import data
+
+    assert m.path is not None  # read from a file
+    classes = m.classes
+    C = len(classes)
+    warnings: list[str] = []
+    notes: list[str] = []
     rows = m.df[data.usable(m.df)].reset_index(drop=True)
     labelled = rows["label"].notna()
     train = rows[(rows["split"] == "train") & labelled]
@@ -217,40 +329,16 @@ def plan(
         warnings.append(
             f"class {classes[c]!r} has no training samples; training continues without it"
         )
-
     val = rows[(rows["split"] == "val") & labelled]
     val_ids, val_source, val_fraction = None, "split", None
     if val.empty and cfg.val_fraction > 0:
         carved = _carve_val(train, cfg.val_fraction, cfg.seed)
         val, train = train.loc[carved], train.drop(carved)
-        val_ids, val_source, val_fraction = (
-            rows.loc[carved, "id"].tolist(),
-            "carved",
-            cfg.val_fraction,
-        )
+        val_ids, val_source = rows.loc[carved, "id"].tolist(), "carved"
+        val_fraction = cfg.val_fraction
     elif val.empty:
         val_source = "none"
-    noisy_source = find_stage(m.meta, "corrupt") is not None or "label_clean" in rows.columns
-    if cfg.val_clean:
-        val_labels = "oracle-clean"
-    elif val_source == "carved":
-        val_labels = "noisy" if noisy_source else "train"
-    else:
-        val_labels = "split" if val_source == "split" else None
-    if val_source == "carved" and not cfg.val_clean:
-        notes.append(
-            f"validation: {len(val):,} rows carved from the training split keep their "
-            f"{'noisy ' if noisy_source else ''}training labels, so val_acc measures agreement with them"
-            + (
-                "; --val-clean validates on label_clean instead"
-                if "label_clean" in rows.columns
-                else ""
-            )
-        )
-    elif cfg.val_clean:
-        notes.append(
-            f"validation: {len(val):,} rows scored against label_clean (oracle-clean, --val-clean)"
-        )
+    val_labels = _val_labels(m, cfg, rows, val, val_source, notes)
     test = rows[(rows["split"] == "test") & labelled]
     if len(train) < 2:
         raise FernoiseError(
@@ -280,24 +368,71 @@ def plan(
         if "crop_sha256" in rows.columns
         else None
     )
+    return _Rows(
+        rows, train, val, test, n_train_all, val_ids, val_source, val_fraction, val_labels,
+        warnings, notes, paths, shas,
+    )  # fmt: skip
 
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    from fernoise.train.augment import resolve_augment
 
-    augment = resolve_augment(cfg.augment, device)
-    ws = workspace or Workspace()
-    pretrained, pre_kind, pre_sha, pre_report = None, None, None, None
-    if cfg.pretrained:  # resolved (`latest` through the workspace lock), read and matched now
+def _val_labels(m: Manifest, cfg: TrainConfig, rows, val, val_source: str, notes) -> str | None:
+    """What the validation labels are (``oracle-clean``, ``noisy``, ``train``, ``split`` or None),
+    with a note on it when they are carved from train or clean."""
+    noisy_source = find_stage(m.meta, "corrupt") is not None or "label_clean" in rows.columns
+    val_labels: str | None
+    if cfg.val_clean:
+        val_labels = "oracle-clean"
+    elif val_source == "carved":
+        val_labels = "noisy" if noisy_source else "train"
+    else:
+        val_labels = "split" if val_source == "split" else None
+    if val_source == "carved" and not cfg.val_clean:
+        notes.append(
+            f"validation: {len(val):,} rows carved from the training split keep their "
+            f"{'noisy ' if noisy_source else ''}training labels, so val_acc measures agreement with them"
+            + (
+                "; --val-clean validates on label_clean instead"
+                if "label_clean" in rows.columns
+                else ""
+            )
+        )
+    elif cfg.val_clean:
+        notes.append(
+            f"validation: {len(val):,} rows scored against label_clean (oracle-clean, --val-clean)"
+        )
+    return val_labels
+
+
+def _start_weights(cfg: TrainConfig, ws: Workspace) -> dict[str, Any]:
+    """``--pretrained`` resolved (``latest`` through the workspace lock), read and matched
+    now: its path, kind, sha256 (a key input) and match report, as config.json records them."""
+    start: dict[str, Any] = {
+        "pretrained": None,
+        "pretrained_kind": None,
+        "pretrained_sha256": None,
+        "pretrained_report": None,
+    }
+    if cfg.pretrained:
         from fernoise.model import FerNet
         from fernoise.train.weights import load_backbone
 
         source, report = load_backbone(
             FerNet().backbone, cfg.pretrained, partial=cfg.pretrained_partial, workspace=ws
         )
-        pretrained, pre_kind = str(source.path.resolve()), source.kind
-        pre_sha, pre_report = file_sha256(pretrained), report.as_dict()
-    world = _world(cfg)
+        path = str(source.path.resolve())
+        start.update(
+            pretrained=path,
+            pretrained_kind=source.kind,
+            pretrained_sha256=file_sha256(path),
+            pretrained_report=report.as_dict(),
+        )
+    return start
+
+
+def _key_params(
+    cfg: TrainConfig, precision: str, augment: str, pre_sha: str | None, val_fraction
+) -> dict[str, Any]:
+    """The parameters the run's key hashes. Options added after a run format existed enter only
+    when set, so the keys of runs without them stay as they were (tests/test_stage_keys.py)."""
     key_params = {
         "method": cfg.method,
         "method_params": cfg.method_params_dict(),
@@ -314,95 +449,42 @@ def plan(
         "seed": cfg.seed,
         "precision": precision,
         "val_fraction": val_fraction,
-        "world_size": world,
+        "world_size": _world(cfg),
     }
-    if cfg.val_clean:  # only when set: keys of runs without it stay as they were
+    if cfg.val_clean:
         key_params["val_clean"] = True
     if cfg.max_rows is not None:
         key_params["max_rows"] = cfg.max_rows
-    if cfg.pretrained_partial:  # only when set, as val_clean
+    if cfg.pretrained_partial:
         key_params["pretrained_partial"] = True
     if augment != "workers":  # the worker path keeps the keys runs had before --augment existed
         key_params["augment"] = augment
     if cfg.compile:
         key_params["compile"] = True
-    key = stage_key("train", VERSION, key_params, {"manifest": key_in, "content": content})
-    run_dir = ws.runs_dir(runs_dir).resolve() / key[:16]
+    return key_params
 
+
+def _data_fields(m: Manifest, cfg: TrainConfig, r: _Rows, heads: list[str]) -> dict[str, Any]:
+    """config.json's fields about the data: labels, classes, lineage, row counts."""
     corrupt = find_stage(m.meta, "corrupt")
     align = find_stage(m.meta, "align")
-    labels = rows["label"].fillna(-1).astype(np.int64).to_numpy().copy()
-    if cfg.val_clean:  # oracle-clean validation: the val rows' labels are their clean labels
-        vpos = val.index.to_numpy(np.int64)
-        labels[vpos] = rows["label_clean"].iloc[vpos].fillna(-1).astype(np.int64).to_numpy()
-    is_noisy = (
-        rows["is_noisy"].fillna(False).astype(bool).to_numpy()
-        if "is_noisy" in rows.columns
-        else None
-    )
-    config = {
-        **{k: v for k, v in asdict(cfg).items() if k not in ("devices",)},
-        "k": getattr(cfg.method_params, "k", None),
-        "heads": heads,
-        "pretrained": pretrained,
-        "pretrained_kind": pre_kind,
-        "pretrained_given": cfg.pretrained,
-        "pretrained_sha256": pre_sha,
-        "pretrained_report": pre_report,
-        "precision": precision,
-        "precision_requested": cfg.precision,
-        "augment": augment,
-        "augment_requested": cfg.augment,
-        "compile": cfg.compile,
-        "device": device,
-        "device_requested": cfg.device,
-        "world_size": world,
-        "val_fraction": val_fraction,
-        "val_fraction_requested": cfg.val_fraction,
-        "val_source": val_source,
-        "manifest": str(Path(m.path).resolve()),
-        "manifest_key": key_in,
-        "manifest_content": content,
-        "val_labels": val_labels,
+    C = len(m.classes)
+    return {
+        "val_labels": r.val_labels,
         "max_rows": cfg.max_rows,
-        "n_train_available": n_train_all,
-        "classes": classes,
+        "n_train_available": r.n_train_all,
+        "classes": m.classes,
         "label_space": m.meta.get("label_space"),
         "num_classes": C,
         "two_heads": "ncc" in heads,  # the field older run folders have; "heads" names them all
         "views": list(_method_class(cfg).views),
         "noise": dict(corrupt["params"]) if corrupt else None,
         "align": dict(align["params"]) if align else None,
-        "n_train": len(train),
-        "n_val": len(val),
-        "n_test": len(test),
-        "train_class_counts": np.bincount(train["label"].astype(int), minlength=C).tolist(),
-        "stage_version": VERSION,
-        "fernoise_version": __version__,
-        "key": key,
+        "n_train": len(r.train),
+        "n_val": len(r.val),
+        "n_test": len(r.test),
+        "train_class_counts": np.bincount(r.train["label"].astype(int), minlength=C).tolist(),
     }
-    return Plan(
-        cfg=cfg,
-        manifest=m,
-        device=device,
-        precision=precision,
-        key=key,
-        run_dir=run_dir,
-        config=config,
-        key_params=key_params,
-        rows=rows,
-        train_pos=train.index.to_numpy(np.int64),
-        val_pos=val.index.to_numpy(np.int64),
-        test_pos=test.index.to_numpy(np.int64),
-        labels=labels,
-        is_noisy=is_noisy,
-        val_ids=val_ids,
-        warnings=warnings,
-        notes=notes,
-        paths=paths,
-        cache_dir=ws.root / ".fernoise" / "arrays",
-        shas=shas,
-    )
 
 
 def method_heads(cfg: TrainConfig, num_classes: int) -> tuple[list[str], Any]:
@@ -418,7 +500,8 @@ def method_heads(cfg: TrainConfig, num_classes: int) -> tuple[list[str], Any]:
     )
     with torch.device("meta"):
         model = methods.build_model(method)
-    return [name for name, _ in model.named_children() if name != "backbone"], method.params
+    backbones = method.backbones(model)
+    return [name for name, _ in model.named_children() if name not in backbones], method.params
 
 
 def _method_class(cfg: TrainConfig):
@@ -586,6 +669,323 @@ class _Sums:
         return self.t[self.index[name]].item()
 
 
+class EpochTally:
+    """One epoch's bookkeeping: what the steps' :class:`LossOut` add up to (losses, accuracy,
+    thresholds, selection and relabelling against the known truth), summed across processes
+    at the end, and the epoch's line of metrics.jsonl (:meth:`record`)."""
+
+    def __init__(self, parts: list[str], n_rows: int, num_classes: int, truth: _Truth):
+        import torch
+
+        self.parts = parts
+        self.truth = truth
+        self.sums = _Sums(
+            [
+                "loss",
+                *(f"loss_{q}" for q in parts),
+                *(f"has_{q}" for q in parts),
+                "correct",
+                "seen",
+                "images",
+                "selecting",
+                "selected",
+                "selected_clean",
+                "clean",
+                "relabelled",
+                "relabelled_right",
+            ]
+        )
+        self.t_sum = torch.zeros(num_classes, dtype=torch.float64)  # sum of T_c where present
+        self.t_cnt = torch.zeros(num_classes, dtype=torch.float64)
+        self.touched = torch.zeros(n_rows, dtype=torch.bool)  # rows this process trained on
+        self.wait = 0.0  # seconds the step waited for its batch (loading not hidden by workers)
+        self.bad_step = 0  # the first step whose loss was NaN or inf (0: none)
+
+    def add(self, out, loss_value: float, y, rows, images: int) -> None:
+        """One step: ``out`` (LossOut), its loss read back once, the lead stream's labels and
+        rows, and the number of views made in all streams."""
+        import torch
+
+        s, n, truth = self.sums, y.shape[0], self.truth
+        with torch.no_grad():
+            s.add("loss", loss_value * n)
+            for q, v in out.parts.items():
+                s.add(f"loss_{q}", v.item() * n)
+                s.add(f"has_{q}", 1)
+            trained_on = out.labels if out.labels is not None else y
+            s.add("correct", (out.logits.argmax(1) == trained_on).sum().item())
+            s.add("seen", n)
+            s.add("images", images)
+            if out.thresholds is not None:
+                present = ~torch.isnan(out.thresholds)
+                self.t_sum += torch.where(present, out.thresholds, 0).double().cpu()
+                self.t_cnt += present.double().cpu()
+            if out.selected is not None:
+                sel = out.selected.cpu()
+                s.add("selecting", 1)
+                s.add("selected", sel.sum().item())
+                if truth.clean is not None:
+                    is_clean = truth.clean[rows]
+                    s.add("selected_clean", (sel & is_clean).sum().item())
+                    s.add("clean", is_clean.sum().item())
+            if out.relabelled is not None:
+                new = out.relabelled.cpu()
+                s.add("relabelled", (new >= 0).sum().item())
+                if truth.label_clean is not None:
+                    right = (new >= 0) & (new == truth.label_clean[rows])
+                    s.add("relabelled_right", right.sum().item())
+
+    def reduce(self, env) -> None:
+        """Sum across processes (no-op alone)."""
+        from fernoise import distributed
+
+        distributed.all_sum(self.sums.t, env)
+        distributed.all_sum(self.t_sum, env)
+        distributed.all_sum(self.t_cnt, env)
+
+    def record(self, epoch: int, warm: bool, relabels: bool, **timing: Any) -> dict[str, Any]:
+        """The epoch's metrics.jsonl line (``timing``: lrs, accuracies, seconds, in that order)."""
+        s, clean = self.sums, self.truth.clean is not None
+        seen = s["seen"]
+        selecting = s["selecting"] > 0
+        thresholds = (
+            [
+                (a / c if c else None)
+                for a, c in zip(self.t_sum.tolist(), self.t_cnt.tolist(), strict=True)
+            ]
+            if self.t_cnt.any()
+            else None
+        )
+        return {
+            "epoch": epoch,
+            "warmup": warm,
+            "loss": s["loss"] / seen,
+            **{f"loss_{q}": (s[f"loss_{q}"] / seen if s[f"has_{q}"] else None) for q in self.parts},
+            "train_acc": s["correct"] / seen,
+            "lr_backbone": timing.pop("lr_backbone"),
+            "lr_head": timing.pop("lr_head"),
+            "thresholds": thresholds,
+            "confident_frac": s["selected"] / seen if selecting else None,
+            "confident_precision": _ratio(s["selected_clean"], s["selected"])
+            if selecting and clean
+            else None,
+            "confident_recall": _ratio(s["selected_clean"], s["clean"])
+            if selecting and clean
+            else None,
+            "relabelled": int(s["relabelled"]) if relabels else None,
+            "relabel_precision": _ratio(s["relabelled_right"], s["relabelled"])
+            if relabels and self.truth.label_clean is not None
+            else None,
+            "val_acc": timing.pop("val_acc"),
+            "test_acc": timing.pop("test_acc"),
+            "samples": int(seen),
+            "images_per_s": s["images"] / timing["train_seconds"],
+            "samples_per_s": seen / timing["train_seconds"],
+            "data_wait_s": self.wait,
+            "train_seconds": timing.pop("train_seconds"),
+            "seconds": timing.pop("seconds"),
+        }
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+@dataclass
+class _Truth:
+    """What the manifest knows about the labels: the given ones, which are clean, the clean ones."""
+
+    labels: Any  # int64 tensor (n_rows,)
+    clean: Any  # bool tensor (n_rows,) or None
+    label_clean: Any  # int64 tensor (n_rows,) or None
+
+    @classmethod
+    def of(cls, p: Plan) -> _Truth:
+        import torch
+
+        label_clean = None
+        if "label_clean" in p.rows.columns:
+            lc = p.rows["label_clean"].fillna(-1).astype(np.int64).to_numpy().copy()
+            label_clean = torch.from_numpy(lc)
+        return cls(
+            torch.from_numpy(p.labels.copy()),
+            torch.from_numpy(~p.is_noisy) if p.is_noisy is not None else None,
+            label_clean,
+        )
+
+
+@dataclass
+class _Runtime:
+    """Where and how the steps run: the device, precision, memory format, loaders, images."""
+
+    p: Plan
+    env: Any
+    device: Any  # torch.device
+    amp: bool
+    channels_last: bool
+    workers: int
+    images: np.ndarray
+    feeder: Any  # DeviceViewsFeed or data.ViewBatches
+    on_device: bool
+    batch_size: int
+
+    @classmethod
+    def make(cls, p: Plan, env, images: np.ndarray) -> _Runtime:
+        import torch
+
+        from fernoise import data
+
+        cfg = p.cfg
+        assert cfg.batch_size is not None  # resolved by TrainConfig
+        device = torch.device(
+            f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device
+        )
+        on_cuda = device.type == "cuda"
+        if on_cuda:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its kernels once
+        on_device = p.config.get("augment") == "device"
+        feeder = (
+            DeviceViewsFeed(images, cfg, device)
+            if on_device
+            else data.ViewBatches(images, cfg.image_size, cfg.randaug_magnitude)
+        )
+        return cls(
+            p,
+            env,
+            device,
+            amp=p.precision == "bf16",
+            channels_last=True,  # faster for cuDNN and for oneDNN on the CPU (bench/train.py)
+            workers=cfg.workers if cfg.workers is not None else default_workers(on_cuda),
+            images=images,
+            feeder=feeder,
+            on_device=on_device,
+            batch_size=cfg.batch_size,
+        )
+
+    def feed(self, batches: list) -> Any:
+        """The batches' views: made on the device, or by DataLoader workers."""
+        from fernoise import data
+
+        if self.on_device:
+            return self.feeder(batches)
+        return data.loader(
+            self.feeder, batches, workers=self.workers, pin_memory=self.device.type == "cuda"
+        )
+
+    def normalize(self, x):
+        from fernoise import data
+
+        return data.normalize(x, self.device, channels_last=self.channels_last)
+
+    def predict(self, model, fn, rows: np.ndarray):
+        """:attr:`EpochContext.predict`: ``fn(model, x, idx)`` on un-augmented batches of
+        ``rows``, this process's share, summed across processes; float32 CPU in ``rows`` order."""
+        import torch
+
+        from fernoise import data, distributed
+
+        env = self.env
+        mine = np.arange(len(rows))[env.rank :: env.world]
+        out = None
+        bs = max(self.batch_size, 256)
+        model.eval()
+        with (
+            torch.no_grad(),
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp),
+        ):
+            done = 0
+            for pos, x in data.eval_batches(self.images, rows[mine], bs):
+                got = fn(model, self.normalize(x), torch.from_numpy(pos)).float().cpu()
+                if out is None:
+                    out = torch.zeros((len(rows), *got.shape[1:]), dtype=torch.float64)
+                out[mine[done : done + len(pos)]] = got.double()
+                done += len(pos)
+        model.train()
+        if out is None:
+            raise FernoiseError(f"a pass over {len(rows)} rows left this process none to compute")
+        distributed.all_sum(out, env)
+        return out.float()
+
+
+def _streams(p: Plan, method, epoch: int, warm: bool, env) -> tuple[dict[str, list], bool]:
+    """The epoch's batches per stream (:meth:`Method.epoch_rows`): the lead stream's as they
+    always were, every further stream shuffled (its own salt) and cycled to the lead's length;
+    a further stream with fewer than 2 rows is left out. Also whether the method asked for
+    several streams (its loss then gets one entry per stream)."""
+    from fernoise import data
+
+    cfg, bs = p.cfg, p.cfg.batch_size
+    assert bs is not None  # resolved by TrainConfig
+    streams = method.epoch_rows(epoch, p.train_pos)
+    out: dict[str, list] = {}
+    steps = 0
+    for k, (name, rows) in enumerate(streams.items()):
+        views = method.views_for(warm=warm, stream=name)
+        kw = dict(seed=cfg.seed, epoch=epoch, views=views, rank=env.rank, world=env.world)
+        if k == 0:
+            out[name] = data.epoch_batches(rows, bs, **kw)
+            steps = len(out[name])
+            if not steps:
+                raise FernoiseError(
+                    f"{method.name}: its stream {name!r} holds {len(rows)} row(s) at epoch "
+                    f"{epoch}, too few for one batch of 2; nothing to train on"
+                )
+            continue
+        got: list = []
+        for r in range(steps):  # round r: another shuffle of the stream, until it covers the lead
+            more = data.epoch_batches(rows, bs, salt=(k, r), **kw)
+            got.extend(more)
+            if not more or len(got) >= steps:
+                break
+        if got:
+            out[name] = got[:steps]
+    return out, len(streams) > 1
+
+
+def _build(p: Plan, rt: _Runtime, say):
+    """The method, its model (seeded: backbone first, then the method's modules in its order)
+    with the start weights in every backbone, on the device, compiled when asked; and the
+    method's optimiser and schedule."""
+    import torch
+
+    from fernoise import methods
+
+    cfg, C = p.cfg, p.config["num_classes"]
+    method = methods.create(
+        cfg.method, cfg.method_params, num_classes=C, n_rows=len(p.rows), image_size=cfg.image_size
+    )
+    method._say = say  # Method.warn
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = methods.build_model(method)
+    if p.config["pretrained"]:
+        _load_pretrained(p, model, method, say)
+    fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
+    model = model.to(rt.device).to(memory_format=fmt)
+    if cfg.compile:
+        compile_model(model, method, rt.device, say)
+    optimizer, scheduler = method.configure_optimizers(model, cfg)
+    return method, model, optimizer, scheduler
+
+
+def _open_run_folder(p: Plan, env, metrics: list[dict]) -> list[Path]:
+    """Rank 0: the run folder with config.json (and val_ids.json), metrics so far; the files a
+    finished run holds."""
+    run_dir = p.run_dir
+    written = [run_dir / "config.json", run_dir / "metrics.jsonl", run_dir / "model.pt"]
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(
+            run_dir
+        )  # a checkpoint.pt half-written by a killed run (full disk, kill -9)
+        atomic_write_json(run_dir / "config.json", p.config)
+        if p.val_ids is not None:
+            atomic_write_json(run_dir / "val_ids.json", p.val_ids)
+            written.append(run_dir / "val_ids.json")
+        _write_metrics(run_dir, metrics)
+    return written
+
+
 def fit(
     p: Plan,
     env=None,
@@ -602,301 +1002,185 @@ def fit(
     """
     import torch
 
-    from fernoise import data, distributed, methods
+    from fernoise import distributed
 
     env = env or distributed.Dist()
-    cfg, C = p.cfg, p.config["num_classes"]
+    cfg = p.cfg
+    assert cfg.warmup is not None  # resolved by TrainConfig
     say = progress if (progress and env.is_main) else (lambda event: None)
     for w in p.warnings:
         say({"event": "warning", "message": w})
     for n in p.notes:
         say({"event": "note", "message": n})
-    device = torch.device(
-        f"cuda:{env.local_rank}" if p.device == "cuda" and env.enabled else p.device
-    )
-    on_cuda = device.type == "cuda"
-    amp = p.precision == "bf16"
-    channels_last = True  # faster for cuDNN and for oneDNN on the CPU (bench/train.py)
-    workers = cfg.workers if cfg.workers is not None else default_workers(on_cuda)
-    if on_cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels once
-
     if images is None:
-        images = _images(p, env, say)  # hook: the decoded crops; drops rows whose crop is unusable
+        images = _images(p, env, say)  # the decoded crops; drops rows whose crop is unusable
     say({"event": "header", "message": header_line(p)})
-    on_device = p.config.get("augment") == "device"
-    views = (
-        DeviceViewsFeed(images, cfg, device)
-        if on_device
-        else data.ViewBatches(images, cfg.image_size, cfg.randaug_magnitude)
-    )
-    labels = torch.from_numpy(p.labels.copy())
-    clean = torch.from_numpy(~p.is_noisy) if p.is_noisy is not None else None
-    label_clean = (
-        torch.from_numpy(p.rows["label_clean"].fillna(-1).astype(np.int64).to_numpy().copy())
-        if "label_clean" in p.rows.columns
-        else None
-    )
-
-    # The method, its model (seeded: backbone first, then the method's heads in its order) and Adam.
-    method = methods.create(
-        cfg.method, cfg.method_params, num_classes=C, n_rows=len(p.rows), image_size=cfg.image_size
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = methods.build_model(method)
-    if p.config["pretrained"]:
-        _load_pretrained(p, model, say)
-    model = model.to(
-        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format
-    )
-    if cfg.compile:
-        compile_model(model, device, say)
-    optimizer = torch.optim.Adam(
-        method.param_groups(
-            model, lr_backbone=cfg.lr_backbone, lr_head=cfg.lr_head, weight_decay=cfg.weight_decay
-        )
-    )
-    scheduler = (
-        torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg.lr_decay) if cfg.lr_decay else None
-    )
-
-    run_dir = p.run_dir
-    ckpt_path = run_dir / "checkpoint.pt"
+    rt = _Runtime.make(p, env, images)
+    truth = _Truth.of(p)
+    method, model, optimizer, scheduler = _build(p, rt, say)
+    ckpt_path = p.run_dir / "checkpoint.pt"
     metrics, start = resume(ckpt_path, p, model, optimizer, scheduler, method, say, fresh=fresh)
     net = model
     if env.enabled:  # warm-up trains the main head only: other heads are idle then
         net = torch.nn.parallel.DistributedDataParallel(
             model,
-            device_ids=[device.index] if on_cuda else None,
+            device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
             find_unused_parameters=cfg.warmup > 0,
         )
-    written = [run_dir / "config.json", run_dir / "metrics.jsonl", run_dir / "model.pt"]
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale_tmp(
-            run_dir
-        )  # a checkpoint.pt half-written by a killed run (full disk, kill -9)
-        atomic_write_json(run_dir / "config.json", p.config)
-        if p.val_ids is not None:
-            atomic_write_json(run_dir / "val_ids.json", p.val_ids)
-            written.append(run_dir / "val_ids.json")
-        _write_metrics(run_dir, metrics)
-
+    written = _open_run_folder(p, env, metrics)
     parts = list(dict.fromkeys(["s", *method.parts]))  # loss_s always: the warm-up's part
+    assert cfg.epochs is not None  # resolved by TrainConfig
     for epoch in range(start, cfg.epochs + 1):
-        t_epoch = time.perf_counter()
-        warm = epoch <= cfg.warmup
-        view_names = method.views_for(warm=warm)
-        batches = data.epoch_batches(
-            p.train_pos,
-            cfg.batch_size,
-            seed=cfg.seed,
-            epoch=epoch,
-            views=view_names,
-            rank=env.rank,
-            world=env.world,
-        )
-        # The loss's only source of randomness (NL's complementary labels, partner permutations).
-        gen = torch.Generator().manual_seed(
-            int(np.random.default_rng([cfg.seed, epoch, 0xB1]).integers(2**62))
-        )
-        sums = _Sums(
-            [
-                "loss",
-                *(f"loss_{q}" for q in parts),
-                *(f"has_{q}" for q in parts),
-                "correct",
-                "seen",
-                "images",
-                "selecting",
-                "selected",
-                "selected_clean",
-                "clean",
-                "relabelled",
-                "relabelled_right",
-            ]
-        )
-        t_sum = torch.zeros(C, dtype=torch.float64)  # sum over batches of T_c where present
-        t_cnt = torch.zeros(C, dtype=torch.float64)
-        touched = torch.zeros(len(p.rows), dtype=torch.bool)  # rows this process trained on
-        say(
-            {
-                "event": "epoch_start",
-                "epoch": epoch,
-                "epochs": cfg.epochs,
-                "batches": len(batches),
-                "warmup": warm,
-            }
-        )
-        net.train()
-        t_train = t_ready = time.perf_counter()
-        wait = 0.0  # seconds the step waited for its batch (data loading not hidden by workers)
-        feed = (
-            views(batches)
-            if on_device
-            else data.loader(views, batches, workers=workers, pin_memory=on_cuda)
-        )
-        bad_step = 0  # the first step of this epoch whose loss was NaN or inf (0: none)
-        for i, batch in enumerate(feed):
-            wait += time.perf_counter() - t_ready
-            rows = batch["positions"]  # indices into the array cache and p.rows
-            y = labels[rows].to(device, non_blocking=True)
-            x = {
-                name: data.normalize(batch["views"][name], device, channels_last=channels_last)
-                for name in view_names
-            }
-            n = y.shape[0]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = net(method.loss, x, y, rows, epoch=epoch, warm=warm, gen=gen)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            method.after_step(out, y, rows, epoch=epoch)
-            touched[rows] = True
-
-            # The loss is read back once per step anyway (the running loss on the progress bar),
-            # so checking it here costs no extra device sync and names the exact step.
-            loss_value = out.loss.item()
-            if not math.isfinite(loss_value):
-                bad_step = bad_step or i + 1
-                if (
-                    not env.enabled
-                ):  # under DDP every rank must stop together: checked at the epoch's end
-                    raise non_finite_error(
-                        p, epoch, bad_step, len(batches), loss_value, resumed=start > 1
-                    )
-            with torch.no_grad():
-                sums.add("loss", loss_value * n)
-                for q, v in out.parts.items():
-                    sums.add(f"loss_{q}", v.item() * n)
-                    sums.add(f"has_{q}", 1)
-                trained_on = out.labels if out.labels is not None else y
-                sums.add("correct", (out.logits.argmax(1) == trained_on).sum().item())
-                sums.add("seen", n)
-                sums.add("images", n * len(view_names))
-                if out.thresholds is not None:
-                    present = ~torch.isnan(out.thresholds)
-                    t_sum += torch.where(present, out.thresholds, 0).double().cpu()
-                    t_cnt += present.double().cpu()
-                if out.selected is not None:
-                    sel = out.selected.cpu()
-                    sums.add("selecting", 1)
-                    sums.add("selected", sel.sum().item())
-                    if clean is not None:
-                        is_clean = clean[rows]
-                        sums.add("selected_clean", (sel & is_clean).sum().item())
-                        sums.add("clean", is_clean.sum().item())
-                if out.relabelled is not None:
-                    new = out.relabelled.cpu()
-                    sums.add("relabelled", (new >= 0).sum().item())
-                    if label_clean is not None:
-                        sums.add(
-                            "relabelled_right",
-                            ((new >= 0) & (new == label_clean[rows])).sum().item(),
-                        )
-            t_ready = time.perf_counter()
-            elapsed = t_ready - t_train
-            say(
-                {
-                    "event": "batch",
-                    "epoch": epoch,
-                    "done": i + 1,
-                    "total": len(batches),
-                    "loss": sums["loss"] / sums["seen"],
-                    "images_per_s": sums["images"] * env.world / elapsed,
-                }
-            )
-        train_seconds = time.perf_counter() - t_train
-        if env.enabled:
-            firsts = torch.zeros(env.world, dtype=torch.float64)
-            firsts[env.rank] = bad_step
-            distributed.all_sum(firsts, env)
-            if firsts.any():
-                step = int(firsts[firsts > 0].min())
-                raise non_finite_error(p, epoch, step, len(batches), None, resumed=start > 1)
-        distributed.all_sum(sums.t, env)
-        distributed.all_sum(t_sum, env)
-        distributed.all_sum(t_cnt, env)
-        merge_state(method, touched, env)
+        record = _epoch(p, rt, truth, method, model, net, optimizer, epoch, parts, say, start)
         if scheduler is not None:
             scheduler.step()
-
-        if env.is_main:
-            val_acc = _accuracy(
-                model,
-                method,
-                images,
-                p.val_pos,
-                p.labels,
-                cfg.batch_size,
-                device,
-                amp,
-                channels_last,
-            )
-            test_acc = _accuracy(
-                model,
-                method,
-                images,
-                p.test_pos,
-                p.labels,
-                cfg.batch_size,
-                device,
-                amp,
-                channels_last,
-            )
-        distributed.barrier(env)
-        selecting = sums["selecting"] > 0
-        seen = sums["seen"]
-        record = {
-            "epoch": epoch,
-            "warmup": warm,
-            "loss": sums["loss"] / seen,
-            **{
-                f"loss_{q}": (sums[f"loss_{q}"] / seen if sums[f"has_{q}"] else None) for q in parts
-            },
-            "train_acc": sums["correct"] / seen,
-            "lr_backbone": _lr_used(cfg.lr_backbone, cfg.lr_decay, epoch),
-            "lr_head": _lr_used(cfg.lr_head, cfg.lr_decay, epoch),
-            "thresholds": [
-                (s / c if c else None) for s, c in zip(t_sum.tolist(), t_cnt.tolist(), strict=True)
-            ]
-            if t_cnt.any()
-            else None,
-            "confident_frac": sums["selected"] / seen if selecting else None,
-            "confident_precision": (
-                sums["selected_clean"] / sums["selected"] if sums["selected"] else None
-            )
-            if selecting and clean is not None
-            else None,
-            "confident_recall": (sums["selected_clean"] / sums["clean"] if sums["clean"] else None)
-            if selecting and clean is not None
-            else None,
-            "relabelled": int(sums["relabelled"]) if _relabels(method) else None,
-            "relabel_precision": (
-                sums["relabelled_right"] / sums["relabelled"] if sums["relabelled"] else None
-            )
-            if _relabels(method) and label_clean is not None
-            else None,
-            "val_acc": val_acc if env.is_main else None,
-            "test_acc": test_acc if env.is_main else None,
-            "samples": int(seen),
-            "images_per_s": sums["images"] / train_seconds,
-            "samples_per_s": seen / train_seconds,
-            "data_wait_s": wait,
-            "train_seconds": train_seconds,
-            "seconds": time.perf_counter() - t_epoch,
-        }
         metrics.append(record)
         if env.is_main:
             _save_checkpoint(ckpt_path, p.key, epoch, model, optimizer, scheduler, method, metrics)
-            _write_metrics(run_dir, metrics)
+            _write_metrics(p.run_dir, metrics)
         say({"event": "epoch_end", "metrics": record})
         distributed.barrier(env)
-
     if env.is_main:
-        finish(p, model)  # hook: model.pt; checkpoint.pt removed unless --keep-checkpoint
+        finish(p, model)  # model.pt; checkpoint.pt removed unless --keep-checkpoint
     return written
+
+
+def _epoch(
+    p: Plan, rt: _Runtime, truth: _Truth, method, model, net, optimizer, epoch, parts, say, start
+) -> dict:
+    """One epoch: the method's pass before it, its steps, the processes' sums and per-sample
+    state merged, validation and test accuracy; returns the epoch's metrics line."""
+    from fernoise import distributed
+    from fernoise.methods.base import EpochContext
+
+    cfg, env = p.cfg, rt.env
+    t_epoch = time.perf_counter()
+    warm = epoch <= cfg.warmup
+    groups = optimizer.param_groups  # the lrs in effect this epoch (the schedule steps after it)
+    lrs = {"lr_backbone": groups[0]["lr"], "lr_head": groups[min(1, len(groups) - 1)]["lr"]}
+    ctx = EpochContext(
+        epoch=epoch,
+        warm=warm,
+        rows=np.array(p.train_pos, dtype=np.int64),  # a writable copy (torch indexing)
+        labels=truth.labels,
+        clean=truth.clean,
+        device=rt.device,
+        predict=lambda fn, rows=None: rt.predict(
+            model, fn, p.train_pos if rows is None else np.asarray(rows, dtype=np.int64)
+        ),
+    )
+    method.start_epoch(model, ctx)
+    tally = EpochTally(parts, len(p.rows), p.config["num_classes"], truth)
+    t_train = time.perf_counter()
+    steps = _steps(p, rt, method, net, optimizer, tally, epoch, warm, say, start)
+    train_seconds = time.perf_counter() - t_train
+    _stop_together_if_non_finite(p, env, tally.bad_step, epoch, steps, start)
+    tally.reduce(env)
+    merge_state(method, tally.touched, env)
+    val_acc = test_acc = None
+    if env.is_main:
+        val_acc = _accuracy(model, method, rt, p.val_pos, p.labels)
+        test_acc = _accuracy(model, method, rt, p.test_pos, p.labels)
+    distributed.barrier(env)
+    return tally.record(
+        epoch,
+        warm,
+        _relabels(method),
+        **lrs,
+        val_acc=val_acc,
+        test_acc=test_acc,
+        train_seconds=train_seconds,
+        seconds=time.perf_counter() - t_epoch,
+    )
+
+
+def _steps(p: Plan, rt: _Runtime, method, net, optimizer, tally, epoch, warm, say, start) -> int:
+    """The epoch's optimiser steps over its batches (every stream, :func:`_streams`), each
+    added to ``tally``; returns the number of steps. A non-finite loss stops the run at once
+    (alone) or at the epoch's end (under torch.distributed, every process together)."""
+    import torch
+
+    cfg, env, truth = p.cfg, rt.env, tally.truth
+    batches, several = _streams(p, method, epoch, warm, env)
+    names = list(batches)
+    lead = names[0]
+    views = {s: method.views_for(warm=warm, stream=s) for s in names}
+    # The loss's only source of randomness (NL's complementary labels, partner permutations).
+    gen = torch.Generator().manual_seed(
+        int(np.random.default_rng([cfg.seed, epoch, 0xB1]).integers(2**62))
+    )
+    steps = len(batches[lead])
+    say(
+        {
+            "event": "epoch_start",
+            "epoch": epoch,
+            "epochs": cfg.epochs,
+            "batches": steps,
+            "warmup": warm,
+        }
+    )
+    net.train()
+    t_train = t_ready = time.perf_counter()
+    feeds = [rt.feed(batches[s]) for s in names]
+    for i, got in enumerate(zip(*feeds, strict=False)):
+        tally.wait += time.perf_counter() - t_ready
+        per = dict(zip(names, got, strict=True))
+        rows = {s: b["positions"] for s, b in per.items()}
+        y = {s: truth.labels[r].to(rt.device, non_blocking=True) for s, r in rows.items()}
+        x = {s: {v: rt.normalize(b["views"][v]) for v in views[s]} for s, b in per.items()}
+        args = (x, y, rows) if several else (x[lead], y[lead], rows[lead])
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+            out = net(method.loss, *args, epoch=epoch, warm=warm, gen=gen)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        method.after_step(out, *args[1:], epoch=epoch)
+        for r in rows.values():
+            tally.touched[r] = True
+        # The loss is read back once per step anyway (the running loss on the progress bar),
+        # so checking it here costs no extra device sync and names the exact step.
+        loss_value = out.loss.item()
+        if not math.isfinite(loss_value):
+            tally.bad_step = tally.bad_step or i + 1
+            if not env.enabled:  # under DDP every rank must stop together: checked after
+                raise non_finite_error(
+                    p, epoch, tally.bad_step, steps, loss_value, resumed=start > 1
+                )
+        tally.add(
+            out, loss_value, y[lead], rows[lead], sum(len(rows[s]) * len(views[s]) for s in rows)
+        )
+        t_ready = time.perf_counter()
+        sums = tally.sums
+        say(
+            {
+                "event": "batch",
+                "epoch": epoch,
+                "done": i + 1,
+                "total": steps,
+                "loss": sums["loss"] / sums["seen"],
+                "images_per_s": sums["images"] * env.world / (t_ready - t_train),
+            }
+        )
+    return steps
+
+
+def _stop_together_if_non_finite(
+    p: Plan, env, bad_step: int, epoch: int, steps: int, start: int
+) -> None:
+    """Under torch.distributed: when any process saw a non-finite loss this epoch, every process
+    raises the same error, naming the first such step."""
+    import torch
+
+    from fernoise import distributed
+
+    if not env.enabled:
+        return
+    firsts = torch.zeros(env.world, dtype=torch.float64)
+    firsts[env.rank] = bad_step
+    distributed.all_sum(firsts, env)
+    if firsts.any():
+        step = int(firsts[firsts > 0].min())
+        raise non_finite_error(p, epoch, step, steps, None, resumed=start > 1)
 
 
 def non_finite_error(
@@ -968,7 +1252,7 @@ def _images(p: Plan, env, say) -> np.ndarray:
     from fernoise import data, distributed
 
     ids = p.rows["id"].astype(str).tolist()
-    kw = dict(
+    kw: dict[str, Any] = dict(
         size=p.cfg.image_size,
         cache_dir=p.cache_dir or Workspace().root / ".fernoise" / "arrays",
         shas=p.shas,
@@ -1016,9 +1300,10 @@ def _images(p: Plan, env, say) -> np.ndarray:
     return got.array
 
 
-def _load_pretrained(p: Plan, model, say) -> None:
+def _load_pretrained(p: Plan, model, method, say) -> None:
     """The backbone start: the file plan() resolved, checked against the sha256 in the key, loaded
-    by ``fernoise.train.weights`` (the one loader); the match is said as a ``pretrained`` event."""
+    by ``fernoise.train.weights`` (the one loader) into every backbone the method trains
+    (``Method.backbones``); the match is said as a ``pretrained`` event."""
     from fernoise.train.weights import load_backbone
 
     c = p.config
@@ -1028,15 +1313,15 @@ def _load_pretrained(p: Plan, model, say) -> None:
             "run the command again",
             flag="--pretrained",
         )
-    source, report = load_backbone(
-        model.backbone, c["pretrained"], partial=p.cfg.pretrained_partial
-    )
+    for backbone in method.backbones(model).values():
+        source, report = load_backbone(backbone, c["pretrained"], partial=p.cfg.pretrained_partial)
     say(
         {
             "event": "pretrained",
             "path": str(source.path),
             "kind": c["pretrained_kind"],
             "sha256": c["pretrained_sha256"],
+            "backbones": list(method.backbones(model)),
             "complete": report.complete,
             "table": report.table(),
         }
@@ -1139,11 +1424,6 @@ def finish(p: Plan, model) -> None:
         (p.run_dir / "checkpoint.pt").unlink(missing_ok=True)
 
 
-def _lr_used(lr: float, decay: float | None, epoch: int) -> float:
-    """The learning rate during ``epoch`` (1-based): ``lr * decay ** (epoch - 1)``."""
-    return lr * (decay ** (epoch - 1) if decay else 1.0)
-
-
 def default_workers(on_cuda: bool) -> int:
     """DataLoader workers: on the CPU one (augmenting a batch costs ~3% of a training step, a
     second worker would only take cores from the step); on CUDA up to 8."""
@@ -1151,9 +1431,7 @@ def default_workers(on_cuda: bool) -> int:
     return min(8, max(1, n - 1)) if on_cuda else 1
 
 
-def _accuracy(
-    model, method, images, positions, labels, batch_size, device, amp, channels_last
-) -> float | None:
+def _accuracy(model, method, rt: _Runtime, positions, labels) -> float | None:
     """Top-1 accuracy of the method's test-time logits on ``positions`` (resize only), or None when empty."""
     import torch
 
@@ -1163,19 +1441,14 @@ def _accuracy(
         return None
     model.eval()
     correct = 0
-    on_cuda = (
-        device.type == "cuda"
-    )  # on CUDA: bf16 and large batches whatever the training precision
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp or on_cuda):
-        for pos, x in data.eval_batches(
-            images, positions, max(batch_size, 1024 if on_cuda else 256)
-        ):
-            pred = (
-                method.logits(model, data.normalize(x, device, channels_last=channels_last))
-                .argmax(1)
-                .cpu()
-                .numpy()
-            )
+    on_cuda = rt.device.type == "cuda"  # on CUDA: bf16 and large batches whatever the precision
+    batch_size = max(rt.batch_size, 1024 if on_cuda else 256)
+    with (
+        torch.no_grad(),
+        torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp or on_cuda),
+    ):
+        for pos, x in data.eval_batches(rt.images, positions, batch_size):
+            pred = method.logits(model, rt.normalize(x)).argmax(1).cpu().numpy()
             correct += int((pred == labels[pos]).sum())
     model.train()
     return correct / len(positions)
@@ -1213,8 +1486,8 @@ class DeviceViewsFeed:
                 }
 
 
-def compile_model(model, device, say) -> bool:
-    """``--compile``: compile the backbone's stages in place (``nn.Module.compile``: the
+def compile_model(model, method, device, say) -> bool:
+    """``--compile``: compile the stages of every backbone the method trains in place (``nn.Module.compile``: the
     state-dict keys stay ``backbone.*``; both ``features`` and ``feature_map`` use them).
     Where torch.compile cannot run here (no compiler, unsupported Python), one warning and
     the run goes on uncompiled. Returns whether it compiled."""
@@ -1234,9 +1507,9 @@ def compile_model(model, device, say) -> bool:
             }
         )
         return False
-    b = model.backbone
-    for name in ("conv1", "layer1", "layer2", "layer3", "layer4"):
-        getattr(b, name).compile()
+    for b in method.backbones(model).values():
+        for name in ("conv1", "layer1", "layer2", "layer3", "layer4"):
+            getattr(b, name).compile()
     return True
 
 
