@@ -3,12 +3,19 @@ documented; docs/methods.md says what each method computes).
 
 A method is a subclass of :class:`Method` in its own module of ``fernoise/methods/``,
 registered with ``@register`` (``fernoise.methods``). The training loop (``fernoise.train.stage.fit``)
-names no method; per mini-batch it does exactly this::
+names no method; it does exactly this (docs/writing-a-method.md walks through a method)::
 
-    views = {name: normalised float (N, 3, H, W) for name in method.views_for(warm=warm)}
-    out = net(method.loss, views, y, idx, epoch=epoch, warm=warm, gen=gen)   # -> LossOut
-    optimizer.zero_grad(); out.loss.backward(); optimizer.step()
-    method.after_step(out, y, idx, epoch=epoch)
+    method.build(model)                                   # heads, a second network, ...
+    optimizer, scheduler = method.configure_optimizers(model, cfg)
+    for epoch in epochs:
+        method.start_epoch(model, EpochContext(...))      # e.g. a pass over every row
+        streams = method.epoch_rows(epoch, train_rows)    # {"train": rows} by default
+        for each batch (of every stream):
+            views = {name: normalised float (N, 3, H, W) for name in method.views_for(warm=warm)}
+            out = net(method.loss, views, y, idx, epoch=epoch, warm=warm, gen=gen)   # -> LossOut
+            optimizer.zero_grad(); out.loss.backward(); optimizer.step()
+            method.after_step(out, y, idx, epoch=epoch)
+        scheduler.step()
 
 ``net`` is the model (or its DistributedDataParallel wrapper): ``FerNet.forward(fn, *a, **kw)``
 just calls ``fn(model, *a, **kw)``, so the whole loss runs *inside* the module call and DDP's
@@ -61,6 +68,19 @@ Writing a method
   run equals an uninterrupted one. The loop runs ``loss`` under bf16 autocast when
   ``--precision bf16``: compute losses on ``.float()`` logits.
 - ``after_step(out, y, idx, *, epoch)``: optional, after ``optimizer.step()`` (no grad).
+- ``backbones(model)``: every backbone the method trains, by module name (default
+  ``{"backbone": model.backbone}``); ``--pretrained`` fills and ``--compile`` compiles each, the
+  default ``param_groups`` puts each at ``lr_backbone``. A second network: ``build`` adds
+  ``model.new_backbone()`` (Co-teaching).
+- ``configure_optimizers(model, cfg)`` -> ``(optimizer, scheduler or None)``: default Adam over
+  ``param_groups`` and ``ExponentialLR(lr_decay)`` when set. The scheduler needs ``step()``
+  (after every epoch), ``state_dict()`` and ``load_state_dict()`` (checkpoints).
+- ``start_epoch(model, ctx)``: before every epoch; :class:`EpochContext` gives the rows, labels,
+  known-clean flags and ``predict`` (an un-augmented pass, gathered across processes).
+- ``epoch_rows(epoch, rows)`` -> ``{stream: positions}``: several streams (labelled and
+  unlabelled); the first leads, the others are cycled to its length, and ``loss`` then gets
+  ``views[stream][view]``, ``y[stream]``, ``idx[stream]`` (``views_for(warm=, stream=)``).
+- ``warn(message)``: a one-line warning in the run's output.
 - ``logits(model, x)``: test-time logits ``(N, C)`` of a normalised batch (val/test accuracy,
   eval, predict, Grad-CAM). The default is ``model.pcc(model.features(x))``.
 - ``state_dict()`` / ``load_state_dict(state, *, n_rows)``: per-sample state (SCN's labels,
@@ -74,11 +94,12 @@ Writing a method
 
 Views
 -----
-``views`` names what ``fernoise.data`` builds per sample (uint8, from the per-sample numpy
-generator, so pixels depend only on (seed, epoch, sample)): ``weak`` (pad 4, random crop,
-flip), ``strong`` (that same weak view plus RandAugment), and the names ``fernoise/methods/views.py``
-adds (SCN/RUL/EAC's). ``views_for(warm=True)`` defaults to the first view only. A method
-with two or more views needs ``--batch-size`` >= 2 (checked with one line).
+``views`` names views of the one registry both view paths use (``fernoise/methods/views.py``:
+``register_view(name, sample=, draw=, batch=)``), uint8 from the per-sample numpy generator, so
+pixels depend only on (seed, epoch, sample): ``weak`` (pad 4, random crop, flip), ``strong``
+(that same weak view plus RandAugment), SCN/RUL/EAC's, and ``kind#2`` for another independent
+draw of a kind. ``views_for(warm=True)`` defaults to the first view only. A method with two or
+more views needs ``--batch-size`` >= 2 (checked with one line).
 
 Metrics the loop derives from :class:`LossOut` (metrics.jsonl, per epoch): ``loss`` and
 ``loss_<part>`` (sample-weighted means over the epoch), ``train_acc`` (``logits`` vs ``labels``, or ``y``),

@@ -156,11 +156,7 @@ def plan(
     assert m.path is not None  # read from a file
     r = _rows(m, cfg)
     warnings += r.warnings
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    from fernoise.train.augment import resolve_augment
-
-    augment = resolve_augment(cfg.augment, device)
+    device, precision, augment = _where(cfg)
     ws = workspace or Workspace()
     start = _start_weights(cfg, ws)
     key_in = m.key or file_sha256(m.path)
@@ -231,6 +227,14 @@ def _labels(cfg: TrainConfig, r: _Rows) -> np.ndarray:
         vpos = r.val.index.to_numpy(np.int64)
         labels[vpos] = r.rows["label_clean"].iloc[vpos].fillna(-1).astype(np.int64).to_numpy()
     return labels
+
+
+def _where(cfg: TrainConfig) -> tuple[str, str, str]:
+    """The device, precision and view path the run resolves to here (``auto`` answered)."""
+    from fernoise.train.augment import resolve_augment
+
+    device = resolve_device(cfg.device)
+    return device, resolve_precision(cfg.precision, device), resolve_augment(cfg.augment, device)
 
 
 def _read(manifest_path, cfg: TrainConfig) -> tuple[Manifest, TrainConfig, list[str], list[str]]:
