@@ -56,7 +56,7 @@ def _triples(run: Path) -> list[tuple]:
 
 
 @pytest.mark.filterwarnings("ignore:eac. the attention maps")
-@pytest.mark.parametrize("method", ["ncctfer", "eac"])
+@pytest.mark.parametrize("method", ["ncctfer", pytest.param("eac", marks=pytest.mark.slow)])
 def test_workers_path_is_main_unchanged(method, data, workspace, one_thread):
     run = train(
         data, tiny_train(method=method, batch_size=16, augment="workers"), runs_dir=workspace / "w"
@@ -133,6 +133,7 @@ def test_device_path_trains_and_an_interrupted_run_resumes_exactly(method, data,
     assert auto.hit and auto.output == full
 
 
+@pytest.mark.slow
 def test_compile_unavailable_warns_once_and_trains(data, workspace, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("no C++ compiler found\nsecond line")

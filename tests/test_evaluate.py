@@ -370,6 +370,7 @@ def test_eval_a_folder_without_a_manifest_given_as_manifest(tmp_path, workspace)
     assert "does not exist" not in res.output
 
 
+@pytest.mark.slow
 def test_eval_split_val_writes_its_own_folder(tmp_path, workspace):
     from fernoise.manifest import read_manifest, write_manifest
 

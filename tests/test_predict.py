@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import WILD
-from factories import CLASSES7, predict_run
+from factories import CLASSES7, cli, predict_run
 from PIL import Image
 
 from fernoise.errors import FernoiseError
@@ -104,6 +104,7 @@ def test_write_rows_csv_and_json(tmp_path):
     assert e.value.flag == "--out"
 
 
+@pytest.mark.slow
 def test_predict_folder_gives_a_row_per_file_with_reasons(tmp_path):
     pytest.importorskip("fernoise.align.faces", reason="fernoise.align.faces not there yet")
     run = predict_run(tmp_path / "run")
@@ -135,6 +136,24 @@ def test_predict_folder_gives_a_row_per_file_with_reasons(tmp_path):
     assert rows["sub/grey.JPG"]["status"] == "no_face"
     assert rows["noise.png"]["status"] == "no_face"
     assert "notes.jpg" in r.stdout
+
+
+def test_predict_folder_in_process_gives_a_row_per_file_with_reasons(tmp_path):
+    """The fast tier's cover of the test above: the same folder through the CLI in this
+    process (no interpreter start), the same rows and reasons."""
+    pytest.importorskip("fernoise.align.faces", reason="fernoise.align.faces not there yet")
+    run = predict_run(tmp_path / "run")
+    folder = make_folder(tmp_path / "photos")
+    out = tmp_path / "pred.csv"
+    res = cli("predict", folder, "--run", run, "--out", out, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    with open(out, newline="") as fh:
+        rows = {row["file"].split("photos/")[1]: row for row in csv.DictReader(fh)}
+    assert sorted(rows) == ["empty.png", "noise.png", "notes.jpg", "sub/grey.JPG"]
+    for bad in ("notes.jpg", "empty.png"):
+        assert rows[bad]["status"] not in ("ok", "no_face") and rows[bad]["reason"]
+    assert rows["sub/grey.JPG"]["status"] == "no_face" and rows["noise.png"]["status"] == "no_face"
+    assert "notes.jpg" in res.output
 
 
 WILD_SUBSET = (

@@ -46,7 +46,16 @@ def manifest(tmp_path_factory):
     return make_manifest(tmp_path_factory.mktemp("data"))
 
 
-@pytest.mark.parametrize("method", ["ce", "pc", "nl", "ncctfer"])
+# pc and nl are slow here: test_method_contract trains their run folders in the fast tier
+@pytest.mark.parametrize(
+    "method",
+    [
+        "ce",
+        pytest.param("pc", marks=pytest.mark.slow),
+        pytest.param("nl", marks=pytest.mark.slow),
+        "ncctfer",
+    ],
+)
 def test_each_method_writes_the_run_folder_contract(method, manifest, workspace):
     events = []
     keep = method == "ncctfer"

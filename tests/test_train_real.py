@@ -14,7 +14,8 @@ from factories import CONFIG_FIELDS, METRIC_FIELDS, read_metrics
 from fernoise import methods
 from fernoise.train.stage import TrainConfig, train
 
-pytestmark = needs(FERPLUS)
+# slow: test_train and test_method_contract train every method on generated crops in the fast tier
+pytestmark = [*needs(FERPLUS), pytest.mark.slow]
 
 
 # scn, rul, eac: tests/test_methods_peers_real.py
@@ -29,17 +30,7 @@ PARTS = {
 }
 
 
-# ce in the fast tier; the other methods' real-data runs are slow (each has cheap cover elsewhere)
-@pytest.mark.parametrize(
-    "method",
-    [
-        "ce",
-        *(
-            pytest.param(m, marks=pytest.mark.slow)
-            for m in ("pc", "nl", "ncctfer", "gce", "sce", "elr")
-        ),
-    ],
-)
+@pytest.mark.parametrize("method", ["ce", "pc", "nl", "ncctfer", "gce", "sce", "elr"])
 def test_two_epochs_on_ferplus(method, ferplus_manifest, workspace):
     cfg = TrainConfig(
         method=method,
