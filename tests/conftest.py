@@ -33,3 +33,44 @@ def workspace(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FERNOISE_WORKSPACE", str(tmp_path))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def ferplus_manifest(tmp_path_factory):
+    """160 train + 40 FER2013Valid (as test) rows of the real FERPlus crops, FER+ plurality
+    labels, 8 classes: a manifest (crop paths absolute) written under a module temp folder.
+    Use it only in modules marked ``needs(FERPLUS)``."""
+    import pandas as pd
+
+    from fernoise.labels import CLASSES, canonical_name
+    from fernoise.manifest import write_manifest
+
+    df = pd.read_csv(FERPLUS / "manifest.csv")
+    df = df[~df["ferplus_plurality"].isin(["tie"]) & df["ferplus_plurality"].notna()]
+    df = pd.concat(
+        [
+            df[df["split"] == "train"].nsmallest(160, "rand_rank"),
+            df[df["split"] == "valid"].nsmallest(40, "rand_rank"),
+        ]
+    )
+    labels = [CLASSES.index(canonical_name(x)) for x in df["ferplus_plurality"]]
+    rows = pd.DataFrame(
+        {
+            "id": df["path"].tolist(),
+            "src_path": df["path"].tolist(),
+            "path": [str(FERPLUS / p) for p in df["path"]],
+            "split": ["train" if s == "train" else "test" for s in df["split"]],
+            "label": labels,
+            "status": "ok",
+            "n_faces": 1,
+        }
+    )
+    out = tmp_path_factory.mktemp("ferplus") / "manifest.parquet"
+    meta = {
+        "classes": list(CLASSES),
+        "label_space": "basic8",
+        "stage": "align",
+        "key": "ferplus-200",
+        "lineage": [{"stage": "align", "key": "ferplus-200", "params": {"source": "ferplus"}}],
+    }
+    return write_manifest(rows, out, meta)

@@ -12,28 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
+from factories import align_cli, make_image, raw_tree
 from typer.testing import CliRunner
 
 from fernoise.errors import FernoiseError, destination_error, require_file, require_folder
-
-
-def make_image(path: Path, size=(40, 40), colour=(120, 80, 40)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-    return path
-
-
-def raw_tree(root: Path, n: int = 4) -> Path:
-    for i in range(n):
-        make_image(root / "happy" / f"img{i}.png", colour=(20 * i, 50, 200))
-    return root
-
-
-def invoke(*args: str):
-    from fernoise.cli.app import app
-
-    return CliRunner().invoke(app, ["align", *args])
 
 
 def one_line(res) -> str:
@@ -67,7 +49,7 @@ def test_out_is_an_existing_file(tmp_path, workspace):
     raw = raw_tree(tmp_path / "raw")
     out = tmp_path / "out"
     out.write_text("precious")
-    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
+    res = align_cli(str(raw), str(out), "--mode", "whole", "--size", "32")
     assert res.exit_code == 2
     line = one_line(res)
     assert f"error: OUT {out} is a file, expected a folder" in " ".join(line.split())
@@ -76,14 +58,14 @@ def test_out_is_an_existing_file(tmp_path, workspace):
 
 def test_labels_given_a_folder_says_it_is_a_folder(tmp_path, workspace):
     raw = raw_tree(tmp_path / "raw")
-    res = invoke(
+    res = align_cli(
         str(raw), str(tmp_path / "out"), "--mode", "whole", "--labels", str(raw), "--format", "csv"
     )
     assert res.exit_code == 2
     assert f"--labels: label file {raw} is a folder, expected a file" in " ".join(
         one_line(res).split()
     )
-    res = invoke(
+    res = align_cli(
         str(raw),
         str(tmp_path / "out"),
         "--mode",
@@ -136,7 +118,7 @@ def test_read_only_out_is_one_line_and_writes_nothing(tmp_path, workspace, monke
     out = tmp_path / "out"
     out.mkdir()
     read_only(monkeypatch, out / "faces" / "happy", errno.EROFS)
-    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
+    res = align_cli(str(raw), str(out), "--mode", "whole", "--size", "32")
     assert res.exit_code == 1
     line = " ".join(one_line(res).split())
     assert (
@@ -154,7 +136,7 @@ def test_read_only_workspace_after_the_work_is_one_line(tmp_path, workspace, mon
     ws.mkdir()
     out = tmp_path / "out"
     read_only(monkeypatch, ws)
-    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--workspace", str(ws))
+    res = align_cli(str(raw), str(out), "--mode", "whole", "--size", "32", "--workspace", str(ws))
     assert res.exit_code == 1
     line = " ".join(one_line(res).split())
     assert line == (
@@ -163,7 +145,7 @@ def test_read_only_workspace_after_the_work_is_one_line(tmp_path, workspace, mon
     )
     assert files_under(ws) == ["fernoise.lock.lk"]
     monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
-    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32", "--workspace", str(ws))
+    res = align_cli(str(raw), str(out), "--mode", "whole", "--size", "32", "--workspace", str(ws))
     assert res.exit_code == 0 and "cache hit" in res.output  # the finished work was complete
 
 
@@ -184,7 +166,7 @@ def test_full_disk_mid_run_is_one_line_and_resumes(tmp_path, workspace, monkeypa
         return real(crop, path, params)
 
     monkeypatch.setattr(stage, "_save_crop", save_then_fill)
-    res = invoke(
+    res = align_cli(
         str(raw), str(out), "--mode", "whole", "--size", "32", "--batch-size", "2", "--workers", "1"
     )
     assert res.exit_code == 1
@@ -198,7 +180,7 @@ def test_full_disk_mid_run_is_one_line_and_resumes(tmp_path, workspace, monkeypa
     monkeypatch.setattr(
         stage, "_save_crop", real
     )  # (not undo(): that would leave the tmp workspace)
-    res = invoke(
+    res = align_cli(
         str(raw), str(out), "--mode", "whole", "--size", "32", "--batch-size", "2", "--workers", "1"
     )
     assert res.exit_code == 0, res.output
@@ -216,7 +198,7 @@ def test_a_link_planted_under_out_is_never_written_through(tmp_path, workspace):
     elsewhere.mkdir()
     (out / "faces").mkdir(parents=True)
     (out / "faces" / "happy").symlink_to(elsewhere, target_is_directory=True)
-    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
+    res = align_cli(str(raw), str(out), "--mode", "whole", "--size", "32")
     assert res.exit_code == 0, res.output
     assert list(elsewhere.iterdir()) == []
     df = read_manifest(out / "manifest.parquet").df.set_index("src_path")
@@ -231,7 +213,7 @@ def test_a_link_planted_under_out_is_never_written_through(tmp_path, workspace):
         )
     # removing the link: the refused rows are retried (errors are never cached), the others reused
     (out / "faces" / "happy").unlink()
-    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
+    res = align_cli(str(raw), str(out), "--mode", "whole", "--size", "32")
     assert res.exit_code == 0 and "aligned 3 images, reused 1" in " ".join(res.output.split())
     assert set(read_manifest(out / "manifest.parquet").df["status"]) == {"whole"}
     # a linked record/stamp folder is refused as a whole
@@ -240,7 +222,7 @@ def test_a_link_planted_under_out_is_never_written_through(tmp_path, workspace):
     out2 = tmp_path / "out2"
     out2.mkdir()
     (out2 / ".fernoise").symlink_to(other, target_is_directory=True)
-    res = invoke(str(raw), str(out2), "--mode", "whole", "--size", "32")
+    res = align_cli(str(raw), str(out2), "--mode", "whole", "--size", "32")
     assert res.exit_code == 2 and "is a symbolic link to" in one_line(res)
     assert list(other.iterdir()) == [] and files_under(out2) == []
 
@@ -252,7 +234,7 @@ def test_out_inside_raw_is_never_re_ingested(tmp_path, workspace):
     raw = raw_tree(tmp_path / "raw", n=3)
     rows = []
     for run in ("out", "out", "again"):  # the same OUT twice (forced), then a second OUT beside it
-        res = invoke(str(raw), str(raw / run), "--mode", "whole", "--size", "32", "--force")
+        res = align_cli(str(raw), str(raw / run), "--mode", "whole", "--size", "32", "--force")
         assert res.exit_code == 0, res.output
         rows.append(len(read_manifest(raw / run / "manifest.parquet").df))
     assert rows == [3, 3, 3]
@@ -289,7 +271,7 @@ def test_a_failed_first_run_leaves_no_empty_out(tmp_path, workspace):
     raw = raw_tree(tmp_path / "raw")
     (tmp_path / "l.csv").write_text("path,label\nother.png,happy\n")
     out = tmp_path / "new" / "out"
-    res = invoke(
+    res = align_cli(
         str(raw),
         str(out),
         "--mode",
@@ -303,7 +285,7 @@ def test_a_failed_first_run_leaves_no_empty_out(tmp_path, workspace):
     assert not out.exists()
     kept = tmp_path / "kept"
     kept.mkdir()
-    res = invoke(
+    res = align_cli(
         str(raw),
         str(kept),
         "--mode",
@@ -325,7 +307,7 @@ def test_leftover_tmp_files_are_removed_on_the_next_run(tmp_path, workspace):
 
     raw = raw_tree(tmp_path / "raw")
     out = tmp_path / "out"
-    assert invoke(str(raw), str(out), "--mode", "whole", "--size", "32").exit_code == 0
+    assert align_cli(str(raw), str(out), "--mode", "whole", "--size", "32").exit_code == 0
     code = (
         "import os, sys\nfrom fernoise.cache import atomic_path\n"
         "with atomic_path(sys.argv[1]) as tmp:\n    open(tmp, 'wb').write(b'half')\n    os.kill(os.getpid(), 9)\n"
@@ -349,7 +331,7 @@ def test_leftover_tmp_files_are_removed_on_the_next_run(tmp_path, workspace):
         out / "faces" / f".img1.png.jpg.{HOST_TAG}-{os.getpid()}.abc123.tmp"
     )  # this process: alive
     live.write_bytes(b"in flight")
-    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
+    res = align_cli(str(raw), str(out), "--mode", "whole", "--size", "32")
     assert res.exit_code == 0 and "cache hit" in res.output
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.tmp")) == [
         live.relative_to(out).as_posix()
@@ -382,7 +364,7 @@ def test_duplicate_label_rows_are_refused_unless_on_duplicate(tmp_path, workspac
         "--format",
         "csv",
     ]
-    res = invoke(*base)
+    res = align_cli(*base)
     assert res.exit_code == 2
     assert " ".join(one_line(res).split()) == (
         "error: --on-duplicate: 2 image(s) are named by several rows of l.csv with different labels or splits "
@@ -391,7 +373,7 @@ def test_duplicate_label_rows_are_refused_unless_on_duplicate(tmp_path, workspac
     )
     assert not (tmp_path / "out").exists()
     for how, want in (("first", ["happy", "sad", "fear"]), ("last", ["anger", "surprise", "fear"])):
-        res = invoke(*base, "--on-duplicate", how)
+        res = align_cli(*base, "--on-duplicate", how)
         assert res.exit_code == 0, res.output
         m = read_manifest(tmp_path / "out" / "manifest.parquet")
         assert m.df.sort_values("src_path")["label_name"].tolist() == want
@@ -402,13 +384,13 @@ def test_duplicate_label_rows_are_refused_unless_on_duplicate(tmp_path, workspac
             f"labels (csv): 8 rows in l.csv: 3 name an image here, 1 name none, 4 repeated rows merged "
             f"(3 names with different labels: the {how} row counts); 0 images without a label row (label null)"
         ]
-    res = invoke(*base, "--on-duplicate", "both")
+    res = align_cli(*base, "--on-duplicate", "both")
     assert res.exit_code == 2 and "expected one of: first, last" in one_line(res)
     # only repeats with equal labels, and a conflict on a row that names no image: accepted
     lab.write_text(
         "path,label\na.png,happy\nb.png,sad\na.png,happy\nc.png,fear\ngone.png,sad\ngone.png,happy\n"
     )
-    res = invoke(*base)
+    res = align_cli(*base)
     assert res.exit_code == 0, res.output
 
 
@@ -430,7 +412,7 @@ def test_label_summary_adds_up_to_the_rows_read(tmp_path, workspace):
         "PrivateTest,fer0000011.png,0,0,10,0,0,0,0,0,0,0",
     ]
     (tmp_path / "fer2013new.csv").write_text(head + "\n".join(rows) + "\n")
-    res = invoke(
+    res = align_cli(
         str(raw),
         str(tmp_path / "out"),
         "--mode",
@@ -457,7 +439,9 @@ def test_other_commands_share_the_one_line_for_a_full_disk(tmp_path, workspace, 
     raw = tmp_path / "raw"
     for i, cls in enumerate(["happy", "sad", "anger", "happy", "sad", "anger"]):
         make_image(raw / cls / f"{i}.png", colour=(30 * i, 40, 50))
-    assert invoke(str(raw), str(tmp_path / "out"), "--mode", "whole", "--size", "32").exit_code == 0
+    assert (
+        align_cli(str(raw), str(tmp_path / "out"), "--mode", "whole", "--size", "32").exit_code == 0
+    )
     read_only(monkeypatch, tmp_path / "out", errno.ENOSPC)
     res = CliRunner().invoke(
         app,

@@ -71,6 +71,7 @@ def test_wild_all_faces(detector):
 
 
 @_marks(FERPLUS)
+@pytest.mark.slow
 def test_ferplus_valid_subset_acceptance(tmp_path, detector):
     """Issue item 3 through the same code path on the first 300 valid images (the full 3,579
     take ~40 s; measured by hand, see the report): majority labels or null, votes kept."""

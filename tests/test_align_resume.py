@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from fernoise.manifest import read_manifest
@@ -35,6 +36,7 @@ def chunks(out: Path) -> list[Path]:
     return list((out / ".fernoise" / "align-records").glob("*/chunk-*.json"))
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     raw = tmp_path / "raw"
     noise_images(raw)

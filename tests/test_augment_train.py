@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import SIZE, TIMING, make_manifest, read_metrics, tiny
+from factories import SIZE, TIMING, make_manifest, read_metrics, tiny_train
 from typer.testing import CliRunner
 
 from fernoise.cli.app import app
@@ -56,10 +56,10 @@ def _triples(run: Path) -> list[tuple]:
 
 
 @pytest.mark.filterwarnings("ignore:eac. the attention maps")
-@pytest.mark.parametrize("method", ["ncctfer", "eac"])
+@pytest.mark.parametrize("method", ["ncctfer", pytest.param("eac", marks=pytest.mark.slow)])
 def test_workers_path_is_main_unchanged(method, data, workspace, one_thread):
     run = train(
-        data, tiny(method=method, batch_size=16, augment="workers"), runs_dir=workspace / "w"
+        data, tiny_train(method=method, batch_size=16, augment="workers"), runs_dir=workspace / "w"
     ).output
     want, key = MAIN_WORKERS[method]
     got = _triples(run)
@@ -78,15 +78,16 @@ def test_workers_path_is_main_unchanged(method, data, workspace, one_thread):
         False,
     )
     again = train(
-        data, tiny(method=method, batch_size=16, augment="workers"), runs_dir=workspace / "w"
+        data, tiny_train(method=method, batch_size=16, augment="workers"), runs_dir=workspace / "w"
     )
     assert again.hit and again.output == run
 
 
 @pytest.mark.filterwarnings("ignore:eac. the attention maps")
 @pytest.mark.parametrize("method", ["ncctfer", "eac"])
+@pytest.mark.slow
 def test_device_path_trains_and_an_interrupted_run_resumes_exactly(method, data, workspace):
-    cfg = tiny(
+    cfg = tiny_train(
         method=method, batch_size=16, augment="device", epochs=3, warmup=1, keep_checkpoint=True
     )
 
@@ -126,12 +127,13 @@ def test_device_path_trains_and_an_interrupted_run_resumes_exactly(method, data,
     # auto is the device path on the CPU too (bench/train.py): the same run, a cache hit
     auto = train(
         data,
-        tiny(method=method, batch_size=16, epochs=3, warmup=1, keep_checkpoint=True),
+        tiny_train(method=method, batch_size=16, epochs=3, warmup=1, keep_checkpoint=True),
         runs_dir=workspace / "b",
     )
     assert auto.hit and auto.output == full
 
 
+@pytest.mark.slow
 def test_compile_unavailable_warns_once_and_trains(data, workspace, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("no C++ compiler found\nsecond line")
@@ -140,7 +142,7 @@ def test_compile_unavailable_warns_once_and_trains(data, workspace, monkeypatch)
     events = []
     run = train(
         data,
-        tiny(method="ce", batch_size=16, epochs=1, warmup=0, compile=True),
+        tiny_train(method="ce", batch_size=16, epochs=1, warmup=0, compile=True),
         runs_dir=workspace / "c",
         progress=events.append,
     ).output
@@ -151,7 +153,7 @@ def test_compile_unavailable_warns_once_and_trains(data, workspace, monkeypatch)
     config = json.loads((run / "config.json").read_text())
     assert config["compile"] is True and len(read_metrics(run)) == 1
     plain = train(
-        data, tiny(method="ce", batch_size=16, epochs=1, warmup=0), runs_dir=workspace / "c"
+        data, tiny_train(method="ce", batch_size=16, epochs=1, warmup=0), runs_dir=workspace / "c"
     ).output
     assert plain != run  # --compile is part of the key
 

@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 
-from test_train import make_manifest
+import pytest
+from factories import make_manifest
 
 
+@pytest.mark.slow
 def test_a_full_disk_in_pretrain_is_one_line(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=40)
     # 4 MB: config and metrics fit, checkpoint.pt (two ResNet-18s, ~90 MB) does not; a write past

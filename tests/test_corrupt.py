@@ -12,79 +12,14 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from factories import C7, C8, TRAIN_COUNTS, cli, corrupt_df, corrupt_manifest
 from typer.testing import CliRunner
 
 from fernoise.cache import Workspace
 from fernoise.cli.app import app
 from fernoise.corrupt.kinds import CorruptParams, corrupt, exact_count, largest_remainder
 from fernoise.labels import ASYM_PAIRS, CLASSES
-from fernoise.manifest import read_manifest, read_meta, write_manifest
-
-C8 = list(CLASSES)
-C7 = list(CLASSES[:7])
-# training rows per class: many end in .5 at rate 0.3 (0.3*805 = 241.5, 0.3*15 = 4.5, ...),
-# so the half-up rule is exercised; contempt is rare, as in FER+.
-TRAIN_COUNTS = [805, 615, 285, 280, 195, 15, 55, 25]
-
-
-def make_df(counts=TRAIN_COUNTS, *, n_eval: int = 300, seed: int = 0) -> pd.DataFrame:
-    """Training rows with ``counts`` per class, ``n_eval`` val and test rows (some unlabelled),
-    a few unlabelled training rows, a shuffled row order, and a second annotation ``second``."""
-    rng = np.random.default_rng(seed)
-    n_classes = len(counts)
-    labels = [np.full(k, c) for c, k in enumerate(counts)]
-    train = np.concatenate(labels).astype(float)
-    train = np.concatenate([train, [np.nan] * 7])  # unlabelled training rows never change
-    evals = rng.integers(0, n_classes, size=2 * n_eval).astype(float)
-    evals[::17] = np.nan
-    label = np.concatenate([train, evals])
-    split = ["train"] * len(train) + ["val"] * n_eval + ["test"] * n_eval
-    n = len(label)
-    ids = [f"img{i:05d}.jpg" for i in rng.permutation(n)]
-    df = pd.DataFrame(
-        {
-            "id": ids,
-            "src_path": ids,
-            "path": [f"faces/{i}" for i in ids],
-            "split": split,
-            "label": pd.array([None if np.isnan(v) else int(v) for v in label], dtype="Int64"),
-            "status": "ok",
-            "n_faces": 1,
-        }
-    )
-    df["label_name"] = [None if pd.isna(v) else CLASSES[int(v)] for v in df["label"]]
-    # a second annotation agreeing on ~70% of rows, as class names (aliases), with some nulls
-    second = np.where(
-        rng.random(n) < 0.7, np.nan_to_num(label, nan=0), rng.integers(0, n_classes, size=n)
-    )
-    aliases = {
-        0: "Neutral",
-        1: "happiness",
-        2: "sad",
-        3: "surprised",
-        4: "fear",
-        5: "disgust",
-        6: "angry",
-        7: "contempt",
-    }
-    names = [aliases[int(v)] for v in second]
-    for i in range(0, n, 41):
-        names[i] = None
-    df["second"] = names
-    return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-
-
-def make_manifest(path, classes=C8, *, df=None, key="alignkey0", **kw):
-    df = make_df(**kw) if df is None else df
-    space = "basic8" if len(classes) == 8 else "basic7"
-    return write_manifest(
-        df, path, {"classes": list(classes), "label_space": space, "stage": "align", "key": key}
-    )
-
-
-def cli(*args):
-    res = CliRunner().invoke(app, [str(a) for a in args])
-    return res
+from fernoise.manifest import read_manifest, read_meta
 
 
 def by_id(df: pd.DataFrame) -> pd.DataFrame:
@@ -93,7 +28,7 @@ def by_id(df: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.fixture
 def m8(workspace):
-    return make_manifest(workspace / "manifest.parquet")
+    return corrupt_manifest(workspace / "manifest.parquet")
 
 
 # ----------------------------------------------------------------------------- rounding rules
@@ -187,13 +122,13 @@ def test_rerun_is_a_cache_hit_seed_changes_rows_tampering_rebuilds(m8):
 
 
 def test_row_order_does_not_matter(workspace):
-    df = make_df()
-    p1 = make_manifest(workspace / "a" / "manifest.parquet", df=df)
+    df = corrupt_df()
+    p1 = corrupt_manifest(workspace / "a" / "manifest.parquet", df=df)
     shuffled = df.sample(frac=1.0, random_state=123).reset_index(drop=True)
     assert not shuffled["id"].equals(df["id"])
-    p2 = make_manifest(workspace / "b" / "manifest.parquet", df=shuffled)
+    p2 = corrupt_manifest(workspace / "b" / "manifest.parquet", df=shuffled)
     # already sorted by id (as align writes): the sort is skipped, the result is the same
-    p3 = make_manifest(
+    p3 = corrupt_manifest(
         workspace / "c" / "manifest.parquet", df=df.sort_values("id").reset_index(drop=True)
     )
     for p in (p1, p2, p3):
@@ -241,7 +176,7 @@ def test_pairs_file_replaces_the_pairs(m8, fmt):
 # ----------------------------------------------------------------------------- matrix
 def test_matrix_counts_are_the_largest_remainder_rounding(workspace):
     counts = [805, 615, 285, 280, 195, 15, 55]
-    p = make_manifest(workspace / "manifest.parquet", C7, counts=counts)
+    p = corrupt_manifest(workspace / "manifest.parquet", C7, counts=counts)
     m = np.eye(7) * 0.6
     m[0, 1:] = [0.1, 0.1, 0.05, 0.05, 0.05, 0.05]  # neutral spreads out
     m[0, 0] = 0.6
@@ -321,10 +256,10 @@ def test_column_kind_marks_exactly_the_disagreements(m8):
 
 
 def test_column_of_canonical_indices(workspace):
-    df = make_df()
+    df = corrupt_df()
     df["second"] = df["label"]  # identical annotation: no noise
     df.loc[df.index[:50], "second"] = (df["label"].iloc[:50].fillna(0) + 1) % 8
-    p = make_manifest(workspace / "manifest.parquet", df=df)
+    p = corrupt_manifest(workspace / "manifest.parquet", df=df)
     assert cli("corrupt", p, "--kind", "column", "--column", "second").exit_code == 0
     b = read_manifest(p.with_name("manifest.column-second.parquet")).df
     train = (df["split"] == "train") & df["label"].notna()
@@ -356,7 +291,7 @@ def test_without_manifest_uses_the_latest_aligned_one(m8):
 
 
 def test_library_function_is_pure_and_keyword_only():
-    df = make_df()
+    df = corrupt_df()
     before = df.copy()
     out, info = corrupt(df, classes=C8, params=CorruptParams("sym", rate=0.5, seed=2))
     assert df.equals(before)  # input untouched
@@ -385,12 +320,12 @@ def _bad_cases(ws, p8, p7):
     np.save(good, np.eye(7))
     folder = ws / "a_folder"
     folder.mkdir()
-    df = make_df()
+    df = corrupt_df()
     df["second"] = df["second"].replace({"contempt": "bored"})
-    p_badcol = make_manifest(ws / "badcol.parquet", df=df)
-    df = make_df()
+    p_badcol = corrupt_manifest(ws / "badcol.parquet", df=df)
+    df = corrupt_df()
     df = df[df["split"] != "train"]
-    p_notrain = make_manifest(ws / "notrain.parquet", df=df)
+    p_notrain = corrupt_manifest(ws / "notrain.parquet", df=df)
     return [
         (["--kind", "sym", "--rate", "1.0"], p8, "--rate"),
         (["--kind", "sym", "--rate", "-0.1"], p8, "--rate"),
@@ -413,8 +348,8 @@ def _bad_cases(ws, p8, p7):
 
 
 def test_every_bad_input_is_one_line_nonzero_and_writes_nothing(workspace):
-    p8 = make_manifest(workspace / "manifest.parquet")
-    p7 = make_manifest(workspace / "m7.parquet", C7, counts=TRAIN_COUNTS[:7])
+    p8 = corrupt_manifest(workspace / "manifest.parquet")
+    p7 = corrupt_manifest(workspace / "m7.parquet", C7, counts=TRAIN_COUNTS[:7])
     cases = _bad_cases(workspace, p8, p7)
     before = sorted(p.name for p in workspace.rglob("*"))
     for args, manifest, flag in cases:
@@ -428,7 +363,7 @@ def test_every_bad_input_is_one_line_nonzero_and_writes_nothing(workspace):
 
 
 def test_a_folder_for_a_file_is_called_a_folder(workspace):
-    p7 = make_manifest(workspace / "m7.parquet", C7, counts=TRAIN_COUNTS[:7])
+    p7 = corrupt_manifest(workspace / "m7.parquet", C7, counts=TRAIN_COUNTS[:7])
     res = CliRunner().invoke(
         app, ["corrupt", str(p7), "--kind", "matrix", "--matrix", str(workspace)]
     )

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
+from factories import CLASSES7, eval_cli, eval_manifest, eval_run, history, stamped_run
 from PIL import Image
 
 from fernoise import methods
 from fernoise.errors import FernoiseError
 from fernoise.evaluate import stage as ev
 from fernoise.labels import LABEL_SPACES
-
-CLASSES7 = list(LABEL_SPACES["basic7"])
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -60,45 +58,30 @@ def test_ece_hand_made():
     assert ece == 0.0 and bins[-1]["count"] == 3
 
 
-def _history(test, val=None, warm=0, **extra):
-    rows = []
-    for i, t in enumerate(test):
-        r = {
-            "epoch": i + 1,
-            "warmup": i < warm,
-            "test_acc": t,
-            "val_acc": None if val is None else val[i],
-        }
-        for k, v in extra.items():
-            r[k] = v[i]
-        rows.append(r)
-    return rows
-
-
 def test_max_last5_and_val_selected_epoch():
     test = [0.30, 0.50, 0.70, 0.65, 0.60, 0.62, 0.58, 0.61, 0.59]
     val = [0.31, 0.52, 0.66, 0.69, 0.61, 0.69, 0.57, 0.60, 0.58]
-    h = _history(test, val, warm=2)
+    h = history(test, val, warm=2)
     m = ev.max_last(h)
     assert m["max"] == 0.70 and m["max_epoch"] == 3 and m["last_n"] == 5
     assert m["last"] == pytest.approx((0.60 + 0.62 + 0.58 + 0.61 + 0.59) / 5)
     v = ev.val_selected(h)
     assert v == {"epoch": 4, "val_acc": 0.69, "test_acc": 0.65}  # earliest of the tied 0.69s
     assert ev.warmup_warning(h) is None
-    short = ev.max_last(_history([0.2, 0.4, 0.3]))
+    short = ev.max_last(history([0.2, 0.4, 0.3]))
     assert short["last"] == pytest.approx(0.3) and short["last_n"] == 3
-    assert ev.val_selected(_history([0.2, 0.4])) is None
+    assert ev.val_selected(history([0.2, 0.4])) is None
     assert ev.max_last([]) is None
 
 
 def test_warmup_warning_when_best_test_epoch_is_in_warmup():
-    h = _history([0.40, 0.72, 0.55, 0.50, 0.45, 0.44], warm=3)
+    h = history([0.40, 0.72, 0.55, 0.50, 0.45, 0.44], warm=3)
     w = ev.warmup_warning(h)
     assert w is not None and "epoch 2" in w and "warm-up (epochs 1-3)" in w
     s = ev.history_summary(h, CLASSES7)
     assert s["best_test_in_warmup"] is True and s["warnings"] == [w]
     assert s["warmup_epochs"] == [1, 2, 3]
-    assert ev.warmup_warning(_history([0.40, 0.50, 0.72], warm=2)) is None
+    assert ev.warmup_warning(history([0.40, 0.50, 0.72], warm=2)) is None
     assert ev.warmup_warning(h, method="ce") is None  # ce's warm-up is its own loss
     # the method declares it (Method.warmup_is_own_loss); the others, and unknown names, warn
     assert [m for m in methods.names() if ev.warmup_warning(h, method=m) is None] == ["ce"]
@@ -106,7 +89,7 @@ def test_warmup_warning_when_best_test_epoch_is_in_warmup():
 
 
 def test_noise_detection_and_thresholds_from_history():
-    h = _history(
+    h = history(
         [0.5, 0.6, 0.7],
         warm=1,
         confident_precision=[None, 0.8, 0.9],
@@ -123,162 +106,6 @@ def test_noise_detection_and_thresholds_from_history():
 
 
 # ----------------------------------------------------------------------------- fake run
-def make_manifest(
-    root, n_test=40, n_train=12, classes=CLASSES7, key="mkey-test", label_space="basic7", size=32
-):
-    """A manifest with generated 32x32 PNG crops; test rows cycle through the classes."""
-    rng = np.random.default_rng(0)
-    (root / "faces").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for split, n in (("train", n_train), ("test", n_test)):
-        for i in range(n):
-            c = i % len(classes)
-            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-            arr[..., c % 3] = 30 * c
-            rel = f"faces/{split}_{i:03d}.png"
-            Image.fromarray(arr).save(root / rel)
-            rows.append(
-                {
-                    "id": f"{split}_{i}",
-                    "src_path": f"{split}_{i}.jpg",
-                    "path": rel,
-                    "split": split,
-                    "label": c,
-                    "label_name": classes[c],
-                    "status": "ok",
-                    "n_faces": 1,
-                }
-            )
-    # rows eval must skip: unlabelled, no crop
-    rows.append(
-        {
-            "id": "u",
-            "src_path": "u.jpg",
-            "path": rows[-1]["path"],
-            "split": "test",
-            "label": None,
-            "label_name": None,
-            "status": "ok",
-            "n_faces": 1,
-        }
-    )
-    rows.append(
-        {
-            "id": "nf",
-            "src_path": "nf.jpg",
-            "path": None,
-            "split": "test",
-            "label": 1,
-            "label_name": "happy",
-            "status": "no_face",
-            "reason": "no face",
-            "n_faces": 0,
-        }
-    )
-    from fernoise.manifest import write_manifest
-
-    path = root / "manifest.parquet"
-    write_manifest(
-        pd.DataFrame(rows),
-        path,
-        {
-            "classes": list(classes),
-            "label_space": label_space,
-            "key": key,
-            "stage": "align",
-            "lineage": [],
-        },
-    )
-    return path
-
-
-def make_run(
-    root,
-    manifest,
-    *,
-    method="ncctfer",
-    noise=None,
-    epochs=6,
-    warmup=2,
-    test=None,
-    val=None,
-    noisy=True,
-    classes=CLASSES7,
-    size=32,
-    with_model=True,
-    key=None,
-):
-    """A run directory as `fernoise train` writes it, with a random-init FerNet as model.pt."""
-    root.mkdir(parents=True, exist_ok=True)
-    c = len(classes)
-    two = method == "ncctfer"
-    cfg = {
-        "method": method,
-        "epochs": epochs,
-        "batch_size": 8,
-        "image_size": size,
-        "warmup": warmup,
-        "k": 4,
-        "lr_backbone": 1e-3,
-        "lr_head": 1e-3,
-        "randaug_magnitude": 10,
-        "pretrained": None,
-        "seed": 0,
-        "precision": "fp32",
-        "device": "cpu",
-        "val_fraction": 0.1,
-        "manifest": str(manifest),
-        "manifest_key": "mkey-test",
-        "classes": list(classes),
-        "label_space": "basic7" if c == 7 else "basic8",
-        "num_classes": c,
-        "two_heads": two,
-        "noise": noise,
-        "align": None,
-        "key": key or f"runkey-{root.name}",
-    }
-    (root / "config.json").write_text(json.dumps(cfg, sort_keys=True, indent=2))
-    test = test or [0.2, 0.3, 0.45, 0.4, 0.42, 0.41][:epochs]
-    val = val or [0.21, 0.33, 0.40, 0.44, 0.43, 0.40][:epochs]
-    lines = []
-    for e in range(epochs):
-        w = e < warmup
-        sel = method in ("pc", "ncctfer") and not w
-        lines.append(
-            json.dumps(
-                {
-                    "epoch": e + 1,
-                    "warmup": w,
-                    "loss": 2.0 - 0.1 * e,
-                    "loss_s": None if w else 1.5 - 0.1 * e,
-                    "loss_c": (0.3 - 0.02 * e) if (two and not w) else None,
-                    "train_acc": 0.2 + 0.05 * e,
-                    "lr_backbone": 1e-3,
-                    "lr_head": 1e-3,
-                    "thresholds": [0.2 + 0.02 * e + 0.03 * k for k in range(c)] if sel else None,
-                    "confident_frac": 0.5 + 0.01 * e if sel else None,
-                    "confident_precision": (0.7 + 0.03 * e) if (sel and noisy) else None,
-                    "confident_recall": (0.5 + 0.02 * e) if (sel and noisy) else None,
-                    "val_acc": val[e],
-                    "test_acc": test[e],
-                    "images_per_s": 100.0,
-                    "seconds": 1.0,
-                }
-            )
-        )
-    (root / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    if with_model:
-        import torch
-
-        from fernoise import methods
-
-        torch.save(
-            methods.build_model(methods.create(method, num_classes=c)).state_dict(),
-            root / "model.pt",
-        )
-    return root
-
-
 def _is_png(path):
     with Image.open(path) as im:
         im.verify()
@@ -286,11 +113,12 @@ def _is_png(path):
         return im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
 
 
+@pytest.mark.slow
 def test_eval_end_to_end_on_a_fake_run(tmp_path, workspace):
     from fernoise.cache import Workspace
 
-    man = make_manifest(tmp_path / "data")
-    run = make_run(tmp_path / "runs" / "r1", man)
+    man = eval_manifest(tmp_path / "data")
+    run = eval_run(tmp_path / "runs" / "r1", man)
     res, rep = ev.evaluate_run(
         run, ev.EvalParams(cam=8, batch_size=16, device="cpu"), workspace=Workspace()
     )
@@ -390,15 +218,16 @@ def test_gradcam_grid_has_the_faces_asked_for(tmp_path):
     assert list(ev.pick_cam_rows(np.array([0, 0, 1, 1, 2, 2]), 4)) == [0, 2, 4, 1]
 
 
+@pytest.mark.slow
 def test_eval_on_another_manifest_and_label_space_mismatch(tmp_path):
-    man = make_manifest(tmp_path / "data")
-    run = make_run(tmp_path / "runs" / "r1", man, method="ce", noisy=False)
-    other = make_manifest(tmp_path / "other", n_test=14, key="other-key")
+    man = eval_manifest(tmp_path / "data")
+    run = eval_run(tmp_path / "runs" / "r1", man, method="ce", noisy=False)
+    other = eval_manifest(tmp_path / "other", n_test=14, key="other-key")
     res, rep = ev.evaluate_run(run, ev.EvalParams(device="cpu"), manifest=other)
     assert res.output == run / "eval-other-key" / "eval.json"
     assert rep["n"] == 14 and rep["own_manifest"] is False and not (run / "eval.json").exists()
     assert rep["history"]["noise_detection"] == [] and rep["history"]["thresholds"] is None
-    eight = make_manifest(
+    eight = eval_manifest(
         tmp_path / "eight",
         n_test=8,
         key="k8",
@@ -412,8 +241,8 @@ def test_eval_on_another_manifest_and_label_space_mismatch(tmp_path):
 def test_eval_errors_are_one_line(tmp_path):
     with pytest.raises(FernoiseError, match="not a training run"):
         ev.load_run(tmp_path)
-    man = make_manifest(tmp_path / "data", n_test=7)
-    run = make_run(tmp_path / "r", man, with_model=False)
+    man = eval_manifest(tmp_path / "data", n_test=7)
+    run = eval_run(tmp_path / "r", man, with_model=False)
     with pytest.raises(FernoiseError, match="no model.pt"):
         ev.evaluate_run(run)
     with pytest.raises(FernoiseError) as e:
@@ -421,6 +250,7 @@ def test_eval_errors_are_one_line(tmp_path):
     assert e.value.one_line() == "--cam: expected 0..64 Grad-CAM faces, got -1"
 
 
+@pytest.mark.slow
 def test_cli_eval_takes_the_latest_run_and_prints_tables(tmp_path, workspace):
     import os
     import subprocess
@@ -428,8 +258,8 @@ def test_cli_eval_takes_the_latest_run_and_prints_tables(tmp_path, workspace):
 
     from fernoise.cache import Workspace
 
-    man = make_manifest(tmp_path / "data", n_test=14)
-    run = make_run(tmp_path / "runs" / "r1", man, test=[0.5, 0.7, 0.4, 0.4, 0.42, 0.41])
+    man = eval_manifest(tmp_path / "data", n_test=14)
+    run = eval_run(tmp_path / "runs" / "r1", man, test=[0.5, 0.7, 0.4, 0.4, 0.42, 0.41])
     Workspace().record("train", key="runkey-r1", output=run, params={})
     cmd = [sys.executable, "-m", "fernoise.cli.app", "eval", "--device", "cpu"]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
@@ -444,7 +274,7 @@ def test_cli_eval_takes_the_latest_run_and_prints_tables(tmp_path, workspace):
     assert (run / "eval.json").is_file()
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0 and "cache hit" in r.stdout
-    eight = make_manifest(
+    eight = eval_manifest(
         tmp_path / "eight",
         n_test=8,
         key="k8",
@@ -457,35 +287,17 @@ def test_cli_eval_takes_the_latest_run_and_prints_tables(tmp_path, workspace):
 
 
 # ----------------------------------------------------------------------------- trust (issue 8)
-def _stamped_run(tmp_path, **kw):
-    """A fake run whose model.pt is stamped as `fernoise train` stamps it."""
-    from fernoise.cache import write_stamp
-
-    man = make_manifest(tmp_path / "data", n_test=14, **kw)
-    run = make_run(tmp_path / "runs" / "r1", man, method="ce")
-    write_stamp(run / "model.pt", "runkey-r1", [run / "model.pt", run / "config.json"])
-    return man, run
-
-
-def _eval_cli(*args):
-    from typer.testing import CliRunner
-
-    from fernoise.cli.app import app
-
-    return CliRunner().invoke(app, ["eval", *map(str, args)])
-
-
 def test_a_changed_model_is_refused_unless_forced(tmp_path, workspace):
     import torch
 
     from fernoise import methods
 
-    _, run = _stamped_run(tmp_path)
+    _, run = stamped_run(tmp_path)
     torch.manual_seed(5)
     torch.save(
         methods.build_model(methods.create("ce", num_classes=7)).state_dict(), run / "model.pt"
     )  # replaced behind train's back
-    res = _eval_cli(run, "--device", "cpu")
+    res = eval_cli(run, "--device", "cpu")
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1
     assert (
@@ -497,11 +309,12 @@ def test_a_changed_model_is_refused_unless_forced(tmp_path, workspace):
     assert any("evaluated anyway" in w for w in rep["history"]["warnings"])
 
 
+@pytest.mark.slow
 def test_changed_test_crops_are_refused_unless_forced(tmp_path, workspace):
     from fernoise.cache import file_sha256
     from fernoise.manifest import read_manifest, write_manifest
 
-    man, run = _stamped_run(tmp_path)
+    man, run = stamped_run(tmp_path)
     m = read_manifest(man)
     m.df["crop_sha256"] = [
         file_sha256(man.parent / p) if isinstance(p, str) else None for p in m.df["path"]
@@ -528,7 +341,7 @@ def test_changed_test_crops_are_refused_unless_forced(tmp_path, workspace):
 
 
 def test_a_truncated_test_crop_is_skipped_and_counted(tmp_path, workspace):
-    man, run = _stamped_run(tmp_path)
+    man, run = stamped_run(tmp_path)
     crop = man.parent / "faces" / "test_003.png"
     data = crop.read_bytes()
     crop.write_bytes(data[: len(data) // 3])
@@ -543,25 +356,26 @@ def test_eval_device_cuda_without_cuda_fails_even_on_a_cache_hit(tmp_path, works
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    _, run = _stamped_run(tmp_path)
-    assert _eval_cli(run, "--device", "cpu").exit_code == 0
-    res = _eval_cli(run, "--device", "cuda")
+    _, run = stamped_run(tmp_path)
+    assert eval_cli(run, "--device", "cpu").exit_code == 0
+    res = eval_cli(run, "--device", "cuda")
     assert res.exit_code == 2 and "--device" in res.output and "no CUDA" in res.output
 
 
 def test_eval_a_folder_without_a_manifest_given_as_manifest(tmp_path, workspace):
-    _, run = _stamped_run(tmp_path)
+    _, run = stamped_run(tmp_path)
     (tmp_path / "empty").mkdir()
-    res = _eval_cli(run, "--device", "cpu", "--manifest", tmp_path / "empty")
+    res = eval_cli(run, "--device", "cpu", "--manifest", tmp_path / "empty")
     assert res.exit_code == 2 and "is a folder without a manifest.parquet" in res.output
     assert "does not exist" not in res.output
 
 
+@pytest.mark.slow
 def test_eval_split_val_writes_its_own_folder(tmp_path, workspace):
     from fernoise.manifest import read_manifest, write_manifest
 
-    man, run = _stamped_run(tmp_path)
-    res = _eval_cli(run, "--device", "cpu", "--split", "val")
+    man, run = stamped_run(tmp_path)
+    res = eval_cli(run, "--device", "cpu", "--split", "val")
     assert res.exit_code == 2 and "has no 'val' rows (its splits: test, train)" in res.output
     test_res, test_rep = ev.evaluate_run(run, ev.EvalParams(device="cpu"))
     before = (run / "eval.json").read_bytes()
@@ -577,7 +391,7 @@ def test_eval_split_val_writes_its_own_folder(tmp_path, workspace):
 
 
 def test_eval_warns_about_a_class_the_run_never_trained_on(tmp_path, workspace):
-    man, run = _stamped_run(tmp_path)
+    man, run = stamped_run(tmp_path)
     cfg = json.loads((run / "config.json").read_text())
     cfg["train_class_counts"] = [3, 3, 0, 3, 3, 3, 3]  # no 'sad' in training
     (run / "config.json").write_text(json.dumps(cfg))

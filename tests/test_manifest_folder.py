@@ -8,7 +8,15 @@ folder, and a folder without a manifest gave a different line per command.
 from __future__ import annotations
 
 import pytest
-from sweep_data import make_aligned
+from factories import (
+    GOOD,
+    eval_cli,
+    make_aligned,
+    stamped_run,
+    tiny_pretrain,
+    tiny_train,
+    write_grid,
+)
 from typer.testing import CliRunner
 
 from fernoise.cache import Workspace
@@ -80,10 +88,6 @@ def test_train_given_a_folder_trains_its_manifest(tmp_path, workspace):
 
 
 def test_the_stages_plan_a_folder_as_its_manifest(tmp_path, workspace):
-    from test_pretrain import tiny as tiny_pretrain
-    from test_sweep import GOOD, write_grid
-    from test_train import tiny as tiny_train
-
     from fernoise.corrupt.stage import run_corrupt
     from fernoise.pretrain.stage import plan as pretrain_plan
     from fernoise.sweep import runner as sweep
@@ -107,12 +111,10 @@ def test_the_stages_plan_a_folder_as_its_manifest(tmp_path, workspace):
 
 
 def test_eval_given_a_folder_evaluates_its_manifest(tmp_path, workspace):
-    from test_evaluate import _eval_cli, _stamped_run
-
     from fernoise.evaluate.stage import EvalParams, evaluate_run
 
-    man, run = _stamped_run(tmp_path)
-    res = _eval_cli(run, "--device", "cpu", "--manifest", man.parent)
+    man, run = stamped_run(tmp_path)
+    res = eval_cli(run, "--device", "cpu", "--manifest", man.parent)
     assert res.exit_code == 0, res.output
     by_folder, rep = evaluate_run(run, EvalParams(device="cpu"), manifest=man.parent)
     by_file, _ = evaluate_run(run, EvalParams(device="cpu"), manifest=man)
@@ -137,16 +139,13 @@ def test_eval_given_a_folder_evaluates_its_manifest(tmp_path, workspace):
     ],
 )
 def test_a_folder_without_a_manifest_is_the_same_line_everywhere(command, tmp_path, workspace):
-    from test_evaluate import _stamped_run
-    from test_sweep import GOOD, write_grid
-
     empty = tmp_path / "empty"
     empty.mkdir()
     args = list(command)
     if "GRID" in args:
         args = ["sweep", str(write_grid(tmp_path / "g.toml", GOOD)), str(empty)]
     elif "RUN" in args:
-        args[args.index("RUN")] = str(_stamped_run(tmp_path)[1])
+        args[args.index("RUN")] = str(stamped_run(tmp_path)[1])
         args += [str(empty), "--device", "cpu"]
     else:
         args.insert(1, str(empty))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import CLASSES, CONFIG_FIELDS, METRIC_FIELDS, SIZE, make_manifest, read_metrics
+from factories import CLASSES, CONFIG_FIELDS, METRIC_FIELDS, SIZE, make_manifest, read_metrics
 
 import fernoise
 from fernoise import methods

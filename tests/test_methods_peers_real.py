@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FERPLUS, needs
-from test_train import CONFIG_FIELDS, METRIC_FIELDS, read_metrics
-from test_train_real import ferplus_manifest  # noqa: F401  (module fixture)
+from factories import CONFIG_FIELDS, METRIC_FIELDS, read_metrics
 
 from fernoise import methods
 from fernoise.evaluate import stage as evaluate
@@ -37,6 +36,7 @@ def accuracy_on_test(manifest: Path, model) -> float:
 
 
 @pytest.mark.parametrize("name", ["scn", "rul", "eac"])
+@pytest.mark.slow
 def test_two_epochs_on_ferplus(name, ferplus_manifest, workspace):  # noqa: F811
     params = {"scn": {"--scn-relabel-epoch": 2, "--scn-relabel-group": "all"}}.get(name, {})
     cfg = TrainConfig(
@@ -79,6 +79,7 @@ def test_two_epochs_on_ferplus(name, ferplus_manifest, workspace):  # noqa: F811
     )
 
 
+@pytest.mark.slow
 def test_eac_warns_about_its_2x2_map(ferplus_manifest, workspace):  # noqa: F811
     cfg = TrainConfig(method="eac", epochs=1, warmup=0, batch_size=16, image_size=48, workers=0)
     with pytest.warns(UserWarning, match="attention maps are 2x2") as caught:

@@ -7,14 +7,16 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from factories import SIZE, TIMING, make_manifest, read_metrics
 from killing import kill_after_epochs, resume
-from test_train import SIZE, TIMING, make_manifest, read_metrics
 
 from fernoise import methods
 from fernoise.train.stage import TrainConfig, train
 
 
+@pytest.mark.slow
 def test_scn_kill_9_then_resume_equals_uninterrupted(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=60, noise=0.4)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import SIZE, TIMING, make_manifest, nothing_written, read_metrics
 from killing import kill_after_epochs, resume
-from test_train import SIZE, TIMING, make_manifest, nothing_written, read_metrics
 from typer.testing import CliRunner
 
 from fernoise import methods
@@ -23,6 +23,7 @@ def _strip(run: Path) -> list[dict]:
     return [{k: v for k, v in m.items() if k not in TIMING} for m in read_metrics(run)]
 
 
+@pytest.mark.slow
 def test_elr_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=60)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
@@ -84,6 +85,7 @@ def test_elr_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, workspace)
     assert ca["method_state"]["targets"].shape == (60, 7)
 
 
+@pytest.mark.slow
 def test_a_per_sample_store_of_the_wrong_size_starts_over_and_says_so(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=40)
     cfg = TrainConfig(
@@ -138,6 +140,7 @@ def test_method_flag_errors_are_one_line(extra, words, tmp_path, workspace):
     assert nothing_written(workspace)
 
 
+@pytest.mark.slow
 def test_method_params_are_recorded_and_keyed(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=40)
     base = [
@@ -170,6 +173,7 @@ def test_method_params_are_recorded_and_keyed(tmp_path, workspace):
     assert read_metrics(rb)[0]["loss_gce"] is not None
 
 
+@pytest.mark.slow
 def test_elr_targets_agree_across_two_gloo_processes(tmp_path, workspace):
     """Each process updates the targets of its own batches; after the epoch they are merged, so
     the checkpoint holds every trained row's target and nothing for the others."""

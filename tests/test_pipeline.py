@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
@@ -40,6 +41,7 @@ def _raw(root, per_class=6):
                 Image.fromarray(img).save(folder / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_align_corrupt_train_eval_as_typed(tmp_path):
     _raw(tmp_path)
     out = _fernoise("align", "raw/", "out/", "--mode", "whole", "--size", "32", cwd=tmp_path)

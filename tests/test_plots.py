@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from factories import CLASSES7, eval_manifest, eval_run, history
 from matplotlib.collections import PolyCollection
-from test_evaluate import CLASSES7, _history, make_manifest, make_run
 
 from fernoise.evaluate import plots
 from fernoise.evaluate.gradcam import gradcam_figure
@@ -30,7 +30,7 @@ def test_curves_have_chance_fixed_axes_and_the_last5_band(tmp_path):
         0.44,
         0.47,
     ]  # last 5: .48 .52 .44 .47 + .45 -> 0.44..0.52
-    h = _history(test, val=[0.3] * 8, warm=2, train_acc=[0.1 * i for i in range(8)])
+    h = history(test, val=[0.3] * 8, warm=2, train_acc=[0.1 * i for i in range(8)])
     fig = plots.curves_figure(h, num_classes=7)
     acc, _, frac = fig.axes[:3]
     assert acc.get_ylim() == (0.0, 1.0) and frac.get_ylim() == (0.0, 1.0)
@@ -47,7 +47,7 @@ def test_curves_have_chance_fixed_axes_and_the_last5_band(tmp_path):
     assert (v[:, 0].min(), v[:, 0].max()) == pytest.approx((3.5, 8.5))  # epochs 4..8
     assert plots.curves_png(h, tmp_path / "c.png", num_classes=7).is_file()
     # another run's picture has the same axes, whatever its accuracies
-    assert plots.curves_figure(_history([0.9, 0.95]), num_classes=2).axes[0].get_ylim() == (
+    assert plots.curves_figure(history([0.9, 0.95]), num_classes=2).axes[0].get_ylim() == (
         0.0,
         1.0,
     )
@@ -82,7 +82,7 @@ def test_the_loss_panel_draws_the_method_s_own_parts_with_its_captions():
 
 
 def test_noise_detection_draws_the_base_rate():
-    h = _history(
+    h = history(
         [0.3, 0.4, 0.5],
         warm=1,
         confident_precision=[None, 0.8, 0.85],
@@ -118,18 +118,19 @@ def test_gradcam_says_when_the_map_is_too_coarse():
     )
 
 
+@pytest.mark.slow
 def test_eval_says_it_on_screen_and_reports_the_base_rate(tmp_path):
     import pandas as pd
 
     from fernoise.manifest import read_manifest, write_manifest
 
-    man = make_manifest(tmp_path / "data", n_test=7, n_train=10)
+    man = eval_manifest(tmp_path / "data", n_test=7, n_train=10)
     m = read_manifest(man)
     df = m.df.copy()
     df["is_noisy"] = [i in (0, 1, 2) for i in range(len(df))]  # 3 of the 10 train rows noisy
     df["label_clean"] = df["label"]
     write_manifest(df, man, m.meta)
-    run = make_run(tmp_path / "runs" / "r", man, method="pc")
+    run = eval_run(tmp_path / "runs" / "r", man, method="pc")
     (run / "val_ids.json").write_text('["train_9"]')  # a carved validation row: not a training row
     r = subprocess.run(
         [

@@ -10,36 +10,11 @@ import sys
 import numpy as np
 import pytest
 from conftest import WILD
+from factories import CLASSES7, cli, predict_run
 from PIL import Image
 
 from fernoise.errors import FernoiseError
-from fernoise.labels import LABEL_SPACES
 from fernoise.predict import classify, crops_to_array, expand_inputs, write_rows
-
-CLASSES7 = list(LABEL_SPACES["basic7"])
-
-
-def make_run(root, size=32, align=None):
-    """A run folder with what predict reads: config.json and model.pt (random init)."""
-    import torch
-
-    from fernoise import methods
-
-    root.mkdir(parents=True)
-    cfg = {
-        "method": "ce",
-        "classes": CLASSES7,
-        "num_classes": 7,
-        "two_heads": False,
-        "image_size": size,
-        "align": align,
-        "key": "k",
-    }
-    (root / "config.json").write_text(json.dumps(cfg))
-    torch.save(
-        methods.build_model(methods.create("ce", num_classes=7)).state_dict(), root / "model.pt"
-    )
-    return root
 
 
 def make_folder(root):
@@ -70,7 +45,7 @@ def test_expand_inputs_finds_images_recursively_and_keeps_named_files(tmp_path):
 def test_classify_gives_sorted_top3_per_face(tmp_path):
     from fernoise.evaluate.stage import load_model, load_run
 
-    model = load_model(load_run(make_run(tmp_path / "run")))
+    model = load_model(load_run(predict_run(tmp_path / "run")))
     rng = np.random.default_rng(1)
     crops = [Image.fromarray(rng.integers(0, 255, (s, s, 3), dtype=np.uint8)) for s in (40, 32, 64)]
     arr = crops_to_array(crops, 32)
@@ -129,9 +104,10 @@ def test_write_rows_csv_and_json(tmp_path):
     assert e.value.flag == "--out"
 
 
+@pytest.mark.slow
 def test_predict_folder_gives_a_row_per_file_with_reasons(tmp_path):
     pytest.importorskip("fernoise.align.faces", reason="fernoise.align.faces not there yet")
-    run = make_run(tmp_path / "run")
+    run = predict_run(tmp_path / "run")
     folder = make_folder(tmp_path / "photos")
     out = tmp_path / "pred.csv"
     r = subprocess.run(
@@ -162,6 +138,24 @@ def test_predict_folder_gives_a_row_per_file_with_reasons(tmp_path):
     assert "notes.jpg" in r.stdout
 
 
+def test_predict_folder_in_process_gives_a_row_per_file_with_reasons(tmp_path):
+    """The fast tier's cover of the test above: the same folder through the CLI in this
+    process (no interpreter start), the same rows and reasons."""
+    pytest.importorskip("fernoise.align.faces", reason="fernoise.align.faces not there yet")
+    run = predict_run(tmp_path / "run")
+    folder = make_folder(tmp_path / "photos")
+    out = tmp_path / "pred.csv"
+    res = cli("predict", folder, "--run", run, "--out", out, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    with open(out, newline="") as fh:
+        rows = {row["file"].split("photos/")[1]: row for row in csv.DictReader(fh)}
+    assert sorted(rows) == ["empty.png", "noise.png", "notes.jpg", "sub/grey.JPG"]
+    for bad in ("notes.jpg", "empty.png"):
+        assert rows[bad]["status"] not in ("ok", "no_face") and rows[bad]["reason"]
+    assert rows["sub/grey.JPG"]["status"] == "no_face" and rows["noise.png"]["status"] == "no_face"
+    assert "notes.jpg" in res.output
+
+
 WILD_SUBSET = (
     "dogs.jpg",
     "eagle.jpg",
@@ -184,7 +178,7 @@ def test_predict_wild_photos(tmp_path):
     pytest.importorskip("fernoise.align.faces", reason="fernoise.align.faces not there yet")
     from fernoise.predict import PredictParams, predict
 
-    run = make_run(tmp_path / "run", size=48)
+    run = predict_run(tmp_path / "run", size=48)
     rows = predict([WILD / n for n in WILD_SUBSET], run, PredictParams(device="cpu"))
     by_file: dict[str, list] = {}
     for r in rows:

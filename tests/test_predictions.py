@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_evaluate import CLASSES7, make_manifest, make_run
+from factories import CLASSES7, eval_manifest, eval_run
 
 from fernoise.evaluate import stage as ev
 
@@ -112,8 +112,8 @@ def test_predictions_frame_columns_and_values():
 
 
 def test_eval_writes_predictions_and_the_interval(tmp_path):
-    man = make_manifest(tmp_path / "data", n_test=21)
-    run = make_run(tmp_path / "runs" / "r1", man, method="ce", noisy=False)
+    man = eval_manifest(tmp_path / "data", n_test=21)
+    run = eval_run(tmp_path / "runs" / "r1", man, method="ce", noisy=False)
     res, rep = ev.evaluate_run(run, ev.EvalParams(device="cpu"))
     pred = pd.read_parquet(run / "predictions.parquet")
     assert rep["predictions"] == "predictions.parquet" and not res.hit

@@ -12,8 +12,8 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from factories import SIZE, make_manifest, tiny_pretrain
 from killing import kill_after_epochs, resume
-from test_train import SIZE, make_manifest
 from typer.testing import CliRunner
 
 from fernoise.cli.app import app
@@ -92,21 +92,14 @@ def test_views_are_face_safe_and_seeded():
 
 
 # ----------------------------------------------------------------------------- the stage
-def tiny(**kw) -> PretrainConfig:
-    base = dict(
-        epochs=2, image_size=SIZE, batch_size=16, probe_every=1, device="cpu", precision="fp32"
-    )
-    return PretrainConfig(**{**base, **kw})
-
-
 @pytest.fixture(scope="module")
 def ssl_manifest(tmp_path_factory):
     return make_manifest(tmp_path_factory.mktemp("ssl"), n=60, splits=("train", "val"))
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol"])
+@pytest.mark.parametrize("method", ["simclr", pytest.param("byol", marks=pytest.mark.slow)])
 def test_pretrain_writes_backbone_and_metrics_then_hits(method, ssl_manifest, workspace):
-    res = pretrain(ssl_manifest, tiny(method=method), workspace=None)
+    res = pretrain(ssl_manifest, tiny_pretrain(method=method), workspace=None)
     out = res.output
     assert not res.hit and out.parent == workspace / "pretrain"
     state = torch.load(out / "backbone.pt", weights_only=True)
@@ -124,10 +117,11 @@ def test_pretrain_writes_backbone_and_metrics_then_hits(method, ssl_manifest, wo
     assert not (out / "checkpoint.pt").exists()
     lock = json.loads((workspace / "fernoise.lock").read_text())
     assert lock["stages"]["pretrain"]["output"] == f"pretrain/{out.name}"
-    again = pretrain(ssl_manifest, tiny(method=method))
+    again = pretrain(ssl_manifest, tiny_pretrain(method=method))
     assert again.hit and again.output == out
 
 
+@pytest.mark.slow
 def test_pretrain_never_reads_training_labels(tmp_path, workspace):
     a = make_manifest(tmp_path / "a", n=40)
     df = pd.read_parquet(a)
@@ -141,7 +135,7 @@ def test_pretrain_never_reads_training_labels(tmp_path, workspace):
     (tmp_path / "b").mkdir()
     pq.write_table(table, tmp_path / "b" / "manifest.parquet")
     os.symlink(tmp_path / "a" / "faces", tmp_path / "b" / "faces")
-    cfg = tiny(epochs=1, probe_split=None)
+    cfg = tiny_pretrain(epochs=1, probe_split=None)
     wa = pretrain(a, cfg, out_root=tmp_path / "ra").output
     wb = pretrain(tmp_path / "b" / "manifest.parquet", cfg, out_root=tmp_path / "rb").output
     sa = torch.load(wa / "backbone.pt", weights_only=True)
@@ -149,6 +143,7 @@ def test_pretrain_never_reads_training_labels(tmp_path, workspace):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 def test_pretrain_kill_9_then_resume_gives_the_same_weights(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=80)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
@@ -229,6 +224,7 @@ def test_pretrained_scn_sequential_names_are_mapped(tmp_path):
     assert match(read_state(resolve(tmp_path / "scn.pth")), _backbone().state_dict()).complete
 
 
+@pytest.mark.slow
 def test_pretrained_from_a_train_run_and_a_pretrain_folder(tmp_path, ssl_manifest, workspace):
     from fernoise.train.stage import TrainConfig, train
 
@@ -252,7 +248,7 @@ def test_pretrained_from_a_train_run_and_a_pretrain_folder(tmp_path, ssl_manifes
         assert source.kind == "train_run" and report.complete
         assert "pcc.weight" not in report.unexpected  # heads dropped, not reported as junk
         assert torch.equal(dst.conv1.weight, model["backbone.conv1.weight"])
-    folder = pretrain(ssl_manifest, tiny(epochs=1)).output
+    folder = pretrain(ssl_manifest, tiny_pretrain(epochs=1)).output
     dst = _backbone()
     source, report = load_backbone(dst, folder)
     assert source.kind == "pretrain_run" and report.complete
@@ -278,13 +274,14 @@ def test_pretrained_other_architecture_and_partial_files_are_one_line(tmp_path):
         load_backbone(_backbone(), tmp_path / "folder")
 
 
+@pytest.mark.slow
 def test_pretrain_keys_on_the_rows_not_only_the_recorded_key(tmp_path, workspace):
     """Issue 8.4 for pretrain: a manifest edited behind its metadata (rows dropped, the
     recorded key kept) is a new input, never a stale cache hit."""
     import pyarrow.parquet as pq
 
     data = make_manifest(tmp_path / "data", n=40)
-    cfg = tiny(epochs=1, probe_split=None)
+    cfg = tiny_pretrain(epochs=1, probe_split=None)
     first = pretrain(data, cfg)
     table = pq.read_table(data)
     pq.write_table(table.slice(0, table.num_rows - 5), data)  # metadata (and its key) kept

@@ -8,8 +8,7 @@ import json
 
 import pytest
 import torch
-from test_pretrain import tiny
-from test_train import make_manifest
+from factories import make_manifest, tiny_pretrain
 
 from fernoise import distributed
 from fernoise.pretrain.ssl import nt_xent
@@ -38,6 +37,7 @@ def _grad_on_rank(x1, x2, weight, out):
         distributed.shutdown()
 
 
+@pytest.mark.slow
 def test_gathered_nt_xent_gradient_equals_the_single_process_global_loss(tmp_path):
     g = torch.Generator().manual_seed(0)
     x1, x2 = torch.randn(2 * N, D, generator=g), torch.randn(2 * N, D, generator=g)
@@ -85,10 +85,13 @@ def test_global_batches_split_into_equal_rank_shares():
 
 
 @pytest.mark.parametrize("method", ["simclr", "byol"])
+@pytest.mark.slow
 def test_two_gloo_processes_write_the_run_once_and_hit(method, tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=60, splits=("train", "val"))
-    cfg = tiny(method=method, epochs=1, batch_size=8, devices=2)
-    assert plan(data, cfg).key != plan(data, tiny(method=method, epochs=1, batch_size=8)).key
+    cfg = tiny_pretrain(method=method, epochs=1, batch_size=8, devices=2)
+    assert (
+        plan(data, cfg).key != plan(data, tiny_pretrain(method=method, epochs=1, batch_size=8)).key
+    )
     res = pretrain(data, cfg)
     out = res.output
     assert not res.hit and [p.name for p in (workspace / "pretrain").iterdir()] == [out.name]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import SIZE, make_manifest
+from factories import SIZE, make_manifest
 from typer.testing import CliRunner
 
 from fernoise.cache import file_sha256
@@ -83,6 +83,7 @@ def data(tmp_path_factory) -> Path:
     return make_manifest(tmp_path_factory.mktemp("pretrained_data"), n=30)
 
 
+@pytest.mark.slow
 def test_a_torchvision_state_dict_then_its_run_folder(data, tmp_path, workspace):
     start = _resnet18(123)
     torch.save(start, tmp_path / "resnet18-f37072fd.pth")
@@ -136,6 +137,7 @@ def test_a_torchvision_state_dict_then_its_run_folder(data, tmp_path, workspace)
         assert "(train_run, sha256" in res.output
 
 
+@pytest.mark.slow
 def test_a_pretrain_folder_and_latest(data, workspace):
     folder = pretrain(
         data,

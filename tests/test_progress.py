@@ -3,9 +3,7 @@ train and pretrain run sends is a declared kind with its declared fields."""
 
 from __future__ import annotations
 
-from test_pretrain import tiny as tiny_pretrain
-from test_train import make_manifest
-from test_train import tiny as tiny_train
+from factories import make_manifest, tiny_pretrain, tiny_train
 
 from fernoise.progress import EVENTS
 

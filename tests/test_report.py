@@ -2,60 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
+from factories import SYM, SYM5, fake_run
 
 from fernoise.errors import FernoiseError
 from fernoise.report import collect, find_runs, noise_label, report, table_grid
-
-
-def fake_run(
-    path, method, noise, test, val=None, *, seed=0, dataset="A", lineage=None, sel=None, **extra
-):
-    """A run folder with only what report reads: config.json and metrics.jsonl.
-
-    ``dataset`` names the align key the run's data derives from (recorded as the lineage in
-    config.json); ``extra`` overrides config fields; ``sel``: per-epoch (precision, recall).
-    """
-    path.mkdir(parents=True)
-    if lineage is None:
-        lineage = [{"stage": "align", "key": f"align-{dataset}", "params": {}}]
-        if noise:
-            lineage.append(
-                {"stage": "corrupt", "key": f"c-{dataset}-{json.dumps(noise)}", "params": noise}
-            )
-    cfg = {
-        "method": method,
-        "noise": noise,
-        "classes": ["neutral", "happy"],
-        "image_size": 32,
-        "key": path.name,
-        "seed": seed,
-        "epochs": len(test),
-        "lr_head": 1e-3,
-        "manifest": f"/nowhere/{dataset}/manifest.parquet",
-        "val_source": "none" if val is None else "carved",
-        "val_fraction": None if val is None else 0.1,
-        "lineage": lineage,
-        "device": "cpu",
-        **extra,
-    }
-    (path / "config.json").write_text(json.dumps(cfg))
-    lines = []
-    for i, t in enumerate(test):
-        row = {"epoch": i + 1, "test_acc": t, "val_acc": None if val is None else val[i]}
-        if sel:
-            row["confident_precision"], row["confident_recall"] = sel[i]
-        lines.append(json.dumps(row))
-    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    return path
-
-
-SYM = {"kind": "sym", "rate": 0.3, "seed": 0}
-SYM5 = {"kind": "sym", "rate": 0.5, "seed": 0}
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from factories import SYM, fake_run
 from PIL import Image
-from test_report import SYM, fake_run
 
 from fernoise.report import collect, plot, plot_series, render, table_grid
 

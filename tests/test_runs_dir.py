@@ -3,7 +3,7 @@ the run index look there."""
 
 from __future__ import annotations
 
-from sweep_data import make_aligned
+from factories import GOOD, make_aligned, tiny_train, write_grid
 from typer.testing import CliRunner
 
 from fernoise.cache import Workspace
@@ -18,9 +18,6 @@ def test_runs_dir_is_the_workspace_runs_folder_unless_given(tmp_path, monkeypatc
 
 
 def test_every_user_of_runs_asks_the_workspace(tmp_path, workspace):
-    from test_sweep import GOOD, write_grid
-    from test_train import tiny
-
     from fernoise import runindex
     from fernoise.cli.app import app
     from fernoise.sweep import runner as sweep
@@ -29,10 +26,10 @@ def test_every_user_of_runs_asks_the_workspace(tmp_path, workspace):
     ws = Workspace(workspace)
     man = make_aligned(tmp_path / "out", n=20)
     runs = ws.runs_dir().resolve()
-    assert plan(man, tiny(method="ce", device="cpu"), workspace=ws).run_dir.parent == runs
+    assert plan(man, tiny_train(method="ce", device="cpu"), workspace=ws).run_dir.parent == runs
     assert (
         plan(
-            man, tiny(method="ce", device="cpu"), runs_dir=tmp_path / "r", workspace=ws
+            man, tiny_train(method="ce", device="cpu"), runs_dir=tmp_path / "r", workspace=ws
         ).run_dir.parent
         == (tmp_path / "r").resolve()
     )

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sweep_data import make_aligned
+from factories import GOOD, make_aligned, write_grid
 from typer.testing import CliRunner
 
 from fernoise.cache import Workspace
@@ -85,24 +85,6 @@ def figures(rows: list[dict]) -> list[tuple]:
         )
         for r in rows
     ]
-
-
-def write_grid(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
-GOOD = """
-methods = ["ce", "ncctfer"]
-seeds = [0]
-noise = [{kind = "sym", rates = [0.2]}]
-[train]
-epochs = 1
-warmup = 0
-image_size = 32
-batch_size = 16
-workers = 0
-"""
 
 
 # ----------------------------------------------------------------------------- the grid

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sweep_data import SIZE, make_aligned
+from factories import SIZE, make_aligned
 
 from fernoise import runindex
 from fernoise.cache import Workspace
@@ -128,6 +128,7 @@ def test_eval_index_and_its_inputs(trained):
     assert runindex.lookup_eval(run) is None
 
 
+@pytest.mark.slow
 def test_eval_hit_needs_the_same_model_manifest_and_crops(tmp_path):
     manifest = make_aligned(tmp_path / "data", n=35)
     runs = tmp_path / "runs"

@@ -8,125 +8,26 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
+from factories import (
+    CLASSES,
+    CONFIG_FIELDS,
+    METRIC_FIELDS,
+    SIZE,
+    TIMING,
+    make_manifest,
+    nothing_written,
+    read_metrics,
+    tiny_train,
+)
 from killing import kill_after_epochs, resume
-from PIL import Image
 from typer.testing import CliRunner
 
 from fernoise import methods
 from fernoise.cli.app import app
 from fernoise.errors import FernoiseError
-from fernoise.manifest import write_manifest
 from fernoise.train.stage import TrainConfig, train
-
-CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
-SIZE = 32
-CONFIG_FIELDS = {
-    "method",
-    "epochs",
-    "batch_size",
-    "image_size",
-    "warmup",
-    "k",
-    "lr_backbone",
-    "lr_head",
-    "randaug_magnitude",
-    "pretrained",
-    "seed",
-    "precision",
-    "device",
-    "val_fraction",
-    "manifest",
-    "manifest_key",
-    "classes",
-    "label_space",
-    "num_classes",
-    "two_heads",
-    "noise",
-    "align",
-    "key",
-}
-METRIC_FIELDS = {
-    "epoch",
-    "warmup",
-    "loss",
-    "loss_s",
-    "train_acc",
-    "lr_backbone",
-    "lr_head",
-    "thresholds",
-    "confident_frac",
-    "confident_precision",
-    "confident_recall",
-    "val_acc",
-    "test_acc",
-    "images_per_s",
-    "seconds",
-}
-TIMING = {"images_per_s", "samples_per_s", "seconds", "data_wait_s", "train_seconds"}
-
-
-def make_manifest(
-    root: Path,
-    n: int = 105,
-    *,
-    noise: float = 0.2,
-    splits=("train", "test"),
-    key="synthetic",
-    labels=None,
-) -> Path:
-    """``n`` PNGs whose class is a bright vertical band; ``noise`` of train labels flipped."""
-    rng = np.random.default_rng(0)
-    (root / "faces").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        c = i % len(CLASSES)
-        img = rng.integers(0, 60, (SIZE, SIZE, 3)).astype(np.uint8)
-        band = SIZE // len(CLASSES)
-        img[:, c * band : (c + 1) * band] += 150
-        path = f"faces/{i:04d}.png"
-        Image.fromarray(img).save(root / path)
-        split = splits[1] if i % 5 == 0 else splits[0]
-        noisy = split == "train" and rng.random() < noise
-        label = int((c + rng.integers(1, len(CLASSES))) % len(CLASSES)) if noisy else c
-        rows.append(
-            {
-                "id": path,
-                "src_path": path,
-                "path": path,
-                "split": split,
-                "label": label,
-                "label_clean": c,
-                "is_noisy": bool(noisy),
-                "status": "ok",
-                "n_faces": 1,
-            }
-        )
-    df = pd.DataFrame(rows)
-    if labels is not None:
-        df["label"] = labels(df)
-    lineage = [
-        {"stage": "align", "key": "a", "params": {"size": SIZE}},
-        {"stage": "corrupt", "key": key, "params": {"kind": "sym", "rate": noise, "seed": 0}},
-    ]
-    meta = {
-        "classes": CLASSES,
-        "label_space": "basic7",
-        "stage": "corrupt",
-        "key": key,
-        "lineage": lineage,
-    }
-    return write_manifest(df, root / "manifest.parquet", meta)
-
-
-def tiny(**kw) -> TrainConfig:
-    base = dict(epochs=2, warmup=1, batch_size=32, image_size=SIZE, workers=0, precision="fp32")
-    if kw.get("method", "ncctfer") == "ncctfer":
-        base["method_params"] = methods.make_params("ncctfer", {"--k": 3})
-    return TrainConfig(**{**base, **kw})
 
 
 def model_of(config: dict):
@@ -145,17 +46,22 @@ def manifest(tmp_path_factory):
     return make_manifest(tmp_path_factory.mktemp("data"))
 
 
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.parametrize("method", ["ce", "pc", "nl", "ncctfer"])
+# pc and nl are slow here: test_method_contract trains their run folders in the fast tier
+@pytest.mark.parametrize(
+    "method",
+    [
+        "ce",
+        pytest.param("pc", marks=pytest.mark.slow),
+        pytest.param("nl", marks=pytest.mark.slow),
+        "ncctfer",
+    ],
+)
 def test_each_method_writes_the_run_folder_contract(method, manifest, workspace):
     events = []
     keep = method == "ncctfer"
     res = train(
         manifest,
-        tiny(method=method, keep_checkpoint=keep),
+        tiny_train(method=method, keep_checkpoint=keep),
         runs_dir=workspace / "runs",
         progress=events.append,
     )
@@ -236,6 +142,7 @@ def test_cli_cache_hit_and_changed_parameter_misses(manifest, workspace):
     assert str(run) not in changed.output
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_identical_metrics(tmp_path, workspace):
     data = make_manifest(tmp_path / "data", n=60)
     env = {**os.environ, "FERNOISE_WORKSPACE": str(workspace)}
@@ -295,10 +202,6 @@ def test_kill_9_then_resume_gives_identical_metrics(tmp_path, workspace):
 # ----------------------------------------------------------------------------- bad input
 def run_cli(args: list[str]):
     return CliRunner().invoke(app, ["train", *args])
-
-
-def nothing_written(ws: Path) -> bool:
-    return not (ws / "runs").exists() and not (ws / "fernoise.lock").exists()
 
 
 @pytest.mark.parametrize(
@@ -366,7 +269,7 @@ def test_class_without_training_samples_warns_and_trains(tmp_path, workspace):
     events = []
     res = train(
         data,
-        tiny(method="pc", epochs=1, warmup=0),
+        tiny_train(method="pc", epochs=1, warmup=0),
         runs_dir=workspace / "runs",
         progress=events.append,
     )

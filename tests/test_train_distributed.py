@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
-from test_train import SIZE, make_manifest
+from factories import SIZE, make_manifest
 
 from fernoise import methods
 from fernoise.train.stage import TrainConfig, train
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_write_the_run_once(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=70)
     cfg = TrainConfig(

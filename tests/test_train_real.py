@@ -6,52 +6,16 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
 import torch
 from conftest import FERPLUS, needs
-from test_train import CONFIG_FIELDS, METRIC_FIELDS, read_metrics
+from factories import CONFIG_FIELDS, METRIC_FIELDS, read_metrics
 
 from fernoise import methods
-from fernoise.labels import CLASSES, canonical_name
-from fernoise.manifest import write_manifest
 from fernoise.train.stage import TrainConfig, train
 
-pytestmark = needs(FERPLUS)
-
-
-@pytest.fixture(scope="module")
-def ferplus_manifest(tmp_path_factory):
-    """160 train + 40 FER2013Valid (as test) rows, FER+ plurality labels, 8 classes."""
-    df = pd.read_csv(FERPLUS / "manifest.csv")
-    df = df[~df["ferplus_plurality"].isin(["tie"]) & df["ferplus_plurality"].notna()]
-    df = pd.concat(
-        [
-            df[df["split"] == "train"].nsmallest(160, "rand_rank"),
-            df[df["split"] == "valid"].nsmallest(40, "rand_rank"),
-        ]
-    )
-    labels = [CLASSES.index(canonical_name(x)) for x in df["ferplus_plurality"]]
-    rows = pd.DataFrame(
-        {
-            "id": df["path"].tolist(),
-            "src_path": df["path"].tolist(),
-            "path": [str(FERPLUS / p) for p in df["path"]],
-            "split": ["train" if s == "train" else "test" for s in df["split"]],
-            "label": labels,
-            "status": "ok",
-            "n_faces": 1,
-        }
-    )
-    out = tmp_path_factory.mktemp("ferplus") / "manifest.parquet"
-    meta = {
-        "classes": list(CLASSES),
-        "label_space": "basic8",
-        "stage": "align",
-        "key": "ferplus-200",
-        "lineage": [{"stage": "align", "key": "ferplus-200", "params": {"source": "ferplus"}}],
-    }
-    return write_manifest(rows, out, meta)
+# slow: test_train and test_method_contract train every method on generated crops in the fast tier
+pytestmark = [*needs(FERPLUS), pytest.mark.slow]
 
 
 # scn, rul, eac: tests/test_methods_peers_real.py

@@ -14,11 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from factories import SIZE, TINY_ARGS, cli, make_manifest, read_metrics, tiny_train
 from PIL import Image
-from test_train import SIZE, make_manifest, read_metrics, tiny
-from typer.testing import CliRunner
 
-from fernoise.cli.app import app
 from fernoise.manifest import read_manifest
 from fernoise.train.stage import TrainConfig, plan, train
 
@@ -33,38 +31,16 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-def cli(*args, **kw):
-    return CliRunner().invoke(app, [str(a) for a in args], **kw)
-
-
 def one_line(res) -> str:
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1, res.output
     return lines[0]
 
 
-TINY_ARGS = [
-    "--epochs",
-    "1",
-    "--warmup",
-    "0",
-    "--batch-size",
-    "16",
-    "--image-size",
-    str(SIZE),
-    "--precision",
-    "fp32",
-    "--workers",
-    "0",
-    "--method",
-    "ce",
-]
-
-
 # ----------------------------------------------------------------------------- 8.1 checkpoint
 def test_a_pickle_payload_checkpoint_runs_nothing_and_the_run_starts_over(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=40)
-    cfg = tiny(method="ce", epochs=1, warmup=0)
+    cfg = tiny_train(method="ce", epochs=1, warmup=0)
     p = plan(data, cfg, runs_dir=workspace / "runs")
     marker = tmp_path / "pwned"
     p.run_dir.mkdir(parents=True)
@@ -84,6 +60,7 @@ def test_a_pickle_payload_checkpoint_runs_nothing_and_the_run_starts_over(tmp_pa
     ).is_file()
 
 
+@pytest.mark.slow
 def test_a_truncated_or_foreign_checkpoint_is_absent_in_one_line(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=40)
     args = ["train", data, *TINY_ARGS, "--epochs", "2", "--keep-checkpoint"]
@@ -125,9 +102,10 @@ def _rewrite_keeping_metadata(path: Path, change) -> None:
     pq.write_table(table.replace_schema_metadata(meta), path)
 
 
+@pytest.mark.slow
 def test_a_manifest_edited_behind_its_metadata_misses_the_train_cache(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=60)
-    cfg = tiny(method="ce", epochs=1, warmup=0)
+    cfg = tiny_train(method="ce", epochs=1, warmup=0)
     first = train(data, cfg, runs_dir=workspace / "runs")
     assert train(data, cfg, runs_dir=workspace / "runs").hit
     _rewrite_keeping_metadata(data, lambda t: t.slice(0, 50))  # rows dropped
@@ -154,7 +132,7 @@ def test_a_manifest_edited_behind_its_metadata_misses_the_train_cache(tmp_path, 
 # ----------------------------------------------------------------------------- 8.5 crops
 def test_crops_changed_or_deleted_after_the_cache_was_built_are_not_trained_on(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=40)
-    cfg = tiny(method="ce", epochs=1, warmup=0)
+    cfg = tiny_train(method="ce", epochs=1, warmup=0)
     train(data, cfg, runs_dir=workspace / "runs")
     cache = workspace / ".fernoise" / "arrays"
     (old,) = cache.glob("*.npy")
@@ -192,7 +170,7 @@ def test_a_crop_that_differs_from_the_recorded_sha256_is_skipped(tmp_path, works
     events = []
     res = train(
         data,
-        tiny(method="ce", epochs=1, warmup=0),
+        tiny_train(method="ce", epochs=1, warmup=0),
         runs_dir=workspace / "runs",
         progress=events.append,
     )
@@ -282,12 +260,13 @@ def test_the_image_cache_lives_in_the_workspace(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- 9.3 validation
+@pytest.mark.slow
 def test_carved_validation_says_it_is_noisy_and_val_clean_uses_the_clean_label(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=105, noise=0.4)
-    noisy = plan(data, tiny(), runs_dir=workspace / "runs")
+    noisy = plan(data, tiny_train(), runs_dir=workspace / "runs")
     assert noisy.config["val_source"] == "carved" and noisy.config["val_labels"] == "noisy"
     assert any("noisy training labels" in n and "--val-clean" in n for n in noisy.notes)
-    clean = plan(data, tiny(val_clean=True), runs_dir=workspace / "runs")
+    clean = plan(data, tiny_train(val_clean=True), runs_dir=workspace / "runs")
     assert clean.config["val_labels"] == "oracle-clean" and clean.key != noisy.key
     df = clean.rows
     vpos = clean.val_pos
@@ -320,7 +299,7 @@ def test_a_test_class_never_seen_in_training_warns(tmp_path, workspace):
         noise=0.0,
         labels=lambda df: df["label"].where((df["label"] != 4) | (df["split"] == "test"), 0),
     )
-    p = plan(data, tiny(), runs_dir=workspace / "runs")
+    p = plan(data, tiny_train(), runs_dir=workspace / "runs")
     (w,) = [w for w in p.warnings if "never occur in training" in w]
     assert "'fear'" in w and "(2 test rows)" in w
 
@@ -333,6 +312,7 @@ def test_default_warmup_scales_with_epochs():
     assert "min(5, epochs // 3)" in res.output
 
 
+@pytest.mark.slow
 def test_three_epochs_train_without_a_warmup_flag(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=40)
     res = cli(
@@ -359,10 +339,12 @@ def test_three_epochs_train_without_a_warmup_flag(tmp_path, workspace):
 # ----------------------------------------------------------------------------- 9.9 max rows
 def test_max_rows_is_a_seeded_stratified_subset_in_the_key(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=105, noise=0.0)  # 84 train rows, 12 per class
-    full = plan(data, tiny(val_fraction=0.0), runs_dir=workspace / "runs")
-    sub = plan(data, tiny(val_fraction=0.0, max_rows=35), runs_dir=workspace / "runs")
-    again = plan(data, tiny(val_fraction=0.0, max_rows=35), runs_dir=workspace / "runs")
-    other = plan(data, tiny(val_fraction=0.0, max_rows=35, seed=1), runs_dir=workspace / "runs")
+    full = plan(data, tiny_train(val_fraction=0.0), runs_dir=workspace / "runs")
+    sub = plan(data, tiny_train(val_fraction=0.0, max_rows=35), runs_dir=workspace / "runs")
+    again = plan(data, tiny_train(val_fraction=0.0, max_rows=35), runs_dir=workspace / "runs")
+    other = plan(
+        data, tiny_train(val_fraction=0.0, max_rows=35, seed=1), runs_dir=workspace / "runs"
+    )
     assert len(full.train_pos) == 84 and len(sub.train_pos) == 35
     assert np.bincount(sub.labels[sub.train_pos], minlength=7).tolist() == [5] * 7
     assert np.array_equal(sub.train_pos, again.train_pos) and not np.array_equal(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from sweep_data import make_aligned
+from factories import make_aligned
 
 from fernoise.cache import Workspace
 from fernoise.corrupt.stage import run_corrupt

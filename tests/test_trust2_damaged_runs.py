@@ -11,8 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from sweep_data import make_aligned
-from test_report import SYM, fake_run
+from factories import SYM, fake_run, make_aligned
 from typer.testing import CliRunner
 
 from fernoise.cache import Workspace

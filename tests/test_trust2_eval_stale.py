@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_train import SIZE, make_manifest
+from factories import SIZE, make_manifest
 from typer.testing import CliRunner
 
 from fernoise.cache import file_sha256, stamp_path, write_stamp
@@ -52,6 +52,7 @@ def data(tmp_path) -> Path:
     return make_manifest(tmp_path / "d", n=30)
 
 
+@pytest.mark.slow
 def test_report_leaves_out_an_eval_json_of_an_older_model_pt(data, workspace):
     run = _train(data, "--seed", "0")
     other = _train(data, "--seed", "1")
@@ -90,6 +91,7 @@ def test_report_leaves_out_an_eval_json_of_an_older_model_pt(data, workspace):
     assert "final [95% CI]" in again.output and "left out" not in again.output, again.output
 
 
+@pytest.mark.slow
 def test_an_evaluation_forced_on_a_changed_model_says_so_everywhere(data, workspace):
     run = _train(data, "--seed", "0")
     other = _train(data, "--seed", "1")

@@ -16,8 +16,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from factories import (
+    TINY_ARGS,
+    align_cli,
+    cli,
+    corrupt_df,
+    corrupt_manifest,
+    fake_run,
+    make_manifest,
+    predict_run,
+    raw_tree,
+)
 from PIL import Image
-from test_align_errors import invoke, raw_tree
 
 TIMEOUT = 120
 
@@ -74,13 +84,13 @@ def test_align_into_the_project_folder_removes_no_users_tmp_file(tmp_path, works
         aged(project / "docs" / f".notes.md.{HOST_TAG}-{dead_pid()}.abcd1234.tmp"),
     ]
     for _ in range(2):
-        res = invoke(str(raw), str(project), "--mode", "whole", "--size", "32")
+        res = align_cli(str(raw), str(project), "--mode", "whole", "--size", "32")
         assert res.exit_code == 0, res.output
         assert all(p.is_file() for p in mine), [p.name for p in mine if not p.exists()]
     assert "cache hit" in res.output
     leftover = project / f".manifest.parquet.{HOST_TAG}-{dead_pid()}.abcd1234.tmp"
     leftover.write_bytes(b"half")
-    assert invoke(str(raw), str(project), "--mode", "whole", "--size", "32").exit_code == 0
+    assert align_cli(str(raw), str(project), "--mode", "whole", "--size", "32").exit_code == 0
     assert not leftover.exists() and all(p.is_file() for p in mine)
 
 
@@ -106,7 +116,7 @@ def test_out_equal_to_raw_is_a_cache_hit_and_never_reingests_its_crops(tmp_path,
     )
     rows = []
     for _ in range(3):
-        res = invoke(*args)
+        res = align_cli(*args)
         assert res.exit_code == 0, res.output
         rows.append(sorted(read_manifest(raw / "manifest.parquet").df["src_path"]))
     assert rows == [["happy/img0.png", "happy/img1.png", "happy/img2.png"]] * 3
@@ -132,12 +142,10 @@ def test_align_gives_fifo_and_device_link_a_status_row_without_hanging(tmp_path)
     )
 
 
+@pytest.mark.slow
 def test_train_and_eval_count_fifo_and_dev_zero_crops_as_skipped(tmp_path):
     """Crops that are a FIFO, a link to /dev/zero or the path /dev/zero itself: counted skips
     in train (skipped_crops) and eval (skipped.count), never a hang or a read without end."""
-    from test_train import make_manifest
-    from test_train_trust import TINY_ARGS
-
     data = make_manifest(tmp_path / "d", n=20)  # every 5th row (0, 5, 10, 15) is a test row
     faces = tmp_path / "d" / "faces"
     for name in ("0001.png", "0005.png"):
@@ -165,10 +173,9 @@ def test_train_and_eval_count_fifo_and_dev_zero_crops_as_skipped(tmp_path):
     )  # 0005 (FIFO), 0010 (link)
 
 
+@pytest.mark.slow
 def test_predict_reports_fifo_and_device_link_as_align_does(tmp_path):
-    from test_predict import make_run
-
-    run = make_run(tmp_path / "run")
+    run = predict_run(tmp_path / "run")
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (64, 64), (200, 200, 200)).save(photos / "g.png")
@@ -205,19 +212,18 @@ def test_align_names_a_non_utf8_file_with_escapes(tmp_path, workspace):
     raw = raw_tree(tmp_path / "raw", n=1)
     Image.new("RGB", (40, 40), (10, 20, 30)).save(os.fsencode(raw) + b"/\xff\xfe.png")
     out = tmp_path / "out"
-    res = invoke(str(raw), str(out), "--mode", "whole", "--size", "32")
+    res = align_cli(str(raw), str(out), "--mode", "whole", "--size", "32")
     assert res.exit_code == 0, res.output
     df = read_manifest(out / "manifest.parquet").df.set_index("src_path")
     row = df.loc["\\xff\\xfe.png"]
     assert row["status"] == "whole" and (out / row["path"]).is_file()
-    assert "cache hit" in invoke(str(raw), str(out), "--mode", "whole", "--size", "32").output
+    assert "cache hit" in align_cli(str(raw), str(out), "--mode", "whole", "--size", "32").output
 
 
+@pytest.mark.slow
 def test_predict_csv_escapes_names_and_formula_cells(tmp_path):
     """A non-UTF-8 name is written with escapes; cells a spreadsheet would run get a quote."""
-    from test_predict import make_run
-
-    run = make_run(tmp_path / "run")
+    run = predict_run(tmp_path / "run")
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in (b"\xff\xfe.png", b"=1+2.png", b"@x.png", b"-3.png", b"plain.png"):
@@ -265,8 +271,6 @@ def test_csv_cells_escape_formulas_but_keep_numbers():
 
 def test_report_csv_escapes_a_formula_cell_and_keeps_numbers(tmp_path):
     """A run whose method name is a formula: report's CSV quotes it; the accuracies stay numbers."""
-    from test_report import fake_run
-
     from fernoise.report import report
 
     evil = '=HYPERLINK("http://x")'
@@ -278,15 +282,13 @@ def test_report_csv_escapes_a_formula_cell_and_keeps_numbers(tmp_path):
 
 
 def test_corrupt_with_a_300_character_column_name(workspace):
-    from test_corrupt import cli, make_df, make_manifest
-
     from fernoise.manifest import read_manifest
 
     long_a, long_b = "a" * 300, "a" * 299 + "b"
-    df = make_df(n_eval=20)
+    df = corrupt_df(n_eval=20)
     df[long_a] = df["second"]
     df[long_b] = df["second"]
-    m = make_manifest(workspace / "manifest.parquet", df=df)
+    m = corrupt_manifest(workspace / "manifest.parquet", df=df)
     names = []
     for col in (long_a, long_b):
         res = cli("corrupt", m, "--kind", "column", "--column", col)

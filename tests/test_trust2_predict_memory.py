@@ -8,8 +8,9 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+from factories import predict_run
 from PIL import Image
-from test_predict import make_run
 
 SIDE = 6000  # one full decode: 6000 x 6000 x 4 bytes (Pillow's RGB) = 144 MB
 FULL_DECODE_KB = SIDE * SIDE * 4 // 1024
@@ -27,10 +28,11 @@ print(json.dumps({"base_kb": base, "peak_kb": peak, "status": [r["status"] for r
 """
 
 
+@pytest.mark.slow
 def test_predict_on_eight_large_photos_holds_about_one_decode(tmp_path):
     """Main decoded all eight at full size at once (peak grew by >= 8 full decodes, 1.15 GB
     here); the bounded decoding keeps the growth under 3 full decodes."""
-    run = make_run(tmp_path / "run")
+    run = predict_run(tmp_path / "run")
     small, big = tmp_path / "small", tmp_path / "big"
     small.mkdir()
     big.mkdir()

@@ -10,7 +10,7 @@ import csv
 import json
 
 import pytest
-from sweep_data import make_aligned
+from factories import make_aligned
 
 from fernoise.cache import Workspace
 from fernoise.errors import FernoiseError

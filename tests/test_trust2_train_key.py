@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from test_train import SIZE, make_manifest
+import pytest
+from factories import SIZE, make_manifest
 from typer.testing import CliRunner
 
 from fernoise.cli.app import app
@@ -56,6 +57,7 @@ def _cfg() -> TrainConfig:
     )
 
 
+@pytest.mark.slow
 def test_a_run_after_align_repaired_its_skipped_crops_trains_again(tmp_path, workspace):
     data = make_manifest(tmp_path / "d", n=30)
     full_key = plan(data, _cfg()).key  # the key of a fully usable run, as it always was
@@ -81,6 +83,7 @@ def test_a_run_after_align_repaired_its_skipped_crops_trains_again(tmp_path, wor
     assert _train(data) == ("cache hit", full_run)
 
 
+@pytest.mark.slow
 def test_a_run_of_an_older_fernoise_that_skipped_rows_under_the_full_key_is_not_a_hit(
     tmp_path, workspace
 ):

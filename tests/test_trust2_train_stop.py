@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import SIZE, make_manifest
+from factories import SIZE, make_manifest
 from typer.testing import CliRunner
 
 from fernoise.cache import stamp_path
@@ -139,6 +139,7 @@ def _train_limited(
     )
 
 
+@pytest.mark.slow
 def test_a_full_disk_writing_the_checkpoint_is_one_line_and_the_rerun_trains(data, workspace):
     # 4 MB: the config, metrics and the image cache fit, checkpoint.pt (~135 MB) does not.
     res = _train_limited(data, workspace, 4 << 20)
@@ -161,6 +162,7 @@ def test_a_full_disk_writing_the_checkpoint_is_one_line_and_the_rerun_trains(dat
     assert _tmp_files(workspace) == []
 
 
+@pytest.mark.slow
 def test_a_full_disk_writing_the_image_cache_is_one_line(data, workspace):
     # 64 KB: the image cache of 30 crops at 32 px (92 KB) does not fit.
     res = _train_limited(data, workspace, 64 << 10)
