@@ -592,3 +592,26 @@ def cli(*args, **kw):
     from fernoise.cli.app import app
 
     return CliRunner().invoke(app, [str(a) for a in args], **kw)
+
+
+# ----------------------------------------------------------------------------- --pretrained starts
+RUNNING = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def resnet18_state(seed: int) -> dict:
+    """A seeded torchvision ResNet-18 state dict (torchvision layout, fc included)."""
+    import torch
+    from torchvision.models import resnet18
+
+    torch.manual_seed(seed)
+    return resnet18(weights=None).state_dict()
+
+
+def run_of(res, *, hit: bool = False) -> Path:
+    """The run folder of a CLI result's last line, ``wrote: PATH`` (``cache hit: PATH``)."""
+    assert res.exit_code == 0, res.output
+    tag, _, path = res.output.strip().splitlines()[-1].partition(": ")
+    assert tag == ("cache hit" if hit else "wrote"), res.output
+    run = Path(path)
+    assert (run / "model.pt").is_file(), res.output
+    return run

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_pretrained_train import RUNNING, _resnet18, _run_of
-from test_train import SIZE, make_manifest, read_metrics
+from factories import RUNNING, SIZE, make_manifest, read_metrics, resnet18_state, run_of
 from typer.testing import CliRunner
 
 from fernoise import methods
@@ -139,7 +138,7 @@ def test_bad_flags_are_one_line(flag, value, words, tmp_path):
 
 def test_pretrained_fills_both_backbones_and_the_run_selects(tmp_path, workspace):
     man = make_manifest(tmp_path / "d", n=60, noise=0.5)
-    start = _resnet18(7)
+    start = resnet18_state(7)
     torch.save(start, tmp_path / "start.pth")
     args = [
         "--method",
@@ -166,7 +165,7 @@ def test_pretrained_fills_both_backbones_and_the_run_selects(tmp_path, workspace
     res = CliRunner().invoke(
         app, ["train", str(man), *args, "--pretrained", str(tmp_path / "start.pth")]
     )
-    run = _run_of(res)
+    run = run_of(res)
     model = torch.load(run / "model.pt", weights_only=True)
     learned = [k for k in start if not k.endswith(RUNNING) and not k.startswith("fc.")]
     for name in ("backbone", "backbone2"):

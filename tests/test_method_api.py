@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import SIZE, make_manifest, read_metrics
+from factories import SIZE, make_manifest, read_metrics
 
 from fernoise.methods import LossOut, Method, OptimDefaults, views
 from fernoise.methods._registry import _FLAGS, _REGISTRY, register

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import SIZE, make_manifest
+from factories import RUNNING, SIZE, make_manifest, resnet18_state, run_of
 from typer.testing import CliRunner
 
 from fernoise.cache import file_sha256
@@ -41,28 +41,10 @@ ARGS = [
     "--lr-backbone",
     "1e-12",
 ]
-RUNNING = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _train(manifest: Path, *extra: str):
     return CliRunner().invoke(app, ["train", str(manifest), *ARGS, *extra])
-
-
-def _resnet18(seed: int) -> dict[str, torch.Tensor]:
-    from torchvision.models import resnet18
-
-    torch.manual_seed(seed)
-    return resnet18(weights=None).state_dict()  # torchvision layout, fc included
-
-
-def _run_of(res, *, hit: bool = False) -> Path:
-    """The run folder of the command's last line, ``wrote: PATH`` (``cache hit: PATH``)."""
-    assert res.exit_code == 0, res.output
-    tag, _, path = res.output.strip().splitlines()[-1].partition(": ")
-    assert tag == ("cache hit" if hit else "wrote"), res.output
-    run = Path(path)
-    assert (run / "model.pt").is_file(), res.output
-    return run
 
 
 def _assert_backbone_started_from(run: Path, start: dict[str, torch.Tensor]) -> None:
@@ -72,7 +54,7 @@ def _assert_backbone_started_from(run: Path, start: dict[str, torch.Tensor]) -> 
     for k in learned:
         got = model[f"backbone.{k}"]
         assert torch.allclose(got, start[k], rtol=0, atol=1e-9), k
-    fresh = _resnet18(0)  # what a run without --pretrained starts from (seed 0)
+    fresh = resnet18_state(0)  # what a run without --pretrained starts from (seed 0)
     assert not torch.allclose(
         fresh["layer3.0.conv1.weight"], start["layer3.0.conv1.weight"], atol=1e-3
     )
@@ -85,10 +67,10 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_a_torchvision_state_dict_then_its_run_folder(data, tmp_path, workspace):
-    start = _resnet18(123)
+    start = resnet18_state(123)
     torch.save(start, tmp_path / "resnet18-f37072fd.pth")
     res = _train(data, "--pretrained", str(tmp_path / "resnet18-f37072fd.pth"))
-    run = _run_of(res)
+    run = run_of(res)
     _assert_backbone_started_from(run, start)
     config = json.loads((run / "config.json").read_text())
     assert config["pretrained"] == str((tmp_path / "resnet18-f37072fd.pth").resolve())
@@ -123,7 +105,7 @@ def test_a_torchvision_state_dict_then_its_run_folder(data, tmp_path, workspace)
     }
     for i, spec in enumerate((run, run / "model.pt")):
         res = _train(data, "--pretrained", str(spec), "--seed", str(1 + i))
-        second = _run_of(res)
+        second = run_of(res)
         _assert_backbone_started_from(second, trained)
         c2 = json.loads((second / "config.json").read_text())
         assert (
@@ -152,7 +134,7 @@ def test_a_pretrain_folder_and_latest(data, workspace):
         ),
     ).output
     start = torch.load(folder / "backbone.pt", weights_only=True)
-    run = _run_of(_train(data, "--pretrained", str(folder)))
+    run = run_of(_train(data, "--pretrained", str(folder)))
     _assert_backbone_started_from(run, start)
     config = json.loads((run / "config.json").read_text())
     assert config["pretrained"] == str((folder / "backbone.pt").resolve())
@@ -161,8 +143,8 @@ def test_a_pretrain_folder_and_latest(data, workspace):
 
     # `latest` resolves through the workspace lock to the same file: the same key (a cache hit).
     res = _train(data, "--pretrained", "latest")
-    assert _run_of(res, hit=True) == run
-    latest = _run_of(_train(data, "--pretrained", "latest", "--seed", "5"))
+    assert run_of(res, hit=True) == run
+    latest = run_of(_train(data, "--pretrained", "latest", "--seed", "5"))
     _assert_backbone_started_from(latest, start)
     c2 = json.loads((latest / "config.json").read_text())
     assert c2["pretrained_given"] == "latest" and c2["pretrained"] == config["pretrained"]
@@ -199,7 +181,7 @@ def test_another_architecture_is_one_line_naming_its_keys(data, tmp_path, worksp
 
 
 def test_a_partial_file_needs_the_flag_and_the_flag_is_keyed(data, tmp_path, workspace):
-    start = _resnet18(7)
+    start = resnet18_state(7)
     half = {k: v for k, v in start.items() if not k.startswith("layer4.")}
     torch.save(half, tmp_path / "half.pth")
     res = _train(data, "--pretrained", str(tmp_path / "half.pth"))
@@ -214,7 +196,7 @@ def test_a_partial_file_needs_the_flag_and_the_flag_is_keyed(data, tmp_path, wor
     )
     assert not (workspace / "runs").exists()
     res = _train(data, "--pretrained", str(tmp_path / "half.pth"), "--pretrained-partial")
-    run = _run_of(res)
+    run = run_of(res)
     config = json.loads((run / "config.json").read_text())
     assert config["pretrained_partial"] is True
     assert config["pretrained_report"]["loaded"] == 90
