@@ -1,7 +1,7 @@
 """Grad-CAM (Selvaraju et al., 2017) of the last backbone stage, and the grid of Figure 8.
 
 The map of a face is ``relu(sum_k w_k A_k)`` where ``A`` ``(512, h, w)`` is the output of
-``backbone.layer4`` and ``w_k`` the spatial mean of the gradient of the predicted class's
+``backbone.cam_layer`` (ResNet-18: ``layer4``; dlib-resnet29: its last block) and ``w_k`` the spatial mean of the gradient of the predicted class's
 test-time logit (the method's, e.g. ``pcc``) with respect to ``A_k``; it is upsampled bilinearly to the face size and scaled
 to [0, 1] per face. With small inputs layer4 is coarse (2x2 at 48 px, 1x1 at 32 px), so the
 map is coarse too: below 112 px the grid and ``fernoise eval`` say so. :func:`gradcam` is the
@@ -26,9 +26,9 @@ def gradcam(model, images: np.ndarray, *, device: str = "cpu") -> tuple[np.ndarr
     import torch
     import torch.nn.functional as F
 
-    from fernoise.images import to_tensor
+    from fernoise.images import normalisation_of, to_tensor
 
-    layer = model.backbone.layer4
+    layer = model.backbone.cam_layer  # ResNet-18: layer4
     store: dict[str, torch.Tensor] = {}
 
     def hook(_m, _i, out):
@@ -38,7 +38,7 @@ def gradcam(model, images: np.ndarray, *, device: str = "cpu") -> tuple[np.ndarr
     handle = layer.register_forward_hook(hook)
     try:
         model.eval()
-        x = to_tensor(images, device)
+        x = to_tensor(images, device, *normalisation_of(model))
         with torch.enable_grad():
             logits = model(x)  # a fernoise.model.Classifier: the method's test-time logits
             pred = logits.argmax(dim=1)
