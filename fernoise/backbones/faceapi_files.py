@@ -8,7 +8,8 @@ Accepted (``--pretrained`` with ``--backbone dlib-resnet29``; nothing is ever do
   device) of bounded size, each present once; nothing else is extracted or looked at beyond
   the archive's headers. The two are copied into a private temporary folder and read from
   there like a folder;
-- a folder holding the two files, or its ``model/`` subfolder (an unpacked package).
+- a folder holding the two files, or its ``model/`` subfolder (an unpacked package), or one of
+  the two files (its folder is read).
 
 Both files are then checked against their sha256
 (:data:`fernoise.backbones.dlib_resnet29.FACEAPI_SHA256`) by the reader. The tarball's own
@@ -49,12 +50,14 @@ class FaceapiSource:
 
 
 def is_faceapi(spec: str | os.PathLike) -> bool:
-    """Whether ``spec`` looks like face-api's weights (a tar archive, or a folder with the
-    manifest in it or in its ``model/``); reads no more than a tar header."""
+    """Whether ``spec`` looks like face-api's weights (a tar archive, one of the two files, or a
+    folder with the manifest in it or in its ``model/``); reads no more than a tar header."""
     path = Path(spec)
     if path.is_dir():
         return (path / MANIFEST).is_file() or (path / "model" / MANIFEST).is_file()
     if path.is_file():
+        if path.name in (MANIFEST, BIN):
+            return True
         try:
             return tarfile.is_tarfile(path)
         except OSError:
@@ -78,6 +81,8 @@ def locate(spec: str | os.PathLike) -> FaceapiSource | None:
             f"face-api's model folder, or the tarball `{NPM_COMMAND}` writes",
             flag=FLAG,
         )
+    if path.is_file() and path.name in (MANIFEST, BIN):  # one of the two files: its folder
+        return FaceapiSource(path.parent.resolve(), "faceapi-folder")
     if path.is_file() and is_faceapi(path):
         return FaceapiSource(path.resolve(), "faceapi-tarball")
     return None

@@ -922,16 +922,26 @@ def _pictures(
 
     written = plots.all_pictures(report, run.history, out_dir)
     if params.cam:
-        from fernoise.evaluate.gradcam import gradcam, gradcam_grid
+        from fernoise.evaluate.gradcam import cam_layer_of, gradcam, gradcam_grid
 
         pick = pick_cam_rows(y, params.cam)
         faces = load_many([paths[i] for i in pick], size)
         cams, cam_probs = gradcam(model, faces, device=device)
+        layer, cells = cam_layer_of(model, size)
         written.append(
-            gradcam_grid(faces, cams, cam_probs, y[pick], run.classes, out_dir / GRADCAM_PNG)
+            gradcam_grid(
+                faces,
+                cams,
+                cam_probs,
+                y[pick],
+                run.classes,
+                out_dir / GRADCAM_PNG,
+                layer=layer,
+                cells=cells,
+            )
         )
-        if size < plots.GRADCAM_MIN_SIZE:
-            report["gradcam_note"] = plots.gradcam_coarse_note(size)
+        if plots.gradcam_is_coarse(size, cells):
+            report["gradcam_note"] = plots.gradcam_coarse_note(size, cells, layer)
     else:
         (out_dir / GRADCAM_PNG).unlink(missing_ok=True)  # a stale grid of an earlier --cam run
     return written
