@@ -179,3 +179,39 @@ def test_a_resnet18_run_key_has_no_backbone_and_a_dlib_one_has(tmp_path, workspa
     assert "backbone" not in r18.key_params and r18.key == explicit.key
     assert r18.config["backbone"] == "resnet18"
     assert d29.key_params["backbone"] == "dlib-resnet29" and d29.key != r18.key
+
+
+def test_pretrain_on_dlib_then_train_from_it(tmp_path, workspace):
+    from fernoise.pretrain.stage import PretrainConfig, pretrain
+    from fernoise.pretrain.stage import _key_params as pretrain_key_params
+
+    man = make_manifest(tmp_path / "data", n=24)
+    base = dict(method="simclr", epochs=1, batch_size=8, device="cpu", precision="fp32")
+    r18 = PretrainConfig(**base, image_size=104)
+    assert "backbone" not in pretrain_key_params(r18, "fp32")  # old pretrain keys unchanged
+    with pytest.raises(FernoiseError, match="at least 103 px, got 64"):
+        PretrainConfig(**base, image_size=64, backbone="dlib-resnet29")
+    cfg = PretrainConfig(**base, image_size=104, probe_split=None, backbone="dlib-resnet29")
+    assert pretrain_key_params(cfg, "fp32")["backbone"] == "dlib-resnet29"
+    folder = pretrain(man, cfg).output
+    assert json.loads((folder / "config.json").read_text())["backbone"] == "dlib-resnet29"
+    start = torch.load(folder / "backbone.pt", weights_only=True)
+    assert set(start) == set(backbones.create("dlib-resnet29").state_dict())
+
+    train_cfg = dict(method="ce", epochs=1, warmup=0, batch_size=8, image_size=104)
+    common = dict(train_cfg, workers=0, precision="fp32", device="cpu", lr_backbone=1e-12)
+    run = train(
+        man,
+        TrainConfig(**common, backbone="dlib-resnet29", pretrained=str(folder)),
+        runs_dir=tmp_path / "runs",
+    ).output
+    state = torch.load(run / "model.pt", weights_only=True)
+    for k, v in start.items():
+        torch.testing.assert_close(state[f"backbone.{k}"], v, rtol=0, atol=1e-9)
+    from fernoise.train.stage import plan
+
+    with pytest.raises(
+        FernoiseError, match="for --backbone dlib-resnet29, not --backbone resnet18"
+    ):
+        plan(man, TrainConfig(**common, pretrained=str(folder)), runs_dir=tmp_path / "runs2")
+    assert not (tmp_path / "runs2").exists()
