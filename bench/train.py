@@ -25,6 +25,7 @@ ratio 2 = fernoise ce end-to-end / baseline end-to-end. Also fp32 vs bf16 steps 
 ``--precision auto`` picks on this CPU).
 
     .venv/bin/python bench/train.py [--rows 1280] [--size 64] [--batch 128]
+    .venv/bin/python bench/train.py --backbones resnet18,dlib-resnet29 --size 112   # per backbone
     python bench/train.py --device cuda --image-size 224 --rows 12271   # on a GPU (bench/gpu_check.sh)
 """
 
@@ -66,22 +67,24 @@ def step_rate(
     device: str,
     steps: int,
     channels_last: bool = True,
+    backbone: str = "resnet18",
 ) -> float:
     """Samples/s (both views for ncctfer) of the training step on ready-made tensors."""
     m = methods.create(method, num_classes=8, n_rows=len(images), image_size=size)
     two = len(m.views) > 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = methods.build_model(m)
+        model = methods.build_model(m, backbone)
+    norm = {"mean": model.card.mean, "std": model.card.std}
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(m.param_groups(model, lr_backbone=1e-4, lr_head=1e-3))
     rng = np.random.default_rng(0)
     idx = rng.choice(len(images), size=batch, replace=False)
     x = torch.from_numpy(np.ascontiguousarray(images[idx])).permute(0, 3, 1, 2)
-    x_w = data.normalize(x, torch.device(device), channels_last=channels_last)
+    x_w = data.normalize(x, torch.device(device), channels_last=channels_last, **norm)
     x_s = (
-        data.normalize(x.flip(-1), torch.device(device), channels_last=channels_last)
+        data.normalize(x.flip(-1), torch.device(device), channels_last=channels_last, **norm)
         if two
         else None
     )
@@ -120,11 +123,13 @@ def end_to_end_rate(
     augment: str = "workers",
     device: str = "auto",
     epochs: int = 2,
+    backbone: str = "resnet18",
 ) -> tuple[float, float]:
     """(images/s of the last of ``epochs`` training epochs, share of its time not spent waiting for data)."""
     import json
 
     cfg = TrainConfig(
+        backbone=backbone,
         method=method,
         epochs=epochs,
         warmup=0,
@@ -279,8 +284,58 @@ def baseline_rates(
     return e2e, 8 * 32 / (time.perf_counter() - t)
 
 
+def backbone_table(a, images, labels, manifest: Path, work: Path, device: str, auto: str) -> Table:
+    """``--backbones``: step-only and end-to-end samples/s of ``ce`` per backbone (device views),
+    best of ``--rounds`` interleaved measurements."""
+    names = [b.strip() for b in a.backbones.split(",") if b.strip()]
+    best: dict[tuple[str, str], float] = {}
+    for _ in range(a.rounds):
+        for b in names:
+            step = step_rate(
+                "ce",
+                images,
+                labels,
+                batch=a.batch,
+                size=a.size,
+                precision=auto,
+                device=device,
+                steps=a.steps,
+                backbone=b,
+            )
+            e2e, _busy = end_to_end_rate(
+                manifest,
+                "ce",
+                batch=a.batch,
+                size=a.size,
+                runs=work / "runs",
+                augment="device",
+                device=device,
+                epochs=a.epochs,
+                backbone=b,
+            )
+            for what, v in (("step", step), ("e2e", e2e)):
+                best[(b, what)] = max(best.get((b, what), 0.0), v)
+            print(f"  {b}: step {step:.1f}, end-to-end {e2e:.1f} samples/s", flush=True)
+    table = Table(
+        title=f"ce by backbone ({device}, {a.size}x{a.size}, batch {a.batch}, {auto}, "
+        f"samples/s, best of {a.rounds})"
+    )
+    for col in ("backbone", "step only", "end-to-end", "ratio"):
+        table.add_column(col, justify="left" if col == "backbone" else "right")
+    for b in names:
+        step, e2e = best[(b, "step")], best[(b, "e2e")]
+        table.add_row(b, f"{step:.0f}", f"{e2e:.0f}", f"{e2e / step:.2f}")
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--backbones",
+        default=None,
+        help="comma-separated backbones (e.g. resnet18,dlib-resnet29): only the per-backbone "
+        "table of ce, step only and end to end (dlib-resnet29 needs --size 103 or more)",
+    )
     ap.add_argument(
         "--rows",
         type=int,
@@ -333,6 +388,9 @@ def main() -> None:
         f"batch {a.batch}, precision auto -> {auto}; array cache built in {decode:.1f}s"
     )
 
+    if a.backbones:
+        console.print(backbone_table(a, images, labels, manifest, work, device, auto))
+        return
     # The machine is shared: every figure is the best of --rounds interleaved measurements.
     table = Table(
         title=f"fernoise train throughput ({device}, {a.size}x{a.size}, samples/s, best of {a.rounds})"

@@ -304,13 +304,20 @@ def loader(
 
 
 def normalize(
-    x: torch.Tensor, device: torch.device, *, channels_last: bool = False
+    x: torch.Tensor,
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+    mean: Sequence[float] = MEAN,
+    std: Sequence[float] = STD,
 ) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` -> float normalised with ImageNet statistics, on ``device``."""
+    """uint8 ``(B, 3, H, W)`` -> float ``(x / 255 - mean) / std`` on ``device``: ImageNet
+    statistics by default, the backbone card's (``fernoise.backbones.Card.mean``/``std``) when
+    given."""
     x = x.to(device, non_blocking=True).float().div_(255)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    m = torch.tensor(tuple(mean), device=device).view(1, 3, 1, 1)
+    sd = torch.tensor(tuple(std), device=device).view(1, 3, 1, 1)
+    x = (x - m) / sd
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 

@@ -43,8 +43,9 @@ def load_many(paths: Sequence[str | os.PathLike], size: int) -> np.ndarray:
     return out
 
 
-def to_tensor(batch: np.ndarray, device: str = "cpu"):
-    """``(N, H, W, 3)`` uint8 -> normalised float ``(N, 3, H, W)`` tensor on ``device``."""
+def to_tensor(batch: np.ndarray, device: str = "cpu", mean=MEAN, std=STD):
+    """``(N, H, W, 3)`` uint8 -> normalised float ``(N, 3, H, W)`` tensor on ``device``:
+    ``(x / 255 - mean) / std``, ImageNet statistics unless the backbone's are given."""
     import torch
 
     x = (
@@ -54,6 +55,12 @@ def to_tensor(batch: np.ndarray, device: str = "cpu"):
         .float()
         .div_(255)
     )
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    m = torch.tensor(tuple(mean), device=x.device).view(1, 3, 1, 1)
+    sd = torch.tensor(tuple(std), device=x.device).view(1, 3, 1, 1)
+    return (x - m) / sd
+
+
+def normalisation_of(model) -> tuple:
+    """``(mean, std)`` a model's inputs need: a ``fernoise.model.Classifier``'s (its backbone's),
+    ImageNet's for any other module."""
+    return getattr(model, "mean", MEAN), getattr(model, "std", STD)

@@ -350,6 +350,92 @@ class DlibResNet29(nn.Module):
         return net
 
 
+class DlibBackbone(DlibResNet29):
+    """``--backbone dlib-resnet29``: :class:`DlibResNet29` without ``fc`` (the 128-D descriptor
+    layer, which FER does not use: no parameter left out of the loss under DDP).
+
+    ``forward`` -> the pooled 256-D feature, ``feature_map`` -> ``(N, 256, s, s)`` with ``s`` =
+    :func:`feature_map_size` (1 at 103-134 px, 2 at 135-198), ``pool`` = the mean over the map
+    (dlib's ``avg_pool_everything``), ``cam_layer`` = the last block. Its state-dict keys are
+    :class:`DlibResNet29`'s without ``fc.weight``."""
+
+    compile_stages: tuple[str, ...] = ("conv32_down", *(name for name, _, _, _ in BLOCKS))
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.fc
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The module Grad-CAM hooks: the last block, ``conv256_down_out``."""
+        return self.get_submodule("conv256_down_out")
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        return fmap.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def create() -> DlibBackbone:
+    return DlibBackbone()
+
+
+def map_size(side: int) -> int:
+    """The backbone card's map-size rule: :func:`feature_map_size`."""
+    return feature_map_size(side)
+
+
+LICENSE = "dlib model: public domain (Davis King); face-api package: MIT"
+
+
+def load_pretrained(
+    backbone: nn.Module, spec: str, *, partial: bool = False, workspace=None
+) -> Any:
+    """``--pretrained`` into a :class:`DlibBackbone`: face-api's npm tarball or model folder
+    (:mod:`fernoise.backbones.faceapi_files`; the full :class:`DlibResNet29` is loaded, then every
+    tensor but ``fc.*`` copied strictly), or a state dict of this backbone (a dlib-resnet29
+    ``fernoise train`` run or ``pretrain`` folder, through :mod:`fernoise.train.weights`).
+    A :class:`fernoise.backbones.Start`; every problem a one-line error naming ``--pretrained``."""
+    from fernoise.backbones import Start, faceapi_files
+    from fernoise.cache import file_sha256
+    from fernoise.train.weights import MatchReport, load_backbone
+
+    found = faceapi_files.locate(spec)
+    if found is None:
+        source, report = load_backbone(
+            backbone, spec, partial=partial, workspace=workspace, backbone_name="dlib-resnet29"
+        )
+        path = str(source.path.resolve())
+        return Start(
+            path, source.kind, file_sha256(path), report.as_dict(), report.table(), report.complete
+        )
+    with faceapi_files.opened(found) as folder:
+        where = f"{found.path}:package/model" if found.kind == "faceapi-tarball" else str(folder)
+        try:
+            tensors = read_faceapi(folder)
+            sha = _sha256(folder / FACEAPI_BIN)
+            with torch.random.fork_rng(devices=[]):  # the caller's seeded draws stay as they were
+                full = DlibResNet29()
+            full.load_faceapi_tensors(tensors, source=f"face-api weights in {where}")
+        except FernoiseError as e:
+            raise FernoiseError(
+                e.one_line().replace(str(folder), where), flag="--pretrained"
+            ) from None
+    state = {k: v for k, v in full.state_dict().items() if not k.startswith("fc.")}
+    backbone.load_state_dict(state, strict=True)
+    report = MatchReport(loaded=list(state), unexpected=["fc.weight"])
+    return Start(
+        path=str(found.path),
+        kind=found.kind,
+        sha256=sha,
+        report=report.as_dict(),
+        table=report.table(),
+        complete=True,
+        license=LICENSE,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # reading face-api's files
 

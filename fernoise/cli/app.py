@@ -40,6 +40,7 @@ def _register() -> None:
     # Each command lives in its own module; importing them is cheap (no torch at import).
     from fernoise.cli import (
         align,
+        backbones,
         corrupt,
         demo,
         evaluate,
@@ -60,6 +61,7 @@ def _register() -> None:
         pretrain,
         train,
         methods,
+        backbones,
         evaluate,
         predict,
         report,

@@ -61,6 +61,13 @@ DevicesOpt = Annotated[
         help="Local processes for torch.distributed (DDP; NT-Xent over the global batch). torchrun sets its own.",
     ),
 ]
+BackboneOpt = Annotated[
+    str,
+    typer.Option(
+        "--backbone",
+        help="Backbone family: resnet18 or dlib-resnet29 (at least 103 px); see `fernoise backbones`.",
+    ),
+]
 OutOpt = Annotated[
     Path | None,
     typer.Option("--out", help="Folder of pretraining runs (default: <workspace>/pretrain)."),
@@ -86,11 +93,12 @@ def pretrain_cmd(
     precision: PrecisionOpt = "auto",
     keep_checkpoint: KeepCheckpointOpt = False,
     devices: DevicesOpt = 1,
+    backbone: BackboneOpt = "resnet18",
     out: OutOpt = None,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
 ) -> None:
-    """Self-supervised pretraining of the ResNet-18 backbone on the manifest's crops.
+    """Self-supervised pretraining of a backbone (ResNet-18 by default) on the manifest's crops.
 
     Labels are never read (only the probe split's, for a k-NN accuracy that trains
     nothing). Writes <workspace>/pretrain/<key>/backbone.pt (torchvision key names); use it
@@ -116,6 +124,7 @@ def pretrain_cmd(
         precision=precision,
         keep_checkpoint=keep_checkpoint,
         devices=devices,
+        backbone=backbone,
     )
     ws = Workspace(workspace)
     if manifest is None:

@@ -197,11 +197,18 @@ def _static_options(
             "--randaug-magnitude", help="RandAugment magnitude 0..30 (2 ops) of the strong view."
         ),
     ] = 10,
+    backbone: Annotated[
+        str,
+        typer.Option(
+            "--backbone",
+            help="Backbone family: resnet18 or dlib-resnet29 (at least 103 px); see `fernoise backbones`.",
+        ),
+    ] = "resnet18",
     pretrained: Annotated[
         Path | None,
         typer.Option(
             "--pretrained",
-            help="Backbone start: a state dict file (resnet18_msceleb.pth, torchvision resnet18-*.pth, backbone.pt), a train run folder or its model.pt, a pretrain folder, or `latest` (the workspace's latest `fernoise pretrain`).",
+            help="Backbone start: a state dict file (resnet18_msceleb.pth, torchvision resnet18-*.pth, backbone.pt), a train run folder or its model.pt, a pretrain folder, or `latest` (the workspace's latest `fernoise pretrain`); with --backbone dlib-resnet29 also the tarball of `npm pack @vladmandic/face-api@1.7.15` or its model folder.",
         ),
     ] = None,
     pretrained_partial: Annotated[
@@ -348,6 +355,7 @@ def _train(**kw) -> None:
         keep_checkpoint=kw["keep_checkpoint"],
         augment=kw["augment"],
         compile=kw["compile_"],
+        backbone=kw["backbone"],
     )
     ws = Workspace(kw["workspace"])
     manifest = kw["manifest"]

@@ -1,7 +1,7 @@
 """Grad-CAM (Selvaraju et al., 2017) of the last backbone stage, and the grid of Figure 8.
 
 The map of a face is ``relu(sum_k w_k A_k)`` where ``A`` ``(512, h, w)`` is the output of
-``backbone.layer4`` and ``w_k`` the spatial mean of the gradient of the predicted class's
+``backbone.cam_layer`` (ResNet-18: ``layer4``; dlib-resnet29: its last block) and ``w_k`` the spatial mean of the gradient of the predicted class's
 test-time logit (the method's, e.g. ``pcc``) with respect to ``A_k``; it is upsampled bilinearly to the face size and scaled
 to [0, 1] per face. With small inputs layer4 is coarse (2x2 at 48 px, 1x1 at 32 px), so the
 map is coarse too: below 112 px the grid and ``fernoise eval`` say so. :func:`gradcam` is the
@@ -26,9 +26,9 @@ def gradcam(model, images: np.ndarray, *, device: str = "cpu") -> tuple[np.ndarr
     import torch
     import torch.nn.functional as F
 
-    from fernoise.images import to_tensor
+    from fernoise.images import normalisation_of, to_tensor
 
-    layer = model.backbone.layer4
+    layer = model.backbone.cam_layer  # ResNet-18: layer4
     store: dict[str, torch.Tensor] = {}
 
     def hook(_m, _i, out):
@@ -38,7 +38,7 @@ def gradcam(model, images: np.ndarray, *, device: str = "cpu") -> tuple[np.ndarr
     handle = layer.register_forward_hook(hook)
     try:
         model.eval()
-        x = to_tensor(images, device)
+        x = to_tensor(images, device, *normalisation_of(model))
         with torch.enable_grad():
             logits = model(x)  # a fernoise.model.Classifier: the method's test-time logits
             pred = logits.argmax(dim=1)
@@ -68,11 +68,14 @@ def gradcam_grid(
     path: str | os.PathLike,
     *,
     cols: int | None = None,
+    layer: str = "backbone.layer4",
+    cells: int | None = None,
 ) -> Path:
     """:func:`gradcam_figure` written to ``path``."""
     from fernoise.evaluate.plots import _save
 
-    return _save(gradcam_figure(images, cams, probs, labels, classes, cols=cols), path)
+    fig = gradcam_figure(images, cams, probs, labels, classes, cols=cols, layer=layer, cells=cells)
+    return _save(fig, path)
 
 
 def gradcam_figure(
@@ -83,15 +86,18 @@ def gradcam_figure(
     classes: Sequence[str],
     *,
     cols: int | None = None,
+    layer: str = "backbone.layer4",
+    cells: int | None = None,
 ):
     """A grid PNG: each face with its Grad-CAM overlaid, then true label, prediction, probability.
 
     Data only (no model): ``images`` uint8 ``(N, H, W, 3)``, ``cams`` ``(N, H, W)`` in [0, 1] and
     ``probs`` ``(N, C)`` as :func:`gradcam` returns them, ``labels`` ``(N,)`` true class indices.
     The caption is green when the prediction is right and red when wrong. Below 112 px the
-    title says that the last layer is too coarse for the map to mean much.
+    title says that the last layer is too coarse for the map to mean much, and whenever the
+    hooked ``layer``'s map is under 4x4 ``cells`` (:func:`cam_layer_of` gives both).
     """
-    from fernoise.evaluate.plots import GRADCAM_MIN_SIZE, _figure, gradcam_coarse_note
+    from fernoise.evaluate.plots import _figure, gradcam_coarse_note, gradcam_is_coarse
 
     images, cams, probs = np.asarray(images), np.asarray(cams), np.asarray(probs)
     n = len(images)
@@ -102,7 +108,7 @@ def gradcam_figure(
     cols = cols or min(n, 4)
     rows = math.ceil(n / cols)
     size = int(images.shape[1])
-    coarse = size < GRADCAM_MIN_SIZE
+    coarse = gradcam_is_coarse(size, cells)
     fig = _figure(2.4 * cols, 3.0 * rows + (0.5 if coarse else 0))
     for i in range(n):
         ax = fig.add_subplot(rows, cols, i + 1)
@@ -117,16 +123,27 @@ def gradcam_figure(
             fontsize=9,
             color="darkgreen" if p == t else "firebrick",
         )
-    title = "Grad-CAM of backbone.layer4 (predicted class)"
+    title = f"Grad-CAM of {layer} (predicted class)"
     if coarse:
         import textwrap
 
         title += "\n" + "\n".join(
             textwrap.wrap(
-                "Caution: " + gradcam_coarse_note(size),
+                "Caution: " + gradcam_coarse_note(size, cells, layer),
                 width=int(18 * cols),
                 break_on_hyphens=False,
             )
         )
     fig.suptitle(title, fontsize=10, color="firebrick" if coarse else "black")
     return fig
+
+
+def cam_layer_of(model, size: int) -> tuple[str, int]:
+    """``(name, cells)`` of the layer :func:`gradcam` hooks in a ``fernoise.model.Classifier``:
+    its module name (``backbone.layer4`` on ResNet-18) and its map's side at ``size`` px."""
+    from fernoise import backbones
+
+    b = model.backbone
+    name = next(n for n, m in b.named_modules() if m is b.cam_layer)
+    card = backbones.get(getattr(model.net, "backbone_name", backbones.DEFAULT))
+    return f"backbone.{name}", card.map_size(size)

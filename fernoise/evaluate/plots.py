@@ -35,13 +35,25 @@ GRADCAM_PNG = "gradcam.png"
 GRADCAM_MIN_SIZE = 112  # below it ResNet-18's layer4 is at most 3x3 cells: a map too coarse to read
 
 
-def gradcam_coarse_note(size: int) -> str:
-    """The caveat printed on screen and in ``gradcam.png`` for faces below 112 px."""
-    cells = max(1, -(-int(size) // 32))
-    return (
-        f"at {size} px the last layer (backbone.layer4) is {cells}x{cells} cells: the map is too "
-        f"coarse to mean much (train at {GRADCAM_MIN_SIZE} px or more for readable Grad-CAM)"
+def gradcam_coarse_note(size: int, cells: int | None = None, layer: str = "backbone.layer4") -> str:
+    """The caveat printed on screen and in ``gradcam.png`` for faces below 112 px, or whenever
+    the hooked ``layer``'s map is under 4x4 ``cells`` (ResNet-18: ``ceil(size / 32)``)."""
+    if cells is None:
+        cells = max(1, -(-int(size) // 32))
+    advice = (
+        f"train at {GRADCAM_MIN_SIZE} px or more for readable Grad-CAM"
+        if layer == "backbone.layer4"
+        else "train at a larger --image-size for readable Grad-CAM (docs/backbones.md)"
     )
+    return (
+        f"at {size} px the last layer ({layer}) is {cells}x{cells} cells: the map is too "
+        f"coarse to mean much ({advice})"
+    )
+
+
+def gradcam_is_coarse(size: int, cells: int | None = None) -> bool:
+    """Below 112 px, or a map under 4x4 cells (dlib-resnet29: 1x1 at 103-134 px)."""
+    return size < GRADCAM_MIN_SIZE or (cells is not None and cells < 4)
 
 
 def noise_label(noise: dict[str, Any] | None) -> str:

@@ -429,10 +429,25 @@ def load_run(path: str | os.PathLike, *, need_model: bool = True) -> Run:
     return Run(path=path, config=config, history=read_history(path / "metrics.jsonl"))
 
 
+def backbone_of(config: dict[str, Any]) -> str:
+    """The backbone a run trained (config.json ``backbone``; runs made before it existed:
+    ``resnet18``); an unknown one is a one-line error naming the config."""
+    from fernoise import backbones
+
+    name = config.get("backbone") or backbones.DEFAULT
+    if not isinstance(name, str) or name not in backbones.names():
+        raise FernoiseError(
+            f"config.json names backbone {name!r}, which this fernoise does not know "
+            f"({', '.join(backbones.names())})"
+        )
+    return name
+
+
 def load_model(run: Run, device: str = "cpu"):
     """The run's classifier (``fernoise.model.Classifier``: ``model(x)`` -> logits ``(N, C)``),
     rebuilt through the method registry from config.json (``method``, ``method_params``,
-    ``num_classes``, ``image_size``) with ``model.pt`` loaded, in eval mode on ``device``.
+    ``num_classes``, ``image_size``, ``backbone``) with ``model.pt`` loaded, in eval mode on
+    ``device``; its ``mean``/``std`` are the backbone's input normalisation.
     Runs made before ``method_params`` existed take the method's defaults, plus ``k`` from the
     top level of their config."""
     import torch
@@ -456,7 +471,7 @@ def load_model(run: Run, device: str = "cpu"):
     with torch.random.fork_rng(
         devices=[]
     ):  # init is overwritten by model.pt; keep the caller's RNG
-        net = methods.build_model(method)
+        net = methods.build_model(method, backbone_of(cfg))
     try:
         state = torch.load(run.model_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a broken file
@@ -503,7 +518,7 @@ def predict_probs(
     -> ``(N, C)`` float64."""
     import torch
 
-    from fernoise.images import to_tensor
+    from fernoise.images import normalisation_of, to_tensor
 
     out = []
     n = len(images)
@@ -511,7 +526,7 @@ def predict_probs(
     step = max(batch_size, 1024) if on_cuda else batch_size
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
         for s in range(0, n, step):
-            x = to_tensor(images[s : s + step], device)
+            x = to_tensor(images[s : s + step], device, *normalisation_of(model))
             logits = model(x)
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64))
             if progress:
@@ -907,16 +922,26 @@ def _pictures(
 
     written = plots.all_pictures(report, run.history, out_dir)
     if params.cam:
-        from fernoise.evaluate.gradcam import gradcam, gradcam_grid
+        from fernoise.evaluate.gradcam import cam_layer_of, gradcam, gradcam_grid
 
         pick = pick_cam_rows(y, params.cam)
         faces = load_many([paths[i] for i in pick], size)
         cams, cam_probs = gradcam(model, faces, device=device)
+        layer, cells = cam_layer_of(model, size)
         written.append(
-            gradcam_grid(faces, cams, cam_probs, y[pick], run.classes, out_dir / GRADCAM_PNG)
+            gradcam_grid(
+                faces,
+                cams,
+                cam_probs,
+                y[pick],
+                run.classes,
+                out_dir / GRADCAM_PNG,
+                layer=layer,
+                cells=cells,
+            )
         )
-        if size < plots.GRADCAM_MIN_SIZE:
-            report["gradcam_note"] = plots.gradcam_coarse_note(size)
+        if plots.gradcam_is_coarse(size, cells):
+            report["gradcam_note"] = plots.gradcam_coarse_note(size, cells, layer)
     else:
         (out_dir / GRADCAM_PNG).unlink(missing_ok=True)  # a stale grid of an earlier --cam run
     return written

@@ -100,12 +100,13 @@ def create(
     return cls(params, num_classes=num_classes, n_rows=n_rows, image_size=image_size)
 
 
-def build_model(method: Method) -> FerNet:
-    """A fresh ``FerNet`` with ``method``'s modules, created in the method's order (seed first:
-    ``torch.manual_seed`` before calling this gives the seeded initialisation)."""
+def build_model(method: Method, backbone: str = "resnet18") -> FerNet:
+    """A fresh ``FerNet`` on ``backbone`` (``fernoise.backbones``) with ``method``'s modules,
+    created in the method's order (seed first: ``torch.manual_seed`` before calling this gives
+    the seeded initialisation)."""
     from fernoise.model import FerNet
 
-    model = FerNet()
+    model = FerNet(backbone)
     method.build(model)
     return model
 

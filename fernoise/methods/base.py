@@ -290,9 +290,7 @@ class Method:
         """Add the method's heads to ``model`` (default: ``pcc = Linear(512, C)``)."""
         from torch import nn
 
-        from fernoise.model import FEATURE_DIM
-
-        model.add_module("pcc", nn.Linear(FEATURE_DIM, self.num_classes))
+        model.add_module("pcc", nn.Linear(model.feature_dim, self.num_classes))
 
     def param_groups(
         self, model: FerNet, *, lr_backbone: float, lr_head: float, weight_decay: float = 0.0

@@ -138,11 +138,9 @@ class Coteaching(Method):
     def build(self, model) -> None:
         from torch import nn
 
-        from fernoise.model import FEATURE_DIM
-
-        model.add_module("pcc", nn.Linear(FEATURE_DIM, self.num_classes))
+        model.add_module("pcc", nn.Linear(model.feature_dim, self.num_classes))
         model.add_module("backbone2", model.new_backbone())
-        model.add_module("pcc2", nn.Linear(FEATURE_DIM, self.num_classes))
+        model.add_module("pcc2", nn.Linear(model.feature_dim, self.num_classes))
 
     def backbones(self, model) -> dict:
         return {"backbone": model.backbone, "backbone2": model.backbone2}

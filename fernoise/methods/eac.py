@@ -18,7 +18,9 @@ and fails on a 1-px-wide map, ``torch.flip`` does not). The optimiser defaults a
 README's advice for ResNet-18 (Adam 2e-4; the code's 1e-4 is for its ResNet-50), weight decay
 1e-4, x0.9 per epoch, 60 epochs, batch 32. The code has no warm-up; with ``--warmup`` > 0 the
 warm-up epochs train CE on ``x1`` only. At small images the map is tiny (2 x 2 at 48 px,
-4 x 4 at 112, 7 x 7 at the code's 224): a warning says so once per run.
+4 x 4 at 112, 7 x 7 at the code's 224 on ResNet-18; 1 x 1 below 135 px on dlib-resnet29,
+where flipping the map changes nothing and the term only compares the two views' class
+scores): a warning says the map's size and the image size once per run.
 """
 
 from __future__ import annotations
@@ -94,8 +96,10 @@ class EAC(Method):
         self._warned = True
         if min(h, w) < 4:
             warnings.warn(
-                f"eac: the attention maps are {h}x{w} at this image size (7x7 at the paper's 224 px); "
-                "the flip consistency has little to act on: train at --image-size 112 or more",
+                f"eac: the attention maps are {h}x{w} at --image-size {self.image_size} "
+                "(7x7 at the paper's 224 px on ResNet-18); the flip consistency has little to act "
+                "on: train at a larger --image-size (the map sizes of each backbone: "
+                "docs/backbones.md)",
                 stacklevel=3,
             )
 
@@ -107,7 +111,7 @@ class EAC(Method):
         fmap1 = model.feature_map(views["eac1"])
         fmap2 = model.feature_map(views["eac2"])
         self._check_map(*fmap1.shape[-2:])
-        logits = model.pcc(model.backbone.avgpool(fmap1).flatten(1)).float()
+        logits = model.pcc(model.pool(fmap1)).float()
         ce = losses.cross_entropy(logits, y)
         weight = model.pcc.weight
         flip = flip_consistency(

@@ -76,11 +76,9 @@ class NCCTFER(Method):
     def build(self, model) -> None:
         from torch import nn
 
-        from fernoise.model import FEATURE_DIM
-
         # pcc then ncc: fernoise's creation order since the first release (seeded init).
-        model.add_module("pcc", nn.Linear(FEATURE_DIM, self.num_classes))
-        model.add_module("ncc", nn.Linear(FEATURE_DIM, self.num_classes))
+        model.add_module("pcc", nn.Linear(model.feature_dim, self.num_classes))
+        model.add_module("ncc", nn.Linear(model.feature_dim, self.num_classes))
 
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:
         import torch

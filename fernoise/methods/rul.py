@@ -15,7 +15,8 @@ Source: zyh-uaiaaaa/Relative-Uncertainty-Learning ``src/rul.py``, ``src/utils.py
 - Test: ``W mu(x)``, no mixing, no dropout.
 
 Choices: the map is ``h x w`` = ``ceil(s / 32)`` for an ``s``-px image (7 x 7 at the code's
-224 px, 4 x 4 at 112, 2 x 2 at 48), so the heads' Linear has ``512 h w`` inputs and a model
+224 px, 4 x 4 at 112, 2 x 2 at 48; on ``dlib-resnet29`` ``256 x 1 x 1`` at 103-134 px, the
+backbone card's ``map_size``), so the heads' Linear has ``512 h w`` inputs and a model
 is tied to its image size (``image_size``, from ``--image-size``; eval and predict pass the run's). The
 dropout mask is drawn (on the device) from a generator seeded by the loop's per-epoch one, not torch's global one, so
 that a resumed run equals an uninterrupted one (same distribution as ``nn.Dropout``). The
@@ -37,13 +38,16 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 
-def uncertainty_head(in_features: int, out_dim: int, drop: float) -> nn.Sequential:
-    """``BN2d(512, eps=2e-5, affine=False), Dropout(drop), Flatten, Linear(in_features, out_dim),
-    BN1d(out_dim, eps=2e-5)``: the official layout (its state-dict keys ``0.*``, ``3.*``, ``4.*``)."""
+def uncertainty_head(
+    in_features: int, out_dim: int, drop: float, channels: int = 512
+) -> nn.Sequential:
+    """``BN2d(channels, eps=2e-5, affine=False), Dropout(drop), Flatten, Linear(in_features,
+    out_dim), BN1d(out_dim, eps=2e-5)``: the official layout (its state-dict keys ``0.*``,
+    ``3.*``, ``4.*``); ``channels`` is the backbone's map width (512 for ResNet-18)."""
     from torch import nn
 
     return nn.Sequential(
-        nn.BatchNorm2d(512, eps=2e-5, affine=False),
+        nn.BatchNorm2d(channels, eps=2e-5, affine=False),
         nn.Dropout(p=drop),
         nn.Flatten(),
         nn.Linear(in_features, out_dim),
@@ -149,11 +153,11 @@ class RUL(Method):
     def build(self, model) -> None:
         from torch import nn
 
-        side = map_side(int(self.image_size))
-        p = self.params
+        side = model.card.map_size(int(self.image_size))  # ResNet-18: map_side
+        c, p = model.feature_dim, self.params
         # the code's order: backbone, mu, log_var, then the classifier
-        model.add_module("mu", uncertainty_head(512 * side * side, p.dim, p.dropout))
-        model.add_module("logvar", uncertainty_head(512 * side * side, p.dim, p.dropout))
+        model.add_module("mu", uncertainty_head(c * side * side, p.dim, p.dropout, c))
+        model.add_module("logvar", uncertainty_head(c * side * side, p.dim, p.dropout, c))
         model.add_module("pcc", nn.Linear(p.dim, self.num_classes))
 
     def param_groups(self, model, *, lr_backbone, lr_head, weight_decay=0.0):

@@ -159,11 +159,9 @@ class SCN(Method):
     def build(self, model) -> None:
         from torch import nn
 
-        from fernoise.model import FEATURE_DIM
-
         # fc then alpha, the code's creation order
-        model.add_module("pcc", nn.Linear(FEATURE_DIM, self.num_classes))
-        model.add_module("attention", nn.Sequential(nn.Linear(FEATURE_DIM, 1), nn.Sigmoid()))
+        model.add_module("pcc", nn.Linear(model.feature_dim, self.num_classes))
+        model.add_module("attention", nn.Sequential(nn.Linear(model.feature_dim, 1), nn.Sigmoid()))
 
     def logits(self, model, x):
         """``alpha(f) * pcc(f)``: the code evaluates the weighted logits too (same argmax)."""

@@ -48,8 +48,16 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
-def ssl_views(images: torch.Tensor, size: int, p: ViewParams, gen: torch.Generator) -> torch.Tensor:
-    """One augmented view per sample: uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, size, size)``.
+def ssl_views(
+    images: torch.Tensor,
+    size: int,
+    p: ViewParams,
+    gen: torch.Generator,
+    mean: tuple[float, ...] = MEAN,
+    std: tuple[float, ...] = STD,
+) -> torch.Tensor:
+    """One augmented view per sample: uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, size, size)``
+    (``(x - mean) / std`` on the 0..1 scale: ImageNet's unless the backbone's are given).
 
     Every random parameter is drawn on the CPU from ``gen`` (so a view depends only on the
     generator's state, not on the device) and then moved to ``images.device``.
@@ -81,16 +89,16 @@ def ssl_views(images: torch.Tensor, size: int, p: ViewParams, gen: torch.Generat
     sat = _uniform(n, 1 - p.saturation, 1 + p.saturation, gen).float().to(dev).view(n, 1, 1, 1)
     hue = _uniform(n, -p.hue, p.hue, gen).float().to(dev)
     y = (x * b).clamp(0, 1)
-    mean = _grey(y).mean(dim=(1, 2, 3), keepdim=True)
-    y = ((y - mean) * c + mean).clamp(0, 1)
+    level = _grey(y).mean(dim=(1, 2, 3), keepdim=True)
+    y = ((y - level) * c + level).clamp(0, 1)
     g = _grey(y)
     y = ((y - g) * sat + g).clamp(0, 1)
     y = _hue_shift(y, hue).clamp(0, 1)
     x = torch.where(jit, y, x)
     grey = (torch.rand(n, generator=gen) < p.grey_p).to(dev).view(n, 1, 1, 1)
     x = torch.where(grey, _grey(x).expand_as(x), x)
-    m = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
-    sd = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
+    m = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
+    sd = torch.tensor(std, device=dev).view(1, 3, 1, 1)
     return ((x - m) / sd).contiguous(memory_format=torch.channels_last)
 
 

@@ -1,4 +1,5 @@
-"""`fernoise pretrain`: self-supervised training of the ResNet-18 backbone on a manifest's crops.
+"""`fernoise pretrain`: self-supervised training of a backbone on a manifest's crops (ResNet-18 by
+default; ``--backbone`` any of ``fernoise.backbones``, its card's input normalisation).
 
 Reads a manifest's usable crops (status ok/whole, a ``path``) of the chosen splits (``train``
 by default; never ``test`` unless named). **It never reads a label**: label noise cannot reach
@@ -17,8 +18,8 @@ epochs (LARS, the papers' choice, is for batches of thousands).
 Writes ``<workspace>/pretrain/<key[:16]>/``: ``config.json``, ``metrics.jsonl`` (per epoch:
 loss, images/s, lr, momentum, and the k-NN probe accuracy when measured), ``checkpoint.pt``
 (every epoch, atomically; the safe ``weights_only=True`` format; removed at the end unless
-``keep_checkpoint``), and ``backbone.pt``: a plain state dict with torchvision's ResNet-18 key
-names (no ``fc``), readable with ``torch.load(..., weights_only=True)``. Keyed by the manifest
+``keep_checkpoint``), and ``backbone.pt``: a plain state dict with the backbone's key
+names (torchvision's ResNet-18 names, no ``fc``, by default), readable with ``torch.load(..., weights_only=True)``. Keyed by the manifest
 key and every result-changing parameter; a re-run is a cache hit; after a kill it resumes
 from the last finished epoch and, on the CPU with the same seed, ends with the same weights. A
 full disk while writing ``checkpoint.pt`` or ``backbone.pt`` is one line
@@ -127,6 +128,8 @@ class PretrainConfig:
     """Local processes for torch.distributed (``--devices N``); torchrun sets its own."""
     keep_checkpoint: bool = False
     """Keep checkpoint.pt after the run finishes."""
+    backbone: str = "resnet18"
+    """The backbone family (``fernoise.backbones``); in the key only when not ``resnet18``."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -167,6 +170,9 @@ class PretrainConfig:
                 flag="--precision",
             )
         check_device_name(self.device)
+        from fernoise import backbones
+
+        backbones.check_image_size(self.backbone, self.image_size)  # an unknown name lists them
 
 
 @dataclass
@@ -300,6 +306,8 @@ def _key_params(cfg: PretrainConfig, precision: str) -> dict[str, Any]:
     }
     key_params["splits"] = list(cfg.splits)
     key_params["precision"] = precision
+    if cfg.backbone == "resnet18":  # the keys of runs made before --backbone stay as they were
+        del key_params["backbone"]
     world = _world(cfg)
     if world > 1:  # only then: the keys of single-process runs stay those of VERSION 2
         key_params["world_size"] = world
@@ -430,21 +438,21 @@ def _pretrain_rank(
 def _build(cfg: PretrainConfig) -> tuple[nn.ModuleDict, nn.ModuleDict | None]:
     import torch
     from torch import nn
-    from torchvision.models import resnet18
 
+    from fernoise import backbones
     from fernoise.pretrain.ssl import mlp
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        backbone = resnet18(weights=None)
-        backbone.fc = nn.Identity()
+        backbone = backbones.create(cfg.backbone)  # resnet18: torchvision's, fc = Identity
+        d = backbones.get(cfg.backbone).feature_dim
         if cfg.method == "simclr":
-            online = nn.ModuleDict({"backbone": backbone, "projector": mlp(512, 512, 128)})
+            online = nn.ModuleDict({"backbone": backbone, "projector": mlp(d, 512, 128)})
         else:
             online = nn.ModuleDict(
                 {
                     "backbone": backbone,
-                    "projector": mlp(512, 1024, 256),
+                    "projector": mlp(d, 1024, 256),
                     "predictor": mlp(256, 1024, 256),
                 }
             )
@@ -492,6 +500,8 @@ def _probe(
     labels: np.ndarray,
     device: torch.device,
     amp: bool,
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+    std: tuple[float, ...] = (0.229, 0.224, 0.225),
 ) -> float:
     import torch
 
@@ -502,7 +512,8 @@ def _probe(
     feats = []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         for _, x in data.eval_batches(images, positions, 256):
-            feats.append(backbone(data.normalize(x, device, channels_last=True)).float().cpu())
+            x = data.normalize(x, device, channels_last=True, mean=mean, std=std)
+            feats.append(backbone(x).float().cpu())
     backbone.train()
     return knn_accuracy(torch.cat(feats), torch.as_tensor(np.array(labels), dtype=torch.long))
 
@@ -687,7 +698,7 @@ def fit(
     torch.distributed (``env``) every rank runs this; rank 0 writes."""
     import torch
 
-    from fernoise import distributed
+    from fernoise import backbones, distributed
 
     env = env or distributed.Dist()
     cfg = p.cfg
@@ -722,8 +733,16 @@ def fit(
             and len(p.probe_pos)
             and (epoch % cfg.probe_every == 0 or epoch == cfg.epochs)
         ):
+            card = backbones.get(p.cfg.backbone)
             probe = _probe(
-                r.online["backbone"], r.images, p.probe_pos, p.probe_labels, r.device, r.amp
+                r.online["backbone"],
+                r.images,
+                p.probe_pos,
+                p.probe_labels,
+                r.device,
+                r.amp,
+                card.mean,
+                card.std,
             )
         ledger.end_epoch(
             {
@@ -752,10 +771,11 @@ def _train_epoch(
     BYOL momentum or None)."""
     import torch
 
-    from fernoise import distributed
+    from fernoise import backbones, distributed
     from fernoise.pretrain.ssl import byol_loss, byol_momentum, ema_update, nt_xent, ssl_views
 
     p, cfg, env, device, net = r.p, r.p.cfg, r.env, r.device, r.net
+    card = backbones.get(cfg.backbone)
     assert net is not None, "fit wraps the online network before the first epoch"
     mix = [cfg.seed, epoch, 0x5E] + ([env.rank] if env.enabled else [])  # each rank its own views
     gen = torch.Generator().manual_seed(int(np.random.default_rng(mix).integers(2**62)))
@@ -766,8 +786,8 @@ def _train_epoch(
         # memory-map reads in file order; order within a batch is irrelevant
         rows = np.sort(p.train_pos[_rank_share(pos, env.rank, env.world)])
         x = torch.from_numpy(np.ascontiguousarray(r.images[rows])).to(device, non_blocking=True)
-        v1 = ssl_views(x, cfg.image_size, r.views, gen)
-        v2 = ssl_views(x, cfg.image_size, r.views, gen)
+        v1 = ssl_views(x, cfg.image_size, r.views, gen, card.mean, card.std)
+        v2 = ssl_views(x, cfg.image_size, r.views, gen, card.mean, card.std)
         n = x.shape[0]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.amp):
             z, q = net(torch.cat([v1, v2]))

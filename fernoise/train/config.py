@@ -48,7 +48,7 @@ class TrainConfig:
     method's (``Method.default_warmup``, shown by ``fernoise methods``): ``min(5, epochs // 3)``
     (5 for the paper's 40 epochs), or 0 for a method whose official code has none."""
     lr_backbone: float | None = None
-    """Adam learning rate of the ResNet-18 backbone."""
+    """Adam learning rate of the backbone."""
     lr_head: float | None = None
     """Adam learning rate of the method's heads."""
     weight_decay: float | None = None
@@ -58,10 +58,11 @@ class TrainConfig:
     randaug_magnitude: int = 10
     """RandAugment magnitude (0..30) of the strong view; 2 ops."""
     pretrained: str | None = None
-    """Backbone start (``fernoise.train.weights``): a state dict file (resnet18_msceleb.pth,
-    torchvision resnet18-*.pth, backbone.pt), a ``fernoise train`` run folder or its model.pt,
-    a ``fernoise pretrain`` folder, or ``latest`` (the workspace's latest pretrain); None =
-    random init."""
+    """Backbone start (the family's ``load_pretrained``): for resnet18 (``fernoise.train.weights``)
+    a state dict file (resnet18_msceleb.pth, torchvision resnet18-*.pth, backbone.pt), a
+    ``fernoise train`` run folder or its model.pt, a ``fernoise pretrain`` folder, or ``latest``
+    (the workspace's latest pretrain); for dlib-resnet29 also face-api's npm tarball or model
+    folder (``fernoise.backbones.faceapi_files``); None = random init."""
     pretrained_partial: bool = False
     """Accept a ``pretrained`` file that fills only part of the backbone (the rest stays random)."""
     seed: int = 0
@@ -88,6 +89,9 @@ class TrainConfig:
     ``auto`` (device, on CUDA and on the CPU: ``augment.resolve_augment``)."""
     compile: bool = False
     """``torch.compile`` the model for training (skipped with one warning where unavailable)."""
+    backbone: str = "resnet18"
+    """The backbone family (``fernoise.backbones``, ``fernoise backbones``): ``resnet18`` or
+    ``dlib-resnet29``; enters the key only when not ``resnet18``."""
 
     def __post_init__(self) -> None:
         from fernoise import methods
@@ -145,6 +149,9 @@ class TrainConfig:
             )
         if not 16 <= self.image_size <= 1024:  # 1024: over 4x the 224 px ResNet-18 was made for
             raise FernoiseError(f"expected 16..1024 px, got {self.image_size}", flag="--image-size")
+        from fernoise import backbones
+
+        backbones.check_image_size(self.backbone, self.image_size)  # an unknown name lists them
         if (
             self.devices > 1024
         ):  # above any one launch; a typo (10000) is refused before spawning anything

@@ -172,6 +172,7 @@ def plan(
         "pretrained_given": cfg.pretrained,
         "pretrained_sha256": start["pretrained_sha256"],
         "pretrained_report": start["pretrained_report"],
+        "pretrained_license": start.get("pretrained_license"),
         "precision": precision,
         "precision_requested": cfg.precision,
         "augment": augment,
@@ -416,19 +417,23 @@ def _start_weights(cfg: TrainConfig, ws: Workspace) -> dict[str, Any]:
         "pretrained_report": None,
     }
     if cfg.pretrained:
-        from fernoise.model import FerNet
-        from fernoise.train.weights import load_backbone
+        import torch
 
-        source, report = load_backbone(
-            FerNet().backbone, cfg.pretrained, partial=cfg.pretrained_partial, workspace=ws
+        from fernoise import backbones
+
+        with torch.random.fork_rng(devices=[]):
+            target = backbones.create(cfg.backbone)
+        got = backbones.family(cfg.backbone).load_pretrained(
+            target, cfg.pretrained, partial=cfg.pretrained_partial, workspace=ws
         )
-        path = str(source.path.resolve())
         start.update(
-            pretrained=path,
-            pretrained_kind=source.kind,
-            pretrained_sha256=file_sha256(path),
-            pretrained_report=report.as_dict(),
+            pretrained=got.path,
+            pretrained_kind=got.kind,
+            pretrained_sha256=got.sha256,
+            pretrained_report=got.report,
         )
+        if got.license:
+            start["pretrained_license"] = got.license
     return start
 
 
@@ -465,6 +470,8 @@ def _key_params(
         key_params["augment"] = augment
     if cfg.compile:
         key_params["compile"] = True
+    if cfg.backbone != "resnet18":
+        key_params["backbone"] = cfg.backbone
     return key_params
 
 
@@ -503,7 +510,7 @@ def method_heads(cfg: TrainConfig, num_classes: int) -> tuple[list[str], Any]:
         cfg.method, cfg.method_params, num_classes=num_classes, image_size=cfg.image_size
     )
     with torch.device("meta"):
-        model = methods.build_model(method)
+        model = methods.build_model(method, cfg.backbone)
     backbones = method.backbones(model)
     return [name for name, _ in model.named_children() if name not in backbones], method.params
 
@@ -877,9 +884,13 @@ class _Runtime:
         )
 
     def normalize(self, x):
-        from fernoise import data
+        """uint8 views -> the backbone's input (its card's mean/std)."""
+        from fernoise import backbones, data
 
-        return data.normalize(x, self.device, channels_last=self.channels_last)
+        card = backbones.get(self.p.cfg.backbone)
+        return data.normalize(
+            x, self.device, channels_last=self.channels_last, mean=card.mean, std=card.std
+        )
 
     def predict(self, model, fn, rows: np.ndarray):
         """:attr:`EpochContext.predict`: ``fn(model, x, idx)`` on un-augmented batches of
@@ -961,7 +972,7 @@ def _build(p: Plan, rt: _Runtime, say):
     method._say = say  # Method.warn
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = methods.build_model(method)
+        model = methods.build_model(method, cfg.backbone)
     if p.config["pretrained"]:
         _load_pretrained(p, model, method, say)
     fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
@@ -1308,26 +1319,27 @@ def _load_pretrained(p: Plan, model, method, say) -> None:
     """The backbone start: the file plan() resolved, checked against the sha256 in the key, loaded
     by ``fernoise.train.weights`` (the one loader) into every backbone the method trains
     (``Method.backbones``); the match is said as a ``pretrained`` event."""
-    from fernoise.train.weights import load_backbone
+    from fernoise import backbones
 
     c = p.config
-    if file_sha256(c["pretrained"]) != c["pretrained_sha256"]:
-        raise FernoiseError(
-            f"{c['pretrained']} changed since the run was planned (sha256 differs); "
-            "run the command again",
-            flag="--pretrained",
-        )
+    family = backbones.family(p.cfg.backbone)
     for backbone in method.backbones(model).values():
-        source, report = load_backbone(backbone, c["pretrained"], partial=p.cfg.pretrained_partial)
+        got = family.load_pretrained(backbone, c["pretrained"], partial=p.cfg.pretrained_partial)
+        if got.sha256 != c["pretrained_sha256"]:
+            raise FernoiseError(
+                f"{c['pretrained']} changed since the run was planned (sha256 differs); "
+                "run the command again",
+                flag="--pretrained",
+            )
     say(
         {
             "event": "pretrained",
-            "path": str(source.path),
+            "path": got.path,
             "kind": c["pretrained_kind"],
             "sha256": c["pretrained_sha256"],
             "backbones": list(method.backbones(model)),
-            "complete": report.complete,
-            "table": report.table(),
+            "complete": got.complete,
+            "table": got.table,
         }
     )
 
@@ -1512,7 +1524,7 @@ def compile_model(model, method, device, say) -> bool:
         )
         return False
     for b in method.backbones(model).values():
-        for name in ("conv1", "layer1", "layer2", "layer3", "layer4"):
+        for name in b.compile_stages:  # ResNet-18: conv1, layer1..layer4
             getattr(b, name).compile()
     return True
 

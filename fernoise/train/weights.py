@@ -97,15 +97,35 @@ class MatchReport:
         ]
 
 
-def resolve(spec: str | os.PathLike, *, workspace=None) -> Source:
-    """Turn a ``--pretrained`` value into a file to read; one-line errors for what is not."""
+def _backbone_of(state: dict[str, Any]) -> str | None:
+    """The backbone family whose keys ``state`` holds (after :func:`read_state`'s renames):
+    ``resnet18``, ``dlib-resnet29`` or None when neither."""
+    if any(_RESNET18_KEY.fullmatch(k) for k in state):
+        return "resnet18"
+    if any(k.startswith(("conv32_down.", "conv256_down_out.")) for k in state):
+        return "dlib-resnet29"
+    return None
+
+
+def resolve(spec: str | os.PathLike, *, workspace=None, backbone_name: str = "resnet18") -> Source:
+    """Turn a ``--pretrained`` value into a file to read; one-line errors for what is not (face-api's
+    weights, the tarball or its folder, are for ``--backbone dlib-resnet29`` only: they are read by
+    :mod:`fernoise.backbones.dlib_resnet29`, never here)."""
+    from fernoise.backbones import faceapi_files
+
     text = str(spec)
+    if text != "latest" and faceapi_files.is_faceapi(text):
+        raise FernoiseError(
+            f"{text} holds face-api's dlib ResNet-29 weights: they are for --backbone dlib-resnet29, "
+            f"not --backbone {backbone_name}",
+            flag=FLAG,
+        )
     if text == "latest":
         from fernoise.cache import Workspace
 
         ws = workspace or Workspace()
         folder = ws.latest("pretrain", what="pretrained backbone", flag=FLAG)
-        return resolve(folder, workspace=ws)
+        return resolve(folder, workspace=ws, backbone_name=backbone_name)
     path = Path(text)
     if path.is_dir():
         if (path / "backbone.pt").is_file():
@@ -218,28 +238,43 @@ def check_finite(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def load_backbone(
-    backbone, spec: str | os.PathLike, *, partial: bool = False, workspace=None
+    backbone,
+    spec: str | os.PathLike,
+    *,
+    partial: bool = False,
+    workspace=None,
+    backbone_name: str = "resnet18",
 ) -> tuple[Source, MatchReport]:
-    """Load ``spec`` into ``backbone`` (a torchvision ResNet-18 without ``fc``).
+    """Load ``spec`` into ``backbone`` (of family ``backbone_name``: a torchvision ResNet-18
+    without ``fc`` by default).
 
-    Raises a one-line FernoiseError when shapes mismatch, when the file does not fill the
-    whole backbone and ``partial`` is False (the message names a few keys), or when a tensor
-    it loads holds NaN or inf (:func:`check_finite`).
+    Raises a one-line FernoiseError when the file holds another backbone family (naming the
+    ``--backbone`` it is for), when shapes mismatch, when the file does not fill the whole
+    backbone and ``partial`` is False (the message names a few keys), or when a tensor it
+    loads holds NaN or inf (:func:`check_finite`).
     """
-    source = resolve(spec, workspace=workspace)
+    source = resolve(spec, workspace=workspace, backbone_name=backbone_name)
     state = read_state(source)
+    family = _backbone_of(state)
+    if family is not None and family != backbone_name:
+        raise FernoiseError(
+            f"{source.path} holds a {family} backbone: it is for --backbone {family}, "
+            f"not --backbone {backbone_name}",
+            flag=FLAG,
+        )
+    arch = "ResNet-18" if backbone_name == "resnet18" else backbone_name
     target = backbone.state_dict()
     report = match(state, target)
     if report.mismatched:
         shown = "; ".join(f"{k} is {a}, needs {b}" for k, a, b in report.mismatched[:3])
         raise FernoiseError(
-            f"{source.path}: {len(report.mismatched)} tensors have the wrong shape for a ResNet-18 backbone "
+            f"{source.path}: {len(report.mismatched)} tensors have the wrong shape for a {arch} backbone "
             f"({shown}{'; ...' if len(report.mismatched) > 3 else ''}); is it another architecture?",
             flag=FLAG,
         )
     if not report.loaded:
         raise FernoiseError(
-            f"{source.path} fills none of the ResNet-18 backbone: its keys ({', '.join(list(state)[:3])}, ...) "
+            f"{source.path} fills none of the {arch} backbone: its keys ({', '.join(list(state)[:3])}, ...) "
             f"match none of the backbone's ({', '.join(list(target)[:3])}, ...); is it another architecture?",
             flag=FLAG,
         )
