@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_train import make_manifest
+from factories import make_manifest
 from typer.testing import CliRunner
 
 from fernoise import backbones, data, methods
