@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The methods comparison of README's Results (issue 10): every method once at 50% symmetric noise
+# The methods comparison of docs/results.md: every method once at 50% symmetric noise
 # on ROWS FERPlus training rows (FER+ majority, 8 classes; 10% carved as validation, with noisy
 # labels), tested on every FER2013Valid row with a FER+ majority (3,199); seed 0, the same
 # optimiser for every method (Adam 1e-3 for backbone and heads, no weight decay, no lr decay,
@@ -9,6 +9,8 @@
 # Environment (defaults in brackets): ROWS [10000], EPOCHS [15], WARMUP [3], SIZE [48],
 # PRECISION [bf16], AUGMENT [device], METHODS ["ce ncctfer elr gce sce scn rul eac pc nl"],
 # pretrained=PATH adds --pretrained PATH (README: scratch vs a self-supervised start),
+# BACKBONE [resnet18] --backbone, LR_BACKBONE [1e-3] --lr-backbone, EXTRA [] more train options
+# and TAG [] a word in the log names (e.g. EXTRA="--threshold batch" TAG=batch),
 # FN [fernoise] the command.
 set -u
 work=${1:?usage: bench/methods_grid.sh WORKDIR}
@@ -23,10 +25,11 @@ start=${pretrained:+--pretrained $pretrained}
 for m in ${METHODS:-ce ncctfer elr gce sce scn rul eac pc nl}; do
   extra=""
   [ "$m" = rul ] && extra="--rul-fc-lr-factor 1"
-  log="log-$m-${SIZE:-48}px${pretrained:+-pre}.txt"
+  log="log-$m-${SIZE:-48}px${BACKBONE:+-$BACKBONE}${pretrained:+-pre}${TAG:+-$TAG}.txt"
   $fn train "$manifest" --method "$m" --epochs "${EPOCHS:-15}" --warmup "${WARMUP:-3}" --image-size "${SIZE:-48}" \
-    --batch-size 128 --lr-backbone 1e-3 --lr-head 1e-3 --weight-decay 0 --lr-decay 1 --seed 0 \
-    --precision "${PRECISION:-bf16}" --augment "${AUGMENT:-device}" $start $extra \
+    --batch-size 128 --lr-backbone "${LR_BACKBONE:-1e-3}" --lr-head 1e-3 --weight-decay 0 --lr-decay 1 --seed 0 \
+    --precision "${PRECISION:-bf16}" --augment "${AUGMENT:-device}" ${BACKBONE:+--backbone $BACKBONE} \
+    $start $extra ${EXTRA:-} \
     --runs-dir runs > "$log" 2>&1 || { echo "train $m failed: $(tail -1 "$log")"; continue; }
   run=$(grep -E "^(wrote|cache hit): " "$log" | tail -1 | sed 's/^[a-z ]*: //')
   $fn eval "$run" > "eval-${log#log-}" 2>&1 || echo "eval $m failed: $(tail -1 "eval-${log#log-}")"

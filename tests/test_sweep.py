@@ -197,7 +197,7 @@ def test_shipped_grids_parse(tmp_path):
         ),
         (
             GOOD.replace("epochs = 1", "epoch = 1"),
-            "unknown train option 'epoch'; valid: augment, batch_size, ",
+            "unknown train option 'epoch'; valid: augment, backbone, batch_size, ",
         ),
         (GOOD.replace("epochs = 1", 'epochs = "one"'), "train.epochs: expected int, found 'one'"),
         (GOOD.replace("warmup = 0", "warmup = 3"), "train.warmup: "),
