@@ -347,6 +347,23 @@ class Method:
         rows is left out of that epoch."""
         return {"train": rows}
 
+    def epoch_phases(self, epoch: int, rows: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """The epoch's phases, run one after the other: each a ``{stream: positions}`` dict as
+        :meth:`epoch_rows` returns (its first stream leads that phase, the others are cycled to
+        it); default one phase, ``[self.epoch_rows(epoch, rows)]``. For a method that trains its
+        networks in turn within an epoch (DivideMix: network 1 a pass, then network 2 a pass).
+        Stream names are unique across phases (``views_for`` and ``loss`` tell the phases apart
+        by them); with two or more phases ``loss`` always gets one entry per stream, and under
+        torch.distributed parameters a phase leaves idle are allowed."""
+        return [self.epoch_rows(epoch, rows)]
+
+    def epoch_selection(self) -> Tensor | None:
+        """bool ``(n_rows,)``: the rows the method treats as clean this epoch when it decides
+        that before the epoch's batches (a division in :meth:`start_epoch`), else None (the
+        default). When given, ``confident_frac``/``precision``/``recall`` are computed from it
+        over the training rows, once per epoch, instead of from ``LossOut.selected``."""
+        return None
+
     def warn(self, message: str) -> None:
         """Say ``message`` as a one-line warning of the run (bound by the loop; before the loop
         binds it, e.g. in a unit test, it is a Python warning)."""

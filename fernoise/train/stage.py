@@ -711,6 +711,7 @@ class EpochTally:
         self.touched = torch.zeros(n_rows, dtype=torch.bool)  # rows this process trained on
         self.wait = 0.0  # seconds the step waited for its batch (loading not hidden by workers)
         self.bad_step = 0  # the first step whose loss was NaN or inf (0: none)
+        self.division_rows = 0  # the rows a method's division covers (divided), 0: none
 
     def add(self, out, loss_value: float, y, rows, images: int) -> None:
         """One step: ``out`` (LossOut), its loss read back once, the lead stream's labels and
@@ -746,6 +747,22 @@ class EpochTally:
                     right = (new >= 0) & (new == truth.label_clean[rows])
                     s.add("relabelled_right", right.sum().item())
 
+    def divided(self, selected, rows) -> None:
+        """A method's division of the epoch (:meth:`Method.epoch_selection`, equal on every
+        process): the selection figures over the training ``rows`` replace the batches' sums."""
+        if selected is None:
+            return
+        s, sel = self.sums, selected.cpu()[rows]
+        for name in ("selecting", "selected", "selected_clean", "clean"):
+            s.t[s.index[name]] = 0.0
+        s.add("selecting", 1)
+        s.add("selected", sel.sum().item())
+        if self.truth.clean is not None:
+            is_clean = self.truth.clean[rows]
+            s.add("selected_clean", (sel & is_clean).sum().item())
+            s.add("clean", is_clean.sum().item())
+        self.division_rows = len(rows)
+
     def reduce(self, env) -> None:
         """Sum across processes (no-op alone)."""
         from fernoise import distributed
@@ -776,7 +793,7 @@ class EpochTally:
             "lr_backbone": timing.pop("lr_backbone"),
             "lr_head": timing.pop("lr_head"),
             "thresholds": thresholds,
-            "confident_frac": s["selected"] / seen if selecting else None,
+            "confident_frac": s["selected"] / (self.division_rows or seen) if selecting else None,
             "confident_precision": _ratio(s["selected_clean"], s["selected"])
             if selecting and clean
             else None,
@@ -922,39 +939,46 @@ class _Runtime:
         return out.float()
 
 
-def _streams(p: Plan, method, epoch: int, warm: bool, env) -> tuple[dict[str, list], bool]:
-    """The epoch's batches per stream (:meth:`Method.epoch_rows`): the lead stream's as they
-    always were, every further stream shuffled (its own salt) and cycled to the lead's length;
-    a further stream with fewer than 2 rows is left out. Also whether the method asked for
-    several streams (its loss then gets one entry per stream)."""
+def _streams(p: Plan, method, epoch: int, warm: bool, env) -> tuple[list[dict[str, list]], bool]:
+    """The epoch's batches per phase and stream (:meth:`Method.epoch_phases`, by default the one
+    phase of :meth:`Method.epoch_rows`): the first phase's lead stream's as they always were,
+    a later phase's lead shuffled with its own salt, every further stream shuffled (its own
+    salt) and cycled to its phase lead's length; a further stream with fewer than 2 rows is
+    left out. Also whether the method asked for several streams or phases (its loss then gets
+    one entry per stream)."""
     from fernoise import data
 
     cfg, bs = p.cfg, p.cfg.batch_size
     assert bs is not None  # resolved by TrainConfig
-    streams = method.epoch_rows(epoch, p.train_pos)
-    out: dict[str, list] = {}
-    steps = 0
-    for k, (name, rows) in enumerate(streams.items()):
-        views = method.views_for(warm=warm, stream=name)
-        kw = dict(seed=cfg.seed, epoch=epoch, views=views, rank=env.rank, world=env.world)
-        if k == 0:
-            out[name] = data.epoch_batches(rows, bs, **kw)
-            steps = len(out[name])
-            if not steps:
-                raise FernoiseError(
-                    f"{method.name}: its stream {name!r} holds {len(rows)} row(s) at epoch "
-                    f"{epoch}, too few for one batch of 2; nothing to train on"
-                )
-            continue
-        got: list = []
-        for r in range(steps):  # round r: another shuffle of the stream, until it covers the lead
-            more = data.epoch_batches(rows, bs, salt=(k, r), **kw)
-            got.extend(more)
-            if not more or len(got) >= steps:
-                break
-        if got:
-            out[name] = got[:steps]
-    return out, len(streams) > 1
+    phases = method.epoch_phases(epoch, p.train_pos)
+    out: list[dict[str, list]] = []
+    k = 0  # the stream's index over every phase: its salt
+    for streams in phases:
+        batches: dict[str, list] = {}
+        steps = 0
+        for j, (name, rows) in enumerate(streams.items()):
+            views = method.views_for(warm=warm, stream=name)
+            kw = dict(seed=cfg.seed, epoch=epoch, views=views, rank=env.rank, world=env.world)
+            if j == 0:
+                batches[name] = data.epoch_batches(rows, bs, salt=(k,) if k else (), **kw)
+                steps = len(batches[name])
+                if not steps:
+                    raise FernoiseError(
+                        f"{method.name}: its stream {name!r} holds {len(rows)} row(s) at epoch "
+                        f"{epoch}, too few for one batch of 2; nothing to train on"
+                    )
+            else:
+                got: list = []
+                for r in range(steps):  # round r: another shuffle, until it covers the lead
+                    more = data.epoch_batches(rows, bs, salt=(k, r), **kw)
+                    got.extend(more)
+                    if not more or len(got) >= steps:
+                        break
+                if got:
+                    batches[name] = got[:steps]
+            k += 1
+        out.append(batches)
+    return out, len(phases) > 1 or any(len(s) > 1 for s in phases)
 
 
 def _build(p: Plan, rt: _Runtime, say):
@@ -1040,7 +1064,7 @@ def fit(
         net = torch.nn.parallel.DistributedDataParallel(
             model,
             device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-            find_unused_parameters=cfg.warmup > 0,
+            find_unused_parameters=cfg.warmup > 0 or phased(method),
         )
     written = _open_run_folder(p, env, metrics)
     parts = list(dict.fromkeys(["s", *method.parts]))  # loss_s always: the warm-up's part
@@ -1091,6 +1115,7 @@ def _epoch(
     train_seconds = time.perf_counter() - t_train
     _stop_together_if_non_finite(p, env, tally.bad_step, epoch, steps, start)
     tally.reduce(env)
+    tally.divided(method.epoch_selection(), ctx.rows)
     merge_state(method, tally.touched, env)
     val_acc = test_acc = None
     if env.is_main:
@@ -1110,21 +1135,18 @@ def _epoch(
 
 
 def _steps(p: Plan, rt: _Runtime, method, net, optimizer, tally, epoch, warm, say, start) -> int:
-    """The epoch's optimiser steps over its batches (every stream, :func:`_streams`), each
-    added to ``tally``; returns the number of steps. A non-finite loss stops the run at once
-    (alone) or at the epoch's end (under torch.distributed, every process together)."""
+    """The epoch's optimiser steps over its batches (every phase and stream, :func:`_streams`),
+    each added to ``tally``; returns the number of steps. A non-finite loss stops the run at
+    once (alone) or at the epoch's end (under torch.distributed, every process together)."""
     import torch
 
-    cfg, env, truth = p.cfg, rt.env, tally.truth
-    batches, several = _streams(p, method, epoch, warm, env)
-    names = list(batches)
-    lead = names[0]
-    views = {s: method.views_for(warm=warm, stream=s) for s in names}
+    cfg = p.cfg
+    phases, several = _streams(p, method, epoch, warm, rt.env)
     # The loss's only source of randomness (NL's complementary labels, partner permutations).
     gen = torch.Generator().manual_seed(
         int(np.random.default_rng([cfg.seed, epoch, 0xB1]).integers(2**62))
     )
-    steps = len(batches[lead])
+    steps = sum(len(next(iter(b.values()))) for b in phases)
     say(
         {
             "event": "epoch_start",
@@ -1135,10 +1157,44 @@ def _steps(p: Plan, rt: _Runtime, method, net, optimizer, tally, epoch, warm, sa
         }
     )
     net.train()
-    t_train = t_ready = time.perf_counter()
+    clock = {"t_train": time.perf_counter(), "done": 0}
+    for batches in phases:
+        _phase(
+            p, rt, method, net, optimizer, tally, batches, several, gen, clock, epoch, warm, say,
+            start, steps,
+        )  # fmt: skip
+    return steps
+
+
+def _phase(
+    p,
+    rt,
+    method,
+    net,
+    optimizer,
+    tally,
+    batches,
+    several,
+    gen,
+    clock,
+    epoch,
+    warm,
+    say,
+    start,
+    steps,
+) -> None:
+    """One phase's steps (:func:`_steps`); ``clock`` carries the epoch's start and step count."""
+    import torch
+
+    env, truth = rt.env, tally.truth
+    names = list(batches)
+    lead = names[0]
+    views = {s: method.views_for(warm=warm, stream=s) for s in names}
+    t_ready = time.perf_counter()
     feeds = [rt.feed(batches[s]) for s in names]
-    for i, got in enumerate(zip(*feeds, strict=False)):
+    for got in zip(*feeds, strict=False):
         tally.wait += time.perf_counter() - t_ready
+        clock["done"] += 1
         per = dict(zip(names, got, strict=True))
         rows = {s: b["positions"] for s, b in per.items()}
         y = {s: truth.labels[r].to(rt.device, non_blocking=True) for s, r in rows.items()}
@@ -1156,7 +1212,7 @@ def _steps(p: Plan, rt: _Runtime, method, net, optimizer, tally, epoch, warm, sa
         # so checking it here costs no extra device sync and names the exact step.
         loss_value = out.loss.item()
         if not math.isfinite(loss_value):
-            tally.bad_step = tally.bad_step or i + 1
+            tally.bad_step = tally.bad_step or clock["done"]
             if not env.enabled:  # under DDP every rank must stop together: checked after
                 raise non_finite_error(
                     p, epoch, tally.bad_step, steps, loss_value, resumed=start > 1
@@ -1170,13 +1226,12 @@ def _steps(p: Plan, rt: _Runtime, method, net, optimizer, tally, epoch, warm, sa
             {
                 "event": "batch",
                 "epoch": epoch,
-                "done": i + 1,
+                "done": clock["done"],
                 "total": steps,
                 "loss": sums["loss"] / sums["seen"],
-                "images_per_s": sums["images"] * env.world / (t_ready - t_train),
+                "images_per_s": sums["images"] * env.world / (t_ready - clock["t_train"]),
             }
         )
-    return steps
 
 
 def _stop_together_if_non_finite(
@@ -1217,6 +1272,13 @@ def non_finite_error(
         f"non-finite loss{shown} at epoch {epoch}, step {step} of {steps}: training stopped "
         f"and nothing was written as finished{kept}; {cause}"
     )
+
+
+def phased(method) -> bool:
+    """Whether the method overrides ``Method.epoch_phases`` (a phase may leave parameters idle)."""
+    from fernoise.methods.base import Method
+
+    return type(method).epoch_phases is not Method.epoch_phases
 
 
 def _relabels(method) -> bool:
