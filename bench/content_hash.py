@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from fernoise.data import crop_fingerprint
 from fernoise.manifest import content_digests, read_manifest
-from fernoise.train.stage import READS
+from fernoise.train.config import READS
 
 
 def best(fn, repeat: int) -> float:

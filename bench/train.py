@@ -53,7 +53,8 @@ from fernoise import (
 )
 from fernoise.cache import Workspace  # noqa: E402
 from fernoise.manifest import read_manifest  # noqa: E402
-from fernoise.train.stage import TrainConfig, resolve_precision, train  # noqa: E402
+from fernoise.train.config import TrainConfig, resolve_precision  # noqa: E402
+from fernoise.train.stage import train  # noqa: E402
 
 
 def step_rate(

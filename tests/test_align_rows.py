@@ -230,7 +230,7 @@ def test_subset_is_the_one_train_max_rows_draws():
     """align's subset function gives train --max-rows' rows for label strata (one rule, shared)."""
     import pandas as pd
 
-    from fernoise.train.stage import _subset
+    from fernoise.train.plan import _subset
 
     rng = np.random.default_rng(4)
     for _ in range(30):

@@ -169,7 +169,7 @@ def test_eac_says_the_map_size_and_the_image_size_on_dlib():
 
 
 def test_a_resnet18_run_key_has_no_backbone_and_a_dlib_one_has(tmp_path, workspace):
-    from fernoise.train.stage import plan
+    from fernoise.train.plan import plan
 
     man = make_manifest(tmp_path / "data", n=20)
     base = dict(method="ce", epochs=1, image_size=112, device="cpu")
@@ -208,7 +208,7 @@ def test_pretrain_on_dlib_then_train_from_it(tmp_path, workspace):
     state = torch.load(run / "model.pt", weights_only=True)
     for k, v in start.items():
         torch.testing.assert_close(state[f"backbone.{k}"], v, rtol=0, atol=1e-9)
-    from fernoise.train.stage import plan
+    from fernoise.train.plan import plan
 
     with pytest.raises(
         FernoiseError, match="for --backbone dlib-resnet29, not --backbone resnet18"

@@ -91,7 +91,7 @@ def test_the_stages_plan_a_folder_as_its_manifest(tmp_path, workspace):
     from fernoise.corrupt.stage import run_corrupt
     from fernoise.pretrain.stage import plan as pretrain_plan
     from fernoise.sweep import runner as sweep
-    from fernoise.train.stage import plan as train_plan
+    from fernoise.train.plan import plan as train_plan
 
     out = tmp_path / "out"
     man = make_aligned(out, n=20)

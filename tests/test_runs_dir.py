@@ -21,7 +21,7 @@ def test_every_user_of_runs_asks_the_workspace(tmp_path, workspace):
     from fernoise import runindex
     from fernoise.cli.app import app
     from fernoise.sweep import runner as sweep
-    from fernoise.train.stage import plan
+    from fernoise.train.plan import plan
 
     ws = Workspace(workspace)
     man = make_aligned(tmp_path / "out", n=20)

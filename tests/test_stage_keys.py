@@ -105,7 +105,8 @@ def test_corrupt_key(tmp_path, workspace):
 
 def test_train_keys(tmp_path, workspace):
     from fernoise import methods
-    from fernoise.train.stage import TrainConfig, plan
+    from fernoise.train.config import TrainConfig
+    from fernoise.train.plan import plan
 
     src = _manifest(tmp_path / "d", corrupted=True)
     cfg = TrainConfig(

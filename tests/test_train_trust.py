@@ -18,7 +18,9 @@ from factories import SIZE, TINY_ARGS, cli, make_manifest, read_metrics, tiny_tr
 from PIL import Image
 
 from fernoise.manifest import read_manifest
-from fernoise.train.stage import TrainConfig, plan, train
+from fernoise.train.config import TrainConfig
+from fernoise.train.plan import plan
+from fernoise.train.stage import train
 
 
 class Payload:

@@ -13,7 +13,8 @@ from fernoise.corrupt.stage import run_corrupt
 from fernoise.errors import FernoiseError
 from fernoise.manifest import read_manifest, write_manifest
 from fernoise.sweep import runner as sweep
-from fernoise.train.stage import TrainConfig, plan
+from fernoise.train.config import TrainConfig
+from fernoise.train.plan import plan
 
 
 def tiny(**kw):

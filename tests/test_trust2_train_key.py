@@ -15,7 +15,8 @@ from factories import SIZE, make_manifest
 from typer.testing import CliRunner
 
 from fernoise.cli.app import app
-from fernoise.train.stage import TrainConfig, plan
+from fernoise.train.config import TrainConfig
+from fernoise.train.plan import plan
 
 ARGS = [
     "--method",

@@ -112,18 +112,5 @@ def build_model(method: Method, backbone: str = "resnet18") -> FerNet:
 
 
 # The built-in methods, in the order of `fernoise methods`. Each module registers itself.
-from fernoise.methods import (
-    ce,
-    pc,
-    nl,
-    ncctfer,
-    gce,
-    sce,
-    elr,
-    scn,
-    rul,
-    eac,
-    coteaching,
-    dividemix,
-    sop,
-)  # noqa: E402,F401,I001
+from fernoise.methods import ce, pc, nl, ncctfer, gce, sce, elr  # noqa: E402,F401,I001
+from fernoise.methods import scn, rul, eac, coteaching, dividemix, sop  # noqa: E402,F401,I001

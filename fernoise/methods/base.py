@@ -2,7 +2,7 @@
 documented; docs/methods.md says what each method computes).
 
 A method is a subclass of :class:`Method` in its own module of ``fernoise/methods/``,
-registered with ``@register`` (``fernoise.methods``). The training loop (``fernoise.train.stage.fit``)
+registered with ``@register`` (``fernoise.methods``). The training loop (``fernoise.train.loop.fit``)
 names no method; it does exactly this (docs/writing-a-method.md walks through a method)::
 
     method.build(model)                                   # heads, a second network, ...

@@ -68,7 +68,8 @@ from fernoise.devices import check_device_name, resolve_device
 from fernoise.errors import FernoiseError
 from fernoise.manifest import Manifest, read_manifest, resolve_manifest
 from fernoise.progress import Progress
-from fernoise.train.stage import _write_metrics, resolve_precision
+from fernoise.train.config import resolve_precision
+from fernoise.train.loop import _write_metrics
 
 if TYPE_CHECKING:
     from collections.abc import Callable
