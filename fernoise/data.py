@@ -236,14 +236,17 @@ class ViewBatches(Dataset):
     def __init__(self, images: np.ndarray, size: int, randaug_magnitude: int):
         self.images = images
         self.randaug = RandAugment(size, randaug_magnitude)
+        self.env = ViewEnv(size, self.randaug)
 
     def __len__(self) -> int:  # batches come from the sampler; this is never used for indexing
         return 0
 
     def __getitem__(self, batch: Batch) -> dict:
+        from fernoise.methods import views
+
         per_sample = [
-            sample_views(
-                self.images[pos], np.random.default_rng(int(seed)), batch.views, self.randaug
+            views.sample_views(
+                self.images[pos], np.random.default_rng(int(seed)), batch.views, self.env
             )
             for pos, seed in zip(batch.positions, batch.seeds, strict=True)
         ]

@@ -83,6 +83,14 @@ TINY_ARGS = [
 ]
 
 
+def one_epoch_args(size: int = SIZE, *, frozen: bool = False) -> list[str]:
+    """The flags of a one-epoch, no-warm-up, fp32 CPU `fernoise train` of `ce`, batch 8, at
+    ``size`` px; ``frozen``: backbone lr 1e-12, so the backbone stays at its start weights."""
+    args = ["--method", "ce", "--epochs", "1", "--warmup", "0", "--batch-size", "8"]
+    args += ["--image-size", str(size), "--workers", "0", "--precision", "fp32", "--device", "cpu"]
+    return args + (["--lr-backbone", "1e-12"] if frozen else [])
+
+
 def make_manifest(
     root: Path,
     n: int = 105,

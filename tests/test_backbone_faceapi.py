@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import DATA, FERPLUS, needs
+from factories import one_epoch_args
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -36,28 +37,7 @@ pytestmark = needs(FERPLUS) + needs(FACEAPI)
 
 CLASSES = ["neutral", "happiness", "surprise", "sadness"]
 SIZE = 112
-ARGS = [
-    "--backbone",
-    "dlib-resnet29",
-    "--method",
-    "ce",
-    "--epochs",
-    "1",
-    "--warmup",
-    "0",
-    "--batch-size",
-    "8",
-    "--image-size",
-    str(SIZE),
-    "--workers",
-    "0",
-    "--precision",
-    "fp32",
-    "--device",
-    "cpu",
-    "--lr-backbone",
-    "1e-12",
-]
+ARGS = ["--backbone", "dlib-resnet29", *one_epoch_args(SIZE, frozen=True)]
 
 
 def ferplus_crops(root: Path, per_class: int = 10) -> Path:

@@ -14,33 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import RUNNING, SIZE, make_manifest, resnet18_state, run_of
+from factories import RUNNING, SIZE, make_manifest, one_epoch_args, resnet18_state, run_of
 from typer.testing import CliRunner
 
 from fernoise.cache import file_sha256
 from fernoise.cli.app import app
 from fernoise.pretrain.stage import PretrainConfig, pretrain
 
-ARGS = [
-    "--method",
-    "ce",
-    "--epochs",
-    "1",
-    "--warmup",
-    "0",
-    "--batch-size",
-    "8",
-    "--image-size",
-    str(SIZE),
-    "--workers",
-    "0",
-    "--precision",
-    "fp32",
-    "--device",
-    "cpu",
-    "--lr-backbone",
-    "1e-12",
-]
+ARGS = one_epoch_args(frozen=True)
 
 
 def _train(manifest: Path, *extra: str):

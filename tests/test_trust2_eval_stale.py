@@ -11,30 +11,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from factories import SIZE, make_manifest
+from factories import make_manifest, one_epoch_args
 from typer.testing import CliRunner
 
 from fernoise.cache import file_sha256, stamp_path, write_stamp
 from fernoise.cli.app import app
 
-ARGS = [
-    "--method",
-    "ce",
-    "--epochs",
-    "1",
-    "--warmup",
-    "0",
-    "--batch-size",
-    "8",
-    "--image-size",
-    str(SIZE),
-    "--workers",
-    "0",
-    "--precision",
-    "fp32",
-    "--device",
-    "cpu",
-]
+ARGS = one_epoch_args()
 
 
 def cli(*args):

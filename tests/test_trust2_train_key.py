@@ -11,31 +11,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from factories import SIZE, make_manifest
+from factories import SIZE, make_manifest, one_epoch_args
 from typer.testing import CliRunner
 
 from fernoise.cli.app import app
 from fernoise.train.config import TrainConfig
 from fernoise.train.plan import plan
 
-ARGS = [
-    "--method",
-    "ce",
-    "--epochs",
-    "1",
-    "--warmup",
-    "0",
-    "--batch-size",
-    "8",
-    "--image-size",
-    str(SIZE),
-    "--workers",
-    "0",
-    "--precision",
-    "fp32",
-    "--device",
-    "cpu",
-]
+ARGS = one_epoch_args()
 
 
 def _train(manifest: Path):
