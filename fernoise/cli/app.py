@@ -40,6 +40,7 @@ def _register() -> None:
     # Each command lives in its own module; importing them is cheap (no torch at import).
     from fernoise.cli import (
         align,
+        audit,
         backbones,
         corrupt,
         demo,
@@ -66,6 +67,7 @@ def _register() -> None:
         predict,
         report,
         sweep,
+        audit,
     ):
         mod.register(app)
 

@@ -318,13 +318,11 @@ def _method_options() -> list[inspect.Parameter]:
     return out
 
 
-def _train(**kw) -> None:
-    # Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared CPU
-    # spinning threads of several trainers starve each other (measured 2-3x slower).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def train_config(kw: dict):
+    """The TrainConfig of `fernoise train`'s options ``kw`` (the method flags are popped from
+    ``kw``); `fernoise audit` takes the same options through it."""
     from fernoise import methods
-    from fernoise.cache import Workspace
-    from fernoise.train.stage import TrainConfig, train
+    from fernoise.train.config import TrainConfig
 
     given = {flag: kw.pop(_ident(flag)) for flag in methods.all_flags()}
     method = kw["method"]
@@ -357,6 +355,23 @@ def _train(**kw) -> None:
         compile=kw["compile_"],
         backbone=kw["backbone"],
     )
+    return cfg
+
+
+def train_signature(extra: list[inspect.Parameter] | None = None) -> inspect.Signature:
+    """`fernoise train`'s signature: the shared options, ``extra``, then every method flag."""
+    base = inspect.signature(_static_options, eval_str=True)
+    return base.replace(parameters=[*base.parameters.values(), *(extra or []), *_method_options()])
+
+
+def _train(**kw) -> None:
+    # Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared CPU
+    # spinning threads of several trainers starve each other (measured 2-3x slower).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from fernoise.cache import Workspace
+    from fernoise.train.stage import train
+
+    cfg = train_config(kw)
     ws = Workspace(kw["workspace"])
     manifest = kw["manifest"]
     if manifest is None:
@@ -375,11 +390,8 @@ def register(app: typer.Typer) -> None:
     def train_cmd(**kw) -> None:
         _train(**kw)
 
-    base = inspect.signature(_static_options, eval_str=True)
     # PEP 362: inspect.signature (and so Typer) reads __signature__; typeshed declares none on functions
-    train_cmd.__signature__ = base.replace(  # type: ignore[attr-defined]
-        parameters=[*base.parameters.values(), *_method_options()]
-    )
+    train_cmd.__signature__ = train_signature()  # type: ignore[attr-defined]
     app.command(
         name="train",
         help="Train a method (`fernoise methods`) on a manifest; writes runs/<key>/ (re-run: cache hit or resume).",

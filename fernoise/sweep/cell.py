@@ -1,7 +1,8 @@
 """One sweep cell in a child process: ``python -m fernoise.sweep.cell`` < spec.json.
 
 Reads a JSON spec on stdin (``manifest``: the cell's noisy manifest, ``config``: the
-TrainConfig fields, ``runs_dir``, ``workspace``, ``cam``, ``parent``: the sweep's pid), trains
+TrainConfig fields, ``runs_dir``, ``workspace``, ``cam``, ``parent``: the sweep's pid; optional
+``eval_split``: the split to evaluate, default test), trains
 through :func:`fernoise.train.stage.train` (cache hit, resume or fresh) and evaluates through
 :func:`fernoise.evaluate.stage.evaluate_run`, both cached, and indexes the evaluation
 (:mod:`fernoise.runindex`). Writes one JSON event per line on stdout: ``start``
@@ -97,8 +98,13 @@ def main() -> int:
         )
         _emit({"event": "trained", "run": str(res.output), "hit": res.hit, "key": res.key})
         cam = int(spec.get("cam", 0))
-        report = runindex.lookup_eval(res.output, cam=cam, workspace=ws)
-        if report is None:
+        split = spec.get("eval_split", "test")
+        report = runindex.lookup_eval(res.output, cam=cam, workspace=ws) if split == "test" else None
+        if split != "test":  # another split (the audit's aum run): cached, not indexed
+            _, report = evaluate_run(
+                res.output, EvalParams(cam=cam, device=cfg.device, split=split), workspace=ws
+            )
+        elif report is None:
             before = runindex.eval_inputs(res.output)
             stage, report = evaluate_run(
                 res.output, EvalParams(cam=cam, device=cfg.device), workspace=ws
