@@ -579,7 +579,7 @@ def _summary(
         "manifest": str(p.source.resolve()),
         "manifest_sha256": file_sha256(p.source),
         "manifest_key": p.manifest.key,
-        "dataset": p.manifest.meta.get("dataset") or p.source.parent.name,
+        "dataset": p.manifest.meta.get("dataset") or p.source.resolve().parent.name,
         "classes": p.classes,
         "scorer": p.params.scorer,
         "filter_by": p.params.filter_by if p.params.scorer == "cleanlab" else None,

@@ -99,7 +99,9 @@ def main() -> int:
         _emit({"event": "trained", "run": str(res.output), "hit": res.hit, "key": res.key})
         cam = int(spec.get("cam", 0))
         split = spec.get("eval_split", "test")
-        report = runindex.lookup_eval(res.output, cam=cam, workspace=ws) if split == "test" else None
+        report = (
+            runindex.lookup_eval(res.output, cam=cam, workspace=ws) if split == "test" else None
+        )
         if split != "test":  # another split (the audit's aum run): cached, not indexed
             _, report = evaluate_run(
                 res.output, EvalParams(cam=cam, device=cfg.device, split=split), workspace=ws
