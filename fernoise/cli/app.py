@@ -41,6 +41,7 @@ def _register() -> None:
     from fernoise.cli import (
         align,
         backbones,
+        clean,
         corrupt,
         demo,
         evaluate,
@@ -60,6 +61,7 @@ def _register() -> None:
         split,
         pretrain,
         train,
+        clean,
         methods,
         backbones,
         evaluate,
