@@ -60,6 +60,42 @@ def test_select_issue_rows_or_below_quality_capped_lowest_first_ties_by_rank():
     assert len(select(big, CleanParams("drop", max_fraction=0.29))) == 29  # not 28.999...
 
 
+def test_apply_relabels_in_place_and_counts_unchanged_suggestions():
+    import pyarrow as pa
+
+    from fernoise.audit.clean import apply
+
+    table = pa.table(
+        {
+            "id": ["a", "b", "c", "d"],
+            "label": pa.array([0, 1, 2, None], type=pa.int64()),
+            "label_name": ["neutral", "happy", "sad", None],
+            "label_clean": pa.array([1, 1, 2, None], type=pa.int64()),
+            "is_noisy": [True, False, False, None],
+            "extra": [1.5, 2.5, 3.5, 4.5],
+        }
+    )
+    chosen = pd.DataFrame({"id": ["a", "c"], "given": [0, 2], "suggested": [1, 2]})
+    out, info = apply(table, chosen, action="relabel", classes=["neutral", "happy", "sad"])
+    assert out.column_names == [*table.column_names, "label_given"]
+    assert out.column("label").to_pylist() == [1, 1, 2, None]
+    assert out.column("label_name").to_pylist() == ["happy", "happy", "sad", None]
+    assert out.column("is_noisy").to_pylist() == [False, False, False, None]
+    assert out.column("label_given").to_pylist() == [0, 1, 2, None]
+    assert out.column("extra").equals(table.column("extra"))
+    assert info["counts"]["neutral"] == {
+        "acted": 1,
+        "relabelled_from": 1,
+        "relabelled_to": 0,
+        "unchanged": 0,
+    }
+    assert info["counts"]["sad"]["unchanged"] == 1 and info["counts"]["happy"]["relabelled_to"] == 1
+    assert info["pairs"] == [{"given": "neutral", "suggested": "happy", "count": 1}]
+    dropped, info = apply(table, chosen, action="drop", classes=["neutral", "happy", "sad"])
+    assert dropped.column("id").to_pylist() == ["b", "d"] and dropped.schema == table.schema
+    assert [v["dropped"] for v in info["counts"].values()] == [1, 0, 1]
+
+
 # ----------------------------------------------------------------------------- drop
 def test_drop_removes_exactly_the_issue_rows_and_hits_the_cache(workspace):
     src = make_manifest(workspace / "data", noise=0.3)
@@ -127,6 +163,15 @@ def test_other_parameters_miss_the_cache_and_cap_the_rows(workspace):
     lowest = frame.sort_values(["quality", "rank"])["id"].iloc[:cap]
     gone = set(read_manifest(src).df["id"]) - set(read_manifest(capped).df["id"])
     assert gone == set(lowest) and len(gone) == cap < len(low)
+
+    other = fake_audit(workspace, src, issues=2, tag="another audit")
+    res = cli("clean", other, "--drop", "--min-quality", "0.5")
+    assert res.exit_code == 0, res.output
+    again = Path(res.output.strip().splitlines()[-1].removeprefix("wrote: "))
+    assert (
+        again not in (out, capped)
+        and read_meta(again)["params"]["audit"] != read_meta(out)["params"]["audit"]
+    )
 
 
 # ----------------------------------------------------------------------------- relabel
