@@ -269,7 +269,9 @@ def run_split(
 
     ws = workspace or Workspace()
     path = resolve_manifest(
-        manifest if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
+        manifest
+        if manifest is not None
+        else ws.latest("clean", "align", what="manifest", flag="MANIFEST")
     )
     meta = read_meta(path)
     table, groups, labels, n_classes = _read_input(path, meta, params)

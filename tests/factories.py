@@ -623,3 +623,114 @@ def run_of(res, *, hit: bool = False) -> Path:
     run = Path(path)
     assert (run / "model.pt").is_file(), res.output
     return run
+
+
+# ============================================================================= audit
+def fake_audit(
+    root: Path,
+    manifest: Path,
+    *,
+    issues=None,
+    quality=None,
+    suggested=None,
+    workspace: Path | None = None,
+    tag: str = "",
+) -> Path:
+    """An audit folder ``root/audits/<key16>/`` of ``manifest``'s labelled train rows, as
+    ``fernoise audit`` writes it (audit.parquet, audit.json, joint.csv, and the stamp
+    ``fernoise.cache.write_stamp`` writes for the main output ``audit.parquet``); recorded in
+    ``workspace``'s lock as stage ``audit`` when given.
+
+    ``quality``: ``{id: q}`` (default: seeded, below 0.3 on ``is_noisy`` rows, 0.4..1 on the
+    others); ``suggested``: ``{id: class index}`` (default: ``label_clean`` when the manifest
+    has it, else the given label, moved on by one where quality < 0.3); ``issues``: the ids
+    flagged, or an int n: the n lowest-quality rows (default: quality < 0.3). ``tag`` changes
+    the key (two audits of one manifest)."""
+    from fernoise.cache import Workspace, file_sha256, stage_key, write_stamp
+    from fernoise.manifest import read_manifest
+
+    m = read_manifest(manifest)
+    classes = m.classes
+    C = len(classes)
+    rows = m.df[(m.df["split"] == "train") & m.df["label"].notna()].reset_index(drop=True)
+    rng = np.random.default_rng(len(rows))
+    noisy = rows["is_noisy"].astype(bool) if "is_noisy" in rows else pd.Series(False, rows.index)
+    q = np.where(noisy, rng.uniform(0.0, 0.3, len(rows)), rng.uniform(0.4, 1.0, len(rows)))
+    if quality is not None:
+        q = np.array([quality.get(i, v) for i, v in zip(rows["id"], q, strict=True)])
+    given = rows["label"].astype(int).to_numpy()
+    if "label_clean" in rows:
+        sug = rows["label_clean"].astype(int).to_numpy()
+    else:
+        sug = np.where(q < 0.3, (given + 1) % C, given)
+    if suggested is not None:
+        sug = np.array([suggested.get(i, v) for i, v in zip(rows["id"], sug, strict=True)])
+    frame = pd.DataFrame({"id": rows["id"], "path": [str(m.root / p) for p in rows["path"]]})
+    frame["given"] = given.astype(np.int64)
+    frame["given_name"] = [classes[c] for c in given]
+    frame["suggested"] = sug.astype(np.int64)
+    frame["suggested_name"] = [classes[c] for c in sug]
+    frame["quality"] = q.astype(np.float64)
+    order = np.lexsort((frame["id"].to_numpy(), q))
+    rank = np.empty(len(rows), dtype=np.int64)
+    rank[order] = np.arange(1, len(rows) + 1)
+    if issues is None:
+        flagged = q < 0.3
+    elif isinstance(issues, int):
+        flagged = rank <= issues
+    else:
+        flagged = frame["id"].isin(list(issues)).to_numpy()
+    frame["is_issue"] = flagged
+    frame["rank"] = rank
+    frame["fold"] = (np.arange(len(rows)) % 2).astype(np.int64)
+    for k, c in enumerate(classes):
+        rest = np.where(sug != given, np.where(sug == k, 1 - q, 0.0), (1 - q) / (C - 1))
+        frame[f"p_{c}"] = np.where(given == k, q, rest)
+    if "label_clean" in rows:
+        frame["truth"] = rows["label_clean"].astype(int).to_numpy()
+        frame["truth_name"] = [classes[c] for c in frame["truth"]]
+        frame["is_wrong"] = frame["given"] != frame["truth"]
+    frame = frame.sort_values("rank").reset_index(drop=True)
+
+    sha = file_sha256(manifest)
+    params = {"scorer": "cleanlab", "folds": 2, "filter_by": "prune_by_noise_rate", "tag": tag}
+    key = stage_key("audit", 1, params, {"manifest": sha})
+    folder = root / "audits" / key[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(folder / "audit.parquet", index=False)
+    joint = np.zeros((C, C))
+    np.add.at(joint, (given, sug), 1)
+    joint /= max(joint.sum(), 1)
+    per_class = frame[frame["is_issue"]]["given_name"].value_counts()
+    summary = {
+        "stage": "audit",
+        "version": 1,
+        "key": key,
+        "manifest": str(Path(manifest).resolve()),
+        "manifest_sha256": sha,
+        "manifest_key": m.key,
+        "dataset": m.meta.get("dataset", "synthetic"),
+        "classes": classes,
+        "scorer": "cleanlab",
+        "filter_by": "prune_by_noise_rate",
+        "folds": 2,
+        "group_column": None,
+        "train": {"method": "ce", "epochs": 1},
+        "runs": [],
+        "rows": len(frame),
+        "issues": int(frame["is_issue"].sum()),
+        "issues_per_class": {str(k): int(v) for k, v in per_class.items()},
+        "top_pairs": [],
+        "joint": joint.tolist(),
+        "truth": None,
+        "seconds": {"total": 0.0, "training": 0.0},
+    }
+    (folder / "audit.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    pd.DataFrame(joint, index=classes, columns=classes).to_csv(folder / "joint.csv")
+    outputs = [folder / n for n in ("audit.parquet", "audit.json", "joint.csv")]
+    write_stamp(folder / "audit.parquet", key, outputs, stage="audit", params=params)
+    if workspace is not None:
+        Workspace(workspace).record(
+            "audit", key=key, output=folder / "audit.parquet", params=params
+        )
+    return folder

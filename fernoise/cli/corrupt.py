@@ -13,7 +13,7 @@ HELP = (
     "Corrupt the training labels of a manifest (sym, asym, matrix or column noise), exactly and reproducibly.\n\n"
     "Writes a new manifest beside the input (e.g. manifest.sym-r0.30-s0.parquet) with label (noisy), "
     "label_clean and is_noisy, and prints the realised transition matrix and rates. "
-    "Without MANIFEST, the latest `fernoise align` output of the workspace is used."
+    "Without MANIFEST, the latest `fernoise align` or `fernoise clean` output of the workspace is used."
 )
 
 
@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Argument(
                 metavar="MANIFEST",
-                help="Manifest to corrupt (default: the latest aligned one). A folder means its manifest.parquet.",
+                help="Manifest to corrupt (default: the latest aligned or cleaned one). A folder means its manifest.parquet.",
             ),
         ] = None,
         kind: Annotated[

@@ -23,7 +23,7 @@ from fernoise.cli.common import (
 ManifestArg = Annotated[
     Path | None,
     typer.Argument(
-        help="Manifest (default: the latest of `fernoise align`/`corrupt`). A folder means its manifest.parquet."
+        help="Manifest (default: the latest of `fernoise align`/`corrupt`/`clean`). A folder means its manifest.parquet."
     ),
 ]
 MethodOpt = Annotated[str, typer.Option("--method", help="simclr (NT-Xent) or byol (EMA target).")]
@@ -128,7 +128,7 @@ def pretrain_cmd(
     )
     ws = Workspace(workspace)
     if manifest is None:
-        manifest = ws.latest("corrupt", "align", what="manifest", flag="MANIFEST")
+        manifest = ws.latest("clean", "corrupt", "align", what="manifest", flag="MANIFEST")
     bar = _PretrainProgress()
     try:
         result = pretrain(manifest, cfg, out_root=out, workspace=ws, progress=bar, force=force)

@@ -15,7 +15,7 @@ HELP = (
     "(--val-fraction of them), the rest its train rows; no group is in two parts, and every row is a test "
     "row exactly once. Folds are stratified by label where the groups allow. Writes "
     "<stem>.fold-<i>-of-<K>-s<seed>.parquet (i from 0) beside MANIFEST or in --out. Split the clean "
-    "manifest, then corrupt and train each fold. Without MANIFEST, the latest `fernoise align` output."
+    "manifest, then corrupt and train each fold. Without MANIFEST, the latest `fernoise align` or `fernoise clean` output."
 )
 
 
@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Argument(
                 metavar="MANIFEST",
-                help="Clean manifest with a group column (default: the latest aligned one). A folder means its manifest.parquet.",
+                help="Clean manifest with a group column (default: the latest aligned or cleaned one). A folder means its manifest.parquet.",
             ),
         ] = None,
         group_column: Annotated[

@@ -137,7 +137,7 @@ def sweep_cmd(
     manifest: Annotated[
         Path | None,
         typer.Argument(
-            help="Clean aligned manifest (default: the grid's `manifest`, else the latest `fernoise align`). A folder means its manifest.parquet."
+            help="Clean aligned manifest (default: the grid's `manifest`, else the latest `fernoise align` or `fernoise clean`). A folder means its manifest.parquet."
         ),
     ] = None,
     gpus: Annotated[

@@ -132,7 +132,7 @@ def _static_options(
     manifest: Annotated[
         Path | None,
         typer.Argument(
-            help="Manifest (default: the latest of `fernoise corrupt`/`align`). A folder means its manifest.parquet."
+            help="Manifest (default: the latest of `fernoise clean`/`corrupt`/`align`). A folder means its manifest.parquet."
         ),
     ] = None,
     method: Annotated[
@@ -375,7 +375,7 @@ def _train(**kw) -> None:
     ws = Workspace(kw["workspace"])
     manifest = kw["manifest"]
     if manifest is None:
-        manifest = ws.latest("corrupt", "align", what="manifest", flag="MANIFEST")
+        manifest = ws.latest("clean", "corrupt", "align", what="manifest", flag="MANIFEST")
     runs = ws.runs_dir(kw["runs_dir"])
     bar = _Progress()
     try:

@@ -1,6 +1,6 @@
 """The ``corrupt`` stage runner: read a manifest, key it, corrupt it, write the noisy manifest.
 
-Reads a manifest (default: the latest ``align`` output of the workspace) and, for ``--pairs``
+Reads a manifest (default: the latest ``align`` or ``clean`` output of the workspace) and, for ``--pairs``
 and ``--matrix``, a small file. Writes ``<stem>.<suffix>.parquet`` beside the input, e.g.
 ``manifest.sym-r0.30-s0.parquet``, ``manifest.asym-r0.30-s0.parquet``,
 ``manifest.matrix-<8 hex of the matrix file sha256>-s0.parquet``,
@@ -238,7 +238,9 @@ def run_corrupt(
         )
     ws = workspace or Workspace()
     path = resolve_manifest(
-        manifest if manifest is not None else ws.latest("align", what="manifest", flag="MANIFEST")
+        manifest
+        if manifest is not None
+        else ws.latest("clean", "align", what="manifest", flag="MANIFEST")
     )
     params = _params(kind, rate, seed, pairs_file, matrix_file, column)
     meta = read_meta(path)

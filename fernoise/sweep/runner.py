@@ -261,7 +261,7 @@ def plan(
     shard: tuple[int, int] = (1, 1),
 ) -> Sweep:
     """Load and check the grid, resolve the manifest (``manifest``, else the grid's, else the
-    workspace's latest ``align`` output), build every cell. Writes nothing."""
+    workspace's latest ``clean`` or ``align`` output), build every cell. Writes nothing."""
     ws = workspace or Workspace()
     grid = load_grid(grid_path)
     if manifest is not None:
@@ -269,7 +269,7 @@ def plan(
     elif grid.manifest is not None:
         path = Path(_abs(grid.manifest, ws.root))
     else:
-        path = ws.latest("align", what="manifest", flag="MANIFEST")
+        path = ws.latest("clean", "align", what="manifest", flag="MANIFEST")
     if not path.exists() and manifest is None and grid.manifest is not None:
         raise grid_error(
             grid.path,
