@@ -398,7 +398,7 @@ def _columns_for(table, path: Path, out_dir: Path) -> list:
     if out_dir.resolve() != path.parent.resolve() and "path" in names:
         src_dir = path.parent.resolve()
         rebased = [
-            None
+            p
             if p is None or os.path.isabs(p)
             else Path(os.path.relpath(src_dir / p, out_dir.resolve())).as_posix()
             for p in table.column("path").to_pylist()

@@ -142,9 +142,15 @@ def test_truth_column_with_other_classes_is_refused(workspace):
     m.df["fer"] = ["contempt"] * len(m.df)  # a class this 7-class manifest does not have
     m.df["odd"] = ["bored"] * len(m.df)
     write_manifest(m.df, src, m.meta)
-    _refused(cli("audit", src, "--truth-column", "fer", "--folds", "2", *TINY), workspace, "contempt")
+    _refused(
+        cli("audit", src, "--truth-column", "fer", "--folds", "2", *TINY), workspace, "contempt"
+    )
     _refused(cli("audit", src, "--truth-column", "odd", "--folds", "2", *TINY), workspace, "bored")
-    _refused(cli("audit", src, "--truth-column", "nope", "--folds", "2", *TINY), workspace, "no column 'nope'")
+    _refused(
+        cli("audit", src, "--truth-column", "nope", "--folds", "2", *TINY),
+        workspace,
+        "no column 'nope'",
+    )
 
 
 def test_an_audit_of_an_audit_is_refused(workspace):

@@ -221,6 +221,19 @@ def test_out_folder_rebases_crop_paths(workspace):
     assert not (m.df["split"] == "val").any()  # --val-fraction 0
 
 
+def test_out_folder_keeps_absolute_crop_paths(workspace):
+    subjects, labels = uneven()
+    p = make_manifest(workspace / "data" / "manifest.parquet", subjects, labels)
+    m0 = read_manifest(p)
+    m0.df["path"] = [str((p.parent / q).resolve()) for q in m0.df["path"]]
+    from fernoise.manifest import write_manifest
+
+    write_manifest(m0.df, p, m0.meta)
+    r = run_split(p, SplitParams(folds=3, val_fraction=0.0), out=workspace / "folds")
+    m = read_manifest(r.outputs[0])
+    assert m.df["path"].tolist() == m0.df.set_index("id").loc[m.df["id"], "path"].tolist()
+
+
 def test_bad_inputs_are_one_line_and_write_nothing(workspace):
     subjects, labels = uneven()
     p = make_manifest(workspace / "manifest.parquet", subjects, labels)

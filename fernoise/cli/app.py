@@ -62,6 +62,7 @@ def _register() -> None:
         split,
         pretrain,
         train,
+        audit,
         clean,
         methods,
         backbones,
@@ -69,7 +70,6 @@ def _register() -> None:
         predict,
         report,
         sweep,
-        audit,
     ):
         mod.register(app)
 
