@@ -273,6 +273,13 @@ def _static_options(
     devices: Annotated[
         int, typer.Option("--devices", help="Local processes for torch.distributed (DDP).")
     ] = 1,
+    record_margins: Annotated[
+        bool,
+        typer.Option(
+            "--record-margins",
+            help="Record every training row's margin per epoch in margins.npy (the data of the area-under-the-margin audit; part of the key).",
+        ),
+    ] = False,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
 ) -> None:
@@ -354,6 +361,7 @@ def train_config(kw: dict):
         augment=kw["augment"],
         compile=kw["compile_"],
         backbone=kw["backbone"],
+        record_margins=kw["record_margins"],
     )
     return cfg
 

@@ -92,6 +92,10 @@ class TrainConfig:
     backbone: str = "resnet18"
     """The backbone family (``fernoise.backbones``, ``fernoise backbones``): ``resnet18`` or
     ``dlib-resnet29``; enters the key only when not ``resnet18``."""
+    record_margins: bool = False
+    """Record every training row's margin (logit of its given label minus the largest other
+    logit) at every epoch in ``margins.npy`` (``fernoise.train.margins``: the data of the
+    area-under-the-margin audit); enters the key only when set."""
 
     def __post_init__(self) -> None:
         from fernoise import methods

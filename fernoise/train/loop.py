@@ -6,7 +6,9 @@ schedule, the pass before each epoch) is a plugin of ``fernoise/methods/`` (the 
 (:func:`_streams`; phases one after another), one optimiser step per batch with the loss run
 inside the model call (DistributedDataParallel sees every module), the processes' sums and
 per-sample state merged, validation and test accuracy, then the metrics line
-(:class:`EpochTally`), the checkpoint and ``metrics.jsonl``, atomically.
+(:class:`EpochTally`), the checkpoint and ``metrics.jsonl``, atomically; with
+``--record-margins`` also ``margins.npy`` and ``margins_ids.json`` after the checkpoint that
+holds them (:mod:`fernoise.train.margins`: the format; a resumed run restores them from it).
 
 Trust: the checkpoint holds only tensors, numbers, strings, lists and dicts and is read with
 ``torch.load(weights_only=True)``; an unreadable, truncated or foreign one is treated as absent
@@ -41,6 +43,7 @@ from fernoise.train.config import (
     VERSION,
     TrainConfig,
 )
+from fernoise.train.margins import MarginLog
 from fernoise.train.plan import Plan, key_inputs
 
 
@@ -66,7 +69,9 @@ class EpochTally:
     thresholds, selection and relabelling against the known truth), summed across processes
     at the end, and the epoch's line of metrics.jsonl (:meth:`record`)."""
 
-    def __init__(self, parts: list[str], n_rows: int, num_classes: int, truth: _Truth):
+    def __init__(
+        self, parts: list[str], n_rows: int, num_classes: int, truth: _Truth, margins: bool = False
+    ):
         import torch
 
         self.parts = parts
@@ -93,10 +98,14 @@ class EpochTally:
         self.wait = 0.0  # seconds the step waited for its batch (loading not hidden by workers)
         self.bad_step = 0  # the first step whose loss was NaN or inf (0: none)
         self.division_rows = 0  # the rows a method's division covers (divided), 0: none
+        # --record-margins: per row, the sum and count of its margins this epoch (float64)
+        self.m_sum = torch.zeros(n_rows, dtype=torch.float64) if margins else None
+        self.m_cnt = torch.zeros(n_rows, dtype=torch.float64) if margins else None
 
     def add(self, out, loss_value: float, y, rows, images: int) -> None:
         """One step: ``out`` (LossOut), its loss read back once, the lead stream's labels and
-        rows, and the number of views made in all streams."""
+        rows, and the number of views made in all streams. With margins, each row's margin
+        against its given label ``y`` on the first ``len(rows)`` logits (the rows' first view)."""
         import torch
 
         s, n, truth = self.sums, y.shape[0], self.truth
@@ -127,6 +136,13 @@ class EpochTally:
                 if truth.label_clean is not None:
                     right = (new >= 0) & (new == truth.label_clean[rows])
                     s.add("relabelled_right", right.sum().item())
+            if self.m_sum is not None and self.m_cnt is not None:
+                from fernoise.train.margins import batch_margins
+
+                at = torch.as_tensor(rows, dtype=torch.long).cpu()
+                m = batch_margins(out.logits[: len(at)], y[: len(at)]).cpu()
+                self.m_sum.index_add_(0, at, m)
+                self.m_cnt.index_add_(0, at, torch.ones_like(m))
 
     def divided(self, selected, rows) -> None:
         """A method's division of the epoch (:meth:`Method.epoch_selection`, equal on every
@@ -151,6 +167,9 @@ class EpochTally:
         distributed.all_sum(self.sums.t, env)
         distributed.all_sum(self.t_sum, env)
         distributed.all_sum(self.t_cnt, env)
+        if self.m_sum is not None and self.m_cnt is not None:
+            distributed.all_sum(self.m_sum, env)
+            distributed.all_sum(self.m_cnt, env)
 
     def record(self, epoch: int, warm: bool, relabels: bool, **timing: Any) -> dict[str, Any]:
         """The epoch's metrics.jsonl line (``timing``: lrs, accuracies, seconds, in that order)."""
@@ -388,11 +407,13 @@ def _build(p: Plan, rt: _Runtime, say):
     return method, model, optimizer, scheduler
 
 
-def _open_run_folder(p: Plan, env, metrics: list[dict]) -> list[Path]:
-    """Rank 0: the run folder with config.json (and val_ids.json), metrics so far; the files a
-    finished run holds."""
+def _open_run_folder(p: Plan, env, metrics: list[dict], margins: MarginLog | None) -> list[Path]:
+    """Rank 0: the run folder with config.json (and val_ids.json), metrics so far (and the
+    margins so far with their ids, ``--record-margins``); the files a finished run holds."""
     run_dir = p.run_dir
     written = [run_dir / "config.json", run_dir / "metrics.jsonl", run_dir / "model.pt"]
+    if margins is not None:
+        written += margins.files(run_dir)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_tmp(
@@ -403,6 +424,8 @@ def _open_run_folder(p: Plan, env, metrics: list[dict]) -> list[Path]:
             atomic_write_json(run_dir / "val_ids.json", p.val_ids)
             written.append(run_dir / "val_ids.json")
         _write_metrics(run_dir, metrics)
+        if margins is not None:
+            margins.write(run_dir, ids=True)
     return written
 
 
@@ -439,7 +462,10 @@ def fit(
     truth = _Truth.of(p)
     method, model, optimizer, scheduler = _build(p, rt, say)
     ckpt_path = p.run_dir / "checkpoint.pt"
-    metrics, start = resume(ckpt_path, p, model, optimizer, scheduler, method, say, fresh=fresh)
+    margins = _margin_log(p)
+    metrics, start = resume(
+        ckpt_path, p, model, optimizer, scheduler, method, say, fresh=fresh, margins=margins
+    )
     net = model
     if env.enabled:  # warm-up trains the main head only: other heads are idle then
         net = torch.nn.parallel.DistributedDataParallel(
@@ -447,17 +473,23 @@ def fit(
             device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
             find_unused_parameters=cfg.warmup > 0 or phased(method),
         )
-    written = _open_run_folder(p, env, metrics)
+    written = _open_run_folder(p, env, metrics, margins)
     parts = list(dict.fromkeys(["s", *method.parts]))  # loss_s always: the warm-up's part
     assert cfg.epochs is not None  # resolved by TrainConfig
     for epoch in range(start, cfg.epochs + 1):
-        record = _epoch(p, rt, truth, method, model, net, optimizer, epoch, parts, say, start)
+        record = _epoch(
+            p, rt, truth, method, model, net, optimizer, epoch, parts, say, start, margins
+        )
         if scheduler is not None:
             scheduler.step()
         metrics.append(record)
         if env.is_main:
-            _save_checkpoint(ckpt_path, p.key, epoch, model, optimizer, scheduler, method, metrics)
+            _save_checkpoint(
+                ckpt_path, p.key, epoch, model, optimizer, scheduler, method, metrics, margins
+            )
             _write_metrics(p.run_dir, metrics)
+            if margins is not None:  # after the checkpoint that holds them
+                margins.write(p.run_dir)
         say({"event": "epoch_end", "metrics": record})
         distributed.barrier(env)
     if env.is_main:
@@ -466,10 +498,22 @@ def fit(
 
 
 def _epoch(
-    p: Plan, rt: _Runtime, truth: _Truth, method, model, net, optimizer, epoch, parts, say, start
+    p: Plan,
+    rt: _Runtime,
+    truth: _Truth,
+    method,
+    model,
+    net,
+    optimizer,
+    epoch,
+    parts,
+    say,
+    start,
+    margins: MarginLog | None = None,
 ) -> dict:
     """One epoch: the method's pass before it, its steps, the processes' sums and per-sample
-    state merged, validation and test accuracy; returns the epoch's metrics line."""
+    state merged (and the epoch's margins appended to ``margins``), validation and test
+    accuracy; returns the epoch's metrics line."""
     from fernoise import distributed
     from fernoise.methods.base import EpochContext
 
@@ -490,12 +534,16 @@ def _epoch(
         ),
     )
     method.start_epoch(model, ctx)
-    tally = EpochTally(parts, len(p.rows), p.config["num_classes"], truth)
+    tally = EpochTally(
+        parts, len(p.rows), p.config["num_classes"], truth, margins=margins is not None
+    )
     t_train = time.perf_counter()
     steps = _steps(p, rt, method, net, optimizer, tally, epoch, warm, say, start)
     train_seconds = time.perf_counter() - t_train
     _stop_together_if_non_finite(p, env, tally.bad_step, epoch, steps, start)
     tally.reduce(env)
+    if margins is not None:
+        margins.end_epoch(tally.m_sum, tally.m_cnt)
     tally.divided(method.epoch_selection(), ctx.rows)
     merge_state(method, tally.touched, env)
     val_acc = test_acc = None
@@ -701,6 +749,13 @@ def merge_state(method, touched, env) -> None:
 
 
 # ----------------------------------------------------------------------------- fit's hooks
+def _margin_log(p: Plan) -> MarginLog | None:
+    """``--record-margins``: the margins of the training rows, in ``p.train_pos`` order."""
+    if not p.cfg.record_margins:
+        return None
+    return MarginLog(p.train_pos, p.rows["id"].astype(str).iloc[p.train_pos].tolist())
+
+
 def _images(p: Plan, env, say) -> np.ndarray:
     """The crops of ``p.rows`` as the decoded uint8 array (rank 0 builds the cache, the other
     ranks map it). Rows whose crop is missing, undecodable or changed since align are dropped
@@ -803,13 +858,23 @@ def header_line(p: Plan) -> str:
 
 
 def resume(
-    path: Path, p: Plan, model, optimizer, scheduler, method, say, *, fresh: bool = False
+    path: Path,
+    p: Plan,
+    model,
+    optimizer,
+    scheduler,
+    method,
+    say,
+    *,
+    fresh: bool = False,
+    margins: MarginLog | None = None,
 ) -> tuple[list[dict], int]:
     """``(metrics, first epoch)`` from ``checkpoint.pt`` when it holds this run (same key), else
     ``([], 1)``. Read with ``weights_only=True``; its key is checked before its contents are
     used; an unreadable, truncated or foreign checkpoint is treated as absent (one warning).
-    The method's per-sample state is restored too; when its size does not match the rows
-    (``n_rows``), the run starts over, and says so."""
+    The method's per-sample state is restored too, and the epochs' margins into ``margins``
+    (``--record-margins``); when their size does not match the rows, the run starts over, and
+    says so."""
     if fresh or not path.is_file():
         return [], 1
     ckpt = load_checkpoint(path, p.key)
@@ -825,6 +890,15 @@ def resume(
                 "event": "warning",
                 "message": f"{path}: the per-sample state of {method.name} does not match the "
                 f"{len(p.rows):,} rows of this run; it is ignored and the run starts over",
+            }
+        )
+        return [], 1
+    if margins is not None and not margins.restore(ckpt.get("margins"), ckpt["epoch"]):
+        say(
+            {
+                "event": "warning",
+                "message": f"{path}: its margins do not match the {len(p.train_pos):,} training "
+                "rows of this run; it is ignored and the run starts over",
             }
         )
         return [], 1
@@ -973,13 +1047,22 @@ def compile_model(model, method, device, say) -> bool:
 
 
 def _save_checkpoint(
-    path: Path, key: str, epoch: int, model, optimizer, scheduler, method, metrics: list[dict]
+    path: Path,
+    key: str,
+    epoch: int,
+    model,
+    optimizer,
+    scheduler,
+    method,
+    metrics: list[dict],
+    margins: MarginLog | None = None,
 ) -> None:
     """Everything a resumed run needs, atomically, as tensors, numbers, strings, lists and dicts
     only (``torch.load(weights_only=True)`` reads it). The data order, the views and the loss's
     random draws of epoch e come from generators seeded by (seed, e), so the RNG state to
     restore is the epoch number; the global torch states are stored as well for completeness.
-    ``method_state`` is the method's per-sample state (ELR's targets, SCN's labels)."""
+    ``method_state`` is the method's per-sample state (ELR's targets, SCN's labels);
+    ``margins`` (``--record-margins`` only) the epochs' mean margins (:mod:`fernoise.train.margins`)."""
     import torch
 
     state = {
@@ -997,6 +1080,8 @@ def _save_checkpoint(
             "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
     }
+    if margins is not None:
+        state["margins"] = margins.state()
     save_torch(state, path)
 
 

@@ -435,6 +435,8 @@ def _key_params(
         key_params["compile"] = True
     if cfg.backbone != "resnet18":
         key_params["backbone"] = cfg.backbone
+    if cfg.record_margins:
+        key_params["record_margins"] = True
     return key_params
 
 

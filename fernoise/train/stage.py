@@ -6,7 +6,8 @@ the manifest has none), ``test`` rows test. Writes ``runs/<key[:16]>/`` (README,
 ``config.json``, ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (atomically, every
 epoch; a re-run resumes from it; removed when the run finishes unless ``keep_checkpoint``),
 ``model.pt`` (final weights), ``val_ids.json`` when validation rows were carved out of train,
-and the stage stamp.
+with ``--record-margins`` ``margins.npy`` and ``margins_ids.json`` (every training row's
+margin per epoch: :mod:`fernoise.train.margins`), and the stage stamp.
 
 Trust: the checkpoint holds only tensors, numbers, strings, lists and dicts and is
 read with ``torch.load(weights_only=True)``; an unreadable, truncated or foreign one is
