@@ -270,3 +270,23 @@ def test_a_killed_audit_resumes_without_retraining_finished_folds(ferplus_manife
     assert model.stat().st_mtime_ns == before
     assert json.loads(done.read_text()) == first
     assert (done.parent.parent / "audit.parquet").is_file()
+
+
+def test_aum_scorer_scores_every_row_from_one_run(workspace):
+    from fernoise.audit.aum import aum_issues, aum_quality, aum_scores
+
+    src = make_manifest(workspace / "d", 70, noise=0.3)
+    res = cli("audit", src, "--scorer", "aum", *TINY)
+    assert res.exit_code == 0, res.output
+    (folder,) = list((workspace / "audits").iterdir())
+    summary = json.loads((folder / "audit.json").read_text())
+    frame = pd.read_parquet(folder / "audit.parquet").set_index("id")
+    assert summary["scorer"] == "aum" and summary["unscored"] == 0
+    (run,) = summary["runs"]
+    ids, aum, epochs = aum_scores(Path(run))
+    assert epochs == 2 and sorted(ids) == sorted(frame.index)  # no validation carve: every row
+    aum = pd.Series(aum, index=ids).loc[frame.index].to_numpy()
+    assert np.allclose(frame["quality"], aum_quality(aum))
+    assert (frame["is_issue"].to_numpy() == aum_issues(aum)).all()
+    assert set(frame["fold"]) == {-1}
+    assert summary["truth"]["source"] == "is_noisy" and summary["truth"]["auroc"] is not None

@@ -2,8 +2,8 @@
 
 - :mod:`.folds`: the K cross-fitting folds of the training rows, one manifest per fold.
 - :mod:`.score`: out-of-sample probabilities -> label quality, issues, suggested labels
-  (cleanlab), the area under the margin (``--scorer aum``), and how good it is against a
-  known truth.
+  (cleanlab), and how good they are against a known truth.
+- :mod:`.aum`: the area under the margin of one training run (``--scorer aum``).
 - :mod:`.stage`: ``fernoise audit``: folds -> one cached train + eval run each -> scores ->
   ``audits/<key>/`` (``audit.parquet``, ``audit.json``, the joint, the gallery).
 - :mod:`.gallery`: the audit's pictures and its one-file HTML page.

@@ -475,14 +475,14 @@ def _probabilities(p: AuditPlan, records: list[dict[str, Any]]) -> tuple[np.ndar
 
 def _aum_scores(p: AuditPlan, rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(quality, is_issue) per audited row from the aum run's margins (NaN: unseen)."""
-    from fernoise.audit.aum import aum_quality, aum_scores
+    from fernoise.audit.aum import aum_issues, aum_quality, aum_scores
 
     ids, aum, _ = aum_scores(Path(rec["run"]))
     by_id = dict(
         zip([str(i) for i in ids], np.asarray(aum, dtype=np.float64).tolist(), strict=True)
     )
     values = np.array([by_id.get(i, np.nan) for i in p.ids.tolist()], dtype=np.float64)
-    return aum_quality(values), values < 0
+    return aum_quality(values), aum_issues(values)
 
 
 def _frame(
