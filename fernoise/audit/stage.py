@@ -426,7 +426,7 @@ def _run_jobs(
     jobs: list[_Job], p: AuditPlan, runs_dir: Path, gpus: list[str] | None, say: Say
 ) -> None:
     """Run ``jobs`` one after another, or one per GPU at once with ``gpus``."""
-    slots = gpus or [None]
+    slots: list[str | None] = list(gpus) if gpus else [None]
     queue = list(jobs)
     errors: list[BaseException] = []
     lock = threading.Lock()
