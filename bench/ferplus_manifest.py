@@ -17,6 +17,11 @@ FER+ majority (null ``label``), so ``--train`` counts all 28,558; ``--val N`` mo
 train rows (in the data set's random order) to split ``val``, the k-NN probe's rows:
 
     python bench/ferplus_manifest.py all.parquet --keep-unlabelled --val 2000 --test 0
+
+``--fer2013-column`` adds FER2013's original label as a column ``fer2013_label`` (class name,
+null where FER2013 has none) beside the FER+ majority label, so that ``fernoise corrupt --kind
+column --column fer2013_label`` makes the real-noise training set (test rows keep the majority)
+and ``fernoise audit --truth-column`` can score against either.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ def build(
     root: Path = FERPLUS,
     keep_unlabelled: bool = False,
     n_val: int = 0,
+    fer2013_column: bool = False,
 ) -> Path:
     """Write the manifest to ``out`` (crop paths relative to it) and return ``out``."""
     df = pd.read_csv(root / "manifest.csv")
@@ -104,6 +110,10 @@ def build(
             "n_faces": 1,
         }
     )
+    if fer2013_column:
+        rows["fer2013_label"] = [
+            None if pd.isna(x) else canonical_name(x) for x in df["fer2013_label"]
+        ]
     lineage = [
         {
             "stage": "align",
@@ -126,6 +136,7 @@ def build(
             "noise": noise,
             "labels_from": labels,
             "splits": rows["split"].tolist() if n_val else None,
+            **({"fer2013_column": True} if fer2013_column else {}),
         }
     )
     meta = {
@@ -160,6 +171,11 @@ def main() -> None:
         default=0,
         help="move the last N train rows to split val (the pretrain probe)",
     )
+    ap.add_argument(
+        "--fer2013-column",
+        action="store_true",
+        help="add FER2013's original label as column fer2013_label (for --kind column)",
+    )
     a = ap.parse_args()
     print(
         build(
@@ -171,6 +187,7 @@ def main() -> None:
             seed=a.seed,
             keep_unlabelled=a.keep_unlabelled,
             n_val=a.val,
+            fer2013_column=a.fer2013_column,
         )
     )
 

@@ -178,7 +178,7 @@ def test_shipped_grids_parse(tmp_path):
     counts = {g.stem: len(sweep.expand(sweep.load_grid(g), root=tmp_path)) for g in grids}
     assert counts["smoke"] == 2 * 2 * 1 and counts["paper-table2"] == 4 * 7 * 3
     assert counts["paper-table4"] == 2 * 5 * 3 and counts["paper-table5"] == 4 * 6 * 3
-    assert counts["paper-table5-reduced"] == 4 * 3 * 2
+    assert counts["paper-table5-reduced"] == 4 * 3 * 2 == counts["paper-table5-face"]
 
 
 # ----------------------------------------------------------------------------- malformed grids
