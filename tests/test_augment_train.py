@@ -139,6 +139,7 @@ def test_compile_unavailable_warns_once_and_trains(data, workspace, monkeypatch)
         raise RuntimeError("no C++ compiler found\nsecond line")
 
     monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setenv("FERNOISE_COMPILE_CPU", "1")  # else a CPU skips --compile before the probe
     events = []
     run = train(
         data,
@@ -156,6 +157,16 @@ def test_compile_unavailable_warns_once_and_trains(data, workspace, monkeypatch)
         data, tiny_train(method="ce", batch_size=16, epochs=1, warmup=0), runs_dir=workspace / "c"
     ).output
     assert plain != run  # --compile is part of the key
+
+
+def test_compile_on_a_cpu_is_skipped_unless_forced(data, workspace, monkeypatch):
+    from fernoise.train.loop import compile_model
+
+    monkeypatch.delenv("FERNOISE_COMPILE_CPU", raising=False)
+    events: list = []
+    assert compile_model(None, None, "cpu", events.append) is False
+    assert len(events) == 1 and "--compile on a CPU: skipped" in events[0]["message"]
+    assert "FERNOISE_COMPILE_CPU=1" in events[0]["message"]
 
 
 def test_cli_augment_flag(data, workspace):

@@ -68,6 +68,14 @@ BackboneOpt = Annotated[
         help="Backbone family: resnet18 or dlib-resnet29 (at least 103 px); see `fernoise backbones`.",
     ),
 ]
+MaxRowsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-rows",
+        help="Pretrain on a seeded, stratified N of the rows (a quick run on a CPU); the probe rows are all kept.",
+        show_default=False,
+    ),
+]
 OutOpt = Annotated[
     Path | None,
     typer.Option("--out", help="Folder of pretraining runs (default: <workspace>/pretrain)."),
@@ -94,6 +102,7 @@ def pretrain_cmd(
     keep_checkpoint: KeepCheckpointOpt = False,
     devices: DevicesOpt = 1,
     backbone: BackboneOpt = "resnet18",
+    max_rows: MaxRowsOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
     workspace: WorkspaceOpt = None,
@@ -125,6 +134,7 @@ def pretrain_cmd(
         keep_checkpoint=keep_checkpoint,
         devices=devices,
         backbone=backbone,
+        max_rows=max_rows,
     )
     ws = Workspace(workspace)
     if manifest is None:

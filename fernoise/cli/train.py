@@ -35,6 +35,19 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+ESTIMATE_STEPS = 5  # steps measured (after the first) before the start-of-run estimate
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min``, ``2 h 05 min``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    h, m = divmod(round(seconds / 60), 60)
+    return f"{h} h {m:02d} min"
+
+
 class _Progress:
     """Rich progress bar per epoch (images/s, running loss) and a one-line summary per epoch."""
 
@@ -59,6 +72,32 @@ class _Progress:
             transient=True,
         )
         self.task: TaskID | None = None
+        self.epochs = 0  # of the run
+        self.first: tuple[float, int] | None = None  # (time, step) of this process's first step
+        self.estimated = False
+        self.seconds: list[float] = []  # epochs finished in this process
+
+    def _estimate(self, ev: dict) -> None:
+        """Once, after a few steps of the first epoch this process trains: the expected time
+        of an epoch and of the rest of the run, from the steps measured (training only)."""
+        import time
+
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (now, ev["done"])  # the first step pays for warm-up: not counted
+            return
+        steps = ev["done"] - self.first[1]
+        if steps < ESTIMATE_STEPS and ev["done"] < ev["total"]:
+            return
+        self.estimated = True
+        per_epoch = (now - self.first[0]) / max(steps, 1) * ev["total"]
+        left = self.epochs - ev["epoch"] + 1
+        self._stop()
+        console.print(
+            f"estimate from {steps} steps: about {duration(per_epoch)} per epoch of training, "
+            f"{duration(per_epoch * left)} for the {left} epoch(s) to go (evaluation not included)",
+            soft_wrap=True,
+        )
 
     def __call__(self, ev: dict) -> None:
         kind = ev["event"]
@@ -72,11 +111,16 @@ class _Progress:
         elif kind == "epoch_start":
             self._stop()
             self.bar.start()
+            self.epochs = ev["epochs"]
             tag = " (warm-up)" if ev["warmup"] else ""
             self.task = self.bar.add_task(
                 f"epoch {ev['epoch']}/{ev['epochs']}{tag}", total=ev["batches"], info=""
             )
         elif kind == "batch" and self.task is not None:
+            if not self.estimated:
+                self._estimate(ev)
+            if self.task is None:
+                return
             self.bar.update(
                 self.task,
                 completed=ev["done"],
@@ -92,10 +136,13 @@ class _Progress:
                 conf += (
                     f" (prec {_fmt(m['confident_precision'])} rec {_fmt(m['confident_recall'])})"
                 )
+            self.seconds.append(float(m["seconds"]))
+            left = max(self.epochs - m["epoch"], 0)
+            eta = f"  ETA {duration(sum(self.seconds) / len(self.seconds) * left)}" if left else ""
             console.print(
-                f"epoch {m['epoch']:>3}{' w' if m['warmup'] else '  '}  loss {m['loss']:.4f}  "
+                f"epoch {m['epoch']:>3}/{self.epochs}{' w' if m['warmup'] else '  '}  loss {m['loss']:.4f}  "
                 f"train {m['train_acc']:.3f}  val {_fmt(m['val_acc'])}  test {_fmt(m['test_acc'])}{conf}  "
-                f"{m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s",
+                f"{m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s{eta}",
                 soft_wrap=True,
             )
         elif kind == "pretrained":

@@ -131,6 +131,9 @@ class PretrainConfig:
     """Keep checkpoint.pt after the run finishes."""
     backbone: str = "resnet18"
     """The backbone family (``fernoise.backbones``); in the key only when not ``resnet18``."""
+    max_rows: int | None = None
+    """Pretrain on a seeded, stratified (split, label) N of the rows of ``splits``; the probe
+    rows are all kept. In the key only when set."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -165,6 +168,8 @@ class PretrainConfig:
             raise FernoiseError(f"expected 0.05..1, got {self.min_scale}", flag="--min-scale")
         if not self.splits:
             raise FernoiseError("expected at least one split, e.g. --splits train", flag="--splits")
+        if self.max_rows is not None and self.max_rows < 2:
+            raise FernoiseError(f"expected at least 2 rows, got {self.max_rows}", flag="--max-rows")
         if self.precision not in PRECISIONS:
             raise FernoiseError(
                 f"expected one of {', '.join(PRECISIONS)}, got {self.precision!r}",
@@ -271,6 +276,19 @@ def _select_rows(m: Manifest, path: Path, cfg: PretrainConfig) -> _Rows:
         )
     rows = m.df[data.usable(m.df)].reset_index(drop=True)
     train_mask = rows["split"].isin(cfg.splits).to_numpy()
+    if cfg.max_rows is not None and train_mask.sum() > cfg.max_rows:
+        import pandas as pd
+
+        from fernoise.subset import stratified_subset
+
+        pos = np.flatnonzero(train_mask)
+        part = rows.iloc[pos]
+        strata = [
+            (str(sp), None if pd.isna(lab) else int(lab))
+            for sp, lab in zip(part["split"], part["label"], strict=True)
+        ]
+        train_mask = np.zeros(len(rows), dtype=bool)
+        train_mask[pos[stratified_subset(strata, cfg.max_rows, cfg.seed)]] = True
     if train_mask.sum() < 2:
         raise FernoiseError(
             f"{path} has {int(train_mask.sum())} usable crops in splits {list(cfg.splits)}; "
@@ -309,6 +327,8 @@ def _key_params(cfg: PretrainConfig, precision: str) -> dict[str, Any]:
     key_params["precision"] = precision
     if cfg.backbone == "resnet18":  # the keys of runs made before --backbone stay as they were
         del key_params["backbone"]
+    if cfg.max_rows is None:  # likewise before --max-rows
+        del key_params["max_rows"]
     world = _world(cfg)
     if world > 1:  # only then: the keys of single-process runs stay those of VERSION 2
         key_params["world_size"] = world
