@@ -10,7 +10,8 @@ import typer
 from fernoise.cli.common import SeedOpt, WorkspaceOpt, console, handle_errors, wrote
 
 HELP = (
-    "Corrupt the training labels of a manifest (sym, asym, matrix or column noise), exactly and reproducibly.\n\n"
+    "Corrupt the training labels of a manifest (sym, asym, matrix or column noise, or a peer's "
+    "noisy-label list), exactly and reproducibly.\n\n"
     "Writes a new manifest beside the input (e.g. manifest.sym-r0.30-s0.parquet) with label (noisy), "
     "label_clean and is_noisy, and prints the realised transition matrix and rates. "
     "Without MANIFEST, the latest `fernoise align` or `fernoise clean` output of the workspace is used."
@@ -69,6 +70,34 @@ def print_noise(noise: dict) -> None:
                 "label null, left out of the matrix"
             )
     console.print(line)
+    if noise.get("kind") == "list":
+        console.print(list_line(noise), soft_wrap=True)
+
+
+def list_line(noise: dict) -> str:
+    """What a ``--kind list`` file matched: names, rows it names, rows it does not, names
+    matching no row, names of rows outside the training split (first few of each named)."""
+    info = noise.get("list") or {}
+
+    def some(n: int, examples: list) -> str:
+        shown = ", ".join(examples) + (", ..." if n > len(examples) else "")
+        return f"{n:,}" + (f" ({shown})" if n else "")
+
+    line = (
+        f"list {info.get('file', '')} ({info.get('numbering')} numbering): {info.get('names', 0):,} "
+        f"names; {info.get('named_rows', 0):,} training rows named; "
+        f"{some(info.get('unlisted_rows', 0), info.get('unlisted_examples', []))} training rows "
+        "not named (label kept); "
+        f"{some(info.get('unmatched_names', 0), info.get('unmatched_examples', []))} names match "
+        "no row; "
+        f"{some(info.get('non_train_names', 0), info.get('non_train_examples', []))} name rows "
+        "outside the training split (left as they are)"
+    )
+    outside = noise.get("outside") or {}
+    if outside:
+        shown = ", ".join(f"{k} {v:,}" for k, v in outside.items())
+        line += f"; {sum(outside.values()):,} get a class this manifest lacks ({shown}): label null"
+    return line
 
 
 def register(app: typer.Typer) -> None:
@@ -83,7 +112,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         kind: Annotated[
-            str | None, typer.Option("--kind", help="sym, asym, matrix or column.")
+            str | None, typer.Option("--kind", help="sym, asym, matrix, column or list.")
         ] = None,
         rate: Annotated[
             float | None,
@@ -107,6 +136,20 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--column", help="column: the manifest column holding the noisy annotation."
+            ),
+        ] = None,
+        from_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--from",
+                help="list: a noisy-label list, '<image name> <label>' per line, as SCN, RUL and EAC ship them (names matched without folders, extension and _aligned).",
+            ),
+        ] = None,
+        numbering: Annotated[
+            str | None,
+            typer.Option(
+                "--label-numbering",
+                help="list: raf (RAF-DB 1-7, EAC/RUL), raf0 (0-6 in RAF-DB's order, SCN), canonical (0 neutral ... 7 contempt) or names (default: names if the labels are words, raf if 1-7).",
             ),
         ] = None,
         force: Annotated[
@@ -135,6 +178,8 @@ def register(app: typer.Typer) -> None:
             pairs_file=pairs,
             matrix_file=matrix,
             column=column,
+            list_file=from_file,
+            numbering=numbering,
             force=force,
             out=out,
             workspace=Workspace(workspace) if workspace is not None else None,
