@@ -100,89 +100,100 @@ def list_line(noise: dict) -> str:
     return line
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(name="corrupt", help=HELP)
-    @handle_errors
-    def corrupt_cmd(
-        manifest: Annotated[
-            Path | None,
-            typer.Argument(
-                metavar="MANIFEST",
-                help="Manifest to corrupt (default: the latest aligned or cleaned one). A folder means its manifest.parquet.",
-            ),
-        ] = None,
-        kind: Annotated[
-            str | None, typer.Option("--kind", help="sym, asym, matrix, column or list.")
-        ] = None,
-        rate: Annotated[
-            float | None,
-            typer.Option("--rate", help="Fraction of each class to flip, in [0, 1) (sym, asym)."),
-        ] = None,
-        seed: SeedOpt = 0,
-        pairs: Annotated[
-            Path | None,
-            typer.Option(
-                "--pairs",
-                help="asym: CSV 'from,to' or JSON {from: to} replacing the paper's pairs.",
-            ),
-        ] = None,
-        matrix: Annotated[
-            Path | None,
-            typer.Option(
-                "--matrix", help="matrix: C x C CSV or .npy, rows = true class, rows sum to 1."
-            ),
-        ] = None,
-        column: Annotated[
-            str | None,
-            typer.Option(
-                "--column", help="column: the manifest column holding the noisy annotation."
-            ),
-        ] = None,
-        from_file: Annotated[
-            Path | None,
-            typer.Option(
-                "--from",
-                help="list: a noisy-label list, '<image name> <label>' per line, as SCN, RUL and EAC ship them (names matched without folders, extension and _aligned).",
-            ),
-        ] = None,
-        numbering: Annotated[
-            str | None,
-            typer.Option(
-                "--label-numbering",
-                help="list: raf (RAF-DB 1-7, EAC/RUL), raf0 (0-6 in RAF-DB's order, SCN), canonical (0 neutral ... 7 contempt) or names (default: names if the labels are words, raf if 1-7).",
-            ),
-        ] = None,
-        force: Annotated[
-            bool,
-            typer.Option(
-                "--force",
-                help="Allow noise on an already corrupted manifest; recompute even on a cache hit.",
-            ),
-        ] = False,
-        out: Annotated[
-            Path | None,
-            typer.Option(
-                "--out", help="Output path (default: beside the input, named by kind, rate, seed)."
-            ),
-        ] = None,
-        workspace: WorkspaceOpt = None,
-    ) -> None:
-        from fernoise.cache import Workspace
-        from fernoise.corrupt.stage import run_corrupt
+# The options of `fernoise corrupt`, in the order of its signature.
+ManifestArg = Annotated[
+    Path | None,
+    typer.Argument(
+        metavar="MANIFEST",
+        help="Manifest to corrupt (default: the latest aligned or cleaned one). A folder means its manifest.parquet.",
+    ),
+]
+KindOpt = Annotated[str | None, typer.Option("--kind", help="sym, asym, matrix, column or list.")]
+RateOpt = Annotated[
+    float | None,
+    typer.Option("--rate", help="Fraction of each class to flip, in [0, 1) (sym, asym)."),
+]
+PairsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--pairs", help="asym: CSV 'from,to' or JSON {from: to} replacing the paper's pairs."
+    ),
+]
+MatrixOpt = Annotated[
+    Path | None,
+    typer.Option("--matrix", help="matrix: C x C CSV or .npy, rows = true class, rows sum to 1."),
+]
+ColumnOpt = Annotated[
+    str | None,
+    typer.Option("--column", help="column: the manifest column holding the noisy annotation."),
+]
+FromOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--from",
+        help="list: a noisy-label list, '<image name> <label>' per line, as SCN, RUL and EAC ship them (names matched without folders, extension and _aligned).",
+    ),
+]
+NumberingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--label-numbering",
+        help="list: raf (RAF-DB 1-7, EAC/RUL), raf0 (0-6 in RAF-DB's order, SCN), canonical (0 neutral ... 7 contempt) or names (default: names if the labels are words, raf if 1-7).",
+    ),
+]
+CorruptForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Allow noise on an already corrupted manifest; recompute even on a cache hit.",
+    ),
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help="Output path (default: beside the input, named by kind, rate, seed); relative crop paths are re-based to its folder.",
+    ),
+]
 
-        res = run_corrupt(
-            manifest,
-            kind=kind,
-            rate=rate,
-            seed=seed,
-            pairs_file=pairs,
-            matrix_file=matrix,
-            column=column,
-            list_file=from_file,
-            numbering=numbering,
-            force=force,
-            out=out,
-            workspace=Workspace(workspace) if workspace is not None else None,
-        )
-        wrote(res.output, hit=res.hit)
-        print_noise(res.noise)
+
+@handle_errors
+def corrupt_cmd(
+    manifest: ManifestArg = None,
+    kind: KindOpt = None,
+    rate: RateOpt = None,
+    seed: SeedOpt = 0,
+    pairs: PairsOpt = None,
+    matrix: MatrixOpt = None,
+    column: ColumnOpt = None,
+    from_file: FromOpt = None,
+    numbering: NumberingOpt = None,
+    force: CorruptForceOpt = False,
+    out: OutOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """`fernoise corrupt` (help: :data:`HELP`): run the stage, print what it wrote and the
+    realised noise."""
+    from fernoise.cache import Workspace
+    from fernoise.corrupt.stage import run_corrupt
+
+    res = run_corrupt(
+        manifest,
+        kind=kind,
+        rate=rate,
+        seed=seed,
+        pairs_file=pairs,
+        matrix_file=matrix,
+        column=column,
+        list_file=from_file,
+        numbering=numbering,
+        force=force,
+        out=out,
+        workspace=Workspace(workspace) if workspace is not None else None,
+    )
+    wrote(res.output, hit=res.hit)
+    print_noise(res.noise)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="corrupt", help=HELP)(corrupt_cmd)

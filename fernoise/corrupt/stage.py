@@ -351,18 +351,7 @@ def run_corrupt(
     content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=whole).content_key(
         whole.column_names
     )
-    output = (
-        Path(out)
-        if out is not None
-        else output_name(
-            path, params, matrix_sha256=matrix_sha, list_sha256=key_params.get("list_sha256")
-        )
-    )
-    if output.resolve() == path.resolve():
-        raise FernoiseError(
-            f"--out {output} is the input manifest, which is never modified; choose another path",
-            flag="--out",
-        )
+    output = _output(path, out, params, key_params, matrix_sha)
 
     timings: dict[str, float] = {}
     noise: dict[str, Any] = {}
@@ -399,6 +388,29 @@ def run_corrupt(
     if res.hit:
         noise = dict(read_meta(output).get("noise") or {})
     return CorruptResult(result=res, input=path, noise=noise, timings=timings)
+
+
+def _output(
+    path: Path,
+    out: str | os.PathLike | None,
+    params: CorruptParams,
+    key_params: dict[str, Any],
+    matrix_sha: str | None,
+) -> Path:
+    """``--out``, else :func:`output_name` beside the input; never the input itself."""
+    output = (
+        Path(out)
+        if out is not None
+        else output_name(
+            path, params, matrix_sha256=matrix_sha, list_sha256=key_params.get("list_sha256")
+        )
+    )
+    if output.resolve() == path.resolve():
+        raise FernoiseError(
+            f"--out {output} is the input manifest, which is never modified; choose another path",
+            flag="--out",
+        )
+    return output
 
 
 def _key_params(
