@@ -18,6 +18,7 @@ from fernoise.cli.common import (
     err_console,
     handle_errors,
     isatty,
+    with_panels,
     wrote,
 )
 from fernoise.shards import HELP as SHARD_HELP
@@ -435,8 +436,53 @@ def align_cmd(
     )
 
 
+# The help panels of align's options.
+PANELS = {
+    **dict.fromkeys(
+        ("preset", "max_rows", "seed", "shard", "merge", "force", "workspace"), "Input/Output"
+    ),
+    **dict.fromkeys(
+        (
+            "labels",
+            "fmt",
+            "path_column",
+            "label_column",
+            "split_column",
+            "on_duplicate",
+            "split_map",
+            "classes",
+            "label_regex",
+            "label_map",
+        ),
+        "Labels",
+    ),
+    **dict.fromkeys(
+        ("join", "join_on", "join_columns", "group_column", "group_regex"), "Extra columns"
+    ),
+    **dict.fromkeys(
+        (
+            "mode",
+            "on_no_face",
+            "all_faces",
+            "min_face_size",
+            "min_prob",
+            "detect_size",
+            "thresholds",
+        ),
+        "Detection",
+    ),
+    **dict.fromkeys(("size", "margin", "image_format", "jpeg_quality"), "Crops"),
+    **dict.fromkeys(("workers", "batch_size", "device"), "Hardware"),
+}
+
+
 def register(app: typer.Typer) -> None:
-    app.command(name="align", help=HELP)(align_cmd)
+    import inspect
+
+    cmd = handle_errors(align_cmd.__wrapped__)  # type: ignore[attr-defined]
+    # PEP 362: typer reads __signature__ (typeshed declares none on functions)
+    cmd.__signature__ = with_panels(inspect.signature(align_cmd, eval_str=True), PANELS)
+    app.command(name="align", help=HELP)(cmd)
 
 
 def _merge(raw: Path | None, out: Path | None, ws) -> None:
