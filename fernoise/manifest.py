@@ -250,6 +250,23 @@ def write_manifest_table(table: pa.Table, path: str | os.PathLike, meta: dict[st
     return path
 
 
+def rebase_paths(
+    table: pa.Table, from_dir: str | os.PathLike, to_dir: str | os.PathLike
+) -> pa.Table:
+    """``table`` with its relative crop paths (``path``) re-based from ``from_dir`` (the input
+    manifest's folder) to ``to_dir`` (the output's), so they resolve from the new folder;
+    absolute and null paths stay as they are, and so does a table written to the same folder."""
+    src, dst = Path(from_dir).resolve(), Path(to_dir).resolve()
+    if src == dst or "path" not in table.column_names:
+        return table
+    rebased = [
+        p if p is None or os.path.isabs(p) else Path(os.path.relpath(src / p, dst)).as_posix()
+        for p in table.column("path").to_pylist()
+    ]
+    at = table.column_names.index("path")
+    return table.set_column(at, "path", pa.array(rebased, type=pa.string()))
+
+
 def resolve_manifest(path: str | os.PathLike, *, flag: str | None = "MANIFEST") -> Path:
     """The manifest file a user means by ``path``: a file as it is, a folder (the output of
     ``fernoise align``, ``corrupt`` or ``split``) its ``manifest.parquet``.

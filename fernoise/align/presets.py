@@ -39,6 +39,8 @@ PRESETTABLE = (
     "group_column",
     "group_regex",
     "on_duplicate",
+    "label_regex",
+    "label_map",
 )
 
 

@@ -112,6 +112,12 @@ class LabelSpec:
     on_duplicate: str | None = None
     """Which row counts when rows of the label files name one image with different labels
     or splits: ``first`` or ``last`` (``--on-duplicate``); None refuses such a file."""
+    label_regex: str | None = None
+    """Labels from file names (``--label-regex``): searched in each ``src_path``, its group
+    ``label`` (else its first group) is the code (:mod:`fernoise.formats.filenames`)."""
+    label_map: tuple[tuple[str, str], ...] = ()
+    """``(code, canonical class)`` pairs turning ``label_regex`` codes into classes
+    (``--label-map AN=anger,...``); empty: the code must be a class name or alias."""
 
     def __post_init__(self) -> None:
         from fernoise.formats import FORMAT_NAMES, ON_DUPLICATE
@@ -142,6 +148,7 @@ class LabelSpec:
                         f"expected FROM=TO with train, val or test, got {a}={b}", flag="--split-map"
                     )
         _check_rows_spec(self)
+        _check_label_regex(self)
 
     def key_params(self) -> dict[str, Any]:
         d: dict[str, Any] = {"format": self.format, "split_map": [list(p) for p in self.split_map]}
@@ -164,6 +171,8 @@ class LabelSpec:
             d.update(group_column=self.group_column, group_regex=self.group_regex)
         if self.max_rows is not None:
             d.update(max_rows=self.max_rows, seed=self.seed)
+        if self.label_regex is not None:  # only when given: the keys of other runs stay
+            d.update(label_regex=self.label_regex, label_map=[list(p) for p in self.label_map])
         return d
 
 
@@ -345,6 +354,8 @@ def resolve_labels(raw: Path, src_paths: list[str], spec: LabelSpec):
     extras = pd.DataFrame(index=range(len(src_paths)))
     if spec.files:
         labels, splits, fixed, info["labels"] = _labels_from_file(raw, src_paths, spec, extras)
+    elif spec.label_regex is not None:
+        labels, splits, fixed, info["labels"] = _labels_from_names(src_paths, spec, extras)
     else:
         labels, splits, fixed, info["labels"] = _labels_from_folders(src_paths, spec)
     classes, space, labels = dataset_classes(labels, declared=spec.classes, fixed=fixed)
@@ -421,6 +432,48 @@ def _labels_from_file(
     if spec.group_column and not spec.group_regex:
         extras[spec.group_column] = _group_from_file(df, rows, spec.group_column, spec.files[0])
     return labels, splits, table.label_space, info
+
+
+def _labels_from_names(
+    src_paths: list[str], spec: LabelSpec, extras
+) -> tuple[list[int | None], list[str | None], None, dict[str, Any]]:
+    """``(canonical labels, splits, None, info)`` from ``--label-regex`` on the file names
+    (splits from split folders); each row's code and status go to ``extras``
+    (``label_code``, ``label_status``)."""
+    import pandas as pd
+
+    from fernoise.formats.filenames import labels_from_names
+    from fernoise.formats.folders import from_paths
+
+    assert spec.label_regex is not None
+    labels, codes, statuses, info = labels_from_names(
+        src_paths, spec.label_regex, dict(spec.label_map)
+    )
+    _, splits = from_paths(src_paths, labelled=False)
+    extras["label_code"] = pd.Series(codes, dtype="object")
+    extras["label_status"] = pd.Series(statuses, dtype="object")
+    return labels, splits, None, info
+
+
+def _check_label_regex(spec: LabelSpec) -> None:
+    """Checks of ``--label-regex`` and ``--label-map``: a valid pattern with a group, a map
+    only with a pattern, neither with label files."""
+    if spec.label_map and spec.label_regex is None:
+        raise FernoiseError(
+            "--label-map turns --label-regex codes into classes; add --label-regex PATTERN",
+            flag="--label-map",
+        )
+    if spec.label_regex is None:
+        return
+    if spec.files:
+        raise FernoiseError(
+            "labels come from the label file or from the file names, not both; drop "
+            "--label-regex or --labels",
+            flag="--label-regex",
+        )
+    from fernoise.formats.filenames import compile_label_regex
+
+    compile_label_regex(spec.label_regex)
 
 
 def _labels_from_folders(

@@ -18,6 +18,7 @@ from fernoise.cli.common import (
     err_console,
     handle_errors,
     isatty,
+    with_panels,
     wrote,
 )
 from fernoise.shards import HELP as SHARD_HELP
@@ -75,6 +76,24 @@ def label_line(lab: dict[str, Any]) -> str:
     )
 
 
+def regex_line(lab: dict[str, Any]) -> str:
+    """What ``--label-regex`` made of the file names: images labelled, images it does not
+    match (status no_match, first few named), codes nothing maps (status unknown_code)."""
+    line = (
+        f"labels (file names, {lab.get('regex')}): {lab.get('labelled', 0):,} of "
+        f"{lab.get('images', 0):,} images labelled; "
+        f"{_n(lab.get('no_match', 0), 'image does', 'images do')} not match (status no_match, label null)"
+    )
+    if lab.get("no_match_examples"):
+        more = ", ..." if lab["no_match"] > len(lab["no_match_examples"]) else ""
+        line += f": {', '.join(lab['no_match_examples'])}{more}"
+    unknown = lab.get("unknown_codes") or {}
+    if unknown:
+        shown = ", ".join(f"{k} {v:,}" for k, v in unknown.items())
+        line += f"; codes no class is given for (status unknown_code, label null): {shown}"
+    return line
+
+
 def print_summary(result, *, shown_path: Path) -> None:
     from rich.table import Table
 
@@ -87,7 +106,9 @@ def print_summary(result, *, shown_path: Path) -> None:
     console.print(table)
     info = result.info or {}
     lab = info.get("labels") or {}
-    if lab.get("format") and lab.get("format") != "folders":
+    if lab.get("format") == "regex":
+        console.print(regex_line(lab), soft_wrap=True)
+    elif lab.get("format") and lab.get("format") != "folders":
         console.print(label_line(lab), soft_wrap=True)
     if info.get("classes"):
         console.print(f"classes ({info.get('label_space')}): {', '.join(info['classes'])}")
@@ -210,6 +231,20 @@ GroupRegexOpt = Annotated[
         help="Regex searched in each image path (relative to RAW); its first group is the row's group, e.g. 'S(\\d+)_'.",
     ),
 ]
+LabelRegexOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--label-regex",
+        help="Labels from file names: a regex searched in each image path (relative to RAW); its group 'label', else its first group, is the code, e.g. '\\.([A-Z]{2})\\d' for JAFFE's KA.AN1.39.tiff. Rows it does not match get status no_match and no label.",
+    ),
+]
+LabelMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--label-map",
+        help="CODE=CLASS pairs turning --label-regex codes into classes, e.g. AN=anger,HA=happy (default: the code must be a class name or alias).",
+    ),
+]
 MaxRowsOpt = Annotated[
     int | None,
     typer.Option(
@@ -314,6 +349,8 @@ def align_cmd(
     classes: ClassesOpt = None,
     group_column: GroupColumnOpt = None,
     group_regex: GroupRegexOpt = None,
+    label_regex: LabelRegexOpt = None,
+    label_map: LabelMapOpt = None,
     max_rows: MaxRowsOpt = None,
     seed: SubsetSeedOpt = 0,
     preset: PresetOpt = None,
@@ -339,8 +376,8 @@ def align_cmd(
     """`fernoise align` (help: :data:`HELP`): layer defaults, preset and the options given,
     build the parameters, align with a progress bar, print the summary.
 
-    Long: the signature lists the command's 36 arguments and options (one line each, declared
-    above), and ``given`` is the table of the 22 a preset may also set (option -> preset key);
+    Long: the signature lists the command's 38 arguments and options (one line each, declared
+    above), and ``given`` is the table of the 24 a preset may also set (option -> preset key);
     every step after them is a helper below."""
     from fernoise.cache import Workspace
     from fernoise.errors import FernoiseError
@@ -374,6 +411,8 @@ def align_cmd(
         "group_column": group_column,
         "group_regex": group_regex,
         "on_duplicate": on_duplicate,
+        "label_regex": label_regex,
+        "label_map": label_map,
     }
     opts = {
         **DEFAULTS,
@@ -397,8 +436,53 @@ def align_cmd(
     )
 
 
+# The help panels of align's options.
+PANELS = {
+    **dict.fromkeys(
+        ("preset", "max_rows", "seed", "shard", "merge", "force", "workspace"), "Input/Output"
+    ),
+    **dict.fromkeys(
+        (
+            "labels",
+            "fmt",
+            "path_column",
+            "label_column",
+            "split_column",
+            "on_duplicate",
+            "split_map",
+            "classes",
+            "label_regex",
+            "label_map",
+        ),
+        "Labels",
+    ),
+    **dict.fromkeys(
+        ("join", "join_on", "join_columns", "group_column", "group_regex"), "Extra columns"
+    ),
+    **dict.fromkeys(
+        (
+            "mode",
+            "on_no_face",
+            "all_faces",
+            "min_face_size",
+            "min_prob",
+            "detect_size",
+            "thresholds",
+        ),
+        "Detection",
+    ),
+    **dict.fromkeys(("size", "margin", "image_format", "jpeg_quality"), "Crops"),
+    **dict.fromkeys(("workers", "batch_size", "device"), "Hardware"),
+}
+
+
 def register(app: typer.Typer) -> None:
-    app.command(name="align", help=HELP)(align_cmd)
+    import inspect
+
+    cmd = handle_errors(align_cmd.__wrapped__)  # type: ignore[attr-defined]
+    # PEP 362: typer reads __signature__ (typeshed declares none on functions)
+    cmd.__signature__ = with_panels(inspect.signature(align_cmd, eval_str=True), PANELS)
+    app.command(name="align", help=HELP)(cmd)
 
 
 def _merge(raw: Path | None, out: Path | None, ws) -> None:
@@ -484,6 +568,7 @@ def _label_spec(
 ):
     """The :class:`~fernoise.align.stage.LabelSpec` of the layered options."""
     from fernoise.align.stage import LabelSpec
+    from fernoise.formats.filenames import parse_label_map
 
     return LabelSpec(
         files=tuple(str(p) for p in labels or ()),
@@ -501,6 +586,8 @@ def _label_spec(
         max_rows=max_rows,
         seed=seed,
         on_duplicate=opts.get("on_duplicate"),
+        label_regex=opts.get("label_regex"),
+        label_map=tuple(parse_label_map(opts.get("label_map")).items()),
     )
 
 

@@ -7,6 +7,9 @@ import os
 import typer
 
 from fernoise import __version__
+from fernoise.cli.common import hide_flag_metavars
+
+hide_flag_metavars()
 
 app = typer.Typer(
     name="fernoise",

@@ -1,10 +1,20 @@
-"""`fernoise backbones`: the table of backbones (registry: ``fernoise.backbones``)."""
+"""`fernoise backbones`: the backbones (registry: ``fernoise.backbones``) as blocks that read
+at 80 columns, a GitHub table or JSON (``--format``)."""
 
 from __future__ import annotations
 
 import typer
 
 from fernoise.cli.common import console, handle_errors
+from fernoise.cli.listing import (
+    FormatOpt,
+    as_json,
+    blocks,
+    check_format,
+    markdown,
+    paragraph,
+    show,
+)
 
 SIZES = (112, 150, 224)
 """Input sides at which the table gives the last conv map's size."""
@@ -33,30 +43,32 @@ def rows() -> list[tuple[str, ...]]:
     return out
 
 
+COLUMNS = (
+    ("backbone", "backbone"),
+    ("parameters", "parameters"),
+    ("input_side", "input side"),
+    ("feature_width", "feature width"),
+    ("normalisation", "input normalisation"),
+    ("map", "last conv map"),
+    ("weights", "--pretrained weights"),
+)
+NOTE = "Map sizes and what they mean for Grad-CAM, EAC and RUL: docs/backbones.md."
+
+
 def register(app: typer.Typer) -> None:
     @app.command(
         name="backbones",
         help="List the backbones: parameters, input sizes, feature width, normalisation, weights.",
     )
     @handle_errors
-    def backbones_cmd() -> None:
-        from rich.table import Table
-
-        table = Table(show_lines=True, title="fernoise train --backbone NAME")
-        for col in (
-            "backbone",
-            "parameters",
-            "input side",
-            "feature width",
-            "input normalisation",
-            "last conv map",
-            "--pretrained weights",
-        ):
-            table.add_column(col, overflow="fold")
-        for row in rows():
-            table.add_row(*row)
-        console.print(table)
-        console.print(
-            "Map sizes and what they mean for Grad-CAM, EAC and RUL: docs/backbones.md.",
-            soft_wrap=True,
-        )
+    def backbones_cmd(fmt: FormatOpt = "table") -> None:
+        check_format(fmt)
+        table = [dict(zip([k for k, _ in COLUMNS], r, strict=True)) for r in rows()]
+        if fmt == "json":
+            show(as_json(table))
+        elif fmt == "markdown":
+            show(markdown(table, COLUMNS))
+        else:
+            show("fernoise train --backbone NAME\n")
+            show(blocks(table, "backbone", COLUMNS[1:], console.width))
+            show("\n" + paragraph(NOTE, console.width))

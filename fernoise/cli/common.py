@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import functools
+import inspect
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import typer
 from rich.console import Console
@@ -36,6 +38,45 @@ WorkspaceOpt = Annotated[
         help="Folder of the fernoise.lock that links the stages (default: $FERNOISE_WORKSPACE or the current folder).",
     ),
 ]
+
+
+def with_panels(sig: inspect.Signature, panels: dict[str, str]) -> inspect.Signature:
+    """``sig`` with each parameter named in ``panels`` shown in that help panel
+    (``rich_help_panel``): its typer Option or Argument is copied, never changed in place, so
+    an option shared between commands keeps its own panel elsewhere."""
+    params = []
+    for p in sig.parameters.values():
+        panel = panels.get(p.name)
+        if panel is not None and get_origin(p.annotation) is Annotated:
+            base, *meta = get_args(p.annotation)
+            copied = []
+            for m in meta:
+                if hasattr(m, "rich_help_panel"):
+                    m = copy.copy(m)
+                    m.rich_help_panel = panel
+                copied.append(m)
+            p = p.replace(annotation=Annotated[tuple([base, *copied])])
+        params.append(p)
+    return sig.replace(parameters=params)
+
+
+def hide_flag_metavars() -> None:
+    """Flags (``--force``, ``--all-faces/--best-face``, ``--help``) show no ``<bool>`` in
+    help: typer (0.2x) gives every option a type column, flags included; a flag takes no
+    value, so its column stays empty. Applied once, by the app."""
+    from typer.core import TyperOption
+
+    if getattr(TyperOption.display_type_rich, "_fernoise", False):
+        return
+    original = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag and self.metavar is None:
+            return None
+        return original(self, ctx)
+
+    display_type_rich._fernoise = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
 
 
 def debug_enabled() -> bool:

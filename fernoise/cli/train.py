@@ -23,6 +23,7 @@ from fernoise.cli.common import (
     console,
     err_console,
     handle_errors,
+    with_panels,
     wrote,
 )
 from fernoise.train.config import DEFAULT_METHOD
@@ -413,9 +414,34 @@ def train_config(kw: dict):
     return cfg
 
 
+# The help panels of the shared options (method flags: "Method options"; audit's: "Audit").
+PANELS = {
+    **dict.fromkeys(("runs_dir", "keep_checkpoint", "force", "workspace"), "Input/Output"),
+    **dict.fromkeys(("val_fraction", "val_clean", "max_rows"), "Data"),
+    **dict.fromkeys(
+        (
+            "method",
+            "epochs",
+            "batch_size",
+            "image_size",
+            "warmup",
+            "randaug_magnitude",
+            "augment",
+            "record_margins",
+            "seed",
+        ),
+        "Training",
+    ),
+    **dict.fromkeys(("lr_backbone", "lr_head", "weight_decay", "lr_decay"), "Optimiser"),
+    **dict.fromkeys(("backbone", "pretrained", "pretrained_partial"), "Start weights"),
+    **dict.fromkeys(("device", "precision", "workers", "compile_", "devices"), "Hardware"),
+}
+
+
 def train_signature(extra: list[inspect.Parameter] | None = None) -> inspect.Signature:
-    """`fernoise train`'s signature: the shared options, ``extra``, then every method flag."""
-    base = inspect.signature(_static_options, eval_str=True)
+    """`fernoise train`'s signature: the shared options (in their help panels, :data:`PANELS`),
+    ``extra``, then every method flag."""
+    base = with_panels(inspect.signature(_static_options, eval_str=True), PANELS)
     return base.replace(parameters=[*base.parameters.values(), *(extra or []), *_method_options()])
 
 

@@ -1,4 +1,4 @@
-"""Label noise, exact and reproducible: ``sym``, ``asym``, ``matrix`` and ``column`` kinds.
+"""Label noise, exact and reproducible: ``sym``, ``asym``, ``matrix``, ``column`` and ``list`` kinds.
 
 Reads a manifest DataFrame (columns ``id``, ``split``, ``label``; ``label`` an index into the
 manifest's own class list ``classes``) and returns a new one with
@@ -36,6 +36,14 @@ Exactness (docs/data.md, "Noise kinds"):
   one whose value is a class the manifest does not have (counted per class in
   ``info["outside"]``); both get ``is_noisy`` False and are left out of the realised matrix
   and rates. ``seed`` and ``rate`` are not used.
+- ``list``: a peer's noisy-label list (SCN, RUL, EAC ship them: ``<image name> <label>`` per
+  line), read by :func:`fernoise.corrupt.stage.load_noise_list` into ``params.listed``
+  (image key -> canonical class name). A training row whose key (:func:`image_key` of its
+  ``src_path``) the list names gets that class (null when the manifest lacks the class,
+  counted in ``info["outside"]``); training rows the list does not name keep their label
+  and are counted (``info["list"]["unlisted_rows"]``, first few named), as are the list's
+  names that match no row and names of rows outside the training split. ``seed`` and
+  ``rate`` are not used.
 
 Every kind draws only from ``classes``, the manifest's own class list (an ordered subset of
 the canonical order, e.g. ``[happy, sad, anger]``): ``label`` values are indices into it, sym
@@ -110,6 +118,10 @@ class CorruptParams:
     """matrix only: C x C transition probabilities, rows = true class, rows sum to 1."""
     column: str | None = None
     """column only: the manifest column holding the second (noisy) annotation."""
+    listed: Mapping[str, str] | None = None
+    """list only: image key (:func:`image_key`) -> canonical class name, from ``--from``."""
+    numbering: str | None = None
+    """list only: how the list numbers its labels (:data:`NUMBERINGS`), as read."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -171,6 +183,16 @@ class CorruptParams:
             raise FernoiseError(
                 f"a column is for --kind column, not {self.kind}; drop --column", flag="--column"
             )
+        if self.kind == "list" and not self.listed:
+            raise FernoiseError(
+                "--kind list needs --from FILE (a noisy-label list: '<image name> <label>' per line)",
+                flag="--from",
+            )
+        if self.kind != "list" and self.listed is not None:
+            raise FernoiseError(
+                f"a noisy-label list is for --kind list, not {self.kind}; drop --from",
+                flag="--from",
+            )
 
     def key_params(self) -> dict[str, Any]:
         """The parameters that change the output (the ones this kind uses), for the stage key."""
@@ -186,6 +208,8 @@ class CorruptParams:
             out["matrix"] = [list(map(float, r)) for r in self.matrix]  # type: ignore[union-attr]
         if self.kind == "column":
             out["column"] = self.column
+        if self.kind == "list":
+            out["numbering"] = self.numbering  # the file itself enters as its sha256 (stage)
         return out
 
 
@@ -378,6 +402,65 @@ def _column(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
     return np.where(noisy == OUTSIDE, -1, noisy)
 
 
+def image_key(name: str) -> str:
+    """The name a noisy-label list and a manifest row are matched on: the file name without
+    folders and extension, and without RAF-DB's ``_aligned`` ending (SCN's lists name
+    ``.../train_00001_aligned.jpg``, EAC's and RUL's ``train_00001.jpg``: both ``train_00001``)."""
+    base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+    stem = base.rsplit(".", 1)[0] if "." in base else base
+    return stem[: -len("_aligned")] if stem.endswith("_aligned") else stem
+
+
+SHOWN = 5  # names shown (first, in sorted order) of each kind of mismatch
+
+
+def _list(y: np.ndarray, ctx: _Ctx) -> np.ndarray:
+    listed = dict(ctx.params.listed or {})
+    col = "src_path" if "src_path" in ctx.df.columns else "id"
+    keys = np.array([image_key(v) for v in ctx.df[col].astype(str)], dtype=object)
+    train_keys = keys[ctx.rows]
+    owners: dict[str, set[str]] = {}
+    for k, src in zip(train_keys, ctx.df[col].iloc[ctx.rows].astype(str), strict=True):
+        owners.setdefault(k, set()).add(src)
+    twice = sorted(k for k, v in owners.items() if len(v) > 1 and k in listed)
+    if twice:
+        ex = sorted(owners[twice[0]])[:2]
+        raise FernoiseError(
+            f"{len(twice)} names of the list match several training images (e.g. {twice[0]!r}: "
+            f"{ex}); names are matched without folders, so they must be unique",
+            flag="--from",
+        )
+    named = np.array([k in listed for k in train_keys], dtype=bool)
+    if not named.any():
+        raise FernoiseError(
+            f"the list names none of the {len(train_keys):,} training rows (e.g. list name "
+            f"{min(listed)!r}, row {min(train_keys) if len(train_keys) else '-'!r}); names are "
+            "matched without folders, extension and a trailing _aligned",
+            flag="--from",
+        )
+    noisy_names = pd.Series([listed.get(k) for k in train_keys], dtype=object)
+    idx, outside = column_indices(noisy_names[named], ctx.classes, column="--from")
+    out = y.copy()
+    out[named] = np.where(idx == OUTSIDE, -1, idx)
+    all_keys = set(keys.tolist())
+    unmatched = sorted(k for k in listed if k not in all_keys)
+    not_train = sorted(k for k in listed if k in all_keys and k not in owners)
+    unlisted = sorted(ctx.df["id"].iloc[ctx.rows[~named]].astype(str))
+    ctx.info["outside"] = outside
+    ctx.info["list"] = {
+        "names": len(listed),
+        "numbering": ctx.params.numbering,
+        "named_rows": int(named.sum()),
+        "unlisted_rows": len(unlisted),
+        "unlisted_examples": unlisted[:SHOWN],
+        "unmatched_names": len(unmatched),
+        "unmatched_examples": unmatched[:SHOWN],
+        "non_train_names": len(not_train),
+        "non_train_examples": not_train[:SHOWN],
+    }
+    return out
+
+
 @dataclass(frozen=True)
 class NoiseKind:
     """A registered noise kind: its function and which parameters it uses."""
@@ -398,7 +481,14 @@ KINDS: dict[str, NoiseKind] = {
         _matrix, frozenset({"seed"}), "per-class counts from a C x C transition matrix"
     ),
     "column": NoiseKind(_column, frozenset(), "a second annotation column becomes the label"),
+    "list": NoiseKind(
+        _list, frozenset(), "a peer's noisy-label list (--from FILE) gives the labels"
+    ),
 }
+
+# How a noisy-label list numbers its labels (``--label-numbering``): RAF-DB's 1-7 (EAC, RUL),
+# RAF-DB's order from 0 (SCN), fernoise's canonical 0-7, or class names.
+NUMBERINGS = ("raf", "raf0", "canonical", "names")
 
 
 # ----------------------------------------------------------------------------- the stage

@@ -1,10 +1,11 @@
 """The ``corrupt`` stage runner: read a manifest, key it, corrupt it, write the noisy manifest.
 
-Reads a manifest (default: the latest ``align`` or ``clean`` output of the workspace) and, for ``--pairs``
-and ``--matrix``, a small file. Writes ``<stem>.<suffix>.parquet`` beside the input, e.g.
+Reads a manifest (default: the latest ``align`` or ``clean`` output of the workspace) and, for ``--pairs``,
+``--matrix`` and ``--from`` (a peer's noisy-label list), a small file. Writes ``<stem>.<suffix>.parquet`` beside the input, e.g.
 ``manifest.sym-r0.30-s0.parquet``, ``manifest.asym-r0.30-s0.parquet``,
 ``manifest.matrix-<8 hex of the matrix file sha256>-s0.parquet``,
-``manifest.column-<name>.parquet`` (a name over 64 bytes: cut, ending in a hash), with the
+``manifest.column-<name>.parquet`` (a name over 64 bytes: cut, ending in a hash),
+``manifest.list-<8 hex of the list file sha256>.parquet``, with the
 noise in the metadata (``noise``; see :func:`fernoise.corrupt.kinds.corrupt`), and records stage
 ``corrupt`` in the workspace lock.
 
@@ -12,7 +13,9 @@ The key is ``stage_key("corrupt", VERSION, params, {"manifest": <input manifest 
 "content": <content digest of every column>})``: the input is fingerprinted by the key its own
 stage recorded (chained fingerprints) and by what the file holds now (corrupt copies every
 column, so every column counts), so a manifest edited while keeping its metadata misses the
-cache; ``params`` holds only what changes the output plus the sha256 of a pairs/matrix file.
+cache; ``params`` holds only what changes the output plus the sha256 of a pairs/matrix/list
+file. A ``--out`` in another folder gets its relative crop paths re-based
+(:func:`fernoise.manifest.rebase_paths`), so they resolve from there.
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fernoise.cache import StageResult, Workspace, file_sha256, run_stage
-from fernoise.corrupt.kinds import CorruptParams, check_matrix, corrupt
+from fernoise.corrupt.kinds import NUMBERINGS, CorruptParams, check_matrix, corrupt, image_key
 from fernoise.errors import FernoiseError, require_file
-from fernoise.labels import canonical_name
+from fernoise.labels import CLASSES, RAFDB_ORDER, canonical_name
 from fernoise.manifest import (
     Manifest,
     read_meta,
+    rebase_paths,
     resolve_manifest,
     stage_meta,
     write_manifest_table,
@@ -138,6 +142,92 @@ def load_matrix(path: str | os.PathLike) -> np.ndarray:
     return m
 
 
+def _numbered(values: list[str], numbering: str | None, path: Path) -> tuple[list[str], str]:
+    """``(canonical class names, numbering used)`` of a list's label field. Without a
+    numbering: ``names`` when some label is not a number, ``raf`` (1-7) when all are 1-7;
+    a list with a 0 must say which numbering it uses."""
+    numeric = all(v.lstrip("-").isdigit() for v in values)
+    if numbering is None:
+        if not numeric:
+            numbering = "names"
+        elif all(1 <= int(v) <= 7 for v in values):
+            numbering = "raf"
+        else:
+            raise FernoiseError(
+                f"{path.name}: labels {min(map(int, values))}-{max(map(int, values))} are numbers "
+                "but not RAF-DB's 1-7; say how they count with --label-numbering raf0 (RAF-DB's "
+                "order from 0, as SCN's lists) or canonical (fernoise's 0 neutral ... 7 contempt)",
+                flag="--label-numbering",
+            )
+    if numbering not in NUMBERINGS:
+        raise FernoiseError(
+            f"unknown numbering {numbering!r}; expected one of: {', '.join(NUMBERINGS)}",
+            flag="--label-numbering",
+        )
+    if numbering == "names":
+        return [canonical_name(v, flag="--from") for v in values], numbering
+    if not numeric:
+        bad = next(v for v in values if not v.lstrip("-").isdigit())
+        raise FernoiseError(
+            f"{path.name}: label {bad!r} is not a number (--label-numbering {numbering}); "
+            "use --label-numbering names for class names",
+            flag="--label-numbering",
+        )
+    table = {
+        "raf": dict(RAFDB_ORDER),
+        "raf0": {k - 1: v for k, v in RAFDB_ORDER.items()},
+        "canonical": dict(enumerate(CLASSES)),
+    }[numbering]
+    bad_n = sorted({int(v) for v in values if int(v) not in table})
+    if bad_n:
+        raise FernoiseError(
+            f"{path.name}: labels {bad_n[:5]} are outside {numbering}'s "
+            f"{min(table)}-{max(table)}; choose another --label-numbering ({', '.join(NUMBERINGS)})",
+            flag="--label-numbering",
+        )
+    return [table[int(v)] for v in values], numbering
+
+
+def load_noise_list(
+    path: str | os.PathLike, numbering: str | None = None
+) -> tuple[dict[str, str], str]:
+    """A peer's noisy-label list: ``(image key -> canonical class name, numbering used)``.
+
+    One ``<image name> <label>`` per line, separated by white space, as SCN
+    (``0.1noise_train.txt``: full paths of ``*_aligned.jpg``, labels 0-6 in RAF-DB's order)
+    and EAC / RUL (``noise01.txt``: ``train_00001.jpg 5``, RAF-DB's 1-7) ship them; blank
+    lines and ``#`` comments are skipped. Names are keyed by
+    :func:`fernoise.corrupt.kinds.image_key`; one name twice with different labels is refused."""
+    path = Path(path)
+    require_file(path, "noisy-label list", flag="--from")
+    names: list[str] = []
+    values: list[str] = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.rsplit(None, 1)
+        if len(parts) != 2:
+            raise FernoiseError(
+                f"{path.name} line {n}: expected '<image name> <label>', found {text[:60]!r}",
+                flag="--from",
+            )
+        names.append(parts[0])
+        values.append(parts[1])
+    if not names:
+        raise FernoiseError(f"{path.name} names no image", flag="--from")
+    classes, used = _numbered(values, numbering, path)
+    listed: dict[str, str] = {}
+    for name, cls in zip(names, classes, strict=True):
+        key = image_key(name)
+        if listed.get(key, cls) != cls:
+            raise FernoiseError(
+                f"{path.name} gives {name!r} two labels: {listed[key]} and {cls}", flag="--from"
+            )
+        listed[key] = cls
+    return listed, used
+
+
 # ----------------------------------------------------------------------------- naming
 def _rate_text(rate: float) -> str:
     text = f"{rate:.2f}"
@@ -150,7 +240,11 @@ MAX_COLUMN_NAME_BYTES = 64
 
 
 def output_name(
-    input_path: str | os.PathLike, params: CorruptParams, *, matrix_sha256: str | None = None
+    input_path: str | os.PathLike,
+    params: CorruptParams,
+    *,
+    matrix_sha256: str | None = None,
+    list_sha256: str | None = None,
 ) -> Path:
     """``<input stem>.<suffix>.parquet`` beside the input, the suffix stating kind, rate, seed
     (for ``column``, the column's name, shortened with a hash past ``MAX_COLUMN_NAME_BYTES``)."""
@@ -159,6 +253,8 @@ def output_name(
         suffix = f"{params.kind}-r{_rate_text(float(params.rate))}-s{params.seed}"  # type: ignore[arg-type]
     elif params.kind == "matrix":
         suffix = f"matrix-{(matrix_sha256 or 'inline')[:8]}-s{params.seed}"
+    elif params.kind == "list":
+        suffix = f"list-{(list_sha256 or 'inline')[:8]}"
     else:
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(params.column))
         if (
@@ -225,16 +321,19 @@ def run_corrupt(
     pairs_file: str | os.PathLike | None = None,
     matrix_file: str | os.PathLike | None = None,
     column: str | None = None,
+    list_file: str | os.PathLike | None = None,
+    numbering: str | None = None,
     force: bool = False,
     out: str | os.PathLike | None = None,
     workspace: Workspace | None = None,
 ) -> CorruptResult:
     """Run the corrupt stage (cached). ``force`` allows noise on an already corrupted manifest
-    and recomputes even on a cache hit. Raises FernoiseError (naming the flag) on bad input,
-    before anything is written."""
+    and recomputes even on a cache hit. ``list_file`` (``--kind list``): a peer's noisy-label
+    list (:func:`load_noise_list`), its labels numbered as ``numbering`` says (None: detected).
+    Raises FernoiseError (naming the flag) on bad input, before anything is written."""
     if kind is None:
         raise FernoiseError(
-            "choose a noise kind: --kind sym, asym, matrix or column", flag="--kind"
+            "choose a noise kind: --kind sym, asym, matrix, column or list", flag="--kind"
         )
     ws = workspace or Workspace()
     path = resolve_manifest(
@@ -242,22 +341,17 @@ def run_corrupt(
         if manifest is not None
         else ws.latest("clean", "align", what="manifest", flag="MANIFEST")
     )
-    params = _params(kind, rate, seed, pairs_file, matrix_file, column)
+    params = _params(kind, rate, seed, pairs_file, matrix_file, column, list_file, numbering)
     meta = read_meta(path)
     classes = _check_input(path, meta, params, force)
 
-    key_params, matrix_sha = _key_params(params, pairs_file, matrix_file)
+    key_params, matrix_sha = _key_params(params, pairs_file, matrix_file, list_file)
     input_key = meta.get("key") or file_sha256(path)
     whole = _read_table(path)
     content = Manifest(df=pd.DataFrame(), meta=meta, path=path, table=whole).content_key(
         whole.column_names
     )
-    output = Path(out) if out is not None else output_name(path, params, matrix_sha256=matrix_sha)
-    if output.resolve() == path.resolve():
-        raise FernoiseError(
-            f"--out {output} is the input manifest, which is never modified; choose another path",
-            flag="--out",
-        )
+    output = _output(path, out, params, key_params, matrix_sha)
 
     timings: dict[str, float] = {}
     noise: dict[str, Any] = {}
@@ -271,8 +365,12 @@ def run_corrupt(
             info["pairs_sha256"] = key_params["pairs_sha256"]
         if matrix_sha is not None:
             info["matrix_sha256"] = matrix_sha
+        if list_file is not None:
+            info["list"] = {"file": Path(list_file).name, **info.get("list", {})}
+            info["list_sha256"] = key_params["list_sha256"]
         new_meta = stage_meta(meta, stage=STAGE, params=key_params, key=key, noise=info)
-        write_manifest_table(splice(whole, df), output, new_meta)
+        table = rebase_paths(splice(whole, df), path.parent, output.parent)
+        write_manifest_table(table, output, new_meta)
         timings.update(times, write=time.perf_counter() - t2)
         noise.update(info)
         return [output]
@@ -292,14 +390,40 @@ def run_corrupt(
     return CorruptResult(result=res, input=path, noise=noise, timings=timings)
 
 
+def _output(
+    path: Path,
+    out: str | os.PathLike | None,
+    params: CorruptParams,
+    key_params: dict[str, Any],
+    matrix_sha: str | None,
+) -> Path:
+    """``--out``, else :func:`output_name` beside the input; never the input itself."""
+    output = (
+        Path(out)
+        if out is not None
+        else output_name(
+            path, params, matrix_sha256=matrix_sha, list_sha256=key_params.get("list_sha256")
+        )
+    )
+    if output.resolve() == path.resolve():
+        raise FernoiseError(
+            f"--out {output} is the input manifest, which is never modified; choose another path",
+            flag="--out",
+        )
+    return output
+
+
 def _key_params(
     params: CorruptParams,
     pairs_file: str | os.PathLike | None,
     matrix_file: str | os.PathLike | None,
+    list_file: str | os.PathLike | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """``(key params, matrix file sha256)``: the noise parameters plus the sha256 of a
-    ``--pairs`` or ``--matrix`` file."""
+    ``--pairs``, ``--matrix`` or ``--from`` file."""
     key_params = params.key_params()
+    if list_file is not None:
+        key_params["list_sha256"] = file_sha256(list_file)
     matrix_sha = None
     if pairs_file is not None:
         key_params["pairs_sha256"] = file_sha256(pairs_file)
@@ -319,7 +443,7 @@ def _noised(
     t0 = time.perf_counter()
     need = [
         c
-        for c in ("id", "split", "label", "label_name", "label_clean", params.column)
+        for c in ("id", "src_path", "split", "label", "label_name", "label_clean", params.column)
         if c and c in whole.column_names
     ]
     small = whole.select(need).to_pandas()
@@ -337,9 +461,14 @@ def _params(
     pairs_file: str | os.PathLike | None,
     matrix_file: str | os.PathLike | None,
     column: str | None,
+    list_file: str | os.PathLike | None = None,
+    numbering: str | None = None,
 ) -> CorruptParams:
-    """The noise parameters, with the ``--pairs`` or ``--matrix`` file read (each refused
-    for a kind that does not use it)."""
+    """The noise parameters, with the ``--pairs``, ``--matrix`` or ``--from`` file read (each
+    refused for a kind that does not use it)."""
+    if kind != "list" and (list_file is not None or numbering is not None):
+        flag = "--from" if list_file is not None else "--label-numbering"
+        raise FernoiseError(f"{flag} is for --kind list, not {kind}; drop {flag}", flag=flag)
     if kind not in ("asym",) and pairs_file is not None:
         raise FernoiseError(f"pairs are for --kind asym, not {kind}; drop --pairs", flag="--pairs")
     if kind != "matrix" and matrix_file is not None:
@@ -348,6 +477,7 @@ def _params(
         )
     pairs = load_pairs(pairs_file) if pairs_file is not None else None
     matrix = load_matrix(matrix_file) if matrix_file is not None else None
+    listed, used = load_noise_list(list_file, numbering) if list_file is not None else (None, None)
     return CorruptParams(
         kind=kind,
         rate=rate,
@@ -355,6 +485,8 @@ def _params(
         pairs=pairs,
         matrix=tuple(tuple(float(x) for x in r) for r in matrix) if matrix is not None else None,
         column=column,
+        listed=listed,
+        numbering=used,
     )
 
 
