@@ -194,7 +194,10 @@ ALLOWED = {
     ("demo/stage.py", "ncctfer"): "... with the paper's method",
     ("evaluate/runs.py", "ncctfer"): "legacy: a config.json without `method` and two_heads true",
     ("evaluate/runs.py", "ce"): "legacy: a config.json without `method` and two_heads false",
-    ("cli/audit.py", "ce"): "the audit's default method: plain cross-entropy out-of-sample probabilities",
+    (
+        "cli/audit.py",
+        "ce",
+    ): "the audit's default method: plain cross-entropy out-of-sample probabilities",
 }
 
 
