@@ -165,6 +165,7 @@ class RunSummary:
         False  # eval.json was made with --force on inputs that differ from train's/align's
     )
     eval_note: str | None = None  # why eval.json was left out (made for another model.pt)
+    val_in_warmup: bool = False  # the validation-selected epoch lies inside the warm-up
 
     @property
     def table_key(self) -> str:
@@ -331,7 +332,7 @@ def stale_eval(run: Path, rep: dict[str, Any]) -> str | None:
 
 def summarise(path: str | os.PathLike) -> RunSummary:
     """Read one run folder into a :class:`RunSummary`."""
-    from fernoise.evaluate.stage import load_run, max_last, val_selected
+    from fernoise.evaluate.stage import load_run, max_last, val_selected, val_selected_warning
 
     run = load_run(path, need_model=False)
     cfg = run.config
@@ -364,6 +365,7 @@ def summarise(path: str | os.PathLike) -> RunSummary:
         last=m["last"] if m else None,
         val_epoch=v["epoch"] if v else None,
         val_test=v["test_acc"] if v else None,
+        val_in_warmup=val_selected_warning(run.history, str(cfg.get("method") or "")) is not None,
     )
     for row in reversed(run.history):
         if row.get("confident_precision") is not None or row.get("confident_recall") is not None:
@@ -663,6 +665,12 @@ def collect(items: Sequence[str | os.PathLike]) -> Report:
     rep = build(summaries)
     rep.notes[:0] = [f"skipped {b}" for b in broken]
     rep.notes += [s.eval_note for s in summaries if s.eval_note]
+    warm = [s.path.name for s in summaries if s.val_in_warmup and s.complete]
+    if warm:
+        rep.notes.append(
+            f"†: the validation-selected epoch lies inside the warm-up (the warm-up's model) in "
+            f"{len(warm)} run(s): {', '.join(warm[:10])}{', ...' if len(warm) > 10 else ''}"
+        )
     forced = [s.path.name for s in summaries if s.forced]
     if forced:
         rep.notes.append(
@@ -698,6 +706,8 @@ def cell_texts(cell: Cell | None, *, with_final: bool, pm: str = "±") -> list[s
         out.append(f"{_pct(v.mean)} (e{one.val_epoch})")
     else:
         out.append(f"{_pm(v, pm)}{_n(v)}")
+    if v is not None and any(r.val_in_warmup for r in cell.runs):
+        out[-1] += "†"  # selected inside the warm-up: the notes name the runs
     mx, last = cell.stat("max"), cell.stat("last")
     if mx is None or last is None:
         out.append("—")
@@ -738,7 +748,9 @@ LEGEND = (
     "no ± for one run. `<setting>`: validation-selected (test accuracy at the epoch of best validation "
     "accuracy; e<N> = that epoch). `max / last-5`: test-selected, the paper's convention (best test "
     "accuracy over epochs / mean of the last 5 epochs). `final`: the final model's top-1 from eval.json, "
-    "with its 95% bootstrap interval for one run; `*`: evaluated with --force on changed inputs."
+    "with its 95% bootstrap interval for one run; `*`: evaluated with --force on changed inputs; "
+    "`†`: the validation-selected epoch of a run lies inside the warm-up (its figure is the warm-up's "
+    "model, before the method's own loss)."
 )
 
 
