@@ -26,7 +26,7 @@ SHARD=$((SLURM_ARRAY_TASK_ID - ${SLURM_ARRAY_TASK_MIN:-0} + 1))
 SHARDS=${SLURM_ARRAY_TASK_COUNT:?run this script as a job array: sbatch --array=0-N}
 
 cd "$WORKSPACE"
-# Exit code: 0 when every cell of this share is done, 1 when some failed (see sweeps/<name>/).
+# Exit code: 0 when every cell of this share is done, 1 when some failed (see sweeps/<name>/<manifest>/).
 # SWEEP_ARGS: more options, e.g. SWEEP_ARGS=--dry-run to see what each share would run.
 # shellcheck disable=SC2086
 exec "$VENV/bin/fernoise" sweep "$GRID" ${MANIFEST:+"$MANIFEST"} --shard "$SHARD/$SHARDS" --workspace "$WORKSPACE" ${SWEEP_ARGS:-}

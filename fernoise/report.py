@@ -32,7 +32,10 @@ manifests from ``fernoise split``, the fold. Everything else separates them:
 **Cells** are ``mean ± std (n)``: ``std`` is the sample standard deviation (``ddof=1``) over
 the pooled runs, and ``n`` the number of runs; a single run shows no ``±``. For k-fold
 protocols the runs of one fold (several seeds) are averaged first and ``mean ± std (n)`` is
-over the ``n`` folds. Unfinished runs (fewer epochs in ``metrics.jsonl`` than configured) are
+over the ``n`` folds; the table says so under its heading ("mean ± std over 5 folds"), and a
+table whose runs cover fewer folds than its split made (or a cell with fewer folds than the
+others) says which are missing, there and in :attr:`Report.notes`. A leave-one-subject-out
+split (fold manifests named ``.loso-``) is headed as such. Unfinished runs (fewer epochs in ``metrics.jsonl`` than configured) are
 left out and listed in :attr:`Report.notes`; so are damaged runs (each file is read by its
 validating reader in :mod:`fernoise.evaluate.runs`), one note each naming the file and what is wrong.
 :func:`collect` raises only when no run could be read.
@@ -162,6 +165,7 @@ class RunSummary:
         False  # eval.json was made with --force on inputs that differ from train's/align's
     )
     eval_note: str | None = None  # why eval.json was left out (made for another model.pt)
+    val_in_warmup: bool = False  # the validation-selected epoch lies inside the warm-up
 
     @property
     def table_key(self) -> str:
@@ -328,7 +332,7 @@ def stale_eval(run: Path, rep: dict[str, Any]) -> str | None:
 
 def summarise(path: str | os.PathLike) -> RunSummary:
     """Read one run folder into a :class:`RunSummary`."""
-    from fernoise.evaluate.stage import load_run, max_last, val_selected
+    from fernoise.evaluate.stage import load_run, max_last, val_selected, val_selected_warning
 
     run = load_run(path, need_model=False)
     cfg = run.config
@@ -336,6 +340,8 @@ def summarise(path: str | os.PathLike) -> RunSummary:
     split, fold = _split_of(lineage)
     noise_full = cfg.get("noise") or None
     noise = {k: v for k, v in noise_full.items() if k != "seed"} if noise_full else None
+    if split is not None and _is_loso(cfg):
+        split = {**split, "loso": True}
     key, name = dataset_identity(cfg, lineage)
     m = max_last(run.history, "test_acc")
     v = val_selected(run.history)
@@ -359,6 +365,7 @@ def summarise(path: str | os.PathLike) -> RunSummary:
         last=m["last"] if m else None,
         val_epoch=v["epoch"] if v else None,
         val_test=v["test_acc"] if v else None,
+        val_in_warmup=val_selected_warning(run.history, str(cfg.get("method") or "")) is not None,
     )
     for row in reversed(run.history):
         if row.get("confident_precision") is not None or row.get("confident_recall") is not None:
@@ -378,6 +385,14 @@ def summarise(path: str | os.PathLike) -> RunSummary:
         s.final_ci, s.macro_f1_ci = ci.get("top1"), ci.get("macro_f1")
         s.clean_share = rep.get("train_clean_share")
     return s
+
+
+def _is_loso(config: dict[str, Any]) -> bool:
+    """Whether the run's manifest is (made from) a leave-one-subject-out fold: ``fernoise split
+    --loso`` names its folds ``<stem>.loso-<i>-of-<G>-s<seed>.parquet`` (and corrupt keeps the stem)."""
+    import re
+
+    return bool(re.search(r"\.loso-\d+-of-\d+-s\d+", Path(str(config.get("manifest") or "")).name))
 
 
 def _setting_label(noise: dict[str, Any] | None) -> str:
@@ -467,6 +482,26 @@ class Table:
 
     def protocol_text(self) -> str:
         return describe_protocol(self.protocol)
+
+    def folds_present(self) -> list[int]:
+        """The folds any run of the table is on (k-fold tables; else [])."""
+        return sorted({r.fold for c in self.cells.values() for r in c.runs if r.fold is not None})
+
+    def folds_text(self) -> str | None:
+        """``mean ± std over 5 folds``, or what is missing when fewer folds than the split
+        made have runs; None for a table that is not k-fold."""
+        k = self.kfold
+        if not k:
+            return None
+        have = self.folds_present()
+        if len(have) >= k:
+            return f"mean ± std over {k} folds"
+        missing = [i for i in range(k) if i not in have]
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        return (
+            f"warning: only {len(have)} of {k} folds have runs: mean ± std over {len(have)} "
+            f"folds (missing fold(s) {shown}); not the {k}-fold figure"
+        )
 
 
 def describe_protocol(p: dict[str, Any]) -> str:
@@ -576,11 +611,34 @@ def build(runs: Sequence[RunSummary]) -> Report:
             )
         )
     tables.sort(key=lambda t: (t.dataset, t.protocol_text()))
+    for t in tables:
+        notes += _fold_notes(t)
     if len({t.dataset_key for t in tables}) > 1:
         notes.append(
             f"{len({t.dataset_key for t in tables})} datasets: one table each, never averaged together"
         )
     return Report(tables=tables, notes=notes)
+
+
+def _fold_notes(t: Table) -> list[str]:
+    """A k-fold table's missing folds, and its cells with fewer folds than the table has."""
+    text = t.folds_text()
+    if text is None:
+        return []
+    notes = []
+    if text.startswith("warning: "):
+        what = t.protocol_text().split(":")[0]
+        notes.append(f"{t.title()}, {what}: {text.removeprefix('warning: ')}")
+    have = len(t.folds_present())
+    labels = dict(t.rows)
+    for (rk, _ck), cell in t.cells.items():
+        n = len({r.fold for r in cell.runs})
+        if n < have:
+            notes.append(
+                f"{labels.get(rk, rk)} / {cell.runs[0].setting}: runs on {n} of the table's "
+                f"{have} folds; its mean ± std is over those {n}"
+            )
+    return notes
 
 
 def collect(items: Sequence[str | os.PathLike]) -> Report:
@@ -607,6 +665,12 @@ def collect(items: Sequence[str | os.PathLike]) -> Report:
     rep = build(summaries)
     rep.notes[:0] = [f"skipped {b}" for b in broken]
     rep.notes += [s.eval_note for s in summaries if s.eval_note]
+    warm = [s.path.name for s in summaries if s.val_in_warmup and s.complete]
+    if warm:
+        rep.notes.append(
+            f"†: the validation-selected epoch lies inside the warm-up (the warm-up's model) in "
+            f"{len(warm)} run(s): {', '.join(warm[:10])}{', ...' if len(warm) > 10 else ''}"
+        )
     forced = [s.path.name for s in summaries if s.forced]
     if forced:
         rep.notes.append(
@@ -642,6 +706,8 @@ def cell_texts(cell: Cell | None, *, with_final: bool, pm: str = "±") -> list[s
         out.append(f"{_pct(v.mean)} (e{one.val_epoch})")
     else:
         out.append(f"{_pm(v, pm)}{_n(v)}")
+    if v is not None and any(r.val_in_warmup for r in cell.runs):
+        out[-1] += "†"  # selected inside the warm-up: the notes name the runs
     mx, last = cell.stat("max"), cell.stat("last")
     if mx is None or last is None:
         out.append("—")
@@ -682,7 +748,9 @@ LEGEND = (
     "no ± for one run. `<setting>`: validation-selected (test accuracy at the epoch of best validation "
     "accuracy; e<N> = that epoch). `max / last-5`: test-selected, the paper's convention (best test "
     "accuracy over epochs / mean of the last 5 epochs). `final`: the final model's top-1 from eval.json, "
-    "with its 95% bootstrap interval for one run; `*`: evaluated with --force on changed inputs."
+    "with its 95% bootstrap interval for one run; `*`: evaluated with --force on changed inputs; "
+    "`†`: the validation-selected epoch of a run lies inside the warm-up (its figure is the warm-up's "
+    "model, before the method's own loss)."
 )
 
 
@@ -705,7 +773,11 @@ def markdown_report(rep: Report) -> str:
     parts = []
     for t in rep.tables:
         header, rows = table_grid(t)
-        parts.append(f"### {t.title()}\n\n{t.protocol_text()}\n\n{markdown(header, rows)}")
+        folds = t.folds_text()
+        folds = (
+            f"\n\n{'**' + folds + '**' if folds.startswith('warning') else folds}" if folds else ""
+        )
+        parts.append(f"### {t.title()}\n\n{t.protocol_text()}{folds}\n\n{markdown(header, rows)}")
     parts.append(LEGEND + "\n")
     return "\n".join(parts)
 
@@ -867,7 +939,7 @@ def latex_report(rep: Report) -> str:
             r"\centering",
             r"\small",
             rf"\caption{{{_tex(t.title())}. {_tex(t.protocol_text())}. Test accuracy (\%), mean $\pm$ sample std "
-            r"(ddof=1) over seeds (n); val-sel.: at the epoch of best validation accuracy; max / last-5: "
+            rf"(ddof=1) over {_tex(_over(t))}; val-sel.: at the epoch of best validation accuracy; max / last-5: "
             r"test-selected (the paper's convention).}",
             rf"\begin{{tabular}}{{{cols}}}",
             r"\toprule",
@@ -883,6 +955,14 @@ def latex_report(rep: Report) -> str:
         lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
         out.append("\n".join(lines))
     return "\n".join(out)
+
+
+def _over(t: Table) -> str:
+    """What a table's ± is over: ``seeds (n)``, or ``the 5 folds`` / ``2 of 5 folds (some missing)``."""
+    if not t.kfold:
+        return "seeds (n)"
+    have = len(t.folds_present())
+    return f"{have} folds" if have >= t.kfold else f"{have} of {t.kfold} folds (some missing)"
 
 
 def render(rep: Report, fmt: str = "markdown") -> str:
@@ -936,13 +1016,24 @@ def plot_series(t: Table) -> dict[str, Any]:
     """The plotted numbers of a table (fractions), per noise kind with a rate.
 
     ``{"figure": "val_test" | "last", "kinds": {kind: {row label: [(rate, mean, std or 0, n)]}},
-    "selection": {row label: {kind: [(rate, precision Stat, recall Stat, base rate or None)]}}}``.
+    "selection": {row label: {kind: [(rate, precision Stat, recall Stat, base rate or None)]}},
+    "chance": 1 / C (None when the class list is unknown), "over": "seeds" | "2 folds" | ...}``.
     The clean column is rate 0 of every kind. The figure is the validation-selected accuracy,
     or last-5 when no run of the table had a validation split.
     """
     figure = "val_test" if any(c.stat("val_test") for c in t.cells.values()) else "last"
     kinds = sorted({n["kind"] for _, _, n in t.settings if n and n.get("rate") is not None})
-    out: dict[str, Any] = {"figure": figure, "kinds": {}, "selection": {}}
+    try:
+        n_classes = len(json.loads(t.dataset_key.partition("|")[2]))
+    except (ValueError, TypeError):
+        n_classes = 0
+    out: dict[str, Any] = {
+        "figure": figure,
+        "kinds": {},
+        "selection": {},
+        "chance": 1 / n_classes if n_classes else None,
+        "over": _over(t).removesuffix(" (n)"),
+    }
     for kind in kinds:
         out["kinds"][kind] = {}
         for rk, label in t.rows:

@@ -61,15 +61,22 @@ def cli(ws: Path, *args: str, probe: bool = False, wait: bool = True):
     return subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=900)
 
 
+def state(ws: Path, name: str = "smoke") -> Path:
+    """The state folder of the sweep of grid ``name`` (one manifest): sweeps/<name>/<tag>/."""
+    found = [p for p in (ws / "sweeps" / name).glob("*") if (p / "cells").is_dir()]
+    assert len(found) <= 1, found
+    return found[0] if found else ws / "sweeps" / name / "none"
+
+
 def cell_files(ws: Path, name: str = "smoke") -> dict[str, dict]:
     return {
         p.stem: json.loads(p.read_text())
-        for p in sorted((ws / "sweeps" / name / "cells").glob("*.json"))
+        for p in sorted((state(ws, name) / "cells").glob("*.json"))
     }
 
 
 def table(ws: Path, name: str = "smoke") -> list[dict]:
-    with open(ws / "sweeps" / name / "table.csv", newline="") as f:
+    with open(state(ws, name) / "table.csv", newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -193,7 +200,7 @@ def test_shipped_grids_parse(tmp_path):
         ('manifest = "nowhere/manifest.parquet"\n' + GOOD, "manifest: "),
         (
             "sedes = [0]\n" + GOOD,
-            "unknown key 'sedes'; valid keys: description, eval, manifest, methods",
+            "unknown key 'sedes'; valid keys: description, eval, folds, manifest, methods",
         ),
         (
             GOOD.replace("epochs = 1", "epoch = 1"),
@@ -291,7 +298,7 @@ def test_smoke_from_nothing_then_all_hits_without_torch(smoke):
         cell_files(ws) == cells
     )  # a finished cell's file is left as the run that made it wrote it
     assert figures(table(ws)) == figures(rows)
-    md = (ws / "sweeps" / "smoke" / "table.md").read_text()
+    md = (state(ws) / "table.md").read_text()
     assert md.count("| done |") == 4
 
 
@@ -345,7 +352,7 @@ def test_kill_9_mid_sweep_then_resume_gives_the_same_table(smoke, data, tmp_path
 
 def runs_started(ws: Path, cell_id: str, name: str = "smoke") -> list[str]:
     """The header line the sweep writes into a cell's log each time it starts the cell's run."""
-    log = ws / "sweeps" / name / "logs" / f"{cell_id}.log"
+    log = state(ws, name) / "logs" / f"{cell_id}.log"
     return (
         [ln for ln in log.read_text().splitlines() if ln.startswith("== ")] if log.exists() else []
     )

@@ -1257,6 +1257,8 @@ def _align_folder(
     holder: dict[str, Any] = {}
 
     def build(key: str) -> list[Path]:
+        if shard is None:
+            _refuse_other_dataset(manifest, raw, shas_all, force)
         written, summary = _build(
             raw,
             out,
@@ -1298,6 +1300,30 @@ def _align_folder(
         result.merged = merge_shards(out, n=shard[1], workspace=workspace, quiet=True)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _refuse_other_dataset(
+    manifest: Path, raw: Path, shas: Sequence[str | None], force: bool
+) -> None:
+    """Refuse (one line) to replace OUT's manifest when it was made from another data set:
+    none of its source images (by sha256) is among RAW's. ``force`` replaces it."""
+    if force or not manifest.is_file():
+        return
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(manifest, columns=["src_path", "src_sha256"])
+    except (OSError, ValueError, KeyError):  # not a manifest of ours: the build says what is wrong
+        return
+    old = {s for s in table.column("src_sha256").to_pylist() if s}
+    if not old or not {s for s in shas if s} or old & set(shas):
+        return
+    example = next((p for p in table.column("src_path").to_pylist() if p), "?")
+    raise FernoiseError(
+        f"{manifest} was made from another data set ({len(old):,} images such as {example!r}); "
+        f"RAW {raw} shares none of them: choose another OUT, or pass --force to replace it",
+        flag="OUT",
+    )
 
 
 def _result(manifest: Path, key: str, hit: bool, summary: dict[str, Any]) -> AlignResult:

@@ -72,7 +72,10 @@ def _summary_table(rep: dict[str, Any]):
     if vs:
         t.add_row(
             "history: validation-selected",
-            f"{_pct(vs['test_acc'])} %  (epoch {vs['epoch']}, val {_pct(vs['val_acc'])} %)",
+            f"{_pct(vs['test_acc'])} %  (epoch {vs['epoch']}, val {_pct(vs['val_acc'])} %)"
+            + (
+                "  † inside the warm-up: see the warning" if h.get("val_selected_in_warmup") else ""
+            ),
         )
     elif h.get("epochs"):
         t.add_row("history: validation-selected", "— (the run had no validation split)")

@@ -478,14 +478,12 @@ def accuracy_vs_noise_png(
     """Test accuracy against the noise rate: one panel per (table, noise kind), one line per method.
 
     ``panels``: ``(title, series)`` with ``series`` as :func:`fernoise.report.plot_series`
-    returns it: ``{"figure", "kinds": {kind: {method: [(rate, mean, std, n)]}}}``. Error bars
-    are the sample std over seeds (none for a single run); the clean column is rate 0.
+    returns it: ``{"figure", "kinds": {kind: {method: [(rate, mean, std, n)]}}, "chance",
+    "over"}``. Error bars are the sample std over seeds, or over folds for a k-fold table (none
+    for a single run; the caption says which); the clean column is rate 0. ``chance`` (1 / C)
+    is drawn as a dotted line.
     """
-    items = [
-        (title, s["figure"], kind, lines)
-        for title, s in panels
-        for kind, lines in s["kinds"].items()
-    ]
+    items = [(title, s, kind, lines) for title, s in panels for kind, lines in s["kinds"].items()]
     if not items:
         fig = _figure(6, 4)
         _empty(
@@ -494,7 +492,17 @@ def accuracy_vs_noise_png(
         )
         return _save(fig, path)
     fig, axes = _grid(len(items), 5.6, 4.4)
-    for ax, (title, figure, kind, lines) in zip(axes, items, strict=True):
+    for ax, (title, series, kind, lines) in zip(axes, items, strict=True):
+        figure = series["figure"]
+        if series.get("chance"):
+            c = series["chance"]
+            ax.axhline(
+                100 * c,
+                ls=":",
+                color="grey",
+                lw=1.2,
+                label=f"chance (1/{round(1 / c)} = {100 * c:.1f}%)",
+            )
         for i, (label, pts) in enumerate(sorted(lines.items())):
             x = [100 * p[0] for p in pts]
             y = [100 * p[1] for p in pts]
@@ -509,7 +517,10 @@ def accuracy_vs_noise_png(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title="method")
         ax.set_title(_wrap(title), fontsize=8)
-    fig.suptitle("test accuracy vs noise (error bars: sample std over seeds)", fontsize=10)
+    overs = sorted({str(s.get("over") or "seeds") for _, s, _, _ in items})
+    fig.suptitle(
+        f"test accuracy vs noise (error bars: sample std over {' / '.join(overs)})", fontsize=10
+    )
     return _save(fig, path)
 
 
@@ -555,7 +566,15 @@ def selection_vs_noise_png(
                     label=name,
                 )
         base = [(100 * p[0], p[3]) for p in pts if p[3] is not None]
-        if base:
+        if len({b[1] for b in base}) == 1:  # one rate (or one base rate): a line across
+            ax.axhline(
+                base[0][1],
+                ls=":",
+                color="firebrick",
+                lw=1.3,
+                label="base rate: clean share of training rows",
+            )
+        elif base:
             ax.plot(
                 [b[0] for b in base],
                 [b[1] for b in base],
@@ -570,8 +589,10 @@ def selection_vs_noise_png(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
         ax.set_title(_wrap(f"{method}: {title}", 55), fontsize=8)
+    overs = sorted({str(s.get("over") or "seeds") for _, s in panels})
     fig.suptitle(
-        "confident set as a clean-label detector, per method (error bars: std over seeds)",
+        "confident set as a clean-label detector, per method (error bars: std over "
+        f"{' / '.join(overs)})",
         fontsize=10,
     )
     return _save(fig, path)

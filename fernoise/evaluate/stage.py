@@ -24,7 +24,7 @@ recorded then: ``fernoise report`` leaves the figures out once train has written
 covers), ``forced`` (the mismatches ``--force`` evaluated anyway; empty when none), and ``history`` (from ``metrics.jsonl``):
 ``test_max_last5``/``val_max_last5`` (``max``, ``max_epoch``, ``last``, ``last_n``),
 ``val_selected`` (``epoch``, ``val_acc``, ``test_acc``), ``warmup_epochs``,
-``best_test_in_warmup``, ``warnings``, ``noise_detection`` (per epoch ``precision``,
+``best_test_in_warmup``, ``val_selected_in_warmup``, ``warnings``, ``noise_detection`` (per epoch ``precision``,
 ``recall``, ``f1``, ``confident_frac``) and ``thresholds`` (``epoch`` and one list per class).
 
 Conventions, fixed here:
@@ -271,6 +271,28 @@ def warmup_warning(
     )
 
 
+def val_selected_warning(
+    history: Sequence[dict[str, Any]], method: str | None = None
+) -> str | None:
+    """A one-line warning when the validation-selected epoch lies inside the warm-up (the
+    figure is then the warm-up's model, before the method's own loss), else None. Never for a
+    method whose warm-up is its own loss (``Method.warmup_is_own_loss``, e.g. ``ce``)."""
+    from fernoise import methods
+
+    if method in methods.names() and methods.get(method).warmup_is_own_loss:
+        return None
+    v = val_selected(history)
+    warm = warmup_epochs(history)
+    if v is None or v["epoch"] not in warm:
+        return None
+    span = f"epoch {warm[0]}" if len(warm) == 1 else f"epochs {min(warm)}-{max(warm)}"
+    acc = "" if v["test_acc"] is None else f" ({v['test_acc']:.3f})"
+    return (
+        f"the validation-selected epoch {v['epoch']} is inside the warm-up ({span}): its test "
+        f"accuracy{acc} is the warm-up's model, before the method's own loss took over"
+    )
+
+
 def f1_score(precision: float | None, recall: float | None) -> float | None:
     if precision is None or recall is None:
         return None
@@ -320,6 +342,7 @@ def history_summary(
 ) -> dict[str, Any]:
     """Everything ``eval.json`` reports from the training history."""
     warning = warmup_warning(history, method=method)
+    val_warning = val_selected_warning(history, method=method)
     thr = thresholds_over_time(history, classes)
     return {
         "epochs": len(history),
@@ -328,7 +351,8 @@ def history_summary(
         "val_max_last5": max_last(history, "val_acc"),
         "val_selected": val_selected(history),
         "best_test_in_warmup": warning is not None,
-        "warnings": [warning] if warning else [],
+        "val_selected_in_warmup": val_warning is not None,
+        "warnings": [w for w in (warning, val_warning) if w],
         "noise_detection": noise_detection(history),
         "thresholds": thr
         if any(v is not None for k, vs in thr.items() if k != "epoch" for v in vs)

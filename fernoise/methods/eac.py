@@ -25,7 +25,6 @@ scores): a warning says the map's size and the image size once per run.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -95,12 +94,11 @@ class EAC(Method):
             return
         self._warned = True
         if min(h, w) < 4:
-            warnings.warn(
+            self.warn(
                 f"eac: the attention maps are {h}x{w} at --image-size {self.image_size} "
                 "(7x7 at the paper's 224 px on ResNet-18); the flip consistency has little to act "
                 "on: train at a larger --image-size (the map sizes of each backbone: "
-                "docs/backbones.md)",
-                stacklevel=3,
+                "docs/backbones.md)"
             )
 
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:

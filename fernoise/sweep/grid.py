@@ -2,8 +2,11 @@
 
 A grid file (TOML; ``grids/*.toml``) declares a study over one clean aligned manifest::
 
-    name = "table5"                       # state folder: <workspace>/sweeps/<name>/ (default: file stem)
+    name = "table5"                       # state: <workspace>/sweeps/<name>/<manifest tag>/ (default: file stem)
     manifest = "out/manifest.parquet"     # optional; else the command's MANIFEST, else the latest `align`
+                                          # a list of manifests is an axis (one cell per manifest)
+    folds = "all"                         # optional: the folds of a `fernoise split` of the manifest
+                                          # ("all" or a list of fold indices such as [0, 2]): an axis
     methods = ["ce", "nl", "pc", "ncctfer"]
     seeds = [0, 1, 2]
     pretrained = ["none", "backbone.pt", "latest"]   # none | a file or folder | a pretrain stage
@@ -17,13 +20,15 @@ A grid file (TOML; ``grids/*.toml``) declares a study over one clean aligned man
     [eval]
     cam = 0
 
-A cell is one (seed, pretrained, train-option values, noise, method); cells are ordered in that
+A cell is one (seed, manifest, pretrained, train-option values, noise, method); cells are ordered in that
 nesting (method innermost, so each noise setting's row of methods fills first, and seed 0 of
 every cell comes before seed 1). Paths in the file are relative to the workspace root. The file
 is UTF-8, with or without a byte-order mark. A grid has at most :data:`MAX_CELLS` (10,000) cells,
 counted from its axes before any cell is built; a larger study is several grid files.
 
-A cell's id (its state and log file names) is ``method.noise.s<seed>[.pre-<file>][.option=value]``;
+A cell's id (its state and log file names) is
+``method.noise.s<seed>[.<manifest tag>][.pre-<file>][.option=value]`` (the manifest tag, e.g.
+``fold-0``, only when the grid has several manifests);
 two starts or matrix/pairs files of one file name in different folders get a hash of their path
 in the grid appended, and ids longer than 150 characters are shortened with a hash
 (:func:`cell_names`).
@@ -53,6 +58,7 @@ from fernoise.shards import parse_shard  # noqa: F401 - `sweep.parse_shard`, as 
 TOP_KEYS = (
     "description",
     "eval",
+    "folds",
     "manifest",
     "methods",
     "name",
@@ -178,6 +184,7 @@ class Grid:
     name: str
     description: str
     manifest: str | None
+    """The first (or only) manifest named in the file."""
     methods: tuple[str, ...]
     noise: tuple[Noise, ...]
     seeds: tuple[int, ...]
@@ -191,6 +198,10 @@ class Grid:
     method_keys: frozenset[str] = frozenset()
     """Option names that are a method's own (its ``Params``), not TrainConfig fields."""
     cam: int = 0
+    manifests: tuple[str, ...] = ()
+    """Every manifest named in the file (``manifest = [...]``: an axis), in file order."""
+    folds: str | tuple[int, ...] | None = None
+    """``"all"`` or fold indices: the folds of a ``fernoise split`` of the manifest, an axis."""
 
 
 def grid_error(path: Path, where: str, message: str) -> FernoiseError:
@@ -361,9 +372,12 @@ def load_grid(path: str | os.PathLike) -> Grid:
     noise = _noise_entries(path, raw.get("noise", ["clean"]))
     train = _train_options(path, raw.get("train", {}), methods)
     cam = _cam(path, raw.get("eval", {}))
+    manifests = _manifests(path, raw.get("manifest"))
+    folds = _folds(path, raw.get("folds"), manifests)
     _check_size(
         path,
         {
+            "manifests": max(1, len(manifests), len(folds) if isinstance(folds, tuple) else 1),
             "methods": len(methods),
             "seeds": len(seeds),
             "pretrained": len(pretrained),
@@ -374,15 +388,12 @@ def load_grid(path: str | os.PathLike) -> Grid:
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise grid_error(path, "name", f"expected letters, digits, '.', '_' or '-', found {name!r}")
-    manifest = raw.get("manifest")
-    if manifest is not None and not isinstance(manifest, str):
-        raise grid_error(path, "manifest", f"expected a path, found {manifest!r}")
     description = raw.get("description", "")
     return Grid(
         path=path,
         name=name,
         description=str(description),
-        manifest=manifest,
+        manifest=manifests[0] if manifests else None,
         methods=tuple(methods),
         noise=tuple(noise),
         seeds=tuple(seeds),
@@ -392,7 +403,43 @@ def load_grid(path: str | os.PathLike) -> Grid:
         per_method=train.per_method,
         method_keys=frozenset(train.method_keys),
         cam=cam,
+        manifests=manifests,
+        folds=folds,
     )
+
+
+def _manifests(path: Path, raw: Any) -> tuple[str, ...]:
+    """``manifest``: a path, or a list of paths (each once): an axis of the grid."""
+    if raw is None:
+        return ()
+    items = raw if isinstance(raw, list) else [raw]
+    if not items or not all(isinstance(m, str) and m for m in items):
+        raise grid_error(path, "manifest", f"expected a path or a list of paths, found {raw!r}")
+    if len(set(items)) != len(items):
+        raise grid_error(path, "manifest", "a manifest is listed twice")
+    return tuple(items)
+
+
+def _folds(path: Path, raw: Any, manifests: tuple[str, ...]) -> str | tuple[int, ...] | None:
+    """``folds``: ``"all"`` or a list of fold indices (each once) of one manifest's split."""
+    if raw is None:
+        return None
+    if len(manifests) > 1:
+        raise grid_error(
+            path, "folds", "folds are those of one manifest's split; name one manifest"
+        )
+    if raw == "all":
+        return "all"
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(_is_int(i) and i >= 0 for i in raw)
+        or len(set(raw)) != len(raw)
+    ):
+        raise grid_error(
+            path, "folds", f'expected "all" or a list of distinct fold indices, found {raw!r}'
+        )
+    return tuple(raw)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -576,6 +623,10 @@ class Cell:
     """The complete :class:`fernoise.train.config.TrainConfig`."""
     name: str | None = None
     """The cell's id as :func:`expand` made it unique and short (None: :meth:`plain_id`)."""
+    manifest: int = 0
+    """Index of the cell's manifest in the sweep's list (0 with one manifest)."""
+    manifest_tag: str = ""
+    """The manifest's part of the id (``fold-0``), empty when the grid has one manifest."""
 
     @property
     def id(self) -> str:
@@ -584,9 +635,11 @@ class Cell:
         return self.name or self.plain_id()
 
     def plain_id(self, noise_tag: str = "", pre_tag: str = "") -> str:
-        """``method.noise.s<seed>[.pre-<file name>][.option=value...]``; a ``*_tag`` is appended
-        to its part when another setting of the grid shares that part's name."""
+        """``method.noise.s<seed>[.<manifest tag>][.pre-<file name>][.option=value...]``; a
+        ``*_tag`` is appended to its part when another setting of the grid shares that part's name."""
         parts = [self.method, self.noise.slug() + noise_tag, f"s{self.seed}"]
+        if self.manifest_tag:
+            parts.append(self.manifest_tag)
         if self.pretrained is not None:
             parts.append("pre-" + Path(self.pretrained).name + pre_tag)
         parts += [f"{k}={v}" for k, v in self.options]
@@ -661,6 +714,7 @@ def cell_names(cells: Sequence[Cell]) -> list[str]:
     for k, c in enumerate(cells):
         if seen[ids[k]] > 1:
             what = [
+                c.manifest,
                 c.method,
                 repr(c.noise),
                 c.seed,
@@ -677,9 +731,12 @@ def _config_error(grid: Grid, cell_desc: str, e: FernoiseError) -> FernoiseError
     return grid_error(grid.path, key, f"{str(e)} (cell {cell_desc})")
 
 
-def expand(grid: Grid, *, root: Path | None = None) -> list[Cell]:
+def expand(
+    grid: Grid, *, root: Path | None = None, manifest_tags: Sequence[str] = ("",)
+) -> list[Cell]:
     """Every cell of ``grid`` in its fixed order, each with a checked TrainConfig. Relative
-    pretrained paths are made absolute against ``root`` (the workspace root)."""
+    pretrained paths are made absolute against ``root`` (the workspace root).
+    ``manifest_tags``: one per manifest of the sweep (``""`` for a sweep of one manifest)."""
     import itertools
 
     from fernoise.train.stage import TrainConfig
@@ -687,27 +744,40 @@ def expand(grid: Grid, *, root: Path | None = None) -> list[Cell]:
     root = root or Workspace().root
     axis_names = list(grid.axes)
     cells: list[Cell] = []
-    for seed in grid.seeds:
-        for pre in grid.pretrained:
-            pre_value = pre
-            if pre is not None and pre != "latest" and not Path(pre).is_absolute():
-                pre_value = str(root / pre)
-            for values in itertools.product(*(grid.axes[a] for a in axis_names)):
-                options = tuple(zip(axis_names, values, strict=True))
-                for noise in grid.noise:
-                    for method in grid.methods:
-                        kw = {**grid.fixed, **dict(options), **grid.per_method.get(method, {})}
-                        own = {k: kw.pop(k) for k in list(kw) if k in grid.method_keys}
-                        desc = f"{method}, {noise.label()}, seed {seed}" + "".join(
-                            f", {k}={v}" for k, v in options
-                        )
-                        try:
-                            if own:
-                                kw["method_params"] = make_method_params(method, own)
-                            cfg = TrainConfig(method=method, seed=seed, pretrained=pre_value, **kw)
-                        except FernoiseError as e:
-                            raise _config_error(grid, desc, e) from None
-                        cells.append(Cell(len(cells), method, noise, seed, pre, options, cfg))
+    for seed, (m_index, m_tag), pre in itertools.product(
+        grid.seeds, enumerate(manifest_tags), grid.pretrained
+    ):
+        pre_value = pre
+        if pre is not None and pre != "latest" and not Path(pre).is_absolute():
+            pre_value = str(root / pre)
+        for values in itertools.product(*(grid.axes[a] for a in axis_names)):
+            options = tuple(zip(axis_names, values, strict=True))
+            for noise in grid.noise:
+                for method in grid.methods:
+                    kw = {**grid.fixed, **dict(options), **grid.per_method.get(method, {})}
+                    own = {k: kw.pop(k) for k in list(kw) if k in grid.method_keys}
+                    desc = f"{method}, {noise.label()}, seed {seed}" + "".join(
+                        f", {k}={v}" for k, v in options
+                    )
+                    try:
+                        if own:
+                            kw["method_params"] = make_method_params(method, own)
+                        cfg = TrainConfig(method=method, seed=seed, pretrained=pre_value, **kw)
+                    except FernoiseError as e:
+                        raise _config_error(grid, desc, e) from None
+                    cells.append(
+                        Cell(
+                            len(cells),
+                            method,
+                            noise,
+                            seed,
+                            pre,
+                            options,
+                            cfg,
+                            manifest=m_index,
+                            manifest_tag=m_tag,
+                        )  # fmt: skip
+                    )
     return [
         dataclasses.replace(c, name=name) for c, name in zip(cells, cell_names(cells), strict=True)
     ]

@@ -10,13 +10,19 @@ once), then ``train`` and ``evaluate_run`` in a child process (:mod:`fernoise.sw
 one per GPU with ``gpus``. A cell whose run and evaluation are indexed
 (:mod:`fernoise.runindex`) is done without starting a child or importing torch.
 
-State: ``<workspace>/sweeps/<name>/cells/<cell id>.json`` (one file per cell: status, run,
+The manifests (one, a list, or the folds of a split) are :mod:`fernoise.sweep.manifests`.
+
+State: ``<workspace>/sweeps/<name>/<manifest tag>/cells/<cell id>.json`` (keyed by grid and
+manifest: :func:`fernoise.sweep.manifests.state_tag`; one file per cell: status, run,
 accuracies, reason, shard, gpu, times; written atomically by the process that runs the
 cell), ``logs/<cell id>.log`` (the child's stderr) and ``table.csv`` / ``table.md`` (every
 cell of the grid, rewritten under a file lock by each process when it ends, from the cell
 files, so the last shard to finish writes the complete table). An exception in the sweep's
 own worker thread fails that cell (its reason, cell file and log say so) and the others go on;
-a table file that cannot be written is a line in :attr:`Sweep.notes`.
+a table file that cannot be written is a line in :attr:`Sweep.notes`. A cell file that says
+``running`` but whose sweep process is gone (killed) is read as ``failed``, ``interrupted``
+(:func:`read_cells`). State of fernoise before the manifest tag (``sweeps/<name>/cells/``) is
+still read for a cell whose new file does not exist yet (same spec: same manifest).
 """
 
 from __future__ import annotations
@@ -104,6 +110,7 @@ class CellState:
     gpu: str | None = None
     visible_devices: str | None = None
     pid: int | None = None
+    sweep_pid: int | None = None
     shard: str = "1/1"
     started: float | None = None
     finished: float | None = None
@@ -143,6 +150,8 @@ class CellState:
             "gpu": self.gpu,
             "visible_devices": self.visible_devices,
             "pid": self.pid,
+            "sweep_pid": self.sweep_pid,
+            "manifest_tag": c.manifest_tag,
             "shard": self.shard,
             "host": self.host,
             "started": self.started,
@@ -169,6 +178,18 @@ class Sweep:
     states: dict[int, CellState] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     """One line per thing that went wrong outside a cell (e.g. a table file that could not be written)."""
+    manifests: list[Path] = field(default_factory=list)
+    """Every manifest of the sweep (a cell's is ``manifests[cell.manifest]``); empty: ``[manifest]``."""
+    manifest_ids: list[str] = field(default_factory=list)
+    legacy_dir: Path | None = None
+    """Where fernoise kept this grid's state before it was keyed by manifest (read only)."""
+
+    def manifest_of(self, cell: Cell) -> Path:
+        """The clean manifest of ``cell``."""
+        return self.manifests[cell.manifest] if self.manifests else self.manifest
+
+    def manifest_id_of(self, cell: Cell) -> str:
+        return self.manifest_ids[cell.manifest] if self.manifest_ids else self.manifest_id
 
     def spec(self, cell: Cell) -> str:
         """What the cell's result depends on; a cell file of another spec is stale (another
@@ -178,7 +199,7 @@ class Sweep:
             {
                 "config": cfg,
                 "noise": asdict(cell.noise),
-                "manifest": self.manifest_id,
+                "manifest": self.manifest_id_of(cell),
                 "cam": self.grid.cam,
             }
         )[:16]
@@ -253,6 +274,43 @@ def _abs(p: str, root: Path) -> str:
     return p if Path(p).is_absolute() else str(root / p)
 
 
+def _named_manifests(grid: Grid, manifest: str | os.PathLike | None, ws: Workspace) -> list[Path]:
+    """The manifests named: ``manifest``, else the grid's, else the workspace's latest
+    ``clean`` or ``align`` output (a grid with folds: also ``split``)."""
+    if manifest is not None:
+        return [Path(manifest)]
+    if grid.manifests:
+        paths = [Path(_abs(m, ws.root)) for m in grid.manifests]
+        for p in paths:
+            if not p.exists():
+                raise grid_error(
+                    grid.path,
+                    "manifest",
+                    f"{p} does not exist; make it with `fernoise align` or fix the path",
+                )
+        return paths
+    stages = ("split", "clean", "align") if grid.folds is not None else ("clean", "align")
+    return [ws.latest(*stages, what="manifest", flag="MANIFEST")]
+
+
+def _sweep_manifests(
+    grid: Grid, manifest: str | os.PathLike | None, ws: Workspace
+) -> list[tuple[Path, str]]:
+    """``[(manifest, tag)]`` of the sweep (:mod:`fernoise.sweep.manifests`)."""
+    from fernoise.manifest import resolve_manifest
+    from fernoise.sweep import manifests as mf
+
+    paths = [resolve_manifest(p) for p in _named_manifests(grid, manifest, ws)]
+    if grid.folds is not None:
+        try:
+            return mf.fold_manifests(paths[0], grid.folds, ws)
+        except FernoiseError as e:
+            raise grid_error(grid.path, "folds", e.one_line()) from None
+    if len(paths) == 1:
+        return [(paths[0], "")]
+    return list(zip(paths, mf.list_tags(paths), strict=True))
+
+
 def plan(
     grid_path: str | os.PathLike,
     manifest: str | os.PathLike | None = None,
@@ -260,43 +318,36 @@ def plan(
     workspace: Workspace | None = None,
     shard: tuple[int, int] = (1, 1),
 ) -> Sweep:
-    """Load and check the grid, resolve the manifest (``manifest``, else the grid's, else the
-    workspace's latest ``clean`` or ``align`` output), build every cell. Writes nothing."""
+    """Load and check the grid, resolve the manifest(s) (``manifest``, else the grid's, else
+    the workspace's latest ``clean`` or ``align`` output; the folds of its split with
+    ``folds``), build every cell. Writes nothing."""
+    from fernoise.runindex import manifest_identity
+    from fernoise.sweep.manifests import state_tag
+
     ws = workspace or Workspace()
     grid = load_grid(grid_path)
-    if manifest is not None:
-        path = Path(manifest)
-    elif grid.manifest is not None:
-        path = Path(_abs(grid.manifest, ws.root))
-    else:
-        path = ws.latest("clean", "align", what="manifest", flag="MANIFEST")
-    if not path.exists() and manifest is None and grid.manifest is not None:
-        raise grid_error(
-            grid.path,
-            "manifest",
-            f"{path} does not exist; make it with `fernoise align` or fix the path",
-        )
-    from fernoise.manifest import resolve_manifest
-
-    path = resolve_manifest(path)
-    key = _check_manifest(grid, path)
+    named = _sweep_manifests(grid, manifest, ws)
+    paths = [p for p, _ in named]
+    keys = [_check_manifest(grid, p) for p in paths]
     _check_files(grid, ws.root)
-    cells = expand(grid, root=ws.root)
+    cells = expand(grid, root=ws.root, manifest_tags=[t for _, t in named])
     mine = shard_cells(cells, *shard)
     runs = ws.runs_dir()
-    from fernoise.runindex import manifest_identity
-
+    ids = [dict_hash(manifest_identity(p))[:16] for p in paths]
     return Sweep(
         grid=grid,
-        manifest=path.resolve(),
-        manifest_key=key,
+        manifest=paths[0].resolve(),
+        manifest_key=keys[0],
         workspace=ws,
         runs_dir=runs.resolve(),
         cells=cells,
         mine=mine,
         shard=shard,
-        state_dir=ws.root / "sweeps" / grid.name,
-        manifest_id=dict_hash(manifest_identity(path))[:16],
+        state_dir=ws.root / "sweeps" / grid.name / state_tag(paths, grid.folds),
+        manifest_id=ids[0],
+        manifests=[p.resolve() for p in paths],
+        manifest_ids=ids,
+        legacy_dir=ws.root / "sweeps" / grid.name,
     )
 
 
@@ -331,8 +382,8 @@ class _Corrupter:
     def __call__(self, cell: Cell) -> Path:
         n = cell.noise
         if n.kind is None:
-            return self.sweep.manifest
-        key = (n, cell.noise_seed())
+            return self.sweep.manifest_of(cell)
+        key = (cell.manifest, n, cell.noise_seed())
         if key not in self.done:
             from fernoise.corrupt.stage import run_corrupt
 
@@ -340,7 +391,7 @@ class _Corrupter:
             try:
                 with _file_lock(root / ".fernoise" / "sweep-corrupt"):
                     res = run_corrupt(
-                        self.sweep.manifest,
+                        self.sweep.manifest_of(cell),
                         kind=n.kind,
                         rate=n.rate,
                         seed=cell.noise_seed(),
@@ -387,6 +438,7 @@ def _stamp_state(sweep: Sweep, state: CellState) -> None:
     state.shard = f"{sweep.shard[0]}/{sweep.shard[1]}"
     state.spec = sweep.spec(state.cell)
     state.host = socket.gethostname()
+    state.sweep_pid = os.getpid()
 
 
 def run(
@@ -526,8 +578,9 @@ def _run_lock(sweep: Sweep, cell: Cell, manifest: Path) -> Path:
 
 def _existing_noisy(sweep: Sweep, cell: Cell) -> Path | None:
     """The noisy manifest of the cell if the corrupt stage already wrote it (dry run)."""
+    base = sweep.manifest_of(cell)
     if cell.noise.kind is None:
-        return sweep.manifest
+        return base
     from fernoise.corrupt.kinds import CorruptParams
     from fernoise.corrupt.stage import output_name
 
@@ -537,12 +590,12 @@ def _existing_noisy(sweep: Sweep, cell: Cell) -> Path | None:
 
         sha = file_sha256(_abs(str(n.matrix), sweep.workspace.root))
         params = CorruptParams(kind="matrix", seed=cell.noise_seed(), matrix=((1.0,),))
-        out = output_name(sweep.manifest, params, matrix_sha256=sha)
+        out = output_name(base, params, matrix_sha256=sha)
     else:
         params = CorruptParams(
             kind=str(n.kind), rate=n.rate, seed=cell.noise_seed(), column=n.column
         )
-        out = output_name(sweep.manifest, params)
+        out = output_name(base, params)
     return out if out.is_file() else None
 
 
@@ -730,6 +783,7 @@ def eta_seconds(sweep: Sweep, slots: int = 1) -> float | None:
 TABLE_COLUMNS = (
     "index",
     "id",
+    "manifest",
     "method",
     "noise",
     "seed",
@@ -748,11 +802,16 @@ TABLE_COLUMNS = (
 
 def read_cells(sweep: Sweep) -> list[dict[str, Any]]:
     """Every cell of the grid as its cell file says (``status`` ``queued`` for a cell without a
-    file or with a file of another spec), in grid order."""
+    file or with a file of another spec), in grid order. A cell without a file in the state
+    folder is read from the folder of fernoise before state was keyed by manifest
+    (:attr:`Sweep.legacy_dir`) when that file has the cell's spec; a ``running`` cell whose
+    sweep process is gone is ``failed`` with an ``interrupted`` reason (:func:`interrupted`)."""
     rows = []
     for cell in sweep.cells:
-        data = read_json(sweep.cell_file(cell))
         spec = sweep.spec(cell)
+        data = read_json(sweep.cell_file(cell))
+        if data is None and sweep.legacy_dir is not None:
+            data = read_json(sweep.legacy_dir / "cells" / f"{cell.id}.json")
         if not isinstance(data, dict) or data.get("spec") != spec:
             st = sweep.states.get(cell.index)
             if (
@@ -761,8 +820,37 @@ def read_cells(sweep: Sweep) -> list[dict[str, Any]]:
                 st = CellState(cell)  # could not be written
                 st.spec = spec
             data = st.to_json()
+        elif data.get("status") == "running" and (why := interrupted(data)):
+            data = {**data, "status": "failed", "reason": why}
         rows.append(data)
     return rows
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process of that id
+        return True
+    return True
+
+
+def interrupted(data: dict[str, Any]) -> str | None:
+    """Why a cell file that says ``running`` is not running any more (its sweep process, or
+    for files without ``sweep_pid`` its child, is gone from this host), or None (alive, or on
+    another host: that cannot be told from here)."""
+    import socket
+
+    if data.get("host") and data.get("host") != socket.gethostname():
+        return None
+    pid = data.get("sweep_pid") or data.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or _pid_alive(pid):
+        return None
+    return (
+        f"interrupted: its sweep process (pid {pid}) is gone (killed?); "
+        "run the sweep again to resume the cell from its last checkpoint"
+    )
 
 
 def table_rows(sweep: Sweep) -> list[dict[str, Any]]:
@@ -773,6 +861,7 @@ def table_rows(sweep: Sweep) -> list[dict[str, Any]]:
             {
                 "index": d["index"],
                 "id": d["id"],
+                "manifest": d.get("manifest_tag") or "",
                 "method": d["method"],
                 "noise": d["noise"],
                 "seed": d["seed"],
@@ -807,8 +896,10 @@ def write_table(sweep: Sweep) -> tuple[Path, Path]:
         for r in rows:
             w.writerow({k: ("" if r[k] is None else r[k]) for k in TABLE_COLUMNS})
         _write_table_file(sweep, csv_path, buf.getvalue())
+        several = len(sweep.manifests) > 1
         head = [
             "#",
+            *(["manifest"] if several else []),
             "method",
             "noise",
             "seed",
@@ -823,7 +914,8 @@ def write_table(sweep: Sweep) -> tuple[Path, Path]:
         lines = [
             f"# sweep {sweep.grid.name}",
             "",
-            f"grid: `{sweep.grid.path}`  manifest: `{sweep.manifest}`",
+            f"grid: `{sweep.grid.path}`  manifest: "
+            + ", ".join(f"`{m}`" for m in (sweep.manifests or [sweep.manifest])),
             "",
             "| " + " | ".join(head) + " |",
             "|" + "---|" * len(head),
@@ -836,6 +928,7 @@ def write_table(sweep: Sweep) -> tuple[Path, Path]:
             )
             cells = [
                 str(r["index"] + 1),
+                *([r["manifest"]] if several else []),
                 r["method"],
                 r["noise"],
                 str(r["seed"]),

@@ -308,6 +308,13 @@ def _rows(m: Manifest, cfg: TrainConfig) -> _Rows:
         val_source = "none"
     val_labels = _val_labels(m, cfg, rows, val, val_source, notes)
     test = rows[(rows["split"] == "test") & labelled]
+    if test.empty:
+        n_val = int((rows["split"] == "val").sum())
+        where = f" ({n_val:,} rows are in val)" if n_val else ""
+        warnings.append(
+            f"{m.path.name} has 0 test rows{where}: test accuracy will be empty; if the data set's "
+            "test rows landed in another split, re-align with e.g. `--split-map val=test`"
+        )
     if len(train) < 2:
         raise FernoiseError(
             f"{m.path} leaves {len(train)} training row(s) after validation; training needs at least 2 "
