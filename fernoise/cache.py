@@ -306,6 +306,11 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- workspace
+LATEST_NOTICE: Callable[[str, Path, Path], None] | None = None
+"""Called with ``(stage, output, lock file)`` whenever :meth:`Workspace.latest` takes an input
+from the lock; the CLI sets it so that every command says what it took (None: silent)."""
+
+
 class Workspace:
     """The lock file naming the latest output of each stage (in the spirit of dvc.lock)."""
 
@@ -379,7 +384,10 @@ class Workspace:
                 if path.exists():
                     found.append((int(entry.get("seq", 0)), -order, path))
         if found:
-            return max(found, key=lambda t: (t[0], t[1]))[2]
+            _, order, path = max(found, key=lambda t: (t[0], t[1]))
+            if LATEST_NOTICE is not None:
+                LATEST_NOTICE(stages[-order], path, self.lock_path)
+            return path
         names = " or ".join(f"`fernoise {s}`" for s in stages)
         raise FernoiseError(
             f"no {what} given and {self.lock_path} records none; pass one, or run {names} first",

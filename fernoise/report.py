@@ -247,11 +247,12 @@ def dataset_identity(
 
     The key of the last lineage entry before the first ``corrupt`` or ``split`` (the aligned
     manifest, normally); a manifest without such an entry is its own dataset when it carries no
-    noise, else (lineage lost) the folder it lies in stands for the dataset. The name is that
-    folder's name.
+    noise, else (lineage lost) the folder it lies in stands for the dataset. The name is the
+    manifest's ``dataset`` (``align --name``, default RAW's folder name), else that folder's.
     """
     manifest = config.get("manifest")
-    name = Path(manifest).parent.name if manifest else "?"
+    meta = _manifest_meta(manifest) or {}
+    name = meta.get("dataset") or (Path(manifest).parent.name if manifest else "?")
     root = None
     for entry in lineage or []:
         if entry.get("stage") in (CORRUPT_STAGE, SPLIT_STAGE):

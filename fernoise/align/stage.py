@@ -1420,7 +1420,7 @@ def _build(
         images=len(src),
         groups=info.get("groups"),
         subset=info.get("subset"),
-        **({"dataset": dataset} if dataset is not None else {}),
+        dataset=dataset if dataset is not None else Path(raw).resolve().name,
     )
     write_manifest(df, manifest, meta)
     summary = {"counts": counts, "rows": len(df), "info": info, "key": key}

@@ -253,6 +253,14 @@ MaxRowsOpt = Annotated[
     ),
 ]
 SubsetSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the --max-rows subset.")]
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="The data set's name, kept in the manifest and used in every heading (default: RAW's folder name).",
+        show_default=False,
+    ),
+]
 PresetOpt = Annotated[
     str | None,
     typer.Option(
@@ -353,6 +361,7 @@ def align_cmd(
     label_map: LabelMapOpt = None,
     max_rows: MaxRowsOpt = None,
     seed: SubsetSeedOpt = 0,
+    name: NameOpt = None,
     preset: PresetOpt = None,
     mode: ModeOpt = None,
     on_no_face: OnNoFaceOpt = None,
@@ -376,7 +385,7 @@ def align_cmd(
     """`fernoise align` (help: :data:`HELP`): layer defaults, preset and the options given,
     build the parameters, align with a progress bar, print the summary.
 
-    Long: the signature lists the command's 38 arguments and options (one line each, declared
+    Long: the signature lists the command's 39 arguments and options (one line each, declared
     above), and ``given`` is the table of the 24 a preset may also set (option -> preset key);
     every step after them is a helper below."""
     from fernoise.cache import Workspace
@@ -433,13 +442,15 @@ def align_cmd(
         device=device,
         force=force,
         workspace=ws,
+        dataset=name,
     )
 
 
 # The help panels of align's options.
 PANELS = {
     **dict.fromkeys(
-        ("preset", "max_rows", "seed", "shard", "merge", "force", "workspace"), "Input/Output"
+        ("preset", "name", "max_rows", "seed", "shard", "merge", "force", "workspace"),
+        "Input/Output",
     ),
     **dict.fromkeys(
         (

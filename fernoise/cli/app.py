@@ -37,6 +37,22 @@ def _root(
 ) -> None:
     if debug:
         os.environ["FERNOISE_DEBUG"] = "1"
+    from fernoise import cache
+
+    cache.LATEST_NOTICE = _took
+
+
+def _took(stage: str, output, lock) -> None:
+    """Say which input a command took from the workspace lock (a bare `fernoise pretrain`
+    takes the latest manifest: the user sees which)."""
+    from fernoise.cli.common import err_console
+
+    err_console.print(
+        f"using {output} (the latest `fernoise {stage}` output recorded in {lock})",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
 
 
 def _register() -> None:

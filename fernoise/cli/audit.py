@@ -125,8 +125,7 @@ def _audit(**kw: Any) -> None:
     ws = Workspace(kw["workspace"])
     manifest = kw["manifest"]
     if manifest is None:
-        manifest = ws.latest("corrupt", "align", what="manifest", flag="MANIFEST")
-        console.print(f"auditing {manifest} (the workspace's latest manifest)", soft_wrap=True)
+        manifest = ws.latest("clean", "corrupt", "align", what="manifest", flag="MANIFEST")
     res = run_audit(
         manifest,
         params,
