@@ -46,7 +46,7 @@ def cli(*args):
 
 
 def one_line_error(res, flag):
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("using ")]
     assert res.exit_code == 2, res.output
     assert len(lines) == 1 and lines[0].startswith(f"error: {flag}"), res.stderr
     return lines[0]

