@@ -572,3 +572,19 @@ relabel_epoch = 3
         sweep.load_grid(
             write_grid(tmp_path / "i.toml", 'methods = ["scn", "ce"]\n[train.ce]\nmargin = 0.1\n')
         )
+
+
+def test_shipped_grids_are_named_by_name(data, tmp_path, monkeypatch):
+    ws = new_workspace(tmp_path / "ws", data)
+    monkeypatch.chdir(ws)  # no grids/ folder here: the grid comes from the package
+    monkeypatch.setenv("FERNOISE_WORKSPACE", str(ws))
+    listing = sorted(os.listdir(ws))
+    res = CliRunner().invoke(app, ["sweep", "smoke", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "sweep smoke: 4 cells" in " ".join(res.output.split())
+    bad = CliRunner().invoke(app, ["sweep", "smokey", "--dry-run"])
+    lines = [ln for ln in bad.output.splitlines() if ln.strip() and not ln.startswith("using ")]
+    assert bad.exit_code == 2 and len(lines) == 1, bad.output
+    assert "shipped grids: paper-table2, paper-table4, paper-table5," in lines[0]
+    assert "smoke" in lines[0].split("shipped grids:")[1]
+    assert sorted(os.listdir(ws)) == listing

@@ -133,7 +133,12 @@ class _Lines:
 
 @handle_errors
 def sweep_cmd(
-    grid: Annotated[Path, typer.Argument(help="Grid file (TOML), e.g. grids/smoke.toml.")],
+    grid: Annotated[
+        Path,
+        typer.Argument(
+            help="Grid file (TOML), or a shipped grid's name: smoke, paper-table2, paper-table4, paper-table5, paper-table5-cpu, paper-table5-reduced, paper-table5-face."
+        ),
+    ],
     manifest: Annotated[
         Path | None,
         typer.Argument(

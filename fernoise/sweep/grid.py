@@ -361,10 +361,38 @@ def _check_noise_params(path: Path, where: str, noise: Noise) -> None:
         raise grid_error(path, f"{where}.pairs", f"expected a file path, found {noise.pairs!r}")
 
 
+def shipped_grids() -> list[str]:
+    """The names of the grids shipped in the package (``fernoise/grids/NAME.toml``)."""
+    from importlib.resources import files
+
+    folder = files("fernoise").joinpath("grids")
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def resolve_grid(path: str | os.PathLike) -> Path:
+    """A grid file: ``path`` when it exists, else the shipped grid of that name (``smoke``,
+    ``paper-table5``, with or without ``.toml``); a one-line error listing the shipped ones."""
+    p = Path(path)
+    if p.exists():
+        return p
+    from importlib.resources import files
+
+    name = p.name[: -len(".toml")] if p.name.endswith(".toml") else p.name
+    if p.parent == Path(".") or p.parent == Path("grids"):
+        shipped = Path(str(files("fernoise").joinpath("grids", f"{name}.toml")))
+        if shipped.is_file():
+            return shipped
+    raise FernoiseError(
+        f"no grid file {p} and no shipped grid {name!r}; shipped grids: {', '.join(shipped_grids())} "
+        "(e.g. `fernoise sweep smoke`), or pass a .toml file",
+        flag="GRID",
+    )
+
+
 def load_grid(path: str | os.PathLike) -> Grid:
-    """Parse and check a grid file (see the module docstring). Raises a one-line FernoiseError
-    naming the key at fault and the valid keys or values."""
-    path = Path(path)
+    """Parse and check a grid file, or a shipped grid named by name (see the module docstring).
+    Raises a one-line FernoiseError naming the key at fault and the valid keys or values."""
+    path = resolve_grid(path)
     raw = _read_toml(path)
     methods = _methods(path, raw)
     seeds = _seeds(path, raw)
@@ -451,7 +479,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise FernoiseError(
-            f"grid file {path} does not exist; pass a .toml file such as grids/smoke.toml",
+            f"grid file {path} does not exist; pass a .toml file or a shipped grid's name ({', '.join(shipped_grids())})",
             flag="GRID",
         )
     try:
