@@ -97,3 +97,22 @@ def test_options_sit_in_panels(command, panels):
         assert p in titles, (p, titles)
     body = out.split("╭─ Hardware ")[1].split("╰")[0]
     assert "--device" in body
+
+
+def test_positional_arguments_are_named_the_same_way_everywhere():
+    import re
+
+    from typer.testing import CliRunner
+
+    from fernoise.cli.app import app
+
+    usage = {}
+    for cmd in ("align", "corrupt", "split", "pretrain", "train", "audit", "clean", "eval",
+                "predict", "report", "sweep"):  # fmt: skip
+        out = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "200"}).output
+        line = next(ln for ln in out.splitlines() if "Usage:" in ln)
+        usage[cmd] = re.findall(r"[\[{]([^\]}]+)[\]}]", line.split("[OPTIONS]")[1])
+    assert all(name == name.upper() for names in usage.values() for name in names), usage
+    for cmd in ("corrupt", "split", "pretrain", "train", "audit"):
+        assert usage[cmd] == ["MANIFEST"], (cmd, usage[cmd])
+    assert usage["sweep"] == ["GRID", "MANIFEST"] and usage["eval"] == ["RUN"]

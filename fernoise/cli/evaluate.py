@@ -173,7 +173,10 @@ def register(app: typer.Typer) -> None:
     def eval_cmd(
         run: Annotated[
             Path | None,
-            typer.Argument(help="Training run folder (default: the latest `fernoise train` run)."),
+            typer.Argument(
+                metavar="RUN",
+                help="Training run folder (default: the latest `fernoise train` run).",
+            ),
         ] = None,
         manifest: Annotated[
             Path | None,

@@ -15,7 +15,10 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def predict_cmd(
         inputs: Annotated[
-            list[Path], typer.Argument(help="Photos or folders of photos (searched recursively).")
+            list[Path],
+            typer.Argument(
+                metavar="PHOTOS", help="Photos or folders of photos (searched recursively)."
+            ),
         ],
         run: Annotated[
             Path | None,

@@ -23,7 +23,8 @@ from fernoise.cli.common import (
 ManifestArg = Annotated[
     Path | None,
     typer.Argument(
-        help="Manifest (default: the latest of `fernoise align`/`corrupt`/`clean`). A folder means its manifest.parquet."
+        metavar="MANIFEST",
+        help="Manifest (default: the latest of `fernoise align`/`corrupt`/`clean`). A folder means its manifest.parquet.",
     ),
 ]
 MethodOpt = Annotated[str, typer.Option("--method", help="simclr (NT-Xent) or byol (EMA target).")]

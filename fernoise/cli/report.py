@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
         runs: Annotated[
             list[str] | None,
             typer.Argument(
-                help="Run folders, globs of them (quoted), or folders of runs (default: the workspace's runs/)."
+                metavar="RUNS",
+                help="Run folders, globs of them (quoted), or folders of runs (default: the workspace's runs/).",
             ),
         ] = None,
         fmt: Annotated[

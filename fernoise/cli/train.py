@@ -180,7 +180,8 @@ def _static_options(
     manifest: Annotated[
         Path | None,
         typer.Argument(
-            help="Manifest (default: the latest of `fernoise clean`/`corrupt`/`align`). A folder means its manifest.parquet."
+            metavar="MANIFEST",
+            help="Manifest (default: the latest of `fernoise clean`/`corrupt`/`align`). A folder means its manifest.parquet.",
         ),
     ] = None,
     method: Annotated[
