@@ -21,19 +21,28 @@ def test_duration_words():
 def test_train_prints_an_estimate_and_an_eta(workspace):
     src = make_manifest(workspace / "d", 105)
     res = cli(
-        "train", src, "--method", "ce", "--epochs", "2", "--warmup", "0", "--batch-size", "8",
+        "train", src, "--method", "ce", "--epochs", "3", "--warmup", "1", "--batch-size", "8",
         "--image-size", "32", "--workers", "0", "--precision", "fp32", "--device", "cpu",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
-    est = re.search(
-        r"estimate from (\d+) steps: about (.+?) per epoch of training, (.+?) for the 2 epoch\(s\) to go",
+    warm = re.search(
+        r"estimate from (\d+) steps of warm-up: about .+? per epoch of training, .+? for the 3 epoch\(s\) to go",
         out,
     )
-    assert est and int(est.group(1)) == 5, out
-    assert out.index("estimate from") < out.index("epoch 1/2")
-    assert re.search(r"epoch 1/2 .* ETA \d+ s", out) and "epoch 2/2" in out
-    assert len(re.findall("estimate from", out)) == 1
+    after = re.search(
+        r"estimate from (\d+) steps: about .+? per epoch of training, .+? for the 2 epoch\(s\) to go",
+        out,
+    )
+    assert warm and after and int(warm.group(1)) == 5, out
+    assert (
+        out.index(warm.group(0))
+        < out.index("epoch 1/3")
+        < out.index(after.group(0))
+        < out.index("epoch 2/3")
+    )
+    assert re.search(r"epoch 1/3 w .* ETA \d+ s", out) and "epoch 3/3" in out
+    assert len(re.findall("estimate from", out)) == 2
 
 
 def test_pretrain_max_rows_keeps_a_stratified_share(workspace):

@@ -137,14 +137,14 @@ def sweep_cmd(
         Path,
         typer.Argument(
             metavar="GRID",
-            help="Grid file (TOML), or a shipped grid's name: smoke, paper-table2, paper-table4, paper-table5, paper-table5-cpu, paper-table5-reduced, paper-table5-face."
+            help="Grid file (TOML), or a shipped grid's name: smoke, paper-table2, paper-table4, paper-table5, paper-table5-cpu, paper-table5-reduced, paper-table5-face.",
         ),
     ],
     manifest: Annotated[
         Path | None,
         typer.Argument(
             metavar="MANIFEST",
-            help="Clean aligned manifest (default: the grid's `manifest`, else the latest `fernoise align` or `fernoise clean`). A folder means its manifest.parquet."
+            help="Clean aligned manifest (default: the grid's `manifest`, else the latest `fernoise align` or `fernoise clean`). A folder means its manifest.parquet.",
         ),
     ] = None,
     gpus: Annotated[

@@ -76,6 +76,8 @@ class _Progress:
         self.epochs = 0  # of the run
         self.first: tuple[float, int] | None = None  # (time, step) of this process's first step
         self.estimated = False
+        self.warm = False  # the current epoch is a warm-up epoch
+        self.estimated_warm: bool | None = None  # the estimate was made in a warm-up epoch
         self.seconds: list[float] = []  # epochs finished in this process
 
     def _estimate(self, ev: dict) -> None:
@@ -90,13 +92,19 @@ class _Progress:
         steps = ev["done"] - self.first[1]
         if steps < ESTIMATE_STEPS and ev["done"] < ev["total"]:
             return
-        self.estimated = True
+        self.estimated, self.estimated_warm = True, self.warm
         per_epoch = (now - self.first[0]) / max(steps, 1) * ev["total"]
         left = self.epochs - ev["epoch"] + 1
         self._stop()
+        phase = " of warm-up" if self.warm else ""
         console.print(
-            f"estimate from {steps} steps: about {duration(per_epoch)} per epoch of training, "
-            f"{duration(per_epoch * left)} for the {left} epoch(s) to go (evaluation not included)",
+            f"estimate from {steps} steps{phase}: about {duration(per_epoch)} per epoch of training, "
+            f"{duration(per_epoch * left)} for the {left} epoch(s) to go (evaluation not included"
+            + (
+                "; measured again after the warm-up, whose epochs can cost less)"
+                if self.warm
+                else ")"
+            ),
             soft_wrap=True,
         )
 
@@ -113,6 +121,9 @@ class _Progress:
             self._stop()
             self.bar.start()
             self.epochs = ev["epochs"]
+            self.warm = bool(ev["warmup"])
+            if self.estimated_warm and not self.warm:  # the method's own loss starts: measure again
+                self.estimated, self.first, self.estimated_warm = False, None, None
             tag = " (warm-up)" if ev["warmup"] else ""
             self.task = self.bar.add_task(
                 f"epoch {ev['epoch']}/{ev['epochs']}{tag}", total=ev["batches"], info=""
