@@ -44,7 +44,7 @@ def test_docs_page_lists_every_public_function():
 def test_example_script_runs_every_stage(tmp_path):
     res = subprocess.run(
         [sys.executable, str(REPO / "examples" / "api.py"), str(tmp_path / "out")]
-        + ["--epochs", "1", "--size", "32", "--per-class", "6"],
+        + ["--epochs", "1", "--size", "32", "--per-class", "4"],
         capture_output=True,
         text=True,
         timeout=600,
