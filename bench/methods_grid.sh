@@ -11,6 +11,8 @@
 # pretrained=PATH adds --pretrained PATH (README: scratch vs a self-supervised start),
 # BACKBONE [resnet18] --backbone, LR_BACKBONE [1e-3] --lr-backbone, EXTRA [] more train options
 # and TAG [] a word in the log names (e.g. EXTRA="--threshold batch" TAG=batch),
+# NOISE [sym50] or fer2013 (the real-noise table: `corrupt --kind column --column fer2013_label`
+# on the same rows, FER2013's original labels against the FER+ majority; add TAG=fer2013),
 # FN [fernoise] the command.
 set -u
 work=${1:?usage: bench/methods_grid.sh WORKDIR}
@@ -19,8 +21,14 @@ fn=${FN:-fernoise}
 rows=${ROWS:-10000}
 mkdir -p "$work" && cd "$work"
 export FERNOISE_WORKSPACE="$work"
-manifest="fp${rows}-sym50.parquet"
-[ -f "$manifest" ] || python "$here/ferplus_manifest.py" "$manifest" --train "$rows" --sym-rate 0.5 --seed 0
+if [ "${NOISE:-sym50}" = fer2013 ]; then  # real noise: FER2013's original labels, FER+ majority as truth
+  manifest="fp${rows}-fer2013.parquet"
+  [ -f "fp${rows}-fer2013col.parquet" ] || python "$here/ferplus_manifest.py" "fp${rows}-fer2013col.parquet" --train "$rows" --fer2013-column
+  [ -f "$manifest" ] || $fn corrupt "fp${rows}-fer2013col.parquet" --kind column --column fer2013_label --out "$manifest" > "corrupt-fer2013.txt" 2>&1
+else
+  manifest="fp${rows}-sym50.parquet"
+  [ -f "$manifest" ] || python "$here/ferplus_manifest.py" "$manifest" --train "$rows" --sym-rate 0.5 --seed 0
+fi
 start=${pretrained:+--pretrained $pretrained}
 for m in ${METHODS:-ce ncctfer elr gce sce scn rul eac pc nl}; do
   extra=""
