@@ -292,9 +292,13 @@ def protocol_of(config: dict[str, Any], split: dict[str, Any] | None) -> dict[st
 
 
 def options_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The result-changing options that neither the row's method nor the table covers."""
+    """The result-changing options that neither the row's method nor the table covers. An
+    option that is off (False) or absent (None: a run made before the option existed) is left
+    out, so such runs share a row."""
     return {
-        k: v for k, v in sorted(config.items()) if k not in NOT_RESULT and not k.startswith("_")
+        k: v
+        for k, v in sorted(config.items())
+        if k not in NOT_RESULT and not k.startswith("_") and v is not None and v is not False
     }
 
 

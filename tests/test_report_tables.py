@@ -414,3 +414,12 @@ def test_a_broken_run_is_skipped_with_a_note(tmp_path):
     )
     with pytest.raises(Exception, match="no readable training run among 1 folder"):
         collect([bad])
+
+
+def test_an_option_off_or_absent_does_not_split_a_row():
+    from fernoise.report import options_of
+
+    old = {"method": "ce", "epochs": 6, "val_clean": None}
+    new = {"method": "ce", "epochs": 6, "val_clean": False, "record_margins": False}
+    assert options_of(old) == options_of(new)
+    assert options_of({**new, "record_margins": True})["record_margins"] is True
