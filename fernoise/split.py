@@ -389,22 +389,11 @@ def _read_input(path: Path, meta: dict[str, Any], params: SplitParams):
 
 
 def _columns_for(table, path: Path, out_dir: Path) -> list:
-    """The input's Arrow columns for fold manifests in ``out_dir``: relative crop paths are
-    rebased when ``out_dir`` is not the input's folder."""
-    import pyarrow as pa
+    """The input's Arrow columns for fold manifests in ``out_dir``, crop paths re-based
+    (:func:`fernoise.manifest.rebase_paths`)."""
+    from fernoise.manifest import rebase_paths
 
-    names = table.column_names
-    cols = list(table.columns)
-    if out_dir.resolve() != path.parent.resolve() and "path" in names:
-        src_dir = path.parent.resolve()
-        rebased = [
-            p
-            if p is None or os.path.isabs(p)
-            else Path(os.path.relpath(src_dir / p, out_dir.resolve())).as_posix()
-            for p in table.column("path").to_pylist()
-        ]
-        cols[names.index("path")] = pa.array(rebased, type=pa.string())
-    return cols
+    return list(rebase_paths(table, path.parent, out_dir).columns)
 
 
 def _fold_info(

@@ -205,20 +205,6 @@ def _relabelled(table: pa.Table, idx: np.ndarray, new: np.ndarray, classes: list
     return out
 
 
-def rebase_paths(table: pa.Table, src_dir: Path, out_dir: Path) -> pa.Table:
-    """``table`` with its relative crop ``path`` values made relative to ``out_dir`` instead of
-    ``src_dir`` (absolute ones and nulls as they are); unchanged when the folders are one."""
-    if "path" not in table.column_names or out_dir.resolve() == src_dir.resolve():
-        return table
-    src, dst = src_dir.resolve(), out_dir.resolve()
-    rebased = [
-        p if p is None or os.path.isabs(p) else Path(os.path.relpath(src / p, dst)).as_posix()
-        for p in table.column("path").to_pylist()
-    ]
-    i = table.column_names.index("path")
-    return table.set_column(i, "path", pa.array(rebased, type=pa.string()))
-
-
 # ----------------------------------------------------------------------------- reading an audit
 @dataclass
 class Audit:
@@ -434,7 +420,13 @@ def run_clean(
     import pyarrow.parquet as pq
 
     from fernoise.cache import run_stage, stage_key
-    from fernoise.manifest import Manifest, read_meta, stage_meta, write_manifest_table
+    from fernoise.manifest import (
+        Manifest,
+        read_meta,
+        rebase_paths,
+        stage_meta,
+        write_manifest_table,
+    )
 
     ws = workspace or Workspace()
     found = read_audit(

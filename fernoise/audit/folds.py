@@ -18,7 +18,6 @@ Writing them again gives the same bytes' content, so each fold's training run is
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from fernoise.errors import FernoiseError
-from fernoise.manifest import stage_meta, write_manifest_table
+from fernoise.manifest import rebase_paths, stage_meta, write_manifest_table
 
 FOLD_STAGE = "audit-fold"
 
@@ -85,18 +84,6 @@ def assign_folds(
     return out
 
 
-def _rebased_paths(paths: list[Any], src_dir: Path, out_dir: Path) -> list[Any]:
-    """Crop paths relative to ``out_dir`` for a manifest moved from ``src_dir``; absolute
-    paths and nulls stay as they are."""
-    src, dst = src_dir.resolve(), out_dir.resolve()
-    if src == dst:
-        return paths
-    return [
-        p if p is None or os.path.isabs(p) else Path(os.path.relpath(src / p, dst)).as_posix()
-        for p in paths
-    ]
-
-
 def fold_table(table: pa.Table, audited: np.ndarray, is_test: np.ndarray) -> pa.Table:
     """The audited rows of ``table`` (``test`` where ``is_test``, else ``train``) and its
     ``val`` rows."""
@@ -123,11 +110,7 @@ def write_fold_manifests(
     """Write one manifest per entry of ``tests`` (file name -> test mask over the audited
     rows) into ``out_dir`` (atomic, crop paths re-based) and return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if "path" in table.column_names:
-        rebased = _rebased_paths(table.column("path").to_pylist(), source.parent, out_dir)
-        table = table.set_column(
-            table.column_names.index("path"), "path", pa.array(rebased, type=pa.string())
-        )
+    table = rebase_paths(table, source.parent, out_dir)
     written = []
     for name, is_test in tests.items():
         params = {"manifest": name, "audit": audit_key}

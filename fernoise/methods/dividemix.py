@@ -314,8 +314,9 @@ class DivideMix(Method):
         self.warm, self.step_in = ctx.warm, {1: 0, 2: 0}
         labels = ctx.labels[ctx.rows]
         if self.params.prior == "marginal":
-            counts = torch.bincount(labels, minlength=self.num_classes).double()
-            self.prior = (counts / counts.sum()).float()
+            from fernoise.methods.losses import label_marginal
+
+            self.prior = label_marginal(labels, self.num_classes)
         if ctx.warm:
             return
         import numpy as np

@@ -29,6 +29,13 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels)
 
 
+def label_marginal(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The class frequencies of ``labels`` (negatives: unlabelled, left out), float32; the
+    ``marginal`` prior of DivideMix's and SOP+'s balance terms."""
+    counts = torch.bincount(labels[labels >= 0], minlength=num_classes).double()
+    return (counts / counts.sum().clamp(min=1)).float()
+
+
 def class_thresholds(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Eq. 1: ``T_c = mean(p[i, c] for i with labels[i] == c)``, shape ``(C,)``.
 

@@ -224,9 +224,10 @@ class SOP(Method):
 
         if self.params.prior != "marginal":
             return
+        from fernoise.methods.losses import label_marginal
+
         labels = ctx.labels[torch.as_tensor(ctx.rows, dtype=torch.long)]
-        counts = torch.bincount(labels[labels >= 0], minlength=self.num_classes).float()
-        self.prior = counts / counts.sum().clamp(min=1)
+        self.prior = label_marginal(labels, self.num_classes)
 
     def loss(self, model, views, y, idx, *, epoch, warm, gen) -> LossOut:
         import torch
