@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -339,6 +337,7 @@ def _job_done(job: _Job) -> dict[str, Any] | None:
 def _run_job(job: _Job, p: AuditPlan, runs_dir: Path, gpu: str | None, say: Say) -> dict[str, Any]:
     """Train and evaluate one job in a child process (:mod:`fernoise.sweep.cell`); write and
     return its done record. Raises a FernoiseError with the child's last line on failure."""
+    from fernoise.sweep.cell import spawn
     from fernoise.sweep.runner import worker_env
 
     spec = {
@@ -354,43 +353,23 @@ def _run_job(job: _Job, p: AuditPlan, runs_dir: Path, gpu: str | None, say: Say)
     env = worker_env(dict(os.environ), gpu, p.workspace.root)
     t0 = time.time()
     final: dict[str, Any] = {}
+
+    def event(ev: dict[str, Any]) -> None:
+        nonlocal final
+        if ev.get("event") == "epoch_end":
+            m = ev.get("metrics") or {}
+            acc = m.get("val_acc")
+            tail = f", validation {acc:.3f}" if isinstance(acc, float) else ""
+            say(f"  {job.label}: epoch {m.get('epoch')} of {job.cfg.epochs}{tail}")
+        elif ev.get("event") in ("done", "error"):
+            final = ev
+
     with open(log, "ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fernoise.sweep.cell"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=env,
-            cwd=p.workspace.root,
-            text=True,
-        )
-        try:
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(json.dumps(spec, default=str))
-            proc.stdin.close()
-            for line in proc.stdout:
-                ev = _event(line)
-                if ev.get("event") == "epoch_end":
-                    m = ev.get("metrics") or {}
-                    acc = m.get("val_acc")
-                    tail = f", validation {acc:.3f}" if isinstance(acc, float) else ""
-                    say(f"  {job.label}: epoch {m.get('epoch')} of {job.cfg.epochs}{tail}")
-                elif ev.get("event") in ("done", "error", "trained"):
-                    final = ev if ev.get("event") != "trained" else {**final, **ev}
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+        rc = spawn(spec, env=env, log=err, cwd=p.workspace.root, on_event=event)
     if rc != 0 or final.get("event") != "done":
         why = final.get("message") or f"its process exited with code {rc}; log: {log}"
         raise FernoiseError(f"{job.label} failed: {why}")
-    run = Path(final["run"])
-    pred = run / (
-        "predictions.parquet"
-        if job.eval_split == "test"
-        else f"eval-{job.eval_split}/predictions.parquet"
-    )
+    run, pred = Path(final["run"]), Path(final["predictions"])
     rec = {
         "index": job.index,
         "run": str(run),
@@ -403,23 +382,14 @@ def _run_job(job: _Job, p: AuditPlan, runs_dir: Path, gpu: str | None, say: Say)
     return rec
 
 
-def _event(line: str) -> dict[str, Any]:
-    try:
-        ev = json.loads(line)
-    except ValueError:
-        return {}
-    return ev if isinstance(ev, dict) else {}
-
-
 def _train_seconds(run: Path) -> float:
     """The run's training time as its metrics.jsonl records it (sum of epoch seconds)."""
-    total = 0.0
+    from fernoise.evaluate.runs import read_metrics
+
     path = run / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            ev = _event(line)
-            total += float(ev.get("seconds") or 0.0)
-    return total
+    return (
+        sum(float(m.get("seconds") or 0.0) for m in read_metrics(path)) if path.is_file() else 0.0
+    )
 
 
 def _run_jobs(

@@ -5,7 +5,7 @@ TrainConfig fields, ``runs_dir``, ``workspace``, ``cam``, ``parent``: the sweep'
 ``eval_split``: the split to evaluate, default test), trains
 through :func:`fernoise.train.stage.train` (cache hit, resume or fresh) and evaluates through
 :func:`fernoise.evaluate.stage.evaluate_run`, both cached, and indexes the evaluation
-(:mod:`fernoise.runindex`). Writes one JSON event per line on stdout: ``start``
+(:mod:`fernoise.runindex`); :func:`spawn` runs one from a parent. Writes one JSON event per line on stdout: ``start``
 (``cuda_visible_devices``), train's progress events (``epoch_start``, ``batch`` at most
 twice a second, ``epoch_end``), ``trained``, then ``done`` (``run``, ``eval``: top1,
 history) or ``error`` (``message``: one line). Exit code 0 only after ``done``.
@@ -17,10 +17,14 @@ into a run that the next sweep resumes.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -61,6 +65,50 @@ class _Events:
             _emit(ev)
 
 
+def spawn(
+    spec: dict[str, Any],
+    *,
+    env: dict[str, str],
+    log: Any,
+    cwd: str | os.PathLike,
+    on_event: Callable[[dict[str, Any]], None],
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+    python: str | None = None,
+) -> int:
+    """Run one cell in a child (``python -m fernoise.sweep.cell``): ``spec`` on its stdin, its
+    stderr into ``log`` (an open binary file), each JSON event of its stdout to ``on_event``,
+    ``on_start(proc)`` once it runs. Returns the exit code. When the caller cannot follow the
+    child any more (an exception, a KeyboardInterrupt), the child is killed before this raises."""
+    proc = subprocess.Popen(
+        [python or sys.executable, "-m", "fernoise.sweep.cell"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env=env,
+        cwd=cwd,
+    )
+    try:
+        if on_start is not None:
+            on_start(proc)
+        assert proc.stdin is not None and proc.stdout is not None
+        with contextlib.suppress(BrokenPipeError):  # died at once: its exit code says so
+            proc.stdin.write(json.dumps(spec, default=str).encode())
+            proc.stdin.close()
+        for raw in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace"):
+            try:
+                ev = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(ev, dict):
+                on_event(ev)
+        return proc.wait()
+    except BaseException:  # the caller cannot follow this child any more: it must not live on
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait()
+        raise
+
+
 def config_fields(config: dict[str, Any]) -> dict[str, Any]:
     """TrainConfig keyword arguments from ``asdict(cfg)``: a method's ``method_params`` dict
     becomes its ``Params`` again (through the ``fernoise.methods`` registry)."""
@@ -99,13 +147,15 @@ def main() -> int:
         _emit({"event": "trained", "run": str(res.output), "hit": res.hit, "key": res.key})
         cam = int(spec.get("cam", 0))
         split = spec.get("eval_split", "test")
+        out_dir = res.output  # the run's own test manifest: its evaluation lives in the run
         report = (
             runindex.lookup_eval(res.output, cam=cam, workspace=ws) if split == "test" else None
         )
         if split != "test":  # another split (the audit's aum run): cached, not indexed
-            _, report = evaluate_run(
+            ev_stage, report = evaluate_run(
                 res.output, EvalParams(cam=cam, device=cfg.device, split=split), workspace=ws
             )
+            out_dir = ev_stage.output.parent
         elif report is None:
             before = runindex.eval_inputs(res.output)
             stage, report = evaluate_run(
@@ -117,6 +167,9 @@ def main() -> int:
             {
                 "event": "done",
                 "run": str(res.output),
+                "predictions": str(
+                    out_dir / str(report.get("predictions") or "predictions.parquet")
+                ),
                 "epochs": hist.get("epochs"),
                 "eval": {
                     "top1": report.get("top1"),

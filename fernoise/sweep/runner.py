@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import queue
 import re
@@ -45,6 +44,7 @@ from typing import Any
 from fernoise import csvsafe
 from fernoise.cache import Workspace, atomic_write_json, atomic_write_text, dict_hash, read_json
 from fernoise.errors import FernoiseError
+from fernoise.sweep.cell import spawn
 from fernoise.sweep.grid import (  # noqa: F401 - the grid API, re-exported for `fernoise.sweep.runner` users
     Cell,
     Grid,
@@ -643,42 +643,36 @@ def _run_child(
             f"== {stamp} {st.host} sweep pid {os.getpid()} shard {st.shard} gpu {gpu}: cell {cell.id}\n".encode()
         )
         err.flush()
-        proc = subprocess.Popen(
-            [python, "-m", "fernoise.sweep.cell"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=env,
-            cwd=sweep.workspace.root,
-        )
-        try:
+        final: dict[str, Any] | None = None
+        pids: list[int] = []
+
+        def started(proc: subprocess.Popen) -> None:
+            pids.append(proc.pid)
             with lock:
                 st.pid = proc.pid
                 children[proc.pid] = proc
                 _write_cell(sweep, st)
-            assert proc.stdin is not None and proc.stdout is not None
-            with contextlib.suppress(
-                BrokenPipeError
-            ):  # a child that died at once: its exit code says so
-                proc.stdin.write(json.dumps(spec).encode())
-                proc.stdin.close()
-            final: dict[str, Any] | None = None
-            for raw in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace"):
-                try:
-                    ev = json.loads(raw)
-                except ValueError:
-                    continue
-                with lock:
-                    final = _apply_event(st, ev) or final
-            rc = proc.wait()
-        except BaseException:  # the sweep cannot follow this child any more: it must not live on
-            with contextlib.suppress(OSError):
-                proc.kill()
-            proc.wait()
-            children.pop(proc.pid, None)
-            raise
+
+        def event(ev: dict[str, Any]) -> None:
+            nonlocal final
+            with lock:
+                final = _apply_event(st, ev) or final
+
+        try:
+            rc = spawn(
+                spec,
+                env=env,
+                log=err,
+                cwd=sweep.workspace.root,
+                on_event=event,
+                on_start=started,
+                python=python,
+            )
+        finally:
+            with lock:
+                for pid in pids:
+                    children.pop(pid, None)
     with lock:
-        children.pop(proc.pid, None)
         st.finished = time.time()
         if rc == 0 and final is not None and final.get("event") == "done":
             st.status = "done"
